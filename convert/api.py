@@ -1,0 +1,207 @@
+"""The Python API: every CLI command is a thin shell over these functions.
+
+    from convert.api import pth_to_safetensors, verify_output
+    result = pth_to_safetensors("model.pt", "out/", dtype="f16")
+    report = verify_output("out/", source="model.pt")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import manifest as manifest_mod
+from .architecture import infer_architecture
+from .errors import UsageError
+from .hashing import sha256_file
+from .mapping import MappedTensor, apply_cast, apply_layout, resolve_layout
+from .output import StagedOutput, write_file
+from .source import SourceModel
+from .verify import VerifyReport, verify_output
+from .writer import INDEX_FILE, WriteItem, WrittenFile, shard_file_names, shard_items, write_safetensors
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ConvertOptions:
+    layout: str = "pytorch"
+    dtype: str | None = None  # --dtype: f32, f16, bf16, f64
+    max_shard_size: int | None = None  # bytes
+    overwrite: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class ConversionResult:
+    output: Path
+    files: list[str]
+    tensors: int
+    bytes: int
+    aliases: dict[str, str]
+    dry_run: bool
+    seconds: float
+    plan: list[dict[str, Any]] = field(default_factory=list)  # filled on a dry run
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"output": str(self.output), "files": self.files, "tensors": self.tensors, "bytes": self.bytes,
+               "aliases": self.aliases, "dry_run": self.dry_run, "seconds": round(self.seconds, 3)}
+        if self.dry_run:
+            doc["plan"] = self.plan
+        return doc
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'5GB', '500MB', '10GiB', '1000000' -> bytes (decimal units as Hugging Face uses them)."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    s = text.strip().upper()
+    num = s.rstrip("KMGTIB")
+    try:
+        value = int(float(num) * units[s[len(num):]])
+    except (KeyError, ValueError):
+        raise UsageError(f"cannot read size {text!r} (examples: 5GB, 500MB, 2GiB)") from None
+    if value <= 0:
+        raise UsageError(f"size must be positive, got {text!r}")
+    return value
+
+
+def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions,
+                   progress: Progress | None = None) -> ConversionResult:
+    """Map, plan, write and record one source model into the folder `out`."""
+    started = time.perf_counter()
+    resolve_layout(options.layout)
+    staged = StagedOutput(out, options.overwrite)
+    staged.check()
+    mapped = apply_layout(options.layout, source.tensors)
+    apply_cast(mapped, options.dtype)
+    kept, aliases = dedupe(mapped)
+    items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
+    shards = shard_items(items, options.max_shard_size)
+    names = shard_file_names(len(shards))
+    total = sum(it.nbytes for it in items)
+    if options.dry_run:
+        plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
+                for fname, shard in zip(names, shards) for it in shard]
+        return ConversionResult(staged.dest, names, len(items), total, aliases, True,
+                                time.perf_counter() - started, plan)
+    metadata = {"format": "pt", **aliases}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
+        with staged as staging:
+            written = [write_safetensors(staging / fname, shard, metadata, progress) for fname, shard in zip(names, shards)]
+            if len(written) > 1:
+                write_file(staging / INDEX_FILE, _index_json(written, total))
+            sidecars = _copy_sidecars(source, staging)
+            doc = build_manifest(source, options, mapped, kept, aliases, written, sidecars, source_digests.result())
+            write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
+                            time.perf_counter() - started)
+
+
+def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
+    """Store tied tensors once: {dropped alias: kept name}, as Hugging Face's save_model records it."""
+    kept: list[MappedTensor] = []
+    first: dict[Any, str] = {}
+    aliases: dict[str, str] = {}
+    for m in mapped:
+        ident = m.identity
+        if ident is not None and ident in first:
+            aliases[m.name] = first[ident]
+            continue
+        if ident is not None:
+            first[ident] = m.name
+        kept.append(m)
+    return kept, aliases
+
+
+def _index_json(written: list[WrittenFile], total: int) -> bytes:
+    weight_map = {t.name: w.name for w in written for t in w.tensors}
+    doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
+    copied = []
+    for path in source.sidecars:
+        target = staging / path.name
+        if target.exists():
+            continue
+        shutil.copyfile(path, target)
+        copied.append(path.name)
+    return copied
+
+
+def build_manifest(source: SourceModel, options: ConvertOptions, mapped: list[MappedTensor], kept: list[MappedTensor],
+                   aliases: dict[str, str], written: list[WrittenFile], sidecars: list[str],
+                   source_digests: list[str]) -> dict[str, Any]:
+    by_name = {t.name: t for w in written for t in w.tensors}
+    tensors = []
+    for m in kept:
+        t = by_name[m.name]
+        tensors.append({
+            "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
+            "data_offsets": list(t.data_offsets), "sha256": t.sha256,
+            "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
+            "transforms": m.transforms, "lossy": m.lossy,
+        })
+    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
+    architecture["config"] = source.config
+    return {
+        "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "generator": manifest_mod.generator(),
+        "source": {
+            "format": source.format,
+            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "sha256": d}
+                      for p, d in zip(source.files, source_digests)],
+            "details": source.extras,
+        },
+        "target": {"format": "safetensors", "layout": options.layout, "dtype": options.dtype},
+        "files": [{"path": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written],
+        "index": INDEX_FILE if len(written) > 1 else None,
+        "sidecars": sidecars,
+        "tensors": tensors,
+        "aliases": aliases,
+        "architecture": architecture,
+    }
+
+
+def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
+                       progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions."""
+    from exporters.pytorch import open_pytorch
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_pytorch(src, key) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
+    """Name, dtype, shape and size of every tensor in any supported input."""
+    from .sources import open_source
+
+    with open_source(path, key) as source:
+        tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes}
+                   for t in source.tensors]
+        return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],
+                "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
+
+
+def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
+    """Verify an output folder; with `source`, compare every tensor with it too."""
+    from .sources import open_source
+
+    if source is None:
+        return verify_output(out)
+    with open_source(source, key) as src:
+        return verify_output(out, src)

@@ -1,0 +1,286 @@
+"""Infer a model's modules from its state dict's tensor names and shapes alone.
+
+A plain PyTorch checkpoint holds no class names, so the Rust loader would otherwise have to guess
+what `encoder.layers.0.linear1.weight` belongs to.  PyTorch's own modules name and shape their
+tensors in fixed ways; this module matches those conventions and reports, per module path, the
+layer type and the hyper-parameters the shapes determine.  Names come from untrusted files: every
+rule must match exactly, and anything that does not is listed as unknown instead of guessed at.
+Only the standard library is used, so inference works without torch or numpy installed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+Shape = tuple[int, ...]
+Leaves = dict[str, Shape]  # a module's own tensors, by the last component of their names
+Spec = tuple[str, dict[str, Any]]  # (module type, params)
+
+# A 2-D weight without bias is an Embedding only when its module's name says so.
+EMBEDDING_HINTS = ("embed", "wte", "wpe", "tok", "emb", "position", "lookup", "shared")
+
+# [0-9], not \d: \d also matches non-ASCII digits, and "l01" must not alias "l1".
+_RNN_LEAF = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(0|[1-9][0-9]*)(_reverse)?")
+_RNN_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
+_ATTENTION_LEAVES = frozenset(
+    {"in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"}
+)
+_BATCH_NORM_LEAVES = frozenset({"running_mean", "running_var", "num_batches_tracked", "weight", "bias"})
+
+
+class _Record(NamedTuple):
+    index: int
+    name: str
+    path: str | None  # None: the tensor cannot belong to a module (root, malformed name or shape)
+    leaf: str
+    shape: Shape
+
+
+def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]]) -> dict:
+    """tensors: (dotted name, shape) in state-dict order. Returns a JSON-ready dict.
+
+    Items that are not a (str, shape) pair carry no name to report and are skipped; every other
+    name ends up in exactly one module's `tensors` or in `unknown`.
+    """
+    records = _read(tensors)
+    groups: dict[str, list[_Record]] = {}
+    for record in records:
+        if record.path is not None:
+            groups.setdefault(record.path, []).append(record)
+
+    found: list[tuple[str, Spec, list[_Record]]] = []
+    claimed: set[str] = set()
+    # Attention first: it claims its `out_proj` child, which alone would look like a Linear.
+    for path in groups:
+        out_path = f"{path}.out_proj"
+        spec = _attention(_leaves(groups, path), _leaves(groups, out_path))
+        if spec is not None:
+            found.append((path, spec, groups[path] + groups[out_path]))
+            claimed.update((path, out_path))
+    for path, members in groups.items():
+        spec = None if path in claimed else _classify(path, _leaves(groups, path))
+        if spec is not None:
+            found.append((path, spec, members))
+            claimed.add(path)
+
+    found.sort(key=lambda item: min(record.index for record in item[2]))
+    return {
+        "inferred": True,
+        "modules": [_module_entry(path, spec, members) for path, spec, members in found],
+        # A record with path None is never claimed, so it lands here too.
+        "unknown": [record.name for record in records if record.path not in claimed],
+    }
+
+
+def _module_entry(path: str, spec: Spec, members: list[_Record]) -> dict:
+    kind, params = spec
+    tensors = [record.name for record in sorted(members, key=lambda record: record.index)]
+    return {"path": path, "type": kind, "params": params, "tensors": tensors}
+
+
+def _read(tensors: Iterable[object]) -> list[_Record]:
+    records = []
+    for index, item in enumerate(tensors):
+        if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+            records.append(_record(index, item[0], item[1]))
+    return records
+
+
+def _record(index: int, name: str, raw_shape: object) -> _Record:
+    shape = _shape(raw_shape)
+    path, _, leaf = name.rpartition(".")
+    usable = shape is not None and bool(path) and "" not in name.split(".")
+    return _Record(index, name, path if usable else None, leaf, shape or ())
+
+
+def _shape(value: object) -> Shape | None:
+    """A shape is a tuple or list of non-negative ints (bool is an int subclass; reject it)."""
+    if not isinstance(value, (tuple, list)):
+        return None
+    if all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in value):
+        return tuple(value)
+    return None
+
+
+def _leaves(groups: dict[str, list[_Record]], path: str) -> Leaves | None:
+    """None when the path is absent or names a leaf twice: a duplicated name fits no rule."""
+    members = groups.get(path)
+    if members is None:
+        return None
+    leaves = {record.leaf: record.shape for record in members}
+    return leaves if len(leaves) == len(members) else None
+
+
+def _classify(path: str, leaves: Leaves | None) -> Spec | None:
+    if leaves is None:
+        return None
+    if any(_RNN_LEAF.fullmatch(leaf) for leaf in leaves):
+        return _recurrent(leaves)
+    if "running_mean" in leaves or "running_var" in leaves:
+        return _batch_norm(leaves)
+    if "weight" in leaves and leaves.keys() <= {"weight", "bias"}:
+        return _weighted(path, leaves["weight"], leaves.get("bias"))
+    return None
+
+
+def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
+    """Modules whose only tensors are `weight` and an optional `bias` of shape [weight rows]."""
+    rank = len(weight)
+    if bias is not None and (rank == 0 or bias != weight[:1]):
+        return None
+    if rank == 1:
+        # Also what GroupNorm, RMSNorm and BatchNorm(track_running_stats=False) leave behind.
+        return "LayerNorm", {"normalized_shape": list(weight), "elementwise_affine": True, "bias": bias is not None}
+    if rank == 2:
+        leaf = path.rpartition(".")[2].lower()
+        if bias is None and any(hint in leaf for hint in EMBEDDING_HINTS):
+            return "Embedding", {"num_embeddings": weight[0], "embedding_dim": weight[1]}
+        return "Linear", {"in_features": weight[1], "out_features": weight[0], "bias": bias is not None}
+    if rank in (3, 4, 5):
+        # ConvTranspose stores [in, out/groups, k...] under the same names: indistinguishable.
+        return f"Conv{rank - 2}d", {
+            "out_channels": weight[0],
+            "in_channels_per_group": weight[1],
+            "kernel_size": list(weight[2:]),
+            "bias": bias is not None,
+        }
+    return None
+
+
+def _batch_norm(leaves: Leaves) -> Spec | None:
+    """Running statistics make it BatchNorm (any dimensionality); weight and bias come as a pair."""
+    if not leaves.keys() <= _BATCH_NORM_LEAVES or "running_mean" not in leaves:
+        return None
+    features = leaves["running_mean"]
+    affine = "weight" in leaves
+    if len(features) != 1 or affine != ("bias" in leaves):
+        return None
+    if any(leaves[key] != features for key in ("running_var", "weight", "bias") if key in leaves):
+        return None
+    if leaves.get("num_batches_tracked", ()) != ():  # absent in checkpoints older than PyTorch 0.4.1
+        return None
+    return "BatchNorm", {"num_features": features[0], "affine": affine, "track_running_stats": True}
+
+
+def _recurrent(leaves: Leaves) -> Spec | None:
+    """LSTM, GRU or RNN: the gate count (weight_hh rows / hidden_size) tells them apart."""
+    parts: dict[tuple[str, int, int], Shape] = {}
+    for leaf, shape in leaves.items():
+        match = _RNN_LEAF.fullmatch(leaf)
+        if match is None:
+            return None
+        parts[(match[1], int(match[2]), 1 if match[3] else 0)] = shape
+
+    layers = 1 + max(layer for _, layer, _ in parts)
+    directions = 2 if any(direction for _, _, direction in parts) else 1
+    kinds = {"weight_ih", "weight_hh"}
+    kinds |= {"bias_ih", "bias_hh"} if ("bias_ih", 0, 0) in parts else set()
+    kinds |= {"weight_hr"} if ("weight_hr", 0, 0) in parts else set()
+    # Every part lies in the layers x directions x kinds grid; equal counts mean the grid is full.
+    # Counting, not building the grid, keeps a name like "weight_ih_l999999999" cheap.
+    if any(kind not in kinds for kind, _, _ in parts) or len(parts) != layers * directions * len(kinds):
+        return None
+
+    sizes = _recurrent_sizes(parts)
+    if sizes is None:
+        return None
+    input_size, hidden, gates, proj = sizes
+    recurrent = proj or hidden
+    expected = {
+        "weight_hh": (gates * hidden, recurrent),
+        "weight_hr": (proj, hidden),
+        "bias_ih": (gates * hidden,),
+        "bias_hh": (gates * hidden,),
+    }
+    for (kind, layer, _), shape in parts.items():
+        if kind == "weight_ih":  # deeper layers read the previous layer's (both directions') output
+            want = (gates * hidden, input_size if layer == 0 else directions * recurrent)
+        else:
+            want = expected[kind]
+        if shape != want:
+            return None
+
+    kind = _RNN_BY_GATES[gates]
+    params: dict[str, Any] = {
+        "input_size": input_size,
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "bias": "bias_ih" in kinds,
+        "bidirectional": directions == 2,
+    }
+    if kind == "LSTM":
+        params["proj_size"] = proj
+    if kind == "RNN":
+        params["nonlinearity"] = None  # tanh and relu leave identical tensors: not recoverable
+    return kind, params
+
+
+def _recurrent_sizes(parts: dict[tuple[str, int, int], Shape]) -> tuple[int, int, int, int] | None:
+    """(input_size, hidden_size, gates, proj_size) from layer 0; the caller checks the rest."""
+    weight_ih, weight_hh = parts[("weight_ih", 0, 0)], parts[("weight_hh", 0, 0)]
+    if len(weight_ih) != 2 or len(weight_hh) != 2:
+        return None
+    # weight_hr is [proj_size, hidden_size]; without projection, hidden_size is weight_hh's columns.
+    weight_hr = parts.get(("weight_hr", 0, 0), (0, weight_hh[1]))
+    if len(weight_hr) != 2:
+        return None
+    proj, hidden = weight_hr
+    if hidden == 0 or weight_hh[0] % hidden:
+        return None
+    gates = weight_hh[0] // hidden
+    if gates not in _RNN_BY_GATES or (proj and (gates != 4 or proj >= hidden)):
+        return None
+    return weight_ih[1], hidden, gates, proj
+
+
+def _attention(leaves: Leaves | None, out_proj: Leaves | None) -> Spec | None:
+    """nn.MultiheadAttention: packed `in_proj_weight`, or q/k/v weights when kdim/vdim differ."""
+    if leaves is None or out_proj is None or not leaves.keys() <= _ATTENTION_LEAVES:
+        return None
+    if "weight" not in out_proj or not out_proj.keys() <= {"weight", "bias"}:
+        return None
+    out_weight = out_proj["weight"]
+    if len(out_weight) != 2 or out_weight[0] != out_weight[1] or out_weight[0] == 0:
+        return None
+    embed = out_weight[0]
+    dims = _attention_dims(leaves, embed)
+    biases = _attention_biases(leaves, out_proj, embed)
+    if dims is None or biases is None:
+        return None
+    return "MultiheadAttention", {
+        "embed_dim": embed,
+        "kdim": dims[0],
+        "vdim": dims[1],
+        "bias": biases[0],
+        "add_bias_kv": biases[1],
+        "num_heads": None,  # heads split embed_dim without leaving a trace in any shape
+    }
+
+
+def _attention_dims(leaves: Leaves, embed: int) -> tuple[int, int] | None:
+    """(kdim, vdim)."""
+    separate = [leaves.get(key) for key in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+    if "in_proj_weight" in leaves:
+        packed_ok = leaves["in_proj_weight"] == (3 * embed, embed) and separate == [None, None, None]
+        return (embed, embed) if packed_ok else None
+    query, key, value = separate
+    if query != (embed, embed) or key is None or value is None:
+        return None
+    if len(key) != 2 or len(value) != 2 or key[0] != embed or value[0] != embed:
+        return None
+    return key[1], value[1]
+
+
+def _attention_biases(leaves: Leaves, out_proj: Leaves, embed: int) -> tuple[bool, bool] | None:
+    """(bias, add_bias_kv). `bias` adds both in_proj_bias and out_proj.bias, so both or neither."""
+    bias = "in_proj_bias" in leaves
+    add_bias_kv = "bias_k" in leaves
+    if bias != ("bias" in out_proj) or add_bias_kv != ("bias_v" in leaves):
+        return None
+    if bias and (leaves["in_proj_bias"] != (3 * embed,) or out_proj["bias"] != (embed,)):
+        return None
+    if add_bias_kv and not leaves["bias_k"] == leaves["bias_v"] == (1, 1, embed):
+        return None
+    return bias, add_bias_kv

@@ -1,0 +1,192 @@
+"""`convert`: the command-line shell over convert.api. Each command parses options, calls the API,
+and prints; errors a user can cause are one line on stderr and a documented exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError
+
+EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the same clean-up as Ctrl-C runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"convert: error: {message}", err=True)
+    sys.exit(code)
+
+
+def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the toolchain's errors into one line and an exit code; tracebacks only with -v."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        verbose = ctx.find_root().params.get("verbose", 0)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return fn(*args, **kwargs)
+        except ConvertError as exc:
+            if verbose:
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, Terminated):
+            _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
+        except Exception as exc:  # a bug: say so plainly
+            if verbose:
+                traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
+@click.version_option(__version__, prog_name="convert")
+@click.option("-v", "--verbose", count=True, help="Print tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
+    (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every conversion command shares."""
+    for decorator in reversed([
+        click.option("--layout", default="pytorch", show_default=True,
+                     help="Target naming and tensor layout (see `convert layouts`)."),
+        click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
+                     help="Cast floating tensors while streaming (integers are kept)."),
+        click.option("--max-shard-size", metavar="SIZE",
+                     help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing in a pipe, with --json or -q."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, dtype: str | None,
+                    max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+    from .api import ConvertOptions, convert_source, parse_size
+
+    quiet = click.get_current_context().obj["quiet"]
+    options = ConvertOptions(layout=layout, dtype=dtype, max_shard_size=parse_size(max_shard_size),
+                             overwrite=overwrite, dry_run=dry_run)
+    with open_source() as source:
+        total = sum(t.nbytes for t in source.tensors)
+        with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
+            result = convert_source(source, out, options, progress)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    elif dry_run and not quiet:
+        for row in result.plan:
+            click.echo(f"{row['file']}  {row['name']}  {row['dtype']}  {row['shape']}  {row['bytes']}")
+        click.echo(f"dry run: would write {len(result.files)} file(s), {result.tensors} tensors, "
+                   f"{result.bytes} bytes to {result.output}")
+    elif not quiet:
+        tied = f", {len(result.aliases)} tied" if result.aliases else ""
+        click.echo(f"wrote {result.output} ({', '.join(result.files)}; {result.tensors} tensors{tied}, "
+                   f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.2f} s)")
+
+
+@cli.command("pth-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root).")
+@conversion_options
+@command_errors
+def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
+    """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
+    folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
+    from exporters.pytorch import open_pytorch
+
+    _run_conversion(lambda: open_pytorch(src, key), out, **opts)
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@command_errors
+def inspect(path: str, key: str | None, as_json: bool) -> None:
+    """List the tensors (name, dtype, shape, bytes) of any supported input."""
+    from .api import inspect_path
+
+    info = inspect_path(path, key)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for t in info["tensors"]:
+        click.echo(f"{t['name']}  {t['dtype']}  {t['shape']}  {t['bytes']}")
+    click.echo(f"{info['format']}: {len(info['tensors'])} tensors, {info['bytes']} bytes")
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--source", "source_path", type=click.Path(path_type=str),
+              help="Also compare every tensor with this source, byte for byte.")
+@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@command_errors
+def verify(out: str, source_path: str | None, key: str | None, as_json: bool) -> None:
+    """Check an output folder against its manifest (re-read with the safetensors library, sha256 of
+    every tensor) and, with --source, against the source. Exit 0 only if everything holds."""
+    from .api import verify_path
+    from .errors import VerificationError
+
+    report = verify_path(out, source_path, key)
+    quiet = click.get_current_context().obj["quiet"]
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    elif not quiet:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        if report.ok:
+            extra = f", {report.compared_with_source} compared with the source" if source_path else ""
+            click.echo(f"ok: {report.files} file(s), {report.tensors} tensors match the manifest{extra}")
+    if not report.ok:
+        raise VerificationError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+
+
+def main() -> None:
+    cli(prog_name="convert")
+
+
+if __name__ == "__main__":
+    main()

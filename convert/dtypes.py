@@ -1,0 +1,102 @@
+"""Element types: SafeTensors codes, their numpy equivalents (ml_dtypes for bf16/fp8), and the names
+PyTorch pickles use for them.
+
+The SafeTensors code is the one name used everywhere inside the toolchain; readers translate their
+format's names into it at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from .errors import UnsupportedFormatError
+
+
+@dataclass(frozen=True)
+class DType:
+    code: str  # SafeTensors dtype code, e.g. "F32"
+    itemsize: int
+    numpy: np.dtype
+    is_float: bool
+
+
+def _d(code: str, np_type: object, is_float: bool) -> DType:
+    dt = np.dtype(np_type)
+    return DType(code, dt.itemsize, dt, is_float)
+
+
+DTYPES: dict[str, DType] = {d.code: d for d in (
+    _d("F64", np.float64, True),
+    _d("F32", np.float32, True),
+    _d("F16", np.float16, True),
+    _d("BF16", ml_dtypes.bfloat16, True),
+    _d("F8_E4M3", ml_dtypes.float8_e4m3fn, True),
+    _d("F8_E5M2", ml_dtypes.float8_e5m2, True),
+    _d("F8_E8M0", ml_dtypes.float8_e8m0fnu, True),
+    _d("I64", np.int64, False),
+    _d("I32", np.int32, False),
+    _d("I16", np.int16, False),
+    _d("I8", np.int8, False),
+    _d("U64", np.uint64, False),
+    _d("U32", np.uint32, False),
+    _d("U16", np.uint16, False),
+    _d("U8", np.uint8, False),
+    _d("BOOL", np.bool_, False),
+    _d("C64", np.complex64, False),
+)}
+
+# Legacy typed-storage class names written by torch.save (torch/storage.py).
+TORCH_STORAGE_TYPES: dict[str, str] = {
+    "DoubleStorage": "F64",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+    "ComplexFloatStorage": "C64",
+}
+
+# torch dtype attribute names, as pickled (`torch.float8_e4m3fn`) for `_rebuild_tensor_v3`.
+TORCH_DTYPES: dict[str, str] = {
+    "float64": "F64", "double": "F64",
+    "float32": "F32", "float": "F32",
+    "float16": "F16", "half": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0",
+    "int64": "I64", "long": "I64",
+    "int32": "I32", "int": "I32",
+    "int16": "I16", "short": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "complex64": "C64", "cfloat": "C64",
+}
+
+# Names accepted by --dtype.
+CAST_TARGETS: dict[str, str] = {"f32": "F32", "f16": "F16", "bf16": "BF16", "f64": "F64"}
+
+
+def dtype(code: str) -> DType:
+    try:
+        return DTYPES[code]
+    except KeyError:
+        raise UnsupportedFormatError(f"dtype {code!r} has no SafeTensors equivalent") from None
+
+
+def from_numpy(dt: np.dtype) -> DType:
+    for d in DTYPES.values():
+        if d.numpy == dt:
+            return d
+    raise UnsupportedFormatError(f"numpy dtype {dt} has no SafeTensors equivalent")

@@ -1,0 +1,89 @@
+"""One error hierarchy for everything a user can cause.
+
+Each class carries the process exit code the CLI returns for it, so the CLI never needs its own
+mapping and scripts can rely on the codes documented in the README.
+"""
+
+from __future__ import annotations
+
+
+class ConvertError(Exception):
+    """Base of every error the toolchain raises on purpose. Printed as one line, never a traceback."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class UsageError(ConvertError):
+    """Bad options or arguments."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class SourceNotFoundError(ConvertError):
+    """The source path, a shard, or a key inside the checkpoint does not exist."""
+
+    exit_code = 3
+    kind = "not-found"
+
+
+class UnsupportedFormatError(ConvertError):
+    """The file is readable but not a format (or a feature of a format) this tool converts."""
+
+    exit_code = 4
+    kind = "unsupported"
+
+
+class UnsafeInputError(ConvertError):
+    """The file asks for something that would run code or reach outside itself; refused."""
+
+    exit_code = 5
+    kind = "unsafe"
+
+
+class CorruptInputError(ConvertError):
+    """The file is truncated, inconsistent, or declares sizes it does not hold."""
+
+    exit_code = 6
+    kind = "corrupt"
+
+
+class MappingError(ConvertError):
+    """Tensor names or shapes do not fit the chosen layout."""
+
+    exit_code = 7
+    kind = "mapping"
+
+
+class VerificationError(ConvertError):
+    """An output does not match its manifest or its source."""
+
+    exit_code = 8
+    kind = "verify"
+
+
+class OutputExistsError(ConvertError):
+    """The destination holds earlier output and --overwrite was not given."""
+
+    exit_code = 9
+    kind = "exists"
+
+
+class OutputWriteError(ConvertError):
+    """The destination could not be written (permissions, disk full)."""
+
+    exit_code = 10
+    kind = "write"
+
+
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug: please report it with the traceback printed by -v)",
+    **{cls.exit_code: (cls.__doc__ or "").strip().splitlines()[0] for cls in (
+        UsageError, SourceNotFoundError, UnsupportedFormatError, UnsafeInputError,
+        CorruptInputError, MappingError, VerificationError, OutputExistsError, OutputWriteError)},
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing was left half-written",
+}

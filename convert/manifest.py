@@ -1,0 +1,56 @@
+"""The architecture manifest: what each output tensor is, where it came from and what was done to it.
+
+Its shape is fixed by schemas/manifest.schema.json, which a Rust loader can deserialize against.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CorruptInputError, SourceNotFoundError, VerificationError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = "1.0"
+GENERATOR = "rust-model-convert"
+
+
+def schema_text(name: str) -> str:
+    """A schema shipped with the package (schemas/ in the source tree)."""
+    return resources.files("convert").joinpath("schemas", name).read_text(encoding="utf-8")
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    """Check a manifest against the schema; raise VerificationError naming the first problem."""
+    import jsonschema  # imported here: only verify and the tests need it, not the conversion path
+
+    schema = json.loads(schema_text("manifest.schema.json"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "/".join(map(str, first.path)) or "(root)"
+        raise VerificationError(f"manifest does not match its schema at {where}: {first.message}")
+
+
+def load(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise SourceNotFoundError(f"{out_dir}: no {MANIFEST_FILE} (is this a conversion output?)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CorruptInputError(f"{path}: not a JSON object")
+    return doc
+
+
+def dumps(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def generator() -> dict[str, str]:
+    return {"name": GENERATOR, "version": __version__}

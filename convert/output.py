@@ -1,0 +1,98 @@
+"""Atomic output folders: everything is written into a hidden staging folder beside the
+destination, fsynced, and renamed into place only when complete.
+
+On any error, Ctrl-C or SIGTERM the staging folder is removed; an existing output is left as it
+was unless `overwrite` is set, and even then it is swapped out only after the new one is complete.
+A process killed with SIGKILL can leave a staging folder (`.NAME.convert-*`), never a partial
+destination.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from .errors import OutputExistsError, OutputWriteError
+
+STAGING_MARK = ".convert-"
+
+
+class StagedOutput:
+    def __init__(self, dest: str | Path, overwrite: bool = False) -> None:
+        self.dest = Path(dest).absolute()
+        self.overwrite = overwrite
+        self.staging: Path | None = None
+
+    def check(self) -> None:
+        """Refuse early, before any work, when the destination already holds something."""
+        if self.dest.exists():
+            if not self.dest.is_dir():
+                raise OutputExistsError(f"{self.dest} exists and is not a folder")
+            if any(self.dest.iterdir()) and not self.overwrite:
+                raise OutputExistsError(f"{self.dest} already holds files; pass --overwrite to replace them")
+
+    def __enter__(self) -> Path:
+        self.check()
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}", dir=self.dest.parent))
+        except OSError as exc:
+            raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
+        return self.staging
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.staging is not None
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        try:
+            self._commit()
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+
+    def _commit(self) -> None:
+        assert self.staging is not None
+        _fsync_dir(self.staging)
+        old: Path | None = None
+        if self.dest.exists() and any(self.dest.iterdir()):
+            self.check()
+            old = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.old-", dir=self.dest.parent))
+            os.rename(self.dest, old / "previous")
+        elif self.dest.exists():
+            self.dest.rmdir()
+        try:
+            os.rename(self.staging, self.dest)
+        except OSError as exc:
+            if old is not None:
+                os.rename(old / "previous", self.dest)
+            raise OutputWriteError(f"cannot move the output into {self.dest}: {exc.strerror or exc}") from None
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(self.dest.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a small file inside a staging folder, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write {path.name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)

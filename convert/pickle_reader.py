@@ -1,0 +1,418 @@
+"""The restricted unpickler: the only way this toolchain reads a pickle.
+
+`find_class` never imports anything.  Every global a pickle may name maps to a stand-in defined
+here: tensor rebuild functions become `TensorRecord` builders, storage classes and dtypes become
+markers, containers become plain Python containers, and a short list of known non-tensor classes
+(Lightning's AttributeDict, loss objects, argparse.Namespace) becomes `InertObject` records of their
+class name and arguments.  Any other global is refused with its name.  What a pickle can make is
+therefore only data; nothing in it is ever imported, called or executed.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .dtypes import TORCH_DTYPES, TORCH_STORAGE_TYPES, dtype as lookup_dtype
+from .errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
+
+
+@dataclass(frozen=True)
+class StorageType:
+    """Stand-in for `torch.FloatStorage` & co; `code` is None for `torch.UntypedStorage` (bytes)."""
+
+    code: str | None
+
+
+@dataclass(frozen=True)
+class TorchDType:
+    """Stand-in for a pickled `torch.float32` & co."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """What `_rebuild_tensor_v2/v3` would have built: a strided view of a storage."""
+
+    storage: Any  # whatever the format's persistent_load returned
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype_code: str
+
+    def __setstate__(self, state: object) -> None:
+        raise UnsafeInputError("pickle tries to set state on a tensor")
+
+
+class InertObject:
+    """An object of a known non-tensor class, kept as a record; its class is never imported."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.kwargs = kwargs
+        obj.state = None
+        obj.items = {}
+        obj.list_items = []
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.list_items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.list_items.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<inert {self.qualname}>"
+
+
+class _SafeCallable:
+    """Wraps a stand-in function so a pickle cannot BUILD (set attributes) on it."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._fn(*args, **kwargs)
+        except ConvertError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+            raise CorruptInputError(f"bad arguments to {self._name}: {exc}") from None
+
+    def __setstate__(self, state: object) -> None:
+        raise UnsafeInputError(f"pickle tries to set state on {self._name}")
+
+    def __reduce__(self) -> None:  # never re-pickled
+        raise TypeError("not picklable")
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise CorruptInputError(f"tensor {what} is {type(value).__name__}, not an integer")
+    return value
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) not in (tuple, list):
+        raise CorruptInputError(f"tensor {what} is {type(value).__name__}, not a tuple")
+    return tuple(_int(v, what) for v in value)
+
+
+def _check_hooks(hooks: Any) -> None:
+    if hooks not in (None, {}) and not (isinstance(hooks, dict) and not hooks):
+        raise UnsafeInputError("checkpoint stores backward hooks on a tensor; refused")
+
+
+def _record(storage: Any, storage_offset: Any, size: Any, stride: Any, code: str) -> TensorRecord:
+    shape = _int_tuple(size, "size")
+    strides = _int_tuple(stride, "stride")
+    offset = _int(storage_offset, "storage offset")
+    if len(shape) != len(strides):
+        raise CorruptInputError("tensor size and stride have different lengths")
+    if offset < 0 or any(n < 0 for n in shape) or any(s < 0 for s in strides):
+        raise CorruptInputError("tensor has a negative offset, size or stride")
+    return TensorRecord(storage, offset, shape, strides, code)
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> TensorRecord:
+    _check_hooks(backward_hooks)
+    code = getattr(storage, "dtype_code", None)
+    if code is None:
+        raise CorruptInputError("tensor rebuilt from something that is not a typed storage")
+    return _record(storage, storage_offset, size, stride, code)
+
+
+def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> TensorRecord:
+    _check_hooks(backward_hooks)
+    if not isinstance(dtype, TorchDType):
+        raise CorruptInputError("_rebuild_tensor_v3 without a torch dtype")
+    return _record(storage, storage_offset, size, stride, dtype.code)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> TensorRecord:
+    _check_hooks(backward_hooks)
+    if not isinstance(data, TensorRecord):
+        raise CorruptInputError("parameter rebuilt from something that is not a tensor")
+    return data
+
+
+_TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer")
+
+
+@dataclass(frozen=True)
+class _TypeMarker:
+    qualname: str
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> TensorRecord:
+    if not isinstance(func, _SafeCallable) or func._name not in _TENSOR_REBUILDERS:
+        raise UnsafeInputError("_rebuild_from_type_v2 with a function that is not a tensor rebuild")
+    if not isinstance(new_type, _TypeMarker) or new_type.qualname not in _TENSOR_TYPES:
+        raise UnsupportedFormatError(f"tensor subclass {getattr(new_type, 'qualname', new_type)!r} is not supported")
+    if type(args) is not tuple:
+        raise CorruptInputError("_rebuild_from_type_v2 arguments are not a tuple")
+    return func(*args)
+
+
+def _unsupported(what: str) -> Callable[..., Any]:
+    def refuse(*_: Any) -> None:
+        raise UnsupportedFormatError(f"{what} are not supported (no SafeTensors equivalent)")
+    return refuse
+
+
+def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Protocol-2 pickles store bytes as `_codecs.encode(str, 'latin1')`."""
+    if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        raise CorruptInputError("_codecs.encode used for something other than bytes")
+    return text.encode("latin1")
+
+
+@dataclass(frozen=True)
+class NumpyDType:
+    """Stand-in for `numpy.dtype(...)`; BUILD sets the byte order."""
+
+    name: str
+
+    def __setstate__(self, state: object) -> None:
+        pass  # state carries byte order and flags; only little-endian plain dtypes are accepted
+
+    def resolve(self) -> np.dtype:
+        dt = np.dtype(self.name)
+        if dt.hasobject or dt.fields:
+            raise UnsupportedFormatError(f"numpy dtype {self.name!r} is not plain data")
+        return dt
+
+
+def _numpy_dtype(name: Any, align: Any = False, copy: Any = False) -> NumpyDType:
+    if type(name) is not str or not name.isalnum():
+        raise CorruptInputError("numpy dtype name is not a plain string")
+    return NumpyDType(name)
+
+
+def _numpy_scalar(dt: Any, data: Any = None) -> Any:
+    if not isinstance(dt, NumpyDType) or type(data) is not bytes:
+        raise CorruptInputError("numpy scalar without a plain dtype and bytes")
+    npdt = dt.resolve()
+    if len(data) != npdt.itemsize:
+        raise CorruptInputError("numpy scalar size does not match its dtype")
+    return np.frombuffer(data, dtype=npdt)[0].item()
+
+
+class NumpyArrayRecord(InertObject):
+    """`numpy.core.multiarray._reconstruct` + BUILD: rebuilt as a plain-data array when possible."""
+
+    qualname = "numpy.ndarray"
+
+    def to_array(self) -> np.ndarray:
+        state = self.state
+        if type(state) is not tuple or len(state) != 5:
+            raise CorruptInputError("numpy array state is malformed")
+        _, shape, dt, fortran, raw = state
+        shape = _int_tuple(shape, "numpy shape")
+        if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
+            raise UnsupportedFormatError("numpy array of objects is not supported")
+        npdt = dt.resolve()
+        count = 1
+        for n in shape:
+            count *= n
+        if count * npdt.itemsize != len(raw):
+            raise CorruptInputError("numpy array data does not match its shape")
+        arr = np.frombuffer(bytes(raw), dtype=npdt)
+        return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> NumpyArrayRecord:
+    if not isinstance(cls, _TypeMarker) or cls.qualname != "numpy.ndarray":
+        raise UnsafeInputError("numpy _reconstruct of something that is not an ndarray")
+    return NumpyArrayRecord()
+
+
+def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    if isinstance(cls, type) and issubclass(cls, InertObject):
+        return cls() if state is None else cls(state)
+    raise UnsafeInputError("copyreg._reconstructor of a class that is not allow-listed")
+
+
+def _torch_size(dims: Any = ()) -> tuple[int, ...]:
+    return _int_tuple(dims, "torch.Size")
+
+
+_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
+                      "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
+
+_CALLABLES: dict[str, Callable[..., Any]] = {
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch._utils._rebuild_qtensor": _unsupported("quantized tensors"),
+    "torch._utils._rebuild_sparse_tensor": _unsupported("sparse tensors"),
+    "torch._utils._rebuild_wrapper_subclass": _unsupported("tensor subclasses"),
+    "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("meta tensors (no data)"),
+    "torch.Size": _torch_size,
+    "collections.OrderedDict": OrderedDict,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.bytearray": bytearray,
+    "builtins.complex": complex,
+    "__builtin__.set": set,
+    "_codecs.encode": _codecs_encode,
+    "copyreg._reconstructor": _copyreg_reconstructor,
+    "numpy.dtype": _numpy_dtype,
+    "numpy.core.multiarray.scalar": _numpy_scalar,
+    "numpy._core.multiarray.scalar": _numpy_scalar,
+    "numpy.core.multiarray._reconstruct": _numpy_reconstruct,
+    "numpy._core.multiarray._reconstruct": _numpy_reconstruct,
+}
+
+_TYPE_MARKERS = {"torch.Tensor", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer", "numpy.ndarray",
+                 "builtins.object", "__builtin__.object"}
+
+# Known non-tensor classes met in real checkpoints. They become InertObject records.
+DEFAULT_INERT: tuple[str, ...] = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "argparse.Namespace",
+    "torch.nn.modules.loss.",
+    "neuralforecast.losses.pytorch.",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "torch.device",
+)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose globals come only from the stand-ins above."""
+
+    def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
+                 inert: tuple[str, ...] = DEFAULT_INERT) -> None:
+        super().__init__(file)
+        self._persistent = persistent_load
+        self._inert = inert
+        self._inert_classes: dict[str, type[InertObject]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        if qualname in _CALLABLES:
+            return _SafeCallable(qualname, _CALLABLES[qualname])
+        if module == "torch" and name in TORCH_STORAGE_TYPES:
+            return StorageType(TORCH_STORAGE_TYPES[name])
+        if qualname in ("torch.UntypedStorage", "torch.storage.UntypedStorage"):
+            return StorageType(None)
+        if module == "torch" and name in TORCH_DTYPES:
+            return TorchDType(TORCH_DTYPES[name])
+        if qualname in _TYPE_MARKERS:
+            return _TypeMarker(qualname)
+        if any(qualname == p or (p.endswith(".") and qualname.startswith(p)) for p in self._inert):
+            return self._inert_class(qualname)
+        hint = ""
+        if module == "__main__" or module.startswith("torch.nn.modules."):
+            hint = " (this looks like a whole pickled model; save model.state_dict() instead)"
+        raise UnsafeInputError(f"refused: the pickle needs global '{qualname}', which is not on the allow-list{hint}")
+
+    def _inert_class(self, qualname: str) -> type[InertObject]:
+        cls = self._inert_classes.get(qualname)
+        if cls is None:
+            cls = type("Inert_" + qualname.rsplit(".", 1)[-1], (InertObject,), {"qualname": qualname})
+            self._inert_classes[qualname] = cls
+        return cls
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise UnsafeInputError("pickle refers to external data, which this file type cannot hold")
+        return self._persistent(pid)
+
+
+def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
+                    inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
+    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        return RestrictedUnpickler(stream, persistent_load, inert).load()
+    except ConvertError:
+        raise
+    except RecursionError:
+        raise CorruptInputError(f"{what} is nested too deeply") from None
+    except MemoryError:
+        raise CorruptInputError(f"{what} asks for more memory than it can hold") from None
+    except EOFError:
+        raise CorruptInputError(f"{what} is truncated") from None
+    except Exception as exc:  # pickle raises many types for malformed input
+        raise CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def storage_dtype(storage_type: Any) -> str | None:
+    if not isinstance(storage_type, StorageType):
+        raise UnsafeInputError("storage reference names something that is not a storage type")
+    if storage_type.code is not None:
+        lookup_dtype(storage_type.code)
+    return storage_type.code
+
+
+_MAX_DEPTH = 32
+_MAX_ITEMS = 1000
+
+
+def jsonable(obj: Any, depth: int = 0) -> Any:
+    """A JSON-ready rendering of unpickled data for the manifest (bounded in depth and length)."""
+    if depth > _MAX_DEPTH:
+        return "<nested too deeply>"
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return obj if abs(obj) < 2**63 else str(obj)
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else str(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes__": len(obj)}
+    if isinstance(obj, TensorRecord):
+        return {"__tensor__": {"dtype": obj.dtype_code, "shape": list(obj.shape)}}
+    if isinstance(obj, TorchDType):
+        return {"__dtype__": obj.code}
+    if isinstance(obj, NumpyArrayRecord):
+        try:
+            arr = obj.to_array()
+        except ConvertError:
+            return {"__class__": "numpy.ndarray", "readable": False}
+        return arr.tolist() if arr.size <= _MAX_ITEMS else {"__ndarray__": {"dtype": str(arr.dtype), "shape": list(arr.shape)}}
+    if isinstance(obj, InertObject):
+        rec: dict[str, Any] = {"__class__": obj.qualname}
+        for attr in ("args", "kwargs", "state", "items", "list_items"):
+            value = getattr(obj, attr)
+            if value:
+                rec[attr] = jsonable(value, depth + 1)
+        return rec
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in list(obj.items())[:_MAX_ITEMS]}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v, depth + 1) for v in list(obj)[:_MAX_ITEMS]]
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    return f"<{type(obj).__name__}>"

@@ -1,0 +1,152 @@
+"""Lazy tensor references: what a tensor is and how to read its bytes, never the bytes themselves.
+
+Readers yield `TensorRef`s; the writer pulls one tensor at a time, so memory stays bounded by a
+chunk rather than by the model.  A reference whose bytes already lie in one contiguous C-ordered
+little-endian range of a file exposes it as `span`, which lets the writer copy file to file in the
+kernel; everything else is read through a numpy view over a memory map and materialised in chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import numpy as np
+
+from .dtypes import DType, dtype as lookup_dtype
+from .errors import CorruptInputError
+
+CHUNK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """A contiguous byte range of a file holding a tensor in C order, little-endian."""
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass
+class TensorRef:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray] = field(repr=False)
+    span: FileSpan | None = None
+    # Two refs with equal identity are the same memory (tied weights); None means never shared.
+    identity: Hashable | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def array(self) -> np.ndarray:
+        """A (possibly memory-mapped, non-contiguous) view with this ref's dtype and shape."""
+        arr = self.load()
+        if tuple(arr.shape) != self.shape:
+            raise CorruptInputError(f"tensor {self.name!r}: read shape {arr.shape}, expected {self.shape}")
+        return arr
+
+
+def in_memory(name: str, arr: np.ndarray, dtype_code: str | None = None) -> TensorRef:
+    """A reference to an array already in memory (small tensors from msgpack, results of transforms)."""
+    dt = lookup_dtype(dtype_code) if dtype_code else _dtype_of(arr)
+    return TensorRef(name, dt, tuple(arr.shape), lambda: arr)
+
+
+def _dtype_of(arr: np.ndarray) -> DType:
+    from .dtypes import from_numpy
+
+    return from_numpy(arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else arr.dtype)
+
+
+class MappedFile:
+    """An open file whose tensors are read through memory maps made per tensor.
+
+    Each view owns a map of just the bytes it reaches; when the view is dropped the map goes with
+    it, so RSS does not accumulate across tensors.  Within one large tensor, `release_pages` hands
+    back what a chunk touched.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+
+    def view(self, offset: int, np_dtype: np.dtype, shape: tuple[int, ...], strides_elems: tuple[int, ...]) -> np.ndarray:
+        """A strided view; the caller has checked that every element lies inside the file."""
+        extent = strided_extent(0, shape, strides_elems) * np_dtype.itemsize
+        if extent == 0:
+            return np.zeros(shape, dtype=np_dtype)
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        window = mmap.mmap(self._fd, offset + extent - base, access=mmap.ACCESS_READ, offset=base)
+        byte_strides = tuple(s * np_dtype.itemsize for s in strides_elems)
+        return np.ndarray(shape, dtype=np_dtype, buffer=window, offset=offset - base, strides=byte_strides)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Give back the pages a memory-mapped array has touched (they stay in the page cache)."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def strided_extent(storage_offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Number of storage elements a strided view reaches: one past its last element (0 if empty)."""
+    if any(s == 0 for s in shape):
+        return 0
+    return storage_offset + sum((n - 1) * st for n, st in zip(shape, stride)) + 1
+
+
+def is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for n, st in zip(reversed(shape), reversed(stride)):
+        if n != 1 and st != expected:
+            return False
+        expected *= n
+    return True
+
+
+def iter_chunks(arr: np.ndarray, max_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """C-ordered contiguous pieces of `arr`, each at most about `max_bytes`, in order."""
+    if arr.nbytes <= max_bytes or arr.ndim == 0:
+        yield np.ascontiguousarray(arr)
+        return
+    row_bytes = arr[0].nbytes
+    if row_bytes == 0:
+        yield np.ascontiguousarray(arr)
+        return
+    if row_bytes <= max_bytes:
+        rows = max_bytes // row_bytes
+        for start in range(0, arr.shape[0], rows):
+            yield np.ascontiguousarray(arr[start:start + rows])
+        return
+    for row in arr:
+        yield from iter_chunks(row, max_bytes)
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))

@@ -1,0 +1,178 @@
+"""Prove an output: the files match the manifest, the `safetensors` library's own parser reads them,
+every tensor's bytes hash to what the manifest says, and (with a source) every tensor equals its
+source after the recorded transforms are undone or replayed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import manifest as manifest_mod
+from .errors import ConvertError, VerificationError
+from .hashing import hash_range, sha256_file
+from .safetensors_format import read_header
+from .source import SourceModel
+from .tensors import TensorRef, iter_chunks, release_pages
+from .transforms import replay
+
+
+@dataclass
+class VerifyReport:
+    output: Path
+    files: int = 0
+    tensors: int = 0
+    compared_with_source: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "ok": self.ok, "files": self.files, "tensors": self.tensors,
+                "compared_with_source": self.compared_with_source, "problems": self.problems}
+
+
+def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyReport:
+    out_dir = Path(out)
+    doc = manifest_mod.load(out_dir)
+    manifest_mod.validate(doc)
+    report = VerifyReport(out_dir)
+    for entry in doc["files"]:
+        _check_file(out_dir, entry, doc, report)
+    if doc.get("index"):
+        _check_index(out_dir, doc, report)
+    if source is not None:
+        _compare_with_source(out_dir, doc, source, report)
+    return report
+
+
+def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], report: VerifyReport) -> None:
+    name = entry["path"]
+    path = out_dir / name
+    if Path(name).name != name or not path.is_file():
+        report.problems.append(f"{name}: missing")
+        return
+    report.files += 1
+    if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        report.problems.append(f"{name}: size or sha256 differs from the manifest")
+    expected = {t["name"]: t for t in doc["tensors"] if t["file"] == name}
+    try:
+        library_view = _library_header(path)
+        header = read_header(path)
+    except (ConvertError, Exception) as exc:  # the library raises its own error types
+        report.problems.append(f"{name}: not readable as SafeTensors ({exc})")
+        return
+    if set(library_view) != set(expected):
+        report.problems.append(f"{name}: tensors {sorted(set(library_view) ^ set(expected))[:5]} differ from the manifest")
+    metadata_aliases = {k: v for k, v in header.metadata.items() if k != "format"}
+    if header.metadata.get("format") != "pt" or metadata_aliases != doc["aliases"]:
+        report.problems.append(f"{name}: metadata does not carry format 'pt' and the manifest's aliases")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for e in header.entries:
+            t = expected.get(e.name)
+            if t is None:
+                continue
+            report.tensors += 1
+            if library_view[e.name] != (t["dtype"], tuple(t["shape"])) or [e.begin, e.end] != t["data_offsets"]:
+                report.problems.append(f"tensor {e.name!r}: dtype, shape or offsets differ from the manifest")
+                continue
+            digest = hashlib.sha256()
+            hash_range(fd, header.data_start + e.begin, e.end - e.begin, [digest])
+            if digest.hexdigest() != t["sha256"]:
+                report.problems.append(f"tensor {e.name!r}: bytes do not match the manifest's sha256")
+    finally:
+        os.close(fd)
+
+
+def _library_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Names, dtypes and shapes as the safetensors library (its Rust parser) reads them."""
+    from safetensors import safe_open
+
+    codes = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0": "F8_E8M0",
+             "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64"}
+    out = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for k in f.keys():
+            sl = f.get_slice(k)
+            raw = sl.get_dtype()
+            out[k] = (codes.get(raw.lower(), raw.upper()), tuple(sl.get_shape()))
+    return out
+
+
+def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> None:
+    import json
+
+    path = out_dir / doc["index"]
+    try:
+        index = json.loads(path.read_text())
+        weight_map, total = index["weight_map"], index["metadata"]["total_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        report.problems.append(f"{doc['index']}: missing or malformed")
+        return
+    if weight_map != {t["name"]: t["file"] for t in doc["tensors"]}:
+        report.problems.append(f"{doc['index']}: weight_map differs from the manifest")
+    if total != sum(t["data_offsets"][1] - t["data_offsets"][0] for t in doc["tensors"]):
+        report.problems.append(f"{doc['index']}: total_size differs from the tensors' bytes")
+
+
+def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
+    refs = {t.name: t for t in source.tensors}
+    for t in doc["tensors"]:
+        names = [s["name"] for s in t["sources"]]
+        missing = [n for n in names if n not in refs]
+        if missing:
+            report.problems.append(f"tensor {t['name']!r}: source tensor {missing[0]!r} not found in the source")
+            continue
+        sources = [refs[n] for n in names]
+        if not t["transforms"] and len(sources) == 1:
+            same = tensor_sha256(sources[0]) == t["sha256"] and sources[0].dtype.code == t["dtype"]
+        else:
+            same = _compare_transformed(out_dir, t, sources)
+        report.compared_with_source += 1
+        if not same:
+            report.problems.append(f"tensor {t['name']!r}: differs from its source {names}")
+    for alias, kept in doc["aliases"].items():
+        if alias in refs and kept in refs and tensor_sha256(refs[alias]) != tensor_sha256(refs[kept]):
+            report.problems.append(f"alias {alias!r}: its source differs from {kept!r}, so it cannot be re-tied")
+
+
+def _compare_transformed(out_dir: Path, t: dict[str, Any], sources: list[TensorRef]) -> bool:
+    """Replay the recorded transforms on the source and compare bytes with the output."""
+    from exporters.safetensors import open_safetensors
+
+    with open_safetensors(out_dir / t["file"]) as out_model:
+        out_ref = next(r for r in out_model.tensors if r.name == t["name"])
+        produced = replay(t["transforms"], [s.array() for s in sources])
+        output = out_ref.array()
+        same = produced.shape == output.shape and produced.dtype == output.dtype and \
+            np.ascontiguousarray(produced).tobytes() == np.ascontiguousarray(output).tobytes()
+        release_pages(output)
+        return same
+
+
+def tensor_sha256(ref: TensorRef) -> str:
+    """SHA-256 of a tensor's C-ordered bytes, read in bounded chunks."""
+    digest = hashlib.sha256()
+    if ref.span is not None:
+        fd = os.open(ref.span.path, os.O_RDONLY)
+        try:
+            hash_range(fd, ref.span.offset, ref.span.length, [digest])
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
+    arr = ref.array()
+    for chunk in iter_chunks(arr):
+        if chunk.dtype != ref.dtype.numpy:  # big-endian sources are compared as written: little-endian
+            chunk = chunk.astype(ref.dtype.numpy)
+        digest.update(memoryview(chunk.reshape(-1).view(np.uint8)))
+        release_pages(arr)
+    return digest.hexdigest()

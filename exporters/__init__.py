@@ -1,0 +1,1 @@
+"""One reader per source format; each reaches canonical form (PyTorch names and layouts)."""

@@ -1,0 +1,335 @@
+"""PyTorch checkpoints read without torch: `torch.save` zip and legacy files, Lightning `.ckpt`,
+and Hugging Face folders with `pytorch_model.bin` or its shards.
+
+The pickle is read by the restricted unpickler; storage bytes stay in the file and are reached
+through lazy `TensorRef`s, checked against the file's real size before anything is mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.dtypes import dtype as lookup_dtype
+from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
+                            UnsupportedFormatError)
+from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype
+from convert.source import SourceModel
+from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
+
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# Entries of a checkpoint worth carrying into the manifest when the tensors come from a sub-dict.
+_CHECKPOINT_FACTS = ("hyper_parameters", "hparams", "epoch", "global_step", "pytorch-lightning_version",
+                     "hparams_name", "config", "args")
+AUTO_KEYS = ("state_dict", "model_state_dict")
+HF_WEIGHTS = "pytorch_model.bin"
+HF_INDEX = "pytorch_model.bin.index.json"
+SIDECAR_SUFFIXES = (".json", ".txt", ".model")
+SIDECAR_MAX_BYTES = 32 << 20
+
+
+@dataclass
+class _Storage:
+    """A storage's bytes in the file, as a persistent id promised them."""
+
+    key: str
+    dtype_code: str | None  # None: untyped bytes (the tensor carries its dtype)
+    numel: int
+    offset: int = -1  # byte offset of the storage in the file, once known
+    nbytes: int = -1
+
+
+def open_pytorch(path: str | Path, key: str | None = None) -> SourceModel:
+    """Open a torch checkpoint file or a Hugging Face model folder as a SourceModel."""
+    p = Path(path)
+    if not p.exists():
+        raise SourceNotFoundError(f"no such file or folder: {p}")
+    if p.is_dir():
+        return _open_hf_folder(p, key)
+    return _open_file(p, key)
+
+
+def _open_file(path: Path, key: str | None) -> SourceModel:
+    mapped = MappedFile(str(path))
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head == ZIP_MAGIC:
+            fmt, obj, storages, big_endian = "pytorch-zip", *_read_zip(path, mapped.size)
+        elif head[:1] == b"\x80":
+            fmt, obj, storages, big_endian = "pytorch-legacy", *_read_legacy(path, mapped.size)
+        else:
+            raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
+        named, extras = select_tensors(obj, key)
+        tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
+    except BaseException:
+        mapped.close()
+        raise
+    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, closers=[mapped.close])
+
+
+def _read_zip(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], bool]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+    with zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl_names = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl_names) != 1:
+            raise UnsupportedFormatError(f"{path.name}: zip file is not a torch checkpoint (no single <root>/data.pkl)")
+        root = pkl_names[0][: -len("data.pkl")]
+        pkl_info = infos[pkl_names[0]]
+        if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
+            raise CorruptInputError(f"{path.name}: data.pkl declares {pkl_info.file_size} bytes, more than the file holds")
+        try:
+            pickle_bytes = zf.read(pkl_info)
+            byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+        if byteorder not in ("little", "big"):
+            raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
+        storages: dict[str, _Storage] = {}
+
+        def persistent_load(pid: Any) -> _Storage:
+            if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+                raise UnsafeInputError(f"{path.name}: unexpected persistent id {jsonable(pid)!r}")
+            _, storage_type, skey, _location, numel = pid
+            if type(skey) is not str or not _KEY_RE.match(skey) or ".." in skey:
+                raise UnsafeInputError(f"{path.name}: storage key {skey!r} points outside the archive")
+            if type(numel) is not int or numel < 0:
+                raise CorruptInputError(f"{path.name}: storage {skey} has a bad size {numel!r}")
+            code = storage_dtype(storage_type)
+            if skey not in storages:
+                storages[skey] = _locate_zip_storage(path, zf, infos, root, skey, code, numel, file_size)
+            return storages[skey]
+
+        obj = restricted_load(pickle_bytes, persistent_load, what=f"{path.name}: data.pkl")
+    return obj, storages, byteorder == "big"
+
+
+def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str,
+                        key: str, code: str | None, numel: int, file_size: int) -> _Storage:
+    info = infos.get(f"{root}data/{key}")
+    if info is None:
+        raise CorruptInputError(f"{path.name}: storage {key} is referenced but not in the archive")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise UnsupportedFormatError(f"{path.name}: storage {key} is compressed; torch.save never does that")
+    itemsize = lookup_dtype(code).itemsize if code else 1
+    if numel * itemsize > info.file_size:
+        raise CorruptInputError(f"{path.name}: storage {key} claims {numel * itemsize} bytes but holds {info.file_size}")
+    zf.fp.seek(info.header_offset)
+    header = zf.fp.read(30)
+    if len(header) != 30 or header[:4] != ZIP_MAGIC:
+        raise CorruptInputError(f"{path.name}: storage {key} has a damaged local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    offset = info.header_offset + 30 + name_len + extra_len
+    if offset + info.file_size > file_size:
+        raise CorruptInputError(f"{path.name}: storage {key} runs past the end of the file (truncated?)")
+    return _Storage(key, code, numel, offset, info.file_size)
+
+
+def _read_legacy(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], bool]:
+    name = path.name
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid: Any) -> _Storage:
+        if type(pid) is not tuple or len(pid) != 6 or pid[0] != "storage":
+            raise UnsafeInputError(f"{name}: unexpected persistent id {jsonable(pid)!r}")
+        _, storage_type, skey, _location, numel, view_metadata = pid
+        if view_metadata is not None:
+            raise UnsupportedFormatError(f"{name}: legacy storage views are not supported")
+        if type(skey) is not str or not _KEY_RE.match(skey):
+            raise UnsafeInputError(f"{name}: storage key {skey!r} is not a plain key")
+        if type(numel) is not int or numel < 0:
+            raise CorruptInputError(f"{name}: storage {skey} has a bad size {numel!r}")
+        return storages.setdefault(skey, _Storage(skey, storage_dtype(storage_type), numel))
+
+    with open(path, "rb") as fh:
+        magic = restricted_load(fh, what=f"{name}: header")
+        if magic != LEGACY_MAGIC:
+            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (use a torch checkpoint)")
+        protocol = restricted_load(fh, what=f"{name}: header")
+        if protocol != LEGACY_PROTOCOL:
+            raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
+        sys_info = restricted_load(fh, what=f"{name}: header")
+        little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+        obj = restricted_load(fh, persistent_load, what=f"{name}: pickle")
+        keys = restricted_load(fh, what=f"{name}: storage list")
+        if type(keys) is not list or any(type(k) is not str for k in keys):
+            raise CorruptInputError(f"{name}: storage list is malformed")
+        pos = fh.tell()
+        for skey in keys:
+            storage = storages.get(skey)
+            if storage is None:
+                raise CorruptInputError(f"{name}: storage {skey} is stored but never referenced")
+            fh.seek(pos)
+            count_bytes = fh.read(8)
+            if len(count_bytes) != 8:
+                raise CorruptInputError(f"{name}: truncated in storage {skey}")
+            (count,) = struct.unpack("<q" if little else ">q", count_bytes)
+            itemsize = lookup_dtype(storage.dtype_code).itemsize if storage.dtype_code else 1
+            if count < storage.numel or pos + 8 + count * itemsize > file_size:
+                raise CorruptInputError(f"{name}: storage {skey} declares {count} elements; the file holds fewer (truncated?)")
+            storage.offset, storage.nbytes = pos + 8, count * itemsize
+            pos += 8 + count * itemsize
+    missing = [k for k, s in storages.items() if s.offset < 0]
+    if missing:
+        raise CorruptInputError(f"{name}: storages {missing[:5]} are referenced but not stored (truncated?)")
+    return obj, storages, not little
+
+
+def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bool, path: Path) -> TensorRef:
+    storage = rec.storage
+    if not isinstance(storage, _Storage):
+        raise CorruptInputError(f"{path.name}: tensor {name!r} is not backed by a stored storage")
+    dt = lookup_dtype(rec.dtype_code)
+    available = storage.nbytes // dt.itemsize
+    if strided_extent(rec.storage_offset, rec.shape, rec.stride) > available:
+        raise CorruptInputError(f"{path.name}: tensor {name!r} reaches past the end of its storage")
+    base = storage.offset + rec.storage_offset * dt.itemsize
+    np_dtype = dt.numpy.newbyteorder(">") if big_endian and dt.itemsize > 1 else dt.numpy
+    shape, stride = rec.shape, rec.stride
+    contiguous = is_c_contiguous(shape, stride) and np_dtype.byteorder != ">"
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+
+    def load() -> np.ndarray:
+        return mapped.view(base, np_dtype, shape, stride)
+
+    return TensorRef(
+        name=name, dtype=dt, shape=shape, load=load,
+        span=FileSpan(str(path), base, nbytes) if contiguous else None,
+        identity=(str(path), storage.key, rec.storage_offset, shape, stride, dt.code),
+    )
+
+
+def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any]]:
+    """Find the state dict in a checkpoint: `key` (dotted) if given, else a known key, else the root."""
+    extras: dict[str, Any] = {}
+    chosen = obj
+    if key:
+        for part in key.split("."):
+            if not isinstance(chosen, dict) or part not in chosen:
+                where = sorted(map(str, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
+                raise SourceNotFoundError(f"key {key!r} not found in the checkpoint (at {part!r}; there: {where})")
+            chosen = chosen[part]
+        extras["key"] = key
+    elif isinstance(obj, dict):
+        for candidate in AUTO_KEYS:
+            if isinstance(obj.get(candidate), dict):
+                chosen, extras["key"] = obj[candidate], candidate
+                break
+    if isinstance(chosen, TensorRecord):
+        raise UnsupportedFormatError("the checkpoint holds one bare tensor, not a state dict")
+    if chosen is not obj and isinstance(obj, dict):
+        facts = {k: jsonable(obj[k]) for k in _CHECKPOINT_FACTS if k in obj}
+        if facts:
+            extras["checkpoint"] = facts
+    named: list[tuple[str, TensorRecord]] = []
+    skipped: list[str] = []
+    _flatten(chosen, "", named, skipped, 0)
+    if skipped:
+        extras["skipped_non_tensors"] = skipped[:200]
+    if not named:
+        keys = sorted(map(str, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
+        raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
+    return named, extras
+
+
+def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int) -> None:
+    if depth > 64:
+        raise CorruptInputError("checkpoint dicts are nested too deeply")
+    if isinstance(obj, TensorRecord):
+        named.append((prefix, obj))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), named, skipped, depth + 1)
+    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (TensorRecord, dict, list, tuple)) for v in obj):
+        for i, v in enumerate(obj):
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), named, skipped, depth + 1)
+    elif prefix:
+        skipped.append(prefix)
+
+
+def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
+    index_path = folder / HF_INDEX
+    if index_path.exists():
+        shard_files = _read_index(index_path)
+    elif (folder / HF_WEIGHTS).exists():
+        shard_files = {HF_WEIGHTS: None}
+    else:
+        raise SourceNotFoundError(f"{folder}: no {HF_WEIGHTS} or {HF_INDEX} in this folder")
+    parts: list[SourceModel] = []
+    try:
+        for fname, expected in shard_files.items():
+            shard = folder / fname
+            if not shard.is_file():
+                raise SourceNotFoundError(f"{folder.name}: shard {fname} named in {HF_INDEX} is missing")
+            part = _open_file(shard, key)
+            parts.append(part)
+            if expected is not None:
+                _cross_check(fname, expected, {t.name for t in part.tensors})
+    except BaseException:
+        for part in parts:
+            part.close()
+        raise
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    return SourceModel(
+        format="hf-pytorch-sharded" if index_path.exists() else "hf-pytorch",
+        files=[p for part in parts for p in part.files],
+        tensors=[t for part in parts for t in part.tensors],
+        sidecars=hf_sidecars(folder, exclude={HF_INDEX}),
+        config=config,
+        extras=parts[0].extras if len(parts) == 1 else {},
+        closers=[part.close for part in parts],
+    )
+
+
+def _read_index(index_path: Path) -> dict[str, set[str]]:
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptInputError(f"{index_path.name}: no weight_map of tensor names to shard files")
+    shards: dict[str, set[str]] = {}
+    for tensor_name, fname in weight_map.items():
+        if "/" in fname or "\\" in fname or fname.startswith("."):
+            raise UnsafeInputError(f"{index_path.name}: shard name {fname!r} points outside the folder")
+        shards.setdefault(fname, set()).add(tensor_name)
+    return shards
+
+
+def _cross_check(fname: str, expected: set[str], found: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing:
+        raise CorruptInputError(f"{fname}: the index places {missing[:5]} here but the shard lacks them")
+    if extra:
+        raise CorruptInputError(f"{fname}: holds {extra[:5]}, which the index does not list")
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > SIDECAR_MAX_BYTES:
+        raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptInputError(f"{path.name}: not valid JSON ({exc})") from None
+
+
+def hf_sidecars(folder: Path, exclude: set[str]) -> list[Path]:
+    """Small config and tokenizer files of a model folder, carried across to the output."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix in SIDECAR_SUFFIXES and p.name not in exclude
+        and not p.name.endswith(".index.json") and p.stat().st_size <= SIDECAR_MAX_BYTES
+    )
+
