@@ -21,9 +21,10 @@ from . import manifest as manifest_mod
 from .architecture import infer_architecture
 from .errors import UsageError
 from .hashing import sha256_file
-from .mapping import MappedTensor, apply_cast, apply_layout, resolve_layout
+from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
 from .source import SourceModel
+from .transforms import invertible
 from .verify import VerifyReport, verify_output
 from .writer import INDEX_FILE, WriteItem, WrittenFile, shard_file_names, shard_items, write_safetensors
 
@@ -33,6 +34,8 @@ Progress = Callable[[int], None]
 @dataclass
 class ConvertOptions:
     layout: str = "pytorch"
+    layout_file: str | None = None  # a user's rule file (may extend a built-in layout)
+    layout_options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # --dtype: f32, f16, bf16, f64
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
@@ -48,11 +51,13 @@ class ConversionResult:
     aliases: dict[str, str]
     dry_run: bool
     seconds: float
+    warnings: list[str] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)  # filled on a dry run
 
     def to_json(self) -> dict[str, Any]:
         doc = {"output": str(self.output), "files": self.files, "tensors": self.tensors, "bytes": self.bytes,
-               "aliases": self.aliases, "dry_run": self.dry_run, "seconds": round(self.seconds, 3)}
+               "aliases": self.aliases, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
+               "warnings": self.warnings}
         if self.dry_run:
             doc["plan"] = self.plan
         return doc
@@ -79,12 +84,13 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                    progress: Progress | None = None) -> ConversionResult:
     """Map, plan, write and record one source model into the folder `out`."""
     started = time.perf_counter()
-    resolve_layout(options.layout)
+    layout = load_layout(options.layout, options.layout_file, options.layout_options)
     staged = StagedOutput(out, options.overwrite)
     staged.check()
-    mapped = apply_layout(options.layout, source.tensors)
-    apply_cast(mapped, options.dtype)
-    kept, aliases = dedupe(mapped)
+    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
+    mapping = apply_layout(layout, source.tensors, architecture)
+    apply_dtypes(mapping.tensors, options.dtype, layout)
+    kept, aliases = dedupe(mapping.tensors)
     items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
     shards = shard_items(items, options.max_shard_size)
     names = shard_file_names(len(shards))
@@ -93,19 +99,22 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
                 for fname, shard in zip(names, shards) for it in shard]
         return ConversionResult(staged.dest, names, len(items), total, aliases, True,
-                                time.perf_counter() - started, plan)
+                                time.perf_counter() - started, mapping.warnings, plan)
     metadata = {"format": "pt", **aliases}
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
         with staged as staging:
             written = [write_safetensors(staging / fname, shard, metadata, progress) for fname, shard in zip(names, shards)]
             if len(written) > 1:
-                write_file(staging / INDEX_FILE, _index_json(written, total))
+                index = _index_json(written, total)
+                for index_name in [INDEX_FILE, *layout.extra_index_names]:
+                    write_file(staging / index_name, index)
             sidecars = _copy_sidecars(source, staging)
-            doc = build_manifest(source, options, mapped, kept, aliases, written, sidecars, source_digests.result())
+            doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
+                                 source_digests.result())
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
-                            time.perf_counter() - started)
+                            time.perf_counter() - started, mapping.warnings)
 
 
 def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
@@ -141,21 +150,25 @@ def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
     return copied
 
 
-def build_manifest(source: SourceModel, options: ConvertOptions, mapped: list[MappedTensor], kept: list[MappedTensor],
-                   aliases: dict[str, str], written: list[WrittenFile], sidecars: list[str],
-                   source_digests: list[str]) -> dict[str, Any]:
+def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions, mapping: MappingResult,
+                   architecture: dict[str, Any], kept: list[MappedTensor], aliases: dict[str, str],
+                   written: list[WrittenFile], sidecars: list[str], source_digests: list[str]) -> dict[str, Any]:
     by_name = {t.name: t for w in written for t in w.tensors}
     tensors = []
     for m in kept:
         t = by_name[m.name]
-        tensors.append({
+        can_invert, reason = invertible(m.transforms)
+        entry = {
             "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
             "data_offsets": list(t.data_offsets), "sha256": t.sha256,
             "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
-            "transforms": m.transforms, "lossy": m.lossy,
-        })
-    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
-    architecture["config"] = source.config
+            "transforms": m.transforms, "lossy": m.lossy, "invertible": can_invert,
+        }
+        if reason:
+            entry["not_invertible_because"] = reason
+        if m.annotations:
+            entry["annotations"] = m.annotations
+        tensors.append(entry)
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
         "generator": manifest_mod.generator(),
@@ -165,13 +178,15 @@ def build_manifest(source: SourceModel, options: ConvertOptions, mapped: list[Ma
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
         },
-        "target": {"format": "safetensors", "layout": options.layout, "dtype": options.dtype},
+        "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
+                   "options": layout.options, "warnings": mapping.warnings},
         "files": [{"path": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,
         "tensors": tensors,
         "aliases": aliases,
-        "architecture": architecture,
+        "dropped": mapping.dropped,
+        "architecture": {**architecture, "config": source.config},
     }
 
 

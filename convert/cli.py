@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import traceback
@@ -47,6 +48,9 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if verbose:
                 traceback.print_exc()
             _fail(str(exc), exc.exit_code)
+        except BrokenPipeError:  # `convert inspect ... | head`: the reader left, which is fine
+            sys.stdout = open(os.devnull, "w")
+            sys.exit(0)
         except (KeyboardInterrupt, Terminated):
             _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
         except Exception as exc:  # a bug: say so plainly
@@ -87,6 +91,10 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--layout", default="pytorch", show_default=True,
                      help="Target naming and tensor layout (see `convert layouts`)."),
+        click.option("--layout-file", type=click.Path(dir_okay=False, path_type=str),
+                     help="Your own layout rules (TOML); `extends = \"burn\"` builds on a built-in one."),
+        click.option("--layout-option", "layout_options", multiple=True, metavar="KEY=VALUE",
+                     help="Set a layout option, e.g. drop_num_batches_tracked=true."),
         click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
         click.option("--max-shard-size", metavar="SIZE",
@@ -113,19 +121,35 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
         yield lambda n: bar.advance(task, n)
 
 
-def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, dtype: str | None,
-                    max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from .errors import UsageError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--layout-option {pair!r}: expected KEY=VALUE")
+        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
+                    layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None,
+                    overwrite: bool, dry_run: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
 
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
-    options = ConvertOptions(layout=layout, dtype=dtype, max_shard_size=parse_size(max_shard_size),
+    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, max_shard_size=parse_size(max_shard_size),
                              overwrite=overwrite, dry_run=dry_run)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
         with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
             result = convert_source(source, out, options, progress)
+    if not quiet:
+        for warning in result.warnings:
+            click.echo(f"convert: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     elif dry_run and not quiet:
@@ -199,6 +223,33 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
             click.echo(f"ok: {report.files} file(s), {report.tensors} tensors match the manifest{extra}")
     if not report.ok:
         raise VerificationError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@output_flags
+@command_errors
+def layouts(name: str | None, as_json: bool) -> None:
+    """List the built-in target layouts, or show one layout's rules."""
+    from .mapping import builtin_layouts, layout_text
+
+    found = builtin_layouts()
+    if name is None:
+        rows = {n: d.get("description", "") for n, d in sorted(found.items()) if n == d["name"]}
+        if as_json:
+            click.echo(json.dumps([{"name": n, "aliases": found[n].get("aliases", []), "description": d}
+                                   for n, d in rows.items()]))
+            return
+        for n, d in rows.items():
+            aliases = found[n].get("aliases", [])
+            click.echo(f"{n}{' (also ' + ', '.join(aliases) + ')' if aliases else ''}: {d}")
+        return
+    if name not in found:
+        from .errors import UsageError
+
+        raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(found))}")
+    click.echo(json.dumps(found[name], indent=1) if as_json else layout_text(found[name]["name"]))
 
 
 def main() -> None:

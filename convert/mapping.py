@@ -1,20 +1,29 @@
-"""From canonical tensors to a target layout's names and layouts.
+"""From canonical tensors (PyTorch names and layouts) to a target framework's names and layouts.
 
-A layout turns each source tensor into zero or more `MappedTensor`s: a target name, a lazy result,
-and the record of what was done to get there (so `verify` can undo it).  The `pytorch` layout is the
-identity; richer layouts are rule files (see convert/layouts/).
+Layouts are data: TOML rule files under convert/layouts/ (schema: schemas/layout.schema.json), or
+a user's own file. Rules are tried in order; the first whose pattern matches a tensor, whose module
+condition holds (the module type inferred in the architecture, and its parameters) and whose
+companion tensors exist, decides that tensor's fate: one or more outputs, each a name and a chain of
+transforms (convert/transforms.py), or a drop, or a refusal. Names no rule takes fail closed, all
+of them listed, unless the layout passes the rest through.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any, Hashable
 
+from . import transforms as tf
 from .dtypes import CAST_TARGETS, DType, dtype as lookup_dtype
-from .errors import UsageError
+from .errors import MappingError, UsageError
 from .tensors import TensorRef
 
-IDENTITY_LAYOUTS = {"pytorch": "pytorch", "candle": "pytorch", "tch": "pytorch"}
+_PLACEHOLDER = re.compile(r"\{(\w+)(\.\.\.|:int)?\}")
 
 
 @dataclass
@@ -23,7 +32,7 @@ class MappedTensor:
     ref: TensorRef  # the tensor as it will be written, before any final cast
     sources: list[TensorRef]
     transforms: list[dict[str, Any]] = field(default_factory=list)
-    lossy: bool = False
+    annotations: dict[str, Any] = field(default_factory=dict)
     out_dtype: DType | None = None  # set when a cast is requested
 
     @property
@@ -31,42 +40,348 @@ class MappedTensor:
         return self.out_dtype or self.ref.dtype
 
     @property
+    def lossy(self) -> bool:
+        return any(t["op"] == "add" or (t["op"] == "cast" and not t.get("lossless")) for t in self.transforms)
+
+    @property
     def identity(self) -> Hashable | None:
-        """Equal for two outputs that would hold the same bytes because their sources are tied."""
-        if self.ref.identity is None:
+        """Equal for two outputs that hold the same bytes because their sources are tied."""
+        if any(s.identity is None for s in self.sources):
             return None
-        return (self.ref.identity, repr(self.transforms), self.dtype.code)
+        return (tuple(s.identity for s in self.sources), json.dumps(self.transforms, sort_keys=True), self.dtype.code)
 
 
-def resolve_layout(name: str) -> str:
+@dataclass
+class Rule:
+    pattern: re.Pattern[str]
+    module: str | None  # in `rules`: the tensor's module type; in `post`: the first source's
+    where: dict[str, Any]
+    companions: list[str]
+    outputs: list[dict[str, Any]]
+    drop: bool
+    refuse: str | None
+    if_option: str | None
+    derive: dict[str, dict[str, Any]]  # new variable: {"from": captured variable, "map": {value: text}}
+
+    def variables(self, match: re.Match[str]) -> dict[str, str]:
+        found = {k: v or "" for k, v in match.groupdict().items()}
+        for name, spec in self.derive.items():
+            found[name] = spec["map"].get(found.get(spec["from"], ""), found.get(spec["from"], ""))
+        return found
+
+    def companions_for(self, variables: dict[str, str]) -> list[str]:
+        return [fill(c, variables) for c in self.companions]
+
+
+@dataclass
+class Layout:
+    name: str
+    description: str
+    rules: list[Rule]
+    post: list[Rule]  # applied to outputs after the rules: append transforms or rename by target name
+    passthrough: bool
+    dtypes: list[str] | None
+    cast: dict[str, str]
+    renumber: bool
+    extra_index_names: list[str]
+    warnings: list[str]
+    options: dict[str, Any]
+    source: str  # where the rules came from
+
+
+@dataclass
+class MappingResult:
+    tensors: list[MappedTensor]
+    dropped: list[str]
+    warnings: list[str]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _layout_dir() -> Any:
+    return resources.files("convert").joinpath("layouts")
+
+
+def builtin_layouts() -> dict[str, dict[str, Any]]:
+    """Every built-in rule file, by layout name and by each of its aliases."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in sorted(_layout_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            doc = tomllib.loads(entry.read_text(encoding="utf-8"))
+            for name in [doc["name"], *doc.get("aliases", [])]:
+                found[name] = doc
+    return found
+
+
+def layout_text(name: str) -> str:
+    """The rule file of a built-in layout, as written."""
+    return _layout_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+def _validate(doc: dict[str, Any], where: str) -> None:
+    import jsonschema
+
+    from .manifest import schema_text
+
+    schema = json.loads(schema_text("layout.schema.json"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        path = "/".join(map(str, errors[0].path)) or "(root)"
+        raise UsageError(f"{where}: layout rules invalid at {path}: {errors[0].message}")
+
+
+def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
+                options: dict[str, Any] | None = None) -> Layout:
+    """A built-in layout by name, or a user's rule file (which may extend a built-in one)."""
+    builtins = builtin_layouts()
+    if layout_file is not None:
+        path = Path(layout_file)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"--layout-file {path}: no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--layout-file {path}: not valid TOML ({exc})") from None
+        _validate(doc, str(path))
+        where = str(path)
+    elif name in builtins:
+        doc, where = builtins[name], f"builtin:{builtins[name]['name']}"
+    else:
+        raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtins))}")
+    merged = _resolve_extends(doc, builtins, depth=0)
+    opts = {**merged.get("options", {}), **(options or {})}
+    unknown = set(options or {}) - set(merged.get("options", {}))
+    if unknown:
+        raise UsageError(f"layout {merged['name']!r} has no option {sorted(unknown)[0]!r}")
+    return Layout(
+        name=merged["name"], description=merged.get("description", ""),
+        rules=[_rule(r) for r in merged.get("rules", [])], post=[_rule(r) for r in merged.get("post", [])],
+        passthrough=merged.get("passthrough", False), dtypes=merged.get("dtypes"),
+        cast=merged.get("cast", {}), renumber=merged.get("renumber_sequential", False),
+        extra_index_names=merged.get("extra_index_names", []), warnings=merged.get("warnings", []),
+        options=opts, source=where,
+    )
+
+
+def _resolve_extends(doc: dict[str, Any], builtins: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
+    """A layout that extends another takes the other's settings, with its own rules tried first."""
+    if "extends" not in doc:
+        return doc
+    base_doc = builtins.get(doc["extends"])
+    if base_doc is None or depth > 8:
+        raise UsageError(f"layout {doc.get('name')!r} extends unknown layout {doc['extends']!r}")
+    base = _resolve_extends(base_doc, builtins, depth + 1)
+    merged = {**base, **{k: v for k, v in doc.items() if k not in ("rules", "post", "extends", "options", "aliases")}}
+    merged["rules"] = doc.get("rules", []) + base.get("rules", [])
+    merged["post"] = doc.get("post", []) + base.get("post", [])
+    merged["options"] = {**base.get("options", {}), **doc.get("options", {})}
+    return merged
+
+
+def _rule(doc: dict[str, Any]) -> Rule:
+    if "regex" in doc:
+        pattern = re.compile(doc["regex"])
+    else:
+        pattern = compile_pattern(doc["match"])
+    single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}
+    outputs = doc.get("outputs") or [single]
+    return Rule(pattern, doc.get("module"), doc.get("where", {}), doc.get("with", []), outputs,
+                doc.get("drop", False), doc.get("refuse"), doc.get("if_option"), doc.get("derive", {}))
+
+
+def compile_pattern(text: str) -> re.Pattern[str]:
+    """`{name}` one dotted component, `{name:int}` digits, `{name...}` one or more components."""
+    out, pos = [], 0
+    for m in _PLACEHOLDER.finditer(text):
+        out.append(re.escape(text[pos:m.start()]))
+        kind = {None: r"[^.]+", ":int": r"\d+", "...": r".+"}[m.group(2)]
+        out.append(f"(?P<{m.group(1)}>{kind})")
+        pos = m.end()
+    out.append(re.escape(text[pos:]))
+    return re.compile("".join(out) + r"\Z")
+
+
+def fill(template: str, variables: dict[str, str]) -> str:
     try:
-        return IDENTITY_LAYOUTS[name]
-    except KeyError:
-        raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(IDENTITY_LAYOUTS))}") from None
+        return _PLACEHOLDER.sub(lambda m: variables[m.group(1)], template)
+    except KeyError as exc:
+        raise MappingError(f"rule target {template!r} uses {exc} which its pattern does not capture") from None
 
 
-def apply_layout(layout: str, tensors: list[TensorRef]) -> list[MappedTensor]:
-    resolve_layout(layout)
-    return [MappedTensor(t.name, t, [t]) for t in tensors]
+# --- applying ------------------------------------------------------------------------------------
+
+def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
+    modules = {name: mod for mod in architecture.get("modules", []) for name in mod["tensors"]}
+    refs = {t.name: t for t in tensors}
+    consumed: set[str] = set()
+    produced: list[tuple[int, MappedTensor]] = []
+    no_rule: list[tuple[int, TensorRef]] = []
+    dropped: list[str] = []
+    for pos, t in enumerate(tensors):
+        if t.name in consumed:
+            continue
+        outcome = _first_rule(layout, t.name, refs, modules)
+        if outcome is None:
+            no_rule.append((pos, t))  # decided at the end: a later rule may take it as a companion
+            continue
+        rule, variables, companions = outcome
+        if rule.refuse:
+            raise MappingError(f"layout {layout.name}: {fill(rule.refuse, {**variables, 'name': t.name})}")
+        consumed.update([t.name, *companions])
+        if rule.drop:
+            dropped.append(t.name)
+            continue
+        sources = [t] + [refs[c] for c in companions]
+        for out in rule.outputs:
+            name = fill(out["to"], variables) if "to" in out else t.name
+            produced.append((pos, _mapped(name, sources, out.get("transforms", []), out.get("annotations", {}))))
+    leftovers = [(pos, t) for pos, t in no_rule if t.name not in consumed]
+    if leftovers and not layout.passthrough:
+        names = ", ".join(t.name for _, t in leftovers)
+        raise MappingError(f"layout {layout.name}: no rule for {len(leftovers)} tensor(s): {names}")
+    produced += [(pos, MappedTensor(t.name, t, [t])) for pos, t in leftovers]
+    mapped = [m for _, m in sorted(produced, key=lambda item: item[0])]
+    if layout.post:
+        mapped = [_post(layout, m, modules) for m in mapped]
+    if layout.renumber:
+        _renumber(mapped)
+    _check_unique(layout, mapped)
+    return MappingResult(mapped, dropped, list(layout.warnings))
 
 
-# Float precision order: a cast to a type later in this list (or sideways, F16<->BF16) loses bits.
+def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
+                modules: dict[str, dict[str, Any]]) -> tuple[Rule, dict[str, str], list[str]] | None:
+    for rule in layout.rules:
+        if rule.if_option and not layout.options.get(rule.if_option):
+            continue
+        m = rule.pattern.match(name)
+        if m is None:
+            continue
+        if rule.module is not None and not _module_fits(modules.get(name), rule.module, rule.where):
+            continue
+        variables = rule.variables(m)
+        companions = rule.companions_for(variables)
+        if any(c not in refs for c in companions):
+            continue
+        return rule, variables, companions
+    return None
+
+
+def _post(layout: Layout, m: MappedTensor, modules: dict[str, dict[str, Any]]) -> MappedTensor:
+    """The first post rule matching an output's name (and its first source's module) renames it
+    and appends its transforms."""
+    for rule in layout.post:
+        if rule.if_option and not layout.options.get(rule.if_option):
+            continue
+        match = rule.pattern.match(m.name)
+        if match is None:
+            continue
+        if rule.module is not None and not _module_fits(modules.get(m.sources[0].name), rule.module, rule.where):
+            continue
+        variables = rule.variables(match)
+        out = rule.outputs[0] if rule.outputs else {}
+        name = fill(out["to"], variables) if "to" in out else m.name
+        return _mapped(name, m.sources, m.transforms + out.get("transforms", []), {**m.annotations, **out.get("annotations", {})})
+    return m
+
+
+def _module_fits(module: dict[str, Any] | None, type_name: str, where: dict[str, Any]) -> bool:
+    if module is None or module["type"] != type_name:
+        return False
+    params = module.get("params", {})
+    return all(_param_fits(params.get(k), v) for k, v in where.items())
+
+
+def _param_fits(value: Any, wanted: Any) -> bool:
+    """`wanted` is a value, or a string comparison such as '>1' or '!=1' for numbers."""
+    if isinstance(wanted, str) and wanted[:1] in "<>!=" and isinstance(value, (int, float)):
+        op, num = re.match(r"(<=|>=|!=|==|<|>)(-?\d+)", wanted).groups()  # type: ignore[union-attr]
+        n = int(num)
+        return {"<": value < n, ">": value > n, "<=": value <= n, ">=": value >= n, "!=": value != n, "==": value == n}[op]
+    return value == wanted
+
+
+def _mapped(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]], annotations: dict[str, Any]) -> MappedTensor:
+    if not transforms and len(sources) == 1:
+        src = sources[0]
+        ref = src if src.name == name else TensorRef(name, src.dtype, src.shape, src.load, src.span, src.identity)
+        return MappedTensor(name, ref, sources, [], dict(annotations))
+    shape, dt = tf.output_spec(transforms, [(s.shape, s.dtype) for s in sources])
+
+    def load() -> Any:
+        return tf.apply(transforms, [s.array() for s in sources])
+
+    return MappedTensor(name, TensorRef(name, dt, shape, load), sources, [dict(t) for t in transforms], dict(annotations))
+
+
+def _renumber(mapped: list[MappedTensor]) -> None:
+    """Make numeric path components contiguous per parent (nn.Sequential leaves gaps where
+    parameter-free layers sit; burn's Vec of modules does not)."""
+    seen: dict[str, set[int]] = {}
+    for m in mapped:
+        parts = m.name.split(".")
+        for i, p in enumerate(parts):
+            if p.isdigit():
+                seen.setdefault(".".join(parts[:i]), set()).add(int(p))
+    remap = {parent: {old: new for new, old in enumerate(sorted(nums))} for parent, nums in seen.items()}
+    for m in mapped:
+        parts = m.name.split(".")
+        for i, p in enumerate(parts):
+            if p.isdigit():
+                parts[i] = str(remap[".".join(parts[:i])][int(p)])
+        new_name = ".".join(parts)
+        if new_name != m.name:
+            m.name = new_name
+            m.ref = TensorRef(new_name, m.ref.dtype, m.ref.shape, m.ref.load, m.ref.span, m.ref.identity)
+
+
+def _check_unique(layout: Layout, mapped: list[MappedTensor]) -> None:
+    seen: set[str] = set()
+    for m in mapped:
+        if m.name in seen:
+            raise MappingError(f"layout {layout.name}: two tensors would be named {m.name!r}")
+        seen.add(m.name)
+
+
+# --- dtypes --------------------------------------------------------------------------------------
+
+def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layout) -> None:
+    """The user's --dtype for floating tensors, then the layout's own dtype rules."""
+    target = None
+    if requested is not None:
+        target = CAST_TARGETS.get(requested.lower())
+        if target is None:
+            raise UsageError(f"--dtype {requested!r}: choose one of {', '.join(CAST_TARGETS)}")
+    for m in mapped:
+        code = m.ref.dtype.code
+        if target and m.ref.dtype.is_float and code != target:
+            _cast(m, target)
+        final = m.dtype.code
+        if layout.dtypes is not None and final not in layout.dtypes:
+            to = layout.cast.get(final)
+            if to is None:
+                raise MappingError(f"layout {layout.name}: tensor {m.name!r} is {final}, which the target does not load "
+                                   f"(it loads {', '.join(layout.dtypes)})")
+            _cast(m, to)
+
+
 _FLOAT_RANK = {"F64": 3, "F32": 2, "F16": 1, "BF16": 1, "F8_E4M3": 0, "F8_E5M2": 0, "F8_E8M0": 0}
 
 
-def apply_cast(mapped: list[MappedTensor], target: str | None) -> None:
-    """Cast floating tensors to `target` (a --dtype name) while streaming; integers stay as they are."""
-    if target is None:
-        return
-    code = CAST_TARGETS.get(target.lower())
-    if code is None:
-        raise UsageError(f"--dtype {target!r}: choose one of {', '.join(CAST_TARGETS)}")
-    out = lookup_dtype(code)
-    for m in mapped:
-        src = m.ref.dtype
-        if not src.is_float or src.code == code:
-            continue
-        lossy = _FLOAT_RANK[code] < _FLOAT_RANK[src.code] or (_FLOAT_RANK[code] == _FLOAT_RANK[src.code])
-        m.transforms.append({"op": "cast", "from": src.code, "to": code, "lossless": not lossy})
-        m.lossy = m.lossy or lossy
-        m.out_dtype = out
+def _cast(m: MappedTensor, to: str) -> None:
+    src = m.dtype.code
+    lossless = _lossless(src, to)
+    if m.transforms and m.transforms[-1]["op"] == "cast":
+        m.transforms[-1] = {"op": "cast", "to": to, "lossless": m.transforms[-1]["lossless"] and lossless}
+    else:
+        m.transforms.append({"op": "cast", "to": to, "lossless": lossless})
+    m.out_dtype = lookup_dtype(to)
+
+
+def _lossless(src: str, to: str) -> bool:
+    if src in _FLOAT_RANK and to in _FLOAT_RANK:
+        return _FLOAT_RANK[to] > _FLOAT_RANK[src]
+    a, b = lookup_dtype(src), lookup_dtype(to)
+    if src == "BOOL":
+        return True
+    return not a.is_float and not b.is_float and b.itemsize > a.itemsize and (src[0] == to[0] or src[0] == "U")

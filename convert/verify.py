@@ -18,7 +18,7 @@ from .hashing import hash_range, sha256_file
 from .safetensors_format import read_header
 from .source import SourceModel
 from .tensors import TensorRef, iter_chunks, release_pages
-from .transforms import replay
+from .transforms import apply
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _compare_transformed(out_dir: Path, t: dict[str, Any], sources: list[TensorR
 
     with open_safetensors(out_dir / t["file"]) as out_model:
         out_ref = next(r for r in out_model.tensors if r.name == t["name"])
-        produced = replay(t["transforms"], [s.array() for s in sources])
+        produced = apply(t["transforms"], [s.array() for s in sources])
         output = out_ref.array()
         same = produced.shape == output.shape and produced.dtype == output.dtype and \
             np.ascontiguousarray(produced).tobytes() == np.ascontiguousarray(output).tobytes()

@@ -92,7 +92,9 @@ class Pickle:
         elif isinstance(value, bool):
             self.op(pickle.NEWTRUE if value else pickle.NEWFALSE)
         elif isinstance(value, int):
-            if -(2**31) <= value < 2**31:
+            if 0 <= value < 2**8:
+                self.op(pickle.BININT1, bytes([value]))
+            elif -(2**31) <= value < 2**31:
                 self.op(pickle.BININT, struct.pack("<i", value))
             else:
                 raw = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
@@ -254,6 +256,24 @@ def weight_storage(**storage_args: Value) -> ObjectFor:
 
 OS_SYSTEM = call(glob("os", "system"), CANARY_SHELL)
 UNKNOWN = glob("evil", "Payload")
+NO_CANARY = " (no canary by design)"
+
+
+def os_module_via_torch() -> Emit:
+    """The os module itself, reached as an attribute of a torch module: GLOBAL 'torch.serialization os'."""
+    return glob("torch.serialization", "os")
+
+
+def exec_via_rebuild_globals() -> Emit:
+    """builtins.exec reached from the allow-listed rebuild function: f.__globals__['__builtins__']['exec']."""
+    module_globals = attr(glob("torch._utils", "_rebuild_tensor_v2"), "__globals__")
+    builtins_dict = call(attr(module_globals, "get"), "__builtins__")
+    return call(attr(builtins_dict, "get"), "exec")
+
+
+def marshalled_function() -> Emit:
+    """A function built from marshalled bytecode: types.FunctionType(marshal.loads(code), {})."""
+    return call(glob("types", "FunctionType"), call(glob("marshal", "loads"), CANARY_CODE_MARSHAL), {})
 
 
 @dataclass(frozen=True)
@@ -267,196 +287,175 @@ class Gadget:
     protocol: int = 2
 
 
-NO_CANARY = " (no canary by design)"
+def executes(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadget:
+    return Gadget(name, attack, True, root, protocol)
+
+
+def inert(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadget:
+    """A gadget that cannot create the canary (missing class, bad reference), yet must be refused."""
+    return Gadget(name, attack + NO_CANARY, False, root, protocol)
+
 
 GADGETS: tuple[Gadget, ...] = (
     # Direct calls of dangerous globals.
-    Gadget("os_system", "GLOBAL os.system + REDUCE 'touch canary'", True, beside(OS_SYSTEM)),
-    Gadget(
+    executes("os_system", "GLOBAL os.system + REDUCE 'touch canary'", beside(OS_SYSTEM)),
+    executes(
         "posix_system",
         "GLOBAL posix.system (os.system under its C module name)",
-        True,
         beside(call(glob("posix", "system"), CANARY_SHELL)),
     ),
-    Gadget("os_popen", "os.popen('touch canary')", True, beside(call(glob("os", "popen"), CANARY_SHELL))),
-    Gadget(
+    executes("os_popen", "os.popen('touch canary')", beside(call(glob("os", "popen"), CANARY_SHELL))),
+    executes(
         "subprocess_popen",
         "subprocess.Popen(('touch', 'canary'))",
-        True,
         beside(call(glob("subprocess", "Popen"), CANARY_ARGV)),
     ),
-    Gadget(
+    executes(
         "subprocess_call",
         "subprocess.call(('touch', 'canary'))",
-        True,
         beside(call(glob("subprocess", "call"), CANARY_ARGV)),
     ),
-    Gadget(
+    executes(
         "subprocess_check_output",
         "subprocess.check_output(('touch', 'canary'))",
-        True,
         beside(call(glob("subprocess", "check_output"), CANARY_ARGV)),
     ),
-    Gadget(
+    executes(
         "builtins_eval",
         "builtins.eval of source that creates canary",
-        True,
         beside(call(glob("builtins", "eval"), CANARY_SOURCE)),
     ),
-    Gadget(
+    executes(
         "builtins_exec",
         "builtins.exec of source that creates canary",
-        True,
         beside(call(glob("builtins", "exec"), CANARY_SOURCE)),
     ),
-    Gadget(
+    executes(
         "builtins_open",
         "builtins.open('canary', 'w') creates the file",
-        True,
         beside(call(glob("builtins", "open"), CANARY, "w")),
     ),
-    Gadget(
+    executes(
         "shutil_copyfile",
         "shutil.copyfile(GLOBAL os.devnull, 'canary'): a non-callable GLOBAL as argument",
-        True,
         beside(call(glob("shutil", "copyfile"), glob("os", "devnull"), CANARY)),
     ),
-    Gadget(
+    executes(
         "runpy_run_code",
         "runpy._run_code(source, {}) execs source",
-        True,
         beside(call(glob("runpy", "_run_code"), CANARY_SOURCE, {})),
     ),
     # Indirection: the dangerous callable is computed, never named by a GLOBAL.
-    Gadget(
+    executes(
         "import_getattr",
         "builtins.getattr(builtins.__import__('os'), 'system')('touch canary')",
-        True,
         beside(call(attr(call(glob("builtins", "__import__"), "os"), "system"), CANARY_SHELL)),
     ),
-    Gadget(
+    executes(
         "importlib_import_module",
         "builtins.getattr(importlib.import_module('os'), 'system')('touch canary')",
-        True,
         beside(call(attr(call(glob("importlib", "import_module"), "os"), "system"), CANARY_SHELL)),
     ),
-    Gadget(
+    executes(
         "getattr_builtins_module",
         "builtins.getattr(sys.modules.get('builtins'), 'eval')(source)",
-        True,
         beside(call(attr(call(attr(glob("sys", "modules"), "get"), "builtins"), "eval"), CANARY_SOURCE)),
     ),
-    Gadget(
+    executes(
         "getattr_globals",
-        "getattr chain from allow-listed torch._utils._rebuild_tensor_v2 via __globals__['__builtins__']['exec']",
-        True,
+        "getattr chain from allow-listed _rebuild_tensor_v2 via __globals__['__builtins__']['exec']",
+        beside(call(exec_via_rebuild_globals(), CANARY_SOURCE)),
+    ),
+    executes(
+        "operator_attrgetter",
+        "operator.attrgetter('os.system')(GLOBAL torch.serialization) then called",
         beside(
-            call(
-                call(
-                    attr(
-                        call(
-                            attr(attr(glob("torch._utils", "_rebuild_tensor_v2"), "__globals__"), "get"),
-                            "__builtins__",
-                        ),
-                        "get",
-                    ),
-                    "exec",
-                ),
-                CANARY_SOURCE,
-            )
+            call(call(call(glob("operator", "attrgetter"), "os.system"), glob("torch", "serialization")), CANARY_SHELL)
         ),
     ),
-    Gadget(
-        "operator_attrgetter",
-        "operator.attrgetter('os.system')(GLOBAL torch.serialization) then call",
-        True,
-        beside(call(call(call(glob("operator", "attrgetter"), "os.system"), glob("torch", "serialization")), CANARY_SHELL)),
-    ),
-    Gadget(
+    executes(
         "operator_methodcaller",
-        "operator.methodcaller('system', 'touch canary') applied to GLOBAL 'torch.serialization os' (os module under a torch name)",
-        True,
-        beside(call(call(glob("operator", "methodcaller"), "system", CANARY_SHELL), glob("torch.serialization", "os"))),
+        "operator.methodcaller('system', 'touch canary') on GLOBAL 'torch.serialization os' (os under a torch name)",
+        beside(call(call(glob("operator", "methodcaller"), "system", CANARY_SHELL), os_module_via_torch())),
     ),
-    Gadget(
+    executes(
         "functools_partial",
         "functools.partial(os.system, 'touch canary') then called with ()",
-        True,
         beside(call(call(glob("functools", "partial"), glob("os", "system"), CANARY_SHELL))),
     ),
-    Gadget(
+    executes(
         "types_functiontype",
-        "types.FunctionType(marshal.loads(<CPython 3.11 code object>), {})() (canary on CPython 3.11 only)",
-        True,
-        beside(call(call(glob("types", "FunctionType"), call(glob("marshal", "loads"), CANARY_CODE_MARSHAL), {}))),
+        "types.FunctionType(marshal.loads(<code object>), {})() (canary on CPython 3.11 only)",
+        beside(call(marshalled_function())),
     ),
     # Other opcodes that resolve or call globals.
-    Gadget(
+    executes(
         "stack_global",
         "STACK_GLOBAL 'os' 'system' (protocol 4: names come from the stack, not the opcode)",
-        True,
         beside(call(stack_global("os", "system"), CANARY_SHELL)),
         protocol=4,
     ),
-    Gadget(
+    executes(
         "ext1_copyreg",
         "copyreg.add_extension('os', 'system', 240) then EXT1 240 resolves os.system without GLOBAL",
-        True,
         lambda fmt: {
             "weight": tensor(fmt.storage()),
             "register": call(glob("copyreg", "add_extension"), "os", "system", EXT_CODE),
             "extra": call(ext1(EXT_CODE), CANARY_SHELL),
         },
     ),
-    Gadget("inst_os_system", "INST os.system calls it with the marked args", True, beside(inst("os", "system", CANARY_SHELL))),
-    Gadget("obj_os_system", "OBJ on GLOBAL os.system calls it with the marked args", True, beside(obj(glob("os", "system"), CANARY_SHELL))),
-    Gadget(
+    executes(
+        "inst_os_system",
+        "INST os.system calls it with the marked args",
+        beside(inst("os", "system", CANARY_SHELL)),
+    ),
+    executes(
+        "obj_os_system",
+        "OBJ on GLOBAL os.system calls it with the marked args",
+        beside(obj(glob("os", "system"), CANARY_SHELL)),
+    ),
+    executes(
         "build_setstate",
         "backward_hooks OrderedDict gets BUILD {'__setstate__': os.system}, a second BUILD calls it",
-        True,
         weight(hooks=build(ordered_dict(), {"__setstate__": glob("os", "system")}, CANARY_SHELL)),
     ),
     # Gadgets hidden inside the tensor-rebuild structure.
-    Gadget("rebuild_size_gadget", "_rebuild_tensor_v2 size argument is os.system(...)", True, weight(size=OS_SYSTEM)),
-    Gadget(
+    executes("rebuild_size_gadget", "_rebuild_tensor_v2 size argument is os.system(...)", weight(size=OS_SYSTEM)),
+    executes(
         "rebuild_hooks_gadget",
         "backward_hooks OrderedDict holds os.system(...) as a value",
-        True,
         weight(hooks=ordered_dict({"hook": OS_SYSTEM})),
     ),
-    Gadget("persid_gadget", "storage key inside the persistent id is os.system(...)", True, weight_storage(key=OS_SYSTEM)),
-    # Unknown classes: nothing to import, so no canary, but the globals must still be refused.
-    Gadget("inst_unknown", "INST evil.Payload" + NO_CANARY, False, beside(inst("evil", "Payload", CANARY_SHELL))),
-    Gadget("obj_unknown", "OBJ on GLOBAL evil.Payload" + NO_CANARY, False, beside(obj(UNKNOWN, CANARY_SHELL))),
-    Gadget("newobj_unknown", "NEWOBJ of evil.Payload" + NO_CANARY, False, beside(newobj(UNKNOWN, (CANARY_SHELL,)))),
-    Gadget(
+    executes("persid_gadget", "storage key inside the persistent id is os.system(...)", weight_storage(key=OS_SYSTEM)),
+    # Unknown classes: nothing to import, but the globals must still be refused.
+    inert("inst_unknown", "INST evil.Payload", beside(inst("evil", "Payload", CANARY_SHELL))),
+    inert("obj_unknown", "OBJ on GLOBAL evil.Payload", beside(obj(UNKNOWN, CANARY_SHELL))),
+    inert("newobj_unknown", "NEWOBJ of evil.Payload", beside(newobj(UNKNOWN, (CANARY_SHELL,)))),
+    inert(
         "newobj_ex_unknown",
-        "NEWOBJ_EX of evil.Payload (protocol 4)" + NO_CANARY,
-        False,
+        "NEWOBJ_EX of evil.Payload (protocol 4)",
         beside(newobj_ex(UNKNOWN, (), {"cmd": CANARY_SHELL})),
         protocol=4,
     ),
-    Gadget(
+    inert(
         "build_unknown",
-        "BUILD state onto a NEWOBJ evil.Payload" + NO_CANARY,
-        False,
+        "BUILD state onto a NEWOBJ evil.Payload",
         beside(build(newobj(UNKNOWN, ()), {"cmd": CANARY_SHELL})),
     ),
     # Storage references that escape or overrun the archive.
-    Gadget("persid_dotdot", "storage key '../../etc/passwd'" + NO_CANARY, False, weight_storage(key="../../etc/passwd")),
-    Gadget("persid_absolute", "storage key '/etc/passwd'" + NO_CANARY, False, weight_storage(key="/etc/passwd")),
-    Gadget("persid_missing", "storage key '7' that the file does not contain" + NO_CANARY, False, weight_storage(key="7")),
-    Gadget("forged_numel", "storage numel 2**40, far beyond its 6-element record" + NO_CANARY, False, weight_storage(numel=2**40)),
-    Gadget("negative_numel", "storage numel -6" + NO_CANARY, False, weight_storage(numel=-NUMEL)),
-    Gadget("negative_offset", "tensor storage_offset -1" + NO_CANARY, False, weight(offset=-1)),
-    Gadget("offset_past_end", "storage_offset 4 with size (2, 3) reads past the 6-element storage" + NO_CANARY, False, weight(offset=4)),
-    Gadget("negative_size", "tensor size (-2, 3)" + NO_CANARY, False, weight(size=(-2, 3))),
-    Gadget("negative_stride", "tensor stride (-3, 1) walks before the storage start" + NO_CANARY, False, weight(stride=(-3, 1))),
-    Gadget("stride_past_end", "tensor stride (100, 1) reaches past the storage end" + NO_CANARY, False, weight(stride=(100, 1))),
-    Gadget(
+    inert("persid_dotdot", "storage key '../../etc/passwd'", weight_storage(key="../../etc/passwd")),
+    inert("persid_absolute", "storage key '/etc/passwd'", weight_storage(key="/etc/passwd")),
+    inert("persid_missing", "storage key '7' that the file does not contain", weight_storage(key="7")),
+    inert("forged_numel", "storage numel 2**40, far beyond its 6-element record", weight_storage(numel=2**40)),
+    inert("negative_numel", "storage numel -6", weight_storage(numel=-NUMEL)),
+    inert("negative_offset", "tensor storage_offset -1", weight(offset=-1)),
+    inert("offset_past_end", "storage_offset 4 with size (2, 3) reads past the 6-element storage", weight(offset=4)),
+    inert("negative_size", "tensor size (-2, 3)", weight(size=(-2, 3))),
+    inert("negative_stride", "tensor stride (-3, 1) walks before the storage start", weight(stride=(-3, 1))),
+    inert("stride_past_end", "tensor stride (100, 1) reaches past the storage end", weight(stride=(100, 1))),
+    inert(
         "size_overflow",
-        "size (2**32, 2**32) stride (2**32, 1): extent overflows int64" + NO_CANARY,
-        False,
+        "size (2**32, 2**32) stride (2**32, 1): extent overflows int64",
         weight(size=(2**32, 2**32), stride=(2**32, 1)),
     ),
 )
@@ -475,7 +474,7 @@ class TorchBase:
 
 
 class TinyNet(nn.Module):
-    """Pickled whole: its global is ``__main__.TinyNet``, which no allow-list can contain."""
+    """Pickled whole, its class is the global ``__main__.TinyNet``, which no allow-list may contain."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -585,6 +584,8 @@ def legacy_tar(members: Mapping[str, bytes]) -> bytes:
 
 @dataclass(frozen=True)
 class Hostile:
+    """One corpus file and its catalog entry."""
+
     file: str
     kind: str  # "zip", "legacy" or "raw-pickle"
     attack: str
@@ -594,13 +595,11 @@ class Hostile:
 
 def gadget_files(base: TorchBase) -> list[Hostile]:
     files = []
-    for gadget in GADGETS:
-        zip_pkl = dump(gadget.root(ZIP), gadget.protocol)
-        legacy_pkl = dump(gadget.root(LEGACY), gadget.protocol)
-        files.append(Hostile(f"zip_{gadget.name}.pt", "zip", gadget.attack, gadget.canary, zip_checkpoint(base, zip_pkl)))
-        files.append(
-            Hostile(f"legacy_{gadget.name}.pt", "legacy", gadget.attack, gadget.canary, legacy_checkpoint(base, legacy_pkl))
-        )
+    for g in GADGETS:
+        zip_data = zip_checkpoint(base, dump(g.root(ZIP), g.protocol))
+        legacy_data = legacy_checkpoint(base, dump(g.root(LEGACY), g.protocol))
+        files.append(Hostile(f"zip_{g.name}.pt", "zip", g.attack, g.canary, zip_data))
+        files.append(Hostile(f"legacy_{g.name}.pt", "legacy", g.attack, g.canary, legacy_data))
     return files
 
 
@@ -619,7 +618,11 @@ def pickle_in_storage_files(base: TorchBase) -> list[Hostile]:
 
     return [
         Hostile(
-            "zip_pickle_in_storage.pt", "zip", attack, False, zip_checkpoint(base, dump(root(ZIP)), replace={"data/0": payload})
+            "zip_pickle_in_storage.pt",
+            "zip",
+            attack,
+            False,
+            zip_checkpoint(base, dump(root(ZIP)), replace={"data/0": payload}),
         ),
         Hostile(
             "legacy_pickle_in_storage.pt",
@@ -658,7 +661,13 @@ def container_files(base: TorchBase) -> list[Hostile]:
             False,
             zip_archive(torch_zip_entries(module)),
         ),
-        Hostile("zip_truncated.pt", "zip", "truncated: real checkpoint cut in half" + NO_CANARY, False, benign_zip[: len(benign_zip) // 2]),
+        Hostile(
+            "zip_truncated.pt",
+            "zip",
+            "truncated: real checkpoint cut in half" + NO_CANARY,
+            False,
+            benign_zip[: len(benign_zip) // 2],
+        ),
         Hostile(
             "legacy_truncated.pt",
             "legacy",
@@ -776,7 +785,12 @@ def check_benign_round_trip(base: TorchBase) -> None:
         print(f"benign {name} container round-trips through torch.load(weights_only=True)")
 
 
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no "
+
+
 def self_check(files: Sequence[Hostile], out: Path) -> int:
+    """Prove every code-execution payload is live (and every inert one is not); nonzero on mismatch."""
     check_benign_round_trip(torch_base())
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda f: creates_canary(out / f.file, f.kind), files))
@@ -784,8 +798,8 @@ def self_check(files: Sequence[Hostile], out: Path) -> int:
     for item, (canary, outcome) in zip(files, results):
         ok = canary == item.canary
         failures += not ok
-        mark = "ok  " if ok else "FAIL"
-        print(f"{mark} canary={'yes' if canary else 'no ':3} expected={'yes' if item.canary else 'no '}  {item.file:38} {outcome}")
+        status = "ok  " if ok else "FAIL"
+        print(f"{status} canary={yes_no(canary)} expected={yes_no(item.canary)}  {item.file:38} {outcome}")
     made = sum(canary for canary, _ in results)
     print(f"{made} of {len(files)} files created the canary; {sum(f.canary for f in files)} were expected to")
     return 1 if failures else 0
@@ -794,7 +808,9 @@ def self_check(files: Sequence[Hostile], out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: fixtures/hostile)")
-    parser.add_argument("--self-check", action="store_true", help="load every file unsafely in a sandboxed temp cwd")
+    parser.add_argument(
+        "--self-check", action="store_true", help="load every file unsafely in a child process and temp cwd"
+    )
     args = parser.parse_args()
     files = corpus()
     write_corpus(files, args.out)

@@ -1,0 +1,333 @@
+"""Shared helpers for the PyTorch -> SafeTensors tests.
+
+Checkpoints are written by real torch (`torch.save`, `save_pretrained`) into `tmp_path`; the CLI runs
+in a subprocess exactly as a user runs it; every conversion goes through `read_manifest`, which
+validates the manifest against schemas/manifest.schema.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from convert import manifest as manifest_mod
+
+try:  # torch is an extra: modules that need it call pytest.importorskip("torch") themselves
+    import torch
+except ImportError:  # pragma: no cover - CI installs every extra
+    torch = None  # type: ignore[assignment]
+
+REPO = Path(__file__).resolve().parent.parent
+
+# torch dtype name -> SafeTensors dtype code, for every dtype torch saves that SafeTensors holds.
+TORCH_TO_ST: dict[str, str] = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8",
+    "bool": "BOOL", "complex64": "C64",
+}
+
+
+def st_code(dtype: Any) -> str:
+    """SafeTensors code of a torch dtype."""
+    return TORCH_TO_ST[str(dtype).removeprefix("torch.")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the CLI
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def cli_prefix() -> tuple[str, ...]:
+    """`python -m convert.cli` when that works from a neutral folder, else the installed script."""
+    probe = subprocess.run([sys.executable, "-m", "convert.cli", "--version"], capture_output=True,
+                           text=True, cwd=tempfile.gettempdir(), timeout=60)
+    if probe.returncode == 0 and "convert" in probe.stdout:
+        return (sys.executable, "-m", "convert.cli")
+    script = Path(sys.executable).parent / "convert"
+    assert script.is_file(), f"neither `python -m convert.cli` nor {script} works: {probe.stderr}"
+    return (str(script),)
+
+
+def run_cli(*args: Any, cwd: str | Path | None = None, timeout: float = 120,
+            preexec_fn: Callable[[], None] | None = None) -> tuple[int, str, str]:
+    """Run `convert ARGS...` in a subprocess; return (returncode, stdout, stderr)."""
+    env = dict(os.environ)
+    env.pop("COLUMNS", None)
+    env["NO_COLOR"] = "1"
+    proc = subprocess.run([*cli_prefix(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=preexec_fn, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> str:
+    """stderr is exactly one `convert: error: ...` line, without a traceback, naming every needle."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    line = lines[0]
+    assert line.startswith("convert: error: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def assert_cli_error(result: tuple[int, str, str], code: int, *needles: str) -> str:
+    rc, _out, err = result
+    assert rc == code, f"exit {rc}, expected {code}; stderr: {err}"
+    return assert_one_line_error(err, *needles)
+
+
+def assert_no_output(out: Path) -> None:
+    """Nothing at `out`, and no staging folder left beside it."""
+    out = Path(out)
+    assert not out.exists(), f"{out} exists: {sorted(p.name for p in out.iterdir()) if out.is_dir() else 'file'}"
+    if out.parent.is_dir():
+        leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        assert not leftovers, f"staging left behind: {leftovers}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading outputs
+# ---------------------------------------------------------------------------------------------
+
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    """manifest.json of an output folder, validated against the schema (every conversion uses this)."""
+    doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest_mod.validate(doc)
+    return doc
+
+
+def output_files(out: str | Path) -> list[Path]:
+    """The SafeTensors files of an output folder, in the order its manifest lists them."""
+    doc = read_manifest(out)
+    return [Path(out) / f["path"] for f in doc["files"]]
+
+
+def load_output(out: str | Path) -> dict[str, Any]:
+    """Every stored tensor of an output folder, read with the safetensors library (no name twice)."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, Any] = {}
+    for path in output_files(out):
+        part = load_file(str(path))
+        assert not set(part) & set(tensors), f"tensors stored twice: {set(part) & set(tensors)}"
+        tensors.update(part)
+    return tensors
+
+
+def file_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def header_length(path: str | Path) -> int:
+    """Bytes before a SafeTensors file's data buffer (8-byte length prefix + JSON header)."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+    return 8 + n
+
+
+def retie(tensors: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    """The full state dict: stored tensors plus every alias pointing at its kept tensor."""
+    full = dict(tensors)
+    for alias, kept in aliases.items():
+        assert alias not in tensors, f"alias {alias} is also stored"
+        full[alias] = tensors[kept]
+    return full
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing tensors
+# ---------------------------------------------------------------------------------------------
+
+def tensor_bytes(t: Any) -> bytes:
+    """A tensor's C-ordered bytes (any dtype, 0-d and empty included)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def assert_same_tensor(actual: Any, expected: Any, name: str = "") -> None:
+    """Same dtype, same shape, same bytes: a byte-exact match (NaN payloads included)."""
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    assert tuple(actual.shape) == tuple(expected.shape), f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert tensor_bytes(actual) == tensor_bytes(expected), f"{name}: bytes differ"
+
+
+def assert_same_state(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert set(actual) == set(expected), f"names differ: {sorted(set(actual) ^ set(expected))}"
+    for name in expected:
+        assert_same_tensor(actual[name], expected[name], name)
+
+
+def torch_load(path: str | Path) -> Any:
+    """The test's own reference load of a checkpoint the test itself wrote."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted names of every tensor in nested dicts (what the converter is expected to produce)."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, torch.Tensor):
+            out[name] = v
+        elif isinstance(v, dict):
+            out.update(flatten(v, name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Converting
+# ---------------------------------------------------------------------------------------------
+
+def convert_api(src: str | Path, out: str | Path, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """Convert with the Python API; return (result, validated manifest)."""
+    from convert.api import pth_to_safetensors
+
+    result = pth_to_safetensors(src, out, **options)
+    return result, read_manifest(out)
+
+
+def convert_cli(src: str | Path, out: str | Path, *args: str) -> dict[str, Any]:
+    """Convert with the CLI (must succeed quietly on stderr); return the validated manifest."""
+    rc, stdout, stderr = run_cli("pth-to-safetensors", src, out, *args)
+    assert rc == 0, f"exit {rc}: {stderr}"
+    assert "Traceback" not in stderr
+    return read_manifest(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building checkpoints with real torch
+# ---------------------------------------------------------------------------------------------
+
+def seeded(seed: int = 0) -> Any:
+    return torch.Generator().manual_seed(seed)
+
+
+def float_values(n: int, gen: Any, specials: bool = True) -> Any:
+    """float64 values spanning many magnitudes, plus infinities, signed zero, subnormals, NaN."""
+    x = torch.randn(n, generator=gen, dtype=torch.float64) * torch.logspace(-8, 6, n, dtype=torch.float64)
+    if specials:
+        extra = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, 65504.0,
+                              70000.0, 3.0e38, -1.5e-7], dtype=torch.float64)
+        x = torch.cat([x, extra])
+    return x
+
+
+def every_dtype_tensors(seed: int = 0) -> dict[str, Any]:
+    """One tensor of every dtype torch saves that SafeTensors holds, with awkward values."""
+    g = seeded(seed)
+    floats = float_values(60, g).reshape(7, 10)
+    out: dict[str, Any] = {}
+    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        out[f"float.{dt}".replace("torch.", "")] = floats.to(dt)
+    out["float.float8_e4m3fn"] = torch.randn(5, 6, generator=g).mul(40).to(torch.float8_e4m3fn)
+    out["float.float8_e5m2"] = torch.randn(5, 6, generator=g).mul(1000).to(torch.float8_e5m2)
+    out["float.float8_e8m0fnu"] = torch.tensor([2.0 ** k for k in range(-20, 20, 3)]).to(torch.float8_e8m0fnu)
+    for dt in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        info = torch.iinfo(dt)
+        vals = torch.randint(info.min, info.max, (4, 9), generator=g, dtype=dt)
+        vals.view(-1)[0], vals.view(-1)[1] = info.min, info.max
+        out[f"int.{dt}".replace("torch.", "")] = vals
+    for dt, top in ((torch.uint16, 2**16 - 1), (torch.uint32, 2**32 - 1), (torch.uint64, 2**64 - 1)):
+        out[f"int.{dt}".replace("torch.", "")] = torch.tensor([0, 1, 12345, top], dtype=dt)
+    out["bool"] = torch.rand(3, 11, generator=g) > 0.5
+    out["complex64"] = torch.randn(4, 3, generator=g, dtype=torch.complex64)
+    return out
+
+
+@pytest.fixture
+def save_checkpoint(tmp_path: Path) -> Callable[..., Path]:
+    """`save(obj, name='model.pt', legacy=False)` writes obj with torch.save into tmp_path."""
+
+    def save(obj: Any, name: str = "model.pt", legacy: bool = False) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+        return path
+
+    return save
+
+
+@pytest.fixture(params=["zip", "legacy"])
+def torch_format(request: pytest.FixtureRequest) -> str:
+    """Both torch.save formats: the zip default and the legacy pickle stream."""
+    return request.param
+
+
+@pytest.fixture
+def small_state_dict() -> dict[str, Any]:
+    """A small plain state dict (float32 weights, an int64 buffer), no ties."""
+    g = seeded(1)
+    return {
+        "encoder.weight": torch.randn(8, 5, generator=g),
+        "encoder.bias": torch.randn(8, generator=g),
+        "decoder.weight": torch.randn(3, 8, generator=g),
+        "decoder.bias": torch.zeros(3),
+        "step": torch.tensor(7, dtype=torch.int64),
+    }
+
+
+@pytest.fixture
+def small_checkpoint(save_checkpoint: Callable[..., Path], small_state_dict: dict[str, Any]) -> Path:
+    return save_checkpoint(small_state_dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face model folders (built offline from a config, random weights)
+# ---------------------------------------------------------------------------------------------
+
+def save_hf(model: Any, folder: Path, **kwargs: Any) -> Path:
+    model.save_pretrained(folder, safe_serialization=False, **kwargs)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gpt2_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny random GPT-2 LM saved as pytorch_model.bin and as .bin shards + index."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    root = tmp_path_factory.mktemp("gpt2")
+    single = save_hf(model, root / "single")
+    sharded = save_hf(model, root / "sharded", max_shard_size="20KB")
+    return {"model": model, "single": single, "sharded": sharded, "cls": transformers.GPT2LMHeadModel,
+            "auto": transformers.AutoModelForCausalLM}
+
+
+@pytest.fixture(scope="session")
+def bert_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny random BERT encoder saved as pytorch_model.bin and as .bin shards + index."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=37, max_position_embeddings=64)
+    model = transformers.BertModel(cfg).eval()
+    root = tmp_path_factory.mktemp("bert")
+    single = save_hf(model, root / "single")
+    sharded = save_hf(model, root / "sharded", max_shard_size="20KB")
+    return {"model": model, "single": single, "sharded": sharded, "cls": transformers.BertModel,
+            "auto": transformers.AutoModel}
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder with its bytes (to prove a folder was left untouched)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def names_in(items: Iterable[dict[str, Any]]) -> list[str]:
+    return [it["name"] for it in items]
