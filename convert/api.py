@@ -186,7 +186,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         "tensors": tensors,
         "aliases": aliases,
         "dropped": mapping.dropped,
-        "architecture": {**architecture, "config": source.config},
+        "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
     }
 
 

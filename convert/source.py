@@ -18,6 +18,9 @@ class SourceModel:
     sidecars: list[Path] = field(default_factory=list)  # small files carried across (config.json, ...)
     config: dict[str, Any] | None = None  # the model's own config, when the source has one
     extras: dict[str, Any] = field(default_factory=dict)  # JSON-ready facts about the source (key used, skipped entries)
+    # What the source itself says about the model (e.g. Keras layer list, Flax module tree), JSON-ready;
+    # lands in the manifest's architecture section as "source_model".
+    architecture: dict[str, Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
