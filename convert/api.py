@@ -40,6 +40,7 @@ class ConvertOptions:
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
+    request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
 @dataclass
@@ -179,7 +180,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
             "details": source.extras,
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
-                   "options": layout.options, "warnings": mapping.warnings},
+                   "options": layout.options, "warnings": mapping.warnings, "request": options.request},
         "files": [{"path": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,

@@ -179,6 +179,114 @@ def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None
 
 
 @cli.command(epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--key", help="For checkpoints: dotted path of the dict holding the tensors.")
+@conversion_options
+@output_flags
+@command_errors
+def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
+    """Detect the source format by content (not by extension alone) and run the matching conversion."""
+    from .sources import open_source
+
+    _run_conversion(lambda: open_source(src, key), out, **opts)
+
+
+@cli.command(epilog=EXIT_HELP)
+@click.argument("sources", nargs=-1)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=str),
+              help="Each source's output goes to OUT_DIR/<source stem>/.")
+@click.option("--job-file", type=click.Path(dir_okay=False, path_type=str),
+              help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).")
+@click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
+@click.option("--layout", default="pytorch", show_default=True, help="Target layout for every job.")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False))
+@click.option("--max-shard-size", metavar="SIZE")
+@click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the CPU count).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", help="With --executor ray: the cluster to join (default: start a local Ray).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Also write the JSON lines report to this file.")
+@click.option("--retry-failed", "retry_report", type=click.Path(dir_okay=False, path_type=str),
+              help="Rerun only the jobs that failed in this earlier report.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finished job, then a summary.")
+@output_flags
+@command_errors
+def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, conversion: str, layout: str,
+          dtype: str | None, max_shard_size: str | None, workers: int | None, executor: str, address: str | None,
+          report_path: str | None, retry_report: str | None, as_json: bool) -> None:
+    """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
+    never stops the others, and exit 0 means every job succeeded or was skipped."""
+    from . import batch as batch_mod
+    from .errors import BatchFailedError, UsageError
+
+    if job_file:
+        jobs = batch_mod.jobs_from_file(job_file, out_dir)
+    elif sources and out_dir:
+        jobs = batch_mod.jobs_from_sources(sources, out_dir, conversion=conversion, layout=layout, dtype=dtype,
+                                           max_shard_size=max_shard_size)
+    else:
+        raise UsageError("give SOURCES with --out-dir, or --job-file")
+    if retry_report:
+        jobs = batch_mod.retry_jobs(jobs, retry_report)
+    quiet = _flags().get("quiet", False)
+    report = open(report_path, "w", encoding="utf-8") if report_path else None
+    try:
+        with batch_display(jobs, enabled=not (as_json or quiet)) as on_result:
+            def emit(result: batch_mod.JobResult) -> None:
+                line = json.dumps(result.to_json())
+                if as_json:
+                    click.echo(line)
+                if report:
+                    report.write(line + "\n")
+                    report.flush()
+                on_result(result)
+
+            if executor == "ray":
+                summary = batch_mod.run_ray(jobs, address, emit)
+            else:
+                summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit)
+        closing = json.dumps(summary.to_json())
+        if as_json:
+            click.echo(closing)
+        if report:
+            report.write(closing + "\n")
+    finally:
+        if report:
+            report.close()
+    counts = summary.counts()
+    if not quiet and not as_json:
+        click.echo(f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
+                   f"{counts['failed']} failed")
+        for r in summary.results:
+            if r.status == "failed":
+                click.echo(f"  failed {r.source}: {r.error}", err=True)
+    if not summary.ok:
+        raise BatchFailedError(f"{counts['failed']} of {len(summary.results)} jobs failed")
+
+
+@contextmanager
+def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], None]]:
+    """Files done, bytes, rate and ETA on a terminal; nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda result: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("converting", total=len(jobs), mib=0.0)
+        written = [0]
+
+        def advance(result: Any) -> None:
+            written[0] += result.bytes
+            bar.update(task, advance=1, mib=written[0] / 2**20)
+
+        yield advance
+
+
+@cli.command(epilog=EXIT_HELP)
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

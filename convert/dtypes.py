@@ -61,6 +61,14 @@ TORCH_STORAGE_TYPES: dict[str, str] = {
     "ByteStorage": "U8",
     "BoolStorage": "BOOL",
     "ComplexFloatStorage": "C64",
+    # Real torch storages SafeTensors has no dtype for: known, so a checkpoint holding them is
+    # unsupported (exit 4) rather than refused as hostile; their codes are not in DTYPES.
+    "ComplexDoubleStorage": "C128",
+    "QInt8Storage": "QINT8",
+    "QUInt8Storage": "QUINT8",
+    "QInt32Storage": "QINT32",
+    "QUInt4x2Storage": "QUINT4X2",
+    "QUInt2x4Storage": "QUINT2X4",
 }
 
 # torch dtype attribute names, as pickled (`torch.float8_e4m3fn`) for `_rebuild_tensor_v3`.
@@ -82,6 +90,8 @@ TORCH_DTYPES: dict[str, str] = {
     "uint8": "U8",
     "bool": "BOOL",
     "complex64": "C64", "cfloat": "C64",
+    # no SafeTensors equivalent (codes not in DTYPES): unsupported, not unsafe
+    "complex128": "C128", "cdouble": "C128", "complex32": "C32", "chalf": "C32",
 }
 
 # Names accepted by --dtype.

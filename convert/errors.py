@@ -77,6 +77,13 @@ class OutputWriteError(ConvertError):
     kind = "write"
 
 
+class BatchFailedError(ConvertError):
+    """Some jobs of a batch failed (the others finished; see the report)."""
+
+    exit_code = 11
+    kind = "batch"
+
+
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
@@ -84,6 +91,7 @@ EXIT_CODES: dict[int, str] = {
     1: "internal error (a bug: please report it with the traceback printed by -v)",
     **{cls.exit_code: (cls.__doc__ or "").strip().splitlines()[0] for cls in (
         UsageError, SourceNotFoundError, UnsupportedFormatError, UnsafeInputError,
-        CorruptInputError, MappingError, VerificationError, OutputExistsError, OutputWriteError)},
+        CorruptInputError, MappingError, VerificationError, OutputExistsError, OutputWriteError,
+        BatchFailedError)},
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing was left half-written",
 }

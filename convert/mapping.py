@@ -10,6 +10,7 @@ of them listed, unless the layout passes the rest through.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
@@ -102,12 +103,23 @@ def _layout_dir() -> Any:
     return resources.files("convert").joinpath("layouts")
 
 
+@functools.cache
+def _read_builtin(file_name: str) -> dict[str, Any] | None:
+    entry = _layout_dir().joinpath(file_name)
+    return tomllib.loads(entry.read_text(encoding="utf-8")) if entry.is_file() else None
+
+
+def builtin_layout(name: str) -> dict[str, Any] | None:
+    """A built-in rule file by layout name (its file name) or by one of its aliases."""
+    return _read_builtin(f"{name}.toml") or builtin_layouts().get(name)
+
+
 def builtin_layouts() -> dict[str, dict[str, Any]]:
     """Every built-in rule file, by layout name and by each of its aliases."""
     found: dict[str, dict[str, Any]] = {}
     for entry in sorted(_layout_dir().iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".toml"):
-            doc = tomllib.loads(entry.read_text(encoding="utf-8"))
+        doc = _read_builtin(entry.name) if entry.name.endswith(".toml") else None
+        if doc is not None:
             for name in [doc["name"], *doc.get("aliases", [])]:
                 found[name] = doc
     return found
@@ -133,7 +145,6 @@ def _validate(doc: dict[str, Any], where: str) -> None:
 def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
                 options: dict[str, Any] | None = None) -> Layout:
     """A built-in layout by name, or a user's rule file (which may extend a built-in one)."""
-    builtins = builtin_layouts()
     if layout_file is not None:
         path = Path(layout_file)
         try:
@@ -144,11 +155,12 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
             raise UsageError(f"--layout-file {path}: not valid TOML ({exc})") from None
         _validate(doc, str(path))
         where = str(path)
-    elif name in builtins:
-        doc, where = builtins[name], f"builtin:{builtins[name]['name']}"
     else:
-        raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtins))}")
-    merged = _resolve_extends(doc, builtins, depth=0)
+        found = builtin_layout(name)
+        if found is None:
+            raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtin_layouts()))}")
+        doc, where = found, f"builtin:{found['name']}"
+    merged = _resolve_extends(doc, depth=0)
     opts = {**merged.get("options", {}), **(options or {})}
     unknown = set(options or {}) - set(merged.get("options", {}))
     if unknown:
@@ -163,14 +175,14 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
     )
 
 
-def _resolve_extends(doc: dict[str, Any], builtins: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
+def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
     """A layout that extends another takes the other's settings, with its own rules tried first."""
     if "extends" not in doc:
         return doc
-    base_doc = builtins.get(doc["extends"])
+    base_doc = builtin_layout(doc["extends"])
     if base_doc is None or depth > 8:
         raise UsageError(f"layout {doc.get('name')!r} extends unknown layout {doc['extends']!r}")
-    base = _resolve_extends(base_doc, builtins, depth + 1)
+    base = _resolve_extends(base_doc, depth + 1)
     merged = {**base, **{k: v for k, v in doc.items() if k not in ("rules", "post", "extends", "options", "aliases")}}
     merged["rules"] = doc.get("rules", []) + base.get("rules", [])
     merged["post"] = doc.get("post", []) + base.get("post", [])
@@ -321,15 +333,16 @@ def _renumber(mapped: list[MappedTensor]) -> None:
     for m in mapped:
         parts = m.name.split(".")
         for i, p in enumerate(parts):
-            if p.isdigit():
+            if p.isascii() and p.isdigit():
                 seen.setdefault(".".join(parts[:i]), set()).add(int(p))
     remap = {parent: {old: new for new, old in enumerate(sorted(nums))} for parent, nums in seen.items()}
     for m in mapped:
         parts = m.name.split(".")
+        renamed = list(parts)  # parents are looked up by their original names (nested Sequentials)
         for i, p in enumerate(parts):
-            if p.isdigit():
-                parts[i] = str(remap[".".join(parts[:i])][int(p)])
-        new_name = ".".join(parts)
+            if p.isascii() and p.isdigit():
+                renamed[i] = str(remap[".".join(parts[:i])][int(p)])
+        new_name = ".".join(renamed)
         if new_name != m.name:
             m.name = new_name
             m.ref = TensorRef(new_name, m.ref.dtype, m.ref.shape, m.ref.load, m.ref.span, m.ref.identity)
@@ -369,12 +382,13 @@ _FLOAT_RANK = {"F64": 3, "F32": 2, "F16": 1, "BF16": 1, "F8_E4M3": 0, "F8_E5M2":
 
 
 def _cast(m: MappedTensor, to: str) -> None:
+    if m.out_dtype is not None:
+        # A second cast (the layout widening what --dtype asked for): the first one happens in the
+        # data too, so the bytes written are what the recorded chain produces when replayed.
+        before, first = m.ref, m.out_dtype
+        m.ref = TensorRef(before.name, first, before.shape, lambda: before.array().astype(first.numpy))
     src = m.dtype.code
-    lossless = _lossless(src, to)
-    if m.transforms and m.transforms[-1]["op"] == "cast":
-        m.transforms[-1] = {"op": "cast", "to": to, "lossless": m.transforms[-1]["lossless"] and lossless}
-    else:
-        m.transforms.append({"op": "cast", "to": to, "lossless": lossless})
+    m.transforms.append({"op": "cast", "to": to, "lossless": _lossless(src, to)})
     m.out_dtype = lookup_dtype(to)
 
 

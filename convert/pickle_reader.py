@@ -272,6 +272,7 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch._utils._rebuild_qtensor": _unsupported("quantized tensors"),
     "torch._utils._rebuild_sparse_tensor": _unsupported("sparse tensors"),
+    "torch.serialization._get_layout": _unsupported("sparse tensors"),  # only non-strided layouts are pickled
     "torch._utils._rebuild_wrapper_subclass": _unsupported("tensor subclasses"),
     "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("meta tensors (no data)"),
     "torch.Size": _torch_size,

@@ -1,40 +1,106 @@
-"""Which reader opens a path: decided by content, not by the file name alone."""
+"""Which reader opens a path, decided by content (magic bytes, folder contents), not by name alone.
+
+`READERS` maps each detected kind to its exporter, imported only when that kind is opened, so the
+core never imports a framework it does not need.
+"""
 
 from __future__ import annotations
 
+import importlib
 import struct
 from pathlib import Path
+from typing import Any
 
 from .errors import SourceNotFoundError, UnsupportedFormatError
 from .source import SourceModel
 
+# kind -> (exporter module, open function, CLI conversion command)
+READERS: dict[str, tuple[str, str, str]] = {
+    "pytorch": ("exporters.pytorch", "open_pytorch", "pth-to-safetensors"),
+    "safetensors": ("exporters.safetensors", "open_safetensors", "safetensors-to-safetensors"),
+}
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+
 
 def detect(path: Path) -> str:
-    """'pytorch' or 'safetensors' for a file or model folder; UnsupportedFormatError otherwise."""
+    """The kind of source at `path`: a key of READERS (or a kind no reader is installed for)."""
     if not path.exists():
         raise SourceNotFoundError(f"no such file or folder: {path}")
-    if path.is_dir():
-        if (path / "pytorch_model.bin").is_file() or (path / "pytorch_model.bin.index.json").is_file():
-            return "pytorch"
-        if (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file():
-            return "safetensors"
-        raise UnsupportedFormatError(f"{path}: no model files this tool recognises in this folder")
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    kind = _detect_folder(path) if path.is_dir() else _detect_file(path)
+    if kind is None:
+        raise UnsupportedFormatError(f"{path.name}: not a format this tool reads "
+                                     f"(supported: {', '.join(sorted(READERS))})")
+    return kind
+
+
+def _detect_folder(path: Path) -> str | None:
+    names = {p.name for p in path.iterdir()}
+    if "pytorch_model.bin" in names or "pytorch_model.bin.index.json" in names:
         return "pytorch"
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
+    if "model.safetensors" in names or "model.safetensors.index.json" in names:
         return "safetensors"
-    raise UnsupportedFormatError(f"{path.name}: not a format this tool reads (torch.save zip or pickle, SafeTensors)")
+    if "saved_model.pb" in names or any(n.endswith(".index") for n in names):
+        return "tensorflow"
+    if "tf_model.h5" in names:
+        return "keras"
+    if "flax_model.msgpack" in names or "_METADATA" in names or "_CHECKPOINT_METADATA" in names:
+        return "flax"
+    if "alias_to_model.pkl" in names or "configuration.json" in names or "configuration.pkl" in names:
+        return "neuralforecast"
+    return None
+
+
+def _detect_file(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    size = path.stat().st_size
+    if head.startswith(ZIP_MAGIC):
+        return _detect_zip(path)
+    if head.startswith(HDF5_MAGIC):
+        return "keras"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pytorch"  # a pickle: the legacy torch.save format
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+        return "safetensors"
+    if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+        return "flax"  # a msgpack map: flax.serialization.to_bytes
+    if path.suffix == ".onnx" and head[:1] == b"\x08":
+        return "onnx"  # protobuf ModelProto, field 1 (ir_version) first
+    return None
+
+
+def _detect_zip(path: Path) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "pytorch"  # let the torch reader give its precise error
+    if any(n.endswith("/data.pkl") for n in names):
+        return "pytorch"
+    if "model.weights.h5" in names or "config.json" in names:
+        return "keras"
+    return None
+
+
+def reader(kind: str) -> Any:
+    entry = READERS.get(kind)
+    if entry is None:
+        raise UnsupportedFormatError(f"this looks like a {kind} source, which this installation cannot read yet")
+    module, function, _ = entry
+    try:
+        return getattr(importlib.import_module(module), function)
+    except ImportError as exc:
+        raise UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}") from None
 
 
 def open_source(path: str | Path, key: str | None = None) -> SourceModel:
+    """Open any supported source; `key` selects a nested dict in checkpoints that have them."""
     p = Path(path)
     kind = detect(p)
     if kind == "pytorch":
-        from exporters.pytorch import open_pytorch
-
-        return open_pytorch(p, key)
-    from exporters.safetensors import open_safetensors
-
-    return open_safetensors(p)
+        return reader(kind)(p, key)
+    return reader(kind)(p)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import DType, dtype as lookup_dtype
-from .errors import MappingError
+from .errors import MappingError, UnsupportedFormatError
 
 Shape = tuple[int, ...]
 Spec = tuple[Shape, DType]
@@ -66,7 +66,8 @@ def _perm(t: dict[str, Any], ndim: int) -> list[int]:
     axes = t.get("axes")
     if axes is None:
         return list(reversed(range(ndim)))
-    if sorted(int(a) % max(ndim, 1) for a in axes) != list(range(ndim)):
+    in_range = all(-ndim <= int(a) < ndim for a in axes)
+    if not in_range or sorted(int(a) % max(ndim, 1) for a in axes) != list(range(ndim)):
         raise MappingError(f"{t['op']}: axes {axes} are not a permutation of {ndim} axes")
     return [int(a) % ndim for a in axes]
 
@@ -75,7 +76,7 @@ def _reshape(shape: Shape, target: list[int]) -> Shape:
     numel = math.prod(shape)
     known = math.prod(d for d in target if d != -1)
     out = [d if d != -1 else (numel // known if known else 0) for d in target]
-    if math.prod(out) != numel or sum(d == -1 for d in target) > 1:
+    if math.prod(out) != numel or sum(d == -1 for d in target) > 1 or any(d < -1 for d in target):
         raise MappingError(f"reshape: cannot make {list(shape)} into {target}")
     return tuple(out)
 
@@ -91,7 +92,10 @@ def _block(shape: Shape, t: dict[str, Any]) -> tuple[int, int]:
 def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
     op = t["op"]
     if op == "cast":
-        return shape, lookup_dtype(t["to"])
+        try:
+            return shape, lookup_dtype(t["to"])
+        except UnsupportedFormatError:
+            raise MappingError(f"cast: unknown dtype {t['to']!r}") from None
     if op in ("transpose", "permute"):
         return tuple(shape[a] for a in _perm(t, len(shape))), dt
     if op == "reshape":
@@ -108,6 +112,8 @@ def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
         return shape, dt
     if op == "pad":
         axis = _axis(int(t["axis"]), len(shape), op)
+        if int(t["after"]) < 0:
+            raise MappingError(f"pad: after {t['after']} is negative")
         return shape[:axis] + (shape[axis] + int(t["after"]),) + shape[axis + 1:], dt
     raise MappingError(f"unknown transform {op!r}")
 

@@ -151,7 +151,8 @@ def _compare_transformed(out_dir: Path, t: dict[str, Any], sources: list[TensorR
 
     with open_safetensors(out_dir / t["file"]) as out_model:
         out_ref = next(r for r in out_model.tensors if r.name == t["name"])
-        produced = apply(t["transforms"], [s.array() for s in sources])
+        with np.errstate(over="ignore"):  # a replayed narrowing cast overflows to inf, as the writer's did
+            produced = apply(t["transforms"], [s.array() for s in sources])
         output = out_ref.array()
         same = produced.shape == output.shape and produced.dtype == output.dtype and \
             np.ascontiguousarray(produced).tobytes() == np.ascontiguousarray(output).tobytes()

@@ -1,0 +1,306 @@
+"""Many conversions as one job, the way a pipeline step runs them.
+
+A job is plain data (`Job`), so it crosses process and machine boundaries unchanged; `run_job`
+never raises, it reports. Executors (a local process pool, or Ray past one machine) only decide
+where `run_job` runs; the report is the same whichever ran it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConvertError, SourceNotFoundError, UsageError
+
+STATUSES = ("ok", "failed", "skipped")
+# Extensions picked up when a folder that is not itself a model is given as a source.
+SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx")
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str
+    output: str
+    conversion: str = "auto"  # "auto" or a source kind / command name (pth-to-safetensors, ...)
+    layout: str = "pytorch"
+    layout_file: str | None = None
+    dtype: str | None = None
+    max_shard_size: str | None = None
+    key: str | None = None
+
+    def request(self) -> dict[str, Any]:
+        """What decides an output's content besides the source bytes (compared to skip done work)."""
+        return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
+                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key}
+
+
+@dataclass
+class JobResult:
+    source: str
+    output: str
+    status: str
+    error: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BatchSummary:
+    results: list[JobResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in STATUSES}
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "failed" for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": {"jobs": len(self.results), **self.counts(),
+                            "bytes": sum(r.bytes for r in self.results),
+                            "seconds": round(sum(r.seconds for r in self.results), 3)}}
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+def expand_sources(patterns: Iterable[str]) -> list[Path]:
+    """Files, model folders and globs, in order, each once; a plain folder contributes the model
+    files and model folders below it."""
+    from .sources import detect
+
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise SourceNotFoundError(f"{pattern!r} matches nothing")
+        for m in map(Path, matches):
+            if m.is_dir():
+                try:
+                    detect(m)
+                    found.append(m)
+                except ConvertError:
+                    found.extend(_model_files_below(m))
+            else:
+                found.append(m)  # a missing file becomes a failed job, not a failed batch
+    unique: dict[Path, None] = dict.fromkeys(p.absolute() for p in found)
+    return list(unique)
+
+
+def _model_files_below(folder: Path) -> Iterator[Path]:
+    """Model files below a plain folder; a model folder (e.g. Hugging Face) counts as one source."""
+    from .sources import detect
+
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            try:
+                detect(path)
+                yield path
+            except ConvertError:
+                yield from _model_files_below(path)
+        elif path.suffix in SOURCE_SUFFIXES:
+            yield path
+
+
+def output_names(sources: list[Path]) -> list[str]:
+    """`<stem>` per source; clashing stems get their extension, then a number."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for src in sources:
+        candidates = [src.stem or src.name, src.name.replace(".", "-"),
+                      *(f"{src.name.replace('.', '-')}-{i}" for i in range(2, len(sources) + 2))]
+        name = next(c for c in candidates if c not in taken)
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: Any) -> list[Job]:
+    sources = expand_sources(patterns)
+    return [Job(str(src), str(Path(out_dir).absolute() / name), **options) for src, name in zip(sources, output_names(sources))]
+
+
+def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[Job]:
+    """A TOML job file (schemas/batch.schema.json): `[defaults]` and `[[job]]` entries."""
+    import jsonschema
+
+    from .manifest import schema_text
+
+    job_file = Path(path)
+    try:
+        doc = tomllib.loads(job_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"job file {job_file} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{job_file}: not valid TOML ({exc})") from None
+    errors = list(jsonschema.Draft202012Validator(json.loads(schema_text("batch.schema.json"))).iter_errors(doc))
+    if errors:
+        where = "/".join(map(str, errors[0].path)) or "(root)"
+        raise UsageError(f"{job_file}: invalid at {where}: {errors[0].message}")
+    base = job_file.parent
+    defaults = doc.get("defaults", {})
+    entries = doc.get("job", [])
+    sources = [Path(e["source"]) if Path(e["source"]).is_absolute() else base / e["source"] for e in entries]
+    default_names = output_names(sources)
+    jobs = []
+    for entry, src, name in zip(entries, sources, default_names):
+        merged = {**defaults, **entry}
+        output = merged.pop("output", None)
+        if output is None:
+            if out_dir is None:
+                raise UsageError(f"{job_file}: job for {entry['source']} has no output and no --out-dir was given")
+            output = Path(out_dir) / name
+        elif not Path(output).is_absolute():
+            output = base / output
+        merged.pop("source")
+        jobs.append(Job(str(src), str(output), **merged))
+    return jobs
+
+
+def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:
+    """Only the jobs that failed in a previous report."""
+    failed = {r["source"] for r in read_report(report_path) if r.get("status") == "failed"}
+    return [j for j in jobs if j.source in failed or str(Path(j.source).absolute()) in failed]
+
+
+def read_report(path: str | Path) -> list[dict[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"report {path} does not exist") from None
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}: not a batch report (a line is not JSON)") from None
+        if isinstance(row, dict) and "status" in row:
+            rows.append(row)
+    return rows
+
+
+# --- running one job -----------------------------------------------------------------------------
+
+def run_job(job: Job) -> JobResult:
+    """Convert one source; every failure becomes a result, never an exception."""
+    started = time.perf_counter()
+    try:
+        if is_done(job):
+            return JobResult(job.source, job.output, "skipped", seconds=time.perf_counter() - started)
+        written = _convert(job)
+        return JobResult(job.source, job.output, "ok", seconds=time.perf_counter() - started, bytes=written)
+    except ConvertError as exc:
+        return JobResult(job.source, job.output, "failed", str(exc), exc.exit_code, time.perf_counter() - started)
+    except Exception as exc:  # a bug in one job must not stop the others
+        return JobResult(job.source, job.output, "failed", f"internal error: {type(exc).__name__}: {exc}", 1,
+                         time.perf_counter() - started)
+
+
+def _convert(job: Job) -> int:
+    from .api import ConvertOptions, convert_source, parse_size
+    from .sources import detect, reader
+
+    kind = detect(Path(job.source)) if job.conversion == "auto" else _kind_of(job.conversion)
+    open_fn = reader(kind)
+    options = ConvertOptions(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
+                             max_shard_size=parse_size(job.max_shard_size), overwrite=True,
+                             request=job.request())
+    with (open_fn(Path(job.source), job.key) if kind == "pytorch" else open_fn(Path(job.source))) as source:
+        return convert_source(source, job.output, options).bytes
+
+
+def _kind_of(conversion: str) -> str:
+    from .sources import READERS
+
+    for kind, (_, _, command) in READERS.items():
+        if conversion in (kind, command):
+            return kind
+    raise UsageError(f"unknown conversion {conversion!r}; known: auto, {', '.join(c for _, _, c in READERS.values())}")
+
+
+def is_done(job: Job) -> bool:
+    """An existing output made from the same source bytes with the same request is done."""
+    from . import manifest as manifest_mod
+    from .hashing import sha256_file
+
+    out = Path(job.output)
+    try:
+        doc = manifest_mod.load(out)
+    except ConvertError:
+        return False
+    if doc.get("target", {}).get("request") != job.request():
+        return False
+    files = doc.get("source", {}).get("files", [])
+    if not files or not all(isinstance(f, dict) and "path" in f for f in files):
+        return False
+    root = Path(job.source).absolute()
+    for f in files:
+        path = Path(f["path"])
+        if path != root and root not in path.parents:
+            return False  # the output was made from another source
+    for f in files:
+        path = Path(f["path"])
+        if not path.is_file() or path.stat().st_size != f.get("bytes") or sha256_file(path) != f.get("sha256"):
+            return False
+    return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))
+
+
+# --- executors -----------------------------------------------------------------------------------
+
+OnResult = Callable[[JobResult], None]
+
+
+def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummary:
+    """A process pool: whole files per worker; a worker imports a framework only when a job needs it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    summary = BatchSummary()
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _collect(summary, run_job(job), on_result)
+        return summary
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["convert.batch", "convert.api", "exporters.pytorch"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        for future in as_completed(futures):
+            _collect(summary, future.result(), on_result)
+    return summary
+
+
+def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus: int | None = None) -> BatchSummary:
+    """The same jobs as Ray tasks, on a cluster at `address` or a local Ray started here."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'rust-model-convert[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
+    summary = BatchSummary()
+    try:
+        pending = [remote.remote(job) for job in jobs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            _collect(summary, ray.get(done[0]), on_result)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return summary
+
+
+def _collect(summary: BatchSummary, result: JobResult, on_result: OnResult) -> None:
+    summary.results.append(result)
+    on_result(result)
