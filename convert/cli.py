@@ -324,13 +324,14 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
     if as_json:
         click.echo(json.dumps(report.to_json()))
     elif not quiet:
-        for problem in report.problems:
-            click.echo(f"FAIL {problem}", err=True)
+        for problem in report.problems:  # the report on stdout; stderr gets the one error line below
+            click.echo(f"FAIL {problem}")
         if report.ok:
             extra = f", {report.compared_with_source} compared with the source" if source_path else ""
             click.echo(f"ok: {report.files} file(s), {report.tensors} tensors match the manifest{extra}")
     if not report.ok:
-        raise VerificationError(f"{len(report.problems)} problem(s); first: {report.problems[0]}")
+        shown = "; ".join(report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
+        raise VerificationError(f"{len(report.problems)} problem(s): {shown}")
 
 
 @cli.command(epilog=EXIT_HELP)
@@ -361,7 +362,17 @@ def layouts(name: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="convert")
+    try:
+        code = cli.main(prog_name="convert", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `convert`: the help, as click shows it
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # bad options or arguments: one line, like every other error
+        hint = f" (see `{exc.ctx.command_path} --help`)" if isinstance(exc, click.UsageError) and exc.ctx else ""
+        _fail(f"{exc.format_message()}{hint}", exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,15 @@ def from_numpy(dt: np.dtype) -> DType:
         if d.numpy == dt:
             return d
     raise UnsupportedFormatError(f"numpy dtype {dt} has no SafeTensors equivalent")
+
+
+def cast_array(arr: np.ndarray, code: str) -> np.ndarray:
+    """Cast as PyTorch does, so `--dtype` output equals `tensor.to(dtype)` bit for bit: torch turns
+    float64 into 16- and 8-bit floats through float32 (two roundings), numpy would round once."""
+    target = dtype(code)
+    # A narrowing cast turns out-of-range values into inf, as torch's .to() does; numpy's
+    # "overflow encountered in cast" warning would only be noise on stderr.
+    with np.errstate(over="ignore"):
+        if arr.dtype == np.float64 and target.is_float and target.itemsize < 4:
+            arr = arr.astype(np.float32)
+        return arr.astype(target.numpy)

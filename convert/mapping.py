@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from . import transforms as tf
-from .dtypes import CAST_TARGETS, DType, dtype as lookup_dtype
+from .dtypes import CAST_TARGETS, DType, cast_array, dtype as lookup_dtype
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
 
@@ -386,7 +386,7 @@ def _cast(m: MappedTensor, to: str) -> None:
         # A second cast (the layout widening what --dtype asked for): the first one happens in the
         # data too, so the bytes written are what the recorded chain produces when replayed.
         before, first = m.ref, m.out_dtype
-        m.ref = TensorRef(before.name, first, before.shape, lambda: before.array().astype(first.numpy))
+        m.ref = TensorRef(before.name, first, before.shape, lambda: cast_array(before.array(), first.code))
     src = m.dtype.code
     m.transforms.append({"op": "cast", "to": to, "lossless": _lossless(src, to)})
     m.out_dtype = lookup_dtype(to)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DType, dtype as lookup_dtype
+from .dtypes import DType, cast_array, dtype as lookup_dtype
 from .errors import MappingError, UnsupportedFormatError
 
 Shape = tuple[int, ...]
@@ -144,7 +144,7 @@ def output_spec(transforms: list[dict[str, Any]], sources: list[Spec]) -> Spec:
 def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
     op = t["op"]
     if op == "cast":
-        return arr.astype(lookup_dtype(t["to"]).numpy)
+        return cast_array(arr, t["to"])
     if op in ("transpose", "permute"):
         return arr.transpose(_perm(t, arr.ndim))
     if op == "reshape":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dtypes import DType
+from .dtypes import DType, cast_array
 from .errors import ConvertError, CorruptInputError, OutputWriteError
 from .hashing import StreamHasher
 from .safetensors_format import build_header
@@ -121,18 +121,14 @@ def _write_tensor(fd: int, item: WriteItem, hasher: StreamHasher, path: Path) ->
         _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, path)
         hasher.tensor_range(ref.span.path, ref.span.offset, ref.span.length)
         return
-    # A narrowing cast turns out-of-range values into inf, as torch's .to() does; numpy's
-    # "overflow encountered in cast" RuntimeWarning would only be noise on stderr.
-    with np.errstate(over="ignore"):
-        arr = ref.array()
-        target = item.dtype.numpy
-        for chunk in iter_chunks(arr, CHUNK_BYTES):
-            if chunk.dtype != target:
-                chunk = chunk.astype(target)
-            data = memoryview(chunk.reshape(-1).view(np.uint8))
-            _write_all(fd, data, path)
-            hasher.tensor_bytes(data)
-            release_pages(arr)
+    arr = ref.array()
+    for chunk in iter_chunks(arr, CHUNK_BYTES):
+        if chunk.dtype != item.dtype.numpy:
+            chunk = cast_array(chunk, item.dtype.code)
+        data = memoryview(chunk.reshape(-1).view(np.uint8))
+        _write_all(fd, data, path)
+        hasher.tensor_bytes(data)
+        release_pages(arr)
 
 
 def _write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
