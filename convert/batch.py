@@ -10,12 +10,12 @@ from __future__ import annotations
 import glob
 import json
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .documents import check_schema, read_toml
 from .errors import ConvertError, SourceNotFoundError, UsageError
 
 STATUSES = ("ok", "failed", "skipped")
@@ -131,21 +131,9 @@ def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: A
 
 def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[Job]:
     """A TOML job file (schemas/batch.schema.json): `[defaults]` and `[[job]]` entries."""
-    import jsonschema
-
-    from .manifest import schema_text
-
     job_file = Path(path)
-    try:
-        doc = tomllib.loads(job_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SourceNotFoundError(f"job file {job_file} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{job_file}: not valid TOML ({exc})") from None
-    errors = list(jsonschema.Draft202012Validator(json.loads(schema_text("batch.schema.json"))).iter_errors(doc))
-    if errors:
-        where = "/".join(map(str, errors[0].path)) or "(root)"
-        raise UsageError(f"{job_file}: invalid at {where}: {errors[0].message}")
+    doc = read_toml(job_file, "job file")
+    check_schema(doc, "batch.schema.json", f"job file {job_file}", UsageError)
     base = job_file.parent
     defaults = doc.get("defaults", {})
     entries = doc.get("job", [])

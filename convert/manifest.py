@@ -6,11 +6,11 @@ Its shape is fixed by schemas/manifest.schema.json, which a Rust loader can dese
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .documents import check_schema
 from .errors import CorruptInputError, SourceNotFoundError, VerificationError
 
 MANIFEST_FILE = "manifest.json"
@@ -18,21 +18,9 @@ MANIFEST_VERSION = "1.0"
 GENERATOR = "rust-model-convert"
 
 
-def schema_text(name: str) -> str:
-    """A schema shipped with the package (schemas/ in the source tree)."""
-    return resources.files("convert").joinpath("schemas", name).read_text(encoding="utf-8")
-
-
 def validate(manifest: dict[str, Any]) -> None:
     """Check a manifest against the schema; raise VerificationError naming the first problem."""
-    import jsonschema  # imported here: only verify and the tests need it, not the conversion path
-
-    schema = json.loads(schema_text("manifest.schema.json"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "/".join(map(str, first.path)) or "(root)"
-        raise VerificationError(f"manifest does not match its schema at {where}: {first.message}")
+    check_schema(manifest, "manifest.schema.json", "manifest", VerificationError)
 
 
 def load(out_dir: Path) -> dict[str, Any]:

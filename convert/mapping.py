@@ -21,6 +21,7 @@ from typing import Any, Hashable
 
 from . import transforms as tf
 from .dtypes import CAST_TARGETS, DType, cast_array, dtype as lookup_dtype
+from .documents import check_schema, read_toml
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
 
@@ -130,31 +131,13 @@ def layout_text(name: str) -> str:
     return _layout_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
-def _validate(doc: dict[str, Any], where: str) -> None:
-    import jsonschema
-
-    from .manifest import schema_text
-
-    schema = json.loads(schema_text("layout.schema.json"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
-    if errors:
-        path = "/".join(map(str, errors[0].path)) or "(root)"
-        raise UsageError(f"{where}: layout rules invalid at {path}: {errors[0].message}")
-
-
 def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
                 options: dict[str, Any] | None = None) -> Layout:
     """A built-in layout by name, or a user's rule file (which may extend a built-in one)."""
     if layout_file is not None:
-        path = Path(layout_file)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"--layout-file {path}: no such file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--layout-file {path}: not valid TOML ({exc})") from None
-        _validate(doc, str(path))
-        where = str(path)
+        doc = read_toml(layout_file, "layout file")
+        where = str(layout_file)
+        check_schema(doc, "layout.schema.json", f"layout file {where}", UsageError)
     else:
         found = builtin_layout(name)
         if found is None:

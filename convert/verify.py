@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifest_mod
-from .errors import ConvertError, VerificationError
+from .errors import ConvertError
 from .hashing import hash_range, sha256_file
 from .safetensors_format import read_header
 from .source import SourceModel

@@ -65,9 +65,9 @@ def _open_file(path: Path, key: str | None) -> SourceModel:
         with open(path, "rb") as fh:
             head = fh.read(4)
         if head == ZIP_MAGIC:
-            fmt, obj, storages, big_endian = "pytorch-zip", *_read_zip(path, mapped.size)
+            fmt, (obj, big_endian) = "pytorch-zip", _read_zip(path, mapped.size)
         elif head[:1] == b"\x80":
-            fmt, obj, storages, big_endian = "pytorch-legacy", *_read_legacy(path, mapped.size)
+            fmt, (obj, big_endian) = "pytorch-legacy", _read_legacy(path, mapped.size)
         else:
             raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
         named, extras = select_tensors(obj, key)
@@ -78,7 +78,7 @@ def _open_file(path: Path, key: str | None) -> SourceModel:
     return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, closers=[mapped.close])
 
 
-def _read_zip(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], bool]:
+def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -115,7 +115,7 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], boo
             return storages[skey]
 
         obj = restricted_load(pickle_bytes, persistent_load, what=f"{path.name}: data.pkl")
-    return obj, storages, byteorder == "big"
+    return obj, byteorder == "big"
 
 
 def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str,
@@ -139,7 +139,7 @@ def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfil
     return _Storage(key, code, numel, offset, info.file_size)
 
 
-def _read_legacy(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], bool]:
+def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     name = path.name
     storages: dict[str, _Storage] = {}
 
@@ -186,7 +186,7 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, dict[str, _Storage], 
     missing = [k for k, s in storages.items() if s.offset < 0]
     if missing:
         raise CorruptInputError(f"{name}: storages {missing[:5]} are referenced but not stored (truncated?)")
-    return obj, storages, not little
+    return obj, not little
 
 
 def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bool, path: Path) -> TensorRef:

@@ -38,7 +38,7 @@ class Converted(NamedTuple):
     src: Path
     out: Path
     manifest: dict[str, Any]
-    stderr: str
+    warnings: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Modul
 @pytest.fixture(scope="module")
 def converted(models: dict[str, tuple[nn.Module, Path]],
               tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Converted]:
-    """converted(model_key, layout): the model converted once with `convert pth-to-safetensors`."""
+    """converted(model_key, layout): the model converted once with the Python API behind the CLI
+    (the CLI's own paths are exercised by the tests that need its options, stderr or exit codes)."""
+    from convert.api import pth_to_safetensors
+
     root = tmp_path_factory.mktemp("layout-out")
     cache: dict[tuple[str, str], Converted] = {}
 
@@ -65,13 +68,20 @@ def converted(models: dict[str, tuple[nn.Module, Path]],
         if (key, layout) not in cache:
             model, src = models[key]
             out = root / f"{key}-{layout}"
-            rc, _, err = run_cli("pth-to-safetensors", src, out, "--layout", layout)
-            assert rc == 0, err
-            assert "Traceback" not in err
-            cache[(key, layout)] = Converted(model, src, out, read_manifest(out), err)
+            result = pth_to_safetensors(src, out, layout=layout)
+            cache[(key, layout)] = Converted(model, src, out, read_manifest(out), result.warnings)
         return cache[(key, layout)]
 
     return get
+
+
+def verified(out: Path, src: Path) -> bool:
+    """The API behind `convert verify OUT --source SRC` (the CLI runs it per layout below)."""
+    from convert.api import verify_path
+
+    report = verify_path(out, src)
+    assert report.ok, report.problems
+    return report.compared_with_source == len(read_manifest(out)["tensors"])
 
 
 def saved(tmp_path: Path, model: nn.Module, name: str = "model.pt") -> Path:
@@ -175,7 +185,7 @@ def test_burn_renumbers_nested_sequentials(tmp_path: Path) -> None:
                      ("net.1.1.weight", "net.2.2.weight"), ("net.2.running_var", "net.4.running_var")):
         np.testing.assert_array_equal(arrays[new], sd[old])
     assert doc["dropped"] == ["net.4.num_batches_tracked"]
-    assert run_cli("verify", out, "--source", tmp_path / "model.pt")[0] == 0
+    assert verified(out, tmp_path / "model.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +265,7 @@ def test_burn_dense_norm_embedding_forward(converted: Callable[[str, str], Conve
     np.testing.assert_array_equal(t["conv.weight"], model.conv.weight.detach().numpy())
 
 
-def test_torsh_linear_forward_and_warning(converted: Callable[[str, str], Converted]) -> None:
+def test_torsh_linear_forward_and_warning(converted: Callable[[str, str], Converted], tmp_path: Path) -> None:
     """ToRSh's Linear weights are [in, out]: x @ W + b reproduces torch; BatchNorm statistics are
     written and the user is warned its state dict does not load them."""
     c = converted("net", "torsh")
@@ -266,8 +276,10 @@ def test_torsh_linear_forward_and_warning(converted: Callable[[str, str], Conver
     h = np.maximum(to_np(x) @ t["mlp.0.weight"] + t["mlp.0.bias"], 0.0)
     np.testing.assert_allclose(h @ t["mlp.2.weight"] + t["mlp.2.bias"], want, atol=ATOL, rtol=0)
     np.testing.assert_array_equal(t["bn.running_mean"], c.model.bn.running_mean.numpy())
-    assert any("BatchNorm" in w for w in c.manifest["target"]["warnings"])
-    assert "convert: warning:" in c.stderr and "BatchNorm" in c.stderr
+    assert any("BatchNorm" in w for w in c.manifest["target"]["warnings"]) and c.warnings
+    rc, _, err = run_cli("pth-to-safetensors", c.src, tmp_path / "out", "--layout", "torsh")
+    assert rc == 0, err
+    assert any(line.startswith("convert: warning:") and "BatchNorm" in line for line in err.splitlines()), err
 
 
 def test_torsh_casts_everything_to_f32(tmp_path: Path) -> None:
@@ -290,7 +302,7 @@ def test_torsh_casts_everything_to_f32(tmp_path: Path) -> None:
     casts = {t["name"]: [x for x in t["transforms"] if x["op"] == "cast"] for t in doc["tensors"]}
     assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False}]
     assert casts["norm.bias"] == [{"op": "cast", "to": "F32", "lossless": True}]
-    assert run_cli("verify", out, "--source", src)[0] == 0
+    assert verified(out, src)
 
 
 def test_neuro_divergent_forward(converted: Callable[[str, str], Converted]) -> None:
@@ -433,9 +445,11 @@ def test_user_rule_file_extends_builtin(tmp_path: Path, base: str) -> None:
     rules = tmp_path / "my_rules.toml"
     rules.write_text(USER_RULES.format(base=base))
     mine, ref = tmp_path / "mine", tmp_path / "ref"
-    for out, args in ((mine, ["--layout-file", rules]), (ref, ["--layout", base])):
-        rc, _, err = run_cli("pth-to-safetensors", src, out, *args)
-        assert rc == 0, err
+    rc, _, err = run_cli("pth-to-safetensors", src, mine, "--layout-file", rules)
+    assert rc == 0, err
+    from convert.api import pth_to_safetensors
+
+    pth_to_safetensors(src, ref, layout=base)
     doc, base_doc = read_manifest(mine), read_manifest(ref)
     assert doc["target"]["layout"] == "my-rules"
     ours = {t["name"]: t for t in doc["tensors"]}
@@ -455,26 +469,43 @@ def test_user_rule_file_extends_builtin(tmp_path: Path, base: str) -> None:
     assert {n: {k: v for k, v in t.items() if k not in strip} for n, t in ours.items() if n not in changed} == \
         {n: {k: v for k, v in t.items() if k not in strip} for n, t in theirs.items() if n not in changed}
     assert doc["dropped"] == base_doc["dropped"]
-    rc, _, err = run_cli("verify", mine, "--source", src)
-    assert rc == 0, err
+    assert verified(mine, src)
 
 
 @pytest.mark.parametrize("text, needles", [
     ('name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\ntransforms = [{ op = "flip" }]\n',
-     ["layout rules invalid", "rules/0/transforms/0/op", "'flip'"]),
-    ('name = "bad"\nrenumber = true\n', ["layout rules invalid", "renumber"]),
-    ('name = "bad"\n[[rules]]\nto = "x"\n', ["layout rules invalid", "rules/0"]),
-    ('name = "Bad Name"\n', ["layout rules invalid", "name"]),
+     ["rules/0/transforms/0/op", "'flip'"]),
+    ('name = "bad"\nrenumber = true\n', ["renumber"]),
+    ('name = "bad"\n[[rules]]\nto = "x"\n', ["rules/0"]),
+    ('name = "Bad Name"\n', ["'Bad Name'"]),
     ('name = "bad"\nextends = "no-such-layout"\n', ["no-such-layout"]),
     ('name = "bad\n', ["not valid TOML"]),
-])
+], ids=["unknown-op", "unknown-key", "rule-without-pattern", "bad-name", "extends-unknown", "not-toml"])
 def test_invalid_rule_file_is_a_usage_error(tmp_path: Path, text: str, needles: list[str]) -> None:
-    """A rule file the schema rejects (or that extends nothing known) exits 2 with one clear line."""
+    """A rule file the schema rejects (or that extends nothing known) is a UsageError (exit 2)
+    naming the file and the problem; nothing is written."""
+    from convert.api import pth_to_safetensors
+    from convert.errors import UsageError
+
     rules = tmp_path / "my_rules.toml"
     rules.write_text(text)
-    model = nn.Sequential(nn.Linear(2, 2))
-    out = tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout-file", rules), 2, *needles)
+    src, out = saved(tmp_path, nn.Sequential(nn.Linear(2, 2))), tmp_path / "out"
+    with pytest.raises(UsageError) as info:
+        pth_to_safetensors(src, out, layout_file=str(rules))
+    assert info.value.exit_code == 2
+    for needle in needles if "extends" in text else [str(rules), *needles]:
+        assert needle in str(info.value), str(info.value)
+    assert_no_output(out)
+
+
+def test_invalid_rule_file_cli_exit_code(tmp_path: Path) -> None:
+    """The same through the CLI: exit 2, one line naming the rule file and the bad op."""
+    rules = tmp_path / "my_rules.toml"
+    rules.write_text('name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\n'
+                     'transforms = [{ op = "flip" }]\n')
+    src, out = saved(tmp_path, nn.Sequential(nn.Linear(2, 2))), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-file", rules), 2,
+                     str(rules), "rules/0/transforms/0/op", "'flip'")
     assert_no_output(out)
 
 
@@ -492,7 +523,7 @@ def test_layout_option_drops_num_batches_tracked(converted: Callable[[str, str],
     expected = {k: v for k, v in expected_tensors(c.model, "pytorch").items() if k != "bn.num_batches_tracked"}
     assert actual_tensors(out, doc) == expected
     assert "bn.num_batches_tracked" in actual_tensors(c.out, c.manifest)
-    assert run_cli("verify", out, "--source", c.src)[0] == 0
+    assert verified(out, c.src)
     other = tmp_path / "other"
     assert_cli_error(run_cli("pth-to-safetensors", c.src, other, "--layout-option", "no_such_option=1"), 2,
                      "no_such_option")
@@ -522,8 +553,7 @@ def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(converted: Call
         want = sd[t["name"]].to(torch.bfloat16).to(torch.float32).numpy()
         assert arrays[t["name"]].tobytes() == want.tobytes(), t["name"]
     assert any(not np.array_equal(arrays[k], v.numpy()) for k, v in sd.items() if k in arrays)
-    rc, _, err = run_cli("verify", out, "--source", c.src)
-    assert rc == 0, err
+    assert verified(out, c.src)
 
 
 def test_trustformers_bf16_source_widened_losslessly(tmp_path: Path) -> None:
@@ -541,7 +571,7 @@ def test_trustformers_bf16_source_widened_losslessly(tmp_path: Path) -> None:
         assert t["dtype"] == "F32" and t["transforms"] == [{"op": "cast", "to": "F32", "lossless": True}]
         assert t["lossy"] is False and t["invertible"] is True
         np.testing.assert_array_equal(arrays[t["name"]], model.state_dict()[t["name"]].float().numpy())
-    assert run_cli("verify", out, "--source", src)[0] == 0
+    assert verified(out, src)
 
 
 def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[str, str], Converted],
@@ -558,7 +588,7 @@ def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[st
     assert extra == hf
     assert hf["weight_map"] == {t["name"]: t["file"] for t in doc["tensors"]}
     assert set(hf["weight_map"]) == set(expected_tensors(c.model, "trustformers"))
-    assert run_cli("verify", out, "--source", c.src)[0] == 0
+    assert verified(out, c.src)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,6 +614,9 @@ def test_layouts_shows_rules(name: str) -> None:
     assert rc == 0, err
     file_name = CANONICAL.get(name, name)
     assert tomllib.loads(out) == tomllib.loads((REPO / "convert" / "layouts" / f"{file_name}.toml").read_text())
+
+
+def test_layouts_unknown_name_is_a_usage_error() -> None:
     assert_cli_error(run_cli("layouts", "no-such-layout"), 2, "no-such-layout", "burn")
 
 
