@@ -88,6 +88,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
     staged = StagedOutput(out, options.overwrite)
     staged.check()
+    _refuse_output_holding_source(source, staged.dest)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
     mapping = apply_layout(layout, source.tensors, architecture)
     apply_dtypes(mapping.tensors, options.dtype, layout)
@@ -116,6 +117,15 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, mapping.warnings)
+
+
+def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
+    """--overwrite replaces the whole destination folder, so never one that holds the source."""
+    target = dest.resolve()
+    for path in [*source.files, *source.sidecars]:
+        resolved = Path(path).resolve()
+        if resolved == target or target in resolved.parents:
+            raise UsageError(f"{dest} holds the source file {resolved.name}; write the output to another folder")
 
 
 def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
@@ -199,6 +209,18 @@ def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = No
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
     with open_pytorch(src, key) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def flax_to_safetensors(src: str | Path, out: str | Path, *, collections: tuple[str, ...] = ("params",),
+                        unstack: tuple[str, ...] = (), progress: Progress | None = None,
+                        **options: Any) -> ConversionResult:
+    """Convert a Flax msgpack file, Hugging Face Flax folder or orbax checkpoint; options as ConvertOptions."""
+    from exporters.flax import open_flax
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_flax(src, collections, unstack) as source:
         return convert_source(source, out, opts, progress)
 
 

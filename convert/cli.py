@@ -177,6 +177,25 @@ def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None
     _run_conversion(lambda: open_pytorch(src, key), out, **opts)
 
 
+@cli.command("flax-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--collection", "collections", multiple=True, default=("params",), show_default=True,
+              help="Variable collection holding the weights (repeatable); batch_stats is merged in when present.")
+@click.option("--unstack", multiple=True, metavar="PATH",
+              help="Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).")
+@conversion_options
+@output_flags
+@command_errors
+def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstack: tuple[str, ...], **opts: Any) -> None:
+    """Convert a Flax checkpoint (flax.serialization msgpack of params or a train state, a Hugging Face
+    folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the
+    folder OUT, in PyTorch names and layouts. Msgpack is read without JAX."""
+    from exporters.flax import open_flax
+
+    _run_conversion(lambda: open_flax(src, collections, unstack), out, **opts)
+
+
 @cli.command(epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))

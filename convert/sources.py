@@ -18,6 +18,7 @@ from .source import SourceModel
 READERS: dict[str, tuple[str, str, str]] = {
     "pytorch": ("exporters.pytorch", "open_pytorch", "pth-to-safetensors"),
     "safetensors": ("exporters.safetensors", "open_safetensors", "safetensors-to-safetensors"),
+    "flax": ("exporters.flax", "open_flax", "flax-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -45,7 +46,7 @@ def _detect_folder(path: Path) -> str | None:
         return "tensorflow"
     if "tf_model.h5" in names:
         return "keras"
-    if "flax_model.msgpack" in names or "_METADATA" in names or "_CHECKPOINT_METADATA" in names:
+    if names & {"flax_model.msgpack", "flax_model.msgpack.index.json", "_METADATA", "_CHECKPOINT_METADATA"}:
         return "flax"
     if "alias_to_model.pkl" in names or "configuration.json" in names or "configuration.pkl" in names:
         return "neuralforecast"

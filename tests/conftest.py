@@ -331,3 +331,26 @@ def listing(folder: Path) -> dict[str, bytes]:
 
 def names_in(items: Iterable[dict[str, Any]]) -> list[str]:
     return [it["name"] for it in items]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile-input sweeps (fuzzing, truncation, kill points): how many inputs each one tried
+# ---------------------------------------------------------------------------------------------
+
+SWEEP_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def count_inputs(sweep: str, target: str, n: int = 1) -> None:
+    """Record that `n` more inputs of `sweep` (e.g. "fuzz", "truncation") ran against `target`."""
+    per_target = SWEEP_COUNTS.setdefault(sweep, {})
+    per_target[target] = per_target.get(target, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """State in the CI log how many inputs each sweep tried, per reader or format."""
+    if not SWEEP_COUNTS:
+        return
+    terminalreporter.section("hostile-input sweeps")
+    for sweep, per_target in SWEEP_COUNTS.items():
+        details = ", ".join(f"{target} {n}" for target, n in per_target.items())
+        terminalreporter.write_line(f"{sweep}: {sum(per_target.values())} inputs ({details})")

@@ -313,6 +313,38 @@ def test_missing_key(save_checkpoint: Callable[..., Path], tmp_path: Path) -> No
     assert_no_output(out)
 
 
+@pytest.mark.parametrize("obj", [
+    {"a.b": torch.ones(2), "a": {"b": torch.zeros(3)}},
+    {0: torch.ones(2), "0": torch.zeros(3)},
+], ids=["dotted-vs-nested", "int-vs-str-key"])
+def test_two_tensors_with_one_name(obj: dict[Any, Any], save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    """Flattening must not let one tensor silently replace another."""
+    src = save_checkpoint(obj)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out), 7, "two tensors")
+    assert_no_output(out)
+
+
+def test_overwrite_never_deletes_the_source(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    """--overwrite replaces the output folder; when that folder holds the source it is refused."""
+    src = save_checkpoint({"w": torch.ones(3)}, name="work/model.pt")
+    (src.parent / "notes.txt").write_text("keep me")
+    before = listing(src.parent)
+    assert_cli_error(run_cli("pth-to-safetensors", src, src.parent, "--overwrite"), 2, "model.pt")
+    assert listing(src.parent) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_overwrite_never_deletes_a_source_folder(gpt2_folders: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    src = tmp_path / "model"
+    shutil.copytree(gpt2_folders["single"], src)
+    before = listing(src)
+    assert_cli_error(run_cli("pth-to-safetensors", src, src, "--overwrite"), 2)
+    assert listing(src) == before
+
+
 def test_checkpoint_without_tensors(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     src = save_checkpoint({"epoch": 3, "note": "no weights here"})
     out = tmp_path / "out"

@@ -122,7 +122,8 @@ def test_exact_names_shapes_and_dtypes(converted: Callable[[str, str], Converted
     c = converted(MODEL_FOR[layout], layout)
     expected = expected_tensors(c.model, layout)
     actual = actual_tensors(c.out, c.manifest)
-    assert actual == expected, f"extra: {sorted(set(actual) - set(expected))}, missing: {sorted(set(expected) - set(actual))}"
+    extra, missing = sorted(set(actual) - set(expected)), sorted(set(expected) - set(actual))
+    assert actual == expected, f"extra: {extra}, missing: {missing}"
     assert c.manifest["target"]["layout"] == CANONICAL.get(layout, layout)
     assert c.manifest["aliases"] == {}
     bn_counters = [k for k in c.model.state_dict() if k.endswith("num_batches_tracked")]
@@ -153,7 +154,8 @@ def test_burn_literal_names(converted: Callable[[str, str], Converted]) -> None:
         assert name in net, name
     assert "mlp.2.weight" not in net and "bn.num_batches_tracked" not in net
     for name in ("lstm1.input_gate.input_transform.weight", "lstm1.cell_gate.hidden_transform.bias",
-                 "bilstm.forward.forget_gate.input_transform.weight", "bilstm.reverse.output_gate.hidden_transform.weight",
+                 "bilstm.forward.forget_gate.input_transform.weight",
+                 "bilstm.reverse.output_gate.hidden_transform.weight",
                  "bilstm2.1.reverse.cell_gate.input_transform.weight", "gru2.1.update_gate.hidden_transform.weight",
                  "bigru.reverse.new_gate.input_transform.bias", "bigru2.0.forward.reset_gate.input_transform.weight"):
         assert name in zoo, name
@@ -372,7 +374,8 @@ def test_verify_source_passes_then_catches_one_byte(converted: Callable[[str, st
     entry = next(t for t in doc["tensors"] if t["name"] == victim)
     data = (bad / entry["file"]).read_bytes()
     start = 8 + int.from_bytes(data[:8], "little")
-    entry["sha256"] = hashlib.sha256(data[start + entry["data_offsets"][0]:start + entry["data_offsets"][1]]).hexdigest()
+    begin, end = (start + offset for offset in entry["data_offsets"])
+    entry["sha256"] = hashlib.sha256(data[begin:end]).hexdigest()
     for f in doc["files"]:
         f["sha256"] = hashlib.sha256((bad / f["path"]).read_bytes()).hexdigest()
     (bad / "manifest.json").write_text(json.dumps(doc))
@@ -412,6 +415,19 @@ def test_candle_refuses_gru_it_cannot_build(tmp_path: Path, gru: dict[str, Any],
     line = assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", "candle"), 7,
                             "encoder_gru", "candle")
     assert words in line
+    assert_no_output(out)
+
+
+@pytest.mark.parametrize("layout", ["burn", "burn-native"])
+def test_burn_refuses_projected_lstm(tmp_path: Path, layout: str) -> None:
+    """burn's LSTM has no output projection: an LSTM with proj_size is refused (exit 7) instead of
+    being half-split with weight_hr passed through."""
+    torch.manual_seed(8)
+    model = nn.Module()
+    model.proj_lstm = nn.LSTM(3, 4, proj_size=2)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", layout), 7,
+                     "proj_lstm", "proj_size")
     assert_no_output(out)
 
 

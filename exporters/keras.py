@@ -1,0 +1,345 @@
+"""Keras models read with h5py and the zip/JSON in the file, never with TensorFlow or Keras:
+Keras 3 `.keras` and `.weights.h5`, Keras 2 / tf.keras `.h5` (full models and weights only), and
+Hugging Face folders holding `tf_model.h5` (or its shards).
+
+Where the file carries the model config (`.keras`, a full `.h5`), layer types come from it; where it
+does not, from the variables' names and shapes (exporters/keras_names.py). Either way each layer is
+brought to canonical form by exporters/keras_layers.py, lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
+from convert.source import SourceModel
+from convert.tensors import TensorRef
+
+from .keras_config import ConfigLayer, lambda_layers, layers_of, scrub, summary
+from .keras_h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
+from .keras_layers import KerasLayer, to_canonical
+from .keras_names import Named, components, group_named, infer_kind, kind_from_key, numbered_roles, under_layer
+from .pytorch import SIDECAR_MAX_BYTES, ZIP_MAGIC, _read_json, hf_sidecars
+
+KERAS_CONFIG = "config.json"
+KERAS_WEIGHTS = "model.weights.h5"
+KERAS_METADATA = "metadata.json"
+HF_TF_WEIGHTS = "tf_model.h5"
+HF_TF_INDEX = "tf_model.h5.index.json"
+_STRUCTURAL = ("cell", "forward_layer", "backward_layer")  # parts of a layer, not layers (Keras 3 files)
+_NOT_MODEL = ("optimizer",)  # top-level groups of a Keras 3 weights file that hold training state
+
+
+@dataclass
+class _Opened:
+    """What one reader found, before the layers become canonical tensors."""
+
+    format: str
+    files: list[Path]
+    layers: list[KerasLayer]
+    model_config: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Any] = field(default_factory=list)
+
+
+def open_keras(path: str | Path, config: str | Path | None = None) -> SourceModel:
+    """Open a Keras file or a Hugging Face TF folder. `config`: the model config for a Keras 3
+    `.weights.h5` (a `.keras` file, or a JSON file as `model.to_json()` or config.json writes it)."""
+    p = Path(path)
+    if not p.exists():
+        raise SourceNotFoundError(f"no such file or folder: {p}")
+    opened = _Opened("", [], [])
+    try:
+        if p.is_dir():
+            hf_config = _open_hf_folder(p, opened)
+            return assemble(opened, sidecars=hf_sidecars(p, exclude={HF_TF_INDEX}), config=hf_config)
+        with open(p, "rb") as fh:
+            head = fh.read(len(H5_MAGIC))
+        if head[:4] == ZIP_MAGIC:
+            _open_keras_zip(p, opened)
+        elif head == H5_MAGIC:
+            _open_h5_file(p, H5Source(p), opened, _given_config(config))
+        else:
+            raise UnsupportedFormatError(f"{p.name}: not a Keras file (neither a .keras zip nor HDF5)")
+        return assemble(opened, config=scrub(opened.model_config) if opened.model_config else None)
+    except BaseException:
+        for close in opened.closers:
+            close()
+        raise
+
+
+def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[str, Any] | None = None) -> SourceModel:
+    """Canonical tensors, provenance, warnings and the layer list, as one SourceModel."""
+    canonical = to_canonical(opened.layers)
+    seen: dict[str, str] = {}
+    for ref in canonical.tensors:
+        origin = canonical.provenance[ref.name].get("from") or "created"
+        if ref.name in seen:
+            raise UnsupportedFormatError(f"two Keras weights both become {ref.name!r} ({seen[ref.name]} and {origin})")
+        seen[ref.name] = origin
+    if not canonical.tensors:
+        raise UnsupportedFormatError(f"{opened.files[0].name}: no weights found (was the model built before saving?)")
+    model = opened.model_config
+    config_layers = layers_of(model) if model else []
+    warnings = [f"layer {path} is a Lambda layer: its Python code was neither run nor carried across; "
+                "a loader must reimplement it" for path in lambda_layers(config_layers)]
+    warnings += canonical.warnings
+    if model:
+        architecture = summary(model, canonical.by_layer)
+    else:
+        architecture = {"model": None, "layers_from": "weights", "layers": [
+            {"path": ".".join(layer.path), "type": layer.kind, "inferred": True, "params": {},
+             "tensors": canonical.by_layer.get(layer.path, [])} for layer in opened.layers]}
+    architecture = {"framework": "keras", **architecture}
+    extras = {**opened.extras, "layers_from": architecture["layers_from"], "warnings": warnings,
+              "tensors": canonical.provenance}
+    if canonical.not_expressible:
+        extras["not_expressible"] = canonical.not_expressible
+    return SourceModel(format=opened.format, files=opened.files, tensors=canonical.tensors, sidecars=sidecars or [],
+                       config=config, extras=extras, architecture=architecture, closers=opened.closers)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+def _open_keras_zip(path: Path, opened: _Opened) -> None:
+    """Keras 3 `.keras`: config.json and model.weights.h5 (read in place when stored uncompressed)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+    with zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        if KERAS_CONFIG not in infos or KERAS_WEIGHTS not in infos:
+            raise UnsupportedFormatError(f"{path.name}: a zip, but not a .keras model ({KERAS_CONFIG} and "
+                                         f"{KERAS_WEIGHTS} expected; for a torch checkpoint use pth-to-safetensors)")
+        model = _zip_json(path, zf, infos[KERAS_CONFIG])
+        metadata = _zip_json(path, zf, infos[KERAS_METADATA]) if KERAS_METADATA in infos else {}
+        info = infos[KERAS_WEIGHTS]
+        label = f"{path.name}:{KERAS_WEIGHTS}"
+        if info.compress_type == zipfile.ZIP_STORED:
+            h5 = H5Source(path, _member_offset(path, zf, info), info.file_size, label)
+        else:
+            h5 = H5Source(_extract(path, zf, info, opened), label=label)
+    opened.format, opened.files, opened.model_config = "keras-v3", [path], _model_config(model, path.name)
+    opened.closers.append(h5.close)
+    opened.extras["keras_version"] = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    opened.layers = _v3_layers(h5, layers_of(opened.model_config), opened.extras)
+
+
+def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, Any] | None) -> None:
+    """A Keras 3 `.weights.h5`, or a Keras 2 `.h5`: full model (model_config) or weights only."""
+    opened.closers.append(h5.close)
+    opened.files.append(path)
+    root = h5.root
+    opened.extras["keras_version"] = h5.text(root, "keras_version")
+    keys = set(h5.keys(root))
+    if "model_weights" in keys and h5.text(root, "model_config") is not None:
+        opened.format = "keras-h5"
+        opened.model_config = _model_config(_loads(h5.text(root, "model_config"), h5.label), h5.label)
+        opened.layers = _legacy_layers(h5, h5.child(root, "model_weights"), layers_of(opened.model_config))
+    elif h5.text_list(root, "layer_names") is not None:
+        opened.format = "keras-h5-weights"
+        opened.model_config = given
+        opened.layers = _legacy_layers(h5, root, layers_of(given) if given else None)
+    elif keys & {"layers", "vars"} or given is not None:
+        opened.format = "keras-v3-weights"
+        opened.model_config = given
+        opened.layers = _v3_layers(h5, layers_of(given) if given else None, opened.extras)
+    else:
+        raise UnsupportedFormatError(f"{h5.label}: an HDF5 file, but not one Keras wrote (no model_weights, "
+                                     "layer_names or layers)")
+
+
+def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
+    """A Hugging Face TF folder: tf_model.h5, or its shards listed in tf_model.h5.index.json."""
+    if (folder / HF_TF_INDEX).is_file():
+        index = _read_json(folder / HF_TF_INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CorruptInputError(f"{HF_TF_INDEX}: no weight_map")
+        names = sorted({str(v) for v in weight_map.values()})
+        if any("/" in n or "\\" in n or n.startswith(".") for n in names):
+            raise CorruptInputError(f"{HF_TF_INDEX}: a shard name points outside the folder")
+        shards = [folder / n for n in names]
+    elif (folder / HF_TF_WEIGHTS).is_file():
+        shards = [folder / HF_TF_WEIGHTS]
+    else:
+        raise SourceNotFoundError(f"{folder}: no {HF_TF_WEIGHTS} or {HF_TF_INDEX} in this folder")
+    named: list[Named] = []
+    for shard in shards:
+        if not shard.is_file():
+            raise SourceNotFoundError(f"{folder.name}: shard {shard.name} named in {HF_TF_INDEX} is missing")
+        h5 = H5Source(shard)
+        opened.closers.append(h5.close)
+        opened.files.append(shard)
+        named += _legacy_named(h5, h5.root)
+    opened.format = "hf-tf-sharded" if len(shards) > 1 else "hf-tf"
+    opened.layers = group_named(named, None, folder.name)
+    return _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+
+
+# --- Keras 2 / legacy h5 -------------------------------------------------------------------------
+
+def _legacy_layers(h5: H5Source, group: Any, config_layers: list[ConfigLayer] | None) -> list[KerasLayer]:
+    return group_named(_legacy_named(h5, group), config_layers, h5.label)
+
+
+def _legacy_named(h5: H5Source, group: Any) -> list[Named]:
+    """Every weight listed by `layer_names` and each layer's `weight_names`, named from its layer on.
+    (Hugging Face's TF shards list the weights themselves in `layer_names`.)"""
+    named: list[Named] = []
+    for layer in h5.text_list(group, "layer_names") or []:
+        obj = h5.resolve(group, layer)
+        if not h5.is_group(obj):
+            named.append((components(layer), h5.tensor(obj, obj.name.lstrip("/"))))
+            continue
+        for weight in h5.text_list(obj, "weight_names") or []:
+            dataset = h5.resolve(obj, weight)
+            named.append((under_layer(layer, components(weight)), h5.tensor(dataset, dataset.name.lstrip("/"))))
+    if "top_level_model_weights" in h5.keys(group):
+        top = h5.child(group, "top_level_model_weights")
+        for weight in h5.text_list(top, "weight_names") or []:
+            dataset = h5.resolve(top, weight)
+            named.append((components(weight), h5.tensor(dataset, dataset.name.lstrip("/"))))
+    return named
+
+
+# --- Keras 3 weights files -----------------------------------------------------------------------
+
+@dataclass
+class _Vars:
+    """One `vars` group of a Keras 3 weights file: a layer's (or its cell's) numbered variables."""
+
+    keys: tuple[str, ...]  # the layer's groups, e.g. ("layers", "bidirectional")
+    names: tuple[str, ...]  # the layer's path by Keras names (each level's vars/@name)
+    struct: tuple[str, ...]  # the part of the layer they belong to, e.g. ("forward_layer", "cell")
+    refs: list[TensorRef]
+
+
+def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: dict[str, Any]) -> list[KerasLayer]:
+    found: list[_Vars] = []
+    skipped: list[str] = []
+    _walk_v3(h5, h5.root, (), (), (), found, skipped, 0)
+    if skipped:
+        extras["skipped"] = skipped
+    by_keys = {layer.keys: layer for layer in config_layers or []}
+    order = {layer.keys: i for i, layer in enumerate(config_layers or [])}
+    merged: dict[tuple[str, ...], KerasLayer] = {}
+    for group in sorted(found, key=lambda g: order.get(g.keys, len(order))):
+        known = by_keys.get(group.keys)
+        path = known.path if known else group.names
+        kind = known.kind if known else kind_from_key(group.keys[-1] if group.keys else "", *group.names[-1:])
+        where = "/".join(group.keys + group.struct) or "(model)"
+        roles = numbered_roles(kind, group.struct, len(group.refs), known.config if known else None, where)
+        layer = merged.setdefault(group.keys, KerasLayer(path, kind, {}, known.config if known else {}, known is None))
+        layer.weights.update(zip(roles, group.refs))
+    for layer in merged.values():
+        if layer.kind is None:
+            layer.kind = infer_kind(layer.path, layer.weights)
+    return list(merged.values())
+
+
+def _walk_v3(h5: H5Source, group: Any, keys: tuple[str, ...], names: tuple[str, ...], struct: tuple[str, ...],
+             found: list[_Vars], skipped: list[str], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CorruptInputError(f"{h5.label}: groups nested deeper than {MAX_DEPTH} levels")
+    for key, sub in h5.groups(group):
+        if key == "vars":
+            refs = _numbered(h5, sub)
+            if refs:
+                found.append(_Vars(keys, names, struct, refs))
+        elif depth == 0 and key in _NOT_MODEL:
+            skipped.append(key)
+        elif key == "layers":
+            _walk_v3(h5, sub, keys + (key,), names, struct, found, skipped, depth + 1)
+        elif key in _STRUCTURAL:
+            _walk_v3(h5, sub, keys, names, struct + (key,), found, skipped, depth + 1)
+        else:
+            own = h5.child(sub, "vars") if "vars" in h5.keys(sub) else None
+            name = (h5.text(own, "name") if own is not None else None) or key
+            _walk_v3(h5, sub, keys + (key,), names + (name,), (), found, skipped, depth + 1)
+
+
+def _numbered(h5: H5Source, group: Any) -> list[TensorRef]:
+    keys = h5.keys(group)
+    if sorted(keys, key=lambda k: int(k) if k.isdecimal() else -1) != [str(i) for i in range(len(keys))]:
+        raise CorruptInputError(f"{h5.label}: {group.name} holds {sorted(keys)[:5]}, not variables 0..{len(keys) - 1}")
+    return [h5.tensor(ds, ds.name.lstrip("/")) for ds in (h5.child(group, str(i)) for i in range(len(keys)))]
+
+
+# --- configs and zip members ---------------------------------------------------------------------
+
+def _given_config(config: str | Path | None) -> dict[str, Any] | None:
+    """--config: a `.keras` file, or a JSON model config (model.to_json(), config.json)."""
+    if config is None:
+        return None
+    p = Path(config)
+    if not p.is_file():
+        raise UsageError(f"--config {p}: no such file")
+    with open(p, "rb") as fh:
+        zipped = fh.read(4) == ZIP_MAGIC
+    if not zipped:
+        return _model_config(_read_json(p), p.name)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            info = zf.getinfo(KERAS_CONFIG)
+            return _model_config(_zip_json(p, zf, info), p.name)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise UsageError(f"--config {p}: not a .keras file ({exc})") from None
+
+
+def _model_config(doc: Any, label: str) -> dict[str, Any]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("class_name"), str) or not isinstance(doc.get("config"), dict):
+        raise CorruptInputError(f"{label}: the model config is not a Keras config (class_name, config)")
+    return doc
+
+
+def _loads(text: str | None, label: str) -> Any:
+    try:
+        return json.loads(text or "")
+    except json.JSONDecodeError as exc:
+        raise CorruptInputError(f"{label}: model config is not valid JSON ({exc})") from None
+
+
+def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    if info.file_size > SIDECAR_MAX_BYTES:
+        raise CorruptInputError(f"{path.name}: {info.filename} declares {info.file_size} bytes")
+    try:
+        return _loads(zf.read(info).decode("utf-8"), f"{path.name}:{info.filename}")
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptInputError(f"{path.name}: cannot read {info.filename} ({exc})") from None
+
+
+def _member_offset(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start in the zip: after its local header."""
+    zf.fp.seek(info.header_offset)
+    header = zf.fp.read(30)
+    if len(header) != 30 or header[:4] != ZIP_MAGIC:
+        raise CorruptInputError(f"{path.name}: {info.filename} has a damaged local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > os.path.getsize(path):
+        raise CorruptInputError(f"{path.name}: {info.filename} runs past the end of the file (truncated?)")
+    return start
+
+
+def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Opened) -> Path:
+    """A compressed member, inflated into a temporary file removed when the source closes."""
+    if info.file_size > max(info.compress_size, 1) * MAX_FILTER_RATIO:
+        raise CorruptInputError(f"{path.name}: {info.filename} claims {info.file_size} bytes from {info.compress_size}")
+    fd, name = tempfile.mkstemp(suffix=".weights.h5")
+    opened.closers.append(lambda: os.unlink(name))
+    try:
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CorruptInputError(f"{path.name}: cannot inflate {info.filename} ({exc})") from None
+    return Path(name)

@@ -1,0 +1,244 @@
+"""Safe access to the HDF5 files Keras writes, with h5py alone (no TensorFlow, no Keras).
+
+An HDF5 file can point outside itself (external links, external raw storage, virtual datasets) and
+can declare datasets far larger than it holds; every path is therefore resolved one link at a time,
+and every dataset is checked against the file's real size before a byte is read. Contiguous,
+uncompressed little-endian datasets become lazy `FileSpan`s read through a memory map; the rest are
+read by h5py only when the writer asks for them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.dtypes import from_numpy
+from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
+from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+
+H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# Deflate, HDF5's usual filter, cannot expand data by more than about 1032:1.
+MAX_FILTER_RATIO = 1100
+MAX_DEPTH = 64
+MAX_ATTR_CHARS = 64 << 20
+
+
+class H5Window(io.RawIOBase):
+    """A read-only view of `length` bytes at `start` of a file: an HDF5 file stored inside a zip."""
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")
+        self._start, self._length, self._pos = start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._length - self._pos))
+        self._fh.seek(self._start + self._pos)
+        got = self._fh.readinto(view[:count]) or 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+class H5Source:
+    """An open Keras HDF5 file: groups reached link by link, datasets as checked lazy TensorRefs.
+
+    `path`/`start` locate the HDF5 bytes on disk (start > 0 inside a `.keras` zip); `label` names
+    the file in messages.
+    """
+
+    def __init__(self, path: Path, start: int = 0, length: int | None = None, label: str | None = None) -> None:
+        import h5py
+
+        self.path, self.start, self.label = path, start, label or path.name
+        self.file_size = os.path.getsize(path)
+        self.length = self.file_size - start if length is None else length
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            if fh.read(len(H5_MAGIC)) != H5_MAGIC:
+                raise UnsupportedFormatError(f"{self.label}: not an HDF5 file")
+        self._window = H5Window(path, start, self.length) if start or self.length != self.file_size else None
+        try:
+            self.root = h5py.File(self._window or path, "r", locking=False)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise CorruptInputError(f"{self.label}: damaged HDF5 file ({exc})") from None
+        self._mapped = MappedFile(str(path))
+
+    def close(self) -> None:
+        root = getattr(self, "root", None)
+        if root is not None:
+            root.close()
+        if self._window is not None:
+            self._window.close()
+        mapped = getattr(self, "_mapped", None)
+        if mapped is not None:
+            mapped.close()
+
+    # --- structure -------------------------------------------------------------------------------
+
+    def child(self, group: Any, name: str) -> Any:
+        """group[name] for one link, refused unless it is a hard link inside this file."""
+        import h5py
+
+        link = group.get(name, getlink=True)
+        if link is None:
+            raise CorruptInputError(f"{self.label}: {group.name}/{name} does not exist")
+        if isinstance(link, h5py.ExternalLink):
+            raise UnsafeInputError(f"{self.label}: {group.name}/{name} links to another file ({link.filename})")
+        if not isinstance(link, h5py.HardLink):
+            raise UnsupportedFormatError(f"{self.label}: {group.name}/{name} is a soft link; Keras never writes one")
+        try:
+            return group[name]
+        except (KeyError, OSError, ValueError) as exc:
+            raise CorruptInputError(f"{self.label}: cannot read {group.name}/{name} ({exc})") from None
+
+    def resolve(self, group: Any, path: str) -> Any:
+        """An object below `group` reached by a '/'-separated relative path, one checked link at a time."""
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if not parts or len(parts) > MAX_DEPTH:
+            raise CorruptInputError(f"{self.label}: bad object path {path!r}")
+        obj = group
+        for part in parts:
+            if not self.is_group(obj):
+                raise CorruptInputError(f"{self.label}: {obj.name} is not a group (path {path!r})")
+            obj = self.child(obj, part)
+        return obj
+
+    def keys(self, group: Any) -> list[str]:
+        try:
+            return list(group.keys())
+        except (OSError, ValueError) as exc:
+            raise CorruptInputError(f"{self.label}: cannot list {group.name} ({exc})") from None
+
+    @staticmethod
+    def is_group(obj: Any) -> bool:
+        import h5py
+
+        return isinstance(obj, h5py.Group)
+
+    def groups(self, group: Any) -> Iterator[tuple[str, Any]]:
+        """(name, subgroup) for every subgroup of `group`."""
+        for key in self.keys(group):
+            obj = self.child(group, key)
+            if self.is_group(obj):
+                yield key, obj
+
+    def text_list(self, obj: Any, name: str) -> list[str] | None:
+        """A list-of-strings attribute as Keras writes it, also when split into name0, name1, ..."""
+        if name in obj.attrs:
+            values = [self._attr(obj, name)]
+        elif f"{name}0" in obj.attrs:
+            values = []
+            while f"{name}{len(values)}" in obj.attrs:
+                values.append(self._attr(obj, f"{name}{len(values)}"))
+        else:
+            return None
+        out: list[str] = []
+        for value in values:
+            items = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]
+            out.extend(self._decode(v, name) for v in items)
+        return out
+
+    def text(self, obj: Any, name: str) -> str | None:
+        """A string attribute (model_config, keras_version), or None."""
+        if name not in obj.attrs:
+            return None
+        value = self._attr(obj, name)
+        if isinstance(value, np.ndarray) and value.size == 1:
+            value = value.reshape(-1)[0]
+        return self._decode(value, name)
+
+    def _attr(self, obj: Any, name: str) -> Any:
+        try:
+            return obj.attrs[name]
+        except (OSError, ValueError, TypeError) as exc:
+            raise CorruptInputError(f"{self.label}: attribute {name!r} of {obj.name} is unreadable ({exc})") from None
+
+    def _decode(self, value: Any, name: str) -> str:
+        if isinstance(value, (bytes, np.bytes_)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptInputError(f"{self.label}: attribute {name!r} is not UTF-8 text") from None
+        if not isinstance(value, str) or len(value) > MAX_ATTR_CHARS:
+            raise CorruptInputError(f"{self.label}: attribute {name!r} is not a string of sane length")
+        return value
+
+    # --- tensors ---------------------------------------------------------------------------------
+
+    def tensor(self, dataset: Any, name: str) -> TensorRef:
+        """A lazy reference to a dataset, after checking what it declares against what the file holds."""
+        import h5py
+
+        where = f"{self.label}: dataset {dataset.name}"
+        if not isinstance(dataset, h5py.Dataset):
+            raise CorruptInputError(f"{where} is a group, not a weight")
+        if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
+            raise UnsafeInputError(f"{where} keeps its data in other files")
+        np_dtype = dataset.dtype
+        if np_dtype.kind not in "fiub" or np_dtype.fields is not None or np_dtype.subdtype is not None:
+            raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, not a numeric tensor")
+        try:
+            dt = from_numpy(np_dtype.newbyteorder("="))
+        except ConvertError:
+            raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, which SafeTensors cannot hold") from None
+        shape = tuple(int(d) for d in dataset.shape)
+        nbytes = math.prod(shape) * dt.itemsize
+        offset = dataset.id.get_offset()
+        if offset is not None:
+            if offset < 0 or offset + nbytes > self.length:
+                raise CorruptInputError(f"{where} declares {nbytes} bytes at offset {offset}, past the end of the file")
+            absolute = self.start + offset
+            little = np_dtype.byteorder in ("<", "=", "|")
+            file_dtype = np_dtype if little else np_dtype.newbyteorder(">")
+            mapped = self._mapped
+
+            def load_mapped() -> np.ndarray:
+                arr = mapped.view(absolute, file_dtype, shape, contiguous_strides(shape))
+                return arr if little else arr.astype(dt.numpy)
+
+            span = FileSpan(str(self.path), absolute, nbytes) if little else None
+            return TensorRef(name, dt, shape, load_mapped, span=span, identity=(str(self.path), absolute, shape, dt.code))
+        self._check_stored(dataset, nbytes, where)
+
+        def load_h5() -> np.ndarray:
+            try:
+                return np.asarray(dataset[()], dtype=dt.numpy).reshape(shape)
+            except (OSError, ValueError) as exc:
+                raise CorruptInputError(f"{where} is unreadable ({exc})") from None
+
+        return TensorRef(name, dt, shape, load_h5)
+
+    def _check_stored(self, dataset: Any, nbytes: int, where: str) -> None:
+        """Chunked or compact data: what is stored must account for what the shape declares."""
+        stored = dataset.id.get_storage_size()
+        filtered = dataset.id.get_create_plist().get_nfilters() > 0
+        if nbytes and stored == 0:
+            raise CorruptInputError(f"{where} declares {nbytes} bytes but stores none")
+        if stored > self.length or nbytes > stored * (MAX_FILTER_RATIO if filtered else 1):
+            raise CorruptInputError(f"{where} declares {nbytes} bytes but the file stores {stored} for it")

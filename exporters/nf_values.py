@@ -1,0 +1,226 @@
+"""Plain JSON values from what NeuralForecast stores beside the weights, without NeuralForecast.
+
+Two encodings reach this module: the tagged JSON of the 3.3+ format (`{"__nf__": tag, ...}`, with
+arrays pointing into a SafeTensors payload) and the inert records the restricted unpickler makes of
+the older pickles.  Both become the same plain values, so the rest of the exporter never knows
+which generation it reads: a loss is `{"class", "args", "state"}`, datetimes are ISO strings, a
+pandas index or series is its list of values.  Anything that cannot be read safely becomes a
+`{"__skipped__": why}` marker the caller reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from convert.errors import ConvertError, UnsupportedFormatError
+from convert.pickle_reader import InertObject, NumpyArrayRecord, TensorRecord, jsonable
+
+TAG = "__nf__"
+MAX_INLINE = 100_000  # elements: larger arrays (the training `ds`) are described, not copied
+ArrayLookup = Callable[[str], np.ndarray]
+
+
+def skipped(why: str) -> dict[str, str]:
+    return {"__skipped__": why}
+
+
+def is_skipped(value: Any) -> bool:
+    return isinstance(value, dict) and "__skipped__" in value
+
+
+def array_value(arr: np.ndarray) -> Any:
+    """A small array as nested lists; a large one as its dtype and shape."""
+    if arr.size > MAX_INLINE:
+        return {"__array__": {"dtype": str(arr.dtype), "shape": list(arr.shape)}}
+    if arr.dtype.kind == "M":
+        return [str(v) for v in arr.reshape(-1)] if arr.ndim else str(arr)
+    return arr.tolist()
+
+
+def datetimes(raw: np.ndarray, unit: str, tz: str | None = None) -> Any:
+    """int64 ticks since the epoch (UTC when `tz` is set) as ISO strings."""
+    if unit not in ("s", "ms", "us", "ns", "D"):
+        return skipped(f"datetime unit {unit!r}")
+    values = array_value(np.asarray(raw, dtype="<i8").astype(f"datetime64[{unit}]"))
+    return {"values": values, "tz": tz} if tz else values
+
+
+# --- 3.3+ tagged JSON ---------------------------------------------------------------------------
+
+def decode_tagged(value: Any, arrays: ArrayLookup) -> Any:
+    """The plain value of one tagged-JSON value; `arrays` reads a payload tensor by key."""
+    if isinstance(value, list):
+        return [decode_tagged(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if TAG not in value:
+        return {k: decode_tagged(v, arrays) for k, v in value.items()}
+    tag = value[TAG]
+    decoder = _TAGS.get(tag)
+    if decoder is None:
+        raise UnsupportedFormatError(f"unknown NeuralForecast value tag {tag!r}")
+    try:
+        return decoder(value, arrays)
+    except ConvertError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnsupportedFormatError(f"NeuralForecast value tagged {tag!r} is malformed ({exc})") from None
+
+
+def _loss(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
+    return {"class": str(v["cls"]), "args": decode_tagged(v.get("args", {}), arrays),
+            "state": decode_tagged(v.get("state", {}), arrays)}
+
+
+def _tensor(v: dict[str, Any], arrays: ArrayLookup) -> Any:
+    return array_value(arrays(str(v["key"])))
+
+
+def _array(v: dict[str, Any], arrays: ArrayLookup) -> Any:
+    values = v["values"]
+    if len(values) > MAX_INLINE:
+        return {"__array__": {"dtype": v["dtype"], "shape": v["shape"]}}
+    return np.asarray(values, dtype=np.dtype(v["dtype"])).reshape(v["shape"]).tolist()
+
+
+def _datetime64(v: dict[str, Any], arrays: ArrayLookup) -> Any:
+    if "values" in v:
+        raw = np.asarray(v["values"], dtype="<i8")
+    else:
+        raw = arrays(str(v["data"]["key"]))
+    return datetimes(raw, str(v["unit"]), v.get("tz"))
+
+
+def _series(v: dict[str, Any], arrays: ArrayLookup) -> Any:
+    return decode_tagged(v["data"], arrays)
+
+
+def _frame(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
+    return {str(name): decode_tagged(data, arrays) for name, data in v["columns"]}
+
+
+def _mapping(v: dict[str, Any], arrays: ArrayLookup) -> list[list[Any]]:
+    return [[decode_tagged(k, arrays), decode_tagged(x, arrays)] for k, x in v["items"]]
+
+
+def _scaler(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
+    stats = v.get("stats_")
+    return {"type": v["type"], "stats": None if stats is None else decode_tagged(stats, arrays)}
+
+
+_TAGS: dict[str, Callable[[dict[str, Any], ArrayLookup], Any]] = {
+    "loss": _loss,
+    "tensor": _tensor,
+    "array": _array,
+    "datetime64": _datetime64,
+    "index": lambda v, _: v["values"],
+    "series": _series,
+    "dataframe": _frame,
+    "mapping": _mapping,
+    "scaler": _scaler,
+    "torch_cls": lambda v, _: {"class": f"torch.{'optim' if v['kind'] == 'optimizer' else 'optim.lr_scheduler'}.{v['name']}"},
+    "prediction_intervals": lambda v, _: {k: v[k] for k in ("n_windows", "method", "step_size")},
+}
+
+
+# --- pickles (1.7.1 to 3.2) -----------------------------------------------------------------------
+
+def plain_pickled(obj: Any, depth: int = 0) -> Any:
+    """The plain value of something the restricted unpickler made from a NeuralForecast pickle."""
+    if depth > 32:
+        return skipped("nested too deeply")
+    if isinstance(obj, dict):
+        return {str(k): plain_pickled(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_pickled(v, depth + 1) for v in obj]
+    if isinstance(obj, NumpyArrayRecord):
+        return numpy_value(obj)
+    if isinstance(obj, InertObject):
+        reader = _INERT_READERS.get(obj.qualname)
+        if reader is not None:
+            return reader(obj, depth)
+        if obj.qualname.startswith("neuralforecast.losses.pytorch."):
+            return pickled_loss(obj)
+        return skipped(f"{obj.qualname} object")
+    if isinstance(obj, TensorRecord):
+        return skipped("tensor outside the state dict")
+    return jsonable(obj)
+
+
+def numpy_value(rec: NumpyArrayRecord) -> Any:
+    """A pickled ndarray: plain data, datetimes as ISO strings, strings and numbers of object arrays."""
+    state = rec.state
+    if type(state) is tuple and len(state) == 5 and isinstance(state[4], list):
+        items = state[4]  # an object array pickles its elements, not bytes
+        if all(v is None or isinstance(v, (str, int, float, bool)) for v in items):
+            return items if len(items) <= MAX_INLINE else {"__array__": {"dtype": "object", "shape": [len(items)]}}
+        return skipped("numpy object array of non-plain values")
+    try:
+        arr = rec.to_array()
+    except ConvertError as exc:
+        unit = _datetime_unit(state)
+        if unit is None:
+            return skipped(f"numpy array ({exc})")
+        return datetimes(np.frombuffer(bytes(state[4]), dtype="<i8"), unit)
+    return array_value(arr)
+
+
+def _datetime_unit(state: Any) -> str | None:
+    """The unit of a pickled datetime64 array, which numpy keeps in its dtype's BUILD state."""
+    if type(state) is not tuple or len(state) != 5 or type(state[4]) not in (bytes, bytearray):
+        return None
+    dt = state[2]
+    unit = getattr(dt, "datetime_unit", None)
+    return unit if isinstance(unit, str) else None
+
+
+def pickled_loss(obj: InertObject) -> dict[str, Any]:
+    """A pickled loss module: its class and the attributes its __init__ kept (the module __dict__)."""
+    name = obj.qualname.rsplit(".", 1)[-1]
+    state = obj.state if isinstance(obj.state, dict) else {}
+    attrs: dict[str, Any] = {}
+    for key, value in state.items():
+        if key in ("_parameters", "_buffers"):
+            for pname, pvalue in (value or {}).items():
+                attrs[str(pname)] = plain_pickled(pvalue)
+        elif not str(key).startswith("_") and key != "training":
+            attrs[str(key)] = plain_pickled(value)
+    return {"class": name, "attributes": attrs}
+
+
+def _new_index(obj: InertObject, depth: int) -> Any:
+    """pandas `_new_Index(cls, {"data": ..., "name": ...})` and `_new_DatetimeIndex` alike."""
+    if len(obj.args) != 2 or not isinstance(obj.args[1], dict):
+        return skipped(f"{obj.qualname} with unexpected arguments")
+    return plain_pickled(obj.args[1].get("data"), depth + 1)
+
+
+def _ndarray_backed(obj: InertObject, depth: int) -> Any:
+    """pandas extension arrays (DatetimeArray) pickle as (class, checksum, (ndarray, dtype, ...))."""
+    state = obj.args[2] if len(obj.args) == 3 else None
+    if isinstance(state, tuple) and state and isinstance(state[0], NumpyArrayRecord):
+        return numpy_value(state[0])
+    return skipped(f"{obj.qualname} with unexpected arguments")
+
+
+def _scaler(obj: InertObject, depth: int) -> dict[str, Any]:
+    state = obj.state if isinstance(obj.state, dict) else {}
+    stats = state.get("stats_")
+    return {"type": obj.qualname.rsplit(".", 1)[-1],
+            "settings": {str(k): plain_pickled(v, depth + 1) for k, v in state.items() if k != "stats_"},
+            "stats": None if stats is None else plain_pickled(stats, depth + 1)}
+
+
+_INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
+    "pandas.core.indexes.base._new_Index": _new_index,
+    "pandas.core.indexes.datetimes._new_DatetimeIndex": _new_index,
+    "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked": _ndarray_backed,
+    "coreforecast.scalers.LocalStandardScaler": _scaler,
+    "coreforecast.scalers.LocalMinMaxScaler": _scaler,
+    "coreforecast.scalers.LocalRobustScaler": _scaler,
+    "coreforecast.scalers.LocalBoxCoxScaler": _scaler,
+    "neuralforecast.utils.PredictionIntervals": lambda obj, depth: plain_pickled(obj.state, depth + 1),
+}

@@ -1,0 +1,204 @@
+"""TensorFlow SavedModel folders and TF2 checkpoints (`.index` + `.data-*`), read with TensorFlow's
+own checkpoint reader; TensorFlow is imported here only, inside the functions that need it.
+
+A TF2 checkpoint keys variables by object-graph paths (`model/layer_with_weights-0/kernel/...`,
+`_operations/3/cell/bias/...`) that say little; its object graph also records each variable's TF
+name (`dense/kernel`, `bidirectional/forward_lstm/lstm_cell/kernel`), which names layers the way
+Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/keras_names.py).
+Where TF names clash (a Keras 3 subclassed model names variables by the model only), the object
+paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.dtypes import dtype as lookup_dtype
+from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.source import SourceModel
+from convert.tensors import TensorRef
+
+from .keras import _Opened, assemble
+from .keras_layers import KerasLayer, to_canonical
+from .keras_names import Named, components, drop_common_scope, group_named
+
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
+# Children of the object graph that hold training state, not the model's weights.
+_TRAINING_STATE = ("optimizer", "save_counter", "step", "global_step")
+# Variables Keras keeps that are no weights: random-number generator state.
+_NOT_WEIGHTS = re.compile(r"(^|/)seed_generator_state$")
+TF_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
+             "uint8": "U8", "bool": "BOOL", "complex64": "C64"}
+
+
+def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
+    """A SavedModel folder, or a TF2 checkpoint (prefix, `.index`/`.data-*` file, or its folder).
+    `key`: the object holding the model in the checkpoint (default: `model` if present, else all but
+    the optimizer)."""
+    p = Path(path)
+    prefix, fmt = _locate(p)
+    tf = _import_tensorflow()
+    files = [Path(prefix + ".index"), *sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))]
+    label = p.name
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+        graph_bytes = reader.get_tensor(OBJECT_GRAPH) if OBJECT_GRAPH in shapes else None
+    except (tf.errors.OpError, ValueError) as exc:
+        raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({_first_line(exc)})") from None
+    if graph_bytes is None:
+        raise UnsupportedFormatError(f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
+                                     "checkpoints (tf.train.Checkpoint, SavedModel) are supported")
+    variables, extras = _variables(_object_graph(graph_bytes, label), key, label)
+    data_bytes = sum(f.stat().st_size for f in files[1:])
+    by_tf_name: list[Named] = []
+    by_object: list[Named] = []
+    for ckpt_key, tf_name, object_path in variables:
+        if ckpt_key not in shapes:
+            raise CorruptInputError(f"{label}: the object graph names {ckpt_key}, which the checkpoint lacks")
+        if _NOT_WEIGHTS.search(tf_name):
+            extras.setdefault("skipped", []).append(tf_name)
+            continue
+        ref = _tensor_ref(reader, ckpt_key, tuple(shapes[ckpt_key]), dtypes[ckpt_key].name, data_bytes, label)
+        by_tf_name.append((components(tf_name or object_path), ref))
+        by_object.append((components(object_path), ref))
+    layers, by_tf_names = _layers(drop_common_scope(by_tf_name), by_object, label)
+    extras["names_from"] = "tf-names" if by_tf_names else "object-paths"
+    return assemble(_Opened(fmt, files, layers, extras=extras))
+
+
+def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tuple[list[KerasLayer], bool]:
+    """Layers by TF names when those name every tensor apart, else by object paths; (layers, by TF names)."""
+    try:
+        layers = group_named(by_tf_name, None, label)
+        names = [t.name for t in to_canonical(layers).tensors]
+        if len(names) == len(set(names)):
+            return layers, True
+    except ConvertError:
+        pass
+    return group_named(by_object, None, label), False
+
+
+def _import_tensorflow() -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise UnsupportedFormatError("reading SavedModels and TF checkpoints needs TensorFlow: "
+                                     "pip install 'rust-model-convert[tensorflow]'") from None
+    return tf
+
+
+def _locate(p: Path) -> tuple[str, str]:
+    """(checkpoint prefix, format) for a SavedModel folder, a checkpoint folder, prefix or file."""
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            prefix = p / "variables" / "variables"
+            if not Path(f"{prefix}.index").is_file():
+                raise SourceNotFoundError(f"{p}: a SavedModel without variables/variables.index")
+            return str(prefix), "tf-savedmodel"
+        indexes = sorted(p.glob("*.index"))
+        latest = _latest_from_state(p)
+        if latest is None and len(indexes) != 1:
+            raise SourceNotFoundError(f"{p}: no saved_model.pb, and not one checkpoint (.index) in this folder")
+        return latest or str(indexes[0])[: -len(".index")], "tf-checkpoint"
+    name = str(p)
+    if name.endswith(".index"):
+        name = name[: -len(".index")]
+    name = _DATA.sub("", name)
+    if not Path(name + ".index").is_file():
+        raise SourceNotFoundError(f"no such TensorFlow checkpoint or SavedModel: {p}")
+    return name, "tf-checkpoint"
+
+
+def _latest_from_state(folder: Path) -> str | None:
+    """The checkpoint a folder's `checkpoint` state file names (model_checkpoint_path: "ckpt-3")."""
+    state = folder / "checkpoint"
+    if not state.is_file() or state.stat().st_size > 1 << 20:
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"([^"\n]+)"', state.read_text("utf-8", "replace"), re.M)
+    if match is None or "/" in match[1] or "\\" in match[1] or not (folder / f"{match[1]}.index").is_file():
+        return None
+    return str(folder / match[1])
+
+
+def _object_graph(data: bytes, label: str) -> Any:
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError, whichever implementation is installed
+        raise CorruptInputError(f"{label}: damaged object graph ({_first_line(exc)})") from None
+    if not graph.nodes:
+        raise CorruptInputError(f"{label}: empty object graph")
+    return graph
+
+
+def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+    """(checkpoint key, TF name, object path) of every variable under the model, each once, by its
+    shortest path; training state (the optimizer, counters) left out."""
+    nodes = graph.nodes
+    children = {c.local_name: c.node_id for c in nodes[0].children}
+    extras: dict[str, Any] = {}
+    key = key if key is not None else ("model" if "model" in children else None)
+    if key is None:
+        start, skipped = 0, [n for n in children if n in _TRAINING_STATE]
+    elif key in children:
+        start, skipped = children[key], [n for n in children if n != key]
+        extras["key"] = key
+    else:
+        raise SourceNotFoundError(f"{label}: no object {key!r} in the checkpoint (there: {sorted(children)[:20]})")
+    if skipped:
+        extras["skipped"] = sorted(skipped)
+    found: list[tuple[str, str, str]] = []
+    seen = {start}
+    queue: deque[tuple[int, tuple[str, ...]]] = deque([(start, ())])
+    while queue:
+        node_id, path = queue.popleft()
+        if not 0 <= node_id < len(nodes):
+            raise CorruptInputError(f"{label}: object graph refers to node {node_id}, which it lacks")
+        node = nodes[node_id]
+        for attr in node.attributes:
+            if attr.name == "VARIABLE_VALUE":
+                found.append((attr.checkpoint_key, attr.full_name, "/".join(p.lstrip("_") or p for p in path)))
+        for child in node.children:
+            if child.local_name in _TRAINING_STATE or child.node_id in seen:
+                continue
+            seen.add(child.node_id)
+            queue.append((child.node_id, path + (child.local_name,)))
+    return found, extras
+
+
+def _tensor_ref(reader: Any, ckpt_key: str, shape: tuple[int, ...], tf_dtype: str, data_bytes: int, label: str) -> TensorRef:
+    code = TF_DTYPES.get(tf_dtype)
+    if code is None:
+        raise UnsupportedFormatError(f"{label}: variable {ckpt_key} has dtype {tf_dtype}, which SafeTensors cannot hold")
+    dt = lookup_dtype(code)
+    nbytes = dt.itemsize
+    for dim in shape:
+        nbytes *= dim
+    if any(dim < 0 for dim in shape) or nbytes > data_bytes:
+        raise CorruptInputError(f"{label}: variable {ckpt_key} declares shape {list(shape)}, more than the data files hold")
+
+    def load() -> Any:
+        import tensorflow as tf
+
+        try:
+            return np.asarray(reader.get_tensor(ckpt_key)).view(dt.numpy).reshape(shape)
+        except tf.errors.OpError as exc:
+            raise CorruptInputError(f"{label}: cannot read {ckpt_key} ({_first_line(exc)})") from None
+
+    return TensorRef(ckpt_key, dt, shape, load)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
