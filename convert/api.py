@@ -91,6 +91,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     _refuse_output_holding_source(source, staged.dest)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
     mapping = apply_layout(layout, source.tensors, architecture)
+    warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's
     apply_dtypes(mapping.tensors, options.dtype, layout)
     kept, aliases = dedupe(mapping.tensors)
     items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
@@ -101,7 +102,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
                 for fname, shard in zip(names, shards) for it in shard]
         return ConversionResult(staged.dest, names, len(items), total, aliases, True,
-                                time.perf_counter() - started, mapping.warnings, plan)
+                                time.perf_counter() - started, warnings, plan)
     metadata = {"format": "pt", **aliases}
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
@@ -116,7 +117,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                                  source_digests.result())
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
-                            time.perf_counter() - started, mapping.warnings)
+                            time.perf_counter() - started, warnings)
 
 
 def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
@@ -221,6 +222,30 @@ def flax_to_safetensors(src: str | Path, out: str | Path, *, collections: tuple[
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
     with open_flax(src, collections, unstack) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def keras_to_safetensors(src: str | Path, out: str | Path, *, config: str | Path | None = None,
+                         progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a Keras .keras, .weights.h5 or .h5 file, or a Hugging Face TF folder, without TensorFlow;
+    `config`: the model config for a bare .weights.h5 (a .keras file or a JSON config)."""
+    from exporters.keras import open_keras
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_keras(src, config) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def tf_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
+                      progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a TF SavedModel folder or TF2 checkpoint (needs TensorFlow); `key`: the checkpoint
+    object holding the model (default `model` if present)."""
+    from exporters.tensorflow import open_tensorflow
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_tensorflow(src, key) as source:
         return convert_source(source, out, opts, progress)
 
 

@@ -54,7 +54,7 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]]) -> dict:
     claimed: set[str] = set()
     # Attention first: it claims its `out_proj` child, which alone would look like a Linear.
     for path in groups:
-        out_path = f"{path}.out_proj"
+        out_path = f"{path}.out_proj" if path else "out_proj"
         spec = _attention(_leaves(groups, path), _leaves(groups, out_path))
         if spec is not None:
             found.append((path, spec, groups[path] + groups[out_path]))
@@ -91,7 +91,8 @@ def _read(tensors: Iterable[object]) -> list[_Record]:
 def _record(index: int, name: str, raw_shape: object) -> _Record:
     shape = _shape(raw_shape)
     path, _, leaf = name.rpartition(".")
-    usable = shape is not None and bool(path) and "" not in name.split(".")
+    # A tensor at the root (no dot) belongs to the module at path "": a bare nn.LSTM saved alone.
+    usable = shape is not None and "" not in name.split(".")
     return _Record(index, name, path if usable else None, leaf, shape or ())
 
 

@@ -196,6 +196,38 @@ def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstac
     _run_conversion(lambda: open_flax(src, collections, unstack), out, **opts)
 
 
+@cli.command("keras-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str),
+              help="The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).")
+@conversion_options
+@output_flags
+@command_errors
+def keras_to_safetensors(src: str, out: str, config: str | None, **opts: Any) -> None:
+    """Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or
+    weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and
+    layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run."""
+    from exporters.keras import open_keras
+
+    _run_conversion(lambda: open_keras(src, config), out, **opts)
+
+
+@cli.command("tf-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--key", help="The checkpoint object holding the model (default: `model` if present, else all but the optimizer).")
+@conversion_options
+@output_flags
+@command_errors
+def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
+    """Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder)
+    into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra)."""
+    from exporters.tensorflow import open_tensorflow
+
+    _run_conversion(lambda: open_tensorflow(src, key), out, **opts)
+
+
 @cli.command(epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
@@ -348,7 +380,7 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
             extra = f", {report.compared_with_source} compared with the source" if source_path else ""
             click.echo(f"ok: {report.files} file(s), {report.tensors} tensors match the manifest{extra}")
     if not report.ok:
-        shown = "; ".join(report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
+        shown = "; ".join(report.most_specific_first()[:3]) + ("; ..." if len(report.problems) > 3 else "")
         raise VerificationError(f"{len(report.problems)} problem(s): {shown}")
 
 

@@ -101,7 +101,7 @@ CAST_TARGETS: dict[str, str] = {"f32": "F32", "f16": "F16", "bf16": "BF16", "f64
 def dtype(code: str) -> DType:
     try:
         return DTYPES[code]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a forged file's dtype that is not even hashable
         raise UnsupportedFormatError(f"dtype {code!r} has no SafeTensors equivalent") from None
 
 

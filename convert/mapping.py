@@ -86,7 +86,7 @@ class Layout:
     cast: dict[str, str]
     renumber: bool
     extra_index_names: list[str]
-    warnings: list[str]
+    warnings: list[str | dict[str, str]]  # a text, or {text, module}: only when that module is present
     options: dict[str, Any]
     source: str  # where the rules came from
 
@@ -185,11 +185,16 @@ def _rule(doc: dict[str, Any]) -> Rule:
 
 
 def compile_pattern(text: str) -> re.Pattern[str]:
-    """`{name}` one dotted component, `{name:int}` digits, `{name...}` one or more components."""
+    """`{name}` one dotted component, `{name:int}` digits, `{name...}` one or more components; a
+    leading `{name...}.` may also be empty, so rules for `lstm.weight_ih_l0` fit a bare `weight_ih_l0`."""
     out, pos = [], 0
     for m in _PLACEHOLDER.finditer(text):
         out.append(re.escape(text[pos:m.start()]))
         kind = {None: r"[^.]+", ":int": r"\d+", "...": r".+"}[m.group(2)]
+        if m.start() == 0 and m.group(2) == "..." and text[m.end():m.end() + 1] == ".":
+            out.append(f"(?:(?P<{m.group(1)}>{kind})\\.)?")
+            pos = m.end() + 1
+            continue
         out.append(f"(?P<{m.group(1)}>{kind})")
         pos = m.end()
     out.append(re.escape(text[pos:]))
@@ -197,10 +202,15 @@ def compile_pattern(text: str) -> re.Pattern[str]:
 
 
 def fill(template: str, variables: dict[str, str]) -> str:
+    """A target name from a template; an empty prefix leaves no stray dot (`{p}.weight` -> `weight`)."""
+    return ".".join(part for part in substitute(template, variables).split(".") if part)
+
+
+def substitute(template: str, variables: dict[str, str]) -> str:
     try:
         return _PLACEHOLDER.sub(lambda m: variables[m.group(1)], template)
     except KeyError as exc:
-        raise MappingError(f"rule target {template!r} uses {exc} which its pattern does not capture") from None
+        raise MappingError(f"rule text {template!r} uses {exc}, which its pattern does not capture") from None
 
 
 # --- applying ------------------------------------------------------------------------------------
@@ -221,7 +231,7 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
             continue
         rule, variables, companions = outcome
         if rule.refuse:
-            raise MappingError(f"layout {layout.name}: {fill(rule.refuse, {**variables, 'name': t.name})}")
+            raise MappingError(f"layout {layout.name}: {substitute(rule.refuse, {**variables, 'name': t.name})}")
         consumed.update([t.name, *companions])
         if rule.drop:
             dropped.append(t.name)
@@ -241,7 +251,10 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
     if layout.renumber:
         _renumber(mapped)
     _check_unique(layout, mapped)
-    return MappingResult(mapped, dropped, list(layout.warnings))
+    present = {mod["type"] for mod in architecture.get("modules", [])}
+    warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings
+                if isinstance(w, str) or w["module"] in present]
+    return MappingResult(mapped, dropped, warnings)
 
 
 def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],

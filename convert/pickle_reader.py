@@ -23,15 +23,23 @@ from .dtypes import TORCH_DTYPES, TORCH_STORAGE_TYPES, dtype as lookup_dtype
 from .errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
 
 
+class _Sealed:
+    """A stand-in a pickle may name but not alter: BUILD would write into the instance dict, past
+    `frozen`, so it is refused."""
+
+    def __setstate__(self, state: object) -> None:
+        raise UnsafeInputError(f"pickle tries to set state on {type(self).__name__}")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_Sealed):
     """Stand-in for `torch.FloatStorage` & co; `code` is None for `torch.UntypedStorage` (bytes)."""
 
     code: str | None
 
 
 @dataclass(frozen=True)
-class TorchDType:
+class TorchDType(_Sealed):
     """Stand-in for a pickled `torch.float32` & co."""
 
     code: str
@@ -164,7 +172,7 @@ _TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter", "torch.nn.param
 
 
 @dataclass(frozen=True)
-class _TypeMarker:
+class _TypeMarker(_Sealed):
     qualname: str
 
 
@@ -196,12 +204,20 @@ class NumpyDType:
     """Stand-in for `numpy.dtype(...)`; BUILD sets the byte order."""
 
     name: str
+    unit: str | None = None  # a datetime64/timedelta64 unit, e.g. "us", read from the BUILD state
 
     def __setstate__(self, state: object) -> None:
-        pass  # state carries byte order and flags; only little-endian plain dtypes are accepted
+        # state carries byte order and flags; only little-endian plain dtypes are accepted. A
+        # datetime64's ends with (metadata, (unit, num, den, events)): keep the unit as data.
+        info = state[-1] if type(state) is tuple and state else None
+        if type(info) is tuple and len(info) == 2 and type(info[1]) is tuple and info[1] and type(info[1][0]) is bytes:
+            object.__setattr__(self, "unit", info[1][0].decode("ascii", "replace")[:8])
 
     def resolve(self) -> np.dtype:
-        dt = np.dtype(self.name)
+        try:
+            dt = np.dtype(self.name)
+        except (TypeError, ValueError, OverflowError):
+            raise CorruptInputError(f"numpy dtype {self.name[:40]!r} is not one numpy knows") from None
         if dt.hasobject or dt.fields:
             raise UnsupportedFormatError(f"numpy dtype {self.name!r} is not plain data")
         return dt
@@ -233,6 +249,8 @@ class NumpyArrayRecord(InertObject):
             raise CorruptInputError("numpy array state is malformed")
         _, shape, dt, fortran, raw = state
         shape = _int_tuple(shape, "numpy shape")
+        if any(n < 0 for n in shape):
+            raise CorruptInputError("numpy array has a negative dimension")
         if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
             raise UnsupportedFormatError("numpy array of objects is not supported")
         npdt = dt.resolve()
@@ -257,6 +275,16 @@ def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     raise UnsafeInputError("copyreg._reconstructor of a class that is not allow-listed")
 
 
+def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    """`bytearray` as pickles build it: from bytes (protocol 3+) or latin-1 text (protocol 2).
+    Never from a length: `bytearray(2**33)` would zero-fill 8 GiB for a 40-byte pickle."""
+    if type(data) is bytes and encoding is None:
+        return bytearray(data)
+    if type(data) is str and encoding in ("latin1", "latin-1"):
+        return bytearray(data.encode("latin1"))
+    raise CorruptInputError("bytearray built from something other than its bytes")
+
+
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
@@ -279,7 +307,7 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
-    "builtins.bytearray": bytearray,
+    "builtins.bytearray": _bytearray,
     "builtins.complex": complex,
     "__builtin__.set": set,
     "_codecs.encode": _codecs_encode,
@@ -379,16 +407,30 @@ def storage_dtype(storage_type: Any) -> str | None:
 
 _MAX_DEPTH = 32
 _MAX_ITEMS = 1000
+_MAX_NODES = 100_000  # a pickle can share one container under many keys: [L, L] nested 64 deep
 
 
-def jsonable(obj: Any, depth: int = 0) -> Any:
-    """A JSON-ready rendering of unpickled data for the manifest (bounded in depth and length)."""
+def text_of(value: Any) -> str:
+    """`str(value)`, or a placeholder where Python refuses (ints past its 4300-digit limit)."""
+    try:
+        return str(value)
+    except ValueError:  # an int past Python's 4300-digit conversion limit, alone or inside a tuple
+        return "<unprintable>"
+
+
+def jsonable(obj: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """A JSON-ready rendering of unpickled data for the manifest, bounded in depth, in length and in
+    total size (containers shared through the pickle memo would otherwise grow it exponentially)."""
+    budget = [_MAX_NODES] if budget is None else budget
+    budget[0] -= 1
     if depth > _MAX_DEPTH:
         return "<nested too deeply>"
+    if budget[0] < 0:
+        return "<truncated>"
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):
-        return obj if abs(obj) < 2**63 else str(obj)
+        return obj if abs(obj) < 2**63 else text_of(obj) if obj.bit_length() < 1024 else f"<{obj.bit_length()}-bit integer>"
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else str(obj)
     if isinstance(obj, (bytes, bytearray)):
@@ -402,18 +444,20 @@ def jsonable(obj: Any, depth: int = 0) -> Any:
             arr = obj.to_array()
         except ConvertError:
             return {"__class__": "numpy.ndarray", "readable": False}
-        return arr.tolist() if arr.size <= _MAX_ITEMS else {"__ndarray__": {"dtype": str(arr.dtype), "shape": list(arr.shape)}}
+        if arr.size > _MAX_ITEMS:
+            return {"__ndarray__": {"dtype": str(arr.dtype), "shape": list(arr.shape)}}
+        return jsonable(arr.tolist(), depth + 1, budget)  # NaN and inf become text, as for floats
     if isinstance(obj, InertObject):
         rec: dict[str, Any] = {"__class__": obj.qualname}
         for attr in ("args", "kwargs", "state", "items", "list_items"):
             value = getattr(obj, attr)
             if value:
-                rec[attr] = jsonable(value, depth + 1)
+                rec[attr] = jsonable(value, depth + 1, budget)
         return rec
     if isinstance(obj, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in list(obj.items())[:_MAX_ITEMS]}
+        return {text_of(k): jsonable(v, depth + 1, budget) for k, v in list(obj.items())[:_MAX_ITEMS]}
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v, depth + 1) for v in list(obj)[:_MAX_ITEMS]]
+        return [jsonable(v, depth + 1, budget) for v in list(obj)[:_MAX_ITEMS]]
     if isinstance(obj, complex):
-        return [obj.real, obj.imag]
+        return [jsonable(obj.real, depth + 1, budget), jsonable(obj.imag, depth + 1, budget)]
     return f"<{type(obj).__name__}>"

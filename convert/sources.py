@@ -7,6 +7,7 @@ core never imports a framework it does not need.
 from __future__ import annotations
 
 import importlib
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ READERS: dict[str, tuple[str, str, str]] = {
     "pytorch": ("exporters.pytorch", "open_pytorch", "pth-to-safetensors"),
     "safetensors": ("exporters.safetensors", "open_safetensors", "safetensors-to-safetensors"),
     "flax": ("exporters.flax", "open_flax", "flax-to-safetensors"),
+    "keras": ("exporters.keras", "open_keras", "keras-to-safetensors"),
+    "tensorflow": ("exporters.tensorflow", "open_tensorflow", "tf-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -27,6 +30,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 def detect(path: Path) -> str:
     """The kind of source at `path`: a key of READERS (or a kind no reader is installed for)."""
+    if not path.exists() and Path(f"{path}.index").is_file():
+        return "tensorflow"  # a TF checkpoint named by its prefix
     if not path.exists():
         raise SourceNotFoundError(f"no such file or folder: {path}")
     kind = _detect_folder(path) if path.is_dir() else _detect_file(path)
@@ -44,10 +49,12 @@ def _detect_folder(path: Path) -> str | None:
         return "safetensors"
     if "saved_model.pb" in names or any(n.endswith(".index") for n in names):
         return "tensorflow"
-    if "tf_model.h5" in names:
+    if "tf_model.h5" in names or "tf_model.h5.index.json" in names:
         return "keras"
     if names & {"flax_model.msgpack", "flax_model.msgpack.index.json", "_METADATA", "_CHECKPOINT_METADATA"}:
         return "flax"
+    if any(n.isdigit() and (path / n / "_CHECKPOINT_METADATA").is_file() for n in names):
+        return "flax"  # an orbax CheckpointManager folder: one subfolder per step
     if "alias_to_model.pkl" in names or "configuration.json" in names or "configuration.pkl" in names:
         return "neuralforecast"
     return None
@@ -61,6 +68,8 @@ def _detect_file(path: Path) -> str | None:
         return _detect_zip(path)
     if head.startswith(HDF5_MAGIC):
         return "keras"
+    if path.suffix == ".index" or re.search(r"\.data-[0-9]{5}-of-[0-9]{5}$", path.name):
+        return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pytorch"  # a pickle: the legacy torch.save format
     if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
@@ -102,6 +111,6 @@ def open_source(path: str | Path, key: str | None = None) -> SourceModel:
     """Open any supported source; `key` selects a nested dict in checkpoints that have them."""
     p = Path(path)
     kind = detect(p)
-    if kind == "pytorch":
+    if kind in ("pytorch", "tensorflow"):
         return reader(kind)(p, key)
     return reader(kind)(p)

@@ -129,7 +129,7 @@ SINGLE_MODULES: dict[str, Callable[[], nn.Module]] = {
 
 @pytest.mark.parametrize("make", SINGLE_MODULES.values(), ids=SINGLE_MODULES.keys())
 def test_single_module(make: Callable[[], nn.Module]) -> None:
-    # Wrapped so its tensors sit below a path: tensors at the root are unknown by design.
+    # Wrapped so its tensors sit below a path (a bare module at the root is tested on its own).
     model = nn.ModuleDict({"layer": make()})
     result = infer_architecture(shapes(model))
     assert result == {"inferred": True, "modules": expected_modules(model), "unknown": []}
@@ -178,7 +178,6 @@ def test_composite_with_tied_weight_and_root_parameter() -> None:
     "tensors",
     [
         [],
-        [("weight", (3, 4)), ("bias", (3,))],
         [("a..b", (3, 4)), (".weight", (2,)), ("m.", (2,)), ("", ())],
         [("m.weight", ()), ("n.weight", (2, 3, 4, 5, 6, 7)), ("o.bias", (4,))],
         [("m.weight", (3, 4)), ("m.bias", (4,))],
@@ -245,3 +244,13 @@ def test_module_imports_without_torch_or_numpy() -> None:
         "assert not leaked, leaked\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_bare_module_at_the_root_has_the_empty_path() -> None:
+    """A module saved on its own (torch.save(nn.GRU(...).state_dict())) has no prefix at all."""
+    gru = torch.nn.GRU(3, 5, num_layers=2)
+    result = infer_architecture([(k, tuple(v.shape)) for k, v in gru.state_dict().items()])
+    assert [(m["path"], m["type"]) for m in result["modules"]] == [("", "GRU")]
+    assert result["modules"][0]["params"]["num_layers"] == gru.num_layers and result["unknown"] == []
+    linear = infer_architecture([("weight", (3, 4)), ("bias", (3,))])
+    assert linear["modules"][0]["path"] == "" and linear["modules"][0]["params"]["in_features"] == 4
