@@ -1,21 +1,22 @@
-"""SHA-256 of file ranges without holding them in memory, and a background hasher for the writer.
+"""SHA-256 of file ranges without holding them in memory, and the output hasher the writer runs beside it.
 
-Ranges are hashed through short-lived memory-map windows: the bytes come from the page cache
-without a copy, and unmapping each window returns its pages, so RSS stays flat however large the
-file.  hashlib releases the GIL, so hashing in a thread overlaps the writer's I/O.
+Ranges are hashed through short-lived memory-map windows: the bytes come from the page cache without
+a copy, and unmapping each window returns its pages, so RSS stays flat however large the file.
+hashlib releases the GIL, so hashing threads run beside the writer's kernel-side copies.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import mmap
 import os
-import queue
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-WINDOW = 32 << 20
+WINDOW = 8 << 20
 
 
 def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Any]) -> None:
@@ -51,85 +52,105 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-class StreamHasher:
-    """Hashes an output file and each tensor in it, in a background thread, in write order.
+def _libc_sync_file_range() -> Any:
+    """Linux's sync_file_range, to start write-back of what is hashed long before the final fsync."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return fn
 
-    The writer posts the bytes it writes (or, for a kernel-side copy, where to read them from); the
-    queue is bounded so at most a few chunks wait in memory.
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class OutputHasher:
+    """Digests of an output file and of each tensor in it, computed while the file is written.
+
+    The writer reports how far the file is complete (`advance`); one thread hashes the file in
+    order up to that point and starts its write-back, another hashes each tensor's range once it is
+    complete. Both read the written bytes back from the page cache, so the writer may fill a tensor
+    in any order (tiles of a transposed view) and copy ranges in the kernel.
     """
 
-    def __init__(self, depth: int = 3) -> None:
-        self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-        self.file = hashlib.sha256()
+    def __init__(self, path: str | os.PathLike[str], size: int, tensor_ranges: list[tuple[int, int]]) -> None:
+        self._path = path
+        self._size = size
+        self._ranges = tensor_ranges
+        self._done = 0
+        self._stopped = False
+        self._cond = threading.Condition()
+        self._errors: list[BaseException] = []
+        self.file_digest = ""
         self.tensor_digests: list[str] = []
-        self._current: Any = None
-        self._error: BaseException | None = None
-        self._aborted = False
-        self._thread = threading.Thread(target=self._run, name="stream-hasher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._guard, args=(fn,), daemon=True)
+                         for fn in (self._hash_file, self._hash_tensors)]
+        for t in self._threads:
+            t.start()
 
-    def bytes(self, data: Any) -> None:
-        """Bytes outside any tensor (the header)."""
-        self._put("bytes", data)
-
-    def begin_tensor(self) -> None:
-        self._put("begin", None)
-
-    def tensor_bytes(self, data: Any) -> None:
-        self._put("data", data)
-
-    def tensor_range(self, path: str, offset: int, length: int) -> None:
-        self._put("range", (path, offset, length))
-
-    def end_tensor(self) -> None:
-        self._put("end", None)
+    def advance(self, upto: int) -> None:
+        """Bytes [0, upto) of the file are written."""
+        with self._cond:
+            self._done = max(self._done, upto)
+            self._cond.notify_all()
+        if self._errors:
+            raise self._errors[0]
 
     def finish(self) -> tuple[str, list[str]]:
-        self._put("stop", None)
-        self._thread.join()
-        self._raise()
-        return self.file.hexdigest(), self.tensor_digests
+        self.advance(self._size)
+        for t in self._threads:
+            t.join()
+        if self._errors:
+            raise self._errors[0]
+        return self.file_digest, self.tensor_digests
 
     def abort(self) -> None:
-        """Stop after the queued jobs, skipping their work; used when the write failed."""
-        self._aborted = True
-        self._jobs.put(("stop", None))
-        self._thread.join()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
 
-    def _put(self, kind: str, payload: Any) -> None:
-        self._raise()
-        self._jobs.put((kind, payload))
+    def _wait_for(self, upto: int) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= upto or self._stopped)
+            return not self._stopped
 
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def _guard(self, fn: Any) -> None:
+        try:
+            fd = os.open(self._path, os.O_RDONLY)
+        except OSError as exc:
+            self._errors.append(exc)
+            return
+        try:
+            fn(fd)
+        except BaseException as exc:  # surfaced to the writer on its next call
+            self._errors.append(exc)
+        finally:
+            os.close(fd)
 
-    def _run(self) -> None:
-        while True:
-            kind, payload = self._jobs.get()
-            if kind == "stop":
+    def _hash_file(self, fd: int) -> None:
+        digest = hashlib.sha256()
+        pos = 0
+        while pos < self._size:
+            with self._cond:
+                self._cond.wait_for(lambda: self._done > pos or self._stopped)
+                if self._stopped:
+                    return
+                end = min(self._done, pos + WINDOW)
+            hash_range(fd, pos, end - pos, [digest])
+            if _SYNC_FILE_RANGE is not None:
+                _SYNC_FILE_RANGE(fd, pos, end - pos, _SYNC_FILE_RANGE_WRITE)
+            pos = end
+        self.file_digest = digest.hexdigest()
+
+    def _hash_tensors(self, fd: int) -> None:
+        for begin, end in self._ranges:
+            if not self._wait_for(end):
                 return
-            if self._error is not None or self._aborted:
-                continue
-            try:
-                self._handle(kind, payload)
-            except BaseException as exc:  # surfaced to the writer on its next call
-                self._error = exc
-
-    def _handle(self, kind: str, payload: Any) -> None:
-        if kind == "bytes":
-            self.file.update(payload)
-        elif kind == "begin":
-            self._current = hashlib.sha256()
-        elif kind == "data":
-            self.file.update(payload)
-            self._current.update(payload)
-        elif kind == "range":
-            path, offset, length = payload
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                hash_range(fd, offset, length, (self.file, self._current))
-            finally:
-                os.close(fd)
-        elif kind == "end":
-            self.tensor_digests.append(self._current.hexdigest())
+            digest = hashlib.sha256()
+            hash_range(fd, begin, end - begin, [digest])
+            self.tensor_digests.append(digest.hexdigest())

@@ -17,11 +17,12 @@ import numpy as np
 
 from .dtypes import DType, cast_array
 from .errors import ConvertError, CorruptInputError, OutputWriteError
-from .hashing import StreamHasher
+from .hashing import OutputHasher
 from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
+COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers can follow the writer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -92,64 +93,100 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
                       progress: Progress | None = None) -> WrittenFile:
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
-    hasher = StreamHasher()
+    total = len(header) + sum(it.nbytes for it in ordered)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    hasher: OutputHasher | None = None
     try:
-        _write_all(fd, header, path)
-        hasher.bytes(header)
+        _pwrite_all(fd, header, 0, path)
+        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets])
+        pos = len(header)
         for item in ordered:
-            hasher.begin_tensor()
-            _write_tensor(fd, item, hasher, path)
-            hasher.end_tensor()
+            _write_tensor(fd, item, pos, hasher, path)
+            pos += item.nbytes
+            hasher.advance(pos)
             if progress:
                 progress(item.nbytes)
+        os.fsync(fd)  # most of the write-back was started by the hasher as it went
         file_digest, digests = hasher.finish()
-        os.fsync(fd)
     except BaseException:
-        hasher.abort()
+        if hasher is not None:
+            hasher.abort()
         raise
     finally:
         os.close(fd)
     tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg)
                for it, off, dg in zip(ordered, offsets, digests)]
-    return WrittenFile(path.name, len(header) + sum(it.nbytes for it in ordered), file_digest, tensors)
+    return WrittenFile(path.name, total, file_digest, tensors)
 
 
-def _write_tensor(fd: int, item: WriteItem, hasher: StreamHasher, path: Path) -> None:
+def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> None:
     ref = item.ref
     if ref.span is not None and item.dtype == ref.dtype:
-        _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, path)
-        hasher.tensor_range(ref.span.path, ref.span.offset, ref.span.length)
+        _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, hasher)
         return
     arr = ref.array()
+    if _write_transposed(fd, arr, item, pos, path):
+        return
     for chunk in iter_chunks(arr, CHUNK_BYTES):
-        if chunk.dtype != item.dtype.numpy:
-            chunk = cast_array(chunk, item.dtype.code)
-        data = memoryview(chunk.reshape(-1).view(np.uint8))
-        _write_all(fd, data, path)
-        hasher.tensor_bytes(data)
+        data = _bytes(chunk, item)
+        _pwrite_all(fd, data, pos, path)
+        pos += len(data)
+        hasher.advance(pos)
         release_pages(arr)
 
 
-def _write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
+def _bytes(block: np.ndarray, item: WriteItem) -> memoryview:
+    """Little-endian bytes of a block in the item's dtype (cast as torch casts)."""
+    if block.dtype != item.dtype.numpy:
+        block = cast_array(block, item.dtype.code)
+    return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+
+
+def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path) -> bool:
+    """A transposed 2-D view (a Linear weight saved as `w.t()`), written in column tiles.
+
+    Gathering its rows would touch every page of the storage for each chunk; a tile of columns is
+    instead a contiguous run of storage rows, read once, transposed in memory, and written as one
+    segment per output row. False when the view is not such a case or its segments would be tiny.
+    """
+    if arr.ndim != 2 or arr.nbytes <= CHUNK_BYTES or not 0 < arr.strides[0] < arr.strides[1]:
+        return False
+    rows, cols = arr.shape
+    itemsize = item.dtype.itemsize
+    width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize))
+    if width * itemsize < 4096:
+        return False
+    for c0 in range(0, cols, width):
+        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item)
+        tile_width = min(width, cols - c0) * itemsize
+        for r in range(rows):
+            _pwrite_all(fd, tile[r * tile_width:(r + 1) * tile_width], pos + (r * cols + c0) * itemsize, path)
+        release_pages(arr)
+    return True
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
     view = memoryview(data)
     while view:
         try:
-            written = os.write(fd, view)
+            written = os.pwrite(fd, view, offset)
         except OSError as exc:
             raise _write_error(exc, path) from None
         view = view[written:]
+        offset += written
 
 
-def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_path: Path) -> None:
-    """Copy a byte range file to file in the kernel; fall back to sendfile, then to plain reads."""
+def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: int, dst_path: Path,
+               hasher: OutputHasher) -> None:
+    """Copy a byte range file to file in the kernel (copy_file_range, else sendfile, else reads),
+    telling the hasher as each piece lands."""
     src_fd = os.open(src_path, os.O_RDONLY)
     try:
         done = 0
         copier = _kernel_copy
         while done < length:
             try:
-                n = copier(src_fd, dst_fd, offset + done, length - done)
+                n = copier(src_fd, dst_fd, offset + done, dst_pos + done, min(length - done, COPY_PIECE))
             except OSError as exc:
                 if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM) and copier is not _user_copy:
                     copier = _sendfile_copy if copier is _kernel_copy else _user_copy
@@ -158,23 +195,26 @@ def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_path: P
             if n == 0:
                 raise CorruptInputError(f"{Path(src_path).name}: ended early while copying a tensor (truncated?)")
             done += n
+            hasher.advance(dst_pos + done)
     finally:
         os.close(src_fd)
 
 
-def _kernel_copy(src: int, dst: int, offset: int, count: int) -> int:
-    return os.copy_file_range(src, dst, min(count, 1 << 30), offset)
+def _kernel_copy(src: int, dst: int, src_off: int, dst_off: int, count: int) -> int:
+    return os.copy_file_range(src, dst, count, src_off, dst_off)
 
 
-def _sendfile_copy(src: int, dst: int, offset: int, count: int) -> int:
-    return os.sendfile(dst, src, offset, min(count, 1 << 30))
+def _sendfile_copy(src: int, dst: int, src_off: int, dst_off: int, count: int) -> int:
+    os.lseek(dst, dst_off, os.SEEK_SET)
+    return os.sendfile(dst, src, src_off, count)
 
 
-def _user_copy(src: int, dst: int, offset: int, count: int) -> int:
-    data = os.pread(src, min(count, CHUNK_BYTES), offset)
+def _user_copy(src: int, dst: int, src_off: int, dst_off: int, count: int) -> int:
+    data = os.pread(src, min(count, CHUNK_BYTES), src_off)
     view = memoryview(data)
     while view:
-        view = view[os.write(dst, view):]
+        written = os.pwrite(dst, view, dst_off)
+        view, dst_off = view[written:], dst_off + written
     return len(data)
 
 
