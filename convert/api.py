@@ -217,11 +217,11 @@ def flax_to_safetensors(src: str | Path, out: str | Path, *, collections: tuple[
                         unstack: tuple[str, ...] = (), progress: Progress | None = None,
                         **options: Any) -> ConversionResult:
     """Convert a Flax msgpack file, Hugging Face Flax folder or orbax checkpoint; options as ConvertOptions."""
-    from exporters.flax import open_flax
+    from .sources import reader
 
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
-    with open_flax(src, collections, unstack) as source:
+    with reader("flax")(src, collections, unstack) as source:
         return convert_source(source, out, opts, progress)
 
 
@@ -247,6 +247,39 @@ def tf_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = Non
     opts.max_shard_size = parse_size(opts.max_shard_size)
     with open_tensorflow(src, key) as source:
         return convert_source(source, out, opts, progress)
+
+
+def nf_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None,
+                      **options: Any) -> Any:
+    """Convert a NeuralForecast save folder (any generation): OUT/<alias>/ per model (SafeTensors +
+    manifest with the constructor config) and OUT/models.json; returns an NFConversionResult."""
+    from exporters.neuralforecast import convert_folder
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    return convert_folder(src, out, opts, progress)
+
+
+def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None,
+                        **options: Any) -> ConversionResult:
+    """Extract an ONNX model's initializers (external data too); options as ConvertOptions."""
+    from exporters.onnx import open_onnx
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_onnx(src) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def to_onnx(src: str | Path, out: str | Path, **options: Any) -> Any:
+    """Export a model's graph into the folder `out` as validated ONNX; options as
+    exporters.onnx_export.spec.ExportOptions. Returns an ExportResult."""
+    from exporters.onnx_export.pipeline import to_onnx as export
+    from exporters.onnx_export.spec import ExportOptions
+
+    opts = ExportOptions(**options)
+    opts.external_data_threshold = parse_size(opts.external_data_threshold)  # type: ignore[assignment]
+    return export(src, out, opts)
 
 
 def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:

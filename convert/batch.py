@@ -169,7 +169,7 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
     for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise UsageError(f"{path}: not a batch report (a line is not JSON)") from None
         if isinstance(row, dict) and "status" in row:
             rows.append(row)

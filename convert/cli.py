@@ -191,8 +191,9 @@ def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstac
     """Convert a Flax checkpoint (flax.serialization msgpack of params or a train state, a Hugging Face
     folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the
     folder OUT, in PyTorch names and layouts. Msgpack is read without JAX."""
-    from exporters.flax import open_flax
+    from .sources import reader
 
+    open_flax = reader("flax")  # a clear error, naming the extra, when msgpack is not installed
     _run_conversion(lambda: open_flax(src, collections, unstack), out, **opts)
 
 
@@ -228,6 +229,116 @@ def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
     _run_conversion(lambda: open_tensorflow(src, key), out, **opts)
 
 
+@cli.command("nf-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@conversion_options
+@output_flags
+@command_errors
+def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
+    """Convert a NeuralForecast save folder (3.3+ SafeTensors, or the .ckpt and pickles of older
+    releases, read without running them) into OUT/<alias>/ per model, each SafeTensors + a manifest
+    with the model's constructor config, and OUT/models.json listing the models."""
+    _run_nf(src, out, **opts)
+
+
+def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
+            dtype: str | None, max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+    from .api import nf_to_safetensors as convert_nf
+
+    quiet = _flags().get("quiet", False)
+    result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
+                        dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, dry_run=dry_run)
+    if not quiet:
+        for warning in result.warnings:
+            click.echo(f"convert: warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    elif not quiet:
+        for model, r in zip(result.models, result.results):
+            tied = f", {len(r.aliases)} tied" if r.aliases else ""
+            click.echo(f"{model['class']} {model['folder']}: {r.tensors} tensors{tied}, {r.bytes} bytes")
+        verb = "dry run: would write" if dry_run else "wrote"
+        click.echo(f"{verb} {len(result.models)} model(s) from a {result.generation} folder to {result.output}")
+
+
+@cli.command("onnx-to-safetensors", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@conversion_options
+@output_flags
+@command_errors
+def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
+    """Extract an ONNX model's weights (initializers, external data files included) into the folder
+    OUT. Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter
+    names through the graph; the manifest summarizes the graph's operators. The model is never run."""
+    from exporters.onnx import open_onnx
+
+    _run_conversion(lambda: open_onnx(src), out, **opts)
+
+
+@cli.command("to-onnx", epilog=EXIT_HELP)
+@click.argument("src", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--module", metavar="PKG.MOD:FACTORY",
+              help="Your code: import PKG.MOD (from the working folder too) and call FACTORY() for the "
+                   "torch.nn.Module (or, with --framework jax, the JAX model); SRC holds its weights.")
+@click.option("--framework", type=click.Choice(["auto", "pytorch", "keras", "jax"]), default="auto", show_default=True,
+              help="Source framework (auto: by SRC's content).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
+              help="Shape of an input for export and generated test inputs, e.g. x=1x3x32x32 (repeatable).")
+@click.option("--dynamic-axis", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=NAME",
+              help="Another dynamic axis besides the batch axis, e.g. input:1=seq (repeatable).")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
+              help="Also validate on your inputs: an .npz with one array per input name (read without pickle).")
+@click.option("--output-names", metavar="A,B,...", help="Names of the graph's outputs (default output, or output_0, ...).")
+@click.option("--opset", type=click.IntRange(min=7), help="ONNX opset (default: the exporter's).")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Largest absolute difference allowed between ONNX Runtime and the source "
+                   "[default: 1e-5; 1e-4 for recurrent graphs].")
+@click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
+@click.option("--external-data-threshold", metavar="SIZE", default="2GB", show_default=True,
+              help="Graphs larger than this keep their weights in model.onnx.data.")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="PyTorch only: auto tries the dynamo exporter, then falls back to TorchScript.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
+@output_flags
+@command_errors
+def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tuple[str, ...],
+            output_names: str | None, no_simplify: bool, as_json: bool, **opts: Any) -> None:
+    """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
+    match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
+
+    \b
+    SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, or with
+    --module the weights (checkpoint or SafeTensors, read without torch.load) of your module.
+    What is trusted: --module runs your own code. A .pt2 is opened by torch's deserializer after
+    every pickle, module import and native library in it has been refused. A .keras file loads in
+    Keras safe_mode (Lambda code is refused). A SavedModel is a TensorFlow program that validation
+    runs: export only SavedModels you trust."""
+    from .api import to_onnx as export_onnx
+    from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_shapes
+
+    names = [n.strip() for n in output_names.split(",")] if output_names else None
+    result = export_onnx(src, out, input_shapes=parse_input_shapes(input_shapes),
+                         dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
+                         simplify=not no_simplify, **opts)
+    quiet = _flags().get("quiet", False)
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"convert: warning: {note}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    elif not quiet:
+        v = result.validation
+        worst = max(v["max_abs_diff"].values(), default=0.0)
+        click.echo(f"wrote {result.output} ({', '.join(result.files)}) with {result.exporter}"
+                   f"{', simplified' if result.simplified else ''}; ONNX Runtime matches the source at batch sizes "
+                   f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
+                   f"max |diff| {worst:.2g} <= {v['atol']:g} ({result.seconds:.1f} s)")
+
+
 @cli.command(epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
@@ -237,8 +348,12 @@ def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
 @command_errors
 def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
     """Detect the source format by content (not by extension alone) and run the matching conversion."""
-    from .sources import open_source
+    from pathlib import Path
 
+    from .sources import detect, open_source
+
+    if detect(Path(src)) == "neuralforecast":
+        return _run_nf(src, out, **opts)
     _run_conversion(lambda: open_source(src, key), out, **opts)
 
 

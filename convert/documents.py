@@ -35,5 +35,5 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise SourceNotFoundError(f"{what} {p} does not exist") from None
     except IsADirectoryError:
         raise UsageError(f"{what} {p} is a folder") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
         raise UsageError(f"{what} {p}: not valid TOML ({exc})") from None

@@ -13,6 +13,10 @@ class ConvertError(Exception):
     exit_code = 1
     kind = "error"
 
+    def __init__(self, message: object = "") -> None:
+        # One line, whatever the message quotes from a file (a pickle's text, a name with a newline).
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class UsageError(ConvertError):
     """Bad options or arguments."""

@@ -29,7 +29,7 @@ def load(out_dir: Path) -> dict[str, Any]:
         raise SourceNotFoundError(f"{out_dir}: no {MANIFEST_FILE} (is this a conversion output?)")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CorruptInputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{path}: not a JSON object")

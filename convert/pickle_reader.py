@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,6 +286,26 @@ def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     raise CorruptInputError("bytearray built from something other than its bytes")
 
 
+@dataclass(frozen=True)
+class AttributeReference:
+    """What a pickled `getattr(obj, name)` names (a bound method such as a loss's `domain_map`).
+    The attribute is never looked up: the record keeps only the owner's class name and the name."""
+
+    owner: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        # Calling what getattr named is how gadget chains reach code (getattr(f, '__globals__')...):
+        # a hostile pickle, refused as such, not a malformed one.
+        raise UnsafeInputError(f"pickle calls {self.owner}.{self.name}, found with getattr; refused")
+
+
+def _attribute_reference(obj: Any, name: Any, *default: Any) -> AttributeReference:
+    if type(name) is not str:
+        raise CorruptInputError("getattr in a pickle with a name that is not a string")
+    return AttributeReference(obj.qualname if isinstance(obj, InertObject) else type(obj).__name__, name)
+
+
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
@@ -311,6 +332,8 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "builtins.complex": complex,
     "__builtin__.set": set,
     "_codecs.encode": _codecs_encode,
+    "builtins.getattr": _attribute_reference,
+    "__builtin__.getattr": _attribute_reference,
     "copyreg._reconstructor": _copyreg_reconstructor,
     "numpy.dtype": _numpy_dtype,
     "numpy.core.multiarray.scalar": _numpy_scalar,
@@ -334,6 +357,8 @@ DEFAULT_INERT: tuple[str, ...] = (
     "pathlib.PosixPath",
     "pathlib.WindowsPath",
     "torch.device",
+    "torch.distributions.",  # a loss's distribution class, kept by reference (NeuralForecast DistributionLoss)
+    "functools.partial",  # a loss's domain map with fixed arguments
 )
 
 
@@ -383,6 +408,7 @@ def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any
                     inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
     """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    _check_memo_indices(stream, what)
     try:
         return RestrictedUnpickler(stream, persistent_load, inert).load()
     except ConvertError:
@@ -395,6 +421,32 @@ def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any
         raise CorruptInputError(f"{what} is truncated") from None
     except Exception as exc:  # pickle raises many types for malformed input
         raise CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _check_memo_indices(stream: BinaryIO, what: str) -> None:
+    """Refuse a memo index beyond the entries made so far, before the C unpickler sees it.
+
+    The C unpickler keeps its memo in an array sized by the largest index it is given, so a single
+    forged LONG_BINPUT (index ~2**31) makes it allocate and zero gigabytes: a hang from a 1 KB file.
+    Real picklers number memo entries 0, 1, 2, ...; this pass reads opcodes only (nothing is built)
+    and leaves the stream where it was. Structural errors are left for the unpickler to report.
+    """
+    start = stream.tell()
+    made = 0
+    try:
+        for op, arg, _pos in pickletools.genops(stream):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if type(arg) is not int or not 0 <= arg <= made:
+                    raise CorruptInputError(f"{what} stores memo entry {arg} after making only {made}")
+                made += 1
+            elif op.name == "MEMOIZE":
+                made += 1
+    except ConvertError:
+        raise
+    except Exception:  # malformed: the unpickler below raises its own error for it
+        pass
+    finally:
+        stream.seek(start)
 
 
 def storage_dtype(storage_type: Any) -> str | None:

@@ -97,7 +97,7 @@ def _entry(fname: str, key: str, info: object) -> HeaderEntry:
     if not isinstance(info, dict):
         raise CorruptInputError(f"{fname}: entry {key!r} is not an object")
     code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if code not in DTYPES:
+    if not isinstance(code, str) or code not in DTYPES:
         raise CorruptInputError(f"{fname}: tensor {key!r} has unknown dtype {code!r}")
     if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
             or not isinstance(offsets, list) or len(offsets) != 2

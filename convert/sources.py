@@ -22,6 +22,8 @@ READERS: dict[str, tuple[str, str, str]] = {
     "flax": ("exporters.flax", "open_flax", "flax-to-safetensors"),
     "keras": ("exporters.keras", "open_keras", "keras-to-safetensors"),
     "tensorflow": ("exporters.tensorflow", "open_tensorflow", "tf-to-safetensors"),
+    "neuralforecast": ("exporters.neuralforecast", "open_neuralforecast", "nf-to-safetensors"),
+    "onnx": ("exporters.onnx", "open_onnx", "onnx-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -78,6 +80,8 @@ def _detect_file(path: Path) -> str | None:
         return "flax"  # a msgpack map: flax.serialization.to_bytes
     if path.suffix == ".onnx" and head[:1] == b"\x08":
         return "onnx"  # protobuf ModelProto, field 1 (ir_version) first
+    if path.suffix == ".safetensors":
+        return "safetensors"  # a damaged header: the reader says what is wrong with it
     return None
 
 

@@ -182,15 +182,18 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
     items = list(items)
     is_spec = bool(items) and isinstance(items[0], tuple)
     for t in transforms:
-        if t.get("op") == "select":
-            items = [items[i] for i in _join_targets(t, len(items))]
-        elif t.get("op") in ("concat", "add"):
-            idx = _join_targets(t, len(items))
-            joined = join(t, [items[i] for i in idx])
-            items = [joined if i == idx[0] else x for i, x in enumerate(items) if i == idx[0] or i not in idx]
-        else:
-            for i in _targets(t, len(items)):
-                items[i] = unary(t, *items[i]) if is_spec else unary(t, items[i])
+        try:
+            if t.get("op") == "select":
+                items = [items[i] for i in _join_targets(t, len(items))]
+            elif t.get("op") in ("concat", "add"):
+                idx = _join_targets(t, len(items))
+                joined = join(t, [items[i] for i in idx])
+                items = [joined if i == idx[0] else x for i, x in enumerate(items) if i == idx[0] or i not in idx]
+            else:
+                for i in _targets(t, len(items)):
+                    items[i] = unary(t, *items[i]) if is_spec else unary(t, items[i])
+        except (KeyError, TypeError, ValueError) as exc:  # a user's rule file or a manifest: a parameter missing or mistyped
+            raise MappingError(f"{t.get('op')}: bad or missing parameter ({type(exc).__name__}: {exc})") from None
     if len(items) != 1:
         raise MappingError(f"a transform chain must end with one tensor, not {len(items)}")
     return items[0]

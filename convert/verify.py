@@ -119,7 +119,7 @@ def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> No
     try:
         index = json.loads(path.read_text())
         weight_map, total = index["weight_map"], index["metadata"]["total_size"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         report.problems.append(f"{doc['index']}: missing or malformed")
         return
     if weight_map != {t["name"]: t["file"] for t in doc["tensors"]}:

@@ -18,8 +18,8 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFo
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef
 
-from .flax_canonical import canonicalize, tensor_leaves, unstack as unstack_layers
-from .msgpack_reader import Tree, read_msgpack
+from .flax_canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
+from .msgpack_reader import read_msgpack
 from .pytorch import _cross_check, _read_index, _read_json, hf_sidecars
 
 HF_WEIGHTS = "flax_model.msgpack"
@@ -36,6 +36,7 @@ class _Read:
     """What a reader found, before collections are chosen."""
 
     format: str
+    label: str  # the source as the user named it, for messages
     files: list[Path]
     tree: Tree
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -65,19 +66,20 @@ def open_flax(path: str | Path, collections: Sequence[str] = DEFAULT_COLLECTIONS
 
 def _read(p: Path) -> _Read:
     if not p.is_dir():
-        return _read_msgpack("flax-msgpack", [p])
-    if (p / HF_INDEX).is_file():
-        read = _read_msgpack("hf-flax-sharded", *_hf_shards(p))
-    elif (p / HF_WEIGHTS).is_file():
-        read = _read_msgpack("hf-flax", [p / HF_WEIGHTS])
-    else:
+        return _read_msgpack("flax-msgpack", p.name, [p])
+    if not (p / HF_INDEX).is_file() and not (p / HF_WEIGHTS).is_file():
         from .orbax_reader import is_orbax
 
         if not is_orbax(p):
             raise UnsupportedFormatError(f"{p}: neither {HF_WEIGHTS} nor an orbax checkpoint in this folder")
         return _read_orbax(p)
-    read.sidecars = hf_sidecars(p, exclude={HF_INDEX})
-    read.config = _read_json(p / "config.json") if (p / "config.json").is_file() else None
+    sidecars = hf_sidecars(p, exclude={HF_INDEX})
+    config = _read_json(p / "config.json") if (p / "config.json").is_file() else None
+    if (p / HF_INDEX).is_file():
+        read = _read_msgpack("hf-flax-sharded", p.name, *_hf_shards(p))
+    else:
+        read = _read_msgpack("hf-flax", p.name, [p / HF_WEIGHTS])
+    read.sidecars, read.config = sidecars, config
     return read
 
 
@@ -89,8 +91,8 @@ def _hf_shards(folder: Path) -> tuple[list[Path], dict[str, set[str]]]:
     return [folder / name for name in expected], expected
 
 
-def _read_msgpack(fmt: str, files: list[Path], expected: dict[str, set[str]] | None = None) -> _Read:
-    read = _Read(fmt, files, {})
+def _read_msgpack(fmt: str, label: str, files: list[Path], expected: dict[str, set[str]] | None = None) -> _Read:
+    read = _Read(fmt, label, files, {})
     try:
         for path in files:
             mapped = MappedFile(str(path))
@@ -111,7 +113,7 @@ def _read_orbax(folder: Path) -> _Read:
     item, facts = find_item(folder)
     store = OrbaxTree(item)
     files = sorted(f for f in item.rglob("*") if f.is_file())
-    return _Read("orbax", files, store.tree, facts=facts, keep=store.keep)
+    return _Read("orbax", folder.name, files, store.tree, facts=facts, keep=store.keep)
 
 
 def _source(read: _Read, collections: tuple[str, ...], unstack: Sequence[str]) -> SourceModel:
@@ -120,9 +122,13 @@ def _source(read: _Read, collections: tuple[str, ...], unstack: Sequence[str]) -
     if read.keep is not None:
         read.keep(r.name for r in tensor_leaves(variables))
     stacked = {path: unstack_layers(variables, path) for path in unstack}
-    canon = canonicalize(variables)
+    try:
+        canon = canonicalize(variables)
+    except UnsupportedFormatError as exc:
+        raise UnsupportedFormatError(f"{read.label}: {exc}") from None
     if not canon.tensors:
-        raise UnsupportedFormatError(f"no arrays in the {'/'.join(chosen['collections'] or ['tree'])} of this checkpoint")
+        where = " and ".join(chosen["collections"] or ["tree"])
+        raise UnsupportedFormatError(f"{read.label}: no arrays in the {where} of this checkpoint")
     others = _non_tensors(variables, ())
     extras = {**read.facts, **facts, **chosen, **({"unstacked": stacked} if stacked else {}),
               **({"skipped_non_tensors": others[:MAX_LISTED]} if others else {}), "origins": canon.origins}

@@ -10,6 +10,7 @@ the closed transform vocabulary (convert/transforms.py), and that chain is recor
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,9 @@ from convert import transforms as tf
 from convert.errors import UnsupportedFormatError, UsageError
 from convert.tensors import FileSpan, TensorRef, in_memory
 
-Tree = dict[str, Any]  # nested dicts down to TensorRefs (other leaves are ignored here)
+# A variable tree as a reader found it: nested dicts down to TensorRefs (named by their '/'-joined
+# path) and leaves that hold no array (NonTensor, small scalars), which are reported, not converted.
+Tree = dict[str, Any]
 Transforms = list[dict[str, Any]]
 
 TRANSPOSE: Transforms = [{"op": "transpose"}]
@@ -35,8 +38,17 @@ CELL_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
 CELL_NAMES = {"LSTM": "LSTMCell", "GRU": "GRUCell", "RNN": "SimpleCell"}
 
 
+@dataclass(frozen=True)
+class NonTensor:
+    """A leaf that holds no array (a complex number, a PRNG key), kept only to be reported."""
+
+    kind: str
+
+
 @dataclass
 class Canonical:
+    """Canonical tensors, and for the manifest where each came from and which modules they form."""
+
     tensors: list[TensorRef] = field(default_factory=list)
     origins: dict[str, dict[str, Any]] = field(default_factory=dict)  # canonical name -> Flax leaves + transforms
     modules: list[dict[str, Any]] = field(default_factory=list)  # the module tree, with inferred types and sizes
@@ -80,7 +92,7 @@ def dotted(where: tuple[str, ...], leaf: str | None = None) -> str:
     parts = (*where, leaf) if leaf is not None else where
     for part in parts:
         if not part or "." in part:
-            raise UnsupportedFormatError(f"tree key {part!r} (under {'/'.join(where) or 'the root'}) cannot be one "
+            raise UnsupportedFormatError(f"tree key {part!r} (under {'/'.join(where) or 'the top'}) cannot be one "
                                          "component of a dotted tensor name")
     return ".".join(parts)
 
@@ -89,6 +101,9 @@ def dotted(where: tuple[str, ...], leaf: str | None = None) -> str:
 
 def _module(where: tuple[str, ...], leaves: dict[str, TensorRef], out: Canonical) -> None:
     kind, params, renames = _recognise(leaves)
+    if kind == "Conv" and where and re.fullmatch(r"ConvTranspose_[0-9]+", where[-1]):
+        raise UnsupportedFormatError(f"{'/'.join(where)}: a ConvTranspose kernel becomes PyTorch's only with its "
+                                     "spatial axes flipped, which no recorded transform does")
     targets = [renames.get(leaf, (leaf, []))[0] for leaf in leaves]
     if len(set(targets)) != len(targets):  # e.g. both `kernel` and `scale`: not a Flax layer; keep its names
         kind, params, renames = "unknown", {}, {}
@@ -117,7 +132,8 @@ def _recognise(leaves: dict[str, TensorRef]) -> tuple[str, dict[str, Any], dict[
         return "Embed", {"num_embeddings": embedding.shape[0], "features": embedding.shape[1]}, {"embedding": ("weight", [])}
     norm = {"use_scale": scale is not None, **use_bias}
     if mean is not None and var is not None and len(mean.shape) == 1 and mean.shape == var.shape:
-        renames = {"mean": ("running_mean", []), "var": ("running_var", []), "scale": ("weight", [])}
+        renames: dict[str, tuple[str, Transforms]] = {
+            "mean": ("running_mean", []), "var": ("running_var", []), "scale": ("weight", [])}
         return "BatchNorm", {"features": mean.shape[0], **norm}, renames
     if scale is not None:  # LayerNorm, RMSNorm and GroupNorm leave the same leaves
         return "Norm", {"features": list(scale.shape), **norm}, {"scale": ("weight", [])}

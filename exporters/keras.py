@@ -92,13 +92,11 @@ def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[s
     warnings = [f"layer {path} is a Lambda layer: its Python code was neither run nor carried across; "
                 "a loader must reimplement it" for path in lambda_layers(config_layers)]
     warnings += canonical.warnings
-    if model:
-        architecture = summary(model, canonical.by_layer)
-    else:
-        architecture = {"model": None, "layers_from": "weights", "layers": [
-            {"path": ".".join(layer.path), "type": layer.kind, "inferred": True, "params": {},
-             "tensors": canonical.by_layer.get(layer.path, [])} for layer in opened.layers]}
-    architecture = {"framework": "keras", **architecture}
+    architecture = {"framework": "keras", **(summary(model, canonical.by_layer) if model else
+                                             {"model": None, "layers_from": "weights", "layers": []})}
+    architecture["layers"] += [{"path": ".".join(layer.path), "type": layer.kind, "inferred": True, "params": {},
+                                "tensors": canonical.by_layer.get(layer.path, [])}
+                               for layer in opened.layers if layer.inferred]
     extras = {**opened.extras, "layers_from": architecture["layers_from"], "warnings": warnings,
               "tensors": canonical.provenance}
     if canonical.not_expressible:
@@ -237,10 +235,10 @@ def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: di
         known = by_keys.get(group.keys)
         path = known.path if known else group.names
         kind = known.kind if known else kind_from_key(group.keys[-1] if group.keys else "", *group.names[-1:])
-        where = "/".join(group.keys + group.struct) or "(model)"
+        where = ".".join(path) or "(model)"
         roles = numbered_roles(kind, group.struct, len(group.refs), known.config if known else None, where)
         layer = merged.setdefault(group.keys, KerasLayer(path, kind, {}, known.config if known else {}, known is None))
-        layer.weights.update(zip(roles, group.refs))
+        layer.weights.update(zip(roles, group.refs, strict=True))
     for layer in merged.values():
         if layer.kind is None:
             layer.kind = infer_kind(layer.path, layer.weights)
@@ -320,8 +318,9 @@ def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
 
 def _member_offset(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
     """Where a stored member's bytes start in the zip: after its local header."""
-    zf.fp.seek(info.header_offset)
-    header = zf.fp.read(30)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
     if len(header) != 30 or header[:4] != ZIP_MAGIC:
         raise CorruptInputError(f"{path.name}: {info.filename} has a damaged local header")
     name_len, extra_len = struct.unpack("<HH", header[26:30])

@@ -27,6 +27,11 @@ class ConfigLayer:
     is_model: bool  # a Functional/Sequential holding layers of its own
 
 
+def mapping(value: Any) -> dict[str, Any]:
+    """A config entry that should be an object, as one (configs come from untrusted files)."""
+    return value if isinstance(value, dict) else {}
+
+
 def to_snake(name: str) -> str:
     """Keras's own class-name-to-key rule (keras.src.utils.naming.to_snake_case)."""
     name = re.sub(r"\W+", "", name)
@@ -47,7 +52,7 @@ def _walk(model: dict[str, Any], path: tuple[str, ...], keys: tuple[str, ...], f
     used: dict[str, int] = {}
     for layer in _sublayers(model):
         kind = str(layer.get("class_name", ""))
-        config = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        config = mapping(layer.get("config"))
         name = str(config.get("name") or layer.get("name") or "")
         key = to_snake(kind)
         used[key] = used.get(key, -1) + 1
@@ -63,12 +68,6 @@ def _sublayers(model: dict[str, Any]) -> list[dict[str, Any]]:
     config = model.get("config")
     layers = config.get("layers") if isinstance(config, dict) else None
     return [layer for layer in layers if isinstance(layer, dict)] if isinstance(layers, list) else []
-
-
-def wrapped_kind(config: dict[str, Any]) -> str | None:
-    """The class of the layer a wrapper (Bidirectional) holds."""
-    inner = config.get("layer")
-    return str(inner.get("class_name")) if isinstance(inner, dict) and inner.get("class_name") else None
 
 
 def lambda_layers(layers: list[ConfigLayer]) -> list[str]:
@@ -94,13 +93,15 @@ def scrub(value: Any) -> Any:
 
 def params(config: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters a loader needs: sizes, activations, epsilons; no initializers or code."""
+    config = scrub(config)  # whole, not value by value: Keras 2 marks code by a sibling key (function_type)
+    config = scrub(config)
     out: dict[str, Any] = {}
     for key, value in config.items():
         if _TRAINING_ONLY.match(key) or key in _WRAPPED or key == "layers":
             continue
         if key == "dtype" and isinstance(value, dict):
             value = (value.get("config") or {}).get("name")
-        out[key] = scrub(value)
+        out[key] = value
     for key in _WRAPPED:
         inner = config.get(key)
         if isinstance(inner, dict):
@@ -110,24 +111,24 @@ def params(config: dict[str, Any]) -> dict[str, Any]:
 
 def input_shapes(model: dict[str, Any]) -> list[Any]:
     """The model's input shapes (batch dimension included, null where free), where the config says."""
-    shapes = []
+    shapes: list[Any] = []
     for layer in _sublayers(model):
-        config = layer.get("config") or {}
+        config = mapping(layer.get("config"))
         shape = config.get("batch_shape", config.get("batch_input_shape"))
         if shape is not None and (layer.get("class_name") == "InputLayer" or not shapes):
             shapes.append(shape)
         if layer.get("class_name") != "InputLayer":
             break
     if not shapes:
-        build = model.get("build_config") or {}
-        if isinstance(build, dict) and build.get("input_shape") is not None:
+        build = mapping(model.get("build_config"))
+        if build.get("input_shape") is not None:
             shapes.append(build["input_shape"])
     return shapes
 
 
 def summary(model: dict[str, Any], tensors: dict[tuple[str, ...], list[str]]) -> dict[str, Any]:
     """The Keras layer list for the manifest: path, type, hyper-parameters, the tensors it became."""
-    config = model.get("config") if isinstance(model.get("config"), dict) else {}
+    config = mapping(model.get("config"))
     return {
         "model": {"type": model.get("class_name"), "name": config.get("name"), "input_shapes": input_shapes(model)},
         "layers_from": "config",

@@ -27,6 +27,8 @@ H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_FILTER_RATIO = 1100
 MAX_DEPTH = 64
 MAX_ATTR_CHARS = 64 << 20
+# What h5py raises for a damaged file: HDF5's errors surface as any of these, depending on the call.
+H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
 class H5Window(io.RawIOBase):
@@ -84,7 +86,7 @@ class H5Source:
         self._window = H5Window(path, start, self.length) if start or self.length != self.file_size else None
         try:
             self.root = h5py.File(self._window or path, "r", locking=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             self.close()
             raise CorruptInputError(f"{self.label}: damaged HDF5 file ({exc})") from None
         self._mapped = MappedFile(str(path))
@@ -105,7 +107,10 @@ class H5Source:
         """group[name] for one link, refused unless it is a hard link inside this file."""
         import h5py
 
-        link = group.get(name, getlink=True)
+        try:
+            link = group.get(name, getlink=True)
+        except H5_ERRORS as exc:
+            raise CorruptInputError(f"{self.label}: cannot read the link {group.name}/{name} ({exc})") from None
         if link is None:
             raise CorruptInputError(f"{self.label}: {group.name}/{name} does not exist")
         if isinstance(link, h5py.ExternalLink):
@@ -132,7 +137,7 @@ class H5Source:
     def keys(self, group: Any) -> list[str]:
         try:
             return list(group.keys())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise CorruptInputError(f"{self.label}: cannot list {group.name} ({exc})") from None
 
     @staticmethod
@@ -150,11 +155,11 @@ class H5Source:
 
     def text_list(self, obj: Any, name: str) -> list[str] | None:
         """A list-of-strings attribute as Keras writes it, also when split into name0, name1, ..."""
-        if name in obj.attrs:
+        if self._has_attr(obj, name):
             values = [self._attr(obj, name)]
-        elif f"{name}0" in obj.attrs:
+        elif self._has_attr(obj, f"{name}0"):
             values = []
-            while f"{name}{len(values)}" in obj.attrs:
+            while self._has_attr(obj, f"{name}{len(values)}"):
                 values.append(self._attr(obj, f"{name}{len(values)}"))
         else:
             return None
@@ -166,17 +171,23 @@ class H5Source:
 
     def text(self, obj: Any, name: str) -> str | None:
         """A string attribute (model_config, keras_version), or None."""
-        if name not in obj.attrs:
+        if not self._has_attr(obj, name):
             return None
         value = self._attr(obj, name)
         if isinstance(value, np.ndarray) and value.size == 1:
             value = value.reshape(-1)[0]
         return self._decode(value, name)
 
+    def _has_attr(self, obj: Any, name: str) -> bool:
+        try:
+            return name in obj.attrs
+        except H5_ERRORS as exc:
+            raise CorruptInputError(f"{self.label}: attributes of {obj.name} are unreadable ({exc})") from None
+
     def _attr(self, obj: Any, name: str) -> Any:
         try:
             return obj.attrs[name]
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise CorruptInputError(f"{self.label}: attribute {name!r} of {obj.name} is unreadable ({exc})") from None
 
     def _decode(self, value: Any, name: str) -> str:
@@ -229,7 +240,7 @@ class H5Source:
         def load_h5() -> np.ndarray:
             try:
                 return np.asarray(dataset[()], dtype=dt.numpy).reshape(shape)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise CorruptInputError(f"{where} is unreadable ({exc})") from None
 
         return TensorRef(name, dt, shape, load_h5)

@@ -17,6 +17,8 @@ from convert.errors import CorruptInputError, MappingError, UnsupportedFormatErr
 from convert.tensors import TensorRef
 from convert.transforms import apply, output_spec
 
+from .keras_config import mapping
+
 Chain = list[dict[str, Any]]
 
 TRANSPOSE: Chain = [{"op": "transpose"}]
@@ -158,6 +160,8 @@ class _Converter:
         for role, ref in weights.items():
             *parents, leaf = role.split("/")
             chain = kernel_chain(len(ref.shape)) if leaf == "kernel" else []
+            if leaf == "bias" and len(ref.shape) == 2 and ref.shape[0] == 1:  # Hugging Face's TFConv1D: [1, nf]
+                chain = [{"op": "reshape", "shape": [ref.shape[1]]}]
             self.emit(".".join((*parents, LEAF_NAMES.get(leaf, leaf))), role, chain)
 
     def _batch_norm(self) -> None:
@@ -181,14 +185,14 @@ class _Converter:
             self.emit("bias", "bias", [])
 
     def _bidirectional(self) -> None:
-        inner = self.layer.config.get("layer") if isinstance(self.layer.config.get("layer"), dict) else {}
+        inner = mapping(self.layer.config.get("layer"))
         for prefix, suffix in (("forward/", ""), ("backward/", "_reverse")):
             self._check_roles(CELL_ROLES, prefix)
             recurrent = self.layer.weights.get(prefix + "recurrent_kernel")
             kind = inner.get("class_name") or (recurrent_kind(recurrent.shape) if recurrent else None)
             if kind not in RECURRENT:
                 raise UnsupportedFormatError(f"layer {self.where}: Bidirectional around {kind}, not LSTM, GRU or SimpleRNN")
-            self._recurrent(kind, prefix, suffix, inner.get("config") or {})
+            self._recurrent(kind, prefix, suffix, mapping(inner.get("config")))
         merge = self.layer.config.get("merge_mode", "concat")
         if merge != "concat":
             self.out.warnings.append(f"layer {self.where}: Bidirectional merge_mode={merge!r}; PyTorch's "

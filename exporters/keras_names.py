@@ -17,7 +17,7 @@ from typing import Any
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import TensorRef
 
-from .keras_config import ConfigLayer, to_snake
+from .keras_config import ConfigLayer, mapping, to_snake
 from .keras_layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
 
 _CELL = re.compile(r"^(cell|[A-Za-z0-9_]*_cell)$")
@@ -139,7 +139,7 @@ def numbered_roles(kind: str | None, struct: tuple[str, ...], count: int, config
         roles = list(CELL_ROLES)
         half = struct[0].split("_")[0] if len(struct) == 2 else ""
         prefix = f"{half}/" if half in _DIRECTIONS else ""
-        config = (config or {}).get("layer", {}).get("config", {}) if prefix else config
+        config = mapping(mapping(config.get("layer")).get("config")) if prefix and config is not None else config
     elif struct or kind not in ROLES:
         raise UnsupportedFormatError(f"layer {where} ({kind or 'type unknown'}): its {count} weights are only "
                                      "numbered in the file, and this converter does not know that layer type's "

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
-import msgpack
 import numpy as np
 
 from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
 
-# A tree as the file holds it: maps (and arrays, keyed "0", "1", ...) down to tensors or small scalars.
-Tree = dict[str, Union["Tree", TensorRef, Any]]
+from .flax_canonical import NonTensor, Tree
+
+try:
+    import msgpack
+except ImportError as exc:  # the core install reads PyTorch only; sources.reader turns this into one line
+    raise ImportError(f"{exc}; install the flax extra: pip install 'rust-model-convert[flax]'") from exc
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 CHUNKED_MARK = "__msgpack_chunked_array__"
@@ -42,13 +44,6 @@ _ARRAYS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 _FIXEXT = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
 _EXT_LEN_BYTES = {0xC7: 1, 0xC8: 2, 0xC9: 4}
 _BIN_LEN_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-
-
-@dataclass(frozen=True)
-class NonTensor:
-    """A leaf that holds no array (a complex number, an unknown extension), kept only to be reported."""
-
-    kind: str
 
 
 def read_msgpack(path: Path, mapped: MappedFile) -> Tree:
@@ -93,7 +88,8 @@ class _Stream:
         return os.pread(self.fh.fileno(), n, self.pos)
 
     def fail(self, where: tuple[str, ...], message: str) -> CorruptInputError:
-        return CorruptInputError(f"{self.path.name}: {'/'.join(where) or '(root)'}: {message}")
+        path = "/".join(where) or "(root)"
+        return CorruptInputError(f"{self.path.name}: {path if len(path) <= 120 else '...' + path[-117:]}: {message}")
 
     def value(self, where: tuple[str, ...], depth: int) -> Any:
         if depth > MAX_DEPTH:
@@ -201,11 +197,13 @@ def _chunked_ref(node: Tree, where: tuple[str, ...]) -> TensorRef:
     shape_map, chunk_map = node.get("shape"), node.get("chunks")
     if set(node) != {CHUNKED_MARK, "shape", "chunks"} or not isinstance(shape_map, dict) or not isinstance(chunk_map, dict):
         raise CorruptInputError(f"{name}: a chunked array without its shape and chunks")
-    shape = tuple(shape_map.get(str(i)) for i in range(len(shape_map)))
-    chunks = [chunk_map.get(str(i)) for i in range(len(chunk_map))]
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape) or len(shape) > MAX_RANK:
-        raise CorruptInputError(f"{name}: chunked array shape {list(shape)} is not a list of sizes")
-    if not chunks or not all(isinstance(c, TensorRef) and c.dtype == chunks[0].dtype and len(c.shape) == 1 for c in chunks):
+    dims = [shape_map.get(str(i)) for i in range(len(shape_map))]
+    shape = tuple(d for d in dims if isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+    if len(shape) != len(dims) or len(shape) > MAX_RANK:
+        raise CorruptInputError(f"{name}: chunked array shape {str(dims)[:80]} is not a list of sizes")
+    found = [chunk_map.get(str(i)) for i in range(len(chunk_map))]
+    chunks = [c for c in found if isinstance(c, TensorRef) and len(c.shape) == 1]
+    if not chunks or len(chunks) != len(found) or len({c.dtype for c in chunks}) != 1:
         raise CorruptInputError(f"{name}: chunks of a chunked array are not flat arrays of one dtype")
     if sum(c.numel for c in chunks) != math.prod(shape):
         raise CorruptInputError(f"{name}: chunks hold {sum(c.numel for c in chunks)} elements, shape {list(shape)} "
@@ -214,4 +212,4 @@ def _chunked_ref(node: Tree, where: tuple[str, ...]) -> TensorRef:
     def load() -> np.ndarray:
         return np.concatenate([c.array() for c in chunks]).reshape(shape)
 
-    return TensorRef(name, chunks[0].dtype, shape, load)  # type: ignore[arg-type]
+    return TensorRef(name, chunks[0].dtype, shape, load)

@@ -3,8 +3,9 @@
 Two encodings reach this module: the tagged JSON of the 3.3+ format (`{"__nf__": tag, ...}`, with
 arrays pointing into a SafeTensors payload) and the inert records the restricted unpickler makes of
 the older pickles.  Both become the same plain values, so the rest of the exporter never knows
-which generation it reads: a loss is `{"class", "args", "state"}`, datetimes are ISO strings, a
-pandas index or series is its list of values.  Anything that cannot be read safely becomes a
+which generation it reads: a loss is `{"class", "args", "state"}` (3.3+) or `{"class", "attributes"}`
+(pickled; nf_losses recovers its arguments), datetimes are ISO strings, a pandas index or series is
+its list of values.  Anything that cannot be read safely becomes a
 `{"__skipped__": why}` marker the caller reports.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from convert.errors import ConvertError, UnsupportedFormatError
-from convert.pickle_reader import InertObject, NumpyArrayRecord, TensorRecord, jsonable
+from convert.pickle_reader import DEFAULT_INERT, InertObject, NumpyArrayRecord, TensorRecord, jsonable
 
 TAG = "__nf__"
 MAX_INLINE = 100_000  # elements: larger arrays (the training `ds`) are described, not copied
@@ -142,8 +143,6 @@ def plain_pickled(obj: Any, depth: int = 0) -> Any:
         reader = _INERT_READERS.get(obj.qualname)
         if reader is not None:
             return reader(obj, depth)
-        if obj.qualname.startswith("neuralforecast.losses.pytorch."):
-            return pickled_loss(obj)
         return skipped(f"{obj.qualname} object")
     if isinstance(obj, TensorRecord):
         return skipped("tensor outside the state dict")
@@ -158,37 +157,52 @@ def numpy_value(rec: NumpyArrayRecord) -> Any:
         if all(v is None or isinstance(v, (str, int, float, bool)) for v in items):
             return items if len(items) <= MAX_INLINE else {"__array__": {"dtype": "object", "shape": [len(items)]}}
         return skipped("numpy object array of non-plain values")
+    unit = _datetime_unit(state)
+    if unit is not None:
+        raw = bytes(state[4])
+        return datetimes(np.frombuffer(raw, dtype="<i8"), unit) if len(raw) % 8 == 0 else skipped("truncated datetimes")
     try:
-        arr = rec.to_array()
+        return array_value(rec.to_array())
     except ConvertError as exc:
-        unit = _datetime_unit(state)
-        if unit is None:
-            return skipped(f"numpy array ({exc})")
-        return datetimes(np.frombuffer(bytes(state[4]), dtype="<i8"), unit)
-    return array_value(arr)
+        return skipped(f"numpy array ({exc})")
 
 
 def _datetime_unit(state: Any) -> str | None:
-    """The unit of a pickled datetime64 array, which numpy keeps in its dtype's BUILD state."""
+    """The unit of a pickled datetime64 array (its dtype's BUILD state carries it)."""
     if type(state) is not tuple or len(state) != 5 or type(state[4]) not in (bytes, bytearray):
         return None
     dt = state[2]
-    unit = getattr(dt, "datetime_unit", None)
-    return unit if isinstance(unit, str) else None
+    return getattr(dt, "unit", None) if str(getattr(dt, "name", "")).startswith("M8") else None
 
 
-def pickled_loss(obj: InertObject) -> dict[str, Any]:
+def plain_checkpoint(value: Any) -> Any:
+    """Plain hyper-parameters from a checkpoint's pickle as exporters.pytorch renders it (`jsonable`):
+    Lightning's AttributeDict becomes its items, a loss module its class and kept attributes."""
+    if isinstance(value, list):
+        return [plain_checkpoint(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return skipped(f"tensor {value['__tensor__']} outside the state dict")
+    qualname = value.get("__class__")
+    if qualname is None:
+        return {k: plain_checkpoint(v) for k, v in value.items()}
+    if qualname.endswith(".AttributeDict"):
+        return plain_checkpoint(value.get("items", {}))
+    if qualname.startswith("neuralforecast.losses.pytorch."):
+        return pickled_loss(qualname, value.get("state"))
+    return skipped(f"{qualname} object")
+
+
+def pickled_loss(qualname: str, state: Any) -> dict[str, Any]:
     """A pickled loss module: its class and the attributes its __init__ kept (the module __dict__)."""
-    name = obj.qualname.rsplit(".", 1)[-1]
-    state = obj.state if isinstance(obj.state, dict) else {}
     attrs: dict[str, Any] = {}
-    for key, value in state.items():
+    for key, value in (state if isinstance(state, dict) else {}).items():
         if key in ("_parameters", "_buffers"):
-            for pname, pvalue in (value or {}).items():
-                attrs[str(pname)] = plain_pickled(pvalue)
-        elif not str(key).startswith("_") and key != "training":
-            attrs[str(key)] = plain_pickled(value)
-    return {"class": name, "attributes": attrs}
+            attrs.update({str(k): plain_checkpoint(v) for k, v in (value or {}).items()})
+        elif not key.startswith("_") and key != "training":
+            attrs[key] = plain_checkpoint(value)
+    return {"class": qualname.rsplit(".", 1)[-1], "attributes": attrs}
 
 
 def _new_index(obj: InertObject, depth: int) -> Any:
@@ -199,11 +213,21 @@ def _new_index(obj: InertObject, depth: int) -> Any:
 
 
 def _ndarray_backed(obj: InertObject, depth: int) -> Any:
-    """pandas extension arrays (DatetimeArray) pickle as (class, checksum, (ndarray, dtype, ...))."""
-    state = obj.args[2] if len(obj.args) == 3 else None
-    if isinstance(state, tuple) and state and isinstance(state[0], NumpyArrayRecord):
-        return numpy_value(state[0])
+    """pandas extension arrays (DatetimeArray) pickle as (class, checksum, None) + BUILD (dtype, ndarray, attrs)."""
+    state = obj.state if isinstance(obj.state, tuple) else (obj.args[2] if len(obj.args) == 3 else None)
+    arrays = [item for item in state if isinstance(item, NumpyArrayRecord)] if isinstance(state, tuple) else []
+    if len(arrays) == 1:
+        return numpy_value(arrays[0])
     return skipped(f"{obj.qualname} with unexpected arguments")
+
+
+def _series(obj: InertObject, depth: int) -> Any:
+    """A pandas Series: the values of its manager's one block (BUILD state `_mgr`)."""
+    manager = obj.state.get("_mgr") if isinstance(obj.state, dict) else None
+    state = manager.state if isinstance(manager, InertObject) else None
+    if isinstance(state, tuple) and len(state) >= 2 and isinstance(state[1], list) and len(state[1]) == 1:
+        return plain_pickled(state[1][0], depth + 1)
+    return skipped("pandas Series whose block layout is not one plain array")
 
 
 def _scaler(obj: InertObject, depth: int) -> dict[str, Any]:
@@ -215,6 +239,8 @@ def _scaler(obj: InertObject, depth: int) -> dict[str, Any]:
 
 
 _INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
+    "pandas.Series": _series,
+    "pandas.core.series.Series": _series,
     "pandas.core.indexes.base._new_Index": _new_index,
     "pandas.core.indexes.datetimes._new_DatetimeIndex": _new_index,
     "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked": _ndarray_backed,
@@ -224,3 +250,14 @@ _INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
     "coreforecast.scalers.LocalBoxCoxScaler": _scaler,
     "neuralforecast.utils.PredictionIntervals": lambda obj, depth: plain_pickled(obj.state, depth + 1),
 }
+
+# Globals a configuration.pkl may name, beyond the defaults: each becomes an inert record that the
+# readers above turn into plain values; nothing of pandas, coreforecast or NeuralForecast is imported.
+NF_SIDECAR_INERT: tuple[str, ...] = DEFAULT_INERT + tuple(_INERT_READERS) + (
+    "pandas.core.internals.managers.SingleBlockManager",
+    "pandas.RangeIndex", "pandas.core.indexes.range.RangeIndex",
+    "pandas.Index", "pandas.core.indexes.base.Index",
+    "pandas.DatetimeIndex", "pandas.core.indexes.datetimes.DatetimeIndex",
+    "pandas.arrays.DatetimeArray", "pandas.core.arrays.datetimes.DatetimeArray",
+    "builtins.slice",
+)

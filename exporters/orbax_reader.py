@@ -7,19 +7,21 @@ others (optimizer state, RNG streams) stay on disk, skipped through orbax's plac
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.dtypes import from_numpy
-from convert.errors import ConvertError, CorruptInputError, UnsupportedFormatError, UsageError
+from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
 
-from .msgpack_reader import NonTensor, Tree
+from .flax_canonical import NonTensor, Tree
 
 METADATA = "_METADATA"
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
@@ -62,16 +64,13 @@ class OrbaxTree:
         self.arrays: dict[str, np.ndarray] = {}
         ocp = _orbax()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 meta = ocp.PyTreeCheckpointer().metadata(item)
-        except ConvertError:
-            raise
         except Exception as exc:  # orbax raises many types for a damaged folder
             raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata ({type(exc).__name__}: {exc})") from None
         self.meta = getattr(getattr(meta, "item_metadata", None), "tree", meta)
         self.tree: Tree = {}
-        for name, leaf in self._leaves(self.meta):
+        for name, leaf in _leaves(self.meta):
             self._place(name, leaf)
 
     def keep(self, names: Iterable[str]) -> None:
@@ -79,14 +78,8 @@ class OrbaxTree:
 
     def array(self, name: str) -> np.ndarray:
         if name not in self.arrays:
-            self._restore(self.kept | {name})
+            self._restore((self.kept - self.arrays.keys()) | {name})
         return self.arrays[name]
-
-    def _leaves(self, tree: Any) -> list[tuple[str, Any]]:
-        import jax
-
-        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-        return [(_path_name(path), leaf) for path, leaf in flat]
 
     def _place(self, name: str, meta: Any) -> None:
         *parents, last = name.split("/")
@@ -115,16 +108,22 @@ class OrbaxTree:
                 lambda path, meta: leaf(meta) if _path_name(path) in names else ocp.PLACEHOLDER, self.meta)
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 restored = ocp.PyTreeCheckpointer().restore(
                     self.item, item=only_kept(lambda meta: meta),
                     restore_args=only_kept(lambda meta: ocp.RestoreArgs(restore_type=np.ndarray)))
         except Exception as exc:  # as above
             raise CorruptInputError(f"{self.item}: orbax cannot restore the arrays ({type(exc).__name__}: {exc})") from None
-        for name, value in self._leaves(restored):
+        for name, value in _leaves(restored):
             if name in names:
                 self.arrays[name] = np.asarray(value)
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    import jax
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(_path_name(path), leaf) for path, leaf in flat]
 
 
 def _path_name(path: tuple[Any, ...]) -> str:
@@ -138,6 +137,20 @@ def _key(entry: Any) -> str:
         if hasattr(entry, attr):
             return str(getattr(entry, attr))
     return str(entry)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Orbax warns and logs (through absl) about missing optional metadata: noise on a user's terminal."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        absl.setLevel(level)
 
 
 def _orbax() -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
                             UnsupportedFormatError)
-from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype
+from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
 
@@ -179,7 +179,9 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
                 raise CorruptInputError(f"{name}: truncated in storage {skey}")
             (count,) = struct.unpack("<q" if little else ">q", count_bytes)
             itemsize = lookup_dtype(storage.dtype_code).itemsize if storage.dtype_code else 1
-            if count < storage.numel or pos + 8 + count * itemsize > file_size:
+            if count < storage.numel:
+                raise CorruptInputError(f"{name}: storage {skey} stores {count} elements but the pickle claims {storage.numel}")
+            if pos + 8 + count * itemsize > file_size:
                 raise CorruptInputError(f"{name}: storage {skey} declares {count} elements; the file holds fewer (truncated?)")
             storage.offset, storage.nbytes = pos + 8, count * itemsize
             pos += 8 + count * itemsize
@@ -220,7 +222,7 @@ def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRec
     if key:
         for part in key.split("."):
             if not isinstance(chosen, dict) or part not in chosen:
-                where = sorted(map(str, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
+                where = sorted(map(text_of, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
                 raise SourceNotFoundError(f"key {key!r} not found in the checkpoint (at {part!r}; there: {where})")
             chosen = chosen[part]
         extras["key"] = key
@@ -241,22 +243,32 @@ def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRec
     if skipped:
         extras["skipped_non_tensors"] = skipped[:200]
     if not named:
-        keys = sorted(map(str, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
         raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
     return named, extras
 
 
-def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int) -> None:
+# Characters of all names _flatten may build. A pickle can put one container under two keys at every
+# level ([L, L] nested 64 deep: 2**64 names from a few hundred bytes); real checkpoints stay far below.
+_MAX_NAME_CHARS = 64 << 20
+
+
+def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int,
+             budget: list[int] | None = None) -> None:
+    budget = [_MAX_NAME_CHARS] if budget is None else budget
+    budget[0] -= 64 + len(prefix)
+    if budget[0] < 0:
+        raise CorruptInputError("checkpoint names too many entries (one container shared under many keys?)")
     if depth > 64:
         raise CorruptInputError("checkpoint dicts are nested too deeply")
     if isinstance(obj, TensorRecord):
         named.append((prefix, obj))
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), named, skipped, depth + 1)
+            _flatten(v, f"{prefix}.{text_of(k)}" if prefix else text_of(k), named, skipped, depth + 1, budget)
     elif isinstance(obj, (list, tuple)) and any(isinstance(v, (TensorRecord, dict, list, tuple)) for v in obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), named, skipped, depth + 1)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), named, skipped, depth + 1, budget)
     elif prefix:
         skipped.append(prefix)
 
@@ -321,7 +333,7 @@ def _read_json(path: Path) -> Any:
         raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CorruptInputError(f"{path.name}: not valid JSON ({exc})") from None
 
 

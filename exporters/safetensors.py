@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from convert.dtypes import dtype as lookup_dtype
-from convert.errors import CorruptInputError, SourceNotFoundError
+from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError
 from convert.safetensors_format import read_header
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+from exporters.pytorch import _read_json  # size-capped, every decoding error a CorruptInputError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -30,14 +30,19 @@ def open_safetensors(path: str | Path) -> SourceModel:
         raise SourceNotFoundError(f"no such file or folder: {p}")
     tensors: list[TensorRef] = []
     maps: list[MappedFile] = []
-    for f in files:
-        header = read_header(f)
-        mapped = MappedFile(str(f))
-        maps.append(mapped)
-        for e in header.entries:
-            tensors.append(_ref(mapped, f, e.name, e.dtype, e.shape, header.data_start + e.begin, e.end - e.begin))
-    config_path = p / "config.json" if p.is_dir() else None
-    config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else None
+    try:
+        for f in files:
+            header = read_header(f)
+            mapped = MappedFile(str(f))
+            maps.append(mapped)
+            for e in header.entries:
+                tensors.append(_ref(mapped, f, e.name, e.dtype, e.shape, header.data_start + e.begin, e.end - e.begin))
+        config_path = p / "config.json" if p.is_dir() else None
+        config = _read_json(config_path) if config_path and config_path.is_file() else None
+    except BaseException:
+        for m in maps:
+            m.close()
+        raise
     return SourceModel("safetensors", files, tensors, config=config, closers=[m.close for m in maps])
 
 
@@ -49,12 +54,15 @@ def _ref(mapped: MappedFile, path: Path, name: str, code: str, shape: tuple[int,
 
 
 def _index_files(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise CorruptInputError(f"{index.name}: not a SafeTensors index ({exc})") from None
+    doc = _read_json(index)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptInputError(f"{index.name}: not a SafeTensors index (no weight_map of tensor names to files)")
     names = sorted(set(weight_map.values()))
-    missing = [n for n in names if "/" in n or not (index.parent / n).is_file()]
+    outside = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
+    if outside:
+        raise UnsafeInputError(f"{index.name}: shard name {outside[0]!r} points outside the folder")
+    missing = [n for n in names if not (index.parent / n).is_file()]
     if missing:
         raise SourceNotFoundError(f"{index.name}: shard {missing[0]} is missing")
     return [index.parent / n for n in names]

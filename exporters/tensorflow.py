@@ -11,6 +11,7 @@ paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import deque
 from pathlib import Path
@@ -53,7 +54,7 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
         graph_bytes = reader.get_tensor(OBJECT_GRAPH) if OBJECT_GRAPH in shapes else None
-    except (tf.errors.OpError, ValueError) as exc:
+    except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: a short read in the reader
         raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({_first_line(exc)})") from None
     if graph_bytes is None:
         raise UnsupportedFormatError(f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
@@ -62,12 +63,18 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     data_bytes = sum(f.stat().st_size for f in files[1:])
     by_tf_name: list[Named] = []
     by_object: list[Named] = []
+    kept: dict[str, tuple[list[int], str]] = {}  # TF name -> shape, dtype of the copy kept
     for ckpt_key, tf_name, object_path in variables:
         if ckpt_key not in shapes:
             raise CorruptInputError(f"{label}: the object graph names {ckpt_key}, which the checkpoint lacks")
         if _NOT_WEIGHTS.search(tf_name):
             extras.setdefault("skipped", []).append(tf_name)
             continue
+        signature = (list(shapes[ckpt_key]), dtypes[ckpt_key].name)
+        if tf_name and kept.get(tf_name) == signature:  # Keras 3's export saves each variable twice
+            extras.setdefault("duplicates", []).append(ckpt_key)
+            continue
+        kept.setdefault(tf_name, signature)
         ref = _tensor_ref(reader, ckpt_key, tuple(shapes[ckpt_key]), dtypes[ckpt_key].name, data_bytes, label)
         by_tf_name.append((components(tf_name or object_path), ref))
         by_object.append((components(object_path), ref))
@@ -89,6 +96,8 @@ def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tupl
 
 
 def _import_tensorflow() -> Any:
+    # TensorFlow's C++ start-up notes would otherwise land on stderr, around our one-line errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
     except ImportError:
@@ -194,7 +203,7 @@ def _tensor_ref(reader: Any, ckpt_key: str, shape: tuple[int, ...], tf_dtype: st
 
         try:
             return np.asarray(reader.get_tensor(ckpt_key)).view(dt.numpy).reshape(shape)
-        except tf.errors.OpError as exc:
+        except (tf.errors.OpError, ValueError, IndexError) as exc:
             raise CorruptInputError(f"{label}: cannot read {ckpt_key} ({_first_line(exc)})") from None
 
     return TensorRef(ckpt_key, dt, shape, load)

@@ -153,6 +153,7 @@ class Sample:
     contender: str
     rep: int
     wall_s: float
+    cpu_s: float  # user + system CPU time of the child (robust to a busy machine, unlike wall time)
     peak_rss_mib: float
     tool_reported_s: float | None = None  # the tool's own "seconds" from --json (no interpreter start)
 
@@ -164,6 +165,7 @@ class Summary:
     wall_median_s: float
     wall_min_s: float
     wall_max_s: float
+    cpu_median_s: float
     rss_median_mib: float
     rss_max_mib: float
     tool_reported_median_s: float | None = None
@@ -192,11 +194,11 @@ class Runner:
             f"peak RSS from os.wait4; includes this process's RSS at spawn "
             f"(~{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB floor)")
 
-    def run(self, name: str, cmd: list[str]) -> tuple[float, float, str]:
-        """Wall seconds, peak RSS in MiB and stdout of `cmd`; exits the benchmark if it fails."""
+    def run(self, name: str, cmd: list[str]) -> tuple[float, float, float, str]:
+        """Wall seconds, CPU seconds, peak RSS in MiB and stdout of `cmd`; exits if it fails."""
         log = self.workdir / f"{name}.log"
         rss_file = self.workdir / f"{name}.rss"
-        full = [self.gnu_time, "-f", "%M", "-o", str(rss_file), *cmd] if self.gnu_time else cmd
+        full = [self.gnu_time, "-f", "%M %U %S", "-o", str(rss_file), *cmd] if self.gnu_time else cmd
         out_file = self.workdir / f"{name}.out"
         with open(log, "wb") as err, open(out_file, "wb") as out:
             started = time.perf_counter()
@@ -207,19 +209,20 @@ class Runner:
         if proc.returncode != 0:
             sys.exit(f"bench: {name} failed with exit code {proc.returncode}: {' '.join(cmd)}\n"
                      f"{log.read_text(errors='replace')[-3000:]}")
-        if self.gnu_time:
-            rss_kib = int(rss_file.read_text().split()[-1])
+        if self.gnu_time:  # the last line; GNU time may write a status line before it
+            rss, user, system = rss_file.read_text().strip().splitlines()[-1].split()
+            rss_kib, cpu = int(rss), float(user) + float(system)
         else:
-            rss_kib = usage.ru_maxrss
-        return wall, rss_kib / 1024, out_file.read_text(errors="replace")
+            rss_kib, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+        return wall, cpu, rss_kib / 1024, out_file.read_text(errors="replace")
 
 
 def _gnu_time_works() -> bool:
     if not os.access(GNU_TIME, os.X_OK):
         return False
     probe = subprocess.run([GNU_TIME, "-f", "%M", "true"], capture_output=True, text=True)
-    return probe.returncode == 0 and probe.stderr.strip().splitlines()[-1:] != [] and \
-        probe.stderr.strip().splitlines()[-1].isdigit()
+    lines = probe.stderr.strip().splitlines()
+    return probe.returncode == 0 and bool(lines) and lines[-1].isdigit()
 
 
 def _sync_file_supported(path: Path) -> bool:
@@ -266,20 +269,22 @@ def run_scenario(runner: Runner, scenario: Scenario, reps: int, tool_only: bool,
         rotated = order[rep % len(order):] + order[:rep % len(order)]
         for name in rotated:
             prepare(src, out)
-            wall, rss, stdout = runner.run(name, cmds[name])
+            wall, cpu, rss, stdout = runner.run(name, cmds[name])
             reported = _tool_seconds(stdout) if name == "tool" else None
-            scenario.samples.append(Sample(name, rep + 1, round(wall, 3), round(rss, 1), reported))
+            scenario.samples.append(Sample(name, rep + 1, round(wall, 3), round(cpu, 2), round(rss, 1), reported))
             extra = f" (tool says {reported:.2f} s)" if reported is not None else ""
-            _log(f"  [{scenario.label}] rep {rep + 1}/{reps} {name:<8} {wall:7.2f} s  {rss:8.1f} MiB{extra}")
+            _log(f"  [{scenario.label}] rep {rep + 1}/{reps} {name:<8} {wall:7.2f} s wall {cpu:6.2f} s CPU "
+                 f"{rss:8.1f} MiB{extra}  (load {os.getloadavg()[0]:.1f})")
         shutil.rmtree(out, ignore_errors=True)
     for name in order:
         mine = [s for s in scenario.samples if s.contender == name]
         walls = [s.wall_s for s in mine]
         rsses = [s.peak_rss_mib for s in mine]
+        cpus = [s.cpu_s for s in mine]
         reported = [s.tool_reported_s for s in mine if s.tool_reported_s is not None]
         scenario.summaries[name] = Summary(
             name, len(mine), round(statistics.median(walls), 3), min(walls), max(walls),
-            round(statistics.median(rsses), 1), max(rsses),
+            round(statistics.median(cpus), 2), round(statistics.median(rsses), 1), max(rsses),
             round(statistics.median(reported), 3) if reported else None)
 
 
@@ -346,7 +351,8 @@ def verdicts(main: Scenario, double: Scenario | None) -> list[dict]:
 
 def ratios(scenario: Scenario) -> dict[str, float]:
     s = scenario.summaries
-    out = {"tool/cp wall": s["tool"].wall_median_s / s["cp"].wall_median_s}
+    out = {"tool/cp wall": s["tool"].wall_median_s / s["cp"].wall_median_s,
+           "tool/cp CPU": s["tool"].cpu_median_s / max(s["cp"].cpu_median_s, 0.01)}
     if "cp+sync" in s:
         out["tool/cp+sync wall"] = s["tool"].wall_median_s / s["cp+sync"].wall_median_s
     if "baseline" in s:
@@ -361,10 +367,12 @@ def print_table(scenarios: list[Scenario], checks: list[dict], notes: list[str])
         print(f"\n== {sc.label}: {sc.checkpoint_bytes / 1e9:.2f} GB ({sc.checkpoint_bytes / 2**30:.2f} GiB), "
               f"{sc.model.get('tensors')} tensors, d_model {sc.model.get('d_model')}, {sc.model.get('layers')} layers, "
               f"vocab {sc.model.get('vocab')}")
-        print(f"{'contender':<10} {'runs':>4} {'wall med s':>10} {'min':>7} {'max':>7} {'RSS med MiB':>12} {'RSS max':>8}")
+        print(f"{'contender':<10} {'runs':>4} {'wall med s':>10} {'min':>7} {'max':>7} {'CPU med s':>10} "
+              f"{'RSS med MiB':>12} {'RSS max':>8}")
         for summ in sc.summaries.values():
             print(f"{summ.contender:<10} {summ.runs:>4} {summ.wall_median_s:>10.2f} {summ.wall_min_s:>7.2f} "
-                  f"{summ.wall_max_s:>7.2f} {summ.rss_median_mib:>12.1f} {summ.rss_max_mib:>8.1f}")
+                  f"{summ.wall_max_s:>7.2f} {summ.cpu_median_s:>10.2f} {summ.rss_median_mib:>12.1f} "
+                  f"{summ.rss_max_mib:>8.1f}")
         tool = sc.summaries["tool"]
         if tool.tool_reported_median_s is not None:
             print(f"(tool's own reported conversion time, median: {tool.tool_reported_median_s:.2f} s; the rest of "
@@ -409,6 +417,7 @@ def main() -> None:
     if ROOT in workdir.parents or workdir == ROOT:
         _log(f"warning: {workdir} is inside the repository; prefer a folder under /tmp")
     made: list[Path] = []
+    load_before = os.getloadavg()
     try:
         runner = Runner(workdir)
         scenarios: list[Scenario] = []
@@ -425,14 +434,16 @@ def main() -> None:
             scenarios.append(scenario)
         checks = verdicts(scenarios[0], scenarios[1] if len(scenarios) > 1 else None)
         notes = [
-            "each run starts warm: previous output deleted, `sync` (untimed), source read once (`cat SRC > /dev/null`)",
+            "each run starts warm: previous output deleted, `sync` (untimed), source read once (as `cat SRC > /dev/null`)",
             "order of contenders rotates every repetition; medians over repetitions, RSS target checked on the max",
             runner.rss_note,
             "cp+sync = `cp SRC DST && " + ("sync DST`" if sync_file else "sync` (whole system; `sync FILE` unsupported)")
             + "; the tool fsyncs its output, plain cp does not",
             "baseline = torch.load(weights_only=True) + duplicate names dropped + .contiguous() + save_file "
             "(Hugging Face convert.py without its reload-and-compare check)",
-            f"{os.cpu_count()} CPUs; wall times include interpreter start for tool and baseline",
+            f"{os.cpu_count()} CPUs; wall times include interpreter start for tool and baseline; load average "
+            f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (wall ratios are unreliable when "
+            "it exceeds the CPU count; CPU times much less so)",
         ]
         if args.json:
             doc = {

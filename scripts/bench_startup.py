@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,22 +53,26 @@ def tool_command() -> list[str]:
 @dataclass
 class Run:
     wall_s: float
+    cpu_s: float  # user + system CPU of the child: robust to a busy machine, unlike wall time
     tool_reported_s: float | None  # the tool's own conversion time (--json "seconds")
 
 
 def timed_run(src: Path, out: Path) -> Run:
     shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"],
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"bench: convert failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
     try:
         reported = float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
     except (ValueError, KeyError, IndexError, TypeError):
         reported = None
-    return Run(round(wall, 3), reported)
+    return Run(round(wall, 3), round(cpu, 3), reported)
 
 
 @dataclass
@@ -109,6 +114,7 @@ def main() -> None:
     src, out = workdir / "small.pt", workdir / "out"
     try:
         size = generate_checkpoint(src)
+        load_before = os.getloadavg()[0]
         runs = [timed_run(src, out) for _ in range(args.runs)]
         imports = import_profile(src, out)
     finally:
@@ -119,8 +125,10 @@ def main() -> None:
             else:
                 src.unlink(missing_ok=True)
 
+    load_after = os.getloadavg()[0]
     walls = [r.wall_s for r in runs]
     median = statistics.median(walls)
+    cpu_median = statistics.median(r.cpu_s for r in runs)
     reported = [r.tool_reported_s for r in runs if r.tool_reported_s is not None]
     heavy = sorted({i.module for i in imports if i.module.split(".")[0] in HEAVY})
     total_import_us = sum(i.self_us for i in imports)
@@ -136,8 +144,9 @@ def main() -> None:
 
     if args.json:
         print(json.dumps({
-            "checkpoint_bytes": size, "runs": [asdict(r) for r in runs], "wall_median_s": median,
-            "tool_reported_median_s": statistics.median(reported) if reported else None,
+            "checkpoint_bytes": size, "runs": [asdict(r) for r in runs], "wall_median_s": round(median, 3), "cpu_median_s": round(cpu_median, 3),
+            "load_average": [round(load_before, 2), round(load_after, 2)], "cpus": os.cpu_count(),
+            "tool_reported_median_s": round(statistics.median(reported), 3) if reported else None,
             "modules_imported": len(imports), "import_self_total_s": round(total_import_us / 1e6, 3),
             "heavy_modules": heavy, "slowest_imports_self": [asdict(i) for i in slowest_self],
             "slowest_top_level_cumulative": [asdict(i) for i in slowest_packages], "targets": checks,
@@ -146,7 +155,8 @@ def main() -> None:
         print(f"checkpoint: {size / 1e6:.1f} MB; {len(runs)} fresh-process runs of "
               f"`{' '.join(Path(c).name for c in tool_command())} pth-to-safetensors SRC OUT`")
         print("wall s: " + ", ".join(f"{w:.3f}" for w in walls))
-        print(f"median wall: {median:.3f} s (min {min(walls):.3f}, max {max(walls):.3f})")
+        print(f"median wall: {median:.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); median CPU (user+sys): "
+              f"{cpu_median:.3f} s; load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs")
         if reported:
             rep = statistics.median(reported)
             print(f"tool's own conversion time, median: {rep:.3f} s; interpreter start + imports + exit: "

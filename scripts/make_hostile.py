@@ -1,8 +1,11 @@
-"""Generate the corpus of hostile PyTorch checkpoints that the torch-free reader must refuse.
+"""Generate the corpus of hostile inputs that every reader must refuse.
 
-Every file starts from a real ``torch.save`` of a small state dict; the object pickle is then
-replaced by a hand-assembled one, so each gadget is spelled out opcode by opcode and the
-corpus documents exactly which constructs the restricted unpickler has to reject.
+Every PyTorch file starts from a real ``torch.save`` of a small state dict; the object pickle is
+then replaced by a hand-assembled one, so each gadget is spelled out opcode by opcode and the
+corpus documents exactly which constructs the restricted unpickler has to reject. The other
+containers are assembled the same way, field by field: SafeTensors headers, Flax msgpack (its
+extension type 1 arrays), HDF5 and ``.keras`` files (written with h5py alone, when it is
+installed), and NeuralForecast save folders whose pickles name unknown classes.
 
 Canary convention: every payload that executes code (if it ever ran) only creates a file named
 ``canary`` in the current working directory. Tests run the converter in an empty temporary cwd
@@ -12,14 +15,16 @@ Usage::
 
     .venv/bin/python scripts/make_hostile.py [--out fixtures/hostile] [--self-check]
 
-``--self-check`` loads every generated file with plain ``pickle.load`` /
+``--self-check`` loads every generated pickle with plain ``pickle.load`` /
 ``torch.load(weights_only=False)`` in a throw-away subprocess and temp cwd, to prove each
-code-execution payload really creates the canary. Tests never run it.
+code-execution payload really creates the canary. Tests never run it. Files of the other kinds
+have no unsafe loader here and are listed as not checked.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -194,6 +199,14 @@ def ext1(code: int) -> Emit:
 
 def persid(pid: tuple[Value, ...]) -> Emit:
     return lambda p: p.push(pid).op(pickle.BINPERSID)
+
+
+def shared_list_bomb(p: Pickle, depth: int) -> None:
+    """``[x, x]`` nested ``depth`` times, every level the previous one twice through memo slot 0."""
+    p.push("x").op(pickle.BINPUT, b"\x00")
+    for _ in range(depth):
+        p.op(pickle.POP).op(pickle.MARK).op(pickle.BINGET, b"\x00").op(pickle.BINGET, b"\x00")
+        p.op(pickle.LIST).op(pickle.BINPUT, b"\x00")
 
 
 def ordered_dict(items: Mapping[Value, Value] | None = None) -> Emit:
@@ -458,6 +471,23 @@ GADGETS: tuple[Gadget, ...] = (
         "size (2**32, 2**32) stride (2**32, 1): extent overflows int64",
         weight(size=(2**32, 2**32), stride=(2**32, 1)),
     ),
+    # Resource bombs: a few dozen bytes that ask for exponential work or gigabytes of memory.
+    inert(
+        "shared_list_bomb",
+        "[x, x] nested 64 deep through the memo: 2**64 paths for a reader that walks containers",
+        beside(lambda p: shared_list_bomb(p, 64)),
+    ),
+    inert(
+        "bytearray_bomb",
+        "builtins.bytearray(2**33) on the allow-list would zero-fill 8 GiB",
+        beside(call(glob("builtins", "bytearray"), 2**33)),
+    ),
+    inert(
+        "build_dtype_marker",
+        "BUILD {'code': {}} onto GLOBAL torch.float32: alters a frozen stand-in behind its back",
+        lambda fmt: {"weight": call(glob("torch._utils", "_rebuild_tensor_v3"), fmt.storage(), 0, SIZE, STRIDE, False,
+                                    ordered_dict(), build(glob("torch", "float32"), {"code": {}}))},
+    ),
 )
 
 
@@ -584,13 +614,16 @@ def legacy_tar(members: Mapping[str, bytes]) -> bytes:
 
 @dataclass(frozen=True)
 class Hostile:
-    """One corpus file and its catalog entry."""
+    """One corpus file (or folder: name -> bytes) and its catalog entry."""
 
     file: str
-    kind: str  # "zip", "legacy" or "raw-pickle"
+    kind: str  # "zip", "legacy", "raw-pickle", "safetensors", "msgpack", "hdf5", "keras", "neuralforecast"
     attack: str
     canary: bool
-    data: bytes
+    data: bytes | Mapping[str, bytes]
+    # "refused"; or "inert": converted, with the hostile part neither run nor carried into the output
+    # (Keras Lambda layers: the weights are data, the marshalled code is dropped with a warning).
+    expect: str = "refused"
 
 
 def gadget_files(base: TorchBase) -> list[Hostile]:
@@ -730,26 +763,358 @@ def raw_files() -> list[Hostile]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# SafeTensors: an 8-byte little-endian header length, a JSON header, the data buffer
+# ---------------------------------------------------------------------------------------------
+
+WEIGHT_BYTES = struct.pack(f"<{NUMEL}f", *range(NUMEL))  # the base tensor: float32 (2, 3), arange
+
+
+def st_entry(dtype: object = "F32", shape: object = list(SIZE), offsets: object = (0, 4 * NUMEL)) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
+
+
+def safetensors_file(header: Mapping[str, object] | bytes, data: bytes = WEIGHT_BYTES, length: int | None = None) -> bytes:
+    """Length prefix (the header's true length unless forged), header (JSON unless raw bytes), data."""
+    raw = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def safetensors_files() -> list[Hostile]:
+    def st(name: str, attack: str, data: bytes) -> Hostile:
+        return Hostile(f"st_{name}.safetensors", "safetensors", attack + NO_CANARY, False, data)
+
+    valid = json.dumps({"weight": st_entry()}, separators=(",", ":")).encode()
+    return [
+        st("overlapping_offsets", "tensors a [0, 24) and b [8, 32) share bytes",
+           safetensors_file({"a": st_entry(), "b": st_entry(offsets=(8, 32))}, WEIGHT_BYTES + bytes(8))),
+        st("offset_past_end", "data_offsets [2**40, 2**40 + 24) far past the 24-byte buffer",
+           safetensors_file({"weight": st_entry(offsets=(2**40, 2**40 + 24))})),
+        st("offset_past_u64", "data_offsets beyond 2**64, which no u64 holds",
+           safetensors_file({"weight": st_entry(offsets=(2**64, 2**64 + 24))})),
+        st("negative_offset", "data_offsets [-8, 16)", safetensors_file({"weight": st_entry(offsets=(-8, 16))})),
+        st("offsets_reversed", "data_offsets [24, 0): end before begin",
+           safetensors_file({"weight": st_entry(shape=[0], offsets=(24, 0))})),
+        st("header_over_limit", "length prefix 100_000_001: over the format's 100 MB header limit",
+           safetensors_file(valid, length=100_000_001)),
+        st("header_past_eof", "length prefix 4096 for a file of a few dozen bytes",
+           safetensors_file(valid, length=4096)),
+        st("header_not_utf8", "header bytes that are not UTF-8",
+           safetensors_file(valid.replace(b'"weight"', b'"w\xff\xfeight"'))),
+        st("header_not_object", "header is a JSON array", safetensors_file(b"[1,2,3]", b"")),
+        st("header_deep_nesting", "header nests 5000 arrays: a recursive parser's stack",
+           safetensors_file(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}", b"")),
+        st("unknown_dtype", "dtype 'Q7'", safetensors_file({"weight": st_entry(dtype="Q7")})),
+        st("dtype_not_string", "dtype ['F32']: not even hashable", safetensors_file({"weight": st_entry(dtype=["F32"])})),
+        st("shape_offset_mismatch", "shape (2, 3) float32 needs 24 bytes; offsets give 16",
+           safetensors_file({"weight": st_entry(offsets=(0, 16))}, WEIGHT_BYTES[:16])),
+        st("shape_overflow", "shape (2**64, 2**64): an element count past any integer type",
+           safetensors_file({"weight": st_entry(shape=[2**64, 2**64])})),
+        st("duplicate_name", "'weight' twice: JSON parsers disagree which one wins",
+           safetensors_file(b'{"weight":' + json.dumps(st_entry()).encode() + b',"weight":'
+                            + json.dumps(st_entry(offsets=(24, 48))).encode() + b"}", WEIGHT_BYTES * 2)),
+        st("metadata_not_strings", "__metadata__ {'format': 1}: not string to string",
+           safetensors_file({"__metadata__": {"format": 1}, "weight": st_entry()})),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax msgpack: maps of arrays, an array being extension type 1 holding msgpack (shape, dtype, bytes)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ext:
+    """A msgpack extension object: type code and payload."""
+
+    code: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Bytes written as they are: a forged msgpack header with nothing (or too little) after it."""
+
+    data: bytes
+
+
+MsgValue: TypeAlias = "None | bool | int | str | bytes | list[MsgValue] | tuple[MsgValue, ...] | dict[str, MsgValue] | Ext | Raw"
+
+
+def msgpack(value: MsgValue) -> bytes:
+    """Encode with the 32-bit forms throughout (valid msgpack; each header is easy to forge)."""
+    if isinstance(value, Raw):
+        return value.data
+    if value is None:
+        return b"\xc0"
+    if isinstance(value, bool):
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        return b"\xcf" + struct.pack(">Q", value) if value >= 0 else b"\xd3" + struct.pack(">q", value)
+    if isinstance(value, str):
+        return b"\xdb" + struct.pack(">I", len(value.encode())) + value.encode()
+    if isinstance(value, bytes):
+        return b"\xc6" + struct.pack(">I", len(value)) + value
+    if isinstance(value, (list, tuple)):
+        return b"\xdd" + struct.pack(">I", len(value)) + b"".join(msgpack(v) for v in value)
+    if isinstance(value, dict):
+        return b"\xdf" + struct.pack(">I", len(value)) + b"".join(msgpack(k) + msgpack(v) for k, v in value.items())
+    if isinstance(value, Ext):
+        return b"\xc9" + struct.pack(">Ib", len(value.payload), value.code) + value.payload
+    raise TypeError(f"cannot encode {value!r}")
+
+
+def ndarray(shape: Sequence[int], dtype: str = "float32", data: MsgValue = WEIGHT_BYTES) -> Ext:
+    """``flax.serialization``'s array: extension type 1 around msgpack (shape, dtype name, buffer)."""
+    return Ext(1, msgpack((list(shape), dtype, data)))
+
+
+def msgpack_files() -> list[Hostile]:
+    def mp(name: str, attack: str, tree: MsgValue) -> Hostile:
+        return Hostile(f"msgpack_{name}.msgpack", "msgpack", attack + NO_CANARY, False, msgpack(tree))
+
+    nested: MsgValue = WEIGHT_BYTES
+    for _ in range(100):
+        nested = ndarray((2**40, 2**40), "float32", nested)
+    deep = Raw((b"\xdf\x00\x00\x00\x01" + msgpack("a")) * 2000 + msgpack({"kernel": ndarray(SIZE)}))  # {"a": {"a": ...
+    return [
+        mp("ndarray_huge_shape", "array declaring shape (2**40, 2**40) float32 over 24 bytes",
+           {"params": {"Dense_0": {"kernel": ndarray((2**40, 2**40))}}}),
+        mp("ext_nested", "array whose buffer is an array, 100 deep, each declaring (2**40, 2**40)",
+           {"params": {"Dense_0": {"kernel": nested}}}),
+        mp("map_2pow32", "map header declaring 2**32 - 1 entries, one present",
+           Raw(b"\xdf\xff\xff\xff\xff" + msgpack("params") + msgpack({}))),
+        mp("array_2pow32", "array header declaring 2**32 - 1 items, none present",
+           {"params": Raw(b"\xdd\xff\xff\xff\xff")}),
+        mp("bin_4gib", "bin header declaring 4 GiB - 1 bytes, 24 present",
+           {"params": {"w": Raw(b"\xc6\xff\xff\xff\xff" + WEIGHT_BYTES)}}),
+        mp("deep_nesting", "2000 nested maps: a recursive decoder's stack", {"params": deep}),
+        mp("dtype_object", "array of dtype 'object': pointers, not data", {"params": {"kernel": ndarray((3,), "object")}}),
+        mp("shape_negative", "array of shape (-1, 6): numpy would infer the rest", {"params": {"kernel": ndarray((-1, 6))}}),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5 and .keras, written with h5py alone (no TensorFlow, no Keras)
+# ---------------------------------------------------------------------------------------------
+
+# marshal.dumps of the code of ``lambda x: (open('canary', 'w').close(), x)[1]`` (compiled as
+# "<hostile>") under CPython 3.11: what Keras stores for a Lambda layer (base64 of marshalled code),
+# kept as a constant so the corpus is byte-identical whichever Python version regenerates it.
+LAMBDA_CODE_MARSHAL = bytes.fromhex(
+    "e30100000000000000000000000400000003000000f35600000097007401000000000000000000006401"
+    "6402a6020000ab020000000000000000a0010000000000000000000000000000000000000000a6000000"
+    "ab0000000000000000007c006602640319000000000000000000530029044eda0663616e617279da0177"
+    "e9010000002902da046f70656eda05636c6f73652901da0178730100000020fa093c686f7374696c653e"
+    "fa083c6c616d6264613e720900000001000000732600000080008d3490089823d10b1ed40b1ed70b24d2"
+    "0b24d10b26d40b26a801d00a2aa831d40a2d8000f300000000"
+)
+LAMBDA_CODE_B64 = base64.encodebytes(LAMBDA_CODE_MARSHAL).decode("ascii")  # as keras' func_dump writes it
+
+
+def h5_bytes(write: Callable[[object], None]) -> bytes:
+    """An HDF5 file written by h5py into memory (no timestamps: h5py does not track times by default)."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        write(f)
+    return buf.getvalue()
+
+
+def keras2_weights(dataset: Callable[[object, str], None]) -> Callable[[object], None]:
+    """A Keras 2 weights file (``save_weights``) of one Dense layer whose kernel ``dataset`` makes."""
+    def write(f: object) -> None:
+        import numpy as np
+
+        f.attrs["layer_names"] = [b"dense"]
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "2.15.0"
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        dataset(g, "dense/kernel:0")
+        g.create_dataset("dense/bias:0", data=np.zeros(SIZE[0], dtype="<f4"))
+
+    return write
+
+
+def huge_kernel(group: object, name: str) -> None:
+    group.create_dataset(name, shape=(2**31, 2**31), dtype="<f4", chunks=(64, 64))  # never written: no bytes
+
+
+def external_kernel(group: object, name: str) -> None:
+    group.create_dataset(name, shape=SIZE, dtype="<f4", external=[("/etc/passwd", 0, 4 * NUMEL)])
+
+
+def linked_kernel(group: object, name: str) -> None:
+    import h5py
+
+    group[name] = h5py.ExternalLink("/etc/passwd.h5", "/data")
+
+
+def lambda_layer_keras2() -> dict[str, object]:
+    return {"class_name": "Lambda", "config": {
+        "name": "lambda", "trainable": True, "dtype": "float32", "function": [LAMBDA_CODE_B64, None, None],
+        "function_type": "lambda", "module": "__main__", "output_shape": None, "output_shape_type": "raw",
+        "output_shape_module": None, "arguments": {}}}
+
+
+def keras2_full_model(f: object) -> None:
+    """A Keras 2 ``model.save('m.h5')``: model_config with a Lambda layer, weights of a Dense layer."""
+    import numpy as np
+
+    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, SIZE[1]], "dtype": "float32", "name": "input"}},
+        lambda_layer_keras2(),
+        {"class_name": "Dense", "config": {"name": "dense", "units": SIZE[0], "activation": "linear", "use_bias": True}}]}}
+    f.attrs["model_config"] = json.dumps(config)
+    f.attrs["keras_version"] = "2.15.0"
+    f.attrs["backend"] = "tensorflow"
+    weights = f.create_group("model_weights")
+    weights.attrs["layer_names"] = [b"lambda", b"dense"]
+    weights.attrs["backend"] = "tensorflow"
+    weights.attrs["keras_version"] = "2.15.0"
+    weights.create_group("lambda").attrs["weight_names"] = np.array([], dtype="S1")
+    dense = weights.create_group("dense")
+    dense.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+    dense.create_dataset("dense/kernel:0", data=np.arange(NUMEL, dtype="<f4").reshape(SIZE[::-1]))
+    dense.create_dataset("dense/bias:0", data=np.zeros(SIZE[0], dtype="<f4"))
+
+
+def keras3_archive(layers: list[dict[str, object]], weights: Callable[[object], None]) -> bytes:
+    """A Keras 3 ``.keras`` zip: config.json, metadata.json, model.weights.h5 (fixed timestamps)."""
+    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "sequential", "layers": layers},
+              "registered_name": None}
+    entries = [("metadata.json", json.dumps({"keras_version": "3.6.0", "date_saved": "2024-01-01@00:00:00"}).encode()),
+               ("config.json", json.dumps(config).encode()),
+               ("model.weights.h5", h5_bytes(weights))]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.create_system = 0
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def dense3(units: int = SIZE[0]) -> dict[str, object]:
+    return {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+            "config": {"name": "dense", "units": units, "activation": "linear", "use_bias": True}}
+
+
+def keras3_dense_weights(kernel: Callable[[object, str], None]) -> Callable[[object], None]:
+    def write(f: object) -> None:
+        import numpy as np
+
+        kernel(f, "layers/dense/vars/0")
+        f.create_dataset("layers/dense/vars/1", data=np.zeros(SIZE[0], dtype="<f4"))
+
+    return write
+
+
+def plain_kernel(group: object, name: str) -> None:
+    import numpy as np
+
+    group.create_dataset(name, data=np.arange(NUMEL, dtype="<f4").reshape(SIZE[::-1]))
+
+
+def h5_files() -> list[Hostile]:
+    """Needs h5py (the Keras extra); without it these files are not generated."""
+    lambda3 = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "config": {
+        "name": "lambda", "trainable": True, "dtype": "float32", "arguments": {},
+        "function": {"class_name": "__lambda__", "config": {"code": LAMBDA_CODE_B64, "defaults": None, "closure": None}}}}
+    return [
+        Hostile("h5_huge_shape.h5", "hdf5", "Keras 2 weights whose kernel declares shape (2**31, 2**31) and holds no bytes"
+                + NO_CANARY, False, h5_bytes(keras2_weights(huge_kernel))),
+        Hostile("h5_external_storage.h5", "hdf5", "kernel stored in an external raw file: /etc/passwd" + NO_CANARY, False,
+                h5_bytes(keras2_weights(external_kernel))),
+        Hostile("h5_external_link.h5", "hdf5", "kernel is an external link to /etc/passwd.h5" + NO_CANARY, False,
+                h5_bytes(keras2_weights(linked_kernel))),
+        Hostile("h5_lambda_layer.h5", "hdf5", "Keras 2 full model whose Lambda layer is marshalled code that creates "
+                "canary when a Keras loader rebuilds and calls it", False, h5_bytes(keras2_full_model), "inert"),
+        Hostile("keras_lambda_layer.keras", "keras", "Keras 3 archive whose Lambda layer is marshalled code that creates "
+                "canary when Keras loads it with safe_mode=False and calls it", False,
+                keras3_archive([lambda3, dense3()], keras3_dense_weights(plain_kernel)), "inert"),
+        Hostile("keras_external_storage.keras", "keras", "model.weights.h5 inside the archive keeps its kernel in "
+                "/etc/passwd (external raw storage)" + NO_CANARY, False,
+                keras3_archive([dense3()], keras3_dense_weights(external_kernel))),
+        Hostile("keras_huge_shape.keras", "keras", "model.weights.h5 kernel declares (2**31, 2**31) and holds no bytes"
+                + NO_CANARY, False, keras3_archive([dense3()], keras3_dense_weights(huge_kernel))),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# NeuralForecast save folders (1.7.1 to 3.2 layout): {alias}_{i}.ckpt plus pickles
+# ---------------------------------------------------------------------------------------------
+
+def nf_folder(base: TorchBase, alias_to_model: bytes | None = None, configuration: bytes | None = None,
+              ckpt: bytes | None = None) -> dict[str, bytes]:
+    """``NeuralForecast.save``'s files for one MLP; any of them replaced."""
+    benign_ckpt = zip_checkpoint(base, dump({"hyper_parameters": {"h": 12, "input_size": 24},
+                                             "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}}))
+    return {
+        "MLP_0.ckpt": ckpt or benign_ckpt,
+        "alias_to_model.pkl": alias_to_model or dump({"MLP": "mlp"}, 4),
+        "configuration.pkl": configuration or dump({"h": 12, "freq": "ME", "_fitted": True}, 4),
+    }
+
+
+def neuralforecast_files(base: TorchBase) -> list[Hostile]:
+    writer = call(glob("neuralforecast_plugins.hooks", "WriteCanary"), CANARY)
+    return [
+        Hostile("nf_unknown_class", "neuralforecast", "configuration.pkl holds neuralforecast_plugins.hooks.WriteCanary"
+                "('canary'): a global of a module that does not exist" + NO_CANARY, False,
+                nf_folder(base, configuration=dump({"h": 12, "freq": "ME", "scalers_": {"y": writer}}, 4))),
+        Hostile("nf_os_system", "neuralforecast", "alias_to_model.pkl is os.system('touch canary')", True,
+                nf_folder(base, alias_to_model=dump({"MLP": OS_SYSTEM}, 4))),
+        Hostile("nf_ckpt_os_system", "neuralforecast", "MLP_0.ckpt hides os.system(...) in its hyper_parameters", True,
+                nf_folder(base, ckpt=zip_checkpoint(base, dump({"hyper_parameters": {"loss": OS_SYSTEM},
+                                                                 "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}})))),
+    ]
+
+
+def has_h5py() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("h5py") is not None
+
+
 def corpus() -> list[Hostile]:
     base = torch_base()
-    return gadget_files(base) + pickle_in_storage_files(base) + container_files(base) + raw_files()
+    pickles = gadget_files(base) + pickle_in_storage_files(base) + container_files(base) + raw_files()
+    others = safetensors_files() + msgpack_files() + (h5_files() if has_h5py() else []) + neuralforecast_files(base)
+    return pickles + others
 
 
 def write_corpus(files: Sequence[Hostile], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for item in files:
-        (out / item.file).write_bytes(item.data)
-    catalog = [{"file": f.file, "kind": f.kind, "attack": f.attack, "expect": "refused"} for f in files]
+        if isinstance(item.data, bytes):
+            (out / item.file).write_bytes(item.data)
+            continue
+        (out / item.file).mkdir(exist_ok=True)
+        for name, data in item.data.items():
+            (out / item.file / name).write_bytes(data)
+    catalog = [{"file": f.file, "kind": f.kind, "attack": f.attack, "expect": f.expect} for f in files]
     (out / "catalog.json").write_text(json.dumps(catalog, indent=2) + "\n")
 
 
 # Forged sizes make torch attempt multi-TiB allocations; the address-space cap fails them fast.
 CHILD_PRELUDE = "import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
 TORCH_LOAD = "import torch\ntorch.load(sys.argv[1], weights_only=False)"
+NF_LOAD = (
+    "import pathlib, pickle, torch\n"
+    "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+    "    try:\n"
+    "        torch.load(p, weights_only=False) if p.suffix == '.ckpt' else pickle.load(open(p, 'rb'))\n"
+    "    except Exception as exc:\n"
+    "        print(p.name, type(exc).__name__, exc, file=sys.stderr)\n"
+)
 LOADERS = {
     "raw-pickle": "import pickle\nwith open(sys.argv[1], 'rb') as f:\n    pickle.load(f)",
     "zip": TORCH_LOAD,
     "legacy": TORCH_LOAD,
+    "neuralforecast": NF_LOAD,
 }
 
 
@@ -792,9 +1157,13 @@ def yes_no(flag: bool) -> str:
 def self_check(files: Sequence[Hostile], out: Path) -> int:
     """Prove every code-execution payload is live (and every inert one is not); nonzero on mismatch."""
     check_benign_round_trip(torch_base())
+    unchecked = [f for f in files if f.kind not in LOADERS]
+    files = [f for f in files if f.kind in LOADERS]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda f: creates_canary(out / f.file, f.kind), files))
     failures = 0
+    for item in unchecked:
+        print(f"n/a  no unsafe loader for {item.kind:14}  {item.file}")
     for item, (canary, outcome) in zip(files, results):
         ok = canary == item.canary
         failures += not ok

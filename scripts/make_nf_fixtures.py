@@ -2,6 +2,7 @@
 
     python scripts/make_nf_fixtures.py --version 3.2.2     # .ckpt + pickles, no AttributeDict
     python scripts/make_nf_fixtures.py --version 1.7.0     # full Lightning checkpoints
+    python scripts/make_nf_fixtures.py --version 3.3.0 --python .venv/bin/python   # nf_format 2
 
 Each release runs in a throw-away venv (/tmp/nf-<version>, made on first use with torch pinned so
 pip never pulls a CUDA build). Inside it this same script trains tiny models a few steps on
@@ -11,7 +12,8 @@ so the tests (which have only the current NeuralForecast) can check the conversi
 fixtures/neuralforecast/<version>/folder/           what nf.save wrote
 fixtures/neuralforecast/<version>/predictions.json  {"ds", "unique_id", "models": {column: values}}
 fixtures/neuralforecast/<version>/versions.json     neuralforecast, torch, pandas, numpy versions
-The current format (3.3+) is made at test time by tests/test_neuralforecast.py instead.
+The 3.3.0 folder serves the error-path tests; tests/test_neuralforecast.py trains the full model
+zoo in the current format at test time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def ensure_venv(version: str) -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"neuralforecast=={version}", TORCH_PIN],
+        # scipy: 3.1.x imports it without declaring it.
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"neuralforecast=={version}", TORCH_PIN, "scipy"],
                        check=True)
     return python
 
@@ -57,6 +60,7 @@ def tiny_models() -> list:
         m.TCN(h=H, input_size=24, encoder_hidden_size=8, context_size=4, decoder_hidden_size=8,
               scaler_type="standard", **trainer),
         m.LSTM(h=H, input_size=24, encoder_hidden_size=8, decoder_hidden_size=8, **trainer),
+        m.DeepAR(h=H, input_size=24, lstm_n_layers=1, lstm_hidden_size=8, trajectory_samples=5, **trainer),
     ]
     if hasattr(m, "NLinear"):
         made.append(m.NLinear(h=H, input_size=24, **trainer))
@@ -79,7 +83,7 @@ def inner(out: Path) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     freq = "ME" if tuple(int(p) for p in pd.__version__.split(".")[:2]) >= (2, 2) else "M"
-    nf = NeuralForecast(models=tiny_models(), freq=freq)
+    nf = NeuralForecast(models=tiny_models(), freq=freq, local_scaler_type="standard")
     nf.fit(AirPassengersDF)
     preds = nf.predict()
     folder = out / "folder"
@@ -103,6 +107,7 @@ def inner(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", help="NeuralForecast release to make the fixture with, e.g. 3.2.2")
+    parser.add_argument("--python", type=Path, help="an interpreter that already has that release (no venv made)")
     parser.add_argument("--inner", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
@@ -112,7 +117,7 @@ def main() -> None:
         parser.error("give --version")
     out = ROOT / "fixtures" / "neuralforecast" / args.version
     out.mkdir(parents=True, exist_ok=True)
-    python = ensure_venv(args.version)
+    python = args.python or ensure_venv(args.version)
     env = {**os.environ, "PYTHONHASHSEED": "0", "CUDA_VISIBLE_DEVICES": ""}
     subprocess.run([str(python), str(Path(__file__).resolve()), "--inner", str(out)], check=True, env=env)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

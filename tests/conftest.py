@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +327,6 @@ def bert_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def listing(folder: Path) -> dict[str, bytes]:
     """Every file under a folder with its bytes (to prove a folder was left untouched)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def names_in(items: Iterable[dict[str, Any]]) -> list[str]:
-    return [it["name"] for it in items]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,16 +101,16 @@ def trained_convnet() -> tuple[dict[str, Any], np.ndarray]:
 
 
 class SeqNet(nn.Module):
-    """Embed, a recurrent layer over time (nn.RNN of a cell), Dense."""
+    """Embed, a recurrent layer over time (nn.RNN of a cell), Dense; computing in float32 whatever
+    the parameters' dtype."""
 
     cell: str = "LSTMCell"
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, t: Any) -> Any:
-        x = nn.Embed(VOCAB, EMBED, param_dtype=self.param_dtype)(t)
-        x = nn.RNN(LINEN_CELLS[self.cell](HIDDEN, param_dtype=self.param_dtype))(x)
-        return nn.Dense(CLASSES, param_dtype=self.param_dtype)(x)
+        x = nn.Embed(VOCAB, EMBED, dtype=jnp.float32)(t)
+        x = nn.RNN(LINEN_CELLS[self.cell](HIDDEN))(x)
+        return nn.Dense(CLASSES)(x)
 
 
 class TorchSeqNet(torch.nn.Module):
@@ -127,8 +127,10 @@ class TorchSeqNet(torch.nn.Module):
 
 
 def seqnet(cell: str, param_dtype: Any = jnp.float32) -> tuple[dict[str, Any], np.ndarray]:
-    model, t = SeqNet(cell, param_dtype), tokens()
-    variables = model.init(jax.random.PRNGKey(1), t)
+    """Variables (initialised in float32: XLA's CPU QR, behind the orthogonal init, has no bf16)
+    stored as `param_dtype`, and the model's output with them."""
+    model, t = SeqNet(cell), tokens()
+    variables = jax.tree_util.tree_map(lambda a: a.astype(param_dtype), model.init(jax.random.PRNGKey(1), t))
     return variables, np.asarray(model.apply(variables, t), dtype=np.float32)
 
 

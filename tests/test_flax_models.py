@@ -187,3 +187,19 @@ def test_every_layout_accepts_the_canonical_form(convnet: tuple[dict[str, Any], 
             assert_cli_error((rc, "", err), 7, "Conv_0.weight")
         else:
             assert rc == 0, f"{layout}: {err}"
+
+
+def test_conv_transpose_is_refused_not_miswritten(tmp_path: Path) -> None:
+    """PyTorch's ConvTranspose weight is Flax's kernel with its spatial axes flipped: no recorded
+    transform does that, so the conversion stops rather than write a kernel that computes otherwise."""
+    import flax.linen as nn
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            return nn.ConvTranspose(4, (3, 3))(x)
+
+    variables = Decoder().init(jax.random.PRNGKey(0), fh.images())
+    src = write(tmp_path / "deconv.msgpack", fh.to_bytes(variables))
+    assert_cli_error(run_cli("flax-to-safetensors", src, tmp_path / "out"), 4, "deconv.msgpack", "ConvTranspose_0")
+    assert_no_output(tmp_path / "out")

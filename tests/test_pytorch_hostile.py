@@ -32,6 +32,7 @@ from conftest import (REPO, assert_cli_error, assert_no_output, assert_one_line_
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text()) if (CORPUS / "catalog.json").is_file() else []
+CATALOG = [e for e in CATALOG if e["kind"] in ("zip", "legacy", "raw-pickle")]  # other formats: test_hostile_readers.py
 
 # Expected exit codes by attack (the file name without its zip_/legacy_/raw_ prefix and suffix).
 # Anything that names a global off the allow-list -- every code-execution gadget, unknown classes --
@@ -261,12 +262,13 @@ def forge_numel(pkl: bytes, new: Callable[[int], int]) -> bytes:
     return out
 
 
-def forge_zip(src: Path, dst: Path, new: Callable[[int], int]) -> None:
+def rewrite_zip_pickle(src: Path, dst: Path, edit: Callable[[bytes], bytes]) -> None:
+    """Copy a torch zip checkpoint with its data.pkl passed through `edit`."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
             data = zin.read(info)
             if info.filename.endswith("/data.pkl"):
-                data = forge_numel(data, new)
+                data = edit(data)
             zout.writestr(info.filename, data)
 
 
@@ -282,10 +284,19 @@ def legacy_sections(data: bytes) -> list[int]:
     return ends
 
 
-def forge_legacy_pickled_numel(src: Path, dst: Path, new: Callable[[int], int]) -> None:
+def rewrite_legacy_pickle(src: Path, dst: Path, edit: Callable[[bytes], bytes]) -> None:
+    """Copy a legacy torch checkpoint with its object pickle passed through `edit`."""
     data = src.read_bytes()
     ends = legacy_sections(data)
-    dst.write_bytes(data[:ends[2]] + forge_numel(data[ends[2]:ends[3]], new) + data[ends[3]:])
+    dst.write_bytes(data[:ends[2]] + edit(data[ends[2]:ends[3]]) + data[ends[3]:])
+
+
+def forge_zip(src: Path, dst: Path, new: Callable[[int], int]) -> None:
+    rewrite_zip_pickle(src, dst, lambda pkl: forge_numel(pkl, new))
+
+
+def forge_legacy_pickled_numel(src: Path, dst: Path, new: Callable[[int], int]) -> None:
+    rewrite_legacy_pickle(src, dst, lambda pkl: forge_numel(pkl, new))
 
 
 def forge_legacy_count(src: Path, dst: Path, new: Callable[[int], int]) -> None:
@@ -347,7 +358,38 @@ def test_forged_storage_size_is_corrupt_without_allocating(forgery: str, tmp_pat
     assert rc == 6, f"exit {rc} (a MemoryError or a kill would not be 6): {stderr}"
     line = assert_one_line_error(stderr, "forged.pt")
     assert "memory" not in line.lower(), line  # refused from the sizes, not after trying to allocate
+    if forgery.endswith("2**40"):  # and the message says what size was claimed (elements or bytes)
+        assert str(2**40) in line or str(2**40 * 4) in line, line
     assert_no_output(out)
     if forgery.endswith("2**40"):
         rc, _, stderr = run_cli("inspect", forged, preexec_fn=limit_address_space, timeout=60)
         assert rc == 6, stderr
+
+
+def forge_memo_index(pkl: bytes, index: int) -> bytes:
+    """The same pickle with its first BINPUT replaced by a LONG_BINPUT of `index`."""
+    for op, _arg, pos in pickletools.genops(pkl):
+        if op.name == "BINPUT":
+            return pkl[:pos] + b"r" + struct.pack("<I", index) + pkl[pos + 2:]
+    raise AssertionError("no BINPUT in the pickle")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_forged_memo_index_is_corrupt_without_allocating(legacy: bool, tmp_path: Path) -> None:
+    """A 1 KB checkpoint whose pickle stores a memo entry at index ~2**31 would make the C
+    unpickler size its memo for it (gigabytes, zeroed): a hang found by fuzzing. Refused up front."""
+    src = real_checkpoint(tmp_path / "real.pt", legacy)
+    forged = tmp_path / "forged.pt"
+    rewrite = rewrite_legacy_pickle if legacy else rewrite_zip_pickle
+    rewrite(src, forged, lambda pkl: forge_memo_index(pkl, 0x7FFF_FFF0))
+    out = tmp_path / "out"
+    rc, _, stderr = run_cli("pth-to-safetensors", forged, out, preexec_fn=limit_address_space, timeout=60)
+    assert rc == 6, stderr
+    line = assert_one_line_error(stderr, "forged.pt")
+    assert "memory" not in line.lower(), line
+    assert_no_output(out)
+    # the edit alone is harmless with an honest index: the first memo entry is number 0
+    rewrite(src, tmp_path / "honest.pt", lambda pkl: forge_memo_index(pkl, 0))
+    assert torch.load(tmp_path / "honest.pt", weights_only=True).keys() == torch.load(src, weights_only=True).keys()
+    rc, _, stderr = run_cli("inspect", tmp_path / "honest.pt")
+    assert rc == 0, stderr

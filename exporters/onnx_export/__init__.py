@@ -1,0 +1,55 @@
+"""`convert to-onnx`: a model's graph as ONNX, validated against the framework it came from.
+
+Each source framework is one module with one function, `export(src, options, scratch) ->
+ExportedGraph`; the pipeline (simplify, check, save, validate, manifest) is shared.  Adding a
+framework is adding a module and a line to FRAMEWORKS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError
+
+from .spec import ExportedGraph, ExportOptions
+
+FRAMEWORKS: dict[str, str] = {
+    "pytorch": "exporters.onnx_export.from_pytorch",
+    "keras": "exporters.onnx_export.from_keras",
+    "jax": "exporters.onnx_export.from_jax",
+}
+
+Exporter = Callable[[Path, ExportOptions, Path], ExportedGraph]
+
+
+def exporter_for(src: Path, options: ExportOptions) -> Exporter:
+    """The framework module's export function for this source (by content, or --framework)."""
+    name = options.framework if options.framework != "auto" else detect_framework(src, options)
+    if name not in FRAMEWORKS:
+        raise UsageError(f"--framework {name!r}: choose one of {', '.join(['auto', *FRAMEWORKS])}")
+    try:
+        return importlib.import_module(FRAMEWORKS[name]).export
+    except ImportError as exc:
+        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra: {exc}") from None
+
+
+def detect_framework(src: Path, options: ExportOptions) -> str:
+    if not src.exists():
+        raise SourceNotFoundError(f"no such file or folder: {src}")
+    if options.module:
+        return "pytorch"  # weights for a factory's module; JAX factories say --framework jax
+    if src.is_dir() and (src / "saved_model.pb").is_file():
+        return "keras"
+    if src.is_file() and zipfile.is_zipfile(src):
+        with zipfile.ZipFile(src) as zf:
+            names = zf.namelist()
+        if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
+            return "pytorch"
+        if "config.json" in names and "model.weights.h5" in names:
+            return "keras"
+    raise UnsupportedFormatError(
+        f"{src.name}: to-onnx exports torch.export programs (.pt2), a module from --module pkg.mod:factory "
+        f"with its weights, Keras .keras files and TensorFlow SavedModel folders")

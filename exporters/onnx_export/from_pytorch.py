@@ -1,0 +1,177 @@
+"""PyTorch to ONNX, from a torch.export program (.pt2) or from the user's module factory plus weights.
+
+Weights for a factory's module are read by this project's own readers (never torch.load) and loaded
+with `load_state_dict(strict=True)`.  The graph comes from `torch.onnx.export` with the dynamo
+exporter (torch.export + onnxscript); if that fails, the TorchScript exporter is the stated fallback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.errors import MappingError, UnsupportedFormatError, UsageError
+from convert.tensors import TensorRef
+
+from .graph_edit import default_output_names, output_names
+from .inputs import build_specs, input_sets
+from .pt2_guard import check_pt2
+from .quiet import first_line
+from .spec import ExportedGraph, ExportOptions, InputSpec
+from .user_code import call_factory, required_arguments
+
+# SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.
+_VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint8),
+           "F8_E5M2": ("float8_e5m2", np.uint8), "F8_E8M0": ("float8_e8m0fnu", np.uint8)}
+TORCHSCRIPT_OPSET = 17
+
+
+def export(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    return _from_module(src, options, scratch) if options.module else _from_program(src, options, scratch)
+
+
+def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    import torch
+
+    module = call_factory(options.module or "")
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"--module {options.module}: returned {type(module).__name__}, not a torch.nn.Module")
+    files = _load_weights(module, src)
+    module.eval()
+    names = required_arguments(module.forward, type(module).__name__)
+    specs = build_specs(names, [np.dtype(np.float32)] * len(names), [None] * len(names),
+                        options.input_shapes, options.dynamic_axes)
+    example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
+    dims: dict[str, Any] = {}
+    dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
+                      for s in specs}
+    reference = _reference(module, names)
+    outputs = output_names(options.output_names, default_output_names(len(reference(example))))
+    model, exporter, notes = _export(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
+    return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-module", files,
+                         parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()], notes=notes)
+
+
+def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    import torch
+
+    if options.input_shapes or options.dynamic_axes:
+        raise UsageError("a .pt2 program fixes its own input shapes and dynamic axes: drop --input-shape and --dynamic-axis")
+    check_pt2(src)
+    program = torch.export.load(str(src))
+    args, kwargs = program.example_inputs or ((), {})
+    names = list(program.graph_signature.user_inputs)
+    if kwargs or not args or len(args) != len(names) or not all(isinstance(a, torch.Tensor) for a in args):
+        raise UnsupportedFormatError(f"{src.name}: needs example inputs as positional tensors "
+                                     f"(torch.export.export(model, (x,), ...))")
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args)]
+    samples = {s.name: a.detach().numpy() for s, a in zip(specs, args)}
+    module = program.module()
+    reference = _reference(module, names)
+    outputs = output_names(options.output_names, default_output_names(len(reference(samples))))
+    model, exporter, notes = _export(program, module, samples, specs, outputs, None, options, scratch)
+    return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-export-program", [src],
+                         parameters=[(k, tuple(v.shape)) for k, v in program.state_dict.items()],
+                         samples=samples, notes=notes)
+
+
+def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
+    dynamic = {axis: "batch" if axis == 0 else f"{name}_{axis}"
+               for axis, dim in enumerate(fake.shape) if not isinstance(dim, int)}
+    if 0 not in dynamic:
+        raise UnsupportedFormatError(
+            f"{src.name}: input {name!r} has a static batch size ({example.shape[0]}); export the program with "
+            f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
+    return InputSpec(name, tuple(example.shape), example.detach().numpy().dtype, dynamic)
+
+
+def _export(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
+            dynamic_shapes: dict[str, Any] | None, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
+    """(model, which exporter, notes): the dynamo exporter, then (with --exporter auto) TorchScript if it fails."""
+    import torch
+
+    names = [s.name for s in specs]
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    notes: list[str] = []
+    if options.exporter in ("auto", "dynamo"):
+        model, failure = _dynamo(target, args, specs, outputs, dynamic_shapes, options)
+        if failure is None:
+            return model, _dynamo_name(), notes
+        if options.exporter == "dynamo":
+            raise UnsupportedFormatError(f"the dynamo exporter failed: {failure}")
+        notes.append(f"the dynamo exporter failed ({failure}); used the TorchScript exporter")
+    path = scratch / "torchscript.onnx"
+    try:
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs,
+                          dynamic_axes={s.name: s.dynamic for s in specs},
+                          opset_version=options.opset or TORCHSCRIPT_OPSET, dynamo=False)
+    except Exception as exc:
+        raise UnsupportedFormatError(f"torch.onnx.export failed: {first_line(exc)}") from None
+    import onnx
+
+    return onnx.load(str(path)), "torch.onnx.export dynamo=False (TorchScript exporter)", notes
+
+
+def _dynamo(target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str],
+            dynamic_shapes: dict[str, Any] | None, options: ExportOptions) -> tuple[Any, str | None]:
+    """(model, None), or (None, why): an error, or a graph that fixed an axis asked to be dynamic
+    (torch.export can specialise an LSTM's sequence length to the example's and still succeed)."""
+    import torch
+
+    try:
+        program = torch.onnx.export(target, args, input_names=[s.name for s in specs], output_names=outputs,
+                                    dynamic_shapes=dynamic_shapes, opset_version=options.opset,
+                                    dynamo=True, optimize=True, verbose=False)
+    except Exception as exc:  # torch.export raises many types; the message says what it met
+        return None, first_line(exc)
+    model = program.model_proto
+    dims = {v.name: v.type.tensor_type.shape.dim for v in model.graph.input}
+    fixed = [f"{s.name}:{axis}" for s in specs for axis in s.dynamic
+             if s.name in dims and axis < len(dims[s.name]) and dims[s.name][axis].HasField("dim_value")]
+    return (None, f"it fixed dynamic axes {', '.join(fixed)} to the example's size") if fixed else (model, None)
+
+
+def _dynamo_name() -> str:
+    import onnxscript
+
+    return f"torch.onnx.export dynamo=True (torch.export, onnxscript {onnxscript.__version__})"
+
+
+def _reference(module: Any, names: list[str]) -> Any:
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
+        return [leaf.detach().numpy() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+
+    return run
+
+
+def _load_weights(module: Any, src: Path) -> list[Path]:
+    """Read `src` with this project's readers and load it into `module`, every name accounted for."""
+    from convert.sources import open_source
+
+    with open_source(src) as source:
+        state = {t.name: _to_torch(t) for t in source.tensors}
+        files = list(source.files)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise MappingError(f"{src.name} does not fit the module: {detail}") from None
+    return files
+
+
+def _to_torch(ref: TensorRef) -> Any:
+    import torch
+
+    arr = np.array(ref.array())  # a copy: the source's memory maps close when it does
+    if ref.dtype.code in _VIEWED:
+        name, unsigned = _VIEWED[ref.dtype.code]
+        return torch.from_numpy(arr.view(unsigned)).view(getattr(torch, name))
+    return torch.from_numpy(arr)

@@ -1,0 +1,130 @@
+"""The shared half of `to-onnx`: after a framework exports, simplify, check, save, validate, record.
+
+Everything is written into a staging folder that becomes the output only when validation has
+passed; a mismatch, a checker error or Ctrl-C leaves no ONNX file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convert import manifest as manifest_mod
+from convert.errors import UsageError, VerificationError
+from convert.output import StagedOutput, write_file
+
+from ..onnx_names import record_names
+from . import exporter_for
+from .graph_edit import name_axes, reinfer_shapes
+from .inputs import input_sets
+from .quiet import first_line, framework_output_captured
+from .record import export_manifest
+from .spec import ExportOptions
+from .validate import default_atol, validate
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+PROTOBUF_LIMIT = 2**31  # onnx-simplifier serializes the whole graph into one protobuf message
+EXTERNAL_MIN_BYTES = 1024  # tensors smaller than this stay inside model.onnx
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    files: list[str]
+    exporter: str
+    simplified: bool
+    validation: dict[str, Any]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "files": self.files, "exporter": self.exporter,
+                "simplified": self.simplified, "validation": self.validation,
+                "seconds": round(self.seconds, 3), "notes": self.notes}
+
+
+def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportResult:
+    """Export `src` into the folder `out` as model.onnx (+ external data) and manifest.json."""
+    started = time.perf_counter()
+    source = Path(src)
+    staged = StagedOutput(out, options.overwrite)
+    staged.check()
+    if staged.dest.resolve() in source.resolve().parents or staged.dest.resolve() == source.resolve():
+        raise UsageError(f"{staged.dest} holds the source {source.name}; write the output to another folder")
+    export = exporter_for(source, options)
+    with staged as staging:
+        scratch = staging / ".export"
+        scratch.mkdir()
+        with framework_output_captured():
+            graph = export(source, options, scratch)
+            name_axes(graph.model, graph.inputs)
+            record_names(graph.model)
+            model, simplification = optimize(graph.model, options.simplify)
+        shutil.rmtree(scratch)
+        files = save(model, staging, options.external_data_threshold)
+        check(staging / MODEL_FILE)
+        atol = options.atol if options.atol is not None else default_atol(model)
+        sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
+        with framework_output_captured():
+            validation = validate(staging / MODEL_FILE, graph, sets, atol)
+        doc = export_manifest(graph, model, files, options, simplification, validation)
+        write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    return ExportResult(staged.dest, [p.name for p in files], graph.exporter, simplification["simplified"],
+                        validation, time.perf_counter() - started, graph.notes)
+
+
+def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:
+    """Shapes re-inferred, then onnx-simplifier (constant folding, dead code) unless asked not to or
+    it cannot; says which."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        return model, {"simplified": False, "simplifier": "skipped: graphs of 2 GiB or more do not fit one protobuf"}
+    model = reinfer_shapes(model)
+    if not simplify:
+        return model, {"simplified": False, "simplifier": "skipped (--no-simplify)"}
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:  # onnxsim raises RuntimeError, ValueError and its own C++ errors
+        return model, {"simplified": False, "simplifier": f"onnx-simplifier failed ({first_line(exc)}); kept the graph as exported"}
+    if not ok:
+        return model, {"simplified": False, "simplifier": "onnx-simplifier's own check failed; kept the graph as exported"}
+    return reinfer_shapes(simplified), {"simplified": True, "simplifier": f"onnxsim {onnxsim.__version__.lstrip('v')}"}
+
+
+def save(model: Any, staging: Path, threshold: int) -> list[Path]:
+    """model.onnx, with the weights in model.onnx.data when the graph is larger than `threshold`."""
+    import onnx
+
+    path = staging / MODEL_FILE
+    if model.ByteSize() <= threshold:
+        write_file(path, model.SerializeToString())
+        return [path]
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=DATA_FILE, size_threshold=EXTERNAL_MIN_BYTES)
+    files = [p for p in (path, staging / DATA_FILE) if p.exists()]
+    for written in files:
+        _fsync(written)
+    return files
+
+
+def check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise VerificationError(f"onnx.checker rejects the exported graph: {first_line(exc)}") from None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

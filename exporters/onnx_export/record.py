@@ -1,0 +1,63 @@
+"""The manifest of a `to-onnx` output: the ONNX files with their hashes, and a `graph` section with
+the graph's interface and the validation that proved it (schemas/manifest.schema.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from convert import manifest as manifest_mod
+from convert.architecture import infer_architecture
+from convert.hashing import sha256_file
+
+from ..onnx import summarize, value_summary
+from .spec import ExportedGraph, ExportOptions
+
+
+def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options: ExportOptions,
+                    simplification: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(model)
+    return {
+        "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "generator": manifest_mod.generator(),
+        "source": {
+            "format": graph.source_format,
+            "files": [_file_entry(p, str(p.absolute())) for p in graph.source_files],
+            "details": {"exporter": graph.exporter},
+        },
+        "target": {"format": "onnx", "layout": "onnx", "rules": "none", "dtype": None,
+                   "options": dataclasses.asdict(options), "warnings": graph.notes, "request": None},
+        "files": [_file_entry(p, p.name) for p in files],
+        "index": None,
+        "sidecars": [],
+        "tensors": [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
+        "aliases": {},
+        "dropped": [],
+        "architecture": {**infer_architecture(graph.parameters), "config": None, "source_model": None},
+        "graph": {
+            "file": files[0].name,
+            "external_data": files[1].name if len(files) > 1 else None,
+            "ir_version": summary["ir_version"],
+            "opset": summary["opset"],
+            "producer": summary["producer"],
+            "exporter": graph.exporter,
+            **simplification,
+            "operators": summary["operators"],
+            "inputs": [_io_entry(v) for v in model.graph.input if v.name in {s.name for s in graph.inputs}],
+            "outputs": [_io_entry(v) for v in model.graph.output],
+            "validation": validation,
+        },
+    }
+
+
+def _file_entry(path: Path, shown: str) -> dict[str, Any]:
+    return {"path": shown, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def _io_entry(value: Any) -> dict[str, Any]:
+    entry = value_summary(value)
+    shape = entry["shape"] or []
+    entry["dynamic_axes"] = {str(axis): dim for axis, dim in enumerate(shape) if not isinstance(dim, int)}
+    return entry

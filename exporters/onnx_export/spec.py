@@ -1,0 +1,52 @@
+"""What a framework module hands the export pipeline, and the options the pipeline runs with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 2 * 10**9  # protobuf cannot serialize a message of 2 GiB or more
+
+
+@dataclass
+class ExportOptions:
+    framework: str = "auto"  # auto, pytorch, keras, jax
+    module: str | None = None  # "pkg.mod:factory": user code named explicitly on the command line
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "" = the only input
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> axis -> name
+    inputs_file: str | None = None  # .npz of the user's own inputs, validated too
+    output_names: list[str] | None = None
+    opset: int | None = None
+    atol: float | None = None  # None: 1e-5, or 1e-4 when the graph is recurrent
+    simplify: bool = True
+    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
+    exporter: str = "auto"  # PyTorch only: auto (dynamo, then TorchScript), dynamo, torchscript
+    overwrite: bool = False
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]  # the first validation batch's shape
+    dtype: np.dtype
+    dynamic: dict[int, str]  # axis -> dimension name in the graph; axis 0 is "batch"
+
+
+@dataclass
+class ExportedGraph:
+    """A framework's export: the ONNX model and the means to check it against the framework itself."""
+
+    model: Any  # onnx.ModelProto
+    inputs: list[InputSpec]
+    outputs: list[str]
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # the source framework's forward pass
+    exporter: str  # which path produced the graph, in words
+    source_format: str
+    source_files: list[Path]
+    parameters: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # state-dict names, for the manifest
+    samples: dict[str, np.ndarray] | None = None  # example inputs the source carries (a .pt2's)
+    notes: list[str] = field(default_factory=list)

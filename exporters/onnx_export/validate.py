@@ -1,0 +1,78 @@
+"""Prove an exported graph: ONNX Runtime's outputs must equal the source framework's, or nothing is kept.
+
+Every input set runs at two sizes; each output's largest absolute difference is recorded, and one
+beyond the tolerance is a VerificationError naming the output, the difference and the inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.errors import VerificationError
+
+from .inputs import InputSet
+from .quiet import first_line
+from .spec import ExportedGraph
+
+DEFAULT_ATOL = 1e-5
+RECURRENT_ATOL = 1e-4  # LSTM/GRU kernels accumulate rounding differently over the steps
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop", "Scan"})
+
+
+def default_atol(model: Any) -> float:
+    recurrent = any(node.op_type in RECURRENT_OPS for node in model.graph.node)
+    return RECURRENT_ATOL if recurrent else DEFAULT_ATOL
+
+
+def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol: float) -> dict[str, Any]:
+    """Run every set through ONNX Runtime and the source; the manifest's validation record."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VerificationError(f"ONNX Runtime cannot load the exported graph: {first_line(exc)}") from None
+    worst = {name: 0.0 for name in graph.outputs}
+    runs = []
+    for input_set in sets:
+        where = f"batch size {input_set.batch_size}, {input_set.label} inputs"
+        try:
+            got = session.run(graph.outputs, input_set.arrays)
+        except Exception as exc:
+            raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: {first_line(exc)}") from None
+        expected = graph.reference(input_set.arrays)
+        if len(expected) != len(got):
+            raise VerificationError(f"the source gives {len(expected)} outputs, the graph {len(got)} ({where})")
+        diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected)}
+        for name, diff in diffs.items():
+            if not diff <= atol:
+                raise VerificationError(f"output {name!r} differs from the source by {diff:.3g} at {where} "
+                                        f"(--atol {atol:g}); no ONNX file was written")
+            worst[name] = max(worst[name], diff)
+        runs.append({"inputs": input_set.label, "batch_size": input_set.batch_size, "max_abs_diff": diffs})
+    return {
+        "runtime": f"onnxruntime {ort.__version__}",
+        "atol": atol,
+        "batch_sizes": sorted({r["batch_size"] for r in runs}),
+        "inputs": list(dict.fromkeys(r["inputs"] for r in runs)),
+        "max_abs_diff": worst,
+        "runs": runs,
+        "passed": True,
+    }
+
+
+def _max_abs_diff(name: str, got: np.ndarray, expected: np.ndarray, where: str) -> float:
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        raise VerificationError(f"output {name!r} has shape {list(got.shape)} in the graph but "
+                                f"{list(expected.shape)} in the source ({where})")
+    if got.size == 0:
+        return 0.0
+    a, b = got.astype(np.float64), expected.astype(np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaN in both places agree
+    return float(np.max(np.where(same, 0.0, np.abs(a - b))))

@@ -1,0 +1,108 @@
+"""TF SavedModel folders and TF2 checkpoints of real Keras models (Keras 3 and tf.keras 2), read with
+TensorFlow's checkpoint reader, in canonical form: strict loads into the PyTorch twins, same outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from keras_support import NUMERIC_MODELS, TF_FORMATS, keras_models, tensorflow_version, twin_forward  # noqa: F401
+
+from convert.api import keras_to_safetensors, tf_to_safetensors, verify_path
+from convert.errors import SourceNotFoundError
+
+pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
+
+
+@pytest.mark.parametrize("model", NUMERIC_MODELS)
+@pytest.mark.parametrize("flavor,fmt", TF_FORMATS)
+def test_forward_matches_keras(keras_models: Path, tmp_path: Path, flavor: str, fmt: str, model: str) -> None:
+    model_dir = keras_models / flavor / model
+    tf_to_safetensors(model_dir / fmt, tmp_path / "out")
+    doc = read_manifest(tmp_path / "out")
+    assert doc["source"]["format"] == ("tf-savedmodel" if fmt == "savedmodel" else "tf-checkpoint")
+    assert doc["source"]["details"]["names_from"] == "tf-names"
+    state = load_output(tmp_path / "out")
+    if flavor == "keras2" and model == "nested":
+        # tf.keras 2 names a nested functional model's variables without the model's name, and a
+        # checkpoint records no other name: its layers come out at the top level.
+        assert sorted(state) == sorted(n.removeprefix("block.") for n in state)
+        state = {(n if n.startswith("out.") else f"block.{n}"): t for n, t in state.items()}
+    twin_forward(model, state, model_dir)
+    report = verify_path(tmp_path / "out", model_dir / fmt)
+    assert report.ok and report.compared_with_source == len(doc["tensors"]), report.problems
+
+
+@pytest.mark.parametrize("flavor", ["keras3", "keras2"])
+def test_same_bytes_as_the_h5(keras_models: Path, tmp_path: Path, flavor: str) -> None:
+    """The checkpoint and the .h5 of one model give the same tensors, byte for byte."""
+    folder = keras_models / flavor / "sequence"
+    tf_to_safetensors(folder / "ckpt", tmp_path / "tf")
+    keras_to_safetensors(folder / "model.h5", tmp_path / "h5")
+    tf_doc, h5_doc = read_manifest(tmp_path / "tf"), read_manifest(tmp_path / "h5")
+    assert {t["name"]: t["sha256"] for t in tf_doc["tensors"]} == {t["name"]: t["sha256"] for t in h5_doc["tensors"]}
+
+
+def test_optimizer_left_out(keras_models: Path, tmp_path: Path) -> None:
+    """A checkpoint with the optimizer's slots: only the model's weights, the rest listed as skipped."""
+    src = keras_models / "keras3" / "vision" / "ckpt_optimizer"
+    tf_to_safetensors(src, tmp_path / "all")
+    details = read_manifest(tmp_path / "all")["source"]["details"]
+    assert details["skipped"] == ["optimizer"]
+    tf_to_safetensors(src, tmp_path / "net", key="net")
+    assert read_manifest(tmp_path / "net")["source"]["details"]["key"] == "net"
+    assert load_output(tmp_path / "all").keys() == load_output(tmp_path / "net").keys()
+    twin_forward("vision", load_output(tmp_path / "net"), keras_models / "keras3" / "vision")
+    with pytest.raises(SourceNotFoundError, match="no object 'model'"):
+        tf_to_safetensors(src, tmp_path / "none", key="model")
+    assert_no_output(tmp_path / "none")
+
+
+def test_cli_paths_and_detection(keras_models: Path, tmp_path: Path) -> None:
+    """A checkpoint by prefix, .index file or folder; a SavedModel folder; `auto` and `inspect` too."""
+    folder = keras_models / "keras2" / "vision"
+    for i, src in enumerate([folder / "ckpt" / "ckpt", folder / "ckpt" / "ckpt.index", folder / "ckpt",
+                             folder / "savedmodel"]):
+        rc, out, err = run_cli("tf-to-safetensors", src, tmp_path / f"out{i}", "--json")
+        assert rc == 0, err
+        assert json.loads(out)["tensors"] == 11
+        rc, _, err = run_cli("auto", src, tmp_path / f"auto{i}")
+        assert rc == 0, err
+    rc, out, err = run_cli("inspect", folder / "savedmodel", "--json")
+    assert rc == 0, err
+    assert "bn.running_var" in [t["name"] for t in json.loads(out)["tensors"]]
+    rc, out, err = run_cli("verify", tmp_path / "out0", "--source", folder / "ckpt" / "ckpt")
+    assert rc == 0 and out.startswith("ok:"), err
+
+
+def test_broken_checkpoints(keras_models: Path, tmp_path: Path) -> None:
+    """Truncated or damaged files and a missing checkpoint: one line, the documented code, nothing written."""
+    big = _two_shards(tmp_path / "big")
+    (big / "ckpt.data-00000-of-00002").write_bytes(b"\0" * 100)  # v's 4 MB shard, cut; the object graph's intact
+    assert_cli_error(run_cli("tf-to-safetensors", big / "ckpt", tmp_path / "a"), 6,
+                     "declares shape [1000, 1000], more than the data files hold")
+    assert_no_output(tmp_path / "a")
+    broken = tmp_path / "broken"
+    shutil.copytree(keras_models / "keras3" / "sequence" / "ckpt", broken)
+    [data] = broken.glob("*.data-*")
+    data.write_bytes(data.read_bytes()[:64])
+    assert_cli_error(run_cli("tf-to-safetensors", broken / "ckpt", tmp_path / "b"), 6, "unreadable TensorFlow checkpoint")
+    assert_no_output(tmp_path / "b")
+    assert_cli_error(run_cli("tf-to-safetensors", tmp_path / "nowhere" / "ckpt", tmp_path / "c"), 3, "no such")
+
+
+def _two_shards(folder: Path) -> Path:
+    """A TF2 checkpoint of one 1000x1000 variable `v`, its data in one shard and the object graph in another."""
+    tf = pytest.importorskip("tensorflow")
+    graph_src = tf.train.Checkpoint(v=tf.Variable(tf.zeros((1000, 1000)))).write(str(folder / "g" / "ckpt"))
+    graph = tf.train.load_checkpoint(graph_src).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+    tf.raw_ops.SaveV2(prefix=str(folder / "a" / "ckpt"), tensor_names=["v/.ATTRIBUTES/VARIABLE_VALUE"],
+                      shape_and_slices=[""], tensors=[tf.zeros((1000, 1000))])
+    tf.raw_ops.SaveV2(prefix=str(folder / "b" / "ckpt"), tensor_names=["_CHECKPOINTABLE_OBJECT_GRAPH"],
+                      shape_and_slices=[""], tensors=[tf.constant(graph)])
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(folder / "a" / "ckpt"), str(folder / "b" / "ckpt")],
+                                  destination_prefix=str(folder / "ckpt"))
+    return folder
