@@ -26,7 +26,8 @@ from convert.tensors import TensorRef
 from .keras_config import ConfigLayer, lambda_layers, layers_of, scrub, summary
 from .keras_h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
 from .keras_layers import KerasLayer, to_canonical
-from .keras_names import Named, components, group_named, infer_kind, kind_from_key, numbered_roles, under_layer
+from .keras_names import (Named, components, group_named, infer_kind, kind_by_shapes, kind_from_key, numbered_roles,
+                          under_layer)
 from .pytorch import SIDECAR_MAX_BYTES, ZIP_MAGIC, _read_json, hf_sidecars
 
 KERAS_CONFIG = "config.json"
@@ -158,6 +159,8 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
 
 def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
     """A Hugging Face TF folder: tf_model.h5, or its shards listed in tf_model.h5.index.json."""
+    if (folder / "saved_model.pb").is_file():
+        raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
     if (folder / HF_TF_INDEX).is_file():
         index = _read_json(folder / HF_TF_INDEX)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -217,15 +220,16 @@ class _Vars:
     """One `vars` group of a Keras 3 weights file: a layer's (or its cell's) numbered variables."""
 
     keys: tuple[str, ...]  # the layer's groups, e.g. ("layers", "bidirectional")
-    names: tuple[str, ...]  # the layer's path by Keras names (each level's vars/@name)
+    names: tuple[str, ...]  # the layer's path: Keras names in layer lists, attribute names elsewhere
     struct: tuple[str, ...]  # the part of the layer they belong to, e.g. ("forward_layer", "cell")
     refs: list[TensorRef]
+    hint: str  # the layer's own name (its vars/@name), which Keras derives from the class unless told
 
 
 def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: dict[str, Any]) -> list[KerasLayer]:
     found: list[_Vars] = []
     skipped: list[str] = []
-    _walk_v3(h5, h5.root, (), (), (), found, skipped, 0)
+    _walk_v3(h5, h5.root, (), (), (), "", found, skipped, 0)
     if skipped:
         extras["skipped"] = skipped
     by_keys = {layer.keys: layer for layer in config_layers or []}
@@ -234,7 +238,8 @@ def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: di
     for group in sorted(found, key=lambda g: order.get(g.keys, len(order))):
         known = by_keys.get(group.keys)
         path = known.path if known else group.names
-        kind = known.kind if known else kind_from_key(group.keys[-1] if group.keys else "", *group.names[-1:])
+        kind = known.kind if known else (kind_from_key(*group.keys[-1:], group.hint)
+                                         or (None if group.struct else kind_by_shapes([r.shape for r in group.refs])))
         where = ".".join(path) or "(model)"
         roles = numbered_roles(kind, group.struct, len(group.refs), known.config if known else None, where)
         layer = merged.setdefault(group.keys, KerasLayer(path, kind, {}, known.config if known else {}, known is None))
@@ -246,24 +251,27 @@ def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: di
 
 
 def _walk_v3(h5: H5Source, group: Any, keys: tuple[str, ...], names: tuple[str, ...], struct: tuple[str, ...],
-             found: list[_Vars], skipped: list[str], depth: int) -> None:
+             hint: str, found: list[_Vars], skipped: list[str], depth: int) -> None:
+    """Keras keys a layer list's items by class (`layers/dense_1`) and a subclassed model's layers by
+    attribute (`emb`); each layer's `vars` group carries its name."""
     if depth > MAX_DEPTH:
         raise CorruptInputError(f"{h5.label}: groups nested deeper than {MAX_DEPTH} levels")
     for key, sub in h5.groups(group):
         if key == "vars":
             refs = _numbered(h5, sub)
             if refs:
-                found.append(_Vars(keys, names, struct, refs))
+                found.append(_Vars(keys, names, struct, refs, hint))
         elif depth == 0 and key in _NOT_MODEL:
             skipped.append(key)
         elif key == "layers":
-            _walk_v3(h5, sub, keys + (key,), names, struct, found, skipped, depth + 1)
+            _walk_v3(h5, sub, keys + (key,), names, struct, hint, found, skipped, depth + 1)
         elif key in _STRUCTURAL:
-            _walk_v3(h5, sub, keys, names, struct + (key,), found, skipped, depth + 1)
+            _walk_v3(h5, sub, keys, names, struct + (key,), hint, found, skipped, depth + 1)
         else:
             own = h5.child(sub, "vars") if "vars" in h5.keys(sub) else None
-            name = (h5.text(own, "name") if own is not None else None) or key
-            _walk_v3(h5, sub, keys + (key,), names + (name,), (), found, skipped, depth + 1)
+            layer_name = (h5.text(own, "name") if own is not None else None) or key
+            name = layer_name if keys[-1:] == ("layers",) else key
+            _walk_v3(h5, sub, keys + (key,), names + (name,), (), layer_name, found, skipped, depth + 1)
 
 
 def _numbered(h5: H5Source, group: Any) -> list[TensorRef]:

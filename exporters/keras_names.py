@@ -131,6 +131,16 @@ def kind_from_key(*keys: str) -> str | None:
     return None
 
 
+def kind_by_shapes(shapes: list[tuple[int, ...]]) -> str | None:
+    """A layer's type from its numbered variables' shapes alone, where only one type fits them:
+    kernel and bias (Dense, Conv), two or four equal vectors (LayerNormalization, BatchNormalization)."""
+    if len(shapes) == 2 and len(shapes[1]) == 1 and 2 <= len(shapes[0]) <= 5 and shapes[0][-1] == shapes[1][0]:
+        return "Dense" if len(shapes[0]) == 2 else f"Conv{len(shapes[0]) - 2}D"
+    if len(shapes) in (2, 4) and all(len(s) == 1 for s in shapes) and len(set(shapes)) == 1:
+        return "LayerNormalization" if len(shapes) == 2 else "BatchNormalization"
+    return None
+
+
 def numbered_roles(kind: str | None, struct: tuple[str, ...], count: int, config: dict[str, Any] | None,
                    where: str) -> list[str]:
     """Roles of a Keras 3 layer's numbered variables (`vars/0`, `vars/1`, ...), in Keras's creation order."""

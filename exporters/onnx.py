@@ -75,7 +75,8 @@ class _Initializers:
         dt = _dtype(init, self.model_path.name)
         shape = tuple(int(d) for d in init.dims)
         if any(d < 0 for d in shape):
-            raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension {shape}")
+            raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension "
+                                    f"{shape}")
         if init.data_location == onnx.TensorProto.EXTERNAL:
             ref = self._external(init, dt, shape)
         else:
@@ -160,7 +161,8 @@ def _inline(init: Any, dt: DType, shape: tuple[int, ...], model_name: str) -> Te
             raise CorruptInputError(f"{model_name}: initializer {init.name!r} cannot be decoded ({exc})") from None
         if arr.dtype != dt.numpy:  # older onnx releases decode bfloat16 and float8 as unsigned integers
             if arr.dtype.itemsize != dt.itemsize:
-                raise CorruptInputError(f"{model_name}: initializer {init.name!r} decodes as {arr.dtype}, not {dt.code}")
+                raise CorruptInputError(f"{model_name}: initializer {init.name!r} decodes as {arr.dtype}, "
+                                        f"not {dt.code}")
             arr = arr.view(dt.numpy)
     return TensorRef(init.name, dt, shape, lambda: arr)
 

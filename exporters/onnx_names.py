@@ -131,7 +131,8 @@ def _scope(node: Any) -> str | None:
     """The path of the Linear a node was exported from, if the exporter recorded it."""
     props = {prop.key: prop.value for prop in node.metadata_props}
     if SCOPES_KEY in props:
-        # Per level: ['', 'fc1', 'linear'] and ['__main__.Net', 'torch.nn.modules.linear.Linear', 'aten.linear.default'].
+        # Per level: ['', 'fc1', 'linear'] and
+        # ['__main__.Net', 'torch.nn.modules.linear.Linear', 'aten.linear.default'].
         # A node a rewrite rule made (a BatchNorm folded into a Gemm) carries the scope of another module.
         scopes, classes = _scope_list(props[SCOPES_KEY]), _scope_list(props.get(CLASSES_KEY, ""))
         if len(scopes) >= 3 and len(classes) == len(scopes) and classes[-2].endswith("Linear"):

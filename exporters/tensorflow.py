@@ -124,6 +124,9 @@ def _locate(p: Path) -> tuple[str, str]:
         name = name[: -len(".index")]
     name = _DATA.sub("", name)
     if not Path(name + ".index").is_file():
+        if p.is_file():
+            raise UnsupportedFormatError(f"{p.name}: not a TF checkpoint (.index, .data-*) or SavedModel folder "
+                                         "(for Keras files: keras-to-safetensors)")
         raise SourceNotFoundError(f"no such TensorFlow checkpoint or SavedModel: {p}")
     return name, "tf-checkpoint"
 

@@ -87,13 +87,33 @@ def build(keras: Any, name: str, custom: Any) -> tuple[Any, np.ndarray]:
     if name == "custom":  # a layer type the converter does not know, holding a weight
         model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="d"), custom(name="scale")], name="cust")
         return model, rng.normal(size=(2, 3)).astype("float32")
+    if name == "subclassed":  # no config: names from attributes, variables and object paths
+        return subclassed(keras)(), rng.integers(0, 10, size=(2, 5)).astype("int32")
     raise SystemExit(f"unknown model {name}")
+
+
+def subclassed(keras: Any) -> Any:
+    class Subclassed(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="sub")
+            self.emb = keras.layers.Embedding(10, 4, name="embedding")
+            self.proj = keras.layers.Dense(4, name="proj")
+            self.norm = keras.layers.LayerNormalization(name="norm")
+
+        def call(self, ids: Any) -> Any:
+            return self.norm(self.proj(self.emb(ids)))
+
+    return Subclassed
 
 
 def save_all(keras: Any, flavor: str, model: Any, folder: Path) -> None:
     import tensorflow as tf
 
     folder.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(model=model).write(str(folder / "ckpt" / "ckpt"))
+    if folder.name == "subclassed":  # Keras writes neither a config nor an HDF5 full model for these
+        model.save_weights(str(folder / ("model.weights.h5" if flavor == "keras3" else "weights.h5")))
+        return
     if flavor == "keras3":
         model.save(folder / "model.keras")
         model.save_weights(folder / "model.weights.h5")
@@ -104,7 +124,6 @@ def save_all(keras: Any, flavor: str, model: Any, folder: Path) -> None:
         model.save(folder / "model.h5")
         model.save_weights(str(folder / "weights.h5"))
         tf.saved_model.save(model, str(folder / "savedmodel"))
-    tf.train.Checkpoint(model=model).write(str(folder / "ckpt" / "ckpt"))
     optimizer = keras.optimizers.Adam()
     optimizer.build(model.trainable_variables)  # slots exist, weights unchanged
     tf.train.Checkpoint(net=model, optimizer=optimizer).write(str(folder / "ckpt_optimizer" / "ckpt"))
@@ -115,6 +134,7 @@ def make_keras(out: Path, flavor: str, names: list[str]) -> None:
     custom = scale_layer(keras)
     for i, name in enumerate(names):
         model, x = build(keras, name, custom)
+        model(x)  # build a subclassed model's variables
         randomize(model, SEED + i)
         folder = out / flavor / name
         save_all(keras, flavor, model, folder)
@@ -157,7 +177,7 @@ def make_hf(out: Path) -> None:
         np.save(folder / "output.npy", np.asarray(reference))
 
 
-MODELS = ["vision", "sequence", "nested", "gru_reset_before", "lambda", "custom"]
+MODELS = ["vision", "sequence", "nested", "gru_reset_before", "lambda", "custom", "subclassed"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,21 +10,18 @@ folder keyed by the TensorFlow version, and put it on the generator's PYTHONPATH
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch", reason="the PyTorch twins need torch")
-nn = torch.nn
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "scripts" / "make_keras_models.py"
@@ -33,7 +30,7 @@ KERAS_FORMATS = [("keras3", "model.keras"), ("keras3", "model.weights.h5"), ("ke
                  ("keras2", "model.h5"), ("keras2", "weights.h5")]
 TF_FORMATS = [("keras3", "savedmodel"), ("keras3", "ckpt/ckpt"), ("keras2", "savedmodel"), ("keras2", "ckpt")]
 NUMERIC_MODELS = ["vision", "sequence", "nested"]
-TOLERANCE = {"vision": 1e-5, "sequence": 1e-4, "nested": 1e-4}  # recurrent layers: 1e-4
+TOLERANCE = {"vision": 1e-5, "sequence": 1e-4, "nested": 1e-4, "subclassed": 1e-5}  # recurrent layers: 1e-4
 
 
 def tensorflow_version() -> str | None:
@@ -100,72 +97,88 @@ def hf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- PyTorch twins of the Keras test models ---------------------------------------------------------
 
-class Vision(nn.Module):
-    """Conv2D(relu) -> BatchNorm -> DepthwiseConv2D(x2) -> Flatten -> Dense, Keras's NHWC kept at the edges."""
+@functools.cache
+def twins() -> dict[str, Any]:
+    """The PyTorch modules each Keras test model must load into (torch imported only when needed)."""
+    torch = pytest.importorskip("torch", reason="the PyTorch twins need torch")
+    nn = torch.nn
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.bn = nn.BatchNorm2d(4, eps=1e-3)
-        self.dw = nn.Conv2d(4, 8, 3, groups=4)
-        self.head = nn.Linear(4 * 4 * 8, 5)
+    class Vision(nn.Module):
+        """Conv2D(relu) -> BatchNorm -> DepthwiseConv2D(x2) -> Flatten -> Dense, Keras's NHWC kept at the edges."""
 
-    def forward(self, x: Any) -> Any:
-        x = self.dw(self.bn(torch.relu(self.conv(x.permute(0, 3, 1, 2)))))
-        return self.head(x.permute(0, 2, 3, 1).flatten(1))  # Keras flattens (h, w, c)
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4, eps=1e-3)
+            self.dw = nn.Conv2d(4, 8, 3, groups=4)
+            self.head = nn.Linear(4 * 4 * 8, 5)
 
+        def forward(self, x: Any) -> Any:
+            x = self.dw(self.bn(torch.relu(self.conv(x.permute(0, 3, 1, 2)))))
+            return self.head(x.permute(0, 2, 3, 1).flatten(1))  # Keras flattens (h, w, c)
 
-class Sequence(nn.Module):
-    """Embedding -> Conv1D(same) -> LayerNorm -> LSTM -> GRU -> Bidirectional LSTM (last step) -> Dense."""
+    class Sequence(nn.Module):
+        """Embedding -> Conv1D(same) -> LayerNorm -> LSTM -> GRU -> Bidirectional LSTM (last step) -> Dense."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(20, 6)
-        self.conv = nn.Conv1d(6, 5, 3, padding=1)
-        self.ln = nn.LayerNorm(5, eps=1e-3)
-        self.lstm = nn.LSTM(5, 7, batch_first=True)
-        self.gru = nn.GRU(7, 4, batch_first=True)
-        self.bidir = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(6, 2)
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 6)
+            self.conv = nn.Conv1d(6, 5, 3, padding=1)
+            self.ln = nn.LayerNorm(5, eps=1e-3)
+            self.lstm = nn.LSTM(5, 7, batch_first=True)
+            self.gru = nn.GRU(7, 4, batch_first=True)
+            self.bidir = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+            self.head = nn.Linear(6, 2)
 
-    def forward(self, ids: Any) -> Any:
-        h = self.conv(self.emb(ids.long()).transpose(1, 2)).transpose(1, 2)
-        h, _ = self.lstm(self.ln(h))
-        h, _ = self.gru(h)
-        _, (last, _) = self.bidir(h)
-        return self.head(torch.cat([last[0], last[1]], dim=1))
+        def forward(self, ids: Any) -> Any:
+            h = self.conv(self.emb(ids.long()).transpose(1, 2)).transpose(1, 2)
+            h, _ = self.lstm(self.ln(h))
+            h, _ = self.gru(h)
+            _, (last, _) = self.bidir(h)
+            return self.head(torch.cat([last[0], last[1]], dim=1))
 
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 4, batch_first=True)
+            self.d1 = nn.Linear(4, 6)
+            self.ln = nn.LayerNorm(6, eps=1e-3)
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.RNN(3, 4, batch_first=True)
-        self.d1 = nn.Linear(4, 6)
-        self.ln = nn.LayerNorm(6, eps=1e-3)
+        def forward(self, x: Any) -> Any:
+            h, _ = self.rnn(x)
+            return self.ln(torch.relu(self.d1(h)))
 
-    def forward(self, x: Any) -> Any:
-        h, _ = self.rnn(x)
-        return self.ln(torch.relu(self.d1(h)))
+    class Nested(nn.Module):
+        """A Sequential (SimpleRNN, Dense, LayerNorm) inside a functional model, then a Dense."""
 
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+            self.out = nn.Linear(6, 3)
 
-class Nested(nn.Module):
-    """A Sequential (SimpleRNN, Dense, LayerNorm) inside a functional model, then a Dense."""
+        def forward(self, x: Any) -> Any:
+            return self.out(self.block(x))
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = Block()
-        self.out = nn.Linear(6, 3)
+    class Subclassed(nn.Module):
+        """A subclassed Keras model: Embedding -> Dense -> LayerNorm, named by its attributes."""
 
-    def forward(self, x: Any) -> Any:
-        return self.out(self.block(x))
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.proj = nn.Linear(4, 4)
+            self.norm = nn.LayerNorm(4, eps=1e-3)
 
+        def forward(self, ids: Any) -> Any:
+            return self.norm(self.proj(self.emb(ids.long())))
 
-TWINS: dict[str, Callable[[], nn.Module]] = {"vision": Vision, "sequence": Sequence, "nested": Nested}
+    return {"vision": Vision, "sequence": Sequence, "nested": Nested, "subclassed": Subclassed}
 
 
 def twin_forward(model: str, state: dict[str, Any], model_dir: Path) -> None:
     """`state` loads into the model's twin (strict) and the twin computes what Keras computed."""
-    twin = TWINS[model]().eval()
+    import torch
+
+    twin = twins()[model]().eval()
     twin.load_state_dict(state, strict=True)
     x = torch.from_numpy(np.load(model_dir / "input.npy"))
     expected = np.load(model_dir / "output.npy")

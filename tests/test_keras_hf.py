@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import read_manifest
-from keras_support import hf_models  # noqa: F401
 
 from convert.api import keras_to_safetensors, verify_path
+
+pytest_plugins = ["keras_support"]  # the session fixtures hf_models, keras_models
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

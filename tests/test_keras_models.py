@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import load_output, read_manifest, run_cli
-from keras_support import KERAS_FORMATS, NUMERIC_MODELS, hf_models, keras_models, twin_forward  # noqa: F401
+from keras_support import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
 
 from convert.api import keras_to_safetensors, verify_path
 from convert.errors import MappingError
@@ -18,6 +18,8 @@ from convert.mapping import builtin_layouts
 
 FORMAT_NAMES = {"model.keras": "keras-v3", "model.weights.h5": "keras-v3-weights", "model.h5": "keras-h5",
                 "weights.h5": "keras-h5-weights"}
+
+pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 
 
 def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
-from keras_support import hf_models, keras_models  # noqa: F401
 
 h5py = pytest.importorskip("h5py", reason="the keras extra reads HDF5 with h5py")
 
 from exporters.keras_config import CODE_MARKER  # noqa: E402
+
+pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 
 
 def test_no_tensorflow_on_the_h5_path(keras_models: Path, hf_models: Path, tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ def export(tmp_path: Path, src: Path, *args: str) -> dict[str, Any]:
     rc, stdout, stderr = run_cli("to-onnx", src, out, *args, cwd=tmp_path, timeout=600)
     assert rc == 0, stderr
     assert "Traceback" not in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"] or (out / "model.onnx.data").exists()
+    names = sorted(p.name for p in out.iterdir())
+    assert names in (["manifest.json", "model.onnx"], ["manifest.json", "model.onnx", "model.onnx.data"])
     return read_manifest(out)
 
 
@@ -204,7 +205,7 @@ def test_corrupted_export_is_rejected_and_nothing_is_left(tmp_path: Path, models
     assert not list(tmp_path.rglob("*.onnx"))
 
 
-def test_json_result(tmp_path: Path, models: Any) -> None:
+def test_json_result_and_verify(tmp_path: Path, models: Any) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
     rc, stdout, stderr = run_cli("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp",
                                  "--input-shape", "x=2x6", "--json", cwd=tmp_path, timeout=600)
@@ -212,3 +213,8 @@ def test_json_result(tmp_path: Path, models: Any) -> None:
     result = json.loads(stdout)
     assert result["files"] == ["model.onnx"] and result["validation"]["passed"] is True
     assert stderr == ""
+    rc, stdout, stderr = run_cli("verify", tmp_path / "out")
+    assert rc == 0 and "ok: 1 file(s)" in stdout, stderr
+    with open(tmp_path / "out" / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    assert_cli_error(run_cli("verify", tmp_path / "out"), 8, "model.onnx: size or sha256")

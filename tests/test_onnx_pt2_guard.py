@@ -27,13 +27,12 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def rewrite(src: Path, dst: Path, change: Callable[[str, bytes], bytes | None], extra: dict[str, bytes] | None = None) -> Path:
-    """Copy the archive, passing every member through `change` (None drops it), adding `extra`."""
+def rewrite(src: Path, dst: Path, change: Callable[[str, bytes], bytes],
+            extra: dict[str, bytes] | None = None) -> Path:
+    """Copy the archive, passing every member through `change`, adding `extra`."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
-            data = change(info.filename, zin.read(info.filename))
-            if data is not None:
-                zout.writestr(info.filename, data)
+            zout.writestr(info.filename, change(info.filename, zin.read(info.filename)))
         for name, data in (extra or {}).items():
             zout.writestr(name, data)
     return dst

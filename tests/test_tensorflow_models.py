@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
-from keras_support import NUMERIC_MODELS, TF_FORMATS, keras_models, tensorflow_version, twin_forward  # noqa: F401
+from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
 
-from convert.api import keras_to_safetensors, tf_to_safetensors, verify_path
+from convert.api import inspect_path, keras_to_safetensors, tf_to_safetensors, verify_path
 from convert.errors import SourceNotFoundError
+from convert.sources import detect
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
+
+pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 
 
 @pytest.mark.parametrize("model", NUMERIC_MODELS)
@@ -62,20 +65,56 @@ def test_optimizer_left_out(keras_models: Path, tmp_path: Path) -> None:
 
 
 def test_cli_paths_and_detection(keras_models: Path, tmp_path: Path) -> None:
-    """A checkpoint by prefix, .index file or folder; a SavedModel folder; `auto` and `inspect` too."""
+    """A checkpoint by prefix, .index file or folder, and a SavedModel folder: detected by content
+    (`convert auto`), converted alike; `inspect` and `verify --source` read them too."""
     folder = keras_models / "keras2" / "vision"
-    for i, src in enumerate([folder / "ckpt" / "ckpt", folder / "ckpt" / "ckpt.index", folder / "ckpt",
-                             folder / "savedmodel"]):
-        rc, out, err = run_cli("tf-to-safetensors", src, tmp_path / f"out{i}", "--json")
-        assert rc == 0, err
-        assert json.loads(out)["tensors"] == 11
-        rc, _, err = run_cli("auto", src, tmp_path / f"auto{i}")
-        assert rc == 0, err
-    rc, out, err = run_cli("inspect", folder / "savedmodel", "--json")
-    assert rc == 0, err
-    assert "bn.running_var" in [t["name"] for t in json.loads(out)["tensors"]]
-    rc, out, err = run_cli("verify", tmp_path / "out0", "--source", folder / "ckpt" / "ckpt")
-    assert rc == 0 and out.startswith("ok:"), err
+    sources = [folder / "ckpt" / "ckpt", folder / "ckpt" / "ckpt.index", folder / "ckpt", folder / "savedmodel"]
+    for i, src in enumerate(sources):
+        assert detect(src) == "tensorflow"
+        assert tf_to_safetensors(src, tmp_path / f"out{i}").tensors == 11
+    rc, out, err = run_cli("tf-to-safetensors", sources[1], tmp_path / "cli", "--json")
+    assert rc == 0 and err == "", err
+    assert json.loads(out)["tensors"] == 11
+    assert "bn.running_var" in [t["name"] for t in inspect_path(sources[3])["tensors"]]
+    assert verify_path(tmp_path / "cli", sources[0]).ok
+
+
+@pytest.mark.parametrize("flavor,fmt,names_from", [("keras3", "ckpt", "object-paths"), ("keras2", "ckpt", "tf-names"),
+                                                    ("keras3", "model.weights.h5", None), ("keras2", "weights.h5", None)])
+def test_subclassed_model(keras_models: Path, tmp_path: Path, flavor: str, fmt: str, names_from: str | None) -> None:
+    """No config anywhere. Keras 3 names a subclassed model's variables by the model alone, so its
+    checkpoint is named by object paths (attributes: emb, proj, norm); tf.keras 2 names them by layer
+    (embedding, proj, norm), and its weights file keeps them per layer."""
+    model_dir = keras_models / flavor / "subclassed"
+    convert = tf_to_safetensors if fmt == "ckpt" else keras_to_safetensors
+    convert(model_dir / fmt, tmp_path / "out")
+    details = read_manifest(tmp_path / "out")["source"]["details"]
+    assert details.get("names_from") == names_from
+    state = load_output(tmp_path / "out")
+    if flavor == "keras2":
+        state = {name.replace("embedding.", "emb."): t for name, t in state.items()}
+    twin_forward("subclassed", state, model_dir)
+
+
+def test_wrong_command(keras_models: Path, tmp_path: Path) -> None:
+    """A Keras file given to tf-to-safetensors, a SavedModel to keras-to-safetensors: said so, exit 4."""
+    folder = keras_models / "keras3" / "vision"
+    assert_cli_error(run_cli("tf-to-safetensors", folder / "model.keras", tmp_path / "a"), 4, "keras-to-safetensors")
+    assert_cli_error(run_cli("keras-to-safetensors", folder / "savedmodel", tmp_path / "b"), 4, "tf-to-safetensors")
+
+
+def test_checkpoint_folders(keras_models: Path, tmp_path: Path) -> None:
+    """A folder's `checkpoint` state file names the latest checkpoint; two checkpoints and no state
+    file are ambiguous."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for step in ("ckpt-1", "ckpt-2"):
+        for f in (keras_models / "keras2" / "vision" / "ckpt").iterdir():
+            shutil.copy(f, folder / f.name.replace("ckpt", step))
+    assert_cli_error(run_cli("tf-to-safetensors", folder, tmp_path / "a"), 3, "not one checkpoint")
+    (folder / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    tf_to_safetensors(folder, tmp_path / "b")
+    assert read_manifest(tmp_path / "b")["source"]["files"][0]["path"].endswith("ckpt-2.index")
 
 
 def test_broken_checkpoints(keras_models: Path, tmp_path: Path) -> None:

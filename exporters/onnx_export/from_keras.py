@@ -76,8 +76,8 @@ def _load_keras(src: Path) -> Any:
 def _signature(specs: list[InputSpec]) -> list[Any]:
     import tensorflow as tf
 
-    return [tf.TensorSpec([None if axis in s.dynamic else n for axis, n in enumerate(s.shape)], s.dtype.name, name=s.name)
-            for s in specs]
+    return [tf.TensorSpec([None if axis in s.dynamic else n for axis, n in enumerate(s.shape)], s.dtype.name,
+                          name=s.name) for s in specs]
 
 
 def _saved_model(src: Path, options: ExportOptions) -> ExportedGraph:

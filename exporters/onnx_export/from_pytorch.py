@@ -58,7 +58,8 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
     import torch
 
     if options.input_shapes or options.dynamic_axes:
-        raise UsageError("a .pt2 program fixes its own input shapes and dynamic axes: drop --input-shape and --dynamic-axis")
+        raise UsageError("a .pt2 program fixes its own input shapes and dynamic axes: "
+                         "drop --input-shape and --dynamic-axis")
     check_pt2(src)
     program = torch.export.load(str(src))
     args, kwargs = program.example_inputs or ((), {})
@@ -127,7 +128,7 @@ def _dynamo(target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs:
                                     dynamo=True, optimize=True, verbose=False)
     except Exception as exc:  # torch.export raises many types; the message says what it met
         return None, first_line(exc)
-    model = program.model_proto
+    model = program.model_proto  # type: ignore[union-attr]  # None only when given a file to write
     dims = {v.name: v.type.tensor_type.shape.dim for v in model.graph.input}
     fixed = [f"{s.name}:{axis}" for s in specs for axis in s.dynamic
              if s.name in dims and axis < len(dims[s.name]) and dims[s.name][axis].HasField("dim_value")]

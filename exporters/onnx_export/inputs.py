@@ -93,7 +93,7 @@ def _shape(name: str, declared: tuple[int | None, ...] | None, given: tuple[int,
     if given is None:
         if declared is None or any(d is None for d in declared[1:]):
             raise UsageError(f"input {name!r}: give its shape, e.g. --input-shape {name}=1x3x32x32")
-        return (1, *declared[1:])  # type: ignore[return-value]
+        return (1, *(d for d in declared[1:] if d is not None))
     if declared is not None:
         if len(declared) != len(given) or any(d is not None and d != g for d, g in zip(declared[1:], given[1:])):
             raise UsageError(f"--input-shape {name}={'x'.join(map(str, given))} does not fit the model's "

@@ -82,19 +82,23 @@ def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:
     """Shapes re-inferred, then onnx-simplifier (constant folding, dead code) unless asked not to or
     it cannot; says which."""
     if model.ByteSize() >= PROTOBUF_LIMIT:
-        return model, {"simplified": False, "simplifier": "skipped: graphs of 2 GiB or more do not fit one protobuf"}
+        return model, _unsimplified("skipped: graphs of 2 GiB or more do not fit one protobuf")
     model = reinfer_shapes(model)
     if not simplify:
-        return model, {"simplified": False, "simplifier": "skipped (--no-simplify)"}
+        return model, _unsimplified("skipped (--no-simplify)")
     import onnxsim
 
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises RuntimeError, ValueError and its own C++ errors
-        return model, {"simplified": False, "simplifier": f"onnx-simplifier failed ({first_line(exc)}); kept the graph as exported"}
+        return model, _unsimplified(f"onnx-simplifier failed ({first_line(exc)}); kept the graph as exported")
     if not ok:
-        return model, {"simplified": False, "simplifier": "onnx-simplifier's own check failed; kept the graph as exported"}
+        return model, _unsimplified("onnx-simplifier's own check failed; kept the graph as exported")
     return reinfer_shapes(simplified), {"simplified": True, "simplifier": f"onnxsim {onnxsim.__version__.lstrip('v')}"}
+
+
+def _unsimplified(why: str) -> dict[str, Any]:
+    return {"simplified": False, "simplifier": why}
 
 
 def save(model: Any, staging: Path, threshold: int) -> list[Path]:

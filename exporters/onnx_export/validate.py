@@ -44,7 +44,8 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
         try:
             got = session.run(graph.outputs, input_set.arrays)
         except Exception as exc:
-            raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: {first_line(exc)}") from None
+            raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: "
+                                    f"{first_line(exc)}") from None
         expected = graph.reference(input_set.arrays)
         if len(expected) != len(got):
             raise VerificationError(f"the source gives {len(expected)} outputs, the graph {len(got)} ({where})")
