@@ -198,10 +198,14 @@ def _convert(job: Job) -> int:
     from .sources import detect, reader
 
     kind = detect(Path(job.source)) if job.conversion == "auto" else _kind_of(job.conversion)
-    open_fn = reader(kind)
     options = ConvertOptions(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
                              max_shard_size=parse_size(job.max_shard_size), overwrite=True,
                              request=job.request())
+    if kind == "neuralforecast":  # one output folder per model, as nf-to-safetensors writes them
+        from exporters.neuralforecast import convert_folder
+
+        return sum(r.bytes for r in convert_folder(job.source, job.output, options).results)
+    open_fn = reader(kind)
     with (open_fn(Path(job.source), job.key) if kind == "pytorch" else open_fn(Path(job.source))) as source:
         return convert_source(source, job.output, options).bytes
 
@@ -217,14 +221,31 @@ def _kind_of(conversion: str) -> str:
 
 def is_done(job: Job) -> bool:
     """An existing output made from the same source bytes with the same request is done."""
+    out = Path(job.output)
+    manifests = _output_manifests(out)
+    return bool(manifests) and all(_manifest_done(doc, folder, job) for folder, doc in manifests)
+
+
+def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The manifest of an output folder, or one per model for a NeuralForecast output (models.json)."""
     from . import manifest as manifest_mod
+
+    folders = [out]
+    if not (out / manifest_mod.MANIFEST_FILE).is_file() and (out / "models.json").is_file():
+        try:
+            models = json.loads((out / "models.json").read_text(encoding="utf-8"))["models"]
+            folders = [out / m["folder"] for m in models]
+        except (ValueError, KeyError, TypeError):
+            return []
+    try:
+        return [(folder, manifest_mod.load(folder)) for folder in folders]
+    except ConvertError:
+        return []
+
+
+def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
     from .hashing import sha256_file
 
-    out = Path(job.output)
-    try:
-        doc = manifest_mod.load(out)
-    except ConvertError:
-        return False
     if doc.get("target", {}).get("request") != job.request():
         return False
     files = doc.get("source", {}).get("files", [])
@@ -235,8 +256,6 @@ def is_done(job: Job) -> bool:
         path = Path(f["path"])
         if path != root and root not in path.parents:
             return False  # the output was made from another source
-    for f in files:
-        path = Path(f["path"])
         if not path.is_file() or path.stat().st_size != f.get("bytes") or sha256_file(path) != f.get("sha256"):
             return False
     return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))

@@ -359,6 +359,7 @@ DEFAULT_INERT: tuple[str, ...] = (
     "torch.device",
     "torch.distributions.",  # a loss's distribution class, kept by reference (NeuralForecast DistributionLoss)
     "functools.partial",  # a loss's domain map with fixed arguments
+    "torch.optim.",  # an optimizer class named in hyper-parameters (kept by reference, never built)
 )
 
 

@@ -180,3 +180,19 @@ def test_ray_executor_gives_the_same_statuses(mixed: Path, tmp_path: Path) -> No
     second = batch_mod.run_local(jobs, 2, lambda r: None)
     assert {Path(r.source).name: r.status for r in second.results if r.status != "failed"} == \
         {k: "skipped" for k, v in EXPECTED.items() if v[0] == "ok"}
+
+
+def test_neuralforecast_folder_in_a_batch_gives_one_folder_per_model(tmp_path: Path) -> None:
+    """A NeuralForecast save folder is one source; its output holds a folder per model and is
+    skipped on a rerun like any other (read without neuralforecast or torch)."""
+    fixture = ROOT / "fixtures" / "neuralforecast" / "3.3.0" / "folder"
+    src = tmp_path / "src"
+    shutil.copytree(fixture, src / "forecasts")
+    out = tmp_path / "out"
+    first = _cli("batch", str(src), "--out-dir", str(out), "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert _statuses([json.loads(line) for line in first.stdout.splitlines()]) == {"forecasts": ("ok", 0)}
+    models = json.loads((out / "forecasts" / "models.json").read_text())["models"]
+    assert models and all((out / "forecasts" / m["folder"] / "model.safetensors").is_file() for m in models)
+    second = _cli("batch", str(src), "--out-dir", str(out), "--json", cwd=tmp_path)
+    assert _statuses([json.loads(line) for line in second.stdout.splitlines()]) == {"forecasts": ("skipped", 0)}
