@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,42 @@ class H5Window(io.RawIOBase):
         super().close()
 
 
+GCOL = b"GCOL\x01\x00\x00\x00"  # a global heap collection: signature, version 1, reserved
+
+
+def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
+    """Refuse a global heap collection whose objects do not fit in it, before libhdf5 walks it.
+
+    Variable-length strings (Keras' attributes) live in these collections. libhdf5 steps from object
+    to object by header + size; a size near 2**64 wraps the step to zero and it loops forever, in C,
+    past any Python timeout (8 forged bytes hang the process on a 10 KB file).
+    """
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        end_of_file = start + length
+        version = mm[start + 8] if end_of_file > start + 15 else 0
+        width = mm[start + 14] if version < 2 else mm[start + 10]  # "size of lengths" in the superblock
+        if width not in (2, 4, 8):
+            return  # a superblock libhdf5 itself will reject
+        fmt = {2: "<H", 4: "<I", 8: "<Q"}[width]
+        obj_header = 8 + width  # heap object index, reference count, reserved, size
+        pos = mm.find(GCOL, start, end_of_file)
+        while pos >= 0:
+            if pos + 8 + width > end_of_file:
+                raise CorruptInputError(f"{label}: global heap collection at {pos - start} is cut short")
+            (size,) = struct.unpack_from(fmt, mm, pos + 8)
+            end = pos + size
+            if size < 8 + width or end > end_of_file:
+                raise CorruptInputError(f"{label}: global heap collection at {pos - start} claims {size} bytes")
+            p = pos + 8 + width
+            while p + obj_header <= end:
+                (obj_size,) = struct.unpack_from(fmt, mm, p + 8)
+                step = obj_header + obj_size + (-obj_size % 8)
+                if obj_size > end - p - obj_header or step <= 0:
+                    raise CorruptInputError(f"{label}: global heap object at {p - start} claims {obj_size} bytes")
+                p += step
+            pos = mm.find(GCOL, end, end_of_file)
+
+
 class H5Source:
     """An open Keras HDF5 file: groups reached link by link, datasets as checked lazy TensorRefs.
 
@@ -83,6 +121,7 @@ class H5Source:
             fh.seek(start)
             if fh.read(len(H5_MAGIC)) != H5_MAGIC:
                 raise UnsupportedFormatError(f"{self.label}: not an HDF5 file")
+        check_global_heaps(path, start, self.length, self.label)
         self._window = H5Window(path, start, self.length) if start or self.length != self.file_size else None
         try:
             self.root = h5py.File(self._window or path, "r", locking=False)
