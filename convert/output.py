@@ -9,6 +9,7 @@ destination.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -60,6 +61,16 @@ class StagedOutput:
         old: Path | None = None
         if self.dest.exists() and any(self.dest.iterdir()):
             self.check()
+            try:
+                swapped = _exchange(self.staging, self.dest)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot move the output into {self.dest}: {exc.strerror or exc}") from None
+            if swapped:  # one atomic step: the new output is in place, the staging path holds the old one
+                shutil.rmtree(self.staging, ignore_errors=True)
+                _fsync_dir(self.dest.parent)
+                return
+            # No atomic swap here: move the old output aside, then the new one in (a kill between the
+            # two renames leaves the old output in .NAME.old-*/previous and no destination).
             old = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.old-", dir=self.dest.parent))
             os.rename(self.dest, old / "previous")
         elif self.dest.exists():
@@ -74,6 +85,25 @@ class StagedOutput:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(self.dest.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where
+    the C library, kernel or file system has no such call."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -75,12 +75,15 @@ def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
     """Refuse a global heap collection whose objects do not fit in it, before libhdf5 walks it.
 
     Variable-length strings (Keras' attributes) live in these collections. libhdf5 steps from object
-    to object by header + size; a size near 2**64 wraps the step to zero and it loops forever, in C,
-    past any Python timeout (8 forged bytes hang the process on a 10 KB file).
+    to object by header + size (by size alone for free space); a size near 2**64, or a free-space
+    object of size 0, makes that step zero and it loops forever, in C, past any Python timeout (one
+    byte inserted into a 10 KB file hangs the process).
     """
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         end_of_file = start + length
-        version = mm[start + 8] if end_of_file > start + 15 else 0
+        if end_of_file <= start + 15:
+            return  # too short for a superblock: libhdf5 itself will reject it
+        version = mm[start + 8]
         width = mm[start + 14] if version < 2 else mm[start + 10]  # "size of lengths" in the superblock
         if width not in (2, 4, 8):
             return  # a superblock libhdf5 itself will reject
@@ -96,9 +99,11 @@ def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
                 raise CorruptInputError(f"{label}: global heap collection at {pos - start} claims {size} bytes")
             p = pos + 8 + width
             while p + obj_header <= end:
+                (index,) = struct.unpack_from("<H", mm, p)
                 (obj_size,) = struct.unpack_from(fmt, mm, p + 8)
-                step = obj_header + obj_size + (-obj_size % 8)
-                if obj_size > end - p - obj_header or step <= 0:
+                # libhdf5's step: header + padded size; for free space (index 0) the size alone
+                step = obj_size if index == 0 else obj_header + obj_size + (-obj_size % 8)
+                if not obj_header <= step <= end - p:
                     raise CorruptInputError(f"{label}: global heap object at {p - start} claims {obj_size} bytes")
                 p += step
             pos = mm.find(GCOL, end, end_of_file)

@@ -95,7 +95,8 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
         try:
             pickle_bytes = zf.read(pkl_info)
             byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+            # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method
             raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
         if byteorder not in ("little", "big"):
             raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")

@@ -1018,6 +1018,21 @@ def plain_kernel(group: object, name: str) -> None:
     group.create_dataset(name, data=np.arange(NUMEL, dtype="<f4").reshape(SIZE[::-1]))
 
 
+def global_heap_loop(data: bytes) -> bytes:
+    """The file with its global heap's free-space object (index 0) resized to 0 bytes.
+
+    libhdf5 walks a collection object by object, stepping by a free-space object's size alone, so it
+    never moves again: reading any variable-length string attribute hangs the process inside C.
+    """
+    out = bytearray(data)
+    pos = out.index(b"GCOL\x01") + 16  # signature, version, reserved, collection size (8 bytes)
+    while struct.unpack_from("<H", out, pos)[0] != 0:  # index, references, reserved, size (8 bytes)
+        (size,) = struct.unpack_from("<Q", out, pos + 8)
+        pos += 16 + size + (-size % 8)
+    struct.pack_into("<Q", out, pos + 8, 0)
+    return bytes(out)
+
+
 def h5_files() -> list[Hostile]:
     """Needs h5py (the Keras extra); without it these files are not generated."""
     lambda3 = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "config": {
@@ -1030,6 +1045,9 @@ def h5_files() -> list[Hostile]:
                 h5_bytes(keras2_weights(external_kernel))),
         Hostile("h5_external_link.h5", "hdf5", "kernel is an external link to /etc/passwd.h5" + NO_CANARY, False,
                 h5_bytes(keras2_weights(linked_kernel))),
+        Hostile("h5_global_heap_loop.h5", "hdf5", "Keras 2 weights whose global heap free-space object has size 0: "
+                "libhdf5 loops forever reading its string attributes" + NO_CANARY, False,
+                global_heap_loop(h5_bytes(keras2_weights(plain_kernel)))),
         Hostile("h5_lambda_layer.h5", "hdf5", "Keras 2 full model whose Lambda layer is marshalled code that creates "
                 "canary when a Keras loader rebuilds and calls it", False, h5_bytes(keras2_full_model), "inert"),
         Hostile("keras_lambda_layer.keras", "keras", "Keras 3 archive whose Lambda layer is marshalled code that creates "

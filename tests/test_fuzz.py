@@ -16,6 +16,7 @@ inputs each reader saw is printed in the pytest summary ("hostile-input sweeps")
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import io
 import json
@@ -70,9 +71,13 @@ def watchdog(seconds: float = HANG_SECONDS) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    # A hang inside C code (libhdf5 has had such bugs) never returns to Python to see the alarm: then
+    # the process ends, printing every thread's stack, rather than leaving CI hanging.
+    faulthandler.dump_traceback_later(3 * seconds, exit=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -13,6 +13,7 @@ the child's peak RSS must stay small. The number of cuts per format is printed i
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import importlib.util
 import io
@@ -286,7 +287,8 @@ def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
         else:
             target.write_bytes(whole[:cut])
         report["cuts"] += 1
-        signal.alarm(WATCHDOG_SECONDS)
+        signal.alarm(WATCHDOG_SECONDS)  # a hang in Python code: an exception
+        faulthandler.dump_traceback_later(2 * WATCHDOG_SECONDS, exit=True)  # in C code: the child ends, progress names the cut
         try:
             got = _fingerprint(case["kind"], open_path)
         except Hang as exc:
@@ -305,6 +307,7 @@ def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
                 report["failures"].append({"cut": cut, "problem": "accepted, with different tensors"})
         finally:
             signal.alarm(0)
+            faulthandler.cancel_dump_traceback_later()
     target.write_bytes(whole)
     return report
 
