@@ -331,7 +331,7 @@ def pickle_seeds(torch_seeds: dict[str, list[bytes]]) -> list[bytes]:
     return seeds
 
 
-@fuzz(max_examples=1500)
+@fuzz(max_examples=1200)
 @given(data=st.data())
 def test_restricted_unpickler_mutated_pickles(pickle_seeds: list[bytes], data: st.DataObject) -> None:
     blob = data.draw(mutated(pickle_seeds))
@@ -344,7 +344,7 @@ def programs(mh: Any) -> dict[str, st.SearchStrategy[bytes]]:
     return {"zip": pickle_programs(mh), "legacy": pickle_programs(mh, legacy=True)}
 
 
-@fuzz(max_examples=1500)
+@fuzz(max_examples=1200)
 @given(data=st.data())
 def test_restricted_unpickler_generated_programs(programs: dict[str, st.SearchStrategy[bytes]], data: st.DataObject) -> None:
     blob = data.draw(programs["zip"])
@@ -488,7 +488,7 @@ def _open_safetensors(path: Path, blob: bytes) -> Callable[[], None]:
     return run
 
 
-@fuzz(max_examples=1200)
+@fuzz(max_examples=800)
 @given(data=st.data())
 def test_safetensors_header_reader(safetensors_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory,
                                    data: st.DataObject) -> None:

@@ -332,8 +332,17 @@ def main(plan_path: Path, report_path: Path) -> None:
     with open(f"{report_path}.progress", "w") as progress:
         for case in json.loads(plan_path.read_text()):
             report["formats"][case["format"]] = run_case(case, progress)
-    report["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report["peak_rss"] = _peak_rss()
     report_path.write_text(json.dumps(report))
+
+
+def _peak_rss() -> int:
+    """This process's own high-water RSS. Not ru_maxrss: Linux keeps that across fork+exec, so a child
+    of a large pytest process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 if __name__ == "__main__":  # the child process of the `sweep` fixture
