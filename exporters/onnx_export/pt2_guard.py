@@ -1,7 +1,7 @@
 """Look inside a `.pt2` archive before torch opens it.
 
 `torch.export.load` is torch's own deserializer.  The graph itself is JSON, but in torch 2.13 the
-loader also unpickles with `torch.load(weights_only=False)` or `pickle.loads` (tensor subclasses,
+loader also unpickles without torch's weights-only restriction, or with plain pickle (tensor subclasses,
 custom and opaque objects, legacy archives, example inputs that `weights_only=True` refuses),
 imports modules named in the file (enum and defaultdict specs), and loads AOTInductor shared
 libraries.  Each of those would run code the file chose, so an archive that asks for any of them is
