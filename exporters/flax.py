@@ -20,7 +20,7 @@ from convert.tensors import MappedFile, TensorRef
 
 from .flax_canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
 from .msgpack_reader import read_msgpack
-from .pytorch import _cross_check, _read_index, _read_json, hf_sidecars
+from .pytorch import cross_check, read_index, read_json, hf_sidecars
 
 HF_WEIGHTS = "flax_model.msgpack"
 HF_INDEX = "flax_model.msgpack.index.json"
@@ -74,7 +74,7 @@ def _read(p: Path) -> _Read:
             raise UnsupportedFormatError(f"{p}: neither {HF_WEIGHTS} nor an orbax checkpoint in this folder")
         return _read_orbax(p)
     sidecars = hf_sidecars(p, exclude={HF_INDEX})
-    config = _read_json(p / "config.json") if (p / "config.json").is_file() else None
+    config = read_json(p / "config.json") if (p / "config.json").is_file() else None
     if (p / HF_INDEX).is_file():
         read = _read_msgpack("hf-flax-sharded", p.name, *_hf_shards(p))
     else:
@@ -84,7 +84,7 @@ def _read(p: Path) -> _Read:
 
 
 def _hf_shards(folder: Path) -> tuple[list[Path], dict[str, set[str]]]:
-    expected = _read_index(folder / HF_INDEX)
+    expected = read_index(folder / HF_INDEX)
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:
         raise SourceNotFoundError(f"{folder.name}: shard {missing[0]} named in {HF_INDEX} is missing")
@@ -99,7 +99,7 @@ def _read_msgpack(fmt: str, label: str, files: list[Path], expected: dict[str, s
             read.closers.append(mapped.close)
             tree = read_msgpack(path, mapped)
             if expected is not None:
-                _cross_check(path.name, expected[path.name], {r.name for r in tensor_leaves(tree)})
+                cross_check(path.name, expected[path.name], {r.name for r in tensor_leaves(tree)})
             _merge(read.tree, tree, path.name, ())
     except BaseException:
         read.close()

@@ -28,7 +28,7 @@ from .keras_h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
 from .keras_layers import KerasLayer, to_canonical
 from .keras_names import (Named, components, group_named, infer_kind, kind_by_shapes, kind_from_key, numbered_roles,
                           under_layer)
-from .pytorch import SIDECAR_MAX_BYTES, ZIP_MAGIC, _read_json, hf_sidecars
+from .pytorch import SIDECAR_MAX_BYTES, ZIP_MAGIC, read_json, hf_sidecars
 
 KERAS_CONFIG = "config.json"
 KERAS_WEIGHTS = "model.weights.h5"
@@ -162,7 +162,7 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
     if (folder / "saved_model.pb").is_file():
         raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
     if (folder / HF_TF_INDEX).is_file():
-        index = _read_json(folder / HF_TF_INDEX)
+        index = read_json(folder / HF_TF_INDEX)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise CorruptInputError(f"{HF_TF_INDEX}: no weight_map")
@@ -184,7 +184,7 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
         named += _legacy_named(h5, h5.root)
     opened.format = "hf-tf-sharded" if len(shards) > 1 else "hf-tf"
     opened.layers = group_named(named, None, folder.name)
-    return _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    return read_json(folder / "config.json") if (folder / "config.json").is_file() else None
 
 
 # --- Keras 2 / legacy h5 -------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def _given_config(config: str | Path | None) -> dict[str, Any] | None:
     with open(p, "rb") as fh:
         zipped = fh.read(4) == ZIP_MAGIC
     if not zipped:
-        return _model_config(_read_json(p), p.name)
+        return _model_config(read_json(p), p.name)
     try:
         with zipfile.ZipFile(p) as zf:
             info = zf.getinfo(KERAS_CONFIG)

@@ -18,7 +18,7 @@ from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, Un
 from convert.pickle_reader import DEFAULT_INERT, restricted_load
 from convert.source import SourceModel
 
-from exporters.pytorch import _open_file
+from exporters.pytorch import open_torch_file
 
 from .nf_config import class_named
 from .nf_folder import NFFolder, NFModel, forecaster_settings, model_files
@@ -42,7 +42,7 @@ def read_legacy(folder: Path) -> NFFolder:
     models = []
     try:
         for path, alias, index in model_files(folder, "ckpt"):
-            source = _open_file(path, "state_dict")
+            source = open_torch_file(path, "state_dict")
             sources.append(source)
             models.append(_model(path, alias, index, alias_to_model, source))
     except BaseException:

@@ -56,10 +56,10 @@ def open_pytorch(path: str | Path, key: str | None = None) -> SourceModel:
         raise SourceNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
         return _open_hf_folder(p, key)
-    return _open_file(p, key)
+    return open_torch_file(p, key)
 
 
-def _open_file(path: Path, key: str | None) -> SourceModel:
+def open_torch_file(path: Path, key: str | None) -> SourceModel:
     mapped = MappedFile(str(path))
     try:
         with open(path, "rb") as fh:
@@ -277,7 +277,7 @@ def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipp
 def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
     index_path = folder / HF_INDEX
     if index_path.exists():
-        shard_files = _read_index(index_path)
+        shard_files = read_index(index_path)
     elif (folder / HF_WEIGHTS).exists():
         shard_files = {HF_WEIGHTS: None}
     else:
@@ -288,15 +288,15 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
             shard = folder / fname
             if not shard.is_file():
                 raise SourceNotFoundError(f"{folder.name}: shard {fname} named in {HF_INDEX} is missing")
-            part = _open_file(shard, key)
+            part = open_torch_file(shard, key)
             parts.append(part)
             if expected is not None:
-                _cross_check(fname, expected, {t.name for t in part.tensors})
+                cross_check(fname, expected, {t.name for t in part.tensors})
     except BaseException:
         for part in parts:
             part.close()
         raise
-    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
     return SourceModel(
         format="hf-pytorch-sharded" if index_path.exists() else "hf-pytorch",
         files=[p for part in parts for p in part.files],
@@ -308,8 +308,8 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
     )
 
 
-def _read_index(index_path: Path) -> dict[str, set[str]]:
-    index = _read_json(index_path)
+def read_index(index_path: Path) -> dict[str, set[str]]:
+    index = read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptInputError(f"{index_path.name}: no weight_map of tensor names to shard files")
@@ -321,7 +321,7 @@ def _read_index(index_path: Path) -> dict[str, set[str]]:
     return shards
 
 
-def _cross_check(fname: str, expected: set[str], found: set[str]) -> None:
+def cross_check(fname: str, expected: set[str], found: set[str]) -> None:
     missing, extra = sorted(expected - found), sorted(found - expected)
     if missing:
         raise CorruptInputError(f"{fname}: the index places {missing[:5]} here but the shard lacks them")
@@ -329,7 +329,7 @@ def _cross_check(fname: str, expected: set[str], found: set[str]) -> None:
         raise CorruptInputError(f"{fname}: holds {extra[:5]}, which the index does not list")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     if path.stat().st_size > SIDECAR_MAX_BYTES:
         raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
     try:

@@ -9,7 +9,7 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputEr
 from convert.safetensors_format import read_header
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
-from exporters.pytorch import _read_json  # size-capped, every decoding error a CorruptInputError
+from exporters.pytorch import read_json  # size-capped, every decoding error a CorruptInputError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -38,7 +38,7 @@ def open_safetensors(path: str | Path) -> SourceModel:
             for e in header.entries:
                 tensors.append(_ref(mapped, f, e.name, e.dtype, e.shape, header.data_start + e.begin, e.end - e.begin))
         config_path = p / "config.json" if p.is_dir() else None
-        config = _read_json(config_path) if config_path and config_path.is_file() else None
+        config = read_json(config_path) if config_path and config_path.is_file() else None
     except BaseException:
         for m in maps:
             m.close()
@@ -54,7 +54,7 @@ def _ref(mapped: MappedFile, path: Path, name: str, code: str, shape: tuple[int,
 
 
 def _index_files(index: Path) -> list[Path]:
-    doc = _read_json(index)
+    doc = read_json(index)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptInputError(f"{index.name}: not a SafeTensors index (no weight_map of tensor names to files)")
