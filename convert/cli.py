@@ -283,8 +283,11 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @click.option("--module", metavar="PKG.MOD:FACTORY",
               help="Your code: import PKG.MOD (from the working folder too) and call FACTORY() for the "
                    "torch.nn.Module (or, with --framework jax, the JAX model); SRC holds its weights.")
-@click.option("--framework", type=click.Choice(["auto", "pytorch", "keras", "jax"]), default="auto", show_default=True,
-              help="Source framework (auto: by SRC's content).")
+@click.option("--framework", type=click.Choice(["auto", "pytorch", "keras", "jax", "neuralforecast"]), default="auto",
+              show_default=True, help="Source framework (auto: by SRC's content).")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="NeuralForecast: export only this model (its alias, as nf-to-safetensors names its folder; "
+                   "repeatable). Default: every model.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
               help="Shape of an input for export and generated test inputs, e.g. x=1x3x32x32 (repeatable).")
 @click.option("--dynamic-axis", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=NAME",
@@ -306,13 +309,15 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @output_flags
 @command_errors
 def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tuple[str, ...],
-            output_names: str | None, no_simplify: bool, as_json: bool, **opts: Any) -> None:
+            output_names: str | None, no_simplify: bool, as_json: bool, models: tuple[str, ...],
+            **opts: Any) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
     match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
 
     \b
-    SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, or with
-    --module the weights (checkpoint or SafeTensors, read without torch.load) of your module.
+    SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, a
+    NeuralForecast save folder (each model rebuilt from its manifest config into OUT/<alias>/), or
+    with --module the weights (checkpoint or SafeTensors, read without torch.load) of your module.
     What is trusted: --module runs your own code. A .pt2 is opened by torch's deserializer after
     every pickle, module import and native library in it has been refused. A .keras file loads in
     Keras safe_mode (Lambda code is refused). A SavedModel is a TensorFlow program that validation
@@ -323,20 +328,22 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
     names = [n.strip() for n in output_names.split(",")] if output_names else None
     result = export_onnx(src, out, input_shapes=parse_input_shapes(input_shapes),
                          dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
-                         simplify=not no_simplify, **opts)
+                         simplify=not no_simplify, models=list(models), **opts)
     quiet = _flags().get("quiet", False)
     if not quiet:
-        for note in result.notes:
+        for note in (n for g in result.graphs for n in g.notes):
             click.echo(f"convert: warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     elif not quiet:
-        v = result.validation
-        worst = max(v["max_abs_diff"].values(), default=0.0)
-        click.echo(f"wrote {result.output} ({', '.join(result.files)}) with {result.exporter}"
-                   f"{', simplified' if result.simplified else ''}; ONNX Runtime matches the source at batch sizes "
-                   f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
-                   f"max |diff| {worst:.2g} <= {v['atol']:g} ({result.seconds:.1f} s)")
+        for g in result.graphs:
+            v = g.validation
+            worst = max(v["max_abs_diff"].values(), default=0.0)
+            click.echo(f"wrote {result.output / g.folder} ({', '.join(g.files)}) with {g.exporter}"
+                       f"{', simplified' if g.simplified else ''}; ONNX Runtime matches the source at batch sizes "
+                       f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
+                       f"max |diff| {worst:.2g} <= {v['atol']:g}")
+        click.echo(f"{len(result.graphs)} graph{'s' if len(result.graphs) != 1 else ''} in {result.seconds:.1f} s")
 
 
 @cli.command(epilog=EXIT_HELP)

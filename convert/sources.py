@@ -57,9 +57,14 @@ def _detect_folder(path: Path) -> str | None:
         return "flax"
     if any(n.isdigit() and (path / n / "_CHECKPOINT_METADATA").is_file() for n in names):
         return "flax"  # an orbax CheckpointManager folder: one subfolder per step
-    if "alias_to_model.pkl" in names or "configuration.json" in names or "configuration.pkl" in names:
+    if is_neuralforecast_folder(path):
         return "neuralforecast"
     return None
+
+
+def is_neuralforecast_folder(path: Path) -> bool:
+    """A folder `NeuralForecast.save` wrote, of any release: it keeps the forecaster's configuration."""
+    return any((path / name).is_file() for name in ("alias_to_model.pkl", "configuration.json", "configuration.pkl"))
 
 
 def _detect_file(path: Path) -> str | None:

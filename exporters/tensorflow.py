@@ -27,6 +27,7 @@ from convert.tensors import TensorRef
 from .keras import _Opened, assemble
 from .keras_layers import KerasLayer, to_canonical
 from .keras_names import Named, components, drop_common_scope, group_named
+from .quiet import framework_output_captured
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -96,10 +97,12 @@ def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tupl
 
 
 def _import_tensorflow() -> Any:
-    # TensorFlow's C++ start-up notes would otherwise land on stderr, around our one-line errors.
+    # TensorFlow's C++ start-up notes (oneDNN, absl) would otherwise land on stderr, around our
+    # one-line errors; TF_CPP_MIN_LOG_LEVEL no longer silences those logged before absl starts.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        import tensorflow as tf
+        with framework_output_captured():
+            import tensorflow as tf
     except ImportError:
         raise UnsupportedFormatError("reading SavedModels and TF checkpoints needs TensorFlow: "
                                      "pip install 'rust-model-convert[tensorflow]'") from None

@@ -7,7 +7,6 @@ from their class and arguments), its trainer settings, and the SafeTensors with 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -104,47 +103,24 @@ def dense_zoo() -> list[Any]:
     ]
 
 
-def make_loss(record: dict[str, Any] | None) -> Any:
-    if record is None:
-        return None
-    from neuralforecast.losses import pytorch as losses
-
-    return getattr(losses, record["class"])(**record["args"])
-
-
 def rebuild(out: Path, drop_unknown: bool = False, **overrides: Any) -> tuple[Any, list[str]]:
-    """NeuralForecast's class called with the manifest's config, loaded from the converted tensors.
-    `drop_unknown` leaves out arguments the current class no longer takes (older releases'), as
-    NeuralForecast's own loader does; the dropped names are returned. `overrides` replace training
-    settings (max_steps=0 lets NeuralForecast.fit prepare a forecaster without training)."""
-    import torch
-    from neuralforecast import models
+    """NeuralForecast's class called with the manifest's config, loaded from the converted tensors
+    (exporters.nf_rebuild, the code `to-onnx` rebuilds models with). `drop_unknown` leaves out
+    arguments the current class no longer takes (older releases'); the dropped names are returned.
+    `overrides` replace training settings (max_steps=0 lets NeuralForecast.fit prepare a forecaster
+    without training)."""
     from safetensors.torch import load_file
+
+    from exporters.nf_rebuild import rebuild_model
 
     doc = read_manifest(out)
     source = doc["architecture"]["source_model"]
-    cls = getattr(models, source["class"])
-    kwargs = dict(source["constructor"])
-    kwargs["loss"] = make_loss(kwargs.get("loss"))
-    kwargs["valid_loss"] = make_loss(kwargs.get("valid_loss"))
-    dropped = []
-    if drop_unknown:
-        accepted = {p for klass in cls.__mro__ if "__init__" in vars(klass)
-                    for p in inspect.signature(klass.__init__).parameters}
-        dropped = sorted(k for k in kwargs if k not in accepted)
-        for key in dropped:
-            del kwargs[key]
-    kwargs.update(source["trainer"])
-    kwargs.update(overrides)
-    model = cls(**kwargs)
     tensors = {}
     for f in doc["files"]:
         tensors.update(load_file(out / f["path"]))
     for alias, kept in doc["aliases"].items():
         tensors[alias] = tensors[kept]
-    with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
-    return model, dropped
+    return rebuild_model(source, tensors, {**source["trainer"], **overrides}, drop_unknown)
 
 
 def forecast_columns(frame: Any, alias: str) -> list[str]:

@@ -210,8 +210,8 @@ def test_json_result_and_verify(tmp_path: Path, models: Any) -> None:
     rc, stdout, stderr = run_cli("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp",
                                  "--input-shape", "x=2x6", "--json", cwd=tmp_path, timeout=600)
     assert rc == 0, stderr
-    result = json.loads(stdout)
-    assert result["files"] == ["model.onnx"] and result["validation"]["passed"] is True
+    (graph,) = json.loads(stdout)["graphs"]
+    assert graph["folder"] == "" and graph["files"] == ["model.onnx"] and graph["validation"]["passed"] is True
     assert stderr == ""
     rc, stdout, stderr = run_cli("verify", tmp_path / "out")
     assert rc == 0 and "ok: 1 file(s)" in stdout, stderr

@@ -1,8 +1,9 @@
 """`convert to-onnx`: a model's graph as ONNX, validated against the framework it came from.
 
 Each source framework is one module with one function, `export(src, options, scratch) ->
-ExportedGraph`; the pipeline (simplify, check, save, validate, manifest) is shared.  Adding a
-framework is adding a module and a line to FRAMEWORKS.
+list[ExportedGraph]` (one graph per model the source holds: a NeuralForecast folder holds several);
+the pipeline (simplify, check, save, validate, manifest) is shared.  Adding a framework is adding a
+module and a line to FRAMEWORKS.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError
+from convert.sources import is_neuralforecast_folder
 
 from .spec import ExportedGraph, ExportOptions
 
@@ -20,9 +22,10 @@ FRAMEWORKS: dict[str, str] = {
     "pytorch": "exporters.onnx_export.from_pytorch",
     "keras": "exporters.onnx_export.from_keras",
     "jax": "exporters.onnx_export.from_jax",
+    "neuralforecast": "exporters.onnx_export.from_neuralforecast",
 }
 
-Exporter = Callable[[Path, ExportOptions, Path], ExportedGraph]
+Exporter = Callable[[Path, ExportOptions, Path], list[ExportedGraph]]
 
 
 def exporter_for(src: Path, options: ExportOptions) -> Exporter:
@@ -43,6 +46,8 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
         return "pytorch"  # weights for a factory's module; JAX factories say --framework jax
     if src.is_dir() and (src / "saved_model.pb").is_file():
         return "keras"
+    if src.is_dir() and is_neuralforecast_folder(src):
+        return "neuralforecast"
     if src.is_file() and zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:
             names = zf.namelist()
@@ -52,4 +57,4 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
             return "keras"
     raise UnsupportedFormatError(
         f"{src.name}: to-onnx exports torch.export programs (.pt2), a module from --module pkg.mod:factory "
-        f"with its weights, Keras .keras files and TensorFlow SavedModel folders")
+        f"with its weights, Keras .keras files, TensorFlow SavedModel folders and NeuralForecast save folders")

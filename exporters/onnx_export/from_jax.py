@@ -19,14 +19,14 @@ from convert.errors import MappingError, UnsupportedFormatError, UsageError
 
 from .graph_edit import default_output_names, output_names
 from .inputs import build_specs, input_sets
-from .quiet import first_line
+from ..quiet import first_line
 from .spec import ExportedGraph, ExportOptions
 from .user_code import call_factory, required_arguments
 
 WEIGHTS_MAX_BYTES = 8 << 30
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
+def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
     if not options.module:
         raise UsageError("JAX models are code: give --module pkg.mod:factory returning a flax.nnx.Module, "
                          "and SRC with its weights")
@@ -59,8 +59,8 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
                                       output_names=outputs, return_mode="proto")
     except Exception as exc:  # jax2onnx raises many types for primitives it does not cover
         raise UnsupportedFormatError(f"jax2onnx could not export the model: {first_line(exc)}") from None
-    return ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
-                         "flax-nnx-module", [src])
+    return [ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
+                          "flax-nnx-module", [src])]
 
 
 def _restore(model: Any, src: Path) -> None:

@@ -18,17 +18,17 @@ from convert.errors import UnsafeInputError, UnsupportedFormatError, UsageError
 
 from .graph_edit import default_output_names, output_names, rename_values
 from .inputs import build_specs, input_sets
-from .quiet import first_line
+from ..quiet import first_line
 from .spec import ExportedGraph, ExportOptions, InputSpec
 
 SIGNATURE = "serving_default"
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
+def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
     if options.exporter != "auto":
         raise UsageError("--exporter chooses between PyTorch's exporters; Keras models have one path")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return _saved_model(src, options) if src.is_dir() else _keras_file(src, options, scratch)
+    return [_saved_model(src, options) if src.is_dir() else _keras_file(src, options, scratch)]
 
 
 def _keras_file(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:

@@ -18,7 +18,7 @@ from convert.tensors import TensorRef
 from .graph_edit import default_output_names, output_names
 from .inputs import build_specs, input_sets
 from .pt2_guard import check_pt2
-from .quiet import first_line
+from ..quiet import first_line
 from .spec import ExportedGraph, ExportOptions, InputSpec
 from .user_code import call_factory, required_arguments
 
@@ -28,8 +28,8 @@ _VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint
 TORCHSCRIPT_OPSET = 17
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
-    return _from_module(src, options, scratch) if options.module else _from_program(src, options, scratch)
+def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
+    return [_from_module(src, options, scratch) if options.module else _from_program(src, options, scratch)]
 
 
 def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
@@ -47,9 +47,9 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
     dims: dict[str, Any] = {}
     dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
                       for s in specs}
-    reference = _reference(module, names)
+    reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(example))))
-    model, exporter, notes = _export(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
+    model, exporter, notes = export_torch(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
     return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-module", files,
                          parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()], notes=notes)
 
@@ -71,9 +71,9 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
     specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args)]
     samples = {s.name: a.detach().numpy() for s, a in zip(specs, args)}
     module = program.module()
-    reference = _reference(module, names)
+    reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(samples))))
-    model, exporter, notes = _export(program, module, samples, specs, outputs, None, options, scratch)
+    model, exporter, notes = export_torch(program, module, samples, specs, outputs, None, options, scratch)
     return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-export-program", [src],
                          parameters=[(k, tuple(v.shape)) for k, v in program.state_dict.items()],
                          samples=samples, notes=notes)
@@ -89,9 +89,11 @@ def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
     return InputSpec(name, tuple(example.shape), example.detach().numpy().dtype, dynamic)
 
 
-def _export(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
-            dynamic_shapes: dict[str, Any] | None, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
-    """(model, which exporter, notes): the dynamo exporter, then (with --exporter auto) TorchScript if it fails."""
+def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
+            dynamic_shapes: Any, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
+    """(model, which exporter, notes): the dynamo exporter, then (with --exporter auto) TorchScript if it fails.
+    `target` is what torch.export traces (a module or a program), `module` what TorchScript traces;
+    `dynamic_shapes` is keyed as torch.export wants it for `target`'s forward."""
     import torch
 
     names = [s.name for s in specs]
@@ -100,7 +102,11 @@ def _export(target: Any, module: Any, example: dict[str, np.ndarray], specs: lis
     if options.exporter in ("auto", "dynamo"):
         model, failure = _dynamo(target, args, specs, outputs, dynamic_shapes, options)
         if failure is None:
-            return model, _dynamo_name(), notes
+            return model, _dynamo_name("torch.export"), notes
+        if dynamic_shapes is not None:  # a module, not a program: try torch.export's strict mode
+            model = _strict(target, args, specs, outputs, dynamic_shapes, options)
+            if model is not None:
+                return model, _dynamo_name("torch.export strict=True"), notes
         if options.exporter == "dynamo":
             raise UnsupportedFormatError(f"the dynamo exporter failed: {failure}")
         notes.append(f"the dynamo exporter failed ({failure}); used the TorchScript exporter")
@@ -116,8 +122,22 @@ def _export(target: Any, module: Any, example: dict[str, np.ndarray], specs: lis
     return onnx.load(str(path)), "torch.onnx.export dynamo=False (TorchScript exporter)", notes
 
 
+def _strict(module: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str],
+            dynamic_shapes: Any, options: ExportOptions) -> Any:
+    """The graph from torch.export's strict mode, or None. TorchDynamo traces Python itself, so code
+    like `batch_size = len(x)` keeps the size symbolic where the default non-strict tracing fixes it."""
+    import torch
+
+    try:
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=True)
+    except Exception:  # torch.export raises many types; the non-strict failure is the one reported
+        return None
+    model, failure = _dynamo(program, args, specs, outputs, None, options)
+    return model if failure is None else None
+
+
 def _dynamo(target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str],
-            dynamic_shapes: dict[str, Any] | None, options: ExportOptions) -> tuple[Any, str | None]:
+            dynamic_shapes: Any, options: ExportOptions) -> tuple[Any, str | None]:
     """(model, None), or (None, why): an error, or a graph that fixed an axis asked to be dynamic
     (torch.export can specialise an LSTM's sequence length to the example's and still succeed)."""
     import torch
@@ -135,15 +155,17 @@ def _dynamo(target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs:
     return (None, f"it fixed dynamic axes {', '.join(fixed)} to the example's size") if fixed else (model, None)
 
 
-def _dynamo_name() -> str:
+def _dynamo_name(capture: str) -> str:
     import onnxscript
 
-    return f"torch.onnx.export dynamo=True (torch.export, onnxscript {onnxscript.__version__})"
+    return f"torch.onnx.export dynamo=True ({capture}, onnxscript {onnxscript.__version__})"
 
 
-def _reference(module: Any, names: list[str]) -> Any:
+def torch_reference(module: Any, names: list[str]) -> Any:
     import torch
     from torch.utils._pytree import tree_leaves
+
+    """The module's own forward pass on named arrays, outputs flattened: validation's reference."""
 
     def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
@@ -158,7 +180,7 @@ def _load_weights(module: Any, src: Path) -> list[Path]:
     from convert.sources import open_source
 
     with open_source(src) as source:
-        state = {t.name: _to_torch(t) for t in source.tensors}
+        state = {t.name: to_torch(t) for t in source.tensors}
         files = list(source.files)
     try:
         module.load_state_dict(state, strict=True)
@@ -168,7 +190,8 @@ def _load_weights(module: Any, src: Path) -> list[Path]:
     return files
 
 
-def _to_torch(ref: TensorRef) -> Any:
+def to_torch(ref: TensorRef) -> Any:
+    """A torch tensor holding a copy of the reference's data, 16-bit and 8-bit floats included."""
     import torch
 
     arr = np.array(ref.array())  # a copy: the source's memory maps close when it does

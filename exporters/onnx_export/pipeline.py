@@ -21,9 +21,9 @@ from ..onnx_names import record_names
 from . import exporter_for
 from .graph_edit import name_axes, reinfer_shapes
 from .inputs import input_sets
-from .quiet import first_line, framework_output_captured
+from ..quiet import first_line, framework_output_captured
 from .record import export_manifest
-from .spec import ExportOptions
+from .spec import ExportedGraph, ExportOptions
 from .validate import default_atol, validate
 
 MODEL_FILE = "model.onnx"
@@ -33,23 +33,33 @@ EXTERNAL_MIN_BYTES = 1024  # tensors smaller than this stay inside model.onnx
 
 
 @dataclass
-class ExportResult:
-    output: Path
+class GraphResult:
+    folder: str  # inside the output folder; "" when the source holds one model
     files: list[str]
     exporter: str
     simplified: bool
     validation: dict[str, Any]
-    seconds: float
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"output": str(self.output), "files": self.files, "exporter": self.exporter,
-                "simplified": self.simplified, "validation": self.validation,
-                "seconds": round(self.seconds, 3), "notes": self.notes}
+        return {"folder": self.folder, "files": self.files, "exporter": self.exporter, "simplified": self.simplified,
+                "validation": self.validation, "notes": self.notes}
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    graphs: list[GraphResult]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "graphs": [g.to_json() for g in self.graphs],
+                "seconds": round(self.seconds, 3)}
 
 
 def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportResult:
-    """Export `src` into the folder `out` as model.onnx (+ external data) and manifest.json."""
+    """Export `src` into the folder `out` as model.onnx (+ external data) and manifest.json, or, for a
+    source of several models, one such folder per model inside `out`."""
     started = time.perf_counter()
     source = Path(src)
     staged = StagedOutput(out, options.overwrite)
@@ -61,21 +71,34 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportR
         scratch = staging / ".export"
         scratch.mkdir()
         with framework_output_captured():
-            graph = export(source, options, scratch)
-            name_axes(graph.model, graph.inputs)
-            record_names(graph.model)
-            model, simplification = optimize(graph.model, options.simplify)
+            graphs = export(source, options, scratch)
         shutil.rmtree(scratch)
-        files = save(model, staging, options.external_data_threshold)
-        check(staging / MODEL_FILE)
-        atol = options.atol if options.atol is not None else default_atol(model)
-        sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
+        results = [_finish(graph, staging, options) for graph in graphs]
+    return ExportResult(staged.dest, results, time.perf_counter() - started)
+
+
+def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions) -> GraphResult:
+    """One exported graph named, simplified, saved, checked, validated and described in its manifest."""
+    dest = staging / graph.folder
+    dest.mkdir(exist_ok=True)
+    with framework_output_captured():
+        name_axes(graph.model, graph.inputs)
+        record_names(graph.model)
+        model, simplification = optimize(graph.model, options.simplify)
+        name_axes(model, graph.inputs)  # onnx-simplifier can rename an input's symbolic axis
+    files = save(model, dest, options.external_data_threshold)
+    check(dest / MODEL_FILE)
+    atol = options.atol if options.atol is not None else default_atol(model)
+    sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
+    try:
         with framework_output_captured():
-            validation = validate(staging / MODEL_FILE, graph, sets, atol)
-        doc = export_manifest(graph, model, files, options, simplification, validation)
-        write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
-    return ExportResult(staged.dest, [p.name for p in files], graph.exporter, simplification["simplified"],
-                        validation, time.perf_counter() - started, graph.notes)
+            validation = validate(dest / MODEL_FILE, graph, sets, atol)
+    except VerificationError as exc:
+        raise VerificationError(f"{graph.folder}: {exc}" if graph.folder else str(exc)) from None
+    doc = export_manifest(graph, model, files, options, simplification, validation)
+    write_file(dest / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    return GraphResult(graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"],
+                       validation, graph.notes)
 
 
 def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:

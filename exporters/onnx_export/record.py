@@ -35,7 +35,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
         "tensors": [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
         "aliases": {},
         "dropped": [],
-        "architecture": {**infer_architecture(graph.parameters), "config": None, "source_model": None},
+        "architecture": {**infer_architecture(graph.parameters), "config": None, "source_model": graph.source_model},
         "graph": {
             "file": files[0].name,
             "external_data": files[1].name if len(files) > 1 else None,
@@ -48,6 +48,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
             "inputs": [_io_entry(v) for v in model.graph.input if v.name in {s.name for s in graph.inputs}],
             "outputs": [_io_entry(v) for v in model.graph.output],
             "validation": validation,
+            **({"semantics": graph.semantics} if graph.semantics else {}),
         },
     }
 

@@ -14,7 +14,7 @@ DEFAULT_EXTERNAL_DATA_THRESHOLD = 2 * 10**9  # protobuf cannot serialize a messa
 
 @dataclass
 class ExportOptions:
-    framework: str = "auto"  # auto, pytorch, keras, jax
+    framework: str = "auto"  # auto, pytorch, keras, jax, neuralforecast
     module: str | None = None  # "pkg.mod:factory": user code named explicitly on the command line
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "" = the only input
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> axis -> name
@@ -25,6 +25,7 @@ class ExportOptions:
     simplify: bool = True
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     exporter: str = "auto"  # PyTorch only: auto (dynamo, then TorchScript), dynamo, torchscript
+    models: list[str] = field(default_factory=list)  # NeuralForecast: the models (output folders) to export; [] = all
     overwrite: bool = False
 
 
@@ -50,3 +51,6 @@ class ExportedGraph:
     parameters: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # state-dict names, for the manifest
     samples: dict[str, np.ndarray] | None = None  # example inputs the source carries (a .pt2's)
     notes: list[str] = field(default_factory=list)
+    folder: str = ""  # where in the output folder this graph goes: "" for a source of one model
+    source_model: dict[str, Any] | None = None  # the config the model was rebuilt from, for the manifest
+    semantics: dict[str, Any] | None = None  # what the inputs and outputs mean, where the graph alone cannot say

@@ -14,7 +14,7 @@ import numpy as np
 from convert.errors import VerificationError
 
 from .inputs import InputSet
-from .quiet import first_line
+from ..quiet import first_line
 from .spec import ExportedGraph
 
 DEFAULT_ATOL = 1e-5

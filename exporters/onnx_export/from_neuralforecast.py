@@ -1,0 +1,170 @@
+"""NeuralForecast to ONNX: every model of a save folder rebuilt from its manifest and exported with
+the inputs NeuralForecast really feeds it.
+
+Each model is read by this project's own reader (no pickle from the folder is loaded), described by
+the same architecture record `nf-to-safetensors` writes into its manifest, rebuilt from that record
+with NeuralForecast's class (exporters.nf_rebuild), and exported through the PyTorch path.  The
+graph is the network as NeuralForecast calls it at prediction time, `loss.domain_map(model(windows))`,
+with the window's parts as named inputs: `insample_y` and `insample_mask` (the last `input_size`
+steps), `futr_exog` (input_size + h steps), `hist_exog`, `stat_exog`, each only when the model has
+such columns.  What NeuralForecast does around the network (the temporal scaler and its inverse,
+sampling from a distribution) stays outside the graph and the manifest's graph.semantics says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convert.errors import UnsupportedFormatError, UsageError
+
+from ..neuralforecast import model_source, open_folder, output_folders
+from ..nf_rebuild import rebuild_model
+from .from_pytorch import export_torch, to_torch, torch_reference
+from .graph_edit import default_output_names, output_names
+from .inputs import BATCH, input_sets
+from .spec import ExportedGraph, ExportOptions, InputSpec
+
+WINDOW_PARTS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
+
+
+def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
+    if options.module:
+        raise UsageError("a NeuralForecast folder names its own model classes: drop --module")
+    if options.input_shapes or options.dynamic_axes:
+        raise UsageError("a NeuralForecast model's window is fixed by its input_size and h: "
+                         "drop --input-shape and --dynamic-axis")
+    with open_folder(src) as folder:
+        names = output_folders(folder.models)
+        unknown = sorted(set(options.models) - set(names))
+        if unknown:
+            raise UsageError(f"--model {', '.join(unknown)}: {src.name} holds the models {', '.join(names)}")
+        chosen = options.models or names
+        if options.inputs_file and len(chosen) > 1:
+            raise UsageError(f"--inputs holds one model's inputs; {len(chosen)} models are exported: choose one "
+                             f"with --model")
+        return [_export_model(model_source(folder, model, name), name, options, scratch)
+                for model, name in zip(folder.models, names) if name in chosen]
+
+
+def _export_model(source: Any, name: str, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    record = source.architecture
+    resolved = record["resolved"]
+    _check_exportable(name, record["class"], resolved)
+    state = {t.name: to_torch(t) for t in source.tensors}
+    network, dropped = rebuild_model(record, state, drop_unknown=True)
+    network.eval()
+    specs = _window_specs(resolved)
+    wrapper = _Windows(network, [s.name for s in specs])
+    reference = torch_reference(wrapper, [s.name for s in specs])
+    example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
+    count = len(reference(example))
+    outputs = output_names(options.output_names, ["forecast"] if count == 1 else default_output_names(count))
+    batch = torch.export.Dim(BATCH)
+    dynamic_shapes = (tuple({0: batch} if 0 in s.dynamic else {} for s in specs),)  # forward(*parts)
+    model, exporter, notes = export_torch(wrapper, wrapper, example, specs, outputs, dynamic_shapes, options,
+                                          scratch)
+    read = {value.name for value in model.graph.input}
+    unread = [s for s in specs if s.name not in read]  # parts the network ignores (most ignore the mask)
+    specs = [s for s in specs if s.name in read]
+    if dropped:
+        notes.append(f"{name}: stored arguments the installed {record['class']} does not take, left at their "
+                     f"defaults: {', '.join(dropped)}")
+    return ExportedGraph(model, specs, outputs, _filling(reference, specs, unread), exporter, "neuralforecast",
+                         source.files,
+                         parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()], notes=notes,
+                         folder=name, source_model=record, semantics=_semantics(network, record, specs, outputs))
+
+
+def _filling(reference: Any, specs: list[InputSpec], unread: list[InputSpec]) -> Any:
+    """The reference forward, given zeros for the window parts the graph dropped as unread."""
+    if not unread:
+        return reference
+
+    def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = arrays[specs[0].name].shape[0]
+        zeros = {s.name: np.zeros((batch, *s.shape[1:]) if s.dynamic else s.shape, np.float32) for s in unread}
+        return reference({**arrays, **zeros})
+
+    return run
+
+
+def _check_exportable(name: str, class_name: str, resolved: dict[str, Any]) -> None:
+    if resolved["recurrent"]:
+        raise UnsupportedFormatError(
+            f"{name}: {class_name} forecasts recurrently, one step at a time with its state carried between "
+            f"calls in Python, which one graph does not hold; export a model trained with recurrent=False, or "
+            f"leave this one out with --model")
+    if resolved["cat_exog_list"]:
+        raise UnsupportedFormatError(
+            f"{name}: categorical exogenous columns {resolved['cat_exog_list']} are embedded by NeuralForecast "
+            f"before the network runs; models with them are not exported (leave it out with --model)")
+
+
+def _window_specs(resolved: dict[str, Any]) -> list[InputSpec]:
+    """The parts of a prediction window NeuralForecast hands this model, with their shapes.
+    Univariate: [batch, steps, features]; multivariate: [batch, features, steps, n_series] for the
+    exogenous parts and [n_series, features] for stat_exog, which has no batch axis."""
+    steps, h, n = resolved["input_size"], resolved["h"], resolved["n_series"]
+    futr, hist, stat = (len(resolved[f"{part}_exog_list"]) for part in ("futr", "hist", "stat"))
+    multivariate = resolved["multivariate"]
+    shapes: dict[str, tuple[int, ...]] = {"insample_y": (1, steps, n), "insample_mask": (1, steps, n)}
+    if futr:
+        shapes["futr_exog"] = (1, futr, steps + h, n) if multivariate else (1, steps + h, futr)
+    if hist:
+        shapes["hist_exog"] = (1, hist, steps, n) if multivariate else (1, steps, hist)
+    if stat:
+        shapes["stat_exog"] = (n, stat) if multivariate else (1, stat)
+    batched = {name for name in shapes if not (multivariate and name == "stat_exog")}
+    return [InputSpec(name, shape, np.dtype(np.float32), {0: BATCH} if name in batched else {})
+            for name, shape in shapes.items()]
+
+
+def _semantics(network: Any, record: dict[str, Any], specs: list[InputSpec], outputs: list[str]) -> dict[str, Any]:
+    resolved = record["resolved"]
+    loss = network.loss
+    columns = [f"{record['alias'] or record['class']}{suffix}" for suffix in (getattr(loss, "output_names", None) or [""])]
+    return {
+        "computes": "loss.domain_map(model(windows)), as NeuralForecast's predict step calls it",
+        "inputs": {s.name: _part_meaning(s.name, resolved) for s in specs},
+        "outputs": outputs,
+        "forecast_columns": columns,
+        "scaler_type": resolved["scaler_type"],
+        "outside_the_graph": [
+            f"the temporal scaler (scaler_type={resolved['scaler_type']!r}): inputs are the window after it, "
+            f"outputs before its inverse",
+            "the forecaster's local scaler (local_scaler_type), if one was fitted",
+            *(["drawing samples and quantiles from the predicted distribution's parameters"]
+              if getattr(loss, "is_distribution_output", False) else []),
+        ],
+    }
+
+
+def _part_meaning(part: str, resolved: dict[str, Any]) -> str:
+    steps, h = resolved["input_size"], resolved["h"]
+    return {
+        "insample_y": f"the target's last {steps} values, oldest first",
+        "insample_mask": f"1 where those {steps} values were observed, 0 where missing",
+        "futr_exog": f"future exogenous columns {resolved['futr_exog_list']} over the {steps} steps and the "
+                     f"{h} to forecast",
+        "hist_exog": f"historic exogenous columns {resolved['hist_exog_list']} over the {steps} steps",
+        "stat_exog": f"static exogenous columns {resolved['stat_exog_list']}",
+    }[part]
+
+
+class _Windows(torch.nn.Module):
+    """Calls a NeuralForecast model the way its predict step does, with the window's parts as
+    separate tensors (one graph input each) instead of one dict."""
+
+    def __init__(self, network: torch.nn.Module, parts: list[str]) -> None:
+        super().__init__()
+        self.network = network
+        self.parts = parts
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        windows = dict.fromkeys(WINDOW_PARTS)
+        windows.update(zip(self.parts, tensors))
+        return self.network.loss.domain_map(self.network(windows))
