@@ -190,7 +190,9 @@ def test_interrupt_leaves_nothing(sig: signal.Signals, overwrite: bool, sources:
             shutil.copytree(sources["previous"], out)
         proc = start(sources["B"], out, *(["--overwrite"] if overwrite else []))
         wait_for_staging(proc, out)
-        time.sleep(rng.uniform(0, timing["write"] * 0.8))
+        # The first signal lands as soon as the staging folder appears (mid-write on any machine),
+        # the others at random points of the writing phase.
+        time.sleep(rng.uniform(0, timing["write"] * 0.8) if i else 0)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         # 0 or -sig: the conversion had finished (-sig: the signal met the interpreter's own shutdown,
@@ -202,7 +204,11 @@ def test_interrupt_leaves_nothing(sig: signal.Signals, overwrite: bool, sources:
             if overwrite:  # the previous output, or -- a signal just after the atomic swap -- the complete new one
                 assert listing(out) == listing(sources["previous"]) or is_complete_output_of(out, sources["B"]), \
                     f"signal {i} after the staging folder appeared: the output is neither the old nor the new one"
-            assert [p.name for p in parent.iterdir()] == (["out"] if overwrite else []), list(parent.iterdir())
+            else:  # nothing, or -- a signal just after the final rename -- the complete new output
+                assert not out.exists() or is_complete_output_of(out, sources["B"]), \
+                    f"signal {i} after the staging folder appeared left an incomplete output"
+            assert [p.name for p in parent.iterdir()] == (["out"] if overwrite or out.exists() else []), \
+                list(parent.iterdir())
         else:  # finished before the signal arrived
             assert is_complete_output_of(out, sources["B"]), f"exit {proc.returncode} with an incomplete output"
             assert staging_of(out) == []
