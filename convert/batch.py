@@ -57,6 +57,8 @@ class JobResult:
 @dataclass
 class BatchSummary:
     results: list[JobResult] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)  # made when the executor starts
+    finished: float | None = None  # when the last result came in
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
@@ -68,7 +70,8 @@ class BatchSummary:
     def to_json(self) -> dict[str, Any]:
         return {"summary": {"jobs": len(self.results), **self.counts(),
                             "bytes": sum(r.bytes for r in self.results),
-                            "seconds": round(sum(r.seconds for r in self.results), 3)}}
+                            "seconds": round(sum(r.seconds for r in self.results), 3),
+                            "wall_seconds": round((self.finished or self.started) - self.started, 3)}}
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -276,13 +279,31 @@ def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummar
         for job in jobs:
             _collect(summary, run_job(job), on_result)
         return summary
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["convert.batch", "convert.api", "exporters.pytorch"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         futures = [pool.submit(run_job, job) for job in jobs]
         for future in as_completed(futures):
             _collect(summary, future.result(), on_result)
     return summary
+
+
+WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what nearly every job needs
+
+
+def _pool_context() -> Any:
+    """fork while this process runs no other thread: workers start at once and inherit the imports.
+    With another thread running (a progress display), forking could copy a lock that thread holds,
+    so workers then come from a forkserver that has made the same imports."""
+    import importlib
+    import multiprocessing
+    import threading
+
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        for name in WORKER_IMPORTS:
+            importlib.import_module(name)
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_IMPORTS))
+    return context
 
 
 def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus: int | None = None) -> BatchSummary:
@@ -291,12 +312,12 @@ def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus:
         import ray
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'rust-model-convert[ray]'") from None
+    summary = BatchSummary()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
-    summary = BatchSummary()
     try:
         pending = [remote.remote(job) for job in jobs]
         while pending:
@@ -310,4 +331,5 @@ def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus:
 
 def _collect(summary: BatchSummary, result: JobResult, on_result: OnResult) -> None:
     summary.results.append(result)
+    summary.finished = time.perf_counter()
     on_result(result)

@@ -164,6 +164,28 @@ def test_output_names_do_not_clash() -> None:
     assert len(set(batch_mod.output_names([Path("m.pt")] * 4))) == 4
 
 
+def test_worker_pool_with_and_without_another_thread(mixed: Path, tmp_path: Path) -> None:
+    """Workers fork while the process has one thread, and come from a forkserver while another
+    thread (a progress display) runs: the same statuses either way, and a wall time in the summary."""
+    import threading
+
+    alone = batch_mod.run_local(batch_mod.jobs_from_sources([str(mixed)], tmp_path / "fork"), 2, lambda r: None)
+    assert batch_mod._pool_context().get_start_method() == "fork"
+    stop = threading.Event()
+    display = threading.Thread(target=stop.wait, daemon=True)
+    display.start()
+    try:
+        assert batch_mod._pool_context().get_start_method() == "forkserver"
+        beside = batch_mod.run_local(batch_mod.jobs_from_sources([str(mixed)], tmp_path / "server"), 2, lambda r: None)
+    finally:
+        stop.set()
+        display.join()
+    as_map = lambda s: {Path(r.source).name: (r.status, r.exit_code) for r in s.results}  # noqa: E731
+    assert as_map(alone) == as_map(beside) == EXPECTED
+    summary = beside.to_json()["summary"]
+    assert 0 < summary["wall_seconds"] and summary["jobs"] == len(EXPECTED)
+
+
 def test_ray_executor_gives_the_same_statuses(mixed: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     jobs = batch_mod.jobs_from_sources([str(mixed)], tmp_path / "ray-out")
