@@ -10,6 +10,10 @@ to the next, and records its wall time and peak RSS:
 
   cp        `cp SRC DST`, the floor (on ext4 cp copies in the kernel; its output is not fsynced)
   cp+sync   `cp SRC DST && sync DST`, the same with the output made durable, as the tool does
+  floor     the least work the manifest's contract asks of any converter, done plainly: the file
+            copied in the kernel (copy_file_range), then three SHA-256 passes at once in threads
+            (the source file, the output file, and the output's bytes again for the per-tensor
+            digests), then fsync; no parsing, no header, no manifest
   tool      `convert pth-to-safetensors SRC OUT` (no torch; fsyncs its output, writes a manifest)
   baseline  `torch.load(weights_only=True)`, shared tensors handled as in Hugging Face's
             convert.py (duplicates dropped and recorded in the metadata, views made contiguous),
@@ -118,6 +122,43 @@ def baseline_convert(src: Path, dst: Path) -> None:
     loaded = {k: v.contiguous() for k, v in loaded.items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_file(loaded, str(dst), metadata=metadata)
+
+
+def floor_convert(src: Path, dst: Path) -> None:
+    """The floor contender: copy in the kernel, hash source and output (twice) in parallel, fsync."""
+    import hashlib
+    import threading
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        left = os.fstat(fin.fileno()).st_size
+        while left:
+            left -= os.copy_file_range(fin.fileno(), fout.fileno(), min(left, 64 * MiB))
+
+    def digest(path: Path) -> None:
+        with open(path, "rb") as fh:
+            hashlib.file_digest(fh, "sha256")
+
+    threads = [threading.Thread(target=digest, args=(p,)) for p in (src, dst, dst)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_seconds(path: Path) -> float:
+    """Seconds for one SHA-256 pass over a file already in the page cache."""
+    import hashlib
+
+    started = time.perf_counter()
+    with open(path, "rb") as fh:
+        hashlib.file_digest(fh, "sha256")
+    return time.perf_counter() - started
 
 
 def _duplicate_names(state_dict: dict) -> dict[str, list[str]]:
@@ -242,12 +283,13 @@ def contenders(src: Path, out: Path, tool_only: bool, sync_file: bool) -> dict[s
         "cp": ["sh", "-c", 'mkdir "$1" && cp "$2" "$1/model.bin"', "sh", str(out), str(src)],
         "cp+sync": ["sh", "-c", f'mkdir "$1" && cp "$3" "$2" && {sync}', "sh", str(out), str(out / "model.bin"),
                     str(src)],
+        "floor": [sys.executable, str(Path(__file__).resolve()), "--_floor", str(src), str(out / "model.bin")],
         "tool": [*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"],
         "baseline": [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(src),
                      str(out / "model.safetensors")],
     }
     if tool_only:
-        del cmds["cp+sync"], cmds["baseline"]
+        del cmds["cp+sync"], cmds["floor"], cmds["baseline"]
     return cmds
 
 
@@ -335,6 +377,9 @@ def verdicts(main: Scenario, double: Scenario | None) -> list[dict]:
         {"target": f"tool peak RSS <= {RSS_TARGET_MIB:g} MiB ({main.label})",
          "value": tool.rss_max_mib, "limit": RSS_TARGET_MIB},
     ]
+    if "floor" in s:
+        rows.append({"target": f"tool wall <= {WALL_TARGET}x floor ({main.label}; the contract's least work)",
+                     "value": round(tool.wall_median_s / s["floor"].wall_median_s, 2), "limit": WALL_TARGET})
     if "cp+sync" in s:
         rows.append({"target": f"tool wall <= {WALL_TARGET}x cp+sync ({main.label}; informational)",
                      "value": round(tool.wall_median_s / s["cp+sync"].wall_median_s, 2), "limit": WALL_TARGET})
@@ -355,6 +400,9 @@ def ratios(scenario: Scenario) -> dict[str, float]:
            "tool/cp CPU": s["tool"].cpu_median_s / max(s["cp"].cpu_median_s, 0.01)}
     if "cp+sync" in s:
         out["tool/cp+sync wall"] = s["tool"].wall_median_s / s["cp+sync"].wall_median_s
+    if "floor" in s:
+        out["tool/floor wall"] = s["tool"].wall_median_s / s["floor"].wall_median_s
+        out["floor/cp wall"] = s["floor"].wall_median_s / s["cp"].wall_median_s
     if "baseline" in s:
         out["baseline/cp wall"] = s["baseline"].wall_median_s / s["cp"].wall_median_s
         out["baseline/tool wall"] = s["baseline"].wall_median_s / s["tool"].wall_median_s
@@ -399,6 +447,9 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--_baseline":
         baseline_convert(Path(sys.argv[2]), Path(sys.argv[3]))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--_floor":
+        floor_convert(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=1.3, help="checkpoint size in decimal GB (default 1.3)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each contender (default 3)")
@@ -433,6 +484,7 @@ def main() -> None:
             run_scenario(runner, scenario, args.reps, tool_only, sync_file)
             scenarios.append(scenario)
         checks = verdicts(scenarios[0], scenarios[1] if len(scenarios) > 1 else None)
+        hash_pass = statistics.median(sha256_seconds(Path(scenarios[0].checkpoint)) for _ in range(3))
         notes = [
             "each run starts warm: previous output deleted, `sync` (untimed), source read once (as `cat SRC > /dev/null`)",
             "order of contenders rotates every repetition; medians over repetitions, RSS target checked on the max",
@@ -441,6 +493,9 @@ def main() -> None:
             + "; the tool fsyncs its output, plain cp does not",
             "baseline = torch.load(weights_only=True) + duplicate names dropped + .contiguous() + save_file "
             "(Hugging Face convert.py without its reload-and-compare check)",
+            f"one SHA-256 pass over the {scenarios[0].label} checkpoint takes {hash_pass:.2f} s here "
+            f"({hash_pass / scenarios[0].summaries['cp'].wall_median_s:.2f}x cp); the manifest needs three "
+            "(source file, output file, each tensor), so `tool <= 1.3x cp` cannot hold on this machine",
             f"{os.cpu_count()} CPUs; wall times include interpreter start for tool and baseline; load average "
             f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (wall ratios are unreliable when "
             "it exceeds the CPU count; CPU times much less so)",
@@ -464,7 +519,7 @@ def main() -> None:
             if created:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
-                for path in made + [workdir / f"{n}.{ext}" for n in ("cp", "cp+sync", "tool", "baseline")
+                for path in made + [workdir / f"{n}.{ext}" for n in ("cp", "cp+sync", "floor", "tool", "baseline")
                                     for ext in ("log", "rss", "out")]:
                     path.unlink(missing_ok=True)
 
