@@ -316,12 +316,14 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
 
     \b
     SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, a
-    NeuralForecast save folder (each model rebuilt from its manifest config into OUT/<alias>/), or
-    with --module the weights (checkpoint or SafeTensors, read without torch.load) of your module.
+    NeuralForecast save folder or its nf-to-safetensors output (each model rebuilt from its
+    manifest config into OUT/<alias>/), or with --module the weights (checkpoint or SafeTensors,
+    read without torch.load) of your module.
     What is trusted: --module runs your own code. A .pt2 is opened by torch's deserializer after
     every pickle, module import and native library in it has been refused. A .keras file loads in
-    Keras safe_mode (Lambda code is refused). A SavedModel is a TensorFlow program that validation
-    runs: export only SavedModels you trust."""
+    Keras safe_mode (Lambda code is refused). A NeuralForecast model is rebuilt with the installed
+    NeuralForecast's class from plain config values; no pickle from the folder is loaded. A
+    SavedModel is a TensorFlow program that validation runs: export only SavedModels you trust."""
     from .api import to_onnx as export_onnx
     from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_shapes
 

@@ -70,6 +70,25 @@ def open_folder(path: str | Path) -> NFFolder:
                                  f"(older releases)")
 
 
+def converted_folders(path: Path) -> list[Path] | None:
+    """The model folders of an `nf-to-safetensors` output (models.json lists them; a model's own folder
+    is one), or None when `path` is not such an output."""
+    from convert import manifest as manifest_mod
+
+    try:
+        if (path / MODELS_FILE).is_file():
+            index = json.loads((path / MODELS_FILE).read_text(encoding="utf-8"))
+            if index.get("format") == FORMAT:
+                return [path / str(m["folder"]) for m in index["models"]]
+        elif (path / manifest_mod.MANIFEST_FILE).is_file():
+            doc = json.loads((path / manifest_mod.MANIFEST_FILE).read_text(encoding="utf-8"))
+            if (doc.get("architecture", {}).get("source_model") or {}).get("framework") == FORMAT:
+                return [path]
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        return None
+    return None
+
+
 def output_folders(models: list[NFModel]) -> list[str]:
     """Each model's output folder: its alias, with `_<i>` when the alias repeats."""
     counts = Counter(m.alias for m in models)

@@ -158,3 +158,33 @@ def test_inputs_file_needs_one_model(saved: SimpleNamespace, tmp_path: Path) -> 
     assert_cli_error(run_cli("to-onnx", saved.folder, out, "--model", "NHITS", "--model", "LSTM", "--inputs", npz,
                              timeout=600), 2, "--inputs", "--model")
     assert_no_output(out)
+
+
+def test_an_nf_to_safetensors_output_exports_the_same_graphs(saved: SimpleNamespace, tmp_path: Path) -> None:
+    """The converted folder alone (manifests and SafeTensors) is enough to rebuild and export."""
+    converted = tmp_path / "converted"
+    rc, _, stderr = run_cli("nf-to-safetensors", saved.folder, converted)
+    assert rc == 0, stderr
+    rng = np.random.default_rng(3)
+    for src, names in ((converted, EXPORTED), (converted / "NHITS", ["NHITS"])):
+        out = tmp_path / f"onnx-{src.name}"
+        rc, _, stderr = run_cli("to-onnx", src, out, *(a for n in names for a in ("--model", n)), timeout=600)
+        assert rc == 0, stderr
+        for name in names:
+            doc = read_manifest(out / name)
+            assert doc["graph"]["validation"]["passed"] is True
+            assert [Path(f["path"]).parent.name for f in doc["source"]["files"]] == [name]
+            arrays = {v["name"]: rng.standard_normal([2, *v["shape"][1:]]).astype(np.float32)
+                      for v in doc["graph"]["inputs"]}
+            (got,) = run_onnx(out / name / "model.onnx", arrays)
+            (expected,) = run_onnx(saved.out / name / "model.onnx", arrays)
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_a_renamed_layout_cannot_be_rebuilt(saved: SimpleNamespace, tmp_path: Path) -> None:
+    converted = tmp_path / "candle"
+    rc, _, stderr = run_cli("nf-to-safetensors", saved.folder, converted, "--layout", "candle")
+    assert rc == 0, stderr
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-onnx", converted, out, timeout=600), 4, "--layout candle", "--layout pytorch")
+    assert_no_output(out)

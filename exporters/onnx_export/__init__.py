@@ -16,6 +16,8 @@ from pathlib import Path
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.sources import is_neuralforecast_folder
 
+from ..neuralforecast import converted_folders
+
 from .spec import ExportedGraph, ExportOptions
 
 FRAMEWORKS: dict[str, str] = {
@@ -46,7 +48,7 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
         return "pytorch"  # weights for a factory's module; JAX factories say --framework jax
     if src.is_dir() and (src / "saved_model.pb").is_file():
         return "keras"
-    if src.is_dir() and is_neuralforecast_folder(src):
+    if src.is_dir() and (is_neuralforecast_folder(src) or converted_folders(src) is not None):
         return "neuralforecast"
     if src.is_file() and zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:
@@ -57,4 +59,5 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
             return "keras"
     raise UnsupportedFormatError(
         f"{src.name}: to-onnx exports torch.export programs (.pt2), a module from --module pkg.mod:factory "
-        f"with its weights, Keras .keras files, TensorFlow SavedModel folders and NeuralForecast save folders")
+        f"with its weights, Keras .keras files, TensorFlow SavedModel folders, and NeuralForecast save folders "
+        f"and their nf-to-safetensors outputs")

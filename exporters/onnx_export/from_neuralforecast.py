@@ -1,9 +1,11 @@
 """NeuralForecast to ONNX: every model of a save folder rebuilt from its manifest and exported with
 the inputs NeuralForecast really feeds it.
 
-Each model is read by this project's own reader (no pickle from the folder is loaded), described by
-the same architecture record `nf-to-safetensors` writes into its manifest, rebuilt from that record
-with NeuralForecast's class (exporters.nf_rebuild), and exported through the PyTorch path.  The
+The source is a save folder, each model read by this project's own reader (no pickle from the folder
+is loaded) and described by the same architecture record `nf-to-safetensors` writes into its
+manifest; or such an `nf-to-safetensors` output itself, its manifests and SafeTensors.  Each model
+is rebuilt from that record with NeuralForecast's class (exporters.nf_rebuild) and exported through
+the PyTorch path.  The
 graph is the network as NeuralForecast calls it at prediction time, `loss.domain_map(model(windows))`,
 with the window's parts as named inputs: `insample_y` and `insample_mask` (the last `input_size`
 steps), `futr_exog` (input_size + h steps), `hist_exog`, `stat_exog`, each only when the model has
@@ -13,15 +15,21 @@ sampling from a distribution) stays outside the graph and the manifest's graph.s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from convert import manifest as manifest_mod
 from convert.errors import UnsupportedFormatError, UsageError
+from convert.sources import is_neuralforecast_folder
 
-from ..neuralforecast import model_source, open_folder, output_folders
+from ..neuralforecast import converted_folders, model_source, open_folder, output_folders
 from ..nf_rebuild import rebuild_model
 from .from_pytorch import export_torch, to_torch, torch_reference
 from .graph_edit import default_output_names, output_names
@@ -31,14 +39,22 @@ from .spec import ExportedGraph, ExportOptions, InputSpec
 WINDOW_PARTS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
 
 
+@dataclass
+class _Model:
+    name: str  # its output folder: the alias, `_<i>` added when an alias repeats
+    record: dict[str, Any]  # the manifest's architecture.source_model
+    files: list[Path]
+    state: Callable[[], dict[str, torch.Tensor]]  # read only for the models exported
+
+
 def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
     if options.module:
         raise UsageError("a NeuralForecast folder names its own model classes: drop --module")
     if options.input_shapes or options.dynamic_axes:
         raise UsageError("a NeuralForecast model's window is fixed by its input_size and h: "
                          "drop --input-shape and --dynamic-axis")
-    with open_folder(src) as folder:
-        names = output_folders(folder.models)
+    with _models(src) as models:
+        names = [m.name for m in models]
         unknown = sorted(set(options.models) - set(names))
         if unknown:
             raise UsageError(f"--model {', '.join(unknown)}: {src.name} holds the models {', '.join(names)}")
@@ -46,16 +62,49 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGra
         if options.inputs_file and len(chosen) > 1:
             raise UsageError(f"--inputs holds one model's inputs; {len(chosen)} models are exported: choose one "
                              f"with --model")
-        return [_export_model(model_source(folder, model, name), name, options, scratch)
-                for model, name in zip(folder.models, names) if name in chosen]
+        return [_export_model(m, options, scratch) for m in models if m.name in chosen]
 
 
-def _export_model(source: Any, name: str, options: ExportOptions, scratch: Path) -> ExportedGraph:
-    record = source.architecture
+@contextmanager
+def _models(src: Path) -> Iterator[list[_Model]]:
+    """The models of a save folder (read by this project's reader), or of an nf-to-safetensors output
+    (its manifests and SafeTensors)."""
+    folders = None if is_neuralforecast_folder(src) else converted_folders(src)
+    if folders is not None:
+        yield [_converted(folder) for folder in folders]
+        return
+    with open_folder(src) as folder:
+        names = output_folders(folder.models)
+        sources = [model_source(folder, model, name) for model, name in zip(folder.models, names)]
+        yield [_Model(name, s.architecture, s.files, partial(_state_of, s.tensors)) for name, s in zip(names, sources)]
+
+
+def _state_of(tensors: list[Any]) -> dict[str, torch.Tensor]:
+    return {t.name: to_torch(t) for t in tensors}
+
+
+def _converted(folder: Path) -> _Model:
+    """One model of an nf-to-safetensors output: what its manifest records, tensors re-tied."""
+    doc = manifest_mod.load(folder)
+    if doc["target"]["layout"] != "pytorch":
+        raise UnsupportedFormatError(f"{folder.name}: converted with --layout {doc['target']['layout']}; rebuilding "
+                                     f"the model needs NeuralForecast's own names (--layout pytorch, the default)")
+    files = [folder / f["path"] for f in doc["files"]]
+
+    def state() -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        tensors = {name: t for path in files for name, t in load_file(path).items()}
+        return {**tensors, **{alias: tensors[kept] for alias, kept in doc["aliases"].items()}}
+
+    return _Model(doc["architecture"]["source_model"]["folder"], doc["architecture"]["source_model"], files, state)
+
+
+def _export_model(source: _Model, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    name, record = source.name, source.record
     resolved = record["resolved"]
     _check_exportable(name, record["class"], resolved)
-    state = {t.name: to_torch(t) for t in source.tensors}
-    network, dropped = rebuild_model(record, state, drop_unknown=True)
+    network, dropped = rebuild_model(record, source.state(), drop_unknown=True)
     network.eval()
     specs = _window_specs(resolved)
     wrapper = _Windows(network, [s.name for s in specs])
@@ -74,8 +123,7 @@ def _export_model(source: Any, name: str, options: ExportOptions, scratch: Path)
         notes.append(f"{name}: stored arguments the installed {record['class']} does not take, left at their "
                      f"defaults: {', '.join(dropped)}")
     return ExportedGraph(model, specs, outputs, _filling(reference, specs, unread), exporter, "neuralforecast",
-                         source.files,
-                         parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()], notes=notes,
+                         source.files, parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()], notes=notes,
                          folder=name, source_model=record, semantics=_semantics(network, record, specs, outputs))
 
 
