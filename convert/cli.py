@@ -162,13 +162,23 @@ def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layou
                    f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.2f} s)")
 
 
-@cli.command("pth-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@click.option("--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root).")
-@conversion_options
-@output_flags
-@command_errors
+def conversion_command(name: str, *options: Callable[..., Any]) -> Callable[..., Any]:
+    """A `NAME SRC OUT` conversion command: its own options, then the options every conversion
+    shares, the output flags, and one-line errors."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = conversion_options(output_flags(command_errors(fn)))
+        for option in reversed(options):
+            fn = option(fn)
+        fn = click.argument("out", type=click.Path(path_type=str))(fn)
+        fn = click.argument("src", type=click.Path(path_type=str))(fn)
+        return cli.command(name, epilog=EXIT_HELP)(fn)
+
+    return wrap
+
+
+@conversion_command("pth-to-safetensors", click.option(
+    "--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root)."))
 def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
     """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
     folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
@@ -177,16 +187,12 @@ def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None
     _run_conversion(lambda: open_pytorch(src, key), out, **opts)
 
 
-@cli.command("flax-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@click.option("--collection", "collections", multiple=True, default=("params",), show_default=True,
-              help="Variable collection holding the weights (repeatable); batch_stats is merged in when present.")
-@click.option("--unstack", multiple=True, metavar="PATH",
-              help="Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).")
-@conversion_options
-@output_flags
-@command_errors
+@conversion_command(
+    "flax-to-safetensors",
+    click.option("--collection", "collections", multiple=True, default=("params",), show_default=True,
+                 help="Variable collection holding the weights (repeatable); batch_stats is merged in when present."),
+    click.option("--unstack", multiple=True, metavar="PATH",
+                 help="Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable)."))
 def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstack: tuple[str, ...], **opts: Any) -> None:
     """Convert a Flax checkpoint (flax.serialization msgpack of params or a train state, a Hugging Face
     folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the
@@ -197,14 +203,9 @@ def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstac
     _run_conversion(lambda: open_flax(src, collections, unstack), out, **opts)
 
 
-@cli.command("keras-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str),
-              help="The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).")
-@conversion_options
-@output_flags
-@command_errors
+@conversion_command("keras-to-safetensors", click.option(
+    "--config", "config", type=click.Path(dir_okay=False, path_type=str),
+    help="The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json())."))
 def keras_to_safetensors(src: str, out: str, config: str | None, **opts: Any) -> None:
     """Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or
     weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and
@@ -214,13 +215,8 @@ def keras_to_safetensors(src: str, out: str, config: str | None, **opts: Any) ->
     _run_conversion(lambda: open_keras(src, config), out, **opts)
 
 
-@cli.command("tf-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@click.option("--key", help="The checkpoint object holding the model (default: `model` if present, else all but the optimizer).")
-@conversion_options
-@output_flags
-@command_errors
+@conversion_command("tf-to-safetensors", click.option(
+    "--key", help="The checkpoint object holding the model (default: `model` if present, else all but the optimizer)."))
 def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
     """Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder)
     into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra)."""
@@ -229,12 +225,7 @@ def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
     _run_conversion(lambda: open_tensorflow(src, key), out, **opts)
 
 
-@cli.command("nf-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@conversion_options
-@output_flags
-@command_errors
+@conversion_command("nf-to-safetensors")
 def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
     """Convert a NeuralForecast save folder (3.3+ SafeTensors, or the .ckpt and pickles of older
     releases, read without running them) into OUT/<alias>/ per model, each SafeTensors + a manifest
@@ -262,12 +253,7 @@ def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_opt
         click.echo(f"{verb} {len(result.models)} model(s) from a {result.generation} folder to {result.output}")
 
 
-@cli.command("onnx-to-safetensors", epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@conversion_options
-@output_flags
-@command_errors
+@conversion_command("onnx-to-safetensors")
 def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
     """Extract an ONNX model's weights (initializers, external data files included) into the folder
     OUT. Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter
