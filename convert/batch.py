@@ -271,7 +271,6 @@ OnResult = Callable[[JobResult], None]
 
 def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummary:
     """A process pool: whole files per worker; a worker imports a framework only when a job needs it."""
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     summary = BatchSummary()

@@ -57,7 +57,7 @@ class StagedOutput:
 
     def _commit(self) -> None:
         assert self.staging is not None
-        _fsync_dir(self.staging)
+        fsync_path(self.staging)
         old: Path | None = None
         if self.dest.exists() and any(self.dest.iterdir()):
             self.check()
@@ -67,7 +67,7 @@ class StagedOutput:
                 raise OutputWriteError(f"cannot move the output into {self.dest}: {exc.strerror or exc}") from None
             if swapped:  # one atomic step: the new output is in place, the staging path holds the old one
                 shutil.rmtree(self.staging, ignore_errors=True)
-                _fsync_dir(self.dest.parent)
+                fsync_path(self.dest.parent)
                 return
             # No atomic swap here: move the old output aside, then the new one in (a kill between the
             # two renames leaves the old output in .NAME.old-*/previous and no destination).
@@ -84,7 +84,7 @@ class StagedOutput:
         finally:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(self.dest.parent)
+        fsync_path(self.dest.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -106,7 +106,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a file written by another library, say)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -6,7 +6,6 @@ passed; a mismatch, a checker error or Ctrl-C leaves no ONNX file behind.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 from convert import manifest as manifest_mod
 from convert.errors import UsageError, VerificationError
-from convert.output import StagedOutput, write_file
+from convert.output import StagedOutput, fsync_path, write_file
 
 from ..onnx_names import record_names
 from . import exporter_for
@@ -136,7 +135,7 @@ def save(model: Any, staging: Path, threshold: int) -> list[Path]:
                     location=DATA_FILE, size_threshold=EXTERNAL_MIN_BYTES)
     files = [p for p in (path, staging / DATA_FILE) if p.exists()]
     for written in files:
-        _fsync(written)
+        fsync_path(written)
     return files
 
 
@@ -148,10 +147,3 @@ def check(path: Path) -> None:
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise VerificationError(f"onnx.checker rejects the exported graph: {first_line(exc)}") from None
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
