@@ -71,6 +71,26 @@ def run_cli(*args: Any, cwd: str | Path | None = None, timeout: float = 120,
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def installed_without_dependencies(requirement: str, module: str, cache_key: str) -> Path | None:
+    """A folder holding `requirement` installed once with `pip --no-deps --target` (kept in /tmp under
+    `cache_key` for later runs), for a package whose declared dependencies conflict with this
+    project's pins but whose code runs beside them; None when pip cannot install it."""
+    target = Path(tempfile.gettempdir()) / f"rmc-{cache_key}"
+    if (target / module).is_dir():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=f"rmc-{cache_key}-"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                           "--no-deps", "--target", str(staging), requirement],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return None
+    try:
+        staging.rename(target)
+    except OSError:  # another process got there first
+        pass
+    return target
+
+
 def assert_one_line_error(stderr: str, *needles: str) -> str:
     """stderr is exactly one `convert: error: ...` line, without a traceback, naming every needle."""
     assert "Traceback" not in stderr, stderr

@@ -16,12 +16,13 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import installed_without_dependencies
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "scripts" / "make_keras_models.py"
@@ -47,19 +48,9 @@ def tensorflow_version() -> str | None:
 def _tf_keras_dir(tf_version: str) -> Path:
     """tf_keras matching TensorFlow's minor version, installed once (no dependencies) into /tmp."""
     minor = ".".join(tf_version.split(".")[:2])
-    target = Path(tempfile.gettempdir()) / f"rmc-tf-keras-{tf_version}"
-    if (target / "tf_keras").is_dir():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix="rmc-tf-keras-"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "--no-deps", "--target", str(staging), f"tf-keras~={minor}.0"],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot install tf-keras~={minor}.0 for the Keras 2 fixtures: {proc.stderr.strip()[-300:]}")
-    try:
-        staging.rename(target)
-    except OSError:  # another process got there first
-        pass
+    target = installed_without_dependencies(f"tf-keras~={minor}.0", "tf_keras", f"tf-keras-{tf_version}")
+    if target is None:
+        pytest.skip(f"cannot install tf-keras~={minor}.0 for the Keras 2 fixtures")
     return target
 
 

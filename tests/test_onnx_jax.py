@@ -1,10 +1,13 @@
 """`convert to-onnx --framework jax`: a Flax NNX module from the user's factory, weights restored from
-a msgpack, exported by jax2onnx; where jax2onnx cannot be installed (it conflicts with the jax
-extra's orbax-checkpoint pin) the command says so plainly with exit 4."""
+a msgpack, exported by jax2onnx. jax2onnx's package pins an orbax-checkpoint the jax extra excludes,
+so the tests install the release the `onnx-jax` extra pins beside it with `pip --no-deps`, as the
+command's message tells users to; without it the command says so plainly with exit 4."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+from importlib.metadata import requires
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,8 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
 from flax import serialization  # noqa: E402
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from conftest import (assert_cli_error, assert_no_output, installed_without_dependencies, read_manifest,  # noqa: E402
+                      run_cli)
 from onnx_helpers import run_onnx  # noqa: E402
 
 MODEL_SOURCE = '''
@@ -49,21 +53,44 @@ def write_model(tmp_path: Path) -> tuple[object, Path]:
     return trained, tmp_path / "net.msgpack"
 
 
-def test_flax_module_exports_through_jax2onnx(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def jax2onnx_path() -> Path | None:
+    """None when jax2onnx is importable here; else a folder holding the pinned release (no deps)."""
+    if importlib.util.find_spec("jax2onnx") is not None:
+        return None
+    pinned = next(r.split(";")[0].strip() for r in requires("rust-model-convert") or () if r.startswith("jax2onnx"))
+    target = installed_without_dependencies(pinned, "jax2onnx", pinned.replace("==", "-"))
+    if target is None:
+        pytest.skip(f"pip cannot install {pinned}")
+    return target
+
+
+def test_flax_module_exports_through_jax2onnx(tmp_path: Path, jax2onnx_path: Path | None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if jax2onnx_path is not None:
+        paths = [str(jax2onnx_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     trained, weights = write_model(tmp_path)
     out = tmp_path / "out"
-    result = run_cli("to-onnx", weights, out, "--framework", "jax", "--module", "jax_models:build",
-                     "--input-shape", "x=2x4", cwd=tmp_path, timeout=600)
-    if importlib.util.find_spec("jax2onnx") is None:
-        assert_cli_error(result, 4, "jax2onnx", "orbax-checkpoint")
-        assert_no_output(out)
-        return
-    rc, stdout, stderr = result
+    rc, stdout, stderr = run_cli("to-onnx", weights, out, "--framework", "jax", "--module", "jax_models:build",
+                                 "--input-shape", "x=2x4", cwd=tmp_path, timeout=600)
     assert rc == 0, stderr
     graph = read_manifest(out)["graph"]
     assert graph["exporter"].startswith("jax2onnx") and graph["inputs"][0]["shape"] == ["batch", 4]
+    assert graph["validation"]["passed"] is True and graph["validation"]["batch_sizes"] == [2, 4]
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(out / "model.onnx", {"x": x})[0], np.asarray(trained(x)), rtol=0, atol=1e-5)
+
+
+def test_without_jax2onnx_the_command_says_how_to_install_it(tmp_path: Path) -> None:
+    if importlib.util.find_spec("jax2onnx") is not None:
+        pytest.skip("jax2onnx is installed in this environment")
+    _, weights = write_model(tmp_path)
+    out = tmp_path / "out"
+    result = run_cli("to-onnx", weights, out, "--framework", "jax", "--module", "jax_models:build",
+                     "--input-shape", "x=2x4", cwd=tmp_path, timeout=600)
+    assert_cli_error(result, 4, "jax2onnx", "orbax-checkpoint", "pip install --no-deps jax2onnx==")
+    assert_no_output(out)
 
 
 def test_jax_needs_a_module(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 from SRC, a msgpack of `nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()` written by
 `flax.serialization.to_bytes` (msgpack holds data only; restoring it runs nothing from the file).
 
-jax2onnx (>= 0.15) requires orbax-checkpoint < 0.11.37, which this project's `jax` extra (pinned to
-orbax-checkpoint 0.12.8 for reading orbax checkpoints) excludes; it is installed on its own through
-the `onnx-jax` extra, and without it the command says so (exit 4).
+jax2onnx (>= 0.15) declares orbax-checkpoint < 0.11.37, which this project's `jax` extra (pinned to
+orbax-checkpoint 0.12.8 for reading orbax checkpoints) excludes.  Its export code does not need
+orbax, so it runs beside the `jax` extra when installed with `pip install --no-deps` (the tests do
+exactly that); the `onnx-jax` extra installs it with its own pins in an environment of its own.
+Without it the command says both ways (exit 4).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGra
         import jax2onnx
     except ImportError:
         raise UnsupportedFormatError(
-            "JAX graphs are exported with jax2onnx, which is not installed: it needs orbax-checkpoint "
-            "< 0.11.37, which conflicts with this project's `jax` extra; install the `onnx-jax` extra "
-            "in an environment of its own") from None
+            f"JAX graphs are exported with jax2onnx, which is not installed: its package pins orbax-checkpoint "
+            f"< 0.11.37, which conflicts with this project's `jax` extra; install it beside that extra with "
+            f"`pip install --no-deps {_jax2onnx_requirement()}`, or the `onnx-jax` extra in an environment of "
+            f"its own") from None
     import jax
     from flax import nnx
 
@@ -61,6 +64,17 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGra
         raise UnsupportedFormatError(f"jax2onnx could not export the model: {first_line(exc)}") from None
     return [ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
                           "flax-nnx-module", [src])]
+
+
+def _jax2onnx_requirement() -> str:
+    """The jax2onnx release the `onnx-jax` extra pins, as this installation's metadata states it."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        pinned = [r.split(";")[0].strip() for r in requires("rust-model-convert") or () if r.startswith("jax2onnx")]
+    except PackageNotFoundError:
+        pinned = []
+    return pinned[0] if pinned else "jax2onnx"
 
 
 def _restore(model: Any, src: Path) -> None:
