@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -289,14 +290,14 @@ WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what n
 
 
 def _pool_context() -> Any:
-    """fork while this process runs no other thread: workers start at once and inherit the imports.
+    """fork (on Linux) while this process runs no other thread: workers start at once and inherit the imports.
     With another thread running (a progress display), forking could copy a lock that thread holds,
     so workers then come from a forkserver that has made the same imports."""
     import importlib
     import multiprocessing
     import threading
 
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+    if sys.platform == "linux" and threading.active_count() == 1:  # fork is unsafe on macOS
         for name in WORKER_IMPORTS:
             importlib.import_module(name)
         return multiprocessing.get_context("fork")

@@ -72,21 +72,33 @@ def open_folder(path: str | Path) -> NFFolder:
 
 def converted_folders(path: Path) -> list[Path] | None:
     """The model folders of an `nf-to-safetensors` output (models.json lists them; a model's own folder
-    is one), or None when `path` is not such an output."""
+    is one), or None when `path` is not such an output. A listed folder must be a plain name inside
+    `path`: the names come from a file, and become output folders too."""
     from convert import manifest as manifest_mod
 
-    try:
-        if (path / MODELS_FILE).is_file():
+    if (path / MODELS_FILE).is_file():
+        try:
             index = json.loads((path / MODELS_FILE).read_text(encoding="utf-8"))
-            if index.get("format") == FORMAT:
-                return [path / str(m["folder"]) for m in index["models"]]
-        elif (path / manifest_mod.MANIFEST_FILE).is_file():
-            doc = json.loads((path / manifest_mod.MANIFEST_FILE).read_text(encoding="utf-8"))
-            if (doc.get("architecture", {}).get("source_model") or {}).get("framework") == FORMAT:
-                return [path]
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
-        return None
+            names = [m["folder"] for m in index["models"]] if index.get("format") == FORMAT else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if names is None:
+            return None
+        for name in names:
+            check_folder_name(str(name))
+        return [path / str(name) for name in names]
+    if (path / manifest_mod.MANIFEST_FILE).is_file():
+        architecture = manifest_mod.load(path).get("architecture")
+        source = architecture.get("source_model") if isinstance(architecture, dict) else None
+        if isinstance(source, dict) and source.get("framework") == FORMAT:
+            return [path]
     return None
+
+
+def check_folder_name(name: str) -> None:
+    """A model's output folder name must be one plain, visible path component."""
+    if not name or name != Path(name).name or name.startswith(".") or name == MODELS_FILE or "\\" in name:
+        raise UnsafeInputError(f"model alias {name!r} cannot name its own output folder")
 
 
 def output_folders(models: list[NFModel]) -> list[str]:
@@ -95,7 +107,8 @@ def output_folders(models: list[NFModel]) -> list[str]:
     names = [m.alias if counts[m.alias] == 1 else f"{m.alias}_{m.index}" for m in models]
     taken = set()
     for name in names:
-        if name in taken or name == MODELS_FILE or name.startswith("."):
+        check_folder_name(name)
+        if name in taken:
             raise UnsafeInputError(f"model alias {name!r} cannot name its own output folder")
         taken.add(name)
     return names

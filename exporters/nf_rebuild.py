@@ -7,11 +7,13 @@ pickles is used: this is what proves a manifest holds enough to rebuild the mode
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
-from convert.errors import MappingError, UnsupportedFormatError
+from convert.errors import UnsupportedFormatError
 
 from .nf_values import is_skipped
+from .torch_state import load_strict
 
 LOSS_KEYS = ("loss", "valid_loss")
 
@@ -53,21 +55,28 @@ def constructor_arguments(source_model: dict[str, Any], drop_unknown: bool) -> t
 
 def rebuild_model(source_model: dict[str, Any], state: dict[str, Any], extra: dict[str, Any] | None = None,
                   drop_unknown: bool = False) -> tuple[Any, list[str]]:
-    """(model, dropped argument names): the class called with the manifest's constructor config plus
-    `extra` keyword arguments (trainer settings, say), then `load_state_dict(state, strict=True)`."""
-    import torch
-
-    klass, kwargs, dropped = constructor_arguments(source_model, drop_unknown)
-    kwargs.update(extra or {})
+    """(model, argument names left at the class's defaults): the class called with the manifest's
+    constructor config plus `extra` keyword arguments (trainer settings, say), then
+    `load_state_dict(state, strict=True)`."""
+    label = source_model.get("alias") or source_model["class"]
     try:
-        model = klass(**kwargs)
-    except (TypeError, ValueError) as exc:  # arguments this release's class does not take or accept
-        raise UnsupportedFormatError(f"{klass.__name__} cannot be rebuilt from the manifest: {exc}") from None
-    try:
-        with torch.no_grad():
-            model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
-        raise MappingError(f"{source_model.get('alias') or source_model['class']}: the weights do not fit "
-                           f"NeuralForecast's {klass.__name__}: {detail}") from None
+        klass, kwargs, dropped = constructor_arguments(source_model, drop_unknown)
+        model = klass(**{**kwargs, **(extra or {})})
+    except ImportError as exc:
+        raise UnsupportedFormatError(f"rebuilding a NeuralForecast model needs the `neuralforecast` and `torch` "
+                                     f"extras: {exc}") from None
+    except UnsupportedFormatError:
+        raise
+    except Exception as exc:  # NeuralForecast raises bare Exception, TypeError and ValueError on bad configs
+        raise UnsupportedFormatError(f"{label}: NeuralForecast cannot rebuild {source_model['class']} from the "
+                                     f"manifest's config: {exc}") from None
+    load_strict(model, state, f"{label}: the weights do not fit NeuralForecast's {klass.__name__}")
     return model, dropped
+
+
+def converted_state(folder: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """The state dict an `nf-to-safetensors` output folder holds (layout pytorch), ties restored."""
+    from safetensors.torch import load_file
+
+    tensors = {name: t for f in doc["files"] for name, t in load_file(folder / f["path"]).items()}
+    return {**tensors, **{alias: tensors[kept] for alias, kept in doc["aliases"].items()}}

@@ -66,7 +66,6 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 
 
 def batch_command(sources: list[Path], out: Path, workers: int) -> list[str]:
-    shutil.rmtree(out, ignore_errors=True)
     return [*CONVERT, "batch", *map(str, sources), "--out-dir", str(out), "--jobs", str(workers), "--json"]
 
 
@@ -76,7 +75,8 @@ def batch_seconds(stdout: str) -> float:
 
 
 def batch_run(sources: list[Path], out: Path, workers: int) -> tuple[float, float]:
-    """(command wall seconds, the batch's own wall_seconds)."""
+    """(command wall seconds, the batch's own wall_seconds), from an empty output folder."""
+    shutil.rmtree(out, ignore_errors=True)
     elapsed, stdout = timed(batch_command(sources, out, workers))
     return elapsed, batch_seconds(stdout)
 
@@ -86,6 +86,7 @@ def halves_run(sources: list[Path], out: Path) -> float:
     each, started together (no pool, nothing shared but the machine); seconds until both are done,
     each measured as its batch wall_seconds."""
     half = len(sources) // 2
+    shutil.rmtree(out, ignore_errors=True)
     procs = [subprocess.Popen(batch_command(part, out / str(i), 1), cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for i, part in enumerate((sources[:half], sources[half:]))]
     outputs = [proc.communicate()[0] for proc in procs]

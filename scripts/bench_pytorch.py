@@ -129,6 +129,8 @@ def floor_convert(src: Path, dst: Path) -> None:
     import hashlib
     import threading
 
+    from convert.output import fsync_path
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         left = os.fstat(fin.fileno()).st_size
@@ -144,11 +146,7 @@ def floor_convert(src: Path, dst: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(dst)
 
 
 def sha256_seconds(path: Path) -> float:

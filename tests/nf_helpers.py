@@ -109,18 +109,11 @@ def rebuild(out: Path, drop_unknown: bool = False, **overrides: Any) -> tuple[An
     arguments the current class no longer takes (older releases'); the dropped names are returned.
     `overrides` replace training settings (max_steps=0 lets NeuralForecast.fit prepare a forecaster
     without training)."""
-    from safetensors.torch import load_file
-
-    from exporters.nf_rebuild import rebuild_model
+    from exporters.nf_rebuild import converted_state, rebuild_model
 
     doc = read_manifest(out)
     source = doc["architecture"]["source_model"]
-    tensors = {}
-    for f in doc["files"]:
-        tensors.update(load_file(out / f["path"]))
-    for alias, kept in doc["aliases"].items():
-        tensors[alias] = tensors[kept]
-    return rebuild_model(source, tensors, {**source["trainer"], **overrides}, drop_unknown)
+    return rebuild_model(source, converted_state(out, doc), {**source["trainer"], **overrides}, drop_unknown)
 
 
 def forecast_columns(frame: Any, alias: str) -> list[str]:

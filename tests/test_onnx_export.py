@@ -175,6 +175,7 @@ def test_weights_that_do_not_fit_the_module_are_a_mapping_error(tmp_path: Path, 
     (("--module", "onnx_models:mlp"), 2, "--input-shape x="),
     (("--module", "onnx_models:mlp", "--input-shape", "y=2x6"), 2, "inputs are ['x']"),
     (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--output-names", "a,b"), 2, "2 names"),
+    (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--model", "NHITS"), 2, "NeuralForecast"),
 ])
 def test_usage_errors_are_one_line(tmp_path: Path, models: Any, args: tuple[str, ...], code: int, needle: str) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")

@@ -1,7 +1,8 @@
 """`convert to-onnx`: a model's graph as ONNX, validated against the framework it came from.
 
-Each source framework is one module with one function, `export(src, options, scratch) ->
-list[ExportedGraph]` (one graph per model the source holds: a NeuralForecast folder holds several);
+Each source framework is one module with one generator, `export(src, options, scratch)`, yielding an
+ExportedGraph per model the source holds (a NeuralForecast folder holds several), each one only
+after the pipeline has finished the last;
 the pipeline (simplify, check, save, validate, manifest) is shared.  Adding a framework is adding a
 module and a line to FRAMEWORKS.
 """
@@ -10,24 +11,25 @@ from __future__ import annotations
 
 import importlib
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.sources import is_neuralforecast_folder
 
-from ..neuralforecast import converted_folders
-
 from .spec import ExportedGraph, ExportOptions
 
-FRAMEWORKS: dict[str, str] = {
+FRAMEWORKS: dict[str, str] = {  # framework -> the module that exports it
     "pytorch": "exporters.onnx_export.from_pytorch",
     "keras": "exporters.onnx_export.from_keras",
     "jax": "exporters.onnx_export.from_jax",
     "neuralforecast": "exporters.onnx_export.from_neuralforecast",
 }
 
-Exporter = Callable[[Path, ExportOptions, Path], list[ExportedGraph]]
+EXTRAS = {"pytorch": "the `torch` extra", "keras": "the `tensorflow` extra", "jax": "the `jax` extra",
+          "neuralforecast": "the `torch` and `neuralforecast` extras"}
+
+Exporter = Callable[[Path, ExportOptions, Path], Iterator[ExportedGraph]]
 
 
 def exporter_for(src: Path, options: ExportOptions) -> Exporter:
@@ -35,10 +37,19 @@ def exporter_for(src: Path, options: ExportOptions) -> Exporter:
     name = options.framework if options.framework != "auto" else detect_framework(src, options)
     if name not in FRAMEWORKS:
         raise UsageError(f"--framework {name!r}: choose one of {', '.join(['auto', *FRAMEWORKS])}")
+    if options.models and name != "neuralforecast":
+        raise UsageError("--model chooses among a NeuralForecast folder's models; this source holds one model")
     try:
         return importlib.import_module(FRAMEWORKS[name]).export
     except ImportError as exc:
-        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra: {exc}") from None
+        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra and "
+                                     f"{EXTRAS[name]}: {exc}") from None
+
+
+def _is_converted_neuralforecast(src: Path) -> bool:
+    from ..neuralforecast import converted_folders
+
+    return converted_folders(src) is not None
 
 
 def detect_framework(src: Path, options: ExportOptions) -> str:
@@ -48,7 +59,7 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
         return "pytorch"  # weights for a factory's module; JAX factories say --framework jax
     if src.is_dir() and (src / "saved_model.pb").is_file():
         return "keras"
-    if src.is_dir() and (is_neuralforecast_folder(src) or converted_folders(src) is not None):
+    if src.is_dir() and (is_neuralforecast_folder(src) or _is_converted_neuralforecast(src)):
         return "neuralforecast"
     if src.is_file() and zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:

@@ -12,6 +12,7 @@ Without it the command says both ways (exit 4).
 from __future__ import annotations
 
 from importlib.metadata import version
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .user_code import call_factory, required_arguments
 WEIGHTS_MAX_BYTES = 8 << 30
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
+def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[ExportedGraph]:
     if not options.module:
         raise UsageError("JAX models are code: give --module pkg.mod:factory returning a flax.nnx.Module, "
                          "and SRC with its weights")
@@ -62,8 +63,8 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGra
                                       output_names=outputs, return_mode="proto")
     except Exception as exc:  # jax2onnx raises many types for primitives it does not cover
         raise UnsupportedFormatError(f"jax2onnx could not export the model: {first_line(exc)}") from None
-    return [ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
-                          "flax-nnx-module", [src])]
+    yield ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
+                        "flax-nnx-module", [src])
 
 
 def _jax2onnx_requirement() -> str:

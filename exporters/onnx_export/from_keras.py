@@ -9,6 +9,7 @@ A SavedModel folder is converted by tf2onnx from its `serving_default` signature
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ from .spec import ExportedGraph, ExportOptions, InputSpec
 SIGNATURE = "serving_default"
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
+def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[ExportedGraph]:
     if options.exporter != "auto":
         raise UsageError("--exporter chooses between PyTorch's exporters; Keras models have one path")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return [_saved_model(src, options) if src.is_dir() else _keras_file(src, options, scratch)]
+    yield _saved_model(src, options) if src.is_dir() else _keras_file(src, options, scratch)
 
 
 def _keras_file(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:

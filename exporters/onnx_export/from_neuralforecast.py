@@ -5,12 +5,13 @@ The source is a save folder, each model read by this project's own reader (no pi
 is loaded) and described by the same architecture record `nf-to-safetensors` writes into its
 manifest; or such an `nf-to-safetensors` output itself, its manifests and SafeTensors.  Each model
 is rebuilt from that record with NeuralForecast's class (exporters.nf_rebuild) and exported through
-the PyTorch path.  The
-graph is the network as NeuralForecast calls it at prediction time, `loss.domain_map(model(windows))`,
-with the window's parts as named inputs: `insample_y` and `insample_mask` (the last `input_size`
-steps), `futr_exog` (input_size + h steps), `hist_exog`, `stat_exog`, each only when the model has
-such columns.  What NeuralForecast does around the network (the temporal scaler and its inverse,
-sampling from a distribution) stays outside the graph and the manifest's graph.semantics says so.
+the PyTorch path.  The graph is the network as NeuralForecast calls it at prediction time,
+`loss.domain_map(model(windows))`, with the window's parts as named inputs: `insample_y` and
+`insample_mask` (the last `input_size` steps), `futr_exog` (input_size + h steps), `hist_exog` and
+`stat_exog` when the model has such columns (shapes in `_window_specs`), less any part the network
+never reads and the exporter drops.  What NeuralForecast does around the network (the temporal
+scaler and its inverse, sampling from a distribution) stays outside the graph, and the manifest's
+graph.semantics says so.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ import numpy as np
 import torch
 
 from convert import manifest as manifest_mod
-from convert.errors import UnsupportedFormatError, UsageError
-from convert.sources import is_neuralforecast_folder
+from convert.errors import ConvertError, UnsupportedFormatError, UsageError
 
 from ..neuralforecast import converted_folders, model_source, open_folder, output_folders
-from ..nf_rebuild import rebuild_model
+from ..nf_rebuild import converted_state, rebuild_model
 from .from_pytorch import export_torch, to_torch, torch_reference
 from .graph_edit import default_output_names, output_names
 from .inputs import BATCH, input_sets
@@ -47,7 +47,8 @@ class _Model:
     state: Callable[[], dict[str, torch.Tensor]]  # read only for the models exported
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
+def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[ExportedGraph]:
+    """One graph per chosen model, each exported only when the pipeline has finished the last."""
     if options.module:
         raise UsageError("a NeuralForecast folder names its own model classes: drop --module")
     if options.input_shapes or options.dynamic_axes:
@@ -62,14 +63,16 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGra
         if options.inputs_file and len(chosen) > 1:
             raise UsageError(f"--inputs holds one model's inputs; {len(chosen)} models are exported: choose one "
                              f"with --model")
-        return [_export_model(m, options, scratch) for m in models if m.name in chosen]
+        for model in models:
+            if model.name in chosen:
+                yield _export_model(model, options, scratch)
 
 
 @contextmanager
 def _models(src: Path) -> Iterator[list[_Model]]:
-    """The models of a save folder (read by this project's reader), or of an nf-to-safetensors output
-    (its manifests and SafeTensors)."""
-    folders = None if is_neuralforecast_folder(src) else converted_folders(src)
+    """The models of an nf-to-safetensors output (its manifests and SafeTensors), or of a save
+    folder (read by this project's reader)."""
+    folders = converted_folders(src)
     if folders is not None:
         yield [_converted(folder) for folder in folders]
         return
@@ -89,42 +92,52 @@ def _converted(folder: Path) -> _Model:
     if doc["target"]["layout"] != "pytorch":
         raise UnsupportedFormatError(f"{folder.name}: converted with --layout {doc['target']['layout']}; rebuilding "
                                      f"the model needs NeuralForecast's own names (--layout pytorch, the default)")
-    files = [folder / f["path"] for f in doc["files"]]
-
-    def state() -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        tensors = {name: t for path in files for name, t in load_file(path).items()}
-        return {**tensors, **{alias: tensors[kept] for alias, kept in doc["aliases"].items()}}
-
-    return _Model(doc["architecture"]["source_model"]["folder"], doc["architecture"]["source_model"], files, state)
+    return _Model(folder.name, doc["architecture"]["source_model"], [folder / f["path"] for f in doc["files"]],
+                  partial(converted_state, folder, doc))
 
 
 def _export_model(source: _Model, options: ExportOptions, scratch: Path) -> ExportedGraph:
-    name, record = source.name, source.record
+    """The model's graph; any failure names the model."""
+    try:
+        return _export_network(source, options, scratch)
+    except ConvertError as exc:
+        raise type(exc)(f"{source.name}: {exc}") from None
+
+
+def _export_network(source: _Model, options: ExportOptions, scratch: Path) -> ExportedGraph:
+    record = source.record
     resolved = record["resolved"]
-    _check_exportable(name, record["class"], resolved)
+    _check_exportable(record["class"], resolved)
     network, dropped = rebuild_model(record, source.state(), drop_unknown=True)
     network.eval()
     specs = _window_specs(resolved)
     wrapper = _Windows(network, [s.name for s in specs])
     reference = torch_reference(wrapper, [s.name for s in specs])
     example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
-    count = len(reference(example))
-    outputs = output_names(options.output_names, ["forecast"] if count == 1 else default_output_names(count))
+    outputs = output_names(options.output_names, _output_names(network.loss, len(reference(example))))
     batch = torch.export.Dim(BATCH)
     dynamic_shapes = (tuple({0: batch} if 0 in s.dynamic else {} for s in specs),)  # forward(*parts)
     model, exporter, notes = export_torch(wrapper, wrapper, example, specs, outputs, dynamic_shapes, options,
                                           scratch)
     read = {value.name for value in model.graph.input}
-    unread = [s for s in specs if s.name not in read]  # parts the network ignores (most ignore the mask)
+    unread = [s for s in specs if s.name not in read]  # parts an exporter dropped because the network ignores them
     specs = [s for s in specs if s.name in read]
     if dropped:
-        notes.append(f"{name}: stored arguments the installed {record['class']} does not take, left at their "
-                     f"defaults: {', '.join(dropped)}")
+        notes.append(f"{source.name}: arguments left at the installed {record['class']}'s defaults (not taken by "
+                     f"this release, or not readable from the folder): {', '.join(dropped)}")
     return ExportedGraph(model, specs, outputs, _filling(reference, specs, unread), exporter, "neuralforecast",
-                         source.files, parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()], notes=notes,
-                         folder=name, source_model=record, semantics=_semantics(network, record, specs, outputs))
+                         source.files, parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()],
+                         notes=notes, folder=source.name, source_model=record,
+                         semantics=_semantics(network, record, specs, outputs))
+
+
+def _output_names(loss: Any, count: int) -> list[str]:
+    """`forecast`, or a distribution's parameter names (`loc`, `scale`) when the loss predicts one."""
+    if getattr(loss, "is_distribution_output", False):
+        params = [p.lstrip("-") for p in getattr(loss, "param_names", [])]
+        if len(params) == count and len(set(params)) == count:
+            return params
+    return ["forecast"] if count == 1 else default_output_names(count)
 
 
 def _filling(reference: Any, specs: list[InputSpec], unread: list[InputSpec]) -> Any:
@@ -140,16 +153,16 @@ def _filling(reference: Any, specs: list[InputSpec], unread: list[InputSpec]) ->
     return run
 
 
-def _check_exportable(name: str, class_name: str, resolved: dict[str, Any]) -> None:
+def _check_exportable(class_name: str, resolved: dict[str, Any]) -> None:
     if resolved["recurrent"]:
         raise UnsupportedFormatError(
-            f"{name}: {class_name} forecasts recurrently, one step at a time with its state carried between "
-            f"calls in Python, which one graph does not hold; export a model trained with recurrent=False, or "
-            f"leave this one out with --model")
+            f"{class_name} forecasts recurrently, one step at a time with its state carried between calls in "
+            f"Python, which one graph does not hold; export a model trained with recurrent=False, or leave this "
+            f"one out with --model")
     if resolved["cat_exog_list"]:
         raise UnsupportedFormatError(
-            f"{name}: categorical exogenous columns {resolved['cat_exog_list']} are embedded by NeuralForecast "
-            f"before the network runs; models with them are not exported (leave it out with --model)")
+            f"categorical exogenous columns {resolved['cat_exog_list']} are embedded by NeuralForecast before the "
+            f"network runs; models with them are not exported (leave it out with --model)")
 
 
 def _window_specs(resolved: dict[str, Any]) -> list[InputSpec]:
@@ -174,19 +187,21 @@ def _window_specs(resolved: dict[str, Any]) -> list[InputSpec]:
 def _semantics(network: Any, record: dict[str, Any], specs: list[InputSpec], outputs: list[str]) -> dict[str, Any]:
     resolved = record["resolved"]
     loss = network.loss
-    columns = [f"{record['alias'] or record['class']}{suffix}" for suffix in (getattr(loss, "output_names", None) or [""])]
+    distribution = getattr(loss, "is_distribution_output", False)
+    name = record["alias"] or record["class"]
+    columns = {} if distribution else {  # a distribution's columns are sampled outside the graph
+        "forecast_columns": [f"{name}{suffix}" for suffix in (getattr(loss, "output_names", None) or [""])]}
     return {
         "computes": "loss.domain_map(model(windows)), as NeuralForecast's predict step calls it",
         "inputs": {s.name: _part_meaning(s.name, resolved) for s in specs},
         "outputs": outputs,
-        "forecast_columns": columns,
+        **columns,
         "scaler_type": resolved["scaler_type"],
         "outside_the_graph": [
             f"the temporal scaler (scaler_type={resolved['scaler_type']!r}): inputs are the window after it, "
             f"outputs before its inverse",
             "the forecaster's local scaler (local_scaler_type), if one was fitted",
-            *(["drawing samples and quantiles from the predicted distribution's parameters"]
-              if getattr(loss, "is_distribution_output", False) else []),
+            *(["drawing samples and quantiles from the predicted distribution's parameters"] if distribution else []),
         ],
     }
 
@@ -215,4 +230,6 @@ class _Windows(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> Any:
         windows = dict.fromkeys(WINDOW_PARTS)
         windows.update(zip(self.parts, tensors))
+        if getattr(self.network, "exclude_insample_y", False):  # NeuralForecast zeroes it before the network
+            windows["insample_y"] = windows["insample_y"] * 0
         return self.network.loss.domain_map(self.network(windows))

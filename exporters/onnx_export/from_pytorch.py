@@ -7,18 +7,20 @@ exporter (torch.export + onnxscript); if that fails, the TorchScript exporter is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convert.errors import MappingError, UnsupportedFormatError, UsageError
+from convert.errors import UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
 
+from ..quiet import first_line
+from ..torch_state import load_strict
 from .graph_edit import default_output_names, output_names
 from .inputs import build_specs, input_sets
 from .pt2_guard import check_pt2
-from ..quiet import first_line
 from .spec import ExportedGraph, ExportOptions, InputSpec
 from .user_code import call_factory, required_arguments
 
@@ -28,8 +30,8 @@ _VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint
 TORCHSCRIPT_OPSET = 17
 
 
-def export(src: Path, options: ExportOptions, scratch: Path) -> list[ExportedGraph]:
-    return [_from_module(src, options, scratch) if options.module else _from_program(src, options, scratch)]
+def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[ExportedGraph]:
+    yield _from_module(src, options, scratch) if options.module else _from_program(src, options, scratch)
 
 
 def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
@@ -90,7 +92,7 @@ def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
 
 
 def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
-            dynamic_shapes: Any, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
+                 dynamic_shapes: Any, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
     """(model, which exporter, notes): the dynamo exporter, then (with --exporter auto) TorchScript if it fails.
     `target` is what torch.export traces (a module or a program), `module` what TorchScript traces;
     `dynamic_shapes` is keyed as torch.export wants it for `target`'s forward."""
@@ -162,10 +164,9 @@ def _dynamo_name(capture: str) -> str:
 
 
 def torch_reference(module: Any, names: list[str]) -> Any:
+    """The module's own forward pass on named arrays, outputs flattened: validation's reference."""
     import torch
     from torch.utils._pytree import tree_leaves
-
-    """The module's own forward pass on named arrays, outputs flattened: validation's reference."""
 
     def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
@@ -182,11 +183,7 @@ def _load_weights(module: Any, src: Path) -> list[Path]:
     with open_source(src) as source:
         state = {t.name: to_torch(t) for t in source.tensors}
         files = list(source.files)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
-        raise MappingError(f"{src.name} does not fit the module: {detail}") from None
+    load_strict(module, state, f"{src.name} does not fit the module")
     return files
 
 

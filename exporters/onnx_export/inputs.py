@@ -112,7 +112,8 @@ def input_sets(specs: list[InputSpec], samples: dict[str, np.ndarray] | None, np
         small = {s.name: big[s.name][tuple(slice(0, n) for n in s.shape)] for s in specs}
         sets = [_set("generated", small), _set("generated", big)]
     if npz is not None:
-        sets += _pair(Path(npz).name, load_npz(npz, specs), {s.name: (0,) for s in specs})
+        sets += _pair(Path(npz).name, load_npz(npz, specs), {s.name: tuple(a for a in (0,) if a in s.dynamic)
+                                                            for s in specs})
     return sets
 
 
@@ -159,7 +160,8 @@ def load_npz(path: str, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             raise UsageError(f"{Path(path).name}: {spec.name!r} is {arr.dtype}{list(arr.shape)}; the model takes "
                              f"{spec.dtype}{list(spec.shape)} (dynamic axes {sorted(spec.dynamic)})")
         out[spec.name] = np.ascontiguousarray(arr, dtype=spec.dtype)
-        batches.add(arr.shape[0])
+        if 0 in spec.dynamic:  # an input without a batch axis (a multivariate model's static columns)
+            batches.add(arr.shape[0])
     if len(batches) != 1:
         raise UsageError(f"{Path(path).name}: the arrays have different batch sizes {sorted(batches)}")
     return out

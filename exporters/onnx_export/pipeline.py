@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from convert import manifest as manifest_mod
-from convert.errors import UsageError, VerificationError
+from convert.errors import ConvertError, UnsafeInputError, UsageError, VerificationError
 from convert.output import StagedOutput, fsync_path, write_file
 
 from ..onnx_names import record_names
@@ -69,16 +70,30 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportR
     with staged as staging:
         scratch = staging / ".export"
         scratch.mkdir()
-        with framework_output_captured():
-            graphs = export(source, options, scratch)
+        results = []
+        with closing(iter(export(source, options, scratch))) as graphs:  # exported one at a time
+            while True:
+                with framework_output_captured():
+                    graph = next(graphs, None)
+                if graph is None:
+                    break
+                results.append(_finish(graph, staging, options))
         shutil.rmtree(scratch)
-        results = [_finish(graph, staging, options) for graph in graphs]
     return ExportResult(staged.dest, results, time.perf_counter() - started)
 
 
 def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions) -> GraphResult:
-    """One exported graph named, simplified, saved, checked, validated and described in its manifest."""
-    dest = staging / graph.folder
+    """One exported graph named, simplified, saved, checked, validated and described in its manifest;
+    a failure names the graph's folder when the source holds several."""
+    if graph.folder and Path(graph.folder).name != graph.folder:
+        raise UnsafeInputError(f"{graph.folder!r} cannot name an output folder")
+    try:
+        return _finish_graph(graph, staging / graph.folder, options)
+    except ConvertError as exc:
+        raise type(exc)(f"{graph.folder}: {exc}" if graph.folder else str(exc)) from None
+
+
+def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions) -> GraphResult:
     dest.mkdir(exist_ok=True)
     with framework_output_captured():
         name_axes(graph.model, graph.inputs)
@@ -89,11 +104,8 @@ def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions) -> Grap
     check(dest / MODEL_FILE)
     atol = options.atol if options.atol is not None else default_atol(model)
     sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
-    try:
-        with framework_output_captured():
-            validation = validate(dest / MODEL_FILE, graph, sets, atol)
-    except VerificationError as exc:
-        raise VerificationError(f"{graph.folder}: {exc}" if graph.folder else str(exc)) from None
+    with framework_output_captured():
+        validation = validate(dest / MODEL_FILE, graph, sets, atol)
     doc = export_manifest(graph, model, files, options, simplification, validation)
     write_file(dest / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return GraphResult(graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"],
