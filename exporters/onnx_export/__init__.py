@@ -19,15 +19,13 @@ from convert.sources import is_neuralforecast_folder
 
 from .spec import ExportedGraph, ExportOptions
 
-FRAMEWORKS: dict[str, str] = {  # framework -> the module that exports it
-    "pytorch": "exporters.onnx_export.from_pytorch",
-    "keras": "exporters.onnx_export.from_keras",
-    "jax": "exporters.onnx_export.from_jax",
-    "neuralforecast": "exporters.onnx_export.from_neuralforecast",
+# framework -> (the module that exports it, the extras it needs besides `onnx`)
+FRAMEWORKS: dict[str, tuple[str, str]] = {
+    "pytorch": ("exporters.onnx_export.from_pytorch", "the `torch` extra"),
+    "keras": ("exporters.onnx_export.from_keras", "the `tensorflow` extra"),
+    "jax": ("exporters.onnx_export.from_jax", "the `jax` extra"),
+    "neuralforecast": ("exporters.onnx_export.from_neuralforecast", "the `torch` and `neuralforecast` extras"),
 }
-
-EXTRAS = {"pytorch": "the `torch` extra", "keras": "the `tensorflow` extra", "jax": "the `jax` extra",
-          "neuralforecast": "the `torch` and `neuralforecast` extras"}
 
 Exporter = Callable[[Path, ExportOptions, Path], Iterator[ExportedGraph]]
 
@@ -39,11 +37,12 @@ def exporter_for(src: Path, options: ExportOptions) -> Exporter:
         raise UsageError(f"--framework {name!r}: choose one of {', '.join(['auto', *FRAMEWORKS])}")
     if options.models and name != "neuralforecast":
         raise UsageError("--model chooses among a NeuralForecast folder's models; this source holds one model")
+    module, extras = FRAMEWORKS[name]
     try:
-        return importlib.import_module(FRAMEWORKS[name]).export
+        return importlib.import_module(module).export
     except ImportError as exc:
-        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra and "
-                                     f"{EXTRAS[name]}: {exc}") from None
+        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra and {extras}: "
+                                     f"{exc}") from None
 
 
 def _is_converted_neuralforecast(src: Path) -> bool:
