@@ -1,0 +1,77 @@
+"""Build the Rust crate (rust/) once per test run and run its binaries.
+
+The build is offline against Debian's packaged crates (/usr/share/cargo/registry, installed by
+scripts/test.sh) through `--config` source replacement given to this build only, so the same
+Cargo.toml builds against crates.io elsewhere. Without cargo the Rust tests fail when CI=true
+(nothing skips in CI) and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKSPACE = REPO / "rust"
+TARGET_DIR = WORKSPACE / "target"  # ignored by git; reused by later runs, so rebuilds are incremental
+DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
+OFFLINE = ["--offline", "--config", 'source.crates-io.replace-with="debian-packages"',
+           "--config", f'source.debian-packages.directory="{DEBIAN_REGISTRY}"']
+
+
+@dataclass(frozen=True)
+class RustTools:
+    rmc: Path  # the crate's CLI: verify, inspect
+    forward: Path  # examples/forward.rs: reference forward passes
+    schema: Path  # examples/schema.rs: field skeleton and manifest round trip
+    tensor: Path  # examples/tensor.rs: one tensor's values, as the crate reads them
+
+
+def _cargo() -> str | None:
+    found = shutil.which("cargo")
+    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / "cargo"
+    return found or (str(home) if home.is_file() else None)
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"Rust tests cannot run in CI: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> RustTools | str:
+    cargo = _cargo()
+    if cargo is None:
+        return "cargo not found (install a Rust toolchain, e.g. with rustup)"
+    offline = OFFLINE if any(DEBIAN_REGISTRY.glob("serde-1.*")) else []
+    if not offline and os.environ.get("CI") == "true":
+        return f"{DEBIAN_REGISTRY} holds no packaged crates (scripts/test.sh installs them with apt-get)"
+    cmd = [cargo, "build", "--quiet", *offline, "--bin", "rmc", "--examples", "--target-dir", str(TARGET_DIR)]
+    proc = subprocess.run(cmd, cwd=WORKSPACE, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        return f"cargo build failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+    out = TARGET_DIR / "debug"
+    return RustTools(out / "rmc", out / "examples" / "forward", out / "examples" / "schema", out / "examples" / "tensor")
+
+
+def rust_tools() -> RustTools:
+    """The built binaries; fails (CI) or skips (elsewhere) when the crate cannot be built here."""
+    built = _build()
+    if isinstance(built, str):
+        if built.startswith("cargo build failed"):
+            pytest.fail(built, pytrace=False)
+        _unavailable(built)
+    assert isinstance(built, RustTools)
+    return built
+
+
+def run(binary: Path, *args: object, timeout: float = 120) -> tuple[int, str, str]:
+    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
