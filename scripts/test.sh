@@ -6,4 +6,19 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[all,test]" 2> >(grep -v "^WARNING: Location" >&2)
+# The Rust tests (tests/test_rust*.py) build rust/ offline against Debian's packaged crates.
+crates="librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-memmap2-dev librust-half-dev librust-sha2-dev librust-blake3-dev"
+missing=""
+for p in $crates; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -qq && apt-get install -y -qq $missing; } >/dev/null 2>&1 ||
+            { echo "test.sh: apt-get install$missing failed" >&2; exit 1; }
+    else
+        echo "test.sh: the Rust tests need Debian's$missing (apt-get install as root)" >&2
+    fi
+fi
 exec .venv/bin/python -m pytest "$@"
