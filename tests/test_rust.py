@@ -277,3 +277,36 @@ def test_forward_refuses_a_wrong_module(outputs: dict[str, Path], tmp_path: Path
     rc, _stdout, stderr = run(rust_tools().forward, outputs["pytorch"], tmp_path / "x.json", tmp_path / "y.json", "gru", "lstm")
     assert rc == 8 and "is a LSTM, not a GRU" in stderr, stderr
     assert not (tmp_path / "y.json").exists()
+
+
+@pytest.fixture(scope="module")
+def graph_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `to-onnx` output: its manifest's files are the graph, proven by size and digest."""
+    pytest.importorskip("onnx")
+    root = tmp_path_factory.mktemp("rust-graph")
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    program = torch.export.export(model, (torch.randn(3, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, root / "mlp.pt2")
+    rc, _stdout, stderr = run_cli("to-onnx", root / "mlp.pt2", root / "out", cwd=root, timeout=600)
+    assert rc == 0, stderr
+    return root / "out"
+
+
+def test_verify_agrees_on_a_graph_output(graph_output: Path, tmp_path: Path) -> None:
+    assert (python_verify(graph_output)[0], rust_verify(graph_output)[0]) == (0, 0)
+    out = tmp_path / "graph"
+    shutil.copytree(graph_output, out)
+    onnx_file = out / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx_file.write_bytes(bytes(data))
+    (py_rc, py), (rs_rc, rs, _) = python_verify(out), rust_verify(out)
+    assert (py_rc, rs_rc) == (8, 8), (py, rs)
+    assert any(p.startswith("model.onnx: ") for p in rs["problems"]), rs
+
+
+def test_a_graph_manifest_round_trips(graph_output: Path, tmp_path: Path) -> None:
+    rc, _stdout, stderr = run(rust_tools().schema, "roundtrip", graph_output / "manifest.json", tmp_path / "back.json")
+    assert rc == 0, stderr
+    assert json.loads((tmp_path / "back.json").read_text()) == json.loads((graph_output / "manifest.json").read_text())
