@@ -9,11 +9,13 @@ Cargo.toml builds against crates.io elsewhere. Without cargo the Rust tests fail
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +77,41 @@ def rust_tools() -> RustTools:
 def run(binary: Path, *args: object, timeout: float = 120) -> tuple[int, str, str]:
     proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest schema, seen as the crate sees its own types
+# ---------------------------------------------------------------------------------------------
+
+SCHEMA = json.loads((REPO / "schemas" / "manifest.schema.json").read_text(encoding="utf-8"))
+
+
+def resolve(node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def types(node: dict[str, Any]) -> list[str]:
+    t = node.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def schema_skeleton(node: dict[str, Any]) -> Any:
+    """The schema's fields in the shape the crate prints its own: objects with properties as dicts,
+    arrays as [item], everything else (scalars, free-form objects) as null."""
+    node = resolve(node)
+    if "properties" in node:
+        return {k: schema_skeleton(v) for k, v in node["properties"].items()}
+    if "array" in types(node) and "items" in node:
+        return [schema_skeleton(node["items"])]
+    return None
+
+
+def project(value: Any, skeleton: Any) -> Any:
+    """Only the parts of a JSON value the schema declares (free-form parts whole)."""
+    if isinstance(skeleton, dict) and isinstance(value, dict):
+        return {k: project(v, skeleton[k]) for k, v in value.items() if k in skeleton}
+    if isinstance(skeleton, list) and isinstance(value, list):
+        return [project(v, skeleton[0]) for v in value]
+    return value

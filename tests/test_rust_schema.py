@@ -17,32 +17,9 @@ import pytest
 
 from conftest import REPO, header_length, run_cli
 from convert import manifest as manifest_mod
-from rust_helpers import run, rust_tools
+from rust_helpers import SCHEMA, resolve, run, rust_tools, schema_skeleton, types
 
-SCHEMA = json.loads((REPO / "schemas" / "manifest.schema.json").read_text(encoding="utf-8"))
 DIGEST_NAMES = {"digest", "sha256"}
-
-
-def resolve(node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-    return node
-
-
-def types(node: dict[str, Any]) -> list[str]:
-    t = node.get("type", [])
-    return [t] if isinstance(t, str) else list(t)
-
-
-def schema_skeleton(node: dict[str, Any]) -> Any:
-    """The schema's fields in the shape the crate prints its own: objects with properties as dicts,
-    arrays as [item], everything else (scalars, free-form objects) as null."""
-    node = resolve(node)
-    if "properties" in node:
-        return {k: schema_skeleton(v) for k, v in node["properties"].items()}
-    if "array" in types(node) and "items" in node:
-        return [schema_skeleton(node["items"])]
-    return None
 
 
 def paths(skeleton: Any, prefix: str = "") -> set[str]:
