@@ -33,6 +33,7 @@ class RustTools:
     forward: Path  # examples/forward.rs: reference forward passes
     schema: Path  # examples/schema.rs: field skeleton and manifest round trip
     tensor: Path  # examples/tensor.rs: one tensor's values, as the crate reads them
+    quickstart: Path  # examples/quickstart.rs: the README's example
 
 
 def _cargo() -> str | None:
@@ -60,7 +61,8 @@ def _build() -> RustTools | str:
     if proc.returncode != 0:
         return f"cargo build failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
     out = TARGET_DIR / "debug"
-    return RustTools(out / "rmc", out / "examples" / "forward", out / "examples" / "schema", out / "examples" / "tensor")
+    return RustTools(out / "rmc", out / "examples" / "forward", out / "examples" / "schema", out / "examples" / "tensor",
+                     out / "examples" / "quickstart")
 
 
 def rust_tools() -> RustTools:

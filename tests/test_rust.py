@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import header_length, run_cli, seeded
+from conftest import REPO, header_length, run_cli, seeded
 from rust_helpers import SCHEMA, project, run, rust_tools, schema_skeleton
 
 torch = pytest.importorskip("torch")
@@ -314,3 +314,14 @@ def test_a_graph_manifest_round_trips(graph_output: Path, tmp_path: Path) -> Non
     skeleton = schema_skeleton(SCHEMA)
     back = json.loads((tmp_path / "back.json").read_text())
     assert project(back, skeleton) == project(json.loads((graph_output / "manifest.json").read_text()), skeleton)
+
+
+def test_readme_example_is_the_quickstart_and_runs(outputs: dict[str, Path]) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```rust\n(.*?)```", readme, re.S)
+    assert block, "README has no rust example"
+    assert block.group(1) == (REPO / "rust" / "rmc-load" / "examples" / "quickstart.rs").read_text(encoding="utf-8")
+    for way in ("pytorch", "burn-native"):
+        rc, stdout, stderr = run(rust_tools().quickstart, outputs[way])
+        assert rc == 0, stderr
+        assert "LSTM lstm (hidden 5)" in stdout and "head.weight: F32" in stdout
