@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from conftest import header_length
+
 REPO = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO / "rust"
 TARGET_DIR = WORKSPACE / "target"  # ignored by git; reused by later runs, so rebuilds are incremental
@@ -74,6 +76,16 @@ def rust_tools() -> RustTools:
         _unavailable(built)
     assert isinstance(built, RustTools)
     return built
+
+
+def flip_tensor_byte(out: Path, name: str, mask: int = 0x01) -> None:
+    """Change the first byte of one tensor's data in its output file."""
+    doc = json.loads((out / "manifest.json").read_text())
+    t = next(t for t in doc["tensors"] if t["name"] == name)
+    path = out / t["file"]
+    data = bytearray(path.read_bytes())
+    data[header_length(path) + t["data_offsets"][0]] ^= mask
+    path.write_bytes(bytes(data))
 
 
 def run(binary: Path, *args: object, timeout: float = 120) -> tuple[int, str, str]:

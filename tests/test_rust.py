@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, header_length, run_cli, seeded
-from rust_helpers import SCHEMA, project, run, rust_tools, schema_skeleton
+from conftest import REPO, run_cli, seeded
+from rust_helpers import SCHEMA, flip_tensor_byte, project, run, rust_tools, schema_skeleton
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -89,15 +89,6 @@ def test_verify_agrees_on_good_outputs(outputs: dict[str, Path], way: str) -> No
     assert rc == 0 and stdout.startswith("ok: "), stdout
 
 
-def _flip_tensor_byte(out: Path, name: str) -> None:
-    doc = json.loads((out / "manifest.json").read_text())
-    t = next(t for t in doc["tensors"] if t["name"] == name)
-    path = out / t["file"]
-    data = bytearray(path.read_bytes())
-    data[header_length(path) + t["data_offsets"][0]] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def _edit_manifest(out: Path, edit: Any) -> None:
     doc = json.loads((out / "manifest.json").read_text())
     edit(doc)
@@ -120,9 +111,9 @@ def _swap_header_dtype(out: Path) -> None:
 
 TAMPERS: dict[str, tuple[str, Any, int, set[str]]] = {
     # name: (output, tamper, exit code both give, tensors both must name)
-    "tensor byte": ("pytorch", lambda o: _flip_tensor_byte(o, "lstm.weight_hh_l1"), 8, {"lstm.weight_hh_l1"}),
-    "shard tensor byte": ("sharded", lambda o: _flip_tensor_byte(o, "gru.bias_hh_l0"), 8, {"gru.bias_hh_l0"}),
-    "burn gate byte": ("burn-native", lambda o: _flip_tensor_byte(o, "lstm.1.cell_gate.hidden_transform.weight"), 8,
+    "tensor byte": ("pytorch", lambda o: flip_tensor_byte(o, "lstm.weight_hh_l1"), 8, {"lstm.weight_hh_l1"}),
+    "shard tensor byte": ("sharded", lambda o: flip_tensor_byte(o, "gru.bias_hh_l0"), 8, {"gru.bias_hh_l0"}),
+    "burn gate byte": ("burn-native", lambda o: flip_tensor_byte(o, "lstm.1.cell_gate.hidden_transform.weight"), 8,
                        {"lstm.1.cell_gate.hidden_transform.weight"}),
     "tensor digest": ("pytorch", lambda o: _edit_manifest(o, lambda d: _tensor(d, "fc.bias").update(sha256="0" * 64)),
                       8, {"fc.bias"}),

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, header_length, run_cli
+from conftest import header_length, run_cli
 from convert import manifest as manifest_mod
-from rust_helpers import SCHEMA, resolve, run, rust_tools, schema_skeleton, types
+from rust_helpers import SCHEMA, flip_tensor_byte, resolve, run, rust_tools, schema_skeleton, types
 
 DIGEST_NAMES = {"digest", "sha256"}
 
@@ -189,10 +189,7 @@ def test_version_2_digests_are_verified(converted: Path, tmp_path: Path, algorit
     assert rc == 0, stdout + stderr
     doc = json.loads((out / "manifest.json").read_text())
     victim = doc["tensors"][-1]
-    path = out / victim["file"]
-    data = bytearray(path.read_bytes())
-    data[header_length(path) + victim["data_offsets"][0]] ^= 0x80
-    path.write_bytes(bytes(data))
+    flip_tensor_byte(out, victim["name"], 0x80)
     rc, stdout, stderr = run(rust_tools().rmc, "verify", out, "--json")
     assert rc == 8, stderr
     problems = json.loads(stdout)["problems"]

@@ -286,18 +286,20 @@ impl<'a> ModuleTensors<'a> {
     /// The module's tensor whose target name is `suffix` or ends with `.suffix`
     /// (`weight`, `weight_ih_l1`, `0.input_gate.input_transform.weight`).
     pub fn get(&self, suffix: &str) -> Result<Tensor<'a>> {
-        let dotted = format!(".{suffix}");
-        let found: Vec<&str> = self.names.iter().copied().filter(|n| *n == suffix || n.ends_with(&dotted)).collect();
-        match found.as_slice() {
+        match self.matching(suffix).as_slice() {
             [one] => self.model.tensor(one),
             [] => Err(Error::NotFound(format!("module {:?}: no tensor named *{suffix} (has {:?})", self.module.path, self.names))),
-            _ => Err(Error::Mismatch(vec![format!("module {:?}: several tensors end with {suffix}: {found:?}", self.module.path)])),
+            found => Err(Error::Mismatch(vec![format!("module {:?}: several tensors end with {suffix}: {found:?}", self.module.path)])),
         }
     }
 
     pub fn has(&self, suffix: &str) -> bool {
+        !self.matching(suffix).is_empty()
+    }
+
+    fn matching(&self, suffix: &str) -> Vec<&'a str> {
         let dotted = format!(".{suffix}");
-        self.names.iter().any(|n| *n == suffix || n.ends_with(&dotted))
+        self.names.iter().copied().filter(|n| *n == suffix || n.ends_with(&dotted)).collect()
     }
 }
 
