@@ -99,6 +99,11 @@ def _tensor(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return next(t for t in doc["tensors"] if t["name"] == name)
 
 
+def _zero_digest(entry: dict[str, Any]) -> None:
+    """Replace the recorded digest, whichever name the manifest version gives it."""
+    entry["digest" if "digest" in entry else "sha256"] = "0" * 64
+
+
 def _swap_header_dtype(out: Path) -> None:
     """Rewrite model.safetensors' header claiming I32 for an F32 tensor (same size, same offsets)."""
     path = out / "model.safetensors"
@@ -115,8 +120,7 @@ TAMPERS: dict[str, tuple[str, Any, int, set[str]]] = {
     "shard tensor byte": ("sharded", lambda o: flip_tensor_byte(o, "gru.bias_hh_l0"), 8, {"gru.bias_hh_l0"}),
     "burn gate byte": ("burn-native", lambda o: flip_tensor_byte(o, "lstm.1.cell_gate.hidden_transform.weight"), 8,
                        {"lstm.1.cell_gate.hidden_transform.weight"}),
-    "tensor digest": ("pytorch", lambda o: _edit_manifest(o, lambda d: _tensor(d, "fc.bias").update(sha256="0" * 64)),
-                      8, {"fc.bias"}),
+    "tensor digest": ("pytorch", lambda o: _edit_manifest(o, lambda d: _zero_digest(_tensor(d, "fc.bias"))), 8, {"fc.bias"}),
     "tensor shape": ("pytorch", lambda o: _edit_manifest(o, lambda d: _tensor(d, "conv.bias").update(shape=[1, 3])),
                      8, {"conv.bias"}),
     "header dtype": ("pytorch", _swap_header_dtype, 8, {"fc.bias"}),
