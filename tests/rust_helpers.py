@@ -61,7 +61,8 @@ def _build() -> RustTools | str:
     cmd = [cargo, "build", "--quiet", *offline, "--bin", "rmc", "--examples", "--target-dir", str(TARGET_DIR)]
     proc = subprocess.run(cmd, cwd=WORKSPACE, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        return f"cargo build failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+        hint = " (rust/Cargo.lock may pin crates.io versions from another build: remove it)" if offline else ""
+        return f"cargo build failed{hint} ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
     out = TARGET_DIR / "debug"
     return RustTools(out / "rmc", out / "examples" / "forward", out / "examples" / "schema", out / "examples" / "tensor",
                      out / "examples" / "quickstart")
