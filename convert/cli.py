@@ -274,8 +274,14 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="NeuralForecast: export only this model (its alias, as nf-to-safetensors names its folder; "
                    "repeatable). Default: every model.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
-              help="Shape of an input for export and generated test inputs, e.g. x=1x3x32x32 (repeatable).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
+              help="Shape (and dtype) of an input for export and generated test inputs, e.g. x=1x3x32x32 or "
+                   "tokens=4x7:int64 (repeatable). DTYPE: float32 (default), float16, float64, int64, int32, "
+                   "int16, int8, uint8, bool; an input feeding an nn.Embedding is int64 by itself.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
+              help="Values of an integer or bool input, LOW included, HIGH excluded, e.g. tokens=0:21 "
+                   "(repeatable). Default: [0, num_embeddings) for an nn.Embedding's indices, 0/1 for a mask, "
+                   "else the values of --inputs, else 0 and 1.")
 @click.option("--dynamic-axis", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=NAME",
               help="Another dynamic axis besides the batch axis, e.g. input:1=seq (repeatable).")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
@@ -294,7 +300,8 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
 @output_flags
 @command_errors
-def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tuple[str, ...],
+def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tuple[str, ...],
+            dynamic_axes: tuple[str, ...],
             output_names: str | None, no_simplify: bool, as_json: bool, models: tuple[str, ...],
             **opts: Any) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
@@ -311,10 +318,12 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
     NeuralForecast's class from plain config values; no pickle from the folder is loaded. A
     SavedModel is a TensorFlow program that validation runs: export only SavedModels you trust."""
     from .api import to_onnx as export_onnx
-    from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_shapes
+    from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_ranges, parse_input_shapes
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
-    result = export_onnx(src, out, input_shapes=parse_input_shapes(input_shapes),
+    shapes, dtypes = parse_input_shapes(input_shapes)
+    result = export_onnx(src, out, input_shapes=shapes, input_dtypes=dtypes,
+                         input_ranges=parse_input_ranges(input_ranges),
                          dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
                          simplify=not no_simplify, models=list(models), **opts)
     quiet = _flags().get("quiet", False)

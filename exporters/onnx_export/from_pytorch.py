@@ -21,6 +21,7 @@ from ..torch_state import load_strict
 from .graph_edit import default_output_names, output_names
 from .inputs import build_specs, input_sets
 from .pt2_guard import check_pt2
+from .torch_hints import input_hints
 from .spec import ExportedGraph, ExportOptions, InputSpec
 from .user_code import call_factory, required_arguments
 
@@ -43,8 +44,7 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
     files = _load_weights(module, src)
     module.eval()
     names = required_arguments(module.forward, type(module).__name__)
-    specs = build_specs(names, [np.dtype(np.float32)] * len(names), [None] * len(names),
-                        options.input_shapes, options.dynamic_axes)
+    specs = build_specs(names, [None] * len(names), [None] * len(names), options, input_hints(module, names))
     example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
     dims: dict[str, Any] = {}
     dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
@@ -59,9 +59,9 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
 def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
     import torch
 
-    if options.input_shapes or options.dynamic_axes:
-        raise UsageError("a .pt2 program fixes its own input shapes and dynamic axes: "
-                         "drop --input-shape and --dynamic-axis")
+    if options.input_shapes or options.input_dtypes or options.input_ranges or options.dynamic_axes:
+        raise UsageError("a .pt2 program fixes its own input shapes, dtypes and dynamic axes: "
+                         "drop --input-shape, --input-range and --dynamic-axis")
     check_pt2(src)
     program = torch.export.load(str(src))
     args, kwargs = program.example_inputs or ((), {})
@@ -164,13 +164,20 @@ def _dynamo_name(capture: str) -> str:
 
 
 def torch_reference(module: Any, names: list[str]) -> Any:
-    """The module's own forward pass on named arrays, outputs flattened: validation's reference."""
+    """The module's own forward pass on named arrays, outputs flattened: validation's reference.
+    A forward that raises on the inputs is the user's model meeting the inputs they described."""
     import torch
     from torch.utils._pytree import tree_leaves
 
     def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
+        try:
+            with torch.no_grad():
+                out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
+        except Exception as exc:  # the user's code raised; say on what
+            described = ", ".join(f"{n} {arrays[n].dtype}{list(arrays[n].shape)}" for n in names)
+            raise UsageError(f"the module's forward raised {type(exc).__name__} on inputs {described}: "
+                             f"{first_line(exc)}; say each input's dtype and values with --input-shape "
+                             f"NAME=SHAPE:DTYPE and --input-range NAME=LOW:HIGH") from None
         return [leaf.detach().numpy() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
 
     return run

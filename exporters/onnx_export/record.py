@@ -13,12 +13,13 @@ from convert.architecture import infer_architecture
 from convert.hashing import sha256_file
 
 from ..onnx import summarize, value_summary
-from .spec import ExportedGraph, ExportOptions
+from .spec import ExportedGraph, ExportOptions, InputSpec
 
 
 def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options: ExportOptions,
                     simplification: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
     summary = summarize(model)
+    specs = {s.name: s for s in graph.inputs}
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
         "generator": manifest_mod.generator(),
@@ -45,7 +46,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
             "exporter": graph.exporter,
             **simplification,
             "operators": summary["operators"],
-            "inputs": [_io_entry(v) for v in model.graph.input if v.name in {s.name for s in graph.inputs}],
+            "inputs": [_input_entry(v, specs[v.name]) for v in model.graph.input if v.name in specs],
             "outputs": [_io_entry(v) for v in model.graph.output],
             "validation": validation,
             **({"semantics": graph.semantics} if graph.semantics else {}),
@@ -55,6 +56,14 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
 
 def _file_entry(path: Path, shown: str) -> dict[str, Any]:
     return {"path": shown, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:
+    """An input's entry; an integer or bool input's also says which values it takes and who said so."""
+    entry = _io_entry(value)
+    if spec.range is not None:
+        entry["range"] = {"low": spec.range[0], "high": spec.range[1], "from": spec.range_from}
+    return entry
 
 
 def _io_entry(value: Any) -> dict[str, Any]:
