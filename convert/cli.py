@@ -276,8 +276,9 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
                    "repeatable). Default: every model.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
               help="Shape (and dtype) of an input for export and generated test inputs, e.g. x=1x3x32x32 or "
-                   "tokens=4x7:int64 (repeatable). DTYPE: float32 (default), float16, float64, int64, int32, "
-                   "int16, int8, uint8, bool; an input feeding an nn.Embedding is int64 by itself.")
+                   "tokens=4x7:int64 (repeatable). DTYPE: float32, float16, float64, int64, int32, int16, int8, "
+                   "uint8, bool. Default: an integer or bool array's of --inputs, else what the module's code "
+                   "takes (int64 for an nn.Embedding's indices, bool or int64 for a mask), else float32.")
 @click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
               help="Values of an integer or bool input, LOW included, HIGH excluded, e.g. tokens=0:21 "
                    "(repeatable). Default: [0, num_embeddings) for an nn.Embedding's indices, 0/1 for a mask, "

@@ -7,8 +7,6 @@ own forward pass at batch sizes and sequence lengths validation did not use.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import run_onnx  # noqa: E402
+from onnx_helpers import run_onnx, write_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "fixtures" / "sentiment"
@@ -112,24 +110,15 @@ def untraceable():
 '''
 
 
-def load_module(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"{name}_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def models(tmp_path: Path) -> Any:
-    (tmp_path / "token_models.py").write_text(TOKEN_MODELS)
-    return load_module(tmp_path / "token_models.py", "token_models")
+    return write_models(tmp_path, TOKEN_MODELS, "token_models")
 
 
 @pytest.fixture
 def sentiment(tmp_path: Path) -> Any:
     """The bundled example's module file, copied where a user's working folder would have it."""
-    shutil.copy(EXAMPLE / "sentiment.py", tmp_path / "sentiment.py")
-    return load_module(tmp_path / "sentiment.py", "sentiment")
+    return write_models(tmp_path, (EXAMPLE / "sentiment.py").read_text(), "sentiment")
 
 
 def save_checkpoint(module: Any, path: Path) -> Path:
@@ -170,7 +159,7 @@ def test_sentiment_classifier_exports_with_dynamic_batch_and_sequence(tmp_path: 
         np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
 
 
-def test_bundled_example_end_to_end(tmp_path: Path) -> None:
+def test_bundled_example_end_to_end(tmp_path: Path, sentiment: Any) -> None:
     """The README's commands on the committed checkpoint: SafeTensors for the Rust loaders, then the
     validated graph; both hold the same weights as the checkpoint."""
     from safetensors.numpy import load_file
@@ -181,8 +170,7 @@ def test_bundled_example_end_to_end(tmp_path: Path) -> None:
                  "--input-shape", "tokens=1x16", "--dynamic-axis", "tokens:1=seq", cwd=EXAMPLE)
     assert doc["graph"]["inputs"][0]["dtype"] == "int64"
     assert doc["graph"]["inputs"][0]["range"]["high"] == 200
-    module = load_module(EXAMPLE / "sentiment.py", "sentiment_example")
-    model = module.build().eval()
+    model = sentiment.build().eval()
     weights = load_file(str(tmp_path / "weights" / "model.safetensors"))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     ids = np.random.default_rng(2).integers(0, 200, (3, 11)).astype(np.int64)
@@ -278,15 +266,15 @@ def test_wrong_values_or_dtype_in_inputs_file_name_the_input(tmp_path: Path, sen
     assert_no_output(tmp_path / "out")
 
 
-def test_range_on_a_float_input_and_wrong_kind_in_inputs_are_usage_errors(tmp_path: Path, models: Any) -> None:
+def test_range_on_a_float_input_and_float_values_for_an_index_are_usage_errors(tmp_path: Path, models: Any) -> None:
     src = save_checkpoint(models.tabular(), tmp_path / "tabular.pt")
     shapes = ("--module", "token_models:tabular", "--input-shape", "features=2x4", "--input-shape", "category=2")
     result = run_cli("to-onnx", src, tmp_path / "out", *shapes, "--input-range", "features=0:3", cwd=tmp_path,
                      timeout=600)
     assert_cli_error(result, 2, "'features' is float32; ranges are for integer and bool inputs")
-    np.savez(tmp_path / "inputs.npz", features=np.zeros((2, 4), np.int64), category=np.zeros(2, np.int64))
+    np.savez(tmp_path / "inputs.npz", features=np.zeros((2, 4), np.float32), category=np.zeros(2, np.float32))
     result = run_cli("to-onnx", src, tmp_path / "out", *shapes, "--inputs", "inputs.npz", cwd=tmp_path, timeout=600)
-    assert_cli_error(result, 2, "'features' is int64[2, 4]; the model takes float32[2, 4]")
+    assert_cli_error(result, 2, "'category' is float32[2]; the model takes int64[2]")
     assert_no_output(tmp_path / "out")
 
 
@@ -323,3 +311,19 @@ def test_generated_inputs_respect_dtype_and_range() -> None:
         assert arrays["ids"].dtype == np.int32 and arrays["ids"].min() >= 7 and arrays["ids"].max() < 12
         assert arrays["mask"].dtype == np.bool_ and arrays["x"].dtype == np.float32
     assert len(np.unique(big.arrays["ids"])) > 2  # the whole range, not just its two lowest values
+
+
+def test_pt2_program_with_token_ids_records_their_range(tmp_path: Path, sentiment: Any) -> None:
+    model = sentiment.build().eval()
+    ids = torch.randint(0, 200, (3, 9))
+    dims = {"tokens": {0: torch.export.Dim("batch")}}  # torch.export fixes an LSTM's sequence length
+    torch.export.save(torch.export.export(model, (ids,), dynamic_shapes=dims), tmp_path / "sentiment.pt2")
+    doc = export(tmp_path / "sentiment.pt2", tmp_path / "onnx", cwd=tmp_path)
+    (tokens,) = doc["graph"]["inputs"]
+    assert tokens["dtype"] == "int64" and tokens["shape"] == ["batch", 9]
+    assert tokens["range"] == {"low": int(ids.min()), "high": int(ids.max()) + 1,
+                               "from": "the program's example inputs"}
+    result = run_cli("to-onnx", tmp_path / "sentiment.pt2", tmp_path / "out", "--input-range", "tokens=0:200",
+                     cwd=tmp_path, timeout=600)
+    assert_cli_error(result, 2, "drop --input-shape, --input-range")
+    assert_no_output(tmp_path / "out")

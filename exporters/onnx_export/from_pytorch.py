@@ -88,7 +88,11 @@ def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
         raise UnsupportedFormatError(
             f"{src.name}: input {name!r} has a static batch size ({example.shape[0]}); export the program with "
             f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
-    return InputSpec(name, tuple(example.shape), example.detach().numpy().dtype, dynamic)
+    values = example.detach().numpy()
+    if values.dtype.kind not in "iub" or not values.size:
+        return InputSpec(name, tuple(example.shape), values.dtype, dynamic)
+    seen = (int(values.min()), int(values.max()) + 1)  # what the validation runs on, as the manifest says
+    return InputSpec(name, tuple(example.shape), values.dtype, dynamic, seen, "the program's example inputs")
 
 
 def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],

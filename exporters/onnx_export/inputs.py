@@ -48,8 +48,7 @@ def parse_input_shapes(items: Sequence[str]) -> tuple[dict[str, tuple[int, ...]]
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     for item in items:
-        name, sep, spec = item.rpartition("=")
-        key = name if sep else ""
+        key, spec = _named(item)
         shape, colon, dtype = spec.partition(":")
         shapes[key] = parse_shape(shape)
         if colon:
@@ -68,7 +67,7 @@ def parse_input_ranges(items: Sequence[str]) -> dict[str, tuple[int, int]]:
     """['tokens=0:21'] or ['0:21'] (the only input) -> {name: (low, high)}, HIGH excluded."""
     ranges: dict[str, tuple[int, int]] = {}
     for item in items:
-        name, sep, spec = item.rpartition("=")
+        key, spec = _named(item)
         low, colon, high = spec.partition(":")
         try:
             bounds = (int(low), int(high))
@@ -77,8 +76,14 @@ def parse_input_ranges(items: Sequence[str]) -> dict[str, tuple[int, int]]:
         if not colon or bounds is None or bounds[0] >= bounds[1]:
             raise UsageError(f"--input-range {item!r}: expected NAME=LOW:HIGH, integers with LOW < HIGH "
                              f"(HIGH excluded), e.g. tokens=0:21")
-        ranges[name if sep else ""] = bounds
+        ranges[key] = bounds
     return ranges
+
+
+def _named(item: str) -> tuple[str, str]:
+    """'NAME=VALUE' -> (NAME, VALUE); a bare 'VALUE' is for the only input, named ""."""
+    name, sep, value = item.rpartition("=")
+    return (name if sep else ""), value
 
 
 def parse_dynamic_axes(items: Sequence[str]) -> dict[str, dict[int, str]]:
@@ -174,16 +179,15 @@ def _range(name: str, dtype: np.dtype, hint: InputHint | None, given: tuple[int,
             raise UsageError(f"--input-range {name}=...: {name!r} is {dtype}; ranges are for integer and bool inputs")
         return None, None
     limits = (0, 2) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max) + 1)
-    bound = hint.range if hint is not None and hint.range is not None else None
+    bound = hint.range if hint is not None else None
     if given is not None:
-        inside = bound or limits
-        if not (max(inside[0], limits[0]) <= given[0] and given[1] <= min(inside[1], limits[1])):
-            what = hint.reason if bound else str(dtype)
-            raise UsageError(f"--input-range {name}={given[0]}:{given[1]}: {what} takes values in "
-                             f"[{max(inside[0], limits[0])}, {min(inside[1], limits[1])})")
+        low, high = (max(bound[0], limits[0]), min(bound[1], limits[1])) if bound else limits
+        if not (low <= given[0] and given[1] <= high):
+            what = hint.reason if bound and hint else str(dtype)
+            raise UsageError(f"--input-range {name}={given[0]}:{given[1]}: {what} takes values in [{low}, {high})")
         return given, "--input-range"
-    if bound is not None:
-        return bound, hint.reason if hint else None
+    if bound is not None and hint is not None:
+        return bound, hint.reason
     if array is not None and array.size:
         seen = (int(array.min()), int(array.max()) + 1)
         if not (limits[0] <= seen[0] and seen[1] <= limits[1]):
