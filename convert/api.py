@@ -20,7 +20,7 @@ from typing import Any
 from . import manifest as manifest_mod
 from .architecture import infer_architecture
 from .errors import UsageError
-from .hashing import sha256_file
+from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
 from .source import SourceModel
@@ -40,6 +40,7 @@ class ConvertOptions:
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
+    digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
@@ -85,6 +86,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                    progress: Progress | None = None) -> ConversionResult:
     """Map, plan, write and record one source model into the folder `out`."""
     started = time.perf_counter()
+    new_digest(options.digest)  # an unknown algorithm is refused before any work
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
     staged = StagedOutput(out, options.overwrite)
     staged.check()
@@ -105,9 +107,9 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                                 time.perf_counter() - started, warnings, plan)
     metadata = {"format": "pt", **aliases}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
+        source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
-            written = [write_safetensors(staging / fname, shard, metadata, progress) for fname, shard in zip(names, shards)]
+            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress) for fname, shard in zip(names, shards)]
             if len(written) > 1:
                 index = _index_json(written, total)
                 for index_name in [INDEX_FILE, *layout.extra_index_names]:
@@ -172,7 +174,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         can_invert, reason = invertible(m.transforms)
         entry = {
             "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
-            "data_offsets": list(t.data_offsets), "sha256": t.sha256,
+            "data_offsets": list(t.data_offsets), "digest": t.digest,
             "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
             "transforms": m.transforms, "lossy": m.lossy, "invertible": can_invert,
         }
@@ -183,16 +185,17 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         tensors.append(entry)
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "digest_algorithm": options.digest,
         "generator": manifest_mod.generator(),
         "source": {
             "format": source.format,
-            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "sha256": d}
+            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
                    "options": layout.options, "warnings": mapping.warnings, "request": options.request},
-        "files": [{"path": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written],
+        "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,
         "tensors": tensors,

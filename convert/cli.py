@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError
+from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -85,6 +86,11 @@ def cli() -> None:
     (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
 
 
+digest_option = click.option(
+    "--digest", type=click.Choice(ALGORITHMS), default=DEFAULT_ALGORITHM, show_default=True,
+    help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).")
+
+
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every conversion command shares."""
     for decorator in reversed([
@@ -98,6 +104,7 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Cast floating tensors while streaming (integers are kept)."),
         click.option("--max-shard-size", metavar="SIZE",
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
+        digest_option,
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
@@ -133,7 +140,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None,
+                    layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None, digest: str,
                     overwrite: bool, dry_run: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
@@ -141,7 +148,7 @@ def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layou
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
     options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, max_shard_size=parse_size(max_shard_size),
-                             overwrite=overwrite, dry_run=dry_run)
+                             digest=digest, overwrite=overwrite, dry_run=dry_run)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
         with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
@@ -234,12 +241,14 @@ def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
 
 
 def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+            dtype: str | None, max_shard_size: str | None, digest: str, overwrite: bool, dry_run: bool,
+            as_json: bool) -> None:
     from .api import nf_to_safetensors as convert_nf
 
     quiet = _flags().get("quiet", False)
     result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, dry_run=dry_run)
+                        dtype=dtype, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite,
+                        dry_run=dry_run)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
@@ -372,6 +381,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 @click.option("--layout", default="pytorch", show_default=True, help="Target layout for every job.")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False))
 @click.option("--max-shard-size", metavar="SIZE")
+@digest_option
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the CPU count).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -384,7 +394,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 @output_flags
 @command_errors
 def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, conversion: str, layout: str,
-          dtype: str | None, max_shard_size: str | None, workers: int | None, executor: str, address: str | None,
+          dtype: str | None, max_shard_size: str | None, digest: str, workers: int | None, executor: str, address: str | None,
           report_path: str | None, retry_report: str | None, as_json: bool) -> None:
     """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
     never stops the others, and exit 0 means every job succeeded or was skipped."""
@@ -395,7 +405,7 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
         jobs = batch_mod.jobs_from_file(job_file, out_dir)
     elif sources and out_dir:
         jobs = batch_mod.jobs_from_sources(sources, out_dir, conversion=conversion, layout=layout, dtype=dtype,
-                                           max_shard_size=max_shard_size)
+                                           max_shard_size=max_shard_size, digest=digest)
     else:
         raise UsageError("give SOURCES with --out-dir, or --job-file")
     if retry_report:

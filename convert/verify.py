@@ -1,10 +1,9 @@
 """Prove an output: the files match the manifest, the `safetensors` library's own parser reads them,
-every tensor's bytes hash to what the manifest says, and (with a source) every tensor equals its
+every tensor's bytes hash to what the manifest says (in its recorded digest algorithm), and (with a source) every tensor equals its
 source after the recorded transforms are undone or replayed."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from . import manifest as manifest_mod
 from .errors import ConvertError
-from .hashing import hash_range, sha256_file
+from .hashing import file_and_range_digests, hash_range, new_digest
 from .safetensors_format import read_header
 from .source import SourceModel
 from .tensors import TensorRef, iter_chunks, release_pages
@@ -63,38 +62,34 @@ def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], repor
         report.problems.append(f"{name}: missing")
         return
     report.files += 1
-    if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-        report.problems.append(f"{name}: size or sha256 differs from the manifest")
-    if doc["target"]["format"] == "onnx":  # a to-onnx output: its files are the graph, proven by size and hash
+    header = None
+    if doc["target"]["format"] != "onnx":  # a to-onnx output: its files are the graph, proven by size and hash
+        try:
+            library_view = _library_header(path)
+            header = read_header(path)
+        except (ConvertError, Exception) as exc:  # the library raises its own error types
+            report.problems.append(f"{name}: not readable as SafeTensors ({exc})")
+    ranges = [(header.data_start + e.begin, header.data_start + e.end) for e in header.entries] if header else []
+    file_digest, digests = file_and_range_digests(path, ranges, doc["digest_algorithm"])  # one read for both
+    if path.stat().st_size != entry["bytes"] or file_digest != entry["digest"]:
+        report.problems.append(f"{name}: size or digest differs from the manifest")
+    if header is None:
         return
     expected = {t["name"]: t for t in doc["tensors"] if t["file"] == name}
-    try:
-        library_view = _library_header(path)
-        header = read_header(path)
-    except (ConvertError, Exception) as exc:  # the library raises its own error types
-        report.problems.append(f"{name}: not readable as SafeTensors ({exc})")
-        return
     if set(library_view) != set(expected):
         report.problems.append(f"{name}: tensors {sorted(set(library_view) ^ set(expected))[:5]} differ from the manifest")
     metadata_aliases = {k: v for k, v in header.metadata.items() if k != "format"}
     if header.metadata.get("format") != "pt" or metadata_aliases != doc["aliases"]:
         report.problems.append(f"{name}: metadata does not carry format 'pt' and the manifest's aliases")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for e in header.entries:
-            t = expected.get(e.name)
-            if t is None:
-                continue
-            report.tensors += 1
-            if library_view[e.name] != (t["dtype"], tuple(t["shape"])) or [e.begin, e.end] != t["data_offsets"]:
-                report.problems.append(f"tensor {e.name!r}: dtype, shape or offsets differ from the manifest")
-                continue
-            digest = hashlib.sha256()
-            hash_range(fd, header.data_start + e.begin, e.end - e.begin, [digest])
-            if digest.hexdigest() != t["sha256"]:
-                report.problems.append(f"tensor {e.name!r}: bytes do not match the manifest's sha256")
-    finally:
-        os.close(fd)
+    for e, digest in zip(header.entries, digests):
+        t = expected.get(e.name)
+        if t is None:
+            continue
+        report.tensors += 1
+        if library_view[e.name] != (t["dtype"], tuple(t["shape"])) or [e.begin, e.end] != t["data_offsets"]:
+            report.problems.append(f"tensor {e.name!r}: dtype, shape or offsets differ from the manifest")
+        elif digest != t["digest"]:
+            report.problems.append(f"tensor {e.name!r}: bytes do not match the manifest's digest")
 
 
 def _library_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -134,6 +129,7 @@ def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel
     from exporters.safetensors import open_safetensors
 
     refs = {t.name: t for t in source.tensors}
+    algorithm = doc["digest_algorithm"]
     try:
         written = open_safetensors(out_dir)
     except ConvertError as exc:
@@ -149,7 +145,7 @@ def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel
                 continue
             sources = [refs[n] for n in names]
             if not t["transforms"] and len(sources) == 1:
-                same = tensor_sha256(sources[0]) == t["sha256"] and sources[0].dtype.code == t["dtype"]
+                same = tensor_digest(sources[0], algorithm) == t["digest"] and sources[0].dtype.code == t["dtype"]
             else:
                 same = t["name"] in outputs and _same_bytes(apply(t["transforms"], [s.array() for s in sources]),
                                                             outputs[t["name"]].array())
@@ -157,7 +153,7 @@ def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel
             if not same:
                 report.problems.append(f"tensor {t['name']!r}: differs from its source {names}")
     for alias, kept in doc["aliases"].items():
-        if alias in refs and kept in refs and tensor_sha256(refs[alias]) != tensor_sha256(refs[kept]):
+        if alias in refs and kept in refs and tensor_digest(refs[alias], algorithm) != tensor_digest(refs[kept], algorithm):
             report.problems.append(f"alias {alias!r}: its source differs from {kept!r}, so it cannot be re-tied")
 
 
@@ -169,9 +165,9 @@ def _same_bytes(produced: np.ndarray, output: np.ndarray) -> bool:
     return same
 
 
-def tensor_sha256(ref: TensorRef) -> str:
-    """SHA-256 of a tensor's C-ordered bytes, read in bounded chunks."""
-    digest = hashlib.sha256()
+def tensor_digest(ref: TensorRef, algorithm: str) -> str:
+    """The digest of a tensor's C-ordered bytes, read in bounded chunks."""
+    digest = new_digest(algorithm)
     if ref.span is not None:
         fd = os.open(ref.span.path, os.O_RDONLY)
         try:

@@ -52,14 +52,14 @@ class WrittenTensor:
     dtype: str
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]
-    sha256: str
+    digest: str
 
 
 @dataclass
 class WrittenFile:
     name: str
     bytes: int
-    sha256: str
+    digest: str
     tensors: list[WrittenTensor]
 
 
@@ -89,8 +89,9 @@ def file_order(items: list[WriteItem]) -> list[WriteItem]:
     return sorted(items, key=lambda it: (-it.dtype.itemsize, it.name))
 
 
-def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, str],
+def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, str], algorithm: str,
                       progress: Progress | None = None) -> WrittenFile:
+    """Write one SafeTensors file; its digest and every tensor's, in `algorithm`, come back with it."""
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
     total = len(header) + sum(it.nbytes for it in ordered)
@@ -98,7 +99,7 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
     hasher: OutputHasher | None = None
     try:
         _pwrite_all(fd, header, 0, path)
-        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets])
+        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm)
         pos = len(header)
         for item in ordered:
             _write_tensor(fd, item, pos, hasher, path)
