@@ -5,6 +5,7 @@ source after the recorded transforms are undone or replayed."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,17 @@ def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyR
     out_dir = Path(out)
     doc = manifest_mod.load(out_dir)
     manifest_mod.validate(doc)
-    report = VerifyReport(out_dir)
-    for entry in doc["files"]:
-        _check_file(out_dir, entry, doc, report)
-    if doc.get("index"):
-        _check_index(out_dir, doc, report)
-    if source is not None:
-        _compare_with_source(out_dir, doc, source, report)
+    report, compared = VerifyReport(out_dir), VerifyReport(out_dir)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the source is read while the files are hashed
+        pending = pool.submit(_compare_with_source, out_dir, doc, source, compared) if source is not None else None
+        for entry in doc["files"]:
+            _check_file(out_dir, entry, doc, report)
+        if doc.get("index"):
+            _check_index(out_dir, doc, report)
+        if pending is not None:
+            pending.result()
+    report.compared_with_source = compared.compared_with_source
+    report.problems += compared.problems
     return report
 
 
