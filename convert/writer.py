@@ -8,6 +8,7 @@ A background thread hashes what is written, so digests cost no extra pass over t
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .dtypes import DType, cast_array
 from .errors import ConvertError, CorruptInputError, OutputWriteError
 from .hashing import OutputHasher
 from .safetensors_format import build_header
-from .tensors import CHUNK_BYTES, TensorRef, iter_chunks, release_pages
+from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
 COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers can follow the writer
@@ -138,6 +139,7 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
 
 def _bytes(block: np.ndarray, item: WriteItem) -> memoryview:
     """Little-endian bytes of a block in the item's dtype (cast as torch casts)."""
+    block = c_contiguous(block)  # before a cast, which would keep a transposed layout
     if block.dtype != item.dtype.numpy:
         block = cast_array(block, item.dtype.code)
     return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
@@ -146,13 +148,17 @@ def _bytes(block: np.ndarray, item: WriteItem) -> memoryview:
 def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path) -> bool:
     """A transposed 2-D view (a Linear weight saved as `w.t()`), written in column tiles.
 
-    Gathering its rows would touch every page of the storage for each chunk; a tile of columns is
-    instead a contiguous run of storage rows, read once, transposed in memory, and written as one
-    segment per output row. False when the view is not such a case or its segments would be tiny.
+    Gathering its rows in chunks touches every page of the storage for each chunk when a chunk's rows
+    are less than a page of each storage row; a tile of columns is instead a contiguous run of
+    storage rows, read once, transposed in memory, and written as one segment per output row. False
+    when the view is not such a case, when row chunks read each storage page once anyway (then fewer,
+    larger writes win), or when the tile's segments would be tiny.
     """
     if arr.ndim != 2 or arr.nbytes <= CHUNK_BYTES or not 0 < arr.strides[0] < arr.strides[1]:
         return False
     rows, cols = arr.shape
+    if CHUNK_BYTES // max(1, cols * arr.itemsize) * arr.itemsize >= mmap.PAGESIZE:
+        return False
     itemsize = item.dtype.itemsize
     width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize))
     if width * itemsize < 4096:
