@@ -494,8 +494,9 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
 @output_flags
 @command_errors
 def verify(out: str, source_path: str | None, key: str | None, as_json: bool) -> None:
-    """Check an output folder against its manifest (re-read with the safetensors library, sha256 of
-    every tensor) and, with --source, against the source. Exit 0 only if everything holds."""
+    """Check an output folder against its manifest (re-read with the safetensors library, the digest
+    of every file and tensor in the manifest's recorded algorithm; 1.0 manifests too) and, with
+    --source, against the source. Exit 0 only if everything holds."""
     from .api import verify_path
     from .errors import VerificationError
 
