@@ -22,7 +22,7 @@ import blake3
 
 from .errors import UsageError
 
-WINDOW = 8 << 20
+WINDOW = 4 << 20
 ALGORITHMS = ("blake3", "sha256")
 DEFAULT_ALGORITHM = "blake3"
 
