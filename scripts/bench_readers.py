@@ -1,7 +1,7 @@
 """Benchmark every reader but PyTorch's (scripts/bench_pytorch.py) against `cp` of the same source.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_readers.py                       # every family, 1 GiB, 3 reps
-    PYTHONPATH=. .venv/bin/python scripts/bench_readers.py --family keras-h5 --size-gib 2 --reps 5
+    .venv/bin/python scripts/bench_readers.py                       # every family, 1 GiB, 3 reps
+    .venv/bin/python scripts/bench_readers.py --family keras-h5 --size-gib 2 --reps 5
 
 Each family's model is written by its own library (Keras 3 with the numpy backend, flax.serialization,
 onnx with external data, safetensors), about --size-gib of float32 Dense/Linear weights, into a folder
