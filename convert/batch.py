@@ -251,7 +251,6 @@ def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
-
     if doc.get("target", {}).get("request") != job.request() or doc.get("digest_algorithm") not in ALGORITHMS:
         return False
     files = doc.get("source", {}).get("files", [])
@@ -262,7 +261,8 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
         path = Path(f["path"])
         if path != root and root not in path.parents:
             return False  # the output was made from another source
-        if not path.is_file() or path.stat().st_size != f.get("bytes") or file_digest(path, doc["digest_algorithm"]) != f.get("digest"):
+        if (not path.is_file() or path.stat().st_size != f.get("bytes")
+                or file_digest(path, doc["digest_algorithm"]) != f.get("digest")):
             return False
     return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))
 

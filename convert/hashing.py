@@ -1,9 +1,10 @@
 """Digests (BLAKE3 by default, SHA-256 by option) of file ranges without holding them in memory, and the
 output hasher the writer runs beside it.
 
-BLAKE3 is what a Rust loader checks with the `blake3` crate, at several times SHA-256's speed; SHA-256 stays
-for those who compare with the Hub's LFS ids. Ranges are hashed through short-lived memory-map windows: the bytes come from the page cache without
-a copy, and unmapping each window returns its pages, so RSS stays flat however large the file.
+BLAKE3 is what a Rust loader checks with the `blake3` crate, at several times SHA-256's speed;
+SHA-256 stays for those who compare with the Hub's LFS ids. Ranges are hashed through short-lived
+memory-map windows: the bytes come from the page cache without a copy, and unmapping each window
+returns its pages, so RSS stays flat however large the file.
 Both libraries release the GIL, so hashing threads run beside the writer's kernel-side copies.
 """
 
