@@ -1,6 +1,7 @@
 """Prove an output: the files match the manifest, the `safetensors` library's own parser reads them,
-every tensor's bytes hash to what the manifest says (in its recorded digest algorithm), and (with a source) every tensor equals its
-source after the recorded transforms are undone or replayed."""
+every file's and tensor's bytes hash to what the manifest says (in its recorded digest algorithm),
+and (with a source) every tensor equals its source after the recorded transforms are undone or
+replayed."""
 
 from __future__ import annotations
 
