@@ -111,7 +111,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         with staged as staging:
             written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress) for fname, shard in zip(names, shards)]
             if len(written) > 1:
-                index = _index_json(written, total)
+                index = _index_json(written, total, layout.index_metadata)
                 for index_name in [INDEX_FILE, *layout.extra_index_names]:
                     write_file(staging / index_name, index)
             sidecars = _copy_sidecars(source, staging)
@@ -147,9 +147,10 @@ def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, st
     return kept, aliases
 
 
-def _index_json(written: list[WrittenFile], total: int) -> bytes:
+def _index_json(written: list[WrittenFile], total: int, extra: dict[str, str]) -> bytes:
+    """Hugging Face's shard index; `extra` adds metadata keys a loader requires (TrustformeRS: format)."""
     weight_map = {t.name: w.name for w in written for t in w.tensors}
-    doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    doc = {"metadata": {"total_size": total, **extra}, "weight_map": dict(sorted(weight_map.items()))}
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 

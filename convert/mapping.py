@@ -64,6 +64,8 @@ class Rule:
     refuse: str | None
     if_option: str | None
     derive: dict[str, dict[str, Any]]  # new variable: {"from": captured variable, "map": {value: text}}
+    present: list[str] = field(default_factory=list)  # templates that must exist (not consumed)
+    note: str | None = None  # printed once, with the names, when a drop rule fires
 
     def variables(self, match: re.Match[str]) -> dict[str, str]:
         found = {k: v or "" for k, v in match.groupdict().items()}
@@ -73,6 +75,9 @@ class Rule:
 
     def companions_for(self, variables: dict[str, str]) -> list[str]:
         return [fill(c, variables) for c in self.companions]
+
+    def present_for(self, variables: dict[str, str]) -> list[str]:
+        return [fill(c, variables) for c in self.present]
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Layout:
     warnings: list[str | dict[str, str]]  # a text, or {text, module}: only when that module is present
     options: dict[str, Any]
     source: str  # where the rules came from
+    index_metadata: dict[str, str] = field(default_factory=dict)  # extra `metadata` keys in shard indexes
 
 
 @dataclass
@@ -154,7 +160,7 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
         passthrough=merged.get("passthrough", False), dtypes=merged.get("dtypes"),
         cast=merged.get("cast", {}), renumber=merged.get("renumber_sequential", False),
         extra_index_names=merged.get("extra_index_names", []), warnings=merged.get("warnings", []),
-        options=opts, source=where,
+        options=opts, source=where, index_metadata=merged.get("index_metadata", {}),
     )
 
 
@@ -181,7 +187,8 @@ def _rule(doc: dict[str, Any]) -> Rule:
     single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}
     outputs = doc.get("outputs") or [single]
     return Rule(pattern, doc.get("module"), doc.get("where", {}), doc.get("with", []), outputs,
-                doc.get("drop", False), doc.get("refuse"), doc.get("if_option"), doc.get("derive", {}))
+                doc.get("drop", False), doc.get("refuse"), doc.get("if_option"), doc.get("derive", {}),
+                doc.get("if_present", []), doc.get("note"))
 
 
 def compile_pattern(text: str) -> re.Pattern[str]:
@@ -222,6 +229,7 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
     produced: list[tuple[int, MappedTensor]] = []
     no_rule: list[tuple[int, TensorRef]] = []
     dropped: list[str] = []
+    notes: dict[str, list[str]] = {}
     for pos, t in enumerate(tensors):
         if t.name in consumed:
             continue
@@ -235,6 +243,8 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
         consumed.update([t.name, *companions])
         if rule.drop:
             dropped.append(t.name)
+            if rule.note:
+                notes.setdefault(rule.note, []).append(t.name)
             continue
         sources = [t] + [refs[c] for c in companions]
         for out in rule.outputs:
@@ -254,6 +264,7 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
     present = {mod["type"] for mod in architecture.get("modules", [])}
     warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings
                 if isinstance(w, str) or w["module"] in present]
+    warnings += [f"layout {layout.name}: dropped {', '.join(names)}: {note}" for note, names in notes.items()]
     return MappingResult(mapped, dropped, warnings)
 
 
@@ -269,7 +280,7 @@ def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
             continue
         variables = rule.variables(m)
         companions = rule.companions_for(variables)
-        if any(c not in refs for c in companions):
+        if any(c not in refs for c in [*companions, *rule.present_for(variables)]):
             continue
         return rule, variables, companions
     return None

@@ -602,6 +602,9 @@ def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[st
     hf = json.loads((out / "model.safetensors.index.json").read_text())
     extra = json.loads((out / "pytorch_model.bin.index.json").read_text())
     assert extra == hf
+    # trustformers-core's HuggingFaceMetadata needs `format` (no serde default)
+    assert hf["metadata"] == {"total_size": sum(t["data_offsets"][1] - t["data_offsets"][0] for t in doc["tensors"]),
+                              "format": "pt"}
     assert hf["weight_map"] == {t["name"]: t["file"] for t in doc["tensors"]}
     assert set(hf["weight_map"]) == set(expected_tensors(c.model, "trustformers"))
     assert verified(out, c.src)
