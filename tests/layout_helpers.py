@@ -45,6 +45,21 @@ class Net(nn.Module):
         self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
 
 
+class TorshNet(nn.Module):
+    """What ToRSh loads and computes: no BatchNorm (its state dict takes no buffers), single-layer
+    unidirectional LSTM/GRU (it computes layer 0 only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6))
+        self.ln = nn.LayerNorm(6)
+        self.lstm = nn.LSTM(6, 5)
+        self.gru = nn.GRU(6, 4)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+
+
 class RecurrentZoo(nn.Module):
     """Every num_layers x bidirectional case of burn's recurrent naming."""
 

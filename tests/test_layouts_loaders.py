@@ -74,3 +74,58 @@ def test_derived_buffers_kept_by_option(tmp_path: Path) -> None:
     assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "trustformers",
                              "--layout-option", "drop_derived_buffers=false"), 7, "position_ids", "I64")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# ToRSh (torsh-nn 0.1.3)
+# ---------------------------------------------------------------------------------------------
+
+class EncoderAndHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16)
+        self.head = nn.Linear(8, 3)
+
+
+def test_torsh_transformer_encoder_layer_keeps_linear1_linear2_out_in(tmp_path: Path) -> None:
+    """layers/transformer.rs registers linear1/linear2.weight as [out, in] (transposed at use) and
+    self_attn in_proj_weight [3E, E], out_proj.weight [E, E]; a plain Linear is [in, out]."""
+    torch.manual_seed(0)
+    model = EncoderAndHead().eval()
+    src = save_state(tmp_path, model)
+    doc, _ = convert(src, tmp_path / "out", "torsh")
+    arrays = load_numpy(tmp_path / "out")
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    expected = {k: (v.shape, "F32") for k, v in sd.items()}
+    expected["head.weight"] = ((8, 3), "F32")
+    assert listed(doc) == expected
+    for name in ("enc.linear1.weight", "enc.linear2.weight", "enc.self_attn.in_proj_weight",
+                 "enc.self_attn.out_proj.weight"):
+        np.testing.assert_array_equal(arrays[name], sd[name])
+    np.testing.assert_array_equal(arrays["head.weight"], sd["head.weight"].T)
+    assert listed(doc)["enc.linear1.weight"][0] == (16, 8)
+
+
+@pytest.mark.parametrize("module, words", [
+    (nn.BatchNorm1d(4), ["running_mean", "Unexpected keys"]),
+    (nn.LSTM(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer LSTM"]),
+    (nn.LSTM(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional LSTM"]),
+    (nn.GRU(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer GRU"]),
+    (nn.GRU(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional GRU"]),
+    (nn.RNN(3, 4), ["weight_ih_l0", "returns zeros"]),
+], ids=["batchnorm", "lstm2", "bilstm", "gru2", "bigru", "rnn"])
+def test_torsh_refuses_what_it_cannot_load_or_compute(tmp_path: Path, module: nn.Module, words: list[str]) -> None:
+    model = nn.Module()
+    model.m = module
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "torsh"), 7, *words)
+    assert_no_output(out)
+
+
+def test_torsh_single_layer_lstm_gru_keep_pytorch_names(tmp_path: Path) -> None:
+    """recurrent_gated.rs: weight_ih_l0 [G*H, in], weight_hh_l0, bias_ih_l0, bias_hh_l0 for layer 0."""
+    model = nn.Module()
+    model.lstm, model.gru = nn.LSTM(3, 4), nn.GRU(3, 2)
+    src = save_state(tmp_path, model)
+    doc, _ = convert(src, tmp_path / "out", "torsh")
+    assert listed(doc) == {k: (tuple(v.shape), "F32") for k, v in model.state_dict().items()}
