@@ -131,6 +131,8 @@ def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
     rank = len(weight)
     if bias is not None and (rank == 0 or bias != weight[:1]):
         return None
+    if rank == 1 and bias is None and weight == (1,):
+        return "PReLU", {"num_parameters": 1}  # a norm over one feature would be constant
     if rank == 1:
         # Also what GroupNorm, RMSNorm and BatchNorm(track_running_stats=False) leave behind.
         return "LayerNorm", {"normalized_shape": list(weight), "elementwise_affine": True, "bias": bias is not None}

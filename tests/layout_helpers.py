@@ -173,7 +173,7 @@ def _burn_leaf(mod: nn.Module, p: str, native: bool, out: Expected) -> None:
         for name, t in mod.state_dict().items():
             if name == "num_batches_tracked":
                 continue
-            put({"weight": "gamma", "bias": "beta"}.get(name, name) if native else name, tuple(t.shape))
+            put({"weight": "gamma", "bias": "beta"}.get(name, name), tuple(t.shape))
     elif isinstance(mod, (nn.Conv2d, nn.Embedding)):
         for name, t in mod.state_dict().items():
             put(name, tuple(t.shape))

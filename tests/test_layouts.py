@@ -29,7 +29,7 @@ from layout_helpers import (BUILTIN_LAYOUTS, GRU_GATES, LSTM_GATES, DenseRecurre
                             to_np)
 
 MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": "dense", "torsh": "torsh"}
-CANONICAL = {"tch": "pytorch"}
+CANONICAL: dict[str, str] = {}
 ATOL = 1e-5
 
 
@@ -230,7 +230,7 @@ def test_burn_attention_forward(converted: Callable[[str, str], Converted], layo
 @pytest.mark.parametrize("layout", ["burn", "burn-native"])
 def test_burn_dense_norm_embedding_forward(converted: Callable[[str, str], Converted], layout: str) -> None:
     """Renumbered MLP, BatchNorm (eval, running stats), LayerNorm and Embedding from burn's names;
-    burn-native weights are [in, out] (x @ W) and norms gamma/beta."""
+    burn-native weights are [in, out] (x @ W); norms are gamma/beta under both."""
     c = converted("net", layout)
     t, model, native = load_numpy(c.out), c.model, layout == "burn-native"
     gen = torch.Generator().manual_seed(13)
@@ -245,7 +245,7 @@ def test_burn_dense_norm_embedding_forward(converted: Callable[[str, str], Conve
     got = lin("mlp.1", np.maximum(lin("mlp.0", to_np(x)), 0.0))
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
-    g, b = ("gamma", "beta") if native else ("weight", "bias")
+    g, b = "gamma", "beta"
     xb = torch.randn(2, 4, 3, 3, generator=gen)
     with torch.no_grad():
         want = to_np(model.bn(xb))
@@ -614,12 +614,11 @@ def test_layouts_lists_every_builtin() -> None:
     rc, out, err = run_cli("layouts")
     assert rc == 0, err
     listed = {line.split(":")[0].split(" (")[0] for line in out.splitlines() if line.strip()}
-    assert listed == set(BUILTIN_LAYOUTS) - {"tch"}
-    assert any(line.startswith("pytorch (also tch)") for line in out.splitlines())
+    assert listed == set(BUILTIN_LAYOUTS)
     rc, out, err = run_cli("layouts", "--json")
     assert rc == 0, err
     rows = json.loads(out)
-    assert {r["name"] for r in rows} == set(BUILTIN_LAYOUTS) - {"tch"}
+    assert {r["name"] for r in rows} == set(BUILTIN_LAYOUTS)
     assert all(r["description"] for r in rows)
 
 

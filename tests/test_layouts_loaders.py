@@ -129,3 +129,120 @@ def test_torsh_single_layer_lstm_gru_keep_pytorch_names(tmp_path: Path) -> None:
     src = save_state(tmp_path, model)
     doc, _ = convert(src, tmp_path / "out", "torsh")
     assert listed(doc) == {k: (tuple(v.shape), "F32") for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# burn (burn-store SafetensorsStore, burn-nn 0.21 to 0.22-pre)
+# ---------------------------------------------------------------------------------------------
+
+def _burn_rnn_expected(rnn: nn.RNN, native: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+    """burn-nn rnn/basic.rs: Rnn { gate: { input_transform, hidden_transform } }, BiRnn { forward,
+    reverse }; a Vec of layers is named by index. Linear weights [out, in] (adapter) or [in, out]."""
+    out = {}
+    h = rnn.hidden_size
+    for k in range(rnn.num_layers):
+        for rev, d in (("", "forward"), ("_reverse", "reverse"))[: 2 if rnn.bidirectional else 1]:
+            base = ".".join(["rnn", *([str(k)] if rnn.num_layers > 1 else []), *([d] if rnn.bidirectional else [])])
+            n_in = rnn.input_size if k == 0 else h * (2 if rnn.bidirectional else 1)
+            for t, width in (("input_transform", n_in), ("hidden_transform", h)):
+                out[f"{base}.gate.{t}.weight"] = ((width, h) if native else (h, width), "F32")
+                out[f"{base}.gate.{t}.bias"] = ((h,), "F32")
+    return out
+
+
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("layout", ["burn", "burn-native"])
+def test_burn_elman_rnn_names_and_forward(tmp_path: Path, layout: str, layers: int, bidirectional: bool) -> None:
+    torch.manual_seed(layers + bidirectional)
+    model = nn.Module()
+    model.rnn = nn.RNN(3, 4, num_layers=layers, bidirectional=bidirectional)
+    src = save_state(tmp_path, model)
+    native = layout == "burn-native"
+    doc, _ = convert(src, tmp_path / "out", layout)
+    assert listed(doc) == _burn_rnn_expected(model.rnn, native)
+    t = load_numpy(tmp_path / "out")
+    # burn's Rnn step: h = tanh(input_transform(x) + hidden_transform(h)), layer by layer
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        want = model.rnn(x)[0].numpy()
+
+    def lin(name: str, v: np.ndarray) -> np.ndarray:
+        w = t[f"{name}.weight"]
+        return (v @ w if native else v @ w.T) + t[f"{name}.bias"]
+
+    seq = x.numpy()
+    for k in range(layers):
+        outs = []
+        for d in (["forward", "reverse"] if bidirectional else ["forward"]):
+            base = ".".join(["rnn", *([str(k)] if layers > 1 else []), *([d] if bidirectional else [])])
+            h, hs = np.zeros((2, 4), np.float32), []
+            steps = range(seq.shape[0]) if d == "forward" else reversed(range(seq.shape[0]))
+            for i in steps:
+                h = np.tanh(lin(f"{base}.gate.input_transform", seq[i]) + lin(f"{base}.gate.hidden_transform", h))
+                hs.append(h)
+            outs.append(np.stack(hs if d == "forward" else hs[::-1]))
+        seq = np.concatenate(outs, axis=-1)
+    np.testing.assert_allclose(seq, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["burn", "burn-native"])
+def test_burn_prelu_alpha_and_instance_norm_gamma_beta(tmp_path: Path, layout: str) -> None:
+    """activation/prelu.rs: PRelu { alpha }; norm/instance.rs: InstanceNorm { gamma, beta }, which
+    the adapter does not rename (is_normalization_layer lists BatchNorm, LayerNorm, GroupNorm,
+    RmsNorm), so the layout writes gamma/beta itself."""
+    model = nn.Module()
+    model.act = nn.PReLU()
+    model.inorm = nn.InstanceNorm1d(4, affine=True)
+    with torch.no_grad():
+        model.inorm.weight.uniform_(0.5, 1.5)
+        model.act.weight.fill_(0.1)
+    src = save_state(tmp_path, model)
+    doc, _ = convert(src, tmp_path / "out", layout)
+    assert listed(doc) == {"act.alpha": ((1,), "F32"), "inorm.gamma": ((4,), "F32"), "inorm.beta": ((4,), "F32")}
+    t = load_numpy(tmp_path / "out")
+    np.testing.assert_array_equal(t["act.alpha"], model.act.weight.detach().numpy())
+    np.testing.assert_array_equal(t["inorm.gamma"], model.inorm.weight.detach().numpy())
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"kdim": 3, "vdim": 5}, ["q_proj_weight", "kdim/vdim"]),
+    ({"add_bias_kv": True}, ["bias_k", "add_bias_kv"]),
+], ids=["kdim", "bias_kv"])
+@pytest.mark.parametrize("layout", ["burn", "burn-native"])
+def test_burn_refuses_attention_it_has_no_field_for(tmp_path: Path, layout: str, kwargs: dict[str, Any],
+                                                    words: list[str]) -> None:
+    model = nn.Module()
+    model.attn = nn.MultiheadAttention(6, 2, **kwargs)
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", layout), 7, *words)
+    assert_no_output(out)
+
+
+class Typed(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("x", torch.tensor([1, 2, 3]).to(dtype))
+
+
+@pytest.mark.parametrize("layout, source, written", [
+    ("burn", torch.uint16, "U32"), ("burn", torch.float8_e4m3fn, "F32"), ("burn", torch.uint64, "U64"),
+    ("tch", torch.uint16, "I32"), ("tch", torch.uint32, "I64"), ("tch", torch.float8_e5m2, "F32"),
+    ("tch", torch.int8, "I8"), ("candle", torch.uint16, "U16"), ("candle", torch.int8, "I32"),
+    ("candle", torch.bool, "U8"),
+])
+def test_layout_dtypes_follow_the_loader(tmp_path: Path, layout: str, source: torch.dtype, written: str) -> None:
+    """burn-store store.rs, tch-rs tensor/safetensors.rs and candle-core safetensors.rs read a fixed
+    dtype set (burn and tch fail the whole file on any other): others are widened, values kept."""
+    model = Typed(source)
+    src = save_state(tmp_path, model)
+    doc, _ = convert(src, tmp_path / "out", layout)
+    assert listed(doc) == {"x": ((3,), written)}
+    got = load_numpy(tmp_path / "out")["x"]
+    np.testing.assert_array_equal(got.astype(np.float64), model.x.to(torch.float64).numpy())
+
+
+def test_tch_refuses_u64(tmp_path: Path) -> None:
+    """tch has no unsigned 64-bit kind and I64 cannot hold every U64: refused, nothing written."""
+    src, out = save_state(tmp_path, Typed(torch.uint64)), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "tch"), 7, "'x'", "U64")
+    assert_no_output(out)
