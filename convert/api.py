@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
-from .architecture import infer_architecture
+from .architecture import decide_modules, infer_architecture
 from .errors import UsageError
 from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -91,11 +91,15 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     staged = StagedOutput(out, options.overwrite)
     staged.check()
     _refuse_output_holding_source(source, staged.dest)
-    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
+    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
+    decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
     mapping = apply_layout(layout, source.tensors, architecture)
     warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's
     apply_dtypes(mapping.tensors, options.dtype, layout)
     kept, aliases = dedupe(mapping.tensors)
+    tied = dict(aliases)
+    if layout.ties == "duplicate":  # the loader looks every name up: write tied tensors under each
+        kept, aliases = mapping.tensors, {}
     items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
     shards = shard_items(items, options.max_shard_size)
     names = shard_file_names(len(shards))
@@ -116,7 +120,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                     write_file(staging / index_name, index)
             sidecars = _copy_sidecars(source, staging)
             doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
-                                 source_digests.result())
+                                 source_digests.result(), tied)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, warnings)
@@ -167,7 +171,8 @@ def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
 
 def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions, mapping: MappingResult,
                    architecture: dict[str, Any], kept: list[MappedTensor], aliases: dict[str, str],
-                   written: list[WrittenFile], sidecars: list[str], source_digests: list[str]) -> dict[str, Any]:
+                   written: list[WrittenFile], sidecars: list[str], source_digests: list[str],
+                   tied: dict[str, str]) -> dict[str, Any]:
     by_name = {t.name: t for w in written for t in w.tensors}
     tensors = []
     for m in kept:
@@ -195,7 +200,8 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
             "details": source.extras,
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
-                   "options": layout.options, "warnings": mapping.warnings, "request": options.request},
+                   "options": layout.options, "warnings": mapping.warnings, "request": options.request,
+                   "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied}},
         "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,

@@ -21,6 +21,20 @@ Spec = tuple[str, dict[str, Any]]  # (module type, params)
 # A 2-D weight without bias is an Embedding only when its module's name says so.
 EMBEDDING_HINTS = ("embed", "wte", "wpe", "tok", "emb", "position", "lookup", "shared")
 
+# Hugging Face models whose projections are transformers' Conv1D (weight [in, out], bias [out]), by
+# config.json `model_type`, and the module names that are Conv1D in them (modeling_gpt2.py,
+# modeling_openai.py, modeling_imagegpt.py, modeling_decision_transformer.py).
+HF_CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
+HF_CONV1D_LEAVES = frozenset({"c_attn", "q_attn", "c_proj", "c_fc"})
+# Hugging Face module names that are nn.Embedding, and bias-free projections that are nn.Linear, across
+# the transformers model files; a name in neither stays a guess.
+HF_EMBEDDING_HINTS = ("embed", "wte", "wpe", "shared", "relative_attention_bias")
+HF_LINEAR_LEAVES = frozenset({
+    "lm_head", "q", "k", "v", "o", "query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj",
+    "out_proj", "gate_proj", "up_proj", "down_proj", "wi", "wo", "wi_0", "wi_1", "fc1", "fc2", "score",
+    "classifier", "w1", "w2", "w3",
+})
+
 # [0-9], not \d: \d also matches non-ASCII digits, and "l01" must not alias "l1".
 _RNN_LEAF = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(0|[1-9][0-9]*)(_reverse)?")
 _RNN_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN"}
@@ -38,11 +52,13 @@ class _Record(NamedTuple):
     shape: Shape
 
 
-def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]]) -> dict:
-    """tensors: (dotted name, shape) in state-dict order. Returns a JSON-ready dict.
+def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: dict[str, Any] | None = None) -> dict:
+    """tensors: (dotted name, shape) in state-dict order; config: a Hugging Face config.json, which
+    decides what names and shapes alone leave open. Returns a JSON-ready dict.
 
     Items that are not a (str, shape) pair carry no name to report and are skipped; every other
-    name ends up in exactly one module's `tensors` or in `unknown`.
+    name ends up in exactly one module's `tensors` or in `unknown`. A module whose type is a guess
+    lists the other types its tensors fit as `alternatives` (each a type and its params).
     """
     records = _read(tensors)
     groups: dict[str, list[_Record]] = {}
@@ -66,9 +82,14 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]]) -> dict:
             claimed.add(path)
 
     found.sort(key=lambda item: min(record.index for record in item[2]))
+    modules = [_module_entry(path, spec, members) for path, spec, members in found]
+    for module in modules:
+        _alternatives(module, groups)
+        if config:
+            _decide_from_config(module, config)
     return {
         "inferred": True,
-        "modules": [_module_entry(path, spec, members) for path, spec, members in found],
+        "modules": modules,
         # A record with path None is never claimed, so it lands here too.
         "unknown": [record.name for record in records if record.path not in claimed],
     }
@@ -126,9 +147,25 @@ def _classify(path: str, leaves: Leaves | None) -> Spec | None:
     return None
 
 
+def _embedding(weight: Shape) -> Spec:
+    return "Embedding", {"num_embeddings": weight[0], "embedding_dim": weight[1]}
+
+
+def _linear(weight: Shape, bias: bool) -> Spec:
+    return "Linear", {"in_features": weight[1], "out_features": weight[0], "bias": bias}
+
+
+def _conv1d_hf(weight: Shape) -> Spec:
+    """transformers' Conv1D: weight [in, out], bias [out]."""
+    return "Conv1D", {"in_features": weight[0], "out_features": weight[1], "bias": True}
+
+
 def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
-    """Modules whose only tensors are `weight` and an optional `bias` of shape [weight rows]."""
+    """Modules whose only tensors are `weight` and an optional `bias` of shape [weight rows]
+    (or, for transformers' Conv1D, [weight columns])."""
     rank = len(weight)
+    if rank == 2 and bias is not None and weight[0] != weight[1] and bias == weight[1:]:
+        return _conv1d_hf(weight)
     if bias is not None and (rank == 0 or bias != weight[:1]):
         return None
     if rank == 1 and bias is None and weight == (1,):
@@ -139,8 +176,8 @@ def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
     if rank == 2:
         leaf = path.rpartition(".")[2].lower()
         if bias is None and any(hint in leaf for hint in EMBEDDING_HINTS):
-            return "Embedding", {"num_embeddings": weight[0], "embedding_dim": weight[1]}
-        return "Linear", {"in_features": weight[1], "out_features": weight[0], "bias": bias is not None}
+            return _embedding(weight)
+        return _linear(weight, bias is not None)
     if rank in (3, 4, 5):
         # ConvTranspose stores [in, out/groups, k...] under the same names: indistinguishable.
         return f"Conv{rank - 2}d", {
@@ -150,6 +187,42 @@ def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
             "bias": bias is not None,
         }
     return None
+
+
+def _alternatives(module: dict, groups: dict[str, list[_Record]]) -> None:
+    """Record the other types a guessed module's tensors fit: the same shapes are an Embedding or a
+    bias-free Linear, a Linear or a square Conv1D, a bias-free norm or a per-channel PReLU."""
+    leaves = {record.leaf: record.shape for record in groups.get(module["path"], [])}
+    weight, kind = leaves.get("weight", ()), module["type"]
+    others: list[Spec] = []
+    if kind in ("Linear", "Embedding") and len(weight) == 2 and "bias" not in leaves:
+        others = [_linear(weight, False) if kind == "Embedding" else _embedding(weight)]
+    elif kind == "Linear" and len(weight) == 2 and weight[0] == weight[1]:
+        others = [_conv1d_hf(weight)]
+    elif kind == "LayerNorm" and len(weight) == 1 and "bias" not in leaves:
+        others = [("PReLU", {"num_parameters": weight[0]})]
+    if others:
+        module["alternatives"] = [{"type": t, "params": p} for t, p in others]
+
+
+def _decide_from_config(module: dict, config: dict[str, Any]) -> None:
+    """Hugging Face conventions by config.json's model_type: Conv1D projections in the GPT-2
+    family, nn.Embedding and nn.Linear by the names transformers gives them."""
+    model_type = str(config.get("model_type", ""))
+    leaf = module["path"].rpartition(".")[2]
+    choices = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+    wanted = None
+    if model_type in HF_CONV1D_MODEL_TYPES and leaf in HF_CONV1D_LEAVES:
+        wanted = "Conv1D"
+    elif model_type and {"Embedding", "Linear"} <= {c["type"] for c in choices}:
+        if any(h in leaf.lower() for h in HF_EMBEDDING_HINTS):
+            wanted = "Embedding"
+        elif leaf in HF_LINEAR_LEAVES:
+            wanted = "Linear"
+    chosen = next((c for c in choices if c["type"] == wanted), None)
+    if chosen is not None:
+        module.update(type=chosen["type"], params=chosen["params"], decided_by=f"config.json model_type {model_type!r}")
+        module.pop("alternatives", None)
 
 
 def _batch_norm(leaves: Leaves) -> Spec | None:
@@ -287,3 +360,21 @@ def _attention_biases(leaves: Leaves, out_proj: Leaves, embed: int) -> tuple[boo
     if add_bias_kv and not leaves["bias_k"] == leaves["bias_v"] == (1, 1, embed):
         return None
     return bias, add_bias_kv
+
+
+def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> None:
+    """Apply the user's `module_types` option ("PATH=TYPE,PATH=TYPE"): each path must be an inferred
+    module and each type one of the types its tensors fit (its type or an alternative)."""
+    by_path = {m["path"]: m for m in architecture["modules"]}
+    for item in filter(None, (part.strip() for part in choices.split(","))):
+        path, sep, kind = item.rpartition("=")
+        module = by_path.get(path) if sep else None
+        if module is None:
+            raise error(f"module_types: {item!r} names no module (expected PATH=TYPE with PATH one of the "
+                        f"architecture's module paths)")
+        fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+        chosen = next((f for f in fits if f["type"] == kind), None)
+        if chosen is None:
+            raise error(f"module_types: {path!r} cannot be a {kind}; its tensors fit {', '.join(f['type'] for f in fits)}")
+        module.update(type=chosen["type"], params=chosen["params"], decided_by="module_types option")
+        module.pop("alternatives", None)

@@ -27,6 +27,11 @@ from .tensors import TensorRef
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(\.\.\.|:int)?\}")
 
+# Options every layout takes: module types the user decides (PATH=TYPE,...), and how tied tensors are
+# written ("alias": once plus a metadata alias, for loaders that re-tie; "duplicate": under every name).
+UNIVERSAL_OPTIONS: dict[str, Any] = {"module_types": "", "ties": None}
+TIE_MODES = ("alias", "duplicate")
+
 
 @dataclass
 class MappedTensor:
@@ -95,6 +100,12 @@ class Layout:
     options: dict[str, Any]
     source: str  # where the rules came from
     index_metadata: dict[str, str] = field(default_factory=dict)  # extra `metadata` keys in shard indexes
+    loader_ties: str = "duplicate"  # what the loader does with a missing tied name (the rule file's `ties`)
+
+    @property
+    def ties(self) -> str:
+        """How tied tensors are written: the `ties` option, else what the loader needs."""
+        return self.options.get("ties") or self.loader_ties
 
 
 @dataclass
@@ -150,10 +161,12 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
             raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtin_layouts()))}")
         doc, where = found, f"builtin:{found['name']}"
     merged = _resolve_extends(doc, depth=0)
-    opts = {**merged.get("options", {}), **(options or {})}
-    unknown = set(options or {}) - set(merged.get("options", {}))
+    opts = {**UNIVERSAL_OPTIONS, **merged.get("options", {}), **(options or {})}
+    unknown = set(options or {}) - set(merged.get("options", {})) - set(UNIVERSAL_OPTIONS)
     if unknown:
         raise UsageError(f"layout {merged['name']!r} has no option {sorted(unknown)[0]!r}")
+    if opts["ties"] not in (None, *TIE_MODES):
+        raise UsageError(f"--layout-option ties={opts['ties']!r}: choose {' or '.join(TIE_MODES)}")
     return Layout(
         name=merged["name"], description=merged.get("description", ""),
         rules=[_rule(r) for r in merged.get("rules", [])], post=[_rule(r) for r in merged.get("post", [])],
@@ -161,6 +174,7 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
         cast=merged.get("cast", {}), renumber=merged.get("renumber_sequential", False),
         extra_index_names=merged.get("extra_index_names", []), warnings=merged.get("warnings", []),
         options=opts, source=where, index_metadata=merged.get("index_metadata", {}),
+        loader_ties=merged.get("ties", "duplicate"),
     )
 
 
@@ -254,6 +268,7 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
     if leftovers and not layout.passthrough:
         names = ", ".join(t.name for _, t in leftovers)
         raise MappingError(f"layout {layout.name}: no rule for {len(leftovers)} tensor(s): {names}")
+    renamed_on_a_guess = _check_guesses(layout, tensors, refs, modules)
     produced += [(pos, MappedTensor(t.name, t, [t])) for pos, t in leftovers]
     mapped = [m for _, m in sorted(produced, key=lambda item: item[0])]
     if layout.post:
@@ -265,7 +280,54 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
     warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings
                 if isinstance(w, str) or w["module"] in present]
     warnings += [f"layout {layout.name}: dropped {', '.join(names)}: {note}" for note, names in notes.items()]
+    if renamed_on_a_guess:
+        warnings.append(f"layout {layout.name}: the names of {', '.join(renamed_on_a_guess)} follow a guessed module type "
+                        f"(the manifest lists the alternatives; {_DECIDE})")
     return MappingResult(mapped, dropped, warnings)
+
+
+_DECIDE = "decide with --layout-option module_types=PATH=TYPE[,PATH=TYPE...]"
+
+
+def _check_guesses(layout: Layout, tensors: list[TensorRef], refs: dict[str, TensorRef],
+                   modules: dict[str, dict[str, Any]]) -> list[str]:
+    """A tensor whose module type is a guess (the architecture lists alternatives) must not have its
+    bytes decided by that guess: refused when its transforms (or fate) differ between the types it
+    fits; returned when only its output name differs, to be reported."""
+    refused, renamed = [], []
+    for t in tensors:
+        mod = modules.get(t.name)
+        if mod is None or not mod.get("alternatives"):
+            continue
+        fates = [_fate(layout, t, refs, {**modules, t.name: {**mod, **alt}})
+                 for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]]
+        if len({f[1] for f in fates}) > 1:
+            types = " or ".join([mod["type"], *(a["type"] for a in mod["alternatives"])])
+            refused.append(f"{t.name} ({types})")
+        elif len({f[0] for f in fates}) > 1:
+            renamed.append(t.name)
+    if refused:
+        raise MappingError(f"layout {layout.name}: how {len(refused)} tensor(s) are written depends on a guessed module "
+                           f"type: {', '.join(refused)}; {_DECIDE}")
+    return renamed
+
+
+def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef],
+          modules: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], str]:
+    """(output names, everything else about the outcome) for one tensor under given module types."""
+    outcome = _first_rule(layout, t.name, refs, modules)
+    if outcome is None and not layout.passthrough:
+        return (), "unmapped"
+    rule, variables, companions = outcome or (None, {}, [])
+    if rule is not None and (rule.refuse or rule.drop):
+        return (), "refuse" if rule.refuse else "drop"
+    names, rest = [], [companions]
+    for out in rule.outputs if rule is not None else [{}]:
+        name = fill(out["to"], variables) if "to" in out else t.name
+        post = _post_rule(layout, name, t.name, modules)
+        names.append(post[0] if post else name)
+        rest.append([out.get("transforms", []), post[1] if post else []])
+    return tuple(names), json.dumps(rest, sort_keys=True)
 
 
 def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
@@ -289,19 +351,28 @@ def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
 def _post(layout: Layout, m: MappedTensor, modules: dict[str, dict[str, Any]]) -> MappedTensor:
     """The first post rule matching an output's name (and its first source's module) renames it
     and appends its transforms."""
+    found = _post_rule(layout, m.name, m.sources[0].name, modules)
+    if found is None:
+        return m
+    name, transforms, annotations = found
+    return _mapped(name, m.sources, m.transforms + transforms, {**m.annotations, **annotations})
+
+
+def _post_rule(layout: Layout, name: str, source: str, modules: dict[str, dict[str, Any]]
+               ) -> tuple[str, list[dict[str, Any]], dict[str, Any]] | None:
+    """(new name, transforms to append, annotations) from the first post rule that fits, if any."""
     for rule in layout.post:
         if rule.if_option and not layout.options.get(rule.if_option):
             continue
-        match = rule.pattern.match(m.name)
+        match = rule.pattern.match(name)
         if match is None:
             continue
-        if rule.module is not None and not _module_fits(modules.get(m.sources[0].name), rule.module, rule.where):
+        if rule.module is not None and not _module_fits(modules.get(source), rule.module, rule.where):
             continue
         variables = rule.variables(match)
         out = rule.outputs[0] if rule.outputs else {}
-        name = fill(out["to"], variables) if "to" in out else m.name
-        return _mapped(name, m.sources, m.transforms + out.get("transforms", []), {**m.annotations, **out.get("annotations", {})})
-    return m
+        return (fill(out["to"], variables) if "to" in out else name), out.get("transforms", []), out.get("annotations", {})
+    return None
 
 
 def _module_fits(module: dict[str, Any] | None, type_name: str, where: dict[str, Any]) -> bool:

@@ -103,8 +103,27 @@ def expected_modules(model: nn.Module) -> list[dict]:
         if isinstance(m, nn.MultiheadAttention):
             owned += [name for name in state if name.rpartition(".")[0] == f"{path}.out_proj"]
         kind, params = expected_spec(m)
-        entries.append({"path": path, "type": kind, "params": params, "tensors": owned})
+        entry = {"path": path, "type": kind, "params": params, "tensors": owned}
+        others = expected_alternatives(m)
+        if others:
+            entry["alternatives"] = others
+        entries.append(entry)
     return entries
+
+
+def expected_alternatives(m: nn.Module) -> list[dict]:
+    """The other types the same names and shapes fit: a bias-free Linear or an Embedding, a square
+    Linear with bias or transformers' Conv1D ([in, out]), a bias-free LayerNorm or a PReLU."""
+    if isinstance(m, nn.Linear) and m.bias is None:
+        return [{"type": "Embedding", "params": {"num_embeddings": m.out_features, "embedding_dim": m.in_features}}]
+    if isinstance(m, nn.Linear) and m.in_features == m.out_features:
+        return [{"type": "Conv1D", "params": {"in_features": m.out_features, "out_features": m.in_features, "bias": True}}]
+    if isinstance(m, nn.Embedding):
+        return [{"type": "Linear", "params": {"in_features": m.embedding_dim, "out_features": m.num_embeddings,
+                                              "bias": False}}]
+    if isinstance(m, nn.LayerNorm) and m.elementwise_affine and m.bias is None:
+        return [{"type": "PReLU", "params": {"num_parameters": m.normalized_shape[0]}}]
+    return []
 
 
 SINGLE_MODULES: dict[str, Callable[[], nn.Module]] = {
@@ -141,6 +160,24 @@ def test_embedding_needs_a_hint_in_its_path() -> None:
     (embedding, linear) = infer_architecture(shapes(model))["modules"]
     assert (embedding["type"], linear["type"]) == ("Embedding", "Linear")
     assert embedding == expected_modules(model)[0]
+
+
+def test_hf_conv1d_from_shapes_and_from_config() -> None:
+    """transformers' Conv1D stores weight [in, out] and bias [out]: a bias matching the columns of a
+    non-square weight is one; a square one is a guess (Linear, or Conv1D) until config.json's
+    model_type names the GPT-2 family."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    model = nn.ModuleDict({"c_attn": Conv1D(24, 8), "c_proj": Conv1D(8, 8)})
+    found = {m["path"]: m for m in infer_architecture(shapes(model))["modules"]}
+    assert found["c_attn"]["type"] == "Conv1D" and "alternatives" not in found["c_attn"]
+    assert found["c_attn"]["params"] == {"in_features": 8, "out_features": 24, "bias": True}
+    assert found["c_proj"]["type"] == "Linear" and [a["type"] for a in found["c_proj"]["alternatives"]] == ["Conv1D"]
+    decided = {m["path"]: m for m in infer_architecture(shapes(model), {"model_type": "gpt2"})["modules"]}
+    assert decided["c_proj"]["type"] == "Conv1D" and "alternatives" not in decided["c_proj"]
+    assert decided["c_proj"]["decided_by"] == "config.json model_type 'gpt2'"
+    assert transformers.GPT2Config().model_type == "gpt2"
 
 
 def test_transformer_encoder_layer() -> None:
@@ -180,7 +217,6 @@ def test_composite_with_tied_weight_and_root_parameter() -> None:
         [],
         [("a..b", (3, 4)), (".weight", (2,)), ("m.", (2,)), ("", ())],
         [("m.weight", ()), ("n.weight", (2, 3, 4, 5, 6, 7)), ("o.bias", (4,))],
-        [("m.weight", (3, 4)), ("m.bias", (4,))],
         [("m.weight", (3, 4)), ("m.weight", (3, 4))],
         [("m.weight", (3, -4)), ("n.weight", (True, 2)), ("o.weight", "34"), ("p.weight", None), ("q.weight", (2.0,))],
         [("m.running_mean", (4,)), ("m.running_var", (5,))],

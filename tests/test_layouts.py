@@ -29,6 +29,10 @@ from layout_helpers import (BUILTIN_LAYOUTS, GRU_GATES, LSTM_GATES, DenseRecurre
                             to_np)
 
 MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": "dense", "torsh": "torsh"}
+# Names and shapes leave these module types open; under layouts whose bytes depend on them the user
+# decides (tests/test_layouts_loaders.py proves the refusal without it).
+DECIDED = {("torsh", "torsh"): "emb=Embedding", ("net", "burn-native"): "emb=Embedding",
+           ("dense", "neuro-divergent"): "mlp.2=Linear"}
 CANONICAL: dict[str, str] = {}
 ATOL = 1e-5
 
@@ -68,7 +72,8 @@ def converted(models: dict[str, tuple[nn.Module, Path]],
         if (key, layout) not in cache:
             model, src = models[key]
             out = root / f"{key}-{layout}"
-            result = pth_to_safetensors(src, out, layout=layout)
+            options = {"module_types": DECIDED[(key, layout)]} if (key, layout) in DECIDED else {}
+            result = pth_to_safetensors(src, out, layout=layout, layout_options=options)
             cache[(key, layout)] = Converted(model, src, out, read_manifest(out), result.warnings)
         return cache[(key, layout)]
 

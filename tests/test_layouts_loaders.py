@@ -246,3 +246,152 @@ def test_tch_refuses_u64(tmp_path: Path) -> None:
     src, out = save_state(tmp_path, Typed(torch.uint64)), tmp_path / "out"
     assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "tch"), 7, "'x'", "U64")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Module types from what the source knows (issue 15, findings 2 and 3)
+# ---------------------------------------------------------------------------------------------
+
+def tiny_gpt2_folder(tmp_path: Path) -> tuple[nn.Module, Path]:
+    """A GPT-2 built locally from a tiny config, saved as transformers saves it (pytorch_model.bin
+    and config.json, model_type gpt2)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(config).eval()
+    folder = tmp_path / "gpt2"
+    model.save_pretrained(folder, safe_serialization=False)
+    assert (folder / "pytorch_model.bin").is_file() and (folder / "config.json").is_file()
+    return model, folder
+
+
+CONV1D = ("h.0.attn.c_attn.weight", "h.0.attn.c_proj.weight", "h.0.mlp.c_fc.weight", "h.0.mlp.c_proj.weight")
+
+
+@pytest.mark.parametrize("layout", ["burn-native", "torsh", "burn"])
+def test_gpt2_conv1d_projections_from_config(tmp_path: Path, layout: str) -> None:
+    """Every Conv1D ([in, out]) is treated alike, the square attn.c_proj too: kept [in, out] where
+    the loader's Linear is [in, out] (burn-native, torsh), written [out, in] for burn's adapter."""
+    model, folder = tiny_gpt2_folder(tmp_path)
+    out = tmp_path / "out"
+    doc, _ = convert(folder, out, layout)
+    t = load_numpy(out)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    for name in CONV1D:
+        want = sd[name].T if layout == "burn" else sd[name]
+        np.testing.assert_array_equal(t[name], want)
+    modules = {m["path"]: m for m in doc["architecture"]["modules"]}
+    assert {modules[n.rpartition(".")[0]]["type"] for n in CONV1D} == {"Conv1D"}
+    assert modules["h.0.attn.c_proj"]["decided_by"] == "config.json model_type 'gpt2'"
+    # the attention input projection computes what torch's does: x @ W + b (burn's adapter: W.T)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        want = model.h[0].attn.c_attn(x).numpy()
+    w = t["h.0.attn.c_attn.weight"]
+    got = x.numpy() @ (w.T if layout == "burn" else w) + t["h.0.attn.c_attn.bias"]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_gpt2_bare_state_dict_square_conv1d_is_refused_not_guessed(tmp_path: Path) -> None:
+    """Without config.json the square c_proj fits a Linear and a Conv1D: under a transposing layout
+    it is refused with the names and the way to decide; decided, it converts."""
+    model, _ = tiny_gpt2_folder(tmp_path)
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "burn-native"), 7,
+                     "h.0.attn.c_proj.weight (Linear or Conv1D)", "wte.weight (Embedding or Linear)", "module_types")
+    assert_no_output(out)
+    doc, _ = convert(src, out, "burn-native", "--layout-option",
+                     "module_types=h.0.attn.c_proj=Conv1D,wte=Embedding,wpe=Embedding")
+    np.testing.assert_array_equal(load_numpy(out)["h.0.attn.c_proj.weight"], model.state_dict()["h.0.attn.c_proj.weight"].numpy())
+
+
+class Items(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = nn.Embedding(10, 8)
+        self.position_proj = nn.Linear(8, 5, bias=False)
+
+
+@pytest.mark.parametrize("layout", ["burn-native", "torsh"])
+def test_embedding_or_linear_guess_is_refused_under_transposing_layouts(tmp_path: Path, layout: str) -> None:
+    """An nn.Embedding without a name hint and a bias-free Linear named position...: the same
+    shapes fit both types, and these layouts transpose one and not the other."""
+    torch.manual_seed(1)
+    model = Items()
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", layout), 7,
+                     "items.weight", "position_proj.weight", "Embedding or Linear", "module_types")
+    assert_no_output(out)
+    doc, _ = convert(src, out, layout, "--layout-option", "module_types=items=Embedding,position_proj=Linear")
+    t = load_numpy(out)
+    np.testing.assert_array_equal(t["items.weight"], model.items.weight.detach().numpy())
+    np.testing.assert_array_equal(t["position_proj.weight"], model.position_proj.weight.detach().numpy().T)
+    decided = {m["path"]: m.get("decided_by") for m in doc["architecture"]["modules"]}
+    assert decided == {"items": "module_types option", "position_proj": "module_types option"}
+
+
+@pytest.mark.parametrize("choice, words", [("nowhere=Linear", ["nowhere", "names no module"]),
+                                           ("items=Conv2d", ["items", "Conv2d", "Embedding"])])
+def test_module_types_option_mistakes_are_usage_errors(tmp_path: Path, choice: str, words: list[str]) -> None:
+    src, out = save_state(tmp_path, Items()), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "torsh",
+                             "--layout-option", f"module_types={choice}"), 2, *words)
+    assert_no_output(out)
+
+
+def test_guess_that_changes_no_bytes_converts(tmp_path: Path) -> None:
+    """Under pytorch and burn (the adapter transposes Linears at load) both types are written alike."""
+    src = save_state(tmp_path, Items())
+    for layout in ("pytorch", "burn"):
+        doc, _ = convert(src, tmp_path / layout, layout)
+        assert set(listed(doc)) == {"items.weight", "position_proj.weight"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ties (issue 15, finding 4)
+# ---------------------------------------------------------------------------------------------
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+
+@pytest.mark.parametrize("layout, written", [("pytorch", "alias"), ("candle", "duplicate"), ("tch", "duplicate"),
+                                             ("burn", "duplicate"), ("trustformers", "duplicate")])
+def test_ties_follow_the_loader(tmp_path: Path, layout: str, written: str) -> None:
+    """transformers re-ties (store once + metadata alias); burn-store, ToRSh, tch-rs and candle look
+    every name up, so the tied tensor is written under each name. The manifest records both."""
+    from safetensors import safe_open
+
+    torch.manual_seed(2)
+    model = Tied()
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    extra = ("--layout-option", "module_types=head=Linear") if layout == "burn" else ()
+    doc, _ = convert(src, out, layout, *extra)
+    assert doc["target"]["ties"] == {"loader": written, "written": written, "tied": {"head.weight": "emb.weight"}}
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as fh:
+        names, meta = set(fh.keys()), fh.metadata()
+    if written == "alias":
+        assert names == {"emb.weight"} and meta["head.weight"] == "emb.weight"
+        assert doc["aliases"] == {"head.weight": "emb.weight"}
+    else:
+        assert names == {"emb.weight", "head.weight"} and "head.weight" not in meta and doc["aliases"] == {}
+        t = load_numpy(out)
+        np.testing.assert_array_equal(t["head.weight"], model.emb.weight.detach().numpy())
+    rc, _, err = run_cli("verify", out, "--source", src)
+    assert rc == 0, err
+
+
+def test_ties_option_overrides_and_is_checked(tmp_path: Path) -> None:
+    src = save_state(tmp_path, Tied())
+    doc, _ = convert(src, tmp_path / "a", "candle", "--layout-option", "ties=alias")
+    assert doc["target"]["ties"]["loader"] == "duplicate" and doc["target"]["ties"]["written"] == "alias"
+    assert doc["aliases"] == {"head.weight": "emb.weight"}
+    doc, _ = convert(src, tmp_path / "b", "pytorch", "--layout-option", "ties=duplicate")
+    assert {t["name"] for t in doc["tensors"]} == {"emb.weight", "head.weight"}
+    out = tmp_path / "c"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-option", "ties=maybe"), 2, "ties", "maybe")
+    assert_no_output(out)
