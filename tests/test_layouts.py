@@ -33,6 +33,7 @@ MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": 
 # decides (tests/test_layouts_loaders.py proves the refusal without it).
 DECIDED = {("torsh", "torsh"): "emb=Embedding", ("net", "burn-native"): "emb=Embedding",
            ("dense", "neuro-divergent"): "mlp.2=Linear"}
+ACCEPTED = {"neuro-divergent": {"accept_gru_reset_before_weights": True}}
 CANONICAL: dict[str, str] = {}
 ATOL = 1e-5
 
@@ -73,6 +74,7 @@ def converted(models: dict[str, tuple[nn.Module, Path]],
             model, src = models[key]
             out = root / f"{key}-{layout}"
             options = {"module_types": DECIDED[(key, layout)]} if (key, layout) in DECIDED else {}
+            options |= ACCEPTED.get(layout, {})
             result = pth_to_safetensors(src, out, layout=layout, layout_options=options)
             cache[(key, layout)] = Converted(model, src, out, read_manifest(out), result.warnings)
         return cache[(key, layout)]
@@ -399,7 +401,8 @@ def test_neuro_divergent_fails_closed_listing_every_unmapped_name(models: dict[s
     out = tmp_path / "out"
     unmapped = [k for k in model.state_dict() if k.split(".")[0] in ("emb", "conv", "bn", "ln", "attn")]
     assert len(unmapped) == 14
-    line = assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent"), 7, *unmapped)
+    line = assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent", "--layout-option",
+                                    "accept_gru_reset_before_weights=true"), 7, *unmapped)
     assert f"{len(unmapped)} tensor" in line
     assert not any(k in line for k in model.state_dict() if k.startswith(("mlp.", "lstm.", "gru.")))
     assert_no_output(out)

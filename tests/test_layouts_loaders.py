@@ -395,3 +395,20 @@ def test_ties_option_overrides_and_is_checked(tmp_path: Path) -> None:
     out = tmp_path / "c"
     assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-option", "ties=maybe"), 2, "ties", "maybe")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# neuro-divergent (ruv-FANN)
+# ---------------------------------------------------------------------------------------------
+
+def test_neuro_divergent_refuses_pytorch_gru_unless_accepted(tmp_path: Path) -> None:
+    """neuro-divergent-models recurrent/layers.rs: the GRU cell resets h before the new gate's
+    weights; PyTorch resets after. Refused by default; the option writes the gate tensors."""
+    model = nn.Module()
+    model.gru = nn.GRU(3, 2)
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent"), 7,
+                     "gru.weight_ih_l0", "reset gate", "accept_gru_reset_before_weights")
+    assert_no_output(out)
+    doc, _ = convert(src, out, "neuro-divergent", "--layout-option", "accept_gru_reset_before_weights=true")
+    assert set(listed(doc)) == {f"gru.l0.{g}" for g in ("reset_gate", "update_gate", "new_gate", "new_gate_hidden_bias")}
