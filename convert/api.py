@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
-from .architecture import decide_modules, infer_architecture
+from .architecture import decide_from_source, decide_modules, infer_architecture
 from .errors import UsageError
 from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -92,6 +92,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     staged.check()
     _refuse_output_holding_source(source, staged.dest)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
+    decide_from_source(architecture, source.architecture)
     decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
     mapping = apply_layout(layout, source.tensors, architecture)
     warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's

@@ -191,14 +191,16 @@ def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
 
 def _alternatives(module: dict, groups: dict[str, list[_Record]]) -> None:
     """Record the other types a guessed module's tensors fit: the same shapes are an Embedding or a
-    bias-free Linear, a Linear or a square Conv1D, a bias-free norm or a per-channel PReLU."""
+    bias-free Linear, a Linear or a square Conv1D (named as transformers names them), a bias-free
+    norm or a per-channel PReLU."""
     leaves = {record.leaf: record.shape for record in groups.get(module["path"], [])}
     weight, kind = leaves.get("weight", ()), module["type"]
     others: list[Spec] = []
     if kind in ("Linear", "Embedding") and len(weight) == 2 and "bias" not in leaves:
         others = [_linear(weight, False) if kind == "Embedding" else _embedding(weight)]
-    elif kind == "Linear" and len(weight) == 2 and weight[0] == weight[1]:
-        others = [_conv1d_hf(weight)]
+    elif kind == "Linear" and len(weight) == 2 and weight[0] == weight[1] and \
+            module["path"].rpartition(".")[2] in HF_CONV1D_LEAVES:
+        others = [_conv1d_hf(weight)]  # only transformers' models have Conv1D, under these names
     elif kind == "LayerNorm" and len(weight) == 1 and "bias" not in leaves:
         others = [("PReLU", {"num_parameters": weight[0]})]
     if others:
@@ -378,3 +380,25 @@ def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> 
             raise error(f"module_types: {path!r} cannot be a {kind}; its tensors fit {', '.join(f['type'] for f in fits)}")
         module.update(type=chosen["type"], params=chosen["params"], decided_by="module_types option")
         module.pop("alternatives", None)
+
+
+# Layer types of the source frameworks (Keras classes, Flax modules) by the canonical type they are.
+SOURCE_TYPES = {"Dense": "Linear", "EinsumDense": "Linear", "Linear": "Linear", "Embedding": "Embedding",
+                "Embed": "Embedding", "LayerNormalization": "LayerNorm", "LayerNorm": "LayerNorm",
+                "RMSNorm": "LayerNorm", "PReLU": "PReLU"}
+
+
+def decide_from_source(architecture: dict, source_model: dict | None) -> None:
+    """Settle guessed types with what the source format records per layer (a Keras layer list, a
+    Flax module tree: `type` and the canonical `tensors` each became)."""
+    if not isinstance(source_model, dict):
+        return
+    entries = [e for key in ("layers", "modules") for e in source_model.get(key) or [] if isinstance(e, dict)]
+    by_tensor = {name: str(e.get("type")) for e in entries for name in e.get("tensors") or [] if isinstance(name, str)}
+    for module in architecture["modules"]:
+        kinds = {SOURCE_TYPES.get(by_tensor.get(name, ""), "") for name in module["tensors"]} - {""}
+        fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+        chosen = next((f for f in fits if kinds == {f["type"]}), None)
+        if chosen is not None and module.get("alternatives"):
+            module.update(type=chosen["type"], params=chosen["params"], decided_by="source layer type")
+            module.pop("alternatives", None)

@@ -99,7 +99,8 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layout-file", type=click.Path(dir_okay=False, path_type=str),
                      help="Your own layout rules (TOML); `extends = \"burn\"` builds on a built-in one."),
         click.option("--layout-option", "layout_options", multiple=True, metavar="KEY=VALUE",
-                     help="Set a layout option, e.g. drop_num_batches_tracked=true."),
+                     help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
+                          "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
         click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
         click.option("--max-shard-size", metavar="SIZE",

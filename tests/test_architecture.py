@@ -104,19 +104,19 @@ def expected_modules(model: nn.Module) -> list[dict]:
             owned += [name for name in state if name.rpartition(".")[0] == f"{path}.out_proj"]
         kind, params = expected_spec(m)
         entry = {"path": path, "type": kind, "params": params, "tensors": owned}
-        others = expected_alternatives(m)
+        others = expected_alternatives(m, path.rpartition(".")[2])
         if others:
             entry["alternatives"] = others
         entries.append(entry)
     return entries
 
 
-def expected_alternatives(m: nn.Module) -> list[dict]:
+def expected_alternatives(m: nn.Module, name: str) -> list[dict]:
     """The other types the same names and shapes fit: a bias-free Linear or an Embedding, a square
     Linear with bias or transformers' Conv1D ([in, out]), a bias-free LayerNorm or a PReLU."""
     if isinstance(m, nn.Linear) and m.bias is None:
         return [{"type": "Embedding", "params": {"num_embeddings": m.out_features, "embedding_dim": m.in_features}}]
-    if isinstance(m, nn.Linear) and m.in_features == m.out_features:
+    if isinstance(m, nn.Linear) and m.in_features == m.out_features and name in ("c_attn", "q_attn", "c_proj", "c_fc"):
         return [{"type": "Conv1D", "params": {"in_features": m.out_features, "out_features": m.in_features, "bias": True}}]
     if isinstance(m, nn.Embedding):
         return [{"type": "Linear", "params": {"in_features": m.embedding_dim, "out_features": m.num_embeddings,

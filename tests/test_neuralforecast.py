@@ -179,7 +179,9 @@ def test_dry_run_writes_nothing(zoo: SimpleNamespace, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    # the GRU model's gates in PyTorch's semantics (neuro-divergent's own GRU resets h first): accepted
     return _train_save_convert(tmp_path_factory.mktemp("dense"), dense_zoo(), "--layout", "neuro-divergent",
+                               "--layout-option", "accept_gru_reset_before_weights=true",
                                local_scaler_type="standard")
 
 
