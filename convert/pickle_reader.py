@@ -286,6 +286,20 @@ def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     raise CorruptInputError("bytearray built from something other than its bytes")
 
 
+class PickledOrderedDict(OrderedDict):  # type: ignore[type-arg]
+    """`collections.OrderedDict` as a pickle builds it. torch's state dicts BUILD it with
+    `{"_metadata": ...}`; that state is kept as data in a slot, never in the instance dict, where an
+    attribute such as `items` would shadow the method the reader calls next."""
+
+    __slots__ = ("pickle_state",)
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not dict or not set(state) <= {"_metadata"}:
+            keys = sorted(map(text_of, state))[:5] if isinstance(state, dict) else type(state).__name__
+            raise UnsafeInputError(f"pickle tries to set state {keys} on an OrderedDict")
+        self.pickle_state = state
+
+
 @dataclass(frozen=True)
 class AttributeReference:
     """What a pickled `getattr(obj, name)` names (a bound method such as a loss's `domain_map`).
@@ -325,7 +339,7 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_wrapper_subclass": _unsupported("tensor subclasses"),
     "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("meta tensors (no data)"),
     "torch.Size": _torch_size,
-    "collections.OrderedDict": OrderedDict,
+    "collections.OrderedDict": PickledOrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
     "builtins.bytearray": _bytearray,
@@ -409,7 +423,7 @@ def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any
                     inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
     """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    _check_memo_indices(stream, what)
+    _prescan(stream, what)
     try:
         return RestrictedUnpickler(stream, persistent_load, inert).load()
     except ConvertError:
@@ -424,30 +438,91 @@ def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any
         raise CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
 
 
-def _check_memo_indices(stream: BinaryIO, what: str) -> None:
-    """Refuse a memo index beyond the entries made so far, before the C unpickler sees it.
+# Deepest container nesting a pickle may build. Real checkpoints (state dicts, Lightning
+# hyper-parameters, pandas objects in NeuralForecast pickles) stay under 20; CPython hashes tuples
+# and compares containers recursively in C, so a key nested 200,000 deep overflows the C stack.
+MAX_NESTING = 100
+_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 
-    The C unpickler keeps its memo in an array sized by the largest index it is given, so a single
-    forged LONG_BINPUT (index ~2**31) makes it allocate and zero gigabytes: a hang from a 1 KB file.
-    Real picklers number memo entries 0, 1, 2, ...; this pass reads opcodes only (nothing is built)
-    and leaves the stream where it was. Structural errors are left for the unpickler to report.
+
+def _prescan(stream: BinaryIO, what: str) -> None:
+    """Check a pickle's opcodes before the C unpickler builds anything from them.
+
+    Two things the C unpickler cannot be trusted with are refused here: a memo index beyond the
+    entries made so far (it sizes its memo array by the largest index: one forged LONG_BINPUT of
+    ~2**31 zero-fills gigabytes), and containers nested past MAX_NESTING (hashing such a tuple as a
+    dict key or set member recurses in C until the process dies). The stack is simulated with the
+    nesting depth of each object; nothing is built, and the stream is left where it was. A pickle
+    whose opcodes cannot even be read (a length past its end, an unknown opcode) is refused too:
+    the C unpickler would allocate what a BYTEARRAY8 length says before finding out.
     """
     start = stream.tell()
+    depths: list[int] = []  # nesting depth of every object made, by creation order
+    stack: list[int] = []  # the objects on the unpickler's stack, as indices into depths
+    marks: list[int] = []  # stack lengths at each MARK
+    memo: dict[int, int] = {}
     made = 0
     try:
-        for op, arg, _pos in pickletools.genops(stream):
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                if type(arg) is not int or not 0 <= arg <= made:
-                    raise CorruptInputError(f"{what} stores memo entry {arg} after making only {made}")
+        ops = pickletools.genops(stream)
+        while True:
+            try:
+                op, arg, _pos = next(ops)
+            except StopIteration:
+                break
+            except ValueError as exc:
+                raise CorruptInputError(f"{what} is malformed: {exc}") from None
+            name = op.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = made if name == "MEMOIZE" else arg
+                if type(index) is not int or not 0 <= index <= made:
+                    raise CorruptInputError(f"{what} stores memo entry {index} after making only {made}")
                 made += 1
-            elif op.name == "MEMOIZE":
-                made += 1
+                memo[index] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP" and marks and marks[-1] == len(stack):
+                marks.pop()
+            else:
+                _simulate(op, name, stack, marks, depths, what)
     except ConvertError:
         raise
-    except Exception:  # malformed: the unpickler below raises its own error for it
+    except (IndexError, KeyError):  # a malformed stack: the unpickler below reports it
         pass
     finally:
         stream.seek(start)
+
+
+def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int],
+              what: str) -> None:
+    """One opcode's effect on the simulated stack: pop its inputs, push its outputs with their depth."""
+    before = op.stack_before
+    if pickletools.markobject in before:
+        at = marks.pop()
+        children = stack[at:]
+        del stack[at:]
+        pre = before.index(pickletools.markobject)
+    else:
+        children, pre = [], len(before)
+    if pre:
+        children = stack[-pre:] + children
+        del stack[-pre:]
+    inner = 1 + max((depths[c] for c in children[1 if name in _MUTATORS else 0:]), default=-1)
+    if name in _MUTATORS:  # the container changes in place: memo references see the new depth
+        target = children[0]
+        depths[target] = max(depths[target], inner)
+        made = [target]
+    else:
+        made = []
+        for _ in op.stack_after:
+            depths.append(max(inner, 0))
+            made.append(len(depths) - 1)
+    if made and depths[made[0]] > MAX_NESTING:
+        raise CorruptInputError(f"{what} nests containers more than {MAX_NESTING} deep")
+    stack.extend(made)
 
 
 def storage_dtype(storage_type: Any) -> str | None:

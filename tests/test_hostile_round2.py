@@ -1,0 +1,117 @@
+"""Hostile inputs, round two (issue 18): each file is built here, run through the CLI in a child
+process in an empty folder, and must end with its documented exit code, exactly one stderr line, no
+output or staging folder, and a peak RSS under 1 GiB. No signal, no internal error (exit 1)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import assert_no_output, assert_one_line_error
+from hostile_run import PEAK_RSS_LIMIT, Run, run_measured
+
+UNSAFE, CORRUPT = 5, 6
+
+
+def refused(code: int, *args: Any, cwd: Path, out: Path | None = None, needles: tuple[str, ...] = ()) -> Run:
+    """Run `convert ARGS` and check the refusal: exit `code`, one line naming `needles`, nothing written."""
+    run = run_measured(*args, cwd=cwd)
+    assert run.code == code, f"exit {run.code}, expected {code}: {run.stderr[-2000:]}"
+    assert_one_line_error(run.stderr, *needles)
+    assert 0 < run.peak_rss < PEAK_RSS_LIMIT, f"peak RSS {run.peak_rss >> 20} MiB"
+    if out is not None:
+        assert_no_output(out)
+    assert not (cwd / "canary").exists()
+    return run
+
+
+def torch_zip(path: Path, data_pkl: bytes) -> Path:
+    """A torch zip checkpoint holding only `data_pkl` (and the entries torch writes beside it)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickles: nesting, hashing, memo, BUILD, BYTEARRAY8
+# ---------------------------------------------------------------------------------------------
+
+def nested_tuple(depth: int) -> bytes:
+    """Opcodes of a tuple nested `depth` deep: ((((),),),) -- 1 byte per level."""
+    return pickle.EMPTY_TUPLE + pickle.TUPLE1 * depth
+
+
+def deep_key_pickle(depth: int, container: str) -> bytes:
+    key = nested_tuple(depth)
+    body = {
+        "dict": pickle.EMPTY_DICT + key + pickle.NONE + pickle.SETITEM,
+        "set": pickle.EMPTY_SET + pickle.MARK + key + pickle.ADDITEMS,
+        "frozenset": pickle.MARK + key + pickle.FROZENSET,
+    }[container]
+    return pickle.PROTO + b"\x04" + body + pickle.STOP
+
+
+@pytest.mark.parametrize("depth", [1_000, 300_000])
+@pytest.mark.parametrize("container", ["dict", "set", "frozenset"])
+def test_deeply_nested_key_is_refused_before_hashing(container: str, depth: int, tmp_path: Path) -> None:
+    """A tuple nested 300,000 deep used as a key crashed the process (C stack overflow in hash);
+    1,000 deep hit RecursionError while naming tensors. Both are refused as corrupt."""
+    src = torch_zip(tmp_path / "deep.pt", deep_key_pickle(depth, container))
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("pth-to-safetensors", "auto", "inspect"):
+        args = [command, src] + ([work / "out"] if command != "inspect" else [])
+        refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("nests containers more than",))
+
+
+def test_shared_container_is_not_counted_as_nesting(tmp_path: Path) -> None:
+    """The depth check follows objects, not paths: one list shared under many keys stays shallow."""
+    from convert.pickle_reader import MAX_NESTING, restricted_load
+
+    shared: list[Any] = [1]
+    obj = {f"k{i}": shared for i in range(500)}
+    assert restricted_load(pickle.dumps(obj, protocol=2))["k499"] == [1]
+    chain: Any = ()
+    for _ in range(MAX_NESTING - 1):
+        chain = (chain,)
+    assert restricted_load(pickle.dumps({chain: 1}, protocol=2))
+
+
+def test_huge_bytearray8_is_one_line(tmp_path: Path) -> None:
+    """BYTEARRAY8 with a length of 2**40: CPython printed a SystemError line before the error."""
+    data = pickle.PROTO + b"\x05" + b"\x96" + (1 << 40).to_bytes(8, "little") + b"abc"
+    src = torch_zip(tmp_path / "ba.pt", data)
+    work = tmp_path / "work"
+    work.mkdir()
+    for _ in range(3):  # the SystemError line came and went from run to run
+        refused(CORRUPT, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out")
+
+
+def test_build_on_ordered_dict_cannot_shadow_its_methods(tmp_path: Path) -> None:
+    """BUILD on an allowed OrderedDict set an instance attribute `items` that the reader then called."""
+    data = (pickle.PROTO + b"\x02" + pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE
+            + pickle.REDUCE + pickle.EMPTY_DICT + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"items"
+            + pickle.BINUNICODE + (4).to_bytes(4, "little") + b"evil" + pickle.SETITEM + pickle.BUILD + pickle.STOP)
+    src = torch_zip(tmp_path / "od.pt", data)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(UNSAFE, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("OrderedDict",))
+
+
+def test_real_ordered_dict_state_still_reads() -> None:
+    """torch's state dicts carry `_metadata` through BUILD: that state is kept, as data."""
+    from collections import OrderedDict
+
+    from convert.pickle_reader import restricted_load
+
+    od: OrderedDict[str, int] = OrderedDict(a=1)
+    od._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
+    back = restricted_load(pickle.dumps(od, protocol=2))
+    assert dict.items(back) == od.items() and isinstance(back, dict)
