@@ -21,6 +21,7 @@ from . import manifest as manifest_mod
 from .architecture import infer_architecture
 from .errors import UsageError
 from .hashing import sha256_file
+from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
 from .source import SourceModel
@@ -40,6 +41,7 @@ class ConvertOptions:
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
+    follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
@@ -89,6 +91,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     staged = StagedOutput(out, options.overwrite)
     staged.check()
     _refuse_output_holding_source(source, staged.dest)
+    refuse_links([*source.files, *source.sidecars], options.follow_links)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
     mapping = apply_layout(layout, source.tensors, architecture)
     warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's

@@ -100,6 +100,8 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        click.option("--follow-links", is_flag=True,
+                     help="Read source files that are symlinks or hard links (refused by default)."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]):
         fn = decorator(fn)
@@ -134,14 +136,14 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
                     layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None,
-                    overwrite: bool, dry_run: bool, as_json: bool) -> None:
+                    overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
 
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
     options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, max_shard_size=parse_size(max_shard_size),
-                             overwrite=overwrite, dry_run=dry_run)
+                             overwrite=overwrite, dry_run=dry_run, follow_links=follow_links)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
         with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
@@ -234,12 +236,14 @@ def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
 
 
 def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+            dtype: str | None, max_shard_size: str | None, overwrite: bool, dry_run: bool, follow_links: bool,
+            as_json: bool) -> None:
     from .api import nf_to_safetensors as convert_nf
 
     quiet = _flags().get("quiet", False)
     result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, dry_run=dry_run)
+                        dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, dry_run=dry_run,
+                        follow_links=follow_links)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)

@@ -115,3 +115,57 @@ def test_real_ordered_dict_state_still_reads() -> None:
     od._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
     back = restricted_load(pickle.dumps(od, protocol=2))
     assert dict.items(back) == od.items() and isinstance(back, dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Links: nothing outside the input is read or copied
+# ---------------------------------------------------------------------------------------------
+
+def hf_folder(tmp_path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text('{"model_type": "x"}')
+    return folder
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_linked_sidecar_is_refused_unless_allowed(link: str, tmp_path: Path) -> None:
+    """A vocab.txt that is a link to a file elsewhere was copied into OUT (exit 0)."""
+    folder = hf_folder(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of the model\n")
+    (folder / "vocab.txt").symlink_to(secret) if link == "symlink" else (folder / "vocab.txt").hardlink_to(secret)
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("pth-to-safetensors", "auto"):
+        refused(UNSAFE, command, folder, work / "out", cwd=work, out=work / "out",
+                needles=("vocab.txt", "--follow-links"))
+    run = run_measured("auto", folder, work / "out", "--follow-links", cwd=work)
+    assert run.code == 0, run.stderr
+    assert (work / "out" / "vocab.txt").read_text() == secret.read_text()
+
+
+def test_hard_linked_onnx_external_data_is_refused(tmp_path: Path) -> None:
+    """ONNX external data that is a hard link to a file elsewhere was read into model.safetensors;
+    ONNX's own loader refuses files with more than one link."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3], data_location=TensorProto.EXTERNAL)
+    for key, value in {"location": "weights.bin", "offset": "0", "length": "48"}.items():
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(helper.make_model(graph), folder / "model.onnx")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(bytes(range(48)))
+    (folder / "weights.bin").hardlink_to(outside)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(UNSAFE, "onnx-to-safetensors", folder / "model.onnx", work / "out", cwd=work, out=work / "out",
+            needles=("weights.bin", "hard links"))
