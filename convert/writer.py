@@ -147,15 +147,15 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
 
     Gathering its rows would touch every page of the storage for each chunk; a tile of columns is
     instead a contiguous run of storage rows, read once, transposed in memory, and written as one
-    segment per output row. False when the view is not such a case or its segments would be tiny.
+    segment per output row. False when the view is not such a case.
     """
     if arr.ndim != 2 or arr.nbytes <= CHUNK_BYTES or not 0 < arr.strides[0] < arr.strides[1]:
         return False
     rows, cols = arr.shape
     itemsize = item.dtype.itemsize
-    width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize))
-    if width * itemsize < 4096:
-        return False
+    # Segments of at least 4 KiB: a tile then holds more than a chunk when there are many rows, but
+    # gathering rows instead would touch every page of the storage at once (a 3 GB kernel: 3 GB RSS).
+    width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize), -(-4096 // itemsize))
     for c0 in range(0, cols, width):
         tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item)
         tile_width = min(width, cols - c0) * itemsize

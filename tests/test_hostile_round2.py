@@ -169,3 +169,82 @@ def test_hard_linked_onnx_external_data_is_refused(tmp_path: Path) -> None:
     work.mkdir()
     refused(UNSAFE, "onnx-to-safetensors", folder / "model.onnx", work / "out", cwd=work, out=work / "out",
             needles=("weights.bin", "hard links"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression: streamed, with a ratio and a budget on what actually comes out
+# ---------------------------------------------------------------------------------------------
+
+def keras2_weights_file(path: Path, kernel_shape: tuple[int, int], **dataset_options: Any) -> Path:
+    """A Keras 2 weights file (`save_weights` layout) of one Dense layer, kernel all zeros."""
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "2.15.0"
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        kernel = g.create_dataset("dense/kernel:0", shape=kernel_shape, dtype="<f4", **dataset_options)
+        rows = max(1, (64 << 20) // (4 * kernel_shape[1]))
+        for start in range(0, kernel_shape[0], rows):  # every chunk stored, as a real writer does
+            kernel[start:start + rows] = np.zeros((min(rows, kernel_shape[0] - start), kernel_shape[1]), "<f4")
+        kernel[0, :4] = 1.0
+        g.create_dataset("dense/bias:0", data=np.zeros(kernel_shape[1], dtype="<f4"))
+    return path
+
+
+def test_gzip_dataset_is_inflated_in_bounded_memory(tmp_path: Path) -> None:
+    """A gzip-compressed HDF5 dataset was read whole (a 3 MB file: 3.2 GB RSS). It converts, with
+    memory bounded by a chunk: here 256 MiB of zeros from under 1 MB, peak RSS under 192 MiB."""
+    src = keras2_weights_file(tmp_path / "bomb.h5", (8192, 8192), chunks=(256, 8192), compression="gzip")
+    assert src.stat().st_size < 1 << 20
+    work = tmp_path / "work"
+    work.mkdir()
+    run = run_measured("keras-to-safetensors", src, work / "out", cwd=work)
+    assert run.code == 0, run.stderr
+    assert run.peak_rss < 192 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
+    from safetensors.numpy import safe_open
+
+    with safe_open(str(work / "out" / "model.safetensors"), "numpy") as f:
+        weight = f.get_slice("dense.weight")
+        assert weight.get_shape() == [8192, 8192]
+        assert weight[:4, 0].tolist() == [1.0] * 4 and weight[4:8, 0].tolist() == [0.0] * 4
+
+
+def test_gzip_dataset_with_a_huge_chunk_is_refused(tmp_path: Path) -> None:
+    """libhdf5 inflates a whole chunk in memory: chunks past the budget are refused before reading."""
+    src = keras2_weights_file(tmp_path / "chunk.h5", (16384, 8192), chunks=(16384, 8192), compression="gzip")
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(4, "keras-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("chunk",))
+
+
+def keras_zip_with_lying_member(path: Path, real_bytes: int, declared_compressed: int) -> Path:
+    """A .keras whose model.weights.h5 is bzip2'd zeros, its central directory declaring
+    `declared_compressed` compressed bytes (far more than the file holds) so the ratio looks sane."""
+    import struct
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", '{"class_name": "Sequential", "config": {"name": "s", "layers": []}}')
+        zf.writestr("metadata.json", '{"keras_version": "3.10.0"}')
+        zf.writestr("model.weights.h5", bytes(real_bytes), compress_type=zipfile.ZIP_BZIP2)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x01\x02", 0, data.rfind(b"model.weights.h5"))
+    struct.pack_into("<I", data, at + 20, declared_compressed)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_zip_member_lying_about_its_compressed_size_is_refused(tmp_path: Path) -> None:
+    """A 3 KB .keras inflated 1 GiB: its member declared a compressed size the file does not hold,
+    so the ratio check on declared sizes passed. Sizes are now checked against the file first."""
+    src = keras_zip_with_lying_member(tmp_path / "bomb.keras", 256 << 20, 1 << 20)
+    assert src.stat().st_size < 4096
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("keras-to-safetensors", "auto", "inspect"):
+        args = [command, src] + ([work / "out"] if command != "inspect" else [])
+        run = refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("model.weights.h5",))
+        assert run.peak_rss < 200 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
