@@ -8,6 +8,7 @@ through lazy `TensorRef`s, checked against the file's real size before anything 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import zipfile
@@ -22,7 +23,7 @@ from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputE
                             UnsupportedFormatError)
 from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
+from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -197,6 +198,7 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     if not isinstance(storage, _Storage):
         raise CorruptInputError(f"{path.name}: tensor {name!r} is not backed by a stored storage")
     dt = lookup_dtype(rec.dtype_code)
+    check_shape(rec.shape, dt.itemsize, f"{path.name}: tensor {name!r}", rec.stride)
     available = storage.nbytes // dt.itemsize
     if strided_extent(rec.storage_offset, rec.shape, rec.stride) > available:
         raise CorruptInputError(f"{path.name}: tensor {name!r} reaches past the end of its storage")
@@ -204,7 +206,7 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     np_dtype = dt.numpy.newbyteorder(">") if big_endian and dt.itemsize > 1 else dt.numpy
     shape, stride = rec.shape, rec.stride
     contiguous = is_c_contiguous(shape, stride) and np_dtype.byteorder != ">"
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
 
     def load() -> np.ndarray:
         return mapped.view(base, np_dtype, shape, stride)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,68 @@ def test_zip_member_lying_about_its_compressed_size_is_refused(tmp_path: Path) -
         args = [command, src] + ([work / "out"] if command != "inspect" else [])
         run = refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("model.weights.h5",))
         assert run.peak_rss < 200 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# SafeTensors headers: entry counts, shapes numpy cannot build, long integers
+# ---------------------------------------------------------------------------------------------
+
+def safetensors_file(path: Path, header: bytes, data: bytes = b"") -> Path:
+    import struct
+
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+def test_header_with_millions_of_entries_is_refused_in_bounded_work(tmp_path: Path) -> None:
+    """1.2 M zero-byte entries under the 100 MB cap took 30-50 s and 2.3 GB before any check."""
+    entries = b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(1_200_000))
+    src = safetensors_file(tmp_path / "many.safetensors", b"{" + entries + b"}")
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("auto", "inspect"):
+        args = [command, src] + ([work / "out"] if command != "inspect" else [])
+        run = refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("entries",))
+        assert run.peak_rss < 512 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ([0, 2**62], "too large"),
+    ([0, 2**40, 2**40], "too large"),
+    ([1] * 65 + [0], "dimensions"),
+    ("[0,1" + "0" * 5000 + "]", "JSON"),  # past Python's 4300-digit limit for int()
+])
+def test_header_shape_numpy_cannot_build_is_refused(shape: list[int] | str, needle: str, tmp_path: Path) -> None:
+    text = shape if isinstance(shape, str) else str(shape).replace(" ", "")
+    header = b'{"t":{"dtype":"F32","shape":%s,"data_offsets":[0,0]}}' % text.encode()
+    src = safetensors_file(tmp_path / "shape.safetensors", header)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "auto", src, work / "out", cwd=work, out=work / "out", needles=(needle,))
+
+
+@pytest.mark.parametrize("size, stride", [((1, 2), (2**62, 1)), ((0, 2**62), (1, 1)), ((1,) * 65, (1,) * 65)])
+def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], stride: tuple[int, ...],
+                                                      tmp_path: Path) -> None:
+    """Strides >= 2**62, zero-size tensors with huge dims, more than 64 dims: OverflowError or
+    numpy's 'array is too big' (exit 1). Refused as corrupt before any array is built."""
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "t.pt"
+    torch.save({"w": torch.zeros(4)}, src)
+    with zipfile.ZipFile(src) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    name = next(n for n in entries if n.endswith("/data.pkl"))
+    pkl = entries[name]
+    def ops(value: tuple[int, ...]) -> bytes:  # a tuple's opcodes without protocol, memo put and STOP
+        return pickle.dumps(value, protocol=2)[2:-3]
+
+    found = re.search(rb"K\x04\x85q(.)K\x01\x85q(.)", pkl, re.S)  # size (4,), stride (1,)
+    assert found
+    entries[name] = pkl.replace(found[0], ops(size) + b"q" + found[1] + ops(stride) + b"q" + found[2])
+    with zipfile.ZipFile(src, "w") as zf:
+        for entry, data in entries.items():
+            zf.writestr(entry, data)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out")
