@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, one_line
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -30,7 +30,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"convert: error: {message}", err=True)
+    click.echo(f"convert: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 

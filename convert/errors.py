@@ -6,6 +6,17 @@ mapping and scripts can rely on the codes documented in the README.
 
 from __future__ import annotations
 
+import re
+
+# Control characters (a terminal obeys ESC sequences, a NUL cuts logs) and lone surrogates (which
+# no terminal or log encoding can write) are shown as escapes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line, whatever it quotes from a file."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
 
 class ConvertError(Exception):
     """Base of every error the toolchain raises on purpose. Printed as one line, never a traceback."""
@@ -15,7 +26,7 @@ class ConvertError(Exception):
 
     def __init__(self, message: object = "") -> None:
         # One line, whatever the message quotes from a file (a pickle's text, a name with a newline).
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        super().__init__(one_line(str(message)))
 
 
 class UsageError(ConvertError):

@@ -314,3 +314,23 @@ def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], str
     work = tmp_path / "work"
     work.mkdir()
     refused(CORRUPT, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# The error line: control characters and lone surrogates escaped
+# ---------------------------------------------------------------------------------------------
+
+def test_error_line_escapes_control_characters_and_surrogates(tmp_path: Path) -> None:
+    """A global named with ESC sequences and a lone surrogate (BINUNICODE decodes with
+    surrogatepass): the line was printed raw (a terminal obeys ESC) or not at all (UnicodeEncodeError)."""
+    def text(s: bytes) -> bytes:
+        return pickle.BINUNICODE + len(s).to_bytes(4, "little") + s
+
+    data = (pickle.PROTO + b"\x04" + text(b"os\x1b[2J\x07") + text(b"sys\xed\xa0\x80tem") + pickle.STACK_GLOBAL
+            + pickle.STOP)
+    src = torch_zip(tmp_path / "esc.pt", data)
+    work = tmp_path / "work"
+    work.mkdir()
+    run = refused(UNSAFE, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out",
+                  needles=("os\\x1b[2J\\x07.sys\\ud800tem",))
+    assert all(c == "\n" or c.isprintable() for c in run.stderr), repr(run.stderr)
