@@ -119,6 +119,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
             doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
                                  source_digests.result())
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, warnings)
 

@@ -4,13 +4,17 @@ destination, fsynced, and renamed into place only when complete.
 On any error, Ctrl-C or SIGTERM the staging folder is removed; an existing output is left as it
 was unless `overwrite` is set, and even then it is swapped out only after the new one is complete.
 A process killed with SIGKILL can leave a staging folder (`.NAME.convert-*`), never a partial
-destination.
+destination; its name records the machine, process id and start time of its owner, so the next run
+into the same destination recognizes it as a dead run's and removes it.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import os
+import socket
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +30,7 @@ class StagedOutput:
         self.dest = Path(dest).absolute()
         self.overwrite = overwrite
         self.staging: Path | None = None
+        self.removed: list[str] = []  # stale staging folders of killed runs, removed on entry
 
     def check(self) -> None:
         """Refuse early, before any work, when the destination already holds something."""
@@ -39,10 +44,27 @@ class StagedOutput:
         self.check()
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}", dir=self.dest.parent))
+            self.removed = self._remove_stale()
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}{_owner_tag(os.getpid())}.",
+                                                 dir=self.dest.parent))
         except OSError as exc:
             raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
         return self.staging
+
+    def _remove_stale(self) -> list[str]:
+        """Staging folders for this destination whose owner (this machine, by process id and start
+        time) is gone: a run killed with SIGKILL. Folders of live runs and of other machines stay."""
+        prefix = f".{self.dest.name}{STAGING_MARK}"
+        removed = []
+        for path in self.dest.parent.glob(glob.escape(prefix) + "*"):
+            owner = path.name[len(prefix):].split(".")
+            if len(owner) < 4 or owner[0] != _host_tag() or not owner[1].isdigit() or not path.is_dir():
+                continue
+            if _owner_tag(int(owner[1])) == ".".join(owner[:3]):
+                continue  # that process is still running
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        return removed
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self.staging is not None
@@ -85,6 +107,29 @@ class StagedOutput:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         fsync_path(self.dest.parent)
+
+
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def _owner_tag(pid: int) -> str:
+    """host.pid.start of a live process (its start time in clock ticks from /proc, where there is
+    one, so a reused pid is not taken for the owner); `host.pid.gone` when it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            started = fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        started = "gone"
+    except (OSError, IndexError):  # no /proc: the pid alone
+        try:
+            os.kill(pid, 0)
+            started = "0"
+        except ProcessLookupError:
+            started = "gone"
+        except PermissionError:
+            started = "0"
+    return f"{_host_tag()}.{pid}.{started}"
 
 
 def _exchange(a: Path, b: Path) -> bool:

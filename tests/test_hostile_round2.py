@@ -334,3 +334,45 @@ def test_error_line_escapes_control_characters_and_surrogates(tmp_path: Path) ->
     run = refused(UNSAFE, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out",
                   needles=("os\\x1b[2J\\x07.sys\\ud800tem",))
     assert all(c == "\n" or c.isprintable() for c in run.stderr), repr(run.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run killed with SIGKILL: the next run into the same destination removes its staging folder
+# ---------------------------------------------------------------------------------------------
+
+KILLED_RUN = """
+import os, signal, sys
+from convert.output import StagedOutput
+with StagedOutput(sys.argv[1]) as staging:
+    (staging / "model.safetensors").write_bytes(b"partial")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from convert.output import StagedOutput
+
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+                           bytes(8))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    live = StagedOutput(work / "out")
+    live_staging = live.__enter__()  # this process is alive: its staging folder must stay
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out)], env={**os.environ, "PYTHONPATH": str(
+        Path(__file__).resolve().parent.parent)}, capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    [stale] = [p.name for p in work.iterdir() if p.name.startswith(".out.convert-") and p != live_staging]
+    try:
+        run = run_measured("auto", src, out, cwd=work)
+        assert run.code == 0, run.stderr
+        assert run.stderr.splitlines() == [f"convert: warning: removed {stale}, the staging folder of a run that "
+                                           f"was killed"], run.stderr
+        assert (out / "model.safetensors").is_file() and live_staging.is_dir()
+        assert sorted(p.name for p in work.iterdir()) == sorted(["out", live_staging.name])
+    finally:
+        live.__exit__(RuntimeError, RuntimeError(), None)
