@@ -421,21 +421,54 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
                     inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
-    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError."""
+    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError. A pickle
+    that fails as malformed but names a global off the allow-list anywhere is refused as unsafe: a
+    gadget behind a deliberate error is still an attack (exit 5), not a damaged file (6)."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    _prescan(stream, what)
+    start = stream.tell()
     try:
+        _prescan(stream, what)
         return RestrictedUnpickler(stream, persistent_load, inert).load()
-    except ConvertError:
+    except UnsafeInputError:
         raise
-    except RecursionError:
-        raise CorruptInputError(f"{what} is nested too deeply") from None
-    except MemoryError:
-        raise CorruptInputError(f"{what} asks for more memory than it can hold") from None
-    except EOFError:
-        raise CorruptInputError(f"{what} is truncated") from None
     except Exception as exc:  # pickle raises many types for malformed input
-        raise CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
+        error = exc if isinstance(exc, ConvertError) else _load_error(exc, what)
+        stream.seek(start)
+        raise _refused_global(stream, inert) or error from None
+
+
+def _load_error(exc: Exception, what: str) -> ConvertError:
+    if isinstance(exc, RecursionError):
+        return CorruptInputError(f"{what} is nested too deeply")
+    if isinstance(exc, MemoryError):
+        return CorruptInputError(f"{what} asks for more memory than it can hold")
+    if isinstance(exc, EOFError):
+        return CorruptInputError(f"{what} is truncated")
+    return CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}")
+
+
+def _refused_global(stream: BinaryIO, inert: tuple[str, ...]) -> UnsafeInputError | None:
+    """The refusal of the first global off the allow-list the pickle names, read from its opcodes
+    alone (up to where they stop making sense); None when it names none."""
+    probe = RestrictedUnpickler(io.BytesIO(b""), None, inert)
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(stream):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str) and " " in arg:
+                module, name = arg.split(" ", 1)
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                module, name = strings
+            else:
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                continue
+            try:
+                probe.find_class(module, name)
+            except UnsafeInputError as exc:
+                return exc
+    except Exception:  # the opcodes stop making sense here: nothing past this point could run
+        pass
+    return None
 
 
 # Deepest container nesting a pickle may build. Real checkpoints (state dicts, Lightning

@@ -376,3 +376,42 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
         assert sorted(p.name for p in work.iterdir()) == sorted(["out", live_staging.name])
     finally:
         live.__exit__(RuntimeError, RuntimeError(), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# NeuralForecast: config values bounded, hostile configuration pickles unsafe
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, edit, needle", [
+    ("MLP_0.safetensors", {"num_layers": 1e9}, "num_layers=1000000000"),
+    ("NHITS_0.safetensors", {"n_blocks": [10**9, 1, 1]}, "n_blocks=1000000000"),
+    ("NHITS_0.safetensors", {"n_pool_kernel_size": [0, 0, 0]}, "ZeroDivisionError"),
+])
+def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: str, tmp_path: Path) -> None:
+    """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero."""
+    import json
+
+    from test_neuralforecast_errors import _copy, _hparams, _rewrite_metadata
+
+    folder = _copy("3.3.0", tmp_path)
+    hparams = {**_hparams(folder / model), **edit}
+    _rewrite_metadata(folder / model, {"hyper_parameters": json.dumps(hparams)})
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "nf-to-safetensors", folder, work / "out", cwd=work, out=work / "out", needles=(needle,))
+
+
+def test_nf_configuration_pickle_with_a_gadget_behind_an_error_is_unsafe(tmp_path: Path) -> None:
+    """A malicious configuration.pkl that fails as malformed before its gadget was skipped as corrupt
+    and the conversion exited 0; SECURITY.md promises exit 5."""
+    from test_neuralforecast_errors import _copy
+
+    folder = _copy("3.2.2", tmp_path)
+    gadget = pickle.GLOBAL + b"os\nsystem\n" + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"touch" + \
+        pickle.TUPLE1 + pickle.REDUCE
+    # a memo entry far past those made: refused before the unpickler reaches the gadget
+    (folder / "configuration.pkl").write_bytes(pickle.PROTO + b"\x02" + pickle.NONE + pickle.LONG_BINPUT
+                                               + (2**30).to_bytes(4, "little") + gadget + pickle.STOP)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(UNSAFE, "nf-to-safetensors", folder, work / "out", cwd=work, out=work / "out", needles=("os.system",))
