@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .documents import check_schema, read_toml
+from .documents import check_schema, parse_json, read_toml
 from .errors import ConvertError, SourceNotFoundError, UsageError
 
 STATUSES = ("ok", "failed", "skipped")
@@ -171,10 +171,7 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
         raise SourceNotFoundError(f"report {path} does not exist") from None
     rows = []
     for line in lines:
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise UsageError(f"{path}: not a batch report (a line is not JSON)") from None
+        row = parse_json(line, f"{path}: not a batch report, a line", UsageError)
         if isinstance(row, dict) and "status" in row:
             rows.append(row)
     return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .documents import check_schema
+from .documents import check_schema, parse_json
 from .errors import CorruptInputError, SourceNotFoundError, VerificationError
 
 MANIFEST_FILE = "manifest.json"
@@ -28,9 +28,10 @@ def load(out_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SourceNotFoundError(f"{out_dir}: no {MANIFEST_FILE} (is this a conversion output?)")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise CorruptInputError(f"{path}: not valid JSON ({exc})") from None
+    doc = parse_json(text, str(path), CorruptInputError)
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{path}: not a JSON object")
     return doc

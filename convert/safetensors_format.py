@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .documents import parse_json
 from .dtypes import DTYPES
 from .errors import CorruptInputError
 from .tensors import check_shape
@@ -77,10 +78,7 @@ def read_header(path: str | Path) -> Header:
         raise CorruptInputError(f"{name}: header does not start with '{{'")
     if raw.count(b"{") > MAX_ENTRIES + 2:  # every entry is an object: an upper bound, before parsing
         raise CorruptInputError(f"{name}: header holds more than {MAX_ENTRIES} entries")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: ints past 4300 digits
-        raise CorruptInputError(f"{name}: header is not valid JSON ({exc})") from None
+    doc = parse_json(raw, f"{name}: header", CorruptInputError)
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{name}: header is not a JSON object")
     metadata = doc.pop("__metadata__", None) or {}

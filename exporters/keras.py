@@ -9,7 +9,6 @@ brought to canonical form by exporters/keras_layers.py, lazily.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import tempfile
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
 from convert.tensors import TensorRef
@@ -308,10 +308,7 @@ def _model_config(doc: Any, label: str) -> dict[str, Any]:
 
 
 def _loads(text: str | None, label: str) -> Any:
-    try:
-        return json.loads(text or "")
-    except json.JSONDecodeError as exc:
-        raise CorruptInputError(f"{label}: model config is not valid JSON ({exc})") from None
+    return parse_json(text or "", f"{label}: model config", CorruptInputError)
 
 
 def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:

@@ -7,7 +7,6 @@ through lazy `TensorRef`s, checked against the file's real size before anything 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.documents import parse_json
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
                             UnsupportedFormatError)
@@ -334,10 +334,7 @@ def cross_check(fname: str, expected: set[str], found: set[str]) -> None:
 def read_json(path: Path) -> Any:
     if path.stat().st_size > SIDECAR_MAX_BYTES:
         raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptInputError(f"{path.name}: not valid JSON ({exc})") from None
+    return parse_json(path.read_bytes(), path.name, CorruptInputError)
 
 
 def hf_sidecars(folder: Path, exclude: set[str]) -> list[Path]:

@@ -415,3 +415,44 @@ def test_nf_configuration_pickle_with_a_gadget_behind_an_error_is_unsafe(tmp_pat
     work = tmp_path / "work"
     work.mkdir()
     refused(UNSAFE, "nf-to-safetensors", folder, work / "out", cwd=work, out=work / "out", needles=("os.system",))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON and TOML: one loader, with integer digit limits and nesting caps
+# ---------------------------------------------------------------------------------------------
+
+LONG_INT = "1" + "0" * 5000  # past Python's 4300-digit limit: int() raises ValueError
+DEEP_JSON = "[" * 5000 + "]" * 5000
+DEEP_BUT_PARSEABLE = "[" * 900 + "]" * 900  # json parses it; code walking it recursively would not
+
+
+@pytest.mark.parametrize("config", [f'{{"hidden": {LONG_INT}}}', DEEP_JSON, DEEP_BUT_PARSEABLE])
+def test_hf_config_json_limits(config: str, tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path)
+    (folder / "config.json").write_text(config)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "auto", folder, work / "out", cwd=work, out=work / "out", needles=("config.json",))
+
+
+@pytest.mark.parametrize("document", ["manifest", "report", "layout", "job"])
+def test_user_documents_with_long_integers_are_one_line(document: str, tmp_path: Path) -> None:
+    """Manifests given to verify, batch reports, layout and job files: a 5,000-digit integer was a
+    ValueError (exit 1)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+                           bytes(8))
+    if document == "manifest":
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "manifest.json").write_text(f'{{"format_version": {LONG_INT}}}')
+        refused(CORRUPT, "verify", tmp_path / "o", cwd=work)
+    elif document == "report":
+        (tmp_path / "r.jsonl").write_text(f'{{"status": "failed", "source": "x", "n": {LONG_INT}}}\n')
+        refused(2, "batch", src, "--out-dir", work / "o", "--retry-failed", tmp_path / "r.jsonl", cwd=work)
+    elif document == "layout":
+        (tmp_path / "l.toml").write_text(f"extends = \"pytorch\"\nn = {LONG_INT}\n")
+        refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out")
+    else:
+        (tmp_path / "j.toml").write_text(f"[[job]]\nsource = \"{src}\"\nn = {LONG_INT}\n")
+        refused(2, "batch", "--job-file", tmp_path / "j.toml", "--out-dir", work / "o", cwd=work)
