@@ -96,7 +96,7 @@ def _detect_zip(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError):  # ValueError: a name flagged UTF-8 that is not
         return "pytorch"  # let the torch reader give its precise error
     if any(n.endswith("/data.pkl") for n in names):
         return "pytorch"

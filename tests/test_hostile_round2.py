@@ -456,3 +456,17 @@ def test_user_documents_with_long_integers_are_one_line(document: str, tmp_path:
     else:
         (tmp_path / "j.toml").write_text(f"[[job]]\nsource = \"{src}\"\nn = {LONG_INT}\n")
         refused(2, "batch", "--job-file", tmp_path / "j.toml", "--out-dir", work / "o", cwd=work)
+
+
+def test_zip_name_flagged_utf8_but_undecodable_is_corrupt(tmp_path: Path) -> None:
+    """zipfile raises UnicodeDecodeError on such a name: detection broke (exit 1 in auto/inspect)."""
+    src = tmp_path / "bad.pt"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({}))
+        zf.writestr("archive/\u00e9", b"")  # non-ASCII: written with the UTF-8 flag
+    src.write_bytes(src.read_bytes().replace("\u00e9".encode(), b"\xff\xfe"))
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("auto", "inspect"):
+        args = [command, src] + ([work / "out"] if command != "inspect" else [])
+        refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("damaged zip",))
