@@ -8,6 +8,7 @@ exporters invented are traced back to parameter names by `exporters.onnx_names`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from convert.dtypes import DType, dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
 
 from .onnx_names import Resolved, resolve_names
 
@@ -46,6 +47,7 @@ def open_onnx(path: str | Path) -> SourceModel:
         raise CorruptInputError(f"{model_path.name}: not a readable ONNX model ({exc})") from None
     if model.graph.sparse_initializer:
         raise UnsupportedFormatError(f"{model_path.name}: sparse initializers are not supported")
+    _check_names(model, model_path.name)
     reader = _Initializers(model_path)
     try:
         renamed = resolve_names(model)
@@ -59,6 +61,22 @@ def open_onnx(path: str | Path) -> SourceModel:
                                    "evidence": r.evidence} for old, r in renamed.items()}
     return SourceModel(format="onnx", files=[model_path, *reader.external_files()], tensors=tensors,
                        extras=extras, architecture=summarize(model), closers=[reader.close])
+
+
+MAX_LOCATION = 1024  # characters of an external data location: a relative path, well under PATH_MAX
+
+
+def _check_names(model: Any, model_name: str) -> None:
+    """Every name the reader uses is text: protobuf hands back bytes for a name that is not UTF-8."""
+    graph = model.graph
+    names = [*(i.name for i in graph.initializer), *(v.name for v in (*graph.input, *graph.output)),
+             *(n for node in graph.node for n in (*node.input, *node.output, node.name, node.op_type)),
+             *(e.key for i in graph.initializer for e in i.external_data),
+             *(e.value for i in graph.initializer for e in i.external_data),
+             *(p.key for p in model.metadata_props), *(p.value for p in model.metadata_props)]
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise CorruptInputError(f"{model_name}: the name {bad[:60]!r} is not UTF-8 text")
 
 
 class _Initializers:
@@ -77,6 +95,7 @@ class _Initializers:
         if any(d < 0 for d in shape):
             raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension "
                                     f"{shape}")
+        check_shape(shape, dt.itemsize, f"{self.model_path.name}: initializer {init.name!r}")
         if init.data_location == onnx.TensorProto.EXTERNAL:
             ref = self._external(init, dt, shape)
         else:
@@ -95,7 +114,7 @@ class _Initializers:
         mapped = self.mapped.get(path)
         if mapped is None:
             mapped = self.mapped[path] = MappedFile(str(path))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        nbytes = math.prod(shape) * dt.itemsize
         try:
             offset = int(entries.get("offset", "0"))
             length = int(entries.get("length", str(nbytes)))
@@ -113,6 +132,8 @@ class _Initializers:
 
     def _location(self, location: str, what: str) -> Path:
         """The external data file, which must be a file inside the model's folder."""
+        if "\0" in location or len(location) > MAX_LOCATION:
+            raise CorruptInputError(f"{what}: external data location is not a file name ({len(location)} characters)")
         if not location or os.path.isabs(location) or "\\" in location or ".." in Path(location).parts:
             raise UnsafeInputError(f"{what}: external data location {location!r} points outside the model's folder")
         path = (self.folder / location).resolve()
@@ -148,7 +169,7 @@ def _inline(init: Any, dt: DType, shape: tuple[int, ...], model_name: str) -> Te
     """An initializer held in the protobuf itself: raw little-endian bytes or typed fields."""
     from onnx import numpy_helper
 
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize  # not numpy's int64 product: it wraps to 0 and passes
     if init.HasField("raw_data"):
         if len(init.raw_data) != nbytes:
             raise CorruptInputError(f"{model_name}: initializer {init.name!r} holds {len(init.raw_data)} bytes; "

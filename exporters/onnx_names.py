@@ -98,8 +98,8 @@ def _recorded(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]) -
 def _linear_weight(node: Any, position: int, shapes: dict[str, tuple[int, ...]],
                    by_input: dict[str, list[Any]]) -> tuple[str, bool, str] | None:
     """(module path, transposed?, evidence) when `node` multiplies by this initializer as a Linear does."""
-    if position != 1 or node.op_type not in ("MatMul", "Gemm"):
-        return None
+    if position != 1 or node.op_type not in ("MatMul", "Gemm") or not node.output or len(shapes[node.input[1]]) != 2:
+        return None  # a product without an output, or not by a matrix: nothing to name it by
     attrs = {a.name: a.i for a in node.attribute}
     if attrs.get("transA", 0):
         return None

@@ -470,3 +470,61 @@ def test_zip_name_flagged_utf8_but_undecodable_is_corrupt(tmp_path: Path) -> Non
     for command in ("auto", "inspect"):
         args = [command, src] + ([work / "out"] if command != "inspect" else [])
         refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("damaged zip",))
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: products in int64, locations, nodes without outputs, names that are not UTF-8
+# ---------------------------------------------------------------------------------------------
+
+def onnx_model(path: Path, dims: list[int], location: str | None = None, outputs: tuple[str, ...] = ("y",),
+               name: str = "wname") -> Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=dims)
+    if location is not None:
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in {"location": location, "offset": "0", "length": "0"}.items():
+            weight.external_data.add(key=key, value=value)
+    else:
+        weight.raw_data = b""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", name], list(outputs))], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["wrapping-dims", "wrapping-dims-external", "nul-location", "long-location",
+                                  "no-output", "not-utf8"])
+def test_hostile_onnx_is_one_line(case: str, tmp_path: Path) -> None:
+    """int64 dims products wrapping to 0 bytes passed the checks; a NUL or 5,000-character location,
+    a MatMul without outputs and a name that is not UTF-8 were exit 1."""
+    folder = tmp_path / "model"
+    wrap = [2**32, 2**32]  # 2**64 elements: numpy's int64 product is 0
+    src = {
+        "wrapping-dims": lambda: onnx_model(folder / "m.onnx", wrap),
+        "wrapping-dims-external": lambda: onnx_model(folder / "m.onnx", wrap, location="w.bin"),
+        "nul-location": lambda: onnx_model(folder / "m.onnx", [0, 2], location="w\0.bin"),
+        "long-location": lambda: onnx_model(folder / "m.onnx", [0, 2], location="w" * 5000),
+        "no-output": lambda: onnx_model(folder / "m.onnx", [2, 2], outputs=()),
+        "not-utf8": lambda: onnx_model(folder / "m.onnx", [0, 2], name="w\u00e9"),
+    }[case]()
+    if case == "wrapping-dims-external":
+        (folder / "w.bin").write_bytes(b"")
+    if case == "no-output":  # a well-formed 2x2 weight, so only the node is wrong
+        import onnx
+
+        model = onnx.load(str(src))
+        model.graph.initializer[0].raw_data = bytes(16)
+        onnx.save(model, src)
+    if case == "not-utf8":
+        src.write_bytes(src.read_bytes().replace("w\u00e9".encode(), b"w\xff"))
+    work = tmp_path / "work"
+    work.mkdir()
+    if case == "no-output":  # nothing wrong with the weights: converted, named as stored
+        run = run_measured("onnx-to-safetensors", src, work / "out", cwd=work)
+        assert run.code == 0, run.stderr
+        return
+    refused(CORRUPT, "onnx-to-safetensors", src, work / "out", cwd=work, out=work / "out")
