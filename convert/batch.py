@@ -141,6 +141,11 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[
     base = job_file.parent
     defaults = doc.get("defaults", {})
     entries = doc.get("job", [])
+    for entry in entries:
+        for key in ("source", "output"):
+            value = {**defaults, **entry}.get(key)
+            if isinstance(value, str) and "\0" in value:
+                raise UsageError(f"job file {job_file}: a job's {key} holds a NUL character; not a path")
     sources = [Path(e["source"]) if Path(e["source"]).is_absolute() else base / e["source"] for e in entries]
     default_names = output_names(sources)
     jobs = []
@@ -169,10 +174,14 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise SourceNotFoundError(f"report {path} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise UsageError(f"{path}: not a batch report ({exc})") from None
     rows = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         row = parse_json(line, f"{path}: not a batch report, a line", UsageError)
         if isinstance(row, dict) and "status" in row:
+            if not isinstance(row.get("source"), str) or "\0" in row["source"]:
+                raise UsageError(f"{path}: not a batch report (line {number} has no source path)")
             rows.append(row)
     return rows
 

@@ -175,7 +175,10 @@ def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
 
 def _rule(doc: dict[str, Any]) -> Rule:
     if "regex" in doc:
-        pattern = re.compile(doc["regex"])
+        try:
+            pattern = re.compile(doc["regex"])
+        except re.error as exc:
+            raise UsageError(f"layout rule regex {doc['regex'][:200]!r} does not compile: {exc}") from None
     else:
         pattern = compile_pattern(doc["match"])
     single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}

@@ -528,3 +528,27 @@ def test_hostile_onnx_is_one_line(case: str, tmp_path: Path) -> None:
         assert run.code == 0, run.stderr
         return
     refused(CORRUPT, "onnx-to-safetensors", src, work / "out", cwd=work, out=work / "out")
+
+
+@pytest.mark.parametrize("case", ["report-no-source", "report-number-source", "report-not-utf8", "layout-bad-regex",
+                                  "job-output-nul"])
+def test_hostile_user_documents_are_one_line(case: str, tmp_path: Path) -> None:
+    """Reports without a string `source` or not UTF-8, a layout regex that does not compile, a job
+    output with a NUL byte: exit 1 before."""
+    work = tmp_path / "work"
+    work.mkdir()
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+                           bytes(8))
+    report = tmp_path / "r.jsonl"
+    if case.startswith("report"):
+        report.write_bytes({"report-no-source": b'{"status": "failed"}\n',
+                            "report-number-source": b'{"status": "failed", "source": 3}\n',
+                            "report-not-utf8": b'{"status": "failed", "source": "\xff"}\n'}[case])
+        refused(2, "batch", src, "--out-dir", work / "o", "--retry-failed", report, cwd=work, out=work / "o")
+    elif case == "layout-bad-regex":
+        (tmp_path / "l.toml").write_text("name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '(unclosed'\nto = 'x'\n")
+        refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out",
+                needles=("does not compile",))
+    else:
+        (tmp_path / "j.toml").write_text(f'[[job]]\nsource = "{src}"\noutput = "o\\u0000x"\n')
+        refused(2, "batch", "--job-file", tmp_path / "j.toml", cwd=work, needles=("NUL",))
