@@ -19,7 +19,7 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .architecture import infer_architecture
-from .errors import UsageError
+from .errors import CorruptInputError, UsageError
 from .hashing import sha256_file
 from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -92,6 +92,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     staged.check()
     _refuse_output_holding_source(source, staged.dest)
     refuse_links([*source.files, *source.sidecars], options.follow_links)
+    refuse_unencodable_names(source)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
     mapping = apply_layout(layout, source.tensors, architecture)
     warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's
@@ -122,6 +123,16 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, warnings)
+
+
+def refuse_unencodable_names(source: SourceModel) -> None:
+    """Tensor names go into SafeTensors headers and onto stdout as UTF-8: a lone surrogate (which a
+    pickle's BINUNICODE or an HDF5 name can carry) has no UTF-8 form and no loader would accept it."""
+    for t in source.tensors:
+        try:
+            t.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptInputError(f"tensor name {t.name!r} is not valid Unicode (it holds a lone surrogate)") from None
 
 
 def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
@@ -291,6 +302,7 @@ def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
     from .sources import open_source
 
     with open_source(path, key) as source:
+        refuse_unencodable_names(source)
         tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes}
                    for t in source.tensors]
         return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],

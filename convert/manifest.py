@@ -38,7 +38,9 @@ def load(out_dir: Path) -> dict[str, Any]:
 
 
 def dumps(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    # A lone surrogate (from an HDF5 attribute, a pickled string) cannot be UTF-8: written as the
+    # JSON escape \udXXX, which reads back as the same string.
+    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def generator() -> dict[str, str]:

@@ -552,3 +552,23 @@ def test_hostile_user_documents_are_one_line(case: str, tmp_path: Path) -> None:
     else:
         (tmp_path / "j.toml").write_text(f'[[job]]\nsource = "{src}"\noutput = "o\\u0000x"\n')
         refused(2, "batch", "--job-file", tmp_path / "j.toml", cwd=work, needles=("NUL",))
+
+
+def test_lone_surrogate_in_a_tensor_name_is_corrupt(tmp_path: Path) -> None:
+    """A name with a lone surrogate (BINUNICODE decodes with surrogatepass) reached the SafeTensors
+    writer or stdout: UnicodeEncodeError, exit 1."""
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "s.pt"
+    torch.save({"wXY": torch.zeros(2)}, src)
+    with zipfile.ZipFile(src) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    name = next(n for n in entries if n.endswith("/data.pkl"))
+    entries[name] = entries[name].replace(b"X\x03\x00\x00\x00wXY", b"X\x04\x00\x00\x00w\xed\xa0\x80")
+    with zipfile.ZipFile(src, "w") as zf:
+        for entry, data in entries.items():
+            zf.writestr(entry, data)
+    work = tmp_path / "work"
+    work.mkdir()
+    for command in ("pth-to-safetensors", "inspect"):
+        args = [command, src] + ([work / "out"] if command != "inspect" else [])
+        refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("lone surrogate", "\\ud800"))
