@@ -40,6 +40,20 @@ def torch_zip(path: Path, data_pkl: bytes) -> Path:
     return path
 
 
+def torch_saved_with_edit(path: Path, state: dict[str, Any], edit: Any) -> Path:
+    """A real torch.save of `state` whose data.pkl is passed through `edit` (bytes -> bytes)."""
+    torch = pytest.importorskip("torch")
+    torch.save(state, path)
+    with zipfile.ZipFile(path) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    name = next(n for n in entries if n.endswith("/data.pkl"))
+    entries[name] = edit(entries[name])
+    with zipfile.ZipFile(path, "w") as zf:
+        for entry, data in entries.items():
+            zf.writestr(entry, data)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Pickles: nesting, hashing, memo, BUILD, BYTEARRAY8
 # ---------------------------------------------------------------------------------------------
@@ -296,21 +310,16 @@ def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], str
     """Strides >= 2**62, zero-size tensors with huge dims, more than 64 dims: OverflowError or
     numpy's 'array is too big' (exit 1). Refused as corrupt before any array is built."""
     torch = pytest.importorskip("torch")
-    src = tmp_path / "t.pt"
-    torch.save({"w": torch.zeros(4)}, src)
-    with zipfile.ZipFile(src) as zf:
-        entries = {i.filename: zf.read(i) for i in zf.infolist()}
-    name = next(n for n in entries if n.endswith("/data.pkl"))
-    pkl = entries[name]
+
     def ops(value: tuple[int, ...]) -> bytes:  # a tuple's opcodes without protocol, memo put and STOP
         return pickle.dumps(value, protocol=2)[2:-3]
 
-    found = re.search(rb"K\x04\x85q(.)K\x01\x85q(.)", pkl, re.S)  # size (4,), stride (1,)
-    assert found
-    entries[name] = pkl.replace(found[0], ops(size) + b"q" + found[1] + ops(stride) + b"q" + found[2])
-    with zipfile.ZipFile(src, "w") as zf:
-        for entry, data in entries.items():
-            zf.writestr(entry, data)
+    def edit(pkl: bytes) -> bytes:
+        found = re.search(rb"K\x04\x85q(.)K\x01\x85q(.)", pkl, re.S)  # size (4,), stride (1,)
+        assert found
+        return pkl.replace(found[0], ops(size) + b"q" + found[1] + ops(stride) + b"q" + found[2])
+
+    src = torch_saved_with_edit(tmp_path / "t.pt", {"w": torch.zeros(4)}, edit)
     work = tmp_path / "work"
     work.mkdir()
     refused(CORRUPT, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out")
@@ -558,15 +567,8 @@ def test_lone_surrogate_in_a_tensor_name_is_corrupt(tmp_path: Path) -> None:
     """A name with a lone surrogate (BINUNICODE decodes with surrogatepass) reached the SafeTensors
     writer or stdout: UnicodeEncodeError, exit 1."""
     torch = pytest.importorskip("torch")
-    src = tmp_path / "s.pt"
-    torch.save({"wXY": torch.zeros(2)}, src)
-    with zipfile.ZipFile(src) as zf:
-        entries = {i.filename: zf.read(i) for i in zf.infolist()}
-    name = next(n for n in entries if n.endswith("/data.pkl"))
-    entries[name] = entries[name].replace(b"X\x03\x00\x00\x00wXY", b"X\x04\x00\x00\x00w\xed\xa0\x80")
-    with zipfile.ZipFile(src, "w") as zf:
-        for entry, data in entries.items():
-            zf.writestr(entry, data)
+    src = torch_saved_with_edit(tmp_path / "s.pt", {"wXY": torch.zeros(2)},
+                                lambda pkl: pkl.replace(b"X\x03\x00\x00\x00wXY", b"X\x04\x00\x00\x00w\xed\xa0\x80"))
     work = tmp_path / "work"
     work.mkdir()
     for command in ("pth-to-safetensors", "inspect"):
