@@ -260,9 +260,13 @@ class H5Source:
             raise CorruptInputError(f"{where} is a group, not a weight")
         if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
             raise UnsafeInputError(f"{where} keeps its data in other files")
+        if dataset.shape is None:
+            raise CorruptInputError(f"{where} has a null dataspace: no shape, no data")
         np_dtype = dataset.dtype
         if np_dtype.kind not in "fiub" or np_dtype.fields is not None or np_dtype.subdtype is not None:
             raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, not a numeric tensor")
+        if not _exact_type(dataset.id.get_type(), np_dtype):
+            raise UnsupportedFormatError(f"{where} is stored as an HDF5 type that {np_dtype} only approximates")
         try:
             dt = from_numpy(np_dtype.newbyteorder("="))
         except ConvertError:
@@ -327,3 +331,16 @@ def _inflated(dataset: Any, shape: tuple[int, ...], np_dtype: np.dtype, nbytes: 
         if hasattr(mmap, "MADV_DONTNEED"):
             window.madvise(mmap.MADV_DONTNEED)  # written back through the page cache, not kept in RSS
     return arr
+
+
+def _exact_type(stored: Any, np_dtype: np.dtype) -> bool:
+    """Whether the file's type is exactly numpy's (h5py converts an exotic float, such as a 24-bit
+    one, to float32 on read: mapped in place its bytes would be taken for float32 ones)."""
+    import h5py
+
+    if stored.get_size() != np_dtype.itemsize:
+        return False
+    if isinstance(stored, h5py.h5t.TypeFloatID):
+        native = h5py.h5t.py_create(np_dtype)
+        return stored.get_fields() == native.get_fields() and stored.get_ebias() == native.get_ebias()
+    return True

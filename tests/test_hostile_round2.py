@@ -574,3 +574,35 @@ def test_lone_surrogate_in_a_tensor_name_is_corrupt(tmp_path: Path) -> None:
     for command in ("pth-to-safetensors", "inspect"):
         args = [command, src] + ([work / "out"] if command != "inspect" else [])
         refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("lone surrogate", "\\ud800"))
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5: null dataspaces and float types numpy has no exact equivalent for
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, code", [("null-dataspace", CORRUPT), ("24-bit-float", 4)])
+def test_hdf5_dataset_numpy_cannot_hold_exactly(case: str, code: int, tmp_path: Path) -> None:
+    """A null dataspace (h5py.Empty) or an exotic float type was exit 1."""
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    src = tmp_path / "w.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "2.15.0"
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        g.create_dataset("dense/bias:0", data=np.zeros(2, dtype="<f4"))
+        if case == "null-dataspace":
+            g.create_dataset("dense/kernel:0", data=h5py.Empty("<f4"))
+        else:
+            t = h5py.h5t.IEEE_F32LE.copy()
+            t.set_fields(23, 16, 7, 0, 16)
+            t.set_ebias(63)
+            t.set_size(3)
+            h5py.h5d.create(g.id, b"dense/kernel:0", t, h5py.h5s.create_simple((2, 2)))
+            g["dense/kernel:0"][...] = np.ones((2, 2), "<f4")
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(code, "keras-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("kernel",))
