@@ -128,7 +128,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--layout-option {pair!r}: expected KEY=VALUE")
-        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        options[key] = value  # read as the type the layout declares (convert.mapping.option_value)
     return options
 
 

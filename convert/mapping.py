@@ -144,10 +144,11 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
             raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtin_layouts()))}")
         doc, where = found, f"builtin:{found['name']}"
     merged = _resolve_extends(doc, depth=0)
-    opts = {**merged.get("options", {}), **(options or {})}
-    unknown = set(options or {}) - set(merged.get("options", {}))
+    defaults = merged.get("options", {})
+    unknown = set(options or {}) - set(defaults)
     if unknown:
         raise UsageError(f"layout {merged['name']!r} has no option {sorted(unknown)[0]!r}")
+    opts = {**defaults, **{k: option_value(k, v, defaults[k]) for k, v in (options or {}).items()}}
     return Layout(
         name=merged["name"], description=merged.get("description", ""),
         rules=[_rule(r) for r in merged.get("rules", [])], post=[_rule(r) for r in merged.get("post", [])],
@@ -156,6 +157,26 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
         extra_index_names=merged.get("extra_index_names", []), warnings=merged.get("warnings", []),
         options=opts, source=where,
     )
+
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(name: str, value: str | bool) -> bool:
+    """A boolean option's value, strictly: a typo must not flip a setting (any word but "false"
+    counted as true once, so `=no` dropped tensors)."""
+    if isinstance(value, bool):
+        return value
+    found = BOOLEAN_WORDS.get(str(value).strip().lower())
+    if found is None:
+        raise UsageError(f"option {name}={value!r}: expected one of true/false/yes/no/1/0")
+    return found
+
+
+def option_value(name: str, value: Any, default: Any) -> Any:
+    """A layout option given as text (the command line) or a value (the API): a boolean option
+    (its default is one) is read strictly; others are kept as given."""
+    return parse_bool(name, value) if isinstance(default, bool) else value
 
 
 def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
