@@ -40,6 +40,7 @@ class StagedOutput:
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}", dir=self.dest.parent))
+            os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would become the output's
         except OSError as exc:
             raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
         return self.staging
@@ -106,6 +107,20 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (os.umask can only swap)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file, or a folder's entries, to disk (a file written by another library, say)."""
     fd = os.open(path, os.O_RDONLY)
@@ -117,7 +132,7 @@ def fsync_path(path: Path) -> None:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write a small file inside a staging folder, durably."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides, as for any file
     try:
         view = memoryview(data)
         while view:

@@ -94,7 +94,7 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
     total = len(header) + sum(it.nbytes for it in ordered)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     hasher: OutputHasher | None = None
     try:
         _pwrite_all(fd, header, 0, path)

@@ -42,3 +42,19 @@ def test_boolean_layout_option_refuses_other_words(batchnorm_checkpoint: Path, t
     result = run_cli("pth-to-safetensors", batchnorm_checkpoint, out, "--layout-option", f"drop_num_batches_tracked={value}")
     assert_cli_error(result, 2, "drop_num_batches_tracked", "true/false/yes/no/1/0")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs get the usual permissions
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_output_permissions_follow_the_umask(batchnorm_checkpoint: Path, tmp_path: Path, umask: int) -> None:
+    import os
+
+    out = tmp_path / "out"
+    rc, _, err = run_cli("pth-to-safetensors", batchnorm_checkpoint, out, preexec_fn=lambda: os.umask(umask))
+    assert rc == 0, err
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    for f in out.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
