@@ -71,6 +71,8 @@ def _detect_file(path: Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(16)
     size = path.stat().st_size
+    if _is_safetensors(path, head, size):  # first: a 640-byte header's length starts 80 02, a pickle's opening
+        return "safetensors"
     if head.startswith(ZIP_MAGIC):
         return _detect_zip(path)
     if head.startswith(HDF5_MAGIC):
@@ -79,8 +81,6 @@ def _detect_file(path: Path) -> str | None:
         return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pytorch"  # a pickle: the legacy torch.save format
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
-        return "safetensors"
     if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return "flax"  # a msgpack map: flax.serialization.to_bytes
     if path.suffix == ".onnx" and head[:1] == b"\x08":
@@ -88,6 +88,19 @@ def _detect_file(path: Path) -> str | None:
     if path.suffix == ".safetensors":
         return "safetensors"  # a damaged header: the reader says what is wrong with it
     return None
+
+
+def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
+    """A length, then a JSON object that ends where the length says (its padding is spaces): a pickle
+    that happens to hold `{` at byte 8 does not also close a brace there."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    end = 8 + struct.unpack("<Q", head[:8])[0]
+    if end > size:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(max(9, end - 16))
+        return fh.read(end - fh.tell()).rstrip(b" ").endswith(b"}")
 
 
 def _detect_zip(path: Path) -> str | None:

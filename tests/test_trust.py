@@ -58,3 +58,35 @@ def test_output_permissions_follow_the_umask(batchnorm_checkpoint: Path, tmp_pat
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     for f in out.iterdir():
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
+
+
+# ---------------------------------------------------------------------------------------------
+# detection cannot take one format's magic for another's
+# ---------------------------------------------------------------------------------------------
+
+def _safetensors_with_header_length(path: Path, wanted: int) -> dict[str, Any]:
+    """A SafeTensors file written by the safetensors library whose header length is `wanted`."""
+    import struct
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    for pad in range(wanted):
+        save_file(tensors, str(path), metadata={"format": "pt", "note": "x" * pad})
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] == wanted:
+            return tensors
+    raise AssertionError(f"no padding gives a {wanted}-byte header")
+
+
+@pytest.mark.parametrize("length", [0x280, 0x380, 0x480, 0x580])  # first bytes 80 02 .. 80 05: a pickle's opening
+def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path: Path, length: int) -> None:
+    src = tmp_path / "weights.bin"  # no suffix to lean on
+    tensors = _safetensors_with_header_length(src, length)
+    assert src.read_bytes()[:2] == bytes([0x80, length >> 8])
+    rc, out, err = run_cli("inspect", src)
+    assert rc == 0, err
+    assert out.splitlines()[-1].startswith("safetensors: 1 tensors")
+    rc, _, err = run_cli("auto", src, tmp_path / "out")
+    assert rc == 0, err
+    assert load_output(tmp_path / "out")["w"].tolist() == tensors["w"].tolist()
