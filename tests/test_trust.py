@@ -90,3 +90,39 @@ def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path: Path, len
     rc, _, err = run_cli("auto", src, tmp_path / "out")
     assert rc == 0, err
     assert load_output(tmp_path / "out")["w"].tolist() == tensors["w"].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# paths work relative or absolute
+# ---------------------------------------------------------------------------------------------
+
+def test_orbax_folder_given_a_relative_path(tmp_path: Path) -> None:
+    pytest.importorskip("orbax.checkpoint", reason="needs orbax-checkpoint to save a Flax checkpoint")
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    kernel = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    bias = np.arange(4, dtype=np.float32)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "ckpt", {"params": {"Dense_0": {"kernel": kernel, "bias": bias}}})
+    checkpointer.wait_until_finished()
+    for src, out in (("ckpt", "out"), ("./ckpt/", "sub/../out2")):
+        rc, _, err = run_cli("flax-to-safetensors", src, out, cwd=tmp_path)
+        assert rc == 0, err
+        tensors = load_output(tmp_path / out)
+        assert tensors["Dense_0.weight"].numpy().tobytes() == kernel.T.tobytes()
+        assert tensors["Dense_0.bias"].numpy().tobytes() == bias.tobytes()
+        rc, _, err = run_cli("verify", out, "--source", src, cwd=tmp_path)
+        assert rc == 0, err
+
+
+def test_relative_paths_for_every_command(batchnorm_checkpoint: Path) -> None:
+    cwd = batchnorm_checkpoint.parent
+    name = batchnorm_checkpoint.name
+    assert run_cli("inspect", name, cwd=cwd)[0] == 0
+    assert run_cli("pth-to-safetensors", name, "a", cwd=cwd)[0] == 0
+    assert run_cli("auto", f"./{name}", "b/", cwd=cwd)[0] == 0
+    assert run_cli("verify", "a", "--source", name, cwd=cwd)[0] == 0
+    rc, _, err = run_cli("batch", name, "--out-dir", "c", cwd=cwd)
+    assert rc == 0, err
+    assert (cwd / "c" / batchnorm_checkpoint.stem / "model.safetensors").is_file()
