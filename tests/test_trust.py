@@ -126,3 +126,79 @@ def test_relative_paths_for_every_command(batchnorm_checkpoint: Path) -> None:
     rc, _, err = run_cli("batch", name, "--out-dir", "c", cwd=cwd)
     assert rc == 0, err
     assert (cwd / "c" / batchnorm_checkpoint.stem / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite replaces only this tool's own output; batch never deletes a file it did not write
+# ---------------------------------------------------------------------------------------------
+
+def _user_folder(out: Path) -> dict[str, str]:
+    (out / "old_experiments").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "old_experiments" / "run1.log").write_text("loss 0.1")
+    return {"notes.txt": "mine", "old_experiments/run1.log": "loss 0.1"}
+
+
+def _texts(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
+def test_a_folder_that_is_no_output_is_never_replaced(batchnorm_checkpoint: Path, tmp_path: Path,
+                                                      flags: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    kept = _user_folder(out)
+    line = assert_cli_error(run_cli("pth-to-safetensors", batchnorm_checkpoint, out, *flags), 9, str(out), "notes.txt")
+    assert "--overwrite" not in line
+    assert _texts(out) == kept
+
+
+def test_user_files_added_to_an_earlier_output_stop_overwrite(batchnorm_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", batchnorm_checkpoint, out)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    before = _texts_or_bytes(out)
+    line = assert_cli_error(run_cli("pth-to-safetensors", batchnorm_checkpoint, out, "--overwrite"), 9, "notes.txt")
+    assert "--overwrite" not in line
+    assert _texts_or_bytes(out) == before
+
+
+def _texts_or_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_earlier_output_is_replaced_with_overwrite(batchnorm_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", batchnorm_checkpoint, out, "--max-shard-size", "20", "--layout", "trustformers")[0] == 0
+    assert (out / "pytorch_model.bin.index.json").is_file()  # the layout's second index counts as written here
+    assert_cli_error(run_cli("pth-to-safetensors", batchnorm_checkpoint, out), 9, "--overwrite")
+    rc, _, err = run_cli("pth-to-safetensors", batchnorm_checkpoint, out, "--overwrite")
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors"]
+
+
+def test_batch_never_deletes_a_file_it_did_not_write(batchnorm_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+
+    out_dir = tmp_path / "converted"
+    kept = _user_folder(out_dir / batchnorm_checkpoint.stem)
+    rc, stdout, _ = run_cli("batch", batchnorm_checkpoint, "--out-dir", out_dir, "--json")
+    assert rc == 11
+    job = json.loads(stdout.splitlines()[0])
+    assert job["status"] == "failed" and job["exit_code"] == 9 and "notes.txt" in job["error"]
+    assert _texts(out_dir / batchnorm_checkpoint.stem) == kept
+    # its own earlier output is replaced when the request changes
+    other = tmp_path / "other"
+    assert run_cli("batch", batchnorm_checkpoint, "--out-dir", other)[0] == 0
+    rc, stdout, err = run_cli("batch", batchnorm_checkpoint, "--out-dir", other, "--dtype", "f16", "--json")
+    assert rc == 0, err
+    assert json.loads(stdout.splitlines()[0])["status"] == "ok"
+    assert read_manifest(other / batchnorm_checkpoint.stem)["target"]["dtype"] == "f16"
+
+
+def test_an_output_converted_onto_itself_is_refused(batchnorm_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", batchnorm_checkpoint, out)[0] == 0
+    before = _texts_or_bytes(out)
+    assert_cli_error(run_cli("auto", out, out, "--overwrite"), 2, "holds the source")
+    assert _texts_or_bytes(out) == before
