@@ -19,7 +19,7 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .architecture import infer_architecture
-from .errors import UsageError
+from .errors import UnsupportedFormatError, UsageError
 from .hashing import sha256_file
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
@@ -37,6 +37,7 @@ class ConvertOptions:
     layout_file: str | None = None  # a user's rule file (may extend a built-in layout)
     layout_options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # --dtype: f32, f16, bf16, f64
+    cast_loss: str = "refuse"  # --cast-loss: what a narrowing cast may do with values the target cannot hold
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
@@ -91,10 +92,11 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     _refuse_output_holding_source(source, staged.dest)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors])
     mapping = apply_layout(layout, source.tensors, architecture)
-    warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's
-    apply_dtypes(mapping.tensors, options.dtype, layout)
+    refuse_empty(source, mapping)
+    warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's
+    apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
     kept, aliases = dedupe(mapping.tensors)
-    items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
+    items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in kept]
     shards = shard_items(items, options.max_shard_size)
     names = shard_file_names(len(shards))
     total = sum(it.nbytes for it in items)
@@ -108,6 +110,9 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
         with staged as staging:
             written = [write_safetensors(staging / fname, shard, metadata, progress) for fname, shard in zip(names, shards)]
+            lost = record_cast_losses(kept, written)
+            mapping.warnings.extend(lost)  # recorded in the manifest too
+            warnings += lost
             if len(written) > 1:
                 index = _index_json(written, total)
                 for index_name in [INDEX_FILE, *layout.extra_index_names]:
@@ -118,6 +123,44 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, warnings)
+
+
+def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
+    """Zero tensors is never a success: the source's arrays were all dropped, or the layout's were."""
+    if mapping.tensors:
+        return
+    why = (f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped
+           else "")
+    raise UnsupportedFormatError(f"no tensors to convert{_listed(source.dropped)}{why}")
+
+
+def dropped_warning(source: SourceModel) -> list[str]:
+    """One line saying which source arrays the reader left out, and why (all of them in the manifest)."""
+    if not source.dropped:
+        return []
+    return [f"{len(source.dropped)} source array(s) not converted (see source.dropped in the manifest)"
+            f"{_listed(source.dropped)}"]
+
+
+def _listed(dropped: dict[str, str], shown: int = 3) -> str:
+    if not dropped:
+        return ""
+    items = [f"{name!r} ({why})" for name, why in list(dropped.items())[:shown]]
+    return ": " + ", ".join(items) + (", ..." if len(dropped) > shown else "")
+
+
+def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
+    """Put what each narrowing cast lost into its manifest step; a warning per tensor that lost values."""
+    by_name = {t.name: t for w in written for t in w.tensors}
+    warnings = []
+    for m in kept:
+        for step, lost in zip(m.casts, by_name[m.name].cast_losses):
+            if step.get("lossless"):
+                continue
+            step.update(overflowed=lost.overflowed, flushed=lost.flushed)
+            if lost:
+                warnings.append(f"tensor {m.name!r}: {lost.describe(step['to'])} (--cast-loss {step['on_loss']})")
+    return warnings
 
 
 def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
@@ -189,6 +232,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
             "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "sha256": d}
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
+            "dropped": source.dropped,
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
                    "options": layout.options, "warnings": mapping.warnings, "request": options.request},

@@ -96,9 +96,14 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Set a layout option, e.g. drop_num_batches_tracked=true."),
         click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
+        click.option("--cast-loss", type=click.Choice(["refuse", "saturate", "accept"]), default="refuse",
+                     show_default=True,
+                     help="A cast that turns finite values into inf or non-zero ones into zero: refuse it "
+                          "(exit 7), saturate (the largest finite value instead of inf), or accept it; "
+                          "what was lost is recorded in the manifest."),
         click.option("--max-shard-size", metavar="SIZE",
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]):
@@ -112,12 +117,20 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+    with stderr_progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def stderr_progress(*columns: Any) -> Any:
+    """A transient rich progress display on stderr (rich draws on stdout by default, which would put
+    its lines into `convert ... > log`)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress("[progress.description]{task.description}", *columns, transient=True, console=Console(stderr=True))
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -133,14 +146,14 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None,
+                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None,
                     overwrite: bool, dry_run: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
 
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
-    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, max_shard_size=parse_size(max_shard_size),
+    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, cast_loss=cast_loss, max_shard_size=parse_size(max_shard_size),
                              overwrite=overwrite, dry_run=dry_run)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
@@ -234,12 +247,14 @@ def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
 
 
 def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, max_shard_size: str | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+            dtype: str | None, cast_loss: str, max_shard_size: str | None, overwrite: bool, dry_run: bool,
+            as_json: bool) -> None:
     from .api import nf_to_safetensors as convert_nf
 
     quiet = _flags().get("quiet", False)
     result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, dry_run=dry_run)
+                        dtype=dtype, cast_loss=cast_loss, max_shard_size=max_shard_size, overwrite=overwrite,
+                        dry_run=dry_run)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
@@ -432,10 +447,10 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
     if not enabled or not sys.stderr.isatty():
         yield lambda result: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with stderr_progress(BarColumn(), MofNCompleteColumn(), "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(),
+                         TimeRemainingColumn()) as bar:
         task = bar.add_task("converting", total=len(jobs), mib=0.0)
         written = [0]
 

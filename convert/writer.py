@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .dtypes import DType, cast_array
-from .errors import ConvertError, CorruptInputError, OutputWriteError
+from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
+from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, iter_chunks, release_pages
@@ -35,6 +36,7 @@ class WriteItem:
     name: str
     dtype: DType
     ref: TensorRef  # cast to `dtype` while streaming when the two differ
+    casts: list[dict[str, Any]] = field(default_factory=list)  # the cast steps that take `ref` to `dtype`
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -53,6 +55,7 @@ class WrittenTensor:
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]
     sha256: str
+    cast_losses: list[CastLoss]  # per cast step of the item: what it lost
 
 
 @dataclass
@@ -100,8 +103,9 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
         _pwrite_all(fd, header, 0, path)
         hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets])
         pos = len(header)
+        losses = []
         for item in ordered:
-            _write_tensor(fd, item, pos, hasher, path)
+            losses.append(_write_tensor(fd, item, pos, hasher, path))
             pos += item.nbytes
             hasher.advance(pos)
             if progress:
@@ -114,35 +118,51 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
         raise
     finally:
         os.close(fd)
-    tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg)
-               for it, off, dg in zip(ordered, offsets, digests)]
+    tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
+               for it, off, dg, lost in zip(ordered, offsets, digests, losses)]
     return WrittenFile(path.name, total, file_digest, tensors)
 
 
-def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> None:
+def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> list[CastLoss]:
+    """Write one tensor; what each of its casts lost, counted over the whole tensor. A cast that lost
+    values without leave (its `on_loss` is "refuse") fails the file after it has counted them all."""
     ref = item.ref
+    losses = [CastLoss() for _ in item.casts]
     if ref.span is not None and item.dtype == ref.dtype:
         _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, hasher)
-        return
-    arr = ref.array()
-    if _write_transposed(fd, arr, item, pos, path):
-        return
-    for chunk in iter_chunks(arr, CHUNK_BYTES):
-        data = _bytes(chunk, item)
-        _pwrite_all(fd, data, pos, path)
-        pos += len(data)
-        hasher.advance(pos)
-        release_pages(arr)
+        return losses
+    try:
+        arr = ref.array()
+    except CastLossError as exc:  # a cast inside a layout rule's chain
+        raise MappingError(f"tensor {item.name!r}: {exc}") from None
+    if not _write_transposed(fd, arr, item, pos, path, losses):
+        for chunk in iter_chunks(arr, CHUNK_BYTES):
+            data = _bytes(chunk, item, losses)
+            _pwrite_all(fd, data, pos, path)
+            pos += len(data)
+            hasher.advance(pos)
+            release_pages(arr)
+    for step, lost in zip(item.casts, losses):
+        if lost and step.get("on_loss", "refuse") == "refuse":
+            raise CastLossError(f"tensor {item.name!r}", lost, step["to"])
+    return losses
 
 
-def _bytes(block: np.ndarray, item: WriteItem) -> memoryview:
-    """Little-endian bytes of a block in the item's dtype (cast as torch casts)."""
-    if block.dtype != item.dtype.numpy:
+def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memoryview:
+    """Little-endian bytes of a block in the item's dtype (cast as torch casts), counting what each
+    narrowing cast loses into `losses`."""
+    for step, lost in zip(item.casts, losses):
+        if step.get("lossless"):
+            block = cast_array(block, step["to"])
+        else:
+            block, loss = cast_checked(block, step["to"], step.get("on_loss", "refuse"))
+            lost.add(loss)
+    if block.dtype != item.dtype.numpy:  # a big-endian source, written little-endian
         block = cast_array(block, item.dtype.code)
     return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
 
 
-def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path) -> bool:
+def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, losses: list[CastLoss]) -> bool:
     """A transposed 2-D view (a Linear weight saved as `w.t()`), written in column tiles.
 
     Gathering its rows would touch every page of the storage for each chunk; a tile of columns is
@@ -157,7 +177,7 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     if width * itemsize < 4096:
         return False
     for c0 in range(0, cols, width):
-        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item)
+        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item, losses)
         tile_width = min(width, cols - c0) * itemsize
         for r in range(rows):
             _pwrite_all(fd, tile[r * tile_width:(r + 1) * tile_width], pos + (r * cols + c0) * itemsize, path)

@@ -46,6 +46,7 @@ def open_onnx(path: str | Path) -> SourceModel:
         raise CorruptInputError(f"{model_path.name}: not a readable ONNX model ({exc})") from None
     if model.graph.sparse_initializer:
         raise UnsupportedFormatError(f"{model_path.name}: sparse initializers are not supported")
+    dropped = _arrays_outside_initializers(model, model_path.name)
     reader = _Initializers(model_path)
     try:
         renamed = resolve_names(model)
@@ -58,7 +59,39 @@ def open_onnx(path: str | Path) -> SourceModel:
         extras["renamed"] = {old: {"name": r.name, "transform": "transpose" if r.transpose else None,
                                    "evidence": r.evidence} for old, r in renamed.items()}
     return SourceModel(format="onnx", files=[model_path, *reader.external_files()], tensors=tensors,
-                       extras=extras, architecture=summarize(model), closers=[reader.close])
+                       extras=extras, architecture=summarize(model), closers=[reader.close], dropped=dropped)
+
+
+def _arrays_outside_initializers(model: Any, model_name: str) -> dict[str, str]:
+    """The graph's arrays that are not main-graph initializers, which this reader does not convert:
+    Constant nodes' values are dropped with the reason (the core reports them); initializers of a
+    subgraph (an If, Loop or Scan body) are weights the output would lack, so they are refused."""
+    import onnx
+
+    dropped: dict[str, str] = {}
+    refused: list[str] = []
+
+    def walk(graph: Any, inside: str | None) -> None:
+        if inside is not None:
+            refused.extend(f"{t.name!r} (in {inside})" for t in [*graph.initializer, *graph.sparse_initializer])
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                dropped.update({out: "a Constant node's value: part of the graph's computation, not an initializer"
+                                for out in node.output})
+            for attr in node.attribute:
+                where = f"the subgraph {attr.name} of {node.op_type} node {node.name or node.output[0]!r}"
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g, where)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        walk(g, where)
+
+    walk(model.graph, None)
+    if refused:
+        shown = ", ".join(refused[:4]) + (", ..." if len(refused) > 4 else "")
+        raise UnsupportedFormatError(f"{model_name}: {len(refused)} initializer(s) inside a subgraph, which this "
+                                     f"reader does not convert: {shown}")
+    return dropped
 
 
 class _Initializers:

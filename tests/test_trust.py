@@ -202,3 +202,211 @@ def test_an_output_converted_onto_itself_is_refused(batchnorm_checkpoint: Path, 
     before = _texts_or_bytes(out)
     assert_cli_error(run_cli("auto", out, out, "--overwrite"), 2, "holds the source")
     assert _texts_or_bytes(out) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# a cast never turns values into inf or zero silently
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def overflowing_bf16(tmp_path: Path) -> Path:
+    path = tmp_path / "bf16.pt"
+    torch.save({"w": torch.tensor([1e5, -2e5, 3, 1e-8], dtype=torch.bfloat16),
+                "ok": torch.tensor([0.5, -1.0, 0.0], dtype=torch.bfloat16)}, path)
+    return path
+
+
+def test_a_cast_that_overflows_is_refused(overflowing_bf16: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", overflowing_bf16, out, "--dtype", "f16"), 7,
+                     "'w'", "2 finite value(s) into inf", "1 non-zero value(s) into zero", "--cast-loss")
+    assert_no_output(out)
+    # a layout's own cast is held to the same rule: torsh loads F32 only, F64 beyond F32 overflows
+    f64 = tmp_path / "f64.pt"
+    torch.save({"big": torch.tensor([1e300, 1.0], dtype=torch.float64)}, f64)
+    assert_cli_error(run_cli("pth-to-safetensors", f64, out, "--layout", "torsh"), 7, "'big'", "1 finite value(s) into inf")
+    assert_no_output(out)
+
+
+@pytest.mark.parametrize("policy", ["saturate", "accept"])
+def test_a_lossy_cast_the_user_accepts_is_recorded(overflowing_bf16: Path, tmp_path: Path, policy: str) -> None:
+    out = tmp_path / "out"
+    rc, _, err = run_cli("pth-to-safetensors", overflowing_bf16, out, "--dtype", "f16", "--cast-loss", policy)
+    assert rc == 0, err
+    assert "'w'" in err and "2 finite value(s) into inf" in err  # said on stderr too
+    source = torch.load(overflowing_bf16)["w"]
+    expected = source.to(torch.float16)  # torch's own cast, the reference rounding
+    if policy == "saturate":
+        top = torch.finfo(torch.float16).max
+        expected = torch.where(torch.isinf(expected), torch.sign(source.float()).half() * top, expected)
+    written = load_output(out)["w"]
+    assert written.view(torch.int16).tolist() == expected.view(torch.int16).tolist()
+    cast = next(t for t in read_manifest(out)["tensors"] if t["name"] == "w")["transforms"][-1]
+    assert cast == {"op": "cast", "to": "F16", "lossless": False, "on_loss": policy, "overflowed": 2, "flushed": 1}
+    rc, _, err = run_cli("verify", out, "--source", overflowing_bf16)
+    assert rc == 0, err
+
+
+def test_verify_fails_on_a_cast_that_lost_values_unrecorded(overflowing_bf16: Path, tmp_path: Path) -> None:
+    """An output whose manifest does not say the loss was accepted (what this tool wrote before)."""
+    import json
+
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", overflowing_bf16, out, "--dtype", "f16", "--cast-loss", "accept")[0] == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    for t in doc["tensors"]:
+        for step in t["transforms"]:
+            for key in ("on_loss", "overflowed", "flushed"):
+                step.pop(key, None)
+    (out / "manifest.json").write_text(json.dumps(doc))
+    rc, stdout, err = run_cli("verify", out, "--source", overflowing_bf16)
+    assert rc == 8, err
+    assert "'w'" in err and "into inf" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# every source array is converted, dropped with a recorded reason, or refused
+# ---------------------------------------------------------------------------------------------
+
+def _onnx_model(path: Path, nodes: list[Any], initializers: list[Any]) -> Path:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=initializers)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _float_tensor(name: str, shape: tuple[int, ...]) -> Any:
+    import numpy as np
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.random.default_rng(0).standard_normal(shape).astype(np.float32), name)
+
+
+def test_onnx_weights_in_constant_nodes_are_not_a_success(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="needs onnx to write a model")
+    from onnx import helper
+
+    nodes = [helper.make_node("Constant", [], ["w"], value=_float_tensor("w", (3, 4))),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    src = _onnx_model(tmp_path / "const.onnx", nodes, [])
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("onnx-to-safetensors", src, out), 4, "no tensors", "'w'", "Constant")
+    assert_no_output(out)
+
+
+def test_onnx_weights_inside_an_if_subgraph_are_refused(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="needs onnx to write a model")
+    from onnx import TensorProto, helper
+
+    def branch(name: str) -> Any:
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)],
+                                 initializer=[_float_tensor(f"{name}_w", (3, 4))])
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))]
+    src = _onnx_model(tmp_path / "if.onnx", nodes, [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("onnx-to-safetensors", src, out), 4, "then_w", "else_w", "subgraph")
+    assert_no_output(out)
+
+
+def test_onnx_constants_beside_initializers_are_dropped_with_a_reason(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="needs onnx to write a model")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([3, 2], np.int64), "shape")),
+             helper.make_node("MatMul", ["x", "fc.weight"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    src = _onnx_model(tmp_path / "m.onnx", nodes, [_float_tensor("fc.weight", (3, 3))])
+    out = tmp_path / "out"
+    rc, _, err = run_cli("onnx-to-safetensors", src, out)
+    assert rc == 0, err
+    assert "not converted" in err and "shape" in err  # printed
+    doc = read_manifest(out)
+    assert "Constant" in doc["source"]["dropped"]["shape"]  # and recorded
+    assert [t["name"] for t in doc["tensors"]] == ["fc.weight"]
+
+
+def test_a_layout_that_leaves_no_tensor_fails(batchnorm_checkpoint: Path, tmp_path: Path) -> None:
+    src = tmp_path / "only_counter.pt"
+    torch.save({"bn.num_batches_tracked": torch.tensor(3)}, src)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-option", "drop_num_batches_tracked=true"), 4,
+                     "no tensors")
+    assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# progress is drawn on stderr
+# ---------------------------------------------------------------------------------------------
+
+def _run_with_terminal_stderr(*args: Any) -> tuple[int, str, bytes]:
+    """The CLI with stderr on a terminal (a pseudo-terminal) and stdout in a pipe, as `convert ... > log`."""
+    import os
+    import pty
+    import subprocess
+
+    from conftest import cli_prefix
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*cli_prefix(), *map(str, args)], stdout=subprocess.PIPE, stderr=follower,
+                            env={**os.environ, "COLUMNS": "100"})
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not data:
+            break
+        seen += data
+    stdout, _ = proc.communicate(timeout=120)
+    os.close(leader)
+    return proc.returncode, stdout.decode(), seen
+
+
+def test_progress_bar_never_reaches_stdout(tmp_path: Path) -> None:
+    src = tmp_path / "big.pt"
+    torch.save({f"w{i}": torch.randn(512, 512) for i in range(24)}, src)
+    out = tmp_path / "out"
+    rc, stdout, terminal = _run_with_terminal_stderr("pth-to-safetensors", src, out)
+    assert rc == 0, terminal
+    assert stdout.splitlines() == [stdout.strip()] and stdout.startswith(f"wrote {out}"), stdout
+    assert "\x1b" not in stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# user mistakes are reported as such
+# ---------------------------------------------------------------------------------------------
+
+def test_dynamic_quantized_checkpoint_is_unsupported(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation notice for torch.ao.quantization
+        model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)), {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    src = tmp_path / "quantized.pt"
+    torch.save(model.state_dict(), src)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out), 4, "quantized")
+    assert_no_output(out)
+
+
+def test_to_onnx_wrong_input_shape_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    from onnx_helpers import write_models
+
+    models = write_models(tmp_path)
+    src = tmp_path / "mlp.pt"
+    torch.save(models.mlp().state_dict(), src)  # its first Linear takes 6 features
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x5",
+                             cwd=tmp_path, timeout=600), 2, "--input-shape", "x=2x5")
+    assert_no_output(out)

@@ -50,7 +50,7 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
     dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
                       for s in specs}
     reference = torch_reference(module, names)
-    outputs = output_names(options.output_names, default_output_names(len(reference(example))))
+    outputs = output_names(options.output_names, default_output_names(len(_check_shapes(reference, example, specs))))
     model, exporter, notes = export_torch(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
     return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-module", files,
                          parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()], notes=notes)
@@ -161,6 +161,17 @@ def _dynamo_name(capture: str) -> str:
     import onnxscript
 
     return f"torch.onnx.export dynamo=True ({capture}, onnxscript {onnxscript.__version__})"
+
+
+def _check_shapes(reference: Any, example: dict[str, np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
+    """The module's outputs on the example inputs; a forward pass that fails on them means the
+    --input-shape given does not fit the module (a user's mistake, exit 2, naming the inputs)."""
+    try:
+        return reference(example)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        given = " ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in specs)
+        raise UsageError(f"--input-shape {given}: the module's forward fails on inputs of these shapes "
+                         f"({first_line(exc)})") from None
 
 
 def torch_reference(module: Any, names: list[str]) -> Any:
