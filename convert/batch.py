@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .documents import check_schema, read_toml
-from .errors import ConvertError, SourceNotFoundError, UsageError
+from .errors import ConvertError, SourceNotFoundError, UsageError, missing_extra
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
@@ -192,7 +192,11 @@ def run_job(job: Job) -> JobResult:
         return JobResult(job.source, job.output, "ok", seconds=time.perf_counter() - started, bytes=written)
     except ConvertError as exc:
         return JobResult(job.source, job.output, "failed", str(exc), exc.exit_code, time.perf_counter() - started)
-    except Exception as exc:  # a bug in one job must not stop the others
+    except Exception as exc:  # an extra not installed here, or a bug in one job: neither stops the others
+        missing = missing_extra(exc.name or "", "this source") if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None:
+            return JobResult(job.source, job.output, "failed", str(missing), missing.exit_code,
+                             time.perf_counter() - started)
         return JobResult(job.source, job.output, "failed", f"internal error: {type(exc).__name__}: {exc}", 1,
                          time.perf_counter() - started)
 

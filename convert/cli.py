@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -52,9 +52,13 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(0)
         except (KeyboardInterrupt, Terminated):
             _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
-        except Exception as exc:  # a bug: say so plainly
+        except Exception as exc:  # an optional extra not installed (exit 4), else a bug: say so plainly
+            missing = (missing_extra(exc.name or "", click.get_current_context().info_name or "this")
+                       if isinstance(exc, ModuleNotFoundError) else None)
             if verbose:
                 traceback.print_exc()
+            if missing is not None:
+                _fail(str(missing), missing.exit_code)
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
 
     return wrapper

@@ -88,6 +88,24 @@ class BatchFailedError(ConvertError):
     kind = "batch"
 
 
+# Top-level modules of the optional dependencies -> the extra (pyproject.toml) that installs them.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "h5py": "keras", "msgpack": "flax", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax",
+    "jaxlib": "jax", "flax": "jax", "orbax": "jax", "neuralforecast": "neuralforecast", "ray": "ray",
+    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxsim": "onnx", "tf2onnx": "onnx",
+}
+
+
+def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | None:
+    """The error for an optional dependency that is not installed (exit 4, with the command that
+    installs it), or None when `module` belongs to no extra (then its absence is a bug)."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    return UnsupportedFormatError(f"{what} needs the {extra} extra ({module} is not installed): "
+                                  f"pip install 'rust-model-convert[{extra}]'")
+
+
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {

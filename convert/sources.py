@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import SourceNotFoundError, UnsupportedFormatError
+from .errors import SourceNotFoundError, UnsupportedFormatError, missing_extra
 from .source import SourceModel
 
 # kind -> (exporter module, open function, CLI conversion command)
@@ -126,7 +126,8 @@ def reader(kind: str) -> Any:
     try:
         return getattr(importlib.import_module(module), function)
     except ImportError as exc:
-        raise UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}") from None
+        raise (missing_extra(exc.name or "", f"reading a {kind} source")
+               or UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}")) from None
 
 
 def open_source(path: str | Path, key: str | None = None) -> SourceModel:

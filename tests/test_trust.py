@@ -410,3 +410,137 @@ def test_to_onnx_wrong_input_shape_is_a_usage_error(tmp_path: Path) -> None:
     assert_cli_error(run_cli("to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x5",
                              cwd=tmp_path, timeout=600), 2, "--input-shape", "x=2x5")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# a missing optional dependency is exit 4 with the install command
+# ---------------------------------------------------------------------------------------------
+
+def _isolated_python(distributions: tuple[str, ...]) -> Path:
+    """A virtual environment that holds only `distributions` and what they require, linked from
+    this environment's installs (made once, kept under the temp folder): the other extras' packages
+    are really absent from it."""
+    import hashlib
+    import re
+    import subprocess
+    import sys
+    import sysconfig
+    import tempfile
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    root = Path(tempfile.gettempdir()) / f"rmc-only-{hashlib.sha1(','.join(distributions).encode()).hexdigest()[:10]}"
+    python = root / "bin" / "python"
+    if python.exists():
+        return python
+    staging = Path(tempfile.mkdtemp(prefix=root.name + "-"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(staging)], check=True)
+    site = staging / Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
+    todo, seen = list(distributions), set()
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        key = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    staging.rename(root)  # python resolves its site folder from its own path, so the move keeps it working
+    return python
+
+
+def _run_isolated(python: Path, *args: Any, cwd: Path) -> tuple[int, str, str]:
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(python), "-m", "convert.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**env, "PYTHONPATH": str(repo)})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+CORE = ("numpy", "safetensors", "ml_dtypes", "click", "rich", "jsonschema")
+
+
+@pytest.fixture(scope="session")
+def core_python() -> Path:
+    return _isolated_python(CORE)
+
+
+def test_the_isolated_core_really_lacks_the_extras(core_python: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    probe = subprocess.run([str(core_python), "-c", "import importlib.util as u; import numpy, safetensors, click; "
+                            "print([m for m in ('h5py', 'onnx', 'torch', 'msgpack') if u.find_spec(m)])"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
+
+
+def _keras_file(tmp_path: Path) -> Path:
+    """A .keras zip as Keras 3 lays it out (config.json, metadata.json, model.weights.h5), written with h5py."""
+    import json
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    weights = tmp_path / "model.weights.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("layers/dense/vars/0", data=np.ones((2, 3), np.float32))
+        f.create_dataset("layers/dense/vars/1", data=np.zeros(3, np.float32))
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": []}}))
+        zf.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        zf.write(weights, "model.weights.h5")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["keras", "h5", "onnx"])
+def test_missing_reader_extra_is_exit_4_with_the_install_command(core_python: Path, tmp_path: Path, kind: str) -> None:
+    if kind == "onnx":
+        pytest.importorskip("onnx", reason="needs onnx to write a model")
+        src = _onnx_model(tmp_path / "m.onnx", [], [_float_tensor("w", (2, 2))])
+        extra, command = "onnx", "onnx-to-safetensors"
+    else:
+        pytest.importorskip("h5py", reason="needs h5py to write the file")
+        src = _keras_file(tmp_path)
+        if kind == "h5":
+            src = tmp_path / "model.weights.h5"
+        extra, command = "keras", "keras-to-safetensors"
+    for cmd in (command, "auto"):
+        out = tmp_path / f"out-{cmd}"
+        rc, _, err = _run_isolated(core_python, cmd, src, out, cwd=tmp_path)
+        assert rc == 4, err
+        assert_one_line(err, f"pip install 'rust-model-convert[{extra}]'")
+        assert_no_output(out)
+    rc, _, err = _run_isolated(core_python, "inspect", src, cwd=tmp_path)
+    assert rc == 4 and f"rust-model-convert[{extra}]" in err, err
+
+
+def assert_one_line(stderr: str, needle: str) -> None:
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(stderr, needle)
+
+
+def test_to_onnx_without_the_onnx_extra(tmp_path: Path) -> None:
+    python = _isolated_python((*CORE, "torch"))
+    from onnx_helpers import write_models
+
+    models = write_models(tmp_path)
+    src = tmp_path / "mlp.pt"
+    torch.save(models.mlp().state_dict(), src)
+    out = tmp_path / "out"
+    rc, _, err = _run_isolated(python, "to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
+                               cwd=tmp_path)
+    assert rc == 4, err
+    assert_one_line(err, "pip install 'rust-model-convert[onnx]'")
+    assert_no_output(out)
