@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .documents import check_schema, read_toml
-from .errors import ConvertError, SourceNotFoundError, UsageError, missing_extra
+from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
@@ -60,6 +62,7 @@ class BatchSummary:
     results: list[JobResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)  # made when the executor starts
     finished: float | None = None  # when the last result came in
+    interrupted: bool = False  # Ctrl-C stopped the batch: `results` are the jobs that finished
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
@@ -72,7 +75,8 @@ class BatchSummary:
         return {"summary": {"jobs": len(self.results), **self.counts(),
                             "bytes": sum(r.bytes for r in self.results),
                             "seconds": round(sum(r.seconds for r in self.results), 3),
-                            "wall_seconds": round((self.finished or self.started) - self.started, 3)}}
+                            "wall_seconds": round((self.finished or self.started) - self.started, 3),
+                            "interrupted": self.interrupted}}
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -274,20 +278,68 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
 OnResult = Callable[[JobResult], None]
 
 
-def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummary:
-    """A process pool: whole files per worker; a worker imports a framework only when a job needs it."""
+def run_local(jobs: list[Job], workers: int, on_result: OnResult,
+              on_stop: Callable[[], None] | None = None) -> BatchSummary:
+    """A process pool: whole files per worker; a worker imports a framework only when a job needs it.
+
+    Ctrl-C stops the batch at once: `on_stop` is called (the CLI says so and ignores a second
+    Ctrl-C from then on), the jobs not finished are cancelled (a running one is ended and removes its
+    staging folder), and the summary says it was interrupted."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     summary = BatchSummary()
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _collect(summary, run_job(job), on_result)
-        return summary
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
+    pool: ProcessPoolExecutor | None = None
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                _collect(summary, run_job(job), on_result)
+            return summary
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_signals)
+        futures = [pool.submit(_pool_job, job) for job in jobs]
         for future in as_completed(futures):
             _collect(summary, future.result(), on_result)
+    except KeyboardInterrupt:
+        if on_stop:
+            on_stop()
+        summary.interrupted = True
+        if pool is not None:
+            for process in list(pool._processes.values()):  # the executor has no public way to end running work
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+        return summary
+    if pool is not None:
+        pool.shutdown(wait=True)
     return summary
+
+
+class _Ended(BaseException):
+    """SIGTERM in a worker, raised so the running conversion removes its staging folder."""
+
+
+_running = False  # in a worker: whether a job is running
+
+
+def _pool_job(job: Job) -> JobResult:
+    global _running
+    _running = True
+    try:
+        return run_job(job)
+    except _Ended:  # the job's staging folder is gone by now
+        os._exit(EXIT_INTERRUPTED)
+    finally:
+        _running = False
+
+
+def _end_job(signum: int, frame: Any) -> None:
+    if not _running:
+        os._exit(EXIT_INTERRUPTED)  # an idle worker has nothing to clean up
+    raise _Ended()
+
+
+def _worker_signals() -> None:
+    """Ctrl-C reaches the whole process group: only the main process decides what it means."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_job)
 
 
 WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what nearly every job needs

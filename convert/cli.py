@@ -425,7 +425,7 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
             if executor == "ray":
                 summary = batch_mod.run_ray(jobs, address, emit)
             else:
-                summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit)
+                summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit, on_stop=_stopping)
         closing = json.dumps(summary.to_json())
         if as_json:
             click.echo(closing)
@@ -435,6 +435,9 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
         if report:
             report.close()
     counts = summary.counts()
+    if summary.interrupted:
+        _fail(f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
+              f"skipped, {counts['failed']} failed); nothing was left half-written", EXIT_INTERRUPTED)
     if not quiet and not as_json:
         click.echo(f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
                    f"{counts['failed']} failed")
@@ -443,6 +446,12 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
                 click.echo(f"  failed {r.source}: {r.error}", err=True)
     if not summary.ok:
         raise BatchFailedError(f"{counts['failed']} of {len(summary.results)} jobs failed")
+
+
+def _stopping() -> None:
+    """The first Ctrl-C of a batch: say so; a second one must not break the clean-up with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    click.echo("convert: stopping (Ctrl-C): cancelling the jobs not finished; finished ones are reported", err=True)
 
 
 @contextmanager

@@ -544,3 +544,48 @@ def test_to_onnx_without_the_onnx_extra(tmp_path: Path) -> None:
     assert rc == 4, err
     assert_one_line(err, "pip install 'rust-model-convert[onnx]'")
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch stops on Ctrl-C, says so, and reports what finished
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("presses", [1, 2])
+def test_batch_ctrl_c_stops_and_reports_finished_jobs(tmp_path: Path, jobs: str, presses: int) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import cli_prefix
+
+    for i in range(2):
+        torch.save({"w": torch.randn(4, 4)}, tmp_path / f"a{i}.pt")
+    hanging = tmp_path / "z_pipe.pt"
+    os.mkfifo(hanging)  # a source that never finishes opening: the batch is busy when Ctrl-C comes
+    report = tmp_path / "report.jsonl"
+    out_dir = tmp_path / "converted"
+    proc = subprocess.Popen([*cli_prefix(), "batch", str(tmp_path / "a0.pt"), str(tmp_path / "a1.pt"), str(hanging),
+                             "--out-dir", str(out_dir), "--jobs", jobs, "--report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if report.exists() and report.read_text().count('"status": "ok"') == 2:
+            break
+        time.sleep(0.1)
+    assert report.read_text().count('"status": "ok"') == 2, "the two good jobs did not finish"
+    time.sleep(0.3)  # the hanging job has started
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopping" in stderr, stderr
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(Path(r["source"]).name for r in rows if r.get("status") == "ok") == ["a0.pt", "a1.pt"]
+    summary = rows[-1]["summary"]
+    assert summary["interrupted"] is True and summary["ok"] == 2
+    leftovers = [p.name for p in out_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
