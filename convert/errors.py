@@ -68,7 +68,7 @@ class VerificationError(ConvertError):
 
 
 class OutputExistsError(ConvertError):
-    """The destination holds earlier output and --overwrite was not given."""
+    """The destination holds an earlier output (--overwrite replaces it) or files this tool did not write."""
 
     exit_code = 9
     kind = "exists"
