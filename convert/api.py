@@ -315,15 +315,15 @@ def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress 
         return convert_source(source, out, opts, progress)
 
 
-def to_onnx(src: str | Path, out: str | Path, **options: Any) -> Any:
+def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | None = None, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
-    exporters.onnx_export.spec.ExportOptions. Returns an ExportResult."""
+    exporters.onnx_export.spec.ExportOptions; `stage` hears each step as it starts. Returns an ExportResult."""
     from exporters.onnx_export.pipeline import to_onnx as export
     from exporters.onnx_export.spec import ExportOptions
 
     opts = ExportOptions(**options)
     opts.external_data_threshold = parse_size(opts.external_data_threshold)  # type: ignore[assignment]
-    return export(src, out, opts)
+    return export(src, out, opts, stage)
 
 
 def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:

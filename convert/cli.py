@@ -128,13 +128,29 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
         yield lambda n: bar.advance(task, n)
 
 
-def stderr_progress(*columns: Any) -> Any:
-    """A transient rich progress display on stderr (rich draws on stdout by default, which would put
-    its lines into `convert ... > log`)."""
+def stderr_progress(*columns: Any, file: Any = None) -> Any:
+    """A transient rich progress display on stderr, or `file` (rich draws on stdout by default, which
+    would put its lines into `convert ... > log`)."""
     from rich.console import Console
     from rich.progress import Progress
 
-    return Progress("[progress.description]{task.description}", *columns, transient=True, console=Console(stderr=True))
+    console = Console(file=file) if file is not None else Console(stderr=True)
+    return Progress("[progress.description]{task.description}", *columns, transient=True, console=console)
+
+
+@contextmanager
+def stage_display(enabled: bool) -> Iterator[Callable[[str], None] | None]:
+    """The step a long job is in (exporting, simplifying, validating), with a spinner, on a terminal.
+    Drawn on a copy of stderr: while a framework runs, descriptor 2 is pointed at a scratch file."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+    with open(os.dup(2), "w", encoding="utf-8") as terminal, \
+            stderr_progress(SpinnerColumn(), TimeElapsedColumn(), file=terminal) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda name: bar.update(task, description=name, refresh=True)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -333,10 +349,11 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
     from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_shapes
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
-    result = export_onnx(src, out, input_shapes=parse_input_shapes(input_shapes),
-                         dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
-                         simplify=not no_simplify, models=list(models), **opts)
     quiet = _flags().get("quiet", False)
+    with stage_display(not (as_json or quiet)) as stage:
+        result = export_onnx(src, out, stage=stage, input_shapes=parse_input_shapes(input_shapes),
+                             dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
+                             simplify=not no_simplify, models=list(models), **opts)
     if not quiet:
         for note in (n for g in result.graphs for n in g.notes):
             click.echo(f"convert: warning: {note}", err=True)

@@ -345,7 +345,7 @@ def test_a_layout_that_leaves_no_tensor_fails(batchnorm_checkpoint: Path, tmp_pa
 # progress is drawn on stderr
 # ---------------------------------------------------------------------------------------------
 
-def _run_with_terminal_stderr(*args: Any) -> tuple[int, str, bytes]:
+def _run_with_terminal_stderr(*args: Any, cwd: Path | None = None) -> tuple[int, str, bytes]:
     """The CLI with stderr on a terminal (a pseudo-terminal) and stdout in a pipe, as `convert ... > log`."""
     import os
     import pty
@@ -355,7 +355,7 @@ def _run_with_terminal_stderr(*args: Any) -> tuple[int, str, bytes]:
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen([*cli_prefix(), *map(str, args)], stdout=subprocess.PIPE, stderr=follower,
-                            env={**os.environ, "COLUMNS": "100"})
+                            env={**os.environ, "COLUMNS": "100"}, cwd=cwd)
     os.close(follower)
     seen = b""
     while True:
@@ -589,3 +589,17 @@ def test_batch_ctrl_c_stops_and_reports_finished_jobs(tmp_path: Path, jobs: str,
     assert summary["interrupted"] is True and summary["ok"] == 2
     leftovers = [p.name for p in out_dir.iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers
+
+
+def test_to_onnx_shows_its_progress_on_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+    from onnx_helpers import write_models
+
+    models = write_models(tmp_path)
+    src = tmp_path / "mlp.pt"
+    torch.save(models.mlp().state_dict(), src)
+    rc, stdout, terminal = _run_with_terminal_stderr("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp",
+                                                     "--input-shape", "x=2x6", cwd=tmp_path)  # --module imports from there
+    assert rc == 0, terminal
+    assert b"exporting" in terminal and b"validating" in terminal
+    assert stdout.startswith(f"wrote {tmp_path / 'out'}") and "\x1b" not in stdout, stdout
