@@ -128,7 +128,7 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
     values without leave (its `on_loss` is "refuse") fails the file after it has counted them all."""
     ref = item.ref
     losses = [CastLoss() for _ in item.casts]
-    if ref.span is not None and item.dtype == ref.dtype:
+    if ref.span is not None and item.dtype == ref.dtype and not item.casts:  # F32 -> BF16 -> F32 is no copy
         _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, hasher)
         return losses
     try:
