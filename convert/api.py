@@ -232,7 +232,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
             "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "sha256": d}
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
-            "dropped": source.dropped,
+            **({"dropped": source.dropped} if source.dropped else {}),
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
                    "options": layout.options, "warnings": mapping.warnings, "request": options.request},

@@ -60,6 +60,9 @@ pub struct Source {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub details: Object,
+    /// Source arrays the reader did not convert, each with the reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
