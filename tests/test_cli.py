@@ -178,9 +178,11 @@ def test_quiet_prints_nothing(where: str, small_checkpoint: Path, tmp_path: Path
 
 
 def test_quiet_cast_with_overflow_prints_nothing(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    """Values beyond float16's range become inf, as torch's .half() makes them, without noise."""
+    """Values beyond float16's range are refused unless --cast-loss accept, which makes them inf as
+    torch's .half() does, without noise under -q."""
     src = save_checkpoint({"x": torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64)})
-    rc, stdout, stderr = run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16")
+    assert_cli_error(run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16"), 7, "'x'")
+    rc, stdout, stderr = run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16", "--cast-loss", "accept")
     assert (rc, stdout, stderr) == (0, "", "")
     assert torch.equal(load_output(tmp_path / "out")["x"], torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64).half())
     rc, stdout, stderr = run_cli("-q", "verify", tmp_path / "out", "--source", src)
