@@ -145,6 +145,11 @@ def _record(storage: Any, storage_offset: Any, size: Any, stride: Any, code: str
     return TensorRecord(storage, offset, shape, strides, code)
 
 
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorRecord:
+    """torch <= 0.3 (the Python 2 era): no requires_grad, no hooks."""
+    return _rebuild_tensor_v2(storage, storage_offset, size, stride)
+
+
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
                        requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> TensorRecord:
     _check_hooks(backward_hooks)
@@ -230,7 +235,13 @@ def _numpy_dtype(name: Any, align: Any = False, copy: Any = False) -> NumpyDType
     return NumpyDType(name)
 
 
+def _py2_bytes(value: Any) -> Any:
+    """A Python 2 pickle's byte string (array or scalar data) arrives as latin-1 text: its bytes again."""
+    return value.encode("latin1") if type(value) is str else value
+
+
 def _numpy_scalar(dt: Any, data: Any = None) -> Any:
+    data = _py2_bytes(data)
     if not isinstance(dt, NumpyDType) or type(data) is not bytes:
         raise CorruptInputError("numpy scalar without a plain dtype and bytes")
     npdt = dt.resolve()
@@ -252,6 +263,7 @@ class NumpyArrayRecord(InertObject):
         shape = _int_tuple(shape, "numpy shape")
         if any(n < 0 for n in shape):
             raise CorruptInputError("numpy array has a negative dimension")
+        raw = _py2_bytes(raw)
         if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
             raise UnsupportedFormatError("numpy array of objects is not supported")
         npdt = dt.resolve()
@@ -310,10 +322,11 @@ def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
 
-_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
+_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
                       "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
 
 _CALLABLES: dict[str, Callable[..., Any]] = {
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -368,7 +381,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
                  inert: tuple[str, ...] = DEFAULT_INERT) -> None:
-        super().__init__(file)
+        # latin-1 as torch.load(encoding="latin1"): Python 2 pickles store str keys as byte strings
+        super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._inert = inert
         self._inert_classes: dict[str, type[InertObject]] = {}
@@ -377,8 +391,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if qualname in _CALLABLES:
             return _SafeCallable(qualname, _CALLABLES[qualname])
-        if module == "torch" and name in TORCH_STORAGE_TYPES:
-            return StorageType(TORCH_STORAGE_TYPES[name])
+        if module in ("torch", "torch.cuda") and name in TORCH_STORAGE_TYPES:
+            return StorageType(TORCH_STORAGE_TYPES[name])  # a CUDA storage's bytes are read as CPU data
         if qualname in ("torch.UntypedStorage", "torch.storage.UntypedStorage"):
             return StorageType(None)
         if module == "torch" and name in TORCH_DTYPES:
@@ -429,7 +443,8 @@ def _check_memo_indices(stream: BinaryIO, what: str) -> None:
 
     The C unpickler keeps its memo in an array sized by the largest index it is given, so a single
     forged LONG_BINPUT (index ~2**31) makes it allocate and zero gigabytes: a hang from a 1 KB file.
-    Real picklers number memo entries 0, 1, 2, ...; this pass reads opcodes only (nothing is built)
+    Real picklers number memo entries 0, 1, 2, ... (Python 2's cPickle 1, 2, 3, ...: one ahead is
+    allowed); this pass reads opcodes only (nothing is built)
     and leaves the stream where it was. Structural errors are left for the unpickler to report.
     """
     start = stream.tell()
@@ -437,7 +452,7 @@ def _check_memo_indices(stream: BinaryIO, what: str) -> None:
     try:
         for op, arg, _pos in pickletools.genops(stream):
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                if type(arg) is not int or not 0 <= arg <= made:
+                if type(arg) is not int or not 0 <= arg <= made + 1:
                     raise CorruptInputError(f"{what} stores memo entry {arg} after making only {made}")
                 made += 1
             elif op.name == "MEMOIZE":
