@@ -200,19 +200,20 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         "sidecars": sidecars,
         "tensors": tensors,
         "aliases": aliases,
-        "dropped": mapping.dropped,
+        "dropped": [*source.dropped, *mapping.dropped],
         "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
     }
 
 
-def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
+def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None, strip_prefix: str = "auto",
                        progress: Progress | None = None, **options: Any) -> ConversionResult:
-    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions."""
+    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions,
+    `strip_prefix` "auto", "none" or a prefix (see exporters.pytorch.select_tensors)."""
     from exporters.pytorch import open_pytorch
 
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
-    with open_pytorch(src, key) as source:
+    with open_pytorch(src, key, strip_prefix) as source:
         return convert_source(source, out, opts, progress)
 
 
@@ -296,11 +297,27 @@ def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
 
 
+def _recorded_torch_options(out: str | Path, key: str | None) -> tuple[str | None, str]:
+    """The key and stripped prefix a torch conversion used, as its manifest records them, so the source
+    is reopened under the same names (key as given, "auto" when the manifest cannot say: verify then
+    reports what is wrong with it)."""
+    try:
+        doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text())
+        details, fmt = doc["source"]["details"], doc["source"]["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return key, "auto"
+    if not isinstance(details, dict) or not isinstance(fmt, str) or "pytorch" not in fmt:
+        return key, "auto"
+    recorded = details.get("key")
+    prefix = details.get("stripped_prefix")
+    return (key if key or not isinstance(recorded, str) else recorded), (prefix if isinstance(prefix, str) and prefix else "none")
+
+
 def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
     """Verify an output folder; with `source`, compare every tensor with it too."""
     from .sources import open_source
 
     if source is None:
         return verify_output(out)
-    with open_source(source, key) as src:
+    with open_source(source, *_recorded_torch_options(out, key)) as src:
         return verify_output(out, src)

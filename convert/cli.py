@@ -184,14 +184,21 @@ def conversion_command(name: str, *options: Callable[..., Any]) -> Callable[...,
     return wrap
 
 
+STRIP_PREFIX = click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
+                 help="Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a "
+                      "Lightning module's `model.` when every name has it, so names match the inner module.")
+
+
 @conversion_command("pth-to-safetensors", click.option(
-    "--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root)."))
-def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
+    "--key", help="Dotted path of the dict holding the tensors (default: the first model state dict of "
+                  "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
+                  "optimizer, scheduler, scaler and RNG states are left out)."), STRIP_PREFIX)
+def pth_to_safetensors(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
     folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
     from exporters.pytorch import open_pytorch
 
-    _run_conversion(lambda: open_pytorch(src, key), out, **opts)
+    _run_conversion(lambda: open_pytorch(src, key, strip_prefix), out, **opts)
 
 
 @conversion_command(
@@ -357,10 +364,11 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--key", help="For checkpoints: dotted path of the dict holding the tensors.")
+@STRIP_PREFIX
 @conversion_options
 @output_flags
 @command_errors
-def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
+def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Detect the source format by content (not by extension alone) and run the matching conversion."""
     from pathlib import Path
 
@@ -368,7 +376,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 
     if detect(Path(src)) == "neuralforecast":
         return _run_nf(src, out, **opts)
-    _run_conversion(lambda: open_source(src, key), out, **opts)
+    _run_conversion(lambda: open_source(src, key, strip_prefix), out, **opts)
 
 
 @cli.command(epilog=EXIT_HELP)
@@ -489,7 +497,7 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--source", "source_path", type=click.Path(path_type=str),
               help="Also compare every tensor with this source, byte for byte.")
-@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint.")
+@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors

@@ -21,6 +21,7 @@ class SourceModel:
     # What the source itself says about the model (e.g. Keras layer list, Flax module tree), JSON-ready;
     # lands in the manifest's architecture section as "source_model".
     architecture: dict[str, Any] | None = None
+    dropped: list[str] = field(default_factory=list)  # source tensors the reader left out, e.g. optimizer state
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:

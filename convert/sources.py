@@ -116,10 +116,13 @@ def reader(kind: str) -> Any:
         raise UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}") from None
 
 
-def open_source(path: str | Path, key: str | None = None) -> SourceModel:
-    """Open any supported source; `key` selects a nested dict in checkpoints that have them."""
+def open_source(path: str | Path, key: str | None = None, strip_prefix: str = "auto") -> SourceModel:
+    """Open any supported source; `key` selects a nested dict in checkpoints that have them,
+    `strip_prefix` a wrapper prefix to strip from a torch checkpoint's names."""
     p = Path(path)
     kind = detect(p)
-    if kind in ("pytorch", "tensorflow"):
+    if kind == "pytorch":
+        return reader(kind)(p, key, strip_prefix)
+    if kind == "tensorflow":
         return reader(kind)(p, key)
     return reader(kind)(p)

@@ -19,10 +19,12 @@ import numpy as np
 
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
-                            UnsupportedFormatError)
+                            UnsupportedFormatError, UsageError)
 from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
+
+from .torch_training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -31,7 +33,6 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Entries of a checkpoint worth carrying into the manifest when the tensors come from a sub-dict.
 _CHECKPOINT_FACTS = ("hyper_parameters", "hparams", "epoch", "global_step", "pytorch-lightning_version",
                      "hparams_name", "config", "args")
-AUTO_KEYS = ("state_dict", "model_state_dict")
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 SIDECAR_SUFFIXES = (".json", ".txt", ".model")
@@ -49,17 +50,18 @@ class _Storage:
     nbytes: int = -1
 
 
-def open_pytorch(path: str | Path, key: str | None = None) -> SourceModel:
-    """Open a torch checkpoint file or a Hugging Face model folder as a SourceModel."""
+def open_pytorch(path: str | Path, key: str | None = None, strip_prefix: str = "auto") -> SourceModel:
+    """Open a torch checkpoint file or a Hugging Face model folder as a SourceModel; `strip_prefix` as
+    `select_tensors` takes it."""
     p = Path(path)
     if not p.exists():
         raise SourceNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
-        return _open_hf_folder(p, key)
-    return open_torch_file(p, key)
+        return _open_hf_folder(p, key, strip_prefix)
+    return open_torch_file(p, key, strip_prefix)
 
 
-def open_torch_file(path: Path, key: str | None) -> SourceModel:
+def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> SourceModel:
     mapped = MappedFile(str(path))
     try:
         with open(path, "rb") as fh:
@@ -70,12 +72,13 @@ def open_torch_file(path: Path, key: str | None) -> SourceModel:
             fmt, (obj, big_endian) = "pytorch-legacy", _read_legacy(path, mapped.size)
         else:
             raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
-        named, extras = select_tensors(obj, key)
+        named, extras, dropped = select_tensors(obj, key, strip_prefix)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
     except BaseException:
         mapped.close()
         raise
-    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, closers=[mapped.close])
+    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
+                       closers=[mapped.close])
 
 
 def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
@@ -216,22 +219,25 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     )
 
 
-def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any]]:
-    """Find the state dict in a checkpoint: `key` (dotted) if given, else a known key, else the root."""
+def select_tensors(obj: Any, key: str | None, strip_prefix: str = "auto"
+                   ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], list[str]]:
+    """Find the state dict in a checkpoint: `key` (dotted) if given, else the best candidate model state
+    dict (listed, the choice noted), else the root. Training states beside it are left out and named
+    in the returned dropped list. `strip_prefix`: "auto" (a wrapper's prefix, see `wrapper_prefix`),
+    "none", or a prefix to strip from every name."""
     extras: dict[str, Any] = {}
-    chosen = obj
+    notes: list[str] = []
+    dropped: list[str] = []
+    chosen, chosen_key = obj, None
     if key:
         for part in key.split("."):
             if not isinstance(chosen, dict) or part not in chosen:
                 where = sorted(map(text_of, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
                 raise SourceNotFoundError(f"key {key!r} not found in the checkpoint (at {part!r}; there: {where})")
             chosen = chosen[part]
-        extras["key"] = key
+        extras["key"] = chosen_key = key
     elif isinstance(obj, dict):
-        for candidate in AUTO_KEYS:
-            if isinstance(obj.get(candidate), dict):
-                chosen, extras["key"] = obj[candidate], candidate
-                break
+        chosen, chosen_key = _choose_model_entry(obj, extras, notes, dropped)
     if isinstance(chosen, TensorRecord):
         raise UnsupportedFormatError("the checkpoint holds one bare tensor, not a state dict")
     if chosen is not obj and isinstance(obj, dict):
@@ -246,7 +252,69 @@ def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRec
     if not named:
         keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
         raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
-    return named, extras
+    named = _strip(named, obj, chosen_key, strip_prefix, extras, notes)
+    if notes:
+        extras["warnings"] = notes
+    return named, extras, dropped
+
+
+def _choose_model_entry(obj: dict[Any, Any], extras: dict[str, Any], notes: list[str],
+                        dropped: list[str]) -> tuple[Any, str | None]:
+    """The root's model state dict and its key (None: the root itself, training states taken out)."""
+    training = {k: kind for k, v in obj.items() if (kind := training_state_kind(v)) is not None and holds_tensors(v)}
+    candidates = candidate_keys(obj)
+    if candidates:
+        extras["key"] = chosen_key = candidates[0]
+        others = candidates[1:]
+        if others:
+            extras["candidate_state_dicts"] = candidates
+            notes.append(f"the checkpoint holds {len(candidates)} model state dicts ({', '.join(candidates)}); "
+                         f"converted {chosen_key!r}, the others are left out (--key picks one)")
+        for k in [*others, *training]:
+            dropped.extend(_tensor_names(obj[k], text_of(k)))
+        chosen: Any = obj[chosen_key]
+    else:
+        chosen_key = None
+        chosen = {k: v for k, v in obj.items() if k not in training} if training else obj
+        for k in training:
+            dropped.extend(_tensor_names(obj[k], text_of(k)))
+    if training:
+        extras["training_state"] = {text_of(k): v for k, v in training.items()}
+        listed = ", ".join(f"{text_of(k)} ({v})" for k, v in training.items())
+        count = sum(len(_tensor_names(obj[k], "")) for k in training)
+        notes.append(f"left out the training state {listed}: {count} tensors, listed in the manifest's dropped "
+                     "(--key converts one)")
+    return chosen, chosen_key
+
+
+def _tensor_names(value: Any, prefix: str) -> list[str]:
+    named: list[tuple[str, TensorRecord]] = []
+    _flatten(value, prefix, named, [], 0)
+    return [n for n, _ in named]
+
+
+def _strip(named: list[tuple[str, TensorRecord]], obj: Any, chosen_key: str | None, strip_prefix: str,
+           extras: dict[str, Any], notes: list[str]) -> list[tuple[str, TensorRecord]]:
+    names = [n for n, _ in named]
+    if strip_prefix == "auto":
+        prefix = wrapper_prefix(names, obj, chosen_key)
+    elif strip_prefix == "none":
+        prefix = None
+    else:
+        prefix = strip_prefix
+        if not all(n.startswith(prefix) and len(n) > len(prefix) for n in names):
+            bad = next(n for n in names if not n.startswith(prefix) or len(n) == len(prefix))
+            raise UsageError(f"--strip-prefix {prefix!r}: tensor {bad!r} does not start with it")
+    if prefix is None:
+        return named
+    stripped = [(n[len(prefix):], rec) for n, rec in named]
+    if len({n for n, _ in stripped}) != len(stripped):
+        raise UsageError(f"stripping {prefix!r} would give two tensors one name; use --strip-prefix none")
+    extras["stripped_prefix"] = prefix
+    if strip_prefix == "auto":
+        notes.append(f"stripped the wrapper prefix {prefix!r} from every name, as the inner module's load_state_dict "
+                     "expects (--strip-prefix none keeps it)")
+    return stripped
 
 
 # Characters of all names _flatten may build. A pickle can put one container under two keys at every
@@ -274,7 +342,7 @@ def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipp
         skipped.append(prefix)
 
 
-def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
+def _open_hf_folder(folder: Path, key: str | None, strip_prefix: str) -> SourceModel:
     index_path = folder / HF_INDEX
     if index_path.exists():
         shard_files = read_index(index_path)
@@ -288,7 +356,7 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
             shard = folder / fname
             if not shard.is_file():
                 raise SourceNotFoundError(f"{folder.name}: shard {fname} named in {HF_INDEX} is missing")
-            part = open_torch_file(shard, key)
+            part = open_torch_file(shard, key, strip_prefix)
             parts.append(part)
             if expected is not None:
                 cross_check(fname, expected, {t.name for t in part.tensors})
@@ -304,6 +372,7 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
         sidecars=hf_sidecars(folder, exclude={HF_INDEX}),
         config=config,
         extras=parts[0].extras if len(parts) == 1 else {},
+        dropped=[name for part in parts for name in part.dropped],
         closers=[part.close for part in parts],
     )
 
