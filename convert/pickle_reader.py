@@ -318,6 +318,16 @@ def _attribute_reference(obj: Any, name: Any, *default: Any) -> AttributeReferen
     return AttributeReference(obj.qualname if isinstance(obj, InertObject) else type(obj).__name__, name)
 
 
+def _typed_list(data: Any) -> list[Any]:
+    if type(data) is not list:
+        raise CorruptInputError("TorchScript typed list built from something that is not a list")
+    return data
+
+
+def _restore_type_tag(value: Any, type_str: Any) -> Any:
+    return value  # the tag names a TorchScript type; the value is plain data already
+
+
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
@@ -348,6 +358,13 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "builtins.getattr": _attribute_reference,
     "__builtin__.getattr": _attribute_reference,
     "copyreg._reconstructor": _copyreg_reconstructor,
+    # TorchScript's typed containers (torch/jit/_pickle.py): each returns the list or value it is given
+    "torch.jit._pickle.build_intlist": _typed_list,
+    "torch.jit._pickle.build_doublelist": _typed_list,
+    "torch.jit._pickle.build_boollist": _typed_list,
+    "torch.jit._pickle.build_tensorlist": _typed_list,
+    "torch.jit._pickle.build_complexlist": _typed_list,
+    "torch.jit._pickle.restore_type_tag": _restore_type_tag,
     "numpy.dtype": _numpy_dtype,
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,

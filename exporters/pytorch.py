@@ -20,10 +20,12 @@ import numpy as np
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
                             UnsupportedFormatError, UsageError)
-from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype, text_of
+from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
 
+from .torchscript import INERT as TORCHSCRIPT_INERT
+from .torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
 from .torch_training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -66,22 +68,54 @@ def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> 
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
+        architecture = None
         if head == ZIP_MAGIC:
-            fmt, (obj, big_endian) = "pytorch-zip", _read_zip(path, mapped.size)
+            fmt, (obj, big_endian, script) = "pytorch-zip", _read_zip(path, mapped.size)
         elif head[:1] == b"\x80":
-            fmt, (obj, big_endian) = "pytorch-legacy", _read_legacy(path, mapped.size)
+            fmt, (obj, big_endian), script = "pytorch-legacy", _read_legacy(path, mapped.size), None
         else:
             raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
-        named, extras, dropped = select_tensors(obj, key, strip_prefix)
+        if script is None:
+            named, extras, dropped = select_tensors(obj, key, strip_prefix)
+        else:
+            fmt = "torchscript"
+            named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
     except BaseException:
         mapped.close()
         raise
     return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
-                       closers=[mapped.close])
+                       architecture=architecture, closers=[mapped.close])
 
 
-def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
+def _script_tensors(path: Path, obj: Any, script: _Script, key: str | None
+                    ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], list[str], dict[str, Any]]:
+    """A TorchScript module's parameters and buffers as `state_dict()` names them, then its tensor
+    constants; plain tensor attributes are dropped (state_dict() leaves them out too)."""
+    if key:
+        raise UsageError(f"{path.name}: --key does not apply to a TorchScript archive")
+    named, others, modules = module_tensors(obj, script.members)
+    named += script.constants
+    if not named:
+        raise UnsupportedFormatError(f"{path.name}: the TorchScript archive holds no tensors")
+    extras: dict[str, Any] = {"torchscript": {"code": "present, not run" if script.members.code_files else "absent",
+                                              "code_files": script.members.code_files,
+                                              "constants": len(script.constants)}}
+    if others:
+        extras["warnings"] = [f"left out {len(others)} tensor attribute(s) that are neither parameters nor buffers "
+                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), as state_dict() does"]
+    return named, extras, others, {"torchscript_modules": modules}
+
+
+@dataclass
+class _Script:
+    """What a TorchScript archive holds beside its module tree."""
+
+    members: Members
+    constants: list[tuple[str, TensorRecord]]
+
+
+def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -92,39 +126,52 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
         if len(pkl_names) != 1:
             raise UnsupportedFormatError(f"{path.name}: zip file is not a torch checkpoint (no single <root>/data.pkl)")
         root = pkl_names[0][: -len("data.pkl")]
-        pkl_info = infos[pkl_names[0]]
-        if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
-            raise CorruptInputError(f"{path.name}: data.pkl declares {pkl_info.file_size} bytes, more than the file holds")
+        script = is_torchscript(list(infos), root)
         try:
-            pickle_bytes = zf.read(pkl_info)
             byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
+            if byteorder not in ("little", "big"):
+                raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
+            inert = (*DEFAULT_INERT, *TORCHSCRIPT_INERT) if script else DEFAULT_INERT
+            obj = _zip_pickle(path, zf, infos, root, "data", file_size, inert)
+            if not script:
+                return obj, byteorder == "big", None
+            constants = _zip_pickle(path, zf, infos, root, "constants", file_size, inert) \
+                if root + "constants.pkl" in infos else ()
+            members = read_members(zf, infos, root, file_size)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
             # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method
             raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
-        if byteorder not in ("little", "big"):
-            raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
-        storages: dict[str, _Storage] = {}
-
-        def persistent_load(pid: Any) -> _Storage:
-            if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-                raise UnsafeInputError(f"{path.name}: unexpected persistent id {jsonable(pid)!r}")
-            _, storage_type, skey, _location, numel = pid
-            if type(skey) is not str or not _KEY_RE.match(skey) or ".." in skey:
-                raise UnsafeInputError(f"{path.name}: storage key {skey!r} points outside the archive")
-            if type(numel) is not int or numel < 0:
-                raise CorruptInputError(f"{path.name}: storage {skey} has a bad size {numel!r}")
-            code = storage_dtype(storage_type)
-            if skey not in storages:
-                storages[skey] = _locate_zip_storage(path, zf, infos, root, skey, code, numel, file_size)
-            return storages[skey]
-
-        obj = restricted_load(pickle_bytes, persistent_load, what=f"{path.name}: data.pkl")
-    return obj, byteorder == "big"
+    return obj, byteorder == "big", _Script(members, constant_tensors(constants))
 
 
-def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str,
+def _zip_pickle(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str, stem: str,
+                file_size: int, inert: tuple[str, ...]) -> Any:
+    """`<root>/<stem>.pkl` read by the restricted unpickler, its storages located in `<root>/<stem>/`."""
+    pkl_info = infos[f"{root}{stem}.pkl"]
+    if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
+        raise CorruptInputError(f"{path.name}: {stem}.pkl declares {pkl_info.file_size} bytes, more than the file holds")
+    pickle_bytes = zf.read(pkl_info)
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid: Any) -> _Storage:
+        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+            raise UnsafeInputError(f"{path.name}: unexpected persistent id {jsonable(pid)!r}")
+        _, storage_type, skey, _location, numel = pid
+        if type(skey) is not str or not _KEY_RE.match(skey) or ".." in skey:
+            raise UnsafeInputError(f"{path.name}: storage key {skey!r} points outside the archive")
+        if type(numel) is not int or numel < 0:
+            raise CorruptInputError(f"{path.name}: storage {skey} has a bad size {numel!r}")
+        code = storage_dtype(storage_type)
+        if skey not in storages:
+            storages[skey] = _locate_zip_storage(path, zf, infos, f"{root}{stem}/", skey, code, numel, file_size)
+        return storages[skey]
+
+    return restricted_load(pickle_bytes, persistent_load, inert, what=f"{path.name}: {stem}.pkl")
+
+
+def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], folder: str,
                         key: str, code: str | None, numel: int, file_size: int) -> _Storage:
-    info = infos.get(f"{root}data/{key}")
+    info = infos.get(f"{folder}{key}")
     if info is None:
         raise CorruptInputError(f"{path.name}: storage {key} is referenced but not in the archive")
     if info.compress_type != zipfile.ZIP_STORED:
