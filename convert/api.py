@@ -275,6 +275,17 @@ def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress 
         return convert_source(source, out, opts, progress)
 
 
+def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None,
+                       **options: Any) -> ConversionResult:
+    """Convert a .npz, .npy or pickle of NumPy arrays; options as ConvertOptions."""
+    from exporters.numpy_arrays import open_numpy
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_numpy(src) as source:
+        return convert_source(source, out, opts, progress)
+
+
 def to_onnx(src: str | Path, out: str | Path, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
     exporters.onnx_export.spec.ExportOptions. Returns an ExportResult."""
@@ -297,27 +308,33 @@ def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
 
 
-def _recorded_torch_options(out: str | Path, key: str | None) -> tuple[str | None, str]:
-    """The key and stripped prefix a torch conversion used, as its manifest records them, so the source
-    is reopened under the same names (key as given, "auto" when the manifest cannot say: verify then
-    reports what is wrong with it)."""
+def _recorded_source(out: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The source format and details an output's manifest records ({} when it cannot say: verify then
+    reports what is wrong with the manifest)."""
     try:
         doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text())
-        details, fmt = doc["source"]["details"], doc["source"]["format"]
+        fmt, details = doc["source"]["format"], doc["source"]["details"]
     except (OSError, ValueError, KeyError, TypeError):
-        return key, "auto"
-    if not isinstance(details, dict) or not isinstance(fmt, str) or "pytorch" not in fmt:
-        return key, "auto"
-    recorded = details.get("key")
-    prefix = details.get("stripped_prefix")
-    return (key if key or not isinstance(recorded, str) else recorded), (prefix if isinstance(prefix, str) and prefix else "none")
+        return None, {}
+    return (fmt, details) if isinstance(fmt, str) and isinstance(details, dict) else (None, {})
+
+
+def _reopen(source: str | Path, out: str | Path, key: str | None) -> SourceModel:
+    """The source opened as the conversion opened it (key, stripped prefix), so every
+    name and value can be compared."""
+    from .sources import open_source
+
+    fmt, details = _recorded_source(out)
+    if fmt is None or "pytorch" not in fmt:
+        return open_source(source, key)
+    recorded, prefix = details.get("key"), details.get("stripped_prefix")
+    key = key if key or not isinstance(recorded, str) else recorded
+    return open_source(source, key, prefix if isinstance(prefix, str) and prefix else "none")
 
 
 def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
     """Verify an output folder; with `source`, compare every tensor with it too."""
-    from .sources import open_source
-
     if source is None:
         return verify_output(out)
-    with open_source(source, *_recorded_torch_options(out, key)) as src:
+    with _reopen(source, out, key) as src:
         return verify_output(out, src)

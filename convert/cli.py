@@ -279,6 +279,17 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
     _run_conversion(lambda: open_onnx(src), out, **opts)
 
 
+@conversion_command("npz-to-safetensors")
+def npz_to_safetensors(src: str, out: str, **opts: Any) -> None:
+    """Convert NumPy arrays (.npz, .npy, a .npy holding a saved dict, or a plain pickle of dicts/lists of
+    ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted
+    unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach
+    PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names."""
+    from exporters.numpy_arrays import open_numpy
+
+    _run_conversion(lambda: open_numpy(src), out, **opts)
+
+
 @cli.command("to-onnx", epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))

@@ -255,6 +255,27 @@ class NumpyArrayRecord(InertObject):
 
     qualname = "numpy.ndarray"
 
+    def holds_objects(self) -> bool:
+        """An object array (dtype 'O'): its data is a list of pickled items, not bytes."""
+        state = self.state
+        return (type(state) is tuple and len(state) == 5 and isinstance(state[2], NumpyDType)
+                and state[2].name.startswith("O") and type(state[4]) is list)
+
+    def object_shape(self) -> tuple[int, ...]:
+        return _int_tuple(self.state[1], "numpy shape") if self.holds_objects() else ()
+
+    def objects(self) -> list[Any]:
+        """An object array's items, in C order; each is whatever the restricted unpickler built."""
+        if not self.holds_objects():
+            raise CorruptInputError("numpy array is not an array of objects")
+        items = self.state[4]
+        count = 1
+        for n in self.object_shape():
+            count *= n
+        if count != len(items) or not items:
+            raise CorruptInputError("numpy object array's items do not match its shape")
+        return items
+
     def to_array(self) -> np.ndarray:
         state = self.state
         if type(state) is not tuple or len(state) != 5:

@@ -24,10 +24,13 @@ READERS: dict[str, tuple[str, str, str]] = {
     "tensorflow": ("exporters.tensorflow", "open_tensorflow", "tf-to-safetensors"),
     "neuralforecast": ("exporters.neuralforecast", "open_neuralforecast", "nf-to-safetensors"),
     "onnx": ("exporters.onnx", "open_onnx", "onnx-to-safetensors"),
+    "numpy": ("exporters.numpy_arrays", "open_numpy", "npz-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+TORCH_LEGACY_HEAD = b"\x8a\x0a"  # after PROTO n: LONG1 of 10 bytes, the legacy torch.save magic number
 
 
 def detect(path: Path) -> str:
@@ -77,8 +80,11 @@ def _detect_file(path: Path) -> str | None:
         return "keras"
     if path.suffix == ".index" or re.search(r"\.data-[0-9]{5}-of-[0-9]{5}$", path.name):
         return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
+    if head.startswith(NPY_MAGIC):
+        return "numpy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pytorch"  # a pickle: the legacy torch.save format
+        # the legacy torch.save format starts with its magic number; any other pickle is read as arrays
+        return "pytorch" if head[2:4] == TORCH_LEGACY_HEAD else "numpy"
     if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
         return "safetensors"
     if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
@@ -100,6 +106,8 @@ def _detect_zip(path: Path) -> str | None:
         return "pytorch"  # let the torch reader give its precise error
     if any(n.endswith("/data.pkl") for n in names):
         return "pytorch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "numpy"  # np.savez
     if "model.weights.h5" in names or "config.json" in names:
         return "keras"
     return None

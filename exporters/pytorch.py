@@ -209,7 +209,7 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     with open(path, "rb") as fh:
         magic = restricted_load(fh, what=f"{name}: header")
         if magic != LEGACY_MAGIC:
-            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (use a torch checkpoint)")
+            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (npz-to-safetensors or auto reads pickled NumPy arrays)")
         protocol = restricted_load(fh, what=f"{name}: header")
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
