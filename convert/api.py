@@ -286,6 +286,17 @@ def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress |
         return convert_source(source, out, opts, progress)
 
 
+def tflite_to_safetensors(src: str | Path, out: str | Path, *, quantized: str = "dequantize",
+                          progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a .tflite model's weights; `quantized` "dequantize" or "keep"; options as ConvertOptions."""
+    from exporters.tflite import open_tflite
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_tflite(src, quantized) as source:
+        return convert_source(source, out, opts, progress)
+
+
 def to_onnx(src: str | Path, out: str | Path, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
     exporters.onnx_export.spec.ExportOptions. Returns an ExportResult."""
@@ -320,11 +331,16 @@ def _recorded_source(out: str | Path) -> tuple[str | None, dict[str, Any]]:
 
 
 def _reopen(source: str | Path, out: str | Path, key: str | None) -> SourceModel:
-    """The source opened as the conversion opened it (key, stripped prefix), so every
+    """The source opened as the conversion opened it (key, stripped prefix, quantized mode), so every
     name and value can be compared."""
     from .sources import open_source
 
     fmt, details = _recorded_source(out)
+    if fmt == "tflite":
+        from exporters.tflite import open_tflite
+
+        mode = details.get("quantized")
+        return open_tflite(source, mode if mode in ("dequantize", "keep") else "dequantize")
     if fmt is None or "pytorch" not in fmt:
         return open_source(source, key)
     recorded, prefix = details.get("key"), details.get("stripped_prefix")

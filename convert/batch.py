@@ -22,7 +22,7 @@ from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
-SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy")
+SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy", ".tflite")
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,18 @@ def npz_to_safetensors(src: str, out: str, **opts: Any) -> None:
     _run_conversion(lambda: open_numpy(src), out, **opts)
 
 
+@conversion_command("tflite-to-safetensors", click.option(
+    "--quantized", type=click.Choice(["dequantize", "keep"]), default="dequantize", show_default=True,
+    help="int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors."))
+def tflite_to_safetensors(src: str, out: str, quantized: str, **opts: Any) -> None:
+    """Convert a TFLite model's weights into the folder OUT without TensorFlow: conv filters from OHWI
+    to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the
+    quantization parameters are recorded in the manifest."""
+    from exporters.tflite import open_tflite
+
+    _run_conversion(lambda: open_tflite(src, quantized), out, **opts)
+
+
 @cli.command("to-onnx", epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))

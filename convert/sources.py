@@ -25,6 +25,7 @@ READERS: dict[str, tuple[str, str, str]] = {
     "neuralforecast": ("exporters.neuralforecast", "open_neuralforecast", "nf-to-safetensors"),
     "onnx": ("exporters.onnx", "open_onnx", "onnx-to-safetensors"),
     "numpy": ("exporters.numpy_arrays", "open_numpy", "npz-to-safetensors"),
+    "tflite": ("exporters.tflite", "open_tflite", "tflite-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -82,6 +83,8 @@ def _detect_file(path: Path) -> str | None:
         return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
     if head.startswith(NPY_MAGIC):
         return "numpy"
+    if head[4:8] == b"TFL3":
+        return "tflite"  # a flatbuffer with the TFLite file identifier
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         # the legacy torch.save format starts with its magic number; any other pickle is read as arrays
         return "pytorch" if head[2:4] == TORCH_LEGACY_HEAD else "numpy"
