@@ -24,9 +24,13 @@ _WRAPPER_PREFIXES = ("module.", "model.")
 
 def training_state_kind(value: Any) -> str | None:
     """What training state `value` is (optimizer, scheduler, grad scaler, RNG), or None for model data."""
-    if isinstance(value, (list, tuple)) and value:
-        kinds = {training_state_kind(v) for v in value}
+    if isinstance(value, (list, tuple)) and value:  # Lightning's optimizer_states: one level, never deeper
+        kinds = {_single_kind(v) for v in value[:64]}
         return kinds.pop() if len(kinds) == 1 else None
+    return _single_kind(value)
+
+
+def _single_kind(value: Any) -> str | None:
     if isinstance(value, TensorRecord):
         rng = value.dtype_code == "U8" and value.shape == (_TORCH_CPU_RNG_BYTES,)
         return "RNG state" if rng else None
@@ -44,8 +48,9 @@ def training_state_kind(value: Any) -> str | None:
     return None
 
 
-def _is_rng_leaf(value: Any) -> bool:
-    """torch/cuda generator bytes, numpy's ('MT19937', keys, pos, ...) and Python's (3, (625 ints), None)."""
+def _is_rng_leaf(value: Any, depth: int = 0) -> bool:
+    """torch/cuda generator bytes, numpy's ('MT19937', keys, pos, ...) and Python's (3, (625 ints), None),
+    or a short list of them (per-device CUDA states)."""
     if isinstance(value, TensorRecord):
         return value.dtype_code == "U8" and len(value.shape) == 1
     if isinstance(value, (list, tuple)) and value:
@@ -53,19 +58,29 @@ def _is_rng_leaf(value: Any) -> bool:
             return True
         if type(value[0]) is int and len(value) == 3 and isinstance(value[1], tuple) and len(value[1]) == 625:
             return True
-        return all(_is_rng_leaf(v) for v in value)
+        return depth == 0 and len(value) <= 64 and all(_is_rng_leaf(v, 1) for v in value)
     return False
 
 
-def holds_tensors(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, TensorRecord):
-        return True
-    if depth > 64:
-        return False
-    if isinstance(value, dict):
-        return any(holds_tensors(v, depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(holds_tensors(v, depth + 1) for v in value)
+_MAX_VISITS = 100_000
+
+
+def holds_tensors(value: Any) -> bool:
+    """Whether any tensor lies below `value`; each container is visited once (a pickle can share one
+    list under many keys, nested: a walk without memory would take exponential time)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack and len(seen) < _MAX_VISITS:
+        node = stack.pop()
+        if isinstance(node, TensorRecord):
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
     return False
 
 
