@@ -206,6 +206,8 @@ def _constant(fb: _Flat, p: Path, mapped: MappedFile, buffers: list[int], tensor
             raise CorruptInputError(f"{what}: buffer data at {offset} (+{size}) is past the end of the file")
         start, count = offset, size
     name = fb.string(tensor, 3) or what
+    if fb.field(tensor, 6) is not None:
+        raise UnsupportedFormatError(f"{what} ({name!r}) is stored sparse (TFLite sparsity), which is not supported")
     type_code = fb.scalar(tensor, 1, "b")
     code = TENSOR_TYPES.get(type_code)
     if code is None:
