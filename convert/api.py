@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from . import manifest as manifest_mod
 from .architecture import infer_architecture
 from .errors import UnsupportedFormatError, UsageError
-from .hashing import sha256_file
+from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
 from .source import SourceModel
@@ -41,6 +42,7 @@ class ConvertOptions:
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
+    digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
@@ -86,6 +88,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                    progress: Progress | None = None) -> ConversionResult:
     """Map, plan, write and record one source model into the folder `out`."""
     started = time.perf_counter()
+    new_digest(options.digest)  # an unknown algorithm is refused before any work
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
     staged = StagedOutput(out, options.overwrite)
     staged.check()
@@ -107,9 +110,10 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                                 time.perf_counter() - started, warnings, plan)
     metadata = {"format": "pt", **aliases}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        source_digests = pool.submit(lambda: [sha256_file(p) for p in source.files])
+        source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
-            written = [write_safetensors(staging / fname, shard, metadata, progress) for fname, shard in zip(names, shards)]
+            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress)
+                       for fname, shard in zip(names, shards)]
             lost = record_cast_losses(kept, written)
             mapping.warnings.extend(lost)  # recorded in the manifest too
             warnings += lost
@@ -135,18 +139,20 @@ def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
 
 
 def dropped_warning(source: SourceModel) -> list[str]:
-    """One line saying which source arrays the reader left out, and why (all of them in the manifest)."""
+    """One line saying how many source arrays the reader left out, and why (each in the manifest)."""
     if not source.dropped:
         return []
-    return [f"{len(source.dropped)} source array(s) not converted (see source.dropped in the manifest)"
+    return [f"{len(source.dropped)} source array(s) not converted (each listed in the manifest's source.dropped)"
             f"{_listed(source.dropped)}"]
 
 
-def _listed(dropped: dict[str, str], shown: int = 3) -> str:
+def _listed(dropped: dict[str, str]) -> str:
+    """The reasons with their counts, e.g. ': 18 training state optimizer (optimizer state), 2 ...'."""
     if not dropped:
         return ""
-    items = [f"{name!r} ({why})" for name, why in list(dropped.items())[:shown]]
-    return ": " + ", ".join(items) + (", ..." if len(dropped) > shown else "")
+    counts = Counter(dropped.values())
+    return ": " + ", ".join(f"{n} {why}" if n > 1 else f"{next(k for k, v in dropped.items() if v == why)!r} ({why})"
+                            for why, n in counts.items())
 
 
 def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
@@ -215,7 +221,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         can_invert, reason = invertible(m.transforms)
         entry = {
             "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
-            "data_offsets": list(t.data_offsets), "sha256": t.sha256,
+            "data_offsets": list(t.data_offsets), "digest": t.digest,
             "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
             "transforms": m.transforms, "lossy": m.lossy, "invertible": can_invert,
         }
@@ -226,34 +232,36 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         tensors.append(entry)
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "digest_algorithm": options.digest,
         "generator": manifest_mod.generator(),
         "source": {
             "format": source.format,
-            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "sha256": d}
+            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
             **({"dropped": source.dropped} if source.dropped else {}),
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
                    "options": layout.options, "warnings": mapping.warnings, "request": options.request},
-        "files": [{"path": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written],
+        "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,
         "tensors": tensors,
         "aliases": aliases,
-        "dropped": mapping.dropped,
+        "dropped": [*source.dropped, *mapping.dropped],
         "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
     }
 
 
-def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
+def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None, strip_prefix: str = "auto",
                        progress: Progress | None = None, **options: Any) -> ConversionResult:
-    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions."""
+    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions,
+    `strip_prefix` "auto", "none" or a prefix (see exporters.pytorch.select_tensors)."""
     from exporters.pytorch import open_pytorch
 
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
-    with open_pytorch(src, key) as source:
+    with open_pytorch(src, key, strip_prefix) as source:
         return convert_source(source, out, opts, progress)
 
 
@@ -315,6 +323,28 @@ def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress 
         return convert_source(source, out, opts, progress)
 
 
+def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None,
+                       **options: Any) -> ConversionResult:
+    """Convert a .npz, .npy or pickle of NumPy arrays; options as ConvertOptions."""
+    from exporters.numpy_arrays import open_numpy
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_numpy(src) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def tflite_to_safetensors(src: str | Path, out: str | Path, *, quantized: str = "dequantize",
+                          progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a .tflite model's weights; `quantized` "dequantize" or "keep"; options as ConvertOptions."""
+    from exporters.tflite import open_tflite
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_tflite(src, quantized) as source:
+        return convert_source(source, out, opts, progress)
+
+
 def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | None = None, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
     exporters.onnx_export.spec.ExportOptions; `stage` hears each step as it starts. Returns an ExportResult."""
@@ -337,11 +367,38 @@ def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
 
 
-def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
-    """Verify an output folder; with `source`, compare every tensor with it too."""
+def _recorded_source(out: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The source format and details an output's manifest records ({} when it cannot say: verify then
+    reports what is wrong with the manifest)."""
+    try:
+        doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text())
+        fmt, details = doc["source"]["format"], doc["source"]["details"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+    return (fmt, details) if isinstance(fmt, str) and isinstance(details, dict) else (None, {})
+
+
+def _reopen(source: str | Path, out: str | Path, key: str | None) -> SourceModel:
+    """The source opened as the conversion opened it (key, stripped prefix, quantized mode), so every
+    name and value can be compared."""
     from .sources import open_source
 
+    fmt, details = _recorded_source(out)
+    if fmt == "tflite":
+        from exporters.tflite import open_tflite
+
+        mode = details.get("quantized")
+        return open_tflite(source, mode if mode in ("dequantize", "keep") else "dequantize")
+    if fmt is None or "pytorch" not in fmt:
+        return open_source(source, key)
+    recorded, prefix = details.get("key"), details.get("stripped_prefix")
+    key = key if key or not isinstance(recorded, str) else recorded
+    return open_source(source, key, prefix if isinstance(prefix, str) and prefix else "none")
+
+
+def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
+    """Verify an output folder; with `source`, compare every tensor with it too."""
     if source is None:
         return verify_output(out)
-    with open_source(source, key) as src:
+    with _reopen(source, out, key) as src:
         return verify_output(out, src)

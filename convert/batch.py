@@ -20,10 +20,11 @@ from typing import Any
 
 from .documents import check_schema, read_toml
 from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
+from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
-SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx")
+SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,13 @@ class Job:
     dtype: str | None = None
     max_shard_size: str | None = None
     key: str | None = None
+    digest: str = DEFAULT_ALGORITHM
 
     def request(self) -> dict[str, Any]:
         """What decides an output's content besides the source bytes (compared to skip done work)."""
         return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
-                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key}
+                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key,
+                "digest": self.digest}
 
 
 @dataclass
@@ -212,7 +215,7 @@ def _convert(job: Job) -> int:
     kind = detect(Path(job.source)) if job.conversion == "auto" else _kind_of(job.conversion)
     options = ConvertOptions(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
                              max_shard_size=parse_size(job.max_shard_size), overwrite=True,
-                             request=job.request())
+                             digest=job.digest, request=job.request())
     if kind == "neuralforecast":  # one output folder per model, as nf-to-safetensors writes them
         from exporters.neuralforecast import convert_folder
 
@@ -256,9 +259,7 @@ def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
-    from .hashing import sha256_file
-
-    if doc.get("target", {}).get("request") != job.request():
+    if doc.get("target", {}).get("request") != job.request() or doc.get("digest_algorithm") not in ALGORITHMS:
         return False
     files = doc.get("source", {}).get("files", [])
     if not files or not all(isinstance(f, dict) and "path" in f for f in files):
@@ -268,7 +269,8 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
         path = Path(f["path"])
         if path != root and root not in path.parents:
             return False  # the output was made from another source
-        if not path.is_file() or path.stat().st_size != f.get("bytes") or sha256_file(path) != f.get("sha256"):
+        if (not path.is_file() or path.stat().st_size != f.get("bytes")
+                or file_digest(path, doc["digest_algorithm"]) != f.get("digest")):
             return False
     return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))
 

@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra
+from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -89,6 +90,11 @@ def cli() -> None:
     (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
 
 
+digest_option = click.option(
+    "--digest", type=click.Choice(ALGORITHMS), default=DEFAULT_ALGORITHM, show_default=True,
+    help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).")
+
+
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every conversion command shares."""
     for decorator in reversed([
@@ -107,6 +113,7 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "what was lost is recorded in the manifest."),
         click.option("--max-shard-size", metavar="SIZE",
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
+        digest_option,
         click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
@@ -166,7 +173,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None,
+                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str,
                     overwrite: bool, dry_run: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
@@ -174,7 +181,7 @@ def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layou
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
     options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, cast_loss=cast_loss, max_shard_size=parse_size(max_shard_size),
-                             overwrite=overwrite, dry_run=dry_run)
+                             digest=digest, overwrite=overwrite, dry_run=dry_run)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
         with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
@@ -210,14 +217,21 @@ def conversion_command(name: str, *options: Callable[..., Any]) -> Callable[...,
     return wrap
 
 
+STRIP_PREFIX = click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
+                 help="Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a "
+                      "Lightning module's `model.` when every name has it, so names match the inner module.")
+
+
 @conversion_command("pth-to-safetensors", click.option(
-    "--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root)."))
-def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
+    "--key", help="Dotted path of the dict holding the tensors (default: the first model state dict of "
+                  "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
+                  "optimizer, scheduler, scaler and RNG states are left out)."), STRIP_PREFIX)
+def pth_to_safetensors(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
     folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
     from exporters.pytorch import open_pytorch
 
-    _run_conversion(lambda: open_pytorch(src, key), out, **opts)
+    _run_conversion(lambda: open_pytorch(src, key, strip_prefix), out, **opts)
 
 
 @conversion_command(
@@ -267,13 +281,13 @@ def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
 
 
 def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, cast_loss: str, max_shard_size: str | None, overwrite: bool, dry_run: bool,
+            dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str, overwrite: bool, dry_run: bool,
             as_json: bool) -> None:
     from .api import nf_to_safetensors as convert_nf
 
     quiet = _flags().get("quiet", False)
     result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, cast_loss=cast_loss, max_shard_size=max_shard_size, overwrite=overwrite,
+                        dtype=dtype, cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite,
                         dry_run=dry_run)
     if not quiet:
         for warning in result.warnings:
@@ -298,6 +312,29 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
     _run_conversion(lambda: open_onnx(src), out, **opts)
 
 
+@conversion_command("npz-to-safetensors")
+def npz_to_safetensors(src: str, out: str, **opts: Any) -> None:
+    """Convert NumPy arrays (.npz, .npy, a .npy holding a saved dict, or a plain pickle of dicts/lists of
+    ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted
+    unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach
+    PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names."""
+    from exporters.numpy_arrays import open_numpy
+
+    _run_conversion(lambda: open_numpy(src), out, **opts)
+
+
+@conversion_command("tflite-to-safetensors", click.option(
+    "--quantized", type=click.Choice(["dequantize", "keep"]), default="dequantize", show_default=True,
+    help="int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors."))
+def tflite_to_safetensors(src: str, out: str, quantized: str, **opts: Any) -> None:
+    """Convert a TFLite model's weights into the folder OUT without TensorFlow: conv filters from OHWI
+    to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the
+    quantization parameters are recorded in the manifest."""
+    from exporters.tflite import open_tflite
+
+    _run_conversion(lambda: open_tflite(src, quantized), out, **opts)
+
+
 @cli.command("to-onnx", epilog=EXIT_HELP)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
@@ -309,8 +346,15 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="NeuralForecast: export only this model (its alias, as nf-to-safetensors names its folder; "
                    "repeatable). Default: every model.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE",
-              help="Shape of an input for export and generated test inputs, e.g. x=1x3x32x32 (repeatable).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
+              help="Shape (and dtype) of an input for export and generated test inputs, e.g. x=1x3x32x32 or "
+                   "tokens=4x7:int64 (repeatable). DTYPE: float32, float16, float64, int64, int32, int16, int8, "
+                   "uint8, bool. Default: an integer or bool array's of --inputs, else what the module's code "
+                   "takes (int64 for an nn.Embedding's indices, bool or int64 for a mask), else float32.")
+@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
+              help="Values of an integer or bool input, LOW included, HIGH excluded, e.g. tokens=0:21 "
+                   "(repeatable). Default: [0, num_embeddings) for an nn.Embedding's indices, 0/1 for a mask, "
+                   "else the values of --inputs, else 0 and 1.")
 @click.option("--dynamic-axis", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=NAME",
               help="Another dynamic axis besides the batch axis, e.g. input:1=seq (repeatable).")
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
@@ -329,7 +373,8 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
 @output_flags
 @command_errors
-def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tuple[str, ...],
+def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tuple[str, ...],
+            dynamic_axes: tuple[str, ...],
             output_names: str | None, no_simplify: bool, as_json: bool, models: tuple[str, ...],
             **opts: Any) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
@@ -346,12 +391,14 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
     NeuralForecast's class from plain config values; no pickle from the folder is loaded. A
     SavedModel is a TensorFlow program that validation runs: export only SavedModels you trust."""
     from .api import to_onnx as export_onnx
-    from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_shapes
+    from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_ranges, parse_input_shapes
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
+    shapes, dtypes = parse_input_shapes(input_shapes)
     quiet = _flags().get("quiet", False)
     with stage_display(not (as_json or quiet)) as stage:
-        result = export_onnx(src, out, stage=stage, input_shapes=parse_input_shapes(input_shapes),
+        result = export_onnx(src, out, stage=stage, input_shapes=shapes, input_dtypes=dtypes,
+                             input_ranges=parse_input_ranges(input_ranges),
                              dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
                              simplify=not no_simplify, models=list(models), **opts)
     if not quiet:
@@ -374,10 +421,11 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], dynamic_axes: tup
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--key", help="For checkpoints: dotted path of the dict holding the tensors.")
+@STRIP_PREFIX
 @conversion_options
 @output_flags
 @command_errors
-def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
+def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Detect the source format by content (not by extension alone) and run the matching conversion."""
     from pathlib import Path
 
@@ -385,7 +433,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 
     if detect(Path(src)) == "neuralforecast":
         return _run_nf(src, out, **opts)
-    _run_conversion(lambda: open_source(src, key), out, **opts)
+    _run_conversion(lambda: open_source(src, key, strip_prefix), out, **opts)
 
 
 @cli.command(epilog=EXIT_HELP)
@@ -398,6 +446,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 @click.option("--layout", default="pytorch", show_default=True, help="Target layout for every job.")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False))
 @click.option("--max-shard-size", metavar="SIZE")
+@digest_option
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the CPU count).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -410,7 +459,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 @output_flags
 @command_errors
 def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, conversion: str, layout: str,
-          dtype: str | None, max_shard_size: str | None, workers: int | None, executor: str, address: str | None,
+          dtype: str | None, max_shard_size: str | None, digest: str, workers: int | None, executor: str, address: str | None,
           report_path: str | None, retry_report: str | None, as_json: bool) -> None:
     """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
     never stops the others, and exit 0 means every job succeeded or was skipped."""
@@ -421,7 +470,7 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
         jobs = batch_mod.jobs_from_file(job_file, out_dir)
     elif sources and out_dir:
         jobs = batch_mod.jobs_from_sources(sources, out_dir, conversion=conversion, layout=layout, dtype=dtype,
-                                           max_shard_size=max_shard_size)
+                                           max_shard_size=max_shard_size, digest=digest)
     else:
         raise UsageError("give SOURCES with --out-dir, or --job-file")
     if retry_report:
@@ -514,13 +563,14 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--source", "source_path", type=click.Path(path_type=str),
               help="Also compare every tensor with this source, byte for byte.")
-@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint.")
+@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors
 def verify(out: str, source_path: str | None, key: str | None, as_json: bool) -> None:
-    """Check an output folder against its manifest (re-read with the safetensors library, sha256 of
-    every tensor) and, with --source, against the source. Exit 0 only if everything holds."""
+    """Check an output folder against its manifest (re-read with the safetensors library, the digest
+    of every file and tensor in the manifest's recorded algorithm; 1.0 manifests too) and, with
+    --source, against the source. Exit 0 only if everything holds."""
     from .api import verify_path
     from .errors import VerificationError
 

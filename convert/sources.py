@@ -24,10 +24,14 @@ READERS: dict[str, tuple[str, str, str]] = {
     "tensorflow": ("exporters.tensorflow", "open_tensorflow", "tf-to-safetensors"),
     "neuralforecast": ("exporters.neuralforecast", "open_neuralforecast", "nf-to-safetensors"),
     "onnx": ("exporters.onnx", "open_onnx", "onnx-to-safetensors"),
+    "numpy": ("exporters.numpy_arrays", "open_numpy", "npz-to-safetensors"),
+    "tflite": ("exporters.tflite", "open_tflite", "tflite-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+TORCH_LEGACY_HEAD = b"\x8a\x0a"  # after PROTO n: LONG1 of 10 bytes, the legacy torch.save magic number
 
 
 def detect(path: Path) -> str:
@@ -79,8 +83,13 @@ def _detect_file(path: Path) -> str | None:
         return "keras"
     if path.suffix == ".index" or re.search(r"\.data-[0-9]{5}-of-[0-9]{5}$", path.name):
         return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
+    if head.startswith(NPY_MAGIC):
+        return "numpy"
+    if head[4:8] == b"TFL3":
+        return "tflite"  # a flatbuffer with the TFLite file identifier
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pytorch"  # a pickle: the legacy torch.save format
+        # the legacy torch.save format starts with its magic number; any other pickle is read as arrays
+        return "pytorch" if head[2:4] == TORCH_LEGACY_HEAD else "numpy"
     if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return "flax"  # a msgpack map: flax.serialization.to_bytes
     if path.suffix == ".onnx" and head[:1] == b"\x08":
@@ -113,6 +122,8 @@ def _detect_zip(path: Path) -> str | None:
         return "pytorch"  # let the torch reader give its precise error
     if any(n.endswith("/data.pkl") for n in names):
         return "pytorch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "numpy"  # np.savez
     if "model.weights.h5" in names or "config.json" in names:
         return "keras"
     return None
@@ -130,10 +141,13 @@ def reader(kind: str) -> Any:
                or UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}")) from None
 
 
-def open_source(path: str | Path, key: str | None = None) -> SourceModel:
-    """Open any supported source; `key` selects a nested dict in checkpoints that have them."""
+def open_source(path: str | Path, key: str | None = None, strip_prefix: str = "auto") -> SourceModel:
+    """Open any supported source; `key` selects a nested dict in checkpoints that have them,
+    `strip_prefix` a wrapper prefix to strip from a torch checkpoint's names."""
     p = Path(path)
     kind = detect(p)
-    if kind in ("pytorch", "tensorflow"):
+    if kind == "pytorch":
+        return reader(kind)(p, key, strip_prefix)
+    if kind == "tensorflow":
         return reader(kind)(p, key)
     return reader(kind)(p)

@@ -8,6 +8,7 @@ A background thread hashes what is written, so digests cost no extra pass over t
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .safetensors_format import build_header
-from .tensors import CHUNK_BYTES, TensorRef, iter_chunks, release_pages
+from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
 COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers can follow the writer
@@ -54,7 +55,7 @@ class WrittenTensor:
     dtype: str
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]
-    sha256: str
+    digest: str
     cast_losses: list[CastLoss]  # per cast step of the item: what it lost
 
 
@@ -62,7 +63,7 @@ class WrittenTensor:
 class WrittenFile:
     name: str
     bytes: int
-    sha256: str
+    digest: str
     tensors: list[WrittenTensor]
 
 
@@ -92,8 +93,9 @@ def file_order(items: list[WriteItem]) -> list[WriteItem]:
     return sorted(items, key=lambda it: (-it.dtype.itemsize, it.name))
 
 
-def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, str],
+def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, str], algorithm: str,
                       progress: Progress | None = None) -> WrittenFile:
+    """Write one SafeTensors file; its digest and every tensor's, in `algorithm`, come back with it."""
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
     total = len(header) + sum(it.nbytes for it in ordered)
@@ -101,7 +103,7 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
     hasher: OutputHasher | None = None
     try:
         _pwrite_all(fd, header, 0, path)
-        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets])
+        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm)
         pos = len(header)
         losses = []
         for item in ordered:
@@ -151,6 +153,7 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
 def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memoryview:
     """Little-endian bytes of a block in the item's dtype (cast as torch casts), counting what each
     narrowing cast loses into `losses`."""
+    block = c_contiguous(block)  # before a cast, which would keep a transposed layout
     for step, lost in zip(item.casts, losses):
         if step.get("lossless"):
             block = cast_array(block, step["to"])
@@ -165,13 +168,17 @@ def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memory
 def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, losses: list[CastLoss]) -> bool:
     """A transposed 2-D view (a Linear weight saved as `w.t()`), written in column tiles.
 
-    Gathering its rows would touch every page of the storage for each chunk; a tile of columns is
-    instead a contiguous run of storage rows, read once, transposed in memory, and written as one
-    segment per output row. False when the view is not such a case or its segments would be tiny.
+    Gathering its rows in chunks touches every page of the storage for each chunk when a chunk's rows
+    are less than a page of each storage row; a tile of columns is instead a contiguous run of
+    storage rows, read once, transposed in memory, and written as one segment per output row. False
+    when the view is not such a case, when row chunks read each storage page once anyway (then fewer,
+    larger writes win), or when the tile's segments would be tiny.
     """
     if arr.ndim != 2 or arr.nbytes <= CHUNK_BYTES or not 0 < arr.strides[0] < arr.strides[1]:
         return False
     rows, cols = arr.shape
+    if CHUNK_BYTES // max(1, cols * arr.itemsize) * arr.itemsize >= mmap.PAGESIZE:
+        return False
     itemsize = item.dtype.itemsize
     width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize))
     if width * itemsize < 4096:

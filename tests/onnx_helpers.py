@@ -103,13 +103,14 @@ def wide():
 '''
 
 
-def write_models(folder: Path) -> Any:
-    """Write the models file into `folder` and import it (for the test's own reference forward pass)."""
+def write_models(folder: Path, source: str = MODELS_SOURCE, name: str = "onnx_models") -> Any:
+    """Write a user's models file `name`.py into `folder` and import it (for the test's own reference
+    forward pass)."""
     import importlib.util
 
-    path = folder / "onnx_models.py"
-    path.write_text(MODELS_SOURCE)
-    spec = importlib.util.spec_from_file_location(f"onnx_models_{abs(hash(str(folder)))}", path)
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"{name}_{abs(hash(str(folder)))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -167,6 +167,7 @@ def test_a_recurrent_model_is_refused_and_nothing_is_written(saved: SimpleNamesp
     (("--model", "Prophet"), ("--model Prophet", "NHITS")),
     (("--module", "pkg:factory"), ("drop --module",)),
     (("--input-shape", "1x24x1"), ("input_size and h",)),
+    (("--input-range", "insample_mask=0:2"), ("drop --input-shape, --input-range",)),
 ])
 def test_bad_options_are_refused_and_nothing_is_written(saved: SimpleNamespace, tmp_path: Path, args: tuple[str, ...],
                                                         needles: tuple[str, ...]) -> None:

@@ -49,8 +49,9 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
         raise UsageError(f"--module {options.module}: returned {type(model).__name__}, not a flax.nnx.Module")
     _restore(model, src)
     names = required_arguments(model.__call__, type(model).__name__)
-    specs = build_specs(names, [np.dtype(np.float32)] * len(names), [None] * len(names),
-                        options.input_shapes, options.dynamic_axes)
+    specs = build_specs(names, [None] * len(names), [None] * len(names), options)
+    if any(s.dtype.kind != "f" for s in specs):
+        raise UsageError("JAX graphs are exported here from float inputs only: drop the integer or bool dtype")
 
     def reference(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(model(*[arrays[n] for n in names]))]

@@ -39,7 +39,7 @@ def _keras_file(src: Path, options: ExportOptions, scratch: Path) -> ExportedGra
     model = _load_keras(src)
     names = [t.name for t in model.inputs]
     specs = build_specs(names, [np.dtype(t.dtype) for t in model.inputs], [tuple(t.shape) for t in model.inputs],
-                        options.input_shapes, options.dynamic_axes)
+                        options)
 
     def reference(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = model([arrays[n] for n in names] if len(names) > 1 else arrays[names[0]], training=False)
@@ -91,7 +91,7 @@ def _saved_model(src: Path, options: ExportOptions) -> ExportedGraph:
     declared = signature.structured_input_signature[1]
     names = sorted(declared)
     specs = build_specs(names, [declared[n].dtype.as_numpy_dtype for n in names],
-                        [tuple(declared[n].shape) for n in names], options.input_shapes, options.dynamic_axes)
+                        [tuple(declared[n].shape) for n in names], options)
     keys = sorted(signature.structured_outputs)
 
     def reference(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -51,9 +51,9 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
     """One graph per chosen model, each exported only when the pipeline has finished the last."""
     if options.module:
         raise UsageError("a NeuralForecast folder names its own model classes: drop --module")
-    if options.input_shapes or options.dynamic_axes:
+    if options.input_shapes or options.input_dtypes or options.input_ranges or options.dynamic_axes:
         raise UsageError("a NeuralForecast model's window is fixed by its input_size and h: "
-                         "drop --input-shape and --dynamic-axis")
+                         "drop --input-shape, --input-range and --dynamic-axis")
     with _models(src) as models:
         names = [m.name for m in models]
         unknown = sorted(set(options.models) - set(names))

@@ -21,6 +21,7 @@ from ..torch_state import load_strict
 from .graph_edit import default_output_names, output_names
 from .inputs import build_specs, input_sets
 from .pt2_guard import check_pt2
+from .torch_hints import input_hints
 from .spec import ExportedGraph, ExportOptions, InputSpec
 from .user_code import call_factory, required_arguments
 
@@ -43,14 +44,13 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
     files = _load_weights(module, src)
     module.eval()
     names = required_arguments(module.forward, type(module).__name__)
-    specs = build_specs(names, [np.dtype(np.float32)] * len(names), [None] * len(names),
-                        options.input_shapes, options.dynamic_axes)
+    specs = build_specs(names, [None] * len(names), [None] * len(names), options, input_hints(module, names))
     example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
     dims: dict[str, Any] = {}
     dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
                       for s in specs}
     reference = torch_reference(module, names)
-    outputs = output_names(options.output_names, default_output_names(len(_check_shapes(reference, example, specs))))
+    outputs = output_names(options.output_names, default_output_names(len(reference(example))))
     model, exporter, notes = export_torch(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
     return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-module", files,
                          parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()], notes=notes)
@@ -59,9 +59,9 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
 def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
     import torch
 
-    if options.input_shapes or options.dynamic_axes:
-        raise UsageError("a .pt2 program fixes its own input shapes and dynamic axes: "
-                         "drop --input-shape and --dynamic-axis")
+    if options.input_shapes or options.input_dtypes or options.input_ranges or options.dynamic_axes:
+        raise UsageError("a .pt2 program fixes its own input shapes, dtypes and dynamic axes: "
+                         "drop --input-shape, --input-range and --dynamic-axis")
     check_pt2(src)
     program = torch.export.load(str(src))
     args, kwargs = program.example_inputs or ((), {})
@@ -88,7 +88,11 @@ def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
         raise UnsupportedFormatError(
             f"{src.name}: input {name!r} has a static batch size ({example.shape[0]}); export the program with "
             f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
-    return InputSpec(name, tuple(example.shape), example.detach().numpy().dtype, dynamic)
+    values = example.detach().numpy()
+    if values.dtype.kind not in "iub" or not values.size:
+        return InputSpec(name, tuple(example.shape), values.dtype, dynamic)
+    seen = (int(values.min()), int(values.max()) + 1)  # what the validation runs on, as the manifest says
+    return InputSpec(name, tuple(example.shape), values.dtype, dynamic, seen, "the program's example inputs")
 
 
 def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
@@ -163,25 +167,21 @@ def _dynamo_name(capture: str) -> str:
     return f"torch.onnx.export dynamo=True ({capture}, onnxscript {onnxscript.__version__})"
 
 
-def _check_shapes(reference: Any, example: dict[str, np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
-    """The module's outputs on the example inputs; a forward pass that fails on them means the
-    --input-shape given does not fit the module (a user's mistake, exit 2, naming the inputs)."""
-    try:
-        return reference(example)
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        given = " ".join(f"{s.name}={'x'.join(map(str, s.shape))}" for s in specs)
-        raise UsageError(f"--input-shape {given}: the module's forward fails on inputs of these shapes "
-                         f"({first_line(exc)})") from None
-
-
 def torch_reference(module: Any, names: list[str]) -> Any:
-    """The module's own forward pass on named arrays, outputs flattened: validation's reference."""
+    """The module's own forward pass on named arrays, outputs flattened: validation's reference.
+    A forward that raises on the inputs is the user's model meeting the inputs they described."""
     import torch
     from torch.utils._pytree import tree_leaves
 
     def run(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
+        try:
+            with torch.no_grad():
+                out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
+        except Exception as exc:  # the user's code raised; say on what
+            described = ", ".join(f"{n} {arrays[n].dtype}{list(arrays[n].shape)}" for n in names)
+            raise UsageError(f"the module's forward raised {type(exc).__name__} on inputs {described}: "
+                             f"{first_line(exc)}; say each input's dtype and values with --input-shape "
+                             f"NAME=SHAPE:DTYPE and --input-range NAME=LOW:HIGH") from None
         return [leaf.detach().numpy() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
 
     return run

@@ -10,17 +10,19 @@ from typing import Any
 
 from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
-from convert.hashing import sha256_file
+from convert.hashing import DEFAULT_ALGORITHM, file_digest
 
 from ..onnx import summarize, value_summary
-from .spec import ExportedGraph, ExportOptions
+from .spec import ExportedGraph, ExportOptions, InputSpec
 
 
 def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options: ExportOptions,
                     simplification: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
     summary = summarize(model)
+    specs = {s.name: s for s in graph.inputs}
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "digest_algorithm": DEFAULT_ALGORITHM,
         "generator": manifest_mod.generator(),
         "source": {
             "format": graph.source_format,
@@ -45,7 +47,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
             "exporter": graph.exporter,
             **simplification,
             "operators": summary["operators"],
-            "inputs": [_io_entry(v) for v in model.graph.input if v.name in {s.name for s in graph.inputs}],
+            "inputs": [_input_entry(v, specs[v.name]) for v in model.graph.input if v.name in specs],
             "outputs": [_io_entry(v) for v in model.graph.output],
             "validation": validation,
             **({"semantics": graph.semantics} if graph.semantics else {}),
@@ -54,7 +56,15 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
 
 
 def _file_entry(path: Path, shown: str) -> dict[str, Any]:
-    return {"path": shown, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+    return {"path": shown, "bytes": os.path.getsize(path), "digest": file_digest(path, DEFAULT_ALGORITHM)}
+
+
+def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:
+    """An input's entry; an integer or bool input's also says which values it takes and who said so."""
+    entry = _io_entry(value)
+    if spec.range is not None:
+        entry["range"] = {"low": spec.range[0], "high": spec.range[1], "from": spec.range_from}
+    return entry
 
 
 def _io_entry(value: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ class ExportOptions:
     framework: str = "auto"  # auto, pytorch, keras, jax, neuralforecast
     module: str | None = None  # "pkg.mod:factory": user code named explicitly on the command line
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # "" = the only input
+    input_dtypes: dict[str, str] = field(default_factory=dict)  # input -> numpy dtype name ("" = the only input)
+    input_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # integer inputs: [low, high)
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> axis -> name
     inputs_file: str | None = None  # .npz of the user's own inputs, validated too
     output_names: list[str] | None = None
@@ -35,6 +37,17 @@ class InputSpec:
     shape: tuple[int, ...]  # the first validation batch's shape
     dtype: np.dtype
     dynamic: dict[int, str]  # axis -> dimension name in the graph; axis 0 is "batch"
+    range: tuple[int, int] | None = None  # integer and bool inputs: values in [low, high)
+    range_from: str | None = None  # what said so, in words (the manifest records it)
+
+
+@dataclass(frozen=True)
+class InputHint:
+    """What a model's own code says about one input's values: an embedding's indices, a mask."""
+
+    dtypes: tuple[str, ...]  # the dtypes it takes, the usual one first
+    range: tuple[int, int] | None  # [low, high)
+    reason: str  # e.g. "nn.Embedding 'embedding' (21 rows)"
 
 
 @dataclass

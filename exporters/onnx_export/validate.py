@@ -41,12 +41,12 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
     runs = []
     for input_set in sets:
         where = f"batch size {input_set.batch_size}, {input_set.label} inputs"
+        expected = graph.reference(input_set.arrays)  # first: inputs the source refuses are the user's to fix
         try:
             got = session.run(graph.outputs, input_set.arrays)
         except Exception as exc:
             raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: "
                                     f"{first_line(exc)}") from None
-        expected = graph.reference(input_set.arrays)
         if len(expected) != len(got):
             raise VerificationError(f"the source gives {len(expected)} outputs, the graph {len(got)} ({where})")
         diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected)}
