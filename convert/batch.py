@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .documents import check_schema, parse_json, read_toml
-from .errors import ConvertError, SourceNotFoundError, UsageError
+from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
+from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
-SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx")
+SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,13 @@ class Job:
     dtype: str | None = None
     max_shard_size: str | None = None
     key: str | None = None
+    digest: str = DEFAULT_ALGORITHM
 
     def request(self) -> dict[str, Any]:
         """What decides an output's content besides the source bytes (compared to skip done work)."""
         return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
-                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key}
+                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key,
+                "digest": self.digest}
 
 
 @dataclass
@@ -60,6 +65,7 @@ class BatchSummary:
     results: list[JobResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)  # made when the executor starts
     finished: float | None = None  # when the last result came in
+    interrupted: bool = False  # Ctrl-C stopped the batch: `results` are the jobs that finished
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
@@ -72,7 +78,8 @@ class BatchSummary:
         return {"summary": {"jobs": len(self.results), **self.counts(),
                             "bytes": sum(r.bytes for r in self.results),
                             "seconds": round(sum(r.seconds for r in self.results), 3),
-                            "wall_seconds": round((self.finished or self.started) - self.started, 3)}}
+                            "wall_seconds": round((self.finished or self.started) - self.started, 3),
+                            "interrupted": self.interrupted}}
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -198,7 +205,11 @@ def run_job(job: Job) -> JobResult:
         return JobResult(job.source, job.output, "ok", seconds=time.perf_counter() - started, bytes=written)
     except ConvertError as exc:
         return JobResult(job.source, job.output, "failed", str(exc), exc.exit_code, time.perf_counter() - started)
-    except Exception as exc:  # a bug in one job must not stop the others
+    except Exception as exc:  # an extra not installed here, or a bug in one job: neither stops the others
+        missing = missing_extra(exc.name or "", "this source") if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None:
+            return JobResult(job.source, job.output, "failed", str(missing), missing.exit_code,
+                             time.perf_counter() - started)
         return JobResult(job.source, job.output, "failed", f"internal error: {type(exc).__name__}: {exc}", 1,
                          time.perf_counter() - started)
 
@@ -210,7 +221,7 @@ def _convert(job: Job) -> int:
     kind = detect(Path(job.source)) if job.conversion == "auto" else _kind_of(job.conversion)
     options = ConvertOptions(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
                              max_shard_size=parse_size(job.max_shard_size), overwrite=True,
-                             request=job.request())
+                             digest=job.digest, request=job.request())
     if kind == "neuralforecast":  # one output folder per model, as nf-to-safetensors writes them
         from exporters.neuralforecast import convert_folder
 
@@ -254,9 +265,7 @@ def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
-    from .hashing import sha256_file
-
-    if doc.get("target", {}).get("request") != job.request():
+    if doc.get("target", {}).get("request") != job.request() or doc.get("digest_algorithm") not in ALGORITHMS:
         return False
     files = doc.get("source", {}).get("files", [])
     if not files or not all(isinstance(f, dict) and "path" in f for f in files):
@@ -266,7 +275,8 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
         path = Path(f["path"])
         if path != root and root not in path.parents:
             return False  # the output was made from another source
-        if not path.is_file() or path.stat().st_size != f.get("bytes") or sha256_file(path) != f.get("sha256"):
+        if (not path.is_file() or path.stat().st_size != f.get("bytes")
+                or file_digest(path, doc["digest_algorithm"]) != f.get("digest")):
             return False
     return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))
 
@@ -276,20 +286,68 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
 OnResult = Callable[[JobResult], None]
 
 
-def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummary:
-    """A process pool: whole files per worker; a worker imports a framework only when a job needs it."""
+def run_local(jobs: list[Job], workers: int, on_result: OnResult,
+              on_stop: Callable[[], None] | None = None) -> BatchSummary:
+    """A process pool: whole files per worker; a worker imports a framework only when a job needs it.
+
+    Ctrl-C stops the batch at once: `on_stop` is called (the CLI says so and ignores a second
+    Ctrl-C from then on), the jobs not finished are cancelled (a running one is ended and removes its
+    staging folder), and the summary says it was interrupted."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     summary = BatchSummary()
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _collect(summary, run_job(job), on_result)
-        return summary
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
+    pool: ProcessPoolExecutor | None = None
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                _collect(summary, run_job(job), on_result)
+            return summary
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_signals)
+        futures = [pool.submit(_pool_job, job) for job in jobs]
         for future in as_completed(futures):
             _collect(summary, future.result(), on_result)
+    except KeyboardInterrupt:
+        if on_stop:
+            on_stop()
+        summary.interrupted = True
+        if pool is not None:
+            for process in list(pool._processes.values()):  # the executor has no public way to end running work
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+        return summary
+    if pool is not None:
+        pool.shutdown(wait=True)
     return summary
+
+
+class _Ended(BaseException):
+    """SIGTERM in a worker, raised so the running conversion removes its staging folder."""
+
+
+_running = False  # in a worker: whether a job is running
+
+
+def _pool_job(job: Job) -> JobResult:
+    global _running
+    _running = True
+    try:
+        return run_job(job)
+    except _Ended:  # the job's staging folder is gone by now
+        os._exit(EXIT_INTERRUPTED)
+    finally:
+        _running = False
+
+
+def _end_job(signum: int, frame: Any) -> None:
+    if not _running:
+        os._exit(EXIT_INTERRUPTED)  # an idle worker has nothing to clean up
+    raise _Ended()
+
+
+def _worker_signals() -> None:
+    """Ctrl-C reaches the whole process group: only the main process decides what it means."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_job)
 
 
 WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what nearly every job needs

@@ -79,7 +79,7 @@ class VerificationError(ConvertError):
 
 
 class OutputExistsError(ConvertError):
-    """The destination holds earlier output and --overwrite was not given."""
+    """The destination holds an earlier output (--overwrite replaces it) or files this tool did not write."""
 
     exit_code = 9
     kind = "exists"
@@ -97,6 +97,24 @@ class BatchFailedError(ConvertError):
 
     exit_code = 11
     kind = "batch"
+
+
+# Top-level modules of the optional dependencies -> the extra (pyproject.toml) that installs them.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "h5py": "keras", "msgpack": "flax", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax",
+    "jaxlib": "jax", "flax": "jax", "orbax": "jax", "neuralforecast": "neuralforecast", "ray": "ray",
+    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxsim": "onnx", "tf2onnx": "onnx",
+}
+
+
+def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | None:
+    """The error for an optional dependency that is not installed (exit 4, with the command that
+    installs it), or None when `module` belongs to no extra (then its absence is a bug)."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    return UnsupportedFormatError(f"{what} needs the {extra} extra ({module} is not installed): "
+                                  f"pip install 'rust-model-convert[{extra}]'")
 
 
 EXIT_INTERRUPTED = 130

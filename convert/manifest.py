@@ -1,6 +1,8 @@
 """The architecture manifest: what each output tensor is, where it came from and what was done to it.
 
 Its shape is fixed by schemas/manifest.schema.json, which a Rust loader can deserialize against.
+Version 2.0 records its `digest_algorithm` and names every hex digest `digest`; a 1.0 manifest (SHA-256,
+fields named `sha256`) is read as the 2.0 document it is equivalent to, so older outputs still verify.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from .documents import check_schema, parse_json
 from .errors import CorruptInputError, SourceNotFoundError, VerificationError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = "1.0"
+MANIFEST_VERSION = "2.0"
+LEGACY_VERSION = "1.0"  # SHA-256 only, digests named `sha256`
 GENERATOR = "rust-model-convert"
 
 
@@ -34,6 +37,20 @@ def load(out_dir: Path) -> dict[str, Any]:
     doc = parse_json(text, str(path), CorruptInputError)
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{path}: not a JSON object")
+    return upgrade(doc)
+
+
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A 1.0 manifest as the equivalent 2.0 document; anything else unchanged (the schema judges it)."""
+    if doc.get("manifest_version") != LEGACY_VERSION:
+        return doc
+    doc = {"manifest_version": MANIFEST_VERSION, "digest_algorithm": "sha256",
+           **{k: v for k, v in doc.items() if k != "manifest_version"}}
+    source = doc.get("source")
+    lists = [doc.get("files"), source.get("files") if isinstance(source, dict) else None, doc.get("tensors")]
+    for entry in (e for entries in lists if isinstance(entries, list) for e in entries):
+        if isinstance(entry, dict) and "sha256" in entry:
+            entry["digest"] = entry.pop("sha256")
     return doc
 
 

@@ -145,6 +145,11 @@ def _record(storage: Any, storage_offset: Any, size: Any, stride: Any, code: str
     return TensorRecord(storage, offset, shape, strides, code)
 
 
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorRecord:
+    """torch <= 0.3 (the Python 2 era): no requires_grad, no hooks."""
+    return _rebuild_tensor_v2(storage, storage_offset, size, stride)
+
+
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
                        requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> TensorRecord:
     _check_hooks(backward_hooks)
@@ -230,7 +235,13 @@ def _numpy_dtype(name: Any, align: Any = False, copy: Any = False) -> NumpyDType
     return NumpyDType(name)
 
 
+def _py2_bytes(value: Any) -> Any:
+    """A Python 2 pickle's byte string (array or scalar data) arrives as latin-1 text: its bytes again."""
+    return value.encode("latin1") if type(value) is str else value
+
+
 def _numpy_scalar(dt: Any, data: Any = None) -> Any:
+    data = _py2_bytes(data)
     if not isinstance(dt, NumpyDType) or type(data) is not bytes:
         raise CorruptInputError("numpy scalar without a plain dtype and bytes")
     npdt = dt.resolve()
@@ -244,6 +255,27 @@ class NumpyArrayRecord(InertObject):
 
     qualname = "numpy.ndarray"
 
+    def holds_objects(self) -> bool:
+        """An object array (dtype 'O'): its data is a list of pickled items, not bytes."""
+        state = self.state
+        return (type(state) is tuple and len(state) == 5 and isinstance(state[2], NumpyDType)
+                and state[2].name.startswith("O") and type(state[4]) is list)
+
+    def object_shape(self) -> tuple[int, ...]:
+        return _int_tuple(self.state[1], "numpy shape") if self.holds_objects() else ()
+
+    def objects(self) -> list[Any]:
+        """An object array's items, in C order; each is whatever the restricted unpickler built."""
+        if not self.holds_objects():
+            raise CorruptInputError("numpy array is not an array of objects")
+        items = self.state[4]
+        count = 1
+        for n in self.object_shape():
+            count *= n
+        if count != len(items) or not items:
+            raise CorruptInputError("numpy object array's items do not match its shape")
+        return items
+
     def to_array(self) -> np.ndarray:
         state = self.state
         if type(state) is not tuple or len(state) != 5:
@@ -252,6 +284,7 @@ class NumpyArrayRecord(InertObject):
         shape = _int_tuple(shape, "numpy shape")
         if any(n < 0 for n in shape):
             raise CorruptInputError("numpy array has a negative dimension")
+        raw = _py2_bytes(raw)
         if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
             raise UnsupportedFormatError("numpy array of objects is not supported")
         npdt = dt.resolve()
@@ -320,14 +353,25 @@ def _attribute_reference(obj: Any, name: Any, *default: Any) -> AttributeReferen
     return AttributeReference(obj.qualname if isinstance(obj, InertObject) else type(obj).__name__, name)
 
 
+def _typed_list(data: Any) -> list[Any]:
+    if type(data) is not list:
+        raise CorruptInputError("TorchScript typed list built from something that is not a list")
+    return data
+
+
+def _restore_type_tag(value: Any, type_str: Any) -> Any:
+    return value  # the tag names a TorchScript type; the value is plain data already
+
+
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
 
-_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
+_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
                       "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
 
 _CALLABLES: dict[str, Callable[..., Any]] = {
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -349,6 +393,13 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "builtins.getattr": _attribute_reference,
     "__builtin__.getattr": _attribute_reference,
     "copyreg._reconstructor": _copyreg_reconstructor,
+    # TorchScript's typed containers (torch/jit/_pickle.py): each returns the list or value it is given
+    "torch.jit._pickle.build_intlist": _typed_list,
+    "torch.jit._pickle.build_doublelist": _typed_list,
+    "torch.jit._pickle.build_boollist": _typed_list,
+    "torch.jit._pickle.build_tensorlist": _typed_list,
+    "torch.jit._pickle.build_complexlist": _typed_list,
+    "torch.jit._pickle.restore_type_tag": _restore_type_tag,
     "numpy.dtype": _numpy_dtype,
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
@@ -382,7 +433,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
                  inert: tuple[str, ...] = DEFAULT_INERT) -> None:
-        super().__init__(file)
+        # latin-1 as torch.load(encoding="latin1"): Python 2 pickles store str keys as byte strings
+        super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._inert = inert
         self._inert_classes: dict[str, type[InertObject]] = {}
@@ -391,8 +443,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if qualname in _CALLABLES:
             return _SafeCallable(qualname, _CALLABLES[qualname])
-        if module == "torch" and name in TORCH_STORAGE_TYPES:
-            return StorageType(TORCH_STORAGE_TYPES[name])
+        if module in ("torch", "torch.cuda") and name in TORCH_STORAGE_TYPES:
+            return StorageType(TORCH_STORAGE_TYPES[name])  # a CUDA storage's bytes are read as CPU data
         if qualname in ("torch.UntypedStorage", "torch.storage.UntypedStorage"):
             return StorageType(None)
         if module == "torch" and name in TORCH_DTYPES:
@@ -507,7 +559,8 @@ def _prescan(stream: BinaryIO, what: str) -> None:
             name = op.name
             if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
                 index = made if name == "MEMOIZE" else arg
-                if type(index) is not int or not 0 <= index <= made:
+                # Python 2's cPickle numbers its entries from 1: one ahead is allowed
+                if type(index) is not int or not 0 <= index <= made + (name != "MEMOIZE"):
                     raise CorruptInputError(f"{what} stores memo entry {index} after making only {made}")
                 made += 1
                 memo[index] = stack[-1]

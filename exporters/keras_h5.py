@@ -74,6 +74,23 @@ class H5Window(io.RawIOBase):
 
 
 GCOL = b"GCOL\x01\x00\x00\x00"  # a global heap collection: signature, version 1, reserved
+SCAN_STEP = 64 << 20
+
+
+def _find(mm: mmap.mmap, needle: bytes, start: int, end: int) -> int:
+    """mm.find(needle, start, end) in steps, handing back each step's pages as the scan passes them, so
+    scanning a large file (the weights are most of it) leaves RSS flat; the pages stay in the page cache."""
+    pos = start
+    while pos < end:
+        stop = min(end, pos + SCAN_STEP)
+        found = mm.find(needle, pos, min(end, stop + len(needle) - 1))
+        if hasattr(mmap, "MADV_DONTNEED"):
+            base = pos - pos % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, base, stop - base)
+        if found >= 0:
+            return found
+        pos = stop
+    return -1
 
 
 def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
@@ -94,7 +111,7 @@ def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
             return  # a superblock libhdf5 itself will reject
         fmt = {2: "<H", 4: "<I", 8: "<Q"}[width]
         obj_header = 8 + width  # heap object index, reference count, reserved, size
-        pos = mm.find(GCOL, start, end_of_file)
+        pos = _find(mm, GCOL, start, end_of_file)
         while pos >= 0:
             if pos + 8 + width > end_of_file:
                 raise CorruptInputError(f"{label}: global heap collection at {pos - start} is cut short")
@@ -111,7 +128,7 @@ def check_global_heaps(path: Path, start: int, length: int, label: str) -> None:
                 if not obj_header <= step <= end - p:
                     raise CorruptInputError(f"{label}: global heap object at {p - start} claims {obj_size} bytes")
                 p += step
-            pos = mm.find(GCOL, end, end_of_file)
+            pos = _find(mm, GCOL, end, end_of_file)
 
 
 class H5Source:

@@ -21,7 +21,7 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputEr
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
 
-from .onnx_names import Resolved, resolve_names
+from .onnx_names import Resolved, count_tensor_protos, graph_tensors, resolve_names
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
 ONNX_DTYPES: dict[str, str] = {
@@ -48,14 +48,27 @@ def open_onnx(path: str | Path) -> SourceModel:
     if model.graph.sparse_initializer:
         raise UnsupportedFormatError(f"{model_path.name}: sparse initializers are not supported")
     _check_names(model, model_path.name)
+    try:
+        held = graph_tensors(model.graph)
+        expected = count_tensor_protos(model)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptInputError(f"{model_path.name}: {exc}") from None
+    if expected != len(model.graph.initializer) + len(held):
+        raise UnsupportedFormatError(f"{model_path.name}: the model holds {expected} tensors but only "
+                                     f"{len(model.graph.initializer) + len(held)} are in places this reader knows "
+                                     "(initializers, node attributes, subgraphs)")
+    _refuse_duplicates(model_path.name, [i.name for i in model.graph.initializer] + [n for n, _ in held])
     reader = _Initializers(model_path)
     try:
         renamed = resolve_names(model)
         tensors = [reader.ref(init, renamed.get(init.name)) for init in model.graph.initializer]
+        tensors += [reader.ref(proto, None, name) for name, proto in held]
     except BaseException:
         reader.close()
         raise
-    extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model)}
+    extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model),
+                              "tensors_in_graph": {"initializers": len(model.graph.initializer),
+                                                   "in_nodes_and_subgraphs": len(held)}}
     if renamed:
         extras["renamed"] = {old: {"name": r.name, "transform": "transpose" if r.transpose else None,
                                    "evidence": r.evidence} for old, r in renamed.items()}
@@ -87,9 +100,12 @@ class _Initializers:
         self.folder = model_path.parent.resolve()
         self.mapped: dict[Path, MappedFile] = {}
 
-    def ref(self, init: Any, resolved: Resolved | None) -> TensorRef:
+    def ref(self, init: Any, resolved: Resolved | None, name: str | None = None) -> TensorRef:
+        """`init` as a TensorRef named `name` (default: its own name), or as `resolved` says."""
         import onnx
 
+        if name is not None and name != init.name:
+            init = _renamed(init, name)
         dt = _dtype(init, self.model_path.name)
         shape = tuple(int(d) for d in init.dims)
         if any(d < 0 for d in shape):
@@ -149,6 +165,24 @@ class _Initializers:
     def close(self) -> None:
         for mapped in self.mapped.values():
             mapped.close()
+
+
+def _renamed(proto: Any, name: str) -> Any:
+    """A copy of a TensorProto under another name (node attribute tensors are often unnamed)."""
+    import onnx
+
+    copy = onnx.TensorProto()
+    copy.CopyFrom(proto)
+    copy.name = name
+    return copy
+
+
+def _refuse_duplicates(model_name: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise CorruptInputError(f"{model_name}: two tensors are named {name!r}")
+        seen.add(name)
 
 
 def _dtype(init: Any, model_name: str) -> DType:

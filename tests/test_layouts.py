@@ -8,7 +8,6 @@ runs them; every manifest is validated against its schema (conftest.read_manifes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tomllib
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import blake3
 import numpy as np
 import pytest
 
@@ -302,7 +302,8 @@ def test_torsh_casts_everything_to_f32(tmp_path: Path) -> None:
     np.testing.assert_array_equal(t["norm.weight"], model.norm.weight.detach().float().numpy())
     np.testing.assert_array_equal(t["steps"], np.array([1, 2, 3], np.float32))
     casts = {t["name"]: [x for x in t["transforms"] if x["op"] == "cast"] for t in doc["tensors"]}
-    assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False}]
+    assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False, "on_loss": "refuse", "overflowed": 0,
+                                   "flushed": 0}]  # narrowing, and nothing lost
     assert casts["norm.bias"] == [{"op": "cast", "to": "F32", "lossless": True}]
     assert verified(out, src)
 
@@ -369,15 +370,15 @@ def test_verify_source_passes_then_catches_one_byte(converted: Callable[[str, st
     assert rc == 8, err
     assert repr(victim) in err and "Traceback" not in err
 
-    # The same corruption with the manifest's sha256s rewritten: only the source comparison sees it.
+    # The same corruption with the manifest's digests rewritten: only the source comparison sees it.
     doc = json.loads((bad / "manifest.json").read_text())
     entry = next(t for t in doc["tensors"] if t["name"] == victim)
     data = (bad / entry["file"]).read_bytes()
     start = 8 + int.from_bytes(data[:8], "little")
     begin, end = (start + offset for offset in entry["data_offsets"])
-    entry["sha256"] = hashlib.sha256(data[begin:end]).hexdigest()
+    entry["digest"] = blake3.blake3(data[begin:end]).hexdigest()
     for f in doc["files"]:
-        f["sha256"] = hashlib.sha256((bad / f["path"]).read_bytes()).hexdigest()
+        f["digest"] = blake3.blake3((bad / f["path"]).read_bytes()).hexdigest()
     (bad / "manifest.json").write_text(json.dumps(doc))
     from convert.api import verify_path
 
@@ -472,7 +473,7 @@ def test_user_rule_file_extends_builtin(tmp_path: Path, base: str) -> None:
     theirs = {t["name"]: t for t in base_doc["tensors"]}
 
     assert "body.emb.weight" not in ours
-    assert ours["body.token_embedding.weight"]["sha256"] == theirs["body.emb.weight"]["sha256"]
+    assert ours["body.token_embedding.weight"]["digest"] == theirs["body.emb.weight"]["digest"]
     assert ours["body.token_embedding.weight"]["sources"][0]["name"] == "body.emb.weight"
     second = "body.mlp.1.weight" if base == "burn" else "body.mlp.2.weight"
     arrays, sd = load_numpy(mine), state(model)
@@ -563,7 +564,8 @@ def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(converted: Call
     sd = c.model.state_dict()
     assert {t["dtype"] for t in doc["tensors"]} == {"F32"}
     for t in doc["tensors"]:
-        assert t["transforms"] == [{"op": "cast", "to": "BF16", "lossless": False},
+        assert t["transforms"] == [{"op": "cast", "to": "BF16", "lossless": False, "on_loss": "refuse",
+                                    "overflowed": 0, "flushed": 0},
                                    {"op": "cast", "to": "F32", "lossless": True}], t["name"]
         assert t["lossy"] is True and t["invertible"] is False
         want = sd[t["name"]].to(torch.bfloat16).to(torch.float32).numpy()

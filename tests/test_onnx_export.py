@@ -218,4 +218,4 @@ def test_json_result_and_verify(tmp_path: Path, models: Any) -> None:
     assert rc == 0 and "ok: 1 file(s)" in stdout, stderr
     with open(tmp_path / "out" / "model.onnx", "ab") as fh:
         fh.write(b"\0")
-    assert_cli_error(run_cli("verify", tmp_path / "out"), 8, "model.onnx: size or sha256")
+    assert_cli_error(run_cli("verify", tmp_path / "out"), 8, "model.onnx: size or digest")

@@ -46,7 +46,7 @@ def test_same_bytes_as_the_h5(keras_models: Path, tmp_path: Path, flavor: str) -
     tf_to_safetensors(folder / "ckpt", tmp_path / "tf")
     keras_to_safetensors(folder / "model.h5", tmp_path / "h5")
     tf_doc, h5_doc = read_manifest(tmp_path / "tf"), read_manifest(tmp_path / "h5")
-    assert {t["name"]: t["sha256"] for t in tf_doc["tensors"]} == {t["name"]: t["sha256"] for t in h5_doc["tensors"]}
+    assert {t["name"]: t["digest"] for t in tf_doc["tensors"]} == {t["name"]: t["digest"] for t in h5_doc["tensors"]}
 
 
 def test_optimizer_left_out(keras_models: Path, tmp_path: Path) -> None:

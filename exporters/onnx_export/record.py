@@ -10,7 +10,7 @@ from typing import Any
 
 from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
-from convert.hashing import sha256_file
+from convert.hashing import DEFAULT_ALGORITHM, file_digest
 
 from ..onnx import summarize, value_summary
 from .spec import ExportedGraph, ExportOptions, InputSpec
@@ -22,6 +22,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
     specs = {s.name: s for s in graph.inputs}
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "digest_algorithm": DEFAULT_ALGORITHM,
         "generator": manifest_mod.generator(),
         "source": {
             "format": graph.source_format,
@@ -55,7 +56,7 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
 
 
 def _file_entry(path: Path, shown: str) -> dict[str, Any]:
-    return {"path": shown, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+    return {"path": shown, "bytes": os.path.getsize(path), "digest": file_digest(path, DEFAULT_ALGORITHM)}
 
 
 def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""Benchmark every reader but PyTorch's (scripts/bench_pytorch.py) against `cp` of the same source.
+
+    .venv/bin/python scripts/bench_readers.py                       # every family, 1 GiB, 3 reps
+    .venv/bin/python scripts/bench_readers.py --family keras-h5 --size-gib 2 --reps 5
+
+Each family's model is written by its own library (Keras 3 with the numpy backend, flax.serialization,
+onnx with external data, safetensors), about --size-gib of float32 Dense/Linear weights, into a folder
+of its own. Each repetition runs `cp -r` of that folder and the matching `convert` command as separate
+processes, in an order alternating from one repetition to the next, each starting warm (the previous
+output deleted, `sync`, the source read once; none of it timed), and records wall time, CPU time and
+peak RSS (GNU time's %M when present). Medians over repetitions, maximum for RSS. Targets (issue 19):
+wall at most 1.5x cp, peak RSS at most 200 MiB. The machine may be shared: the load average is
+printed with every run, and ratios beat absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pytorch import MiB, Runner, _log, _need_space, tool_command  # noqa: E402
+
+WALL_TARGET = 1.5
+RSS_TARGET_MIB = 200.0
+WIDTH = 4096  # Dense/Linear width: 64 MiB of float32 per weight matrix
+
+
+def _layers(size_bytes: int) -> int:
+    return max(1, round(size_bytes / (WIDTH * WIDTH * 4)))
+
+
+def _weights(n: int) -> list[tuple[object, object]]:
+    """n (kernel [in, out], bias) pairs of random float32, made one at a time by the caller's loop."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [(rng.random((WIDTH, WIDTH), dtype=np.float32) - 0.5, rng.random(WIDTH, dtype=np.float32))
+            for _ in range(n)]
+
+
+def generate(family: str, folder: Path, size_bytes: int) -> None:
+    """Write the family's model into `folder` with the family's own library."""
+    folder.mkdir(parents=True)
+    n = _layers(size_bytes)
+    if family in ("keras-h5", "keras"):
+        os.environ["KERAS_BACKEND"] = "numpy"
+        import keras
+
+        model = keras.Sequential([keras.Input((WIDTH,)), *(keras.layers.Dense(WIDTH) for _ in range(n))])
+        if family == "keras":
+            model.save(folder / "model.keras")
+        else:
+            model.save_weights(folder / "model.weights.h5")
+            (folder / "config.json").write_text(model.to_json())
+    elif family == "flax":
+        from flax import serialization
+
+        params = {f"Dense_{i}": {"kernel": k, "bias": b} for i, (k, b) in enumerate(_weights(n))}
+        (folder / "flax_model.msgpack").write_bytes(serialization.to_bytes({"params": params}))
+    elif family == "onnx":
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        nodes, inits, prev = [], [], "x"
+        for i, (k, b) in enumerate(_weights(n)):
+            inits += [numpy_helper.from_array(k, f"fc{i}.weight"), numpy_helper.from_array(b, f"fc{i}.bias")]
+            nodes += [helper.make_node("MatMul", [prev, f"fc{i}.weight"], [f"m{i}"]),
+                      helper.make_node("Add", [f"m{i}", f"fc{i}.bias"], [f"y{i}"])]
+            prev = f"y{i}"
+        graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
+                                  [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, WIDTH])], inits)
+        onnx.save_model(helper.make_model(graph), folder / "model.onnx", save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data")
+    elif family == "safetensors":
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        for i, (k, b) in enumerate(_weights(n)):
+            tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = k.T.copy(), b  # torch's [out, in]
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        raise SystemExit(f"unknown family {family}")
+
+
+FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors")
+
+
+def convert_command(family: str, folder: Path, out: Path) -> list[str]:
+    src = {"keras-h5": ["keras-to-safetensors", folder / "model.weights.h5", out, "--config", folder / "config.json"],
+           "keras": ["keras-to-safetensors", folder / "model.keras", out],
+           "flax": ["flax-to-safetensors", folder / "flax_model.msgpack", out],
+           "onnx": ["onnx-to-safetensors", folder / "model.onnx", out],
+           "safetensors": ["auto", folder / "model.safetensors", out, "--layout", "burn"]}[family]
+    return [*tool_command(), *map(str, src), "--json"]
+
+
+def prepare(folder: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["sync"], check=True)
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            while fh.read(8 * MiB):
+                pass
+
+
+def bench(runner: Runner, family: str, folder: Path, reps: int) -> dict:
+    out = runner.workdir / "out"
+    cmds = {"cp": ["cp", "-r", str(folder), str(out)], "tool": convert_command(family, folder, out)}
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cmds}
+    for rep in range(reps):
+        for name in (list(cmds) if rep % 2 == 0 else list(reversed(cmds))):
+            prepare(folder, out)
+            wall, cpu, rss, _ = runner.run(name, cmds[name])
+            samples[name].append((wall, cpu, rss))
+            _log(f"  [{family}] rep {rep + 1}/{reps} {name:<5} {wall:6.2f} s wall {cpu:6.2f} s CPU {rss:7.1f} MiB "
+                 f"(load {os.getloadavg()[0]:.1f})")
+    shutil.rmtree(out, ignore_errors=True)
+    med = {name: {"wall_s": round(statistics.median(s[0] for s in v), 3),
+                  "cpu_s": round(statistics.median(s[1] for s in v), 2),
+                  "rss_max_mib": round(max(s[2] for s in v), 1)} for name, v in samples.items()}
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    return {"family": family, "source_bytes": size, **med,
+            "tool/cp wall": round(med["tool"]["wall_s"] / med["cp"]["wall_s"], 2),
+            "wall ok": med["tool"]["wall_s"] <= WALL_TARGET * med["cp"]["wall_s"],
+            "rss ok": med["tool"]["rss_max_mib"] <= RSS_TARGET_MIB}
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--_generate":
+        generate(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="repeatable (default: all)")
+    parser.add_argument("--size-gib", type=float, default=1.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="scratch folder; models there are reused (default: new, removed)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    workdir = args.workdir.absolute() if args.workdir else Path(tempfile.mkdtemp(prefix="bench_readers-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    size = int(args.size_gib * 2**30)
+    load_before = os.getloadavg()[0]
+    rows = []
+    try:
+        runner = Runner(workdir)
+        for family in args.family or FAMILIES:
+            folder = workdir / f"{family}-{args.size_gib:g}GiB"
+            if not folder.is_dir():
+                _need_space(workdir, 2.5 * size)
+                _log(f"generating {folder} ...")
+                proc = subprocess.run([sys.executable, __file__, "--_generate", family, str(folder), str(size)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    sys.exit(f"bench: generating {family} failed:\n{proc.stderr[-3000:]}")
+            rows.append(bench(runner, family, folder, args.reps))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    note = (f"{os.cpu_count()} CPUs, load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+            f"{runner.rss_note}")
+    if args.json:
+        print(json.dumps({"rows": rows, "note": note}, indent=2))
+        return
+    print(f"{'family':<12} {'GiB':>5} {'cp s':>6} {'tool s':>7} {'tool/cp':>8} {'tool CPU s':>10} {'peak MiB':>9}")
+    for r in rows:
+        flag = ("" if r["wall ok"] else f" wall>{WALL_TARGET}x") + ("" if r["rss ok"] else f" rss>{RSS_TARGET_MIB:g}")
+        print(f"{r['family']:<12} {r['source_bytes'] / 2**30:>5.2f} {r['cp']['wall_s']:>6.2f} {r['tool']['wall_s']:>7.2f} "
+              f"{r['tool/cp wall']:>7.2f}x {r['tool']['cpu_s']:>10.2f} {r['tool']['rss_max_mib']:>9.1f}{flag}")
+    print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    main()

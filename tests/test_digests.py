@@ -1,0 +1,136 @@
+"""Manifest digests: BLAKE3 by default, SHA-256 by `--digest sha256`, the algorithm recorded in a 2.0
+manifest, and `verify` checking with whatever is recorded (1.0 manifests, SHA-256 named `sha256`, too)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
+
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from layout_helpers import flip_tensor_byte  # noqa: E402
+
+from convert import manifest as manifest_mod  # noqa: E402
+from convert.api import verify_path  # noqa: E402
+
+HASHES: dict[str, Callable[[bytes], Any]] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
+
+
+def tensor_bytes(out: Path, entry: dict[str, Any]) -> bytes:
+    data = (out / entry["file"]).read_bytes()
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    begin, end = entry["data_offsets"]
+    return data[start + begin:start + end]
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256", None])
+def test_every_digest_is_the_chosen_algorithm_of_the_bytes(small_checkpoint: Path, tmp_path: Path,
+                                                           algorithm: str | None) -> None:
+    out = tmp_path / "out"
+    rc, _, err = run_cli("pth-to-safetensors", small_checkpoint, out, *(["--digest", algorithm] if algorithm else []))
+    assert rc == 0, err
+    doc = read_manifest(out)
+    recorded = algorithm or "blake3"
+    digest = HASHES[recorded]
+    assert doc["manifest_version"] == "2.0" and doc["digest_algorithm"] == recorded
+    assert '"sha256":' not in json.dumps(doc)  # no field keeps the 1.0 name
+    for f in doc["files"]:
+        assert f["digest"] == digest((out / f["path"]).read_bytes()).hexdigest()
+        assert "sha256" not in f
+    for f in doc["source"]["files"]:
+        assert f["digest"] == digest(Path(f["path"]).read_bytes()).hexdigest()
+    for t in doc["tensors"]:
+        assert t["digest"] == digest(tensor_bytes(out, t)).hexdigest()
+    assert verify_path(out, small_checkpoint).ok
+
+
+def test_unknown_digest_is_refused_before_any_output(small_checkpoint: Path, tmp_path: Path) -> None:
+    rc, _, err = run_cli("pth-to-safetensors", small_checkpoint, tmp_path / "out", "--digest", "md5")
+    assert rc == 2 and "md5" in err and "Traceback" not in err
+    assert_no_output(tmp_path / "out")
+    from convert.api import pth_to_safetensors
+    from convert.errors import UsageError
+
+    with pytest.raises(UsageError, match="md5"):
+        pth_to_safetensors(small_checkpoint, tmp_path / "api", digest="md5")
+    assert_no_output(tmp_path / "api")
+
+
+def test_manifest_without_digest_algorithm_fails_the_schema(small_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", small_checkpoint, out)[0] == 0
+    doc = read_manifest(out)
+    del doc["digest_algorithm"]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    assert_cli_error(run_cli("verify", out), 8, "digest_algorithm")
+
+
+def as_version_1(out: Path) -> None:
+    """Rewrite a SHA-256 output's manifest as release 1.0 wrote it: no algorithm, fields named sha256."""
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc.pop("digest_algorithm") == "sha256"
+    doc["manifest_version"] = "1.0"
+    for entry in [*doc["files"], *doc["source"]["files"], *doc["tensors"]]:
+        entry["sha256"] = entry.pop("digest")
+    (out / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0 blake3", "2.0 sha256"])
+def test_verify_names_the_tensor_behind_a_flipped_byte(small_checkpoint: Path, tmp_path: Path, version: str) -> None:
+    out = tmp_path / "out"
+    algorithm = "blake3" if version == "2.0 blake3" else "sha256"
+    assert run_cli("pth-to-safetensors", small_checkpoint, out, "--digest", algorithm)[0] == 0
+    manifest = read_manifest(out)
+    if version == "1.0":
+        as_version_1(out)
+        assert manifest_mod.load(out)["digest_algorithm"] == "sha256"
+    rc, stdout, err = run_cli("verify", out, "--source", small_checkpoint)
+    assert rc == 0, err
+
+    for victim in ("encoder.weight", "decoder.bias"):
+        bad = tmp_path / f"bad-{victim}"
+        shutil.copytree(out, bad)
+        flip_tensor_byte(bad, manifest, victim)
+        rc, _, err = run_cli("verify", bad)
+        assert rc == 8, err
+        assert repr(victim) in err and "Traceback" not in err
+        report = verify_path(bad)
+        assert f"tensor {victim!r}: bytes do not match the manifest's digest" in report.problems
+        assert any(p.startswith("model.safetensors: size or digest differs") for p in report.problems)
+        assert not any(other in p for p in report.problems for other in ("encoder.weight", "decoder.bias")
+                       if other != victim)
+
+
+def test_verify_catches_a_change_outside_every_tensor(small_checkpoint: Path, tmp_path: Path) -> None:
+    """Header padding is no tensor's bytes: only the file's digest sees a change there."""
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", small_checkpoint, out)[0] == 0
+    path = out / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", bytes(raw[:8]))[0]
+    assert raw[8 + n - 1:8 + n] == b" ", "this model's header has no padding (choose another)"
+    raw[8 + n - 1:8 + n] = b"\t"  # still valid JSON whitespace: the header reads the same
+    path.write_bytes(bytes(raw))
+    report = verify_path(out)
+    assert report.problems == ["model.safetensors: size or digest differs from the manifest"], report.problems
+
+
+def test_batch_records_the_digest_and_reruns_when_it_changes(small_checkpoint: Path, tmp_path: Path) -> None:
+    rc, _, err = run_cli("batch", small_checkpoint, "--out-dir", tmp_path / "outs", "--digest", "sha256", "--json")
+    assert rc == 0, err
+    out = tmp_path / "outs" / small_checkpoint.stem
+    assert read_manifest(out)["digest_algorithm"] == "sha256"
+    rc, stdout, _ = run_cli("batch", small_checkpoint, "--out-dir", tmp_path / "outs", "--digest", "sha256", "--json")
+    assert rc == 0 and json.loads(stdout.splitlines()[0])["status"] == "skipped"
+    rc, stdout, _ = run_cli("batch", small_checkpoint, "--out-dir", tmp_path / "outs", "--json")
+    assert rc == 0 and json.loads(stdout.splitlines()[0])["status"] == "ok"
+    assert read_manifest(out)["digest_algorithm"] == "blake3"
