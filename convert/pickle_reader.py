@@ -481,9 +481,9 @@ def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any
     try:
         _prescan(stream, what)
         return RestrictedUnpickler(stream, persistent_load, inert).load()
-    except UnsafeInputError:
-        raise
     except Exception as exc:  # pickle raises many types for malformed input
+        if isinstance(exc, ConvertError) and not isinstance(exc, CorruptInputError):
+            raise  # a refusal that already says why (unsafe, unsupported)
         error = exc if isinstance(exc, ConvertError) else _load_error(exc, what)
         stream.seek(start)
         raise _refused_global(stream, inert) or error from None
