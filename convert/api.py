@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
-from .errors import UsageError
+from .errors import CorruptInputError, UnsupportedFormatError, UsageError
 from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
+from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .output import StagedOutput, write_file
 from .source import SourceModel
@@ -37,10 +39,12 @@ class ConvertOptions:
     layout_file: str | None = None  # a user's rule file (may extend a built-in layout)
     layout_options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None  # --dtype: f32, f16, bf16, f64
+    cast_loss: str = "refuse"  # --cast-loss: what a narrowing cast may do with values the target cannot hold
     max_shard_size: int | None = None  # bytes
     overwrite: bool = False
     dry_run: bool = False
     digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
+    follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
@@ -91,17 +95,20 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     staged = StagedOutput(out, options.overwrite)
     staged.check()
     _refuse_output_holding_source(source, staged.dest)
+    refuse_links([*source.files, *source.sidecars], options.follow_links)
+    refuse_unencodable_names(source)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
     decide_from_source(architecture, source.architecture)
     decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
     mapping = apply_layout(layout, source.tensors, architecture)
-    warnings = [*source.extras.get("warnings", []), *mapping.warnings]  # the reader's, then the layout's
-    apply_dtypes(mapping.tensors, options.dtype, layout)
+    refuse_empty(source, mapping)
+    warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's
+    apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
     kept, aliases = dedupe(mapping.tensors)
     tied = dict(aliases)
     if layout.ties == "duplicate":  # the loader looks every name up: write tied tensors under each
         kept, aliases = mapping.tensors, {}
-    items = [WriteItem(m.name, m.dtype, m.ref) for m in kept]
+    items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in kept]
     shards = shard_items(items, options.max_shard_size)
     names = shard_file_names(len(shards))
     total = sum(it.nbytes for it in items)
@@ -114,7 +121,11 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
-            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress) for fname, shard in zip(names, shards)]
+            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress)
+                       for fname, shard in zip(names, shards)]
+            lost = record_cast_losses(kept, written)
+            mapping.warnings.extend(lost)  # recorded in the manifest too
+            warnings += lost
             if len(written) > 1:
                 index = _index_json(written, total, layout.index_metadata)
                 for index_name in [INDEX_FILE, *layout.extra_index_names]:
@@ -123,8 +134,59 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
             doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
                                  source_digests.result(), tied)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
                             time.perf_counter() - started, warnings)
+
+
+def refuse_unencodable_names(source: SourceModel) -> None:
+    """Tensor names go into SafeTensors headers and onto stdout as UTF-8: a lone surrogate (which a
+    pickle's BINUNICODE or an HDF5 name can carry) has no UTF-8 form and no loader would accept it."""
+    for t in source.tensors:
+        try:
+            t.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptInputError(f"tensor name {t.name!r} is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
+    """Zero tensors is never a success: the source's arrays were all dropped, or the layout's were."""
+    if mapping.tensors:
+        return
+    why = (f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped
+           else "")
+    raise UnsupportedFormatError(f"no tensors to convert{_listed(source.dropped)}{why}")
+
+
+def dropped_warning(source: SourceModel) -> list[str]:
+    """One line saying how many source arrays the reader left out, and why (each in the manifest)."""
+    if not source.dropped:
+        return []
+    return [f"{len(source.dropped)} source array(s) not converted (each listed in the manifest's source.dropped)"
+            f"{_listed(source.dropped)}"]
+
+
+def _listed(dropped: dict[str, str]) -> str:
+    """The reasons with their counts, e.g. ': 18 training state optimizer (optimizer state), 2 ...'."""
+    if not dropped:
+        return ""
+    counts = Counter(dropped.values())
+    return ": " + ", ".join(f"{n} {why}" if n > 1 else f"{next(k for k, v in dropped.items() if v == why)!r} ({why})"
+                            for why, n in counts.items())
+
+
+def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
+    """Put what each narrowing cast lost into its manifest step; a warning per tensor that lost values."""
+    by_name = {t.name: t for w in written for t in w.tensors}
+    warnings = []
+    for m in kept:
+        for step, lost in zip(m.casts, by_name[m.name].cast_losses):
+            if step.get("lossless"):
+                continue
+            step.update(overflowed=lost.overflowed, flushed=lost.flushed)
+            if lost:
+                warnings.append(f"tensor {m.name!r}: {lost.describe(step['to'])} (--cast-loss {step['on_loss']})")
+    return warnings
 
 
 def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
@@ -199,6 +261,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
             "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
                       for p, d in zip(source.files, source_digests)],
             "details": source.extras,
+            **({"dropped": source.dropped} if source.dropped else {}),
         },
         "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
                    "options": layout.options, "warnings": mapping.warnings, "request": options.request,
@@ -208,19 +271,20 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         "sidecars": sidecars,
         "tensors": tensors,
         "aliases": aliases,
-        "dropped": mapping.dropped,
+        "dropped": [*source.dropped, *mapping.dropped],
         "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
     }
 
 
-def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
+def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None, strip_prefix: str = "auto",
                        progress: Progress | None = None, **options: Any) -> ConversionResult:
-    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions."""
+    """Convert a torch checkpoint file or Hugging Face PyTorch folder; options as ConvertOptions,
+    `strip_prefix` "auto", "none" or a prefix (see exporters.pytorch.select_tensors)."""
     from exporters.pytorch import open_pytorch
 
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
-    with open_pytorch(src, key) as source:
+    with open_pytorch(src, key, strip_prefix) as source:
         return convert_source(source, out, opts, progress)
 
 
@@ -282,15 +346,37 @@ def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress 
         return convert_source(source, out, opts, progress)
 
 
-def to_onnx(src: str | Path, out: str | Path, **options: Any) -> Any:
+def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None,
+                       **options: Any) -> ConversionResult:
+    """Convert a .npz, .npy or pickle of NumPy arrays; options as ConvertOptions."""
+    from exporters.numpy_arrays import open_numpy
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_numpy(src) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def tflite_to_safetensors(src: str | Path, out: str | Path, *, quantized: str = "dequantize",
+                          progress: Progress | None = None, **options: Any) -> ConversionResult:
+    """Convert a .tflite model's weights; `quantized` "dequantize" or "keep"; options as ConvertOptions."""
+    from exporters.tflite import open_tflite
+
+    opts = ConvertOptions(**options)
+    opts.max_shard_size = parse_size(opts.max_shard_size)
+    with open_tflite(src, quantized) as source:
+        return convert_source(source, out, opts, progress)
+
+
+def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | None = None, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
-    exporters.onnx_export.spec.ExportOptions. Returns an ExportResult."""
+    exporters.onnx_export.spec.ExportOptions; `stage` hears each step as it starts. Returns an ExportResult."""
     from exporters.onnx_export.pipeline import to_onnx as export
     from exporters.onnx_export.spec import ExportOptions
 
     opts = ExportOptions(**options)
     opts.external_data_threshold = parse_size(opts.external_data_threshold)  # type: ignore[assignment]
-    return export(src, out, opts)
+    return export(src, out, opts, stage)
 
 
 def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
@@ -298,17 +384,45 @@ def inspect_path(path: str | Path, key: str | None = None) -> dict[str, Any]:
     from .sources import open_source
 
     with open_source(path, key) as source:
+        refuse_unencodable_names(source)
         tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes}
                    for t in source.tensors]
         return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
 
 
-def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
-    """Verify an output folder; with `source`, compare every tensor with it too."""
+def _recorded_source(out: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The source format and details an output's manifest records ({} when it cannot say: verify then
+    reports what is wrong with the manifest)."""
+    try:
+        doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text())
+        fmt, details = doc["source"]["format"], doc["source"]["details"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+    return (fmt, details) if isinstance(fmt, str) and isinstance(details, dict) else (None, {})
+
+
+def _reopen(source: str | Path, out: str | Path, key: str | None) -> SourceModel:
+    """The source opened as the conversion opened it (key, stripped prefix, quantized mode), so every
+    name and value can be compared."""
     from .sources import open_source
 
+    fmt, details = _recorded_source(out)
+    if fmt == "tflite":
+        from exporters.tflite import open_tflite
+
+        mode = details.get("quantized")
+        return open_tflite(source, mode if mode in ("dequantize", "keep") else "dequantize")
+    if fmt is None or "pytorch" not in fmt:
+        return open_source(source, key)
+    recorded, prefix = details.get("key"), details.get("stripped_prefix")
+    key = key if key or not isinstance(recorded, str) else recorded
+    return open_source(source, key, prefix if isinstance(prefix, str) and prefix else "none")
+
+
+def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
+    """Verify an output folder; with `source`, compare every tensor with it too."""
     if source is None:
         return verify_output(out)
-    with open_source(source, key) as src:
+    with _reopen(source, out, key) as src:
         return verify_output(out, src)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .documents import check_schema, read_toml
-from .errors import ConvertError, SourceNotFoundError, UsageError
+from .documents import check_schema, parse_json, read_toml
+from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
 
 STATUSES = ("ok", "failed", "skipped")
 # Extensions picked up when a folder that is not itself a model is given as a source.
-SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx")
+SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class BatchSummary:
     results: list[JobResult] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)  # made when the executor starts
     finished: float | None = None  # when the last result came in
+    interrupted: bool = False  # Ctrl-C stopped the batch: `results` are the jobs that finished
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in STATUSES}
@@ -75,7 +78,8 @@ class BatchSummary:
         return {"summary": {"jobs": len(self.results), **self.counts(),
                             "bytes": sum(r.bytes for r in self.results),
                             "seconds": round(sum(r.seconds for r in self.results), 3),
-                            "wall_seconds": round((self.finished or self.started) - self.started, 3)}}
+                            "wall_seconds": round((self.finished or self.started) - self.started, 3),
+                            "interrupted": self.interrupted}}
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -144,6 +148,11 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[
     base = job_file.parent
     defaults = doc.get("defaults", {})
     entries = doc.get("job", [])
+    for entry in entries:
+        for key in ("source", "output"):
+            value = {**defaults, **entry}.get(key)
+            if isinstance(value, str) and "\0" in value:
+                raise UsageError(f"job file {job_file}: a job's {key} holds a NUL character; not a path")
     sources = [Path(e["source"]) if Path(e["source"]).is_absolute() else base / e["source"] for e in entries]
     default_names = output_names(sources)
     jobs = []
@@ -172,13 +181,14 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise SourceNotFoundError(f"report {path} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise UsageError(f"{path}: not a batch report ({exc})") from None
     rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise UsageError(f"{path}: not a batch report (a line is not JSON)") from None
+    for number, line in enumerate(lines, 1):
+        row = parse_json(line, f"{path}: not a batch report, a line", UsageError)
         if isinstance(row, dict) and "status" in row:
+            if not isinstance(row.get("source"), str) or "\0" in row["source"]:
+                raise UsageError(f"{path}: not a batch report (line {number} has no source path)")
             rows.append(row)
     return rows
 
@@ -195,7 +205,11 @@ def run_job(job: Job) -> JobResult:
         return JobResult(job.source, job.output, "ok", seconds=time.perf_counter() - started, bytes=written)
     except ConvertError as exc:
         return JobResult(job.source, job.output, "failed", str(exc), exc.exit_code, time.perf_counter() - started)
-    except Exception as exc:  # a bug in one job must not stop the others
+    except Exception as exc:  # an extra not installed here, or a bug in one job: neither stops the others
+        missing = missing_extra(exc.name or "", "this source") if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None:
+            return JobResult(job.source, job.output, "failed", str(missing), missing.exit_code,
+                             time.perf_counter() - started)
         return JobResult(job.source, job.output, "failed", f"internal error: {type(exc).__name__}: {exc}", 1,
                          time.perf_counter() - started)
 
@@ -272,20 +286,68 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
 OnResult = Callable[[JobResult], None]
 
 
-def run_local(jobs: list[Job], workers: int, on_result: OnResult) -> BatchSummary:
-    """A process pool: whole files per worker; a worker imports a framework only when a job needs it."""
+def run_local(jobs: list[Job], workers: int, on_result: OnResult,
+              on_stop: Callable[[], None] | None = None) -> BatchSummary:
+    """A process pool: whole files per worker; a worker imports a framework only when a job needs it.
+
+    Ctrl-C stops the batch at once: `on_stop` is called (the CLI says so and ignores a second
+    Ctrl-C from then on), the jobs not finished are cancelled (a running one is ended and removes its
+    staging folder), and the summary says it was interrupted."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     summary = BatchSummary()
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _collect(summary, run_job(job), on_result)
-        return summary
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
+    pool: ProcessPoolExecutor | None = None
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                _collect(summary, run_job(job), on_result)
+            return summary
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_signals)
+        futures = [pool.submit(_pool_job, job) for job in jobs]
         for future in as_completed(futures):
             _collect(summary, future.result(), on_result)
+    except KeyboardInterrupt:
+        if on_stop:
+            on_stop()
+        summary.interrupted = True
+        if pool is not None:
+            for process in list(pool._processes.values()):  # the executor has no public way to end running work
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+        return summary
+    if pool is not None:
+        pool.shutdown(wait=True)
     return summary
+
+
+class _Ended(BaseException):
+    """SIGTERM in a worker, raised so the running conversion removes its staging folder."""
+
+
+_running = False  # in a worker: whether a job is running
+
+
+def _pool_job(job: Job) -> JobResult:
+    global _running
+    _running = True
+    try:
+        return run_job(job)
+    except _Ended:  # the job's staging folder is gone by now
+        os._exit(EXIT_INTERRUPTED)
+    finally:
+        _running = False
+
+
+def _end_job(signum: int, frame: Any) -> None:
+    if not _running:
+        os._exit(EXIT_INTERRUPTED)  # an idle worker has nothing to clean up
+    raise _Ended()
+
+
+def _worker_signals() -> None:
+    """Ctrl-C reaches the whole process group: only the main process decides what it means."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_job)
 
 
 WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what nearly every job needs

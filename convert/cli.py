@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra, one_line
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
@@ -31,7 +31,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"convert: error: {message}", err=True)
+    click.echo(f"convert: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -53,9 +53,13 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(0)
         except (KeyboardInterrupt, Terminated):
             _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
-        except Exception as exc:  # a bug: say so plainly
+        except Exception as exc:  # an optional extra not installed (exit 4), else a bug: say so plainly
+            missing = (missing_extra(exc.name or "", click.get_current_context().info_name or "this")
+                       if isinstance(exc, ModuleNotFoundError) else None)
             if verbose:
                 traceback.print_exc()
+            if missing is not None:
+                _fail(str(missing), missing.exit_code)
             _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
 
     return wrapper
@@ -103,11 +107,18 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
         click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
+        click.option("--cast-loss", type=click.Choice(["refuse", "saturate", "accept"]), default="refuse",
+                     show_default=True,
+                     help="A cast that turns finite values into inf or non-zero ones into zero: refuse it "
+                          "(exit 7), saturate (the largest finite value instead of inf), or accept it; "
+                          "what was lost is recorded in the manifest."),
         click.option("--max-shard-size", metavar="SIZE",
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
         digest_option,
-        click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        click.option("--follow-links", is_flag=True,
+                     help="Read source files that are symlinks or hard links (refused by default)."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]):
         fn = decorator(fn)
@@ -120,12 +131,36 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+    with stderr_progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def stderr_progress(*columns: Any, file: Any = None) -> Any:
+    """A transient rich progress display on stderr, or `file` (rich draws on stdout by default, which
+    would put its lines into `convert ... > log`)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(file=file) if file is not None else Console(stderr=True)
+    return Progress("[progress.description]{task.description}", *columns, transient=True, console=console)
+
+
+@contextmanager
+def stage_display(enabled: bool) -> Iterator[Callable[[str], None] | None]:
+    """The step a long job is in (exporting, simplifying, validating), with a spinner, on a terminal.
+    Drawn on a copy of stderr: while a framework runs, descriptor 2 is pointed at a scratch file."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+    with open(os.dup(2), "w", encoding="utf-8") as terminal, \
+            stderr_progress(SpinnerColumn(), TimeElapsedColumn(), file=terminal) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda name: bar.update(task, description=name, refresh=True)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -136,20 +171,20 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--layout-option {pair!r}: expected KEY=VALUE")
-        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+        options[key] = value  # read as the type the layout declares (convert.mapping.option_value)
     return options
 
 
 def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, max_shard_size: str | None, digest: str,
-                    overwrite: bool, dry_run: bool, as_json: bool) -> None:
+                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str,
+                    overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
     from .api import ConvertOptions, convert_source, parse_size
     from .output import StagedOutput
 
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
-    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, max_shard_size=parse_size(max_shard_size),
-                             digest=digest, overwrite=overwrite, dry_run=dry_run)
+    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, cast_loss=cast_loss, max_shard_size=parse_size(max_shard_size),
+                             digest=digest, overwrite=overwrite, dry_run=dry_run, follow_links=follow_links)
     with open_source() as source:
         total = sum(t.nbytes for t in source.tensors)
         with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
@@ -185,14 +220,21 @@ def conversion_command(name: str, *options: Callable[..., Any]) -> Callable[...,
     return wrap
 
 
+STRIP_PREFIX = click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
+                 help="Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a "
+                      "Lightning module's `model.` when every name has it, so names match the inner module.")
+
+
 @conversion_command("pth-to-safetensors", click.option(
-    "--key", help="Dotted path of the dict holding the tensors (default: state_dict if present, else the root)."))
-def pth_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
+    "--key", help="Dotted path of the dict holding the tensors (default: the first model state dict of "
+                  "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
+                  "optimizer, scheduler, scaler and RNG states are left out)."), STRIP_PREFIX)
+def pth_to_safetensors(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
     folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
     from exporters.pytorch import open_pytorch
 
-    _run_conversion(lambda: open_pytorch(src, key), out, **opts)
+    _run_conversion(lambda: open_pytorch(src, key, strip_prefix), out, **opts)
 
 
 @conversion_command(
@@ -242,14 +284,14 @@ def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
 
 
 def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, max_shard_size: str | None, digest: str, overwrite: bool, dry_run: bool,
+            dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str, overwrite: bool, dry_run: bool, follow_links: bool,
             as_json: bool) -> None:
     from .api import nf_to_safetensors as convert_nf
 
     quiet = _flags().get("quiet", False)
     result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite,
-                        dry_run=dry_run)
+                        dtype=dtype, cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite,
+                        dry_run=dry_run, follow_links=follow_links)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
@@ -271,6 +313,29 @@ def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
     from exporters.onnx import open_onnx
 
     _run_conversion(lambda: open_onnx(src), out, **opts)
+
+
+@conversion_command("npz-to-safetensors")
+def npz_to_safetensors(src: str, out: str, **opts: Any) -> None:
+    """Convert NumPy arrays (.npz, .npy, a .npy holding a saved dict, or a plain pickle of dicts/lists of
+    ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted
+    unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach
+    PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names."""
+    from exporters.numpy_arrays import open_numpy
+
+    _run_conversion(lambda: open_numpy(src), out, **opts)
+
+
+@conversion_command("tflite-to-safetensors", click.option(
+    "--quantized", type=click.Choice(["dequantize", "keep"]), default="dequantize", show_default=True,
+    help="int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors."))
+def tflite_to_safetensors(src: str, out: str, quantized: str, **opts: Any) -> None:
+    """Convert a TFLite model's weights into the folder OUT without TensorFlow: conv filters from OHWI
+    to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the
+    quantization parameters are recorded in the manifest."""
+    from exporters.tflite import open_tflite
+
+    _run_conversion(lambda: open_tflite(src, quantized), out, **opts)
 
 
 @cli.command("to-onnx", epilog=EXIT_HELP)
@@ -333,11 +398,12 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
     shapes, dtypes = parse_input_shapes(input_shapes)
-    result = export_onnx(src, out, input_shapes=shapes, input_dtypes=dtypes,
-                         input_ranges=parse_input_ranges(input_ranges),
-                         dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
-                         simplify=not no_simplify, models=list(models), **opts)
     quiet = _flags().get("quiet", False)
+    with stage_display(not (as_json or quiet)) as stage:
+        result = export_onnx(src, out, stage=stage, input_shapes=shapes, input_dtypes=dtypes,
+                             input_ranges=parse_input_ranges(input_ranges),
+                             dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
+                             simplify=not no_simplify, models=list(models), **opts)
     if not quiet:
         for note in (n for g in result.graphs for n in g.notes):
             click.echo(f"convert: warning: {note}", err=True)
@@ -358,10 +424,11 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--key", help="For checkpoints: dotted path of the dict holding the tensors.")
+@STRIP_PREFIX
 @conversion_options
 @output_flags
 @command_errors
-def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
+def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
     """Detect the source format by content (not by extension alone) and run the matching conversion."""
     from pathlib import Path
 
@@ -369,7 +436,7 @@ def auto(src: str, out: str, key: str | None, **opts: Any) -> None:
 
     if detect(Path(src)) == "neuralforecast":
         return _run_nf(src, out, **opts)
-    _run_conversion(lambda: open_source(src, key), out, **opts)
+    _run_conversion(lambda: open_source(src, key, strip_prefix), out, **opts)
 
 
 @cli.command(epilog=EXIT_HELP)
@@ -427,7 +494,7 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
             if executor == "ray":
                 summary = batch_mod.run_ray(jobs, address, emit)
             else:
-                summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit)
+                summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit, on_stop=_stopping)
         closing = json.dumps(summary.to_json())
         if as_json:
             click.echo(closing)
@@ -437,6 +504,9 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
         if report:
             report.close()
     counts = summary.counts()
+    if summary.interrupted:
+        _fail(f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
+              f"skipped, {counts['failed']} failed); nothing was left half-written", EXIT_INTERRUPTED)
     if not quiet and not as_json:
         click.echo(f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
                    f"{counts['failed']} failed")
@@ -447,16 +517,22 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
         raise BatchFailedError(f"{counts['failed']} of {len(summary.results)} jobs failed")
 
 
+def _stopping() -> None:
+    """The first Ctrl-C of a batch: say so; a second one must not break the clean-up with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    click.echo("convert: stopping (Ctrl-C): cancelling the jobs not finished; finished ones are reported", err=True)
+
+
 @contextmanager
 def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], None]]:
     """Files done, bytes, rate and ETA on a terminal; nothing otherwise."""
     if not enabled or not sys.stderr.isatty():
         yield lambda result: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with stderr_progress(BarColumn(), MofNCompleteColumn(), "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(),
+                         TimeRemainingColumn()) as bar:
         task = bar.add_task("converting", total=len(jobs), mib=0.0)
         written = [0]
 
@@ -490,7 +566,7 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--source", "source_path", type=click.Path(path_type=str),
               help="Also compare every tensor with this source, byte for byte.")
-@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint.")
+@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors

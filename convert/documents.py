@@ -27,13 +27,53 @@ def check_schema(doc: Any, schema_name: str, where: str, error: type[ConvertErro
         raise error(f"{where} does not match {schema_name} at {path}: {errors[0].message}")
 
 
+# Nesting any document may have: real configs (Keras models in models, NeuralForecast configs)
+# stay under 40; the code that walks them recurses, so deeper ones fail cleanly here instead.
+MAX_NESTING = 200
+# Every parse error the standard parsers raise: ValueError covers JSONDecodeError, TOMLDecodeError
+# and integers past Python's 4300-digit conversion limit; RecursionError is `[[[[...`.
+PARSE_ERRORS = (ValueError, RecursionError, UnicodeDecodeError)
+
+
+def parse_json(text: str | bytes, where: str, error: type[ConvertError]) -> Any:
+    """JSON from a file a user or an attacker wrote: every parse error, and nesting past
+    MAX_NESTING, is `error` naming `where`; never a ValueError or RecursionError further on."""
+    try:
+        doc = json.loads(text)
+    except PARSE_ERRORS as exc:
+        raise error(f"{where}: not valid JSON ({str(exc)[:200]})") from None
+    return _shallow(doc, where, error)
+
+
+def parse_toml(text: str, where: str, error: type[ConvertError]) -> dict[str, Any]:
+    """TOML, with the same limits as parse_json."""
+    try:
+        doc = tomllib.loads(text)
+    except PARSE_ERRORS as exc:
+        raise error(f"{where}: not valid TOML ({str(exc)[:200]})") from None
+    return _shallow(doc, where, error)
+
+
+def _shallow(doc: Any, where: str, error: type[ConvertError]) -> Any:
+    """`doc`, after an iterative walk has found no nesting past MAX_NESTING."""
+    pending = [(doc, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_NESTING:
+            raise error(f"{where}: nested more than {MAX_NESTING} deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return doc
+
+
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     p = Path(path)
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SourceNotFoundError(f"{what} {p} does not exist") from None
     except IsADirectoryError:
         raise UsageError(f"{what} {p} is a folder") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
+    except UnicodeDecodeError as exc:
         raise UsageError(f"{what} {p}: not valid TOML ({exc})") from None
+    return parse_toml(text, f"{what} {p}", UsageError)

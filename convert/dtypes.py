@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from .errors import UnsupportedFormatError
+from .errors import MappingError, UnsupportedFormatError
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ TORCH_DTYPES: dict[str, str] = {
     "complex64": "C64", "cfloat": "C64",
     # no SafeTensors equivalent (codes not in DTYPES): unsupported, not unsafe
     "complex128": "C128", "cdouble": "C128", "complex32": "C32", "chalf": "C32",
+    # quantized dtypes (a dynamic-quantized Linear pickles `torch.qint8` beside its qtensor): known,
+    # so the qtensor reports quantization as unsupported rather than the dtype being refused as unsafe
+    "qint8": "QINT8", "quint8": "QUINT8", "qint32": "QINT32", "quint4x2": "QUINT4X2", "quint2x4": "QUINT2X4",
 }
 
 # Names accepted by --dtype.
@@ -102,7 +105,8 @@ def dtype(code: str) -> DType:
     try:
         return DTYPES[code]
     except (KeyError, TypeError):  # TypeError: a forged file's dtype that is not even hashable
-        raise UnsupportedFormatError(f"dtype {code!r} has no SafeTensors equivalent") from None
+        hint = "; quantized tensors are not supported (dequantize first)" if str(code).startswith("Q") else ""
+        raise UnsupportedFormatError(f"dtype {code!r} has no SafeTensors equivalent{hint}") from None
 
 
 def from_numpy(dt: np.dtype) -> DType:
@@ -122,3 +126,54 @@ def cast_array(arr: np.ndarray, code: str) -> np.ndarray:
         if arr.dtype == np.float64 and target.is_float and target.itemsize < 4:
             arr = arr.astype(np.float32)
         return arr.astype(target.numpy)
+
+
+# What a narrowing cast does with values the target cannot hold (--cast-loss).
+CAST_LOSS = ("refuse", "saturate", "accept")
+
+
+@dataclass
+class CastLoss:
+    """Values a cast lost: finite ones that became inf or NaN (the largest finite value when
+    saturating), and normal non-zero ones that became zero (below the target's subnormal range)."""
+
+    overflowed: int = 0
+    flushed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.overflowed or self.flushed)
+
+    def add(self, other: CastLoss) -> None:
+        self.overflowed += other.overflowed
+        self.flushed += other.flushed
+
+    def describe(self, target: str) -> str:
+        parts = [f"{self.overflowed} finite value(s) into inf" if self.overflowed else "",
+                 f"{self.flushed} non-zero value(s) into zero" if self.flushed else ""]
+        return f"cast to {target} turns " + " and ".join(p for p in parts if p)
+
+
+class CastLossError(MappingError):
+    """A cast would lose values and nothing said it may (exit 7, as other layout misfits)."""
+
+    def __init__(self, what: str, loss: CastLoss, target: str) -> None:
+        super().__init__(f"{what}: {loss.describe(target)}; --cast-loss saturate clamps to the largest {target}, "
+                         "--cast-loss accept writes them as the cast gives them (either is recorded in the manifest)")
+
+
+def cast_checked(arr: np.ndarray, code: str, on_loss: str) -> tuple[np.ndarray, CastLoss]:
+    """`cast_array`, counting what it lost; `saturate` turns the overflowed values into the target's
+    largest finite value of the same sign. Refusing is the caller's part: it knows the tensor."""
+    out = cast_array(arr, code)
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype in _ML_FLOATS) or not dtype(code).is_float:
+        return out, CastLoss()
+    src = arr.astype(np.float64) if arr.dtype in _ML_FLOATS else arr
+    overflow = np.isfinite(src) & ~np.isfinite(out.astype(np.float64))
+    flushed = (out == 0) & (np.abs(src) >= float(ml_dtypes.finfo(arr.dtype).smallest_normal))
+    if on_loss == "saturate" and overflow.any():
+        out = out.copy()
+        out[overflow] = np.copysign(float(ml_dtypes.finfo(out.dtype).max), src[overflow]).astype(out.dtype)
+    return out, CastLoss(int(np.count_nonzero(overflow)), int(np.count_nonzero(flushed)))
+
+
+_ML_FLOATS = {d.numpy for d in DTYPES.values() if d.is_float and not np.issubdtype(d.numpy, np.floating)}

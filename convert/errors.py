@@ -6,6 +6,17 @@ mapping and scripts can rely on the codes documented in the README.
 
 from __future__ import annotations
 
+import re
+
+# Control characters (a terminal obeys ESC sequences, a NUL cuts logs) and lone surrogates (which
+# no terminal or log encoding can write) are shown as escapes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line, whatever it quotes from a file."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
 
 class ConvertError(Exception):
     """Base of every error the toolchain raises on purpose. Printed as one line, never a traceback."""
@@ -15,7 +26,7 @@ class ConvertError(Exception):
 
     def __init__(self, message: object = "") -> None:
         # One line, whatever the message quotes from a file (a pickle's text, a name with a newline).
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        super().__init__(one_line(str(message)))
 
 
 class UsageError(ConvertError):
@@ -68,7 +79,7 @@ class VerificationError(ConvertError):
 
 
 class OutputExistsError(ConvertError):
-    """The destination holds earlier output and --overwrite was not given."""
+    """The destination holds an earlier output (--overwrite replaces it) or files this tool did not write."""
 
     exit_code = 9
     kind = "exists"
@@ -86,6 +97,24 @@ class BatchFailedError(ConvertError):
 
     exit_code = 11
     kind = "batch"
+
+
+# Top-level modules of the optional dependencies -> the extra (pyproject.toml) that installs them.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "h5py": "keras", "msgpack": "flax", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax",
+    "jaxlib": "jax", "flax": "jax", "orbax": "jax", "neuralforecast": "neuralforecast", "ray": "ray",
+    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxsim": "onnx", "tf2onnx": "onnx",
+}
+
+
+def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | None:
+    """The error for an optional dependency that is not installed (exit 4, with the command that
+    installs it), or None when `module` belongs to no extra (then its absence is a bug)."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    return UnsupportedFormatError(f"{what} needs the {extra} extra ({module} is not installed): "
+                                  f"pip install 'rust-model-convert[{extra}]'")
 
 
 EXIT_INTERRUPTED = 130

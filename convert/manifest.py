@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .documents import check_schema
+from .documents import check_schema, parse_json
 from .errors import CorruptInputError, SourceNotFoundError, VerificationError
 
 MANIFEST_FILE = "manifest.json"
@@ -31,9 +31,10 @@ def load(out_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SourceNotFoundError(f"{out_dir}: no {MANIFEST_FILE} (is this a conversion output?)")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise CorruptInputError(f"{path}: not valid JSON ({exc})") from None
+    doc = parse_json(text, str(path), CorruptInputError)
     if not isinstance(doc, dict):
         raise CorruptInputError(f"{path}: not a JSON object")
     return upgrade(doc)
@@ -54,7 +55,9 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def dumps(manifest: dict[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    # A lone surrogate (from an HDF5 attribute, a pickled string) cannot be UTF-8: written as the
+    # JSON escape \udXXX, which reads back as the same string.
+    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def generator() -> dict[str, str]:

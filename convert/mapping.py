@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from . import transforms as tf
-from .dtypes import CAST_TARGETS, DType, cast_array, dtype as lookup_dtype
+from .dtypes import CAST_LOSS, CAST_TARGETS, DType, dtype as lookup_dtype
 from .documents import check_schema, read_toml
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
@@ -41,6 +41,7 @@ class MappedTensor:
     transforms: list[dict[str, Any]] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)
     out_dtype: DType | None = None  # set when a cast is requested
+    casts: list[dict[str, Any]] = field(default_factory=list)  # the cast steps of `transforms`, done while writing
 
     @property
     def dtype(self) -> DType:
@@ -161,10 +162,11 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
             raise UsageError(f"unknown layout {name!r}; known: {', '.join(sorted(builtin_layouts()))}")
         doc, where = found, f"builtin:{found['name']}"
     merged = _resolve_extends(doc, depth=0)
-    opts = {**UNIVERSAL_OPTIONS, **merged.get("options", {}), **(options or {})}
-    unknown = set(options or {}) - set(merged.get("options", {})) - set(UNIVERSAL_OPTIONS)
+    defaults = {**UNIVERSAL_OPTIONS, **merged.get("options", {})}
+    unknown = set(options or {}) - set(defaults)
     if unknown:
         raise UsageError(f"layout {merged['name']!r} has no option {sorted(unknown)[0]!r}")
+    opts = {**defaults, **{k: option_value(k, v, defaults[k]) for k, v in (options or {}).items()}}
     if opts["ties"] not in (None, *TIE_MODES):
         raise UsageError(f"--layout-option ties={opts['ties']!r}: choose {' or '.join(TIE_MODES)}")
     return Layout(
@@ -176,6 +178,26 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
         options=opts, source=where, index_metadata=merged.get("index_metadata", {}),
         loader_ties=merged.get("ties", "duplicate"),
     )
+
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(name: str, value: str | bool) -> bool:
+    """A boolean option's value, strictly: a typo must not flip a setting (any word but "false"
+    counted as true once, so `=no` dropped tensors)."""
+    if isinstance(value, bool):
+        return value
+    found = BOOLEAN_WORDS.get(str(value).strip().lower())
+    if found is None:
+        raise UsageError(f"option {name}={value!r}: expected one of true/false/yes/no/1/0")
+    return found
+
+
+def option_value(name: str, value: Any, default: Any) -> Any:
+    """A layout option given as text (the command line) or a value (the API): a boolean option
+    (its default is one) is read strictly; others are kept as given."""
+    return parse_bool(name, value) if isinstance(default, bool) else value
 
 
 def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -195,7 +217,10 @@ def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
 
 def _rule(doc: dict[str, Any]) -> Rule:
     if "regex" in doc:
-        pattern = re.compile(doc["regex"])
+        try:
+            pattern = re.compile(doc["regex"])
+        except re.error as exc:
+            raise UsageError(f"layout rule regex {doc['regex'][:200]!r} does not compile: {exc}") from None
     else:
         pattern = compile_pattern(doc["match"])
     single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}
@@ -436,8 +461,11 @@ def _check_unique(layout: Layout, mapped: list[MappedTensor]) -> None:
 
 # --- dtypes --------------------------------------------------------------------------------------
 
-def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layout) -> None:
-    """The user's --dtype for floating tensors, then the layout's own dtype rules."""
+def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layout, on_loss: str = "refuse") -> None:
+    """The user's --dtype for floating tensors, then the layout's own dtype rules; `on_loss` (see
+    convert.dtypes.CAST_LOSS) says what a narrowing cast may do with values the target cannot hold."""
+    if on_loss not in CAST_LOSS:
+        raise UsageError(f"--cast-loss {on_loss!r}: choose one of {', '.join(CAST_LOSS)}")
     target = None
     if requested is not None:
         target = CAST_TARGETS.get(requested.lower())
@@ -446,27 +474,26 @@ def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layo
     for m in mapped:
         code = m.ref.dtype.code
         if target and m.ref.dtype.is_float and code != target:
-            _cast(m, target)
+            _cast(m, target, on_loss)
         final = m.dtype.code
         if layout.dtypes is not None and final not in layout.dtypes:
             to = layout.cast.get(final)
             if to is None:
                 raise MappingError(f"layout {layout.name}: tensor {m.name!r} is {final}, which the target does not load "
                                    f"(it loads {', '.join(layout.dtypes)})")
-            _cast(m, to)
+            _cast(m, to, on_loss)
 
 
 _FLOAT_RANK = {"F64": 3, "F32": 2, "F16": 1, "BF16": 1, "F8_E4M3": 0, "F8_E5M2": 0, "F8_E8M0": 0}
 
 
-def _cast(m: MappedTensor, to: str) -> None:
-    if m.out_dtype is not None:
-        # A second cast (the layout widening what --dtype asked for): the first one happens in the
-        # data too, so the bytes written are what the recorded chain produces when replayed.
-        before, first = m.ref, m.out_dtype
-        m.ref = TensorRef(before.name, first, before.shape, lambda: cast_array(before.array(), first.code))
-    src = m.dtype.code
-    m.transforms.append({"op": "cast", "to": to, "lossless": _lossless(src, to)})
+def _cast(m: MappedTensor, to: str, on_loss: str) -> None:
+    """A cast step, done by the writer while streaming (a second one, the layout widening what
+    --dtype asked for, follows the first there too, as the recorded chain replays)."""
+    lossless = _lossless(m.dtype.code, to)
+    step = {"op": "cast", "to": to, "lossless": lossless, **({} if lossless else {"on_loss": on_loss})}
+    m.transforms.append(step)
+    m.casts.append(step)
     m.out_dtype = lookup_dtype(to)
 
 

@@ -4,17 +4,22 @@ destination, fsynced, and renamed into place only when complete.
 On any error, Ctrl-C or SIGTERM the staging folder is removed; an existing output is left as it
 was unless `overwrite` is set, and even then it is swapped out only after the new one is complete.
 A process killed with SIGKILL can leave a staging folder (`.NAME.convert-*`), never a partial
-destination.
+destination; its name records the machine, process id and start time of its owner, so the next run
+into the same destination recognizes it as a dead run's and removes it.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import os
+import socket
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import OutputExistsError, OutputWriteError
 
@@ -26,23 +31,50 @@ class StagedOutput:
         self.dest = Path(dest).absolute()
         self.overwrite = overwrite
         self.staging: Path | None = None
+        self.removed: list[str] = []  # stale staging folders of killed runs, removed on entry
 
     def check(self) -> None:
-        """Refuse early, before any work, when the destination already holds something."""
+        """Refuse early, before any work, when the destination already holds something: an earlier
+        output of this tool is replaced only with `overwrite`, anything else never."""
         if self.dest.exists():
             if not self.dest.is_dir():
                 raise OutputExistsError(f"{self.dest} exists and is not a folder")
-            if any(self.dest.iterdir()) and not self.overwrite:
-                raise OutputExistsError(f"{self.dest} already holds files; pass --overwrite to replace them")
+            if not any(self.dest.iterdir()):
+                return
+            foreign = foreign_entries(self.dest)
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise OutputExistsError(f"{self.dest} holds files this tool did not write ({shown}); "
+                                        "choose another output folder, or move them away")
+            if not self.overwrite:
+                raise OutputExistsError(f"{self.dest} already holds an earlier output; pass --overwrite to replace it")
 
     def __enter__(self) -> Path:
         self.check()
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}", dir=self.dest.parent))
+            self.removed = self._remove_stale()
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}{_owner_tag(os.getpid())}.",
+                                                 dir=self.dest.parent))
+            os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would become the output's
         except OSError as exc:
             raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
         return self.staging
+
+    def _remove_stale(self) -> list[str]:
+        """Staging folders for this destination whose owner (this machine, by process id and start
+        time) is gone: a run killed with SIGKILL. Folders of live runs and of other machines stay."""
+        prefix = f".{self.dest.name}{STAGING_MARK}"
+        removed = []
+        for path in self.dest.parent.glob(glob.escape(prefix) + "*"):
+            owner = path.name[len(prefix):].split(".")
+            if len(owner) < 4 or owner[0] != _host_tag() or not owner[1].isdigit() or not path.is_dir():
+                continue
+            if _owner_tag(int(owner[1])) == ".".join(owner[:3]):
+                continue  # that process is still running
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        return removed
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self.staging is not None
@@ -87,6 +119,89 @@ class StagedOutput:
         fsync_path(self.dest.parent)
 
 
+def _host_tag() -> str:
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def _owner_tag(pid: int) -> str:
+    """host.pid.start of a live process (its start time in clock ticks from /proc, where there is
+    one, so a reused pid is not taken for the owner); `host.pid.gone` when it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            started = fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        started = "gone"
+    except (OSError, IndexError):  # no /proc: the pid alone
+        try:
+            os.kill(pid, 0)
+            started = "0"
+        except ProcessLookupError:
+            started = "gone"
+        except PermissionError:
+            started = "0"
+    return f"{_host_tag()}.{pid}.{started}"
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What in `folder` is not part of an earlier output of this tool, as paths relative to it.
+
+    An output is identified by its manifest (manifest.json, this tool named as its generator) and
+    holds only what that manifest lists; a NeuralForecast output by models.json and its model
+    folders; a folder of several graphs (to-onnx of a NeuralForecast save) by its outputs alone."""
+    from . import manifest as manifest_mod
+
+    names = sorted(p.name for p in folder.iterdir())
+    doc = _json_object(folder / manifest_mod.MANIFEST_FILE)
+    if doc is not None and isinstance(doc.get("generator"), dict) and doc["generator"].get("name") == manifest_mod.GENERATOR:
+        return [n for n in names if n not in _manifest_names(doc)]
+    models = _json_object(folder / "models.json")
+    if models is not None and isinstance(models.get("models"), list):
+        listed = {m.get("folder") for m in models["models"] if isinstance(m, dict)} & set(names)
+        return [n for n in names if n != "models.json" and n not in listed] + _inside(folder, sorted(listed))
+    if doc is None and names and all((folder / n / manifest_mod.MANIFEST_FILE).is_file() for n in names):
+        return _inside(folder, names)
+    return names
+
+
+def _inside(folder: Path, outputs: list[str]) -> list[str]:
+    """Foreign entries of the output folders `outputs` inside `folder` (a file there is foreign)."""
+    found: list[str] = []
+    for name in outputs:
+        if (folder / name).is_dir():
+            found.extend(f"{name}/{f}" for f in foreign_entries(folder / name))
+        else:
+            found.append(name)
+    return found
+
+
+def _manifest_names(doc: dict[str, Any]) -> set[str]:
+    """The names an output's manifest accounts for: its files, index (and the layout's extra
+    indexes), sidecars and itself."""
+    from . import manifest as manifest_mod
+    from .errors import ConvertError
+    from .mapping import load_layout
+
+    files = [f.get("path") for f in doc.get("files", []) if isinstance(f, dict)]
+    names = {manifest_mod.MANIFEST_FILE, *files, *doc.get("sidecars", [])}
+    if doc.get("index"):
+        names.add(doc["index"])
+        try:
+            names.update(load_layout(doc.get("target", {}).get("layout", "")).extra_index_names)
+        except ConvertError:  # a user's layout: only its main index is known
+            pass
+    return {n for n in names if isinstance(n, str)}
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where
     the C library, kernel or file system has no such call."""
@@ -106,6 +221,20 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (os.umask can only swap)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file, or a folder's entries, to disk (a file written by another library, say)."""
     fd = os.open(path, os.O_RDONLY)
@@ -117,7 +246,7 @@ def fsync_path(path: Path) -> None:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write a small file inside a staging folder, durably."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides, as for any file
     try:
         view = memoryview(data)
         while view:

@@ -145,6 +145,11 @@ def _record(storage: Any, storage_offset: Any, size: Any, stride: Any, code: str
     return TensorRecord(storage, offset, shape, strides, code)
 
 
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorRecord:
+    """torch <= 0.3 (the Python 2 era): no requires_grad, no hooks."""
+    return _rebuild_tensor_v2(storage, storage_offset, size, stride)
+
+
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
                        requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> TensorRecord:
     _check_hooks(backward_hooks)
@@ -230,7 +235,13 @@ def _numpy_dtype(name: Any, align: Any = False, copy: Any = False) -> NumpyDType
     return NumpyDType(name)
 
 
+def _py2_bytes(value: Any) -> Any:
+    """A Python 2 pickle's byte string (array or scalar data) arrives as latin-1 text: its bytes again."""
+    return value.encode("latin1") if type(value) is str else value
+
+
 def _numpy_scalar(dt: Any, data: Any = None) -> Any:
+    data = _py2_bytes(data)
     if not isinstance(dt, NumpyDType) or type(data) is not bytes:
         raise CorruptInputError("numpy scalar without a plain dtype and bytes")
     npdt = dt.resolve()
@@ -244,6 +255,27 @@ class NumpyArrayRecord(InertObject):
 
     qualname = "numpy.ndarray"
 
+    def holds_objects(self) -> bool:
+        """An object array (dtype 'O'): its data is a list of pickled items, not bytes."""
+        state = self.state
+        return (type(state) is tuple and len(state) == 5 and isinstance(state[2], NumpyDType)
+                and state[2].name.startswith("O") and type(state[4]) is list)
+
+    def object_shape(self) -> tuple[int, ...]:
+        return _int_tuple(self.state[1], "numpy shape") if self.holds_objects() else ()
+
+    def objects(self) -> list[Any]:
+        """An object array's items, in C order; each is whatever the restricted unpickler built."""
+        if not self.holds_objects():
+            raise CorruptInputError("numpy array is not an array of objects")
+        items = self.state[4]
+        count = 1
+        for n in self.object_shape():
+            count *= n
+        if count != len(items) or not items:
+            raise CorruptInputError("numpy object array's items do not match its shape")
+        return items
+
     def to_array(self) -> np.ndarray:
         state = self.state
         if type(state) is not tuple or len(state) != 5:
@@ -252,6 +284,7 @@ class NumpyArrayRecord(InertObject):
         shape = _int_tuple(shape, "numpy shape")
         if any(n < 0 for n in shape):
             raise CorruptInputError("numpy array has a negative dimension")
+        raw = _py2_bytes(raw)
         if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
             raise UnsupportedFormatError("numpy array of objects is not supported")
         npdt = dt.resolve()
@@ -286,6 +319,20 @@ def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     raise CorruptInputError("bytearray built from something other than its bytes")
 
 
+class PickledOrderedDict(OrderedDict):  # type: ignore[type-arg]
+    """`collections.OrderedDict` as a pickle builds it. torch's state dicts BUILD it with
+    `{"_metadata": ...}`; that state is kept as data in a slot, never in the instance dict, where an
+    attribute such as `items` would shadow the method the reader calls next."""
+
+    __slots__ = ("pickle_state",)
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not dict or not set(state) <= {"_metadata"}:
+            keys = sorted(map(text_of, state))[:5] if isinstance(state, dict) else type(state).__name__
+            raise UnsafeInputError(f"pickle tries to set state {keys} on an OrderedDict")
+        self.pickle_state = state
+
+
 @dataclass(frozen=True)
 class AttributeReference:
     """What a pickled `getattr(obj, name)` names (a bound method such as a loss's `domain_map`).
@@ -306,14 +353,25 @@ def _attribute_reference(obj: Any, name: Any, *default: Any) -> AttributeReferen
     return AttributeReference(obj.qualname if isinstance(obj, InertObject) else type(obj).__name__, name)
 
 
+def _typed_list(data: Any) -> list[Any]:
+    if type(data) is not list:
+        raise CorruptInputError("TorchScript typed list built from something that is not a list")
+    return data
+
+
+def _restore_type_tag(value: Any, type_str: Any) -> Any:
+    return value  # the tag names a TorchScript type; the value is plain data already
+
+
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
 
-_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
+_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
                       "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
 
 _CALLABLES: dict[str, Callable[..., Any]] = {
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -325,7 +383,7 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_wrapper_subclass": _unsupported("tensor subclasses"),
     "torch._utils._rebuild_meta_tensor_no_storage": _unsupported("meta tensors (no data)"),
     "torch.Size": _torch_size,
-    "collections.OrderedDict": OrderedDict,
+    "collections.OrderedDict": PickledOrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
     "builtins.bytearray": _bytearray,
@@ -335,6 +393,13 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "builtins.getattr": _attribute_reference,
     "__builtin__.getattr": _attribute_reference,
     "copyreg._reconstructor": _copyreg_reconstructor,
+    # TorchScript's typed containers (torch/jit/_pickle.py): each returns the list or value it is given
+    "torch.jit._pickle.build_intlist": _typed_list,
+    "torch.jit._pickle.build_doublelist": _typed_list,
+    "torch.jit._pickle.build_boollist": _typed_list,
+    "torch.jit._pickle.build_tensorlist": _typed_list,
+    "torch.jit._pickle.build_complexlist": _typed_list,
+    "torch.jit._pickle.restore_type_tag": _restore_type_tag,
     "numpy.dtype": _numpy_dtype,
     "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
@@ -368,7 +433,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
                  inert: tuple[str, ...] = DEFAULT_INERT) -> None:
-        super().__init__(file)
+        # latin-1 as torch.load(encoding="latin1"): Python 2 pickles store str keys as byte strings
+        super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._inert = inert
         self._inert_classes: dict[str, type[InertObject]] = {}
@@ -377,8 +443,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         qualname = f"{module}.{name}"
         if qualname in _CALLABLES:
             return _SafeCallable(qualname, _CALLABLES[qualname])
-        if module == "torch" and name in TORCH_STORAGE_TYPES:
-            return StorageType(TORCH_STORAGE_TYPES[name])
+        if module in ("torch", "torch.cuda") and name in TORCH_STORAGE_TYPES:
+            return StorageType(TORCH_STORAGE_TYPES[name])  # a CUDA storage's bytes are read as CPU data
         if qualname in ("torch.UntypedStorage", "torch.storage.UntypedStorage"):
             return StorageType(None)
         if module == "torch" and name in TORCH_DTYPES:
@@ -407,47 +473,142 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
                     inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
-    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError."""
+    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError. A pickle
+    that fails as malformed but names a global off the allow-list anywhere is refused as unsafe: a
+    gadget behind a deliberate error is still an attack (exit 5), not a damaged file (6)."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    _check_memo_indices(stream, what)
-    try:
-        return RestrictedUnpickler(stream, persistent_load, inert).load()
-    except ConvertError:
-        raise
-    except RecursionError:
-        raise CorruptInputError(f"{what} is nested too deeply") from None
-    except MemoryError:
-        raise CorruptInputError(f"{what} asks for more memory than it can hold") from None
-    except EOFError:
-        raise CorruptInputError(f"{what} is truncated") from None
-    except Exception as exc:  # pickle raises many types for malformed input
-        raise CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
-
-
-def _check_memo_indices(stream: BinaryIO, what: str) -> None:
-    """Refuse a memo index beyond the entries made so far, before the C unpickler sees it.
-
-    The C unpickler keeps its memo in an array sized by the largest index it is given, so a single
-    forged LONG_BINPUT (index ~2**31) makes it allocate and zero gigabytes: a hang from a 1 KB file.
-    Real picklers number memo entries 0, 1, 2, ...; this pass reads opcodes only (nothing is built)
-    and leaves the stream where it was. Structural errors are left for the unpickler to report.
-    """
     start = stream.tell()
-    made = 0
+    try:
+        _prescan(stream, what)
+        return RestrictedUnpickler(stream, persistent_load, inert).load()
+    except Exception as exc:  # pickle raises many types for malformed input
+        if isinstance(exc, ConvertError) and not isinstance(exc, CorruptInputError):
+            raise  # a refusal that already says why (unsafe, unsupported)
+        error = exc if isinstance(exc, ConvertError) else _load_error(exc, what)
+        stream.seek(start)
+        raise _refused_global(stream, inert) or error from None
+
+
+def _load_error(exc: Exception, what: str) -> ConvertError:
+    if isinstance(exc, RecursionError):
+        return CorruptInputError(f"{what} is nested too deeply")
+    if isinstance(exc, MemoryError):
+        return CorruptInputError(f"{what} asks for more memory than it can hold")
+    if isinstance(exc, EOFError):
+        return CorruptInputError(f"{what} is truncated")
+    return CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}")
+
+
+def _refused_global(stream: BinaryIO, inert: tuple[str, ...]) -> UnsafeInputError | None:
+    """The refusal of the first global off the allow-list the pickle names, read from its opcodes
+    alone (up to where they stop making sense); None when it names none."""
+    probe = RestrictedUnpickler(io.BytesIO(b""), None, inert)
+    strings: list[str] = []
     try:
         for op, arg, _pos in pickletools.genops(stream):
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                if type(arg) is not int or not 0 <= arg <= made:
-                    raise CorruptInputError(f"{what} stores memo entry {arg} after making only {made}")
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str) and " " in arg:
+                module, name = arg.split(" ", 1)
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                module, name = strings
+            else:
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                continue
+            try:
+                probe.find_class(module, name)
+            except UnsafeInputError as exc:
+                return exc
+    except Exception:  # the opcodes stop making sense here: nothing past this point could run
+        pass
+    return None
+
+
+# Deepest container nesting a pickle may build. Real checkpoints (state dicts, Lightning
+# hyper-parameters, pandas objects in NeuralForecast pickles) stay under 20; CPython hashes tuples
+# and compares containers recursively in C, so a key nested 200,000 deep overflows the C stack.
+MAX_NESTING = 100
+_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+
+
+def _prescan(stream: BinaryIO, what: str) -> None:
+    """Check a pickle's opcodes before the C unpickler builds anything from them.
+
+    Two things the C unpickler cannot be trusted with are refused here: a memo index beyond the
+    entries made so far (it sizes its memo array by the largest index: one forged LONG_BINPUT of
+    ~2**31 zero-fills gigabytes), and containers nested past MAX_NESTING (hashing such a tuple as a
+    dict key or set member recurses in C until the process dies). The stack is simulated with the
+    nesting depth of each object; nothing is built, and the stream is left where it was. A pickle
+    whose opcodes cannot even be read (a length past its end, an unknown opcode) is refused too:
+    the C unpickler would allocate what a BYTEARRAY8 length says before finding out.
+    """
+    start = stream.tell()
+    depths: list[int] = []  # nesting depth of every object made, by creation order
+    stack: list[int] = []  # the objects on the unpickler's stack, as indices into depths
+    marks: list[int] = []  # stack lengths at each MARK
+    memo: dict[int, int] = {}
+    made = 0
+    try:
+        ops = pickletools.genops(stream)
+        while True:
+            try:
+                op, arg, _pos = next(ops)
+            except StopIteration:
+                break
+            except ValueError as exc:
+                raise CorruptInputError(f"{what} is malformed: {exc}") from None
+            name = op.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = made if name == "MEMOIZE" else arg
+                # Python 2's cPickle numbers its entries from 1: one ahead is allowed
+                if type(index) is not int or not 0 <= index <= made + (name != "MEMOIZE"):
+                    raise CorruptInputError(f"{what} stores memo entry {index} after making only {made}")
                 made += 1
-            elif op.name == "MEMOIZE":
-                made += 1
+                memo[index] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP" and marks and marks[-1] == len(stack):
+                marks.pop()
+            else:
+                _simulate(op, name, stack, marks, depths, what)
     except ConvertError:
         raise
-    except Exception:  # malformed: the unpickler below raises its own error for it
+    except (IndexError, KeyError):  # a malformed stack: the unpickler below reports it
         pass
     finally:
         stream.seek(start)
+
+
+def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int],
+              what: str) -> None:
+    """One opcode's effect on the simulated stack: pop its inputs, push its outputs with their depth."""
+    before = op.stack_before
+    if pickletools.markobject in before:
+        at = marks.pop()
+        children = stack[at:]
+        del stack[at:]
+        pre = before.index(pickletools.markobject)
+    else:
+        children, pre = [], len(before)
+    if pre:
+        children = stack[-pre:] + children
+        del stack[-pre:]
+    inner = 1 + max((depths[c] for c in children[1 if name in _MUTATORS else 0:]), default=-1)
+    if name in _MUTATORS:  # the container changes in place: memo references see the new depth
+        target = children[0]
+        depths[target] = max(depths[target], inner)
+        made = [target]
+    else:
+        made = []
+        for _ in op.stack_after:
+            depths.append(max(inner, 0))
+            made.append(len(depths) - 1)
+    if made and depths[made[0]] > MAX_NESTING:
+        raise CorruptInputError(f"{what} nests containers more than {MAX_NESTING} deep")
+    stack.extend(made)
 
 
 def storage_dtype(storage_type: Any) -> str | None:

@@ -1,4 +1,10 @@
-"""What every exporter hands to the core: a source model as lazy tensors in canonical form."""
+"""What every exporter hands to the core: a source model as lazy tensors in canonical form.
+
+The contract that makes exit 0 a promise: a reader accounts for every array its source holds. Each
+one is converted (it is, or feeds, one of `tensors`), dropped with the reason in `dropped` (the
+core prints them and records them in the manifest), or refused (the reader raises). A reader that
+meets arrays it cannot place must refuse rather than leave them out, and a source that yields no
+tensor at all fails in the core (convert.api.convert_source)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class SourceModel:
     # lands in the manifest's architecture section as "source_model".
     architecture: dict[str, Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
 
     def close(self) -> None:
         for close in self.closers:

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import SourceNotFoundError, UnsupportedFormatError
+from .errors import SourceNotFoundError, UnsupportedFormatError, missing_extra
 from .source import SourceModel
 
 # kind -> (exporter module, open function, CLI conversion command)
@@ -24,10 +24,14 @@ READERS: dict[str, tuple[str, str, str]] = {
     "tensorflow": ("exporters.tensorflow", "open_tensorflow", "tf-to-safetensors"),
     "neuralforecast": ("exporters.neuralforecast", "open_neuralforecast", "nf-to-safetensors"),
     "onnx": ("exporters.onnx", "open_onnx", "onnx-to-safetensors"),
+    "numpy": ("exporters.numpy_arrays", "open_numpy", "npz-to-safetensors"),
+    "tflite": ("exporters.tflite", "open_tflite", "tflite-to-safetensors"),
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+TORCH_LEGACY_HEAD = b"\x8a\x0a"  # after PROTO n: LONG1 of 10 bytes, the legacy torch.save magic number
 
 
 def detect(path: Path) -> str:
@@ -71,16 +75,21 @@ def _detect_file(path: Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(16)
     size = path.stat().st_size
+    if _is_safetensors(path, head, size):  # first: a 640-byte header's length starts 80 02, a pickle's opening
+        return "safetensors"
     if head.startswith(ZIP_MAGIC):
         return _detect_zip(path)
     if head.startswith(HDF5_MAGIC):
         return "keras"
     if path.suffix == ".index" or re.search(r"\.data-[0-9]{5}-of-[0-9]{5}$", path.name):
         return "tensorflow"  # a TF checkpoint's index (an SSTable: no magic at its start) or data shard
+    if head.startswith(NPY_MAGIC):
+        return "numpy"
+    if head[4:8] == b"TFL3":
+        return "tflite"  # a flatbuffer with the TFLite file identifier
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pytorch"  # a pickle: the legacy torch.save format
-    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
-        return "safetensors"
+        # the legacy torch.save format starts with its magic number; any other pickle is read as arrays
+        return "pytorch" if head[2:4] == TORCH_LEGACY_HEAD else "numpy"
     if head[:1] and (0x81 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
         return "flax"  # a msgpack map: flax.serialization.to_bytes
     if path.suffix == ".onnx" and head[:1] == b"\x08":
@@ -90,16 +99,31 @@ def _detect_file(path: Path) -> str | None:
     return None
 
 
+def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
+    """A length, then a JSON object that ends where the length says (its padding is spaces): a pickle
+    that happens to hold `{` at byte 8 does not also close a brace there."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    end = 8 + struct.unpack("<Q", head[:8])[0]
+    if end > size:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(max(9, end - 16))
+        return fh.read(end - fh.tell()).rstrip(b" ").endswith(b"}")
+
+
 def _detect_zip(path: Path) -> str | None:
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError):  # ValueError: a name flagged UTF-8 that is not
         return "pytorch"  # let the torch reader give its precise error
     if any(n.endswith("/data.pkl") for n in names):
         return "pytorch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "numpy"  # np.savez
     if "model.weights.h5" in names or "config.json" in names:
         return "keras"
     return None
@@ -113,13 +137,17 @@ def reader(kind: str) -> Any:
     try:
         return getattr(importlib.import_module(module), function)
     except ImportError as exc:
-        raise UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}") from None
+        raise (missing_extra(exc.name or "", f"reading a {kind} source")
+               or UnsupportedFormatError(f"reading a {kind} source needs an optional extra: {exc}")) from None
 
 
-def open_source(path: str | Path, key: str | None = None) -> SourceModel:
-    """Open any supported source; `key` selects a nested dict in checkpoints that have them."""
+def open_source(path: str | Path, key: str | None = None, strip_prefix: str = "auto") -> SourceModel:
+    """Open any supported source; `key` selects a nested dict in checkpoints that have them,
+    `strip_prefix` a wrapper prefix to strip from a torch checkpoint's names."""
     p = Path(path)
     kind = detect(p)
-    if kind in ("pytorch", "tensorflow"):
+    if kind == "pytorch":
+        return reader(kind)(p, key, strip_prefix)
+    if kind == "tensorflow":
         return reader(kind)(p, key)
     return reader(kind)(p)

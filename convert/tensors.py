@@ -162,6 +162,22 @@ def iter_chunks(arr: np.ndarray, max_bytes: int = CHUNK_BYTES) -> Iterator[np.nd
         yield from iter_chunks(row, max_bytes)
 
 
+MAX_RANK = 64  # numpy's NPY_MAXDIMS
+_MAX_ARRAY_BYTES = 2**63  # numpy's intp: no array, not even an empty one, may span more
+
+
+def check_shape(shape: tuple[int, ...], itemsize: int, what: str, strides: tuple[int, ...] = ()) -> None:
+    """Refuse a shape (and element strides) numpy cannot build an array of before anything tries:
+    more than 64 dimensions, or a size or stride past its intp, counted as numpy counts them (zero
+    dimensions do not excuse the others: shape (0, 2**62) is refused by numpy too)."""
+    if len(shape) > MAX_RANK:
+        raise CorruptInputError(f"{what} has {len(shape)} dimensions; numpy allows at most {MAX_RANK}")
+    if math.prod(max(d, 1) for d in shape) * max(itemsize, 1) >= _MAX_ARRAY_BYTES:
+        raise CorruptInputError(f"{what} has shape {list(shape)[:8]}, too large for any array")
+    if any(abs(s) * max(itemsize, 1) >= _MAX_ARRAY_BYTES for s in strides):
+        raise CorruptInputError(f"{what} has a stride too large for any array")
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, step = [], 1
     for n in reversed(shape):

@@ -4,7 +4,9 @@ A chain works on a list of arrays that starts as the output's source tensors, in
 act on the arrays named by `input` (an index) or on every array; `concat` and `add` join the arrays
 named by `inputs` (default: all) into one, in place of the first. A chain ends with one array.
 
-    cast         {"to": "F16"}                         lossless only when widening
+    cast         {"to": "F16", "on_loss"?}             lossless only when widening; values lost to
+                                                       inf or zero refused unless on_loss is
+                                                       "saturate" or "accept" (convert.dtypes)
     transpose    {} (reverse all axes) / permute {"axes": [...]}
     reshape      {"shape": [...]} (-1 allowed once)
     split        {"axis", "parts", "index"}            keep one of `parts` equal blocks
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DType, cast_array, dtype as lookup_dtype
+from .dtypes import CastLossError, DType, cast_array, cast_checked, dtype as lookup_dtype
 from .errors import MappingError, UnsupportedFormatError
 
 Shape = tuple[int, ...]
@@ -144,7 +146,12 @@ def output_spec(transforms: list[dict[str, Any]], sources: list[Spec]) -> Spec:
 def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
     op = t["op"]
     if op == "cast":
-        return cast_array(arr, t["to"])
+        if t.get("lossless"):
+            return cast_array(arr, t["to"])
+        out, loss = cast_checked(arr, t["to"], t.get("on_loss", "refuse"))
+        if loss and t.get("on_loss", "refuse") == "refuse":  # unless a rule or manifest says it may
+            raise CastLossError(f"cast to {t['to']}", loss, t["to"])
+        return out
     if op in ("transpose", "permute"):
         return arr.transpose(_perm(t, arr.ndim))
     if op == "reshape":

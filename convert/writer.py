@@ -11,13 +11,14 @@ import errno
 import mmap
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .dtypes import DType, cast_array
-from .errors import ConvertError, CorruptInputError, OutputWriteError
+from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
+from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
@@ -36,6 +37,7 @@ class WriteItem:
     name: str
     dtype: DType
     ref: TensorRef  # cast to `dtype` while streaming when the two differ
+    casts: list[dict[str, Any]] = field(default_factory=list)  # the cast steps that take `ref` to `dtype`
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -54,6 +56,7 @@ class WrittenTensor:
     shape: tuple[int, ...]
     data_offsets: tuple[int, int]
     digest: str
+    cast_losses: list[CastLoss]  # per cast step of the item: what it lost
 
 
 @dataclass
@@ -96,14 +99,15 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
     total = len(header) + sum(it.nbytes for it in ordered)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     hasher: OutputHasher | None = None
     try:
         _pwrite_all(fd, header, 0, path)
         hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm)
         pos = len(header)
+        losses = []
         for item in ordered:
-            _write_tensor(fd, item, pos, hasher, path)
+            losses.append(_write_tensor(fd, item, pos, hasher, path))
             pos += item.nbytes
             hasher.advance(pos)
             if progress:
@@ -116,36 +120,52 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
         raise
     finally:
         os.close(fd)
-    tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg)
-               for it, off, dg in zip(ordered, offsets, digests)]
+    tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
+               for it, off, dg, lost in zip(ordered, offsets, digests, losses)]
     return WrittenFile(path.name, total, file_digest, tensors)
 
 
-def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> None:
+def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> list[CastLoss]:
+    """Write one tensor; what each of its casts lost, counted over the whole tensor. A cast that lost
+    values without leave (its `on_loss` is "refuse") fails the file after it has counted them all."""
     ref = item.ref
-    if ref.span is not None and item.dtype == ref.dtype:
+    losses = [CastLoss() for _ in item.casts]
+    if ref.span is not None and item.dtype == ref.dtype and not item.casts:  # F32 -> BF16 -> F32 is no copy
         _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, hasher)
-        return
-    arr = ref.array()
-    if _write_transposed(fd, arr, item, pos, path):
-        return
-    for chunk in iter_chunks(arr, CHUNK_BYTES):
-        data = _bytes(chunk, item)
-        _pwrite_all(fd, data, pos, path)
-        pos += len(data)
-        hasher.advance(pos)
-        release_pages(arr)
+        return losses
+    try:
+        arr = ref.array()
+    except CastLossError as exc:  # a cast inside a layout rule's chain
+        raise MappingError(f"tensor {item.name!r}: {exc}") from None
+    if not _write_transposed(fd, arr, item, pos, path, losses):
+        for chunk in iter_chunks(arr, CHUNK_BYTES):
+            data = _bytes(chunk, item, losses)
+            _pwrite_all(fd, data, pos, path)
+            pos += len(data)
+            hasher.advance(pos)
+            release_pages(arr)
+    for step, lost in zip(item.casts, losses):
+        if lost and step.get("on_loss", "refuse") == "refuse":
+            raise CastLossError(f"tensor {item.name!r}", lost, step["to"])
+    return losses
 
 
-def _bytes(block: np.ndarray, item: WriteItem) -> memoryview:
-    """Little-endian bytes of a block in the item's dtype (cast as torch casts)."""
+def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memoryview:
+    """Little-endian bytes of a block in the item's dtype (cast as torch casts), counting what each
+    narrowing cast loses into `losses`."""
     block = c_contiguous(block)  # before a cast, which would keep a transposed layout
-    if block.dtype != item.dtype.numpy:
+    for step, lost in zip(item.casts, losses):
+        if step.get("lossless"):
+            block = cast_array(block, step["to"])
+        else:
+            block, loss = cast_checked(block, step["to"], step.get("on_loss", "refuse"))
+            lost.add(loss)
+    if block.dtype != item.dtype.numpy:  # a big-endian source, written little-endian
         block = cast_array(block, item.dtype.code)
     return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
 
 
-def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path) -> bool:
+def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, losses: list[CastLoss]) -> bool:
     """A transposed 2-D view (a Linear weight saved as `w.t()`), written in column tiles.
 
     Gathering its rows in chunks touches every page of the storage for each chunk when a chunk's rows
@@ -160,11 +180,11 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     if CHUNK_BYTES // max(1, cols * arr.itemsize) * arr.itemsize >= mmap.PAGESIZE:
         return False
     itemsize = item.dtype.itemsize
-    width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize))
-    if width * itemsize < 4096:
-        return False
+    # Segments of at least 4 KiB: a tile then holds more than a chunk when there are many rows, but
+    # gathering rows instead would touch every page of the storage at once (a 3 GB kernel: 3 GB RSS).
+    width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize), -(-4096 // itemsize))
     for c0 in range(0, cols, width):
-        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item)
+        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item, losses)
         tile_width = min(width, cols - c0) * itemsize
         for r in range(rows):
             _pwrite_all(fd, tile[r * tile_width:(r + 1) * tile_width], pos + (r * cols + c0) * itemsize, path)

@@ -9,9 +9,7 @@ brought to canonical form by exporters/keras_layers.py, lazily.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import struct
 import tempfile
 import zipfile
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
 from convert.tensors import TensorRef
@@ -309,10 +308,7 @@ def _model_config(doc: Any, label: str) -> dict[str, Any]:
 
 
 def _loads(text: str | None, label: str) -> Any:
-    try:
-        return json.loads(text or "")
-    except json.JSONDecodeError as exc:
-        raise CorruptInputError(f"{label}: model config is not valid JSON ({exc})") from None
+    return parse_json(text or "", f"{label}: model config", CorruptInputError)
 
 
 def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
@@ -325,7 +321,8 @@ def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
 
 
 def _member_offset(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
-    """Where a stored member's bytes start in the zip: after its local header."""
+    """Where a member's bytes start in the zip: after its local header. Its declared compressed
+    size must fit in the file, or a ratio check on declared sizes means nothing."""
     with open(path, "rb") as fh:
         fh.seek(info.header_offset)
         header = fh.read(30)
@@ -333,20 +330,33 @@ def _member_offset(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> in
         raise CorruptInputError(f"{path.name}: {info.filename} has a damaged local header")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > os.path.getsize(path):
+    if start + info.compress_size > os.path.getsize(path) or (
+            info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
         raise CorruptInputError(f"{path.name}: {info.filename} runs past the end of the file (truncated?)")
     return start
 
 
 def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Opened) -> Path:
-    """A compressed member, inflated into a temporary file removed when the source closes."""
-    if info.file_size > max(info.compress_size, 1) * MAX_FILTER_RATIO:
+    """A compressed member, inflated into a temporary file removed when the source closes. Only
+    deflate (what Keras writes): bzip2 and LZMA inflate by millions, and do it in one call. The
+    output is counted as it comes, against the ratio to the compressed bytes the file really holds."""
+    _member_offset(path, zf, info)
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise UnsupportedFormatError(f"{path.name}: {info.filename} is compressed with zip method "
+                                     f"{info.compress_type}; Keras writes stored or deflated members")
+    budget = max(info.compress_size, 1) * MAX_FILTER_RATIO
+    if info.file_size > budget:
         raise CorruptInputError(f"{path.name}: {info.filename} claims {info.file_size} bytes from {info.compress_size}")
     fd, name = tempfile.mkstemp(suffix=".weights.h5")
     opened.closers.append(lambda: os.unlink(name))
     try:
         with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+            while block := src.read(1 << 20):
+                budget -= len(block)
+                if budget < 0:
+                    raise CorruptInputError(f"{path.name}: {info.filename} inflates past {MAX_FILTER_RATIO}x "
+                                            f"its {info.compress_size} compressed bytes")
+                out.write(block)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise CorruptInputError(f"{path.name}: cannot inflate {info.filename} ({exc})") from None
     return Path(name)

@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import from_numpy
-from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
+from convert.errors import (ConvertError, CorruptInputError, OutputWriteError, UnsafeInputError,
+                            UnsupportedFormatError)
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
 
 H5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # Deflate, HDF5's usual filter, cannot expand data by more than about 1032:1.
 MAX_FILTER_RATIO = 1100
+# libhdf5 inflates a whole chunk in memory before handing any of it over; Keras and h5py's own
+# chunking stay far below this.
+MAX_CHUNK_BYTES = 64 << 20
 MAX_DEPTH = 64
 MAX_ATTR_CHARS = 64 << 20
 # What h5py raises for a damaged file: HDF5's errors surface as any of these, depending on the call.
@@ -272,9 +277,13 @@ class H5Source:
             raise CorruptInputError(f"{where} is a group, not a weight")
         if dataset.is_virtual or dataset.id.get_create_plist().get_external_count():
             raise UnsafeInputError(f"{where} keeps its data in other files")
+        if dataset.shape is None:
+            raise CorruptInputError(f"{where} has a null dataspace: no shape, no data")
         np_dtype = dataset.dtype
         if np_dtype.kind not in "fiub" or np_dtype.fields is not None or np_dtype.subdtype is not None:
             raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, not a numeric tensor")
+        if not _exact_type(dataset.id.get_type(), np_dtype):
+            raise UnsupportedFormatError(f"{where} is stored as an HDF5 type that {np_dtype} only approximates")
         try:
             dt = from_numpy(np_dtype.newbyteorder("="))
         except ConvertError:
@@ -297,10 +306,16 @@ class H5Source:
             span = FileSpan(str(self.path), absolute, nbytes) if little else None
             return TensorRef(name, dt, shape, load_mapped, span=span, identity=(str(self.path), absolute, shape, dt.code))
         self._check_stored(dataset, nbytes, where)
+        chunks = dataset.chunks
+        if chunks is not None and math.prod(chunks) * np_dtype.itemsize > MAX_CHUNK_BYTES:
+            raise UnsupportedFormatError(f"{where} is stored in chunks of {math.prod(chunks) * np_dtype.itemsize} "
+                                         f"bytes, more than the {MAX_CHUNK_BYTES} read at once")
 
         def load_h5() -> np.ndarray:
             try:
-                return np.asarray(dataset[()], dtype=dt.numpy).reshape(shape)
+                if chunks is None or not nbytes:  # compact data: small by construction
+                    return np.asarray(dataset[()], dtype=dt.numpy).reshape(shape)
+                return _inflated(dataset, shape, dt.numpy, nbytes)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise CorruptInputError(f"{where} is unreadable ({exc})") from None
 
@@ -314,3 +329,35 @@ class H5Source:
             raise CorruptInputError(f"{where} declares {nbytes} bytes but stores none")
         if stored > self.length or nbytes > stored * (MAX_FILTER_RATIO if filtered else 1):
             raise CorruptInputError(f"{where} declares {nbytes} bytes but the file stores {stored} for it")
+
+
+def _inflated(dataset: Any, shape: tuple[int, ...], np_dtype: np.dtype, nbytes: int) -> np.ndarray:
+    """A chunked (typically compressed) dataset read one chunk at a time into an unlinked temporary
+    file, returned mapped: memory stays bounded by a chunk however far the data inflates (a 3 MB
+    file can hold 3 GB of gzip'd zeros), and the writer then streams the map like any other."""
+    with tempfile.TemporaryFile(prefix="convert-h5-") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, nbytes)  # a full disk is an error here, not a SIGBUS later
+        except OSError as exc:
+            raise OutputWriteError(f"no room to inflate {dataset.name} ({nbytes} bytes) in {tempfile.gettempdir()}: "
+                                   f"{exc.strerror}") from None
+        window = mmap.mmap(fh.fileno(), nbytes)
+    arr = np.ndarray(shape, dtype=np_dtype, buffer=window)
+    for selection in dataset.iter_chunks():
+        arr[selection] = dataset[selection]
+        if hasattr(mmap, "MADV_DONTNEED"):
+            window.madvise(mmap.MADV_DONTNEED)  # written back through the page cache, not kept in RSS
+    return arr
+
+
+def _exact_type(stored: Any, np_dtype: np.dtype) -> bool:
+    """Whether the file's type is exactly numpy's (h5py converts an exotic float, such as a 24-bit
+    one, to float32 on read: mapped in place its bytes would be taken for float32 ones)."""
+    import h5py
+
+    if stored.get_size() != np_dtype.itemsize:
+        return False
+    if isinstance(stored, h5py.h5t.TypeFloatID):
+        native = h5py.h5t.py_create(np_dtype)
+        return stored.get_fields() == native.get_fields() and stored.get_ebias() == native.get_ebias()
+    return True

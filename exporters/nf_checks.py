@@ -15,6 +15,9 @@ from typing import Any
 from convert.errors import CorruptInputError
 
 Shapes = dict[str, tuple[int, ...]]
+# Layer counts a config may ask for: the shapes are computed per layer, so `num_layers=1e9` would
+# loop a billion times (and hold the result) before finding that the weights have three.
+MAX_LAYERS = 10_000
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
@@ -22,8 +25,8 @@ def check_shapes(label: str, class_name: str, resolved: dict[str, Any], arch: di
     """Raise CorruptInputError naming where the config and the tensors disagree."""
     try:
         expected = _expected(class_name, resolved, arch)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CorruptInputError(f"{label}: {class_name} config is incomplete or malformed ({exc!r})") from None
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError, AttributeError) as exc:
+        raise CorruptInputError(f"{label}: {class_name} config is incomplete or malformed ({exc!r})"[:2000]) from None
     problems = []
     for name, shape in expected.items():
         if name not in found:
@@ -47,6 +50,14 @@ def _expected(class_name: str, r: dict[str, Any], arch: dict[str, Any]) -> Shape
     return shapes
 
 
+def _count(value: Any, what: str) -> int:
+    """A layer count from the config, bounded before anything loops over it."""
+    n = int(value)
+    if not 0 <= n <= MAX_LAYERS:
+        raise ValueError(f"{what}={n} is not a layer count between 0 and {MAX_LAYERS}")
+    return n
+
+
 def _exog(r: dict[str, Any]) -> tuple[int, int, int]:
     return len(r["hist_exog_list"]), len(r["futr_exog_list"]), len(r["stat_exog_list"])
 
@@ -60,7 +71,7 @@ def _mlp(r: dict[str, Any], a: dict[str, Any], m: int) -> Shapes:
     hist, futr, stat = _exog(r)
     hidden = int(a["hidden_size"])
     shapes = _linear("mlp.0", hidden, L + hist * L + futr * (L + h) + stat)
-    for i in range(1, int(a["num_layers"])):
+    for i in range(1, _count(a["num_layers"], "num_layers")):
         shapes.update(_linear(f"mlp.{i}", hidden, hidden))
     shapes.update(_linear("out", h * m, hidden))
     return shapes
@@ -81,12 +92,15 @@ def _nhits(r: dict[str, Any], a: dict[str, Any], m: int) -> Shapes:
     per_layer = 3 if float(a.get("dropout_prob_theta") or 0) > 0 else 2  # Linear, activation[, Dropout]
     shapes: Shapes = {}
     block = 0
-    for stack, count in enumerate(a["n_blocks"]):
+    counts = [_count(c, "n_blocks") for c in a["n_blocks"]]
+    if sum(counts) > MAX_LAYERS:
+        raise ValueError(f"n_blocks asks for {sum(counts)} blocks, more than {MAX_LAYERS}")
+    for stack, count in enumerate(counts):
         kernel = int(a["n_pool_kernel_size"][stack])
         pooled = math.ceil(L / kernel)
         n_in = pooled + hist * pooled + futr * math.ceil((L + h) / kernel) + stat
         n_theta = L + m * max(h // int(a["n_freq_downsample"][stack]), 1)
-        for _ in range(int(count)):
+        for _ in range(count):
             prefix = f"blocks.{block}.layers"
             shapes.update(_linear(f"{prefix}.0", units[0][0], n_in))
             for j, (u_in, u_out) in enumerate(units):
@@ -102,7 +116,7 @@ def _recurrent(gates: int) -> Callable[[dict[str, Any], dict[str, Any], int], Sh
         hidden = int(a["encoder_hidden_size"])
         proj = m if r["recurrent"] and gates == 4 else 0
         shapes: Shapes = {}
-        for k in range(int(a["encoder_n_layers"])):
+        for k in range(_count(a["encoder_n_layers"], "encoder_n_layers")):
             n_in = 1 + hist + futr + stat if k == 0 else (proj or hidden)
             shapes[f"hist_encoder.weight_ih_l{k}"] = (gates * hidden, n_in)
             shapes[f"hist_encoder.weight_hh_l{k}"] = (gates * hidden, proj or hidden)

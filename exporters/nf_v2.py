@@ -9,12 +9,12 @@ the stored tensor, so the output records the tie instead of duplicating the byte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.safetensors_format import read_header
 from convert.source import SourceModel
@@ -136,7 +136,4 @@ def _json(path: Path) -> Any:
 
 
 def _loads(text: str | bytes, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptInputError(f"{where}: not valid JSON ({exc})") from None
+    return parse_json(text, where, CorruptInputError)

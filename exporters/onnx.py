@@ -8,6 +8,7 @@ exporters invented are traced back to parameter names by `exporters.onnx_names`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -18,9 +19,9 @@ import numpy as np
 from convert.dtypes import DType, dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
 
-from .onnx_names import Resolved, resolve_names
+from .onnx_names import Resolved, count_tensor_protos, graph_tensors, resolve_names
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
 ONNX_DTYPES: dict[str, str] = {
@@ -46,19 +47,49 @@ def open_onnx(path: str | Path) -> SourceModel:
         raise CorruptInputError(f"{model_path.name}: not a readable ONNX model ({exc})") from None
     if model.graph.sparse_initializer:
         raise UnsupportedFormatError(f"{model_path.name}: sparse initializers are not supported")
+    _check_names(model, model_path.name)
+    try:
+        held = graph_tensors(model.graph)
+        expected = count_tensor_protos(model)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptInputError(f"{model_path.name}: {exc}") from None
+    if expected != len(model.graph.initializer) + len(held):
+        raise UnsupportedFormatError(f"{model_path.name}: the model holds {expected} tensors but only "
+                                     f"{len(model.graph.initializer) + len(held)} are in places this reader knows "
+                                     "(initializers, node attributes, subgraphs)")
+    _refuse_duplicates(model_path.name, [i.name for i in model.graph.initializer] + [n for n, _ in held])
     reader = _Initializers(model_path)
     try:
         renamed = resolve_names(model)
         tensors = [reader.ref(init, renamed.get(init.name)) for init in model.graph.initializer]
+        tensors += [reader.ref(proto, None, name) for name, proto in held]
     except BaseException:
         reader.close()
         raise
-    extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model)}
+    extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model),
+                              "tensors_in_graph": {"initializers": len(model.graph.initializer),
+                                                   "in_nodes_and_subgraphs": len(held)}}
     if renamed:
         extras["renamed"] = {old: {"name": r.name, "transform": "transpose" if r.transpose else None,
                                    "evidence": r.evidence} for old, r in renamed.items()}
     return SourceModel(format="onnx", files=[model_path, *reader.external_files()], tensors=tensors,
                        extras=extras, architecture=summarize(model), closers=[reader.close])
+
+
+MAX_LOCATION = 1024  # characters of an external data location: a relative path, well under PATH_MAX
+
+
+def _check_names(model: Any, model_name: str) -> None:
+    """Every name the reader uses is text: protobuf hands back bytes for a name that is not UTF-8."""
+    graph = model.graph
+    names = [*(i.name for i in graph.initializer), *(v.name for v in (*graph.input, *graph.output)),
+             *(n for node in graph.node for n in (*node.input, *node.output, node.name, node.op_type)),
+             *(e.key for i in graph.initializer for e in i.external_data),
+             *(e.value for i in graph.initializer for e in i.external_data),
+             *(p.key for p in model.metadata_props), *(p.value for p in model.metadata_props)]
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise CorruptInputError(f"{model_name}: the name {bad[:60]!r} is not UTF-8 text")
 
 
 class _Initializers:
@@ -69,14 +100,18 @@ class _Initializers:
         self.folder = model_path.parent.resolve()
         self.mapped: dict[Path, MappedFile] = {}
 
-    def ref(self, init: Any, resolved: Resolved | None) -> TensorRef:
+    def ref(self, init: Any, resolved: Resolved | None, name: str | None = None) -> TensorRef:
+        """`init` as a TensorRef named `name` (default: its own name), or as `resolved` says."""
         import onnx
 
+        if name is not None and name != init.name:
+            init = _renamed(init, name)
         dt = _dtype(init, self.model_path.name)
         shape = tuple(int(d) for d in init.dims)
         if any(d < 0 for d in shape):
             raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension "
                                     f"{shape}")
+        check_shape(shape, dt.itemsize, f"{self.model_path.name}: initializer {init.name!r}")
         if init.data_location == onnx.TensorProto.EXTERNAL:
             ref = self._external(init, dt, shape)
         else:
@@ -95,7 +130,7 @@ class _Initializers:
         mapped = self.mapped.get(path)
         if mapped is None:
             mapped = self.mapped[path] = MappedFile(str(path))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        nbytes = math.prod(shape) * dt.itemsize
         try:
             offset = int(entries.get("offset", "0"))
             length = int(entries.get("length", str(nbytes)))
@@ -113,6 +148,8 @@ class _Initializers:
 
     def _location(self, location: str, what: str) -> Path:
         """The external data file, which must be a file inside the model's folder."""
+        if "\0" in location or len(location) > MAX_LOCATION:
+            raise CorruptInputError(f"{what}: external data location is not a file name ({len(location)} characters)")
         if not location or os.path.isabs(location) or "\\" in location or ".." in Path(location).parts:
             raise UnsafeInputError(f"{what}: external data location {location!r} points outside the model's folder")
         path = (self.folder / location).resolve()
@@ -128,6 +165,24 @@ class _Initializers:
     def close(self) -> None:
         for mapped in self.mapped.values():
             mapped.close()
+
+
+def _renamed(proto: Any, name: str) -> Any:
+    """A copy of a TensorProto under another name (node attribute tensors are often unnamed)."""
+    import onnx
+
+    copy = onnx.TensorProto()
+    copy.CopyFrom(proto)
+    copy.name = name
+    return copy
+
+
+def _refuse_duplicates(model_name: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise CorruptInputError(f"{model_name}: two tensors are named {name!r}")
+        seen.add(name)
 
 
 def _dtype(init: Any, model_name: str) -> DType:
@@ -148,7 +203,7 @@ def _inline(init: Any, dt: DType, shape: tuple[int, ...], model_name: str) -> Te
     """An initializer held in the protobuf itself: raw little-endian bytes or typed fields."""
     from onnx import numpy_helper
 
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize  # not numpy's int64 product: it wraps to 0 and passes
     if init.HasField("raw_data"):
         if len(init.raw_data) != nbytes:
             raise CorruptInputError(f"{model_name}: initializer {init.name!r} holds {len(init.raw_data)} bytes; "

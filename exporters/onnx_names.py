@@ -98,8 +98,8 @@ def _recorded(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]) -
 def _linear_weight(node: Any, position: int, shapes: dict[str, tuple[int, ...]],
                    by_input: dict[str, list[Any]]) -> tuple[str, bool, str] | None:
     """(module path, transposed?, evidence) when `node` multiplies by this initializer as a Linear does."""
-    if position != 1 or node.op_type not in ("MatMul", "Gemm"):
-        return None
+    if position != 1 or node.op_type not in ("MatMul", "Gemm") or not node.output or len(shapes[node.input[1]]) != 2:
+        return None  # a product without an output, or not by a matrix: nothing to name it by
     attrs = {a.name: a.i for a in node.attribute}
     if attrs.get("transA", 0):
         return None
@@ -154,3 +154,55 @@ def _torchscript_path(parts: list[str]) -> str:
     for part in parts:
         path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
     return path
+
+
+# --- tensors held outside graph.initializer ------------------------------------------------------
+
+_MAX_GRAPH_DEPTH = 64
+
+
+def graph_tensors(graph: Any, scope: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """Every TensorProto a graph holds, with the name it is converted under: initializers by their own
+    name, a Constant node's tensor by the value it outputs, any other node's tensor attribute as
+    `node/attribute`; a subgraph's (If branches, Loop and Scan bodies) under `node/attribute/`, so names
+    stay unique and say where each tensor is used. The top graph's initializers are not listed."""
+    if depth > _MAX_GRAPH_DEPTH:
+        raise ValueError("subgraphs are nested too deeply")
+    import onnx
+
+    found: list[tuple[str, Any]] = []
+    if depth:
+        found += [(scope + t.name, t) for t in graph.initializer]
+    for i, node in enumerate(graph.node):
+        where = f"{scope}{node.name or f'{node.op_type}_{i}'}/"
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                constant = node.op_type == "Constant" and not node.domain and node.output and node.output[0]
+                found.append((scope + node.output[0] if constant else f"{where}{attr.name}", attr.t))
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                found += [(f"{where}{attr.name}/{k}", t) for k, t in enumerate(attr.tensors)]
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                found += graph_tensors(attr.g, f"{where}{attr.name}/", depth + 1)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for k, g in enumerate(attr.graphs):
+                    found += graph_tensors(g, f"{where}{attr.name}/{k}/", depth + 1)
+    return found
+
+
+def count_tensor_protos(message: Any, depth: int = 0) -> int:
+    """How many TensorProto (and SparseTensorProto) messages a model holds anywhere, found by walking
+    every protobuf field, independently of what `graph_tensors` knows about ONNX: the cross-check that
+    no tensor was overlooked."""
+    if depth > 4 * _MAX_GRAPH_DEPTH:
+        raise ValueError("the model's messages are nested too deeply")
+    count = 1 if message.DESCRIPTOR.name in ("TensorProto", "SparseTensorProto") else 0
+    if count:
+        return count
+    from google.protobuf.message import Message
+
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        for item in [value] if isinstance(value, Message) else value:
+            count += count_tensor_protos(item, depth + 1)
+    return count

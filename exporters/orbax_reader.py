@@ -59,13 +59,13 @@ class OrbaxTree:
     """Lazy tensors over an orbax item; `keep` names the ones worth restoring when one is first read."""
 
     def __init__(self, item: Path) -> None:
-        self.item = item
+        self.item = item.absolute()  # orbax reads a relative path as an empty tree, not from the working folder
         self.kept: set[str] = set()
         self.arrays: dict[str, np.ndarray] = {}
         ocp = _orbax()
         try:
             with _quiet():
-                meta = ocp.PyTreeCheckpointer().metadata(item)
+                meta = ocp.PyTreeCheckpointer().metadata(self.item)
         except Exception as exc:  # orbax raises many types for a damaged folder
             raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata ({type(exc).__name__}: {exc})") from None
         self.meta = getattr(getattr(meta, "item_metadata", None), "tree", meta)

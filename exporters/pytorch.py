@@ -7,7 +7,7 @@ through lazy `TensorRef`s, checked against the file's real size before anything 
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import struct
 import zipfile
@@ -17,12 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from convert.documents import parse_json
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
-                            UnsupportedFormatError)
-from convert.pickle_reader import TensorRecord, jsonable, restricted_load, storage_dtype, text_of
+                            UnsupportedFormatError, UsageError)
+from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, is_c_contiguous, strided_extent
+from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
+
+from .torchscript import INERT as TORCHSCRIPT_INERT
+from .torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
+from .torch_training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -31,7 +36,6 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Entries of a checkpoint worth carrying into the manifest when the tensors come from a sub-dict.
 _CHECKPOINT_FACTS = ("hyper_parameters", "hparams", "epoch", "global_step", "pytorch-lightning_version",
                      "hparams_name", "config", "args")
-AUTO_KEYS = ("state_dict", "model_state_dict")
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 SIDECAR_SUFFIXES = (".json", ".txt", ".model")
@@ -49,36 +53,72 @@ class _Storage:
     nbytes: int = -1
 
 
-def open_pytorch(path: str | Path, key: str | None = None) -> SourceModel:
-    """Open a torch checkpoint file or a Hugging Face model folder as a SourceModel."""
+def open_pytorch(path: str | Path, key: str | None = None, strip_prefix: str = "auto") -> SourceModel:
+    """Open a torch checkpoint file or a Hugging Face model folder as a SourceModel; `strip_prefix` as
+    `select_tensors` takes it."""
     p = Path(path)
     if not p.exists():
         raise SourceNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
-        return _open_hf_folder(p, key)
-    return open_torch_file(p, key)
+        return _open_hf_folder(p, key, strip_prefix)
+    return open_torch_file(p, key, strip_prefix)
 
 
-def open_torch_file(path: Path, key: str | None) -> SourceModel:
+def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> SourceModel:
     mapped = MappedFile(str(path))
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
+        architecture = None
         if head == ZIP_MAGIC:
-            fmt, (obj, big_endian) = "pytorch-zip", _read_zip(path, mapped.size)
+            fmt, (obj, big_endian, script) = "pytorch-zip", _read_zip(path, mapped.size)
         elif head[:1] == b"\x80":
-            fmt, (obj, big_endian) = "pytorch-legacy", _read_legacy(path, mapped.size)
+            fmt, (obj, big_endian), script = "pytorch-legacy", _read_legacy(path, mapped.size), None
         else:
             raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
-        named, extras = select_tensors(obj, key)
+        if script is None:
+            named, extras, dropped = select_tensors(obj, key, strip_prefix)
+        else:
+            fmt = "torchscript"
+            named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
     except BaseException:
         mapped.close()
         raise
-    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, closers=[mapped.close])
+    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
+                       architecture=architecture, closers=[mapped.close])
 
 
-def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
+def _script_tensors(path: Path, obj: Any, script: _Script, key: str | None
+                    ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str], dict[str, Any]]:
+    """A TorchScript module's parameters and buffers as `state_dict()` names them, then its tensor
+    constants; plain tensor attributes are dropped (state_dict() leaves them out too)."""
+    if key:
+        raise UsageError(f"{path.name}: --key does not apply to a TorchScript archive")
+    named, others, modules = module_tensors(obj, script.members)
+    named += script.constants
+    if not named:
+        raise UnsupportedFormatError(f"{path.name}: the TorchScript archive holds no tensors")
+    extras: dict[str, Any] = {"torchscript": {"code": "present, not run" if script.members.code_files else "absent",
+                                              "code_files": script.members.code_files,
+                                              "constants": len(script.constants)}}
+    if others:
+        extras["warnings"] = [f"left out {len(others)} tensor attribute(s) that are neither parameters nor buffers "
+                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), as state_dict() does"]
+    dropped = {name: "a TorchScript tensor attribute that is neither parameter nor buffer (state_dict() leaves it out)"
+               for name in others}
+    return named, extras, dropped, {"torchscript_modules": modules}
+
+
+@dataclass
+class _Script:
+    """What a TorchScript archive holds beside its module tree."""
+
+    members: Members
+    constants: list[tuple[str, TensorRecord]]
+
+
+def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -89,39 +129,52 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool]:
         if len(pkl_names) != 1:
             raise UnsupportedFormatError(f"{path.name}: zip file is not a torch checkpoint (no single <root>/data.pkl)")
         root = pkl_names[0][: -len("data.pkl")]
-        pkl_info = infos[pkl_names[0]]
-        if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
-            raise CorruptInputError(f"{path.name}: data.pkl declares {pkl_info.file_size} bytes, more than the file holds")
+        script = is_torchscript(list(infos), root)
         try:
-            pickle_bytes = zf.read(pkl_info)
             byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
+            if byteorder not in ("little", "big"):
+                raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
+            inert = (*DEFAULT_INERT, *TORCHSCRIPT_INERT) if script else DEFAULT_INERT
+            obj = _zip_pickle(path, zf, infos, root, "data", file_size, inert)
+            if not script:
+                return obj, byteorder == "big", None
+            constants = _zip_pickle(path, zf, infos, root, "constants", file_size, inert) \
+                if root + "constants.pkl" in infos else ()
+            members = read_members(zf, infos, root, file_size)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
             # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method
             raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
-        if byteorder not in ("little", "big"):
-            raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
-        storages: dict[str, _Storage] = {}
-
-        def persistent_load(pid: Any) -> _Storage:
-            if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-                raise UnsafeInputError(f"{path.name}: unexpected persistent id {jsonable(pid)!r}")
-            _, storage_type, skey, _location, numel = pid
-            if type(skey) is not str or not _KEY_RE.match(skey) or ".." in skey:
-                raise UnsafeInputError(f"{path.name}: storage key {skey!r} points outside the archive")
-            if type(numel) is not int or numel < 0:
-                raise CorruptInputError(f"{path.name}: storage {skey} has a bad size {numel!r}")
-            code = storage_dtype(storage_type)
-            if skey not in storages:
-                storages[skey] = _locate_zip_storage(path, zf, infos, root, skey, code, numel, file_size)
-            return storages[skey]
-
-        obj = restricted_load(pickle_bytes, persistent_load, what=f"{path.name}: data.pkl")
-    return obj, byteorder == "big"
+    return obj, byteorder == "big", _Script(members, constant_tensors(constants))
 
 
-def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str,
+def _zip_pickle(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str, stem: str,
+                file_size: int, inert: tuple[str, ...]) -> Any:
+    """`<root>/<stem>.pkl` read by the restricted unpickler, its storages located in `<root>/<stem>/`."""
+    pkl_info = infos[f"{root}{stem}.pkl"]
+    if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
+        raise CorruptInputError(f"{path.name}: {stem}.pkl declares {pkl_info.file_size} bytes, more than the file holds")
+    pickle_bytes = zf.read(pkl_info)
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid: Any) -> _Storage:
+        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
+            raise UnsafeInputError(f"{path.name}: unexpected persistent id {jsonable(pid)!r}")
+        _, storage_type, skey, _location, numel = pid
+        if type(skey) is not str or not _KEY_RE.match(skey) or ".." in skey:
+            raise UnsafeInputError(f"{path.name}: storage key {skey!r} points outside the archive")
+        if type(numel) is not int or numel < 0:
+            raise CorruptInputError(f"{path.name}: storage {skey} has a bad size {numel!r}")
+        code = storage_dtype(storage_type)
+        if skey not in storages:
+            storages[skey] = _locate_zip_storage(path, zf, infos, f"{root}{stem}/", skey, code, numel, file_size)
+        return storages[skey]
+
+    return restricted_load(pickle_bytes, persistent_load, inert, what=f"{path.name}: {stem}.pkl")
+
+
+def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], folder: str,
                         key: str, code: str | None, numel: int, file_size: int) -> _Storage:
-    info = infos.get(f"{root}data/{key}")
+    info = infos.get(f"{folder}{key}")
     if info is None:
         raise CorruptInputError(f"{path.name}: storage {key} is referenced but not in the archive")
     if info.compress_type != zipfile.ZIP_STORED:
@@ -159,7 +212,7 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     with open(path, "rb") as fh:
         magic = restricted_load(fh, what=f"{name}: header")
         if magic != LEGACY_MAGIC:
-            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (use a torch checkpoint)")
+            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (npz-to-safetensors or auto reads pickled NumPy arrays)")
         protocol = restricted_load(fh, what=f"{name}: header")
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
@@ -197,6 +250,7 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     if not isinstance(storage, _Storage):
         raise CorruptInputError(f"{path.name}: tensor {name!r} is not backed by a stored storage")
     dt = lookup_dtype(rec.dtype_code)
+    check_shape(rec.shape, dt.itemsize, f"{path.name}: tensor {name!r}", rec.stride)
     available = storage.nbytes // dt.itemsize
     if strided_extent(rec.storage_offset, rec.shape, rec.stride) > available:
         raise CorruptInputError(f"{path.name}: tensor {name!r} reaches past the end of its storage")
@@ -204,7 +258,7 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     np_dtype = dt.numpy.newbyteorder(">") if big_endian and dt.itemsize > 1 else dt.numpy
     shape, stride = rec.shape, rec.stride
     contiguous = is_c_contiguous(shape, stride) and np_dtype.byteorder != ">"
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
 
     def load() -> np.ndarray:
         return mapped.view(base, np_dtype, shape, stride)
@@ -216,22 +270,25 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
     )
 
 
-def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any]]:
-    """Find the state dict in a checkpoint: `key` (dotted) if given, else a known key, else the root."""
+def select_tensors(obj: Any, key: str | None, strip_prefix: str = "auto"
+                   ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str]]:
+    """Find the state dict in a checkpoint: `key` (dotted) if given, else the best candidate model state
+    dict (listed, the choice noted), else the root. Training states beside it are left out and named
+    in the returned dropped map (name -> reason). `strip_prefix`: "auto" (a wrapper's prefix, see `wrapper_prefix`),
+    "none", or a prefix to strip from every name."""
     extras: dict[str, Any] = {}
-    chosen = obj
+    notes: list[str] = []
+    dropped: dict[str, str] = {}
+    chosen, chosen_key = obj, None
     if key:
         for part in key.split("."):
             if not isinstance(chosen, dict) or part not in chosen:
                 where = sorted(map(text_of, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
                 raise SourceNotFoundError(f"key {key!r} not found in the checkpoint (at {part!r}; there: {where})")
             chosen = chosen[part]
-        extras["key"] = key
+        extras["key"] = chosen_key = key
     elif isinstance(obj, dict):
-        for candidate in AUTO_KEYS:
-            if isinstance(obj.get(candidate), dict):
-                chosen, extras["key"] = obj[candidate], candidate
-                break
+        chosen, chosen_key = _choose_model_entry(obj, extras, notes, dropped)
     if isinstance(chosen, TensorRecord):
         raise UnsupportedFormatError("the checkpoint holds one bare tensor, not a state dict")
     if chosen is not obj and isinstance(obj, dict):
@@ -246,7 +303,70 @@ def select_tensors(obj: Any, key: str | None) -> tuple[list[tuple[str, TensorRec
     if not named:
         keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
         raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
-    return named, extras
+    named = _strip(named, obj, chosen_key, strip_prefix, extras, notes)
+    if notes:
+        extras["warnings"] = notes
+    return named, extras, dropped
+
+
+def _choose_model_entry(obj: dict[Any, Any], extras: dict[str, Any], notes: list[str],
+                        dropped: dict[str, str]) -> tuple[Any, str | None]:
+    """The root's model state dict and its key (None: the root itself, training states taken out)."""
+    training = {k: kind for k, v in obj.items() if (kind := training_state_kind(v)) is not None and holds_tensors(v)}
+    candidates = candidate_keys(obj)
+    if candidates:
+        extras["key"] = chosen_key = candidates[0]
+        others = candidates[1:]
+        if others:
+            extras["candidate_state_dicts"] = candidates
+            notes.append(f"the checkpoint holds {len(candidates)} model state dicts ({', '.join(candidates)}); "
+                         f"converted {chosen_key!r}, the others are left out (--key picks one)")
+        for k in others:
+            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
+                                         f"another model state dict ({text_of(k)}; --key picks it)"))
+        for k in training:
+            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
+                                         f"training state {text_of(k)} ({training[k]})"))
+        chosen: Any = obj[chosen_key]
+    else:
+        chosen_key = None
+        chosen = {k: v for k, v in obj.items() if k not in training} if training else obj
+        for k in training:
+            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
+                                         f"training state {text_of(k)} ({training[k]})"))
+    if training:
+        extras["training_state"] = {text_of(k): v for k, v in training.items()}
+    return chosen, chosen_key
+
+
+def _tensor_names(value: Any, prefix: str) -> list[str]:
+    named: list[tuple[str, TensorRecord]] = []
+    _flatten(value, prefix, named, [], 0)
+    return [n for n, _ in named]
+
+
+def _strip(named: list[tuple[str, TensorRecord]], obj: Any, chosen_key: str | None, strip_prefix: str,
+           extras: dict[str, Any], notes: list[str]) -> list[tuple[str, TensorRecord]]:
+    names = [n for n, _ in named]
+    if strip_prefix == "auto":
+        prefix = wrapper_prefix(names, obj, chosen_key)
+    elif strip_prefix == "none":
+        prefix = None
+    else:
+        prefix = strip_prefix
+        if not all(n.startswith(prefix) and len(n) > len(prefix) for n in names):
+            bad = next(n for n in names if not n.startswith(prefix) or len(n) == len(prefix))
+            raise UsageError(f"--strip-prefix {prefix!r}: tensor {bad!r} does not start with it")
+    if prefix is None:
+        return named
+    stripped = [(n[len(prefix):], rec) for n, rec in named]
+    if len({n for n, _ in stripped}) != len(stripped):
+        raise UsageError(f"stripping {prefix!r} would give two tensors one name; use --strip-prefix none")
+    extras["stripped_prefix"] = prefix
+    if strip_prefix == "auto":
+        notes.append(f"stripped the wrapper prefix {prefix!r} from every name, as the inner module's load_state_dict "
+                     "expects (--strip-prefix none keeps it)")
+    return stripped
 
 
 # Characters of all names _flatten may build. A pickle can put one container under two keys at every
@@ -274,7 +394,7 @@ def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipp
         skipped.append(prefix)
 
 
-def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
+def _open_hf_folder(folder: Path, key: str | None, strip_prefix: str) -> SourceModel:
     index_path = folder / HF_INDEX
     if index_path.exists():
         shard_files = read_index(index_path)
@@ -288,7 +408,7 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
             shard = folder / fname
             if not shard.is_file():
                 raise SourceNotFoundError(f"{folder.name}: shard {fname} named in {HF_INDEX} is missing")
-            part = open_torch_file(shard, key)
+            part = open_torch_file(shard, key, strip_prefix)
             parts.append(part)
             if expected is not None:
                 cross_check(fname, expected, {t.name for t in part.tensors})
@@ -304,6 +424,7 @@ def _open_hf_folder(folder: Path, key: str | None) -> SourceModel:
         sidecars=hf_sidecars(folder, exclude={HF_INDEX}),
         config=config,
         extras=parts[0].extras if len(parts) == 1 else {},
+        dropped={name: why for part in parts for name, why in part.dropped.items()},
         closers=[part.close for part in parts],
     )
 
@@ -332,10 +453,7 @@ def cross_check(fname: str, expected: set[str], found: set[str]) -> None:
 def read_json(path: Path) -> Any:
     if path.stat().st_size > SIDECAR_MAX_BYTES:
         raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CorruptInputError(f"{path.name}: not valid JSON ({exc})") from None
+    return parse_json(path.read_bytes(), path.name, CorruptInputError)
 
 
 def hf_sidecars(folder: Path, exclude: set[str]) -> list[Path]:

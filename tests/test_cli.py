@@ -178,9 +178,11 @@ def test_quiet_prints_nothing(where: str, small_checkpoint: Path, tmp_path: Path
 
 
 def test_quiet_cast_with_overflow_prints_nothing(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    """Values beyond float16's range become inf, as torch's .half() makes them, without noise."""
+    """Values beyond float16's range are refused unless --cast-loss accept, which makes them inf as
+    torch's .half() does, without noise under -q."""
     src = save_checkpoint({"x": torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64)})
-    rc, stdout, stderr = run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16")
+    assert_cli_error(run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16"), 7, "'x'")
+    rc, stdout, stderr = run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16", "--cast-loss", "accept")
     assert (rc, stdout, stderr) == (0, "", "")
     assert torch.equal(load_output(tmp_path / "out")["x"], torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64).half())
     rc, stdout, stderr = run_cli("-q", "verify", tmp_path / "out", "--source", src)
@@ -326,11 +328,11 @@ def test_two_tensors_with_one_name(obj: dict[Any, Any], save_checkpoint: Callabl
 
 
 def test_overwrite_never_deletes_the_source(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    """--overwrite replaces the output folder; when that folder holds the source it is refused."""
+    """--overwrite replaces only an earlier output; a folder holding the source is none (exit 9)."""
     src = save_checkpoint({"w": torch.ones(3)}, name="work/model.pt")
     (src.parent / "notes.txt").write_text("keep me")
     before = listing(src.parent)
-    assert_cli_error(run_cli("pth-to-safetensors", src, src.parent, "--overwrite"), 2, "model.pt")
+    assert_cli_error(run_cli("pth-to-safetensors", src, src.parent, "--overwrite"), 9, "model.pt")
     assert listing(src.parent) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
 
@@ -341,7 +343,7 @@ def test_overwrite_never_deletes_a_source_folder(gpt2_folders: dict[str, Any], t
     src = tmp_path / "model"
     shutil.copytree(gpt2_folders["single"], src)
     before = listing(src)
-    assert_cli_error(run_cli("pth-to-safetensors", src, src, "--overwrite"), 2)
+    assert_cli_error(run_cli("pth-to-safetensors", src, src, "--overwrite"), 9)
     assert listing(src) == before
 
 

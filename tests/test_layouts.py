@@ -305,7 +305,8 @@ def test_torsh_casts_everything_to_f32(tmp_path: Path) -> None:
     np.testing.assert_array_equal(t["norm.weight"], model.norm.weight.detach().float().numpy())
     np.testing.assert_array_equal(t["steps"], np.array([1, 2, 3], np.float32))
     casts = {t["name"]: [x for x in t["transforms"] if x["op"] == "cast"] for t in doc["tensors"]}
-    assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False}]
+    assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False, "on_loss": "refuse", "overflowed": 0,
+                                   "flushed": 0}]  # narrowing, and nothing lost
     assert casts["norm.bias"] == [{"op": "cast", "to": "F32", "lossless": True}]
     assert verified(out, src)
 
@@ -567,7 +568,8 @@ def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(converted: Call
     sd = c.model.state_dict()
     assert {t["dtype"] for t in doc["tensors"]} == {"F32"}
     for t in doc["tensors"]:
-        assert t["transforms"] == [{"op": "cast", "to": "BF16", "lossless": False},
+        assert t["transforms"] == [{"op": "cast", "to": "BF16", "lossless": False, "on_loss": "refuse",
+                                    "overflowed": 0, "flushed": 0},
                                    {"op": "cast", "to": "F32", "lossless": True}], t["name"]
         assert t["lossy"] is True and t["invertible"] is False
         want = sd[t["name"]].to(torch.bfloat16).to(torch.float32).numpy()

@@ -159,10 +159,14 @@ def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert_cli_error(run_cli("nf-to-safetensors", FIXTURES / "3.3.0" / "folder", out), 9, "--overwrite")
+    for flags in ((), ("--overwrite",)):  # not an earlier output: never replaced
+        assert_cli_error(run_cli("nf-to-safetensors", FIXTURES / "3.3.0" / "folder", out, *flags), 9, "keep.txt")
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_cli("nf-to-safetensors", FIXTURES / "3.3.0" / "folder", out, "-q")[0] == 0
+    assert_cli_error(run_cli("nf-to-safetensors", FIXTURES / "3.3.0" / "folder", out), 9, "--overwrite")
     assert run_cli("nf-to-safetensors", FIXTURES / "3.3.0" / "folder", out, "--overwrite", "-q")[0] == 0
-    assert not (out / "keep.txt").exists() and (out / "models.json").is_file()
+    assert (out / "models.json").is_file()
 
 
 def test_output_inside_the_source_folder_is_refused(tmp_path: Path) -> None:

@@ -311,11 +311,12 @@ WIDER = {"F64": 3, "F32": 2, "F16": 1, "BF16": 1, "F8_E4M3": 0}
 @pytest.mark.parametrize("flag,target", [("f16", torch.float16), ("bf16", torch.bfloat16), ("f32", torch.float32)])
 def test_dtype_cast_matches_torch(flag: str, target: Any, torch_format: str, save_checkpoint: Callable[..., Path],
                                   tmp_path: Path) -> None:
-    """--dtype casts floating tensors only, bit for bit as torch's own .to() does; the manifest records
-    each cast and whether it lost precision."""
+    """--dtype casts floating tensors only, bit for bit as torch's own .to() does (with --cast-loss
+    accept: the values include ones the target cannot hold); the manifest records each cast, whether it
+    lost precision, and how many values it turned into inf or zero."""
     state = cast_source_state()
     src = save_checkpoint(state, legacy=torch_format == "legacy")
-    _, doc = convert_api(src, tmp_path / "out", dtype=flag)
+    _, doc = convert_api(src, tmp_path / "out", dtype=flag, cast_loss="accept")
     assert doc["target"]["dtype"] == flag
     stored = load_output(tmp_path / "out")
     code = st_code(target)
@@ -327,7 +328,12 @@ def test_dtype_cast_matches_torch(flag: str, target: Any, torch_format: str, sav
         if t.dtype.is_floating_point and t.dtype != target:
             assert_cast_equal(stored[name], t.to(target), name)
             narrowing = WIDER[code] <= WIDER[src_code]
-            assert entry["transforms"] == [{"op": "cast", "to": code, "lossless": not narrowing}], name
+            lost = {"on_loss": "accept", "overflowed": entry["transforms"][0].get("overflowed"),
+                    "flushed": entry["transforms"][0].get("flushed")} if narrowing else {}
+            assert entry["transforms"] == [{"op": "cast", "to": code, "lossless": not narrowing, **lost}], name
+            if narrowing:
+                finite = torch.isfinite(t.double())
+                assert lost["overflowed"] == int((finite & ~torch.isfinite(t.to(target).double())).sum()), name
             assert entry["lossy"] is narrowing, name
             assert entry["dtype"] == code
         else:  # integers, bools, and tensors already in the target dtype are untouched

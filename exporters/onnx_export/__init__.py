@@ -10,11 +10,12 @@ module and a line to FRAMEWORKS.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError
+from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
 from convert.sources import is_neuralforecast_folder
 
 from .spec import ExportedGraph, ExportOptions
@@ -38,6 +39,9 @@ def exporter_for(src: Path, options: ExportOptions) -> Exporter:
     if options.models and name != "neuralforecast":
         raise UsageError("--model chooses among a NeuralForecast folder's models; this source holds one model")
     module, extras = FRAMEWORKS[name]
+    for needed in ("onnx", "onnxruntime", "onnxscript"):  # torch would fall back to TorchScript and fail obscurely
+        if importlib.util.find_spec(needed) is None:
+            raise missing_extra(needed, f"exporting a {name} model to ONNX")  # type: ignore[misc]
     try:
         return importlib.import_module(module).export
     except ImportError as exc:

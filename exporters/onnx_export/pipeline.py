@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,12 @@ class ExportResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportResult:
+def to_onnx(src: str | Path, out: str | Path, options: ExportOptions,
+            stage: Callable[[str], None] | None = None) -> ExportResult:
     """Export `src` into the folder `out` as model.onnx (+ external data) and manifest.json, or, for a
-    source of several models, one such folder per model inside `out`."""
+    source of several models, one such folder per model inside `out`; `stage` hears each step's name
+    as it starts (a progress display)."""
+    stage = stage or (lambda name: None)
     started = time.perf_counter()
     source = Path(src)
     staged = StagedOutput(out, options.overwrite)
@@ -73,28 +77,31 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions) -> ExportR
         results = []
         with closing(iter(export(source, options, scratch))) as graphs:  # exported one at a time
             while True:
+                stage("exporting" if not results else f"exporting graph {len(results) + 1}")
                 with framework_output_captured():
                     graph = next(graphs, None)
                 if graph is None:
                     break
-                results.append(_finish(graph, staging, options))
+                results.append(_finish(graph, staging, options, stage))
         shutil.rmtree(scratch)
     return ExportResult(staged.dest, results, time.perf_counter() - started)
 
 
-def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions) -> GraphResult:
+def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions, stage: Callable[[str], None]) -> GraphResult:
     """One exported graph named, simplified, saved, checked, validated and described in its manifest;
     a failure names the graph's folder when the source holds several."""
     if graph.folder and Path(graph.folder).name != graph.folder:
         raise UnsafeInputError(f"{graph.folder!r} cannot name an output folder")
     try:
-        return _finish_graph(graph, staging / graph.folder, options)
+        return _finish_graph(graph, staging / graph.folder, options, lambda name: stage(f"{graph.folder}: {name}"
+                                                                                         if graph.folder else name))
     except ConvertError as exc:
         raise type(exc)(f"{graph.folder}: {exc}" if graph.folder else str(exc)) from None
 
 
-def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions) -> GraphResult:
+def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions, stage: Callable[[str], None]) -> GraphResult:
     dest.mkdir(exist_ok=True)
+    stage("simplifying")
     with framework_output_captured():
         name_axes(graph.model, graph.inputs)
         record_names(graph.model)
@@ -104,6 +111,7 @@ def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions) -> G
     check(dest / MODEL_FILE)
     atol = options.atol if options.atol is not None else default_atol(model)
     sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
+    stage("validating with ONNX Runtime")
     with framework_output_captured():
         validation = validate(dest / MODEL_FILE, graph, sets, atol)
     doc = export_manifest(graph, model, files, options, simplification, validation)

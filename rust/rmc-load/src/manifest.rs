@@ -60,6 +60,9 @@ pub struct Source {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub details: Object,
+    /// Source arrays the reader did not convert, each with the reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +188,17 @@ pub struct GraphValue {
     pub shape: Option<Vec<Value>>,
     #[serde(default)]
     pub dynamic_axes: BTreeMap<String, Option<String>>,
+    /// An integer or bool input's values: `low` included, `high` excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<ValueRange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValueRange {
+    pub low: i64,
+    pub high: i64,
+    /// What set the range: an nn.Embedding's rows, a mask, --input-range, the --inputs file.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,105 @@
+"""What a training checkpoint holds beside the model, recognized by structure on unpickled records:
+optimizer, LR scheduler, AMP grad scaler and RNG states (left out by default), and the candidate model
+state dicts (`model`, `ema`, `teacher`, ...) of which one is converted.
+
+Recognizing by structure, not by key name, is what makes `{"opt": adam.state_dict()}` as safe to
+convert as Lightning's `optimizer_states`: the Adam moments never ride along with the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convert.pickle_reader import NumpyArrayRecord, TensorRecord
+
+# Model state dicts in the order one is preferred when a checkpoint holds several.
+CANDIDATE_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "module",
+                  "ema_state_dict", "ema", "model_ema", "state_dict_ema", "ema_model", "teacher", "student")
+# Checkpoints whose model entry is a wrapper module (LightningModule) around the model users load.
+LIGHTNING_MARKERS = ("pytorch-lightning_version", "optimizer_states", "lr_schedulers", "callbacks")
+_SCALER_KEYS = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+_TORCH_CPU_RNG_BYTES = 5056  # torch.get_rng_state(): mt19937 state as uint8
+_WRAPPER_PREFIXES = ("module.", "model.")
+
+
+def training_state_kind(value: Any) -> str | None:
+    """What training state `value` is (optimizer, scheduler, grad scaler, RNG), or None for model data."""
+    if isinstance(value, (list, tuple)) and value:  # Lightning's optimizer_states: one level, never deeper
+        kinds = {_single_kind(v) for v in value[:64]}
+        return kinds.pop() if len(kinds) == 1 else None
+    return _single_kind(value)
+
+
+def _single_kind(value: Any) -> str | None:
+    if isinstance(value, TensorRecord):
+        rng = value.dtype_code == "U8" and value.shape == (_TORCH_CPU_RNG_BYTES,)
+        return "RNG state" if rng else None
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("state"), dict) and isinstance(value.get("param_groups"), list) \
+            and all(type(k) is int for k in value["state"]):
+        return "optimizer state"
+    if "last_epoch" in value and any(k in value for k in ("base_lrs", "_last_lr", "_step_count")):
+        return "LR scheduler state"
+    if len(_SCALER_KEYS & set(value)) >= 3:
+        return "grad scaler state"
+    if value and all(_is_rng_leaf(v) for v in value.values()):
+        return "RNG state"
+    return None
+
+
+def _is_rng_leaf(value: Any, depth: int = 0) -> bool:
+    """torch/cuda generator bytes, numpy's ('MT19937', keys, pos, ...) and Python's (3, (625 ints), None),
+    or a short list of them (per-device CUDA states)."""
+    if isinstance(value, TensorRecord):
+        return value.dtype_code == "U8" and len(value.shape) == 1
+    if isinstance(value, (list, tuple)) and value:
+        if value[0] == "MT19937" and len(value) >= 2 and isinstance(value[1], NumpyArrayRecord):
+            return True
+        if type(value[0]) is int and len(value) == 3 and isinstance(value[1], tuple) and len(value[1]) == 625:
+            return True
+        return depth == 0 and len(value) <= 64 and all(_is_rng_leaf(v, 1) for v in value)
+    return False
+
+
+_MAX_VISITS = 100_000
+
+
+def holds_tensors(value: Any) -> bool:
+    """Whether any tensor lies below `value`; each container is visited once (a pickle can share one
+    list under many keys, nested: a walk without memory would take exponential time)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack and len(seen) < _MAX_VISITS:
+        node = stack.pop()
+        if isinstance(node, TensorRecord):
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return False
+
+
+def candidate_keys(obj: dict[Any, Any]) -> list[str]:
+    """Top-level entries that are model state dicts by name, best first."""
+    return [k for k in CANDIDATE_KEYS if isinstance(obj.get(k), dict) and holds_tensors(obj[k])
+            and training_state_kind(obj[k]) is None]
+
+
+def wrapper_prefix(names: list[str], checkpoint: Any, chosen_key: str | None) -> str | None:
+    """The prefix the inner module's `load_state_dict` does not expect: DataParallel's `module.` on every
+    name, or a LightningModule's attribute (`model.`) when the checkpoint is Lightning's and every name
+    carries it. None when stripping would leave names that collide or nothing to strip."""
+    if not names:
+        return None
+    lightning = isinstance(checkpoint, dict) and chosen_key == "state_dict" and any(m in checkpoint for m in LIGHTNING_MARKERS)
+    for prefix in _WRAPPER_PREFIXES:
+        if prefix == "model." and not lightning:
+            continue
+        if all(n.startswith(prefix) and len(n) > len(prefix) for n in names):
+            return prefix
+    return None

@@ -1,0 +1,139 @@
+"""ONNX tensors outside graph.initializer: Constant nodes (how Paddle2ONNX and others store weights),
+other nodes' tensor attributes, and the initializers and Constants of If/Loop/Scan subgraphs, named by
+their scope; every value equals what onnx's own reader returns, and ONNX Runtime runs the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
+ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def arr(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def constant(out: str, value: np.ndarray, name: str = "") -> Any:
+    return helper.make_node("Constant", [], [out], name=name, value=numpy_helper.from_array(value))
+
+
+def model_with_subgraphs() -> Any:
+    """y = (cond ? x @ W_then + b_then : x @ W_else) scanned and looped, weights in Constants and
+    subgraph initializers, one ConstantOfShape attribute tensor."""
+    then_g = helper.make_graph(
+        [constant("w_then", arr(3, 3)), helper.make_node("MatMul", ["x", "w_then"], ["t0"]),
+         helper.make_node("Add", ["t0", "b_then"], ["then_out"])],
+        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(arr(3), "b_then")])
+    else_g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_else"], ["else_out"])],
+        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(arr(3, 3), "w_else")])
+    loop_body = helper.make_graph(
+        [constant("step", arr(3), name="loop_step"), helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "step"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 3])])
+    scan_body = helper.make_graph(
+        [helper.make_node("Mul", ["row", "scale"], ["row_out"])],
+        "scan", [helper.make_tensor_value_info("row", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [3])],
+        initializer=[numpy_helper.from_array(arr(3), "scale")])
+    nodes = [
+        constant("w_top", arr(3, 3), name="top_const"),
+        helper.make_node("MatMul", ["x0", "w_top"], ["x"]),
+        helper.make_node("If", ["cond"], ["branch"], name="gate", then_branch=then_g, else_branch=else_g),
+        constant("trips", np.array(2, dtype=np.int64)),
+        helper.make_node("Loop", ["trips", "cond", "branch"], ["looped"], name="repeat", body=loop_body),
+        helper.make_node("Scan", ["looped"], ["scanned"], name="rows", body=scan_body, num_scan_inputs=1),
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Add", ["scanned", "zeros"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 3]),
+                     helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def reference_tensors(model: Any) -> dict[str, np.ndarray]:
+    """Every tensor of the model as onnx's numpy_helper reads it, found by an explicit walk of this model."""
+    g = model.graph
+    nodes = {n.name or n.op_type: n for n in g.node}
+    attr = {a.name: a for n in g.node for a in n.attribute}
+    then_g, else_g = attr["then_branch"].g, attr["else_branch"].g
+    return {
+        "shape": numpy_helper.to_array(g.initializer[0]),
+        "w_top": numpy_helper.to_array(nodes["top_const"].attribute[0].t),
+        "gate/then_branch/w_then": numpy_helper.to_array(then_g.node[0].attribute[0].t),
+        "gate/then_branch/b_then": numpy_helper.to_array(then_g.initializer[0]),
+        "gate/else_branch/w_else": numpy_helper.to_array(else_g.initializer[0]),
+        "trips": numpy_helper.to_array(g.node[3].attribute[0].t),
+        "repeat/body/step": numpy_helper.to_array(nodes["repeat"].attribute[0].g.node[0].attribute[0].t),
+        "rows/body/scale": numpy_helper.to_array(nodes["rows"].attribute[0].g.initializer[0]),
+        "ConstantOfShape_6/value": numpy_helper.to_array(g.node[6].attribute[0].t),
+    }
+
+
+def test_constants_and_subgraph_tensors_are_converted(tmp_path: Path) -> None:
+    model = model_with_subgraphs()
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])  # a model ONNX Runtime runs
+    assert session.run(None, {"x0": arr(2, 3), "cond": np.array(True)})[0].shape == (2, 3)
+    out = tmp_path / "out"
+    code, _, err = run_cli("onnx-to-safetensors", src, out)
+    assert code == 0, err
+    stored = {k: v.numpy() for k, v in load_output(out).items()}
+    expected = reference_tensors(model)
+    assert set(stored) == set(expected)
+    for name, value in expected.items():
+        assert stored[name].dtype == value.dtype and np.array_equal(stored[name], value), name
+    doc = read_manifest(out)
+    assert doc["source"]["details"]["tensors_in_graph"] == {"initializers": 1, "in_nodes_and_subgraphs": 8}
+    assert run_cli("verify", out, "--source", src)[0] == 0
+
+
+def test_weights_only_in_constants_are_not_lost(tmp_path: Path) -> None:
+    """The issue's case: no initializers at all, weights in Constant nodes (0 tensors written before)."""
+    w, b = arr(4, 3), arr(4)
+    graph = helper.make_graph(
+        [constant("fc.weight", w), constant("fc.bias", b),
+         helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    src = tmp_path / "c.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    out = tmp_path / "out"
+    assert run_cli("auto", src, out)[0] == 0
+    stored = load_output(out)
+    assert np.array_equal(stored["fc.weight"].numpy(), w) and np.array_equal(stored["fc.bias"].numpy(), b)
+
+
+def test_a_tensor_in_an_unknown_place_fails_closed(tmp_path: Path) -> None:
+    """A tensor the walk does not reach (a sparse Constant) makes the count check fail: exit 4, no output."""
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(arr(2)), numpy_helper.from_array(np.array([0, 3], np.int64)), [5])
+    node = helper.make_node("Constant", [], ["s"], sparse_value=sparse)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("s", TensorProto.FLOAT, [5])])
+    src = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("onnx-to-safetensors", src, out), 4, "holds 1 tensors but only 0")
+    assert_no_output(out)
