@@ -80,6 +80,20 @@ pub struct Target {
     /// The batch job's options; `Some(Value::Null)` when the manifest says null.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub request: Option<Value>,
+    /// How tied tensors were written, and what the layout's loader needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ties: Option<Ties>,
+}
+
+/// Tied tensors: `loader` is what the layout's loader needs (`alias`: it re-ties from the file's
+/// metadata; `duplicate`: it looks every name up), `written` what this output did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ties {
+    pub loader: String,
+    pub written: String,
+    /// Every {alias: first name}.
+    #[serde(default)]
+    pub tied: BTreeMap<String, String>,
 }
 
 /// A file with its size and digest: an output file, or a source file.
@@ -159,6 +173,20 @@ pub struct Module {
     pub params: Object,
     #[serde(default)]
     pub tensors: Vec<String>,
+    /// Other module types the same names and shapes fit: the type is a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<Vec<ModuleChoice>>,
+    /// What settled the type when names and shapes left it open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub params: Object,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
