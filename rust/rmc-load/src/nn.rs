@@ -378,7 +378,8 @@ impl BatchNorm {
         let m = model.module(path)?;
         kind_is(&m, "BatchNorm")?;
         let n = m.module.param_usize("num_features")?;
-        let (w, b) = if Layout::of(model)? == Layout::BurnNative { ("gamma", "beta") } else { ("weight", "bias") };
+        // both burn layouts write norms as gamma/beta (burn's own names; its adapter leaves them alone)
+        let (w, b) = if Layout::of(model)? == Layout::PyTorch { ("weight", "bias") } else { ("gamma", "beta") };
         let mean = m.get("running_mean")?.f32_with_shape(&[n])?;
         let var = m.get("running_var")?.f32_with_shape(&[n])?;
         let weight = if m.has(w) { m.get(w)?.f32_with_shape(&[n])? } else { vec![1.0; n] };
