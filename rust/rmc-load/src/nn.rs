@@ -5,8 +5,8 @@
 //!
 //! Layouts: `pytorch` (also `tch`, `candle`): PyTorch names and shapes. `burn`: LSTM/GRU split
 //! into gate modules (`input_gate.input_transform.weight`, ...), Linear weights still [out, in]
-//! (burn's PyTorch adapter transposes them). `burn-native`: as burn, but every Linear and gate
-//! weight [in, out], and BatchNorm `gamma`/`beta` for `weight`/`bias`.
+//! (burn's PyTorch adapter transposes them), BatchNorm `gamma`/`beta` for `weight`/`bias`.
+//! `burn-native`: as burn, but every Linear and gate weight [in, out].
 
 use crate::error::{Error, Result};
 use crate::model::{Model, ModuleTensors};
