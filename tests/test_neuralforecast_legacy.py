@@ -84,9 +84,9 @@ def test_rebuilt_models_predict_what_the_release_predicted(converted: tuple[str,
     index = json.loads((out / "models.json").read_text())
     if version == LIVE:
         live = NeuralForecast.load(str(FIXTURES / version / "folder")).predict()
-        recorded = {c: live[c].to_numpy() for c in live.columns if c not in ("unique_id", "ds")}
+        reference = {c: live[c].to_numpy() for c in live.columns if c not in ("unique_id", "ds")}
     else:
-        recorded = json.loads((FIXTURES / version / "predictions.json").read_text())["models"]
+        reference = json.loads((FIXTURES / version / "predictions.json").read_text())["models"]
     checked = 0
     for entry in index["models"]:
         if version == "1.7.0" and entry["folder"] in CHANGED_SINCE_1_7:
@@ -99,11 +99,11 @@ def test_rebuilt_models_predict_what_the_release_predicted(converted: tuple[str,
         predicted = nf.predict()
         columns = [c for c in predicted.columns if c not in ("unique_id", "ds")]
         for column in columns:
-            expected = np.asarray(recorded[column], dtype=np.float32)
+            expected = np.asarray(reference[column], dtype=np.float32)
             got = predicted[column].to_numpy()
             if entry["folder"] in SAMPLING:
                 np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4, err_msg=column)
-            elif version == LIVE:
+            elif version == LIVE:  # predicted by NeuralForecast in this run, on this machine
                 np.testing.assert_array_equal(got, expected, err_msg=column)
             else:
                 assert_within_recorded_ulps(got, expected, column)
