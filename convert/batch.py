@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .contract import ReaderOptions
 from .documents import check_schema, parse_json, read_toml
 from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
 
 STATUSES = ("ok", "failed", "skipped")
-# Extensions picked up when a folder that is not itself a model is given as a source.
-SOURCE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".h5", ".keras", ".msgpack", ".onnx", ".npz", ".npy", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,15 @@ class Job:
     layout_file: str | None = None
     dtype: str | None = None
     max_shard_size: str | None = None
-    key: str | None = None
     digest: str = DEFAULT_ALGORITHM
+    cast_loss: str = "refuse"
+    reader: ReaderOptions = field(default_factory=ReaderOptions)  # key, config, collections, ...: as the CLI takes them
 
     def request(self) -> dict[str, Any]:
         """What decides an output's content besides the source bytes (compared to skip done work)."""
         return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
-                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "key": self.key,
-                "digest": self.digest}
+                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "digest": self.digest,
+                "cast_loss": self.cast_loss, "reader": self.reader.to_json()}
 
 
 @dataclass
@@ -87,7 +87,7 @@ class BatchSummary:
 def expand_sources(patterns: Iterable[str]) -> list[Path]:
     """Files, model folders and globs, in order, each once; a plain folder contributes the model
     files and model folders below it."""
-    from .sources import detect
+    from exporters.registry import detect
 
     found: list[Path] = []
     for pattern in patterns:
@@ -109,7 +109,7 @@ def expand_sources(patterns: Iterable[str]) -> list[Path]:
 
 def _model_files_below(folder: Path) -> Iterator[Path]:
     """Model files below a plain folder; a model folder (e.g. Hugging Face) counts as one source."""
-    from .sources import detect
+    from exporters.registry import detect, suffixes
 
     for path in sorted(folder.iterdir()):
         if path.is_dir():
@@ -118,7 +118,7 @@ def _model_files_below(folder: Path) -> Iterator[Path]:
                 yield path
             except ConvertError:
                 yield from _model_files_below(path)
-        elif path.suffix in SOURCE_SUFFIXES:
+        elif path.suffix in suffixes():
             yield path
 
 
@@ -136,6 +136,7 @@ def output_names(sources: list[Path]) -> list[str]:
 
 
 def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: Any) -> list[Job]:
+    """One job per source found; `options` as Job's fields (`reader` a ReaderOptions)."""
     sources = expand_sources(patterns)
     return [Job(str(src), str(Path(out_dir).absolute() / name), **options) for src, name in zip(sources, output_names(sources))]
 
@@ -166,7 +167,11 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[
         elif not Path(output).is_absolute():
             output = base / output
         merged.pop("source")
-        jobs.append(Job(str(src), str(output), **merged))
+        for name in ("layout_file", "config"):  # paths, relative to the job file as sources are
+            if merged.get(name) is not None and not Path(merged[name]).is_absolute():
+                merged[name] = str(base / merged[name])
+        reader = ReaderOptions.from_mapping({k: merged.pop(k) for k in ReaderOptions.names() if k in merged})
+        jobs.append(Job(str(src), str(output), reader=reader, **merged))
     return jobs
 
 
@@ -215,29 +220,13 @@ def run_job(job: Job) -> JobResult:
 
 
 def _convert(job: Job) -> int:
-    from .api import ConvertOptions, convert_source, parse_size
-    from .sources import detect, reader
+    from .api import conversion_options, convert_opened, open_path
 
-    kind = detect(Path(job.source)) if job.conversion == "auto" else _kind_of(job.conversion)
-    options = ConvertOptions(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
-                             max_shard_size=parse_size(job.max_shard_size), overwrite=True,
-                             digest=job.digest, request=job.request())
-    if kind == "neuralforecast":  # one output folder per model, as nf-to-safetensors writes them
-        from exporters.neuralforecast import convert_folder
-
-        return sum(r.bytes for r in convert_folder(job.source, job.output, options).results)
-    open_fn = reader(kind)
-    with (open_fn(Path(job.source), job.key) if kind == "pytorch" else open_fn(Path(job.source))) as source:
-        return convert_source(source, job.output, options).bytes
-
-
-def _kind_of(conversion: str) -> str:
-    from .sources import READERS
-
-    for kind, (_, _, command) in READERS.items():
-        if conversion in (kind, command):
-            return kind
-    raise UsageError(f"unknown conversion {conversion!r}; known: auto, {', '.join(c for _, _, c in READERS.values())}")
+    options = conversion_options(dict(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
+                                      cast_loss=job.cast_loss, max_shard_size=job.max_shard_size, overwrite=True,
+                                      digest=job.digest, request=job.request()))
+    with open_path(job.source, job.conversion, job.reader) as opened:
+        return convert_opened(opened, job.output, options).bytes
 
 
 def is_done(job: Job) -> bool:
@@ -250,11 +239,12 @@ def is_done(job: Job) -> bool:
 def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The manifest of an output folder, or one per model for a NeuralForecast output (models.json)."""
     from . import manifest as manifest_mod
+    from .pipeline import BUNDLE_INDEX
 
     folders = [out]
-    if not (out / manifest_mod.MANIFEST_FILE).is_file() and (out / "models.json").is_file():
+    if not (out / manifest_mod.MANIFEST_FILE).is_file() and (out / BUNDLE_INDEX).is_file():
         try:
-            models = json.loads((out / "models.json").read_text(encoding="utf-8"))["models"]
+            models = json.loads((out / BUNDLE_INDEX).read_text(encoding="utf-8"))["models"]
             folders = [out / m["folder"] for m in models]
         except (ValueError, KeyError, TypeError):
             return []
@@ -350,7 +340,7 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, _end_job)
 
 
-WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.pytorch")  # what nearly every job needs
+WORKER_IMPORTS = ("convert.batch", "convert.api", "exporters.registry", "exporters.pytorch.reader")  # what nearly every job needs
 
 
 def _pool_context() -> Any:

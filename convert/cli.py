@@ -95,6 +95,12 @@ digest_option = click.option(
     help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).")
 
 
+cast_loss_option = click.option(
+    "--cast-loss", type=click.Choice(["refuse", "saturate", "accept"]), default="refuse", show_default=True,
+    help="A cast that turns finite values into inf or non-zero ones into zero: refuse it (exit 7), saturate (the "
+         "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.")
+
+
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every conversion command shares."""
     for decorator in reversed([
@@ -107,11 +113,7 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
         click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
-        click.option("--cast-loss", type=click.Choice(["refuse", "saturate", "accept"]), default="refuse",
-                     show_default=True,
-                     help="A cast that turns finite values into inf or non-zero ones into zero: refuse it "
-                          "(exit 7), saturate (the largest finite value instead of inf), or accept it; "
-                          "what was lost is recorded in the manifest."),
+        cast_loss_option,
         click.option("--max-shard-size", metavar="SIZE",
                      help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
         digest_option,
@@ -175,167 +177,126 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _run_conversion(open_source: Callable[[], Any], out: str, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str,
-                    overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
-    from .api import ConvertOptions, convert_source, parse_size
+def _run_conversion(conversion: str, src: str, out: str, reader: Any, layout: str, layout_file: str | None,
+                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None,
+                    digest: str, overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
+    from .api import conversion_options, convert_opened, open_path, tensor_bytes
     from .output import StagedOutput
 
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
-    options = ConvertOptions(layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype, cast_loss=cast_loss, max_shard_size=parse_size(max_shard_size),
-                             digest=digest, overwrite=overwrite, dry_run=dry_run, follow_links=follow_links)
-    with open_source() as source:
-        total = sum(t.nbytes for t in source.tensors)
-        with progress_bar(not (as_json or quiet or dry_run), total, "converting") as progress:
-            result = convert_source(source, out, options, progress)
+    options = conversion_options(dict(
+        layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype,
+        cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite, dry_run=dry_run,
+        follow_links=follow_links))
+    with open_path(src, conversion, reader) as opened:
+        with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
+            result = convert_opened(opened, out, options, progress)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json()))
-    elif dry_run and not quiet:
+    elif not quiet:
+        _print_result(result, dry_run)
+
+
+def _print_result(result: Any, dry_run: bool) -> None:
+    from .pipeline import BundleResult
+
+    if isinstance(result, BundleResult):
+        for model, r in zip(result.models, result.results):
+            tied = f", {len(r.aliases)} tied" if r.aliases else ""
+            click.echo(f"{model.get('class', 'model')} {model['folder']}: {r.tensors} tensors{tied}, {r.bytes} bytes")
+        verb = "dry run: would write" if dry_run else "wrote"
+        origin = f"a {result.details['generation']} folder" if "generation" in result.details else result.format
+        click.echo(f"{verb} {len(result.models)} model(s) from {origin} to {result.output}")
+    elif dry_run:
         for row in result.plan:
             click.echo(f"{row['file']}  {row['name']}  {row['dtype']}  {row['shape']}  {row['bytes']}")
         click.echo(f"dry run: would write {len(result.files)} file(s), {result.tensors} tensors, "
                    f"{result.bytes} bytes to {result.output}")
-    elif not quiet:
+    else:
         tied = f", {len(result.aliases)} tied" if result.aliases else ""
         click.echo(f"wrote {result.output} ({', '.join(result.files)}; {result.tensors} tensors{tied}, "
                    f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.2f} s)")
 
 
-def conversion_command(name: str, *options: Callable[..., Any]) -> Callable[..., Any]:
-    """A `NAME SRC OUT` conversion command: its own options, then the options every conversion
-    shares, the output flags, and one-line errors."""
+# The --help of each reader option where the reader does not word it itself.
+READER_OPTION_HELP = {
+    "key": "For checkpoints: dotted path of the dict holding the tensors.",
+    "strip_prefix": "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a Lightning "
+                    "module's `model.` when every name has it, so names match the inner module.",
+    "config": "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).",
+    "collections": "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
+    "unstack": "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).",
+    "quantized": "int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors.",
+}
+
+
+def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]:
+    """The click option for one ReaderOptions field."""
+    from .contract import QUANTIZED_MODES
+
+    text = help_text or READER_OPTION_HELP[name]
+    return {
+        "key": lambda: click.option("--key", help=text),
+        "strip_prefix": lambda: click.option("--strip-prefix", default="auto", show_default=True,
+                                             metavar="auto|none|PREFIX", help=text),
+        "config": lambda: click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str), help=text),
+        "collections": lambda: click.option("--collection", "collections", multiple=True, default=("params",),
+                                            show_default=True, help=text),
+        "unstack": lambda: click.option("--unstack", multiple=True, metavar="PATH", help=text),
+        "quantized": lambda: click.option("--quantized", type=click.Choice(QUANTIZED_MODES), default="dequantize",
+                                          show_default=True, help=text),
+    }[name]()
+
+
+def reader_options(where: str) -> Callable[..., Any]:
+    """Every reader option, for a command that may open any format (batch)."""
+    from .contract import ReaderOptions
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn = conversion_options(output_flags(command_errors(fn)))
-        for option in reversed(options):
-            fn = option(fn)
-        fn = click.argument("out", type=click.Path(path_type=str))(fn)
-        fn = click.argument("src", type=click.Path(path_type=str))(fn)
-        return cli.command(name, epilog=EXIT_HELP)(fn)
+        for name in reversed(ReaderOptions.names()):
+            fn = reader_option(name, f"{READER_OPTION_HELP[name]} ({where}.)")(fn)
+        return fn
 
     return wrap
 
 
-STRIP_PREFIX = click.option("--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX",
-                 help="Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a "
-                      "Lightning module's `model.` when every name has it, so names match the inner module.")
+def conversion_command(name: str, summary: str, conversion: str, reader_options: tuple[str, ...],
+                       option_help: dict[str, str]) -> None:
+    """A `NAME SRC OUT` conversion command: the reader's own options, then the options every
+    conversion shares, the output flags, and one-line errors."""
+    from .contract import ReaderOptions
+
+    def run(src: str, out: str, **opts: Any) -> None:
+        reader = ReaderOptions(**{k: opts.pop(k) for k in reader_options})
+        _run_conversion(conversion, src, out, reader, **opts)
+
+    run.__doc__ = summary
+    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
+    for option in reversed(reader_options):
+        fn = reader_option(option, option_help.get(option))(fn)
+    fn = click.argument("out", type=click.Path(path_type=str))(fn)
+    fn = click.argument("src", type=click.Path(path_type=str))(fn)
+    cli.command(name, epilog=EXIT_HELP)(fn)
 
 
-@conversion_command("pth-to-safetensors", click.option(
-    "--key", help="Dotted path of the dict holding the tensors (default: the first model state dict of "
-                  "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
-                  "optimizer, scheduler, scaler and RNG states are left out)."), STRIP_PREFIX)
-def pth_to_safetensors(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
-    """Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face
-    folder with pytorch_model.bin or its shards) into the folder OUT, without torch."""
-    from exporters.pytorch import open_pytorch
+def _add_conversion_commands() -> None:
+    """One command per reader that has one, from the registry; `auto` takes every reader option."""
+    from exporters.registry import READERS
 
-    _run_conversion(lambda: open_pytorch(src, key, strip_prefix), out, **opts)
+    from .contract import ReaderOptions
 
-
-@conversion_command(
-    "flax-to-safetensors",
-    click.option("--collection", "collections", multiple=True, default=("params",), show_default=True,
-                 help="Variable collection holding the weights (repeatable); batch_stats is merged in when present."),
-    click.option("--unstack", multiple=True, metavar="PATH",
-                 help="Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable)."))
-def flax_to_safetensors(src: str, out: str, collections: tuple[str, ...], unstack: tuple[str, ...], **opts: Any) -> None:
-    """Convert a Flax checkpoint (flax.serialization msgpack of params or a train state, a Hugging Face
-    folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the
-    folder OUT, in PyTorch names and layouts. Msgpack is read without JAX."""
-    from .sources import reader
-
-    open_flax = reader("flax")  # a clear error, naming the extra, when msgpack is not installed
-    _run_conversion(lambda: open_flax(src, collections, unstack), out, **opts)
+    for face in READERS:
+        if face.command:
+            conversion_command(face.command, face.summary, face.kind, face.options, face.option_help)
+    conversion_command("auto", "Detect the source format by content (not by extension alone) and run the matching "
+                               "conversion.", "auto", ReaderOptions.names(), {})
 
 
-@conversion_command("keras-to-safetensors", click.option(
-    "--config", "config", type=click.Path(dir_okay=False, path_type=str),
-    help="The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json())."))
-def keras_to_safetensors(src: str, out: str, config: str | None, **opts: Any) -> None:
-    """Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or
-    weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and
-    layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run."""
-    from exporters.keras import open_keras
-
-    _run_conversion(lambda: open_keras(src, config), out, **opts)
-
-
-@conversion_command("tf-to-safetensors", click.option(
-    "--key", help="The checkpoint object holding the model (default: `model` if present, else all but the optimizer)."))
-def tf_to_safetensors(src: str, out: str, key: str | None, **opts: Any) -> None:
-    """Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder)
-    into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra)."""
-    from exporters.tensorflow import open_tensorflow
-
-    _run_conversion(lambda: open_tensorflow(src, key), out, **opts)
-
-
-@conversion_command("nf-to-safetensors")
-def nf_to_safetensors(src: str, out: str, **opts: Any) -> None:
-    """Convert a NeuralForecast save folder (3.3+ SafeTensors, or the .ckpt and pickles of older
-    releases, read without running them) into OUT/<alias>/ per model, each SafeTensors + a manifest
-    with the model's constructor config, and OUT/models.json listing the models."""
-    _run_nf(src, out, **opts)
-
-
-def _run_nf(src: str, out: str, layout: str, layout_file: str | None, layout_options: tuple[str, ...],
-            dtype: str | None, cast_loss: str, max_shard_size: str | None, digest: str, overwrite: bool, dry_run: bool, follow_links: bool,
-            as_json: bool) -> None:
-    from .api import nf_to_safetensors as convert_nf
-
-    quiet = _flags().get("quiet", False)
-    result = convert_nf(src, out, layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options),
-                        dtype=dtype, cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite,
-                        dry_run=dry_run, follow_links=follow_links)
-    if not quiet:
-        for warning in result.warnings:
-            click.echo(f"convert: warning: {warning}", err=True)
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
-    elif not quiet:
-        for model, r in zip(result.models, result.results):
-            tied = f", {len(r.aliases)} tied" if r.aliases else ""
-            click.echo(f"{model['class']} {model['folder']}: {r.tensors} tensors{tied}, {r.bytes} bytes")
-        verb = "dry run: would write" if dry_run else "wrote"
-        click.echo(f"{verb} {len(result.models)} model(s) from a {result.generation} folder to {result.output}")
-
-
-@conversion_command("onnx-to-safetensors")
-def onnx_to_safetensors(src: str, out: str, **opts: Any) -> None:
-    """Extract an ONNX model's weights (initializers, external data files included) into the folder
-    OUT. Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter
-    names through the graph; the manifest summarizes the graph's operators. The model is never run."""
-    from exporters.onnx import open_onnx
-
-    _run_conversion(lambda: open_onnx(src), out, **opts)
-
-
-@conversion_command("npz-to-safetensors")
-def npz_to_safetensors(src: str, out: str, **opts: Any) -> None:
-    """Convert NumPy arrays (.npz, .npy, a .npy holding a saved dict, or a plain pickle of dicts/lists of
-    ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted
-    unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach
-    PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names."""
-    from exporters.numpy_arrays import open_numpy
-
-    _run_conversion(lambda: open_numpy(src), out, **opts)
-
-
-@conversion_command("tflite-to-safetensors", click.option(
-    "--quantized", type=click.Choice(["dequantize", "keep"]), default="dequantize", show_default=True,
-    help="int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors."))
-def tflite_to_safetensors(src: str, out: str, quantized: str, **opts: Any) -> None:
-    """Convert a TFLite model's weights into the folder OUT without TensorFlow: conv filters from OHWI
-    to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the
-    quantization parameters are recorded in the manifest."""
-    from exporters.tflite import open_tflite
-
-    _run_conversion(lambda: open_tflite(src, quantized), out, **opts)
+_add_conversion_commands()
 
 
 @cli.command("to-onnx", epilog=EXIT_HELP)
@@ -421,25 +382,6 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
 
 
 @cli.command(epilog=EXIT_HELP)
-@click.argument("src", type=click.Path(path_type=str))
-@click.argument("out", type=click.Path(path_type=str))
-@click.option("--key", help="For checkpoints: dotted path of the dict holding the tensors.")
-@STRIP_PREFIX
-@conversion_options
-@output_flags
-@command_errors
-def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) -> None:
-    """Detect the source format by content (not by extension alone) and run the matching conversion."""
-    from pathlib import Path
-
-    from .sources import detect, open_source
-
-    if detect(Path(src)) == "neuralforecast":
-        return _run_nf(src, out, **opts)
-    _run_conversion(lambda: open_source(src, key, strip_prefix), out, **opts)
-
-
-@cli.command(epilog=EXIT_HELP)
 @click.argument("sources", nargs=-1)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=str),
               help="Each source's output goes to OUT_DIR/<source stem>/.")
@@ -450,6 +392,8 @@ def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) ->
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False))
 @click.option("--max-shard-size", metavar="SIZE")
 @digest_option
+@cast_loss_option
+@reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the CPU count).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -463,17 +407,19 @@ def auto(src: str, out: str, key: str | None, strip_prefix: str, **opts: Any) ->
 @command_errors
 def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, conversion: str, layout: str,
           dtype: str | None, max_shard_size: str | None, digest: str, workers: int | None, executor: str, address: str | None,
-          report_path: str | None, retry_report: str | None, as_json: bool) -> None:
+          report_path: str | None, retry_report: str | None, as_json: bool, cast_loss: str, **reader: Any) -> None:
     """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
     never stops the others, and exit 0 means every job succeeded or was skipped."""
     from . import batch as batch_mod
+    from .contract import ReaderOptions
     from .errors import BatchFailedError, UsageError
 
     if job_file:
         jobs = batch_mod.jobs_from_file(job_file, out_dir)
     elif sources and out_dir:
         jobs = batch_mod.jobs_from_sources(sources, out_dir, conversion=conversion, layout=layout, dtype=dtype,
-                                           max_shard_size=max_shard_size, digest=digest)
+                                           max_shard_size=max_shard_size, digest=digest, cast_loss=cast_loss,
+                                           reader=ReaderOptions(**reader))
     else:
         raise UsageError("give SOURCES with --out-dir, or --job-file")
     if retry_report:

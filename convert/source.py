@@ -4,16 +4,17 @@ The contract that makes exit 0 a promise: a reader accounts for every array its 
 one is converted (it is, or feeds, one of `tensors`), dropped with the reason in `dropped` (the
 core prints them and records them in the manifest), or refused (the reader raises). A reader that
 meets arrays it cannot place must refuse rather than leave them out, and a source that yields no
-tensor at all fails in the core (convert.api.convert_source)."""
+tensor at all fails in the core (convert.pipeline.convert_source)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .tensors import TensorRef
+if TYPE_CHECKING:
+    from .tensors import TensorRef
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SourceModel:
     architecture: dict[str, Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
+    reader_options: dict[str, Any] | None = None  # the options it was opened with (recorded, so verify reopens it alike)
 
     def close(self) -> None:
         for close in self.closers:

@@ -136,7 +136,7 @@ def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> No
 
 
 def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
-    from exporters.safetensors import open_safetensors
+    from convert.safetensors_source import open_safetensors
 
     refs = {t.name: t for t in source.tensors}
     algorithm = doc["digest_algorithm"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
+from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .safetensors_format import build_header
@@ -26,8 +27,8 @@ from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_
 Progress = Callable[[int], None]
 COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers can follow the writer
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = SAFETENSORS_SINGLE
+INDEX_FILE = SAFETENSORS_INDEX
 
 
 @dataclass

@@ -105,11 +105,11 @@ def dense_zoo() -> list[Any]:
 
 def rebuild(out: Path, drop_unknown: bool = False, **overrides: Any) -> tuple[Any, list[str]]:
     """NeuralForecast's class called with the manifest's config, loaded from the converted tensors
-    (exporters.nf_rebuild, the code `to-onnx` rebuilds models with). `drop_unknown` leaves out
+    (exporters.neuralforecast.rebuild, the code `to-onnx` rebuilds models with). `drop_unknown` leaves out
     arguments the current class no longer takes (older releases'); the dropped names are returned.
     `overrides` replace training settings (max_steps=0 lets NeuralForecast.fit prepare a forecaster
     without training)."""
-    from exporters.nf_rebuild import converted_state, rebuild_model
+    from exporters.neuralforecast.rebuild import converted_state, rebuild_model
 
     doc = read_manifest(out)
     source = doc["architecture"]["source_model"]

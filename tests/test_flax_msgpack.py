@@ -51,7 +51,7 @@ def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:
 
 def stored(out: Path) -> dict[str, np.ndarray]:
     """The written tensors (read with the project's reader: safetensors.numpy has no float8)."""
-    from exporters.safetensors import open_safetensors
+    from convert.safetensors_source import open_safetensors
 
     with open_safetensors(out / "model.safetensors") as written:
         return {t.name: np.array(t.array()) for t in written.tensors}

@@ -304,11 +304,11 @@ def legacy_parts(data: bytes) -> tuple[list[bytes], bytes]:
 
 def _unpickle_and_walk(data: bytes) -> None:
     from convert.pickle_reader import jsonable, restricted_load
-    from exporters.pytorch import select_tensors
+    from exporters.pytorch.reader import select_tensors
 
     def storages(pid: Any) -> Any:
         from convert.pickle_reader import storage_dtype
-        from exporters.pytorch import _Storage
+        from exporters.pytorch.reader import _Storage
 
         if type(pid) is not tuple or len(pid) != 5:
             raise ConvertError("unexpected persistent id")
@@ -363,7 +363,7 @@ def test_restricted_unpickler_random_bytes(blob: bytes) -> None:
 
 def _open_torch(path: Path, blob: bytes) -> Callable[[], None]:
     def run() -> None:
-        from exporters.pytorch import open_pytorch
+        from exporters.pytorch.reader import open_pytorch
 
         path.write_bytes(blob)
         read_all(open_pytorch(path))
@@ -480,7 +480,7 @@ def safetensors_seeds() -> list[bytes]:
 def _open_safetensors(path: Path, blob: bytes) -> Callable[[], None]:
     def run() -> None:
         from convert.safetensors_format import read_header
-        from exporters.safetensors import open_safetensors
+        from convert.safetensors_source import open_safetensors
 
         path.write_bytes(blob)
         read_header(path)
@@ -703,17 +703,17 @@ def test_batch_reports(lines: list[str], tmp_path_factory: pytest.TempPathFactor
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. readers other helpers are adding: HDF5 / .keras (exporters/keras.py), msgpack (exporters/flax.py)
+# 7. readers other helpers are adding: HDF5 / .keras (exporters/keras/), msgpack (exporters/flax/)
 # ---------------------------------------------------------------------------------------------
 
 def optional_reader(kind: str) -> Callable[[Path], Any]:
-    """The installed reader for `kind`, or a skip naming the missing module."""
-    from convert.sources import READERS, reader
+    """The reader for `kind`, or a skip naming the missing library it needs."""
+    from exporters.registry import open_source
 
-    module = {"keras": "exporters.keras", "flax": "exporters.flax"}[kind]
-    if importlib.util.find_spec(module) is None or kind not in READERS:
-        pytest.skip(f"no {kind} reader yet ({module} is absent or not registered in convert.sources.READERS)")
-    return reader(kind)
+    library = {"keras": "h5py", "flax": "msgpack"}[kind]
+    if importlib.util.find_spec(library) is None:
+        pytest.skip(f"the {kind} reader needs {library}, which is not installed")
+    return lambda path: open_source(path, kind=kind)
 
 
 def msgpack_seeds() -> list[bytes]:

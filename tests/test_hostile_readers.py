@@ -55,10 +55,9 @@ WATCHDOG_SECONDS = 60
 
 
 def reader_installed(kind: str) -> bool:
-    from convert.sources import READERS
+    from exporters.registry import READERS
 
-    entry = READERS.get(kind)
-    return entry is not None and importlib.util.find_spec(entry[0]) is not None
+    return any(face.kind == kind for face in READERS)
 
 
 def commands_for(entry: dict[str, str]) -> list[str]:
@@ -66,9 +65,9 @@ def commands_for(entry: dict[str, str]) -> list[str]:
     if entry["kind"] in PICKLE_KINDS:
         return ["auto", "pth-to-safetensors"]
     from convert.cli import cli
-    from convert.sources import READERS
+    from exporters.registry import READERS
 
-    own = READERS.get(READER_OF[entry["kind"]], ("", "", ""))[2]
+    own = next((face.command for face in READERS if face.kind == READER_OF[entry["kind"]]), None)
     return ["auto", "inspect"] + ([own] if own in cli.commands else [])
 
 

@@ -4,7 +4,6 @@ output or staging folder, and a peak RSS under 1 GiB. No signal, no internal err
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import zipfile

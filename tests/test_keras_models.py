@@ -115,7 +115,7 @@ def test_deflated_keras_file(keras_models: Path, tmp_path: Path) -> None:
 
 def keras_names(src: Path) -> list[str]:
     """The canonical tensor names of a Keras file, as the pytorch layout writes them."""
-    from exporters.keras import open_keras
+    from exporters.keras.reader import open_keras
 
     with open_keras(src, None) as source:
         return [t.name for t in source.tensors]

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("neuralforecast")
 
 from conftest import assert_no_output, read_manifest, run_cli  # noqa: E402
-from exporters.nf_config import BASE_ARGS  # noqa: E402
+from exporters.neuralforecast.config import BASE_ARGS  # noqa: E402
 from nf_helpers import dense_zoo, dlinear_forward, mlp_forward, model_zoo, quiet, rebuild, temporal_scale  # noqa: E402
 
 FOLDERS = ["MLP", "MLPQ", "MLPRevIN", "Twin_0", "Twin_1", "NHITS", "NBEATS", "NBEATSShared", "NBEATSx", "LSTM",

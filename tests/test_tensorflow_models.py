@@ -13,7 +13,7 @@ from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_f
 
 from convert.api import inspect_path, keras_to_safetensors, tf_to_safetensors, verify_path
 from convert.errors import SourceNotFoundError
-from convert.sources import detect
+from exporters.registry import detect
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
@@ -70,7 +70,7 @@ def test_cli_paths_and_detection(keras_models: Path, tmp_path: Path) -> None:
     folder = keras_models / "keras2" / "vision"
     sources = [folder / "ckpt" / "ckpt", folder / "ckpt" / "ckpt.index", folder / "ckpt", folder / "savedmodel"]
     for i, src in enumerate(sources):
-        assert detect(src) == "tensorflow"
+        assert detect(src).kind == "tensorflow"
         assert tf_to_safetensors(src, tmp_path / f"out{i}").tensors == 11
     rc, out, err = run_cli("tf-to-safetensors", sources[1], tmp_path / "cli", "--json")
     assert rc == 0 and err == "", err

@@ -120,9 +120,9 @@ def h5_boundaries(path: Path) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 def _reader_installed(kind: str) -> bool:
-    from convert.sources import READERS
+    from exporters.registry import READERS
 
-    return kind in READERS and importlib.util.find_spec(READERS[kind][0]) is not None
+    return any(face.kind == kind for face in READERS)
 
 
 def build_cases(work: Path) -> list[dict[str, Any]]:
@@ -248,9 +248,9 @@ def _fingerprint(kind: str, path: Path) -> list[tuple[str, str, tuple[int, ...],
     """Open with the kind's reader and read every tensor: (name, dtype, shape, sha256) in order."""
     import numpy as np
 
-    from convert.sources import reader
+    from exporters.registry import open_source
 
-    source = reader(kind)(path)
+    source = open_source(path, kind=kind)
     with source:
         out = []
         for ref in source.tensors:

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
-from convert.sources import is_neuralforecast_folder
+from exporters.neuralforecast import is_save_folder
 
-from .spec import ExportedGraph, ExportOptions
+from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 
 # framework -> (the module that exports it, the extras it needs besides `onnx`)
 FRAMEWORKS: dict[str, tuple[str, str]] = {
@@ -50,7 +50,7 @@ def exporter_for(src: Path, options: ExportOptions) -> Exporter:
 
 
 def _is_converted_neuralforecast(src: Path) -> bool:
-    from ..neuralforecast import converted_folders
+    from exporters.neuralforecast.reader import converted_folders
 
     return converted_folders(src) is not None
 
@@ -62,7 +62,7 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
         return "pytorch"  # weights for a factory's module; JAX factories say --framework jax
     if src.is_dir() and (src / "saved_model.pb").is_file():
         return "keras"
-    if src.is_dir() and (is_neuralforecast_folder(src) or _is_converted_neuralforecast(src)):
+    if src.is_dir() and (is_save_folder(src) or _is_converted_neuralforecast(src)):
         return "neuralforecast"
     if src.is_file() and zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:

@@ -4,7 +4,7 @@ the inputs NeuralForecast really feeds it.
 The source is a save folder, each model read by this project's own reader (no pickle from the folder
 is loaded) and described by the same architecture record `nf-to-safetensors` writes into its
 manifest; or such an `nf-to-safetensors` output itself, its manifests and SafeTensors.  Each model
-is rebuilt from that record with NeuralForecast's class (exporters.nf_rebuild) and exported through
+is rebuilt from that record with NeuralForecast's class (exporters.neuralforecast.rebuild) and exported through
 the PyTorch path.  The graph is the network as NeuralForecast calls it at prediction time,
 `loss.domain_map(model(windows))`, with the window's parts as named inputs: `insample_y` and
 `insample_mask` (the last `input_size` steps), `futr_exog` (input_size + h steps), `hist_exog` and
@@ -29,12 +29,12 @@ import torch
 from convert import manifest as manifest_mod
 from convert.errors import ConvertError, UnsupportedFormatError, UsageError
 
-from ..neuralforecast import converted_folders, model_source, open_folder, output_folders
-from ..nf_rebuild import converted_state, rebuild_model
-from .from_pytorch import export_torch, to_torch, torch_reference
-from .graph_edit import default_output_names, output_names
-from .inputs import BATCH, input_sets
-from .spec import ExportedGraph, ExportOptions, InputSpec
+from exporters.neuralforecast.reader import converted_folders, open_bundle
+from exporters.neuralforecast.rebuild import converted_state, rebuild_model
+from exporters.onnx_export.from_pytorch import export_torch, to_torch, torch_reference
+from exporters.onnx_export.graph_edit import default_output_names, output_names
+from exporters.onnx_export.inputs import BATCH, input_sets
+from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 
 WINDOW_PARTS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
 
@@ -76,10 +76,9 @@ def _models(src: Path) -> Iterator[list[_Model]]:
     if folders is not None:
         yield [_converted(folder) for folder in folders]
         return
-    with open_folder(src) as folder:
-        names = output_folders(folder.models)
-        sources = [model_source(folder, model, name) for model, name in zip(folder.models, names)]
-        yield [_Model(name, s.architecture, s.files, partial(_state_of, s.tensors)) for name, s in zip(names, sources)]
+    with open_bundle(src) as bundle:
+        yield [_Model(m.folder, m.source.architecture, m.source.files, partial(_state_of, m.source.tensors))
+               for m in bundle.models]
 
 
 def _state_of(tensors: list[Any]) -> dict[str, torch.Tensor]:

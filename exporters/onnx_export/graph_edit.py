@@ -11,7 +11,7 @@ from typing import Any
 
 from convert.errors import UsageError
 
-from .spec import InputSpec
+from exporters.onnx_export.spec import InputSpec
 
 
 def default_output_names(count: int) -> list[str]:

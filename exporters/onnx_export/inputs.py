@@ -18,7 +18,7 @@ import numpy as np
 
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UsageError
 
-from .spec import ExportOptions, InputHint, InputSpec
+from exporters.onnx_export.spec import ExportOptions, InputHint, InputSpec
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 GROWTH = 2  # the second validation run is this much larger along each dynamic axis

@@ -12,8 +12,8 @@ from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
 from convert.hashing import DEFAULT_ALGORITHM, file_digest
 
-from ..onnx import summarize, value_summary
-from .spec import ExportedGraph, ExportOptions, InputSpec
+from exporters.onnx.reader import summarize, value_summary
+from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 
 
 def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options: ExportOptions,

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from .spec import InputHint
+from exporters.onnx_export.spec import InputHint
 
 INDEX_DTYPES = ("int64", "int32")  # what torch's embedding kernels take
 DIRECT_MASK_DTYPES = ("bool", "float32", "float16", "float64")  # torch attention: a bool mask, or an additive float one

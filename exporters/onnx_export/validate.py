@@ -13,9 +13,9 @@ import numpy as np
 
 from convert.errors import VerificationError
 
-from .inputs import InputSet
-from ..quiet import first_line
-from .spec import ExportedGraph
+from exporters.onnx_export.inputs import InputSet
+from exporters.quiet import first_line
+from exporters.onnx_export.spec import ExportedGraph
 
 DEFAULT_ATOL = 1e-5
 RECURRENT_ATOL = 1e-4  # LSTM/GRU kernels accumulate rounding differently over the steps

@@ -63,6 +63,9 @@ pub struct Source {
     /// Source arrays the reader did not convert, each with the reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, String>,
+    /// The reader options the source was opened with, so a verifier reopens it alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_options: Option<Object>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 Initializers stored inline are decoded from the parsed protobuf; initializers in external data files
 stay in those files and are read lazily through memory maps, after checking that each location is a
 file inside the model's folder and that each offset and length lies inside it.  Names the PyTorch
-exporters invented are traced back to parameter names by `exporters.onnx_names`.
+exporters invented are traced back to parameter names by `exporters.onnx.names`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputEr
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
 
-from .onnx_names import Resolved, count_tensor_protos, graph_tensors, resolve_names
+from exporters.onnx.names import Resolved, count_tensor_protos, graph_tensors, resolve_names
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
 ONNX_DTYPES: dict[str, str] = {

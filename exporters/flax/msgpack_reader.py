@@ -22,7 +22,7 @@ from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
 
-from .flax_canonical import NonTensor, Tree
+from exporters.flax.canonical import NonTensor, Tree
 
 try:
     import msgpack

@@ -11,25 +11,26 @@ import math
 import re
 import struct
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convert.documents import parse_json
 from convert.dtypes import dtype as lookup_dtype
+from convert.zip_members import ZIP_MAGIC, member_offset
+from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
                             UnsupportedFormatError, UsageError)
 from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
 
-from .torchscript import INERT as TORCHSCRIPT_INERT
-from .torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
-from .torch_training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
+from exporters.pytorch.torchscript import INERT as TORCHSCRIPT_INERT
+from exporters.pytorch.torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
+from exporters.pytorch.training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
-ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -38,8 +39,6 @@ _CHECKPOINT_FACTS = ("hyper_parameters", "hparams", "epoch", "global_step", "pyt
                      "hparams_name", "config", "args")
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
-SIDECAR_SUFFIXES = (".json", ".txt", ".model")
-SIDECAR_MAX_BYTES = 32 << 20
 
 
 @dataclass
@@ -182,14 +181,7 @@ def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfil
     itemsize = lookup_dtype(code).itemsize if code else 1
     if numel * itemsize > info.file_size:
         raise CorruptInputError(f"{path.name}: storage {key} claims {numel * itemsize} bytes but holds {info.file_size}")
-    zf.fp.seek(info.header_offset)
-    header = zf.fp.read(30)
-    if len(header) != 30 or header[:4] != ZIP_MAGIC:
-        raise CorruptInputError(f"{path.name}: storage {key} has a damaged local header")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    offset = info.header_offset + 30 + name_len + extra_len
-    if offset + info.file_size > file_size:
-        raise CorruptInputError(f"{path.name}: storage {key} runs past the end of the file (truncated?)")
+    offset = member_offset(path, info)
     return _Storage(key, code, numel, offset, info.file_size)
 
 
@@ -397,70 +389,26 @@ def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipp
 def _open_hf_folder(folder: Path, key: str | None, strip_prefix: str) -> SourceModel:
     index_path = folder / HF_INDEX
     if index_path.exists():
-        shard_files = read_index(index_path)
+        shard_files: dict[Path, set[str] | None] = dict(index_shards(index_path))
     elif (folder / HF_WEIGHTS).exists():
-        shard_files = {HF_WEIGHTS: None}
+        shard_files = {folder / HF_WEIGHTS: None}
     else:
         raise SourceNotFoundError(f"{folder}: no {HF_WEIGHTS} or {HF_INDEX} in this folder")
-    parts: list[SourceModel] = []
-    try:
-        for fname, expected in shard_files.items():
-            shard = folder / fname
-            if not shard.is_file():
-                raise SourceNotFoundError(f"{folder.name}: shard {fname} named in {HF_INDEX} is missing")
-            part = open_torch_file(shard, key, strip_prefix)
+    with ExitStack() as opened:
+        parts = []
+        for shard, expected in shard_files.items():
+            part = opened.enter_context(open_torch_file(shard, key, strip_prefix))
             parts.append(part)
             if expected is not None:
-                cross_check(fname, expected, {t.name for t in part.tensors})
-    except BaseException:
-        for part in parts:
-            part.close()
-        raise
-    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
-    return SourceModel(
-        format="hf-pytorch-sharded" if index_path.exists() else "hf-pytorch",
-        files=[p for part in parts for p in part.files],
-        tensors=[t for part in parts for t in part.tensors],
-        sidecars=hf_sidecars(folder, exclude={HF_INDEX}),
-        config=config,
-        extras=parts[0].extras if len(parts) == 1 else {},
-        dropped={name: why for part in parts for name, why in part.dropped.items()},
-        closers=[part.close for part in parts],
-    )
-
-
-def read_index(index_path: Path) -> dict[str, set[str]]:
-    index = read_json(index_path)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CorruptInputError(f"{index_path.name}: no weight_map of tensor names to shard files")
-    shards: dict[str, set[str]] = {}
-    for tensor_name, fname in weight_map.items():
-        if "/" in fname or "\\" in fname or fname.startswith("."):
-            raise UnsafeInputError(f"{index_path.name}: shard name {fname!r} points outside the folder")
-        shards.setdefault(fname, set()).add(tensor_name)
-    return shards
-
-
-def cross_check(fname: str, expected: set[str], found: set[str]) -> None:
-    missing, extra = sorted(expected - found), sorted(found - expected)
-    if missing:
-        raise CorruptInputError(f"{fname}: the index places {missing[:5]} here but the shard lacks them")
-    if extra:
-        raise CorruptInputError(f"{fname}: holds {extra[:5]}, which the index does not list")
-
-
-def read_json(path: Path) -> Any:
-    if path.stat().st_size > SIDECAR_MAX_BYTES:
-        raise CorruptInputError(f"{path.name}: larger than {SIDECAR_MAX_BYTES >> 20} MiB")
-    return parse_json(path.read_bytes(), path.name, CorruptInputError)
-
-
-def hf_sidecars(folder: Path, exclude: set[str]) -> list[Path]:
-    """Small config and tokenizer files of a model folder, carried across to the output."""
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix in SIDECAR_SUFFIXES and p.name not in exclude
-        and not p.name.endswith(".index.json") and p.stat().st_size <= SIDECAR_MAX_BYTES
-    )
-
+                cross_check(shard.name, expected, {t.name for t in part.tensors})
+        source = SourceModel(
+            format="hf-pytorch-sharded" if index_path.exists() else "hf-pytorch",
+            files=[p for part in parts for p in part.files],
+            tensors=[t for part in parts for t in part.tensors],
+            sidecars=hf_sidecars(folder, exclude={HF_INDEX}),
+            config=read_config(folder),
+            extras=parts[0].extras if len(parts) == 1 else {},
+            dropped={name: why for part in parts for name, why in part.dropped.items()},
+            closers=[opened.pop_all().close],
+        )
+    return source

@@ -24,8 +24,9 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFo
 from convert.pickle_reader import NumpyArrayRecord, restricted_load
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, in_memory
+from convert.zip_members import member_offset
 
-from .flax_canonical import canonicalize
+from exporters.flax.canonical import canonicalize
 
 NPY_MAGIC = b"\x93NUMPY"
 FLAX_LEAVES = frozenset({"kernel", "embedding", "scale"})
@@ -156,12 +157,7 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
         if dt.hasobject:
             return _objects(restricted_load(member.read(), inert=(), what=f"{p.name}:{info.filename}"), p.name)
     if info.compress_type == zipfile.ZIP_STORED:
-        zf.fp.seek(info.header_offset)
-        local = zf.fp.read(30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise CorruptInputError(f"{p.name}: member {info.filename!r} has a damaged local header")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
+        start = member_offset(p, info)
         ref = _stored_array(name, p, mapped, start + data_at, dt, shape, fortran)
         if data_at + ref.nbytes > info.file_size:
             raise CorruptInputError(f"{p.name}: member {info.filename!r} holds fewer bytes than its header says")

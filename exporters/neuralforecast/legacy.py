@@ -18,11 +18,11 @@ from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, Un
 from convert.pickle_reader import DEFAULT_INERT, restricted_load
 from convert.source import SourceModel
 
-from exporters.pytorch import open_torch_file
+from exporters.pytorch.reader import open_torch_file
 
-from .nf_config import class_named
-from .nf_folder import NFFolder, NFModel, forecaster_settings, model_files
-from .nf_values import NF_SIDECAR_INERT, is_skipped, plain_checkpoint, plain_pickled, skipped
+from exporters.neuralforecast.config import class_named
+from exporters.neuralforecast.folder import NFFolder, NFModel, forecaster_settings, model_files
+from exporters.neuralforecast.values import NF_SIDECAR_INERT, is_skipped, plain_checkpoint, plain_pickled, skipped
 
 MAX_PICKLE = 64 << 20
 LIGHTNING_KEYS = ("epoch", "global_step", "pytorch-lightning_version")

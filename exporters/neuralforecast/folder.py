@@ -13,7 +13,7 @@ from typing import Any
 from convert.errors import CorruptInputError, UnsafeInputError
 from convert.tensors import TensorRef
 
-from .nf_values import is_skipped
+from exporters.neuralforecast.values import is_skipped
 
 MODEL_FILE = re.compile(r"^(?P<alias>.+)_(?P<index>\d+)\.(?P<ext>safetensors|ckpt)$")
 SIDECARS = frozenset({"configuration.safetensors", "dataset.safetensors"})

@@ -3,14 +3,13 @@ Keras 3 `.keras` and `.weights.h5`, Keras 2 / tf.keras `.h5` (full models and we
 Hugging Face folders holding `tf_model.h5` (or its shards).
 
 Where the file carries the model config (`.keras`, a full `.h5`), layer types come from it; where it
-does not, from the variables' names and shapes (exporters/keras_names.py). Either way each layer is
-brought to canonical form by exporters/keras_layers.py, lazily.
+does not, from the variables' names and shapes (exporters/keras/names.py). Either way each layer is
+brought to canonical form by exporters/keras/layers.py, lazily.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -18,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from convert.documents import parse_json
+from convert.zip_members import ZIP_MAGIC, member_offset
+from convert.hf_folder import SIDECAR_MAX_BYTES, hf_sidecars, index_shards, read_config, read_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 
-from .keras_config import ConfigLayer, lambda_layers, layers_of, scrub, summary
-from .keras_h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
-from .keras_layers import KerasLayer, to_canonical
-from .keras_names import (Named, components, group_named, infer_kind, kind_by_shapes, kind_from_key, numbered_roles,
+from exporters.keras.config import ConfigLayer, lambda_layers, layers_of, scrub, summary
+from exporters.keras.h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
+from exporters.keras.layers import KerasLayer, to_canonical
+from exporters.keras.names import (Named, components, group_named, infer_kind, kind_by_shapes, kind_from_key, numbered_roles,
                           under_layer)
-from .pytorch import SIDECAR_MAX_BYTES, ZIP_MAGIC, read_json, hf_sidecars
 
 KERAS_CONFIG = "config.json"
 KERAS_WEIGHTS = "model.weights.h5"
@@ -123,7 +123,7 @@ def _open_keras_zip(path: Path, opened: _Opened) -> None:
         info = infos[KERAS_WEIGHTS]
         label = f"{path.name}:{KERAS_WEIGHTS}"
         if info.compress_type == zipfile.ZIP_STORED:
-            h5 = H5Source(path, _member_offset(path, zf, info), info.file_size, label)
+            h5 = H5Source(path, member_offset(path, info), info.file_size, label)
         else:
             h5 = H5Source(_extract(path, zf, info, opened), label=label)
     opened.format, opened.files, opened.model_config = "keras-v3", [path], _model_config(model, path.name)
@@ -161,29 +161,20 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
     if (folder / "saved_model.pb").is_file():
         raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
     if (folder / HF_TF_INDEX).is_file():
-        index = read_json(folder / HF_TF_INDEX)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise CorruptInputError(f"{HF_TF_INDEX}: no weight_map")
-        names = sorted({str(v) for v in weight_map.values()})
-        if any("/" in n or "\\" in n or n.startswith(".") for n in names):
-            raise CorruptInputError(f"{HF_TF_INDEX}: a shard name points outside the folder")
-        shards = [folder / n for n in names]
+        shards = list(index_shards(folder / HF_TF_INDEX))
     elif (folder / HF_TF_WEIGHTS).is_file():
         shards = [folder / HF_TF_WEIGHTS]
     else:
         raise SourceNotFoundError(f"{folder}: no {HF_TF_WEIGHTS} or {HF_TF_INDEX} in this folder")
     named: list[Named] = []
     for shard in shards:
-        if not shard.is_file():
-            raise SourceNotFoundError(f"{folder.name}: shard {shard.name} named in {HF_TF_INDEX} is missing")
         h5 = H5Source(shard)
         opened.closers.append(h5.close)
         opened.files.append(shard)
         named += _legacy_named(h5, h5.root)
     opened.format = "hf-tf-sharded" if len(shards) > 1 else "hf-tf"
     opened.layers = group_named(named, None, folder.name)
-    return read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    return read_config(folder)
 
 
 # --- Keras 2 / legacy h5 -------------------------------------------------------------------------
@@ -320,27 +311,11 @@ def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
         raise CorruptInputError(f"{path.name}: cannot read {info.filename} ({exc})") from None
 
 
-def _member_offset(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
-    """Where a member's bytes start in the zip: after its local header. Its declared compressed
-    size must fit in the file, or a ratio check on declared sizes means nothing."""
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        header = fh.read(30)
-    if len(header) != 30 or header[:4] != ZIP_MAGIC:
-        raise CorruptInputError(f"{path.name}: {info.filename} has a damaged local header")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.compress_size > os.path.getsize(path) or (
-            info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
-        raise CorruptInputError(f"{path.name}: {info.filename} runs past the end of the file (truncated?)")
-    return start
-
-
 def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Opened) -> Path:
     """A compressed member, inflated into a temporary file removed when the source closes. Only
     deflate (what Keras writes): bzip2 and LZMA inflate by millions, and do it in one call. The
     output is counted as it comes, against the ratio to the compressed bytes the file really holds."""
-    _member_offset(path, zf, info)
+    member_offset(path, info)
     if info.compress_type != zipfile.ZIP_DEFLATED:
         raise UnsupportedFormatError(f"{path.name}: {info.filename} is compressed with zip method "
                                      f"{info.compress_type}; Keras writes stored or deflated members")

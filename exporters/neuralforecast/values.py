@@ -176,7 +176,7 @@ def _datetime_unit(state: Any) -> str | None:
 
 
 def plain_checkpoint(value: Any) -> Any:
-    """Plain hyper-parameters from a checkpoint's pickle as exporters.pytorch renders it (`jsonable`):
+    """Plain hyper-parameters from a checkpoint's pickle as exporters.pytorch.reader renders it (`jsonable`):
     Lightning's AttributeDict becomes its items, a loss module its class and kept attributes."""
     if isinstance(value, list):
         return [plain_checkpoint(v) for v in value]

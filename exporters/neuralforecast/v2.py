@@ -20,10 +20,10 @@ from convert.safetensors_format import read_header
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 
-from exporters.safetensors import open_safetensors
+from convert.safetensors_source import open_safetensors
 
-from .nf_folder import NFFolder, NFModel, forecaster_settings, model_files
-from .nf_values import ArrayLookup, decode_tagged
+from exporters.neuralforecast.folder import NFFolder, NFModel, forecaster_settings, model_files
+from exporters.neuralforecast.values import ArrayLookup, decode_tagged
 
 HPARAM_PREFIX = "__hparams__."
 FORMAT = "2"

@@ -17,8 +17,8 @@ from typing import Any
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import TensorRef
 
-from .keras_config import ConfigLayer, mapping, to_snake
-from .keras_layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
+from exporters.keras.config import ConfigLayer, mapping, to_snake
+from exporters.keras.layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
 
 _CELL = re.compile(r"^(cell|[A-Za-z0-9_]*_cell)$")
 _DIRECTIONS = ("forward", "backward")

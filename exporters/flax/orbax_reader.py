@@ -21,7 +21,7 @@ from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
 
-from .flax_canonical import NonTensor, Tree
+from exporters.flax.canonical import NonTensor, Tree
 
 METADATA = "_METADATA"
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"

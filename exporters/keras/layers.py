@@ -17,7 +17,7 @@ from convert.errors import CorruptInputError, MappingError, UnsupportedFormatErr
 from convert.tensors import TensorRef
 from convert.transforms import apply, output_spec
 
-from .keras_config import mapping
+from exporters.keras.config import mapping
 
 Chain = list[dict[str, Any]]
 

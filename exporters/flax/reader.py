@@ -3,7 +3,7 @@ Hugging Face's `flax_model.msgpack` and its shards), read without JAX, and orbax
 (linen variables or NNX state), read with orbax-checkpoint.
 
 The variables of the chosen collections (`params` by default; `batch_stats` merged in for BatchNorm)
-reach canonical form through exporters/flax_canonical.py. The rest of a train state (optimizer state,
+reach canonical form through exporters/flax/canonical.py. The rest of a train state (optimizer state,
 step, RNG streams) is listed in the manifest, not converted.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef
 
-from .flax_canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
-from .msgpack_reader import read_msgpack
-from .pytorch import cross_check, read_index, read_json, hf_sidecars
+from exporters.flax.canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
+from exporters.flax.msgpack_reader import read_msgpack
 
 HF_WEIGHTS = "flax_model.msgpack"
 HF_INDEX = "flax_model.msgpack.index.json"
@@ -68,13 +68,13 @@ def _read(p: Path) -> _Read:
     if not p.is_dir():
         return _read_msgpack("flax-msgpack", p.name, [p])
     if not (p / HF_INDEX).is_file() and not (p / HF_WEIGHTS).is_file():
-        from .orbax_reader import is_orbax
+        from exporters.flax.orbax_reader import is_orbax
 
         if not is_orbax(p):
             raise UnsupportedFormatError(f"{p}: neither {HF_WEIGHTS} nor an orbax checkpoint in this folder")
         return _read_orbax(p)
     sidecars = hf_sidecars(p, exclude={HF_INDEX})
-    config = read_json(p / "config.json") if (p / "config.json").is_file() else None
+    config = read_config(p)
     if (p / HF_INDEX).is_file():
         read = _read_msgpack("hf-flax-sharded", p.name, *_hf_shards(p))
     else:
@@ -84,11 +84,8 @@ def _read(p: Path) -> _Read:
 
 
 def _hf_shards(folder: Path) -> tuple[list[Path], dict[str, set[str]]]:
-    expected = read_index(folder / HF_INDEX)
-    missing = [name for name in expected if not (folder / name).is_file()]
-    if missing:
-        raise SourceNotFoundError(f"{folder.name}: shard {missing[0]} named in {HF_INDEX} is missing")
-    return [folder / name for name in expected], expected
+    shards = index_shards(folder / HF_INDEX)
+    return list(shards), {path.name: names for path, names in shards.items()}
 
 
 def _read_msgpack(fmt: str, label: str, files: list[Path], expected: dict[str, set[str]] | None = None) -> _Read:
@@ -108,7 +105,7 @@ def _read_msgpack(fmt: str, label: str, files: list[Path], expected: dict[str, s
 
 
 def _read_orbax(folder: Path) -> _Read:
-    from .orbax_reader import OrbaxTree, find_item
+    from exporters.flax.orbax_reader import OrbaxTree, find_item
 
     item, facts = find_item(folder)
     store = OrbaxTree(item)

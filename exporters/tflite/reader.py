@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from convert import transforms as tf
+from convert.contract import QUANTIZED_MODES
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
@@ -31,7 +32,7 @@ TENSOR_TYPES = {0: "F32", 1: "F16", 2: "I32", 3: "U8", 4: "I64", 6: "BOOL", 7: "
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
 OHWI_TO_OIHW: list[dict[str, Any]] = [{"op": "permute", "axes": [0, 3, 1, 2]}]
 DEPTHWISE_TO_TORCH: list[dict[str, Any]] = [{"op": "permute", "axes": [3, 0, 1, 2]}]
-QUANTIZED_MODES = ("dequantize", "keep")
+
 
 
 class _Flat:

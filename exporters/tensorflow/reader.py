@@ -4,7 +4,7 @@ own checkpoint reader; TensorFlow is imported here only, inside the functions th
 A TF2 checkpoint keys variables by object-graph paths (`model/layer_with_weights-0/kernel/...`,
 `_operations/3/cell/bias/...`) that say little; its object graph also records each variable's TF
 name (`dense/kernel`, `bidirectional/forward_lstm/lstm_cell/kernel`), which names layers the way
-Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/keras_names.py).
+Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/keras/names.py).
 Where TF names clash (a Keras 3 subclassed model names variables by the model only), the object
 paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
 """
@@ -24,10 +24,10 @@ from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError,
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 
-from .keras import _Opened, assemble
-from .keras_layers import KerasLayer, to_canonical
-from .keras_names import Named, components, drop_common_scope, group_named
-from .quiet import framework_output_captured
+from exporters.keras.reader import _Opened, assemble
+from exporters.keras.layers import KerasLayer, to_canonical
+from exporters.keras.names import Named, components, drop_common_scope, group_named
+from exporters.quiet import framework_output_captured
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"

@@ -12,8 +12,8 @@ from typing import Any
 
 from convert.errors import UnsupportedFormatError
 
-from .nf_values import is_skipped
-from .torch_state import load_strict
+from exporters.neuralforecast.values import is_skipped
+from exporters.torch_state import load_strict
 
 LOSS_KEYS = ("loss", "valid_loss")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .nf_losses import describe_loss
+from exporters.neuralforecast.losses import describe_loss
 
 # BaseModel.__init__ arguments (3.3, plus names older releases used), shared by every model class.
 BASE_ARGS = frozenset({

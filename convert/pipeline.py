@@ -1,0 +1,347 @@
+"""The conversion pipeline: one source model, or a bundle of them, mapped, planned, written and
+recorded. Readers hand it a SourceModel (or SourceBundle); the faces (API, CLI, batch) call it. It
+never imports a reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import manifest as manifest_mod
+from .architecture import decide_from_source, decide_modules, infer_architecture
+from .contract import SourceBundle
+from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
+from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
+from .links import refuse_links
+from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
+from .output import StagedOutput, write_file
+from .source import SourceModel
+from .transforms import invertible
+from .writer import INDEX_FILE, WriteItem, WrittenFile, shard_file_names, shard_items, write_safetensors
+
+BUNDLE_INDEX = "models.json"  # beside a bundle's model folders: what each holds
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ConvertOptions:
+    layout: str = "pytorch"
+    layout_file: str | None = None  # a user's rule file (may extend a built-in layout)
+    layout_options: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None  # --dtype: f32, f16, bf16, f64
+    cast_loss: str = "refuse"  # --cast-loss: what a narrowing cast may do with values the target cannot hold
+    max_shard_size: int | None = None  # bytes
+    overwrite: bool = False
+    dry_run: bool = False
+    digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
+    follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
+    request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
+
+
+@dataclass
+class ConversionResult:
+    output: Path
+    files: list[str]
+    tensors: int
+    bytes: int
+    aliases: dict[str, str]
+    dry_run: bool
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    plan: list[dict[str, Any]] = field(default_factory=list)  # filled on a dry run
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"output": str(self.output), "files": self.files, "tensors": self.tensors, "bytes": self.bytes,
+               "aliases": self.aliases, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
+               "warnings": self.warnings}
+        if self.dry_run:
+            doc["plan"] = self.plan
+        return doc
+
+
+def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions,
+                   progress: Progress | None = None) -> ConversionResult:
+    """Map, plan, write and record one source model into the folder `out`."""
+    started = time.perf_counter()
+    new_digest(options.digest)  # an unknown algorithm is refused before any work
+    layout = load_layout(options.layout, options.layout_file, options.layout_options)
+    staged = StagedOutput(out, options.overwrite)
+    staged.check()
+    _refuse_output_holding_source(source, staged.dest)
+    refuse_links([*source.files, *source.sidecars], options.follow_links)
+    refuse_unencodable_names(source)
+    architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
+    decide_from_source(architecture, source.architecture)
+    decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
+    mapping = apply_layout(layout, source.tensors, architecture)
+    refuse_empty(source, mapping)
+    warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's
+    apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
+    kept, aliases = dedupe(mapping.tensors)
+    tied = dict(aliases)
+    if layout.ties == "duplicate":  # the loader looks every name up: write tied tensors under each
+        kept, aliases = mapping.tensors, {}
+    items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in kept]
+    shards = shard_items(items, options.max_shard_size)
+    names = shard_file_names(len(shards))
+    total = sum(it.nbytes for it in items)
+    if options.dry_run:
+        plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
+                for fname, shard in zip(names, shards) for it in shard]
+        return ConversionResult(staged.dest, names, len(items), total, aliases, True,
+                                time.perf_counter() - started, warnings, plan)
+    metadata = {"format": "pt", **aliases}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
+        with staged as staging:
+            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress)
+                       for fname, shard in zip(names, shards)]
+            lost = record_cast_losses(kept, written)
+            mapping.warnings.extend(lost)  # recorded in the manifest too
+            warnings += lost
+            if len(written) > 1:
+                index = _index_json(written, total, layout.index_metadata)
+                for index_name in [INDEX_FILE, *layout.extra_index_names]:
+                    write_file(staging / index_name, index)
+            sidecars = _copy_sidecars(source, staging)
+            doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
+                                 source_digests.result(), tied)
+            write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
+    warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
+    return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
+                            time.perf_counter() - started, warnings)
+
+
+def refuse_unencodable_names(source: SourceModel) -> None:
+    """Tensor names go into SafeTensors headers and onto stdout as UTF-8: a lone surrogate (which a
+    pickle's BINUNICODE or an HDF5 name can carry) has no UTF-8 form and no loader would accept it."""
+    for t in source.tensors:
+        try:
+            t.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptInputError(f"tensor name {t.name!r} is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
+    """Zero tensors is never a success: the source's arrays were all dropped, or the layout's were."""
+    if mapping.tensors:
+        return
+    why = (f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped
+           else "")
+    raise UnsupportedFormatError(f"no tensors to convert{_listed(source.dropped)}{why}")
+
+
+def dropped_warning(source: SourceModel) -> list[str]:
+    """One line saying how many source arrays the reader left out, and why (each in the manifest)."""
+    if not source.dropped:
+        return []
+    return [f"{len(source.dropped)} source array(s) not converted (each listed in the manifest's source.dropped)"
+            f"{_listed(source.dropped)}"]
+
+
+def _listed(dropped: dict[str, str]) -> str:
+    """The reasons with their counts, e.g. ': 18 training state optimizer (optimizer state), 2 ...'."""
+    if not dropped:
+        return ""
+    counts = Counter(dropped.values())
+    return ": " + ", ".join(f"{n} {why}" if n > 1 else f"{next(k for k, v in dropped.items() if v == why)!r} ({why})"
+                            for why, n in counts.items())
+
+
+def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
+    """Put what each narrowing cast lost into its manifest step; a warning per tensor that lost values."""
+    by_name = {t.name: t for w in written for t in w.tensors}
+    warnings = []
+    for m in kept:
+        for step, lost in zip(m.casts, by_name[m.name].cast_losses):
+            if step.get("lossless"):
+                continue
+            step.update(overflowed=lost.overflowed, flushed=lost.flushed)
+            if lost:
+                warnings.append(f"tensor {m.name!r}: {lost.describe(step['to'])} (--cast-loss {step['on_loss']})")
+    return warnings
+
+
+def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
+    """--overwrite replaces the whole destination folder, so never one that holds the source."""
+    target = dest.resolve()
+    for path in [*source.files, *source.sidecars]:
+        resolved = Path(path).resolve()
+        if resolved == target or target in resolved.parents:
+            raise UsageError(f"{dest} holds the source file {resolved.name}; write the output to another folder")
+
+
+def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
+    """Store tied tensors once: {dropped alias: kept name}, as Hugging Face's save_model records it."""
+    kept: list[MappedTensor] = []
+    first: dict[Any, str] = {}
+    aliases: dict[str, str] = {}
+    for m in mapped:
+        ident = m.identity
+        if ident is not None and ident in first:
+            aliases[m.name] = first[ident]
+            continue
+        if ident is not None:
+            first[ident] = m.name
+        kept.append(m)
+    return kept, aliases
+
+
+def _index_json(written: list[WrittenFile], total: int, extra: dict[str, str]) -> bytes:
+    """Hugging Face's shard index; `extra` adds metadata keys a loader requires (TrustformeRS: format)."""
+    weight_map = {t.name: w.name for w in written for t in w.tensors}
+    doc = {"metadata": {"total_size": total, **extra}, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
+    copied = []
+    for path in source.sidecars:
+        target = staging / path.name
+        if target.exists():
+            continue
+        shutil.copyfile(path, target)
+        copied.append(path.name)
+    return copied
+
+
+def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions, mapping: MappingResult,
+                   architecture: dict[str, Any], kept: list[MappedTensor], aliases: dict[str, str],
+                   written: list[WrittenFile], sidecars: list[str], source_digests: list[str],
+                   tied: dict[str, str]) -> dict[str, Any]:
+    by_name = {t.name: t for w in written for t in w.tensors}
+    tensors = []
+    for m in kept:
+        t = by_name[m.name]
+        can_invert, reason = invertible(m.transforms)
+        entry = {
+            "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
+            "data_offsets": list(t.data_offsets), "digest": t.digest,
+            "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
+            "transforms": m.transforms, "lossy": m.lossy, "invertible": can_invert,
+        }
+        if reason:
+            entry["not_invertible_because"] = reason
+        if m.annotations:
+            entry["annotations"] = m.annotations
+        tensors.append(entry)
+    return {
+        "manifest_version": manifest_mod.MANIFEST_VERSION,
+        "digest_algorithm": options.digest,
+        "generator": manifest_mod.generator(),
+        "source": {
+            "format": source.format,
+            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
+                      for p, d in zip(source.files, source_digests)],
+            "details": source.extras,
+            **({"dropped": source.dropped} if source.dropped else {}),
+            **({"reader_options": source.reader_options} if source.reader_options is not None else {}),
+        },
+        "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
+                   "options": layout.options, "warnings": mapping.warnings, "request": options.request,
+                   "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied}},
+        "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
+        "index": INDEX_FILE if len(written) > 1 else None,
+        "sidecars": sidecars,
+        "tensors": tensors,
+        "aliases": aliases,
+        "dropped": [*source.dropped, *mapping.dropped],
+        "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
+    }
+
+
+@dataclass
+class BundleResult:
+    """A bundle's conversion: one ConversionResult per model folder, and the index beside them."""
+
+    output: Path
+    format: str
+    details: dict[str, Any]  # the bundle's own facts (a NeuralForecast folder's generation, ...)
+    models: list[dict[str, Any]]  # each model's index entry: its folder, and what the reader says of it
+    skipped: list[str]
+    dry_run: bool
+    seconds: float
+    results: list[ConversionResult] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return sorted({w for r in self.results for w in r.warnings})
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": str(self.output), "format": self.format, **self.details,
+                "models": [{**m, "result": r.to_json()} for m, r in zip(self.models, self.results)],
+                "skipped": self.skipped, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
+                "warnings": self.warnings}
+
+
+def check_folder_name(name: str) -> None:
+    """A bundle model's output folder name must be one plain, visible path component: it comes from
+    the source (a NeuralForecast alias), and becomes a folder."""
+    if not name or name != Path(name).name or name.startswith(".") or name == BUNDLE_INDEX or "\\" in name:
+        raise UnsafeInputError(f"model name {name!r} cannot name its own output folder")
+
+
+def convert_bundle(bundle: SourceBundle, out: str | Path, options: ConvertOptions,
+                   progress: Progress | None = None) -> BundleResult:
+    """Convert every model of a bundle into OUT/<folder>/ and list them in OUT/models.json; the whole
+    output appears at once, or not at all."""
+    started = time.perf_counter()
+    staged = StagedOutput(out, options.overwrite)
+    source, target = bundle.path.resolve(), staged.dest.resolve()
+    if source == target or target in source.parents:  # --overwrite would replace the source itself
+        raise UsageError(f"{staged.dest} holds the source folder {source.name}; write the output to another folder")
+    staged.check()
+    taken: set[str] = set()
+    for model in bundle.models:
+        check_folder_name(model.folder)
+        if model.folder in taken:
+            raise UnsafeInputError(f"model name {model.folder!r} cannot name its own output folder")
+        taken.add(model.folder)
+    inner = ConvertOptions(**{**options.__dict__, "overwrite": False})
+    entries = [{**m.entry, "folder": m.folder} for m in bundle.models]
+    result = BundleResult(staged.dest, bundle.format, bundle.details, entries, bundle.skipped, options.dry_run, 0.0)
+    if options.dry_run:
+        result.results = [convert_source(m.source, staged.dest / m.folder, inner, progress) for m in bundle.models]
+    else:
+        with staged as staging:
+            result.results = [convert_source(m.source, staging / m.folder, inner, progress) for m in bundle.models]
+            index = {"format": bundle.format, **bundle.details, "source": str(bundle.path.absolute()),
+                     "skipped": bundle.skipped,
+                     "models": [{**e, "tensors": r.tensors, "bytes": r.bytes, "aliases": r.aliases}
+                                for e, r in zip(entries, result.results)]}
+            write_file(staging / BUNDLE_INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
+        for converted, model in zip(result.results, bundle.models):
+            converted.output = staged.dest / model.folder
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def bundle_folders(path: Path, fmt: str) -> list[Path] | None:
+    """The model folders a conversion of a `fmt` bundle wrote (its models.json lists them), or None
+    when `path` holds no such index. The names come from a file, so each must be a plain name."""
+    if not (path / BUNDLE_INDEX).is_file():
+        return None
+    try:
+        index = json.loads((path / BUNDLE_INDEX).read_text(encoding="utf-8"))
+        if index["format"] != fmt:
+            return None
+        names = [str(m["folder"]) for m in index["models"]]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+    for name in names:
+        check_folder_name(name)
+    return [path / name for name in names]

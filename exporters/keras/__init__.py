@@ -1,0 +1,38 @@
+"""Keras models read with h5py alone: Keras 3 .keras and .weights.h5, Keras 2 / tf.keras .h5, and
+Hugging Face folders with tf_model.h5 or its shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convert.contract import Probe, ReaderFace, ReaderOptions
+from convert.source import SourceModel
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(probe: Probe) -> bool:
+    if probe.is_dir:
+        return bool(probe.names & {"tf_model.h5", "tf_model.h5.index.json"})
+    if probe.head.startswith(HDF5_MAGIC):
+        return True
+    if probe.head.startswith(b"PK\x03\x04"):
+        names = probe.zip_names or []
+        return "model.weights.h5" in names or "config.json" in names
+    return False
+
+
+def open_source(path: Path, options: ReaderOptions) -> SourceModel:
+    from .reader import open_keras
+
+    return open_keras(path, options.config)
+
+
+READER = ReaderFace(
+    kind="keras", command="keras-to-safetensors", extra="keras", sniff=sniff, open=open_source,
+    summary="Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or "
+            "weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and "
+            "layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run.",
+    options=("config",),
+    suffixes=(".h5", ".keras"),
+)

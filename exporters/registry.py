@@ -1,0 +1,77 @@
+"""Every reader, in detection order: the one list the API, CLI, batch and inspect consult.
+
+Detection is by content (magic bytes, folder contents), not by name alone; the first face whose
+sniffer claims a path opens it. Order matters where contents overlap: a folder holding both
+pytorch_model.bin and model.safetensors is read as PyTorch, and a SafeTensors file whose header
+length looks like a pickle or msgpack opening is claimed before the NumPy and Flax sniffers see it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
+from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
+
+from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
+
+READERS: tuple[ReaderFace, ...] = (
+    pytorch.READER,
+    safetensors.READER,
+    tensorflow.READER,
+    keras.READER,
+    flax.READER,
+    neuralforecast.READER,
+    numpy.READER,
+    tflite.READER,
+    onnx.READER,
+)
+
+
+def detect(path: Path) -> ReaderFace:
+    """The reader for `path`, by content."""
+    if not path.exists() and Path(f"{path}.index").is_file():
+        return tensorflow.READER  # a TF checkpoint named by its prefix
+    if not path.exists():
+        raise SourceNotFoundError(f"no such file or folder: {path}")
+    probe = Probe(path)
+    for face in READERS:
+        if face.sniff(probe):
+            return face
+    raise UnsupportedFormatError(f"{path.name}: not a format this tool reads "
+                                 f"(supported: {', '.join(sorted(f.kind for f in READERS))})")
+
+
+def face_named(name: str) -> ReaderFace:
+    """A reader by its kind or its command name (`pytorch` or `pth-to-safetensors`)."""
+    for face in READERS:
+        if name in (face.kind, face.command):
+            return face
+    known = ", ".join(f.command for f in READERS if f.command)
+    raise UsageError(f"unknown conversion {name!r}; known: auto, {known}")
+
+
+def conversion_commands() -> tuple[str, ...]:
+    return tuple(f.command for f in READERS if f.command)
+
+
+def suffixes() -> tuple[str, ...]:
+    """File name endings a batch picks up inside a plain folder."""
+    return tuple(s for f in READERS for s in f.suffixes)
+
+
+def open_source(path: str | Path, options: ReaderOptions | None = None, kind: str = "auto") -> Opened:
+    """Open any supported source with the reader `kind` names (or the one its content calls for).
+    A missing optional extra is exit 4 with the command that installs it."""
+    p = Path(path)
+    face = detect(p) if kind == "auto" else face_named(kind)
+    options = options or ReaderOptions()
+    try:
+        opened = face.open(p, options)
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc.name or "", f"reading a {face.kind} source")
+        if error is None:
+            raise
+        raise error from None
+    opened.reader_options = options.to_json(face.options)
+    return opened
