@@ -18,6 +18,7 @@ import click
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra, one_line
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
+from .vocabulary import CAST_LOSS, CAST_TARGETS, QUANTIZED_MODES
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -96,7 +97,7 @@ digest_option = click.option(
 
 
 cast_loss_option = click.option(
-    "--cast-loss", type=click.Choice(["refuse", "saturate", "accept"]), default="refuse", show_default=True,
+    "--cast-loss", type=click.Choice(CAST_LOSS), default="refuse", show_default=True,
     help="A cast that turns finite values into inf or non-zero ones into zero: refuse it (exit 7), saturate (the "
          "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.")
 
@@ -111,7 +112,7 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layout-option", "layout_options", multiple=True, metavar="KEY=VALUE",
                      help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
                           "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
-        click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False),
+        click.option("--dtype", type=click.Choice(list(CAST_TARGETS), case_sensitive=False),
                      help="Cast floating tensors while streaming (integers are kept)."),
         cast_loss_option,
         click.option("--max-shard-size", metavar="SIZE",
@@ -236,8 +237,6 @@ READER_OPTION_HELP = {
 
 def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]:
     """The click option for one ReaderOptions field."""
-    from .contract import QUANTIZED_MODES
-
     text = help_text or READER_OPTION_HELP[name]
     return {
         "key": lambda: click.option("--key", help=text),
@@ -389,7 +388,7 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
               help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).")
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
 @click.option("--layout", default="pytorch", show_default=True, help="Target layout for every job.")
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "f64"], case_sensitive=False))
+@click.option("--dtype", type=click.Choice(list(CAST_TARGETS), case_sensitive=False))
 @click.option("--max-shard-size", metavar="SIZE")
 @digest_option
 @cast_loss_option

@@ -19,8 +19,8 @@ from typing import Any
 
 from .errors import UsageError
 from .source import SourceModel
+from .vocabulary import QUANTIZED_MODES
 
-QUANTIZED_MODES = ("dequantize", "keep")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ DTYPES: dict[str, DType] = {d.code: d for d in (
     _d("C64", np.complex64, False),
 )}
 
+# numpy's dtype names (which TensorFlow and the safetensors library use too) -> SafeTensors code.
+BY_NUMPY_NAME: dict[str, str] = {d.numpy.name: d.code for d in DTYPES.values()}
+
 # Legacy typed-storage class names written by torch.save (torch/storage.py).
 TORCH_STORAGE_TYPES: dict[str, str] = {
     "DoubleStorage": "F64",
@@ -97,8 +100,6 @@ TORCH_DTYPES: dict[str, str] = {
     "qint8": "QINT8", "quint8": "QUINT8", "qint32": "QINT32", "quint4x2": "QUINT4X2", "quint2x4": "QUINT2X4",
 }
 
-# Names accepted by --dtype.
-CAST_TARGETS: dict[str, str] = {"f32": "F32", "f16": "F16", "bf16": "BF16", "f64": "F64"}
 
 
 def dtype(code: str) -> DType:
@@ -129,7 +130,6 @@ def cast_array(arr: np.ndarray, code: str) -> np.ndarray:
 
 
 # What a narrowing cast does with values the target cannot hold (--cast-loss).
-CAST_LOSS = ("refuse", "saturate", "accept")
 
 
 @dataclass

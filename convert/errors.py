@@ -13,6 +13,11 @@ import re
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what a library's exception says (its type when it says nothing), capped."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def one_line(text: str) -> str:
     """`text` as one printable line, whatever it quotes from a file."""
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any, Hashable
 
 from . import transforms as tf
-from .dtypes import CAST_LOSS, CAST_TARGETS, DType, dtype as lookup_dtype
+from .dtypes import DType, dtype as lookup_dtype
 from .documents import check_schema, read_toml
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
+from .vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(\.\.\.|:int)?\}")
 
 # Options every layout takes: module types the user decides (PATH=TYPE,...), and how tied tensors are
 # written ("alias": once plus a metadata alias, for loaders that re-tie; "duplicate": under every name).
 UNIVERSAL_OPTIONS: dict[str, Any] = {"module_types": "", "ties": None}
-TIE_MODES = ("alias", "duplicate")
 
 
 @dataclass
@@ -463,7 +463,7 @@ def _check_unique(layout: Layout, mapped: list[MappedTensor]) -> None:
 
 def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layout, on_loss: str = "refuse") -> None:
     """The user's --dtype for floating tensors, then the layout's own dtype rules; `on_loss` (see
-    convert.dtypes.CAST_LOSS) says what a narrowing cast may do with values the target cannot hold."""
+    convert.vocabulary.CAST_LOSS) says what a narrowing cast may do with values the target cannot hold."""
     if on_loss not in CAST_LOSS:
         raise UsageError(f"--cast-loss {on_loss!r}: choose one of {', '.join(CAST_LOSS)}")
     target = None

@@ -31,6 +31,7 @@ import numpy as np
 
 from .dtypes import CastLossError, DType, cast_array, cast_checked, dtype as lookup_dtype
 from .errors import MappingError, UnsupportedFormatError
+from .vocabulary import TRANSFORM_OPS
 
 Shape = tuple[int, ...]
 Spec = tuple[Shape, DType]
@@ -189,6 +190,8 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
     items = list(items)
     is_spec = bool(items) and isinstance(items[0], tuple)
     for t in transforms:
+        if not isinstance(t, dict) or t.get("op") not in TRANSFORM_OPS:
+            raise MappingError(f"unknown transform {t.get('op') if isinstance(t, dict) else t!r}")
         try:
             if t.get("op") == "select":
                 items = [items[i] for i in _join_targets(t, len(items))]

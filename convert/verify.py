@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifest_mod
-from .dtypes import CastLossError
+from .dtypes import BY_NUMPY_NAME, CastLossError
 from .errors import ConvertError
 from .hashing import file_and_range_digests, hash_range, new_digest
 from .safetensors_format import read_header
@@ -106,16 +106,12 @@ def _library_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Names, dtypes and shapes as the safetensors library (its Rust parser) reads them."""
     from safetensors import safe_open
 
-    codes = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0": "F8_E8M0",
-             "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64"}
     out = {}
     with safe_open(str(path), framework="numpy") as f:
         for k in f.keys():
             sl = f.get_slice(k)
             raw = sl.get_dtype()
-            out[k] = (codes.get(raw.lower(), raw.upper()), tuple(sl.get_shape()))
+            out[k] = (BY_NUMPY_NAME.get(raw.lower(), raw.upper()), tuple(sl.get_shape()))
     return out
 
 

@@ -21,4 +21,7 @@ if [ -n "$missing" ]; then
         echo "test.sh: the Rust tests need Debian's$missing (apt-get install as root)" >&2
     fi
 fi
+# The architecture's import contracts (pyproject.toml [tool.importlinter]): the core never imports a
+# reader, a reader never imports a face.
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest "$@"

@@ -27,8 +27,8 @@ CELLS = ["LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell"]
 def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:
     flax_to_safetensors(src, out, **options)
     doc = read_manifest(out)
-    report = verify_path(out, src) if not options.get("unstack") and not options.get("collections") else None
-    assert report is None or (report.ok and report.compared_with_source == len(doc["tensors"])), report
+    report = verify_path(out, src)  # reopened with the reader options the manifest records
+    assert report.ok and report.compared_with_source == len(doc["tensors"]), report
     return doc
 
 

@@ -94,7 +94,6 @@ def scrub(value: Any) -> Any:
 def params(config: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters a loader needs: sizes, activations, epsilons; no initializers or code."""
     config = scrub(config)  # whole, not value by value: Keras 2 marks code by a sibling key (function_type)
-    config = scrub(config)
     out: dict[str, Any] = {}
     for key, value in config.items():
         if _TRAINING_ONLY.match(key) or key in _WRAPPED or key == "layers":

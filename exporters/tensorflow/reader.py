@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from convert.dtypes import dtype as lookup_dtype
-from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
+from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError, first_line
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 
@@ -30,16 +30,11 @@ from exporters.keras.names import Named, components, drop_common_scope, group_na
 from exporters.quiet import framework_output_captured
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
-VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
 # Children of the object graph that hold training state, not the model's weights.
 _TRAINING_STATE = ("optimizer", "save_counter", "step", "global_step")
 # Variables Keras keeps that are no weights: random-number generator state.
 _NOT_WEIGHTS = re.compile(r"(^|/)seed_generator_state$")
-TF_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
-             "uint8": "U8", "bool": "BOOL", "complex64": "C64"}
-
 
 def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     """A SavedModel folder, or a TF2 checkpoint (prefix, `.index`/`.data-*` file, or its folder).
@@ -56,7 +51,7 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
         dtypes = reader.get_variable_to_dtype_map()
         graph_bytes = reader.get_tensor(OBJECT_GRAPH) if OBJECT_GRAPH in shapes else None
     except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: a short read in the reader
-        raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({_first_line(exc)})") from None
+        raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({first_line(exc)})") from None
     if graph_bytes is None:
         raise UnsupportedFormatError(f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
                                      "checkpoints (tf.train.Checkpoint, SavedModel) are supported")
@@ -152,7 +147,7 @@ def _object_graph(data: bytes, label: str) -> Any:
     try:
         graph.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError, whichever implementation is installed
-        raise CorruptInputError(f"{label}: damaged object graph ({_first_line(exc)})") from None
+        raise CorruptInputError(f"{label}: damaged object graph ({first_line(exc)})") from None
     if not graph.nodes:
         raise CorruptInputError(f"{label}: empty object graph")
     return graph
@@ -194,7 +189,7 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
 
 
 def _tensor_ref(reader: Any, ckpt_key: str, shape: tuple[int, ...], tf_dtype: str, data_bytes: int, label: str) -> TensorRef:
-    code = TF_DTYPES.get(tf_dtype)
+    code = BY_NUMPY_NAME.get(tf_dtype)
     if code is None:
         raise UnsupportedFormatError(f"{label}: variable {ckpt_key} has dtype {tf_dtype}, which SafeTensors cannot hold")
     dt = lookup_dtype(code)
@@ -210,10 +205,6 @@ def _tensor_ref(reader: Any, ckpt_key: str, shape: tuple[int, ...], tf_dtype: st
         try:
             return np.asarray(reader.get_tensor(ckpt_key)).view(dt.numpy).reshape(shape)
         except (tf.errors.OpError, ValueError, IndexError) as exc:
-            raise CorruptInputError(f"{label}: cannot read {ckpt_key} ({_first_line(exc)})") from None
+            raise CorruptInputError(f"{label}: cannot read {ckpt_key} ({first_line(exc)})") from None
 
     return TensorRef(ckpt_key, dt, shape, load)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

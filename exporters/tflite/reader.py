@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from convert import transforms as tf
-from convert.contract import QUANTIZED_MODES
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides, in_memory
+from convert.vocabulary import QUANTIZED_MODES
 
 IDENTIFIER = b"TFL3"
 # TensorType -> SafeTensors code (STRING, RESOURCE, VARIANT, INT4, COMPLEX128 have none)
