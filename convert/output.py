@@ -14,8 +14,8 @@ import errno
 import glob
 import hashlib
 import os
-import socket
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -54,11 +54,20 @@ class StagedOutput:
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self.removed = self._remove_stale()
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}{STAGING_MARK}{_owner_tag(os.getpid())}.",
-                                                 dir=self.dest.parent))
-            os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would become the output's
-        except OSError as exc:
-            raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
+            while True:  # named before it exists, so an interrupt at any point still knows what to remove
+                name = f".{self.dest.name}{STAGING_MARK}{_owner_tag(os.getpid())}.{os.urandom(4).hex()}"
+                self.staging = self.dest.parent / name
+                try:
+                    self.staging.mkdir(mode=0o777)  # the umask applies, as it does to the output's files
+                    break
+                except FileExistsError:
+                    continue
+        except BaseException as exc:  # Ctrl-C or SIGTERM too: a staging folder is never orphaned
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise OutputWriteError(f"cannot create output beside {self.dest}: {exc.strerror or exc}") from None
+            raise
         return self.staging
 
     def _remove_stale(self) -> list[str]:
@@ -219,20 +228,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where /proc tells it (os.umask can only swap)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def fsync_path(path: Path) -> None:
