@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from convert.dtypes import dtype as lookup_dtype
@@ -28,20 +29,15 @@ def open_safetensors(path: str | Path) -> SourceModel:
     else:
         raise SourceNotFoundError(f"no such file or folder: {p}")
     tensors: list[TensorRef] = []
-    maps: list[MappedFile] = []
-    try:
+    with ExitStack() as opened:  # every file mapped so far is closed if a later one fails
         for f in files:
             header = read_header(f)
             mapped = MappedFile(str(f))
-            maps.append(mapped)
+            opened.callback(mapped.close)
             for e in header.entries:
                 tensors.append(_ref(mapped, f, e.name, e.dtype, e.shape, header.data_start + e.begin, e.end - e.begin))
         config = read_config(p) if p.is_dir() else None
-    except BaseException:
-        for m in maps:
-            m.close()
-        raise
-    return SourceModel("safetensors", files, tensors, config=config, closers=[m.close for m in maps])
+        return SourceModel("safetensors", files, tensors, config=config, closers=[opened.pop_all().close])
 
 
 def _ref(mapped: MappedFile, path: Path, name: str, code: str, shape: tuple[int, ...], offset: int, length: int) -> TensorRef:

@@ -11,6 +11,7 @@ holds a dot). npz member names with "/" (JAX and Google vision checkpoints) are 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 import ast
 import struct
 import zipfile
@@ -38,8 +39,9 @@ def open_numpy(path: str | Path) -> SourceModel:
     p = Path(path)
     if not p.is_file():
         raise SourceNotFoundError(f"no such file: {p}")
-    mapped = MappedFile(str(p))
-    try:
+    with ExitStack() as opened:  # closed here if reading fails; by the source's close otherwise
+        mapped = MappedFile(str(p))
+        opened.callback(mapped.close)
         with open(p, "rb") as fh:
             head = fh.read(6)
         if head == NPY_MAGIC:
@@ -51,10 +53,9 @@ def open_numpy(path: str | Path) -> SourceModel:
                 fmt, tree = "numpy-pickle", _from_pickled(restricted_load(fh, inert=(), what=f"{p.name}: pickle"), p.name)
         else:
             raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
-        return _source(fmt, p, tree, mapped)
-    except BaseException:
-        mapped.close()
-        raise
+        source = _source(fmt, p, tree, mapped)
+        opened.pop_all()
+        return source
 
 
 # --- NPY -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,13 @@ def open_onnx(path: str | Path) -> SourceModel:
                                      f"{len(model.graph.initializer) + len(held)} are in places this reader knows "
                                      "(initializers, node attributes, subgraphs)")
     _refuse_duplicates(model_path.name, [i.name for i in model.graph.initializer] + [n for n, _ in held])
-    reader = _Initializers(model_path)
-    try:
+    with ExitStack() as opened:  # the external data files are closed here if a tensor is refused
+        reader = _Initializers(model_path)
+        opened.callback(reader.close)
         renamed = resolve_names(model)
         tensors = [reader.ref(init, renamed.get(init.name)) for init in model.graph.initializer]
         tensors += [reader.ref(proto, None, name) for name, proto in held]
-    except BaseException:
-        reader.close()
-        raise
+        opened.pop_all()
     extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model),
                               "tensors_in_graph": {"initializers": len(model.graph.initializer),
                                                    "in_nodes_and_subgraphs": len(held)}}

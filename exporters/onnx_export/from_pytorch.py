@@ -189,7 +189,7 @@ def torch_reference(module: Any, names: list[str]) -> Any:
 
 def _load_weights(module: Any, src: Path) -> list[Path]:
     """Read `src` with this project's readers and load it into `module`, every name accounted for."""
-    from convert.sources import open_source
+    from exporters.registry import open_source
 
     with open_source(src) as source:
         state = {t.name: to_torch(t) for t in source.tensors}

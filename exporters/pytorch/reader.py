@@ -64,8 +64,9 @@ def open_pytorch(path: str | Path, key: str | None = None, strip_prefix: str = "
 
 
 def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> SourceModel:
-    mapped = MappedFile(str(path))
-    try:
+    with ExitStack() as opened:  # closed here if reading fails; by the source's close otherwise
+        mapped = MappedFile(str(path))
+        opened.callback(mapped.close)
         with open(path, "rb") as fh:
             head = fh.read(4)
         architecture = None
@@ -81,11 +82,8 @@ def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> 
             fmt = "torchscript"
             named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
-    except BaseException:
-        mapped.close()
-        raise
-    return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
-                       architecture=architecture, closers=[mapped.close])
+        return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
+                           architecture=architecture, closers=[opened.pop_all().close])
 
 
 def _script_tensors(path: Path, obj: Any, script: _Script, key: str | None

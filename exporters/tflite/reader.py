@@ -12,6 +12,7 @@ parameters are recorded in the manifest.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 import struct
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,12 @@ def open_tflite(path: str | Path, quantized: str = "dequantize") -> SourceModel:
     p = Path(path)
     if not p.is_file():
         raise SourceNotFoundError(f"no such file: {p}")
-    mapped = MappedFile(str(p))
-    try:
-        return _read(p, mapped, quantized)
-    except BaseException:
-        mapped.close()
-        raise
+    with ExitStack() as opened:  # closed here if reading fails; by the source's close otherwise
+        mapped = MappedFile(str(p))
+        opened.callback(mapped.close)
+        source = _read(p, mapped, quantized)
+        opened.pop_all()
+        return source
 
 
 def _read(p: Path, mapped: MappedFile, quantized: str) -> SourceModel:
