@@ -126,10 +126,7 @@ class SourceBundle:
 
     def flat(self) -> SourceModel:
         """The whole bundle as one source, tensors named `<folder>/<tensor>`: for inspect."""
-        from .tensors import TensorRef
-
-        tensors = [TensorRef(f"{m.folder}/{t.name}", t.dtype, t.shape, t.load, t.span, t.identity)
-                   for m in self.models for t in m.source.tensors]
+        tensors = [t.renamed(f"{m.folder}/{t.name}") for m in self.models for t in m.source.tensors]
         files = list(dict.fromkeys(f for m in self.models for f in m.source.files))
         return SourceModel(format=self.format, files=files, tensors=tensors, extras={"skipped": self.skipped},
                            architecture={**self.details, "models": {m.folder: m.source.architecture for m in self.models}})

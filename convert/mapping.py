@@ -417,16 +417,10 @@ def _param_fits(value: Any, wanted: Any) -> bool:
 
 
 def _mapped(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]], annotations: dict[str, Any]) -> MappedTensor:
-    if not transforms and len(sources) == 1:
-        src = sources[0]
-        ref = src if src.name == name else TensorRef(name, src.dtype, src.shape, src.load, src.span, src.identity)
-        return MappedTensor(name, ref, sources, [], dict(annotations))
-    shape, dt = tf.output_spec(transforms, [(s.shape, s.dtype) for s in sources])
-
-    def load() -> Any:
-        return tf.apply(transforms, [s.array() for s in sources])
-
-    return MappedTensor(name, TensorRef(name, dt, shape, load), sources, [dict(t) for t in transforms], dict(annotations))
+    if not transforms and len(sources) == 1 and sources[0].name == name:
+        return MappedTensor(name, sources[0], sources, [], dict(annotations))
+    return MappedTensor(name, tf.derived(name, sources, transforms), sources, [dict(t) for t in transforms],
+                        dict(annotations))
 
 
 def _renumber(mapped: list[MappedTensor]) -> None:
@@ -448,7 +442,7 @@ def _renumber(mapped: list[MappedTensor]) -> None:
         new_name = ".".join(renamed)
         if new_name != m.name:
             m.name = new_name
-            m.ref = TensorRef(new_name, m.ref.dtype, m.ref.shape, m.ref.load, m.ref.span, m.ref.identity)
+            m.ref = m.ref.renamed(new_name)
 
 
 def _check_unique(layout: Layout, mapped: list[MappedTensor]) -> None:

@@ -50,6 +50,10 @@ class TensorRef:
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
+    def renamed(self, name: str) -> TensorRef:
+        """The same bytes under another name: span and identity kept, so zero-copy and ties survive."""
+        return TensorRef(name, self.dtype, self.shape, self.load, self.span, self.identity)
+
     def array(self) -> np.ndarray:
         """A (possibly memory-mapped, non-contiguous) view with this ref's dtype and shape."""
         arr = self.load()

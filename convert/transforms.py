@@ -31,6 +31,7 @@ import numpy as np
 
 from .dtypes import CastLossError, DType, cast_array, cast_checked, dtype as lookup_dtype
 from .errors import MappingError, UnsupportedFormatError
+from .tensors import TensorRef
 from .vocabulary import TRANSFORM_OPS
 
 Shape = tuple[int, ...]
@@ -207,6 +208,15 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
     if len(items) != 1:
         raise MappingError(f"a transform chain must end with one tensor, not {len(items)}")
     return items[0]
+
+
+def derived(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]]) -> TensorRef:
+    """A lazy tensor made from `sources` by `transforms`, checked now and computed when read; with no
+    transform and one source, that source renamed (its file span and identity kept)."""
+    if not transforms and len(sources) == 1:
+        return sources[0].renamed(name)
+    shape, dt = output_spec(transforms, [(s.shape, s.dtype) for s in sources])
+    return TensorRef(name, dt, shape, lambda: apply(transforms, [s.array() for s in sources]))
 
 
 def invertible(transforms: list[dict[str, Any]]) -> tuple[bool, str | None]:

@@ -68,7 +68,7 @@ def open_source(path: str | Path, options: ReaderOptions | None = None, kind: st
     options = options or ReaderOptions()
     try:
         opened = face.open(p, options)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # ModuleNotFoundError, or an import that an environment blocks
         error = missing_extra(exc.name or "", f"reading a {face.kind} source")
         if error is None:
             raise

@@ -54,21 +54,12 @@ class Canonical:
     modules: list[dict[str, Any]] = field(default_factory=list)  # the module tree, with inferred types and sizes
 
     def add(self, name: str, sources: list[TensorRef], transforms: Transforms) -> None:
-        self.tensors.append(derived(name, sources, transforms))
+        self.tensors.append(tf.derived(name, sources, transforms))
         self.origins[name] = {"from": [s.name for s in sources], **({"transforms": transforms} if transforms else {})}
 
     def zeros(self, name: str, like: TensorRef, length: int, why: str) -> None:
         self.tensors.append(in_memory(name, np.zeros(length, like.dtype.numpy), like.dtype.code))
         self.origins[name] = {"from": [], "zeros": why}
-
-
-def derived(name: str, sources: list[TensorRef], transforms: Transforms) -> TensorRef:
-    """A lazy tensor made from `sources` by `transforms`; a plain rename keeps the file span."""
-    if not transforms and len(sources) == 1:
-        src = sources[0]
-        return TensorRef(name, src.dtype, src.shape, src.load, src.span)
-    shape, dt = tf.output_spec(transforms, [(s.shape, s.dtype) for s in sources])
-    return TensorRef(name, dt, shape, lambda: tf.apply(transforms, [s.array() for s in sources]))
 
 
 def canonicalize(tree: Tree) -> Canonical:

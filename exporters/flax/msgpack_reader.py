@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgpack  # the flax extra; missing, the registry says which extra to install
 import numpy as np
 
 from convert.dtypes import DTYPES, DType
@@ -24,10 +25,6 @@ from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
 
 from exporters.flax.canonical import NonTensor, Tree
 
-try:
-    import msgpack
-except ImportError as exc:  # the core install reads PyTorch only; sources.reader turns this into one line
-    raise ImportError(f"{exc}; install the flax extra: pip install 'rust-model-convert[flax]'") from exc
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 CHUNKED_MARK = "__msgpack_chunked_array__"

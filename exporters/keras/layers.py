@@ -15,7 +15,7 @@ import numpy as np
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, MappingError, UnsupportedFormatError
 from convert.tensors import TensorRef
-from convert.transforms import apply, output_spec
+from convert.transforms import derived
 
 from exporters.keras.config import mapping
 
@@ -126,13 +126,9 @@ class _Converter:
         if source is None:
             raise CorruptInputError(f"layer {self.where}: no stored {role}")
         try:
-            shape, dt = output_spec(chain, [(source.shape, source.dtype)])
+            ref = derived(name, [source], chain)
         except MappingError as exc:
             raise CorruptInputError(f"layer {self.where}: {role} of shape {list(source.shape)} does not fit: {exc}") from None
-        if chain:
-            ref = TensorRef(name, dt, shape, lambda: apply(chain, [source.load()]))
-        else:
-            ref = TensorRef(name, source.dtype, source.shape, source.load, span=source.span, identity=source.identity)
         self._add(ref, {"from": source.name, "keras_name": "/".join((*self.layer.path, role)),
                         "keras_shape": list(source.shape), "dtype": source.dtype.code, "transforms": chain})
 

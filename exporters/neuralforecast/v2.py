@@ -76,7 +76,7 @@ def _read_model(path: Path, alias: str, index: int, alias_to_model: dict[str, An
         class_name = metadata.get("model_class") or _class_from_alias(alias_to_model, alias, path)
         weights = [t for t in source.tensors if not t.name.startswith(HPARAM_PREFIX)]
         ties = _ties(_loads(metadata.get("shared", "{}"), path.name), refs, path)
-        tied = [TensorRef(name, refs[kept].dtype, refs[kept].shape, refs[kept].load, refs[kept].span, refs[kept].identity)
+        tied = [refs[kept].renamed(name)
                 for name, kept in ties.items()]
     except BaseException:
         source.close()

@@ -257,7 +257,7 @@ def _source(fmt: str, p: Path, tree: Any, mapped: MappedFile) -> SourceModel:
         architecture = {"framework": "flax-like tree", "modules": canon.modules}
     else:
         sep = "/" if any("." in part for where, _ in leaves for part in where) else "."
-        tensors = [TensorRef(sep.join(where), ref.dtype, ref.shape, ref.load, ref.span) for where, ref in leaves]
+        tensors = [ref.renamed(sep.join(where)) for where, ref in leaves]
     return SourceModel(format=fmt, files=[p], tensors=tensors, extras=extras, architecture=architecture,
                        closers=[mapped.close])
 
@@ -268,7 +268,7 @@ def _named_tree(node: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:
     for k, v in node.items():
         path = (*where, str(k))
         if isinstance(v, TensorRef):
-            out[str(k)] = TensorRef("/".join(path), v.dtype, v.shape, v.load, v.span)
+            out[str(k)] = v.renamed("/".join(path))
         elif isinstance(v, dict):
             out[str(k)] = _named_tree(v, path)
     return out

@@ -121,7 +121,7 @@ class _Initializers:
         if resolved.transpose:
             stored = ref
             return TensorRef(resolved.name, dt, shape[::-1], lambda: stored.array().T)
-        return TensorRef(resolved.name, dt, shape, ref.load, ref.span, ref.identity)
+        return ref.renamed(resolved.name)
 
     def _external(self, init: Any, dt: DType, shape: tuple[int, ...]) -> TensorRef:
         what = f"{self.model_path.name}: initializer {init.name!r}"

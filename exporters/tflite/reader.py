@@ -248,12 +248,7 @@ def _canonical(name: str, ref: TensorRef, params: tuple[np.ndarray, np.ndarray, 
     if params is not None and quantized == "dequantize":
         scale, zero, axis = params
         base = TensorRef(name, lookup_dtype("F32"), ref.shape, lambda: _dequantize(ref.array(), scale, zero, axis))
-    if transforms:
-        shape, dt = tf.output_spec(transforms, [(base.shape, base.dtype)])
-        source = base
-        out = TensorRef(name, dt, shape, lambda: tf.apply(transforms, [source.array()]))
-    else:
-        out = TensorRef(name, base.dtype, base.shape, base.load, base.span)
+    out = tf.derived(name, [base], transforms)
     if params is None or quantized == "dequantize":
         return [out]
     scale, zero, _ = params
