@@ -178,23 +178,24 @@ def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> l
 def network_problems(out_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """What is wrong with one listed network: its digest, or weights and activations that are not
     its tensors' and the manifest's (so `verify` proves the JSON computes what the tensors do)."""
-    from safetensors import safe_open
-
     path = out_dir / entry["file"]
     try:
         if file_digest(path, manifest["digest_algorithm"]) != entry["digest"]:
             return [f"network {entry['file']}: {manifest['digest_algorithm']} differs from the manifest"]
         doc = load(path)
         files = {t["name"]: t["file"] for t in manifest["tensors"]}
-        want = [(_read(safe_open, out_dir / files[layer["tensor"]], layer["tensor"]), layer["activation"])
+        want = [(_read(out_dir / files[layer["tensor"]], layer["tensor"]), layer["activation"])
                 for layer in entry["layers"]]
     except (OSError, ValueError, KeyError) as exc:
         return [f"network {entry['file']}: cannot be read ({type(exc).__name__}: {exc})"]
-    return [] if doc == network_document(want) else [f"network {entry['file']}: its neurons are not its tensors' "
-                                                     f"weights and activations"]
+    if doc != network_document(want):
+        return [f"network {entry['file']}: its neurons are not its tensors' weights and activations"]
+    return []
 
 
-def _read(safe_open: Any, path: Path, name: str) -> np.ndarray:
+def _read(path: Path, name: str) -> np.ndarray:
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="numpy") as f:
         return f.get_tensor(name)
 

@@ -5,6 +5,7 @@ and by the Rust crate's rmc_load::fann, both against torch's own forward."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from convert import fann  # noqa: E402
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+
+from convert import fann
 
 ATOL = 1e-5
 SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"
@@ -75,16 +77,12 @@ def test_python_evaluator_matches_torch(mlp: SimpleNamespace) -> None:
 
 
 def test_rust_forward_matches_torch(mlp: SimpleNamespace) -> None:
-    from rust_helpers import rust_tools
+    from rust_helpers import run, rust_tools
 
-    tools = rust_tools()
     inp, outp = mlp.tmp / "x.json", mlp.tmp / "y.json"
     inp.write_text(json.dumps({"shape": list(mlp.x.shape), "data": mlp.x.ravel().tolist()}))
-    import subprocess
-
-    proc = subprocess.run([str(tools.forward), str(mlp.out), str(inp), str(outp), "fann", "mlp"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    code, _, stderr = run(rust_tools().forward, mlp.out, inp, outp, "fann", "mlp")
+    assert code == 0, stderr
     y = json.loads(outp.read_text())
     np.testing.assert_allclose(np.reshape(y["data"], y["shape"]), mlp.want, atol=ATOL, rtol=0)
 
@@ -95,8 +93,6 @@ def test_manifest_lists_the_network_and_verify_checks_it(mlp: SimpleNamespace, t
     assert [(x["tensor"], x["function"]) for x in entry["layers"]] == [
         ("0", "Tanh"), ("2", "Sigmoid"), ("4", "ReLU"), ("6", "ReLULeaky"), ("8", "Linear")]
     assert run_cli("verify", mlp.out)[0] == 0
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(mlp.out, copy)
     doc = fann.load(copy / "mlp.network.json")
@@ -156,7 +152,7 @@ def test_without_activations_no_network_is_written_and_the_run_says_why(mlp: Sim
 @pytest.fixture(scope="module")
 def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     pytest.importorskip("neuralforecast")
-    from nf_helpers import H, TRAINER, quiet
+    from nf_helpers import TRAINER, H, quiet
 
     quiet()
     from neuralforecast import NeuralForecast
@@ -212,10 +208,10 @@ def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleN
 def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: SimpleNamespace) -> None:
     """NHITS with SELU: ruv-FANN has no SELU neuron, so the run fails naming it and writes nothing;
     ruv_fann_networks=false writes the tensors alone."""
-    from nf_helpers import H, TRAINER
     from neuralforecast import NeuralForecast
     from neuralforecast import models as m
     from neuralforecast.utils import AirPassengersDF
+    from nf_helpers import TRAINER, H
 
     nf = NeuralForecast(models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1],
                                         activation="SELU", **TRAINER)], freq="ME")
