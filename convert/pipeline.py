@@ -20,7 +20,7 @@ from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
 from .contract import SourceBundle
 from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
-from .fann import plan_networks, write_networks
+from .fann import decide_dense_modules, plan_networks, write_networks
 from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -84,6 +84,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
     decide_from_source(architecture, source.architecture)
     decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
+    decide_dense_modules(architecture, layout)
     mapping = apply_layout(layout, source.tensors, architecture)
     refuse_empty(source, mapping)
     warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's

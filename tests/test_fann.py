@@ -40,7 +40,7 @@ def mlp(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("fann")
     model, src, out = _mlp(), tmp / "mlp.pt", tmp / "out"
     torch.save(model.state_dict(), src)
-    code, _, stderr = _convert(src, out, SPEC, "module_types=2=Linear")
+    code, _, stderr = _convert(src, out, SPEC)  # naming the bias-free "2" decides it is a Linear
     assert code == 0, stderr
     x = torch.randn(16, 5, generator=torch.Generator().manual_seed(4)) * 3
     with torch.no_grad():
@@ -119,21 +119,21 @@ def test_evaluator_follows_run_where_it_is_unusual() -> None:
     assert fann.run(doc, np.ones((1, 3))).shape == (1, 0)
 
 
-@pytest.mark.parametrize(("options", "code", "needles"), [
-    ((SPEC.replace("relu,6", "softplus,6"), "module_types=2=Linear"), 7, ("'4'", "softplus", "ruv_fann_networks=false")),
-    ((SPEC.replace("4:relu", "9:relu"), "module_types=2=Linear"), 7, ("'9' is not a dense layer",)),
-    (("dense_networks=mlp=0:tanh,4:relu", "module_types=2=Linear"), 7, ("'4' takes 4 inputs", "gives 7")),
-    (("dense_networks=mlp", "module_types=2=Linear"), 2, ("NAME=PATH:ACTIVATION",)),
-    (("dense_networks=../x=0:tanh", "module_types=2=Linear"), 2, ("not a safe file name",)),
-    (("dense_networks=a=0:tanh;a=2:relu", "module_types=2=Linear"), 7, ("two networks are named 'a'",)),
+@pytest.mark.parametrize(("option", "code", "needles"), [
+    (SPEC.replace("relu,6", "softplus,6"), 7, ("'4'", "softplus", "ruv_fann_networks=false")),
+    (SPEC.replace("4:relu", "9:relu"), 7, ("'9' is not a dense layer",)),
+    ("dense_networks=mlp=0:tanh,2:relu,6:relu", 7, ("'6' takes 6 inputs", "gives 4")),
+    ("dense_networks=mlp", 2, ("NAME=PATH:ACTIVATION",)),
+    ("dense_networks=../x=0:tanh,2:relu", 2, ("not a safe file name",)),
+    ("dense_networks=a=0:tanh;a=2:relu", 7, ("two networks are named 'a'",)),
 ])
 def test_bad_networks_are_refused_and_nothing_is_written(mlp: SimpleNamespace, tmp_path: Path,
-                                                         options: tuple[str, ...], code: int,
+                                                         option: str, code: int,
                                                          needles: tuple[str, ...]) -> None:
     out = tmp_path / "out"
-    assert_cli_error(_convert(mlp.src, out, *options), code, *needles)
+    assert_cli_error(_convert(mlp.src, out, option), code, *needles)
     assert_no_output(out)
-    assert_cli_error(_convert(mlp.src, out, *options, dry_run=True), code, *needles)  # refused before any work
+    assert_cli_error(_convert(mlp.src, out, option, dry_run=True), code, *needles)  # refused before any work
 
 
 def test_without_activations_no_network_is_written_and_the_run_says_why(mlp: SimpleNamespace, tmp_path: Path) -> None:
@@ -163,7 +163,9 @@ def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     models = [m.MLP(h=H, input_size=24, hidden_size=8, num_layers=2, **TRAINER),
               m.NHITS(h=H, input_size=24, mlp_units=[[8, 8], [8, 8]], n_blocks=[1, 1, 1], activation="Tanh", **TRAINER),
               m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1], stack_types=["identity", "identity"],
-                       activation="LeakyReLU", **TRAINER)]
+                       activation="LeakyReLU", **TRAINER),
+              m.LSTM(h=H, input_size=-1, encoder_hidden_size=8, decoder_hidden_size=8, decoder_layers=3,
+                     decoder_activation="Sigmoid", **TRAINER)]
     nf = NeuralForecast(models=models, freq="ME")
     nf.fit(AirPassengersDF)
     folder, out = tmp / "nf", tmp / "out"
@@ -203,6 +205,20 @@ def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleN
         got = fann.run(fann.load(forecasters.out / folder / entry["file"]), x.numpy())
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=entry["name"])
     assert run_cli("verify", forecasters.out / folder)[0] == 0
+
+
+def test_neuralforecast_recurrent_decoder_mlp_is_a_network(forecasters: SimpleNamespace) -> None:
+    """The LSTM's decoder (common/_modules.py MLP: Linear, act, Dropout, ..., Linear) is one network;
+    its gates stay tensors."""
+    model = forecasters.models["LSTM"]
+    entry, = read_manifest(forecasters.out / "LSTM")["networks"]
+    assert entry["name"] == "mlp_decoder.layers"
+    assert [x["function"] for x in entry["layers"]] == ["Sigmoid", "Sigmoid", "Linear"]
+    x = torch.randn(7, model.mlp_decoder.layers[0].in_features, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        want = model.mlp_decoder.layers(x).numpy()
+    got = fann.run(fann.load(forecasters.out / "LSTM" / entry["file"]), x.numpy())
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
 def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: SimpleNamespace) -> None:

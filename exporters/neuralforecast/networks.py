@@ -6,9 +6,13 @@ nhits.py, nbeats.py, nbeatsx.py). A state dict holds no activations; the class a
 - NHITS, NBEATS, NBEATSx: each block's `layers` is nn.Sequential(Linear, Linear, act, [Dropout],
   Linear, act, ..., Linear) with act = getattr(nn, activation)(): a Linear whose next index holds
   no Linear is followed by the activation, one directly followed by a Linear by none, the last by none.
+- The recurrent and TCN models' decoder (common/_modules.py MLP: Linear, act, Dropout, ..., Linear)
+  as `mlp_decoder.layers` (`decoder.layers` in DeepAR), act from `decoder_activation` (None means
+  ReLU, resolve_decoder_activation); releases that store no `decoder_activation` get no network.
 
 The other classes' Linears sit among convolutions, attention, decompositions or recurrences: they
-are no plain chain, so no network is declared for them.
+are no plain chain, so no network is declared for them. An activation missing from the config is
+never guessed: the chain is then not declared.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from typing import Any
 # written, and convert.fann refuses them by name.
 _ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyReLU": "leaky_relu", "Identity": "identity"}
 _BLOCK_CLASSES = frozenset({"NHITS", "NBEATS", "NBEATSx"})
+_DECODERS = {"LSTM": "mlp_decoder.layers", "GRU": "mlp_decoder.layers", "RNN": "mlp_decoder.layers",
+             "TCN": "mlp_decoder.layers", "DilatedRNN": "mlp_decoder.layers", "xLSTM": "mlp_decoder.layers",
+             "DeepAR": "decoder.layers"}
 _INDEXED = re.compile(r"(?P<p>.+)\.(?P<k>0|[1-9][0-9]*)\.weight")
 
 
@@ -32,18 +39,23 @@ def dense_networks(class_name: str, arch: dict[str, Any], shapes: dict[str, tupl
             return []
         return [{"name": "mlp", "layers": [*({"module": f"mlp.{k}", "activation": "relu"} for k in hidden),
                                            {"module": "out", "activation": "identity"}]}]
-    if class_name not in _BLOCK_CLASSES:
+    if class_name in _DECODERS and "decoder_activation" in arch:
+        prefixes, activation = [_DECODERS[class_name]], arch["decoder_activation"] or "ReLU"
+    elif class_name in _BLOCK_CLASSES and "activation" in arch:
+        prefixes = sorted((p for p in linears if re.fullmatch(r"blocks\.[0-9]+\.layers", p)),
+                          key=lambda p: int(p.split(".")[1]))
+        activation = arch["activation"]
+    else:
         return []
-    activation = str(arch.get("activation", "ReLU"))
-    act = _ACTIVATIONS.get(activation, activation.lower())
-    networks = []
-    for prefix in sorted((p for p in linears if re.fullmatch(r"blocks\.[0-9]+\.layers", p)),
-                         key=lambda p: int(p.split(".")[1])):
-        ks = linears[prefix]
-        layers = [{"module": f"{prefix}.{k}", "activation": "identity" if nxt in (None, k + 1) else act}
-                  for k, nxt in zip(ks, [*ks[1:], None])]
-        networks.append({"name": prefix, "layers": layers})
-    return networks
+    act = _ACTIVATIONS.get(str(activation), str(activation).lower())
+    return [_sequential(prefix, linears[prefix], act) for prefix in prefixes if prefix in linears]
+
+
+def _sequential(prefix: str, ks: list[int], act: str) -> dict[str, Any]:
+    """An nn.Sequential of Linears at indices `ks`: the activation sits in each gap after a Linear."""
+    layers = [{"module": f"{prefix}.{k}", "activation": "identity" if nxt in (None, k + 1) else act}
+              for k, nxt in zip(ks, [*ks[1:], None])]
+    return {"name": prefix, "layers": layers}
 
 
 def _linear_indices(shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
