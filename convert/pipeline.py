@@ -20,6 +20,7 @@ from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
 from .contract import SourceBundle
 from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
+from .fann import decide_dense_modules, plan_networks, write_networks
 from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
 from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -83,10 +84,15 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
     decide_from_source(architecture, source.architecture)
     decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
+    decide_dense_modules(architecture, layout)
     mapping = apply_layout(layout, source.tensors, architecture)
     refuse_empty(source, mapping)
     warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's
     apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
+    networks, network_warnings = plan_networks(layout, (source.architecture or {}).get("dense_networks", []),
+                                               mapping.tensors)
+    mapping.warnings.extend(network_warnings)
+    warnings += network_warnings
     kept, aliases = dedupe(mapping.tensors)
     tied = dict(aliases)
     if layout.ties == "duplicate":  # the loader looks every name up: write tied tensors under each
@@ -116,6 +122,8 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
             sidecars = _copy_sidecars(source, staging)
             doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
                                  source_digests.result(), tied)
+            if networks:
+                doc["networks"] = write_networks(staging, networks, options.digest)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,

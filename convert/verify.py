@@ -16,6 +16,7 @@ import numpy as np
 from . import manifest as manifest_mod
 from .dtypes import BY_NUMPY_NAME, CastLossError
 from .errors import ConvertError
+from .fann import network_problems
 from .hashing import file_and_range_digests, hash_range, new_digest
 from .safetensors_format import read_header
 from .source import SourceModel
@@ -58,6 +59,8 @@ def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyR
             _check_file(out_dir, entry, doc, report)
         if doc.get("index"):
             _check_index(out_dir, doc, report)
+        for entry in doc.get("networks", []):
+            report.problems += network_problems(out_dir, entry, doc)
         if pending is not None:
             pending.result()
     report.compared_with_source = compared.compared_with_source

@@ -21,6 +21,7 @@ from exporters.neuralforecast.checks import check_shapes
 from exporters.neuralforecast.config import resolve, split_hparams
 from exporters.neuralforecast.folder import NFFolder, NFModel
 from exporters.neuralforecast.legacy import read_legacy
+from exporters.neuralforecast.networks import dense_networks
 from exporters.neuralforecast.roles import tensor_roles
 from exporters.neuralforecast.v2 import read_v2
 
@@ -99,6 +100,7 @@ def model_source(folder: NFFolder, model: NFModel, out_name: str) -> SourceModel
         "forecaster": folder.forecaster,
         "ties": model.ties,
         "tensor_roles": tensor_roles(model.class_name, list(shapes)),
+        "dense_networks": dense_networks(model.class_name, arch, shapes),
         "details": model.details,
     }
     return SourceModel(format=f"{FORMAT}-{model.file.suffix.lstrip('.')}", files=[model.file, *folder.sidecar_files],

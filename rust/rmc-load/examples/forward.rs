@@ -5,6 +5,7 @@
 //!     forward OUT INPUT.json OUTPUT.json lstm PATH         # input [batch, time, features]
 //!     forward OUT INPUT.json OUTPUT.json gru PATH
 //!     forward OUT INPUT.json OUTPUT.json conv-bn CONV BN   # input [batch, channels, length]
+//!     forward OUT INPUT.json OUTPUT.json fann NAME         # a manifest's ruv-FANN network, row by row
 //!
 //! INPUT.json and OUTPUT.json are `{"shape": [...], "data": [...]}`, row-major.
 
@@ -55,6 +56,15 @@ fn run(args: &[String]) -> Result<()> {
             let mut y = conv.forward(&data, shape[0], shape[2]);
             bn.forward(&mut y, shape[0]);
             (y, vec![shape[0], conv.out_channels, shape[2] + 1 - conv.kernel])
+        }
+        "fann" => {
+            let mut net = model.network(arg(0)?)?;
+            let width = *shape.last().unwrap_or(&0);
+            let rows: Vec<Vec<f32>> = data.chunks(width.max(1)).map(|row| net.run(row)).collect();
+            let outputs = rows.first().map_or(0, Vec::len);
+            let mut s = shape.clone();
+            *s.last_mut().unwrap() = outputs;
+            (rows.concat(), s)
         }
         other => return Err(Error::Unsupported(format!("unknown model kind {other:?}"))),
     };

@@ -13,6 +13,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod fann;
 pub mod manifest;
 pub mod model;
 pub mod nn;

@@ -45,6 +45,9 @@ pub struct Manifest {
     pub architecture: Architecture,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph: Option<Graph>,
+    /// ruv-FANN networks written beside the tensors (layout neuro-divergent); see [`crate::fann`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +193,30 @@ pub struct ModuleChoice {
     pub kind: String,
     #[serde(default)]
     pub params: Object,
+}
+
+/// One `<name>.network.json`: a dense chain as ruv-FANN's serde `Network<T>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkEntry {
+    pub name: String,
+    pub file: String,
+    pub format: String,
+    pub bytes: u64,
+    pub digest: String,
+    pub inputs: u64,
+    pub outputs: u64,
+    pub layers: Vec<NetworkLayer>,
+}
+
+/// A network layer: its source module, its tensor, and the ruv-FANN activation that computes the
+/// source's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkLayer {
+    pub module: String,
+    pub tensor: String,
+    pub activation: String,
+    pub function: String,
+    pub steepness: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
