@@ -20,7 +20,8 @@ from . import manifest as manifest_mod
 from .contract import Opened, ReaderOptions, SourceBundle
 from .errors import UsageError
 from .output import StagedOutput
-from .pipeline import BundleResult, ConversionResult, ConvertOptions, Progress, convert_bundle, convert_source, refuse_unencodable_names
+from .pipeline import (BundleResult, ConversionResult, ConvertOptions, Progress, convert_bundle, convert_source,
+                       refuse_output_holding, refuse_unencodable_names)
 from .verify import VerifyReport, verify_output
 
 Result = ConversionResult | BundleResult
@@ -75,6 +76,7 @@ def convert_path(src: str | Path, out: str | Path, *, conversion: str = "auto", 
     """Convert any supported source into the folder `out`; options as ConvertOptions. A bundle (a
     NeuralForecast folder) gives a BundleResult, anything else a ConversionResult."""
     opts = conversion_options(options)
+    refuse_output_holding([src], out)
     StagedOutput(out, opts.overwrite).check()  # before reading a source that may be large
     with open_path(src, conversion, reader) as opened:
         return convert_opened(opened, out, opts, progress)

@@ -183,7 +183,9 @@ def _run_conversion(conversion: str, src: str, out: str, reader: Any, layout: st
                     digest: str, overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
     from .api import conversion_options, convert_opened, open_path, tensor_bytes
     from .output import StagedOutput
+    from .pipeline import refuse_output_holding
 
+    refuse_output_holding([src], out)
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet = _flags().get("quiet", False)
     options = conversion_options(dict(

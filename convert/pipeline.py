@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +77,8 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     new_digest(options.digest)  # an unknown algorithm is refused before any work
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
     staged = StagedOutput(out, options.overwrite)
+    refuse_output_holding([*source.files, *source.sidecars], staged.dest)
     staged.check()
-    _refuse_output_holding_source(source, staged.dest)
     refuse_links([*source.files, *source.sidecars], options.follow_links)
     refuse_unencodable_names(source)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
@@ -180,13 +180,13 @@ def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> 
     return warnings
 
 
-def _refuse_output_holding_source(source: SourceModel, dest: Path) -> None:
-    """--overwrite replaces the whole destination folder, so never one that holds the source."""
-    target = dest.resolve()
-    for path in [*source.files, *source.sidecars]:
+def refuse_output_holding(sources: Iterable[str | Path], dest: str | Path) -> None:
+    """--overwrite replaces the whole destination folder, so never one that is or holds a source."""
+    target = Path(dest).resolve()
+    for path in sources:
         resolved = Path(path).resolve()
         if resolved == target or target in resolved.parents:
-            raise UsageError(f"{dest} holds the source file {resolved.name}; write the output to another folder")
+            raise UsageError(f"{dest} holds the source {resolved.name}; write the output to another folder")
 
 
 def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
@@ -309,9 +309,7 @@ def convert_bundle(bundle: SourceBundle, out: str | Path, options: ConvertOption
     output appears at once, or not at all."""
     started = time.perf_counter()
     staged = StagedOutput(out, options.overwrite)
-    source, target = bundle.path.resolve(), staged.dest.resolve()
-    if source == target or target in source.parents:  # --overwrite would replace the source itself
-        raise UsageError(f"{staged.dest} holds the source folder {source.name}; write the output to another folder")
+    refuse_output_holding([bundle.path], staged.dest)
     staged.check()
     taken: set[str] = set()
     for model in bundle.models:
