@@ -73,6 +73,13 @@ def test_train_state_converts_params_and_batch_stats_only(convnet: tuple[dict[st
     doc = convert(src, tmp_path / "out")
     fh.assert_close(fh.load_twin(fh.TorchConvNet(), tmp_path / "out")(torch.from_numpy(fh.images())), expected)
     assert doc["source"]["details"]["skipped_collections"] == ["opt_state", "step"]
+    # every optimizer array is accounted for: listed in source.dropped with its reason
+    import jax
+
+    opt_leaves = jax.tree_util.tree_leaves(state.opt_state)
+    dropped = doc["source"]["dropped"]
+    assert len(dropped) == sum(1 for leaf in opt_leaves if hasattr(leaf, "shape"))
+    assert set(dropped.values()) == {"collection opt_state (not chosen by --collection)"}
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -127,12 +127,18 @@ def _source(read: _Read, collections: tuple[str, ...], unstack: Sequence[str]) -
         where = " and ".join(chosen["collections"] or ["tree"])
         raise UnsupportedFormatError(f"{read.label}: no arrays in the {where} of this checkpoint")
     others = _non_tensors(variables, ())
+    dropped = dict.fromkeys(facts.get("dropped_rng_state", []), "RNG stream state (NNX rngs)")
+    for name in chosen.get("skipped_collections", []):  # arrays of the collections --collection leaves out
+        if isinstance(tree.get(name), dict):
+            dropped.update(dict.fromkeys((r.name for r in tensor_leaves(tree[name])),
+                                         f"collection {name} (not chosen by --collection)"))
     extras = {**read.facts, **facts, **chosen, **({"unstacked": stacked} if stacked else {}),
               **({"skipped_non_tensors": others[:MAX_LISTED]} if others else {}), "origins": canon.origins}
     architecture = {"framework": "flax", "collections": chosen["collections"], "unstacked": stacked,
                     "modules": canon.modules}
     return SourceModel(format=read.format, files=read.files, tensors=canon.tensors, sidecars=read.sidecars,
-                       config=read.config, extras=extras, architecture=architecture, closers=read.closers)
+                       config=read.config, extras=extras, architecture=architecture, closers=read.closers,
+                       dropped=dropped)
 
 
 def _unwrap_nnx(tree: Tree) -> tuple[Tree, dict[str, Any]]:

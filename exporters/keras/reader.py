@@ -131,7 +131,7 @@ def _open_keras_zip(path: Path, opened: _Opened) -> None:
     opened.format, opened.files, opened.model_config = "keras-v3", [path], _model_config(model, path.name)
     opened.closers.append(h5.close)
     opened.extras["keras_version"] = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    opened.layers = _v3_layers(h5, layers_of(opened.model_config), opened.extras)
+    opened.layers = _v3_layers(h5, layers_of(opened.model_config), opened)
 
 
 def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, Any] | None) -> None:
@@ -152,7 +152,7 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
     elif keys & {"layers", "vars"} or given is not None:
         opened.format = "keras-v3-weights"
         opened.model_config = given
-        opened.layers = _v3_layers(h5, layers_of(given) if given else None, opened.extras)
+        opened.layers = _v3_layers(h5, layers_of(given) if given else None, opened)
     else:
         raise UnsupportedFormatError(f"{h5.label}: an HDF5 file, but not one Keras wrote (no model_weights, "
                                      "layer_names or layers)")
@@ -218,12 +218,14 @@ class _Vars:
     hint: str  # the layer's own name (its vars/@name), which Keras derives from the class unless told
 
 
-def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, extras: dict[str, Any]) -> list[KerasLayer]:
+def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, opened: _Opened) -> list[KerasLayer]:
     found: list[_Vars] = []
     skipped: list[str] = []
     _walk_v3(h5, h5.root, (), (), (), "", found, skipped, 0)
     if skipped:
-        extras["skipped"] = skipped
+        opened.extras["skipped"] = skipped
+        for name in skipped:  # training state: each of its arrays accounted for, with the reason
+            opened.dropped.update(dict.fromkeys(_arrays_below(h5, h5.child(h5.root, name), name, 1), f"{name} state"))
     by_keys = {layer.keys: layer for layer in config_layers or []}
     order = {layer.keys: i for i, layer in enumerate(config_layers or [])}
     merged: dict[tuple[str, ...], KerasLayer] = {}
@@ -264,6 +266,17 @@ def _walk_v3(h5: H5Source, group: Any, keys: tuple[str, ...], names: tuple[str, 
             layer_name = (h5.text(own, "name") if own is not None else None) or key
             name = layer_name if keys[-1:] == ("layers",) else key
             _walk_v3(h5, sub, keys + (key,), names + (name,), (), layer_name, found, skipped, depth + 1)
+
+
+def _arrays_below(h5: H5Source, group: Any, where: str, depth: int) -> list[str]:
+    """The datasets under a group, by path."""
+    if depth > MAX_DEPTH:
+        raise CorruptInputError(f"{h5.label}: groups nested deeper than {MAX_DEPTH} levels")
+    found = []
+    for key in h5.keys(group):
+        child = h5.child(group, key)
+        found += _arrays_below(h5, child, f"{where}/{key}", depth + 1) if h5.is_group(child) else [f"{where}/{key}"]
+    return found
 
 
 def _numbered(h5: H5Source, group: Any) -> list[TensorRef]:
