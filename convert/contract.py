@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .source import SourceModel
+from .source import Closing, SourceModel
 from .vocabulary import QUANTIZED_MODES
 
 
@@ -112,7 +112,7 @@ class BundleModel:
 
 
 @dataclass
-class SourceBundle:
+class SourceBundle(Closing):
     """Several models read from one source (a NeuralForecast save folder): each is converted into
     OUT/<folder>/, and OUT/models.json lists them. The core converts a bundle; the reader only reads it."""
 
@@ -131,16 +131,6 @@ class SourceBundle:
         return SourceModel(format=self.format, files=files, tensors=tensors, extras={"skipped": self.skipped},
                            architecture={**self.details, "models": {m.folder: m.source.architecture for m in self.models}})
 
-    def close(self) -> None:
-        for close in self.closers:
-            close()
-        self.closers.clear()
-
-    def __enter__(self) -> SourceBundle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 Opened = SourceModel | SourceBundle

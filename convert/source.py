@@ -11,14 +11,50 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from .tensors import TensorRef
+    from .tensors import MappedFile, TensorRef
+
+
+class Closing:
+    """What a reader opened (mapped files, temporary files) is closed once: by close(), or on leaving
+    a with-block."""
+
+    closers: list[Callable[[], None]]
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+        self.closers.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_mapped(path: str | Path, read: Callable[[Path, MappedFile], SourceModel]) -> SourceModel:
+    """`read(path, mapped)` on a file mapped once; the map is closed here if reading fails, and by the
+    source's own closers (which `read` gives it) otherwise."""
+    from .errors import SourceNotFoundError
+    from .tensors import MappedFile
+
+    p = Path(path)
+    if not p.is_file():
+        raise SourceNotFoundError(f"no such file: {p}")
+    with ExitStack() as opened:
+        mapped = MappedFile(str(p))
+        opened.callback(mapped.close)
+        source = read(p, mapped)
+        opened.pop_all()
+        return source
 
 
 @dataclass
-class SourceModel:
+class SourceModel(Closing):
     format: str  # e.g. "pytorch-zip", "pytorch-legacy", "hf-pytorch-sharded", "safetensors"
     files: list[Path]  # every file the tensors come from (hashed into the manifest)
     tensors: list[TensorRef]  # canonical names (PyTorch state_dict convention), source order
@@ -31,14 +67,3 @@ class SourceModel:
     closers: list[Callable[[], None]] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
     reader_options: dict[str, Any] | None = None  # the options it was opened with (recorded, so verify reopens it alike)
-
-    def close(self) -> None:
-        for close in self.closers:
-            close()
-        self.closers.clear()
-
-    def __enter__(self) -> SourceModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -14,6 +14,14 @@ ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = 30
 
 
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """The archive, or CorruptInputError when its central directory cannot be read."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # ValueError: a name flagged UTF-8 that is not
+        raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+
+
 def member_offset(path: Path, info: zipfile.ZipInfo) -> int:
     """The offset of a member's first byte: after its local header (whose name and extra field can
     differ in length from the central directory's). The bytes the member declares must fit in the

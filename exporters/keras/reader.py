@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.documents import parse_json
-from convert.zip_members import ZIP_MAGIC, member_offset
+from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
 from convert.hf_folder import SIDECAR_MAX_BYTES, hf_sidecars, index_shards, read_config, read_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel
@@ -111,10 +111,7 @@ def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[s
 
 def _open_keras_zip(path: Path, opened: _Opened) -> None:
     """Keras 3 `.keras`: config.json and model.weights.h5 (read in place when stored uncompressed)."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+    zf = open_zip(path)
     with zf:
         infos = {info.filename: info for info in zf.infolist()}
         if KERAS_CONFIG not in infos or KERAS_WEIGHTS not in infos:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert.source import Closing
 from convert.errors import CorruptInputError, UnsafeInputError
 from convert.tensors import TensorRef
 
@@ -37,7 +38,7 @@ class NFModel:
 
 
 @dataclass
-class NFFolder:
+class NFFolder(Closing):
     path: Path
     generation: str  # "nf_format 2 (3.3+)", "ckpt (1.7.1 to 3.2)", "lightning (up to 1.7.0)"
     models: list[NFModel]
@@ -46,16 +47,6 @@ class NFFolder:
     skipped: list[str]
     closers: list[Callable[[], None]] = field(default_factory=list)
 
-    def close(self) -> None:
-        for close in self.closers:
-            close()
-        self.closers.clear()
-
-    def __enter__(self) -> NFFolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def model_files(folder: Path, ext: str) -> list[tuple[Path, str, int]]:

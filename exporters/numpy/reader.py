@@ -11,7 +11,6 @@ holds a dot). npz member names with "/" (JAX and Google vision checkpoints) are 
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 import ast
 import struct
 import zipfile
@@ -21,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import from_numpy
-from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.pickle_reader import NumpyArrayRecord, restricted_load
-from convert.source import SourceModel
+from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, in_memory
-from convert.zip_members import member_offset
+from convert.zip_members import member_offset, open_zip
 
 from exporters.flax.canonical import canonicalize
 
@@ -36,26 +35,22 @@ _MAX_HEADER = 1 << 20
 
 def open_numpy(path: str | Path) -> SourceModel:
     """Open a `.npy`, `.npz` or pickle of NumPy arrays as a SourceModel."""
-    p = Path(path)
-    if not p.is_file():
-        raise SourceNotFoundError(f"no such file: {p}")
-    with ExitStack() as opened:  # closed here if reading fails; by the source's close otherwise
-        mapped = MappedFile(str(p))
-        opened.callback(mapped.close)
+    return open_mapped(path, _read)
+
+
+def _read(p: Path, mapped: MappedFile) -> SourceModel:
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if head == NPY_MAGIC:
+        fmt, tree = "npy", _npy_file(p, mapped)
+    elif head[:4] == b"PK\x03\x04":
+        fmt, tree = "npz", _npz(p, mapped)
+    elif head[:1] == b"\x80":
         with open(p, "rb") as fh:
-            head = fh.read(6)
-        if head == NPY_MAGIC:
-            fmt, tree = "npy", _npy_file(p, mapped)
-        elif head[:4] == b"PK\x03\x04":
-            fmt, tree = "npz", _npz(p, mapped)
-        elif head[:1] == b"\x80":
-            with open(p, "rb") as fh:
-                fmt, tree = "numpy-pickle", _from_pickled(restricted_load(fh, inert=(), what=f"{p.name}: pickle"), p.name)
-        else:
-            raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
-        source = _source(fmt, p, tree, mapped)
-        opened.pop_all()
-        return source
+            fmt, tree = "numpy-pickle", _from_pickled(restricted_load(fh, inert=(), what=f"{p.name}: pickle"), p.name)
+    else:
+        raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
+    return _source(fmt, p, tree, mapped)
 
 
 # --- NPY -----------------------------------------------------------------------------------------
@@ -133,10 +128,7 @@ def _code(dt: np.dtype, name: str) -> Any:
 # --- NPZ -----------------------------------------------------------------------------------------
 
 def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
-    try:
-        zf = zipfile.ZipFile(p)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CorruptInputError(f"{p.name}: damaged zip archive ({exc})") from None
+    zf = open_zip(p)
     members: dict[str, Any] = {}
     with zf:
         for info in zf.infolist():

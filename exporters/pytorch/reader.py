@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import dtype as lookup_dtype
-from convert.zip_members import ZIP_MAGIC, member_offset
+from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
 from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
                             UnsupportedFormatError, UsageError)
@@ -116,10 +116,7 @@ class _Script:
 
 
 def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
+    zf = open_zip(path)
     with zf:
         infos = {i.filename: i for i in zf.infolist()}
         pkl_names = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]

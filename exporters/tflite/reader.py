@@ -12,7 +12,6 @@ parameters are recorded in the manifest.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import numpy as np
 
 from convert import transforms as tf
 from convert.dtypes import dtype as lookup_dtype
-from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
-from convert.source import SourceModel
+from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
+from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides, in_memory
 from convert.vocabulary import QUANTIZED_MODES
 
@@ -117,15 +116,7 @@ def open_tflite(path: str | Path, quantized: str = "dequantize") -> SourceModel:
     """Read a .tflite model's constant tensors in canonical form (see the module docstring)."""
     if quantized not in QUANTIZED_MODES:
         raise UsageError(f"--quantized must be one of {', '.join(QUANTIZED_MODES)}, not {quantized!r}")
-    p = Path(path)
-    if not p.is_file():
-        raise SourceNotFoundError(f"no such file: {p}")
-    with ExitStack() as opened:  # closed here if reading fails; by the source's close otherwise
-        mapped = MappedFile(str(p))
-        opened.callback(mapped.close)
-        source = _read(p, mapped, quantized)
-        opened.pop_all()
-        return source
+    return open_mapped(path, lambda p, mapped: _read(p, mapped, quantized))
 
 
 def _read(p: Path, mapped: MappedFile, quantized: str) -> SourceModel:
