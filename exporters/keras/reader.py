@@ -142,6 +142,9 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
         opened.format = "keras-h5"
         opened.model_config = _model_config(_loads(h5.text(root, "model_config"), h5.label), h5.label)
         opened.layers = _legacy_layers(h5, h5.child(root, "model_weights"), layers_of(opened.model_config))
+        if "optimizer_weights" in keys:  # a compiled model saved with its optimizer: each slot accounted for
+            opened.dropped.update(dict.fromkeys(
+                _arrays_below(h5, h5.child(root, "optimizer_weights"), "optimizer_weights", 1), "optimizer state"))
     elif h5.text_list(root, "layer_names") is not None:
         opened.format = "keras-h5-weights"
         opened.model_config = given
