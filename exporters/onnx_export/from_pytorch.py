@@ -189,9 +189,13 @@ def torch_reference(module: Any, names: list[str]) -> Any:
 
 def _load_weights(module: Any, src: Path) -> list[Path]:
     """Read `src` with this project's readers and load it into `module`, every name accounted for."""
+    from convert.source import SourceModel
     from exporters.registry import open_source
 
-    with open_source(src) as source:
+    opened = open_source(src)
+    if not isinstance(opened, SourceModel):  # a bundle (a NeuralForecast folder) holds several models
+        raise UsageError(f"{src.name} holds {len(opened.models)} models; --module takes one model's weights")
+    with opened as source:
         state = {t.name: to_torch(t) for t in source.tensors}
         files = list(source.files)
     load_strict(module, state, f"{src.name} does not fit the module")
