@@ -346,7 +346,8 @@ def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef],
     rule, variables, companions = outcome or (None, {}, [])
     if rule is not None and (rule.refuse or rule.drop):
         return (), "refuse" if rule.refuse else "drop"
-    names, rest = [], [companions]
+    names: list[str] = []
+    rest: list[Any] = [companions]  # JSON: the companions, then each output's transforms
     for out in rule.outputs if rule is not None else [{}]:
         name = fill(out["to"], variables) if "to" in out else t.name
         post = _post_rule(layout, name, t.name, modules)

@@ -107,7 +107,7 @@ class MappedFile:
 
 def release_pages(arr: np.ndarray) -> None:
     """Give back the pages a memory-mapped array has touched (they stay in the page cache)."""
-    base = arr
+    base: object = arr
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):

@@ -193,6 +193,6 @@ def tensor_digest(ref: TensorRef, algorithm: str) -> str:
     for chunk in iter_chunks(arr, DIGEST_CHUNK):
         if chunk.dtype != ref.dtype.numpy:  # big-endian sources are compared as written: little-endian
             chunk = chunk.astype(ref.dtype.numpy)
-        digest.update(memoryview(chunk.reshape(-1).view(np.uint8)))
+        digest.update(chunk.reshape(-1).view(np.uint8).data)
         release_pages(arr)
     return digest.hexdigest()

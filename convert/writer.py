@@ -163,7 +163,7 @@ def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memory
             lost.add(loss)
     if block.dtype != item.dtype.numpy:  # a big-endian source, written little-endian
         block = cast_array(block, item.dtype.code)
-    return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(block).reshape(-1).view(np.uint8).data  # a memoryview of its bytes
 
 
 def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, losses: list[CastLoss]) -> bool:

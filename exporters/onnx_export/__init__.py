@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
@@ -28,7 +28,8 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "neuralforecast": ("exporters.onnx_export.from_neuralforecast", "the `torch` and `neuralforecast` extras"),
 }
 
-Exporter = Callable[[Path, ExportOptions, Path], Iterator[ExportedGraph]]
+# a generator: the pipeline closes it when a graph fails, so the framework lets go of the rest
+Exporter = Callable[[Path, ExportOptions, Path], Generator[ExportedGraph, None, None]]
 
 
 def exporter_for(src: Path, options: ExportOptions) -> Exporter:

@@ -74,7 +74,7 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions,
     with staged as staging:
         scratch = staging / ".export"
         scratch.mkdir()
-        results = []
+        results: list[GraphResult] = []
         with closing(iter(export(source, options, scratch))) as graphs:  # exported one at a time
             while True:
                 stage("exporting" if not results else f"exporting graph {len(results) + 1}")
