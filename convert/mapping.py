@@ -17,7 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
+from collections.abc import Hashable
 
 from . import transforms as tf
 from .dtypes import DType, dtype as lookup_dtype

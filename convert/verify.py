@@ -94,7 +94,7 @@ def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], repor
     metadata_aliases = {k: v for k, v in header.metadata.items() if k != "format"}
     if header.metadata.get("format") != "pt" or metadata_aliases != doc["aliases"]:
         report.problems.append(f"{name}: metadata does not carry format 'pt' and the manifest's aliases")
-    for e, digest in zip(header.entries, digests):
+    for e, digest in zip(header.entries, digests, strict=True):
         t = expected.get(e.name)
         if t is None:
             continue

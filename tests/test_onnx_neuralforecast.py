@@ -129,7 +129,7 @@ def test_graphs_match_the_models_neuralforecast_loads(saved: SimpleNamespace) ->
         expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
         got = run_onnx(saved.out / name / "model.onnx", arrays)
         assert len(got) == len(expected), name
-        for g, e in zip(got, expected):
+        for g, e in zip(got, expected, strict=True):
             np.testing.assert_allclose(g, e, atol=1e-4, rtol=0, err_msg=name)
 
 

@@ -136,7 +136,8 @@ def test_non_contiguous_views(torch_format: str, save_checkpoint: Callable[..., 
 def test_views_of_one_storage_are_not_aliases(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     """Different views of one storage hold different values: each is stored, none is an alias."""
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {"whole": base, "top": base[:2], "bottom": base[2:], "t": base.t(), "same_shape_other_offset": base.view(-1)[1:13].view(2, 6)}
+    state = {"whole": base, "top": base[:2], "bottom": base[2:], "t": base.t(),
+             "same_shape_other_offset": base.view(-1)[1:13].view(2, 6)}
     src = save_checkpoint(state)
     result, doc = convert_api(src, tmp_path / "out")
     assert doc["aliases"] == {} and result.aliases == {}

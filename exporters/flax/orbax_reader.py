@@ -67,7 +67,8 @@ class OrbaxTree:
             with _quiet():
                 meta = ocp.PyTreeCheckpointer().metadata(self.item)
         except Exception as exc:  # orbax raises many types for a damaged folder
-            raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata ({type(exc).__name__}: {exc})") from None
+            raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata "
+                                    f"({type(exc).__name__}: {exc})") from None
         self.meta = getattr(getattr(meta, "item_metadata", None), "tree", meta)
         self.tree: Tree = {}
         for name, leaf in _leaves(self.meta):

@@ -97,7 +97,7 @@ def _scaler(scaler: Any, ids: list[Any] | None) -> Any:
     entry = {"type": kind, "columns": _SCALER_STATS.get(kind), "stats": stats,
              "transform": "(y - offset) / scale" if kind != "boxcox" else "Box-Cox with lambda"}
     if ids is not None and isinstance(stats, list) and len(stats) == len(ids):
-        entry["stats_by_series"] = {str(i): row for i, row in zip(ids, stats)}
+        entry["stats_by_series"] = {str(i): row for i, row in zip(ids, stats, strict=True)}
     return entry
 
 

@@ -121,7 +121,7 @@ def open_bundle(path: str | Path) -> SourceBundle:
         names = output_folders(folder.models)
         models = [BundleModel(name, model_source(folder, m, name),
                               {"alias": m.alias, "index": m.index, "class": m.class_name, "source_file": m.file.name})
-                  for m, name in zip(folder.models, names)]
+                  for m, name in zip(folder.models, names, strict=True)]
     except BaseException:
         folder.close()
         raise

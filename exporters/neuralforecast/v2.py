@@ -33,7 +33,8 @@ MAX_JSON = 32 << 20
 def read_v2(folder: Path) -> NFFolder:
     config_path = folder / "configuration.json"
     document = _json(config_path)
-    if not isinstance(document, dict) or document.get("nf_format") != FORMAT or not isinstance(document.get("configuration"), dict):
+    if (not isinstance(document, dict) or document.get("nf_format") != FORMAT
+            or not isinstance(document.get("configuration"), dict)):
         raise UnsupportedFormatError(f"{config_path.name}: not a NeuralForecast nf_format {FORMAT} configuration "
                                      f"(nf_format {document.get('nf_format') if isinstance(document, dict) else None!r})")
     sidecars = [config_path]

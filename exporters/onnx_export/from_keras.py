@@ -120,7 +120,7 @@ def _name_interface(model: Any, inputs: list[str], outputs: list[str]) -> None:
     if len(graph_inputs) != len(inputs) or len(graph_outputs) != len(outputs):
         raise UnsupportedFormatError(f"the exported graph has {len(graph_inputs)} inputs and {len(graph_outputs)} "
                                      f"outputs; the model {len(inputs)} and {len(outputs)}")
-    rename_values(model, {**dict(zip(graph_inputs, inputs)), **dict(zip(graph_outputs, outputs))})
+    rename_values(model, {**dict(zip(graph_inputs, inputs, strict=True)), **dict(zip(graph_outputs, outputs, strict=True))})
 
 
 def _tf2onnx(path: str) -> str:

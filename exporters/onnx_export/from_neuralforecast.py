@@ -229,7 +229,7 @@ class _Windows(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         windows: dict[str, Any] = dict.fromkeys(WINDOW_PARTS)  # the parts not given stay None
-        windows.update(zip(self.parts, tensors))
+        windows.update(zip(self.parts, tensors, strict=True))
         if getattr(self.network, "exclude_insample_y", False):  # NeuralForecast zeroes it before the network
             windows["insample_y"] = windows["insample_y"] * 0
         return self.network.loss.domain_map(self.network(windows))

@@ -70,8 +70,8 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
         raise UnsupportedFormatError(f"{src.name}: needs example inputs as positional tensors "
                                      f"(torch.export.export(model, (x,), ...))")
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args)]
-    samples = {s.name: a.detach().numpy() for s, a in zip(specs, args)}
+    specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args, strict=True)]
+    samples = {s.name: a.detach().numpy() for s, a in zip(specs, args, strict=True)}
     module = program.module()
     reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(samples))))

@@ -125,7 +125,8 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
         root = pkl_names[0][: -len("data.pkl")]
         script = is_torchscript(list(infos), root)
         try:
-            byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
+            has_byteorder = root + "byteorder" in infos
+            byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if has_byteorder else "little"
             if byteorder not in ("little", "big"):
                 raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
             inert = (*DEFAULT_INERT, *TORCHSCRIPT_INERT) if script else DEFAULT_INERT
@@ -199,7 +200,8 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     with open(path, "rb") as fh:
         magic = restricted_load(fh, what=f"{name}: header")
         if magic != LEGACY_MAGIC:
-            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (npz-to-safetensors or auto reads pickled NumPy arrays)")
+            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file "
+                                         f"(npz-to-safetensors or auto reads pickled NumPy arrays)")
         protocol = restricted_load(fh, what=f"{name}: header")
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
