@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
 
-from convert import fann
+from convert import fann  # noqa: E402
 
 ATOL = 1e-5
 SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"
@@ -196,7 +196,7 @@ def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleN
     model = forecasters.models[folder]
     networks = read_manifest(forecasters.out / folder)["networks"]
     assert [n["name"] for n in networks] == [f"blocks.{b}.layers" for b in range(len(model.blocks))]
-    for entry, block in zip(networks, model.blocks):
+    for entry, block in zip(networks, model.blocks, strict=True):
         functions = [x["function"] for x in entry["layers"]]
         assert functions[0] == functions[-1] == "Linear" and function in functions
         x = torch.randn(5, block.layers[0].in_features, generator=torch.Generator().manual_seed(9))
