@@ -355,8 +355,9 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
     Keras safe_mode (Lambda code is refused). A NeuralForecast model is rebuilt with the installed
     NeuralForecast's class from plain config values; no pickle from the folder is loaded. A
     SavedModel is a TensorFlow program that validation runs: export only SavedModels you trust."""
-    from .api import to_onnx as export_onnx
     from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_ranges, parse_input_shapes
+
+    from .api import to_onnx as export_onnx
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
     shapes, dtypes = parse_input_shapes(input_shapes)

@@ -14,15 +14,15 @@ import functools
 import json
 import re
 import tomllib
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from collections.abc import Hashable
 
 from . import transforms as tf
-from .dtypes import DType, dtype as lookup_dtype
 from .documents import check_schema, read_toml
+from .dtypes import DType, dtype as lookup_dtype
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
 from .vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Hashable
 
 import numpy as np
 

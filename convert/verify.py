@@ -23,7 +23,6 @@ from .source import SourceModel
 from .tensors import TensorRef, c_contiguous, iter_chunks, release_pages
 from .transforms import apply
 
-
 DIGEST_CHUNK = 4 << 20  # a strided source's pieces: small, as they are read beside the file hashing
 
 

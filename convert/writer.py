@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
-from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
+from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 

@@ -17,13 +17,22 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (assert_cli_error, assert_no_output, assert_one_line_error, assert_same_state,  # noqa: E402
-                      convert_cli, header_length, listing, load_output, read_manifest, run_cli, st_code)
-
 import convert  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    assert_one_line_error,
+    assert_same_state,
+    convert_cli,
+    header_length,
+    listing,
+    load_output,
+    read_manifest,
+    run_cli,
+    st_code,
+)
 from convert.cli import cli as cli_group  # noqa: E402
 from convert.errors import EXIT_CODES  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # help and version

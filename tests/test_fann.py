@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-
 from convert import fann  # noqa: E402
 
 ATOL = 1e-5
@@ -155,8 +154,7 @@ def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from nf_helpers import TRAINER, H, quiet
 
     quiet()
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.utils import AirPassengersDF
 
     tmp = tmp_path_factory.mktemp("nf_fann")
@@ -224,9 +222,9 @@ def test_neuralforecast_recurrent_decoder_mlp_is_a_network(forecasters: SimpleNa
 def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: SimpleNamespace) -> None:
     """NHITS with SELU: ruv-FANN has no SELU neuron, so the run fails naming it and writes nothing;
     ruv_fann_networks=false writes the tensors alone."""
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.utils import AirPassengersDF
+
     from nf_helpers import TRAINER, H
 
     nf = NeuralForecast(models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1],

@@ -14,10 +14,10 @@ pytest.importorskip("flax", reason="needs flax to build Flax models")
 pytest.importorskip("orbax.checkpoint", reason="needs orbax-checkpoint to save Flax checkpoints")
 torch = pytest.importorskip("torch", reason="needs torch for the PyTorch twins")
 
-import flax_helpers as fh  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
+import flax_helpers as fh  # noqa: E402
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 from convert.api import flax_to_safetensors, verify_path  # noqa: E402
 from convert.mapping import builtin_layouts  # noqa: E402
 

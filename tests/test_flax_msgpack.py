@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
-
 from convert.api import flax_to_safetensors, verify_path
 from convert.errors import CorruptInputError, UnsupportedFormatError
 

@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from nf_helpers import H, TRAINER, quiet  # noqa: E402
+from nf_helpers import TRAINER, H, quiet  # noqa: E402
 from onnx_helpers import run_onnx  # noqa: E402
 
 STEPS = 24
@@ -49,8 +49,7 @@ def _series() -> tuple[Any, Any, Any]:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     quiet()
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.losses.pytorch import DistributionLoss, MQLoss
 
     df, future, static = _series()

@@ -13,9 +13,20 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to build and run the models")
 
-from conftest import (assert_cli_error, assert_no_output, assert_same_state, convert_api, convert_cli,  # noqa: E402
-                      file_metadata, load_output, output_files, read_manifest, retie, run_cli, seeded)
-
+from conftest import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    assert_same_state,
+    convert_api,
+    convert_cli,
+    file_metadata,
+    load_output,
+    output_files,
+    read_manifest,
+    retie,
+    run_cli,
+    seeded,
+)
 from convert.api import verify_path  # noqa: E402
 
 

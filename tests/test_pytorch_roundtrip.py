@@ -12,10 +12,22 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (assert_same_state, assert_same_tensor, convert_api, convert_cli, every_dtype_tensors,  # noqa: E402
-                      file_metadata, flatten, float_values, load_output, output_files, retie, seeded, st_code,
-                      torch_load)
-
+from conftest import (  # noqa: E402
+    assert_same_state,
+    assert_same_tensor,
+    convert_api,
+    convert_cli,
+    every_dtype_tensors,
+    file_metadata,
+    flatten,
+    float_values,
+    load_output,
+    output_files,
+    retie,
+    seeded,
+    st_code,
+    torch_load,
+)
 from convert.api import verify_path  # noqa: E402
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
-
 from exporters.flax.canonical import NonTensor, Tree
 
 METADATA = "_METADATA"

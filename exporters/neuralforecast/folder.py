@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.source import Closing
 from convert.errors import CorruptInputError, UnsafeInputError
+from convert.source import Closing
 from convert.tensors import TensorRef
-
 from exporters.neuralforecast.values import is_skipped
 
 MODEL_FILE = re.compile(r"^(?P<alias>.+)_(?P<index>\d+)\.(?P<ext>safetensors|ckpt)$")

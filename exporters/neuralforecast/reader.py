@@ -16,7 +16,6 @@ from convert.contract import BundleModel, SourceBundle
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.pipeline import bundle_folders, check_folder_name
 from convert.source import SourceModel
-
 from exporters.neuralforecast.checks import check_shapes
 from exporters.neuralforecast.config import resolve, split_hparams
 from exporters.neuralforecast.folder import NFFolder, NFModel

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from convert.errors import UnsupportedFormatError
-
 from exporters.neuralforecast.values import is_skipped
 from exporters.torch_state import load_strict
 

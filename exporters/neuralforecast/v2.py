@@ -17,11 +17,9 @@ import numpy as np
 from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.safetensors_format import read_header
+from convert.safetensors_source import open_safetensors
 from convert.source import SourceModel
 from convert.tensors import TensorRef
-
-from convert.safetensors_source import open_safetensors
-
 from exporters.neuralforecast.folder import NFFolder, NFModel, forecaster_settings, model_files
 from exporters.neuralforecast.values import ArrayLookup, decode_tagged
 

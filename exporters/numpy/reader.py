@@ -25,7 +25,6 @@ from convert.pickle_reader import NumpyArrayRecord, restricted_load
 from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, in_memory
 from convert.zip_members import member_offset, open_zip
-
 from exporters.flax.canonical import canonicalize
 
 NPY_MAGIC = b"\x93NUMPY"

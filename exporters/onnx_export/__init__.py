@@ -17,7 +17,6 @@ from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
 from exporters.neuralforecast import is_save_folder
-
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 
 # framework -> (the module that exports it, the extras it needs besides `onnx`)

@@ -28,7 +28,6 @@ import torch
 
 from convert import manifest as manifest_mod
 from convert.errors import ConvertError, UnsupportedFormatError, UsageError
-
 from exporters.neuralforecast.reader import converted_folders, open_bundle
 from exporters.neuralforecast.rebuild import converted_state, rebuild_model
 from exporters.onnx_export.from_pytorch import export_torch, to_torch, torch_reference

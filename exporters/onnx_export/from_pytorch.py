@@ -15,15 +15,14 @@ import numpy as np
 
 from convert.errors import UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
-
-from exporters.quiet import first_line
-from exporters.torch_state import load_strict
 from exporters.onnx_export.graph_edit import default_output_names, output_names
 from exporters.onnx_export.inputs import build_specs, input_sets
 from exporters.onnx_export.pt2_guard import check_pt2
-from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
+from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.user_code import call_factory, required_arguments
+from exporters.quiet import first_line
+from exporters.torch_state import load_strict
 
 # SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.
 _VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint8),

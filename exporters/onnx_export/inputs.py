@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UsageError
-
 from exporters.onnx_export.spec import ExportOptions, InputHint, InputSpec
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")

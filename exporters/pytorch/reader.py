@@ -19,16 +19,20 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import dtype as lookup_dtype
-from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
+from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError, UsageError
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
-from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
-                            UnsupportedFormatError, UsageError)
 from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
-
-from exporters.pytorch.torchscript import INERT as TORCHSCRIPT_INERT
-from exporters.pytorch.torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
+from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
+from exporters.pytorch.torchscript import (
+    INERT as TORCHSCRIPT_INERT,
+    Members,
+    constant_tensors,
+    is_torchscript,
+    module_tensors,
+    read_members,
+)
 from exporters.pytorch.training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
