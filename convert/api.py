@@ -20,8 +20,16 @@ from . import manifest as manifest_mod
 from .contract import Opened, ReaderOptions, SourceBundle
 from .errors import UsageError
 from .output import StagedOutput
-from .pipeline import (BundleResult, ConversionResult, ConvertOptions, Progress, convert_bundle, convert_source,
-                       refuse_output_holding, refuse_unencodable_names)
+from .pipeline import (
+    BundleResult,
+    ConversionResult,
+    ConvertOptions,
+    Progress,
+    convert_bundle,
+    convert_source,
+    refuse_output_holding,
+    refuse_unencodable_names,
+)
 from .verify import VerifyReport, verify_output
 
 Result = ConversionResult | BundleResult

@@ -45,7 +45,7 @@ _BATCH_NORM_LEAVES = frozenset({"running_mean", "running_var", "num_batches_trac
 
 
 class _Record(NamedTuple):
-    index: int
+    order: int  # position among the tensors read (a field named `index` would shadow tuple.index)
     name: str
     path: str | None  # None: the tensor cannot belong to a module (root, malformed name or shape)
     leaf: str
@@ -81,7 +81,7 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: d
             found.append((path, spec, members))
             claimed.add(path)
 
-    found.sort(key=lambda item: min(record.index for record in item[2]))
+    found.sort(key=lambda item: min(record.order for record in item[2]))
     modules = [_module_entry(path, spec, members) for path, spec, members in found]
     for module in modules:
         _alternatives(module, groups)
@@ -97,7 +97,7 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: d
 
 def _module_entry(path: str, spec: Spec, members: list[_Record]) -> dict:
     kind, params = spec
-    tensors = [record.name for record in sorted(members, key=lambda record: record.index)]
+    tensors = [record.name for record in sorted(members, key=lambda record: record.order)]
     return {"path": path, "type": kind, "params": params, "tensors": tensors}
 
 
@@ -273,6 +273,7 @@ def _recurrent(leaves: Leaves) -> Spec | None:
         "bias_hh": (gates * hidden,),
     }
     for (kind, layer, _), shape in parts.items():
+        want: tuple[int, ...]
         if kind == "weight_ih":  # deeper layers read the previous layer's (both directions') output
             want = (gates * hidden, input_size if layer == 0 else directions * recurrent)
         else:

@@ -138,7 +138,8 @@ def output_names(sources: list[Path]) -> list[str]:
 def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: Any) -> list[Job]:
     """One job per source found; `options` as Job's fields (`reader` a ReaderOptions)."""
     sources = expand_sources(patterns)
-    return [Job(str(src), str(Path(out_dir).absolute() / name), **options) for src, name in zip(sources, output_names(sources))]
+    return [Job(str(src), str(Path(out_dir).absolute() / name), **options)
+            for src, name in zip(sources, output_names(sources), strict=True)]
 
 
 def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[Job]:
@@ -157,7 +158,7 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[
     sources = [Path(e["source"]) if Path(e["source"]).is_absolute() else base / e["source"] for e in entries]
     default_names = output_names(sources)
     jobs = []
-    for entry, src, name in zip(entries, sources, default_names):
+    for entry, src, name in zip(entries, sources, default_names, strict=True):
         merged = {**defaults, **entry}
         output = merged.pop("output", None)
         if output is None:

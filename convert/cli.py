@@ -208,7 +208,7 @@ def _print_result(result: Any, dry_run: bool) -> None:
     from .pipeline import BundleResult
 
     if isinstance(result, BundleResult):
-        for model, r in zip(result.models, result.results):
+        for model, r in zip(result.models, result.results, strict=True):
             tied = f", {len(r.aliases)} tied" if r.aliases else ""
             click.echo(f"{model.get('class', 'model')} {model['folder']}: {r.tensors} tensors{tied}, {r.bytes} bytes")
         verb = "dry run: would write" if dry_run else "wrote"
@@ -355,8 +355,9 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
     Keras safe_mode (Lambda code is refused). A NeuralForecast model is rebuilt with the installed
     NeuralForecast's class from plain config values; no pickle from the folder is loaded. A
     SavedModel is a TensorFlow program that validation runs: export only SavedModels you trust."""
-    from .api import to_onnx as export_onnx
     from exporters.onnx_export.inputs import parse_dynamic_axes, parse_input_ranges, parse_input_shapes
+
+    from .api import to_onnx as export_onnx
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
     shapes, dtypes = parse_input_shapes(input_shapes)
@@ -513,7 +514,8 @@ def inspect(path: str, key: str | None, as_json: bool) -> None:
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--source", "source_path", type=click.Path(path_type=str),
               help="Also compare every tensor with this source, byte for byte.")
-@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded).")
+@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint "
+                            "(default: the one the conversion recorded).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors

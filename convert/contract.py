@@ -22,7 +22,6 @@ from .source import Closing, SourceModel
 from .vocabulary import QUANTIZED_MODES
 
 
-
 @dataclass(frozen=True)
 class ReaderOptions:
     """Every reader option in one record, the same for the CLI, the Python API and a batch job file.

@@ -8,11 +8,15 @@ format's names into it at the edge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
 
 from .errors import MappingError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class DType:
     is_float: bool
 
 
-def _d(code: str, np_type: object, is_float: bool) -> DType:
+def _d(code: str, np_type: DTypeLike, is_float: bool) -> DType:
     dt = np.dtype(np_type)
     return DType(code, dt.itemsize, dt, is_float)
 

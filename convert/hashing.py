@@ -165,7 +165,8 @@ class OutputHasher:
         pos = 0
         while pos < self._size:
             with self._cond:
-                self._cond.wait_for(lambda: self._done > pos or self._stopped)
+                # the predicate runs inside this wait, while `pos` is this iteration's
+                self._cond.wait_for(lambda: self._done > pos or self._stopped)  # noqa: B023
                 if self._stopped:
                     return
                 end = min(self._done, pos + WINDOW)

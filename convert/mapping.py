@@ -14,14 +14,15 @@ import functools
 import json
 import re
 import tomllib
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 from . import transforms as tf
-from .dtypes import DType, dtype as lookup_dtype
 from .documents import check_schema, read_toml
+from .dtypes import DType, dtype as lookup_dtype
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
 from .vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES
@@ -346,7 +347,8 @@ def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef],
     rule, variables, companions = outcome or (None, {}, [])
     if rule is not None and (rule.refuse or rule.drop):
         return (), "refuse" if rule.refuse else "drop"
-    names, rest = [], [companions]
+    names: list[str] = []
+    rest: list[Any] = [companions]  # JSON: the companions, then each output's transforms
     for out in rule.outputs if rule is not None else [{}]:
         name = fill(out["to"], variables) if "to" in out else t.name
         post = _post_rule(layout, name, t.name, modules)

@@ -165,7 +165,7 @@ def foreign_entries(folder: Path) -> list[str]:
         return [n for n in names if n not in _manifest_names(doc)]
     models = _json_object(folder / "models.json")
     if models is not None and isinstance(models.get("models"), list):
-        listed = {m.get("folder") for m in models["models"] if isinstance(m, dict)} & set(names)
+        listed = {m["folder"] for m in models["models"] if isinstance(m, dict) and isinstance(m.get("folder"), str)} & set(names)
         return [n for n in names if n != "models.json" and n not in listed] + _inside(folder, sorted(listed))
     if doc is None and names and all((folder / n / manifest_mod.MANIFEST_FILE).is_file() for n in names):
         return _inside(folder, names)

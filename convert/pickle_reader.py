@@ -16,7 +16,7 @@ import pickletools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -64,6 +64,12 @@ class InertObject:
     """An object of a known non-tensor class, kept as a record; its class is never imported."""
 
     qualname = "?"
+    # set per instance by __new__ (before any BUILD can reach them), not class attributes
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    list_items: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
         obj = super().__new__(cls)
@@ -113,7 +119,7 @@ class _SafeCallable:
     def __setstate__(self, state: object) -> None:
         raise UnsafeInputError(f"pickle tries to set state on {self._name}")
 
-    def __reduce__(self) -> None:  # never re-pickled
+    def __reduce__(self) -> NoReturn:  # never re-pickled
         raise TypeError("not picklable")
 
 
@@ -319,7 +325,7 @@ def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     raise CorruptInputError("bytearray built from something other than its bytes")
 
 
-class PickledOrderedDict(OrderedDict):  # type: ignore[type-arg]
+class PickledOrderedDict(OrderedDict[Any, Any]):
     """`collections.OrderedDict` as a pickle builds it. torch's state dicts BUILD it with
     `{"_metadata": ...}`; that state is kept as data in a slot, never in the instance dict, where an
     attribute such as `items` would shadow the method the reader calls next."""
@@ -545,7 +551,7 @@ def _prescan(stream: BinaryIO, what: str) -> None:
     depths: list[int] = []  # nesting depth of every object made, by creation order
     stack: list[int] = []  # the objects on the unpickler's stack, as indices into depths
     marks: list[int] = []  # stack lengths at each MARK
-    memo: dict[int, int] = {}
+    memo: dict[object, int] = {}  # keyed by a PUT's int index, looked up by whatever a GET carries
     made = 0
     try:
         ops = pickletools.genops(stream)

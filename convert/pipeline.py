@@ -87,7 +87,8 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     decide_dense_modules(architecture, layout)
     mapping = apply_layout(layout, source.tensors, architecture)
     refuse_empty(source, mapping)
-    warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]  # the reader's, then the layout's
+    # the reader's warnings, then the layout's
+    warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]
     apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
     networks, network_warnings = plan_networks(layout, (source.architecture or {}).get("dense_networks", []),
                                                mapping.tensors)
@@ -103,7 +104,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     total = sum(it.nbytes for it in items)
     if options.dry_run:
         plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
-                for fname, shard in zip(names, shards) for it in shard]
+                for fname, shard in zip(names, shards, strict=True) for it in shard]
         return ConversionResult(staged.dest, names, len(items), total, aliases, True,
                                 time.perf_counter() - started, warnings, plan)
     metadata = {"format": "pt", **aliases}
@@ -111,7 +112,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
             written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress)
-                       for fname, shard in zip(names, shards)]
+                       for fname, shard in zip(names, shards, strict=True)]
             lost = record_cast_losses(kept, written)
             mapping.warnings.extend(lost)  # recorded in the manifest too
             warnings += lost
@@ -171,7 +172,7 @@ def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> 
     by_name = {t.name: t for w in written for t in w.tensors}
     warnings = []
     for m in kept:
-        for step, lost in zip(m.casts, by_name[m.name].cast_losses):
+        for step, lost in zip(m.casts, by_name[m.name].cast_losses, strict=True):
             if step.get("lossless"):
                 continue
             step.update(overflowed=lost.overflowed, flushed=lost.flushed)
@@ -250,7 +251,7 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         "source": {
             "format": source.format,
             "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
-                      for p, d in zip(source.files, source_digests)],
+                      for p, d in zip(source.files, source_digests, strict=True)],
             "details": source.extras,
             **({"dropped": source.dropped} if source.dropped else {}),
             **({"reader_options": source.reader_options} if source.reader_options is not None else {}),
@@ -291,7 +292,7 @@ class BundleResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"output": str(self.output), "format": self.format, **self.details,
-                "models": [{**m, "result": r.to_json()} for m, r in zip(self.models, self.results)],
+                "models": [{**m, "result": r.to_json()} for m, r in zip(self.models, self.results, strict=True)],
                 "skipped": self.skipped, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
                 "warnings": self.warnings}
 
@@ -328,9 +329,9 @@ def convert_bundle(bundle: SourceBundle, out: str | Path, options: ConvertOption
             index = {"format": bundle.format, **bundle.details, "source": str(bundle.path.absolute()),
                      "skipped": bundle.skipped,
                      "models": [{**e, "tensors": r.tensors, "bytes": r.bytes, "aliases": r.aliases}
-                                for e, r in zip(entries, result.results)]}
+                                for e, r in zip(entries, result.results, strict=True)]}
             write_file(staging / BUNDLE_INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
-        for converted, model in zip(result.results, bundle.models):
+        for converted, model in zip(result.results, bundle.models, strict=True):
             converted.output = staged.dest / model.folder
     result.seconds = time.perf_counter() - started
     return result

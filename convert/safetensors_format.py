@@ -44,7 +44,8 @@ class Header:
     file_size: int
 
 
-def build_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> tuple[bytes, list[tuple[int, int]]]:
+def build_header(entries: list[tuple[str, str, tuple[int, ...], int]],
+                 metadata: dict[str, str]) -> tuple[bytes, list[tuple[int, int]]]:
     """Header bytes (length prefix, JSON, space padding) for (name, dtype, shape, nbytes) in data order."""
     header: dict[str, object] = {}
     if metadata:

@@ -9,9 +9,9 @@ tensor at all fails in the core (convert.pipeline.convert_source)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import numpy as np
 
@@ -107,7 +106,7 @@ class MappedFile:
 
 def release_pages(arr: np.ndarray) -> None:
     """Give back the pages a memory-mapped array has touched (they stay in the page cache)."""
-    base = arr
+    base: object = arr
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
@@ -118,12 +117,12 @@ def strided_extent(storage_offset: int, shape: tuple[int, ...], stride: tuple[in
     """Number of storage elements a strided view reaches: one past its last element (0 if empty)."""
     if any(s == 0 for s in shape):
         return 0
-    return storage_offset + sum((n - 1) * st for n, st in zip(shape, stride)) + 1
+    return storage_offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) + 1
 
 
 def is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
-    for n, st in zip(reversed(shape), reversed(stride)):
+    for n, st in zip(reversed(shape), reversed(stride), strict=True):
         if n != 1 and st != expected:
             return False
         expected *= n

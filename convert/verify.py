@@ -23,7 +23,6 @@ from .source import SourceModel
 from .tensors import TensorRef, c_contiguous, iter_chunks, release_pages
 from .transforms import apply
 
-
 DIGEST_CHUNK = 4 << 20  # a strided source's pieces: small, as they are read beside the file hashing
 
 
@@ -94,7 +93,7 @@ def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], repor
     metadata_aliases = {k: v for k, v in header.metadata.items() if k != "format"}
     if header.metadata.get("format") != "pt" or metadata_aliases != doc["aliases"]:
         report.problems.append(f"{name}: metadata does not carry format 'pt' and the manifest's aliases")
-    for e, digest in zip(header.entries, digests):
+    for e, digest in zip(header.entries, digests, strict=True):
         t = expected.get(e.name)
         if t is None:
             continue
@@ -193,6 +192,6 @@ def tensor_digest(ref: TensorRef, algorithm: str) -> str:
     for chunk in iter_chunks(arr, DIGEST_CHUNK):
         if chunk.dtype != ref.dtype.numpy:  # big-endian sources are compared as written: little-endian
             chunk = chunk.astype(ref.dtype.numpy)
-        digest.update(memoryview(chunk.reshape(-1).view(np.uint8)))
+        digest.update(chunk.reshape(-1).view(np.uint8).data)
         release_pages(arr)
     return digest.hexdigest()

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
-from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
+from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
@@ -122,7 +122,7 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
     finally:
         os.close(fd)
     tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
-               for it, off, dg, lost in zip(ordered, offsets, digests, losses)]
+               for it, off, dg, lost in zip(ordered, offsets, digests, losses, strict=True)]
     return WrittenFile(path.name, total, file_digest, tensors)
 
 
@@ -145,7 +145,7 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
             pos += len(data)
             hasher.advance(pos)
             release_pages(arr)
-    for step, lost in zip(item.casts, losses):
+    for step, lost in zip(item.casts, losses, strict=True):
         if lost and step.get("on_loss", "refuse") == "refuse":
             raise CastLossError(f"tensor {item.name!r}", lost, step["to"])
     return losses
@@ -155,7 +155,7 @@ def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memory
     """Little-endian bytes of a block in the item's dtype (cast as torch casts), counting what each
     narrowing cast loses into `losses`."""
     block = c_contiguous(block)  # before a cast, which would keep a transposed layout
-    for step, lost in zip(item.casts, losses):
+    for step, lost in zip(item.casts, losses, strict=True):
         if step.get("lossless"):
             block = cast_array(block, step["to"])
         else:
@@ -163,7 +163,7 @@ def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memory
             lost.add(loss)
     if block.dtype != item.dtype.numpy:  # a big-endian source, written little-endian
         block = cast_array(block, item.dtype.code)
-    return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(block).reshape(-1).view(np.uint8).data  # a memoryview of its bytes
 
 
 def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, losses: list[CastLoss]) -> bool:
@@ -216,7 +216,8 @@ def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: in
             try:
                 n = copier(src_fd, dst_fd, offset + done, dst_pos + done, min(length - done, COPY_PIECE))
             except OSError as exc:
-                if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM) and copier is not _user_copy:
+                unsupported = exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM)
+                if unsupported and copier is not _user_copy:
                     copier = _sendfile_copy if copier is _kernel_copy else _user_copy
                     continue
                 raise _write_error(exc, dst_path) from None

@@ -144,7 +144,8 @@ def main() -> None:
 
     if args.json:
         print(json.dumps({
-            "checkpoint_bytes": size, "runs": [asdict(r) for r in runs], "wall_median_s": round(median, 3), "cpu_median_s": round(cpu_median, 3),
+            "checkpoint_bytes": size, "runs": [asdict(r) for r in runs],
+            "wall_median_s": round(median, 3), "cpu_median_s": round(cpu_median, 3),
             "load_average": [round(load_before, 2), round(load_after, 2)], "cpus": os.cpu_count(),
             "tool_reported_median_s": round(statistics.median(reported), 3) if reported else None,
             "modules_imported": len(imports), "import_self_total_s": round(total_import_us / 1e6, 3),

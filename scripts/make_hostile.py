@@ -1182,7 +1182,7 @@ def self_check(files: Sequence[Hostile], out: Path) -> int:
     failures = 0
     for item in unchecked:
         print(f"n/a  no unsafe loader for {item.kind:14}  {item.file}")
-    for item, (canary, outcome) in zip(files, results):
+    for item, (canary, outcome) in zip(files, results, strict=True):
         ok = canary == item.canary
         failures += not ok
         status = "ok  " if ok else "FAIL"

@@ -72,10 +72,10 @@ def inner(out: Path) -> None:
     import logging
     import warnings
 
+    import neuralforecast
     import numpy as np
     import pandas as pd
     import torch
-    import neuralforecast
     from neuralforecast import NeuralForecast
     from neuralforecast.utils import AirPassengersDF
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from nothing: make the virtual environment, install the project with every
-# extra and the test tools, regenerate nothing that is committed, and run pytest.
+# extra and the test tools, regenerate nothing that is committed, lint and type-check, and run pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,4 +24,7 @@ fi
 # The architecture's import contracts (pyproject.toml [tool.importlinter]): the core never imports a
 # reader, a reader never imports a face.
 .venv/bin/lint-imports --no-cache
+# ruff and mypy (configured in pyproject.toml, pinned in the test extra): any finding fails the run.
+.venv/bin/ruff check --quiet convert exporters tests scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

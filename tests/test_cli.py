@@ -17,13 +17,22 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (assert_cli_error, assert_no_output, assert_one_line_error, assert_same_state,  # noqa: E402
-                      convert_cli, header_length, listing, load_output, read_manifest, run_cli, st_code)
-
 import convert  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    assert_one_line_error,
+    assert_same_state,
+    convert_cli,
+    header_length,
+    listing,
+    load_output,
+    read_manifest,
+    run_cli,
+    st_code,
+)
 from convert.cli import cli as cli_group  # noqa: E402
 from convert.errors import EXIT_CODES  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # help and version
@@ -184,7 +193,8 @@ def test_quiet_cast_with_overflow_prints_nothing(save_checkpoint: Callable[..., 
     assert_cli_error(run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16"), 7, "'x'")
     rc, stdout, stderr = run_cli("-q", "pth-to-safetensors", src, tmp_path / "out", "--dtype", "f16", "--cast-loss", "accept")
     assert (rc, stdout, stderr) == (0, "", "")
-    assert torch.equal(load_output(tmp_path / "out")["x"], torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64).half())
+    expected = torch.tensor([1.0, 70000.0, -1e39, 3.0e38], dtype=torch.float64).half()
+    assert torch.equal(load_output(tmp_path / "out")["x"], expected)
     rc, stdout, stderr = run_cli("-q", "verify", tmp_path / "out", "--source", src)
     assert (rc, stdout, stderr) == (0, "", "")
 
@@ -212,7 +222,8 @@ def test_inspect_json_lists_the_tensors(save_checkpoint: Callable[..., Path]) ->
     got = {t["name"]: t for t in doc["tensors"]}
     assert list(got) == list(state)
     for name, t in state.items():
-        assert got[name] == {"name": name, "dtype": st_code(t.dtype), "shape": list(t.shape), "bytes": t.numel() * t.element_size()}
+        assert got[name] == {"name": name, "dtype": st_code(t.dtype), "shape": list(t.shape),
+                             "bytes": t.numel() * t.element_size()}
     assert doc["bytes"] == sum(t.numel() * t.element_size() for t in state.values())
 
 

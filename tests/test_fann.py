@@ -16,9 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
-
-from convert import fann
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from convert import fann  # noqa: E402
 
 ATOL = 1e-5
 SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"
@@ -155,8 +154,7 @@ def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from nf_helpers import TRAINER, H, quiet
 
     quiet()
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.utils import AirPassengersDF
 
     tmp = tmp_path_factory.mktemp("nf_fann")
@@ -196,7 +194,7 @@ def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleN
     model = forecasters.models[folder]
     networks = read_manifest(forecasters.out / folder)["networks"]
     assert [n["name"] for n in networks] == [f"blocks.{b}.layers" for b in range(len(model.blocks))]
-    for entry, block in zip(networks, model.blocks):
+    for entry, block in zip(networks, model.blocks, strict=True):
         functions = [x["function"] for x in entry["layers"]]
         assert functions[0] == functions[-1] == "Linear" and function in functions
         x = torch.randn(5, block.layers[0].in_features, generator=torch.Generator().manual_seed(9))
@@ -224,9 +222,9 @@ def test_neuralforecast_recurrent_decoder_mlp_is_a_network(forecasters: SimpleNa
 def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: SimpleNamespace) -> None:
     """NHITS with SELU: ruv-FANN has no SELU neuron, so the run fails naming it and writes nothing;
     ruv_fann_networks=false writes the tensors alone."""
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.utils import AirPassengersDF
+
     from nf_helpers import TRAINER, H
 
     nf = NeuralForecast(models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1],

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch", reason="needs torch for transformers' PyTor
 transformers = pytest.importorskip("transformers", reason="needs transformers")
 
 from conftest import read_manifest, run_cli  # noqa: E402
-
 from convert.api import verify_path  # noqa: E402
 
 TOLERANCE = 1e-5

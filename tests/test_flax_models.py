@@ -14,10 +14,10 @@ pytest.importorskip("flax", reason="needs flax to build Flax models")
 pytest.importorskip("orbax.checkpoint", reason="needs orbax-checkpoint to save Flax checkpoints")
 torch = pytest.importorskip("torch", reason="needs torch for the PyTorch twins")
 
-import flax_helpers as fh  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
+import flax_helpers as fh  # noqa: E402
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 from convert.api import flax_to_safetensors, verify_path  # noqa: E402
 from convert.mapping import builtin_layouts  # noqa: E402
 
@@ -185,7 +185,8 @@ def test_every_layout_accepts_the_canonical_form(convnet: tuple[dict[str, Any], 
     Refused where the loader's code cannot load or compute them: ToRSh's RNN forward returns zeros and
     its state dict takes no BatchNorm statistics; neuro-divergent has no conv layers."""
     cells = {f"{cell}_0": fh.seqnet(cell)[0]["params"][f"{cell}_0"] for cell in CELLS}
-    rnn_src = write(tmp_path / "rnn.msgpack", fh.to_bytes({"params": {**cells, "Dense_0": fh.seqnet("GRUCell")[0]["params"]["Dense_0"]}}))
+    dense = fh.seqnet("GRUCell")[0]["params"]["Dense_0"]
+    rnn_src = write(tmp_path / "rnn.msgpack", fh.to_bytes({"params": {**cells, "Dense_0": dense}}))
     conv_src = write(tmp_path / "conv.msgpack", fh.to_bytes(convnet[0]))
     layouts = sorted({doc["name"] for doc in builtin_layouts().values()})
     # neuro-divergent's GRU resets h before the weights (Flax, like PyTorch, after): accepted by option

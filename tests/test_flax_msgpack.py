@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
-
 from convert.api import flax_to_safetensors, verify_path
 from convert.errors import CorruptInputError, UnsupportedFormatError
 
@@ -84,7 +83,8 @@ def test_chunked_arrays_are_joined(flax_serialization: Any, tmp_path: Path, monk
     """Flax splits arrays above MAX_CHUNK_SIZE; a small limit makes it do so for a small model."""
     monkeypatch.setattr(flax_serialization, "MAX_CHUNK_SIZE", 64)
     kernel, bias = sample("float32", (7, 5)), sample("bfloat16", (40,))
-    src = write(tmp_path / "chunked.msgpack", flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": kernel, "bias": bias}}}))
+    src = write(tmp_path / "chunked.msgpack",
+                flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": kernel, "bias": bias}}}))
     assert b"__msgpack_chunked_array__" in src.read_bytes()
     convert(src, tmp_path / "out")
     out = stored(tmp_path / "out")
@@ -126,7 +126,8 @@ def test_hugging_face_sharded_index_is_cross_checked(flax_serialization: Any, tm
 def test_msgpack_path_imports_no_framework(flax_serialization: Any, tmp_path: Path) -> None:
     """Conversion of a Flax msgpack file, `auto` and `verify` included, in a fresh interpreter: no JAX,
     Flax, orbax or torch is imported."""
-    src = write(tmp_path / "m.msgpack", flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": sample("float32", (3, 2))}}}))
+    src = write(tmp_path / "m.msgpack",
+                flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": sample("float32", (3, 2))}}}))
     script = textwrap.dedent(f"""
         import json, sys
         from convert.api import flax_to_safetensors, verify_path
@@ -213,7 +214,8 @@ HOSTILE: dict[str, tuple[Any, int, str]] = {
 @pytest.mark.parametrize("attack", sorted(HOSTILE))
 def test_hostile_file_is_refused(attack: str, tmp_path: Path) -> None:
     payload, code, needle = HOSTILE[attack]
-    src = write(tmp_path / f"{attack}.msgpack", payload) if isinstance(payload, bytes) else forged(tmp_path, payload, f"{attack}.msgpack")
+    name = f"{attack}.msgpack"
+    src = write(tmp_path / name, payload) if isinstance(payload, bytes) else forged(tmp_path, payload, name)
     refused(src, tmp_path, code, needle)
     error = CorruptInputError if code == 6 else UnsupportedFormatError
     with pytest.raises(error):

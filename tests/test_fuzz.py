@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import count_inputs
 from convert.dtypes import DTYPES
@@ -178,7 +177,8 @@ def pickle_values(mh: Any, legacy: bool = False) -> st.SearchStrategy[Any]:
     are in the zip form, or the legacy one (with its trailing view_metadata)."""
     from convert.pickle_reader import _CALLABLES, _TYPE_MARKERS, DEFAULT_INERT
 
-    globals_ = sorted({*_CALLABLES, *_TYPE_MARKERS, *(p.rstrip(".") + ("MSELoss" if p.endswith(".") else "") for p in DEFAULT_INERT),
+    globals_ = sorted({*_CALLABLES, *_TYPE_MARKERS,
+                       *(p.rstrip(".") + ("MSELoss" if p.endswith(".") else "") for p in DEFAULT_INERT),
                        "os.system", "builtins.getattr", "__main__.Net", "torch.nn.modules.linear.Linear"})
 
     def glob(qualname: str) -> Any:
@@ -657,7 +657,8 @@ JOB_KEYS = ["source", "output", "conversion", "layout", "layout_file", "dtype", 
 
 @st.composite
 def job_documents(draw: st.DrawFn) -> dict[str, Any]:
-    paths = st.one_of(st.sampled_from(["a.pt", "/abs/b.pt", "../up.pt", "d/", "x y.safetensors", ".", "a\\b"]), st.text(max_size=8))
+    paths = st.one_of(st.sampled_from(["a.pt", "/abs/b.pt", "../up.pt", "d/", "x y.safetensors", ".", "a\\b"]),
+                      st.text(max_size=8))
     job = st.dictionaries(st.sampled_from(JOB_KEYS), st.one_of(paths, OPTION_VALUES), max_size=4) \
         .map(lambda d: d if "source" in d or not d else {"source": "m.pt", **d})
     doc: dict[str, Any] = {"job": draw(st.lists(job, max_size=4))}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_manifest
 
+from conftest import read_manifest
 from convert.api import keras_to_safetensors, verify_path
 
 pytest_plugins = ["keras_support"]  # the session fixtures hf_models, keras_models

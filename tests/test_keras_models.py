@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_output, read_manifest, run_cli
-from keras_support import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
 
+from conftest import load_output, read_manifest, run_cli
 from convert.api import keras_to_safetensors, verify_path
 from convert.errors import MappingError
 from convert.mapping import builtin_layouts
+from keras_support import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
 
 FORMAT_NAMES = {"model.keras": "keras-v3", "model.weights.h5": "keras-v3-weights", "model.h5": "keras-h5",
                 "weights.h5": "keras-h5-weights"}

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 
 h5py = pytest.importorskip("h5py", reason="the keras extra reads HDF5 with h5py")

@@ -23,10 +23,25 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from layout_helpers import (BUILTIN_LAYOUTS, GRU_GATES, LSTM_GATES, DenseRecurrent, Net,  # noqa: E402
-                            RecurrentZoo, TorshNet, build, burn_recurrent_forward, expected_tensors, flip_tensor_byte,
-                            load_numpy, mha_forward, nd_recurrent_bases, nd_recurrent_forward, norm_forward,
-                            to_np)
+from layout_helpers import (  # noqa: E402
+    BUILTIN_LAYOUTS,
+    GRU_GATES,
+    LSTM_GATES,
+    DenseRecurrent,
+    Net,
+    RecurrentZoo,
+    TorshNet,
+    build,
+    burn_recurrent_forward,
+    expected_tensors,
+    flip_tensor_byte,
+    load_numpy,
+    mha_forward,
+    nd_recurrent_bases,
+    nd_recurrent_forward,
+    norm_forward,
+    to_np,
+)
 
 MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": "dense", "torsh": "torsh"}
 # Names and shapes leave these module types open; under layouts whose bytes depend on them the user

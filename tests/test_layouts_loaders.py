@@ -144,7 +144,7 @@ def _burn_rnn_expected(rnn: nn.RNN, native: bool) -> dict[str, tuple[tuple[int, 
     out = {}
     h = rnn.hidden_size
     for k in range(rnn.num_layers):
-        for rev, d in (("", "forward"), ("_reverse", "reverse"))[: 2 if rnn.bidirectional else 1]:
+        for _, d in (("", "forward"), ("_reverse", "reverse"))[: 2 if rnn.bidirectional else 1]:
             base = ".".join(["rnn", *([str(k)] if rnn.num_layers > 1 else []), *([d] if rnn.bidirectional else [])])
             n_in = rnn.input_size if k == 0 else h * (2 if rnn.bidirectional else 1)
             for t, width in (("input_transform", n_in), ("hidden_transform", h)):

@@ -127,7 +127,8 @@ def test_architecture_arguments_of_key_models(zoo: SimpleNamespace) -> None:
     assert (nhits["n_pool_kernel_size"], nhits["n_freq_downsample"]) == ([2, 2, 1], [4, 2, 1])
     assert (nhits["interpolation_mode"], nhits["pooling_mode"]) == ("linear", "MaxPool1d")
     assert _source(zoo, "TCN")["architecture"]["dilations"] == [1, 2, 4, 8, 16]
-    assert (_source(zoo, "GRU")["architecture"]["encoder_hidden_size"], _source(zoo, "GRU")["architecture"]["decoder_hidden_size"]) == (8, 8)
+    gru = _source(zoo, "GRU")["architecture"]
+    assert (gru["encoder_hidden_size"], gru["decoder_hidden_size"]) == (8, 8)
     tft = _source(zoo, "TFT")["architecture"]
     assert (tft["hidden_size"], tft["n_head"]) == (8, 2)
 
@@ -202,7 +203,8 @@ def test_neuro_divergent_writes_one_tensor_per_dense_layer_and_gate(dense: Simpl
     for gate in ("input_gate", "forget_gate", "cell_gate", "output_gate"):
         assert shapes["LSTM"][f"hist_encoder.l0.{gate}"] == (8, 1 + 8 + 1)
         assert shapes["LSTM"][f"hist_encoder.l1.{gate}"] == (8, 8 + 8 + 1)
-    assert shapes["GRU"]["hist_encoder.l0.reset_gate"] == (8, 10) and shapes["GRU"]["hist_encoder.l0.new_gate_hidden_bias"] == (8,)
+    assert shapes["GRU"]["hist_encoder.l0.reset_gate"] == (8, 10)
+    assert shapes["GRU"]["hist_encoder.l0.new_gate_hidden_bias"] == (8,)
 
 
 @pytest.mark.parametrize("folder", ["MLP", "DLinear"])

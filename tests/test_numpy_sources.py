@@ -85,7 +85,8 @@ def test_pickled_flax_params_reach_canonical_form(tmp_path: Path) -> None:
     msgpack.write_bytes(serialization.to_bytes(as_numpy))
     same(stored, converted(msgpack, tmp_path / "flax"))
     assert stored["fc.weight"].shape == (5, 3)
-    y = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(stored["fc.weight"]), torch.from_numpy(stored["fc.bias"]))
+    y = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(stored["fc.weight"]),
+                                   torch.from_numpy(stored["fc.bias"]))
     dense = flax_nn.Dense(5).apply({"params": params["fc"]}, x)
     np.testing.assert_allclose(y.numpy(), np.asarray(dense), rtol=1e-6, atol=1e-6)
 

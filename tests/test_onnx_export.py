@@ -20,6 +20,8 @@ pytest.importorskip("onnxsim", reason="needs the onnx extra")
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
 from onnx_helpers import perturbed, run_onnx, write_models  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture
 def models(tmp_path: Path) -> Any:
@@ -167,6 +169,14 @@ def test_weights_that_do_not_fit_the_module_are_a_mapping_error(tmp_path: Path, 
     result = run_cli("to-onnx", tmp_path / "partial.pt", tmp_path / "out", "--module", "onnx_models:mlp",
                      "--input-shape", "x=2x6", cwd=tmp_path, timeout=600)
     assert_cli_error(result, 7, "head.bias")
+    assert_no_output(tmp_path / "out")
+
+
+def test_a_folder_of_several_models_is_not_weights_for_a_module(tmp_path: Path, models: Any) -> None:
+    folder = ROOT / "fixtures" / "neuralforecast" / "3.3.0" / "folder"  # a NeuralForecast save: nine models
+    result = run_cli("to-onnx", folder, tmp_path / "out", "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
+                     cwd=tmp_path, timeout=600)
+    assert_cli_error(result, 2, "--module takes one model's weights")
     assert_no_output(tmp_path / "out")
 
 

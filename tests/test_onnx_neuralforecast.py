@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from nf_helpers import H, TRAINER, quiet  # noqa: E402
+from nf_helpers import TRAINER, H, quiet  # noqa: E402
 from onnx_helpers import run_onnx  # noqa: E402
 
 STEPS = 24
@@ -49,8 +49,7 @@ def _series() -> tuple[Any, Any, Any]:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     quiet()
-    from neuralforecast import NeuralForecast
-    from neuralforecast import models as m
+    from neuralforecast import NeuralForecast, models as m
     from neuralforecast.losses.pytorch import DistributionLoss, MQLoss
 
     df, future, static = _series()
@@ -129,7 +128,7 @@ def test_graphs_match_the_models_neuralforecast_loads(saved: SimpleNamespace) ->
         expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
         got = run_onnx(saved.out / name / "model.onnx", arrays)
         assert len(got) == len(expected), name
-        for g, e in zip(got, expected):
+        for g, e in zip(got, expected, strict=True):
             np.testing.assert_allclose(g, e, atol=1e-4, rtol=0, err_msg=name)
 
 

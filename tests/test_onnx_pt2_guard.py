@@ -14,7 +14,6 @@ import pytest
 torch = pytest.importorskip("torch", reason="writes real torch.export archives")
 
 from conftest import assert_cli_error, assert_no_output, run_cli  # noqa: E402
-
 from exporters.onnx_export.pt2_guard import check_pt2  # noqa: E402
 
 

@@ -13,9 +13,20 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to build and run the models")
 
-from conftest import (assert_cli_error, assert_no_output, assert_same_state, convert_api, convert_cli,  # noqa: E402
-                      file_metadata, load_output, output_files, read_manifest, retie, run_cli, seeded)
-
+from conftest import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    assert_same_state,
+    convert_api,
+    convert_cli,
+    file_metadata,
+    load_output,
+    output_files,
+    read_manifest,
+    retie,
+    run_cli,
+    seeded,
+)
 from convert.api import verify_path  # noqa: E402
 
 
@@ -62,7 +73,8 @@ def model_inputs() -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_mixed_module_loads_back_and_computes_the_same(legacy: bool, save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+def test_mixed_module_loads_back_and_computes_the_same(legacy: bool, save_checkpoint: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
     model = trained_mixed_net()
     state = model.state_dict()
     src = save_checkpoint(state, legacy=legacy)

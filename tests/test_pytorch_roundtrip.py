@@ -12,10 +12,22 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (assert_same_state, assert_same_tensor, convert_api, convert_cli, every_dtype_tensors,  # noqa: E402
-                      file_metadata, flatten, float_values, load_output, output_files, retie, seeded, st_code,
-                      torch_load)
-
+from conftest import (  # noqa: E402
+    assert_same_state,
+    assert_same_tensor,
+    convert_api,
+    convert_cli,
+    every_dtype_tensors,
+    file_metadata,
+    flatten,
+    float_values,
+    load_output,
+    output_files,
+    retie,
+    seeded,
+    st_code,
+    torch_load,
+)
 from convert.api import verify_path  # noqa: E402
 
 
@@ -136,7 +148,8 @@ def test_non_contiguous_views(torch_format: str, save_checkpoint: Callable[..., 
 def test_views_of_one_storage_are_not_aliases(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     """Different views of one storage hold different values: each is stored, none is an alias."""
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {"whole": base, "top": base[:2], "bottom": base[2:], "t": base.t(), "same_shape_other_offset": base.view(-1)[1:13].view(2, 6)}
+    state = {"whole": base, "top": base[:2], "bottom": base[2:], "t": base.t(),
+             "same_shape_other_offset": base.view(-1)[1:13].view(2, 6)}
     src = save_checkpoint(state)
     result, doc = convert_api(src, tmp_path / "out")
     assert doc["aliases"] == {} and result.aliases == {}

@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 
+from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 from convert.contract import ReaderOptions
 from exporters.registry import READERS, detect, face_named
 

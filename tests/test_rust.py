@@ -187,7 +187,7 @@ def test_typed_access_matches_torch(tmp_path: Path) -> None:
         want = f32_bits(t)
         nan = [v != v for v in t.to(torch.float32).reshape(-1).tolist()]
         assert len(got["f32_bits"]) == len(want), name
-        for i, (a, b) in enumerate(zip(got["f32_bits"], want)):
+        for i, (a, b) in enumerate(zip(got["f32_bits"], want, strict=True)):
             assert a == b or (nan[i] and (a & 0x7F800000) == 0x7F800000 and a & 0x7FFFFF), (name, i, hex(a), hex(b))
 
 

@@ -142,7 +142,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     m = torch.nn.ModuleDict({"emb": torch.nn.Embedding(9, 4), "lstm": torch.nn.LSTM(4, 3), "out": torch.nn.Linear(3, 9)})
     torch.save(m.state_dict(), root / "m.pt")
-    rc, _stdout, stderr = run_cli("pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn", "--max-shard-size", "1KB")
+    rc, _stdout, stderr = run_cli("pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn",
+                                  "--max-shard-size", "1KB")
     assert rc == 0, stderr
     return root / "out"
 

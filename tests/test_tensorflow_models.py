@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
-from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
 
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 from convert.api import inspect_path, keras_to_safetensors, tf_to_safetensors, verify_path
 from convert.errors import SourceNotFoundError
 from exporters.registry import detect
+from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 

@@ -115,8 +115,11 @@ def test_int8_weights_dequantized_or_kept(tmp_path: Path) -> None:
 
 def _buffer_vector(data: bytes) -> int:
     """The position of the largest buffer's length word in a real file (found by its known size)."""
-    best = max(range(0, len(data) - 4, 4), key=lambda i: struct.unpack_from("<I", data, i)[0]
-               if struct.unpack_from("<I", data, i)[0] < len(data) and i + 4 + struct.unpack_from("<I", data, i)[0] <= len(data) else -1)
+    def length_word(i: int) -> int:  # -1 where the word cannot be a buffer's length
+        n = struct.unpack_from("<I", data, i)[0]
+        return n if n < len(data) and i + 4 + n <= len(data) else -1
+
+    best = max(range(0, len(data) - 4, 4), key=length_word)
     return best
 
 

@@ -175,7 +175,8 @@ def test_archive_whose_code_would_do_harm_is_read_as_text_only(tmp_path: Path) -
     with zipfile.ZipFile(src) as zf:
         top = next(n for n in zf.namelist() if n.endswith(".py") and b'"gain"' in zf.read(n))
         text = zf.read(top).decode()
-    harm = "import os\nos.system('touch PWNED')\n" + text.replace('__parameters__ = ["gain", ]', '__parameters__ = ["gain", "training", ]')
+    forged = text.replace('__parameters__ = ["gain", ]', '__parameters__ = ["gain", "training", ]')
+    harm = "import os\nos.system('touch PWNED')\n" + forged
     _rewrite(src, bad, top, harm.encode())
     out = tmp_path / "out"
     assert_cli_error(run_cli("auto", bad, out, cwd=tmp_path), 6, "not a tensor")

@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch", reason="needs torch to write real checkpoin
 
 from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------
 # option values are parsed strictly
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from convert.cli import cli
 from convert.dtypes import DTYPES
 from convert.hashing import ALGORITHMS

@@ -152,7 +152,7 @@ def _cell(node: Tree, where: tuple[str, ...], out: Canonical) -> bool:
     if kind is None or not _cell_shapes_fit(sides, hidden, len(CELL_GATES[kind][1])):
         return False
     prefix = dotted(where)
-    for side, tag in zip(sides, ("ih", "hh")):
+    for side, tag in zip(sides, ("ih", "hh"), strict=True):
         kernels = [gate["kernel"] for gate in side]
         out.add(f"{prefix}.weight_{tag}_l0", kernels, ([{"op": "concat", "axis": 1}] if len(kernels) > 1 else []) + TRANSPOSE)
         _cell_bias(f"{prefix}.bias_{tag}_l0", side, out)
@@ -223,7 +223,8 @@ def unstack(tree: Tree, path: str) -> int:
 
 def tensor_leaves(node: Tree) -> list[TensorRef]:
     """Every tensor in a tree, in tree order."""
-    return [r for v in node.values() for r in ([v] if isinstance(v, TensorRef) else tensor_leaves(v) if isinstance(v, dict) else [])]
+    return [r for v in node.values()
+            for r in ([v] if isinstance(v, TensorRef) else tensor_leaves(v) if isinstance(v, dict) else [])]
 
 
 def _take(node: Tree, index: int) -> Tree:

@@ -22,9 +22,7 @@ import numpy as np
 from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
-
 from exporters.flax.canonical import NonTensor, Tree
-
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 CHUNKED_MARK = "__msgpack_chunked_array__"

@@ -20,7 +20,6 @@ import numpy as np
 from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
-
 from exporters.flax.canonical import NonTensor, Tree
 
 METADATA = "_METADATA"
@@ -67,7 +66,8 @@ class OrbaxTree:
             with _quiet():
                 meta = ocp.PyTreeCheckpointer().metadata(self.item)
         except Exception as exc:  # orbax raises many types for a damaged folder
-            raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata ({type(exc).__name__}: {exc})") from None
+            raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata "
+                                    f"({type(exc).__name__}: {exc})") from None
         self.meta = getattr(getattr(meta, "item_metadata", None), "tree", meta)
         self.tree: Tree = {}
         for name, leaf in _leaves(self.meta):

@@ -18,7 +18,6 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFo
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef
-
 from exporters.flax.canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
 from exporters.flax.msgpack_reader import read_msgpack
 

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import from_numpy
-from convert.errors import (ConvertError, CorruptInputError, OutputWriteError, UnsafeInputError,
-                            UnsupportedFormatError)
+from convert.errors import ConvertError, CorruptInputError, OutputWriteError, UnsafeInputError, UnsupportedFormatError
 from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
 
 H5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -16,7 +16,6 @@ from typing import Any
 
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import TensorRef
-
 from exporters.keras.config import ConfigLayer, mapping, to_snake
 from exporters.keras.layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
 

@@ -17,17 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from convert.documents import parse_json
-from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
-from convert.hf_folder import SIDECAR_MAX_BYTES, hf_sidecars, index_shards, read_config, read_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
+from convert.hf_folder import SIDECAR_MAX_BYTES, hf_sidecars, index_shards, read_config, read_json
 from convert.source import SourceModel
 from convert.tensors import TensorRef
-
+from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
 from exporters.keras.config import ConfigLayer, lambda_layers, layers_of, scrub, summary
 from exporters.keras.h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
 from exporters.keras.layers import KerasLayer, to_canonical
-from exporters.keras.names import (Named, components, group_named, infer_kind, kind_by_shapes, kind_from_key, numbered_roles,
-                          under_layer)
+from exporters.keras.names import (
+    Named,
+    components,
+    group_named,
+    infer_kind,
+    kind_by_shapes,
+    kind_from_key,
+    numbered_roles,
+    under_layer,
+)
 
 KERAS_CONFIG = "config.json"
 KERAS_WEIGHTS = "model.weights.h5"

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.source import Closing
 from convert.errors import CorruptInputError, UnsafeInputError
+from convert.source import Closing
 from convert.tensors import TensorRef
-
 from exporters.neuralforecast.values import is_skipped
 
 MODEL_FILE = re.compile(r"^(?P<alias>.+)_(?P<index>\d+)\.(?P<ext>safetensors|ckpt)$")
@@ -97,7 +96,7 @@ def _scaler(scaler: Any, ids: list[Any] | None) -> Any:
     entry = {"type": kind, "columns": _SCALER_STATS.get(kind), "stats": stats,
              "transform": "(y - offset) / scale" if kind != "boxcox" else "Box-Cox with lambda"}
     if ids is not None and isinstance(stats, list) and len(stats) == len(ids):
-        entry["stats_by_series"] = {str(i): row for i, row in zip(ids, stats)}
+        entry["stats_by_series"] = {str(i): row for i, row in zip(ids, stats, strict=True)}
     return entry
 
 

@@ -17,12 +17,10 @@ from typing import Any
 from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
 from convert.pickle_reader import DEFAULT_INERT, restricted_load
 from convert.source import SourceModel
-
-from exporters.pytorch.reader import open_torch_file
-
 from exporters.neuralforecast.config import class_named
 from exporters.neuralforecast.folder import NFFolder, NFModel, forecaster_settings, model_files
 from exporters.neuralforecast.values import NF_SIDECAR_INERT, is_skipped, plain_checkpoint, plain_pickled, skipped
+from exporters.pytorch.reader import open_torch_file
 
 MAX_PICKLE = 64 << 20
 LIGHTNING_KEYS = ("epoch", "global_step", "pytorch-lightning_version")

@@ -9,6 +9,7 @@ so they are derived here from NeuralForecast's own rules, without importing it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ _DISTRIBUTION_PARAMS = {"Bernoulli": 1, "Normal": 2, "Poisson": 1, "StudentT": 3
 _MIXTURE_OUTPUTS = {"PMM": 1, "GMM": 2, "NBMM": 2}
 
 
-def level_quantiles(level: list[float]) -> list[float]:
+def level_quantiles(level: Sequence[float]) -> list[float]:
     """NeuralForecast's `level_to_outputs`: the median, then each level's lower and upper quantile,
     sorted, as the float32 values it stores."""
     qs = sorted(q for lv in dict.fromkeys(level) for q in (50 - lv / 2, 50 + lv / 2))

@@ -54,7 +54,7 @@ def dense_networks(class_name: str, arch: dict[str, Any], shapes: dict[str, tupl
 def _sequential(prefix: str, ks: list[int], act: str) -> dict[str, Any]:
     """An nn.Sequential of Linears at indices `ks`: the activation sits in each gap after a Linear."""
     layers = [{"module": f"{prefix}.{k}", "activation": "identity" if nxt in (None, k + 1) else act}
-              for k, nxt in zip(ks, [*ks[1:], None])]
+              for k, nxt in zip(ks, [*ks[1:], None], strict=True)]
     return {"name": prefix, "layers": layers}
 
 

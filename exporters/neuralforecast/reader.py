@@ -16,7 +16,6 @@ from convert.contract import BundleModel, SourceBundle
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.pipeline import bundle_folders, check_folder_name
 from convert.source import SourceModel
-
 from exporters.neuralforecast.checks import check_shapes
 from exporters.neuralforecast.config import resolve, split_hparams
 from exporters.neuralforecast.folder import NFFolder, NFModel
@@ -121,7 +120,7 @@ def open_bundle(path: str | Path) -> SourceBundle:
         names = output_folders(folder.models)
         models = [BundleModel(name, model_source(folder, m, name),
                               {"alias": m.alias, "index": m.index, "class": m.class_name, "source_file": m.file.name})
-                  for m, name in zip(folder.models, names)]
+                  for m, name in zip(folder.models, names, strict=True)]
     except BaseException:
         folder.close()
         raise

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from convert.errors import UnsupportedFormatError
-
 from exporters.neuralforecast.values import is_skipped
 from exporters.torch_state import load_strict
 
@@ -45,7 +44,7 @@ def constructor_arguments(source_model: dict[str, Any], drop_unknown: bool) -> t
     for key in LOSS_KEYS:
         kwargs[key] = make_loss(kwargs.get(key))
     if drop_unknown:
-        accepted = {p for k in klass.__mro__ if "__init__" in vars(k) for p in inspect.signature(k.__init__).parameters}
+        accepted = {p for k in klass.__mro__ if "__init__" in vars(k) for p in inspect.signature(vars(k)["__init__"]).parameters}
         unknown = sorted(k for k in kwargs if k not in accepted)
         dropped += unknown
         for key in unknown:

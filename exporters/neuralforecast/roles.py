@@ -42,7 +42,8 @@ BY_CLASS: dict[str, Rules] = {
     "TCN": [(r"hist_encoder\.tcn\.(?P<k>\d+)\.(causalconv\.0|conv)\.(?P<leaf>\w+)",
              "dilated causal Conv1d {k} (dilation = dilations[{k}]) ({leaf})"), *_RNN_DECODER],
     "DeepAR": [(r"hist_encoder\.(?P<leaf>(weight|bias)_(ih|hh)_l(?P<k>\d+))", "LSTM encoder layer {k} ({leaf})"),
-               (r"decoder\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)", "decoder MLP Linear at index {k}: distribution parameters ({leaf})")],
+               (r"decoder\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)",
+                "decoder MLP Linear at index {k}: distribution parameters ({leaf})")],
 }
 
 

@@ -17,11 +17,9 @@ import numpy as np
 from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.safetensors_format import read_header
+from convert.safetensors_source import open_safetensors
 from convert.source import SourceModel
 from convert.tensors import TensorRef
-
-from convert.safetensors_source import open_safetensors
-
 from exporters.neuralforecast.folder import NFFolder, NFModel, forecaster_settings, model_files
 from exporters.neuralforecast.values import ArrayLookup, decode_tagged
 
@@ -33,7 +31,8 @@ MAX_JSON = 32 << 20
 def read_v2(folder: Path) -> NFFolder:
     config_path = folder / "configuration.json"
     document = _json(config_path)
-    if not isinstance(document, dict) or document.get("nf_format") != FORMAT or not isinstance(document.get("configuration"), dict):
+    if (not isinstance(document, dict) or document.get("nf_format") != FORMAT
+            or not isinstance(document.get("configuration"), dict)):
         raise UnsupportedFormatError(f"{config_path.name}: not a NeuralForecast nf_format {FORMAT} configuration "
                                      f"(nf_format {document.get('nf_format') if isinstance(document, dict) else None!r})")
     sidecars = [config_path]

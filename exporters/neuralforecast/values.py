@@ -221,7 +221,7 @@ def _ndarray_backed(obj: InertObject, depth: int) -> Any:
     return skipped(f"{obj.qualname} with unexpected arguments")
 
 
-def _series(obj: InertObject, depth: int) -> Any:
+def _pickled_series(obj: InertObject, depth: int) -> Any:
     """A pandas Series: the values of its manager's one block (BUILD state `_mgr`)."""
     manager = obj.state.get("_mgr") if isinstance(obj.state, dict) else None
     state = manager.state if isinstance(manager, InertObject) else None
@@ -230,7 +230,7 @@ def _series(obj: InertObject, depth: int) -> Any:
     return skipped("pandas Series whose block layout is not one plain array")
 
 
-def _scaler(obj: InertObject, depth: int) -> dict[str, Any]:
+def _pickled_scaler(obj: InertObject, depth: int) -> dict[str, Any]:
     state = obj.state if isinstance(obj.state, dict) else {}
     stats = state.get("stats_")
     return {"type": obj.qualname.rsplit(".", 1)[-1],
@@ -239,15 +239,15 @@ def _scaler(obj: InertObject, depth: int) -> dict[str, Any]:
 
 
 _INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
-    "pandas.Series": _series,
-    "pandas.core.series.Series": _series,
+    "pandas.Series": _pickled_series,
+    "pandas.core.series.Series": _pickled_series,
     "pandas.core.indexes.base._new_Index": _new_index,
     "pandas.core.indexes.datetimes._new_DatetimeIndex": _new_index,
     "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked": _ndarray_backed,
-    "coreforecast.scalers.LocalStandardScaler": _scaler,
-    "coreforecast.scalers.LocalMinMaxScaler": _scaler,
-    "coreforecast.scalers.LocalRobustScaler": _scaler,
-    "coreforecast.scalers.LocalBoxCoxScaler": _scaler,
+    "coreforecast.scalers.LocalStandardScaler": _pickled_scaler,
+    "coreforecast.scalers.LocalMinMaxScaler": _pickled_scaler,
+    "coreforecast.scalers.LocalRobustScaler": _pickled_scaler,
+    "coreforecast.scalers.LocalBoxCoxScaler": _pickled_scaler,
     "neuralforecast.utils.PredictionIntervals": lambda obj, depth: plain_pickled(obj.state, depth + 1),
 }
 

@@ -15,7 +15,7 @@ def sniff(probe: Probe) -> bool:
     if head.startswith(NPY_MAGIC):
         return True
     if head.startswith(b"PK\x03\x04"):
-        names = probe.zip_names
+        names = probe.zip_names or []
         return bool(names) and all(n.endswith(".npy") for n in names)  # np.savez
     return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # any other pickle
 

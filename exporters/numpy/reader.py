@@ -15,7 +15,7 @@ import ast
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from convert.pickle_reader import NumpyArrayRecord, restricted_load
 from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, in_memory
 from convert.zip_members import member_offset, open_zip
-
 from exporters.flax.canonical import canonicalize
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -168,7 +167,7 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
             raw = member.read(nbytes)
         if len(raw) != nbytes:
             raise CorruptInputError(f"{p.name}: member {info.filename!r} is truncated")
-        order = "F" if fortran else "C"
+        order: Literal["C", "F"] = "F" if fortran else "C"
         return np.frombuffer(raw, dtype=dt).reshape(shape, order=order)
 
     return TensorRef(name, code, shape, load)

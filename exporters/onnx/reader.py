@@ -21,7 +21,6 @@ from convert.dtypes import DType, dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
-
 from exporters.onnx.names import Resolved, count_tensor_protos, graph_tensors, resolve_names
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).

@@ -12,12 +12,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
 from exporters.neuralforecast import is_save_folder
-
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 
 # framework -> (the module that exports it, the extras it needs besides `onnx`)
@@ -28,7 +27,8 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "neuralforecast": ("exporters.onnx_export.from_neuralforecast", "the `torch` and `neuralforecast` extras"),
 }
 
-Exporter = Callable[[Path, ExportOptions, Path], Iterator[ExportedGraph]]
+# a generator: the pipeline closes it when a graph fails, so the framework lets go of the rest
+Exporter = Callable[[Path, ExportOptions, Path], Generator[ExportedGraph, None, None]]
 
 
 def exporter_for(src: Path, options: ExportOptions) -> Exporter:

@@ -11,20 +11,19 @@ Without it the command says both ways (exit 4).
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.errors import MappingError, UnsupportedFormatError, UsageError
-
 from exporters.onnx_export.graph_edit import default_output_names, output_names
 from exporters.onnx_export.inputs import build_specs, input_sets
-from exporters.quiet import first_line
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 from exporters.onnx_export.user_code import call_factory, required_arguments
+from exporters.quiet import first_line
 
 WEIGHTS_MAX_BYTES = 8 << 30
 

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 
 from convert.errors import UnsafeInputError, UnsupportedFormatError, UsageError
-
 from exporters.onnx_export.graph_edit import default_output_names, output_names, rename_values
 from exporters.onnx_export.inputs import build_specs, input_sets
-from exporters.quiet import first_line
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
+from exporters.quiet import first_line
 
 SIGNATURE = "serving_default"
 
@@ -120,7 +119,7 @@ def _name_interface(model: Any, inputs: list[str], outputs: list[str]) -> None:
     if len(graph_inputs) != len(inputs) or len(graph_outputs) != len(outputs):
         raise UnsupportedFormatError(f"the exported graph has {len(graph_inputs)} inputs and {len(graph_outputs)} "
                                      f"outputs; the model {len(inputs)} and {len(outputs)}")
-    rename_values(model, {**dict(zip(graph_inputs, inputs)), **dict(zip(graph_outputs, outputs))})
+    rename_values(model, {**dict(zip(graph_inputs, inputs, strict=True)), **dict(zip(graph_outputs, outputs, strict=True))})
 
 
 def _tf2onnx(path: str) -> str:

@@ -21,14 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from convert import manifest as manifest_mod
 from convert.errors import ConvertError, UnsupportedFormatError, UsageError
-
 from exporters.neuralforecast.reader import converted_folders, open_bundle
 from exporters.neuralforecast.rebuild import converted_state, rebuild_model
 from exporters.onnx_export.from_pytorch import export_torch, to_torch, torch_reference
@@ -77,7 +76,8 @@ def _models(src: Path) -> Iterator[list[_Model]]:
         yield [_converted(folder) for folder in folders]
         return
     with open_bundle(src) as bundle:
-        yield [_Model(m.folder, m.source.architecture, m.source.files, partial(_state_of, m.source.tensors))
+        # the NeuralForecast reader gives every model of a bundle its architecture record
+        yield [_Model(m.folder, cast(dict[str, Any], m.source.architecture), m.source.files, partial(_state_of, m.source.tensors))
                for m in bundle.models]
 
 
@@ -221,14 +221,14 @@ class _Windows(torch.nn.Module):
     """Calls a NeuralForecast model the way its predict step does, with the window's parts as
     separate tensors (one graph input each) instead of one dict."""
 
-    def __init__(self, network: torch.nn.Module, parts: list[str]) -> None:
+    def __init__(self, network: Any, parts: list[str]) -> None:  # a NeuralForecast model: untyped
         super().__init__()
         self.network = network
         self.parts = parts
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        windows = dict.fromkeys(WINDOW_PARTS)
-        windows.update(zip(self.parts, tensors))
+        windows: dict[str, Any] = dict.fromkeys(WINDOW_PARTS)  # the parts not given stay None
+        windows.update(zip(self.parts, tensors, strict=True))
         if getattr(self.network, "exclude_insample_y", False):  # NeuralForecast zeroes it before the network
             windows["insample_y"] = windows["insample_y"] * 0
         return self.network.loss.domain_map(self.network(windows))

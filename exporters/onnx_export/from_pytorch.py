@@ -15,15 +15,14 @@ import numpy as np
 
 from convert.errors import UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
-
-from exporters.quiet import first_line
-from exporters.torch_state import load_strict
 from exporters.onnx_export.graph_edit import default_output_names, output_names
 from exporters.onnx_export.inputs import build_specs, input_sets
 from exporters.onnx_export.pt2_guard import check_pt2
-from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
+from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.user_code import call_factory, required_arguments
+from exporters.quiet import first_line
+from exporters.torch_state import load_strict
 
 # SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.
 _VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint8),
@@ -70,8 +69,8 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
         raise UnsupportedFormatError(f"{src.name}: needs example inputs as positional tensors "
                                      f"(torch.export.export(model, (x,), ...))")
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args)]
-    samples = {s.name: a.detach().numpy() for s, a in zip(specs, args)}
+    specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args, strict=True)]
+    samples = {s.name: a.detach().numpy() for s, a in zip(specs, args, strict=True)}
     module = program.module()
     reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(samples))))
@@ -189,9 +188,13 @@ def torch_reference(module: Any, names: list[str]) -> Any:
 
 def _load_weights(module: Any, src: Path) -> list[Path]:
     """Read `src` with this project's readers and load it into `module`, every name accounted for."""
+    from convert.source import SourceModel
     from exporters.registry import open_source
 
-    with open_source(src) as source:
+    opened = open_source(src)
+    if not isinstance(opened, SourceModel):  # a bundle (a NeuralForecast folder) holds several models
+        raise UsageError(f"{src.name} holds {len(opened.models)} models; --module takes one model's weights")
+    with opened as source:
         state = {t.name: to_torch(t) for t in source.tensors}
         files = list(source.files)
     load_strict(module, state, f"{src.name} does not fit the module")

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from convert.errors import UsageError
-
 from exporters.onnx_export.spec import InputSpec
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UsageError
-
 from exporters.onnx_export.spec import ExportOptions, InputHint, InputSpec
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -117,7 +116,7 @@ def build_specs(names: Sequence[str], dtypes: Sequence[np.dtype | None],
     label = Path(options.inputs_file).name if options.inputs_file else ""
     hints = hints or {}
     specs = []
-    for name, dt, decl in zip(names, dtypes, declared):
+    for name, dt, decl in zip(names, dtypes, declared, strict=True):
         shape = _shape(name, decl, given.get(name))
         axes = {0: BATCH, **{a: f"{name}_{a}" for a, d in enumerate(decl or ()) if d is None and a}}
         for axis, dim in dynamic.get(name, {}).items():
@@ -202,7 +201,7 @@ def _shape(name: str, declared: tuple[int | None, ...] | None, given: tuple[int,
             raise UsageError(f"input {name!r}: give its shape, e.g. --input-shape {name}=1x3x32x32")
         return (1, *(d for d in declared[1:] if d is not None))
     if declared is not None:
-        if len(declared) != len(given) or any(d is not None and d != g for d, g in zip(declared[1:], given[1:])):
+        if len(declared) != len(given) or any(d is not None and d != g for d, g in zip(declared[1:], given[1:], strict=True)):
             raise UsageError(f"--input-shape {name}={'x'.join(map(str, given))} does not fit the model's "
                              f"input shape {['?' if d is None else d for d in declared]}")
     return given
@@ -275,7 +274,7 @@ def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], label: s
     for spec in specs:
         arr = arrays[spec.name]
         static_ok = arr.ndim == len(spec.shape) and all(
-            a in spec.dynamic or n == m for a, (n, m) in enumerate(zip(arr.shape, spec.shape)))
+            a in spec.dynamic or n == m for a, (n, m) in enumerate(zip(arr.shape, spec.shape, strict=True)))
         if not static_ok or arr.dtype.kind != spec.dtype.kind or arr.shape[0] == 0:
             raise UsageError(f"{label}: {spec.name!r} is {arr.dtype}{list(arr.shape)}; the model takes "
                              f"{spec.dtype}{list(spec.shape)} (dynamic axes {sorted(spec.dynamic)})")

@@ -17,15 +17,14 @@ from typing import Any
 from convert import manifest as manifest_mod
 from convert.errors import ConvertError, UnsafeInputError, UsageError, VerificationError
 from convert.output import StagedOutput, fsync_path, write_file
-
 from exporters.onnx.names import record_names
 from exporters.onnx_export import exporter_for
 from exporters.onnx_export.graph_edit import name_axes, reinfer_shapes
 from exporters.onnx_export.inputs import input_sets
-from exporters.quiet import first_line, framework_output_captured
 from exporters.onnx_export.record import export_manifest
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 from exporters.onnx_export.validate import default_atol, validate
+from exporters.quiet import first_line, framework_output_captured
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -74,7 +73,7 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions,
     with staged as staging:
         scratch = staging / ".export"
         scratch.mkdir()
-        results = []
+        results: list[GraphResult] = []
         with closing(iter(export(source, options, scratch))) as graphs:  # exported one at a time
             while True:
                 stage("exporting" if not results else f"exporting graph {len(results) + 1}")

@@ -11,7 +11,6 @@ from typing import Any
 from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
 from convert.hashing import DEFAULT_ALGORITHM, file_digest
-
 from exporters.onnx.reader import summarize, value_summary
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 

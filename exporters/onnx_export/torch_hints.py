@@ -72,9 +72,9 @@ def _hint(graph: Any, start: Any) -> InputHint | None:
     while queue and len(seen) <= MAX_STEPS:
         node, exact, direct = queue.popleft()
         for user in node.users:
-            for consumer in _embedding_uses(graph, user, node):
+            for embedding in _embedding_uses(graph, user, node):
                 if exact:
-                    embeddings.append(consumer)
+                    embeddings.append(embedding)
             for consumer in _mask_uses(graph, user, node):
                 masks.append((consumer, direct))
             step = _step(user)

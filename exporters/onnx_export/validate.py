@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from convert.errors import VerificationError
-
 from exporters.onnx_export.inputs import InputSet
-from exporters.quiet import first_line
 from exporters.onnx_export.spec import ExportedGraph
+from exporters.quiet import first_line
 
 DEFAULT_ATOL = 1e-5
 RECURRENT_ATOL = 1e-4  # LSTM/GRU kernels accumulate rounding differently over the steps
@@ -49,7 +48,7 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
                                     f"{first_line(exc)}") from None
         if len(expected) != len(got):
             raise VerificationError(f"the source gives {len(expected)} outputs, the graph {len(got)} ({where})")
-        diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected)}
+        diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected, strict=True)}
         for name, diff in diffs.items():
             if not diff <= atol:
                 raise VerificationError(f"output {name!r} differs from the source by {diff:.3g} at {where} "

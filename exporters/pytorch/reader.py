@@ -19,16 +19,20 @@ from typing import Any
 import numpy as np
 
 from convert.dtypes import dtype as lookup_dtype
-from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
+from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError, UsageError
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
-from convert.errors import (CorruptInputError, SourceNotFoundError, UnsafeInputError,
-                            UnsupportedFormatError, UsageError)
 from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
-
-from exporters.pytorch.torchscript import INERT as TORCHSCRIPT_INERT
-from exporters.pytorch.torchscript import Members, constant_tensors, is_torchscript, module_tensors, read_members
+from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
+from exporters.pytorch.torchscript import (
+    INERT as TORCHSCRIPT_INERT,
+    Members,
+    constant_tensors,
+    is_torchscript,
+    module_tensors,
+    read_members,
+)
 from exporters.pytorch.training import candidate_keys, holds_tensors, training_state_kind, wrapper_prefix
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -125,7 +129,8 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
         root = pkl_names[0][: -len("data.pkl")]
         script = is_torchscript(list(infos), root)
         try:
-            byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if root + "byteorder" in infos else "little"
+            has_byteorder = root + "byteorder" in infos
+            byteorder = zf.read(infos[root + "byteorder"]).decode("ascii", "replace").strip() if has_byteorder else "little"
             if byteorder not in ("little", "big"):
                 raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
             inert = (*DEFAULT_INERT, *TORCHSCRIPT_INERT) if script else DEFAULT_INERT
@@ -199,7 +204,8 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     with open(path, "rb") as fh:
         magic = restricted_load(fh, what=f"{name}: header")
         if magic != LEGACY_MAGIC:
-            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file (npz-to-safetensors or auto reads pickled NumPy arrays)")
+            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file "
+                                         f"(npz-to-safetensors or auto reads pickled NumPy arrays)")
         protocol = restricted_load(fh, what=f"{name}: header")
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")

@@ -23,10 +23,9 @@ from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
 from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError, first_line
 from convert.source import SourceModel
 from convert.tensors import TensorRef
-
-from exporters.keras.reader import _Opened, assemble
 from exporters.keras.layers import KerasLayer, to_canonical
 from exporters.keras.names import Named, components, drop_common_scope, group_named
+from exporters.keras.reader import _Opened, assemble
 from exporters.quiet import framework_output_captured
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
