@@ -332,6 +332,9 @@ def _pool_job(job: Job) -> JobResult:
 def _end_job(signum: int, frame: Any) -> None:
     if not _running:
         os._exit(EXIT_INTERRUPTED)  # an idle worker has nothing to clean up
+    # The executor terminates every worker again once one has exited: a second SIGTERM in the middle
+    # of removing the staging folder would leave part of it behind.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Ended()
 
 
