@@ -605,3 +605,65 @@ def test_hdf5_dataset_numpy_cannot_hold_exactly(case: str, code: int, tmp_path: 
     work = tmp_path / "work"
     work.mkdir()
     refused(code, "keras-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("kernel",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout files: user patterns run under a time budget
+# ---------------------------------------------------------------------------------------------
+
+SIX_PLACEHOLDERS = "{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x"
+
+
+@pytest.mark.parametrize("rule, name", [("regex = '^(a|aa)+$'", "a" * 48 + "b"),
+                                        (f"match = '{SIX_PLACEHOLDERS}'", "." * 6000)],
+                         ids=["alternation", "six-placeholders"])
+def test_catastrophic_layout_pattern_is_stopped_by_its_budget(rule: str, name: str, tmp_path: Path) -> None:
+    """`^(a|aa)+$` on a 49-character name and six `{x...}` placeholders on a 6,000-character name
+    backtracked for hours; the budget stops the match and names the rule."""
+    header = f'{{"{name}":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}}}'.encode()
+    src = safetensors_file(tmp_path / "m.safetensors", header, bytes(8))
+    (tmp_path / "l.toml").write_text(f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out",
+            needles=("time budget",))
+
+
+def test_layout_patterns_keep_their_budget_off_the_main_thread() -> None:
+    """Batch conversions map tensors in worker threads, where SIGALRM cannot reach: the budget is
+    the regex engine's own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from convert.errors import UsageError
+    from convert.mapping import Rule, compile_pattern, compile_regex
+
+    rules = [Rule(compile_regex("^(a|aa)+$"), None, {}, [], [], False, None, None, {}),
+             Rule(compile_pattern(SIX_PLACEHOLDERS), None, {}, [], [], False, None, None, {})]
+    names = ["a" * 48 + "b", "a." * 2999 + "y"]
+
+    def attempt(pair: tuple[Rule, str]) -> str:
+        with pytest.raises(UsageError, match="time budget of one match") as caught:
+            pair[0].match(pair[1])
+        return str(caught.value)
+
+    with ThreadPoolExecutor(2) as pool:
+        assert len(list(pool.map(attempt, zip(rules, names)))) == 2
+
+
+def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Names that each take a little under the per-match budget add up: one mapping's matches share
+    a budget too (lowered here so the test stays short)."""
+    import numpy as np
+
+    from convert import mapping
+    from convert.errors import UsageError
+    from convert.tensors import in_memory
+
+    monkeypatch.setattr(mapping, "MAPPING_PATTERN_BUDGET_S", 0.5)
+    (tmp_path / "l.toml").write_text(f"name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '^(a|aa)+$'\nto = 'x'\n")
+    layout = mapping.load_layout(layout_file=tmp_path / "l.toml")
+    # each name takes a fraction of the 1 s a match may take (the 49-character one takes hours): only
+    # their sum crosses a budget
+    tensors = [in_memory("a" * 26 + "b" * i, np.zeros(1, np.float32)) for i in range(1, 61)]
+    with pytest.raises(UsageError, match="all the layout's matches"):
+        mapping.apply_layout(layout, tensors, {"modules": []})
