@@ -394,9 +394,24 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
     ("MLP_0.safetensors", {"num_layers": 1e9}, "num_layers=1000000000"),
     ("NHITS_0.safetensors", {"n_blocks": [10**9, 1, 1]}, "n_blocks=1000000000"),
     ("NHITS_0.safetensors", {"n_pool_kernel_size": [0, 0, 0]}, "ZeroDivisionError"),
+    # hostile but well-formed values: exit 1 (or a 2 GiB allocation, or a warning line) before
+    ("MLP_0.safetensors", {"h": float("inf")}, "OverflowError"),
+    ("MLP_0.safetensors", {"n_series": float("nan")}, "ValueError"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}},
+     "<U500000000"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}},
+     "|V1000000000"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "S8", "shape": [1], "values": ["a"]}}, "'S8'"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "f4", "shape": [2**62, 2**62], "values": []}},
+     "shape"),
+    ("MLP_0.safetensors", {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}}, "OverflowError"),
+    ("MLP_0.safetensors", {"h": {"__nf__": ["loss"]}}, "is not a name"),
+    ("MLP_0.safetensors", {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [10**300]}}}, "percentages"),
 ])
 def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: str, tmp_path: Path) -> None:
-    """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero."""
+    """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero;
+    infinite or NaN sizes, dtypes of a GiB per element, datetimes past int64, a list where a tag or a
+    number belongs."""
     import json
 
     from test_neuralforecast_errors import _copy, _hparams, _rewrite_metadata
