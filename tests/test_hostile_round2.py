@@ -682,3 +682,48 @@ def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.Monkey
     tensors = [in_memory("a" * 26 + "b" * i, np.zeros(1, np.float32)) for i in range(1, 61)]
     with pytest.raises(UsageError, match="all the layout's matches"):
         mapping.apply_layout(layout, tensors, {"modules": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# Deflated zip members whose stream is damaged (found by tests/test_fuzz_readers.py)
+# ---------------------------------------------------------------------------------------------
+
+def _damage_deflate(path: Path, member: str, late: bool = False) -> None:
+    """Flip bits inside the deflate stream of one member: its first block header, or near its end
+    (past the npz header, so the damage shows when the data is written)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    if late:
+        data[start + info.compress_size - 4] ^= 0xFF
+    else:
+        data[start] ^= 0x06  # the block type bits: a reserved block type (or a different block) follows
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz-late", "torch"])
+def test_damaged_deflate_stream_is_corrupt(kind: str, tmp_path: Path) -> None:
+    """A compressed npz member (or a torch zip's data.pkl written deflated) whose stream does not
+    inflate raised zlib.error: exit 1."""
+    import numpy as np
+
+    if kind.startswith("npz"):
+        src = tmp_path / "a.npz"
+        np.savez_compressed(src, w=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+        member = "w.npy"
+    else:
+        torch = pytest.importorskip("torch")
+        plain = torch_saved_with_edit(tmp_path / "p.pt", {"w": torch.ones(4)}, lambda pkl: pkl)
+        src = tmp_path / "a.pt"
+        with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(src, "w") as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, zin.read(info), zipfile.ZIP_DEFLATED if info.filename.endswith(
+                    "data.pkl") else zipfile.ZIP_STORED)
+        member = next(n for n in zipfile.ZipFile(src).namelist() if n.endswith("data.pkl"))
+    _damage_deflate(src, member, late=kind == "npz-late")
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "auto", src, work / "out", cwd=work, out=work / "out")
