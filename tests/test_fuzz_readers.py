@@ -69,8 +69,8 @@ def past_the_magic(seeds: list[bytes], keep: int) -> st.SearchStrategy[bytes]:
 # TFLite (exporters/tflite.py): float and int8 models written by TensorFlow's converter
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tflite_seeds() -> list[bytes]:
+def tflite_seed_bytes() -> list[bytes]:
+    """A float and an int8 model from TensorFlow's converter (scripts/hostile_campaign.py uses them too)."""
     tf = pytest.importorskip("tensorflow")
     model = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), tf.keras.layers.Conv2D(3, 3),
                                  tf.keras.layers.DepthwiseConv2D(2), tf.keras.layers.Flatten(), tf.keras.layers.Dense(4)])
@@ -78,6 +78,11 @@ def tflite_seeds() -> list[bytes]:
     plain = converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return [plain, converter.convert()]
+
+
+@pytest.fixture(scope="module")
+def tflite_seeds() -> list[bytes]:
+    return tflite_seed_bytes()
 
 
 @fuzz(max_examples=300)
@@ -103,8 +108,7 @@ def _npz(compressed: bool, **arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def numpy_seeds() -> dict[str, list[bytes]]:
+def numpy_seed_bytes() -> dict[str, list[bytes]]:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3)).astype(np.float32)
     tree = {"params": {"Dense_0": {"kernel": w, "bias": np.zeros(4, np.float32)}}, "step": np.int64(3)}
@@ -114,6 +118,11 @@ def numpy_seeds() -> dict[str, list[bytes]]:
         "npz": [_npz(False, a=w, b=np.arange(5)), _npz(True, **{"layer/kernel": w, "layer/bias": np.ones(4, np.float32)})],
         "pkl": [pickle.dumps(tree, protocol=2), pickle.dumps([w, {"x": np.ones(2)}], protocol=4)],
     }
+
+
+@pytest.fixture(scope="module")
+def numpy_seeds() -> dict[str, list[bytes]]:
+    return numpy_seed_bytes()
 
 
 DESCRS = ["<f4", ">f8", "|b1", "<i8", "|u1", "<f2", "<c16", "|O", "|V8", "<U1000000000", "|S0", "<M8[ns]", "<m8[s]",
@@ -161,8 +170,8 @@ def test_numpy_reader(numpy_seeds: dict[str, list[bytes]], kind: str, tmp_path_f
 # TorchScript (exporters/torchscript.py) and training checkpoints (exporters/torch_training.py)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def torchscript_seeds() -> list[bytes]:
+def torchscript_seed_bytes() -> list[bytes]:
+    """A scripted module and its frozen form (weights as constants.pkl tensors)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -176,6 +185,11 @@ def torchscript_seeds() -> list[bytes]:
     return out
 
 
+@pytest.fixture(scope="module")
+def torchscript_seeds() -> list[bytes]:
+    return torchscript_seed_bytes()
+
+
 @fuzz(max_examples=250)
 @given(data=st.data())
 def test_torchscript_reader(torchscript_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory,
@@ -184,8 +198,7 @@ def test_torchscript_reader(torchscript_seeds: list[bytes], tmp_path_factory: py
     probe("torchscript", _open_all(tmp_path_factory.getbasetemp() / "fuzz_script.pt", blob))
 
 
-@pytest.fixture(scope="module")
-def training_seeds() -> list[bytes]:
+def training_seed_bytes() -> list[bytes]:
     """Checkpoints as training loops write them: model and EMA weights, Adam moments after a step, an
     LR scheduler, a grad scaler's state and the RNG state."""
     torch = pytest.importorskip("torch")
@@ -205,6 +218,11 @@ def training_seeds() -> list[bytes]:
         torch.save(obj, buf)
         out.append(buf.getvalue())
     return out
+
+
+@pytest.fixture(scope="module")
+def training_seeds() -> list[bytes]:
+    return training_seed_bytes()
 
 
 @fuzz(max_examples=250)
