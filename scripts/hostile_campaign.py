@@ -37,7 +37,7 @@ from hostile_run import PEAK_RSS_LIMIT, run_measured  # noqa: E402
 WALL_LIMIT = 60.0
 SEEDS = [REPO / "fixtures" / "example", REPO / "fixtures" / "hostile", REPO / "fixtures" / "neuralforecast"]
 OUT = "<out>"  # stands for the run's output folder in a case's arguments
-_HEADER = b'{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}    '  # padded to 8 bytes
+_HEADER = b'{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}  '  # padded to 8 bytes
 SAFETENSORS = len(_HEADER).to_bytes(8, "little") + _HEADER + bytes(8)
 
 
