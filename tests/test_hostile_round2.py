@@ -727,3 +727,30 @@ def test_damaged_deflate_stream_is_corrupt(kind: str, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     refused(CORRUPT, "auto", src, work / "out", cwd=work, out=work / "out")
+
+
+@pytest.mark.parametrize("kind, command", [("npz", "auto"), ("npz", "npz-to-safetensors"), ("torch", "auto"),
+                                           ("torch", "pth-to-safetensors"), ("keras", "keras-to-safetensors")])
+def test_zip_needing_a_newer_version_is_corrupt(kind: str, command: str, tmp_path: Path) -> None:
+    """A central directory entry that needs a zip version past what zipfile reads (found by
+    scripts/hostile_campaign.py): zipfile.ZipFile() raised NotImplementedError, exit 1."""
+    import numpy as np
+
+    src = tmp_path / f"a.{ {'npz': 'npz', 'torch': 'pt', 'keras': 'keras'}[kind] }"
+    if kind == "npz":
+        np.savez(src, w=np.ones(3, np.float32))
+    elif kind == "torch":
+        torch = pytest.importorskip("torch")
+        torch.save({"w": torch.ones(3)}, src)
+    else:
+        with zipfile.ZipFile(src, "w") as zf:
+            zf.writestr("metadata.json", '{"keras_version": "3.6.0"}')
+            zf.writestr("config.json", '{"class_name": "Sequential", "config": {"layers": []}}')
+            zf.writestr("model.weights.h5", b"")
+    data = bytearray(src.read_bytes())
+    at = data.index(b"PK\x01\x02")
+    data[at + 6:at + 8] = (234).to_bytes(2, "little")  # version needed to extract: 23.4
+    src.write_bytes(bytes(data))
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, command, src, work / "out", cwd=work, out=work / "out")
