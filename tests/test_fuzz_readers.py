@@ -4,7 +4,7 @@ ONNX models whose weights sit in Constant nodes and If/Loop/Scan subgraphs, Neur
 and layout rule patterns that backtrack. Whatever comes in, opening and reading every tensor returns
 or raises a one-line ConvertError, never another exception and never a hang.
 
-Each file goes through `convert.sources.open_source` (detection included), as `convert auto` does.
+Each file goes through `exporters.registry.open_source` (detection included), as `convert auto` does.
 Seeds are written by the real frameworks in module fixtures; inputs are those files mutated byte by
 byte, and mutated inside their structure (one zip member, one TensorProto field, one config value).
 Same CI profile as tests/test_fuzz.py (derandomized, no database, CONVERT_FUZZ_SCALE for deeper runs);
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _open_all(path: Path, blob: bytes) -> Any:
     def run() -> None:
-        from convert.sources import open_source
+        from exporters.registry import open_source
 
         path.write_bytes(blob)
         read_all(open_source(path))
@@ -66,7 +66,7 @@ def past_the_magic(seeds: list[bytes], keep: int) -> st.SearchStrategy[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# TFLite (exporters/tflite.py): float and int8 models written by TensorFlow's converter
+# TFLite (exporters/tflite/): float and int8 models written by TensorFlow's converter
 # ---------------------------------------------------------------------------------------------
 
 def tflite_seed_bytes() -> list[bytes]:
@@ -93,7 +93,7 @@ def test_tflite_reader(tflite_seeds: list[bytes], tmp_path_factory: pytest.TempP
 
 
 # ---------------------------------------------------------------------------------------------
-# NumPy (exporters/numpy_arrays.py): .npy, .npz (stored and deflated), object arrays, plain pickles
+# NumPy (exporters/numpy/): .npy, .npz (stored and deflated), object arrays, plain pickles
 # ---------------------------------------------------------------------------------------------
 
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -167,7 +167,7 @@ def test_numpy_reader(numpy_seeds: dict[str, list[bytes]], kind: str, tmp_path_f
 
 
 # ---------------------------------------------------------------------------------------------
-# TorchScript (exporters/torchscript.py) and training checkpoints (exporters/torch_training.py)
+# TorchScript (exporters/pytorch/torchscript.py) and training checkpoints (exporters/pytorch/training.py)
 # ---------------------------------------------------------------------------------------------
 
 def torchscript_seed_bytes() -> list[bytes]:
@@ -234,7 +234,7 @@ def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pyt
 
 
 # ---------------------------------------------------------------------------------------------
-# ONNX (exporters/onnx.py): weights in initializers, Constant nodes, attributes and subgraphs
+# ONNX (exporters/onnx/): weights in initializers, Constant nodes, attributes and subgraphs
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
