@@ -102,9 +102,11 @@ def document_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
     layouts += [f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n'.encode() for rule in
                 ["regex = '^(a|aa)+$'", "match = '{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x'",
                  "regex = '^(?P<p>.+)\\\\.(?P<q>.+)\\\\.weight$'"]]
-    cases: list[tuple[Case, dict[str, bytes] | bytes]] = [(Case("layout file", "layout", ["auto", "<in>/model.safetensors", OUT, "--layout-file", "<src>.toml"],
-                   files={"model.safetensors": SAFETENSORS}), text) for text in layouts]
-    job = b'[defaults]\nlayout = "burn"\n[[job]]\nsource = "model.safetensors"\noutput = "o1"\n[[job]]\nsource = "model.safetensors"\n'
+    layout_args: list[object] = ["auto", "<in>/model.safetensors", OUT, "--layout-file", "<src>.toml"]
+    cases: list[tuple[Case, dict[str, bytes] | bytes]] = [
+        (Case("layout file", "layout", layout_args, files={"model.safetensors": SAFETENSORS}), text) for text in layouts]
+    job = (b'[defaults]\nlayout = "burn"\n[[job]]\nsource = "model.safetensors"\noutput = "o1"\n'
+           b'[[job]]\nsource = "model.safetensors"\n')
     cases.append((Case("job file", "job", ["batch", "--job-file", "<src>.toml", "--out-dir", OUT, "--jobs", "1"],
                        batch=True, files={"model.safetensors": SAFETENSORS}), job))
     report = b'{"status": "failed", "source": "model.safetensors", "output": "m"}\n{"status": "ok", "source": "x"}\n'

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from test_fuzz import INTERESTING_INTS, JSON_VALUES, fuzz, json_mutations, mutated, probe, read_all, rezip, zip_entries
 
@@ -410,11 +409,10 @@ def hostile_patterns(draw: st.DrawFn) -> tuple[str, str]:
 @fuzz(max_examples=100)
 @given(case=hostile_patterns())
 def test_layout_patterns_that_backtrack(case: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    from convert import mapping
     from convert.architecture import infer_architecture
     from convert.mapping import apply_layout, load_layout
     from convert.tensors import in_memory
-
-    from convert import mapping
 
     rule, name = case
     path = tmp_path_factory.getbasetemp() / "fuzz_patterns.toml"

@@ -662,7 +662,7 @@ def test_layout_patterns_keep_their_budget_off_the_main_thread() -> None:
         return str(caught.value)
 
     with ThreadPoolExecutor(2) as pool:
-        assert len(list(pool.map(attempt, zip(rules, names)))) == 2
+        assert len(list(pool.map(attempt, zip(rules, names, strict=True)))) == 2
 
 
 def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -675,7 +675,7 @@ def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.Monkey
     from convert.tensors import in_memory
 
     monkeypatch.setattr(mapping, "MAPPING_PATTERN_BUDGET_S", 0.5)
-    (tmp_path / "l.toml").write_text(f"name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '^(a|aa)+$'\nto = 'x'\n")
+    (tmp_path / "l.toml").write_text("name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '^(a|aa)+$'\nto = 'x'\n")
     layout = mapping.load_layout(layout_file=tmp_path / "l.toml")
     # each name takes a fraction of the 1 s a match may take (the 49-character one takes hours): only
     # their sum crosses a budget

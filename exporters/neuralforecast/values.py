@@ -72,7 +72,8 @@ def decode_tagged(value: Any, arrays: ArrayLookup) -> Any:
     except ConvertError:
         raise
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise CorruptInputError(f"NeuralForecast value tagged {tag!r} is malformed ({type(exc).__name__}: {exc})"[:2000]) from None
+        why = f"{type(exc).__name__}: {exc}"[:1000]
+        raise CorruptInputError(f"NeuralForecast value tagged {tag!r} is malformed ({why})") from None
 
 
 def _loss(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
