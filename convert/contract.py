@@ -83,7 +83,8 @@ class Probe:
         try:
             with zipfile.ZipFile(self.path) as zf:
                 return zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):  # ValueError: a name flagged UTF-8 that is not
+        # ValueError: a name flagged UTF-8 that is not; NotImplementedError: a zip version past 6.3
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
             return None
 
     @cached_property

@@ -13,12 +13,16 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 import tomllib
 from collections.abc import Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import regex
 
 from . import transforms as tf
 from .documents import check_schema, read_toml
@@ -28,6 +32,24 @@ from .tensors import TensorRef
 from .vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(\.\.\.|:int)?\}")
+
+# Rule patterns come from user files, and backtracking can take exponential time (`^(a|aa)+$` on 49
+# characters; six `{x...}` on a 6,000-character name: polynomial of degree six). Each match runs in the
+# `regex` engine, whose timeout is checked inside the match loop: it holds in worker threads, where
+# SIGALRM cannot reach, and leaves the syntax and semantics of Python's `re` (VERSION0) as they are.
+# A budget for one match, and one for all the matches of one mapping (work must follow the file's size,
+# not the number of its names that each take just under the first).
+PATTERN_BUDGET_S = 1.0
+MAPPING_PATTERN_BUDGET_S = 20.0
+
+
+@dataclass
+class _PatternClock:
+    """Seconds of pattern matching left to the mapping running in this context (thread)."""
+    left: float = field(default_factory=lambda: MAPPING_PATTERN_BUDGET_S)
+
+
+_CLOCK: ContextVar[_PatternClock | None] = ContextVar("layout_pattern_clock", default=None)
 
 # Options every layout takes: module types the user decides (PATH=TYPE,...), and how tied tensors are
 # written ("alias": once plus a metadata alias, for loaders that re-tie; "duplicate": under every name).
@@ -62,7 +84,7 @@ class MappedTensor:
 
 @dataclass
 class Rule:
-    pattern: re.Pattern[str]
+    pattern: regex.Pattern[str]
     module: str | None  # in `rules`: the tensor's module type; in `post`: the first source's
     where: dict[str, Any]
     companions: list[str]
@@ -74,7 +96,25 @@ class Rule:
     present: list[str] = field(default_factory=list)  # templates that must exist (not consumed)
     note: str | None = None  # printed once, with the names, when a drop rule fires
 
-    def variables(self, match: re.Match[str]) -> dict[str, str]:
+    def match(self, name: str) -> regex.Match[str] | None:
+        """The pattern matched at the start of `name`, within the time budgets (a usage error past them)."""
+        clock = _CLOCK.get()
+        limit = PATTERN_BUDGET_S if clock is None else min(PATTERN_BUDGET_S, clock.left)
+        started = time.perf_counter()
+        try:
+            if limit <= 0:
+                raise TimeoutError
+            return self.pattern.match(name, timeout=limit)
+        except TimeoutError:
+            spent = (f"the {PATTERN_BUDGET_S:g} s time budget of one match" if limit == PATTERN_BUDGET_S else
+                     f"the {MAPPING_PATTERN_BUDGET_S:g} s time budget of all the layout's matches")
+            raise UsageError(f"layout rule pattern {self.pattern.pattern[:200]!r} used up {spent} on a "
+                             f"{len(name):,}-character tensor name (catastrophic backtracking?); simplify it") from None
+        finally:
+            if clock is not None:
+                clock.left -= time.perf_counter() - started
+
+    def variables(self, match: regex.Match[str]) -> dict[str, str]:
         found = {k: v or "" for k, v in match.groupdict().items()}
         for name, spec in self.derive.items():
             found[name] = spec["map"].get(found.get(spec["from"], ""), found.get(spec["from"], ""))
@@ -217,13 +257,7 @@ def _resolve_extends(doc: dict[str, Any], depth: int) -> dict[str, Any]:
 
 
 def _rule(doc: dict[str, Any]) -> Rule:
-    if "regex" in doc:
-        try:
-            pattern = re.compile(doc["regex"])
-        except re.error as exc:
-            raise UsageError(f"layout rule regex {doc['regex'][:200]!r} does not compile: {exc}") from None
-    else:
-        pattern = compile_pattern(doc["match"])
+    pattern = compile_regex(doc["regex"]) if "regex" in doc else compile_pattern(doc["match"])
     single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}
     outputs = doc.get("outputs") or [single]
     return Rule(pattern, doc.get("module"), doc.get("where", {}), doc.get("with", []), outputs,
@@ -231,7 +265,15 @@ def _rule(doc: dict[str, Any]) -> Rule:
                 doc.get("if_present", []), doc.get("note"))
 
 
-def compile_pattern(text: str) -> re.Pattern[str]:
+def compile_regex(text: str) -> regex.Pattern[str]:
+    """A rule's `regex`, in the engine that can time a match out."""
+    try:
+        return regex.compile(text)
+    except regex.error as exc:
+        raise UsageError(f"layout rule regex {text[:200]!r} does not compile: {exc}") from None
+
+
+def compile_pattern(text: str) -> regex.Pattern[str]:
     """`{name}` one dotted component, `{name:int}` digits, `{name...}` one or more components; a
     leading `{name...}.` may also be empty, so rules for `lstm.weight_ih_l0` fit a bare `weight_ih_l0`."""
     out, pos = [], 0
@@ -245,7 +287,7 @@ def compile_pattern(text: str) -> re.Pattern[str]:
         out.append(f"(?P<{m.group(1)}>{kind})")
         pos = m.end()
     out.append(re.escape(text[pos:]))
-    return re.compile("".join(out) + r"\Z")
+    return regex.compile("".join(out) + r"\Z")
 
 
 def fill(template: str, variables: dict[str, str]) -> str:
@@ -263,6 +305,14 @@ def substitute(template: str, variables: dict[str, str]) -> str:
 # --- applying ------------------------------------------------------------------------------------
 
 def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
+    token = _CLOCK.set(_PatternClock())
+    try:
+        return _apply_layout(layout, tensors, architecture)
+    finally:
+        _CLOCK.reset(token)
+
+
+def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
     modules = {name: mod for mod in architecture.get("modules", []) for name in mod["tensors"]}
     refs = {t.name: t for t in tensors}
     consumed: set[str] = set()
@@ -362,7 +412,7 @@ def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
     for rule in layout.rules:
         if rule.if_option and not layout.options.get(rule.if_option):
             continue
-        m = rule.pattern.match(name)
+        m = rule.match(name)
         if m is None:
             continue
         if rule.module is not None and not _module_fits(modules.get(name), rule.module, rule.where):
@@ -391,7 +441,7 @@ def _post_rule(layout: Layout, name: str, source: str, modules: dict[str, dict[s
     for rule in layout.post:
         if rule.if_option and not layout.options.get(rule.if_option):
             continue
-        match = rule.pattern.match(name)
+        match = rule.match(name)
         if match is None:
             continue
         if rule.module is not None and not _module_fits(modules.get(source), rule.module, rule.where):

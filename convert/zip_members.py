@@ -18,7 +18,8 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     """The archive, or CorruptInputError when its central directory cannot be read."""
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # ValueError: a name flagged UTF-8 that is not
+    # ValueError: a name flagged UTF-8 that is not; NotImplementedError: a zip version past 6.3
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
 
 

@@ -1,25 +1,32 @@
-"""A longer hostile-input campaign for local runs: every file of the hostile corpus and of the
-NeuralForecast and example fixtures, then seeded byte-level mutants of them, each through
-`convert auto` (and `inspect`) in a child under a 4 GiB address-space cap, in an empty folder.
+"""A longer hostile-input campaign for local runs: every file and folder of the hostile corpus, the
+NeuralForecast and example fixtures, seeds of the newer readers written by their frameworks (TFLite,
+NumPy .npy/.npz/pickles, TorchScript, training checkpoints, ONNX with Constants and subgraphs), and
+the user documents (layout files, batch job files and reports, manifests given to verify); then
+seeded byte-level mutants of all of them. Each runs through the CLI in a child under a 4 GiB
+address-space cap, in an empty folder: files and folders through `convert auto`, documents through
+the command that reads them.
 
-A run fails the campaign when it exits 1 (an internal error), dies of a signal, prints anything but
-exactly one stderr line on failure, leaves output or a staging folder behind after failing, creates
-a `canary`, or exceeds the peak RSS or wall-time bounds. The summary prints the counts per exit code
-and the worst peak RSS and wall time seen: the figures SECURITY.md quotes.
+A run fails the campaign when it exits 1 (an internal error), dies of a signal, prints a traceback,
+prints anything but exactly one stderr line on failure (batch: one line per failed job is allowed),
+leaves output or a staging folder behind after failing, creates a `canary`, or exceeds the peak RSS
+or wall-time bounds. The summary prints, per kind, the number of runs, the exit codes, and the worst
+peak RSS and wall time: the figures SECURITY.md quotes.
 
-    PYTHONPATH=$PWD .venv/bin/python scripts/hostile_campaign.py --mutants 2000 --seed 18 --workers 2
+    PYTHONPATH=$PWD /work/venv/bin/python scripts/hostile_campaign.py --mutants 2000 --seed 18 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,11 +36,90 @@ from hostile_run import PEAK_RSS_LIMIT, run_measured  # noqa: E402
 
 WALL_LIMIT = 60.0
 SEEDS = [REPO / "fixtures" / "example", REPO / "fixtures" / "hostile", REPO / "fixtures" / "neuralforecast"]
+OUT = "<out>"  # stands for the run's output folder in a case's arguments
+_HEADER = b'{"fc.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}  '  # padded to 8 bytes
+SAFETENSORS = len(_HEADER).to_bytes(8, "little") + _HEADER + bytes(8)
 
 
-def seed_files() -> list[Path]:
-    files = [p for root in SEEDS for p in sorted(root.rglob("*")) if p.is_file() and p.name != "catalog.json"]
-    return [p for p in files if p.stat().st_size <= 4 << 20]
+@dataclass
+class Case:
+    label: str
+    kind: str
+    args: list[object]  # `OUT`: the run's output folder; "<src>.EXT": the input; "<in>/NAME": one of `files`
+    batch: bool = False  # batch prints one line per failed job
+    files: dict[str, bytes] = field(default_factory=dict)  # written beside the run before it starts
+
+
+def is_folder_seed(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() for p in path.iterdir()) and not any(p.is_dir() for p in path.iterdir())
+
+
+def corpus_cases() -> list[tuple[Case, dict[str, bytes] | bytes]]:
+    """(case, content) of every fixture: single files, and model folders (NeuralForecast saves)."""
+    found: list[tuple[Case, dict[str, bytes] | bytes]] = []
+    for root in SEEDS:
+        for p in sorted(root.rglob("*")):
+            rel = str(p.relative_to(REPO))
+            if p.is_file() and p.name != "catalog.json" and p.stat().st_size <= 4 << 20 and not is_folder_seed(p.parent):
+                found.append((Case(rel, p.suffix.lstrip(".") or "file", ["auto", "<src>", OUT]), p.read_bytes()))
+            elif is_folder_seed(p):
+                found.append((Case(rel, "folder", ["auto", "<src>", OUT]),
+                              {f.name: f.read_bytes() for f in sorted(p.iterdir())}))
+    return found
+
+
+def reader_seeds() -> list[tuple[Case, bytes]]:
+    """Files of the newer readers, written by their frameworks (skipped when one is not installed)."""
+    import pytest
+
+    import test_fuzz_readers as fr
+
+    made: list[tuple[str, str, bytes]] = []
+    builders = [("tflite", "tflite", fr.tflite_seed_bytes), ("torchscript", "pt", fr.torchscript_seed_bytes),
+                ("training", "pt", fr.training_seed_bytes)]
+    for kind, suffix, build in builders:
+        try:
+            made += [(kind, suffix, blob) for blob in build()]
+        except pytest.skip.Exception:
+            print(f"no {kind} seeds: its framework is not installed")
+    made += [(f"numpy-{k}", k, blob) for k, blobs in fr.numpy_seed_bytes().items() for blob in blobs]
+    try:
+        from test_onnx_graph_tensors import model_with_subgraphs
+
+        made.append(("onnx", "onnx", model_with_subgraphs().SerializeToString()))
+    except pytest.skip.Exception:
+        print("no onnx seeds: onnx is not installed")
+    return [(Case(f"{kind} seed {i}", kind, ["auto", f"<src>.{suffix}", OUT]), blob) for i, (kind, suffix, blob)
+            in enumerate(made)]
+
+
+def document_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
+    """User documents, each with the command that reads it: layout files (built-in ones, and patterns
+    that backtrack), job files, batch reports, manifests."""
+    from convert.mapping import builtin_layouts, layout_text
+
+    layouts = [layout_text(n).encode() for n in sorted({d["name"] for d in builtin_layouts().values()})]
+    layouts += [f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n'.encode() for rule in
+                ["regex = '^(a|aa)+$'", "match = '{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x'",
+                 "regex = '^(?P<p>.+)\\\\.(?P<q>.+)\\\\.weight$'"]]
+    layout_args: list[object] = ["auto", "<in>/model.safetensors", OUT, "--layout-file", "<src>.toml"]
+    cases: list[tuple[Case, dict[str, bytes] | bytes]] = [
+        (Case("layout file", "layout", layout_args, files={"model.safetensors": SAFETENSORS}), text) for text in layouts]
+    job = (b'[defaults]\nlayout = "burn"\n[[job]]\nsource = "model.safetensors"\noutput = "o1"\n'
+           b'[[job]]\nsource = "model.safetensors"\n')
+    cases.append((Case("job file", "job", ["batch", "--job-file", "<src>.toml", "--out-dir", OUT, "--jobs", "1"],
+                       batch=True, files={"model.safetensors": SAFETENSORS}), job))
+    report = b'{"status": "failed", "source": "model.safetensors", "output": "m"}\n{"status": "ok", "source": "x"}\n'
+    cases.append((Case("batch report", "report", ["batch", "<in>/model.safetensors", "--out-dir", OUT, "--jobs", "1",
+                                                  "--retry-failed", "<src>.jsonl"], batch=True,
+                       files={"model.safetensors": SAFETENSORS}), report))
+    with tempfile.TemporaryDirectory() as tmp:
+        from convert.api import pth_to_safetensors
+
+        pth_to_safetensors(REPO / "fixtures" / "example" / "tiny_model.pt", Path(tmp) / "o")
+        converted = {p.name: p.read_bytes() for p in (Path(tmp) / "o").iterdir()}
+    cases.append((Case("converted folder", "manifest", ["verify", "<src>"]), converted))
+    return cases
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -59,26 +145,52 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
-def run_one(label: str, src: Path, work: Path) -> dict[str, object]:
+def mutant(content: dict[str, bytes] | bytes, rng: random.Random) -> dict[str, bytes] | bytes:
+    """A file mutated, or a folder with one of its files mutated."""
+    if isinstance(content, bytes):
+        return mutate(content, rng)
+    name = rng.choice(sorted(content))
+    return {**content, name: mutate(content[name], rng)}
+
+
+def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[str, object]:
     work.mkdir(parents=True)
+    inputs = work.parent / f"{work.name}-in"
+    inputs.mkdir()
+    for name, data in case.files.items():
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        (inputs / name).write_bytes(data)
+    src_arg = next(str(a) for a in case.args if str(a).startswith("<src>"))
+    src = inputs / ("src" + src_arg[len("<src>"):])
+    if isinstance(content, bytes):
+        src.write_bytes(content)
+    else:
+        src.mkdir()
+        for name, data in content.items():
+            (src / name).write_bytes(data)
+    args = [work / "out" if a == OUT else src if a == src_arg else
+            inputs / str(a)[len("<in>/"):] if str(a).startswith("<in>/") else a for a in case.args]
     started = time.perf_counter()
-    run = run_measured("auto", src, work / "out", cwd=work)
+    run = run_measured(*args, cwd=work)
     wall = time.perf_counter() - started
     problems = []
     lines = run.stderr.splitlines()
     if run.code == 1 or run.code < 0:
         problems.append(f"exit {run.code}")
-    if run.code not in (0, 130) and (len(lines) != 1 or not lines[0].startswith("convert: error: ")):
+    if "Traceback" in run.stderr:
+        problems.append("traceback")
+    if not case.batch and run.code not in (0, 130) and (len(lines) != 1 or not lines[0].startswith("convert: error: ")):
         problems.append(f"{len(lines)} stderr lines")
-    if run.code != 0 and any(p.name != "canary" for p in work.iterdir()):
+    if not case.batch and run.code != 0 and any(p.name != "canary" for p in work.iterdir()):
         problems.append("output left after a failure")
-    if (work / "canary").exists():
+    if (work / "canary").exists() or (inputs / "canary").exists():
         problems.append("CANARY: code ran")
     if run.peak_rss > PEAK_RSS_LIMIT or wall > WALL_LIMIT:
         problems.append(f"{run.peak_rss >> 20} MiB, {wall:.0f} s")
     shutil.rmtree(work, ignore_errors=True)
-    return {"label": label, "code": run.code, "rss": run.peak_rss, "wall": wall, "problems": problems,
-            "stderr": run.stderr[-300:]}
+    shutil.rmtree(inputs, ignore_errors=True)
+    return {"label": case.label, "kind": case.kind, "code": run.code, "rss": run.peak_rss, "wall": wall,
+            "problems": problems, "stderr": run.stderr[-300:]}
 
 
 def main() -> int:
@@ -88,29 +200,36 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    seeds = seed_files()
-    scratch = Path(tempfile.mkdtemp(prefix="hostile-campaign-"))
-    cases: list[tuple[str, Path]] = [(str(p.relative_to(REPO)), p) for p in seeds]
+    seeds: list[tuple[Case, dict[str, bytes] | bytes]] = [*corpus_cases(), *reader_seeds(), *document_seeds()]
+    cases = list(seeds)
     for i in range(args.mutants):
-        seed = rng.choice(seeds)
-        path = scratch / f"mutant{i}{''.join(seed.suffixes)}"
-        path.write_bytes(mutate(seed.read_bytes(), rng))
-        cases.append((f"mutant {i} of {seed.relative_to(REPO)}", path))
+        case, content = rng.choice(seeds)
+        cases.append((Case(f"mutant {i} of {case.label}", case.kind, case.args, case.batch, case.files),
+                      mutant(content, rng)))
+    scratch = Path(tempfile.mkdtemp(prefix="hostile-campaign-"))
     started = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
-        results = list(pool.map(lambda ic: run_one(ic[1][0], ic[1][1], scratch / f"w{ic[0]}"), enumerate(cases)))
+        results = list(pool.map(lambda ic: run_one(*ic[1], scratch / f"w{ic[0]}"), enumerate(cases)))
     shutil.rmtree(scratch, ignore_errors=True)
-    codes = collections.Counter(r["code"] for r in results)
-    failures = [r for r in results if r["problems"]]
+    print(f"{len(results)} runs ({len(seeds)} seeds, {args.mutants} mutants, seed {args.seed}) in "
+          f"{time.perf_counter() - started:.0f} s")
+    by_kind: dict[str, list[dict[str, object]]] = collections.defaultdict(list)
+    for r in results:
+        by_kind[str(r["kind"])].append(r)
+    for kind, runs in sorted(by_kind.items()):
+        codes = collections.Counter(r["code"] for r in runs)
+        worst_rss = max(runs, key=lambda r: r["rss"])
+        worst_wall = max(runs, key=lambda r: r["wall"])
+        print(f"{kind:12} {len(runs):5} runs; exits " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))
+              + f"; max RSS {int(worst_rss['rss']) >> 20} MiB; max wall {worst_wall['wall']:.1f} s")
     worst_rss = max(results, key=lambda r: r["rss"])
     worst_wall = max(results, key=lambda r: r["wall"])
-    print(f"{len(results)} runs ({len(seeds)} files, {args.mutants} mutants, seed {args.seed}) in "
-          f"{time.perf_counter() - started:.0f} s")
-    print("exit codes: " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
-    print(f"worst peak RSS {worst_rss['rss'] >> 20} MiB ({worst_rss['label']}); "
+    print(f"worst peak RSS {int(worst_rss['rss']) >> 20} MiB ({worst_rss['label']}); "
           f"worst wall {worst_wall['wall']:.1f} s ({worst_wall['label']})")
+    failures = [r for r in results if r["problems"]]
     for r in failures:
         print(f"FAIL {r['label']}: {'; '.join(r['problems'])}: {r['stderr']!r}")
+    print(json.dumps({"runs": len(results), "failures": len(failures)}))
     return 1 if failures else 0
 
 

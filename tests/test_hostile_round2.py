@@ -394,9 +394,24 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
     ("MLP_0.safetensors", {"num_layers": 1e9}, "num_layers=1000000000"),
     ("NHITS_0.safetensors", {"n_blocks": [10**9, 1, 1]}, "n_blocks=1000000000"),
     ("NHITS_0.safetensors", {"n_pool_kernel_size": [0, 0, 0]}, "ZeroDivisionError"),
+    # hostile but well-formed values: exit 1 (or a 2 GiB allocation, or a warning line) before
+    ("MLP_0.safetensors", {"h": float("inf")}, "OverflowError"),
+    ("MLP_0.safetensors", {"n_series": float("nan")}, "ValueError"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}},
+     "<U500000000"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}},
+     "|V1000000000"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "S8", "shape": [1], "values": ["a"]}}, "'S8'"),
+    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "f4", "shape": [2**62, 2**62], "values": []}},
+     "shape"),
+    ("MLP_0.safetensors", {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}}, "OverflowError"),
+    ("MLP_0.safetensors", {"h": {"__nf__": ["loss"]}}, "is not a name"),
+    ("MLP_0.safetensors", {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [10**300]}}}, "percentages"),
 ])
 def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: str, tmp_path: Path) -> None:
-    """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero."""
+    """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero;
+    infinite or NaN sizes, dtypes of a GiB per element, datetimes past int64, a list where a tag or a
+    number belongs."""
     import json
 
     from test_neuralforecast_errors import _copy, _hparams, _rewrite_metadata
@@ -605,3 +620,137 @@ def test_hdf5_dataset_numpy_cannot_hold_exactly(case: str, code: int, tmp_path: 
     work = tmp_path / "work"
     work.mkdir()
     refused(code, "keras-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("kernel",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout files: user patterns run under a time budget
+# ---------------------------------------------------------------------------------------------
+
+SIX_PLACEHOLDERS = "{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x"
+
+
+@pytest.mark.parametrize("rule, name", [("regex = '^(a|aa)+$'", "a" * 48 + "b"),
+                                        (f"match = '{SIX_PLACEHOLDERS}'", "." * 6000)],
+                         ids=["alternation", "six-placeholders"])
+def test_catastrophic_layout_pattern_is_stopped_by_its_budget(rule: str, name: str, tmp_path: Path) -> None:
+    """`^(a|aa)+$` on a 49-character name and six `{x...}` placeholders on a 6,000-character name
+    backtracked for hours; the budget stops the match and names the rule."""
+    header = f'{{"{name}":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}}}'.encode()
+    src = safetensors_file(tmp_path / "m.safetensors", header, bytes(8))
+    (tmp_path / "l.toml").write_text(f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out",
+            needles=("time budget",))
+
+
+def test_layout_patterns_keep_their_budget_off_the_main_thread() -> None:
+    """Batch conversions map tensors in worker threads, where SIGALRM cannot reach: the budget is
+    the regex engine's own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from convert.errors import UsageError
+    from convert.mapping import Rule, compile_pattern, compile_regex
+
+    rules = [Rule(compile_regex("^(a|aa)+$"), None, {}, [], [], False, None, None, {}),
+             Rule(compile_pattern(SIX_PLACEHOLDERS), None, {}, [], [], False, None, None, {})]
+    names = ["a" * 48 + "b", "a." * 2999 + "y"]
+
+    def attempt(pair: tuple[Rule, str]) -> str:
+        with pytest.raises(UsageError, match="time budget of one match") as caught:
+            pair[0].match(pair[1])
+        return str(caught.value)
+
+    with ThreadPoolExecutor(2) as pool:
+        assert len(list(pool.map(attempt, zip(rules, names, strict=True)))) == 2
+
+
+def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Names that each take a little under the per-match budget add up: one mapping's matches share
+    a budget too (lowered here so the test stays short)."""
+    import numpy as np
+
+    from convert import mapping
+    from convert.errors import UsageError
+    from convert.tensors import in_memory
+
+    monkeypatch.setattr(mapping, "MAPPING_PATTERN_BUDGET_S", 0.5)
+    (tmp_path / "l.toml").write_text("name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '^(a|aa)+$'\nto = 'x'\n")
+    layout = mapping.load_layout(layout_file=tmp_path / "l.toml")
+    # each name takes a fraction of the 1 s a match may take (the 49-character one takes hours): only
+    # their sum crosses a budget
+    tensors = [in_memory("a" * 26 + "b" * i, np.zeros(1, np.float32)) for i in range(1, 61)]
+    with pytest.raises(UsageError, match="all the layout's matches"):
+        mapping.apply_layout(layout, tensors, {"modules": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# Deflated zip members whose stream is damaged (found by tests/test_fuzz_readers.py)
+# ---------------------------------------------------------------------------------------------
+
+def _damage_deflate(path: Path, member: str, late: bool = False) -> None:
+    """Flip bits inside the deflate stream of one member: its first block header, or near its end
+    (past the npz header, so the damage shows when the data is written)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    if late:
+        data[start + info.compress_size - 4] ^= 0xFF
+    else:
+        data[start] ^= 0x06  # the block type bits: a reserved block type (or a different block) follows
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz-late", "torch"])
+def test_damaged_deflate_stream_is_corrupt(kind: str, tmp_path: Path) -> None:
+    """A compressed npz member (or a torch zip's data.pkl written deflated) whose stream does not
+    inflate raised zlib.error: exit 1."""
+    import numpy as np
+
+    if kind.startswith("npz"):
+        src = tmp_path / "a.npz"
+        np.savez_compressed(src, w=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+        member = "w.npy"
+    else:
+        torch = pytest.importorskip("torch")
+        plain = torch_saved_with_edit(tmp_path / "p.pt", {"w": torch.ones(4)}, lambda pkl: pkl)
+        src = tmp_path / "a.pt"
+        with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(src, "w") as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, zin.read(info), zipfile.ZIP_DEFLATED if info.filename.endswith(
+                    "data.pkl") else zipfile.ZIP_STORED)
+        member = next(n for n in zipfile.ZipFile(src).namelist() if n.endswith("data.pkl"))
+    _damage_deflate(src, member, late=kind == "npz-late")
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "auto", src, work / "out", cwd=work, out=work / "out")
+
+
+@pytest.mark.parametrize("kind, command", [("npz", "auto"), ("npz", "npz-to-safetensors"), ("torch", "auto"),
+                                           ("torch", "pth-to-safetensors"), ("keras", "keras-to-safetensors")])
+def test_zip_needing_a_newer_version_is_corrupt(kind: str, command: str, tmp_path: Path) -> None:
+    """A central directory entry that needs a zip version past what zipfile reads (found by
+    scripts/hostile_campaign.py): zipfile.ZipFile() raised NotImplementedError, exit 1."""
+    import numpy as np
+
+    src = tmp_path / f"a.{ {'npz': 'npz', 'torch': 'pt', 'keras': 'keras'}[kind] }"
+    if kind == "npz":
+        np.savez(src, w=np.ones(3, np.float32))
+    elif kind == "torch":
+        torch = pytest.importorskip("torch")
+        torch.save({"w": torch.ones(3)}, src)
+    else:
+        with zipfile.ZipFile(src, "w") as zf:
+            zf.writestr("metadata.json", '{"keras_version": "3.6.0"}')
+            zf.writestr("config.json", '{"class_name": "Sequential", "config": {"layers": []}}')
+            zf.writestr("model.weights.h5", b"")
+    data = bytearray(src.read_bytes())
+    at = data.index(b"PK\x01\x02")
+    data[at + 6:at + 8] = (234).to_bytes(2, "little")  # version needed to extract: 23.4
+    src.write_bytes(bytes(data))
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, command, src, work / "out", cwd=work, out=work / "out")

@@ -54,7 +54,10 @@ _MIXTURE_OUTPUTS = {"PMM": 1, "GMM": 2, "NBMM": 2}
 
 def level_quantiles(level: Sequence[float]) -> list[float]:
     """NeuralForecast's `level_to_outputs`: the median, then each level's lower and upper quantile,
-    sorted, as the float32 values it stores."""
+    sorted, as the float32 values it stores. A level is a percentage (NeuralForecast checks 0-100 too);
+    anything else is a malformed config, not a float32 overflow warning on stderr."""
+    if not isinstance(level, (list, tuple)) or not all(type(lv) in (int, float) and 0 <= lv <= 100 for lv in level):
+        raise ValueError(f"level {str(level)[:100]} is not a list of percentages")
     qs = sorted(q for lv in dict.fromkeys(level) for q in (50 - lv / 2, 50 + lv / 2))
     return (np.asarray([50.0, *qs], dtype=np.float32) / np.float32(100)).tolist()
 

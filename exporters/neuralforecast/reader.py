@@ -76,7 +76,7 @@ def model_source(folder: NFFolder, model: NFModel, out_name: str) -> SourceModel
     quantiles = {p: _values(model, f"{p}.quantiles") for p in ("loss", "valid_loss")}
     try:
         resolved = resolve(model.class_name, model.hparams, quantiles)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CorruptInputError(f"{label}: hyper-parameters are malformed ({type(exc).__name__}: {exc})") from None
     constructor, trainer, arch = split_hparams(model.hparams)
     constructor["input_size"] = resolved["input_size"]  # NeuralForecast's own reading of input_size < 1

@@ -11,16 +11,18 @@ its list of values.  Anything that cannot be read safely becomes a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from convert.errors import ConvertError, UnsupportedFormatError
+from convert.errors import ConvertError, CorruptInputError, UnsupportedFormatError
 from convert.pickle_reader import DEFAULT_INERT, InertObject, NumpyArrayRecord, TensorRecord, jsonable
 
 TAG = "__nf__"
 MAX_INLINE = 100_000  # elements: larger arrays (the training `ds`) are described, not copied
+MAX_ITEMSIZE = 1024  # bytes of one element of an inline array (a string of 256 characters)
 ArrayLookup = Callable[[str], np.ndarray]
 
 
@@ -60,15 +62,18 @@ def decode_tagged(value: Any, arrays: ArrayLookup) -> Any:
     if TAG not in value:
         return {k: decode_tagged(v, arrays) for k, v in value.items()}
     tag = value[TAG]
+    if not isinstance(tag, str):
+        raise CorruptInputError(f"NeuralForecast value tag {str(tag)[:100]} is not a name")
     decoder = _TAGS.get(tag)
     if decoder is None:
-        raise UnsupportedFormatError(f"unknown NeuralForecast value tag {tag!r}")
+        raise UnsupportedFormatError(f"unknown NeuralForecast value tag {tag[:100]!r}")
     try:
         return decoder(value, arrays)
     except ConvertError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnsupportedFormatError(f"NeuralForecast value tagged {tag!r} is malformed ({exc})") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        why = f"{type(exc).__name__}: {exc}"[:1000]
+        raise CorruptInputError(f"NeuralForecast value tagged {tag!r} is malformed ({why})") from None
 
 
 def _loss(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
@@ -81,10 +86,22 @@ def _tensor(v: dict[str, Any], arrays: ArrayLookup) -> Any:
 
 
 def _array(v: dict[str, Any], arrays: ArrayLookup) -> Any:
-    values = v["values"]
-    if len(values) > MAX_INLINE:
-        return {"__array__": {"dtype": v["dtype"], "shape": v["shape"]}}
-    return np.asarray(values, dtype=np.dtype(v["dtype"])).reshape(v["shape"]).tolist()
+    values, dt, shape = v["values"], inline_dtype(v["dtype"]), v["shape"]
+    if not isinstance(shape, list) or not all(type(n) is int and 0 <= n <= MAX_INLINE for n in shape):
+        raise CorruptInputError(f"NeuralForecast array shape {str(shape)[:100]} is not a list of sizes")
+    if len(values) > MAX_INLINE or math.prod(shape) > MAX_INLINE:
+        return {"__array__": {"dtype": str(dt), "shape": shape}}
+    return np.asarray(values, dtype=dt).reshape(shape).tolist()
+
+
+def inline_dtype(name: Any) -> np.dtype:
+    """The dtype of an array stored as JSON values: numbers, booleans and short strings, what JSON holds
+    back. A 1 KB config naming `|V1000000000` or `<U500000000` had numpy allocate a GiB per element."""
+    dt = np.dtype(str(name))
+    if dt.kind not in "biufU" or dt.fields is not None or dt.subdtype is not None or dt.itemsize > MAX_ITEMSIZE:
+        raise CorruptInputError(f"NeuralForecast array dtype {str(name)[:100]!r} is not a number, boolean or "
+                                f"string type of at most {MAX_ITEMSIZE} bytes")
+    return dt
 
 
 def _datetime64(v: dict[str, Any], arrays: ArrayLookup) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,9 +138,14 @@ def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
                 raise CorruptInputError(f"{p.name}: member {info.filename!r} declares more bytes than the file holds")
             try:
                 members[info.filename[:-4]] = _npz_member(p, zf, info, mapped)
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            except _MEMBER_ERRORS as exc:
                 raise CorruptInputError(f"{p.name}: damaged member {info.filename!r} ({exc})") from None
     return members
+
+
+# What reading a damaged member raises: an encrypted flag (RuntimeError), an unknown method
+# (NotImplementedError), a stream that does not inflate (zlib.error), a CRC mismatch (BadZipFile).
+_MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error)
 
 
 def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: MappedFile) -> Any:
@@ -162,9 +168,12 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
 
     def load() -> np.ndarray:
         """Decompressed when the writer asks for it: one member in memory at a time."""
-        with zipfile.ZipFile(p) as again, again.open(info.filename) as member:
-            member.read(data_at)
-            raw = member.read(nbytes)
+        try:
+            with zipfile.ZipFile(p) as again, again.open(info.filename) as member:
+                member.read(data_at)
+                raw = member.read(nbytes)
+        except _MEMBER_ERRORS as exc:
+            raise CorruptInputError(f"{p.name}: damaged member {info.filename!r} ({exc})") from None
         if len(raw) != nbytes:
             raise CorruptInputError(f"{p.name}: member {info.filename!r} is truncated")
         order: Literal["C", "F"] = "F" if fortran else "C"

@@ -11,6 +11,7 @@ import math
 import re
 import struct
 import zipfile
+import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,10 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
             constants = _zip_pickle(path, zf, infos, root, "constants", file_size, inert) \
                 if root + "constants.pkl" in infos else ()
             members = read_members(zf, infos, root, file_size)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-            # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+                zlib.error) as exc:
+            # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method;
+            # zlib.error: a deflated entry whose stream does not inflate
             raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
     return obj, byteorder == "big", _Script(members, constant_tensors(constants))
 
