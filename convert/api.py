@@ -12,6 +12,7 @@ exporters.registry.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,26 +22,33 @@ from .contract import Opened, ReaderOptions, SourceBundle
 from .errors import UsageError
 from .output import StagedOutput
 from .pipeline import (
+    BUNDLE_INDEX,
     BundleResult,
     ConversionResult,
     ConvertOptions,
     Progress,
+    bundle_folders,
     convert_bundle,
     convert_source,
     refuse_output_holding,
     refuse_unencodable_names,
 )
+from .source import SourceModel
 from .verify import VerifyReport, verify_output
+from .vocabulary import canonical_dtype
 
 Result = ConversionResult | BundleResult
 
 
 def parse_size(text: str | int | None) -> int | None:
-    """'5GB', '500MB', '10GiB', '1000000' -> bytes (decimal units as Hugging Face uses them)."""
+    """'5GB', '500MB', '5G', '500M', '10GiB', '1000000' -> bytes (decimal units as Hugging Face and
+    llama.cpp's 5G/500M use them; GiB and Gi binary)."""
     if text is None or isinstance(text, int):
         return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    units = {"": 1, "B": 1, **{p: 10**(3 * i) for i, p in enumerate("KMGT", 1)},
+             **{p + "B": 10**(3 * i) for i, p in enumerate("KMGT", 1)},
+             **{p + "I": 2**(10 * i) for i, p in enumerate("KMGT", 1)},
+             **{p + "IB": 2**(10 * i) for i, p in enumerate("KMGT", 1)}}
     s = text.strip().upper()
     num = s.rstrip("KMGTIB")
     try:
@@ -56,6 +64,8 @@ def conversion_options(options: dict[str, Any]) -> ConvertOptions:
     """ConvertOptions from keywords, sizes given as text ('5GB') read."""
     opts = ConvertOptions(**options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
+    if opts.dtype is not None:  # the manifest records the canonical name of an alias (fp16 -> f16)
+        opts.dtype = canonical_dtype(opts.dtype)
     return opts
 
 
@@ -163,7 +173,8 @@ def inspect_path(path: str | Path, key: str | None = None, reader: ReaderOptions
         tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes}
                    for t in source.tensors]
         return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],
-                "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors), "details": source.extras}
+                "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors),
+                "parameters": sum(math.prod(t["shape"]) for t in tensors), "details": source.extras}
 
 
 def recorded_reader_options(out: str | Path) -> ReaderOptions:
@@ -178,14 +189,54 @@ def recorded_reader_options(out: str | Path) -> ReaderOptions:
 
 def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
     """Verify an output folder; with `source`, compare every tensor with it too, the source opened as
-    the conversion opened it (the options its manifest records; `key` overrides the recorded key)."""
+    the conversion opened it (the options its manifest records; `key` overrides the recorded key).
+    A NeuralForecast output (models.json and a folder per model) is verified model by model, and a
+    model folder against the save folder it came from."""
+    out = Path(out)
+    folders = None if (out / manifest_mod.MANIFEST_FILE).is_file() else _bundle_output(out)
+    if folders is not None:
+        return _verify_bundle_output(out, folders, source, key)
     if source is None:
         return verify_output(out)
     options = recorded_reader_options(out)
     if key:
         options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
     with open_path(source, "auto", options) as opened:
-        if isinstance(opened, SourceBundle):
-            raise UsageError(f"{source} holds several models: verify each model folder of the output with "
-                             "--source naming that model's file")
-        return verify_output(out, opened)
+        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened)
+
+
+def _bundle_output(out: Path) -> list[Path] | None:
+    """The model folders of a bundle's output root (its models.json lists them), or None."""
+    try:
+        fmt = json.loads((out / BUNDLE_INDEX).read_text(encoding="utf-8"))["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return bundle_folders(out, fmt) if isinstance(fmt, str) else None
+
+
+def _verify_bundle_output(out: Path, folders: list[Path], source: str | Path | None, key: str | None) -> VerifyReport:
+    """Every model folder of a bundle's output, as one report (each problem names its folder)."""
+    report = VerifyReport(out)
+    for folder in folders:
+        part = verify_path(folder, source, key)
+        report.files += part.files
+        report.tensors += part.tensors
+        report.compared_with_source += part.compared_with_source
+        report.problems += [f"{problem} (model folder {folder.name})" for problem in part.problems]
+    return report
+
+
+def _model_of(bundle: SourceBundle, out: Path, source: str | Path) -> SourceModel:
+    """The model of a bundle that an output folder was converted from: the one the conversion named
+    after it, else the one whose files its manifest records."""
+    by_folder = {m.folder: m.source for m in bundle.models}
+    if out.name in by_folder:
+        return by_folder[out.name]
+    try:
+        recorded = {str(Path(f["path"])) for f in manifest_mod.load(out)["source"]["files"]}
+    except (KeyError, TypeError):
+        recorded = set()
+    for model in by_folder.values():
+        if recorded and {str(Path(f).absolute()) for f in model.files} == recorded:
+            return model
+    raise UsageError(f"{source} holds the models {', '.join(by_folder)}; none of them was converted into {out}")

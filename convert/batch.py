@@ -38,12 +38,23 @@ class Job:
     digest: str = DEFAULT_ALGORITHM
     cast_loss: str = "refuse"
     reader: ReaderOptions = field(default_factory=ReaderOptions)  # key, config, collections, ...: as the CLI takes them
+    layout_options: dict[str, Any] = field(default_factory=dict)  # as --layout-option KEY=VALUE
+    overwrite: bool = False  # reconvert even when the output is up to date
+    dry_run: bool = False  # plan only: nothing is written
+    follow_links: bool = False  # read sources that are symlinks or have several hard links
 
     def request(self) -> dict[str, Any]:
         """What decides an output's content besides the source bytes (compared to skip done work)."""
         return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
-                "dtype": self.dtype, "max_shard_size": self.max_shard_size, "digest": self.digest,
-                "cast_loss": self.cast_loss, "reader": self.reader.to_json()}
+                "layout_options": self.layout_options, "dtype": self.dtype, "max_shard_size": self.max_shard_size,
+                "digest": self.digest, "cast_loss": self.cast_loss, "reader": self.reader.to_json()}
+
+    @classmethod
+    def from_request(cls, source: str, output: str, request: dict[str, Any]) -> Job:
+        """The job a report's line describes (its `request`), to run it again."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("source", "output", "reader")}
+        options = {k: v for k, v in request.items() if k in known}
+        return cls(source, output, reader=ReaderOptions.from_mapping(request.get("reader") or {}), **options)
 
 
 @dataclass
@@ -55,6 +66,7 @@ class JobResult:
     exit_code: int = 0
     seconds: float = 0.0
     bytes: int = 0
+    request: dict[str, Any] | None = None  # the job's options, so `--retry-failed REPORT` can rerun it alone
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,13 +154,19 @@ def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: A
             for src, name in zip(sources, output_names(sources), strict=True)]
 
 
-def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[Job]:
-    """A TOML job file (schemas/batch.schema.json): `[defaults]` and `[[job]]` entries."""
+def jobs_from_file(path: str | Path, out_dir: str | Path | None = None,
+                   defaults: dict[str, Any] | None = None) -> list[Job]:
+    """A TOML job file (schemas/batch.schema.json): `[defaults]` and `[[job]]` entries; `defaults`
+    (the options given on the command line, as Job's fields and reader option names) come below
+    the file's own."""
     job_file = Path(path)
     doc = read_toml(job_file, "job file")
     check_schema(doc, "batch.schema.json", f"job file {job_file}", UsageError)
     base = job_file.parent
-    defaults = doc.get("defaults", {})
+    file_defaults = doc.get("defaults", {})
+    relative = {k: v for k, v in file_defaults.items() if k in ("layout_file", "config") and v is not None}
+    defaults = {**(defaults or {}), **file_defaults,
+                **{k: str(v) if Path(v).is_absolute() else str(base / v) for k, v in relative.items()}}
     entries = doc.get("job", [])
     for entry in entries:
         for key in ("source", "output"):
@@ -169,8 +187,8 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None) -> list[
             output = base / output
         merged.pop("source")
         for name in ("layout_file", "config"):  # paths, relative to the job file as sources are
-            if merged.get(name) is not None and not Path(merged[name]).is_absolute():
-                merged[name] = str(base / merged[name])
+            if entry.get(name) is not None and not Path(entry[name]).is_absolute():
+                merged[name] = str(base / entry[name])
         reader = ReaderOptions.from_mapping({k: merged.pop(k) for k in ReaderOptions.names() if k in merged})
         jobs.append(Job(str(src), str(output), reader=reader, **merged))
     return jobs
@@ -180,6 +198,21 @@ def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:
     """Only the jobs that failed in a previous report."""
     failed = {r["source"] for r in read_report(report_path) if r.get("status") == "failed"}
     return [j for j in jobs if j.source in failed or str(Path(j.source).absolute()) in failed]
+
+
+def jobs_from_report(report_path: str | Path, **options: Any) -> list[Job]:
+    """The jobs that failed in a previous report, each with the options it recorded (a report
+    written before reports recorded them: `options`, as Job's fields)."""
+    jobs = []
+    for row in read_report(report_path):
+        if row.get("status") != "failed":
+            continue
+        if not isinstance(row.get("output"), str):
+            raise UsageError(f"{report_path}: not a batch report (a failed job without its output)")
+        request = row.get("request")
+        jobs.append(Job.from_request(row["source"], row["output"], request) if isinstance(request, dict)
+                    else Job(row["source"], row["output"], **options))
+    return jobs
 
 
 def read_report(path: str | Path) -> list[dict[str, Any]]:
@@ -204,27 +237,32 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
 def run_job(job: Job) -> JobResult:
     """Convert one source; every failure becomes a result, never an exception."""
     started = time.perf_counter()
+
+    def result(status: str, error: str | None = None, code: int = 0, written: int = 0) -> JobResult:
+        return JobResult(job.source, job.output, status, error, code, time.perf_counter() - started, written,
+                         job.request())
+
     try:
-        if is_done(job):
-            return JobResult(job.source, job.output, "skipped", seconds=time.perf_counter() - started)
-        written = _convert(job)
-        return JobResult(job.source, job.output, "ok", seconds=time.perf_counter() - started, bytes=written)
+        if not job.overwrite and is_done(job):
+            return result("skipped")
+        return result("ok", written=_convert(job))
     except ConvertError as exc:
-        return JobResult(job.source, job.output, "failed", str(exc), exc.exit_code, time.perf_counter() - started)
+        return result("failed", str(exc), exc.exit_code)
     except Exception as exc:  # an extra not installed here, or a bug in one job: neither stops the others
         missing = missing_extra(exc.name or "", "this source") if isinstance(exc, ModuleNotFoundError) else None
         if missing is not None:
-            return JobResult(job.source, job.output, "failed", str(missing), missing.exit_code,
-                             time.perf_counter() - started)
-        return JobResult(job.source, job.output, "failed", f"internal error: {type(exc).__name__}: {exc}", 1,
-                         time.perf_counter() - started)
+            return result("failed", str(missing), missing.exit_code)
+        return result("failed", f"internal error: {type(exc).__name__}: {exc}", 1)
 
 
 def _convert(job: Job) -> int:
+    """Convert one job (an earlier output of this tool is replaced: batch reruns what is not done);
+    the bytes written, or that a dry run would write."""
     from .api import conversion_options, convert_opened, open_path
 
-    options = conversion_options(dict(layout=job.layout, layout_file=job.layout_file, dtype=job.dtype,
-                                      cast_loss=job.cast_loss, max_shard_size=job.max_shard_size, overwrite=True,
+    options = conversion_options(dict(layout=job.layout, layout_file=job.layout_file, layout_options=job.layout_options,
+                                      dtype=job.dtype, cast_loss=job.cast_loss, max_shard_size=job.max_shard_size,
+                                      overwrite=True, dry_run=job.dry_run, follow_links=job.follow_links,
                                       digest=job.digest, request=job.request()))
     with open_path(job.source, job.conversion, job.reader) as opened:
         return convert_opened(opened, job.output, options).bytes

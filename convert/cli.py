@@ -18,9 +18,14 @@ import click
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra, one_line
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
-from .vocabulary import CAST_LOSS, CAST_TARGETS, QUANTIZED_MODES
+from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES, QUANTIZED_MODES, canonical_dtype
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+def example(*lines: str) -> str:
+    """A help page's epilog: typical invocations, kept as written."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 class Terminated(BaseException):
@@ -31,8 +36,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"convert: error: {one_line(message)}", err=True)
+def _fail(message: str, code: int, kind: str = "error", details: dict[str, Any] | None = None) -> None:
+    """The error line on stderr and the exit code; with --json, also one JSON object on stdout
+    (`details`, such as verify's report, merged into it)."""
+    line = one_line(message)
+    click.echo(f"convert: error: {line}", err=True)
+    if _wants_json():
+        click.echo(json.dumps({**(details or {}), "error": line, "exit_code": code, "kind": kind}))
     sys.exit(code)
 
 
@@ -48,27 +58,37 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ConvertError as exc:
             if verbose:
                 traceback.print_exc()
-            _fail(str(exc), exc.exit_code)
+            _fail(str(exc), exc.exit_code, exc.kind, exc.details)
         except BrokenPipeError:  # `convert inspect ... | head`: the reader left, which is fine
             sys.stdout = open(os.devnull, "w")
             sys.exit(0)
         except (KeyboardInterrupt, Terminated):
-            _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
+            _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED, "interrupted")
         except Exception as exc:  # an optional extra not installed (exit 4), else a bug: say so plainly
             missing = (missing_extra(exc.name or "", click.get_current_context().info_name or "this")
                        if isinstance(exc, ModuleNotFoundError) else None)
             if verbose:
                 traceback.print_exc()
             if missing is not None:
-                _fail(str(missing), missing.exit_code)
-            _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
+                _fail(str(missing), missing.exit_code, missing.kind)
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, "internal")
 
     return wrapper
 
 
 def _flags() -> dict[str, Any]:
-    """-q/-v as given before or after the subcommand name."""
+    """-q/-v/--json as given before or after the subcommand name."""
     return click.get_current_context().find_root().meta.setdefault("convert.flags", {})
+
+
+def _wants_json() -> bool:
+    """--json, before or after the subcommand; also when click refused the command line before any
+    option was read (then the words given say it)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().meta.get("convert.flags", {}).get("json"):
+        return True
+    args = sys.argv[1:]
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -77,18 +97,31 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 
 
 def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-q, -v and --json: taken by the group and by every command, so either place works."""
+    fn = click.option("--json", "json", is_flag=True, expose_value=False, callback=_remember,
+                      help="Machine-readable result on stdout; an error is one JSON object "
+                           "{error, exit_code, kind} there too.")(fn)
     fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=_remember,
                       help="Print tracebacks for errors.")(fn)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,
                         help="Print nothing but errors.")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_HELP)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=example("convert pth-to-safetensors model.pt out/ --layout candle",
+                            "convert -q --json verify out/ --source model.pt") + "\n\n" + EXIT_HELP)
 @click.version_option(__version__, prog_name="convert")
 @output_flags
 def cli() -> None:
     """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
     (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
+
+
+class DtypeChoice(click.Choice):
+    """--dtype's choices are the canonical names; the other spellings (fp16, half, ...) are read as them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return super().convert(canonical_dtype(value) if isinstance(value, str) else value, param, ctx)
 
 
 digest_option = click.option(
@@ -112,17 +145,18 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layout-option", "layout_options", multiple=True, metavar="KEY=VALUE",
                      help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
                           "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
-        click.option("--dtype", type=click.Choice(list(CAST_TARGETS), case_sensitive=False),
-                     help="Cast floating tensors while streaming (integers are kept)."),
+        click.option("--dtype", type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
+                     help=f"Cast floating tensors while streaming (integers are kept); also spelled "
+                          f"{', '.join(DTYPE_ALIASES)}."),
         cast_loss_option,
         click.option("--max-shard-size", metavar="SIZE",
-                     help="Split into Hugging Face shards of at most SIZE (e.g. 5GB, 500MB)."),
+                     help="Split into Hugging Face shards of at most SIZE (5GB, 500MB, 5G, 2GiB); a tensor larger "
+                          "than SIZE gets a shard of its own, with a warning."),
         digest_option,
         click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
         click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
         click.option("--follow-links", is_flag=True,
                      help="Read source files that are symlinks or hard links (refused by default)."),
-        click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout."),
     ]):
         fn = decorator(fn)
     return fn
@@ -136,7 +170,9 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
         return
     from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with stderr_progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+    # binary units, as every size this tool prints (rich's default is decimal MB)
+    with stderr_progress(BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                         TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -180,14 +216,14 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _run_conversion(conversion: str, src: str, out: str, reader: Any, layout: str, layout_file: str | None,
                     layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None,
-                    digest: str, overwrite: bool, dry_run: bool, follow_links: bool, as_json: bool) -> None:
+                    digest: str, overwrite: bool, dry_run: bool, follow_links: bool) -> None:
     from .api import conversion_options, convert_opened, open_path, tensor_bytes
     from .output import StagedOutput
     from .pipeline import refuse_output_holding
 
     refuse_output_holding([src], out)
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
-    quiet = _flags().get("quiet", False)
+    quiet, as_json = _flags().get("quiet", False), _wants_json()
     options = conversion_options(dict(
         layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype,
         cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite, dry_run=dry_run,
@@ -210,7 +246,9 @@ def _print_result(result: Any, dry_run: bool) -> None:
     if isinstance(result, BundleResult):
         for model, r in zip(result.models, result.results, strict=True):
             tied = f", {len(r.aliases)} tied" if r.aliases else ""
-            click.echo(f"{model.get('class', 'model')} {model['folder']}: {r.tensors} tensors{tied}, {r.bytes} bytes")
+            cls = model.get("class", "model")
+            what = model["folder"] if cls == model["folder"] else f"{model['folder']} ({cls})"
+            click.echo(f"{what}: {r.tensors} tensors{tied}, {human_bytes(r.bytes)}")
         verb = "dry run: would write" if dry_run else "wrote"
         origin = f"a {result.details['generation']} folder" if "generation" in result.details else result.format
         click.echo(f"{verb} {len(result.models)} model(s) from {origin} to {result.output}")
@@ -222,7 +260,7 @@ def _print_result(result: Any, dry_run: bool) -> None:
     else:
         tied = f", {len(result.aliases)} tied" if result.aliases else ""
         click.echo(f"wrote {result.output} ({', '.join(result.files)}; {result.tensors} tensors{tied}, "
-                   f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.2f} s)")
+                   f"{human_bytes(result.bytes)} in {result.seconds:.2f} s)")
 
 
 # The --help of each reader option where the reader does not word it itself.
@@ -266,7 +304,7 @@ def reader_options(where: str) -> Callable[..., Any]:
 
 
 def conversion_command(name: str, summary: str, conversion: str, reader_options: tuple[str, ...],
-                       option_help: dict[str, str]) -> None:
+                       option_help: dict[str, str], short: str, examples: tuple[str, ...]) -> None:
     """A `NAME SRC OUT` conversion command: the reader's own options, then the options every
     conversion shares, the output flags, and one-line errors."""
     from .contract import ReaderOptions
@@ -281,7 +319,7 @@ def conversion_command(name: str, summary: str, conversion: str, reader_options:
         fn = reader_option(option, option_help.get(option))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
     fn = click.argument("src", type=click.Path(path_type=str))(fn)
-    cli.command(name, epilog=EXIT_HELP)(fn)
+    cli.command(name, short_help=short, epilog=example(*examples))(fn)
 
 
 def _add_conversion_commands() -> None:
@@ -292,15 +330,20 @@ def _add_conversion_commands() -> None:
 
     for face in READERS:
         if face.command:
-            conversion_command(face.command, face.summary, face.kind, face.options, face.option_help)
+            conversion_command(face.command, face.summary, face.kind, face.options, face.option_help, face.short,
+                               (face.example,))
     conversion_command("auto", "Detect the source format by content (not by extension alone) and run the matching "
-                               "conversion.", "auto", ReaderOptions.names(), {})
+                               "conversion.", "auto", ReaderOptions.names(), {},
+                       "Detect the format by content, then convert.",
+                       ("convert auto SRC out/", "convert auto model.bin out/ --dtype f16 --dry-run"))
 
 
 _add_conversion_commands()
 
 
-@cli.command("to-onnx", epilog=EXIT_HELP)
+@cli.command("to-onnx", short_help="Export a model as a validated ONNX graph.",
+             epilog=example("convert to-onnx model.pt2 out/",
+                            "convert to-onnx weights.safetensors out/ --module mypkg.models:build --input-shape x=1x3x32x32"))
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--module", metavar="PKG.MOD:FACTORY",
@@ -335,12 +378,10 @@ _add_conversion_commands()
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
               help="PyTorch only: auto tries the dynamo exporter, then falls back to TorchScript.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")
 @output_flags
 @command_errors
 def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tuple[str, ...],
-            dynamic_axes: tuple[str, ...],
-            output_names: str | None, no_simplify: bool, as_json: bool, models: tuple[str, ...],
+            dynamic_axes: tuple[str, ...], output_names: str | None, no_simplify: bool, models: tuple[str, ...],
             **opts: Any) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
     match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
@@ -361,7 +402,7 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
 
     names = [n.strip() for n in output_names.split(",")] if output_names else None
     shapes, dtypes = parse_input_shapes(input_shapes)
-    quiet = _flags().get("quiet", False)
+    quiet, as_json = _flags().get("quiet", False), _wants_json()
     with stage_display(not (as_json or quiet)) as stage:
         result = export_onnx(src, out, stage=stage, input_shapes=shapes, input_dtypes=dtypes,
                              input_ranges=parse_input_ranges(input_ranges),
@@ -383,50 +424,49 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
         click.echo(f"{len(result.graphs)} graph{'s' if len(result.graphs) != 1 else ''} in {result.seconds:.1f} s")
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(short_help="Convert many sources as one job (skips done work).",
+             epilog=example("convert batch models/ 'more/*.ckpt' --out-dir converted/ --jobs 2 --json",
+                            "convert batch --job-file jobs.toml --report report.jsonl",
+                            "convert batch --retry-failed report.jsonl"))
 @click.argument("sources", nargs=-1)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=str),
               help="Each source's output goes to OUT_DIR/<source stem>/.")
 @click.option("--job-file", type=click.Path(dir_okay=False, path_type=str),
               help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).")
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
-@click.option("--layout", default="pytorch", show_default=True, help="Target layout for every job.")
-@click.option("--dtype", type=click.Choice(list(CAST_TARGETS), case_sensitive=False))
-@click.option("--max-shard-size", metavar="SIZE")
-@digest_option
-@cast_loss_option
+@conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the CPU count).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where jobs run: local worker processes, or Ray tasks (the ray extra) on --address's cluster.")
 @click.option("--address", help="With --executor ray: the cluster to join (default: start a local Ray).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str),
               help="Also write the JSON lines report to this file.")
 @click.option("--retry-failed", "retry_report", type=click.Path(dir_okay=False, path_type=str),
-              help="Rerun only the jobs that failed in this earlier report.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per finished job, then a summary.")
+              help="Rerun only the jobs that failed in this earlier report (alone: with the options it recorded).")
 @output_flags
 @command_errors
-def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, conversion: str, layout: str,
-          dtype: str | None, max_shard_size: str | None, digest: str, workers: int | None, executor: str, address: str | None,
-          report_path: str | None, retry_report: str | None, as_json: bool, cast_loss: str, **reader: Any) -> None:
+def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, workers: int | None, executor: str,
+          address: str | None, report_path: str | None, retry_report: str | None, **options: Any) -> None:
     """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
-    never stops the others, and exit 0 means every job succeeded or was skipped."""
+    never stops the others, and exit 0 means every job succeeded or was skipped. Every conversion
+    option applies to every job; with --job-file, those given here are defaults the file's own
+    override. With --json, one JSON object per finished job, then a summary."""
     from . import batch as batch_mod
-    from .contract import ReaderOptions
-    from .errors import BatchFailedError, UsageError
+    from .errors import UsageError
 
     if job_file:
-        jobs = batch_mod.jobs_from_file(job_file, out_dir)
+        jobs = batch_mod.jobs_from_file(job_file, out_dir, _given(options))
     elif sources and out_dir:
-        jobs = batch_mod.jobs_from_sources(sources, out_dir, conversion=conversion, layout=layout, dtype=dtype,
-                                           max_shard_size=max_shard_size, digest=digest, cast_loss=cast_loss,
-                                           reader=ReaderOptions(**reader))
+        jobs = batch_mod.jobs_from_sources(sources, out_dir, **_job_options(options))
+    elif retry_report:
+        jobs = batch_mod.jobs_from_report(retry_report, **_job_options(options))
     else:
-        raise UsageError("give SOURCES with --out-dir, or --job-file")
-    if retry_report:
+        raise UsageError("give SOURCES with --out-dir, --job-file, or --retry-failed REPORT")
+    if retry_report and (job_file or sources):
         jobs = batch_mod.retry_jobs(jobs, retry_report)
-    quiet = _flags().get("quiet", False)
+    quiet, as_json = _flags().get("quiet", False), _wants_json()
     report = open(report_path, "w", encoding="utf-8") if report_path else None
     try:
         with batch_display(jobs, enabled=not (as_json or quiet)) as on_result:
@@ -443,26 +483,66 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, c
                 summary = batch_mod.run_ray(jobs, address, emit)
             else:
                 summary = batch_mod.run_local(jobs, workers or os.cpu_count() or 1, emit, on_stop=_stopping)
-        closing = json.dumps(summary.to_json())
-        if as_json:
-            click.echo(closing)
+        counts = summary.counts()
+        outcome = _batch_outcome(summary)
+        closing = summary.to_json()
+        if outcome is not None:  # the summary line is then the --json error object too
+            closing = {**closing, "error": outcome[0], "exit_code": outcome[1], "kind": outcome[2]}
+        if as_json and outcome is None:
+            click.echo(json.dumps(closing))
         if report:
-            report.write(closing + "\n")
+            report.write(json.dumps(closing) + "\n")
     finally:
         if report:
             report.close()
-    counts = summary.counts()
-    if summary.interrupted:
-        _fail(f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
-              f"skipped, {counts['failed']} failed); nothing was left half-written", EXIT_INTERRUPTED)
-    if not quiet and not as_json:
+    if not quiet and not as_json and not summary.interrupted:
         click.echo(f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
                    f"{counts['failed']} failed")
         for r in summary.results:
             if r.status == "failed":
                 click.echo(f"  failed {r.source}: {r.error}", err=True)
+    if outcome is not None:
+        _fail(*outcome, summary.to_json())
+
+
+def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
+    """A finished batch's error (message, exit code, kind), or None when every job succeeded or was skipped."""
+    from .errors import BatchFailedError
+
+    counts = summary.counts()
+    if summary.interrupted:
+        return (f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
+                f"skipped, {counts['failed']} failed); nothing was left half-written", EXIT_INTERRUPTED, "interrupted")
     if not summary.ok:
-        raise BatchFailedError(f"{counts['failed']} of {len(summary.results)} jobs failed")
+        return (f"{counts['failed']} of {len(summary.results)} jobs failed", BatchFailedError.exit_code,
+                BatchFailedError.kind)
+    return None
+
+
+def _job_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Batch's command-line options as Job's fields."""
+    from .contract import ReaderOptions
+
+    names = ReaderOptions.names()
+    fields = {k: v for k, v in options.items() if k not in names}
+    fields["layout_options"] = _parse_options(fields.pop("layout_options"))
+    if fields.get("layout_file"):
+        fields["layout_file"] = os.path.abspath(fields["layout_file"])
+    return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names})}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (not click's defaults), as a job file's keys."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    if "layout_options" in given:
+        given["layout_options"] = _parse_options(given["layout_options"])
+    for name in ("layout_file", "config"):
+        if given.get(name):
+            given[name] = os.path.abspath(given[name])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
 
 
 def _stopping() -> None:
@@ -491,35 +571,53 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
         yield advance
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(short_help="List the tensors of any supported input, with totals.",
+             epilog=example("convert inspect model.pt", "convert inspect out/ --json"))
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors
-def inspect(path: str, key: str | None, as_json: bool) -> None:
-    """List the tensors (name, dtype, shape, bytes) of any supported input."""
+def inspect(path: str, key: str | None) -> None:
+    """List the tensors (name, dtype, shape, bytes) of any supported input, in aligned columns, then
+    the totals: tensors, parameters (elements) and bytes, and bytes per dtype."""
     from .api import inspect_path
 
     info = inspect_path(path, key)
-    if as_json:
+    if _wants_json():
         click.echo(json.dumps(info))
         return
+    rows = [(t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]", f"{t['bytes']:,}")
+            for t in info["tensors"]]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+    for r in rows:
+        click.echo(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}")
+    per_dtype: dict[str, int] = {}
     for t in info["tensors"]:
-        click.echo(f"{t['name']}  {t['dtype']}  {t['shape']}  {t['bytes']}")
-    click.echo(f"{info['format']}: {len(info['tensors'])} tensors, {info['bytes']} bytes")
+        per_dtype[t["dtype"]] = per_dtype.get(t["dtype"], 0) + t["bytes"]
+    params = info["parameters"]
+    click.echo(f"{info['format']}: {len(rows)} tensors, {params:,} parameters, {human_bytes(info['bytes'])}"
+               + (f" ({', '.join(f'{d} {human_bytes(n)}' for d, n in sorted(per_dtype.items()))})" if per_dtype else ""))
 
 
-@cli.command(epilog=EXIT_HELP)
+def human_bytes(n: int) -> str:
+    """Bytes as people read them, in binary units (the unit every size this tool prints uses)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+@cli.command(short_help="Check an output against its manifest and its source.",
+             epilog=example("convert verify out/", "convert verify out/ --source model.pt",
+                            "convert verify nf_out/ --source nf_folder/   # every model of a NeuralForecast output"))
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--source", "source_path", type=click.Path(path_type=str),
               help="Also compare every tensor with this source, byte for byte.")
 @click.option("--key", help="With --source: the dict holding the tensors in the checkpoint "
                             "(default: the one the conversion recorded).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors
-def verify(out: str, source_path: str | None, key: str | None, as_json: bool) -> None:
+def verify(out: str, source_path: str | None, key: str | None) -> None:
     """Check an output folder against its manifest (re-read with the safetensors library, the digest
     of every file and tensor in the manifest's recorded algorithm; 1.0 manifests too) and, with
     --source, against the source. Exit 0 only if everything holds."""
@@ -527,10 +625,10 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
     from .errors import VerificationError
 
     report = verify_path(out, source_path, key)
-    quiet = _flags().get("quiet", False)
-    if as_json:
+    quiet, as_json = _flags().get("quiet", False), _wants_json()
+    if as_json and report.ok:
         click.echo(json.dumps(report.to_json()))
-    elif not quiet:
+    elif not quiet and not as_json:
         for problem in report.problems:  # the report on stdout; stderr gets the one error line below
             click.echo(f"FAIL {problem}")
         if report.ok:
@@ -538,18 +636,21 @@ def verify(out: str, source_path: str | None, key: str | None, as_json: bool) ->
             click.echo(f"ok: {report.files} file(s), {report.tensors} tensors match the manifest{extra}")
     if not report.ok:
         shown = "; ".join(report.most_specific_first()[:3]) + ("; ..." if len(report.problems) > 3 else "")
-        raise VerificationError(f"{len(report.problems)} problem(s): {shown}")
+        error = VerificationError(f"{len(report.problems)} problem(s): {shown}")
+        error.details = report.to_json()  # with --json: the report and the error, one object
+        raise error
 
 
-@cli.command(epilog=EXIT_HELP)
+@cli.command(short_help="List the target layouts, or show one layout's rules.",
+             epilog=example("convert layouts", "convert layouts burn"))
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @output_flags
 @command_errors
-def layouts(name: str | None, as_json: bool) -> None:
+def layouts(name: str | None) -> None:
     """List the built-in target layouts, or show one layout's rules."""
     from .mapping import builtin_layouts, layout_text
 
+    as_json = _wants_json()
     found = builtin_layouts()
     if name is None:
         rows = {n: d.get("description", "") for n, d in sorted(found.items()) if n == d["name"]}
@@ -576,9 +677,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # bad options or arguments: one line, like every other error
         hint = f" (see `{exc.ctx.command_path} --help`)" if isinstance(exc, click.UsageError) and exc.ctx else ""
-        _fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        _fail(f"{exc.format_message()}{hint}", exc.exit_code, "usage")
     except click.exceptions.Abort:
-        _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED)
+        _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED, "interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -151,6 +151,8 @@ class ReaderFace:
     option_help: dict[str, str] = field(default_factory=dict)  # its own wording for an option's --help
     suffixes: tuple[str, ...] = ()  # file names a batch picks up inside a plain folder
     bundle: bool = False  # opens into a SourceBundle
+    short: str = ""  # the command's one line in `convert --help`
+    example: str = ""  # one typical invocation, shown in the command's --help
 
     def __post_init__(self) -> None:
         unknown = set(self.options) - set(ReaderOptions.names())

@@ -28,6 +28,7 @@ class ConvertError(Exception):
 
     exit_code = 1
     kind = "error"
+    details: dict[str, object] | None = None  # more for --json's error object (verify: its report)
 
     def __init__(self, message: object = "") -> None:
         # One line, whatever the message quotes from a file (a pickle's text, a name with a newline).
@@ -124,10 +125,16 @@ def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | N
 
 EXIT_INTERRUPTED = 130
 
+
+def _meaning(cls: type[ConvertError]) -> str:
+    """An exit code's meaning, worded as the table's other lines: the class's first docstring line."""
+    text = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+    return text[:1].lower() + text[1:]
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it with the traceback printed by -v)",
-    **{cls.exit_code: (cls.__doc__ or "").strip().splitlines()[0] for cls in (
+    **{cls.exit_code: _meaning(cls) for cls in (
         UsageError, SourceNotFoundError, UnsupportedFormatError, UnsafeInputError,
         CorruptInputError, MappingError, VerificationError, OutputExistsError, OutputWriteError,
         BatchFailedError)},

@@ -29,7 +29,7 @@ from .documents import check_schema, read_toml
 from .dtypes import DType, dtype as lookup_dtype
 from .errors import MappingError, UsageError
 from .tensors import TensorRef
-from .vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES
+from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES, TIE_MODES, canonical_dtype
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(\.\.\.|:int)?\}")
 
@@ -514,9 +514,10 @@ def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layo
         raise UsageError(f"--cast-loss {on_loss!r}: choose one of {', '.join(CAST_LOSS)}")
     target = None
     if requested is not None:
-        target = CAST_TARGETS.get(requested.lower())
+        target = CAST_TARGETS.get(canonical_dtype(requested))
         if target is None:
-            raise UsageError(f"--dtype {requested!r}: choose one of {', '.join(CAST_TARGETS)}")
+            raise UsageError(f"--dtype {requested!r}: choose one of {', '.join(CAST_TARGETS)} "
+                             f"(or {', '.join(DTYPE_ALIASES)})")
     for m in mapped:
         code = m.ref.dtype.code
         if target and m.ref.dtype.is_float and code != target:

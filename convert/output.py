@@ -47,7 +47,8 @@ class StagedOutput:
                 raise OutputExistsError(f"{self.dest} holds files this tool did not write ({shown}); "
                                         "choose another output folder, or move them away")
             if not self.overwrite:
-                raise OutputExistsError(f"{self.dest} already holds an earlier output; pass --overwrite to replace it")
+                raise OutputExistsError(f"{self.dest} already holds an earlier output; replace it with --overwrite "
+                                        "(overwrite=True in the Python API)")
 
     def __enter__(self) -> Path:
         self.check()

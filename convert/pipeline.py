@@ -27,7 +27,7 @@ from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_la
 from .output import StagedOutput, write_file
 from .source import SourceModel
 from .transforms import invertible
-from .writer import INDEX_FILE, WriteItem, WrittenFile, shard_file_names, shard_items, write_safetensors
+from .writer import INDEX_FILE, WriteItem, WrittenFile, oversized, shard_file_names, shard_items, write_safetensors
 
 BUNDLE_INDEX = "models.json"  # beside a bundle's model folders: what each holds
 
@@ -100,6 +100,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
         kept, aliases = mapping.tensors, {}
     items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in kept]
     shards = shard_items(items, options.max_shard_size)
+    warnings.extend(oversized(items, options.max_shard_size))
     names = shard_file_names(len(shards))
     total = sum(it.nbytes for it in items)
     if options.dry_run:

@@ -83,6 +83,12 @@ def shard_items(items: list[WriteItem], max_shard_size: int | None) -> list[list
     return shards
 
 
+def oversized(items: list[WriteItem], max_shard_size: int | None) -> list[str]:
+    """A warning per tensor that cannot fit a shard (it is written alone, larger than asked)."""
+    return [f"{it.name} ({it.nbytes:,} bytes) is larger than --max-shard-size ({max_shard_size:,} bytes): "
+            "it has a shard of its own" for it in items if max_shard_size and it.nbytes > max_shard_size]
+
+
 def shard_file_names(count: int) -> list[str]:
     if count == 1:
         return [SINGLE_FILE]

@@ -34,4 +34,6 @@ READER = ReaderFace(
             "folder OUT, in PyTorch names and layouts. Msgpack is read without JAX.",
     options=("collections", "unstack"),
     suffixes=(".msgpack",),
+    short="Convert Flax msgpack, HF Flax or orbax checkpoints.",
+    example="convert flax-to-safetensors params.msgpack out/ --dtype bf16",
 )

@@ -35,4 +35,6 @@ READER = ReaderFace(
             "layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run.",
     options=("config",),
     suffixes=(".h5", ".keras"),
+    short="Convert Keras .keras, .weights.h5 or .h5 (no TF).",
+    example="convert keras-to-safetensors model.keras out/",
 )

@@ -33,4 +33,6 @@ READER = ReaderFace(
             "unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach "
             "PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names.",
     suffixes=(".npz", ".npy"),
+    short="Convert NumPy .npz/.npy files or pickles of arrays.",
+    example="convert npz-to-safetensors params.npz out/",
 )

@@ -24,4 +24,6 @@ READER = ReaderFace(
             "Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter names "
             "through the graph; the manifest summarizes the graph's operators. The model is never run.",
     suffixes=(".onnx",),
+    short="Extract an ONNX model's initializers (weights).",
+    example="convert onnx-to-safetensors model.onnx weights/",
 )

@@ -36,4 +36,6 @@ READER = ReaderFace(
                         "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
                         "optimizer, scheduler, scaler and RNG states are left out)."},
     suffixes=(".pt", ".pth", ".bin", ".ckpt"),
+    short="Convert a PyTorch checkpoint or folder (no torch).",
+    example="convert pth-to-safetensors model.pt out/ --layout burn",
 )

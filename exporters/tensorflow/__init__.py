@@ -31,4 +31,6 @@ READER = ReaderFace(
     options=("key",),
     option_help={"key": "The checkpoint object holding the model (default: `model` if present, else all but "
                         "the optimizer)."},
+    short="Convert a TF SavedModel or checkpoint (needs TF).",
+    example="convert tf-to-safetensors saved_model_dir/ out/",
 )

@@ -27,4 +27,6 @@ READER = ReaderFace(
             "quantization parameters are recorded in the manifest.",
     options=("quantized",),
     suffixes=(".tflite",),
+    short="Convert a TFLite model's weights (no TensorFlow).",
+    example="convert tflite-to-safetensors model.tflite out/ --quantized keep",
 )
