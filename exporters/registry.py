@@ -42,6 +42,20 @@ def detect(path: Path) -> ReaderFace:
                                  f"(supported: {', '.join(sorted(f.kind for f in READERS))})")
 
 
+def _next_step(path: Path, refused_by: ReaderFace) -> str:
+    """Which command reads a source that the reader a user named refused ("" when none does)."""
+    try:
+        face = detect(path)
+    except (UnsupportedFormatError, SourceNotFoundError):
+        face = None
+    if face is not None and face is not refused_by:
+        return f"it is a {face.kind} source: `convert {face.command or 'auto'}` reads it"
+    names = Probe(path).zip_names if path.is_file() else None
+    if names and any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names):
+        return "it is a torch.export program (.pt2): `convert to-onnx` exports it"
+    return ""
+
+
 def face_named(name: str) -> ReaderFace:
     """A reader by its kind or its command name (`pytorch` or `pth-to-safetensors`)."""
     for face in READERS:
@@ -68,6 +82,11 @@ def open_source(path: str | Path, options: ReaderOptions | None = None, kind: st
     options = options or ReaderOptions()
     try:
         opened = face.open(p, options)
+    except (UnsupportedFormatError, SourceNotFoundError) as exc:
+        hint = _next_step(p, face) if kind != "auto" else ""
+        if not hint:
+            raise
+        raise type(exc)(f"{exc}; {hint}") from None
     except ImportError as exc:  # ModuleNotFoundError, or an import that an environment blocks
         error = missing_extra(exc.name or "", f"reading a {face.kind} source")
         if error is None:

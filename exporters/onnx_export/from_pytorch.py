@@ -75,9 +75,28 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
     reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(samples))))
     model, exporter, notes = export_torch(program, module, samples, specs, outputs, None, options, scratch)
+    training = train_mode_ops(program)
+    hint = (f"the program was exported in train mode ({', '.join(training)} with training=True): call "
+            "model.eval() before torch.export.export and save it again") if training else ""
     return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-export-program", [src],
                          parameters=[(k, tuple(v.shape)) for k, v in program.state_dict.items()],
-                         samples=samples, notes=notes)
+                         samples=samples, notes=notes, mismatch_hint=hint)
+
+
+def train_mode_ops(program: Any) -> list[str]:
+    """The operators of an exported program that run in training mode (dropout, batch norm with its
+    batch statistics): such a program's outputs are random or batch-dependent, so no graph matches them."""
+    found: dict[str, None] = {}
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            if arg.name in ("train", "training"):
+                value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name, arg.default_value)
+                if value is True:
+                    found[schema.name.split("::")[-1]] = None
+    return list(found)
 
 
 def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:

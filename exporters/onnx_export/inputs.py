@@ -26,7 +26,7 @@ BATCH = "batch"
 
 @dataclass
 class InputSet:
-    label: str  # "generated", "example inputs" or the .npz file's name
+    label: str  # "generated", "example" (a .pt2's) or the .npz file's name: "<label> inputs" in messages
     batch_size: int
     arrays: dict[str, np.ndarray]
 
@@ -211,7 +211,7 @@ def input_sets(specs: list[InputSpec], samples: dict[str, np.ndarray] | None, np
     """The inputs validation runs: generated (or the source's examples), and the user's file."""
     if samples is not None:
         first = {s.name: samples[s.name] for s in specs}
-        sets = _pair("example inputs", first, {s.name: tuple(s.dynamic) for s in specs})
+        sets = _pair("example", first, {s.name: tuple(s.dynamic) for s in specs})
     else:
         rng = np.random.default_rng(0)
         big = {s.name: _random(rng, _grown(s.shape, s.dynamic), s) for s in specs}

@@ -67,3 +67,4 @@ class ExportedGraph:
     folder: str = ""  # where in the output folder this graph goes: "" for a source of one model
     source_model: dict[str, Any] | None = None  # the config the model was rebuilt from, for the manifest
     semantics: dict[str, Any] | None = None  # what the inputs and outputs mean, where the graph alone cannot say
+    mismatch_hint: str = ""  # a likely cause, told when validation finds the graph differs from the source

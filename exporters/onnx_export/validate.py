@@ -51,8 +51,9 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
         diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected, strict=True)}
         for name, diff in diffs.items():
             if not diff <= atol:
+                hint = f"; {graph.mismatch_hint}" if graph.mismatch_hint else ""
                 raise VerificationError(f"output {name!r} differs from the source by {diff:.3g} at {where} "
-                                        f"(--atol {atol:g}); no ONNX file was written")
+                                        f"(--atol {atol:g}){hint}; no ONNX file was written")
             worst[name] = max(worst[name], diff)
         runs.append({"inputs": input_set.label, "batch_size": input_set.batch_size, "max_abs_diff": diffs})
     return {
