@@ -170,6 +170,29 @@ def test_unstack_splits_scanned_layers(tmp_path: Path) -> None:
     assert_no_output(tmp_path / "bad")
 
 
+def test_stacked_layers_without_unstack_are_refused_naming_the_path(tmp_path: Path) -> None:
+    """A scanned Dense kernel [layers, in, out] would pass for a Conv kernel: refused, with the option
+    that splits it; a wrong --unstack path lists the stacked modules (nn.scan names one ScanBlock_0)."""
+    import flax.linen as nn
+
+    class Unnamed(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            x, _ = nn.scan(fh.Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)()(x, None)
+            return x
+
+    x = np.zeros((2, fh.EMBED), np.float32)
+    named = write(tmp_path / "scan.msgpack", fh.to_bytes(fh.Stacked().init(jax.random.PRNGKey(4), x)))
+    assert_cli_error(run_cli("flax-to-safetensors", named, tmp_path / "bad"), 4, "layers:", "--unstack layers")
+    unnamed = write(tmp_path / "unnamed.msgpack", fh.to_bytes(Unnamed().init(jax.random.PRNGKey(4), x)))
+    line = assert_cli_error(run_cli("flax-to-safetensors", unnamed, tmp_path / "bad", "--unstack", "layers"), 2,
+                            "stacked modules here: ScanBlock_0")
+    assert "--unstack layers" in line
+    assert_no_output(tmp_path / "bad")
+    assert run_cli("flax-to-safetensors", unnamed, tmp_path / "ok", "--unstack", "ScanBlock_0")[0] == 0
+    assert "ScanBlock_0.2.Dense_0.weight" in load_output(tmp_path / "ok")
+
+
 def test_collection_option(convnet: tuple[dict[str, Any], np.ndarray], tmp_path: Path) -> None:
     variables, _ = convnet
     src = write(tmp_path / "ema.msgpack", fh.to_bytes({"ema_params": variables["params"], **variables}))

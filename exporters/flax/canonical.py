@@ -63,6 +63,11 @@ class Canonical:
 
 
 def canonicalize(tree: Tree) -> Canonical:
+    stacked = stacked_modules(tree)
+    if stacked:  # read as they are, their kernels would pass for convolutions: a guess exit 0 must not make
+        raise UnsupportedFormatError(
+            f"{', '.join(stacked)}: layers stacked by nn.scan or vmap (a Dense kernel [layers, in, out] with its "
+            f"bias [layers, out]); split them with {' '.join(f'--unstack {p}' for p in stacked)}")
     out = Canonical()
     _walk(tree, (), out)
     return out
@@ -203,6 +208,40 @@ def _cell_bias(name: str, side: list[Tree], out: Canonical) -> None:
 
 # --- stacked layers -------------------------------------------------------------------------------
 
+def stacked_modules(tree: Tree) -> list[str]:
+    """Dotted paths of the modules nn.scan or vmap stacked, as --unstack takes them: for each Dense
+    whose kernel [L, in, out] and bias [L, out] carry a leading layer axis, the outermost module
+    above it whose every tensor has that leading axis (a DenseGeneral's bias is kernel.shape[1:])."""
+    found: dict[str, None] = {}
+
+    def walk(node: Tree, where: tuple[str, ...]) -> None:
+        kernel, bias = node.get("kernel"), node.get("bias")
+        if (where and isinstance(kernel, TensorRef) and isinstance(bias, TensorRef) and len(kernel.shape) == 3
+                and bias.shape == (kernel.shape[0], kernel.shape[2]) and bias.shape != kernel.shape[1:]):
+            layers = kernel.shape[0]
+            top = next(i for i in range(1, len(where) + 1) if _leading_axis(_at(tree, where[:i])) == layers)
+            found[".".join(where[:top])] = None
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, (*where, key))
+
+    walk(tree, ())
+    return list(found)
+
+
+def _at(tree: Tree, where: tuple[str, ...]) -> Tree:
+    node = tree
+    for part in where:
+        node = node[part]
+    return node
+
+
+def _leading_axis(node: Tree) -> int | None:
+    """The length of the first axis every tensor below `node` shares, or None."""
+    lengths = {ref.shape[0] if ref.shape else None for ref in tensor_leaves(node)}
+    return lengths.pop() if len(lengths) == 1 else None
+
+
 def unstack(tree: Tree, path: str) -> int:
     """Split the module at dotted `path`, stacked by nn.scan or vmap along a leading layer axis, into
     `path.0`, `path.1`, ... in place; returns the number of layers."""
@@ -212,7 +251,9 @@ def unstack(tree: Tree, path: str) -> int:
         node = node.get(part) if isinstance(node, dict) else None
     stacked = node.get(last) if isinstance(node, dict) else None
     if not isinstance(stacked, dict):
-        raise UsageError(f"--unstack {path}: no module at that path (top level holds {sorted(tree)[:20]})")
+        found = stacked_modules(tree)
+        hint = f"; stacked modules here: {', '.join(found)}" if found else ""
+        raise UsageError(f"--unstack {path}: no module at that path (top level holds {sorted(tree)[:20]}{hint})")
     lengths = {ref.shape[0] if ref.shape else 0 for ref in tensor_leaves(stacked)}
     if len(lengths) != 1 or 0 in lengths:
         raise UsageError(f"--unstack {path}: its tensors do not share a leading layer axis (first sizes: {sorted(lengths)})")
