@@ -154,11 +154,25 @@ def test_inspect_aligns_columns_and_gives_totals(model_pt: Path) -> None:
     assert total == "pytorch-zip: 4 tensors, 83 parameters, 332 B (F32 332 B)"
 
 
-def test_conversion_summary_and_progress_use_binary_units(model_pt: Path, tmp_path: Path) -> None:
+def test_conversion_summary_and_progress_use_binary_units(model_pt: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from convert.cli import progress_bar
+
     rc, stdout, _ = run_cli("pth-to-safetensors", model_pt, tmp_path / "out")
     assert rc == 0 and re.search(r"4 tensors, 332 B in ", stdout), stdout
-    source = (REPO / "convert" / "cli.py").read_text()
-    assert "DownloadColumn(binary_units=True)" in source  # rich's bar, drawn only on a terminal
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)  # the bar is drawn only on a terminal
+    with progress_bar(True, 3 * 2**20, "converting") as advance:
+        assert advance is not None
+        advance(3 * 2**19)
+    assert "1.5/3.0 MiB" in screen.getvalue() and " MB" not in screen.getvalue()
 
 
 def test_nf_summary_names_folder_and_class_once_in_binary_units(tmp_path: Path) -> None:
