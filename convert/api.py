@@ -174,7 +174,7 @@ def inspect_path(path: str | Path, key: str | None = None, reader: ReaderOptions
                    for t in source.tensors]
         return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors),
-                "parameters": sum(math.prod(t["shape"]) for t in tensors), "details": source.extras}
+                "parameters": sum(math.prod(t.shape) for t in source.tensors), "details": source.extras}
 
 
 def recorded_reader_options(out: str | Path) -> ReaderOptions:

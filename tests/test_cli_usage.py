@@ -13,9 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (REPO, assert_cli_error, assert_no_output, assert_one_line_error, load_output,  # noqa: E402
-                      read_manifest, run_cli)
-
+from conftest import REPO, assert_cli_error, assert_no_output, assert_one_line_error, load_output, read_manifest, run_cli  # noqa: E402
 from convert.cli import cli as cli_group  # noqa: E402
 from convert.errors import EXIT_CODES  # noqa: E402
 

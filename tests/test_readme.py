@@ -192,10 +192,11 @@ def _embedding_model(work: Path) -> None:
 
 def _flax_sources(root: Path) -> None:
     pytest.importorskip("flax", reason="the Flax commands need flax and jax (the jax extra)")
-    import flax_helpers as fh
     import jax
     import orbax.checkpoint as ocp
     from flax import linen as nn
+
+    import flax_helpers as fh
 
     x = np.zeros((2, 4), np.float32)
     params = nn.Dense(3).init(jax.random.PRNGKey(0), x)
