@@ -344,11 +344,12 @@ def test_two_tensors_with_one_name(obj: dict[Any, Any], save_checkpoint: Callabl
 
 
 def test_overwrite_never_deletes_the_source(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    """--overwrite replaces only an earlier output; a folder holding the source is none (exit 9)."""
+    """--overwrite replaces only an earlier output; a folder holding the source is refused as such
+    (exit 2, as for every reader and a NeuralForecast bundle), before anything is read or written."""
     src = save_checkpoint({"w": torch.ones(3)}, name="work/model.pt")
     (src.parent / "notes.txt").write_text("keep me")
     before = listing(src.parent)
-    assert_cli_error(run_cli("pth-to-safetensors", src, src.parent, "--overwrite"), 9, "model.pt")
+    assert_cli_error(run_cli("pth-to-safetensors", src, src.parent, "--overwrite"), 2, "holds the source model.pt")
     assert listing(src.parent) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
 
@@ -359,7 +360,7 @@ def test_overwrite_never_deletes_a_source_folder(gpt2_folders: dict[str, Any], t
     src = tmp_path / "model"
     shutil.copytree(gpt2_folders["single"], src)
     before = listing(src)
-    assert_cli_error(run_cli("pth-to-safetensors", src, src, "--overwrite"), 9)
+    assert_cli_error(run_cli("pth-to-safetensors", src, src, "--overwrite"), 2, "holds the source")
     assert listing(src) == before
 
 
