@@ -45,14 +45,18 @@ def parse_size(text: str | int | None) -> int | None:
     llama.cpp's 5G/500M use them; GiB and Gi binary)."""
     if text is None or isinstance(text, int):
         return text
-    units = {"": 1, "B": 1, **{p: 10**(3 * i) for i, p in enumerate("KMGT", 1)},
-             **{p + "B": 10**(3 * i) for i, p in enumerate("KMGT", 1)},
-             **{p + "I": 2**(10 * i) for i, p in enumerate("KMGT", 1)},
-             **{p + "IB": 2**(10 * i) for i, p in enumerate("KMGT", 1)}}
+    units = {
+        "": 1,
+        "B": 1,
+        **{p: 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "B": 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "I": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "IB": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
+    }
     s = text.strip().upper()
     num = s.rstrip("KMGTIB")
     try:
-        value = int(float(num) * units[s[len(num):]])
+        value = int(float(num) * units[s[len(num) :]])
     except (KeyError, ValueError):
         raise UsageError(f"cannot read size {text!r} (examples: 5GB, 500MB, 2GiB)") from None
     if value <= 0:
@@ -89,8 +93,15 @@ def tensor_bytes(opened: Opened) -> int:
     return sum(t.nbytes for m in models for t in m.tensors)
 
 
-def convert_path(src: str | Path, out: str | Path, *, conversion: str = "auto", reader: ReaderOptions | None = None,
-                 progress: Progress | None = None, **options: Any) -> Result:
+def convert_path(
+    src: str | Path,
+    out: str | Path,
+    *,
+    conversion: str = "auto",
+    reader: ReaderOptions | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> Result:
     """Convert any supported source into the folder `out`; options as ConvertOptions. A bundle (a
     NeuralForecast folder) gives a BundleResult, anything else a ConversionResult."""
     opts = conversion_options(options)
@@ -100,31 +111,55 @@ def convert_path(src: str | Path, out: str | Path, *, conversion: str = "auto", 
         return convert_opened(opened, out, opts, progress)
 
 
-def pth_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None, strip_prefix: str = "auto",
-                       progress: Progress | None = None, **options: Any) -> Result:
+def pth_to_safetensors(
+    src: str | Path,
+    out: str | Path,
+    *,
+    key: str | None = None,
+    strip_prefix: str = "auto",
+    progress: Progress | None = None,
+    **options: Any,
+) -> Result:
     """A torch checkpoint file or Hugging Face PyTorch folder; `key` the dict holding the tensors,
     `strip_prefix` "auto", "none" or a prefix (see exporters.pytorch.reader.select_tensors)."""
-    return convert_path(src, out, conversion="pytorch", reader=ReaderOptions(key=key, strip_prefix=strip_prefix),
-                        progress=progress, **options)
+    return convert_path(
+        src, out, conversion="pytorch", reader=ReaderOptions(key=key, strip_prefix=strip_prefix), progress=progress, **options
+    )
 
 
-def flax_to_safetensors(src: str | Path, out: str | Path, *, collections: tuple[str, ...] = ("params",),
-                        unstack: tuple[str, ...] = (), progress: Progress | None = None, **options: Any) -> Result:
+def flax_to_safetensors(
+    src: str | Path,
+    out: str | Path,
+    *,
+    collections: tuple[str, ...] = ("params",),
+    unstack: tuple[str, ...] = (),
+    progress: Progress | None = None,
+    **options: Any,
+) -> Result:
     """A Flax msgpack file, Hugging Face Flax folder or orbax checkpoint."""
-    return convert_path(src, out, conversion="flax", reader=ReaderOptions(collections=collections, unstack=unstack),
-                        progress=progress, **options)
+    return convert_path(
+        src, out, conversion="flax", reader=ReaderOptions(collections=collections, unstack=unstack), progress=progress, **options
+    )
 
 
-def keras_to_safetensors(src: str | Path, out: str | Path, *, config: str | Path | None = None,
-                         progress: Progress | None = None, **options: Any) -> Result:
+def keras_to_safetensors(
+    src: str | Path, out: str | Path, *, config: str | Path | None = None, progress: Progress | None = None, **options: Any
+) -> Result:
     """A Keras .keras, .weights.h5 or .h5 file, or a Hugging Face TF folder, without TensorFlow;
     `config`: the model config for a bare .weights.h5 (a .keras file or a JSON config)."""
-    return convert_path(src, out, conversion="keras", reader=ReaderOptions(config=None if config is None else str(config)),
-                        progress=progress, **options)
+    return convert_path(
+        src,
+        out,
+        conversion="keras",
+        reader=ReaderOptions(config=None if config is None else str(config)),
+        progress=progress,
+        **options,
+    )
 
 
-def tf_to_safetensors(src: str | Path, out: str | Path, *, key: str | None = None,
-                      progress: Progress | None = None, **options: Any) -> Result:
+def tf_to_safetensors(
+    src: str | Path, out: str | Path, *, key: str | None = None, progress: Progress | None = None, **options: Any
+) -> Result:
     """A TF SavedModel folder or TF2 checkpoint (needs TensorFlow); `key`: the checkpoint object
     holding the model (default `model` if present)."""
     return convert_path(src, out, conversion="tensorflow", reader=ReaderOptions(key=key), progress=progress, **options)
@@ -146,11 +181,11 @@ def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress |
     return convert_path(src, out, conversion="numpy", progress=progress, **options)
 
 
-def tflite_to_safetensors(src: str | Path, out: str | Path, *, quantized: str = "dequantize",
-                          progress: Progress | None = None, **options: Any) -> Result:
+def tflite_to_safetensors(
+    src: str | Path, out: str | Path, *, quantized: str = "dequantize", progress: Progress | None = None, **options: Any
+) -> Result:
     """A .tflite model's weights; `quantized` "dequantize" or "keep"."""
-    return convert_path(src, out, conversion="tflite", reader=ReaderOptions(quantized=quantized), progress=progress,
-                        **options)
+    return convert_path(src, out, conversion="tflite", reader=ReaderOptions(quantized=quantized), progress=progress, **options)
 
 
 def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | None = None, **options: Any) -> Any:
@@ -170,11 +205,16 @@ def inspect_path(path: str | Path, key: str | None = None, reader: ReaderOptions
     with open_path(path, "auto", reader) as opened:
         source = opened.flat() if isinstance(opened, SourceBundle) else opened
         refuse_unencodable_names(source)
-        tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes}
-                   for t in source.tensors]
-        return {"path": str(path), "format": source.format, "files": [str(p) for p in source.files],
-                "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors),
-                "parameters": sum(math.prod(t.shape) for t in source.tensors), "details": source.extras}
+        tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes} for t in source.tensors]
+        return {
+            "path": str(path),
+            "format": source.format,
+            "files": [str(p) for p in source.files],
+            "tensors": tensors,
+            "bytes": sum(t["bytes"] for t in tensors),
+            "parameters": sum(math.prod(t.shape) for t in source.tensors),
+            "details": source.extras,
+        }
 
 
 def recorded_reader_options(out: str | Path) -> ReaderOptions:

@@ -29,11 +29,38 @@ HF_CONV1D_LEAVES = frozenset({"c_attn", "q_attn", "c_proj", "c_fc"})
 # Hugging Face module names that are nn.Embedding, and bias-free projections that are nn.Linear, across
 # the transformers model files; a name in neither stays a guess.
 HF_EMBEDDING_HINTS = ("embed", "wte", "wpe", "shared", "relative_attention_bias")
-HF_LINEAR_LEAVES = frozenset({
-    "lm_head", "q", "k", "v", "o", "query", "key", "value", "dense", "q_proj", "k_proj", "v_proj", "o_proj",
-    "out_proj", "gate_proj", "up_proj", "down_proj", "wi", "wo", "wi_0", "wi_1", "fc1", "fc2", "score",
-    "classifier", "w1", "w2", "w3",
-})
+HF_LINEAR_LEAVES = frozenset(
+    {
+        "lm_head",
+        "q",
+        "k",
+        "v",
+        "o",
+        "query",
+        "key",
+        "value",
+        "dense",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "out_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "wi",
+        "wo",
+        "wi_0",
+        "wi_1",
+        "fc1",
+        "fc2",
+        "score",
+        "classifier",
+        "w1",
+        "w2",
+        "w3",
+    }
+)
 
 # [0-9], not \d: \d also matches non-ASCII digits, and "l01" must not alias "l1".
 _RNN_LEAF = re.compile(r"(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(0|[1-9][0-9]*)(_reverse)?")
@@ -198,8 +225,9 @@ def _alternatives(module: dict, groups: dict[str, list[_Record]]) -> None:
     others: list[Spec] = []
     if kind in ("Linear", "Embedding") and len(weight) == 2 and "bias" not in leaves:
         others = [_linear(weight, False) if kind == "Embedding" else _embedding(weight)]
-    elif kind == "Linear" and len(weight) == 2 and weight[0] == weight[1] and \
-            module["path"].rpartition(".")[2] in HF_CONV1D_LEAVES:
+    elif (
+        kind == "Linear" and len(weight) == 2 and weight[0] == weight[1] and module["path"].rpartition(".")[2] in HF_CONV1D_LEAVES
+    ):
         others = [_conv1d_hf(weight)]  # only transformers' models have Conv1D, under these names
     elif kind == "LayerNorm" and len(weight) == 1 and "bias" not in leaves:
         others = [("PReLU", {"num_parameters": weight[0]})]
@@ -373,8 +401,9 @@ def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> 
         path, sep, kind = item.rpartition("=")
         module = by_path.get(path) if sep else None
         if module is None:
-            raise error(f"module_types: {item!r} names no module (expected PATH=TYPE with PATH one of the "
-                        f"architecture's module paths)")
+            raise error(
+                f"module_types: {item!r} names no module (expected PATH=TYPE with PATH one of the architecture's module paths)"
+            )
         fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
         chosen = next((f for f in fits if f["type"] == kind), None)
         if chosen is None:
@@ -384,9 +413,17 @@ def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> 
 
 
 # Layer types of the source frameworks (Keras classes, Flax modules) by the canonical type they are.
-SOURCE_TYPES = {"Dense": "Linear", "EinsumDense": "Linear", "Linear": "Linear", "Embedding": "Embedding",
-                "Embed": "Embedding", "LayerNormalization": "LayerNorm", "LayerNorm": "LayerNorm",
-                "RMSNorm": "LayerNorm", "PReLU": "PReLU"}
+SOURCE_TYPES = {
+    "Dense": "Linear",
+    "EinsumDense": "Linear",
+    "Linear": "Linear",
+    "Embedding": "Embedding",
+    "Embed": "Embedding",
+    "LayerNormalization": "LayerNorm",
+    "LayerNorm": "LayerNorm",
+    "RMSNorm": "LayerNorm",
+    "PReLU": "PReLU",
+}
 
 
 def decide_from_source(architecture: dict, source_model: dict | None) -> None:

@@ -45,9 +45,17 @@ class Job:
 
     def request(self) -> dict[str, Any]:
         """What decides an output's content besides the source bytes (compared to skip done work)."""
-        return {"conversion": self.conversion, "layout": self.layout, "layout_file": self.layout_file,
-                "layout_options": self.layout_options, "dtype": self.dtype, "max_shard_size": self.max_shard_size,
-                "digest": self.digest, "cast_loss": self.cast_loss, "reader": self.reader.to_json()}
+        return {
+            "conversion": self.conversion,
+            "layout": self.layout,
+            "layout_file": self.layout_file,
+            "layout_options": self.layout_options,
+            "dtype": self.dtype,
+            "max_shard_size": self.max_shard_size,
+            "digest": self.digest,
+            "cast_loss": self.cast_loss,
+            "reader": self.reader.to_json(),
+        }
 
     @classmethod
     def from_request(cls, source: str, output: str, request: dict[str, Any]) -> Job:
@@ -87,14 +95,20 @@ class BatchSummary:
         return all(r.status != "failed" for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"summary": {"jobs": len(self.results), **self.counts(),
-                            "bytes": sum(r.bytes for r in self.results),
-                            "seconds": round(sum(r.seconds for r in self.results), 3),
-                            "wall_seconds": round((self.finished or self.started) - self.started, 3),
-                            "interrupted": self.interrupted}}
+        return {
+            "summary": {
+                "jobs": len(self.results),
+                **self.counts(),
+                "bytes": sum(r.bytes for r in self.results),
+                "seconds": round(sum(r.seconds for r in self.results), 3),
+                "wall_seconds": round((self.finished or self.started) - self.started, 3),
+                "interrupted": self.interrupted,
+            }
+        }
 
 
 # --- planning ------------------------------------------------------------------------------------
+
 
 def expand_sources(patterns: Iterable[str]) -> list[Path]:
     """Files, model folders and globs, in order, each once; a plain folder contributes the model
@@ -139,8 +153,11 @@ def output_names(sources: list[Path]) -> list[str]:
     names: list[str] = []
     taken: set[str] = set()
     for src in sources:
-        candidates = [src.stem or src.name, src.name.replace(".", "-"),
-                      *(f"{src.name.replace('.', '-')}-{i}" for i in range(2, len(sources) + 2))]
+        candidates = [
+            src.stem or src.name,
+            src.name.replace(".", "-"),
+            *(f"{src.name.replace('.', '-')}-{i}" for i in range(2, len(sources) + 2)),
+        ]
         name = next(c for c in candidates if c not in taken)
         taken.add(name)
         names.append(name)
@@ -150,12 +167,13 @@ def output_names(sources: list[Path]) -> list[str]:
 def jobs_from_sources(patterns: Iterable[str], out_dir: str | Path, **options: Any) -> list[Job]:
     """One job per source found; `options` as Job's fields (`reader` a ReaderOptions)."""
     sources = expand_sources(patterns)
-    return [Job(str(src), str(Path(out_dir).absolute() / name), **options)
-            for src, name in zip(sources, output_names(sources), strict=True)]
+    return [
+        Job(str(src), str(Path(out_dir).absolute() / name), **options)
+        for src, name in zip(sources, output_names(sources), strict=True)
+    ]
 
 
-def jobs_from_file(path: str | Path, out_dir: str | Path | None = None,
-                   defaults: dict[str, Any] | None = None) -> list[Job]:
+def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults: dict[str, Any] | None = None) -> list[Job]:
     """A TOML job file (schemas/batch.schema.json): `[defaults]` and `[[job]]` entries; `defaults`
     (the options given on the command line, as Job's fields and reader option names) come below
     the file's own."""
@@ -165,8 +183,11 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None,
     base = job_file.parent
     file_defaults = doc.get("defaults", {})
     relative = {k: v for k, v in file_defaults.items() if k in ("layout_file", "config") and v is not None}
-    defaults = {**(defaults or {}), **file_defaults,
-                **{k: str(v) if Path(v).is_absolute() else str(base / v) for k, v in relative.items()}}
+    defaults = {
+        **(defaults or {}),
+        **file_defaults,
+        **{k: str(v) if Path(v).is_absolute() else str(base / v) for k, v in relative.items()},
+    }
     entries = doc.get("job", [])
     for entry in entries:
         for key in ("source", "output"):
@@ -210,8 +231,11 @@ def jobs_from_report(report_path: str | Path, **options: Any) -> list[Job]:
         if not isinstance(row.get("output"), str):
             raise UsageError(f"{report_path}: not a batch report (a failed job without its output)")
         request = row.get("request")
-        jobs.append(Job.from_request(row["source"], row["output"], request) if isinstance(request, dict)
-                    else Job(row["source"], row["output"], **options))
+        jobs.append(
+            Job.from_request(row["source"], row["output"], request)
+            if isinstance(request, dict)
+            else Job(row["source"], row["output"], **options)
+        )
     return jobs
 
 
@@ -234,13 +258,13 @@ def read_report(path: str | Path) -> list[dict[str, Any]]:
 
 # --- running one job -----------------------------------------------------------------------------
 
+
 def run_job(job: Job) -> JobResult:
     """Convert one source; every failure becomes a result, never an exception."""
     started = time.perf_counter()
 
     def result(status: str, error: str | None = None, code: int = 0, written: int = 0) -> JobResult:
-        return JobResult(job.source, job.output, status, error, code, time.perf_counter() - started, written,
-                         job.request())
+        return JobResult(job.source, job.output, status, error, code, time.perf_counter() - started, written, job.request())
 
     try:
         if not job.overwrite and is_done(job):
@@ -260,10 +284,21 @@ def _convert(job: Job) -> int:
     the bytes written, or that a dry run would write."""
     from .api import conversion_options, convert_opened, open_path
 
-    options = conversion_options(dict(layout=job.layout, layout_file=job.layout_file, layout_options=job.layout_options,
-                                      dtype=job.dtype, cast_loss=job.cast_loss, max_shard_size=job.max_shard_size,
-                                      overwrite=True, dry_run=job.dry_run, follow_links=job.follow_links,
-                                      digest=job.digest, request=job.request()))
+    options = conversion_options(
+        dict(
+            layout=job.layout,
+            layout_file=job.layout_file,
+            layout_options=job.layout_options,
+            dtype=job.dtype,
+            cast_loss=job.cast_loss,
+            max_shard_size=job.max_shard_size,
+            overwrite=True,
+            dry_run=job.dry_run,
+            follow_links=job.follow_links,
+            digest=job.digest,
+            request=job.request(),
+        )
+    )
     with open_path(job.source, job.conversion, job.reader) as opened:
         return convert_opened(opened, job.output, options).bytes
 
@@ -304,8 +339,11 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
         path = Path(f["path"])
         if path != root and root not in path.parents:
             return False  # the output was made from another source
-        if (not path.is_file() or path.stat().st_size != f.get("bytes")
-                or file_digest(path, doc["digest_algorithm"]) != f.get("digest")):
+        if (
+            not path.is_file()
+            or path.stat().st_size != f.get("bytes")
+            or file_digest(path, doc["digest_algorithm"]) != f.get("digest")
+        ):
             return False
     return all((out / f["path"]).is_file() and (out / f["path"]).stat().st_size == f["bytes"] for f in doc.get("files", []))
 
@@ -315,8 +353,7 @@ def _manifest_done(doc: dict[str, Any], out: Path, job: Job) -> bool:
 OnResult = Callable[[JobResult], None]
 
 
-def run_local(jobs: list[Job], workers: int, on_result: OnResult,
-              on_stop: Callable[[], None] | None = None) -> BatchSummary:
+def run_local(jobs: list[Job], workers: int, on_result: OnResult, on_stop: Callable[[], None] | None = None) -> BatchSummary:
     """A process pool: whole files per worker; a worker imports a framework only when a job needs it.
 
     Ctrl-C stops the batch at once: `on_stop` is called (the CLI says so and ignores a second
@@ -411,8 +448,13 @@ def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus:
     summary = BatchSummary()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
     remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
     try:
         pending = [remote.remote(job) for job in jobs]

@@ -65,8 +65,11 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (KeyboardInterrupt, Terminated):
             _fail("interrupted; nothing was left half-written", EXIT_INTERRUPTED, "interrupted")
         except Exception as exc:  # an optional extra not installed (exit 4), else a bug: say so plainly
-            missing = (missing_extra(exc.name or "", click.get_current_context().info_name or "this")
-                       if isinstance(exc, ModuleNotFoundError) else None)
+            missing = (
+                missing_extra(exc.name or "", click.get_current_context().info_name or "this")
+                if isinstance(exc, ModuleNotFoundError)
+                else None
+            )
             if verbose:
                 traceback.print_exc()
             if missing is not None:
@@ -88,7 +91,7 @@ def _wants_json() -> bool:
     if ctx is not None and ctx.find_root().meta.get("convert.flags", {}).get("json"):
         return True
     args = sys.argv[1:]
-    return "--json" in (args[:args.index("--")] if "--" in args else args)
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -98,18 +101,28 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 
 def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     """-q, -v and --json: taken by the group and by every command, so either place works."""
-    fn = click.option("--json", "json", is_flag=True, expose_value=False, callback=_remember,
-                      help="Machine-readable result on stdout; an error is one JSON object "
-                           "{error, exit_code, kind} there too.")(fn)
-    fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=_remember,
-                      help="Print tracebacks for errors.")(fn)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,
-                        help="Print nothing but errors.")(fn)
+    fn = click.option(
+        "--json",
+        "json",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Machine-readable result on stdout; an error is one JSON object {error, exit_code, kind} there too.",
+    )(fn)
+    fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=_remember, help="Print tracebacks for errors.")(
+        fn
+    )
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember, help="Print nothing but errors.")(
+        fn
+    )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=example("convert pth-to-safetensors model.pt out/ --layout candle",
-                            "convert -q --json verify out/ --source model.pt") + "\n\n" + EXIT_HELP)
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=example("convert pth-to-safetensors model.pt out/ --layout candle", "convert -q --json verify out/ --source model.pt")
+    + "\n\n"
+    + EXIT_HELP,
+)
 @click.version_option(__version__, prog_name="convert")
 @output_flags
 def cli() -> None:
@@ -125,39 +138,64 @@ class DtypeChoice(click.Choice):
 
 
 digest_option = click.option(
-    "--digest", type=click.Choice(ALGORITHMS), default=DEFAULT_ALGORITHM, show_default=True,
-    help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).")
+    "--digest",
+    type=click.Choice(ALGORITHMS),
+    default=DEFAULT_ALGORITHM,
+    show_default=True,
+    help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).",
+)
 
 
 cast_loss_option = click.option(
-    "--cast-loss", type=click.Choice(CAST_LOSS), default="refuse", show_default=True,
+    "--cast-loss",
+    type=click.Choice(CAST_LOSS),
+    default="refuse",
+    show_default=True,
     help="A cast that turns finite values into inf or non-zero ones into zero: refuse it (exit 7), saturate (the "
-         "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.")
+    "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.",
+)
 
 
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every conversion command shares."""
-    for decorator in reversed([
-        click.option("--layout", default="pytorch", show_default=True,
-                     help="Target naming and tensor layout (see `convert layouts`)."),
-        click.option("--layout-file", type=click.Path(dir_okay=False, path_type=str),
-                     help="Your own layout rules (TOML); `extends = \"burn\"` builds on a built-in one."),
-        click.option("--layout-option", "layout_options", multiple=True, metavar="KEY=VALUE",
-                     help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
-                          "module_types=PATH=TYPE[,...] and ties=alias|duplicate."),
-        click.option("--dtype", type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
-                     help=f"Cast floating tensors while streaming (integers are kept); also spelled "
-                          f"{', '.join(DTYPE_ALIASES)}."),
-        cast_loss_option,
-        click.option("--max-shard-size", metavar="SIZE",
-                     help="Split into Hugging Face shards of at most SIZE (5GB, 500MB, 5G, 2GiB); a tensor larger "
-                          "than SIZE gets a shard of its own, with a warning."),
-        digest_option,
-        click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
-        click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-        click.option("--follow-links", is_flag=True,
-                     help="Read source files that are symlinks or hard links (refused by default)."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--layout", default="pytorch", show_default=True, help="Target naming and tensor layout (see `convert layouts`)."
+            ),
+            click.option(
+                "--layout-file",
+                type=click.Path(dir_okay=False, path_type=str),
+                help='Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.',
+            ),
+            click.option(
+                "--layout-option",
+                "layout_options",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
+                "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
+            ),
+            click.option(
+                "--dtype",
+                type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
+                help=f"Cast floating tensors while streaming (integers are kept); also spelled {', '.join(DTYPE_ALIASES)}.",
+            ),
+            cast_loss_option,
+            click.option(
+                "--max-shard-size",
+                metavar="SIZE",
+                help="Split into Hugging Face shards of at most SIZE (5GB, 500MB, 5G, 2GiB); a tensor larger "
+                "than SIZE gets a shard of its own, with a warning.",
+            ),
+            digest_option,
+            click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
+            click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+            click.option(
+                "--follow-links", is_flag=True, help="Read source files that are symlinks or hard links (refused by default)."
+            ),
+        ]
+    ):
         fn = decorator(fn)
     return fn
 
@@ -171,8 +209,7 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
     # binary units, as every size this tool prints (rich's default is decimal MB)
-    with stderr_progress(BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                         TimeRemainingColumn()) as bar:
+    with stderr_progress(BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -196,8 +233,10 @@ def stage_display(enabled: bool) -> Iterator[Callable[[str], None] | None]:
         return
     from rich.progress import SpinnerColumn, TimeElapsedColumn
 
-    with open(os.dup(2), "w", encoding="utf-8") as terminal, \
-            stderr_progress(SpinnerColumn(), TimeElapsedColumn(), file=terminal) as bar:
+    with (
+        open(os.dup(2), "w", encoding="utf-8") as terminal,
+        stderr_progress(SpinnerColumn(), TimeElapsedColumn(), file=terminal) as bar,
+    ):
         task = bar.add_task("starting", total=None)
         yield lambda name: bar.update(task, description=name, refresh=True)
 
@@ -214,9 +253,22 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _run_conversion(conversion: str, src: str, out: str, reader: Any, layout: str, layout_file: str | None,
-                    layout_options: tuple[str, ...], dtype: str | None, cast_loss: str, max_shard_size: str | None,
-                    digest: str, overwrite: bool, dry_run: bool, follow_links: bool) -> None:
+def _run_conversion(
+    conversion: str,
+    src: str,
+    out: str,
+    reader: Any,
+    layout: str,
+    layout_file: str | None,
+    layout_options: tuple[str, ...],
+    dtype: str | None,
+    cast_loss: str,
+    max_shard_size: str | None,
+    digest: str,
+    overwrite: bool,
+    dry_run: bool,
+    follow_links: bool,
+) -> None:
     from .api import conversion_options, convert_opened, open_path, tensor_bytes
     from .output import StagedOutput
     from .pipeline import refuse_output_holding
@@ -224,10 +276,20 @@ def _run_conversion(conversion: str, src: str, out: str, reader: Any, layout: st
     refuse_output_holding([src], out)
     StagedOutput(out, overwrite).check()  # before reading a source that may be large
     quiet, as_json = _flags().get("quiet", False), _wants_json()
-    options = conversion_options(dict(
-        layout=layout, layout_file=layout_file, layout_options=_parse_options(layout_options), dtype=dtype,
-        cast_loss=cast_loss, max_shard_size=max_shard_size, digest=digest, overwrite=overwrite, dry_run=dry_run,
-        follow_links=follow_links))
+    options = conversion_options(
+        dict(
+            layout=layout,
+            layout_file=layout_file,
+            layout_options=_parse_options(layout_options),
+            dtype=dtype,
+            cast_loss=cast_loss,
+            max_shard_size=max_shard_size,
+            digest=digest,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            follow_links=follow_links,
+        )
+    )
     with open_path(src, conversion, reader) as opened:
         with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
             result = convert_opened(opened, out, options, progress)
@@ -255,19 +317,22 @@ def _print_result(result: Any, dry_run: bool) -> None:
     elif dry_run:
         for row in result.plan:
             click.echo(f"{row['file']}  {row['name']}  {row['dtype']}  {row['shape']}  {row['bytes']}")
-        click.echo(f"dry run: would write {len(result.files)} file(s), {result.tensors} tensors, "
-                   f"{result.bytes} bytes to {result.output}")
+        click.echo(
+            f"dry run: would write {len(result.files)} file(s), {result.tensors} tensors, {result.bytes} bytes to {result.output}"
+        )
     else:
         tied = f", {len(result.aliases)} tied" if result.aliases else ""
-        click.echo(f"wrote {result.output} ({', '.join(result.files)}; {result.tensors} tensors{tied}, "
-                   f"{human_bytes(result.bytes)} in {result.seconds:.2f} s)")
+        click.echo(
+            f"wrote {result.output} ({', '.join(result.files)}; {result.tensors} tensors{tied}, "
+            f"{human_bytes(result.bytes)} in {result.seconds:.2f} s)"
+        )
 
 
 # The --help of each reader option where the reader does not word it itself.
 READER_OPTION_HELP = {
     "key": "For checkpoints: dotted path of the dict holding the tensors.",
     "strip_prefix": "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a Lightning "
-                    "module's `model.` when every name has it, so names match the inner module.",
+    "module's `model.` when every name has it, so names match the inner module.",
     "config": "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).",
     "collections": "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
     "unstack": "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).",
@@ -280,14 +345,17 @@ def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]
     text = help_text or READER_OPTION_HELP[name]
     return {
         "key": lambda: click.option("--key", help=text),
-        "strip_prefix": lambda: click.option("--strip-prefix", default="auto", show_default=True,
-                                             metavar="auto|none|PREFIX", help=text),
+        "strip_prefix": lambda: click.option(
+            "--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX", help=text
+        ),
         "config": lambda: click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str), help=text),
-        "collections": lambda: click.option("--collection", "collections", multiple=True, default=("params",),
-                                            show_default=True, help=text),
+        "collections": lambda: click.option(
+            "--collection", "collections", multiple=True, default=("params",), show_default=True, help=text
+        ),
         "unstack": lambda: click.option("--unstack", multiple=True, metavar="PATH", help=text),
-        "quantized": lambda: click.option("--quantized", type=click.Choice(QUANTIZED_MODES), default="dequantize",
-                                          show_default=True, help=text),
+        "quantized": lambda: click.option(
+            "--quantized", type=click.Choice(QUANTIZED_MODES), default="dequantize", show_default=True, help=text
+        ),
     }[name]()
 
 
@@ -303,8 +371,15 @@ def reader_options(where: str) -> Callable[..., Any]:
     return wrap
 
 
-def conversion_command(name: str, summary: str, conversion: str, reader_options: tuple[str, ...],
-                       option_help: dict[str, str], short: str, examples: tuple[str, ...]) -> None:
+def conversion_command(
+    name: str,
+    summary: str,
+    conversion: str,
+    reader_options: tuple[str, ...],
+    option_help: dict[str, str],
+    short: str,
+    examples: tuple[str, ...],
+) -> None:
     """A `NAME SRC OUT` conversion command: the reader's own options, then the options every
     conversion shares, the output flags, and one-line errors."""
     from .contract import ReaderOptions
@@ -330,59 +405,120 @@ def _add_conversion_commands() -> None:
 
     for face in READERS:
         if face.command:
-            conversion_command(face.command, face.summary, face.kind, face.options, face.option_help, face.short,
-                               (face.example,))
-    conversion_command("auto", "Detect the source format by content (not by extension alone) and run the matching "
-                               "conversion.", "auto", ReaderOptions.names(), {},
-                       "Detect the format by content, then convert.",
-                       ("convert auto SRC out/", "convert auto model.bin out/ --dtype f16 --dry-run"))
+            conversion_command(face.command, face.summary, face.kind, face.options, face.option_help, face.short, (face.example,))
+    conversion_command(
+        "auto",
+        "Detect the source format by content (not by extension alone) and run the matching conversion.",
+        "auto",
+        ReaderOptions.names(),
+        {},
+        "Detect the format by content, then convert.",
+        ("convert auto SRC out/", "convert auto model.bin out/ --dtype f16 --dry-run"),
+    )
 
 
 _add_conversion_commands()
 
 
-@cli.command("to-onnx", short_help="Export a model as a validated ONNX graph.",
-             epilog=example("convert to-onnx model.pt2 out/",
-                            "convert to-onnx weights.safetensors out/ --module mypkg.models:build --input-shape x=1x3x32x32"))
+@cli.command(
+    "to-onnx",
+    short_help="Export a model as a validated ONNX graph.",
+    epilog=example(
+        "convert to-onnx model.pt2 out/",
+        "convert to-onnx weights.safetensors out/ --module mypkg.models:build --input-shape x=1x3x32x32",
+    ),
+)
 @click.argument("src", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--module", metavar="PKG.MOD:FACTORY",
-              help="Your code: import PKG.MOD (from the working folder too) and call FACTORY() for the "
-                   "torch.nn.Module (or, with --framework jax, the JAX model); SRC holds its weights.")
-@click.option("--framework", type=click.Choice(["auto", "pytorch", "keras", "jax", "neuralforecast"]), default="auto",
-              show_default=True, help="Source framework (auto: by SRC's content).")
-@click.option("--model", "models", multiple=True, metavar="NAME",
-              help="NeuralForecast: export only this model (its alias, as nf-to-safetensors names its folder; "
-                   "repeatable). Default: every model.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
-              help="Shape (and dtype) of an input for export and generated test inputs, e.g. x=1x3x32x32 or "
-                   "tokens=4x7:int64 (repeatable). DTYPE: float32, float16, float64, int64, int32, int16, int8, "
-                   "uint8, bool. Default: an integer or bool array's of --inputs, else what the module's code "
-                   "takes (int64 for an nn.Embedding's indices, bool or int64 for a mask), else float32.")
-@click.option("--input-range", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
-              help="Values of an integer or bool input, LOW included, HIGH excluded, e.g. tokens=0:21 "
-                   "(repeatable). Default: [0, num_embeddings) for an nn.Embedding's indices, 0/1 for a mask, "
-                   "else the values of --inputs, else 0 and 1.")
-@click.option("--dynamic-axis", "dynamic_axes", multiple=True, metavar="INPUT:AXIS=NAME",
-              help="Another dynamic axis besides the batch axis, e.g. input:1=seq (repeatable).")
-@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, path_type=str),
-              help="Also validate on your inputs: an .npz with one array per input name (read without pickle).")
+@click.option(
+    "--module",
+    metavar="PKG.MOD:FACTORY",
+    help="Your code: import PKG.MOD (from the working folder too) and call FACTORY() for the "
+    "torch.nn.Module (or, with --framework jax, the JAX model); SRC holds its weights.",
+)
+@click.option(
+    "--framework",
+    type=click.Choice(["auto", "pytorch", "keras", "jax", "neuralforecast"]),
+    default="auto",
+    show_default=True,
+    help="Source framework (auto: by SRC's content).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME",
+    help="NeuralForecast: export only this model (its alias, as nf-to-safetensors names its folder; "
+    "repeatable). Default: every model.",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=SHAPE[:DTYPE]",
+    help="Shape (and dtype) of an input for export and generated test inputs, e.g. x=1x3x32x32 or "
+    "tokens=4x7:int64 (repeatable). DTYPE: float32, float16, float64, int64, int32, int16, int8, "
+    "uint8, bool. Default: an integer or bool array's of --inputs, else what the module's code "
+    "takes (int64 for an nn.Embedding's indices, bool or int64 for a mask), else float32.",
+)
+@click.option(
+    "--input-range",
+    "input_ranges",
+    multiple=True,
+    metavar="NAME=LOW:HIGH",
+    help="Values of an integer or bool input, LOW included, HIGH excluded, e.g. tokens=0:21 "
+    "(repeatable). Default: [0, num_embeddings) for an nn.Embedding's indices, 0/1 for a mask, "
+    "else the values of --inputs, else 0 and 1.",
+)
+@click.option(
+    "--dynamic-axis",
+    "dynamic_axes",
+    multiple=True,
+    metavar="INPUT:AXIS=NAME",
+    help="Another dynamic axis besides the batch axis, e.g. input:1=seq (repeatable).",
+)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also validate on your inputs: an .npz with one array per input name (read without pickle).",
+)
 @click.option("--output-names", metavar="A,B,...", help="Names of the graph's outputs (default output, or output_0, ...).")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset (default: the exporter's).")
-@click.option("--atol", type=click.FloatRange(min=0),
-              help="Largest absolute difference allowed between ONNX Runtime and the source "
-                   "[default: 1e-5; 1e-4 for recurrent graphs].")
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    help="Largest absolute difference allowed between ONNX Runtime and the source [default: 1e-5; 1e-4 for recurrent graphs].",
+)
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
-@click.option("--external-data-threshold", metavar="SIZE", default="2GB", show_default=True,
-              help="Graphs larger than this keep their weights in model.onnx.data.")
-@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
-              help="PyTorch only: auto tries the dynamo exporter, then falls back to TorchScript.")
+@click.option(
+    "--external-data-threshold",
+    metavar="SIZE",
+    default="2GB",
+    show_default=True,
+    help="Graphs larger than this keep their weights in model.onnx.data.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "torchscript"]),
+    default="auto",
+    show_default=True,
+    help="PyTorch only: auto tries the dynamo exporter, then falls back to TorchScript.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @output_flags
 @command_errors
-def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tuple[str, ...],
-            dynamic_axes: tuple[str, ...], output_names: str | None, no_simplify: bool, models: tuple[str, ...],
-            **opts: Any) -> None:
+def to_onnx(
+    src: str,
+    out: str,
+    input_shapes: tuple[str, ...],
+    input_ranges: tuple[str, ...],
+    dynamic_axes: tuple[str, ...],
+    output_names: str | None,
+    no_simplify: bool,
+    models: tuple[str, ...],
+    **opts: Any,
+) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
     match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
 
@@ -404,10 +540,19 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
     shapes, dtypes = parse_input_shapes(input_shapes)
     quiet, as_json = _flags().get("quiet", False), _wants_json()
     with stage_display(not (as_json or quiet)) as stage:
-        result = export_onnx(src, out, stage=stage, input_shapes=shapes, input_dtypes=dtypes,
-                             input_ranges=parse_input_ranges(input_ranges),
-                             dynamic_axes=parse_dynamic_axes(dynamic_axes), output_names=names,
-                             simplify=not no_simplify, models=list(models), **opts)
+        result = export_onnx(
+            src,
+            out,
+            stage=stage,
+            input_shapes=shapes,
+            input_dtypes=dtypes,
+            input_ranges=parse_input_ranges(input_ranges),
+            dynamic_axes=parse_dynamic_axes(dynamic_axes),
+            output_names=names,
+            simplify=not no_simplify,
+            models=list(models),
+            **opts,
+        )
     if not quiet:
         for note in (n for g in result.graphs for n in g.notes):
             click.echo(f"convert: warning: {note}", err=True)
@@ -417,38 +562,69 @@ def to_onnx(src: str, out: str, input_shapes: tuple[str, ...], input_ranges: tup
         for g in result.graphs:
             v = g.validation
             worst = max(v["max_abs_diff"].values(), default=0.0)
-            click.echo(f"wrote {result.output / g.folder} ({', '.join(g.files)}) with {g.exporter}"
-                       f"{', simplified' if g.simplified else ''}; ONNX Runtime matches the source at batch sizes "
-                       f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
-                       f"max |diff| {worst:.2g} <= {v['atol']:g}")
+            click.echo(
+                f"wrote {result.output / g.folder} ({', '.join(g.files)}) with {g.exporter}"
+                f"{', simplified' if g.simplified else ''}; ONNX Runtime matches the source at batch sizes "
+                f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
+                f"max |diff| {worst:.2g} <= {v['atol']:g}"
+            )
         click.echo(f"{len(result.graphs)} graph{'s' if len(result.graphs) != 1 else ''} in {result.seconds:.1f} s")
 
 
-@cli.command(short_help="Convert many sources as one job (skips done work).",
-             epilog=example("convert batch models/ 'more/*.ckpt' --out-dir converted/ --jobs 2 --json",
-                            "convert batch --job-file jobs.toml --report report.jsonl",
-                            "convert batch --retry-failed report.jsonl"))
+@cli.command(
+    short_help="Convert many sources as one job (skips done work).",
+    epilog=example(
+        "convert batch models/ 'more/*.ckpt' --out-dir converted/ --jobs 2 --json",
+        "convert batch --job-file jobs.toml --report report.jsonl",
+        "convert batch --retry-failed report.jsonl",
+    ),
+)
 @click.argument("sources", nargs=-1)
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=str),
-              help="Each source's output goes to OUT_DIR/<source stem>/.")
-@click.option("--job-file", type=click.Path(dir_okay=False, path_type=str),
-              help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).")
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False, path_type=str), help="Each source's output goes to OUT_DIR/<source stem>/."
+)
+@click.option(
+    "--job-file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
+)
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
 @conversion_options
 @reader_options("for the jobs whose format takes it")
-@click.option("--jobs", "workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: the CPU count).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where jobs run: local worker processes, or Ray tasks (the ray extra) on --address's cluster.")
+@click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where jobs run: local worker processes, or Ray tasks (the ray extra) on --address's cluster.",
+)
 @click.option("--address", help="With --executor ray: the cluster to join (default: start a local Ray).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Also write the JSON lines report to this file.")
-@click.option("--retry-failed", "retry_report", type=click.Path(dir_okay=False, path_type=str),
-              help="Rerun only the jobs that failed in this earlier report (alone: with the options it recorded).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Also write the JSON lines report to this file.",
+)
+@click.option(
+    "--retry-failed",
+    "retry_report",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Rerun only the jobs that failed in this earlier report (alone: with the options it recorded).",
+)
 @output_flags
 @command_errors
-def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, workers: int | None, executor: str,
-          address: str | None, report_path: str | None, retry_report: str | None, **options: Any) -> None:
+def batch(
+    sources: tuple[str, ...],
+    out_dir: str | None,
+    job_file: str | None,
+    workers: int | None,
+    executor: str,
+    address: str | None,
+    report_path: str | None,
+    retry_report: str | None,
+    **options: Any,
+) -> None:
     """Convert many sources (files, folders, globs) as one job. Done work is skipped, one bad file
     never stops the others, and exit 0 means every job succeeded or was skipped. Every conversion
     option applies to every job; with --job-file, those given here are defaults the file's own
@@ -470,6 +646,7 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, w
     report = open(report_path, "w", encoding="utf-8") if report_path else None
     try:
         with batch_display(jobs, enabled=not (as_json or quiet)) as on_result:
+
             def emit(result: batch_mod.JobResult) -> None:
                 line = json.dumps(result.to_json())
                 if as_json:
@@ -496,8 +673,9 @@ def batch(sources: tuple[str, ...], out_dir: str | None, job_file: str | None, w
         if report:
             report.close()
     if not quiet and not as_json and not summary.interrupted:
-        click.echo(f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
-                   f"{counts['failed']} failed")
+        click.echo(
+            f"batch: {len(summary.results)} jobs: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
+        )
         for r in summary.results:
             if r.status == "failed":
                 click.echo(f"  failed {r.source}: {r.error}", err=True)
@@ -511,11 +689,14 @@ def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
 
     counts = summary.counts()
     if summary.interrupted:
-        return (f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
-                f"skipped, {counts['failed']} failed); nothing was left half-written", EXIT_INTERRUPTED, "interrupted")
+        return (
+            f"interrupted after {len(summary.results)} finished job(s) ({counts['ok']} ok, {counts['skipped']} "
+            f"skipped, {counts['failed']} failed); nothing was left half-written",
+            EXIT_INTERRUPTED,
+            "interrupted",
+        )
     if not summary.ok:
-        return (f"{counts['failed']} of {len(summary.results)} jobs failed", BatchFailedError.exit_code,
-                BatchFailedError.kind)
+        return (f"{counts['failed']} of {len(summary.results)} jobs failed", BatchFailedError.exit_code, BatchFailedError.kind)
     return None
 
 
@@ -559,8 +740,9 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
         return
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with stderr_progress(BarColumn(), MofNCompleteColumn(), "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(),
-                         TimeRemainingColumn()) as bar:
+    with stderr_progress(
+        BarColumn(), MofNCompleteColumn(), "{task.fields[mib]:.1f} MiB", TimeElapsedColumn(), TimeRemainingColumn()
+    ) as bar:
         task = bar.add_task("converting", total=len(jobs), mib=0.0)
         written = [0]
 
@@ -571,8 +753,10 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
         yield advance
 
 
-@cli.command(short_help="List the tensors of any supported input, with totals.",
-             epilog=example("convert inspect model.pt", "convert inspect out/ --json"))
+@cli.command(
+    short_help="List the tensors of any supported input, with totals.",
+    epilog=example("convert inspect model.pt", "convert inspect out/ --json"),
+)
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
 @output_flags
@@ -586,8 +770,7 @@ def inspect(path: str, key: str | None) -> None:
     if _wants_json():
         click.echo(json.dumps(info))
         return
-    rows = [(t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]", f"{t['bytes']:,}")
-            for t in info["tensors"]]
+    rows = [(t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]", f"{t['bytes']:,}") for t in info["tensors"]]
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
     for r in rows:
         click.echo(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}")
@@ -595,8 +778,10 @@ def inspect(path: str, key: str | None) -> None:
     for t in info["tensors"]:
         per_dtype[t["dtype"]] = per_dtype.get(t["dtype"], 0) + t["bytes"]
     params = info["parameters"]
-    click.echo(f"{info['format']}: {len(rows)} tensors, {params:,} parameters, {human_bytes(info['bytes'])}"
-               + (f" ({', '.join(f'{d} {human_bytes(n)}' for d, n in sorted(per_dtype.items()))})" if per_dtype else ""))
+    click.echo(
+        f"{info['format']}: {len(rows)} tensors, {params:,} parameters, {human_bytes(info['bytes'])}"
+        + (f" ({', '.join(f'{d} {human_bytes(n)}' for d, n in sorted(per_dtype.items()))})" if per_dtype else "")
+    )
 
 
 def human_bytes(n: int) -> str:
@@ -607,14 +792,21 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-@cli.command(short_help="Check an output against its manifest and its source.",
-             epilog=example("convert verify out/", "convert verify out/ --source model.pt",
-                            "convert verify nf_out/ --source nf_folder/   # every model of a NeuralForecast output"))
+@cli.command(
+    short_help="Check an output against its manifest and its source.",
+    epilog=example(
+        "convert verify out/",
+        "convert verify out/ --source model.pt",
+        "convert verify nf_out/ --source nf_folder/   # every model of a NeuralForecast output",
+    ),
+)
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--source", "source_path", type=click.Path(path_type=str),
-              help="Also compare every tensor with this source, byte for byte.")
-@click.option("--key", help="With --source: the dict holding the tensors in the checkpoint "
-                            "(default: the one the conversion recorded).")
+@click.option(
+    "--source", "source_path", type=click.Path(path_type=str), help="Also compare every tensor with this source, byte for byte."
+)
+@click.option(
+    "--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded)."
+)
 @output_flags
 @command_errors
 def verify(out: str, source_path: str | None, key: str | None) -> None:
@@ -641,8 +833,9 @@ def verify(out: str, source_path: str | None, key: str | None) -> None:
         raise error
 
 
-@cli.command(short_help="List the target layouts, or show one layout's rules.",
-             epilog=example("convert layouts", "convert layouts burn"))
+@cli.command(
+    short_help="List the target layouts, or show one layout's rules.", epilog=example("convert layouts", "convert layouts burn")
+)
 @click.argument("name", required=False)
 @output_flags
 @command_errors
@@ -655,8 +848,9 @@ def layouts(name: str | None) -> None:
     if name is None:
         rows = {n: d.get("description", "") for n, d in sorted(found.items()) if n == d["name"]}
         if as_json:
-            click.echo(json.dumps([{"name": n, "aliases": found[n].get("aliases", []), "description": d}
-                                   for n, d in rows.items()]))
+            click.echo(
+                json.dumps([{"name": n, "aliases": found[n].get("aliases", []), "description": d} for n, d in rows.items()])
+            )
             return
         for n, d in rows.items():
             aliases = found[n].get("aliases", [])

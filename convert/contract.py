@@ -128,9 +128,13 @@ class SourceBundle(Closing):
         """The whole bundle as one source, tensors named `<folder>/<tensor>`: for inspect."""
         tensors = [t.renamed(f"{m.folder}/{t.name}") for m in self.models for t in m.source.tensors]
         files = list(dict.fromkeys(f for m in self.models for f in m.source.files))
-        return SourceModel(format=self.format, files=files, tensors=tensors, extras={"skipped": self.skipped},
-                           architecture={**self.details, "models": {m.folder: m.source.architecture for m in self.models}})
-
+        return SourceModel(
+            format=self.format,
+            files=files,
+            tensors=tensors,
+            extras={"skipped": self.skipped},
+            architecture={**self.details, "models": {m.folder: m.source.architecture for m in self.models}},
+        )
 
 
 Opened = SourceModel | SourceBundle

@@ -32,25 +32,28 @@ def _d(code: str, np_type: DTypeLike, is_float: bool) -> DType:
     return DType(code, dt.itemsize, dt, is_float)
 
 
-DTYPES: dict[str, DType] = {d.code: d for d in (
-    _d("F64", np.float64, True),
-    _d("F32", np.float32, True),
-    _d("F16", np.float16, True),
-    _d("BF16", ml_dtypes.bfloat16, True),
-    _d("F8_E4M3", ml_dtypes.float8_e4m3fn, True),
-    _d("F8_E5M2", ml_dtypes.float8_e5m2, True),
-    _d("F8_E8M0", ml_dtypes.float8_e8m0fnu, True),
-    _d("I64", np.int64, False),
-    _d("I32", np.int32, False),
-    _d("I16", np.int16, False),
-    _d("I8", np.int8, False),
-    _d("U64", np.uint64, False),
-    _d("U32", np.uint32, False),
-    _d("U16", np.uint16, False),
-    _d("U8", np.uint8, False),
-    _d("BOOL", np.bool_, False),
-    _d("C64", np.complex64, False),
-)}
+DTYPES: dict[str, DType] = {
+    d.code: d
+    for d in (
+        _d("F64", np.float64, True),
+        _d("F32", np.float32, True),
+        _d("F16", np.float16, True),
+        _d("BF16", ml_dtypes.bfloat16, True),
+        _d("F8_E4M3", ml_dtypes.float8_e4m3fn, True),
+        _d("F8_E5M2", ml_dtypes.float8_e5m2, True),
+        _d("F8_E8M0", ml_dtypes.float8_e8m0fnu, True),
+        _d("I64", np.int64, False),
+        _d("I32", np.int32, False),
+        _d("I16", np.int16, False),
+        _d("I8", np.int8, False),
+        _d("U64", np.uint64, False),
+        _d("U32", np.uint32, False),
+        _d("U16", np.uint16, False),
+        _d("U8", np.uint8, False),
+        _d("BOOL", np.bool_, False),
+        _d("C64", np.complex64, False),
+    )
+}
 
 # numpy's dtype names (which TensorFlow and the safetensors library use too) -> SafeTensors code.
 BY_NUMPY_NAME: dict[str, str] = {d.numpy.name: d.code for d in DTYPES.values()}
@@ -80,30 +83,43 @@ TORCH_STORAGE_TYPES: dict[str, str] = {
 
 # torch dtype attribute names, as pickled (`torch.float8_e4m3fn`) for `_rebuild_tensor_v3`.
 TORCH_DTYPES: dict[str, str] = {
-    "float64": "F64", "double": "F64",
-    "float32": "F32", "float": "F32",
-    "float16": "F16", "half": "F16",
+    "float64": "F64",
+    "double": "F64",
+    "float32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "half": "F16",
     "bfloat16": "BF16",
     "float8_e4m3fn": "F8_E4M3",
     "float8_e5m2": "F8_E5M2",
     "float8_e8m0fnu": "F8_E8M0",
-    "int64": "I64", "long": "I64",
-    "int32": "I32", "int": "I32",
-    "int16": "I16", "short": "I16",
+    "int64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "short": "I16",
     "int8": "I8",
     "uint64": "U64",
     "uint32": "U32",
     "uint16": "U16",
     "uint8": "U8",
     "bool": "BOOL",
-    "complex64": "C64", "cfloat": "C64",
+    "complex64": "C64",
+    "cfloat": "C64",
     # no SafeTensors equivalent (codes not in DTYPES): unsupported, not unsafe
-    "complex128": "C128", "cdouble": "C128", "complex32": "C32", "chalf": "C32",
+    "complex128": "C128",
+    "cdouble": "C128",
+    "complex32": "C32",
+    "chalf": "C32",
     # quantized dtypes (a dynamic-quantized Linear pickles `torch.qint8` beside its qtensor): known,
     # so the qtensor reports quantization as unsupported rather than the dtype being refused as unsafe
-    "qint8": "QINT8", "quint8": "QUINT8", "qint32": "QINT32", "quint4x2": "QUINT4X2", "quint2x4": "QUINT2X4",
+    "qint8": "QINT8",
+    "quint8": "QUINT8",
+    "qint32": "QINT32",
+    "quint4x2": "QUINT4X2",
+    "quint2x4": "QUINT2X4",
 }
-
 
 
 def dtype(code: str) -> DType:
@@ -152,8 +168,10 @@ class CastLoss:
         self.flushed += other.flushed
 
     def describe(self, target: str) -> str:
-        parts = [f"{self.overflowed} finite value(s) into inf" if self.overflowed else "",
-                 f"{self.flushed} non-zero value(s) into zero" if self.flushed else ""]
+        parts = [
+            f"{self.overflowed} finite value(s) into inf" if self.overflowed else "",
+            f"{self.flushed} non-zero value(s) into zero" if self.flushed else "",
+        ]
         return f"cast to {target} turns " + " and ".join(p for p in parts if p)
 
 
@@ -161,8 +179,10 @@ class CastLossError(MappingError):
     """A cast would lose values and nothing said it may (exit 7, as other layout misfits)."""
 
     def __init__(self, what: str, loss: CastLoss, target: str) -> None:
-        super().__init__(f"{what}: {loss.describe(target)}; --cast-loss saturate clamps to the largest {target}, "
-                         "--cast-loss accept writes them as the cast gives them (either is recorded in the manifest)")
+        super().__init__(
+            f"{what}: {loss.describe(target)}; --cast-loss saturate clamps to the largest {target}, "
+            "--cast-loss accept writes them as the cast gives them (either is recorded in the manifest)"
+        )
 
 
 def cast_checked(arr: np.ndarray, code: str, on_loss: str) -> tuple[np.ndarray, CastLoss]:

@@ -107,9 +107,21 @@ class BatchFailedError(ConvertError):
 
 # Top-level modules of the optional dependencies -> the extra (pyproject.toml) that installs them.
 EXTRA_OF_MODULE: dict[str, str] = {
-    "h5py": "keras", "msgpack": "flax", "torch": "torch", "tensorflow": "tensorflow", "jax": "jax",
-    "jaxlib": "jax", "flax": "jax", "orbax": "jax", "neuralforecast": "neuralforecast", "ray": "ray",
-    "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxsim": "onnx", "tf2onnx": "onnx",
+    "h5py": "keras",
+    "msgpack": "flax",
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "jaxlib": "jax",
+    "flax": "jax",
+    "orbax": "jax",
+    "neuralforecast": "neuralforecast",
+    "ray": "ray",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "onnxsim": "onnx",
+    "tf2onnx": "onnx",
 }
 
 
@@ -119,8 +131,9 @@ def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | N
     extra = EXTRA_OF_MODULE.get(module.split(".")[0])
     if extra is None:
         return None
-    return UnsupportedFormatError(f"{what} needs the {extra} extra ({module} is not installed): "
-                                  f"pip install 'rust-model-convert[{extra}]'")
+    return UnsupportedFormatError(
+        f"{what} needs the {extra} extra ({module} is not installed): pip install 'rust-model-convert[{extra}]'"
+    )
 
 
 EXIT_INTERRUPTED = 130
@@ -131,12 +144,24 @@ def _meaning(cls: type[ConvertError]) -> str:
     text = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
     return text[:1].lower() + text[1:]
 
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it with the traceback printed by -v)",
-    **{cls.exit_code: _meaning(cls) for cls in (
-        UsageError, SourceNotFoundError, UnsupportedFormatError, UnsafeInputError,
-        CorruptInputError, MappingError, VerificationError, OutputExistsError, OutputWriteError,
-        BatchFailedError)},
+    **{
+        cls.exit_code: _meaning(cls)
+        for cls in (
+            UsageError,
+            SourceNotFoundError,
+            UnsupportedFormatError,
+            UnsafeInputError,
+            CorruptInputError,
+            MappingError,
+            VerificationError,
+            OutputExistsError,
+            OutputWriteError,
+            BatchFailedError,
+        )
+    },
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing was left half-written",
 }

@@ -72,10 +72,10 @@ def parse_spec(text: str) -> list[dict[str, Any]]:
         name, sep, layers = part.partition("=")
         pairs = [item.strip().rpartition(":") for item in layers.split(",")]
         if not sep or not name.strip() or any(not path or not colon for path, colon, _ in pairs):
-            raise UsageError(f"{SPEC_OPTION}: {part!r} is not NAME=PATH:ACTIVATION,PATH:ACTIVATION,... "
-                             f"(activations: {', '.join(ACTIVATIONS)})")
-        specs.append({"name": name.strip(), "layers": [{"module": p, "activation": a.strip().lower()}
-                                                       for p, _, a in pairs]})
+            raise UsageError(
+                f"{SPEC_OPTION}: {part!r} is not NAME=PATH:ACTIVATION,PATH:ACTIVATION,... (activations: {', '.join(ACTIVATIONS)})"
+            )
+        specs.append({"name": name.strip(), "layers": [{"module": p, "activation": a.strip().lower()} for p, _, a in pairs]})
     return specs
 
 
@@ -84,8 +84,7 @@ def decide_dense_modules(architecture: dict[str, Any], layout: Layout) -> None:
     2-D weight, whose shape alone also fits an Embedding."""
     if not layout.options.get(WRITE_OPTION):
         return
-    named = {layer["module"] for spec in parse_spec(str(layout.options.get(SPEC_OPTION) or ""))
-             for layer in spec["layers"]}
+    named = {layer["module"] for spec in parse_spec(str(layout.options.get(SPEC_OPTION) or "")) for layer in spec["layers"]}
     for module in architecture["modules"]:
         fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
         linear = next((f for f in fits if f["type"] == "Linear"), None)
@@ -94,8 +93,9 @@ def decide_dense_modules(architecture: dict[str, Any], layout: Layout) -> None:
             module.pop("alternatives")
 
 
-def plan_networks(layout: Layout, declared: Sequence[dict[str, Any]], mapped: Sequence[MappedTensor]
-                  ) -> tuple[list[NetworkPlan], list[str]]:
+def plan_networks(
+    layout: Layout, declared: Sequence[dict[str, Any]], mapped: Sequence[MappedTensor]
+) -> tuple[list[NetworkPlan], list[str]]:
     """(networks to write, warnings). `declared`: what the source says its dense chains are; the
     user's `dense_networks` option adds to them. Every check is on names and shapes, before any
     output exists: a module that is no dense tensor, widths that do not chain, or an activation
@@ -103,17 +103,18 @@ def plan_networks(layout: Layout, declared: Sequence[dict[str, Any]], mapped: Se
     if not layout.options.get(WRITE_OPTION):
         return [], []
     specs = [*declared, *parse_spec(str(layout.options.get(SPEC_OPTION) or ""))]
-    dense = {m.sources[0].name.removesuffix(".weight"): m for m in mapped
-             if m.annotations.get("kind") == "dense" and m.sources}
+    dense = {m.sources[0].name.removesuffix(".weight"): m for m in mapped if m.annotations.get("kind") == "dense" and m.sources}
     plans = [_plan(spec, dense) for spec in specs]
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise MappingError(f"{SPEC_OPTION}: two networks are named {next(n for n in names if names.count(n) > 1)!r}")
     warnings = []
     if not plans and dense:
-        warnings.append(f"no ruv-FANN network.json written: the source does not say which activations follow its "
-                        f"dense layers (name them with --layout-option {SPEC_OPTION}=NAME=PATH:ACT,...; "
-                        f"{WRITE_OPTION}=false silences this)")
+        warnings.append(
+            f"no ruv-FANN network.json written: the source does not say which activations follow its "
+            f"dense layers (name them with --layout-option {SPEC_OPTION}=NAME=PATH:ACT,...; "
+            f"{WRITE_OPTION}=false silences this)"
+        )
     return plans, warnings
 
 
@@ -126,16 +127,19 @@ def _plan(spec: dict[str, Any], dense: dict[str, MappedTensor]) -> NetworkPlan:
         module, activation = str(item["module"]), str(item["activation"])
         tensor = dense.get(module)
         if tensor is None:
-            raise MappingError(f"network {name!r}: {module!r} is not a dense layer of this output "
-                               f"(dense layers: {', '.join(sorted(dense)[:8]) or 'none'})")
+            raise MappingError(
+                f"network {name!r}: {module!r} is not a dense layer of this output "
+                f"(dense layers: {', '.join(sorted(dense)[:8]) or 'none'})"
+            )
         if activation not in ACTIVATIONS:
-            raise MappingError(f"network {name!r}: {module!r} is followed by {activation!r}, which no ruv-FANN "
-                               f"activation computes (it has {', '.join(ACTIVATIONS)}); set --layout-option "
-                               f"{WRITE_OPTION}=false to write the tensors without network.json")
+            raise MappingError(
+                f"network {name!r}: {module!r} is followed by {activation!r}, which no ruv-FANN "
+                f"activation computes (it has {', '.join(ACTIVATIONS)}); set --layout-option "
+                f"{WRITE_OPTION}=false to write the tensors without network.json"
+            )
         rows, cols = tensor.ref.shape
         if width is not None and cols != width + 1:
-            raise MappingError(f"network {name!r}: {module!r} takes {cols - 1} inputs but the layer before it "
-                               f"gives {width}")
+            raise MappingError(f"network {name!r}: {module!r} takes {cols - 1} inputs but the layer before it gives {width}")
         width = rows
         layers.append(NetworkLayer(module, tensor, activation))
     if not layers:
@@ -154,22 +158,36 @@ def network_document(layers: Sequence[tuple[np.ndarray, str]]) -> dict[str, Any]
         values = np.asarray(matrix, dtype=np.float32)
         if not np.isfinite(values).all():
             raise MappingError("a dense layer holds inf or NaN, which JSON cannot carry")
-        neurons = [_neuron(function, steepness, [{"from_neuron": j, "to_neuron": j, "weight": float(w)}
-                                                 for j, w in enumerate(row)]) for row in values]
+        neurons = [
+            _neuron(function, steepness, [{"from_neuron": j, "to_neuron": j, "weight": float(w)} for j, w in enumerate(row)])
+            for row in values
+        ]
         last = k == len(layers) - 1
         doc_layers.append({"neurons": neurons if last else [*neurons, _bias()]})
     return {"layers": doc_layers, "connection_rate": 1.0}
 
 
 def _neuron(function: str, steepness: float, connections: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"sum": 0.0, "value": 0.0, "activation_steepness": steepness, "activation_function": function,
-            "connections": connections, "is_bias": False}
+    return {
+        "sum": 0.0,
+        "value": 0.0,
+        "activation_steepness": steepness,
+        "activation_function": function,
+        "connections": connections,
+        "is_bias": False,
+    }
 
 
 def _bias() -> dict[str, Any]:
     """Neuron::new_bias: value 1, Linear, no connections (run never computes it)."""
-    return {"sum": 1.0, "value": 1.0, "activation_steepness": 1.0, "activation_function": "Linear",
-            "connections": [], "is_bias": True}
+    return {
+        "sum": 1.0,
+        "value": 1.0,
+        "activation_steepness": 1.0,
+        "activation_function": "Linear",
+        "connections": [],
+        "is_bias": True,
+    }
 
 
 def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> list[dict[str, Any]]:
@@ -179,14 +197,27 @@ def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> l
         doc = network_document([(layer.tensor.ref.array(), layer.activation) for layer in plan.layers])
         data = (json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
         write_file(folder / plan.file, data)
-        entries.append({
-            "name": plan.name, "file": plan.file, "format": "ruv-fann-network-json", "bytes": len(data),
-            "digest": file_digest(folder / plan.file, digest),
-            "inputs": plan.layers[0].tensor.ref.shape[1] - 1, "outputs": plan.layers[-1].tensor.ref.shape[0],
-            "layers": [{"module": layer.module, "tensor": layer.tensor.name, "activation": layer.activation,
+        entries.append(
+            {
+                "name": plan.name,
+                "file": plan.file,
+                "format": "ruv-fann-network-json",
+                "bytes": len(data),
+                "digest": file_digest(folder / plan.file, digest),
+                "inputs": plan.layers[0].tensor.ref.shape[1] - 1,
+                "outputs": plan.layers[-1].tensor.ref.shape[0],
+                "layers": [
+                    {
+                        "module": layer.module,
+                        "tensor": layer.tensor.name,
+                        "activation": layer.activation,
                         "function": ACTIVATIONS[layer.activation][0],
-                        "steepness": ACTIVATIONS[layer.activation][1]} for layer in plan.layers],
-        })
+                        "steepness": ACTIVATIONS[layer.activation][1],
+                    }
+                    for layer in plan.layers
+                ],
+            }
+        )
     return entries
 
 
@@ -199,8 +230,7 @@ def network_problems(out_dir: Path, entry: dict[str, Any], manifest: dict[str, A
             return [f"network {entry['file']}: {manifest['digest_algorithm']} differs from the manifest"]
         doc = load(path)
         files = {t["name"]: t["file"] for t in manifest["tensors"]}
-        want = [(_read(out_dir / files[layer["tensor"]], layer["tensor"]), layer["activation"])
-                for layer in entry["layers"]]
+        want = [(_read(out_dir / files[layer["tensor"]], layer["tensor"]), layer["activation"]) for layer in entry["layers"]]
     except (OSError, ValueError, KeyError) as exc:
         return [f"network {entry['file']}: cannot be read ({type(exc).__name__}: {exc})"]
     if doc != network_document(want):
@@ -216,6 +246,7 @@ def _read(path: Path, name: str) -> np.ndarray:
 
 
 # --- the evaluator: Network::run as ruv-FANN 0.1.6 computes it ------------------------------------
+
 
 def run(doc: dict[str, Any], inputs: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     """Network::run on each row of `inputs` ([batch, n] or [n]). A wrong input width returns an empty
@@ -274,7 +305,8 @@ def _activate(neuron: dict[str, Any], x: np.ndarray) -> np.ndarray:
 
 def load(path: str | Path) -> dict[str, Any]:
     """A network.json as written (no NaN or infinity: serde_json would refuse them too)."""
+
     def refuse(word: str) -> float:
         raise ValueError(f"{word} is not JSON")
-    return json.loads(Path(path).read_text(), parse_constant=refuse)
 
+    return json.loads(Path(path).read_text(), parse_constant=refuse)

@@ -49,7 +49,7 @@ def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Any]) -> Non
         with mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=base) as window:
             view = memoryview(window)
             try:
-                piece = view[pos - base:size]
+                piece = view[pos - base : size]
                 for h in hashers:
                     h.update(piece)
             finally:
@@ -70,8 +70,7 @@ def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def file_and_range_digests(path: str | os.PathLike[str], ranges: list[tuple[int, int]],
-                           algorithm: str) -> tuple[str, list[str]]:
+def file_and_range_digests(path: str | os.PathLike[str], ranges: list[tuple[int, int]], algorithm: str) -> tuple[str, list[str]]:
     """A complete file's digest and each of its ranges' (in file order), on two threads side by side."""
     hasher = OutputHasher(path, os.path.getsize(path), ranges, algorithm)
     return hasher.finish()
@@ -102,8 +101,7 @@ class OutputHasher:
     threads over a finished file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int, tensor_ranges: list[tuple[int, int]],
-                 algorithm: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], size: int, tensor_ranges: list[tuple[int, int]], algorithm: str) -> None:
         self._path = path
         self._algorithm = algorithm
         self._size = size
@@ -114,8 +112,9 @@ class OutputHasher:
         self._errors: list[BaseException] = []
         self.file_digest = ""
         self.tensor_digests: list[str] = []
-        self._threads = [threading.Thread(target=self._guard, args=(fn,), daemon=True)
-                         for fn in (self._hash_file, self._hash_tensors)]
+        self._threads = [
+            threading.Thread(target=self._guard, args=(fn,), daemon=True) for fn in (self._hash_file, self._hash_tensors)
+        ]
         for t in self._threads:
             t.start()
 

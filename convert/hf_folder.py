@@ -65,7 +65,11 @@ def cross_check(fname: str, expected: set[str], found: set[str]) -> None:
 def hf_sidecars(folder: Path, exclude: set[str]) -> list[Path]:
     """Small config and tokenizer files of a model folder, carried across to the output."""
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix in SIDECAR_SUFFIXES and p.name not in exclude
-        and not p.name.endswith(".index.json") and p.stat().st_size <= SIDECAR_MAX_BYTES
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix in SIDECAR_SUFFIXES
+        and p.name not in exclude
+        and not p.name.endswith(".index.json")
+        and p.stat().st_size <= SIDECAR_MAX_BYTES
     )

@@ -24,8 +24,11 @@ def refuse_links(paths: Iterable[str | Path], allowed: bool) -> None:
         except FileNotFoundError:
             raise SourceNotFoundError(f"{path} disappeared while converting") from None
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafeInputError(f"{Path(path).name} is a symbolic link (to {os.readlink(path)!r}); "
-                                   f"refused, as it may read a file outside the input: {HINT}")
+            raise UnsafeInputError(
+                f"{Path(path).name} is a symbolic link (to {os.readlink(path)!r}); "
+                f"refused, as it may read a file outside the input: {HINT}"
+            )
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            raise UnsafeInputError(f"{Path(path).name} has {st.st_nlink} hard links; refused, as it may be a "
-                                   f"file from outside the input: {HINT}")
+            raise UnsafeInputError(
+                f"{Path(path).name} has {st.st_nlink} hard links; refused, as it may be a file from outside the input: {HINT}"
+            )

@@ -44,8 +44,11 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     """A 1.0 manifest as the equivalent 2.0 document; anything else unchanged (the schema judges it)."""
     if doc.get("manifest_version") != LEGACY_VERSION:
         return doc
-    doc = {"manifest_version": MANIFEST_VERSION, "digest_algorithm": "sha256",
-           **{k: v for k, v in doc.items() if k != "manifest_version"}}
+    doc = {
+        "manifest_version": MANIFEST_VERSION,
+        "digest_algorithm": "sha256",
+        **{k: v for k, v in doc.items() if k != "manifest_version"},
+    }
     source = doc.get("source")
     lists = [doc.get("files"), source.get("files") if isinstance(source, dict) else None, doc.get("tensors")]
     for entry in (e for entries in lists if isinstance(entries, list) for e in entries):

@@ -46,6 +46,7 @@ MAPPING_PATTERN_BUDGET_S = 20.0
 @dataclass
 class _PatternClock:
     """Seconds of pattern matching left to the mapping running in this context (thread)."""
+
     left: float = field(default_factory=lambda: MAPPING_PATTERN_BUDGET_S)
 
 
@@ -106,10 +107,15 @@ class Rule:
                 raise TimeoutError
             return self.pattern.match(name, timeout=limit)
         except TimeoutError:
-            spent = (f"the {PATTERN_BUDGET_S:g} s time budget of one match" if limit == PATTERN_BUDGET_S else
-                     f"the {MAPPING_PATTERN_BUDGET_S:g} s time budget of all the layout's matches")
-            raise UsageError(f"layout rule pattern {self.pattern.pattern[:200]!r} used up {spent} on a "
-                             f"{len(name):,}-character tensor name (catastrophic backtracking?); simplify it") from None
+            spent = (
+                f"the {PATTERN_BUDGET_S:g} s time budget of one match"
+                if limit == PATTERN_BUDGET_S
+                else f"the {MAPPING_PATTERN_BUDGET_S:g} s time budget of all the layout's matches"
+            )
+            raise UsageError(
+                f"layout rule pattern {self.pattern.pattern[:200]!r} used up {spent} on a "
+                f"{len(name):,}-character tensor name (catastrophic backtracking?); simplify it"
+            ) from None
         finally:
             if clock is not None:
                 clock.left -= time.perf_counter() - started
@@ -159,6 +165,7 @@ class MappingResult:
 
 # --- loading -------------------------------------------------------------------------------------
 
+
 def _layout_dir() -> Any:
     return resources.files("convert").joinpath("layouts")
 
@@ -190,8 +197,7 @@ def layout_text(name: str) -> str:
     return _layout_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
-def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
-                options: dict[str, Any] | None = None) -> Layout:
+def load_layout(name: str = "pytorch", layout_file: str | Path | None = None, options: dict[str, Any] | None = None) -> Layout:
     """A built-in layout by name, or a user's rule file (which may extend a built-in one)."""
     if layout_file is not None:
         doc = read_toml(layout_file, "layout file")
@@ -211,12 +217,19 @@ def load_layout(name: str = "pytorch", layout_file: str | Path | None = None,
     if opts["ties"] not in (None, *TIE_MODES):
         raise UsageError(f"--layout-option ties={opts['ties']!r}: choose {' or '.join(TIE_MODES)}")
     return Layout(
-        name=merged["name"], description=merged.get("description", ""),
-        rules=[_rule(r) for r in merged.get("rules", [])], post=[_rule(r) for r in merged.get("post", [])],
-        passthrough=merged.get("passthrough", False), dtypes=merged.get("dtypes"),
-        cast=merged.get("cast", {}), renumber=merged.get("renumber_sequential", False),
-        extra_index_names=merged.get("extra_index_names", []), warnings=merged.get("warnings", []),
-        options=opts, source=where, index_metadata=merged.get("index_metadata", {}),
+        name=merged["name"],
+        description=merged.get("description", ""),
+        rules=[_rule(r) for r in merged.get("rules", [])],
+        post=[_rule(r) for r in merged.get("post", [])],
+        passthrough=merged.get("passthrough", False),
+        dtypes=merged.get("dtypes"),
+        cast=merged.get("cast", {}),
+        renumber=merged.get("renumber_sequential", False),
+        extra_index_names=merged.get("extra_index_names", []),
+        warnings=merged.get("warnings", []),
+        options=opts,
+        source=where,
+        index_metadata=merged.get("index_metadata", {}),
         loader_ties=merged.get("ties", "duplicate"),
     )
 
@@ -260,9 +273,19 @@ def _rule(doc: dict[str, Any]) -> Rule:
     pattern = compile_regex(doc["regex"]) if "regex" in doc else compile_pattern(doc["match"])
     single = {k: doc[k] for k in ("to", "transforms", "annotations") if k in doc}
     outputs = doc.get("outputs") or [single]
-    return Rule(pattern, doc.get("module"), doc.get("where", {}), doc.get("with", []), outputs,
-                doc.get("drop", False), doc.get("refuse"), doc.get("if_option"), doc.get("derive", {}),
-                doc.get("if_present", []), doc.get("note"))
+    return Rule(
+        pattern,
+        doc.get("module"),
+        doc.get("where", {}),
+        doc.get("with", []),
+        outputs,
+        doc.get("drop", False),
+        doc.get("refuse"),
+        doc.get("if_option"),
+        doc.get("derive", {}),
+        doc.get("if_present", []),
+        doc.get("note"),
+    )
 
 
 def compile_regex(text: str) -> regex.Pattern[str]:
@@ -278,9 +301,9 @@ def compile_pattern(text: str) -> regex.Pattern[str]:
     leading `{name...}.` may also be empty, so rules for `lstm.weight_ih_l0` fit a bare `weight_ih_l0`."""
     out, pos = [], 0
     for m in _PLACEHOLDER.finditer(text):
-        out.append(re.escape(text[pos:m.start()]))
+        out.append(re.escape(text[pos : m.start()]))
         kind = {None: r"[^.]+", ":int": r"\d+", "...": r".+"}[m.group(2)]
-        if m.start() == 0 and m.group(2) == "..." and text[m.end():m.end() + 1] == ".":
+        if m.start() == 0 and m.group(2) == "..." and text[m.end() : m.end() + 1] == ".":
             out.append(f"(?:(?P<{m.group(1)}>{kind})\\.)?")
             pos = m.end() + 1
             continue
@@ -303,6 +326,7 @@ def substitute(template: str, variables: dict[str, str]) -> str:
 
 
 # --- applying ------------------------------------------------------------------------------------
+
 
 def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
     token = _CLOCK.set(_PatternClock())
@@ -353,20 +377,22 @@ def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[s
         _renumber(mapped)
     _check_unique(layout, mapped)
     present = {mod["type"] for mod in architecture.get("modules", [])}
-    warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings
-                if isinstance(w, str) or w["module"] in present]
+    warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings if isinstance(w, str) or w["module"] in present]
     warnings += [f"layout {layout.name}: dropped {', '.join(names)}: {note}" for note, names in notes.items()]
     if renamed_on_a_guess:
-        warnings.append(f"layout {layout.name}: the names of {', '.join(renamed_on_a_guess)} follow a guessed module type "
-                        f"(the manifest lists the alternatives; {_DECIDE})")
+        warnings.append(
+            f"layout {layout.name}: the names of {', '.join(renamed_on_a_guess)} follow a guessed module type "
+            f"(the manifest lists the alternatives; {_DECIDE})"
+        )
     return MappingResult(mapped, dropped, warnings)
 
 
 _DECIDE = "decide with --layout-option module_types=PATH=TYPE[,PATH=TYPE...]"
 
 
-def _check_guesses(layout: Layout, tensors: list[TensorRef], refs: dict[str, TensorRef],
-                   modules: dict[str, dict[str, Any]]) -> list[str]:
+def _check_guesses(
+    layout: Layout, tensors: list[TensorRef], refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
+) -> list[str]:
     """A tensor whose module type is a guess (the architecture lists alternatives) must not have its
     bytes decided by that guess: refused when its transforms (or fate) differ between the types it
     fits; returned when only its output name differs, to be reported."""
@@ -375,21 +401,26 @@ def _check_guesses(layout: Layout, tensors: list[TensorRef], refs: dict[str, Ten
         mod = modules.get(t.name)
         if mod is None or not mod.get("alternatives"):
             continue
-        fates = [_fate(layout, t, refs, {**modules, t.name: {**mod, **alt}})
-                 for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]]
+        fates = [
+            _fate(layout, t, refs, {**modules, t.name: {**mod, **alt}})
+            for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]
+        ]
         if len({f[1] for f in fates}) > 1:
             types = " or ".join([mod["type"], *(a["type"] for a in mod["alternatives"])])
             refused.append(f"{t.name} ({types})")
         elif len({f[0] for f in fates}) > 1:
             renamed.append(t.name)
     if refused:
-        raise MappingError(f"layout {layout.name}: how {len(refused)} tensor(s) are written depends on a guessed module "
-                           f"type: {', '.join(refused)}; {_DECIDE}")
+        raise MappingError(
+            f"layout {layout.name}: how {len(refused)} tensor(s) are written depends on a guessed module "
+            f"type: {', '.join(refused)}; {_DECIDE}"
+        )
     return renamed
 
 
-def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef],
-          modules: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], str]:
+def _fate(
+    layout: Layout, t: TensorRef, refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
+) -> tuple[tuple[str, ...], str]:
     """(output names, everything else about the outcome) for one tensor under given module types."""
     outcome = _first_rule(layout, t.name, refs, modules)
     if outcome is None and not layout.passthrough:
@@ -407,8 +438,9 @@ def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef],
     return tuple(names), json.dumps(rest, sort_keys=True)
 
 
-def _first_rule(layout: Layout, name: str, refs: dict[str, TensorRef],
-                modules: dict[str, dict[str, Any]]) -> tuple[Rule, dict[str, str], list[str]] | None:
+def _first_rule(
+    layout: Layout, name: str, refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
+) -> tuple[Rule, dict[str, str], list[str]] | None:
     for rule in layout.rules:
         if rule.if_option and not layout.options.get(rule.if_option):
             continue
@@ -435,8 +467,9 @@ def _post(layout: Layout, m: MappedTensor, modules: dict[str, dict[str, Any]]) -
     return _mapped(name, m.sources, m.transforms + transforms, {**m.annotations, **annotations})
 
 
-def _post_rule(layout: Layout, name: str, source: str, modules: dict[str, dict[str, Any]]
-               ) -> tuple[str, list[dict[str, Any]], dict[str, Any]] | None:
+def _post_rule(
+    layout: Layout, name: str, source: str, modules: dict[str, dict[str, Any]]
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]] | None:
     """(new name, transforms to append, annotations) from the first post rule that fits, if any."""
     for rule in layout.post:
         if rule.if_option and not layout.options.get(rule.if_option):
@@ -471,8 +504,7 @@ def _param_fits(value: Any, wanted: Any) -> bool:
 def _mapped(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]], annotations: dict[str, Any]) -> MappedTensor:
     if not transforms and len(sources) == 1 and sources[0].name == name:
         return MappedTensor(name, sources[0], sources, [], dict(annotations))
-    return MappedTensor(name, tf.derived(name, sources, transforms), sources, [dict(t) for t in transforms],
-                        dict(annotations))
+    return MappedTensor(name, tf.derived(name, sources, transforms), sources, [dict(t) for t in transforms], dict(annotations))
 
 
 def _renumber(mapped: list[MappedTensor]) -> None:
@@ -507,6 +539,7 @@ def _check_unique(layout: Layout, mapped: list[MappedTensor]) -> None:
 
 # --- dtypes --------------------------------------------------------------------------------------
 
+
 def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layout, on_loss: str = "refuse") -> None:
     """The user's --dtype for floating tensors, then the layout's own dtype rules; `on_loss` (see
     convert.vocabulary.CAST_LOSS) says what a narrowing cast may do with values the target cannot hold."""
@@ -516,8 +549,7 @@ def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layo
     if requested is not None:
         target = CAST_TARGETS.get(canonical_dtype(requested))
         if target is None:
-            raise UsageError(f"--dtype {requested!r}: choose one of {', '.join(CAST_TARGETS)} "
-                             f"(or {', '.join(DTYPE_ALIASES)})")
+            raise UsageError(f"--dtype {requested!r}: choose one of {', '.join(CAST_TARGETS)} (or {', '.join(DTYPE_ALIASES)})")
     for m in mapped:
         code = m.ref.dtype.code
         if target and m.ref.dtype.is_float and code != target:
@@ -526,8 +558,10 @@ def apply_dtypes(mapped: list[MappedTensor], requested: str | None, layout: Layo
         if layout.dtypes is not None and final not in layout.dtypes:
             to = layout.cast.get(final)
             if to is None:
-                raise MappingError(f"layout {layout.name}: tensor {m.name!r} is {final}, which the target does not load "
-                                   f"(it loads {', '.join(layout.dtypes)})")
+                raise MappingError(
+                    f"layout {layout.name}: tensor {m.name!r} is {final}, which the target does not load "
+                    f"(it loads {', '.join(layout.dtypes)})"
+                )
             _cast(m, to, on_loss)
 
 

@@ -44,11 +44,13 @@ class StagedOutput:
             foreign = foreign_entries(self.dest)
             if foreign:
                 shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-                raise OutputExistsError(f"{self.dest} holds files this tool did not write ({shown}); "
-                                        "choose another output folder, or move them away")
+                raise OutputExistsError(
+                    f"{self.dest} holds files this tool did not write ({shown}); choose another output folder, or move them away"
+                )
             if not self.overwrite:
-                raise OutputExistsError(f"{self.dest} already holds an earlier output; replace it with --overwrite "
-                                        "(overwrite=True in the Python API)")
+                raise OutputExistsError(
+                    f"{self.dest} already holds an earlier output; replace it with --overwrite (overwrite=True in the Python API)"
+                )
 
     def __enter__(self) -> Path:
         self.check()
@@ -77,7 +79,7 @@ class StagedOutput:
         prefix = f".{self.dest.name}{STAGING_MARK}"
         removed = []
         for path in self.dest.parent.glob(glob.escape(prefix) + "*"):
-            owner = path.name[len(prefix):].split(".")
+            owner = path.name[len(prefix) :].split(".")
             if len(owner) < 4 or owner[0] != _host_tag() or not owner[1].isdigit() or not path.is_dir():
                 continue
             if _owner_tag(int(owner[1])) == ".".join(owner[:3]):
@@ -246,7 +248,7 @@ def write_file(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
         raise OutputWriteError(f"cannot write {path.name}: {exc.strerror or exc}") from None

@@ -156,8 +156,15 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -
     return _rebuild_tensor_v2(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> TensorRecord:
+def _rebuild_tensor_v2(
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> TensorRecord:
     _check_hooks(backward_hooks)
     code = getattr(storage, "dtype_code", None)
     if code is None:
@@ -165,8 +172,16 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
     return _record(storage, storage_offset, size, stride, code)
 
 
-def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
-                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> TensorRecord:
+def _rebuild_tensor_v3(
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    backward_hooks: Any,
+    dtype: Any,
+    metadata: Any = None,
+) -> TensorRecord:
     _check_hooks(backward_hooks)
     if not isinstance(dtype, TorchDType):
         raise CorruptInputError("_rebuild_tensor_v3 without a torch dtype")
@@ -201,6 +216,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
 def _unsupported(what: str) -> Callable[..., Any]:
     def refuse(*_: Any) -> None:
         raise UnsupportedFormatError(f"{what} are not supported (no SafeTensors equivalent)")
+
     return refuse
 
 
@@ -264,8 +280,13 @@ class NumpyArrayRecord(InertObject):
     def holds_objects(self) -> bool:
         """An object array (dtype 'O'): its data is a list of pickled items, not bytes."""
         state = self.state
-        return (type(state) is tuple and len(state) == 5 and isinstance(state[2], NumpyDType)
-                and state[2].name.startswith("O") and type(state[4]) is list)
+        return (
+            type(state) is tuple
+            and len(state) == 5
+            and isinstance(state[2], NumpyDType)
+            and state[2].name.startswith("O")
+            and type(state[4]) is list
+        )
 
     def object_shape(self) -> tuple[int, ...]:
         return _int_tuple(self.state[1], "numpy shape") if self.holds_objects() else ()
@@ -373,8 +394,13 @@ def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
 
 
-_TENSOR_REBUILDERS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3",
-                      "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state")
+_TENSOR_REBUILDERS = (
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+)
 
 _CALLABLES: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_tensor": _rebuild_tensor,
@@ -413,8 +439,14 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "numpy._core.multiarray._reconstruct": _numpy_reconstruct,
 }
 
-_TYPE_MARKERS = {"torch.Tensor", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer", "numpy.ndarray",
-                 "builtins.object", "__builtin__.object"}
+_TYPE_MARKERS = {
+    "torch.Tensor",
+    "torch.nn.parameter.Parameter",
+    "torch.nn.parameter.Buffer",
+    "numpy.ndarray",
+    "builtins.object",
+    "__builtin__.object",
+}
 
 # Known non-tensor classes met in real checkpoints. They become InertObject records.
 DEFAULT_INERT: tuple[str, ...] = (
@@ -437,8 +469,9 @@ DEFAULT_INERT: tuple[str, ...] = (
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler whose globals come only from the stand-ins above."""
 
-    def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
-                 inert: tuple[str, ...] = DEFAULT_INERT) -> None:
+    def __init__(
+        self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None, inert: tuple[str, ...] = DEFAULT_INERT
+    ) -> None:
         # latin-1 as torch.load(encoding="latin1"): Python 2 pickles store str keys as byte strings
         super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
@@ -477,8 +510,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def restricted_load(data: bytes | BinaryIO, persistent_load: Callable[[Any], Any] | None = None,
-                    inert: tuple[str, ...] = DEFAULT_INERT, what: str = "pickle") -> Any:
+def restricted_load(
+    data: bytes | BinaryIO,
+    persistent_load: Callable[[Any], Any] | None = None,
+    inert: tuple[str, ...] = DEFAULT_INERT,
+    what: str = "pickle",
+) -> Any:
     """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError. A pickle
     that fails as malformed but names a global off the allow-list anywhere is refused as unsafe: a
     gadget behind a deliberate error is still an attack (exit 5), not a damaged file (6)."""
@@ -588,8 +625,7 @@ def _prescan(stream: BinaryIO, what: str) -> None:
         stream.seek(start)
 
 
-def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int],
-              what: str) -> None:
+def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int], what: str) -> None:
     """One opcode's effect on the simulated stack: pop its inputs, push its outputs with their depth."""
     before = op.stack_before
     if pickletools.markobject in before:
@@ -602,7 +638,7 @@ def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: li
     if pre:
         children = stack[-pre:] + children
         del stack[-pre:]
-    inner = 1 + max((depths[c] for c in children[1 if name in _MUTATORS else 0:]), default=-1)
+    inner = 1 + max((depths[c] for c in children[1 if name in _MUTATORS else 0 :]), default=-1)
     if name in _MUTATORS:  # the container changes in place: memo references see the new depth
         target = children[0]
         depths[target] = max(depths[target], inner)

@@ -62,16 +62,24 @@ class ConversionResult:
     plan: list[dict[str, Any]] = field(default_factory=list)  # filled on a dry run
 
     def to_json(self) -> dict[str, Any]:
-        doc = {"output": str(self.output), "files": self.files, "tensors": self.tensors, "bytes": self.bytes,
-               "aliases": self.aliases, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
-               "warnings": self.warnings}
+        doc = {
+            "output": str(self.output),
+            "files": self.files,
+            "tensors": self.tensors,
+            "bytes": self.bytes,
+            "aliases": self.aliases,
+            "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
         if self.dry_run:
             doc["plan"] = self.plan
         return doc
 
 
-def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions,
-                   progress: Progress | None = None) -> ConversionResult:
+def convert_source(
+    source: SourceModel, out: str | Path, options: ConvertOptions, progress: Progress | None = None
+) -> ConversionResult:
     """Map, plan, write and record one source model into the folder `out`."""
     started = time.perf_counter()
     new_digest(options.digest)  # an unknown algorithm is refused before any work
@@ -90,8 +98,7 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     # the reader's warnings, then the layout's
     warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]
     apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
-    networks, network_warnings = plan_networks(layout, (source.architecture or {}).get("dense_networks", []),
-                                               mapping.tensors)
+    networks, network_warnings = plan_networks(layout, (source.architecture or {}).get("dense_networks", []), mapping.tensors)
     mapping.warnings.extend(network_warnings)
     warnings += network_warnings
     kept, aliases = dedupe(mapping.tensors)
@@ -104,16 +111,22 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
     names = shard_file_names(len(shards))
     total = sum(it.nbytes for it in items)
     if options.dry_run:
-        plan = [{"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
-                for fname, shard in zip(names, shards, strict=True) for it in shard]
-        return ConversionResult(staged.dest, names, len(items), total, aliases, True,
-                                time.perf_counter() - started, warnings, plan)
+        plan = [
+            {"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
+            for fname, shard in zip(names, shards, strict=True)
+            for it in shard
+        ]
+        return ConversionResult(
+            staged.dest, names, len(items), total, aliases, True, time.perf_counter() - started, warnings, plan
+        )
     metadata = {"format": "pt", **aliases}
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
-            written = [write_safetensors(staging / fname, shard, metadata, options.digest, progress)
-                       for fname, shard in zip(names, shards, strict=True)]
+            written = [
+                write_safetensors(staging / fname, shard, metadata, options.digest, progress)
+                for fname, shard in zip(names, shards, strict=True)
+            ]
             lost = record_cast_losses(kept, written)
             mapping.warnings.extend(lost)  # recorded in the manifest too
             warnings += lost
@@ -122,14 +135,16 @@ def convert_source(source: SourceModel, out: str | Path, options: ConvertOptions
                 for index_name in [INDEX_FILE, *layout.extra_index_names]:
                     write_file(staging / index_name, index)
             sidecars = _copy_sidecars(source, staging)
-            doc = build_manifest(source, layout, options, mapping, architecture, kept, aliases, written, sidecars,
-                                 source_digests.result(), tied)
+            doc = build_manifest(
+                source, layout, options, mapping, architecture, kept, aliases, written, sidecars, source_digests.result(), tied
+            )
             if networks:
                 doc["networks"] = write_networks(staging, networks, options.digest)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
-    return ConversionResult(staged.dest, [w.name for w in written], len(items), total, aliases, False,
-                            time.perf_counter() - started, warnings)
+    return ConversionResult(
+        staged.dest, [w.name for w in written], len(items), total, aliases, False, time.perf_counter() - started, warnings
+    )
 
 
 def refuse_unencodable_names(source: SourceModel) -> None:
@@ -146,8 +161,7 @@ def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
     """Zero tensors is never a success: the source's arrays were all dropped, or the layout's were."""
     if mapping.tensors:
         return
-    why = (f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped
-           else "")
+    why = f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped else ""
     raise UnsupportedFormatError(f"no tensors to convert{_listed(source.dropped)}{why}")
 
 
@@ -155,8 +169,10 @@ def dropped_warning(source: SourceModel) -> list[str]:
     """One line saying how many source arrays the reader left out, and why (each in the manifest)."""
     if not source.dropped:
         return []
-    return [f"{len(source.dropped)} source array(s) not converted (each listed in the manifest's source.dropped)"
-            f"{_listed(source.dropped)}"]
+    return [
+        f"{len(source.dropped)} source array(s) not converted (each listed in the manifest's source.dropped)"
+        f"{_listed(source.dropped)}"
+    ]
 
 
 def _listed(dropped: dict[str, str]) -> str:
@@ -164,8 +180,9 @@ def _listed(dropped: dict[str, str]) -> str:
     if not dropped:
         return ""
     counts = Counter(dropped.values())
-    return ": " + ", ".join(f"{n} {why}" if n > 1 else f"{next(k for k, v in dropped.items() if v == why)!r} ({why})"
-                            for why, n in counts.items())
+    return ": " + ", ".join(
+        f"{n} {why}" if n > 1 else f"{next(k for k, v in dropped.items() if v == why)!r} ({why})" for why, n in counts.items()
+    )
 
 
 def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
@@ -225,20 +242,35 @@ def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
     return copied
 
 
-def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions, mapping: MappingResult,
-                   architecture: dict[str, Any], kept: list[MappedTensor], aliases: dict[str, str],
-                   written: list[WrittenFile], sidecars: list[str], source_digests: list[str],
-                   tied: dict[str, str]) -> dict[str, Any]:
+def build_manifest(
+    source: SourceModel,
+    layout: Layout,
+    options: ConvertOptions,
+    mapping: MappingResult,
+    architecture: dict[str, Any],
+    kept: list[MappedTensor],
+    aliases: dict[str, str],
+    written: list[WrittenFile],
+    sidecars: list[str],
+    source_digests: list[str],
+    tied: dict[str, str],
+) -> dict[str, Any]:
     by_name = {t.name: t for w in written for t in w.tensors}
     tensors = []
     for m in kept:
         t = by_name[m.name]
         can_invert, reason = invertible(m.transforms)
         entry = {
-            "name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape),
-            "data_offsets": list(t.data_offsets), "digest": t.digest,
+            "name": t.name,
+            "file": t.file,
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "data_offsets": list(t.data_offsets),
+            "digest": t.digest,
             "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
-            "transforms": m.transforms, "lossy": m.lossy, "invertible": can_invert,
+            "transforms": m.transforms,
+            "lossy": m.lossy,
+            "invertible": can_invert,
         }
         if reason:
             entry["not_invertible_because"] = reason
@@ -251,15 +283,24 @@ def build_manifest(source: SourceModel, layout: Layout, options: ConvertOptions,
         "generator": manifest_mod.generator(),
         "source": {
             "format": source.format,
-            "files": [{"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
-                      for p, d in zip(source.files, source_digests, strict=True)],
+            "files": [
+                {"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
+                for p, d in zip(source.files, source_digests, strict=True)
+            ],
             "details": source.extras,
             **({"dropped": source.dropped} if source.dropped else {}),
             **({"reader_options": source.reader_options} if source.reader_options is not None else {}),
         },
-        "target": {"format": "safetensors", "layout": layout.name, "rules": layout.source, "dtype": options.dtype,
-                   "options": layout.options, "warnings": mapping.warnings, "request": options.request,
-                   "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied}},
+        "target": {
+            "format": "safetensors",
+            "layout": layout.name,
+            "rules": layout.source,
+            "dtype": options.dtype,
+            "options": layout.options,
+            "warnings": mapping.warnings,
+            "request": options.request,
+            "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
+        },
         "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
         "index": INDEX_FILE if len(written) > 1 else None,
         "sidecars": sidecars,
@@ -292,10 +333,16 @@ class BundleResult:
         return sum(r.bytes for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {"output": str(self.output), "format": self.format, **self.details,
-                "models": [{**m, "result": r.to_json()} for m, r in zip(self.models, self.results, strict=True)],
-                "skipped": self.skipped, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
-                "warnings": self.warnings}
+        return {
+            "output": str(self.output),
+            "format": self.format,
+            **self.details,
+            "models": [{**m, "result": r.to_json()} for m, r in zip(self.models, self.results, strict=True)],
+            "skipped": self.skipped,
+            "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
 
 
 def check_folder_name(name: str) -> None:
@@ -305,8 +352,9 @@ def check_folder_name(name: str) -> None:
         raise UnsafeInputError(f"model name {name!r} cannot name its own output folder")
 
 
-def convert_bundle(bundle: SourceBundle, out: str | Path, options: ConvertOptions,
-                   progress: Progress | None = None) -> BundleResult:
+def convert_bundle(
+    bundle: SourceBundle, out: str | Path, options: ConvertOptions, progress: Progress | None = None
+) -> BundleResult:
     """Convert every model of a bundle into OUT/<folder>/ and list them in OUT/models.json; the whole
     output appears at once, or not at all."""
     started = time.perf_counter()
@@ -327,10 +375,16 @@ def convert_bundle(bundle: SourceBundle, out: str | Path, options: ConvertOption
     else:
         with staged as staging:
             result.results = [convert_source(m.source, staging / m.folder, inner, progress) for m in bundle.models]
-            index = {"format": bundle.format, **bundle.details, "source": str(bundle.path.absolute()),
-                     "skipped": bundle.skipped,
-                     "models": [{**e, "tensors": r.tensors, "bytes": r.bytes, "aliases": r.aliases}
-                                for e, r in zip(entries, result.results, strict=True)]}
+            index = {
+                "format": bundle.format,
+                **bundle.details,
+                "source": str(bundle.path.absolute()),
+                "skipped": bundle.skipped,
+                "models": [
+                    {**e, "tensors": r.tensors, "bytes": r.bytes, "aliases": r.aliases}
+                    for e, r in zip(entries, result.results, strict=True)
+                ],
+            }
             write_file(staging / BUNDLE_INDEX, (json.dumps(index, indent=1) + "\n").encode("utf-8"))
         for converted, model in zip(result.results, bundle.models, strict=True):
             converted.output = staged.dest / model.folder

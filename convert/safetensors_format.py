@@ -44,8 +44,9 @@ class Header:
     file_size: int
 
 
-def build_header(entries: list[tuple[str, str, tuple[int, ...], int]],
-                 metadata: dict[str, str]) -> tuple[bytes, list[tuple[int, int]]]:
+def build_header(
+    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]
+) -> tuple[bytes, list[tuple[int, int]]]:
     """Header bytes (length prefix, JSON, space padding) for (name, dtype, shape, nbytes) in data order."""
     header: dict[str, object] = {}
     if metadata:
@@ -104,9 +105,13 @@ def _entry(fname: str, key: str, info: object) -> HeaderEntry:
     code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(code, str) or code not in DTYPES:
         raise CorruptInputError(f"{fname}: tensor {key!r} has unknown dtype {code!r}")
-    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
-            or not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets)):
+    if (
+        not isinstance(shape, list)
+        or not all(type(d) is int and d >= 0 for d in shape)
+        or not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+    ):
         raise CorruptInputError(f"{fname}: tensor {key!r} has a malformed shape or data_offsets")
     begin, end = offsets
     check_shape(tuple(shape), DTYPES[code].itemsize, f"{fname}: tensor {key!r}")

@@ -43,5 +43,11 @@ def open_safetensors(path: str | Path) -> SourceModel:
 def _ref(mapped: MappedFile, path: Path, name: str, code: str, shape: tuple[int, ...], offset: int, length: int) -> TensorRef:
     dt = lookup_dtype(code)
     strides = contiguous_strides(shape)
-    return TensorRef(name, dt, shape, lambda: mapped.view(offset, dt.numpy, shape, strides),
-                     span=FileSpan(str(path), offset, length), identity=(str(path), offset, shape, code))
+    return TensorRef(
+        name,
+        dt,
+        shape,
+        lambda: mapped.view(offset, dt.numpy, shape, strides),
+        span=FileSpan(str(path), offset, length),
+        identity=(str(path), offset, shape, code),
+    )

@@ -143,7 +143,7 @@ def c_contiguous(arr: np.ndarray) -> np.ndarray:
     b = TRANSPOSE_BLOCK
     for i in range(0, rows, b):
         for j in range(0, cols, b):
-            out[i:i + b, j:j + b] = arr[i:i + b, j:j + b]
+            out[i : i + b, j : j + b] = arr[i : i + b, j : j + b]
     return out
 
 
@@ -159,7 +159,7 @@ def iter_chunks(arr: np.ndarray, max_bytes: int = CHUNK_BYTES) -> Iterator[np.nd
     if row_bytes <= max_bytes:
         rows = max_bytes // row_bytes
         for start in range(0, arr.shape[0], rows):
-            yield c_contiguous(arr[start:start + rows])
+            yield c_contiguous(arr[start : start + rows])
         return
     for row in arr:
         yield from iter_chunks(row, max_bytes)

@@ -37,9 +37,11 @@ from .vocabulary import TRANSFORM_OPS
 Shape = tuple[int, ...]
 Spec = tuple[Shape, DType]
 
-NOT_INVERTIBLE = {"add": "a sum of several tensors cannot be split back",
-                  "split": "one block of a tensor does not determine the others",
-                  "select": "the sources it leaves out are not in this tensor"}
+NOT_INVERTIBLE = {
+    "add": "a sum of several tensors cannot be split back",
+    "split": "one block of a tensor does not determine the others",
+    "select": "the sources it leaves out are not in this tensor",
+}
 
 
 def _axis(axis: int, ndim: int, op: str) -> int:
@@ -65,6 +67,7 @@ def _join_targets(t: dict[str, Any], count: int) -> list[int]:
 
 
 # --- shapes and dtypes, computed without touching data -------------------------------------------
+
 
 def _perm(t: dict[str, Any], ndim: int) -> list[int]:
     axes = t.get("axes")
@@ -108,7 +111,7 @@ def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
         axis, size = _block(shape, t)
         if not 0 <= int(t["index"]) < int(t["parts"]):
             raise MappingError(f"split: index {t['index']} outside {t['parts']} parts")
-        return shape[:axis] + (size,) + shape[axis + 1:], dt
+        return shape[:axis] + (size,) + shape[axis + 1 :], dt
     if op == "gate_reorder":
         _block(shape, t)
         if sorted(t["order"]) != list(range(int(t["parts"]))):
@@ -118,7 +121,7 @@ def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
         axis = _axis(int(t["axis"]), len(shape), op)
         if int(t["after"]) < 0:
             raise MappingError(f"pad: after {t['after']} is negative")
-        return shape[:axis] + (shape[axis] + int(t["after"]),) + shape[axis + 1:], dt
+        return shape[:axis] + (shape[axis] + int(t["after"]),) + shape[axis + 1 :], dt
     raise MappingError(f"unknown transform {op!r}")
 
 
@@ -132,10 +135,10 @@ def _join_spec(t: dict[str, Any], specs: list[Spec]) -> Spec:
             raise MappingError(f"add: inputs have different shapes {shapes}")
         return specs[0]
     axis = _axis(int(t["axis"]), len(shapes[0]), "concat")
-    rest = {s[:axis] + s[axis + 1:] for s in shapes}
+    rest = {s[:axis] + s[axis + 1 :] for s in shapes}
     if len(rest) != 1 or len({len(s) for s in shapes}) != 1:
         raise MappingError(f"concat: shapes {shapes} do not line up on axis {axis}")
-    return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:], specs[0][1]
+    return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1 :], specs[0][1]
 
 
 def output_spec(transforms: list[dict[str, Any]], sources: list[Spec]) -> Spec:
@@ -144,6 +147,7 @@ def output_spec(transforms: list[dict[str, Any]], sources: list[Spec]) -> Spec:
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
     op = t["op"]

@@ -43,8 +43,14 @@ class VerifyReport:
         return sorted(self.problems, key=lambda p: not p.startswith(("tensor", "alias")))
 
     def to_json(self) -> dict[str, Any]:
-        return {"output": str(self.output), "ok": self.ok, "files": self.files, "tensors": self.tensors,
-                "compared_with_source": self.compared_with_source, "problems": self.problems}
+        return {
+            "output": str(self.output),
+            "ok": self.ok,
+            "files": self.files,
+            "tensors": self.tensors,
+            "compared_with_source": self.compared_with_source,
+            "problems": self.problems,
+        }
 
 
 def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyReport:
@@ -172,8 +178,11 @@ def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel
 
 def _same_bytes(produced: np.ndarray, output: np.ndarray) -> bool:
     """The recorded chain replayed on the source gives exactly the bytes written."""
-    same = (produced.shape == output.shape and produced.dtype == output.dtype
-            and c_contiguous(produced).tobytes() == np.ascontiguousarray(output).tobytes())
+    same = (
+        produced.shape == output.shape
+        and produced.dtype == output.dtype
+        and c_contiguous(produced).tobytes() == np.ascontiguousarray(output).tobytes()
+    )
     release_pages(output)
     return same
 

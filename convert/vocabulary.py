@@ -9,8 +9,18 @@ from __future__ import annotations
 
 CAST_TARGETS: dict[str, str] = {"f32": "F32", "f16": "F16", "bf16": "BF16", "f64": "F64"}  # --dtype -> code
 # Other spellings --dtype takes (numpy's, torch's, other tools'); outputs and manifests use the names above.
-DTYPE_ALIASES: dict[str, str] = {"fp32": "f32", "float32": "f32", "float": "f32", "fp16": "f16", "float16": "f16",
-                                 "half": "f16", "bfloat16": "bf16", "fp64": "f64", "float64": "f64", "double": "f64"}
+DTYPE_ALIASES: dict[str, str] = {
+    "fp32": "f32",
+    "float32": "f32",
+    "float": "f32",
+    "fp16": "f16",
+    "float16": "f16",
+    "half": "f16",
+    "bfloat16": "bf16",
+    "fp64": "f64",
+    "float64": "f64",
+    "double": "f64",
+}
 
 
 def canonical_dtype(name: str) -> str:

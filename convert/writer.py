@@ -85,8 +85,11 @@ def shard_items(items: list[WriteItem], max_shard_size: int | None) -> list[list
 
 def oversized(items: list[WriteItem], max_shard_size: int | None) -> list[str]:
     """A warning per tensor that cannot fit a shard (it is written alone, larger than asked)."""
-    return [f"{it.name} ({it.nbytes:,} bytes) is larger than --max-shard-size ({max_shard_size:,} bytes): "
-            "it has a shard of its own" for it in items if max_shard_size and it.nbytes > max_shard_size]
+    return [
+        f"{it.name} ({it.nbytes:,} bytes) is larger than --max-shard-size ({max_shard_size:,} bytes): it has a shard of its own"
+        for it in items
+        if max_shard_size and it.nbytes > max_shard_size
+    ]
 
 
 def shard_file_names(count: int) -> list[str]:
@@ -100,8 +103,9 @@ def file_order(items: list[WriteItem]) -> list[WriteItem]:
     return sorted(items, key=lambda it: (-it.dtype.itemsize, it.name))
 
 
-def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, str], algorithm: str,
-                      progress: Progress | None = None) -> WrittenFile:
+def write_safetensors(
+    path: Path, items: list[WriteItem], metadata: dict[str, str], algorithm: str, progress: Progress | None = None
+) -> WrittenFile:
     """Write one SafeTensors file; its digest and every tensor's, in `algorithm`, come back with it."""
     ordered = file_order(items)
     header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
@@ -127,8 +131,10 @@ def write_safetensors(path: Path, items: list[WriteItem], metadata: dict[str, st
         raise
     finally:
         os.close(fd)
-    tensors = [WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
-               for it, off, dg, lost in zip(ordered, offsets, digests, losses, strict=True)]
+    tensors = [
+        WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
+        for it, off, dg, lost in zip(ordered, offsets, digests, losses, strict=True)
+    ]
     return WrittenFile(path.name, total, file_digest, tensors)
 
 
@@ -191,10 +197,10 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     # gathering rows instead would touch every page of the storage at once (a 3 GB kernel: 3 GB RSS).
     width = max(1, CHUNK_BYTES // max(1, rows * arr.itemsize), -(-4096 // itemsize))
     for c0 in range(0, cols, width):
-        tile = _bytes(np.ascontiguousarray(arr[:, c0:c0 + width].T).T, item, losses)
+        tile = _bytes(np.ascontiguousarray(arr[:, c0 : c0 + width].T).T, item, losses)
         tile_width = min(width, cols - c0) * itemsize
         for r in range(rows):
-            _pwrite_all(fd, tile[r * tile_width:(r + 1) * tile_width], pos + (r * cols + c0) * itemsize, path)
+            _pwrite_all(fd, tile[r * tile_width : (r + 1) * tile_width], pos + (r * cols + c0) * itemsize, path)
         release_pages(arr)
     return True
 
@@ -210,8 +216,7 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> N
         offset += written
 
 
-def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: int, dst_path: Path,
-               hasher: OutputHasher) -> None:
+def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: int, dst_path: Path, hasher: OutputHasher) -> None:
     """Copy a byte range file to file in the kernel (copy_file_range, else sendfile, else reads),
     telling the hasher as each piece lands."""
     src_fd = os.open(src_path, os.O_RDONLY)

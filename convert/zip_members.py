@@ -35,6 +35,7 @@ def member_offset(path: Path, info: zipfile.ZipInfo) -> int:
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     start = info.header_offset + LOCAL_HEADER + name_len + extra_len
     if start + info.compress_size > os.path.getsize(path) or (
-            info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+        info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+    ):
         raise CorruptInputError(f"{path.name}: member {info.filename!r} runs past the end of the file (truncated?)")
     return start

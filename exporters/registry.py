@@ -38,8 +38,9 @@ def detect(path: Path) -> ReaderFace:
     for face in READERS:
         if face.sniff(probe):
             return face
-    raise UnsupportedFormatError(f"{path.name}: not a format this tool reads "
-                                 f"(supported: {', '.join(sorted(f.kind for f in READERS))})")
+    raise UnsupportedFormatError(
+        f"{path.name}: not a format this tool reads (supported: {', '.join(sorted(f.kind for f in READERS))})"
+    )
 
 
 def _next_step(path: Path, refused_by: ReaderFace) -> str:

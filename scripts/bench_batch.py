@@ -87,8 +87,10 @@ def halves_run(sources: list[Path], out: Path) -> float:
     each measured as its batch wall_seconds."""
     half = len(sources) // 2
     shutil.rmtree(out, ignore_errors=True)
-    procs = [subprocess.Popen(batch_command(part, out / str(i), 1), cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for i, part in enumerate((sources[:half], sources[half:]))]
+    procs = [
+        subprocess.Popen(batch_command(part, out / str(i), 1), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for i, part in enumerate((sources[:half], sources[half:]))
+    ]
     outputs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
         sys.exit("a half batch failed")
@@ -110,7 +112,7 @@ def main() -> None:
         single: list[float] = []
         halves: list[float] = []
         for rep in range(args.reps):
-            for workers in ((1, 2) if rep % 2 == 0 else (2, 1)):
+            for workers in (1, 2) if rep % 2 == 0 else (2, 1):
                 whole, batch = batch_run(paths, work / f"out-{workers}", workers)
                 command[workers].append(whole)
                 inside[workers].append(batch)
@@ -124,16 +126,24 @@ def main() -> None:
         print(f"{args.files} files (zip, legacy, Lightning .ckpt, SafeTensors), median of {args.reps} runs")
         for workers in (1, 2):
             b, c = med["batch"][workers], med["command"][workers]
-            print(f"  {workers} worker{'s' if workers > 1 else ' '}: batch {b:6.2f} s ({args.files / b:6.1f} files/s); "
-                  f"whole command {c:6.2f} s ({args.files / c:6.1f} files/s)")
+            print(
+                f"  {workers} worker{'s' if workers > 1 else ' '}: batch {b:6.2f} s ({args.files / b:6.1f} files/s); "
+                f"whole command {c:6.2f} s ({args.files / c:6.1f} files/s)"
+            )
         ceiling = med["batch"][1] / statistics.median(halves)
-        print(f"  throughput speed-up 2 vs 1 workers: {speedup:.2f}x (target >= 1.8x) {'PASS' if speedup >= 1.8 else 'FAIL'}; "
-              f"whole command {med['command'][1] / med['command'][2]:.2f}x")
-        print(f"  machine ceiling, two independent 1-worker batches of {args.files // 2} files at once: {ceiling:.2f}x; "
-              f"the pool reaches {speedup / ceiling:.0%} of it")
+        print(
+            f"  throughput speed-up 2 vs 1 workers: {speedup:.2f}x (target >= 1.8x) {'PASS' if speedup >= 1.8 else 'FAIL'}; "
+            f"whole command {med['command'][1] / med['command'][2]:.2f}x"
+        )
+        print(
+            f"  machine ceiling, two independent 1-worker batches of {args.files // 2} files at once: {ceiling:.2f}x; "
+            f"the pool reaches {speedup / ceiling:.0%} of it"
+        )
         t1 = med["command"][1]
-        print(f"  one file alone, fresh process: {alone * 1000:.0f} ms; per file in a 1-worker batch: "
-              f"{t1 / args.files * 1000:.1f} ms (overhead ratio {t1 / args.files / alone:.2f}x of converting alone)")
+        print(
+            f"  one file alone, fresh process: {alone * 1000:.0f} ms; per file in a 1-worker batch: "
+            f"{t1 / args.files * 1000:.1f} ms (overhead ratio {t1 / args.files / alone:.2f}x of converting alone)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,8 +35,14 @@ def make_sources(folder: Path) -> None:
 
 def trial(src: Path, out: Path, after: float) -> tuple[float, int, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "convert.cli", "batch", str(src), "--out-dir", str(out), "--jobs", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convert.cli", "batch", str(src), "--out-dir", str(out), "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     time.sleep(after)
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)

@@ -227,9 +227,11 @@ class Runner:
         self.workdir = workdir
         self.gnu_time = GNU_TIME if _gnu_time_works() else None
         self.rss_note = (
-            "peak RSS from GNU time (%M) of the child alone" if self.gnu_time else
-            f"peak RSS from os.wait4; includes this process's RSS at spawn "
-            f"(~{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB floor)")
+            "peak RSS from GNU time (%M) of the child alone"
+            if self.gnu_time
+            else f"peak RSS from os.wait4; includes this process's RSS at spawn "
+            f"(~{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB floor)"
+        )
 
     def run(self, name: str, cmd: list[str]) -> tuple[float, float, float, str]:
         """Wall seconds, CPU seconds, peak RSS in MiB and stdout of `cmd`; exits if it fails."""
@@ -244,8 +246,10 @@ class Runner:
             wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
-            sys.exit(f"bench: {name} failed with exit code {proc.returncode}: {' '.join(cmd)}\n"
-                     f"{log.read_text(errors='replace')[-3000:]}")
+            sys.exit(
+                f"bench: {name} failed with exit code {proc.returncode}: {' '.join(cmd)}\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         if self.gnu_time:  # the last line; GNU time may write a status line before it
             rss, user, system = rss_file.read_text().strip().splitlines()[-1].split()
             rss_kib, cpu = int(rss), float(user) + float(system)
@@ -278,13 +282,11 @@ def contenders(src: Path, out: Path, verified: Path, tool_only: bool, sync_file:
     sync = 'sync "$2"' if sync_file else "sync"
     cmds = {
         "cp": ["sh", "-c", 'mkdir "$1" && cp "$2" "$1/model.bin"', "sh", str(out), str(src)],
-        "cp+sync": ["sh", "-c", f'mkdir "$1" && cp "$3" "$2" && {sync}', "sh", str(out), str(out / "model.bin"),
-                    str(src)],
+        "cp+sync": ["sh", "-c", f'mkdir "$1" && cp "$3" "$2" && {sync}', "sh", str(out), str(out / "model.bin"), str(src)],
         "floor": [sys.executable, str(Path(__file__).resolve()), "--_floor", str(src), str(out / "model.bin")],
         "tool": [*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"],
         "verify": [*tool_command(), "verify", str(verified), "--source", str(src), "--json"],
-        "baseline": [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(src),
-                     str(out / "model.safetensors")],
+        "baseline": [sys.executable, str(Path(__file__).resolve()), "--_baseline", str(src), str(out / "model.safetensors")],
     }
     if tool_only:
         del cmds["cp+sync"], cmds["floor"], cmds["baseline"]
@@ -309,15 +311,17 @@ def run_scenario(runner: Runner, scenario: Scenario, reps: int, tool_only: bool,
     cmds = contenders(src, out, verified, tool_only, sync_file)
     order = list(cmds)
     for rep in range(reps):
-        rotated = order[rep % len(order):] + order[:rep % len(order)]
+        rotated = order[rep % len(order) :] + order[: rep % len(order)]
         for name in rotated:
             prepare(src, out)
             wall, cpu, rss, stdout = runner.run(name, cmds[name])
             reported = _tool_seconds(stdout) if name == "tool" else None
             scenario.samples.append(Sample(name, rep + 1, round(wall, 3), round(cpu, 2), round(rss, 1), reported))
             extra = f" (tool says {reported:.2f} s)" if reported is not None else ""
-            _log(f"  [{scenario.label}] rep {rep + 1}/{reps} {name:<8} {wall:7.2f} s wall {cpu:6.2f} s CPU "
-                 f"{rss:8.1f} MiB{extra}  (load {os.getloadavg()[0]:.1f})")
+            _log(
+                f"  [{scenario.label}] rep {rep + 1}/{reps} {name:<8} {wall:7.2f} s wall {cpu:6.2f} s CPU "
+                f"{rss:8.1f} MiB{extra}  (load {os.getloadavg()[0]:.1f})"
+            )
         shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(verified, ignore_errors=True)
     for name in order:
@@ -327,9 +331,16 @@ def run_scenario(runner: Runner, scenario: Scenario, reps: int, tool_only: bool,
         cpus = [s.cpu_s for s in mine]
         reported = [s.tool_reported_s for s in mine if s.tool_reported_s is not None]
         scenario.summaries[name] = Summary(
-            name, len(mine), round(statistics.median(walls), 3), min(walls), max(walls),
-            round(statistics.median(cpus), 2), round(statistics.median(rsses), 1), max(rsses),
-            round(statistics.median(reported), 3) if reported else None)
+            name,
+            len(mine),
+            round(statistics.median(walls), 3),
+            min(walls),
+            max(walls),
+            round(statistics.median(cpus), 2),
+            round(statistics.median(rsses), 1),
+            max(rsses),
+            round(statistics.median(reported), 3) if reported else None,
+        )
 
 
 def _tool_seconds(stdout: str) -> float | None:
@@ -349,8 +360,11 @@ def make_checkpoint(workdir: Path, size_gb: float) -> tuple[Path, dict]:
     _need_space(workdir, 2.2 * size_gb * 1e9)
     _log(f"generating {path} ({size_gb:g} GB) with torch ...")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_generate", str(path),
-                           str(int(size_gb * 1e9))], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_generate", str(path), str(int(size_gb * 1e9))],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.exit(f"bench: generating the checkpoint failed:\n{proc.stderr[-3000:]}")
     info = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -374,29 +388,62 @@ def verdicts(main: Scenario, double: Scenario | None) -> list[dict]:
     s = main.summaries
     tool, cp = s["tool"], s["cp"]
     rows = [
-        {"target": f"tool wall <= {WALL_TARGET}x cp ({main.label})",
-         "value": round(tool.wall_median_s / cp.wall_median_s, 2), "limit": WALL_TARGET},
-        {"target": f"tool peak RSS <= {RSS_TARGET_MIB:g} MiB ({main.label})",
-         "value": tool.rss_max_mib, "limit": RSS_TARGET_MIB},
-        {"target": f"verify --source wall <= {WALL_TARGET}x cp ({main.label})",
-         "value": round(s["verify"].wall_median_s / cp.wall_median_s, 2), "limit": WALL_TARGET},
-        {"target": f"verify --source peak RSS <= {RSS_TARGET_MIB:g} MiB ({main.label})",
-         "value": s["verify"].rss_max_mib, "limit": RSS_TARGET_MIB},
+        {
+            "target": f"tool wall <= {WALL_TARGET}x cp ({main.label})",
+            "value": round(tool.wall_median_s / cp.wall_median_s, 2),
+            "limit": WALL_TARGET,
+        },
+        {"target": f"tool peak RSS <= {RSS_TARGET_MIB:g} MiB ({main.label})", "value": tool.rss_max_mib, "limit": RSS_TARGET_MIB},
+        {
+            "target": f"verify --source wall <= {WALL_TARGET}x cp ({main.label})",
+            "value": round(s["verify"].wall_median_s / cp.wall_median_s, 2),
+            "limit": WALL_TARGET,
+        },
+        {
+            "target": f"verify --source peak RSS <= {RSS_TARGET_MIB:g} MiB ({main.label})",
+            "value": s["verify"].rss_max_mib,
+            "limit": RSS_TARGET_MIB,
+        },
     ]
     if "floor" in s:
-        rows.append({"target": f"tool wall <= {WALL_TARGET}x floor ({main.label}; the contract's least work)",
-                     "value": round(tool.wall_median_s / s["floor"].wall_median_s, 2), "limit": WALL_TARGET})
+        rows.append(
+            {
+                "target": f"tool wall <= {WALL_TARGET}x floor ({main.label}; the contract's least work)",
+                "value": round(tool.wall_median_s / s["floor"].wall_median_s, 2),
+                "limit": WALL_TARGET,
+            }
+        )
     if "cp+sync" in s:
-        rows.append({"target": f"tool wall <= {WALL_TARGET}x cp+sync ({main.label}; informational)",
-                     "value": round(tool.wall_median_s / s["cp+sync"].wall_median_s, 2), "limit": WALL_TARGET})
+        rows.append(
+            {
+                "target": f"tool wall <= {WALL_TARGET}x cp+sync ({main.label}; informational)",
+                "value": round(tool.wall_median_s / s["cp+sync"].wall_median_s, 2),
+                "limit": WALL_TARGET,
+            }
+        )
     if double is not None:
         d = double.summaries
-        rows.append({"target": f"tool peak RSS <= {RSS_TARGET_MIB:g} MiB ({double.label})",
-                     "value": d["tool"].rss_max_mib, "limit": RSS_TARGET_MIB})
-        rows.append({"target": f"verify --source peak RSS <= {RSS_TARGET_MIB:g} MiB ({double.label})",
-                     "value": d["verify"].rss_max_mib, "limit": RSS_TARGET_MIB})
-        rows.append({"target": f"tool wall <= {WALL_TARGET}x cp ({double.label}; informational)",
-                     "value": round(d["tool"].wall_median_s / d["cp"].wall_median_s, 2), "limit": WALL_TARGET})
+        rows.append(
+            {
+                "target": f"tool peak RSS <= {RSS_TARGET_MIB:g} MiB ({double.label})",
+                "value": d["tool"].rss_max_mib,
+                "limit": RSS_TARGET_MIB,
+            }
+        )
+        rows.append(
+            {
+                "target": f"verify --source peak RSS <= {RSS_TARGET_MIB:g} MiB ({double.label})",
+                "value": d["verify"].rss_max_mib,
+                "limit": RSS_TARGET_MIB,
+            }
+        )
+        rows.append(
+            {
+                "target": f"tool wall <= {WALL_TARGET}x cp ({double.label}; informational)",
+                "value": round(d["tool"].wall_median_s / d["cp"].wall_median_s, 2),
+                "limit": WALL_TARGET,
+            }
+        )
     for row in rows:
         row["result"] = "PASS" if row["value"] <= row["limit"] else "FAIL"
     return rows
@@ -404,9 +451,11 @@ def verdicts(main: Scenario, double: Scenario | None) -> list[dict]:
 
 def ratios(scenario: Scenario) -> dict[str, float]:
     s = scenario.summaries
-    out = {"tool/cp wall": s["tool"].wall_median_s / s["cp"].wall_median_s,
-           "verify/cp wall": s["verify"].wall_median_s / s["cp"].wall_median_s,
-           "tool/cp CPU": s["tool"].cpu_median_s / max(s["cp"].cpu_median_s, 0.01)}
+    out = {
+        "tool/cp wall": s["tool"].wall_median_s / s["cp"].wall_median_s,
+        "verify/cp wall": s["verify"].wall_median_s / s["cp"].wall_median_s,
+        "tool/cp CPU": s["tool"].cpu_median_s / max(s["cp"].cpu_median_s, 0.01),
+    }
     if "cp+sync" in s:
         out["tool/cp+sync wall"] = s["tool"].wall_median_s / s["cp+sync"].wall_median_s
     if "floor" in s:
@@ -421,19 +470,27 @@ def ratios(scenario: Scenario) -> dict[str, float]:
 
 def print_table(scenarios: list[Scenario], checks: list[dict], notes: list[str]) -> None:
     for sc in scenarios:
-        print(f"\n== {sc.label}: {sc.checkpoint_bytes / 1e9:.2f} GB ({sc.checkpoint_bytes / 2**30:.2f} GiB), "
-              f"{sc.model.get('tensors')} tensors, d_model {sc.model.get('d_model')}, {sc.model.get('layers')} layers, "
-              f"vocab {sc.model.get('vocab')}")
-        print(f"{'contender':<10} {'runs':>4} {'wall med s':>10} {'min':>7} {'max':>7} {'CPU med s':>10} "
-              f"{'RSS med MiB':>12} {'RSS max':>8}")
+        print(
+            f"\n== {sc.label}: {sc.checkpoint_bytes / 1e9:.2f} GB ({sc.checkpoint_bytes / 2**30:.2f} GiB), "
+            f"{sc.model.get('tensors')} tensors, d_model {sc.model.get('d_model')}, {sc.model.get('layers')} layers, "
+            f"vocab {sc.model.get('vocab')}"
+        )
+        print(
+            f"{'contender':<10} {'runs':>4} {'wall med s':>10} {'min':>7} {'max':>7} {'CPU med s':>10} "
+            f"{'RSS med MiB':>12} {'RSS max':>8}"
+        )
         for summ in sc.summaries.values():
-            print(f"{summ.contender:<10} {summ.runs:>4} {summ.wall_median_s:>10.2f} {summ.wall_min_s:>7.2f} "
-                  f"{summ.wall_max_s:>7.2f} {summ.cpu_median_s:>10.2f} {summ.rss_median_mib:>12.1f} "
-                  f"{summ.rss_max_mib:>8.1f}")
+            print(
+                f"{summ.contender:<10} {summ.runs:>4} {summ.wall_median_s:>10.2f} {summ.wall_min_s:>7.2f} "
+                f"{summ.wall_max_s:>7.2f} {summ.cpu_median_s:>10.2f} {summ.rss_median_mib:>12.1f} "
+                f"{summ.rss_max_mib:>8.1f}"
+            )
         tool = sc.summaries["tool"]
         if tool.tool_reported_median_s is not None:
-            print(f"(tool's own reported conversion time, median: {tool.tool_reported_median_s:.2f} s; the rest of "
-                  f"its wall time is interpreter start, imports and opening the checkpoint)")
+            print(
+                f"(tool's own reported conversion time, median: {tool.tool_reported_median_s:.2f} s; the rest of "
+                f"its wall time is interpreter start, imports and opening the checkpoint)"
+            )
         for k, v in ratios(sc).items():
             print(f"  {k:<24} {v:>6.2f}x")
     print("\n== targets")
@@ -464,8 +521,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each contender (default 3)")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints (reused next time)")
-    parser.add_argument("--also-double", action="store_true",
-                        help="also run a checkpoint twice as large (tool and cp only) for the RSS target")
+    parser.add_argument(
+        "--also-double", action="store_true", help="also run a checkpoint twice as large (tool and cp only) for the RSS target"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = parser.parse_args()
     if args.reps < 1:
@@ -500,7 +558,8 @@ def main() -> None:
             "each run starts warm: previous output deleted, `sync` (untimed), source read once (as `cat SRC > /dev/null`)",
             "order of contenders rotates every repetition; medians over repetitions, RSS target checked on the max",
             runner.rss_note,
-            "cp+sync = `cp SRC DST && " + ("sync DST`" if sync_file else "sync` (whole system; `sync FILE` unsupported)")
+            "cp+sync = `cp SRC DST && "
+            + ("sync DST`" if sync_file else "sync` (whole system; `sync FILE` unsupported)")
             + "; the tool fsyncs its output, plain cp does not",
             "baseline = torch.load(weights_only=True) + duplicate names dropped + .contiguous() + save_file "
             "(Hugging Face convert.py without its reload-and-compare check)",
@@ -513,11 +572,21 @@ def main() -> None:
         ]
         if args.json:
             doc = {
-                "workdir": str(workdir), "reps": args.reps, "notes": notes, "targets": checks,
-                "scenarios": [{"label": sc.label, "checkpoint_bytes": sc.checkpoint_bytes, "model": sc.model,
-                               "summaries": {k: asdict(v) for k, v in sc.summaries.items()},
-                               "ratios": ratios(sc), "samples": [asdict(x) for x in sc.samples]}
-                              for sc in scenarios],
+                "workdir": str(workdir),
+                "reps": args.reps,
+                "notes": notes,
+                "targets": checks,
+                "scenarios": [
+                    {
+                        "label": sc.label,
+                        "checkpoint_bytes": sc.checkpoint_bytes,
+                        "model": sc.model,
+                        "summaries": {k: asdict(v) for k, v in sc.summaries.items()},
+                        "ratios": ratios(sc),
+                        "samples": [asdict(x) for x in sc.samples],
+                    }
+                    for sc in scenarios
+                ],
             }
             print(json.dumps(doc, indent=2))
         else:
@@ -530,8 +599,11 @@ def main() -> None:
             if created:
                 shutil.rmtree(workdir, ignore_errors=True)
             else:
-                for path in made + [workdir / f"{n}.{ext}" for n in ("cp", "cp+sync", "floor", "tool", "verify", "baseline")
-                                    for ext in ("log", "rss", "out")]:
+                for path in made + [
+                    workdir / f"{n}.{ext}"
+                    for n in ("cp", "cp+sync", "floor", "tool", "verify", "baseline")
+                    for ext in ("log", "rss", "out")
+                ]:
                     path.unlink(missing_ok=True)
 
 

@@ -42,8 +42,7 @@ def _weights(n: int) -> list[tuple[object, object]]:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [(rng.random((WIDTH, WIDTH), dtype=np.float32) - 0.5, rng.random(WIDTH, dtype=np.float32))
-            for _ in range(n)]
+    return [(rng.random((WIDTH, WIDTH), dtype=np.float32) - 0.5, rng.random(WIDTH, dtype=np.float32)) for _ in range(n)]
 
 
 def generate(family: str, folder: Path, size_bytes: int) -> None:
@@ -72,13 +71,25 @@ def generate(family: str, folder: Path, size_bytes: int) -> None:
         nodes, inits, prev = [], [], "x"
         for i, (k, b) in enumerate(_weights(n)):
             inits += [numpy_helper.from_array(k, f"fc{i}.weight"), numpy_helper.from_array(b, f"fc{i}.bias")]
-            nodes += [helper.make_node("MatMul", [prev, f"fc{i}.weight"], [f"m{i}"]),
-                      helper.make_node("Add", [f"m{i}", f"fc{i}.bias"], [f"y{i}"])]
+            nodes += [
+                helper.make_node("MatMul", [prev, f"fc{i}.weight"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"fc{i}.bias"], [f"y{i}"]),
+            ]
             prev = f"y{i}"
-        graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
-                                  [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, WIDTH])], inits)
-        onnx.save_model(helper.make_model(graph), folder / "model.onnx", save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="model.onnx.data")
+        graph = helper.make_graph(
+            nodes,
+            "mlp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
+            [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, WIDTH])],
+            inits,
+        )
+        onnx.save_model(
+            helper.make_model(graph),
+            folder / "model.onnx",
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx.data",
+        )
     elif family == "safetensors":
         from safetensors.numpy import save_file
 
@@ -94,11 +105,13 @@ FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors")
 
 
 def convert_command(family: str, folder: Path, out: Path) -> list[str]:
-    src = {"keras-h5": ["keras-to-safetensors", folder / "model.weights.h5", out, "--config", folder / "config.json"],
-           "keras": ["keras-to-safetensors", folder / "model.keras", out],
-           "flax": ["flax-to-safetensors", folder / "flax_model.msgpack", out],
-           "onnx": ["onnx-to-safetensors", folder / "model.onnx", out],
-           "safetensors": ["auto", folder / "model.safetensors", out, "--layout", "burn"]}[family]
+    src = {
+        "keras-h5": ["keras-to-safetensors", folder / "model.weights.h5", out, "--config", folder / "config.json"],
+        "keras": ["keras-to-safetensors", folder / "model.keras", out],
+        "flax": ["flax-to-safetensors", folder / "flax_model.msgpack", out],
+        "onnx": ["onnx-to-safetensors", folder / "model.onnx", out],
+        "safetensors": ["auto", folder / "model.safetensors", out, "--layout", "burn"],
+    }[family]
     return [*tool_command(), *map(str, src), "--json"]
 
 
@@ -116,21 +129,32 @@ def bench(runner: Runner, family: str, folder: Path, reps: int) -> dict:
     cmds = {"cp": ["cp", "-r", str(folder), str(out)], "tool": convert_command(family, folder, out)}
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cmds}
     for rep in range(reps):
-        for name in (list(cmds) if rep % 2 == 0 else list(reversed(cmds))):
+        for name in list(cmds) if rep % 2 == 0 else list(reversed(cmds)):
             prepare(folder, out)
             wall, cpu, rss, _ = runner.run(name, cmds[name])
             samples[name].append((wall, cpu, rss))
-            _log(f"  [{family}] rep {rep + 1}/{reps} {name:<5} {wall:6.2f} s wall {cpu:6.2f} s CPU {rss:7.1f} MiB "
-                 f"(load {os.getloadavg()[0]:.1f})")
+            _log(
+                f"  [{family}] rep {rep + 1}/{reps} {name:<5} {wall:6.2f} s wall {cpu:6.2f} s CPU {rss:7.1f} MiB "
+                f"(load {os.getloadavg()[0]:.1f})"
+            )
     shutil.rmtree(out, ignore_errors=True)
-    med = {name: {"wall_s": round(statistics.median(s[0] for s in v), 3),
-                  "cpu_s": round(statistics.median(s[1] for s in v), 2),
-                  "rss_max_mib": round(max(s[2] for s in v), 1)} for name, v in samples.items()}
+    med = {
+        name: {
+            "wall_s": round(statistics.median(s[0] for s in v), 3),
+            "cpu_s": round(statistics.median(s[1] for s in v), 2),
+            "rss_max_mib": round(max(s[2] for s in v), 1),
+        }
+        for name, v in samples.items()
+    }
     size = sum(p.stat().st_size for p in folder.iterdir())
-    return {"family": family, "source_bytes": size, **med,
-            "tool/cp wall": round(med["tool"]["wall_s"] / med["cp"]["wall_s"], 2),
-            "wall ok": med["tool"]["wall_s"] <= WALL_TARGET * med["cp"]["wall_s"],
-            "rss ok": med["tool"]["rss_max_mib"] <= RSS_TARGET_MIB}
+    return {
+        "family": family,
+        "source_bytes": size,
+        **med,
+        "tool/cp wall": round(med["tool"]["wall_s"] / med["cp"]["wall_s"], 2),
+        "wall ok": med["tool"]["wall_s"] <= WALL_TARGET * med["cp"]["wall_s"],
+        "rss ok": med["tool"]["rss_max_mib"] <= RSS_TARGET_MIB,
+    }
 
 
 def main() -> None:
@@ -156,8 +180,9 @@ def main() -> None:
             if not folder.is_dir():
                 _need_space(workdir, 2.5 * size)
                 _log(f"generating {folder} ...")
-                proc = subprocess.run([sys.executable, __file__, "--_generate", family, str(folder), str(size)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--_generate", family, str(folder), str(size)], capture_output=True, text=True
+                )
                 if proc.returncode != 0:
                     shutil.rmtree(folder, ignore_errors=True)
                     sys.exit(f"bench: generating {family} failed:\n{proc.stderr[-3000:]}")
@@ -165,16 +190,17 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    note = (f"{os.cpu_count()} CPUs, load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
-            f"{runner.rss_note}")
+    note = f"{os.cpu_count()} CPUs, load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; {runner.rss_note}"
     if args.json:
         print(json.dumps({"rows": rows, "note": note}, indent=2))
         return
     print(f"{'family':<12} {'GiB':>5} {'cp s':>6} {'tool s':>7} {'tool/cp':>8} {'tool CPU s':>10} {'peak MiB':>9}")
     for r in rows:
         flag = ("" if r["wall ok"] else f" wall>{WALL_TARGET}x") + ("" if r["rss ok"] else f" rss>{RSS_TARGET_MIB:g}")
-        print(f"{r['family']:<12} {r['source_bytes'] / 2**30:>5.2f} {r['cp']['wall_s']:>6.2f} {r['tool']['wall_s']:>7.2f} "
-              f"{r['tool/cp wall']:>7.2f}x {r['tool']['cpu_s']:>10.2f} {r['tool']['rss_max_mib']:>9.1f}{flag}")
+        print(
+            f"{r['family']:<12} {r['source_bytes'] / 2**30:>5.2f} {r['cp']['wall_s']:>6.2f} {r['tool']['wall_s']:>7.2f} "
+            f"{r['tool/cp wall']:>7.2f}x {r['tool']['cpu_s']:>10.2f} {r['tool']['rss_max_mib']:>9.1f}{flag}"
+        )
     print(f"note: {note}")
 
 

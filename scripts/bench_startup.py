@@ -61,8 +61,7 @@ def timed_run(src: Path, out: Path) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run([*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"], capture_output=True, text=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -85,15 +84,18 @@ class Import:
 def import_profile(src: Path, out: Path) -> list[Import]:
     """Every module the conversion imports, from `python -X importtime -m convert.cli ...`."""
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "convert.cli", "pth-to-safetensors",
-                           str(src), str(out), "-q"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "convert.cli", "pth-to-safetensors", str(src), str(out), "-q"],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.exit(f"bench: convert under -X importtime failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     imports = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
-        self_us, cumulative_us, name = line[len("import time:"):].split("|", 2)
+        self_us, cumulative_us, name = line[len("import time:") :].split("|", 2)
         imports.append(Import(name.strip(), int(self_us), int(cumulative_us)))
     return imports
 
@@ -136,32 +138,52 @@ def main() -> None:
     top_level = [i for i in imports if "." not in i.module]
     slowest_packages = sorted(top_level, key=lambda i: i.cumulative_us, reverse=True)[:10]
     checks = [
-        {"target": f"median wall < {WALL_TARGET_S} s from a cold process", "value": median,
-         "result": "PASS" if median < WALL_TARGET_S else "FAIL"},
-        {"target": "no heavy framework imported (" + ", ".join(HEAVY) + ")", "value": heavy,
-         "result": "PASS" if not heavy else "FAIL"},
+        {
+            "target": f"median wall < {WALL_TARGET_S} s from a cold process",
+            "value": median,
+            "result": "PASS" if median < WALL_TARGET_S else "FAIL",
+        },
+        {
+            "target": "no heavy framework imported (" + ", ".join(HEAVY) + ")",
+            "value": heavy,
+            "result": "PASS" if not heavy else "FAIL",
+        },
     ]
 
     if args.json:
-        print(json.dumps({
-            "checkpoint_bytes": size, "runs": [asdict(r) for r in runs],
-            "wall_median_s": round(median, 3), "cpu_median_s": round(cpu_median, 3),
-            "load_average": [round(load_before, 2), round(load_after, 2)], "cpus": os.cpu_count(),
-            "tool_reported_median_s": round(statistics.median(reported), 3) if reported else None,
-            "modules_imported": len(imports), "import_self_total_s": round(total_import_us / 1e6, 3),
-            "heavy_modules": heavy, "slowest_imports_self": [asdict(i) for i in slowest_self],
-            "slowest_top_level_cumulative": [asdict(i) for i in slowest_packages], "targets": checks,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "checkpoint_bytes": size,
+                    "runs": [asdict(r) for r in runs],
+                    "wall_median_s": round(median, 3),
+                    "cpu_median_s": round(cpu_median, 3),
+                    "load_average": [round(load_before, 2), round(load_after, 2)],
+                    "cpus": os.cpu_count(),
+                    "tool_reported_median_s": round(statistics.median(reported), 3) if reported else None,
+                    "modules_imported": len(imports),
+                    "import_self_total_s": round(total_import_us / 1e6, 3),
+                    "heavy_modules": heavy,
+                    "slowest_imports_self": [asdict(i) for i in slowest_self],
+                    "slowest_top_level_cumulative": [asdict(i) for i in slowest_packages],
+                    "targets": checks,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"checkpoint: {size / 1e6:.1f} MB; {len(runs)} fresh-process runs of "
-              f"`{' '.join(Path(c).name for c in tool_command())} pth-to-safetensors SRC OUT`")
+        print(
+            f"checkpoint: {size / 1e6:.1f} MB; {len(runs)} fresh-process runs of "
+            f"`{' '.join(Path(c).name for c in tool_command())} pth-to-safetensors SRC OUT`"
+        )
         print("wall s: " + ", ".join(f"{w:.3f}" for w in walls))
-        print(f"median wall: {median:.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); median CPU (user+sys): "
-              f"{cpu_median:.3f} s; load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"median wall: {median:.3f} s (min {min(walls):.3f}, max {max(walls):.3f}); median CPU (user+sys): "
+            f"{cpu_median:.3f} s; load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs"
+        )
         if reported:
             rep = statistics.median(reported)
-            print(f"tool's own conversion time, median: {rep:.3f} s; interpreter start + imports + exit: "
-                  f"{median - rep:.3f} s")
+            print(f"tool's own conversion time, median: {rep:.3f} s; interpreter start + imports + exit: {median - rep:.3f} s")
         print(f"\n-X importtime: {len(imports)} modules, {total_import_us / 1e6:.3f} s of import time in total")
         print("slowest imports (self time):")
         for i in slowest_self:

@@ -63,8 +63,7 @@ def corpus_cases() -> list[tuple[Case, dict[str, bytes] | bytes]]:
             if p.is_file() and p.name != "catalog.json" and p.stat().st_size <= 4 << 20 and not is_folder_seed(p.parent):
                 found.append((Case(rel, p.suffix.lstrip(".") or "file", ["auto", "<src>", OUT]), p.read_bytes()))
             elif is_folder_seed(p):
-                found.append((Case(rel, "folder", ["auto", "<src>", OUT]),
-                              {f.name: f.read_bytes() for f in sorted(p.iterdir())}))
+                found.append((Case(rel, "folder", ["auto", "<src>", OUT]), {f.name: f.read_bytes() for f in sorted(p.iterdir())}))
     return found
 
 
@@ -75,8 +74,11 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
     import test_fuzz_readers as fr
 
     made: list[tuple[str, str, bytes]] = []
-    builders = [("tflite", "tflite", fr.tflite_seed_bytes), ("torchscript", "pt", fr.torchscript_seed_bytes),
-                ("training", "pt", fr.training_seed_bytes)]
+    builders = [
+        ("tflite", "tflite", fr.tflite_seed_bytes),
+        ("torchscript", "pt", fr.torchscript_seed_bytes),
+        ("training", "pt", fr.training_seed_bytes),
+    ]
     for kind, suffix, build in builders:
         try:
             made += [(kind, suffix, blob) for blob in build()]
@@ -89,8 +91,9 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
         made.append(("onnx", "onnx", model_with_subgraphs().SerializeToString()))
     except pytest.skip.Exception:
         print("no onnx seeds: onnx is not installed")
-    return [(Case(f"{kind} seed {i}", kind, ["auto", f"<src>.{suffix}", OUT]), blob) for i, (kind, suffix, blob)
-            in enumerate(made)]
+    return [
+        (Case(f"{kind} seed {i}", kind, ["auto", f"<src>.{suffix}", OUT]), blob) for i, (kind, suffix, blob) in enumerate(made)
+    ]
 
 
 def document_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
@@ -99,20 +102,47 @@ def document_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
     from convert.mapping import builtin_layouts, layout_text
 
     layouts = [layout_text(n).encode() for n in sorted({d["name"] for d in builtin_layouts().values()})]
-    layouts += [f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n'.encode() for rule in
-                ["regex = '^(a|aa)+$'", "match = '{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x'",
-                 "regex = '^(?P<p>.+)\\\\.(?P<q>.+)\\\\.weight$'"]]
+    layouts += [
+        f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n'.encode()
+        for rule in [
+            "regex = '^(a|aa)+$'",
+            "match = '{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x'",
+            "regex = '^(?P<p>.+)\\\\.(?P<q>.+)\\\\.weight$'",
+        ]
+    ]
     layout_args: list[object] = ["auto", "<in>/model.safetensors", OUT, "--layout-file", "<src>.toml"]
     cases: list[tuple[Case, dict[str, bytes] | bytes]] = [
-        (Case("layout file", "layout", layout_args, files={"model.safetensors": SAFETENSORS}), text) for text in layouts]
-    job = (b'[defaults]\nlayout = "burn"\n[[job]]\nsource = "model.safetensors"\noutput = "o1"\n'
-           b'[[job]]\nsource = "model.safetensors"\n')
-    cases.append((Case("job file", "job", ["batch", "--job-file", "<src>.toml", "--out-dir", OUT, "--jobs", "1"],
-                       batch=True, files={"model.safetensors": SAFETENSORS}), job))
+        (Case("layout file", "layout", layout_args, files={"model.safetensors": SAFETENSORS}), text) for text in layouts
+    ]
+    job = (
+        b'[defaults]\nlayout = "burn"\n[[job]]\nsource = "model.safetensors"\noutput = "o1"\n'
+        b'[[job]]\nsource = "model.safetensors"\n'
+    )
+    cases.append(
+        (
+            Case(
+                "job file",
+                "job",
+                ["batch", "--job-file", "<src>.toml", "--out-dir", OUT, "--jobs", "1"],
+                batch=True,
+                files={"model.safetensors": SAFETENSORS},
+            ),
+            job,
+        )
+    )
     report = b'{"status": "failed", "source": "model.safetensors", "output": "m"}\n{"status": "ok", "source": "x"}\n'
-    cases.append((Case("batch report", "report", ["batch", "<in>/model.safetensors", "--out-dir", OUT, "--jobs", "1",
-                                                  "--retry-failed", "<src>.jsonl"], batch=True,
-                       files={"model.safetensors": SAFETENSORS}), report))
+    cases.append(
+        (
+            Case(
+                "batch report",
+                "report",
+                ["batch", "<in>/model.safetensors", "--out-dir", OUT, "--jobs", "1", "--retry-failed", "<src>.jsonl"],
+                batch=True,
+                files={"model.safetensors": SAFETENSORS},
+            ),
+            report,
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         from convert.api import pth_to_safetensors
 
@@ -133,7 +163,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         if op == 0:
             buf[at] ^= 1 << rng.randrange(8)
         elif op == 1:
-            buf[at:at + 8] = rng.choice([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff\xff\xff\xff\xff"])
+            buf[at : at + 8] = rng.choice([b"\xff" * 8, b"\x00" * 8, b"\x7f\xff\xff\xff\xff\xff\xff\xff"])
         elif op == 2:
             del buf[at:]
         elif op == 3:
@@ -141,7 +171,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             buf[at:at] = buf[at:end] * rng.randint(2, 50)
         else:
             other = rng.randrange(len(buf))
-            buf[at:at + 16] = buf[other:other + 16]
+            buf[at : at + 16] = buf[other : other + 16]
     return bytes(buf)
 
 
@@ -161,15 +191,23 @@ def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[s
         (inputs / name).parent.mkdir(parents=True, exist_ok=True)
         (inputs / name).write_bytes(data)
     src_arg = next(str(a) for a in case.args if str(a).startswith("<src>"))
-    src = inputs / ("src" + src_arg[len("<src>"):])
+    src = inputs / ("src" + src_arg[len("<src>") :])
     if isinstance(content, bytes):
         src.write_bytes(content)
     else:
         src.mkdir()
         for name, data in content.items():
             (src / name).write_bytes(data)
-    args = [work / "out" if a == OUT else src if a == src_arg else
-            inputs / str(a)[len("<in>/"):] if str(a).startswith("<in>/") else a for a in case.args]
+    args = [
+        work / "out"
+        if a == OUT
+        else src
+        if a == src_arg
+        else inputs / str(a)[len("<in>/") :]
+        if str(a).startswith("<in>/")
+        else a
+        for a in case.args
+    ]
     started = time.perf_counter()
     run = run_measured(*args, cwd=work)
     wall = time.perf_counter() - started
@@ -189,8 +227,15 @@ def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[s
         problems.append(f"{run.peak_rss >> 20} MiB, {wall:.0f} s")
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(inputs, ignore_errors=True)
-    return {"label": case.label, "kind": case.kind, "code": run.code, "rss": run.peak_rss, "wall": wall,
-            "problems": problems, "stderr": run.stderr[-300:]}
+    return {
+        "label": case.label,
+        "kind": case.kind,
+        "code": run.code,
+        "rss": run.peak_rss,
+        "wall": wall,
+        "problems": problems,
+        "stderr": run.stderr[-300:],
+    }
 
 
 def main() -> int:
@@ -204,15 +249,16 @@ def main() -> int:
     cases = list(seeds)
     for i in range(args.mutants):
         case, content = rng.choice(seeds)
-        cases.append((Case(f"mutant {i} of {case.label}", case.kind, case.args, case.batch, case.files),
-                      mutant(content, rng)))
+        cases.append((Case(f"mutant {i} of {case.label}", case.kind, case.args, case.batch, case.files), mutant(content, rng)))
     scratch = Path(tempfile.mkdtemp(prefix="hostile-campaign-"))
     started = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
         results = list(pool.map(lambda ic: run_one(*ic[1], scratch / f"w{ic[0]}"), enumerate(cases)))
     shutil.rmtree(scratch, ignore_errors=True)
-    print(f"{len(results)} runs ({len(seeds)} seeds, {args.mutants} mutants, seed {args.seed}) in "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"{len(results)} runs ({len(seeds)} seeds, {args.mutants} mutants, seed {args.seed}) in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     by_kind: dict[str, list[dict[str, object]]] = collections.defaultdict(list)
     for r in results:
         by_kind[str(r["kind"])].append(r)
@@ -220,12 +266,17 @@ def main() -> int:
         codes = collections.Counter(r["code"] for r in runs)
         worst_rss = max(runs, key=lambda r: r["rss"])
         worst_wall = max(runs, key=lambda r: r["wall"])
-        print(f"{kind:12} {len(runs):5} runs; exits " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))
-              + f"; max RSS {int(worst_rss['rss']) >> 20} MiB; max wall {worst_wall['wall']:.1f} s")
+        print(
+            f"{kind:12} {len(runs):5} runs; exits "
+            + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))
+            + f"; max RSS {int(worst_rss['rss']) >> 20} MiB; max wall {worst_wall['wall']:.1f} s"
+        )
     worst_rss = max(results, key=lambda r: r["rss"])
     worst_wall = max(results, key=lambda r: r["wall"])
-    print(f"worst peak RSS {int(worst_rss['rss']) >> 20} MiB ({worst_rss['label']}); "
-          f"worst wall {worst_wall['wall']:.1f} s ({worst_wall['label']})")
+    print(
+        f"worst peak RSS {int(worst_rss['rss']) >> 20} MiB ({worst_rss['label']}); "
+        f"worst wall {worst_wall['wall']:.1f} s ({worst_wall['label']})"
+    )
     failures = [r for r in results if r["problems"]]
     for r in failures:
         print(f"FAIL {r['label']}: {'; '.join(r['problems'])}: {r['stderr']!r}")

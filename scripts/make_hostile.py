@@ -382,9 +382,7 @@ GADGETS: tuple[Gadget, ...] = (
     executes(
         "operator_attrgetter",
         "operator.attrgetter('os.system')(GLOBAL torch.serialization) then called",
-        beside(
-            call(call(call(glob("operator", "attrgetter"), "os.system"), glob("torch", "serialization")), CANARY_SHELL)
-        ),
+        beside(call(call(call(glob("operator", "attrgetter"), "os.system"), glob("torch", "serialization")), CANARY_SHELL)),
     ),
     executes(
         "operator_methodcaller",
@@ -485,8 +483,18 @@ GADGETS: tuple[Gadget, ...] = (
     inert(
         "build_dtype_marker",
         "BUILD {'code': {}} onto GLOBAL torch.float32: alters a frozen stand-in behind its back",
-        lambda fmt: {"weight": call(glob("torch._utils", "_rebuild_tensor_v3"), fmt.storage(), 0, SIZE, STRIDE, False,
-                                    ordered_dict(), build(glob("torch", "float32"), {"code": {}}))},
+        lambda fmt: {
+            "weight": call(
+                glob("torch._utils", "_rebuild_tensor_v3"),
+                fmt.storage(),
+                0,
+                SIZE,
+                STRIDE,
+                False,
+                ordered_dict(),
+                build(glob("torch", "float32"), {"code": {}}),
+            )
+        },
     ),
 )
 
@@ -787,41 +795,78 @@ def safetensors_files() -> list[Hostile]:
 
     valid = json.dumps({"weight": st_entry()}, separators=(",", ":")).encode()
     return [
-        st("overlapping_offsets", "tensors a [0, 24) and b [8, 32) share bytes",
-           safetensors_file({"a": st_entry(), "b": st_entry(offsets=(8, 32))}, WEIGHT_BYTES + bytes(8))),
-        st("offset_past_end", "data_offsets [2**40, 2**40 + 24) far past the 24-byte buffer",
-           safetensors_file({"weight": st_entry(offsets=(2**40, 2**40 + 24))})),
-        st("offset_past_u64", "data_offsets beyond 2**64, which no u64 holds",
-           safetensors_file({"weight": st_entry(offsets=(2**64, 2**64 + 24))})),
+        st(
+            "overlapping_offsets",
+            "tensors a [0, 24) and b [8, 32) share bytes",
+            safetensors_file({"a": st_entry(), "b": st_entry(offsets=(8, 32))}, WEIGHT_BYTES + bytes(8)),
+        ),
+        st(
+            "offset_past_end",
+            "data_offsets [2**40, 2**40 + 24) far past the 24-byte buffer",
+            safetensors_file({"weight": st_entry(offsets=(2**40, 2**40 + 24))}),
+        ),
+        st(
+            "offset_past_u64",
+            "data_offsets beyond 2**64, which no u64 holds",
+            safetensors_file({"weight": st_entry(offsets=(2**64, 2**64 + 24))}),
+        ),
         st("negative_offset", "data_offsets [-8, 16)", safetensors_file({"weight": st_entry(offsets=(-8, 16))})),
-        st("offsets_reversed", "data_offsets [24, 0): end before begin",
-           safetensors_file({"weight": st_entry(shape=[0], offsets=(24, 0))})),
-        st("header_over_limit", "length prefix 100_000_001: over the format's 100 MB header limit",
-           safetensors_file(valid, length=100_000_001)),
-        st("header_past_eof", "length prefix 4096 for a file of a few dozen bytes",
-           safetensors_file(valid, length=4096)),
-        st("header_not_utf8", "header bytes that are not UTF-8",
-           safetensors_file(valid.replace(b'"weight"', b'"w\xff\xfeight"'))),
+        st(
+            "offsets_reversed",
+            "data_offsets [24, 0): end before begin",
+            safetensors_file({"weight": st_entry(shape=[0], offsets=(24, 0))}),
+        ),
+        st(
+            "header_over_limit",
+            "length prefix 100_000_001: over the format's 100 MB header limit",
+            safetensors_file(valid, length=100_000_001),
+        ),
+        st("header_past_eof", "length prefix 4096 for a file of a few dozen bytes", safetensors_file(valid, length=4096)),
+        st(
+            "header_not_utf8", "header bytes that are not UTF-8", safetensors_file(valid.replace(b'"weight"', b'"w\xff\xfeight"'))
+        ),
         st("header_not_object", "header is a JSON array", safetensors_file(b"[1,2,3]", b"")),
-        st("header_deep_nesting", "header nests 5000 arrays: a recursive parser's stack",
-           safetensors_file(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}", b"")),
+        st(
+            "header_deep_nesting",
+            "header nests 5000 arrays: a recursive parser's stack",
+            safetensors_file(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}", b""),
+        ),
         st("unknown_dtype", "dtype 'Q7'", safetensors_file({"weight": st_entry(dtype="Q7")})),
         st("dtype_not_string", "dtype ['F32']: not even hashable", safetensors_file({"weight": st_entry(dtype=["F32"])})),
-        st("shape_offset_mismatch", "shape (2, 3) float32 needs 24 bytes; offsets give 16",
-           safetensors_file({"weight": st_entry(offsets=(0, 16))}, WEIGHT_BYTES[:16])),
-        st("shape_overflow", "shape (2**64, 2**64): an element count past any integer type",
-           safetensors_file({"weight": st_entry(shape=[2**64, 2**64])})),
-        st("duplicate_name", "'weight' twice: JSON parsers disagree which one wins",
-           safetensors_file(b'{"weight":' + json.dumps(st_entry()).encode() + b',"weight":'
-                            + json.dumps(st_entry(offsets=(24, 48))).encode() + b"}", WEIGHT_BYTES * 2)),
-        st("metadata_not_strings", "__metadata__ {'format': 1}: not string to string",
-           safetensors_file({"__metadata__": {"format": 1}, "weight": st_entry()})),
+        st(
+            "shape_offset_mismatch",
+            "shape (2, 3) float32 needs 24 bytes; offsets give 16",
+            safetensors_file({"weight": st_entry(offsets=(0, 16))}, WEIGHT_BYTES[:16]),
+        ),
+        st(
+            "shape_overflow",
+            "shape (2**64, 2**64): an element count past any integer type",
+            safetensors_file({"weight": st_entry(shape=[2**64, 2**64])}),
+        ),
+        st(
+            "duplicate_name",
+            "'weight' twice: JSON parsers disagree which one wins",
+            safetensors_file(
+                b'{"weight":'
+                + json.dumps(st_entry()).encode()
+                + b',"weight":'
+                + json.dumps(st_entry(offsets=(24, 48))).encode()
+                + b"}",
+                WEIGHT_BYTES * 2,
+            ),
+        ),
+        st(
+            "metadata_not_strings",
+            "__metadata__ {'format': 1}: not string to string",
+            safetensors_file({"__metadata__": {"format": 1}, "weight": st_entry()}),
+        ),
     ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Flax msgpack: maps of arrays, an array being extension type 1 holding msgpack (shape, dtype, bytes)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Ext:
@@ -878,16 +923,27 @@ def msgpack_files() -> list[Hostile]:
         nested = ndarray((2**40, 2**40), "float32", nested)
     deep = Raw((b"\xdf\x00\x00\x00\x01" + msgpack("a")) * 2000 + msgpack({"kernel": ndarray(SIZE)}))  # {"a": {"a": ...
     return [
-        mp("ndarray_huge_shape", "array declaring shape (2**40, 2**40) float32 over 24 bytes",
-           {"params": {"Dense_0": {"kernel": ndarray((2**40, 2**40))}}}),
-        mp("ext_nested", "array whose buffer is an array, 100 deep, each declaring (2**40, 2**40)",
-           {"params": {"Dense_0": {"kernel": nested}}}),
-        mp("map_2pow32", "map header declaring 2**32 - 1 entries, one present",
-           Raw(b"\xdf\xff\xff\xff\xff" + msgpack("params") + msgpack({}))),
-        mp("array_2pow32", "array header declaring 2**32 - 1 items, none present",
-           {"params": Raw(b"\xdd\xff\xff\xff\xff")}),
-        mp("bin_4gib", "bin header declaring 4 GiB - 1 bytes, 24 present",
-           {"params": {"w": Raw(b"\xc6\xff\xff\xff\xff" + WEIGHT_BYTES)}}),
+        mp(
+            "ndarray_huge_shape",
+            "array declaring shape (2**40, 2**40) float32 over 24 bytes",
+            {"params": {"Dense_0": {"kernel": ndarray((2**40, 2**40))}}},
+        ),
+        mp(
+            "ext_nested",
+            "array whose buffer is an array, 100 deep, each declaring (2**40, 2**40)",
+            {"params": {"Dense_0": {"kernel": nested}}},
+        ),
+        mp(
+            "map_2pow32",
+            "map header declaring 2**32 - 1 entries, one present",
+            Raw(b"\xdf\xff\xff\xff\xff" + msgpack("params") + msgpack({})),
+        ),
+        mp("array_2pow32", "array header declaring 2**32 - 1 items, none present", {"params": Raw(b"\xdd\xff\xff\xff\xff")}),
+        mp(
+            "bin_4gib",
+            "bin header declaring 4 GiB - 1 bytes, 24 present",
+            {"params": {"w": Raw(b"\xc6\xff\xff\xff\xff" + WEIGHT_BYTES)}},
+        ),
         mp("deep_nesting", "2000 nested maps: a recursive decoder's stack", {"params": deep}),
         mp("dtype_object", "array of dtype 'object': pointers, not data", {"params": {"kernel": ndarray((3,), "object")}}),
         mp("shape_negative", "array of shape (-1, 6): numpy would infer the rest", {"params": {"kernel": ndarray((-1, 6))}}),
@@ -924,6 +980,7 @@ def h5_bytes(write: Callable[[object], None]) -> bytes:
 
 def keras2_weights(dataset: Callable[[object, str], None]) -> Callable[[object], None]:
     """A Keras 2 weights file (``save_weights``) of one Dense layer whose kernel ``dataset`` makes."""
+
     def write(f: object) -> None:
         import numpy as np
 
@@ -953,20 +1010,41 @@ def linked_kernel(group: object, name: str) -> None:
 
 
 def lambda_layer_keras2() -> dict[str, object]:
-    return {"class_name": "Lambda", "config": {
-        "name": "lambda", "trainable": True, "dtype": "float32", "function": [LAMBDA_CODE_B64, None, None],
-        "function_type": "lambda", "module": "__main__", "output_shape": None, "output_shape_type": "raw",
-        "output_shape_module": None, "arguments": {}}}
+    return {
+        "class_name": "Lambda",
+        "config": {
+            "name": "lambda",
+            "trainable": True,
+            "dtype": "float32",
+            "function": [LAMBDA_CODE_B64, None, None],
+            "function_type": "lambda",
+            "module": "__main__",
+            "output_shape": None,
+            "output_shape_type": "raw",
+            "output_shape_module": None,
+            "arguments": {},
+        },
+    }
 
 
 def keras2_full_model(f: object) -> None:
     """A Keras 2 ``model.save('m.h5')``: model_config with a Lambda layer, weights of a Dense layer."""
     import numpy as np
 
-    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, SIZE[1]], "dtype": "float32", "name": "input"}},
-        lambda_layer_keras2(),
-        {"class_name": "Dense", "config": {"name": "dense", "units": SIZE[0], "activation": "linear", "use_bias": True}}]}}
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "sequential",
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "config": {"batch_input_shape": [None, SIZE[1]], "dtype": "float32", "name": "input"},
+                },
+                lambda_layer_keras2(),
+                {"class_name": "Dense", "config": {"name": "dense", "units": SIZE[0], "activation": "linear", "use_bias": True}},
+            ],
+        },
+    }
     f.attrs["model_config"] = json.dumps(config)
     f.attrs["keras_version"] = "2.15.0"
     f.attrs["backend"] = "tensorflow"
@@ -983,11 +1061,17 @@ def keras2_full_model(f: object) -> None:
 
 def keras3_archive(layers: list[dict[str, object]], weights: Callable[[object], None]) -> bytes:
     """A Keras 3 ``.keras`` zip: config.json, metadata.json, model.weights.h5 (fixed timestamps)."""
-    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "sequential", "layers": layers},
-              "registered_name": None}
-    entries = [("metadata.json", json.dumps({"keras_version": "3.6.0", "date_saved": "2024-01-01@00:00:00"}).encode()),
-               ("config.json", json.dumps(config).encode()),
-               ("model.weights.h5", h5_bytes(weights))]
+    config = {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {"name": "sequential", "layers": layers},
+        "registered_name": None,
+    }
+    entries = [
+        ("metadata.json", json.dumps({"keras_version": "3.6.0", "date_saved": "2024-01-01@00:00:00"}).encode()),
+        ("config.json", json.dumps(config).encode()),
+        ("model.weights.h5", h5_bytes(weights)),
+    ]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for name, data in entries:
@@ -998,8 +1082,12 @@ def keras3_archive(layers: list[dict[str, object]], weights: Callable[[object], 
 
 
 def dense3(units: int = SIZE[0]) -> dict[str, object]:
-    return {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
-            "config": {"name": "dense", "units": units, "activation": "linear", "use_bias": True}}
+    return {
+        "module": "keras.layers",
+        "class_name": "Dense",
+        "registered_name": None,
+        "config": {"name": "dense", "units": units, "activation": "linear", "use_bias": True},
+    }
 
 
 def keras3_dense_weights(kernel: Callable[[object, str], None]) -> Callable[[object], None]:
@@ -1035,29 +1123,80 @@ def global_heap_loop(data: bytes) -> bytes:
 
 def h5_files() -> list[Hostile]:
     """Needs h5py (the Keras extra); without it these files are not generated."""
-    lambda3 = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "config": {
-        "name": "lambda", "trainable": True, "dtype": "float32", "arguments": {},
-        "function": {"class_name": "__lambda__", "config": {"code": LAMBDA_CODE_B64, "defaults": None, "closure": None}}}}
+    lambda3 = {
+        "module": "keras.layers",
+        "class_name": "Lambda",
+        "registered_name": None,
+        "config": {
+            "name": "lambda",
+            "trainable": True,
+            "dtype": "float32",
+            "arguments": {},
+            "function": {"class_name": "__lambda__", "config": {"code": LAMBDA_CODE_B64, "defaults": None, "closure": None}},
+        },
+    }
     return [
-        Hostile("h5_huge_shape.h5", "hdf5", "Keras 2 weights whose kernel declares shape (2**31, 2**31) and holds no bytes"
-                + NO_CANARY, False, h5_bytes(keras2_weights(huge_kernel))),
-        Hostile("h5_external_storage.h5", "hdf5", "kernel stored in an external raw file: /etc/passwd" + NO_CANARY, False,
-                h5_bytes(keras2_weights(external_kernel))),
-        Hostile("h5_external_link.h5", "hdf5", "kernel is an external link to /etc/passwd.h5" + NO_CANARY, False,
-                h5_bytes(keras2_weights(linked_kernel))),
-        Hostile("h5_global_heap_loop.h5", "hdf5", "Keras 2 weights whose global heap free-space object has size 0: "
-                "libhdf5 loops forever reading its string attributes" + NO_CANARY, False,
-                global_heap_loop(h5_bytes(keras2_weights(plain_kernel)))),
-        Hostile("h5_lambda_layer.h5", "hdf5", "Keras 2 full model whose Lambda layer is marshalled code that creates "
-                "canary when a Keras loader rebuilds and calls it", False, h5_bytes(keras2_full_model), "inert"),
-        Hostile("keras_lambda_layer.keras", "keras", "Keras 3 archive whose Lambda layer is marshalled code that creates "
-                "canary when Keras loads it with safe_mode=False and calls it", False,
-                keras3_archive([lambda3, dense3()], keras3_dense_weights(plain_kernel)), "inert"),
-        Hostile("keras_external_storage.keras", "keras", "model.weights.h5 inside the archive keeps its kernel in "
-                "/etc/passwd (external raw storage)" + NO_CANARY, False,
-                keras3_archive([dense3()], keras3_dense_weights(external_kernel))),
-        Hostile("keras_huge_shape.keras", "keras", "model.weights.h5 kernel declares (2**31, 2**31) and holds no bytes"
-                + NO_CANARY, False, keras3_archive([dense3()], keras3_dense_weights(huge_kernel))),
+        Hostile(
+            "h5_huge_shape.h5",
+            "hdf5",
+            "Keras 2 weights whose kernel declares shape (2**31, 2**31) and holds no bytes" + NO_CANARY,
+            False,
+            h5_bytes(keras2_weights(huge_kernel)),
+        ),
+        Hostile(
+            "h5_external_storage.h5",
+            "hdf5",
+            "kernel stored in an external raw file: /etc/passwd" + NO_CANARY,
+            False,
+            h5_bytes(keras2_weights(external_kernel)),
+        ),
+        Hostile(
+            "h5_external_link.h5",
+            "hdf5",
+            "kernel is an external link to /etc/passwd.h5" + NO_CANARY,
+            False,
+            h5_bytes(keras2_weights(linked_kernel)),
+        ),
+        Hostile(
+            "h5_global_heap_loop.h5",
+            "hdf5",
+            "Keras 2 weights whose global heap free-space object has size 0: "
+            "libhdf5 loops forever reading its string attributes" + NO_CANARY,
+            False,
+            global_heap_loop(h5_bytes(keras2_weights(plain_kernel))),
+        ),
+        Hostile(
+            "h5_lambda_layer.h5",
+            "hdf5",
+            "Keras 2 full model whose Lambda layer is marshalled code that creates "
+            "canary when a Keras loader rebuilds and calls it",
+            False,
+            h5_bytes(keras2_full_model),
+            "inert",
+        ),
+        Hostile(
+            "keras_lambda_layer.keras",
+            "keras",
+            "Keras 3 archive whose Lambda layer is marshalled code that creates "
+            "canary when Keras loads it with safe_mode=False and calls it",
+            False,
+            keras3_archive([lambda3, dense3()], keras3_dense_weights(plain_kernel)),
+            "inert",
+        ),
+        Hostile(
+            "keras_external_storage.keras",
+            "keras",
+            "model.weights.h5 inside the archive keeps its kernel in /etc/passwd (external raw storage)" + NO_CANARY,
+            False,
+            keras3_archive([dense3()], keras3_dense_weights(external_kernel)),
+        ),
+        Hostile(
+            "keras_huge_shape.keras",
+            "keras",
+            "model.weights.h5 kernel declares (2**31, 2**31) and holds no bytes" + NO_CANARY,
+            False,
+            keras3_archive([dense3()], keras3_dense_weights(huge_kernel)),
+        ),
     ]
 
 
@@ -1065,11 +1204,14 @@ def h5_files() -> list[Hostile]:
 # NeuralForecast save folders (1.7.1 to 3.2 layout): {alias}_{i}.ckpt plus pickles
 # ---------------------------------------------------------------------------------------------
 
-def nf_folder(base: TorchBase, alias_to_model: bytes | None = None, configuration: bytes | None = None,
-              ckpt: bytes | None = None) -> dict[str, bytes]:
+
+def nf_folder(
+    base: TorchBase, alias_to_model: bytes | None = None, configuration: bytes | None = None, ckpt: bytes | None = None
+) -> dict[str, bytes]:
     """``NeuralForecast.save``'s files for one MLP; any of them replaced."""
-    benign_ckpt = zip_checkpoint(base, dump({"hyper_parameters": {"h": 12, "input_size": 24},
-                                             "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}}))
+    benign_ckpt = zip_checkpoint(
+        base, dump({"hyper_parameters": {"h": 12, "input_size": 24}, "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}})
+    )
     return {
         "MLP_0.ckpt": ckpt or benign_ckpt,
         "alias_to_model.pkl": alias_to_model or dump({"MLP": "mlp"}, 4),
@@ -1080,14 +1222,33 @@ def nf_folder(base: TorchBase, alias_to_model: bytes | None = None, configuratio
 def neuralforecast_files(base: TorchBase) -> list[Hostile]:
     writer = call(glob("neuralforecast_plugins.hooks", "WriteCanary"), CANARY)
     return [
-        Hostile("nf_unknown_class", "neuralforecast", "configuration.pkl holds neuralforecast_plugins.hooks.WriteCanary"
-                "('canary'): a global of a module that does not exist" + NO_CANARY, False,
-                nf_folder(base, configuration=dump({"h": 12, "freq": "ME", "scalers_": {"y": writer}}, 4))),
-        Hostile("nf_os_system", "neuralforecast", "alias_to_model.pkl is os.system('touch canary')", True,
-                nf_folder(base, alias_to_model=dump({"MLP": OS_SYSTEM}, 4))),
-        Hostile("nf_ckpt_os_system", "neuralforecast", "MLP_0.ckpt hides os.system(...) in its hyper_parameters", True,
-                nf_folder(base, ckpt=zip_checkpoint(base, dump({"hyper_parameters": {"loss": OS_SYSTEM},
-                                                                 "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}})))),
+        Hostile(
+            "nf_unknown_class",
+            "neuralforecast",
+            "configuration.pkl holds neuralforecast_plugins.hooks.WriteCanary"
+            "('canary'): a global of a module that does not exist" + NO_CANARY,
+            False,
+            nf_folder(base, configuration=dump({"h": 12, "freq": "ME", "scalers_": {"y": writer}}, 4)),
+        ),
+        Hostile(
+            "nf_os_system",
+            "neuralforecast",
+            "alias_to_model.pkl is os.system('touch canary')",
+            True,
+            nf_folder(base, alias_to_model=dump({"MLP": OS_SYSTEM}, 4)),
+        ),
+        Hostile(
+            "nf_ckpt_os_system",
+            "neuralforecast",
+            "MLP_0.ckpt hides os.system(...) in its hyper_parameters",
+            True,
+            nf_folder(
+                base,
+                ckpt=zip_checkpoint(
+                    base, dump({"hyper_parameters": {"loss": OS_SYSTEM}, "state_dict": {"mlp.0.weight": tensor(ZIP.storage())}})
+                ),
+            ),
+        ),
     ]
 
 
@@ -1099,13 +1260,13 @@ def nf3_folder(edit: Mapping[str, object]) -> dict[str, bytes]:
     """The fixture's configuration and MLP_0.safetensors, whose hyper_parameters metadata gets `edit`."""
     data = (NF3_FIXTURE / "MLP_0.safetensors").read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     hparams = {**json.loads(header["__metadata__"]["hyper_parameters"]), **edit}
     header["__metadata__"]["hyper_parameters"] = json.dumps(hparams)
     text = json.dumps(header).encode()
     text += b" " * (-(8 + len(text)) % 8)
     files = {name: (NF3_FIXTURE / name).read_bytes() for name in ("configuration.json", "configuration.safetensors")}
-    return {**files, "MLP_0.safetensors": struct.pack("<Q", len(text)) + text + data[8 + length:]}
+    return {**files, "MLP_0.safetensors": struct.pack("<Q", len(text)) + text + data[8 + length :]}
 
 
 def nf_config_value_files() -> list[Hostile]:
@@ -1113,15 +1274,27 @@ def nf_config_value_files() -> list[Hostile]:
     cases = [
         ("nf_infinite_horizon", "h = Infinity: int() raised OverflowError", {"h": float("inf")}),
         ("nf_nan_series_count", "n_series = NaN where a count belongs", {"n_series": float("nan")}),
-        ("nf_gib_per_element_dtype", "an inline array of dtype <U500000000 (2 GB per element, from 1 KB)",
-         {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}}),
-        ("nf_void_dtype", "an inline array of dtype |V1000000000",
-         {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}}),
-        ("nf_datetime_past_int64", "a datetime64 value of 2**63 ticks",
-         {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}}),
+        (
+            "nf_gib_per_element_dtype",
+            "an inline array of dtype <U500000000 (2 GB per element, from 1 KB)",
+            {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}},
+        ),
+        (
+            "nf_void_dtype",
+            "an inline array of dtype |V1000000000",
+            {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}},
+        ),
+        (
+            "nf_datetime_past_int64",
+            "a datetime64 value of 2**63 ticks",
+            {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}},
+        ),
         ("nf_list_as_tag", "a value tag that is a list, not a name", {"h": {"__nf__": ["loss"]}}),
-        ("nf_level_overflow", "an MQLoss level of 1e300 percent (a float32 overflow warning line)",
-         {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [1e300]}}}),
+        (
+            "nf_level_overflow",
+            "an MQLoss level of 1e300 percent (a float32 overflow warning line)",
+            {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [1e300]}}},
+        ),
         ("nf_layer_count_1e9", "num_layers = 1e9: the shape check looped a billion times", {"num_layers": 1e9}),
     ]
     return [Hostile(name, "neuralforecast", attack + NO_CANARY, False, nf3_folder(edit)) for name, attack, edit in cases]
@@ -1136,8 +1309,13 @@ def has_h5py() -> bool:
 def corpus() -> list[Hostile]:
     base = torch_base()
     pickles = gadget_files(base) + pickle_in_storage_files(base) + container_files(base) + raw_files()
-    others = safetensors_files() + msgpack_files() + (h5_files() if has_h5py() else []) + neuralforecast_files(base) \
+    others = (
+        safetensors_files()
+        + msgpack_files()
+        + (h5_files() if has_h5py() else [])
+        + neuralforecast_files(base)
         + nf_config_value_files()
+    )
     return pickles + others
 
 
@@ -1232,9 +1410,7 @@ def self_check(files: Sequence[Hostile], out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: fixtures/hostile)")
-    parser.add_argument(
-        "--self-check", action="store_true", help="load every file unsafely in a child process and temp cwd"
-    )
+    parser.add_argument("--self-check", action="store_true", help="load every file unsafely in a child process and temp cwd")
     args = parser.parse_args()
     files = corpus()
     write_corpus(files, args.out)

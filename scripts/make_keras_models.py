@@ -57,21 +57,30 @@ def build(keras: Any, name: str, custom: Any) -> tuple[Any, np.ndarray]:
         out = L.Dense(5, name="head")(x)
         return keras.Model(inp, out, name="vision"), rng.normal(size=(2, 8, 8, 3)).astype("float32")
     if name == "sequence":  # Sequential: Embedding, Conv1D, LayerNorm, LSTM, GRU, Bidirectional LSTM, Dense
-        model = keras.Sequential([
-            keras.Input((7,), dtype="int32"),
-            L.Embedding(20, 6, name="emb"),
-            L.Conv1D(5, 3, padding="same", name="conv"),
-            L.LayerNormalization(name="ln"),
-            L.LSTM(7, return_sequences=True, name="lstm"),
-            L.GRU(4, return_sequences=True, name="gru"),
-            L.Bidirectional(L.LSTM(3), name="bidir"),
-            L.Dense(2, name="head"),
-        ], name="sequence")
+        model = keras.Sequential(
+            [
+                keras.Input((7,), dtype="int32"),
+                L.Embedding(20, 6, name="emb"),
+                L.Conv1D(5, 3, padding="same", name="conv"),
+                L.LayerNormalization(name="ln"),
+                L.LSTM(7, return_sequences=True, name="lstm"),
+                L.GRU(4, return_sequences=True, name="gru"),
+                L.Bidirectional(L.LSTM(3), name="bidir"),
+                L.Dense(2, name="head"),
+            ],
+            name="sequence",
+        )
         return model, rng.integers(0, 20, size=(2, 7)).astype("int32")
     if name == "nested":  # a Sequential inside a functional model, and a SimpleRNN
-        block = keras.Sequential([keras.Input((5, 3)), L.SimpleRNN(4, return_sequences=True, name="rnn"),
-                                  L.Dense(6, activation="relu", name="d1"), L.LayerNormalization(name="ln")],
-                                 name="block")
+        block = keras.Sequential(
+            [
+                keras.Input((5, 3)),
+                L.SimpleRNN(4, return_sequences=True, name="rnn"),
+                L.Dense(6, activation="relu", name="d1"),
+                L.LayerNormalization(name="ln"),
+            ],
+            name="block",
+        )
         inp = keras.Input((5, 3))
         out = L.Dense(3, name="out")(block(inp))
         return keras.Model(inp, out, name="nested"), rng.normal(size=(2, 5, 3)).astype("float32")
@@ -80,8 +89,14 @@ def build(keras: Any, name: str, custom: Any) -> tuple[Any, np.ndarray]:
         return model, rng.normal(size=(2, 4, 3)).astype("float32")
     if name == "lambda":  # code in the config: must be neither run nor carried
         # Run with RMC_SENTINEL set, this lambda would create that file: the tests prove it never runs.
-        code = L.Lambda(lambda t: t * 2.0 if not __import__("os").environ.get("RMC_SENTINEL")
-                        else open(__import__("os").environ["RMC_SENTINEL"], "w").close() or t * 2.0, name="double")
+        code = L.Lambda(
+            lambda t: (
+                t * 2.0
+                if not __import__("os").environ.get("RMC_SENTINEL")
+                else open(__import__("os").environ["RMC_SENTINEL"], "w").close() or t * 2.0
+            ),
+            name="double",
+        )
         model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="d"), code], name="lam")
         return model, rng.normal(size=(2, 3)).astype("float32")
     if name == "custom":  # a layer type the converter does not know, holding a weight
@@ -162,11 +177,17 @@ def make_hf(out: Path) -> None:
     import transformers
 
     ids = np.random.default_rng(3).integers(0, 100, size=(2, 9)).astype("int32")
-    bert = transformers.TFBertModel(transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                            num_attention_heads=2, intermediate_size=37,
-                                                            max_position_embeddings=64))
-    gpt2 = transformers.TFGPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
-                                                                  n_positions=64))
+    bert = transformers.TFBertModel(
+        transformers.BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
+    )
+    gpt2 = transformers.TFGPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64))
     for name, model in (("bert", bert), ("gpt2", gpt2)):
         result = model(ids, training=False)
         reference = result.last_hidden_state if name == "bert" else result.logits

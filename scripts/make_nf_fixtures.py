@@ -39,8 +39,7 @@ def ensure_venv(version: str) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], check=True)
         # scipy: 3.1.x imports it without declaring it.
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"neuralforecast=={version}", TORCH_PIN, "scipy"],
-                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"neuralforecast=={version}", TORCH_PIN, "scipy"], check=True)
     return python
 
 
@@ -49,16 +48,18 @@ def tiny_models() -> list:
     from neuralforecast import models as m
     from neuralforecast.losses.pytorch import MQLoss
 
-    trainer = dict(max_steps=3, enable_progress_bar=False, enable_model_summary=False, logger=False,
-                   accelerator="cpu", random_seed=1)
+    trainer = dict(
+        max_steps=3, enable_progress_bar=False, enable_model_summary=False, logger=False, accelerator="cpu", random_seed=1
+    )
     made = [
         m.MLP(h=H, input_size=24, hidden_size=8, num_layers=2, **trainer),
         m.MLP(h=H, input_size=24, hidden_size=8, num_layers=2, loss=MQLoss(level=[80]), alias="MLPQ", **trainer),
         m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **trainer),
         m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **trainer),
         m.DLinear(h=H, input_size=24, **trainer),
-        m.TCN(h=H, input_size=24, encoder_hidden_size=8, context_size=4, decoder_hidden_size=8,
-              scaler_type="standard", **trainer),
+        m.TCN(
+            h=H, input_size=24, encoder_hidden_size=8, context_size=4, decoder_hidden_size=8, scaler_type="standard", **trainer
+        ),
         m.LSTM(h=H, input_size=24, encoder_hidden_size=8, decoder_hidden_size=8, **trainer),
         m.DeepAR(h=H, input_size=24, lstm_n_layers=1, lstm_hidden_size=8, trajectory_samples=5, **trainer),
     ]
@@ -95,12 +96,15 @@ def inner(out: Path) -> None:
         "freq": freq,
         "ds": [str(v) for v in preds["ds"]],
         "unique_id": [str(v) for v in preds["unique_id"]],
-        "models": {c: np.asarray(preds[c], dtype=np.float64).tolist() for c in preds.columns
-                   if c not in ("unique_id", "ds")},
+        "models": {c: np.asarray(preds[c], dtype=np.float64).tolist() for c in preds.columns if c not in ("unique_id", "ds")},
     }
     (out / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
-    versions = {"neuralforecast": neuralforecast.__version__, "torch": torch.__version__,
-                "pandas": pd.__version__, "numpy": np.__version__}
+    versions = {
+        "neuralforecast": neuralforecast.__version__,
+        "torch": torch.__version__,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+    }
     (out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
 
 

@@ -24,7 +24,9 @@ fi
 # The architecture's import contracts (pyproject.toml [tool.importlinter]): the core never imports a
 # reader, a reader never imports a face.
 .venv/bin/lint-imports --no-cache
-# ruff and mypy (configured in pyproject.toml, pinned in the test extra): any finding fails the run.
+# ruff (lint and format) and mypy, configured in pyproject.toml and pinned in the test extra: any finding
+# fails the run.
 .venv/bin/ruff check --quiet convert exporters tests scripts
+.venv/bin/ruff format --check --quiet convert exporters tests scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

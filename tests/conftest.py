@@ -31,11 +31,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 # torch dtype name -> SafeTensors dtype code, for every dtype torch saves that SafeTensors holds.
 TORCH_TO_ST: dict[str, str] = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
-    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8",
-    "bool": "BOOL", "complex64": "C64",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "complex64": "C64",
 }
 
 
@@ -48,11 +60,13 @@ def st_code(dtype: Any) -> str:
 # Running the CLI
 # ---------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1)
 def cli_prefix() -> tuple[str, ...]:
     """`python -m convert.cli` when that works from a neutral folder, else the installed script."""
-    probe = subprocess.run([sys.executable, "-m", "convert.cli", "--version"], capture_output=True,
-                           text=True, cwd=tempfile.gettempdir(), timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-m", "convert.cli", "--version"], capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=60
+    )
     if probe.returncode == 0 and "convert" in probe.stdout:
         return (sys.executable, "-m", "convert.cli")
     script = Path(sys.executable).parent / "convert"
@@ -60,14 +74,16 @@ def cli_prefix() -> tuple[str, ...]:
     return (str(script),)
 
 
-def run_cli(*args: Any, cwd: str | Path | None = None, timeout: float = 120,
-            preexec_fn: Callable[[], None] | None = None) -> tuple[int, str, str]:
+def run_cli(
+    *args: Any, cwd: str | Path | None = None, timeout: float = 120, preexec_fn: Callable[[], None] | None = None
+) -> tuple[int, str, str]:
     """Run `convert ARGS...` in a subprocess; return (returncode, stdout, stderr)."""
     env = dict(os.environ)
     env.pop("COLUMNS", None)
     env["NO_COLOR"] = "1"
-    proc = subprocess.run([*cli_prefix(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=preexec_fn, env=env)
+    proc = subprocess.run(
+        [*cli_prefix(), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn, env=env
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -79,9 +95,23 @@ def installed_without_dependencies(requirement: str, module: str, cache_key: str
     if (target / module).is_dir():
         return target
     staging = Path(tempfile.mkdtemp(prefix=f"rmc-{cache_key}-"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "--no-deps", "--target", str(staging), requirement],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(staging),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if proc.returncode != 0:
         return None
     try:
@@ -121,6 +151,7 @@ def assert_no_output(out: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Reading outputs
 # ---------------------------------------------------------------------------------------------
+
 
 def read_manifest(out: str | Path) -> dict[str, Any]:
     """manifest.json of an output folder, validated against the schema (every conversion uses this)."""
@@ -174,6 +205,7 @@ def retie(tensors: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
 # Comparing tensors
 # ---------------------------------------------------------------------------------------------
 
+
 def tensor_bytes(t: Any) -> bytes:
     """A tensor's C-ordered bytes (any dtype, 0-d and empty included)."""
     return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -213,6 +245,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 # Converting
 # ---------------------------------------------------------------------------------------------
 
+
 def convert_api(src: str | Path, out: str | Path, **options: Any) -> tuple[Any, dict[str, Any]]:
     """Convert with the Python API; return (result, validated manifest)."""
     from convert.api import pth_to_safetensors
@@ -233,6 +266,7 @@ def convert_cli(src: str | Path, out: str | Path, *args: str) -> dict[str, Any]:
 # Building checkpoints with real torch
 # ---------------------------------------------------------------------------------------------
 
+
 def seeded(seed: int = 0) -> Any:
     return torch.Generator().manual_seed(seed)
 
@@ -241,8 +275,9 @@ def float_values(n: int, gen: Any, specials: bool = True) -> Any:
     """float64 values spanning many magnitudes, plus infinities, signed zero, subnormals, NaN."""
     x = torch.randn(n, generator=gen, dtype=torch.float64) * torch.logspace(-8, 6, n, dtype=torch.float64)
     if specials:
-        extra = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, 65504.0,
-                              70000.0, 3.0e38, -1.5e-7], dtype=torch.float64)
+        extra = torch.tensor(
+            [float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, 65504.0, 70000.0, 3.0e38, -1.5e-7], dtype=torch.float64
+        )
         x = torch.cat([x, extra])
     return x
 
@@ -256,7 +291,7 @@ def every_dtype_tensors(seed: int = 0) -> dict[str, Any]:
         out[f"float.{dt}".replace("torch.", "")] = floats.to(dt)
     out["float.float8_e4m3fn"] = torch.randn(5, 6, generator=g).mul(40).to(torch.float8_e4m3fn)
     out["float.float8_e5m2"] = torch.randn(5, 6, generator=g).mul(1000).to(torch.float8_e5m2)
-    out["float.float8_e8m0fnu"] = torch.tensor([2.0 ** k for k in range(-20, 20, 3)]).to(torch.float8_e8m0fnu)
+    out["float.float8_e8m0fnu"] = torch.tensor([2.0**k for k in range(-20, 20, 3)]).to(torch.float8_e8m0fnu)
     for dt in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         info = torch.iinfo(dt)
         vals = torch.randint(info.min, info.max, (4, 9), generator=g, dtype=dt)
@@ -310,6 +345,7 @@ def small_checkpoint(save_checkpoint: Callable[..., Path], small_state_dict: dic
 # Hugging Face model folders (built offline from a config, random weights)
 # ---------------------------------------------------------------------------------------------
 
+
 def save_hf(model: Any, folder: Path, **kwargs: Any) -> Path:
     model.save_pretrained(folder, safe_serialization=False, **kwargs)
     return folder
@@ -325,8 +361,13 @@ def gpt2_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("gpt2")
     single = save_hf(model, root / "single")
     sharded = save_hf(model, root / "sharded", max_shard_size="20KB")
-    return {"model": model, "single": single, "sharded": sharded, "cls": transformers.GPT2LMHeadModel,
-            "auto": transformers.AutoModelForCausalLM}
+    return {
+        "model": model,
+        "single": single,
+        "sharded": sharded,
+        "cls": transformers.GPT2LMHeadModel,
+        "auto": transformers.AutoModelForCausalLM,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -334,14 +375,19 @@ def bert_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny random BERT encoder saved as pytorch_model.bin and as .bin shards + index."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(1)
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=37, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     model = transformers.BertModel(cfg).eval()
     root = tmp_path_factory.mktemp("bert")
     single = save_hf(model, root / "single")
     sharded = save_hf(model, root / "sharded", max_shard_size="20KB")
-    return {"model": model, "single": single, "sharded": sharded, "cls": transformers.BertModel,
-            "auto": transformers.AutoModel}
+    return {"model": model, "single": single, "sharded": sharded, "cls": transformers.BertModel, "auto": transformers.AutoModel}
 
 
 def listing(folder: Path) -> dict[str, bytes]:

@@ -19,12 +19,19 @@ from flax import nnx, serialization
 from conftest import load_output
 
 TOLERANCE = 1e-5
-LINEN_CELLS = {"LSTMCell": nn.LSTMCell, "OptimizedLSTMCell": nn.OptimizedLSTMCell, "GRUCell": nn.GRUCell,
-               "SimpleCell": nn.SimpleCell}
-NNX_CELLS = {"LSTMCell": nnx.LSTMCell, "OptimizedLSTMCell": nnx.OptimizedLSTMCell, "GRUCell": nnx.GRUCell,
-             "SimpleCell": nnx.SimpleCell}
-TORCH_RNN = {"LSTMCell": torch.nn.LSTM, "OptimizedLSTMCell": torch.nn.LSTM, "GRUCell": torch.nn.GRU,
-             "SimpleCell": torch.nn.RNN}
+LINEN_CELLS = {
+    "LSTMCell": nn.LSTMCell,
+    "OptimizedLSTMCell": nn.OptimizedLSTMCell,
+    "GRUCell": nn.GRUCell,
+    "SimpleCell": nn.SimpleCell,
+}
+NNX_CELLS = {
+    "LSTMCell": nnx.LSTMCell,
+    "OptimizedLSTMCell": nnx.OptimizedLSTMCell,
+    "GRUCell": nnx.GRUCell,
+    "SimpleCell": nnx.SimpleCell,
+}
+TORCH_RNN = {"LSTMCell": torch.nn.LSTM, "OptimizedLSTMCell": torch.nn.LSTM, "GRUCell": torch.nn.GRU, "SimpleCell": torch.nn.RNN}
 VOCAB, EMBED, HIDDEN, CLASSES = 20, 8, 6, 3
 
 
@@ -63,6 +70,7 @@ class Holder(torch.nn.Module):
 
 
 # --- linen ----------------------------------------------------------------------------------------
+
 
 class ConvNet(nn.Module):
     """Conv, BatchNorm (with batch_stats), Dense, LayerNorm."""
@@ -173,6 +181,7 @@ class TorchStacked(torch.nn.Module):
 
 
 # --- NNX ------------------------------------------------------------------------------------------
+
 
 class NNXNet(nnx.Module):
     """Embed, an RNN, a 1-D Conv, BatchNorm, LayerNorm, Dropout (RNG state in the saved state), Linear."""

@@ -46,9 +46,16 @@ def run_measured(*args: Any, cwd: str | Path, env: dict[str, str] | None = None)
     child_env = {**os.environ, "NO_COLOR": "1", "RMC_RSS_FD": str(write_fd), **(env or {})}
     child_env.pop("COLUMNS", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD.format(cap=ADDRESS_SPACE), *map(str, args)],
-                              cwd=cwd, capture_output=True, text=True, errors="replace", timeout=WATCHDOG_SECONDS,
-                              env=child_env, pass_fds=(write_fd,))
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD.format(cap=ADDRESS_SPACE), *map(str, args)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=WATCHDOG_SECONDS,
+            env=child_env,
+            pass_fds=(write_fd,),
+        )
     finally:
         os.close(write_fd)
     with os.fdopen(read_fd, "rb") as fh:

@@ -27,8 +27,13 @@ from conftest import installed_without_dependencies
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "scripts" / "make_keras_models.py"
 # Where each flavour keeps each format, and which converter reads it.
-KERAS_FORMATS = [("keras3", "model.keras"), ("keras3", "model.weights.h5"), ("keras3", "model.h5"),
-                 ("keras2", "model.h5"), ("keras2", "weights.h5")]
+KERAS_FORMATS = [
+    ("keras3", "model.keras"),
+    ("keras3", "model.weights.h5"),
+    ("keras3", "model.h5"),
+    ("keras2", "model.h5"),
+    ("keras2", "weights.h5"),
+]
 TF_FORMATS = [("keras3", "savedmodel"), ("keras3", "ckpt/ckpt"), ("keras2", "savedmodel"), ("keras2", "ckpt")]
 NUMERIC_MODELS = ["vision", "sequence", "nested"]
 TOLERANCE = {"vision": 1e-5, "sequence": 1e-4, "nested": 1e-4, "subclassed": 1e-5}  # recurrent layers: 1e-4
@@ -62,8 +67,19 @@ def _generate(out: Path, flavors: list[str]) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     if any(f != "keras3" for f in flavors):
         env["PYTHONPATH"] = os.pathsep.join([str(_tf_keras_dir(tf_version)), env.get("PYTHONPATH", "")])
-    procs = [(f, subprocess.Popen([sys.executable, str(GENERATOR), str(out), "--flavor", f], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for f in flavors]
+    procs = [
+        (
+            f,
+            subprocess.Popen(
+                [sys.executable, str(GENERATOR), str(out), "--flavor", f],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for f in flavors
+    ]
     for flavor, proc in procs:
         _, err = proc.communicate(timeout=900)
         if proc.returncode != 0:
@@ -87,6 +103,7 @@ def hf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- PyTorch twins of the Keras test models ---------------------------------------------------------
+
 
 @functools.cache
 def twins() -> dict[str, Any]:

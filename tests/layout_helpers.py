@@ -30,6 +30,7 @@ PYTORCH_NAMED = ("pytorch", "candle", "tch")
 # Models
 # ---------------------------------------------------------------------------------------------
 
+
 class Net(nn.Module):
     """Every layer kind the PyTorch-family, burn and ToRSh layouts handle."""
 
@@ -106,8 +107,17 @@ def build(cls: type[nn.Module], seed: int) -> nn.Module:
 # Expected names and shapes, from each target's conventions
 # ---------------------------------------------------------------------------------------------
 
-LEAF_TYPES = (nn.Linear, nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm, nn.Embedding, nn.LSTM, nn.GRU,
-              nn.MultiheadAttention)
+LEAF_TYPES = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.BatchNorm1d,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.LSTM,
+    nn.GRU,
+    nn.MultiheadAttention,
+)
 
 
 def expected_tensors(model: nn.Module, layout: str) -> Expected:
@@ -240,6 +250,7 @@ def _nd_leaf(mod: nn.Module, p: str, out: Expected) -> None:
 # Reading outputs
 # ---------------------------------------------------------------------------------------------
 
+
 def load_numpy(out: Path) -> dict[str, np.ndarray]:
     """Every tensor of an output folder as numpy arrays (read with the safetensors library)."""
     from safetensors.numpy import load_file
@@ -268,6 +279,7 @@ def flip_tensor_byte(out: Path, manifest: dict[str, Any], name: str) -> None:
 # numpy forward passes, from the target's conventions
 # ---------------------------------------------------------------------------------------------
 
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -275,8 +287,9 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 Step = Callable[[np.ndarray, tuple[np.ndarray, ...]], tuple[np.ndarray, tuple[np.ndarray, ...]]]
 
 
-def run_recurrent(x: np.ndarray, num_layers: int, bidirectional: bool, hidden: int, states: int,
-                  make_step: Callable[[int, int], Step]) -> np.ndarray:
+def run_recurrent(
+    x: np.ndarray, num_layers: int, bidirectional: bool, hidden: int, states: int, make_step: Callable[[int, int], Step]
+) -> np.ndarray:
     """A stacked (bi)directional recurrence over x [T, B, in]; make_step(layer, direction) gives the
     cell. Output [T, B, hidden * directions], as PyTorch's LSTM/GRU return it."""
     seq = x.astype(np.float64)
@@ -287,7 +300,7 @@ def run_recurrent(x: np.ndarray, num_layers: int, bidirectional: bool, hidden: i
             step = make_step(k, d)
             state = tuple(np.zeros((batch, hidden)) for _ in range(states))
             hs: list[np.ndarray] = [np.empty(0)] * steps
-            for t in (range(steps) if d == 0 else reversed(range(steps))):
+            for t in range(steps) if d == 0 else reversed(range(steps)):
                 h, state = step(seq[t], state)
                 hs[t] = h
             outs.append(np.stack(hs))
@@ -311,8 +324,9 @@ def lstm_step(pre: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> Step:
     return step
 
 
-def gru_step(pre: Callable[[str, np.ndarray, np.ndarray], np.ndarray],
-             new_gate: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Step:
+def gru_step(
+    pre: Callable[[str, np.ndarray, np.ndarray], np.ndarray], new_gate: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+) -> Step:
     """pre(gate, x, h) for the reset and update gates; new_gate(x, h, r) the candidate's pre-activation."""
 
     def step(x: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -326,8 +340,7 @@ def gru_step(pre: Callable[[str, np.ndarray, np.ndarray], np.ndarray],
     return step
 
 
-def burn_recurrent_forward(t: dict[str, np.ndarray], mod: nn.LSTM | nn.GRU, p: str, x: np.ndarray,
-                           native: bool) -> np.ndarray:
+def burn_recurrent_forward(t: dict[str, np.ndarray], mod: nn.LSTM | nn.GRU, p: str, x: np.ndarray, native: bool) -> np.ndarray:
     """burn's per-gate Linears: gate = x W_i(+b_i) + h W_h(+b_h), W as [out, in] for the adapter
     layout (x @ W^T) or [in, out] for burn's own records (x @ W)."""
     bases = burn_recurrent_bases(mod, p)
@@ -346,8 +359,9 @@ def burn_recurrent_forward(t: dict[str, np.ndarray], mod: nn.LSTM | nn.GRU, p: s
 
         if isinstance(mod, nn.LSTM):
             return lstm_step(pre)
-        return gru_step(pre, lambda x, h, r: lin(f"{base}.new_gate.input_transform", x)
-                        + r * lin(f"{base}.new_gate.hidden_transform", h))
+        return gru_step(
+            pre, lambda x, h, r: lin(f"{base}.new_gate.input_transform", x) + r * lin(f"{base}.new_gate.hidden_transform", h)
+        )
 
     states = 2 if isinstance(mod, nn.LSTM) else 1
     return run_recurrent(x, mod.num_layers, mod.bidirectional, mod.hidden_size, states, make)
@@ -370,7 +384,7 @@ def nd_recurrent_forward(t: dict[str, np.ndarray], mod: nn.LSTM | nn.GRU, p: str
         if isinstance(mod, nn.LSTM):
             return lstm_step(pre)
         g = t[f"{base}.new_gate"].astype(np.float64)
-        w_in, w_hn, b_in = g[:, :in_k], g[:, in_k:in_k + hidden], g[:, -1]
+        w_in, w_hn, b_in = g[:, :in_k], g[:, in_k : in_k + hidden], g[:, -1]
         b_hn = t[f"{base}.new_gate_hidden_bias"].astype(np.float64)
         return gru_step(pre, lambda x, h, r: x @ w_in.T + b_in + r * (h @ w_hn.T + b_hn))
 
@@ -378,8 +392,9 @@ def nd_recurrent_forward(t: dict[str, np.ndarray], mod: nn.LSTM | nn.GRU, p: str
     return run_recurrent(x, mod.num_layers, mod.bidirectional, hidden, states, make)
 
 
-def mha_forward(t: dict[str, np.ndarray], p: str, query: np.ndarray, key: np.ndarray, value: np.ndarray,
-                num_heads: int, native: bool) -> np.ndarray:
+def mha_forward(
+    t: dict[str, np.ndarray], p: str, query: np.ndarray, key: np.ndarray, value: np.ndarray, num_heads: int, native: bool
+) -> np.ndarray:
     """Multi-head attention from `{p}.{query,key,value,output}`; inputs [B, T, E]."""
 
     def lin(part: str, v: np.ndarray) -> np.ndarray:
@@ -399,8 +414,7 @@ def mha_forward(t: dict[str, np.ndarray], p: str, query: np.ndarray, key: np.nda
     return lin("output", ctx.reshape(b, n, -1))
 
 
-def norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                 eps: float) -> np.ndarray:
+def norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * gamma + beta, broadcast over the trailing axes given."""
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 

@@ -17,8 +17,15 @@ import numpy as np
 from conftest import read_manifest
 
 H = 12
-TRAINER = dict(max_steps=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
-               accelerator="cpu", random_seed=1, windows_batch_size=64)
+TRAINER = dict(
+    max_steps=2,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    logger=False,
+    accelerator="cpu",
+    random_seed=1,
+    windows_batch_size=64,
+)
 
 
 def quiet() -> None:
@@ -45,8 +52,7 @@ def model_zoo() -> list[Any]:
         m.MLP(h=H, input_size=24, hidden_size=4, num_layers=1, alias="Twin", **t),
         m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **t),
         m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **t),
-        m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[2, 1, 1], shared_weights=True,
-                 alias="NBEATSShared", **t),
+        m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[2, 1, 1], shared_weights=True, alias="NBEATSShared", **t),
         m.NBEATSx(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **t),
         m.LSTM(h=H, input_size=-1, encoder_hidden_size=8, decoder_hidden_size=8, loss=MQLoss(level=[80]), **t),
         m.LSTM(h=H, input_size=-1, encoder_hidden_size=8, recurrent=True, alias="LSTMRecurrent", **t),
@@ -57,16 +63,25 @@ def model_zoo() -> list[Any]:
         m.TCN(h=H, input_size=-1, encoder_hidden_size=8, decoder_hidden_size=8, **t),
         m.TFT(h=H, input_size=24, hidden_size=8, n_head=2, **t),
         m.DeepAR(h=H, input_size=24, lstm_n_layers=1, lstm_hidden_size=8, trajectory_samples=5, **t),
-        m.DeepAR(h=H, input_size=24, lstm_n_layers=1, lstm_hidden_size=8, trajectory_samples=5,
-                 loss=DistributionLoss("Normal", level=[80]), alias="DeepARNormal", **t),
-        m.PatchTST(h=H, input_size=24, hidden_size=8, n_heads=2, encoder_layers=1, linear_hidden_size=8,
-                   patch_len=8, stride=4, **t),
-        m.TimesNet(h=H, input_size=24, hidden_size=8, conv_hidden_size=8, encoder_layers=1, top_k=2,
-                   num_kernels=2, **t),
+        m.DeepAR(
+            h=H,
+            input_size=24,
+            lstm_n_layers=1,
+            lstm_hidden_size=8,
+            trajectory_samples=5,
+            loss=DistributionLoss("Normal", level=[80]),
+            alias="DeepARNormal",
+            **t,
+        ),
+        m.PatchTST(
+            h=H, input_size=24, hidden_size=8, n_heads=2, encoder_layers=1, linear_hidden_size=8, patch_len=8, stride=4, **t
+        ),
+        m.TimesNet(h=H, input_size=24, hidden_size=8, conv_hidden_size=8, encoder_layers=1, top_k=2, num_kernels=2, **t),
         m.Informer(h=H, input_size=24, **small_tf, **t),
         m.Autoformer(h=H, input_size=24, **small_tf, **t),
-        m.FEDformer(h=H, input_size=24, hidden_size=16, n_head=8, conv_hidden_size=8, encoder_layers=1,
-                    decoder_layers=1, modes=4, **t),
+        m.FEDformer(
+            h=H, input_size=24, hidden_size=16, n_head=8, conv_hidden_size=8, encoder_layers=1, decoder_layers=1, modes=4, **t
+        ),
         m.VanillaTransformer(h=H, input_size=24, **small_tf, **t),
         m.TiDE(h=H, input_size=24, hidden_size=8, decoder_output_dim=4, temporal_decoder_dim=8, **t),
         m.BiTCN(h=H, input_size=24, hidden_size=4, **t),
@@ -124,6 +139,7 @@ def forecast_columns(frame: Any, alias: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # numpy forwards from neuro-divergent tensors: [out, in+1] per dense layer, bias last
 # ---------------------------------------------------------------------------------------------
+
 
 def dense(x: np.ndarray, layer: np.ndarray) -> np.ndarray:
     return layer[:, :-1] @ x + layer[:, -1]

@@ -25,8 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO / "rust"
 TARGET_DIR = WORKSPACE / "target"  # ignored by git; reused by later runs, so rebuilds are incremental
 DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
-OFFLINE = ["--offline", "--config", 'source.crates-io.replace-with="debian-packages"',
-           "--config", f'source.debian-packages.directory="{DEBIAN_REGISTRY}"']
+OFFLINE = [
+    "--offline",
+    "--config",
+    'source.crates-io.replace-with="debian-packages"',
+    "--config",
+    f'source.debian-packages.directory="{DEBIAN_REGISTRY}"',
+]
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,13 @@ def _build() -> RustTools | str:
         hint = " (rust/Cargo.lock may pin crates.io versions from another build: remove it)" if offline else ""
         return f"cargo build failed{hint} ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
     out = TARGET_DIR / "debug"
-    return RustTools(out / "rmc", out / "examples" / "forward", out / "examples" / "schema", out / "examples" / "tensor",
-                     out / "examples" / "quickstart")
+    return RustTools(
+        out / "rmc",
+        out / "examples" / "forward",
+        out / "examples" / "schema",
+        out / "examples" / "tensor",
+        out / "examples" / "quickstart",
+    )
 
 
 def rust_tools() -> RustTools:

@@ -119,8 +119,7 @@ def expected_alternatives(m: nn.Module, name: str) -> list[dict]:
     if isinstance(m, nn.Linear) and m.in_features == m.out_features and name in ("c_attn", "q_attn", "c_proj", "c_fc"):
         return [{"type": "Conv1D", "params": {"in_features": m.out_features, "out_features": m.in_features, "bias": True}}]
     if isinstance(m, nn.Embedding):
-        return [{"type": "Linear", "params": {"in_features": m.embedding_dim, "out_features": m.num_embeddings,
-                                              "bias": False}}]
+        return [{"type": "Linear", "params": {"in_features": m.embedding_dim, "out_features": m.num_embeddings, "bias": False}}]
     if isinstance(m, nn.LayerNorm) and m.elementwise_affine and m.bias is None:
         return [{"type": "PReLU", "params": {"num_parameters": m.normalized_shape[0]}}]
     return []
@@ -222,8 +221,7 @@ def test_composite_with_tied_weight_and_root_parameter() -> None:
         [("m.running_mean", (4,)), ("m.running_var", (5,))],
         [("m.running_mean", (4,)), ("m.running_var", (4,)), ("m.weight", (4,))],
         [("m.weight_ih_l0", (8, 3)), ("m.weight_hh_l0", (8, 0))],
-        [("m.weight_ih_l0", (8, 3)), ("m.weight_hh_l0", (8, 2)),
-         ("m.weight_ih_l2", (8, 2)), ("m.weight_hh_l2", (8, 2))],
+        [("m.weight_ih_l0", (8, 3)), ("m.weight_hh_l0", (8, 2)), ("m.weight_ih_l2", (8, 2)), ("m.weight_hh_l2", (8, 2))],
         [("m.weight_ih_l0", (10, 3)), ("m.weight_hh_l0", (10, 2))],
         [("m.weight_ih_l00", (4, 3)), ("m.weight_hh_l00", (4, 4))],
         [("m.weight_ih_l999999999999", (4, 3))],
@@ -256,8 +254,22 @@ def test_unnamed_items_are_skipped() -> None:
 
 def test_fuzz_every_name_reported_exactly_once() -> None:
     rng = random.Random(0)
-    parts = ["m", "out_proj", "weight", "bias", "running_mean", "running_var", "weight_ih_l0", "weight_hh_l0",
-             "in_proj_weight", "q_proj_weight", "embed", "", "0", "l1"]
+    parts = [
+        "m",
+        "out_proj",
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+        "weight_ih_l0",
+        "weight_hh_l0",
+        "in_proj_weight",
+        "q_proj_weight",
+        "embed",
+        "",
+        "0",
+        "l1",
+    ]
     for _ in range(2000):
         tensors = [
             (".".join(rng.choices(parts, k=rng.randint(1, 3))), tuple(rng.choices(range(7), k=rng.randint(0, 5))))

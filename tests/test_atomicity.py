@@ -42,6 +42,7 @@ STAGING = ".convert-"  # convert.output.STAGING_MARK: the staging folder is .NAM
 # Checkpoints and timed runs
 # ---------------------------------------------------------------------------------------------
 
+
 def big_state(seed: int) -> dict[str, Any]:
     """64 MB: twelve 4 MB matrices, a transposed 16 MB view (written through the chunked path), a buffer."""
     g = torch.Generator().manual_seed(seed)
@@ -65,8 +66,14 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def start(src: Path, out: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "NO_COLOR": "1"}
-    return subprocess.Popen([*cli_prefix(), "pth-to-safetensors", str(src), str(out), "-q", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
+    return subprocess.Popen(
+        [*cli_prefix(), "pth-to-safetensors", str(src), str(out), "-q", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=preexec_fn,
+    )
 
 
 def staging_of(out: Path) -> list[Path]:
@@ -117,13 +124,15 @@ def kill_at(proc: subprocess.Popen[str], out: Path, delay: float, during_write: 
 
 def delays(rng: random.Random, timing: dict[str, float], count: int) -> list[tuple[float, bool]]:
     """Half spread over the whole run, half over its writing phase."""
-    return [(rng.uniform(0, timing["total"] * 1.1), False) if i % 2 else (rng.uniform(0, timing["write"]), True)
-            for i in range(count)]
+    return [
+        (rng.uniform(0, timing["total"] * 1.1), False) if i % 2 else (rng.uniform(0, timing["write"]), True) for i in range(count)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # SIGKILL
 # ---------------------------------------------------------------------------------------------
+
 
 def test_sigkill_never_leaves_a_partial_destination(sources: dict[str, Path], timing: dict[str, float]) -> None:
     rng = random.Random(SEED)
@@ -175,10 +184,12 @@ def test_sigkill_during_overwrite_keeps_the_previous_output(sources: dict[str, P
 # Ctrl-C and SIGTERM
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
-def test_interrupt_leaves_nothing(sig: signal.Signals, overwrite: bool, sources: dict[str, Path],
-                                  timing: dict[str, float]) -> None:
+def test_interrupt_leaves_nothing(
+    sig: signal.Signals, overwrite: bool, sources: dict[str, Path], timing: dict[str, float]
+) -> None:
     rng = random.Random(SEED + sig + 10 * overwrite)
     interrupted = 0
     for i in range(SIGNALS_PER_KIND // 2 if overwrite else SIGNALS_PER_KIND):
@@ -201,13 +212,14 @@ def test_interrupt_leaves_nothing(sig: signal.Signals, overwrite: bool, sources:
             interrupted += 1
             assert_one_line_error(stderr, "interrupted")
             if overwrite:  # the previous output, or -- a signal just after the atomic swap -- the complete new one
-                assert listing(out) == listing(sources["previous"]) or is_complete_output_of(out, sources["B"]), \
+                assert listing(out) == listing(sources["previous"]) or is_complete_output_of(out, sources["B"]), (
                     f"signal {i} after the staging folder appeared: the output is neither the old nor the new one"
+                )
             else:  # nothing, or -- a signal just after the final rename -- the complete new output
-                assert not out.exists() or is_complete_output_of(out, sources["B"]), \
+                assert not out.exists() or is_complete_output_of(out, sources["B"]), (
                     f"signal {i} after the staging folder appeared left an incomplete output"
-            assert [p.name for p in parent.iterdir()] == (["out"] if overwrite or out.exists() else []), \
-                list(parent.iterdir())
+                )
+            assert [p.name for p in parent.iterdir()] == (["out"] if overwrite or out.exists() else []), list(parent.iterdir())
         else:  # finished before the signal arrived
             assert is_complete_output_of(out, sources["B"]), f"exit {proc.returncode} with an incomplete output"
             assert staging_of(out) == []
@@ -219,6 +231,7 @@ def test_interrupt_leaves_nothing(sig: signal.Signals, overwrite: bool, sources:
 # ---------------------------------------------------------------------------------------------
 # A full disk
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Any:
@@ -256,8 +269,9 @@ def test_file_size_limit_is_one_line_and_leaves_nothing(overwrite: bool, sources
     out = tmp_path / "out"
     if overwrite:
         shutil.copytree(sources["previous"], out)
-    rc, _, stderr = run_cli("pth-to-safetensors", sources["B"], out, *(["--overwrite"] if overwrite else []),
-                            preexec_fn=_limit_file_size, timeout=120)
+    rc, _, stderr = run_cli(
+        "pth-to-safetensors", sources["B"], out, *(["--overwrite"] if overwrite else []), preexec_fn=_limit_file_size, timeout=120
+    )
     assert rc == 10, stderr
     assert_one_line_error(stderr, "model.safetensors", "File too large")
     assert sorted(os.listdir(tmp_path)) == (["out"] if overwrite else []), os.listdir(tmp_path)
@@ -280,8 +294,13 @@ def test_verify_names_the_tensor_of_every_flipped_byte(tmp_path: Path) -> None:
     from convert.cli import cli
     from convert.safetensors_format import read_header
 
-    state = {**every_dtype_tensors(3), "encoder.weight": torch.randn(64, 48), "encoder.bias": torch.randn(64),
-             "scalar": torch.tensor(2.5), "tiny": torch.tensor([7], dtype=torch.int8)}
+    state = {
+        **every_dtype_tensors(3),
+        "encoder.weight": torch.randn(64, 48),
+        "encoder.bias": torch.randn(64),
+        "scalar": torch.tensor(2.5),
+        "tiny": torch.tensor([7], dtype=torch.int8),
+    }
     torch.save(state, tmp_path / "model.pt")
     out = tmp_path / "out"
     pth_to_safetensors(tmp_path / "model.pt", out)

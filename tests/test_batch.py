@@ -22,8 +22,13 @@ HOSTILE = ROOT / "fixtures" / "hostile" / "zip_os_system.pt"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "convert.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "-m", "convert.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def _state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -39,8 +44,7 @@ def mixed(tmp_path: Path) -> Path:
     torch.save(_state_dict(0), src / "zip.pt")
     torch.save(_state_dict(1), src / "legacy.pth", _use_new_zipfile_serialization=False)
     torch.save({"state_dict": _state_dict(2), "epoch": 1}, src / "lightning.ckpt")
-    save_file({k: v.contiguous() for k, v in _state_dict(3).items()}, str(src / "plain.safetensors"),
-              metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in _state_dict(3).items()}, str(src / "plain.safetensors"), metadata={"format": "pt"})
     hf = src / "hf_model"
     hf.mkdir()
     torch.save(_state_dict(4), hf / "pytorch_model.bin")
@@ -56,17 +60,33 @@ def _statuses(lines: list[dict]) -> dict[str, tuple[str, int]]:
 
 
 EXPECTED = {
-    "zip.pt": ("ok", 0), "legacy.pth": ("ok", 0), "lightning.ckpt": ("ok", 0), "plain.safetensors": ("ok", 0),
-    "hf_model": ("ok", 0), "misnamed.safetensors.bak.bin": ("ok", 0),
-    "hostile.pt": ("failed", 5), "truncated.pt": ("failed", 6),
+    "zip.pt": ("ok", 0),
+    "legacy.pth": ("ok", 0),
+    "lightning.ckpt": ("ok", 0),
+    "plain.safetensors": ("ok", 0),
+    "hf_model": ("ok", 0),
+    "misnamed.safetensors.bak.bin": ("ok", 0),
+    "hostile.pt": ("failed", 5),
+    "truncated.pt": ("failed", 6),
 }
 
 
 def test_mixed_batch_finishes_good_files_reports_failures_then_skips(mixed: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = tmp_path / "report.jsonl"
-    first = _cli("batch", str(mixed), str(mixed / "hf_model"), "--out-dir", str(out), "--json", "--jobs", "2",
-                 "--report", str(report), cwd=tmp_path)
+    first = _cli(
+        "batch",
+        str(mixed),
+        str(mixed / "hf_model"),
+        "--out-dir",
+        str(out),
+        "--json",
+        "--jobs",
+        "2",
+        "--report",
+        str(report),
+        cwd=tmp_path,
+    )
     assert first.returncode == 11, first.stderr
     lines = [json.loads(line) for line in first.stdout.splitlines()]
     assert _statuses(lines) == EXPECTED
@@ -117,17 +137,17 @@ layout = "burn"
 dtype = "f16"
 
 [[job]]
-source = "{mixed / 'zip.pt'}"
+source = "{mixed / "zip.pt"}"
 output = "converted/zip-burn"
 
 [[job]]
-source = "{mixed / 'lightning.ckpt'}"
+source = "{mixed / "lightning.ckpt"}"
 conversion = "pth-to-safetensors"
 layout = "pytorch"
 dtype = "f32"
 
 [[job]]
-source = "{tmp_path / 'nowhere.pt'}"
+source = "{tmp_path / "nowhere.pt"}"
 """)
     run = _cli("batch", "--job-file", str(jobs_toml), "--out-dir", str(tmp_path / "o"), "--json", cwd=tmp_path)
     rows = [json.loads(line) for line in run.stdout.splitlines()]
@@ -200,8 +220,9 @@ def test_ray_executor_gives_the_same_statuses(mixed: Path, tmp_path: Path) -> No
     assert as_map(remote) == as_map(local) == EXPECTED
     assert len(seen) == len(jobs)
     second = batch_mod.run_local(jobs, 2, lambda r: None)
-    assert {Path(r.source).name: r.status for r in second.results if r.status != "failed"} == \
-        {k: "skipped" for k, v in EXPECTED.items() if v[0] == "ok"}
+    assert {Path(r.source).name: r.status for r in second.results if r.status != "failed"} == {
+        k: "skipped" for k, v in EXPECTED.items() if v[0] == "ok"
+    }
 
 
 def test_neuralforecast_folder_in_a_batch_gives_one_folder_per_model(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from convert.errors import EXIT_CODES  # noqa: E402
 # help and version
 # ---------------------------------------------------------------------------------------------
 
+
 def test_help_lists_every_subcommand_and_exit_code() -> None:
     rc, stdout, stderr = run_cli("--help")
     assert rc == 0 and stderr == ""
@@ -73,6 +74,7 @@ def test_version() -> None:
 # conversion behaviour
 # ---------------------------------------------------------------------------------------------
 
+
 def test_default_output_line(small_checkpoint: Path, small_state_dict: dict[str, Any], tmp_path: Path) -> None:
     rc, stdout, stderr = run_cli("pth-to-safetensors", small_checkpoint, tmp_path / "out")
     assert rc == 0 and stderr == "", stderr
@@ -81,8 +83,9 @@ def test_default_output_line(small_checkpoint: Path, small_state_dict: dict[str,
     read_manifest(tmp_path / "out")
 
 
-def test_dry_run_writes_nothing_and_prints_the_plan(small_checkpoint: Path, small_state_dict: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+def test_dry_run_writes_nothing_and_prints_the_plan(
+    small_checkpoint: Path, small_state_dict: dict[str, Any], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     rc, stdout, stderr = run_cli("pth-to-safetensors", small_checkpoint, out, "--dry-run")
     assert rc == 0, stderr
@@ -101,8 +104,13 @@ def test_dry_run_writes_nothing_and_prints_the_plan(small_checkpoint: Path, smal
     assert doc["dry_run"] is True and doc["files"] == ["model.safetensors"]
     plan = {row["name"]: row for row in doc["plan"]}
     for name, t in small_state_dict.items():
-        assert plan[name] == {"name": name, "file": "model.safetensors", "dtype": st_code(t.dtype),
-                              "shape": list(t.shape), "bytes": t.numel() * t.element_size()}
+        assert plan[name] == {
+            "name": name,
+            "file": "model.safetensors",
+            "dtype": st_code(t.dtype),
+            "shape": list(t.shape),
+            "bytes": t.numel() * t.element_size(),
+        }
 
 
 def test_dry_run_with_shards_plans_shard_names(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
@@ -216,9 +224,16 @@ def test_verbose_error_has_traceback_and_the_same_exit_code(tmp_path: Path) -> N
 # inspect
 # ---------------------------------------------------------------------------------------------
 
+
 def test_inspect_json_lists_the_tensors(save_checkpoint: Callable[..., Path]) -> None:
-    state = {"emb": torch.randn(5, 3), "ids": torch.arange(7, dtype=torch.int32), "mask": torch.ones(2, 2, dtype=torch.bool),
-             "half": torch.randn(3).half(), "scalar": torch.tensor(2.0, dtype=torch.float64), "view": torch.randn(4, 6).t()}
+    state = {
+        "emb": torch.randn(5, 3),
+        "ids": torch.arange(7, dtype=torch.int32),
+        "mask": torch.ones(2, 2, dtype=torch.bool),
+        "half": torch.randn(3).half(),
+        "scalar": torch.tensor(2.0, dtype=torch.float64),
+        "view": torch.randn(4, 6).t(),
+    }
     src = save_checkpoint(state)
     rc, stdout, stderr = run_cli("inspect", src, "--json")
     assert rc == 0 and stderr == ""
@@ -227,8 +242,12 @@ def test_inspect_json_lists_the_tensors(save_checkpoint: Callable[..., Path]) ->
     got = {t["name"]: t for t in doc["tensors"]}
     assert list(got) == list(state)
     for name, t in state.items():
-        assert got[name] == {"name": name, "dtype": st_code(t.dtype), "shape": list(t.shape),
-                             "bytes": t.numel() * t.element_size()}
+        assert got[name] == {
+            "name": name,
+            "dtype": st_code(t.dtype),
+            "shape": list(t.shape),
+            "bytes": t.numel() * t.element_size(),
+        }
     assert doc["bytes"] == sum(t.numel() * t.element_size() for t in state.values())
 
 
@@ -257,6 +276,7 @@ def test_inspect_with_key(save_checkpoint: Callable[..., Path]) -> None:
 # ---------------------------------------------------------------------------------------------
 # user errors: one line, documented code, nothing written
 # ---------------------------------------------------------------------------------------------
+
 
 def random_bytes(n: int, seed: int) -> bytes:
     data = bytearray(random.Random(seed).randbytes(n))
@@ -311,9 +331,11 @@ def test_unknown_layout(small_checkpoint: Path, tmp_path: Path) -> None:
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("args", [["--max-shard-size", "lots"], ["--max-shard-size", "0"], ["--max-shard-size", "-5MB"],
-                                  ["--dtype", "f8"], ["--bogus-flag"]], ids=["size-word", "size-zero", "size-negative",
-                                                                            "dtype", "unknown-flag"])
+@pytest.mark.parametrize(
+    "args",
+    [["--max-shard-size", "lots"], ["--max-shard-size", "0"], ["--max-shard-size", "-5MB"], ["--dtype", "f8"], ["--bogus-flag"]],
+    ids=["size-word", "size-zero", "size-negative", "dtype", "unknown-flag"],
+)
 def test_bad_options(args: list[str], small_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_cli_error(run_cli("pth-to-safetensors", small_checkpoint, out, *args), 2)
@@ -331,10 +353,14 @@ def test_missing_key(save_checkpoint: Callable[..., Path], tmp_path: Path) -> No
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("obj", [
-    {"a.b": torch.ones(2), "a": {"b": torch.zeros(3)}},
-    {0: torch.ones(2), "0": torch.zeros(3)},
-], ids=["dotted-vs-nested", "int-vs-str-key"])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a.b": torch.ones(2), "a": {"b": torch.zeros(3)}},
+        {0: torch.ones(2), "0": torch.zeros(3)},
+    ],
+    ids=["dotted-vs-nested", "int-vs-str-key"],
+)
 def test_two_tensors_with_one_name(obj: dict[Any, Any], save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     """Flattening must not let one tensor silently replace another."""
     src = save_checkpoint(obj)
@@ -400,6 +426,7 @@ def test_tensors_safetensors_cannot_hold(kind: str, save_checkpoint: Callable[..
 # verify
 # ---------------------------------------------------------------------------------------------
 
+
 def test_verify_passes_on_a_good_output(small_checkpoint: Path, small_state_dict: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
     convert_cli(small_checkpoint, out)
@@ -457,8 +484,9 @@ def test_verify_detects_a_flipped_byte_in_a_shard(save_checkpoint: Callable[...,
     assert_cli_error(run_cli("verify", out), 8, "layer2.weight")
 
 
-def test_verify_detects_a_changed_source(save_checkpoint: Callable[..., Path], small_state_dict: dict[str, Any],
-                                         tmp_path: Path) -> None:
+def test_verify_detects_a_changed_source(
+    save_checkpoint: Callable[..., Path], small_state_dict: dict[str, Any], tmp_path: Path
+) -> None:
     src = save_checkpoint(small_state_dict)
     out = tmp_path / "out"
     convert_cli(src, out)

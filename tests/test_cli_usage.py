@@ -30,11 +30,15 @@ def model_pt(tmp_path: Path) -> Path:
 
 # --- global options --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_quiet_and_json_before_or_after_the_subcommand(where: str, model_pt: Path, tmp_path: Path) -> None:
     flags = ["-q", "--json"]
-    args = [*flags, "pth-to-safetensors", model_pt, tmp_path / "out"] if where == "before" else \
-        ["pth-to-safetensors", model_pt, tmp_path / "out", *flags]
+    args = (
+        [*flags, "pth-to-safetensors", model_pt, tmp_path / "out"]
+        if where == "before"
+        else ["pth-to-safetensors", model_pt, tmp_path / "out", *flags]
+    )
     rc, stdout, stderr = run_cli(*args)
     assert rc == 0 and stderr == "", stderr
     assert json.loads(stdout)["tensors"] == 4
@@ -42,19 +46,24 @@ def test_quiet_and_json_before_or_after_the_subcommand(where: str, model_pt: Pat
 
 def test_verbose_before_the_subcommand_prints_the_traceback(tmp_path: Path) -> None:
     rc, _, stderr = run_cli("-v", "inspect", tmp_path / "missing.pt")
-    assert rc == 3 and "Traceback" in stderr and stderr.rstrip().endswith("no such file or folder: " +
-                                                                        str(tmp_path / "missing.pt"))
+    assert (
+        rc == 3 and "Traceback" in stderr and stderr.rstrip().endswith("no such file or folder: " + str(tmp_path / "missing.pt"))
+    )
 
 
-@pytest.mark.parametrize("args, code, kind", [
-    (["--json", "inspect", "{tmp}/missing.pt"], 3, "not-found"),
-    (["inspect", "{tmp}/missing.pt", "--json"], 3, "not-found"),
-    (["--json", "pth-to-safetensors", "{src}", "{tmp}/o", "--layout", "nope"], 2, "usage"),
-    (["pth-to-safetensors", "{src}", "{tmp}/o", "--json", "--bogus"], 2, "usage"),
-    (["--json", "batch"], 2, "usage"),
-])
-def test_json_errors_are_one_object_on_stdout_and_one_line_on_stderr(args: list[str], code: int, kind: str,
-                                                                     model_pt: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args, code, kind",
+    [
+        (["--json", "inspect", "{tmp}/missing.pt"], 3, "not-found"),
+        (["inspect", "{tmp}/missing.pt", "--json"], 3, "not-found"),
+        (["--json", "pth-to-safetensors", "{src}", "{tmp}/o", "--layout", "nope"], 2, "usage"),
+        (["pth-to-safetensors", "{src}", "{tmp}/o", "--json", "--bogus"], 2, "usage"),
+        (["--json", "batch"], 2, "usage"),
+    ],
+)
+def test_json_errors_are_one_object_on_stdout_and_one_line_on_stderr(
+    args: list[str], code: int, kind: str, model_pt: Path, tmp_path: Path
+) -> None:
     rc, stdout, stderr = run_cli(*(a.format(tmp=tmp_path, src=model_pt) for a in args))
     line = assert_one_line_error(stderr)
     assert rc == code
@@ -78,6 +87,7 @@ def test_a_failed_verify_with_json_is_one_object_with_the_report(model_pt: Path,
 
 # --- help ------------------------------------------------------------------------------------
 
+
 def test_top_level_help_gives_each_command_its_whole_summary_on_one_line() -> None:
     rc, stdout, _ = run_cli("--help")
     assert rc == 0
@@ -100,11 +110,20 @@ def test_batch_options_have_help_text() -> None:
 
 # --- spellings -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spelling, canonical, code", [("fp16", "f16", "F16"), ("half", "f16", "F16"),
-                                                       ("bfloat16", "bf16", "BF16"), ("float32", "f32", "F32"),
-                                                       ("FP16", "f16", "F16")])
-def test_dtype_aliases_record_the_canonical_name(spelling: str, canonical: str, code: str, model_pt: Path,
-                                                 tmp_path: Path) -> None:
+
+@pytest.mark.parametrize(
+    "spelling, canonical, code",
+    [
+        ("fp16", "f16", "F16"),
+        ("half", "f16", "F16"),
+        ("bfloat16", "bf16", "BF16"),
+        ("float32", "f32", "F32"),
+        ("FP16", "f16", "F16"),
+    ],
+)
+def test_dtype_aliases_record_the_canonical_name(
+    spelling: str, canonical: str, code: str, model_pt: Path, tmp_path: Path
+) -> None:
     rc, _, stderr = run_cli("pth-to-safetensors", model_pt, tmp_path / "out", "--dtype", spelling)
     assert rc == 0, stderr
     doc = read_manifest(tmp_path / "out")
@@ -124,8 +143,18 @@ def test_dtype_alias_through_the_python_api(model_pt: Path, tmp_path: Path) -> N
     assert read_manifest(tmp_path / "out")["target"]["dtype"] == "f16"
 
 
-@pytest.mark.parametrize("text, size", [("5G", 5 * 10**9), ("500M", 500 * 10**6), ("5GB", 5 * 10**9),
-                                        ("2GiB", 2 * 2**30), ("2Gi", 2 * 2**30), ("300k", 300_000), ("1000", 1000)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("5G", 5 * 10**9),
+        ("500M", 500 * 10**6),
+        ("5GB", 5 * 10**9),
+        ("2GiB", 2 * 2**30),
+        ("2Gi", 2 * 2**30),
+        ("300k", 300_000),
+        ("1000", 1000),
+    ],
+)
 def test_size_spellings(text: str, size: int) -> None:
     from convert.api import parse_size
 
@@ -143,6 +172,7 @@ def test_a_tensor_larger_than_a_shard_is_reported(model_pt: Path, tmp_path: Path
 
 # --- what commands print ---------------------------------------------------------------------
 
+
 def test_inspect_aligns_columns_and_gives_totals(model_pt: Path) -> None:
     rc, stdout, _ = run_cli("inspect", model_pt)
     assert rc == 0
@@ -152,8 +182,9 @@ def test_inspect_aligns_columns_and_gives_totals(model_pt: Path) -> None:
     assert total == "pytorch-zip: 4 tensors, 83 parameters, 332 B (F32 332 B)"
 
 
-def test_conversion_summary_and_progress_use_binary_units(model_pt: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_conversion_summary_and_progress_use_binary_units(
+    model_pt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
 
     from convert.cli import progress_bar
@@ -186,6 +217,7 @@ def test_nf_summary_names_folder_and_class_once_in_binary_units(tmp_path: Path) 
 
 
 # --- verify on NeuralForecast outputs --------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def nf_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -234,6 +266,7 @@ def test_verify_an_nf_root_names_the_model_folder_of_a_problem(nf_output: Path, 
 
 # --- batch takes every conversion option -----------------------------------------------------
 
+
 def test_batch_takes_layout_options_layout_file_and_dry_run(model_pt: Path, tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('name = "mine"\nextends = "pytorch"\n\n[[rules]]\nmatch = "0.weight"\nto = "first.weight"\n')
@@ -242,8 +275,9 @@ def test_batch_takes_layout_options_layout_file_and_dry_run(model_pt: Path, tmp_
     assert rc == 0, stderr
     assert json.loads(stdout.splitlines()[0])["status"] == "ok"
     assert not out.exists() or not any(out.iterdir())
-    rc, _, stderr = run_cli("batch", model_pt, "--out-dir", out, "--layout-file", rules, "--layout", "burn",
-                            "--layout-option", "ties=alias", "-q")
+    rc, _, stderr = run_cli(
+        "batch", model_pt, "--out-dir", out, "--layout-file", rules, "--layout", "burn", "--layout-option", "ties=alias", "-q"
+    )
     assert rc == 0, stderr
     doc = read_manifest(out / "model")
     assert "first.weight" in {t["name"] for t in doc["tensors"]}
@@ -259,8 +293,10 @@ def test_batch_overwrite_reconverts_an_up_to_date_output(model_pt: Path, tmp_pat
 
 def test_job_file_takes_the_new_options_and_the_command_line_gives_defaults(model_pt: Path, tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.toml"
-    jobs.write_text(f'[[job]]\nsource = "{model_pt.name}"\noutput = "a"\nlayout_options = {{ ties = "alias" }}\n\n'
-                    f'[[job]]\nsource = "{model_pt.name}"\noutput = "b"\ndtype = "f32"\ndry_run = true\n')
+    jobs.write_text(
+        f'[[job]]\nsource = "{model_pt.name}"\noutput = "a"\nlayout_options = {{ ties = "alias" }}\n\n'
+        f'[[job]]\nsource = "{model_pt.name}"\noutput = "b"\ndtype = "f32"\ndry_run = true\n'
+    )
     rc, stdout, stderr = run_cli("batch", "--job-file", jobs, "--dtype", "f16", "--json", "--jobs", "1")
     assert rc == 0, stderr
     assert read_manifest(tmp_path / "a")["target"]["dtype"] == "f16"  # the command line's default
@@ -297,6 +333,7 @@ def test_a_failed_batch_with_json_ends_with_the_summary_as_its_error_object(mode
 
 # --- wrong formats name the command that reads them ------------------------------------------
 
+
 def test_wrong_format_messages_name_the_right_command(model_pt: Path, tmp_path: Path) -> None:
     import h5py
     import numpy as np
@@ -312,11 +349,13 @@ def test_wrong_format_messages_name_the_right_command(model_pt: Path, tmp_path: 
     program = torch.export.export(m, (torch.randn(2, 3),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     pt2 = tmp_path / "m.pt2"
     torch.export.save(program, pt2)
-    cases = [("pth-to-safetensors", h5, 4, "`convert keras-to-safetensors` reads it"),
-             ("pth-to-safetensors", folder, 3, "`convert auto` reads it"),
-             ("pth-to-safetensors", folder / "model.safetensors", 4, "`convert auto` reads it"),
-             ("pth-to-safetensors", pt2, 4, "`convert to-onnx` exports it"),
-             ("keras-to-safetensors", model_pt, 4, "`convert pth-to-safetensors` reads it")]
+    cases = [
+        ("pth-to-safetensors", h5, 4, "`convert keras-to-safetensors` reads it"),
+        ("pth-to-safetensors", folder, 3, "`convert auto` reads it"),
+        ("pth-to-safetensors", folder / "model.safetensors", 4, "`convert auto` reads it"),
+        ("pth-to-safetensors", pt2, 4, "`convert to-onnx` exports it"),
+        ("keras-to-safetensors", model_pt, 4, "`convert pth-to-safetensors` reads it"),
+    ]
     for command, src, code, hint in cases:
         assert_cli_error(run_cli(command, src, tmp_path / "out"), code, hint)
         assert_no_output(tmp_path / "out")

@@ -28,12 +28,11 @@ def tensor_bytes(out: Path, entry: dict[str, Any]) -> bytes:
     data = (out / entry["file"]).read_bytes()
     start = 8 + struct.unpack("<Q", data[:8])[0]
     begin, end = entry["data_offsets"]
-    return data[start + begin:start + end]
+    return data[start + begin : start + end]
 
 
 @pytest.mark.parametrize("algorithm", ["blake3", "sha256", None])
-def test_every_digest_is_the_chosen_algorithm_of_the_bytes(small_checkpoint: Path, tmp_path: Path,
-                                                           algorithm: str | None) -> None:
+def test_every_digest_is_the_chosen_algorithm_of_the_bytes(small_checkpoint: Path, tmp_path: Path, algorithm: str | None) -> None:
     out = tmp_path / "out"
     rc, _, err = run_cli("pth-to-safetensors", small_checkpoint, out, *(["--digest", algorithm] if algorithm else []))
     assert rc == 0, err
@@ -105,8 +104,7 @@ def test_verify_names_the_tensor_behind_a_flipped_byte(small_checkpoint: Path, t
         report = verify_path(bad)
         assert f"tensor {victim!r}: bytes do not match the manifest's digest" in report.problems
         assert any(p.startswith("model.safetensors: size or digest differs") for p in report.problems)
-        assert not any(other in p for p in report.problems for other in ("encoder.weight", "decoder.bias")
-                       if other != victim)
+        assert not any(other in p for p in report.problems for other in ("encoder.weight", "decoder.bias") if other != victim)
 
 
 def test_verify_catches_a_change_outside_every_tensor(small_checkpoint: Path, tmp_path: Path) -> None:
@@ -116,8 +114,8 @@ def test_verify_catches_a_change_outside_every_tensor(small_checkpoint: Path, tm
     path = out / "model.safetensors"
     raw = bytearray(path.read_bytes())
     n = struct.unpack("<Q", bytes(raw[:8]))[0]
-    assert raw[8 + n - 1:8 + n] == b" ", "this model's header has no padding (choose another)"
-    raw[8 + n - 1:8 + n] = b"\t"  # still valid JSON whitespace: the header reads the same
+    assert raw[8 + n - 1 : 8 + n] == b" ", "this model's header has no padding (choose another)"
+    raw[8 + n - 1 : 8 + n] = b"\t"  # still valid JSON whitespace: the header reads the same
     path.write_bytes(bytes(raw))
     report = verify_path(out)
     assert report.problems == ["model.safetensors: size or digest differs from the manifest"], report.problems

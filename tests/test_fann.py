@@ -25,8 +25,17 @@ SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"
 
 def _mlp() -> Any:
     torch.manual_seed(3)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4, bias=False), nn.Sigmoid(), nn.Linear(4, 6),
-                         nn.ReLU(), nn.Linear(6, 3), nn.LeakyReLU(), nn.Linear(3, 2)).eval()
+    return nn.Sequential(
+        nn.Linear(5, 7),
+        nn.Tanh(),
+        nn.Linear(7, 4, bias=False),
+        nn.Sigmoid(),
+        nn.Linear(4, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+        nn.LeakyReLU(),
+        nn.Linear(3, 2),
+    ).eval()
 
 
 def _convert(src: Path, out: Path, *options: str, dry_run: bool = False) -> tuple[int, str, str]:
@@ -67,7 +76,12 @@ def test_network_json_is_ruv_fanns_network_serde_form(mlp: SimpleNamespace) -> N
     np.testing.assert_array_equal(np.float32(weights), np.float32([*layer.weight[2].tolist(), layer.bias[2].item()]))
     assert [c["weight"] for c in doc["layers"][2]["neurons"][0]["connections"]][-1] == 0.0  # bias=False
     assert [layer["neurons"][0]["activation_function"] for layer in doc["layers"][1:]] == [
-        "Tanh", "Sigmoid", "ReLU", "ReLULeaky", "Linear"]
+        "Tanh",
+        "Sigmoid",
+        "ReLU",
+        "ReLULeaky",
+        "Linear",
+    ]
 
 
 def test_python_evaluator_matches_torch(mlp: SimpleNamespace) -> None:
@@ -87,10 +101,15 @@ def test_rust_forward_matches_torch(mlp: SimpleNamespace) -> None:
 
 
 def test_manifest_lists_the_network_and_verify_checks_it(mlp: SimpleNamespace, tmp_path: Path) -> None:
-    entry, = read_manifest(mlp.out)["networks"]
+    (entry,) = read_manifest(mlp.out)["networks"]
     assert entry["file"] == "mlp.network.json" and (entry["inputs"], entry["outputs"]) == (5, 2)
     assert [(x["tensor"], x["function"]) for x in entry["layers"]] == [
-        ("0", "Tanh"), ("2", "Sigmoid"), ("4", "ReLU"), ("6", "ReLULeaky"), ("8", "Linear")]
+        ("0", "Tanh"),
+        ("2", "Sigmoid"),
+        ("4", "ReLU"),
+        ("6", "ReLULeaky"),
+        ("8", "Linear"),
+    ]
     assert run_cli("verify", mlp.out)[0] == 0
     copy = tmp_path / "copy"
     shutil.copytree(mlp.out, copy)
@@ -118,17 +137,20 @@ def test_evaluator_follows_run_where_it_is_unusual() -> None:
     assert fann.run(doc, np.ones((1, 3))).shape == (1, 0)
 
 
-@pytest.mark.parametrize(("option", "code", "needles"), [
-    (SPEC.replace("relu,6", "softplus,6"), 7, ("'4'", "softplus", "ruv_fann_networks=false")),
-    (SPEC.replace("4:relu", "9:relu"), 7, ("'9' is not a dense layer",)),
-    ("dense_networks=mlp=0:tanh,2:relu,6:relu", 7, ("'6' takes 6 inputs", "gives 4")),
-    ("dense_networks=mlp", 2, ("NAME=PATH:ACTIVATION",)),
-    ("dense_networks=../x=0:tanh,2:relu", 2, ("not a safe file name",)),
-    ("dense_networks=a=0:tanh;a=2:relu", 7, ("two networks are named 'a'",)),
-])
-def test_bad_networks_are_refused_and_nothing_is_written(mlp: SimpleNamespace, tmp_path: Path,
-                                                         option: str, code: int,
-                                                         needles: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("option", "code", "needles"),
+    [
+        (SPEC.replace("relu,6", "softplus,6"), 7, ("'4'", "softplus", "ruv_fann_networks=false")),
+        (SPEC.replace("4:relu", "9:relu"), 7, ("'9' is not a dense layer",)),
+        ("dense_networks=mlp=0:tanh,2:relu,6:relu", 7, ("'6' takes 6 inputs", "gives 4")),
+        ("dense_networks=mlp", 2, ("NAME=PATH:ACTIVATION",)),
+        ("dense_networks=../x=0:tanh,2:relu", 2, ("not a safe file name",)),
+        ("dense_networks=a=0:tanh;a=2:relu", 7, ("two networks are named 'a'",)),
+    ],
+)
+def test_bad_networks_are_refused_and_nothing_is_written(
+    mlp: SimpleNamespace, tmp_path: Path, option: str, code: int, needles: tuple[str, ...]
+) -> None:
     out = tmp_path / "out"
     assert_cli_error(_convert(mlp.src, out, option), code, *needles)
     assert_no_output(out)
@@ -148,6 +170,7 @@ def test_without_activations_no_network_is_written_and_the_run_says_why(mlp: Sim
 
 # --- NeuralForecast: each MLP stack, from the class and its config -------------------------------
 
+
 @pytest.fixture(scope="module")
 def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     pytest.importorskip("neuralforecast")
@@ -158,12 +181,28 @@ def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from neuralforecast.utils import AirPassengersDF
 
     tmp = tmp_path_factory.mktemp("nf_fann")
-    models = [m.MLP(h=H, input_size=24, hidden_size=8, num_layers=2, **TRAINER),
-              m.NHITS(h=H, input_size=24, mlp_units=[[8, 8], [8, 8]], n_blocks=[1, 1, 1], activation="Tanh", **TRAINER),
-              m.NBEATS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1], stack_types=["identity", "identity"],
-                       activation="LeakyReLU", **TRAINER),
-              m.LSTM(h=H, input_size=-1, encoder_hidden_size=8, decoder_hidden_size=8, decoder_layers=3,
-                     decoder_activation="Sigmoid", **TRAINER)]
+    models = [
+        m.MLP(h=H, input_size=24, hidden_size=8, num_layers=2, **TRAINER),
+        m.NHITS(h=H, input_size=24, mlp_units=[[8, 8], [8, 8]], n_blocks=[1, 1, 1], activation="Tanh", **TRAINER),
+        m.NBEATS(
+            h=H,
+            input_size=24,
+            mlp_units=[[8, 8]],
+            n_blocks=[1, 1],
+            stack_types=["identity", "identity"],
+            activation="LeakyReLU",
+            **TRAINER,
+        ),
+        m.LSTM(
+            h=H,
+            input_size=-1,
+            encoder_hidden_size=8,
+            decoder_hidden_size=8,
+            decoder_layers=3,
+            decoder_activation="Sigmoid",
+            **TRAINER,
+        ),
+    ]
     nf = NeuralForecast(models=models, freq="ME")
     nf.fit(AirPassengersDF)
     folder, out = tmp / "nf", tmp / "out"
@@ -177,7 +216,7 @@ def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_neuralforecast_mlp_model_is_one_network(forecasters: SimpleNamespace) -> None:
     """The MLP's whole forward (its mlp layers, torch.relu after each, then out) is the network."""
     model = forecasters.models["MLP"]
-    entry, = read_manifest(forecasters.out / "MLP")["networks"]
+    (entry,) = read_manifest(forecasters.out / "MLP")["networks"]
     assert [x["module"] for x in entry["layers"]] == ["mlp.0", "mlp.1", "out"]
     x = torch.randn(6, 24, generator=torch.Generator().manual_seed(8))
     batch = {"insample_y": x.unsqueeze(-1), "futr_exog": None, "hist_exog": None, "stat_exog": None}
@@ -188,8 +227,7 @@ def test_neuralforecast_mlp_model_is_one_network(forecasters: SimpleNamespace) -
 
 
 @pytest.mark.parametrize(("folder", "function"), [("NHITS", "Tanh"), ("NBEATS", "ReLULeaky")])
-def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleNamespace, folder: str,
-                                                            function: str) -> None:
+def test_neuralforecast_block_stacks_match_their_sequential(forecasters: SimpleNamespace, folder: str, function: str) -> None:
     """Each block's `layers` (Linear, Linear, act, ..., Linear) is one network: torch's Sequential."""
     model = forecasters.models[folder]
     networks = read_manifest(forecasters.out / folder)["networks"]
@@ -209,7 +247,7 @@ def test_neuralforecast_recurrent_decoder_mlp_is_a_network(forecasters: SimpleNa
     """The LSTM's decoder (common/_modules.py MLP: Linear, act, Dropout, ..., Linear) is one network;
     its gates stay tensors."""
     model = forecasters.models["LSTM"]
-    entry, = read_manifest(forecasters.out / "LSTM")["networks"]
+    (entry,) = read_manifest(forecasters.out / "LSTM")["networks"]
     assert entry["name"] == "mlp_decoder.layers"
     assert [x["function"] for x in entry["layers"]] == ["Sigmoid", "Sigmoid", "Linear"]
     x = torch.randn(7, model.mlp_decoder.layers[0].in_features, generator=torch.Generator().manual_seed(10))
@@ -227,15 +265,18 @@ def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: Simple
 
     from nf_helpers import TRAINER, H
 
-    nf = NeuralForecast(models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1],
-                                        activation="SELU", **TRAINER)], freq="ME")
+    nf = NeuralForecast(
+        models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], activation="SELU", **TRAINER)], freq="ME"
+    )
     nf.fit(AirPassengersDF)
     folder, out = forecasters.tmp / "selu", forecasters.tmp / "selu_out"
     nf.save(str(folder))
-    assert_cli_error(run_cli("nf-to-safetensors", folder, out, "--layout", "neuro-divergent", timeout=300), 7,
-                     "blocks.0.layers", "'selu'")
+    assert_cli_error(
+        run_cli("nf-to-safetensors", folder, out, "--layout", "neuro-divergent", timeout=300), 7, "blocks.0.layers", "'selu'"
+    )
     assert_no_output(out)
-    code, _, stderr = run_cli("nf-to-safetensors", folder, out, "--layout", "neuro-divergent", "--layout-option",
-                              "ruv_fann_networks=false", timeout=300)
+    code, _, stderr = run_cli(
+        "nf-to-safetensors", folder, out, "--layout", "neuro-divergent", "--layout-option", "ruv_fann_networks=false", timeout=300
+    )
     assert code == 0, stderr
     assert not list((out / "NHITS").glob("*.network.json"))

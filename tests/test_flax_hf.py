@@ -22,8 +22,14 @@ IDS = np.array([[5, 17, 3, 42, 8, 1, 60], [9, 2, 77, 4, 31, 6, 12]], dtype=np.in
 
 
 def bert() -> tuple[Any, Any]:
-    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=37, max_position_embeddings=64)
+    config = transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     return transformers.FlaxBertModel(config, seed=0), transformers.BertModel
 
 
@@ -39,8 +45,7 @@ def outputs(model: Any) -> dict[str, np.ndarray]:
     return {k: np.asarray(v.detach() if hasattr(v, "detach") else v) for k in keys if (v := getattr(result, k, None)) is not None}
 
 
-@pytest.mark.parametrize("build,shard", [(bert, None), (gpt2, None), (gpt2, "20KB")],
-                         ids=["bert", "gpt2", "gpt2-sharded"])
+@pytest.mark.parametrize("build,shard", [(bert, None), (gpt2, None), (gpt2, "20KB")], ids=["bert", "gpt2", "gpt2-sharded"])
 def test_from_pretrained_loads_every_weight_and_matches_flax(build: Any, shard: str | None, tmp_path: Path) -> None:
     flax_model, torch_class = build()
     expected = outputs(flax_model)

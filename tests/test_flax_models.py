@@ -57,8 +57,7 @@ def test_linen_conv_batchnorm_dense_layernorm(convnet: tuple[dict[str, Any], np.
     assert origin == {"from": ["batch_stats/BatchNorm_0/var"]}
 
 
-def test_train_state_converts_params_and_batch_stats_only(convnet: tuple[dict[str, Any], np.ndarray],
-                                                          tmp_path: Path) -> None:
+def test_train_state_converts_params_and_batch_stats_only(convnet: tuple[dict[str, Any], np.ndarray], tmp_path: Path) -> None:
     """A whole train state (step, optimizer state, params, batch_stats), as Flax examples checkpoint it."""
     import optax
     from flax.training import train_state
@@ -67,8 +66,9 @@ def test_train_state_converts_params_and_batch_stats_only(convnet: tuple[dict[st
         batch_stats: Any
 
     variables, expected = convnet
-    state = TrainState.create(apply_fn=fh.ConvNet().apply, params=variables["params"], tx=optax.adam(1e-3),
-                              batch_stats=variables["batch_stats"])
+    state = TrainState.create(
+        apply_fn=fh.ConvNet().apply, params=variables["params"], tx=optax.adam(1e-3), batch_stats=variables["batch_stats"]
+    )
     src = write(tmp_path / "state.msgpack", fh.to_bytes(state))
     doc = convert(src, tmp_path / "out")
     fh.assert_close(fh.load_twin(fh.TorchConvNet(), tmp_path / "out")(torch.from_numpy(fh.images())), expected)
@@ -117,12 +117,10 @@ def test_nnx_state_through_msgpack(value_leaves: bool, tmp_path: Path) -> None:
         weights = jax.tree_util.tree_map(lambda a: {"value": a}, weights)
     src = write(tmp_path / "nnx.msgpack", fh.to_bytes(weights))
     convert(src, tmp_path / "out")
-    fh.assert_close(fh.load_twin(fh.TorchNNXNet("LSTMCell"), tmp_path / "out")(torch.from_numpy(fh.tokens()).long()),
-                    expected)
+    fh.assert_close(fh.load_twin(fh.TorchNNXNet("LSTMCell"), tmp_path / "out")(torch.from_numpy(fh.tokens()).long()), expected)
 
 
-def test_orbax_checkpoint_manager_takes_the_latest_step(convnet: tuple[dict[str, Any], np.ndarray],
-                                                        tmp_path: Path) -> None:
+def test_orbax_checkpoint_manager_takes_the_latest_step(convnet: tuple[dict[str, Any], np.ndarray], tmp_path: Path) -> None:
     import orbax.checkpoint as ocp
 
     variables, expected = convnet
@@ -143,8 +141,7 @@ def test_bf16_stays_bf16_unless_asked(tmp_path: Path) -> None:
     stored = load_output(tmp_path / "out")
     assert {t["dtype"] for t in doc["tensors"]} == {"BF16"} and all(v.dtype == torch.bfloat16 for v in stored.values())
     kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
-    assert stored["Dense_0.weight"].view(torch.int16).numpy().tobytes() == \
-        np.ascontiguousarray(kernel.T).view(np.int16).tobytes()
+    assert stored["Dense_0.weight"].view(torch.int16).numpy().tobytes() == np.ascontiguousarray(kernel.T).view(np.int16).tobytes()
     # Flax computes in float32 here (float32 inputs promote the bf16 parameters): so does the twin
     twin = fh.load_twin(fh.TorchSeqNet("LSTMCell", "LSTMCell_0"), tmp_path / "out")
     fh.assert_close(twin(torch.from_numpy(fh.tokens()).long()), expected)
@@ -161,7 +158,9 @@ def test_unstack_splits_scanned_layers(tmp_path: Path) -> None:
     fh.assert_close(fh.load_twin(fh.TorchStacked(), tmp_path / "out")(torch.from_numpy(x)), model.apply(variables, x))
     assert doc["source"]["details"]["unstacked"] == {"layers": 3}
     assert doc["source"]["details"]["origins"]["layers.2.Dense_0.weight"] == {
-        "from": ["params/layers/Dense_0/kernel[2]"], "transforms": [{"op": "transpose"}]}
+        "from": ["params/layers/Dense_0/kernel[2]"],
+        "transforms": [{"op": "transpose"}],
+    }
     rc = run_cli("flax-to-safetensors", src, tmp_path / "cli", "--unstack", "layers", "--json")
     assert rc[0] == 0, rc[2]
     assert load_output(tmp_path / "cli").keys() == load_output(tmp_path / "out").keys()
@@ -185,8 +184,9 @@ def test_stacked_layers_without_unstack_are_refused_naming_the_path(tmp_path: Pa
     named = write(tmp_path / "scan.msgpack", fh.to_bytes(fh.Stacked().init(jax.random.PRNGKey(4), x)))
     assert_cli_error(run_cli("flax-to-safetensors", named, tmp_path / "bad"), 4, "layers:", "--unstack layers")
     unnamed = write(tmp_path / "unnamed.msgpack", fh.to_bytes(Unnamed().init(jax.random.PRNGKey(4), x)))
-    line = assert_cli_error(run_cli("flax-to-safetensors", unnamed, tmp_path / "bad", "--unstack", "layers"), 2,
-                            "stacked modules here: ScanBlock_0")
+    line = assert_cli_error(
+        run_cli("flax-to-safetensors", unnamed, tmp_path / "bad", "--unstack", "layers"), 2, "stacked modules here: ScanBlock_0"
+    )
     assert "--unstack layers" in line
     assert_no_output(tmp_path / "bad")
     assert run_cli("flax-to-safetensors", unnamed, tmp_path / "ok", "--unstack", "ScanBlock_0")[0] == 0
@@ -217,8 +217,9 @@ def test_every_layout_accepts_the_canonical_form(convnet: tuple[dict[str, Any], 
     refused_rnn = {"torsh": "SimpleCell_0.weight_ih_l0"}
     refused_conv = {"neuro-divergent": "Conv_0.weight", "torsh": "BatchNorm_0.running_mean"}
     for layout in layouts:
-        rc, _, err = run_cli("flax-to-safetensors", rnn_src, tmp_path / f"rnn-{layout}", "--layout", layout, "-q",
-                             *accept.get(layout, []))
+        rc, _, err = run_cli(
+            "flax-to-safetensors", rnn_src, tmp_path / f"rnn-{layout}", "--layout", layout, "-q", *accept.get(layout, [])
+        )
         if layout in refused_rnn:
             assert_cli_error((rc, "", err), 7, refused_rnn[layout])
         else:

@@ -19,8 +19,24 @@ from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, ru
 from convert.api import flax_to_safetensors, verify_path
 from convert.errors import CorruptInputError, UnsupportedFormatError
 
-FLAX_DTYPES = ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64", "int32",
-               "int16", "int8", "uint64", "uint32", "uint16", "uint8", "bool", "complex64"]
+FLAX_DTYPES = [
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint64",
+    "uint32",
+    "uint16",
+    "uint8",
+    "bool",
+    "complex64",
+]
 FRAMEWORKS = ("jax", "jaxlib", "flax", "orbax", "torch", "tensorflow")
 
 
@@ -83,8 +99,9 @@ def test_chunked_arrays_are_joined(flax_serialization: Any, tmp_path: Path, monk
     """Flax splits arrays above MAX_CHUNK_SIZE; a small limit makes it do so for a small model."""
     monkeypatch.setattr(flax_serialization, "MAX_CHUNK_SIZE", 64)
     kernel, bias = sample("float32", (7, 5)), sample("bfloat16", (40,))
-    src = write(tmp_path / "chunked.msgpack",
-                flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": kernel, "bias": bias}}}))
+    src = write(
+        tmp_path / "chunked.msgpack", flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": kernel, "bias": bias}}})
+    )
     assert b"__msgpack_chunked_array__" in src.read_bytes()
     convert(src, tmp_path / "out")
     out = stored(tmp_path / "out")
@@ -95,9 +112,13 @@ def test_chunked_arrays_are_joined(flax_serialization: Any, tmp_path: Path, monk
 def test_integer_keys_lists_and_scalars(tmp_path: Path) -> None:
     """msgpack_serialize of NNX pure dicts (integer keys), tuples (msgpack arrays) and plain scalars."""
     w = sample("float32", (2, 3))
-    tree = {"layers": {0: {"kernel": ndarray_ext([2, 3], "float32", w.tobytes())}},
-            "pair": [ndarray_ext([3], "float32", w[0].tobytes()), ndarray_ext([], "int32", b"\x07\0\0\0", code=3)],
-            "step": 12, "name": "run", "z": msgpack.ExtType(2, msgpack.packb((1.0, 2.0)))}
+    tree = {
+        "layers": {0: {"kernel": ndarray_ext([2, 3], "float32", w.tobytes())}},
+        "pair": [ndarray_ext([3], "float32", w[0].tobytes()), ndarray_ext([], "int32", b"\x07\0\0\0", code=3)],
+        "step": 12,
+        "name": "run",
+        "z": msgpack.ExtType(2, msgpack.packb((1.0, 2.0))),
+    }
     doc = convert(write(tmp_path / "t.msgpack", msgpack.packb(tree, use_bin_type=True)), tmp_path / "out")
     out = stored(tmp_path / "out")
     assert sorted(out) == ["layers.0.weight", "pair.0", "pair.1"] and out["pair.1"].shape == ()
@@ -110,8 +131,10 @@ def test_hugging_face_sharded_index_is_cross_checked(flax_serialization: Any, tm
     a, b = sample("float32", (4, 2)), sample("float32", (2,))
     write(folder / "flax_model-00001-of-00002.msgpack", flax_serialization.to_bytes({"proj": {"kernel": a}}))
     write(folder / "flax_model-00002-of-00002.msgpack", flax_serialization.to_bytes({"proj": {"bias": b}}))
-    index = {"metadata": {"total_size": a.nbytes + b.nbytes},
-             "weight_map": {"proj/kernel": "flax_model-00001-of-00002.msgpack", "proj/bias": "flax_model-00002-of-00002.msgpack"}}
+    index = {
+        "metadata": {"total_size": a.nbytes + b.nbytes},
+        "weight_map": {"proj/kernel": "flax_model-00001-of-00002.msgpack", "proj/bias": "flax_model-00002-of-00002.msgpack"},
+    }
     write(folder / "flax_model.msgpack.index.json", json.dumps(index).encode())
     write(folder / "config.json", b'{"model_type": "toy"}')
     doc = convert(folder, tmp_path / "out")
@@ -126,16 +149,17 @@ def test_hugging_face_sharded_index_is_cross_checked(flax_serialization: Any, tm
 def test_msgpack_path_imports_no_framework(flax_serialization: Any, tmp_path: Path) -> None:
     """Conversion of a Flax msgpack file, `auto` and `verify` included, in a fresh interpreter: no JAX,
     Flax, orbax or torch is imported."""
-    src = write(tmp_path / "m.msgpack",
-                flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": sample("float32", (3, 2))}}}))
+    src = write(
+        tmp_path / "m.msgpack", flax_serialization.to_bytes({"params": {"Dense_0": {"kernel": sample("float32", (3, 2))}}})
+    )
     script = textwrap.dedent(f"""
         import json, sys
         from convert.api import flax_to_safetensors, verify_path
         from convert.cli import cli
-        flax_to_safetensors({str(src)!r}, {str(tmp_path / 'api')!r})
-        assert verify_path({str(tmp_path / 'api')!r}, {str(src)!r}).ok
+        flax_to_safetensors({str(src)!r}, {str(tmp_path / "api")!r})
+        assert verify_path({str(tmp_path / "api")!r}, {str(src)!r}).ok
         try:
-            cli(["auto", {str(src)!r}, {str(tmp_path / 'cli')!r}, "-q"], prog_name="convert")
+            cli(["auto", {str(src)!r}, {str(tmp_path / "cli")!r}, "-q"], prog_name="convert")
         except SystemExit as exit:
             assert not exit.code, exit.code
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {FRAMEWORKS!r})))
@@ -150,24 +174,37 @@ def test_msgpack_path_imports_no_framework(flax_serialization: Any, tmp_path: Pa
 
 # --- damaged and hostile files --------------------------------------------------------------------
 
+
 def real_file(tmp_path: Path) -> Path:
     """A small real-looking Flax file (the layout of flax.serialization.to_bytes), with no flax needed."""
     kernel, bias = sample("float32", (6, 5)), sample("float32", (5,))
-    tree = {"params": {"Dense_0": {"bias": ndarray_ext([5], "float32", bias.tobytes()),
-                                   "kernel": ndarray_ext([6, 5], "float32", kernel.tobytes())}}}
+    tree = {
+        "params": {
+            "Dense_0": {
+                "bias": ndarray_ext([5], "float32", bias.tobytes()),
+                "kernel": ndarray_ext([6, 5], "float32", kernel.tobytes()),
+            }
+        }
+    }
     return write(tmp_path / "real.msgpack", msgpack.packb(tree, use_bin_type=True))
 
 
 # The CLI under 1 GiB of address space, set by the interpreter itself (a preexec_fn would fork a
 # process that may hold JAX's threads): a reader that believed a declared size would fail to allocate.
-LIMITED_CLI = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
-               "from convert.cli import main; main()")
+LIMITED_CLI = (
+    "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); from convert.cli import main; main()"
+)
 
 
 def refused(src: Path, tmp_path: Path, code: int, *needles: str) -> None:
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", LIMITED_CLI, "flax-to-safetensors", str(src), str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED_CLI, "flax-to-safetensors", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert_cli_error((proc.returncode, proc.stdout, proc.stderr), code, src.name, *needles)
     assert_no_output(out)
 
@@ -229,7 +266,7 @@ def test_without_msgpack_the_error_names_the_extra(tmp_path: Path) -> None:
         import sys
         sys.modules["msgpack"] = None  # as if the flax extra were not installed
         from convert.cli import cli
-        cli(["flax-to-safetensors", {str(src)!r}, {str(tmp_path / 'out')!r}], prog_name="convert")
+        cli(["flax-to-safetensors", {str(src)!r}, {str(tmp_path / "out")!r}], prog_name="convert")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert_cli_error((proc.returncode, proc.stdout, proc.stderr), 4, "rust-model-convert[flax]")

@@ -46,8 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "fixtures" / "hostile"
 EXAMPLE = REPO / "fixtures" / "example" / "tiny_model.pt"
 
-PROFILE = settings(derandomize=True, database=None, deadline=timedelta(seconds=5), print_blob=False,
-                   suppress_health_check=list(HealthCheck))
+PROFILE = settings(
+    derandomize=True, database=None, deadline=timedelta(seconds=5), print_blob=False, suppress_health_check=list(HealthCheck)
+)
 HANG_SECONDS = 10.0
 # CI runs the budgets below; CONVERT_FUZZ_SCALE=20 (say) runs a deeper, still reproducible, local campaign.
 SCALE = float(os.environ.get("CONVERT_FUZZ_SCALE", "1"))
@@ -113,8 +114,36 @@ def read_all(source: Any) -> None:
 # Byte-level mutation of real files
 # ---------------------------------------------------------------------------------------------
 
-INTERESTING_INTS = [0, 1, 2, 3, 7, 8, 64, 127, 128, 255, 256, 2**15, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1,
-                    2**32, 2**53, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100, -1, -2, -(2**31), -(2**63)]
+INTERESTING_INTS = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    64,
+    127,
+    128,
+    255,
+    256,
+    2**15,
+    2**16 - 1,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**53,
+    2**62,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    2**64,
+    2**100,
+    -1,
+    -2,
+    -(2**31),
+    -(2**63),
+]
 
 
 @st.composite
@@ -131,14 +160,14 @@ def mutated(draw: st.DrawFn, seeds: list[bytes], max_ops: int = 6) -> bytes:
         elif op == "int":
             width = draw(st.sampled_from([1, 2, 4, 8]))
             value = draw(st.sampled_from(INTERESTING_INTS)) % (1 << (8 * width))
-            data[pos:pos + width] = value.to_bytes(width, draw(st.sampled_from(["little", "big"])))
+            data[pos : pos + width] = value.to_bytes(width, draw(st.sampled_from(["little", "big"])))
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 16))]
+            del data[pos : pos + draw(st.integers(1, 16))]
         elif op == "copy" and data:
             start = draw(st.integers(0, len(data) - 1))
-            data[pos:pos] = data[start:start + draw(st.integers(1, 64))]
+            data[pos:pos] = data[start : start + draw(st.integers(1, 64))]
         elif op == "truncate":
             del data[pos:]
     return bytes(data)
@@ -147,6 +176,7 @@ def mutated(draw: st.DrawFn, seeds: list[bytes], max_ops: int = 6) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Pickle programs from a grammar (opcode by opcode, with the corpus generator's helpers)
 # ---------------------------------------------------------------------------------------------
+
 
 def _load_generator() -> Any:
     pytest.importorskip("torch", reason="the hostile-corpus generator starts from real torch.save output")
@@ -164,8 +194,19 @@ def mh() -> Any:
     return _load_generator()
 
 
-STORAGE_TYPES = ["FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "ByteStorage", "BoolStorage",
-                 "DoubleStorage", "UntypedStorage", "QInt8Storage", "ComplexDoubleStorage", "NoSuchStorage"]
+STORAGE_TYPES = [
+    "FloatStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "LongStorage",
+    "ByteStorage",
+    "BoolStorage",
+    "DoubleStorage",
+    "UntypedStorage",
+    "QInt8Storage",
+    "ComplexDoubleStorage",
+    "NoSuchStorage",
+]
 TORCH_DTYPE_NAMES = ["float32", "float16", "bfloat16", "int64", "uint8", "bool", "complex128", "float8_e4m3fn", "qint8"]
 SMALL = st.integers(0, 24)
 ANY_INT = st.one_of(SMALL, st.sampled_from(INTERESTING_INTS))
@@ -177,9 +218,17 @@ def pickle_values(mh: Any, legacy: bool = False) -> st.SearchStrategy[Any]:
     are in the zip form, or the legacy one (with its trailing view_metadata)."""
     from convert.pickle_reader import _CALLABLES, _TYPE_MARKERS, DEFAULT_INERT
 
-    globals_ = sorted({*_CALLABLES, *_TYPE_MARKERS,
-                       *(p.rstrip(".") + ("MSELoss" if p.endswith(".") else "") for p in DEFAULT_INERT),
-                       "os.system", "builtins.getattr", "__main__.Net", "torch.nn.modules.linear.Linear"})
+    globals_ = sorted(
+        {
+            *_CALLABLES,
+            *_TYPE_MARKERS,
+            *(p.rstrip(".") + ("MSELoss" if p.endswith(".") else "") for p in DEFAULT_INERT),
+            "os.system",
+            "builtins.getattr",
+            "__main__.Net",
+            "torch.nn.modules.linear.Linear",
+        }
+    )
 
     def glob(qualname: str) -> Any:
         module, _, name = qualname.rpartition(".")
@@ -194,24 +243,50 @@ def pickle_values(mh: Any, legacy: bool = False) -> st.SearchStrategy[Any]:
             for item in items:
                 p.push(item)
             p.op(pickle.APPENDS)
+
         return emit
 
     def shared(value: Any) -> Any:  # the same object twice, through the memo
-        return lambda p: p.push(value).op(pickle.MEMOIZE).op(pickle.POP).op(pickle.MARK) \
-            .op(pickle.BINGET, b"\x00").op(pickle.BINGET, b"\x00").op(pickle.TUPLE)
+        return lambda p: (
+            p.push(value)
+            .op(pickle.MEMOIZE)
+            .op(pickle.POP)
+            .op(pickle.MARK)
+            .op(pickle.BINGET, b"\x00")
+            .op(pickle.BINGET, b"\x00")
+            .op(pickle.TUPLE)
+        )
 
     storage = st.builds(
         lambda kind, key, numel: mh.persid(("storage", mh.glob("torch", kind), key, "cpu", numel) + ((None,) if legacy else ())),
-        st.sampled_from(STORAGE_TYPES), st.sampled_from(["0", "1", "0", "../0", 7]), ANY_INT)
+        st.sampled_from(STORAGE_TYPES),
+        st.sampled_from(["0", "1", "0", "../0", 7]),
+        ANY_INT,
+    )
     dims = st.one_of(st.lists(SMALL, max_size=3).map(tuple), st.lists(ANY_INT, max_size=3).map(tuple), ANY_INT, st.none())
     tensor_v2 = st.builds(lambda s, o, size, stride: mh.tensor(s, o, size, stride), storage, ANY_INT, dims, dims)
     tensor_v3 = st.builds(
-        lambda s, o, size, stride, dt: mh.call(mh.glob("torch._utils", "_rebuild_tensor_v3"), s, o, size, stride,
-                                               False, mh.ordered_dict(), mh.glob("torch", dt)),
-        storage, ANY_INT, dims, dims, st.sampled_from(TORCH_DTYPE_NAMES))
-    leaves = st.one_of(st.none(), st.booleans(), ANY_INT, st.integers(), st.text(max_size=6), st.binary(max_size=12),
-                       st.floats(allow_nan=True).map(floating), tensor_v2, tensor_v3,
-                       st.sampled_from(globals_).map(glob))
+        lambda s, o, size, stride, dt: mh.call(
+            mh.glob("torch._utils", "_rebuild_tensor_v3"), s, o, size, stride, False, mh.ordered_dict(), mh.glob("torch", dt)
+        ),
+        storage,
+        ANY_INT,
+        dims,
+        dims,
+        st.sampled_from(TORCH_DTYPE_NAMES),
+    )
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        ANY_INT,
+        st.integers(),
+        st.text(max_size=6),
+        st.binary(max_size=12),
+        st.floats(allow_nan=True).map(floating),
+        tensor_v2,
+        tensor_v3,
+        st.sampled_from(globals_).map(glob),
+    )
 
     def extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         args = st.lists(children, max_size=4).map(tuple)
@@ -241,6 +316,7 @@ def pickle_programs(mh: Any, legacy: bool = False) -> st.SearchStrategy[bytes]:
 # Seeds: small real checkpoints written by torch
 # ---------------------------------------------------------------------------------------------
 
+
 def torch_seed_objects() -> list[Any]:
     """State dicts that reach every branch of the torch reader: dtypes, views, ties, nesting, numpy."""
     import argparse
@@ -249,14 +325,30 @@ def torch_seed_objects() -> list[Any]:
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4, 3, generator=g)
     plain = {"lin.weight": w, "lin.bias": torch.zeros(4), "steps": torch.tensor(3), "mask": torch.ones(2, 2, dtype=torch.bool)}
-    views = {"t": w.t(), "row": w[1], "exp": torch.ones(1).expand(3, 2), "half": w.half(), "bf": w[:2].bfloat16(),
-             "tied": w, "empty": torch.zeros(0, 3), "u8": torch.arange(5, dtype=torch.uint8)}
-    lightning = {"epoch": 2, "global_step": 10, "pytorch-lightning_version": "2.4.0",
-                 "state_dict": {"net.0.weight": w, "net.0.bias": torch.ones(4)},
-                 "hyper_parameters": {"lr": 1e-3, "loss": torch.nn.MSELoss(), "args": argparse.Namespace(depth=2)},
-                 "optimizer_states": [{"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4, 3)}},
-                                       "param_groups": [{"lr": 1e-3, "params": [0]}]}],
-                 "hparams": {"table": np.arange(3, dtype=np.int32), "scale": np.float32(0.5)}}
+    views = {
+        "t": w.t(),
+        "row": w[1],
+        "exp": torch.ones(1).expand(3, 2),
+        "half": w.half(),
+        "bf": w[:2].bfloat16(),
+        "tied": w,
+        "empty": torch.zeros(0, 3),
+        "u8": torch.arange(5, dtype=torch.uint8),
+    }
+    lightning = {
+        "epoch": 2,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {"net.0.weight": w, "net.0.bias": torch.ones(4)},
+        "hyper_parameters": {"lr": 1e-3, "loss": torch.nn.MSELoss(), "args": argparse.Namespace(depth=2)},
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4, 3)}},
+                "param_groups": [{"lr": 1e-3, "params": [0]}],
+            }
+        ],
+        "hparams": {"table": np.arange(3, dtype=np.int32), "scale": np.float32(0.5)},
+    }
     return [plain, views, lightning, {"model": {"encoder": plain}, "ema": None}]
 
 
@@ -294,13 +386,14 @@ def legacy_parts(data: bytes) -> tuple[list[bytes], bytes]:
         start = stream.tell()
         for _ in pickletools.genops(stream):
             pass
-        parts.append(data[start:stream.tell()])
-    return parts, data[stream.tell():]
+        parts.append(data[start : stream.tell()])
+    return parts, data[stream.tell() :]
 
 
 # ---------------------------------------------------------------------------------------------
 # 1. restricted unpickler (and what the torch reader does with what it returns)
 # ---------------------------------------------------------------------------------------------
+
 
 def _unpickle_and_walk(data: bytes) -> None:
     from convert.pickle_reader import jsonable, restricted_load
@@ -361,12 +454,14 @@ def test_restricted_unpickler_random_bytes(blob: bytes) -> None:
 # 2. torch zip and legacy readers (open_pytorch) on mutated real checkpoints
 # ---------------------------------------------------------------------------------------------
 
+
 def _open_torch(path: Path, blob: bytes) -> Callable[[], None]:
     def run() -> None:
         from exporters.pytorch.reader import open_pytorch
 
         path.write_bytes(blob)
         read_all(open_pytorch(path))
+
     return run
 
 
@@ -407,8 +502,12 @@ def legacy_structure_mutations(draw: st.DrawFn, seeds: list[bytes], programs: st
 
 @fuzz(max_examples=700)
 @given(data=st.data())
-def test_torch_zip_reader(torch_seeds: dict[str, list[bytes]], programs: dict[str, st.SearchStrategy[bytes]],
-                          tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_torch_zip_reader(
+    torch_seeds: dict[str, list[bytes]],
+    programs: dict[str, st.SearchStrategy[bytes]],
+    tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+) -> None:
     seeds = torch_seeds["zip"]
     blob = data.draw(st.one_of(mutated(seeds), zip_structure_mutations(seeds, programs["zip"])))
     probe("open_pytorch zip", _open_torch(tmp_path_factory.getbasetemp() / "fuzz.pt", blob))
@@ -416,8 +515,12 @@ def test_torch_zip_reader(torch_seeds: dict[str, list[bytes]], programs: dict[st
 
 @fuzz(max_examples=700)
 @given(data=st.data())
-def test_torch_legacy_reader(torch_seeds: dict[str, list[bytes]], programs: dict[str, st.SearchStrategy[bytes]],
-                             tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_torch_legacy_reader(
+    torch_seeds: dict[str, list[bytes]],
+    programs: dict[str, st.SearchStrategy[bytes]],
+    tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+) -> None:
     seeds = torch_seeds["legacy"]
     blob = data.draw(st.one_of(mutated(seeds), legacy_structure_mutations(seeds, programs["legacy"])))
     probe("open_pytorch legacy", _open_torch(tmp_path_factory.getbasetemp() / "fuzz_legacy.pt", blob))
@@ -427,10 +530,17 @@ def test_torch_legacy_reader(torch_seeds: dict[str, list[bytes]], programs: dict
 # 3. SafeTensors header reader (and the SafeTensors source on top of it)
 # ---------------------------------------------------------------------------------------------
 
-JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from(INTERESTING_INTS),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8))
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
-                           max_leaves=10)
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from(INTERESTING_INTS),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=10
+)
 
 
 @st.composite
@@ -451,8 +561,11 @@ def safetensors_files(draw: st.DrawFn) -> bytes:
     if entries and draw(st.booleans()):
         name = draw(st.sampled_from(sorted(entries)))
         field = draw(st.sampled_from(["dtype", "shape", "data_offsets", None]))
-        forged = draw(st.one_of(JSON_VALUES, st.lists(st.sampled_from(INTERESTING_INTS), max_size=3),
-                                st.sampled_from(["F4", "X", "f32", "F32"])))
+        forged = draw(
+            st.one_of(
+                JSON_VALUES, st.lists(st.sampled_from(INTERESTING_INTS), max_size=3), st.sampled_from(["F4", "X", "f32", "F32"])
+            )
+        )
         if field is None:
             header[name] = forged
         else:
@@ -463,7 +576,7 @@ def safetensors_files(draw: st.DrawFn) -> bytes:
     text += b" " * draw(st.integers(0, 9))
     length = len(text) if draw(st.integers(0, 4)) else draw(st.sampled_from(INTERESTING_INTS)) % 2**64
     data = bytes(draw(st.integers(0, 255)) for _ in range(min(pos, 64))) + bytes(max(pos - 64, 0))
-    data = data[:max(0, len(data) + draw(st.integers(-3, 3)))] if draw(st.integers(0, 3)) == 0 else data
+    data = data[: max(0, len(data) + draw(st.integers(-3, 3)))] if draw(st.integers(0, 3)) == 0 else data
     return struct.pack("<Q", length) + text + data
 
 
@@ -472,9 +585,10 @@ def safetensors_seeds() -> list[bytes]:
     from safetensors.numpy import save
 
     rng = np.random.default_rng(0)
-    return [save({"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64)},
-                 metadata={"format": "pt"}),
-            save({"x": np.zeros((2, 0), np.float16), "y": np.ones((), np.uint8), "z": np.array([True, False])})]
+    return [
+        save({"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.arange(5, dtype=np.int64)}, metadata={"format": "pt"}),
+        save({"x": np.zeros((2, 0), np.float16), "y": np.ones((), np.uint8), "z": np.array([True, False])}),
+    ]
 
 
 def _open_safetensors(path: Path, blob: bytes) -> Callable[[], None]:
@@ -485,13 +599,15 @@ def _open_safetensors(path: Path, blob: bytes) -> Callable[[], None]:
         path.write_bytes(blob)
         read_header(path)
         read_all(open_safetensors(path))
+
     return run
 
 
 @fuzz(max_examples=800)
 @given(data=st.data())
-def test_safetensors_header_reader(safetensors_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory,
-                                   data: st.DataObject) -> None:
+def test_safetensors_header_reader(
+    safetensors_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     blob = data.draw(st.one_of(safetensors_files(), mutated(safetensors_seeds)))
     probe("read_header", _open_safetensors(tmp_path_factory.getbasetemp() / "fuzz.safetensors", blob))
 
@@ -499,6 +615,7 @@ def test_safetensors_header_reader(safetensors_seeds: list[bytes], tmp_path_fact
 # ---------------------------------------------------------------------------------------------
 # 4. manifest loading and validation (and verify, which trusts what validation let through)
 # ---------------------------------------------------------------------------------------------
+
 
 def json_paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     yield prefix
@@ -553,6 +670,7 @@ def _load_manifest(out: Path, text: bytes) -> Callable[[], None]:
         (out / manifest.MANIFEST_FILE).write_bytes(text)
         manifest.validate(manifest.load(out))
         verify_output(out)
+
     return run
 
 
@@ -579,6 +697,7 @@ def test_manifest_load_and_validate(converted: Path, data: st.DataObject) -> Non
 # 5. layout rule files (--layout-file), loaded and applied to a small model
 # ---------------------------------------------------------------------------------------------
 
+
 def toml_value(v: Any) -> str:
     """An inline TOML rendering of a JSON-like value (None has no TOML form: an empty string)."""
     if v is None:
@@ -604,12 +723,25 @@ def small_model() -> list[Any]:
     """Canonical tensors of a Linear, a Conv, an LSTM and a BatchNorm (zeros, never read for real)."""
     from convert.tensors import in_memory
 
-    shapes = {"fc.weight": (4, 3), "fc.bias": (4,), "conv.weight": (2, 3, 3, 3), "conv.bias": (2,),
-              "lstm.weight_ih_l0": (8, 3), "lstm.weight_hh_l0": (8, 2), "lstm.bias_ih_l0": (8,), "lstm.bias_hh_l0": (8,),
-              "bn.weight": (2,), "bn.bias": (2,), "bn.running_mean": (2,), "bn.running_var": (2,),
-              "bn.num_batches_tracked": ()}
-    return [in_memory(name, np.arange(math.prod(shape), dtype=np.int64 if not shape else np.float32).reshape(shape))
-            for name, shape in shapes.items()]
+    shapes = {
+        "fc.weight": (4, 3),
+        "fc.bias": (4,),
+        "conv.weight": (2, 3, 3, 3),
+        "conv.bias": (2,),
+        "lstm.weight_ih_l0": (8, 3),
+        "lstm.weight_hh_l0": (8, 2),
+        "lstm.bias_ih_l0": (8,),
+        "lstm.bias_hh_l0": (8,),
+        "bn.weight": (2,),
+        "bn.bias": (2,),
+        "bn.running_mean": (2,),
+        "bn.running_var": (2,),
+        "bn.num_batches_tracked": (),
+    }
+    return [
+        in_memory(name, np.arange(math.prod(shape), dtype=np.int64 if not shape else np.float32).reshape(shape))
+        for name, shape in shapes.items()
+    ]
 
 
 def _apply_layout_file(path: Path, text: bytes) -> Callable[[], None]:
@@ -624,6 +756,7 @@ def _apply_layout_file(path: Path, text: bytes) -> Callable[[], None]:
         apply_dtypes(result.tensors, None, layout)
         for m in result.tensors:
             m.ref.array()
+
     return run
 
 
@@ -632,14 +765,15 @@ def layout_seeds() -> dict[str, Any]:
     from convert.mapping import builtin_layouts, layout_text
 
     docs = builtin_layouts()
-    return {"docs": [docs[n] for n in sorted({d["name"] for d in docs.values()})],
-            "texts": [layout_text(n).encode() for n in sorted({d["name"] for d in docs.values()})]}
+    return {
+        "docs": [docs[n] for n in sorted({d["name"] for d in docs.values()})],
+        "texts": [layout_text(n).encode() for n in sorted({d["name"] for d in docs.values()})],
+    }
 
 
 @fuzz(max_examples=300)
 @given(data=st.data())
-def test_layout_rule_files(layout_seeds: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
-                           data: st.DataObject) -> None:
+def test_layout_rule_files(layout_seeds: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     if data.draw(st.integers(0, 3)):
         text = toml_document(data.draw(json_mutations(data.draw(st.sampled_from(layout_seeds["docs"]))))).encode()
     else:
@@ -657,10 +791,12 @@ JOB_KEYS = ["source", "output", "conversion", "layout", "layout_file", "dtype", 
 
 @st.composite
 def job_documents(draw: st.DrawFn) -> dict[str, Any]:
-    paths = st.one_of(st.sampled_from(["a.pt", "/abs/b.pt", "../up.pt", "d/", "x y.safetensors", ".", "a\\b"]),
-                      st.text(max_size=8))
-    job = st.dictionaries(st.sampled_from(JOB_KEYS), st.one_of(paths, OPTION_VALUES), max_size=4) \
-        .map(lambda d: d if "source" in d or not d else {"source": "m.pt", **d})
+    paths = st.one_of(
+        st.sampled_from(["a.pt", "/abs/b.pt", "../up.pt", "d/", "x y.safetensors", ".", "a\\b"]), st.text(max_size=8)
+    )
+    job = st.dictionaries(st.sampled_from(JOB_KEYS), st.one_of(paths, OPTION_VALUES), max_size=4).map(
+        lambda d: d if "source" in d or not d else {"source": "m.pt", **d}
+    )
     doc: dict[str, Any] = {"job": draw(st.lists(job, max_size=4))}
     if draw(st.booleans()):
         doc["defaults"] = draw(st.dictionaries(st.sampled_from(JOB_KEYS[2:]), OPTION_VALUES, max_size=3))
@@ -675,22 +811,31 @@ def _jobs(path: Path, text: bytes, out_dir: Path | None) -> Callable[[], None]:
 
         path.write_bytes(text)
         jobs_from_file(path, out_dir)
+
     return run
 
 
 @fuzz(max_examples=300)
 @given(doc=job_documents(), raw=st.one_of(st.none(), st.binary(max_size=64)), with_out_dir=st.booleans())
-def test_batch_job_files(doc: dict[str, Any], raw: bytes | None, with_out_dir: bool,
-                         tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_batch_job_files(
+    doc: dict[str, Any], raw: bytes | None, with_out_dir: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     base = tmp_path_factory.getbasetemp()
     text = toml_document(doc).encode() if raw is None else toml_document(doc).encode()[: len(raw)] + raw
     probe("jobs_from_file", _jobs(base / "jobs.toml", text, base / "outs" if with_out_dir else None))
 
 
 @fuzz(max_examples=150)
-@given(lines=st.lists(st.one_of(JSON_VALUES.map(json.dumps), st.text(max_size=10),
-                                st.fixed_dictionaries({"status": JSON_VALUES, "source": JSON_VALUES}).map(json.dumps)),
-                      max_size=5))
+@given(
+    lines=st.lists(
+        st.one_of(
+            JSON_VALUES.map(json.dumps),
+            st.text(max_size=10),
+            st.fixed_dictionaries({"status": JSON_VALUES, "source": JSON_VALUES}).map(json.dumps),
+        ),
+        max_size=5,
+    )
+)
 def test_batch_reports(lines: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
     from convert.batch import Job, retry_jobs
 
@@ -706,6 +851,7 @@ def test_batch_reports(lines: list[str], tmp_path_factory: pytest.TempPathFactor
 # ---------------------------------------------------------------------------------------------
 # 7. readers other helpers are adding: HDF5 / .keras (exporters/keras/), msgpack (exporters/flax/)
 # ---------------------------------------------------------------------------------------------
+
 
 def optional_reader(kind: str) -> Callable[[Path], Any]:
     """The reader for `kind`, or a skip naming the missing library it needs."""
@@ -724,10 +870,14 @@ def msgpack_seeds() -> list[bytes]:
     def arr(a: np.ndarray) -> Any:
         return msgpack.ExtType(1, msgpack.packb((list(a.shape), a.dtype.name, a.tobytes()), use_bin_type=True))
 
-    tree = {"params": {"Dense_0": {"kernel": arr(np.ones((3, 4), np.float32)), "bias": arr(np.zeros(4, np.float32))},
-                       "Embed_0": {"embedding": arr(np.arange(6, dtype=np.float16).reshape(2, 3))}},
-            "batch_stats": {"BatchNorm_0": {"mean": arr(np.zeros(2, np.float32)), "var": arr(np.ones(2, np.float32))}},
-            "step": 3}
+    tree = {
+        "params": {
+            "Dense_0": {"kernel": arr(np.ones((3, 4), np.float32)), "bias": arr(np.zeros(4, np.float32))},
+            "Embed_0": {"embedding": arr(np.arange(6, dtype=np.float16).reshape(2, 3))},
+        },
+        "batch_stats": {"BatchNorm_0": {"mean": arr(np.zeros(2, np.float32)), "var": arr(np.ones(2, np.float32))}},
+        "step": 3,
+    }
     return [msgpack.packb(tree, use_bin_type=True), msgpack.packb(tree["params"], use_bin_type=True)]
 
 
@@ -757,8 +907,14 @@ def h5_seeds(tmp: Path) -> list[bytes]:
         f.create_dataset("layers/dense/vars/0", data=np.ones((3, 4), np.float32))
         f.create_dataset("layers/dense/vars/1", data=np.zeros(4, np.float32))
 
-    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "seq", "layers": [
-        {"module": "keras.layers", "class_name": "Dense", "config": {"name": "dense", "units": 4}}]}}
+    config = {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {
+            "name": "seq",
+            "layers": [{"module": "keras.layers", "class_name": "Dense", "config": {"name": "dense", "units": 4}}],
+        },
+    }
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("metadata.json", json.dumps({"keras_version": "3.6.0"}))

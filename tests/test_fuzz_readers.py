@@ -37,6 +37,7 @@ def _open_all(path: Path, blob: bytes) -> Any:
 
         path.write_bytes(blob)
         read_all(open_source(path))
+
     return run
 
 
@@ -68,11 +69,19 @@ def past_the_magic(seeds: list[bytes], keep: int) -> st.SearchStrategy[bytes]:
 # TFLite (exporters/tflite/): float and int8 models written by TensorFlow's converter
 # ---------------------------------------------------------------------------------------------
 
+
 def tflite_seed_bytes() -> list[bytes]:
     """A float and an int8 model from TensorFlow's converter (scripts/hostile_campaign.py uses them too)."""
     tf = pytest.importorskip("tensorflow")
-    model = tf.keras.Sequential([tf.keras.Input((6, 6, 2)), tf.keras.layers.Conv2D(3, 3),
-                                 tf.keras.layers.DepthwiseConv2D(2), tf.keras.layers.Flatten(), tf.keras.layers.Dense(4)])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((6, 6, 2)),
+            tf.keras.layers.Conv2D(3, 3),
+            tf.keras.layers.DepthwiseConv2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(4),
+        ]
+    )
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     plain = converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -95,6 +104,7 @@ def test_tflite_reader(tflite_seeds: list[bytes], tmp_path_factory: pytest.TempP
 # NumPy (exporters/numpy/): .npy, .npz (stored and deflated), object arrays, plain pickles
 # ---------------------------------------------------------------------------------------------
 
+
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=allow_pickle)
@@ -112,8 +122,13 @@ def numpy_seed_bytes() -> dict[str, list[bytes]]:
     w = rng.standard_normal((4, 3)).astype(np.float32)
     tree = {"params": {"Dense_0": {"kernel": w, "bias": np.zeros(4, np.float32)}}, "step": np.int64(3)}
     return {
-        "npy": [_npy(w), _npy(np.asfortranarray(w)), _npy(np.array([True, False])), _npy(np.zeros((0, 2), np.float16)),
-                _npy(np.array([w, None], dtype=object), allow_pickle=True)],
+        "npy": [
+            _npy(w),
+            _npy(np.asfortranarray(w)),
+            _npy(np.array([True, False])),
+            _npy(np.zeros((0, 2), np.float16)),
+            _npy(np.array([w, None], dtype=object), allow_pickle=True),
+        ],
         "npz": [_npz(False, a=w, b=np.arange(5)), _npz(True, **{"layer/kernel": w, "layer/bias": np.ones(4, np.float32)})],
         "pkl": [pickle.dumps(tree, protocol=2), pickle.dumps([w, {"x": np.ones(2)}], protocol=4)],
     }
@@ -124,8 +139,26 @@ def numpy_seeds() -> dict[str, list[bytes]]:
     return numpy_seed_bytes()
 
 
-DESCRS = ["<f4", ">f8", "|b1", "<i8", "|u1", "<f2", "<c16", "|O", "|V8", "<U1000000000", "|S0", "<M8[ns]", "<m8[s]",
-          "[('a', '<f4'), ('b', '<i2')]", "('<f4', (2, 2))", "'x'", "5", "None"]
+DESCRS = [
+    "<f4",
+    ">f8",
+    "|b1",
+    "<i8",
+    "|u1",
+    "<f2",
+    "<c16",
+    "|O",
+    "|V8",
+    "<U1000000000",
+    "|S0",
+    "<M8[ns]",
+    "<m8[s]",
+    "[('a', '<f4'), ('b', '<i2')]",
+    "('<f4', (2, 2))",
+    "'x'",
+    "5",
+    "None",
+]
 
 
 @st.composite
@@ -136,11 +169,20 @@ def npy_files(draw: st.DrawFn) -> bytes:
     literal = descr if descr[0] in "[('5N" else repr(descr)  # structured and forged descrs as written
     shape = draw(st.lists(st.one_of(st.integers(0, 5), st.sampled_from(INTERESTING_INTS)), max_size=4).map(tuple))
     as_saved = f"{{'descr': {literal}, 'fortran_order': {draw(st.booleans())}, 'shape': {shape!r}, }}"
-    header = draw(st.sampled_from([
-        as_saved, as_saved, as_saved, f"{{'descr': {descr!r}, 'shape': {shape!r}}}",
-        f"{{'descr': {descr!r}, 'fortran_order': 1, 'shape': {shape!r}}}",
-        f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, 'extra': (1,) * 100}}",
-        "[" * 500 + "]" * 500, f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {'(' * 200 + ')' * 200}}}"]))
+    header = draw(
+        st.sampled_from(
+            [
+                as_saved,
+                as_saved,
+                as_saved,
+                f"{{'descr': {descr!r}, 'shape': {shape!r}}}",
+                f"{{'descr': {descr!r}, 'fortran_order': 1, 'shape': {shape!r}}}",
+                f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, 'extra': (1,) * 100}}",
+                "[" * 500 + "]" * 500,
+                f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {'(' * 200 + ')' * 200}}}",
+            ]
+        )
+    )
     version = draw(st.sampled_from([(1, 0), (1, 0), (2, 0), (3, 0), (9, 9)]))
     text = header.encode("utf-8" if version[0] == 3 else "latin1", "replace") + b"\n"
     size = struct.pack("<H" if version[0] == 1 else "<I", len(text) % (1 << (16 if version[0] == 1 else 32)))
@@ -155,8 +197,9 @@ def npy_files(draw: st.DrawFn) -> bytes:
 
 @fuzz(max_examples=250)
 @given(kind=st.sampled_from(["npy", "npy", "npz", "pkl"]), data=st.data())
-def test_numpy_reader(numpy_seeds: dict[str, list[bytes]], kind: str, tmp_path_factory: pytest.TempPathFactory,
-                      data: st.DataObject) -> None:
+def test_numpy_reader(
+    numpy_seeds: dict[str, list[bytes]], kind: str, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     seeds = numpy_seeds[kind]
     if kind == "npy":
         blob = data.draw(st.one_of(npy_files(), past_the_magic(seeds, 8)))
@@ -168,6 +211,7 @@ def test_numpy_reader(numpy_seeds: dict[str, list[bytes]], kind: str, tmp_path_f
 # ---------------------------------------------------------------------------------------------
 # TorchScript (exporters/pytorch/torchscript.py) and training checkpoints (exporters/pytorch/training.py)
 # ---------------------------------------------------------------------------------------------
+
 
 def torchscript_seed_bytes() -> list[bytes]:
     """A scripted module and its frozen form (weights as constants.pkl tensors)."""
@@ -191,8 +235,9 @@ def torchscript_seeds() -> list[bytes]:
 
 @fuzz(max_examples=250)
 @given(data=st.data())
-def test_torchscript_reader(torchscript_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory,
-                            data: st.DataObject) -> None:
+def test_torchscript_reader(
+    torchscript_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     blob = data.draw(zip_or_bytes(torchscript_seeds))
     probe("torchscript", _open_all(tmp_path_factory.getbasetemp() / "fuzz_script.pt", blob))
 
@@ -208,9 +253,15 @@ def training_seed_bytes() -> list[bytes]:
     net(torch.ones(2, 3)).sum().backward()
     opt.step()
     sched.step()
-    full = {"epoch": 3, "model": net.state_dict(), "ema": net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
-            "rng_state": torch.get_rng_state()}
+    full = {
+        "epoch": 3,
+        "model": net.state_dict(),
+        "ema": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+        "rng_state": torch.get_rng_state(),
+    }
     out = []
     for obj in (full, {"opt": opt.state_dict(), "net": net.state_dict()}):
         buf = io.BytesIO()
@@ -226,8 +277,7 @@ def training_seeds() -> list[bytes]:
 
 @fuzz(max_examples=250)
 @given(data=st.data())
-def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory,
-                              data: st.DataObject) -> None:
+def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     blob = data.draw(zip_or_bytes(training_seeds))
     probe("training checkpoint", _open_all(tmp_path_factory.getbasetemp() / "fuzz_train.pt", blob))
 
@@ -235,6 +285,7 @@ def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pyt
 # ---------------------------------------------------------------------------------------------
 # ONNX (exporters/onnx/): weights in initializers, Constant nodes, attributes and subgraphs
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def onnx_seed() -> Any:
@@ -281,9 +332,15 @@ def onnx_models(draw: st.DrawFn, seed: Any) -> bytes:
     elif edit == "external":
         t.data_location = TensorProto.EXTERNAL
         del t.external_data[:]
-        for key, value in draw(st.lists(st.tuples(st.sampled_from(["location", "offset", "length", "checksum"]),
-                                                  st.sampled_from(["w.bin", "../w.bin", "/etc/passwd", "-1", "0",
-                                                                   str(2**63), "x\x00y"])), max_size=3)):
+        for key, value in draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["location", "offset", "length", "checksum"]),
+                    st.sampled_from(["w.bin", "../w.bin", "/etc/passwd", "-1", "0", str(2**63), "x\x00y"]),
+                ),
+                max_size=3,
+            )
+        ):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
     elif edit == "typed":
@@ -303,8 +360,7 @@ def onnx_models(draw: st.DrawFn, seed: Any) -> bytes:
 
 @fuzz(max_examples=300)
 @given(data=st.data())
-def test_onnx_constants_and_subgraphs(onnx_seed: Any, tmp_path_factory: pytest.TempPathFactory,
-                                      data: st.DataObject) -> None:
+def test_onnx_constants_and_subgraphs(onnx_seed: Any, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     blob = data.draw(st.one_of(onnx_models(onnx_seed), mutated([onnx_seed.SerializeToString()])))
     probe("onnx", _open_all(tmp_path_factory.getbasetemp() / "fuzz.onnx", blob))
 
@@ -314,21 +370,57 @@ def test_onnx_constants_and_subgraphs(onnx_seed: Any, tmp_path_factory: pytest.T
 # ---------------------------------------------------------------------------------------------
 
 HOSTILE_NF_VALUES = st.one_of(
-    JSON_VALUES, st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, 10**300, -(10**300), 2**63]),
-    st.fixed_dictionaries({"__nf__": st.just("array"), "dtype": st.sampled_from(["|V1000000000", "<U500000000", "O", "x",
-                                                                                  "f4,f4", "(1099511627776,)f4", "M8[ns]"]),
-                           "shape": st.sampled_from([[1], [2**62, 2**62], [-1], 5, [1] * 80]),
-                           "values": st.sampled_from([[0], [10**300], [float("nan")], 5, []])}),
-    st.fixed_dictionaries({"__nf__": st.just("datetime64"), "unit": st.sampled_from(["ns", "D", "Y", 5]),
-                           "values": st.sampled_from([[2**63], [10**30], [float("inf")], {"a": 1}, 7])}),
-    st.fixed_dictionaries({"__nf__": st.just("loss"), "cls": st.sampled_from(["MQLoss", "DistributionLoss", "MAE", 5]),
-                           "args": st.one_of(JSON_VALUES, st.fixed_dictionaries(
-                               {"level": st.sampled_from([[float("nan")], [10**300], "abc", [200]])}))}),
+    JSON_VALUES,
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, 10**300, -(10**300), 2**63]),
+    st.fixed_dictionaries(
+        {
+            "__nf__": st.just("array"),
+            "dtype": st.sampled_from(["|V1000000000", "<U500000000", "O", "x", "f4,f4", "(1099511627776,)f4", "M8[ns]"]),
+            "shape": st.sampled_from([[1], [2**62, 2**62], [-1], 5, [1] * 80]),
+            "values": st.sampled_from([[0], [10**300], [float("nan")], 5, []]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "__nf__": st.just("datetime64"),
+            "unit": st.sampled_from(["ns", "D", "Y", 5]),
+            "values": st.sampled_from([[2**63], [10**30], [float("inf")], {"a": 1}, 7]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "__nf__": st.just("loss"),
+            "cls": st.sampled_from(["MQLoss", "DistributionLoss", "MAE", 5]),
+            "args": st.one_of(
+                JSON_VALUES, st.fixed_dictionaries({"level": st.sampled_from([[float("nan")], [10**300], "abc", [200]])})
+            ),
+        }
+    ),
 )
-NF_KEYS = ["h", "input_size", "inference_input_size", "n_series", "hidden_size", "num_layers", "loss", "valid_loss",
-           "futr_exog_list", "hist_exog_list", "stat_exog_list", "n_blocks", "mlp_units", "n_pool_kernel_size",
-           "n_freq_downsample", "dropout_prob_theta", "encoder_hidden_size", "encoder_n_layers", "kernel_size",
-           "dilations", "recurrent", "scaler_type"]
+NF_KEYS = [
+    "h",
+    "input_size",
+    "inference_input_size",
+    "n_series",
+    "hidden_size",
+    "num_layers",
+    "loss",
+    "valid_loss",
+    "futr_exog_list",
+    "hist_exog_list",
+    "stat_exog_list",
+    "n_blocks",
+    "mlp_units",
+    "n_pool_kernel_size",
+    "n_freq_downsample",
+    "dropout_prob_theta",
+    "encoder_hidden_size",
+    "encoder_n_layers",
+    "kernel_size",
+    "dilations",
+    "recurrent",
+    "scaler_type",
+]
 
 
 NF_MODELS = ["MLP_0", "NHITS_0", "LSTM_0", "TCN_0", "MLPQ_0"]
@@ -352,17 +444,18 @@ def _with_hparams(path: Path, edit: Any) -> bytes:
     """The SafeTensors model file with its hyper_parameters metadata replaced by `edit(hparams)`."""
     data = path.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     header["__metadata__"]["hyper_parameters"] = json.dumps(edit(json.loads(header["__metadata__"]["hyper_parameters"])))
     text = json.dumps(header).encode()
     text += b" " * (-(8 + len(text)) % 8)
-    return struct.pack("<Q", len(text)) + text + data[8 + length:]
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 @fuzz(max_examples=200)
 @given(model=st.sampled_from(NF_MODELS), how=st.sampled_from(["set", "mutate"]), data=st.data())
-def test_neuralforecast_config_values(nf_folders: dict[str, Path], model: str, how: str, tmp_path_factory: pytest.TempPathFactory,
-                                      data: st.DataObject) -> None:
+def test_neuralforecast_config_values(
+    nf_folders: dict[str, Path], model: str, how: str, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     from convert.api import nf_to_safetensors
 
     path = nf_folders[model] / f"{model}.safetensors"
@@ -394,14 +487,14 @@ QUANTS = ["", "+", "*", "?", "{2,}", "{0,30}"]
 def hostile_patterns(draw: st.DrawFn) -> tuple[str, str]:
     """(rule line, tensor name): nested quantified groups, or many `{x...}` placeholders."""
     if draw(st.booleans()):
-        body = "".join(f"({draw(st.sampled_from(ATOMS))}){draw(st.sampled_from(QUANTS))}"
-                       for _ in range(draw(st.integers(1, 5))))
+        body = "".join(f"({draw(st.sampled_from(ATOMS))}){draw(st.sampled_from(QUANTS))}" for _ in range(draw(st.integers(1, 5))))
         rule = f"regex = {json.dumps('^(' + body + ')' + draw(st.sampled_from(QUANTS)) + '$')}"
     else:
         parts = [draw(st.sampled_from(["{p...}", "{q}", "{n:int}", "w", "{r...}"])) for _ in range(draw(st.integers(1, 7)))]
         names = iter(f"v{i}" for i in range(10))
-        rule = "match = " + json.dumps(".".join(p.replace(p[1:2], next(names), 1) if p.startswith("{") else p
-                                                for p in parts) + ".weight")
+        rule = "match = " + json.dumps(
+            ".".join(p.replace(p[1:2], next(names), 1) if p.startswith("{") else p for p in parts) + ".weight"
+        )
     name = draw(st.sampled_from(["a", "a.", "1"])) * draw(st.integers(1, 3000)) + draw(st.sampled_from(["b", ".x", ""]))
     return rule, name
 

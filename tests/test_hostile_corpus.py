@@ -17,10 +17,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "fixtures" / "hostile"
 SCRIPT = REPO / "scripts" / "make_hostile.py"
-PREFIX = {"zip": "zip_", "legacy": "legacy_", "raw-pickle": "raw_", "safetensors": "st_", "msgpack": "msgpack_",
-          "hdf5": "h5_", "keras": "keras_", "neuralforecast": "nf_"}
-SUFFIX = {"zip": ".pt", "legacy": ".pt", "raw-pickle": ".pkl", "safetensors": ".safetensors", "msgpack": ".msgpack",
-          "hdf5": ".h5", "keras": ".keras", "neuralforecast": ""}  # a NeuralForecast save is a folder
+PREFIX = {
+    "zip": "zip_",
+    "legacy": "legacy_",
+    "raw-pickle": "raw_",
+    "safetensors": "st_",
+    "msgpack": "msgpack_",
+    "hdf5": "h5_",
+    "keras": "keras_",
+    "neuralforecast": "nf_",
+}
+SUFFIX = {
+    "zip": ".pt",
+    "legacy": ".pt",
+    "raw-pickle": ".pkl",
+    "safetensors": ".safetensors",
+    "msgpack": ".msgpack",
+    "hdf5": ".h5",
+    "keras": ".keras",
+    "neuralforecast": "",
+}  # a NeuralForecast save is a folder
 NEEDS_H5PY = {"hdf5", "keras"}  # the generator writes these only when h5py is installed
 
 

@@ -36,8 +36,16 @@ from conftest import REPO, assert_one_line_error, count_inputs, run_cli
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text())
 PICKLE_KINDS = ("zip", "legacy", "raw-pickle")  # exact codes: test_pytorch_hostile.py
-READER_OF = {"zip": "pytorch", "legacy": "pytorch", "raw-pickle": "pytorch", "safetensors": "safetensors",
-             "msgpack": "flax", "hdf5": "keras", "keras": "keras", "neuralforecast": "neuralforecast"}
+READER_OF = {
+    "zip": "pytorch",
+    "legacy": "pytorch",
+    "raw-pickle": "pytorch",
+    "safetensors": "safetensors",
+    "msgpack": "flax",
+    "hdf5": "keras",
+    "keras": "keras",
+    "neuralforecast": "neuralforecast",
+}
 UNSUPPORTED, UNSAFE, CORRUPT = 4, 5, 6
 # Expected exit codes of the files that are not pickles; anything not listed is corrupt (6).
 EXIT_CODES: dict[str, int] = {
@@ -75,6 +83,7 @@ def commands_for(entry: dict[str, str]) -> list[str]:
 # The child: every invocation through the CLI in-process, each in an empty folder
 # ---------------------------------------------------------------------------------------------
 
+
 def _fire(signum: int, frame: Any) -> None:
     raise TimeoutError(f"no answer within {WATCHDOG_SECONDS} s")
 
@@ -104,12 +113,26 @@ def drive(plan: list[dict[str, Any]], work: Path, results_path: Path) -> None:
             faulthandler.cancel_dump_traceback_later()
         os.chdir(work)
         left = sorted(os.listdir(cwd))
-        written = "".join(p.read_text("utf-8", "replace") for p in (cwd / "out").rglob("*") if p.is_file()) \
-            if (cwd / "out").is_dir() else ""
+        written = (
+            "".join(p.read_text("utf-8", "replace") for p in (cwd / "out").rglob("*") if p.is_file())
+            if (cwd / "out").is_dir()
+            else ""
+        )
         exception = result.exception if result.exception and not isinstance(result.exception, SystemExit) else None
-        results.write(json.dumps({**item, "exit": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
-                                  "exception": repr(exception) if exception else None, "left": left,
-                                  "carries_code": [m for m in LAMBDA_MARKERS if m in written]}) + "\n")
+        results.write(
+            json.dumps(
+                {
+                    **item,
+                    "exit": result.exit_code,
+                    "stdout": result.stdout,
+                    "stderr": result.stderr,
+                    "exception": repr(exception) if exception else None,
+                    "left": left,
+                    "carries_code": [m for m in LAMBDA_MARKERS if m in written],
+                }
+            )
+            + "\n"
+        )
         results.flush()
         shutil.rmtree(cwd, ignore_errors=True)
 
@@ -119,18 +142,20 @@ def run_children(plan: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]
     child starts after it."""
     results: list[dict[str, Any]] = []
     while len(results) < len(plan):
-        rest = plan[len(results):]
+        rest = plan[len(results) :]
         (work / "plan.json").write_text(json.dumps(rest))
         out = work / "results.jsonl"
         out.unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, __file__, str(work / "plan.json"), str(out)],
-                              capture_output=True, text=True, timeout=900, cwd=work)
+        proc = subprocess.run(
+            [sys.executable, __file__, str(work / "plan.json"), str(out)], capture_output=True, text=True, timeout=900, cwd=work
+        )
         done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
         results += done
         if len(done) < len(rest):
             died = f"the child process died (exit {proc.returncode}), a hang or crash below Python: {proc.stderr[-1500:]}"
-            results.append({**rest[len(done)], "exit": None, "stdout": "", "stderr": "", "exception": died,
-                            "left": [], "carries_code": []})
+            results.append(
+                {**rest[len(done)], "exit": None, "stdout": "", "stderr": "", "exception": died, "left": [], "carries_code": []}
+            )
     return results
 
 
@@ -146,6 +171,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict
 # ---------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------
+
 
 def assert_refused(run: dict[str, Any], code: int) -> None:
     where = f"{run['command']} {run['file']}"
@@ -164,8 +190,9 @@ def test_other_formats(entry: dict[str, str], runs: dict[tuple[str, str], dict[s
     if not reader_installed(reader):
         assert_refused(auto, UNSUPPORTED)
         assert "cannot read" in auto["stderr"], auto["stderr"]
-        pytest.skip(f"no {reader} reader installed: `convert auto` refuses the file (exit 4); "
-                    f"the reader's own checks run once it exists")
+        pytest.skip(
+            f"no {reader} reader installed: `convert auto` refuses the file (exit 4); the reader's own checks run once it exists"
+        )
     for command in commands_for(entry):
         run = runs[(entry["file"], command)]
         if entry["expect"] == "inert":
@@ -180,8 +207,9 @@ def test_other_formats(entry: dict[str, str], runs: dict[tuple[str, str], dict[s
 
 
 @pytest.mark.parametrize("entry", [e for e in CATALOG if e["kind"] in PICKLE_KINDS], ids=lambda e: e["file"])
-def test_auto_refuses_pickles_as_the_torch_command_does(entry: dict[str, str],
-                                                        runs: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_auto_refuses_pickles_as_the_torch_command_does(
+    entry: dict[str, str], runs: dict[tuple[str, str], dict[str, Any]]
+) -> None:
     auto, direct = runs[(entry["file"], "auto")], runs[(entry["file"], "pth-to-safetensors")]
     assert auto["exit"] in (UNSUPPORTED, UNSAFE, CORRUPT)
     assert_refused(auto, direct["exit"])
@@ -197,8 +225,9 @@ def test_corpus_covers_every_format() -> None:
     assert sum(e["kind"] not in PICKLE_KINDS for e in CATALOG) >= 25
 
 
-@pytest.mark.parametrize("file", ["st_header_over_limit.safetensors", "msgpack_map_2pow32.msgpack",
-                                  "h5_external_link.h5", "nf_os_system"])
+@pytest.mark.parametrize(
+    "file", ["st_header_over_limit.safetensors", "msgpack_map_2pow32.msgpack", "h5_external_link.h5", "nf_os_system"]
+)
 def test_real_executable_prints_one_line(file: str, tmp_path: Path) -> None:
     """The console script itself (not the in-process runner) on one file of each reader."""
     entry = next(e for e in CATALOG if e["file"] == file)

@@ -57,6 +57,7 @@ def torch_saved_with_edit(path: Path, state: dict[str, Any], edit: Any) -> Path:
 # Pickles: nesting, hashing, memo, BUILD, BYTEARRAY8
 # ---------------------------------------------------------------------------------------------
 
+
 def nested_tuple(depth: int) -> bytes:
     """Opcodes of a tuple nested `depth` deep: ((((),),),) -- 1 byte per level."""
     return pickle.EMPTY_TUPLE + pickle.TUPLE1 * depth
@@ -110,9 +111,24 @@ def test_huge_bytearray8_is_one_line(tmp_path: Path) -> None:
 
 def test_build_on_ordered_dict_cannot_shadow_its_methods(tmp_path: Path) -> None:
     """BUILD on an allowed OrderedDict set an instance attribute `items` that the reader then called."""
-    data = (pickle.PROTO + b"\x02" + pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE
-            + pickle.REDUCE + pickle.EMPTY_DICT + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"items"
-            + pickle.BINUNICODE + (4).to_bytes(4, "little") + b"evil" + pickle.SETITEM + pickle.BUILD + pickle.STOP)
+    data = (
+        pickle.PROTO
+        + b"\x02"
+        + pickle.GLOBAL
+        + b"collections\nOrderedDict\n"
+        + pickle.EMPTY_TUPLE
+        + pickle.REDUCE
+        + pickle.EMPTY_DICT
+        + pickle.BINUNICODE
+        + (5).to_bytes(4, "little")
+        + b"items"
+        + pickle.BINUNICODE
+        + (4).to_bytes(4, "little")
+        + b"evil"
+        + pickle.SETITEM
+        + pickle.BUILD
+        + pickle.STOP
+    )
     src = torch_zip(tmp_path / "od.pt", data)
     work = tmp_path / "work"
     work.mkdir()
@@ -135,6 +151,7 @@ def test_real_ordered_dict_state_still_reads() -> None:
 # Links: nothing outside the input is read or copied
 # ---------------------------------------------------------------------------------------------
 
+
 def hf_folder(tmp_path: Path) -> Path:
     torch = pytest.importorskip("torch")
     folder = tmp_path / "model"
@@ -154,8 +171,7 @@ def test_linked_sidecar_is_refused_unless_allowed(link: str, tmp_path: Path) -> 
     work = tmp_path / "work"
     work.mkdir()
     for command in ("pth-to-safetensors", "auto"):
-        refused(UNSAFE, command, folder, work / "out", cwd=work, out=work / "out",
-                needles=("vocab.txt", "--follow-links"))
+        refused(UNSAFE, command, folder, work / "out", cwd=work, out=work / "out", needles=("vocab.txt", "--follow-links"))
     run = run_measured("auto", folder, work / "out", "--follow-links", cwd=work)
     assert run.code == 0, run.stderr
     assert (work / "out" / "vocab.txt").read_text() == secret.read_text()
@@ -170,9 +186,13 @@ def test_hard_linked_onnx_external_data_is_refused(tmp_path: Path) -> None:
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3], data_location=TensorProto.EXTERNAL)
     for key, value in {"location": "weights.bin", "offset": "0", "length": "48"}.items():
         weight.external_data.add(key=key, value=value)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [weight],
+    )
     folder = tmp_path / "model"
     folder.mkdir()
     onnx.save(helper.make_model(graph), folder / "model.onnx")
@@ -181,13 +201,21 @@ def test_hard_linked_onnx_external_data_is_refused(tmp_path: Path) -> None:
     (folder / "weights.bin").hardlink_to(outside)
     work = tmp_path / "work"
     work.mkdir()
-    refused(UNSAFE, "onnx-to-safetensors", folder / "model.onnx", work / "out", cwd=work, out=work / "out",
-            needles=("weights.bin", "hard links"))
+    refused(
+        UNSAFE,
+        "onnx-to-safetensors",
+        folder / "model.onnx",
+        work / "out",
+        cwd=work,
+        out=work / "out",
+        needles=("weights.bin", "hard links"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Decompression: streamed, with a ratio and a budget on what actually comes out
 # ---------------------------------------------------------------------------------------------
+
 
 def keras2_weights_file(path: Path, kernel_shape: tuple[int, int], **dataset_options: Any) -> Path:
     """A Keras 2 weights file (`save_weights` layout) of one Dense layer, kernel all zeros."""
@@ -203,7 +231,7 @@ def keras2_weights_file(path: Path, kernel_shape: tuple[int, int], **dataset_opt
         kernel = g.create_dataset("dense/kernel:0", shape=kernel_shape, dtype="<f4", **dataset_options)
         rows = max(1, (64 << 20) // (4 * kernel_shape[1]))
         for start in range(0, kernel_shape[0], rows):  # every chunk stored, as a real writer does
-            kernel[start:start + rows] = np.zeros((min(rows, kernel_shape[0] - start), kernel_shape[1]), "<f4")
+            kernel[start : start + rows] = np.zeros((min(rows, kernel_shape[0] - start), kernel_shape[1]), "<f4")
         kernel[0, :4] = 1.0
         g.create_dataset("dense/bias:0", data=np.zeros(kernel_shape[1], dtype="<f4"))
     return path
@@ -268,6 +296,7 @@ def test_zip_member_lying_about_its_compressed_size_is_refused(tmp_path: Path) -
 # SafeTensors headers: entry counts, shapes numpy cannot build, long integers
 # ---------------------------------------------------------------------------------------------
 
+
 def safetensors_file(path: Path, header: bytes, data: bytes = b"") -> Path:
     import struct
 
@@ -288,12 +317,15 @@ def test_header_with_millions_of_entries_is_refused_in_bounded_work(tmp_path: Pa
         assert run.peak_rss < 512 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
 
 
-@pytest.mark.parametrize("shape, needle", [
-    ([0, 2**62], "too large"),
-    ([0, 2**40, 2**40], "too large"),
-    ([1] * 65 + [0], "dimensions"),
-    ("[0,1" + "0" * 5000 + "]", "JSON"),  # past Python's 4300-digit limit for int()
-])
+@pytest.mark.parametrize(
+    "shape, needle",
+    [
+        ([0, 2**62], "too large"),
+        ([0, 2**40, 2**40], "too large"),
+        ([1] * 65 + [0], "dimensions"),
+        ("[0,1" + "0" * 5000 + "]", "JSON"),  # past Python's 4300-digit limit for int()
+    ],
+)
 def test_header_shape_numpy_cannot_build_is_refused(shape: list[int] | str, needle: str, tmp_path: Path) -> None:
     text = shape if isinstance(shape, str) else str(shape).replace(" ", "")
     header = b'{"t":{"dtype":"F32","shape":%s,"data_offsets":[0,0]}}' % text.encode()
@@ -304,8 +336,7 @@ def test_header_shape_numpy_cannot_build_is_refused(shape: list[int] | str, need
 
 
 @pytest.mark.parametrize("size, stride", [((1, 2), (2**62, 1)), ((0, 2**62), (1, 1)), ((1,) * 65, (1,) * 65)])
-def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], stride: tuple[int, ...],
-                                                      tmp_path: Path) -> None:
+def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], stride: tuple[int, ...], tmp_path: Path) -> None:
     """Strides >= 2**62, zero-size tensors with huge dims, more than 64 dims: OverflowError or
     numpy's 'array is too big' (exit 1). Refused as corrupt before any array is built."""
     torch = pytest.importorskip("torch")
@@ -328,19 +359,21 @@ def test_pickled_tensor_numpy_cannot_build_is_refused(size: tuple[int, ...], str
 # The error line: control characters and lone surrogates escaped
 # ---------------------------------------------------------------------------------------------
 
+
 def test_error_line_escapes_control_characters_and_surrogates(tmp_path: Path) -> None:
     """A global named with ESC sequences and a lone surrogate (BINUNICODE decodes with
     surrogatepass): the line was printed raw (a terminal obeys ESC) or not at all (UnicodeEncodeError)."""
+
     def text(s: bytes) -> bytes:
         return pickle.BINUNICODE + len(s).to_bytes(4, "little") + s
 
-    data = (pickle.PROTO + b"\x04" + text(b"os\x1b[2J\x07") + text(b"sys\xed\xa0\x80tem") + pickle.STACK_GLOBAL
-            + pickle.STOP)
+    data = pickle.PROTO + b"\x04" + text(b"os\x1b[2J\x07") + text(b"sys\xed\xa0\x80tem") + pickle.STACK_GLOBAL + pickle.STOP
     src = torch_zip(tmp_path / "esc.pt", data)
     work = tmp_path / "work"
     work.mkdir()
-    run = refused(UNSAFE, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out",
-                  needles=("os\\x1b[2J\\x07.sys\\ud800tem",))
+    run = refused(
+        UNSAFE, "pth-to-safetensors", src, work / "out", cwd=work, out=work / "out", needles=("os\\x1b[2J\\x07.sys\\ud800tem",)
+    )
     assert all(c == "\n" or c.isprintable() for c in run.stderr), repr(run.stderr)
 
 
@@ -364,22 +397,25 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
 
     from convert.output import StagedOutput
 
-    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
-                           bytes(8))
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8))
     work = tmp_path / "work"
     work.mkdir()
     out = work / "out"
     live = StagedOutput(work / "out")
     live_staging = live.__enter__()  # this process is alive: its staging folder must stay
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out)], env={**os.environ, "PYTHONPATH": str(
-        Path(__file__).resolve().parent.parent)}, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(out)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        capture_output=True,
+    )
     assert killed.returncode == -9, killed.stderr
     [stale] = [p.name for p in work.iterdir() if p.name.startswith(".out.convert-") and p != live_staging]
     try:
         run = run_measured("auto", src, out, cwd=work)
         assert run.code == 0, run.stderr
-        assert run.stderr.splitlines() == [f"convert: warning: removed {stale}, the staging folder of a run that "
-                                           f"was killed"], run.stderr
+        assert run.stderr.splitlines() == [f"convert: warning: removed {stale}, the staging folder of a run that was killed"], (
+            run.stderr
+        )
         assert (out / "model.safetensors").is_file() and live_staging.is_dir()
         assert sorted(p.name for p in work.iterdir()) == sorted(["out", live_staging.name])
     finally:
@@ -390,24 +426,37 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
 # NeuralForecast: config values bounded, hostile configuration pickles unsafe
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, edit, needle", [
-    ("MLP_0.safetensors", {"num_layers": 1e9}, "num_layers=1000000000"),
-    ("NHITS_0.safetensors", {"n_blocks": [10**9, 1, 1]}, "n_blocks=1000000000"),
-    ("NHITS_0.safetensors", {"n_pool_kernel_size": [0, 0, 0]}, "ZeroDivisionError"),
-    # hostile but well-formed values: exit 1 (or a 2 GiB allocation, or a warning line) before
-    ("MLP_0.safetensors", {"h": float("inf")}, "OverflowError"),
-    ("MLP_0.safetensors", {"n_series": float("nan")}, "ValueError"),
-    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}},
-     "<U500000000"),
-    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}},
-     "|V1000000000"),
-    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "S8", "shape": [1], "values": ["a"]}}, "'S8'"),
-    ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "f4", "shape": [2**62, 2**62], "values": []}},
-     "shape"),
-    ("MLP_0.safetensors", {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}}, "OverflowError"),
-    ("MLP_0.safetensors", {"h": {"__nf__": ["loss"]}}, "is not a name"),
-    ("MLP_0.safetensors", {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [10**300]}}}, "percentages"),
-])
+
+@pytest.mark.parametrize(
+    "model, edit, needle",
+    [
+        ("MLP_0.safetensors", {"num_layers": 1e9}, "num_layers=1000000000"),
+        ("NHITS_0.safetensors", {"n_blocks": [10**9, 1, 1]}, "n_blocks=1000000000"),
+        ("NHITS_0.safetensors", {"n_pool_kernel_size": [0, 0, 0]}, "ZeroDivisionError"),
+        # hostile but well-formed values: exit 1 (or a 2 GiB allocation, or a warning line) before
+        ("MLP_0.safetensors", {"h": float("inf")}, "OverflowError"),
+        ("MLP_0.safetensors", {"n_series": float("nan")}, "ValueError"),
+        (
+            "MLP_0.safetensors",
+            {"optimizer_kwargs": {"__nf__": "array", "dtype": "<U500000000", "shape": [1], "values": ["a"]}},
+            "<U500000000",
+        ),
+        (
+            "MLP_0.safetensors",
+            {"optimizer_kwargs": {"__nf__": "array", "dtype": "|V1000000000", "shape": [1], "values": [0]}},
+            "|V1000000000",
+        ),
+        ("MLP_0.safetensors", {"optimizer_kwargs": {"__nf__": "array", "dtype": "S8", "shape": [1], "values": ["a"]}}, "'S8'"),
+        (
+            "MLP_0.safetensors",
+            {"optimizer_kwargs": {"__nf__": "array", "dtype": "f4", "shape": [2**62, 2**62], "values": []}},
+            "shape",
+        ),
+        ("MLP_0.safetensors", {"h": {"__nf__": "datetime64", "unit": "ns", "values": [2**63]}}, "OverflowError"),
+        ("MLP_0.safetensors", {"h": {"__nf__": ["loss"]}}, "is not a name"),
+        ("MLP_0.safetensors", {"loss": {"__nf__": "loss", "cls": "MQLoss", "args": {"level": [10**300]}}}, "percentages"),
+    ],
+)
 def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: str, tmp_path: Path) -> None:
     """num_layers=1e9 looped in the shape check (3.7 GB, MemoryError); a zero kernel divided by zero;
     infinite or NaN sizes, dtypes of a GiB per element, datetimes past int64, a list where a tag or a
@@ -430,11 +479,13 @@ def test_nf_configuration_pickle_with_a_gadget_behind_an_error_is_unsafe(tmp_pat
     from test_neuralforecast_errors import _copy
 
     folder = _copy("3.2.2", tmp_path)
-    gadget = pickle.GLOBAL + b"os\nsystem\n" + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"touch" + \
-        pickle.TUPLE1 + pickle.REDUCE
+    gadget = (
+        pickle.GLOBAL + b"os\nsystem\n" + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"touch" + pickle.TUPLE1 + pickle.REDUCE
+    )
     # a memo entry far past those made: refused before the unpickler reaches the gadget
-    (folder / "configuration.pkl").write_bytes(pickle.PROTO + b"\x02" + pickle.NONE + pickle.LONG_BINPUT
-                                               + (2**30).to_bytes(4, "little") + gadget + pickle.STOP)
+    (folder / "configuration.pkl").write_bytes(
+        pickle.PROTO + b"\x02" + pickle.NONE + pickle.LONG_BINPUT + (2**30).to_bytes(4, "little") + gadget + pickle.STOP
+    )
     work = tmp_path / "work"
     work.mkdir()
     refused(UNSAFE, "nf-to-safetensors", folder, work / "out", cwd=work, out=work / "out", needles=("os.system",))
@@ -464,8 +515,7 @@ def test_user_documents_with_long_integers_are_one_line(document: str, tmp_path:
     ValueError (exit 1)."""
     work = tmp_path / "work"
     work.mkdir()
-    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
-                           bytes(8))
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8))
     if document == "manifest":
         (tmp_path / "o").mkdir()
         (tmp_path / "o" / "manifest.json").write_text(f'{{"format_version": {LONG_INT}}}')
@@ -474,10 +524,10 @@ def test_user_documents_with_long_integers_are_one_line(document: str, tmp_path:
         (tmp_path / "r.jsonl").write_text(f'{{"status": "failed", "source": "x", "n": {LONG_INT}}}\n')
         refused(2, "batch", src, "--out-dir", work / "o", "--retry-failed", tmp_path / "r.jsonl", cwd=work)
     elif document == "layout":
-        (tmp_path / "l.toml").write_text(f"extends = \"pytorch\"\nn = {LONG_INT}\n")
+        (tmp_path / "l.toml").write_text(f'extends = "pytorch"\nn = {LONG_INT}\n')
         refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out")
     else:
-        (tmp_path / "j.toml").write_text(f"[[job]]\nsource = \"{src}\"\nn = {LONG_INT}\n")
+        (tmp_path / "j.toml").write_text(f'[[job]]\nsource = "{src}"\nn = {LONG_INT}\n')
         refused(2, "batch", "--job-file", tmp_path / "j.toml", "--out-dir", work / "o", cwd=work)
 
 
@@ -499,8 +549,10 @@ def test_zip_name_flagged_utf8_but_undecodable_is_corrupt(tmp_path: Path) -> Non
 # ONNX: products in int64, locations, nodes without outputs, names that are not UTF-8
 # ---------------------------------------------------------------------------------------------
 
-def onnx_model(path: Path, dims: list[int], location: str | None = None, outputs: tuple[str, ...] = ("y",),
-               name: str = "wname") -> Path:
+
+def onnx_model(
+    path: Path, dims: list[int], location: str | None = None, outputs: tuple[str, ...] = ("y",), name: str = "wname"
+) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -511,16 +563,21 @@ def onnx_model(path: Path, dims: list[int], location: str | None = None, outputs
             weight.external_data.add(key=key, value=value)
     else:
         weight.raw_data = b""
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", name], list(outputs))], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", name], list(outputs))],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(helper.make_model(graph), path)
     return path
 
 
-@pytest.mark.parametrize("case", ["wrapping-dims", "wrapping-dims-external", "nul-location", "long-location",
-                                  "no-output", "not-utf8"])
+@pytest.mark.parametrize(
+    "case", ["wrapping-dims", "wrapping-dims-external", "nul-location", "long-location", "no-output", "not-utf8"]
+)
 def test_hostile_onnx_is_one_line(case: str, tmp_path: Path) -> None:
     """int64 dims products wrapping to 0 bytes passed the checks; a NUL or 5,000-character location,
     a MatMul without outputs and a name that is not UTF-8 were exit 1."""
@@ -553,25 +610,38 @@ def test_hostile_onnx_is_one_line(case: str, tmp_path: Path) -> None:
     refused(CORRUPT, "onnx-to-safetensors", src, work / "out", cwd=work, out=work / "out")
 
 
-@pytest.mark.parametrize("case", ["report-no-source", "report-number-source", "report-not-utf8", "layout-bad-regex",
-                                  "job-output-nul"])
+@pytest.mark.parametrize(
+    "case", ["report-no-source", "report-number-source", "report-not-utf8", "layout-bad-regex", "job-output-nul"]
+)
 def test_hostile_user_documents_are_one_line(case: str, tmp_path: Path) -> None:
     """Reports without a string `source` or not UTF-8, a layout regex that does not compile, a job
     output with a NUL byte: exit 1 before."""
     work = tmp_path / "work"
     work.mkdir()
-    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
-                           bytes(8))
+    src = safetensors_file(tmp_path / "m.safetensors", b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8))
     report = tmp_path / "r.jsonl"
     if case.startswith("report"):
-        report.write_bytes({"report-no-source": b'{"status": "failed"}\n',
-                            "report-number-source": b'{"status": "failed", "source": 3}\n',
-                            "report-not-utf8": b'{"status": "failed", "source": "\xff"}\n'}[case])
+        report.write_bytes(
+            {
+                "report-no-source": b'{"status": "failed"}\n',
+                "report-number-source": b'{"status": "failed", "source": 3}\n',
+                "report-not-utf8": b'{"status": "failed", "source": "\xff"}\n',
+            }[case]
+        )
         refused(2, "batch", src, "--out-dir", work / "o", "--retry-failed", report, cwd=work, out=work / "o")
     elif case == "layout-bad-regex":
         (tmp_path / "l.toml").write_text("name = \"mine\"\nextends = \"pytorch\"\n[[rules]]\nregex = '(unclosed'\nto = 'x'\n")
-        refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out",
-                needles=("does not compile",))
+        refused(
+            2,
+            "auto",
+            src,
+            work / "out",
+            "--layout-file",
+            tmp_path / "l.toml",
+            cwd=work,
+            out=work / "out",
+            needles=("does not compile",),
+        )
     else:
         (tmp_path / "j.toml").write_text(f'[[job]]\nsource = "{src}"\noutput = "o\\u0000x"\n')
         refused(2, "batch", "--job-file", tmp_path / "j.toml", cwd=work, needles=("NUL",))
@@ -581,8 +651,11 @@ def test_lone_surrogate_in_a_tensor_name_is_corrupt(tmp_path: Path) -> None:
     """A name with a lone surrogate (BINUNICODE decodes with surrogatepass) reached the SafeTensors
     writer or stdout: UnicodeEncodeError, exit 1."""
     torch = pytest.importorskip("torch")
-    src = torch_saved_with_edit(tmp_path / "s.pt", {"wXY": torch.zeros(2)},
-                                lambda pkl: pkl.replace(b"X\x03\x00\x00\x00wXY", b"X\x04\x00\x00\x00w\xed\xa0\x80"))
+    src = torch_saved_with_edit(
+        tmp_path / "s.pt",
+        {"wXY": torch.zeros(2)},
+        lambda pkl: pkl.replace(b"X\x03\x00\x00\x00wXY", b"X\x04\x00\x00\x00w\xed\xa0\x80"),
+    )
     work = tmp_path / "work"
     work.mkdir()
     for command in ("pth-to-safetensors", "inspect"):
@@ -593,6 +666,7 @@ def test_lone_surrogate_in_a_tensor_name_is_corrupt(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # HDF5: null dataspaces and float types numpy has no exact equivalent for
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case, code", [("null-dataspace", CORRUPT), ("24-bit-float", 4)])
 def test_hdf5_dataset_numpy_cannot_hold_exactly(case: str, code: int, tmp_path: Path) -> None:
@@ -629,9 +703,11 @@ def test_hdf5_dataset_numpy_cannot_hold_exactly(case: str, code: int, tmp_path: 
 SIX_PLACEHOLDERS = "{a...}.{b...}.{c...}.{d...}.{e...}.{f...}.x"
 
 
-@pytest.mark.parametrize("rule, name", [("regex = '^(a|aa)+$'", "a" * 48 + "b"),
-                                        (f"match = '{SIX_PLACEHOLDERS}'", "." * 6000)],
-                         ids=["alternation", "six-placeholders"])
+@pytest.mark.parametrize(
+    "rule, name",
+    [("regex = '^(a|aa)+$'", "a" * 48 + "b"), (f"match = '{SIX_PLACEHOLDERS}'", "." * 6000)],
+    ids=["alternation", "six-placeholders"],
+)
 def test_catastrophic_layout_pattern_is_stopped_by_its_budget(rule: str, name: str, tmp_path: Path) -> None:
     """`^(a|aa)+$` on a 49-character name and six `{x...}` placeholders on a 6,000-character name
     backtracked for hours; the budget stops the match and names the rule."""
@@ -640,8 +716,9 @@ def test_catastrophic_layout_pattern_is_stopped_by_its_budget(rule: str, name: s
     (tmp_path / "l.toml").write_text(f'name = "mine"\nextends = "pytorch"\n[[rules]]\n{rule}\nto = "x"\n')
     work = tmp_path / "work"
     work.mkdir()
-    refused(2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out",
-            needles=("time budget",))
+    refused(
+        2, "auto", src, work / "out", "--layout-file", tmp_path / "l.toml", cwd=work, out=work / "out", needles=("time budget",)
+    )
 
 
 def test_layout_patterns_keep_their_budget_off_the_main_thread() -> None:
@@ -652,8 +729,10 @@ def test_layout_patterns_keep_their_budget_off_the_main_thread() -> None:
     from convert.errors import UsageError
     from convert.mapping import Rule, compile_pattern, compile_regex
 
-    rules = [Rule(compile_regex("^(a|aa)+$"), None, {}, [], [], False, None, None, {}),
-             Rule(compile_pattern(SIX_PLACEHOLDERS), None, {}, [], [], False, None, None, {})]
+    rules = [
+        Rule(compile_regex("^(a|aa)+$"), None, {}, [], [], False, None, None, {}),
+        Rule(compile_pattern(SIX_PLACEHOLDERS), None, {}, [], [], False, None, None, {}),
+    ]
     names = ["a" * 48 + "b", "a." * 2999 + "y"]
 
     def attempt(pair: tuple[Rule, str]) -> str:
@@ -688,14 +767,17 @@ def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.Monkey
 # Deflated zip members whose stream is damaged (found by tests/test_fuzz_readers.py)
 # ---------------------------------------------------------------------------------------------
 
+
 def _damage_deflate(path: Path, member: str, late: bool = False) -> None:
     """Flip bits inside the deflate stream of one member: its first block header, or near its end
     (past the npz header, so the damage shows when the data is written)."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
         info = zf.getinfo(member)
-    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
-        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
     start = info.header_offset + 30 + name_len + extra_len
     if late:
         data[start + info.compress_size - 4] ^= 0xFF
@@ -720,8 +802,11 @@ def test_damaged_deflate_stream_is_corrupt(kind: str, tmp_path: Path) -> None:
         src = tmp_path / "a.pt"
         with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(src, "w") as zout:
             for info in zin.infolist():
-                zout.writestr(info.filename, zin.read(info), zipfile.ZIP_DEFLATED if info.filename.endswith(
-                    "data.pkl") else zipfile.ZIP_STORED)
+                zout.writestr(
+                    info.filename,
+                    zin.read(info),
+                    zipfile.ZIP_DEFLATED if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED,
+                )
         member = next(n for n in zipfile.ZipFile(src).namelist() if n.endswith("data.pkl"))
     _damage_deflate(src, member, late=kind == "npz-late")
     work = tmp_path / "work"
@@ -729,8 +814,16 @@ def test_damaged_deflate_stream_is_corrupt(kind: str, tmp_path: Path) -> None:
     refused(CORRUPT, "auto", src, work / "out", cwd=work, out=work / "out")
 
 
-@pytest.mark.parametrize("kind, command", [("npz", "auto"), ("npz", "npz-to-safetensors"), ("torch", "auto"),
-                                           ("torch", "pth-to-safetensors"), ("keras", "keras-to-safetensors")])
+@pytest.mark.parametrize(
+    "kind, command",
+    [
+        ("npz", "auto"),
+        ("npz", "npz-to-safetensors"),
+        ("torch", "auto"),
+        ("torch", "pth-to-safetensors"),
+        ("keras", "keras-to-safetensors"),
+    ],
+)
 def test_zip_needing_a_newer_version_is_corrupt(kind: str, command: str, tmp_path: Path) -> None:
     """A central directory entry that needs a zip version past what zipfile reads (found by
     scripts/hostile_campaign.py): zipfile.ZipFile() raised NotImplementedError, exit 1."""
@@ -749,7 +842,7 @@ def test_zip_needing_a_newer_version_is_corrupt(kind: str, command: str, tmp_pat
             zf.writestr("model.weights.h5", b"")
     data = bytearray(src.read_bytes())
     at = data.index(b"PK\x01\x02")
-    data[at + 6:at + 8] = (234).to_bytes(2, "little")  # version needed to extract: 23.4
+    data[at + 6 : at + 8] = (234).to_bytes(2, "little")  # version needed to extract: 23.4
     src.write_bytes(bytes(data))
     work = tmp_path / "work"
     work.mkdir()

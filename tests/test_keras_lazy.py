@@ -36,8 +36,7 @@ def write_datasets(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("step", [None, 4096, 5])
-def test_every_dataset_layout_reads_byte_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               step: int | None) -> None:
+def test_every_dataset_layout_reads_byte_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int | None) -> None:
     if step:
         monkeypatch.setattr(keras_h5, "SCAN_STEP", step)
     path = tmp_path / "weights.h5"
@@ -53,7 +52,7 @@ def test_every_dataset_layout_reads_byte_exact(tmp_path: Path, monkeypatch: pyte
             assert np.ascontiguousarray(got).astype(little.dtype).tobytes() == little.tobytes(), name
             if name == "contiguous_le":  # copied file to file: the span is exactly the dataset's bytes
                 assert ref.span is not None
-                assert raw[ref.span.offset:ref.span.offset + ref.span.length] == little.tobytes()
+                assert raw[ref.span.offset : ref.span.offset + ref.span.length] == little.tobytes()
             else:
                 assert ref.span is None
     finally:
@@ -69,12 +68,11 @@ def test_heap_scan_in_steps_still_refuses_the_looping_heap(monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("step", [1, 3, 7, 8, 9, 64])
-def test_stepped_find_matches_find_across_step_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          step: int) -> None:
+def test_stepped_find_matches_find_across_step_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(keras_h5, "SCAN_STEP", step)
     data = bytearray(200)
     for at in (0, 13, 60, 61, 125, 200 - len(GCOL)):
-        data[at:at + len(GCOL)] = GCOL
+        data[at : at + len(GCOL)] = GCOL
     path = tmp_path / "blob"
     path.write_bytes(bytes(data))
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:

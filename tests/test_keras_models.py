@@ -16,8 +16,12 @@ from convert.errors import MappingError
 from convert.mapping import builtin_layouts
 from keras_support import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
 
-FORMAT_NAMES = {"model.keras": "keras-v3", "model.weights.h5": "keras-v3-weights", "model.h5": "keras-h5",
-                "weights.h5": "keras-h5-weights"}
+FORMAT_NAMES = {
+    "model.keras": "keras-v3",
+    "model.weights.h5": "keras-v3-weights",
+    "model.h5": "keras-h5",
+    "weights.h5": "keras-h5-weights",
+}
 
 pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 
@@ -44,8 +48,13 @@ def test_provenance_in_manifest(keras_models: Path, tmp_path: Path) -> None:
     doc = convert(keras_models / "keras3" / "sequence" / "model.keras", tmp_path / "out")
     details = doc["source"]["details"]["tensors"]
     assert set(details) == {t["name"] for t in doc["tensors"]}
-    assert details["head.weight"] == {"from": "layers/dense/vars/0", "keras_name": "head/kernel",
-                                      "keras_shape": [6, 2], "dtype": "F32", "transforms": [{"op": "transpose"}]}
+    assert details["head.weight"] == {
+        "from": "layers/dense/vars/0",
+        "keras_name": "head/kernel",
+        "keras_shape": [6, 2],
+        "dtype": "F32",
+        "transforms": [{"op": "transpose"}],
+    }
     assert details["conv.weight"]["transforms"] == [{"op": "permute", "axes": [2, 1, 0]}]
     assert [t["op"] for t in details["gru.bias_hh_l0"]["transforms"]] == ["split", "reshape", "gate_reorder"]
     assert details["bidir.weight_ih_l0_reverse"]["from"] == "layers/bidirectional/backward_layer/cell/vars/0"
@@ -87,8 +96,15 @@ def test_weights_only_file_infers_layers(keras_models: Path, tmp_path: Path) -> 
     source_model = doc["architecture"]["source_model"]
     assert source_model["layers_from"] == "weights"
     kinds = {layer["path"]: layer["type"] for layer in source_model["layers"]}
-    assert kinds == {"emb": "Embedding", "conv": "Conv1D", "ln": "LayerNormalization", "lstm": "LSTM", "gru": "GRU",
-                     "bidir": "Bidirectional", "head": "Dense"}
+    assert kinds == {
+        "emb": "Embedding",
+        "conv": "Conv1D",
+        "ln": "LayerNormalization",
+        "lstm": "LSTM",
+        "gru": "GRU",
+        "bidir": "Bidirectional",
+        "head": "Dense",
+    }
     assert all(layer["inferred"] for layer in source_model["layers"])
 
 

@@ -26,26 +26,35 @@ pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_mode
 def test_no_tensorflow_on_the_h5_path(keras_models: Path, hf_models: Path, tmp_path: Path) -> None:
     """.keras, .weights.h5, .h5 (Keras 2 and 3) and Hugging Face tf_model.h5 convert with no ML
     framework imported."""
-    sources = [keras_models / "keras3" / "sequence" / "model.keras", keras_models / "keras3" / "vision" / "model.weights.h5",
-               keras_models / "keras3" / "nested" / "model.h5", keras_models / "keras2" / "sequence" / "weights.h5",
-               hf_models / "hf" / "bert" / "single"]
-    code = ("import json, sys\n"
-            "from convert.api import keras_to_safetensors\n"
-            "for i, src in enumerate(sys.argv[2:]):\n"
-            "    keras_to_safetensors(src, f'{sys.argv[1]}/out{i}')\n"
-            "loaded = {name.split('.')[0] for name in sys.modules}\n"
-            "print(json.dumps(sorted(loaded & {'tensorflow', 'keras', 'tf_keras', 'jax', 'flax', 'torch', 'transformers'})))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), *map(str, sources)],
-                          capture_output=True, text=True, timeout=300)
+    sources = [
+        keras_models / "keras3" / "sequence" / "model.keras",
+        keras_models / "keras3" / "vision" / "model.weights.h5",
+        keras_models / "keras3" / "nested" / "model.h5",
+        keras_models / "keras2" / "sequence" / "weights.h5",
+        hf_models / "hf" / "bert" / "single",
+    ]
+    code = (
+        "import json, sys\n"
+        "from convert.api import keras_to_safetensors\n"
+        "for i, src in enumerate(sys.argv[2:]):\n"
+        "    keras_to_safetensors(src, f'{sys.argv[1]}/out{i}')\n"
+        "loaded = {name.split('.')[0] for name in sys.modules}\n"
+        "print(json.dumps(sorted(loaded & {'tensorflow', 'keras', 'tf_keras', 'jax', 'flax', 'torch', 'transformers'})))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *map(str, sources)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
 
 
 # --- code in configs ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flavor,fmt", [("keras3", "model.keras"), ("keras3", "model.h5"), ("keras2", "model.h5")])
-def test_lambda_layer_warned_never_run(keras_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       flavor: str, fmt: str) -> None:
+def test_lambda_layer_warned_never_run(
+    keras_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flavor: str, fmt: str
+) -> None:
     """The Lambda's code would create the sentinel file if run; it is not, and not carried either."""
     sentinel = tmp_path / "lambda-ran"
     monkeypatch.setenv("RMC_SENTINEL", str(sentinel))
@@ -90,15 +99,18 @@ def _lambda_code(src: Path) -> list[str]:
 
 # --- layers this converter does not know -------------------------------------------------------------
 
+
 def test_unknown_layer_type(keras_models: Path, tmp_path: Path) -> None:
     """Numbered weights of an unknown type cannot be named (exit 4); named ones follow the convention
     with a warning."""
     folder = keras_models / "keras3" / "custom"
-    assert_cli_error(run_cli("keras-to-safetensors", folder / "model.keras", tmp_path / "a"), 4,
-                     "layer scale (Scale)", "does not know")
+    assert_cli_error(
+        run_cli("keras-to-safetensors", folder / "model.keras", tmp_path / "a"), 4, "layer scale (Scale)", "does not know"
+    )
     assert_no_output(tmp_path / "a")
-    assert_cli_error(run_cli("keras-to-safetensors", folder / "model.weights.h5", tmp_path / "b"), 4,
-                     "layer scale (type unknown)", "--config")
+    assert_cli_error(
+        run_cli("keras-to-safetensors", folder / "model.weights.h5", tmp_path / "b"), 4, "layer scale (type unknown)", "--config"
+    )
     assert_no_output(tmp_path / "b")
     rc, _, err = run_cli("keras-to-safetensors", folder / "model.h5", tmp_path / "c")
     assert rc == 0, err
@@ -130,13 +142,14 @@ def _keras_gru_reset_before(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarr
     for t in range(x.shape[1]):
         xs = x[:, t] @ kernel + bias
         z = sigmoid(xs[:, :units] + h @ recurrent[:, :units])
-        r = sigmoid(xs[:, units:2 * units] + h @ recurrent[:, units:2 * units])
-        candidate = np.tanh(xs[:, 2 * units:] + (r * h) @ recurrent[:, 2 * units:])
+        r = sigmoid(xs[:, units : 2 * units] + h @ recurrent[:, units : 2 * units])
+        candidate = np.tanh(xs[:, 2 * units :] + (r * h) @ recurrent[:, 2 * units :])
         h = z * h + (1 - z) * candidate
     return h
 
 
 # --- hostile and broken files ------------------------------------------------------------------------
+
 
 def _keras3_weights(path: Path, make: Any) -> Path:
     """A Keras 3 weights file whose layers/dense/vars group `make(group)` fills."""
@@ -166,12 +179,15 @@ def _external_storage(group: Any) -> None:
     group.create_dataset("0", shape=(4,), dtype="float32", external=[("/etc/hostname", 0, 16)])
 
 
-@pytest.mark.parametrize("make,code,needle", [
-    (_huge_unwritten, 6, "declares 4398046511104 bytes but stores none"),
-    (_huge_compressed, 6, "declares 8589934592 bytes but the file stores"),
-    (_external_link, 5, "links to another file"),
-    (_external_storage, 5, "keeps its data in other files"),
-])
+@pytest.mark.parametrize(
+    "make,code,needle",
+    [
+        (_huge_unwritten, 6, "declares 4398046511104 bytes but stores none"),
+        (_huge_compressed, 6, "declares 8589934592 bytes but the file stores"),
+        (_external_link, 5, "links to another file"),
+        (_external_storage, 5, "keeps its data in other files"),
+    ],
+)
 def test_hostile_h5(tmp_path: Path, make: Any, code: int, needle: str) -> None:
     src = _keras3_weights(tmp_path / "hostile.weights.h5", make)
     assert_cli_error(run_cli("keras-to-safetensors", src, tmp_path / "out"), code, needle)
@@ -197,8 +213,9 @@ def test_zip_that_is_not_keras(keras_models: Path, tmp_path: Path) -> None:
     config is not JSON is corrupt."""
     torch = pytest.importorskip("torch")
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
-    assert_cli_error(run_cli("keras-to-safetensors", tmp_path / "model.pt", tmp_path / "a"), 4,
-                     "not a .keras model", "pth-to-safetensors")
+    assert_cli_error(
+        run_cli("keras-to-safetensors", tmp_path / "model.pt", tmp_path / "a"), 4, "not a .keras model", "pth-to-safetensors"
+    )
     bad = tmp_path / "bad.keras"
     with zipfile.ZipFile(keras_models / "keras3" / "vision" / "model.keras") as zin, zipfile.ZipFile(bad, "w") as zout:
         for info in zin.infolist():

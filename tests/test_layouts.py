@@ -46,8 +46,11 @@ from layout_helpers import (  # noqa: E402
 MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": "dense", "torsh": "torsh"}
 # Names and shapes leave these module types open; under layouts whose bytes depend on them the user
 # decides (tests/test_layouts_loaders.py proves the refusal without it).
-DECIDED = {("torsh", "torsh"): "emb=Embedding", ("net", "burn-native"): "emb=Embedding",
-           ("dense", "neuro-divergent"): "mlp.2=Linear"}
+DECIDED = {
+    ("torsh", "torsh"): "emb=Embedding",
+    ("net", "burn-native"): "emb=Embedding",
+    ("dense", "neuro-divergent"): "mlp.2=Linear",
+}
 ACCEPTED = {"neuro-divergent": {"accept_gru_reset_before_weights": True}}
 CANONICAL: dict[str, str] = {}
 ATOL = 1e-5
@@ -75,8 +78,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Modul
 
 
 @pytest.fixture(scope="module")
-def converted(models: dict[str, tuple[nn.Module, Path]],
-              tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Converted]:
+def converted(
+    models: dict[str, tuple[nn.Module, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Converted]:
     """converted(model_key, layout): the model converted once with the Python API behind the CLI
     (the CLI's own paths are exercised by the tests that need its options, stderr or exit codes)."""
     from convert.api import pth_to_safetensors
@@ -138,6 +142,7 @@ def sequence(gen: torch.Generator, steps: int, batch: int, features: int) -> tor
 # Exact names and shapes
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", BUILTIN_LAYOUTS)
 def test_exact_names_shapes_and_dtypes(converted: Callable[[str, str], Converted], layout: str) -> None:
     """The output holds exactly the tensors the target's conventions predict, nothing else."""
@@ -170,16 +175,28 @@ def test_burn_literal_names(converted: Callable[[str, str], Converted]) -> None:
     """A few names spelled out, so the derived expectations cannot drift with the converter."""
     net = set(load_numpy(converted("net", "burn").out))
     zoo = set(load_numpy(converted("zoo", "burn").out))
-    for name in ("mlp.0.weight", "mlp.1.bias", "lstm.0.input_gate.input_transform.weight",
-                 "lstm.1.output_gate.hidden_transform.bias", "gru.reset_gate.input_transform.weight",
-                 "gru.new_gate.hidden_transform.bias", "attn.query.weight", "attn.output.bias"):
+    for name in (
+        "mlp.0.weight",
+        "mlp.1.bias",
+        "lstm.0.input_gate.input_transform.weight",
+        "lstm.1.output_gate.hidden_transform.bias",
+        "gru.reset_gate.input_transform.weight",
+        "gru.new_gate.hidden_transform.bias",
+        "attn.query.weight",
+        "attn.output.bias",
+    ):
         assert name in net, name
     assert "mlp.2.weight" not in net and "bn.num_batches_tracked" not in net
-    for name in ("lstm1.input_gate.input_transform.weight", "lstm1.cell_gate.hidden_transform.bias",
-                 "bilstm.forward.forget_gate.input_transform.weight",
-                 "bilstm.reverse.output_gate.hidden_transform.weight",
-                 "bilstm2.1.reverse.cell_gate.input_transform.weight", "gru2.1.update_gate.hidden_transform.weight",
-                 "bigru.reverse.new_gate.input_transform.bias", "bigru2.0.forward.reset_gate.input_transform.weight"):
+    for name in (
+        "lstm1.input_gate.input_transform.weight",
+        "lstm1.cell_gate.hidden_transform.bias",
+        "bilstm.forward.forget_gate.input_transform.weight",
+        "bilstm.reverse.output_gate.hidden_transform.weight",
+        "bilstm2.1.reverse.cell_gate.input_transform.weight",
+        "gru2.1.update_gate.hidden_transform.weight",
+        "bigru.reverse.new_gate.input_transform.bias",
+        "bigru2.0.forward.reset_gate.input_transform.weight",
+    ):
         assert name in zoo, name
     assert not any(".0." in n for n in zoo if n.startswith(("lstm1.", "bilstm.", "bigru.")))
 
@@ -195,9 +212,9 @@ def test_burn_renumbers_nested_sequentials(tmp_path: Path) -> None:
     """Sequential indices become contiguous at every depth (parameter-free layers leave no gap)."""
     torch.manual_seed(3)
     model = nn.Module()
-    model.net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(),
-                              nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
-                              nn.Dropout(0.1), nn.BatchNorm1d(2))
+    model.net = nn.Sequential(
+        nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), nn.Dropout(0.1), nn.BatchNorm1d(2)
+    )
     model.eval()
     out = tmp_path / "out"
     rc, _, err = run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", "burn")
@@ -205,8 +222,12 @@ def test_burn_renumbers_nested_sequentials(tmp_path: Path) -> None:
     doc = read_manifest(out)
     assert actual_tensors(out, doc) == expected_tensors(model, "burn")
     arrays, sd = load_numpy(out), state(model)
-    for new, old in (("net.0.weight", "net.0.weight"), ("net.1.0.weight", "net.2.0.weight"),
-                     ("net.1.1.weight", "net.2.2.weight"), ("net.2.running_var", "net.4.running_var")):
+    for new, old in (
+        ("net.0.weight", "net.0.weight"),
+        ("net.1.0.weight", "net.2.0.weight"),
+        ("net.1.1.weight", "net.2.2.weight"),
+        ("net.2.running_var", "net.4.running_var"),
+    ):
         np.testing.assert_array_equal(arrays[new], sd[old])
     assert doc["dropped"] == ["net.4.num_batches_tracked"]
     assert verified(out, tmp_path / "model.pt")
@@ -215,6 +236,7 @@ def test_burn_renumbers_nested_sequentials(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Numerics from the target's conventions
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["net", "zoo"])
 @pytest.mark.parametrize("layout", ["burn", "burn-native"])
@@ -244,8 +266,15 @@ def test_burn_attention_forward(converted: Callable[[str, str], Converted], layo
     q, k, v = (torch.randn(2, n, attn.embed_dim, generator=gen) for n in (4, 5, 5))
     with torch.no_grad():
         want = to_np(attn(q, k, v, need_weights=False)[0])
-    got = mha_forward(load_numpy(c.out), "attn", q.numpy().astype(np.float64), k.numpy().astype(np.float64),
-                      v.numpy().astype(np.float64), attn.num_heads, native=layout == "burn-native")
+    got = mha_forward(
+        load_numpy(c.out),
+        "attn",
+        q.numpy().astype(np.float64),
+        k.numpy().astype(np.float64),
+        v.numpy().astype(np.float64),
+        attn.num_heads,
+        native=layout == "burn-native",
+    )
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
@@ -272,15 +301,15 @@ def test_burn_dense_norm_embedding_forward(converted: Callable[[str, str], Conve
     with torch.no_grad():
         want = to_np(model.bn(xb))
     col = (slice(None), None, None)
-    got = norm_forward(to_np(xb), t[f"bn.{g}"][col], t[f"bn.{b}"][col], t["bn.running_mean"][col],
-                       t["bn.running_var"][col], model.bn.eps)
+    got = norm_forward(
+        to_np(xb), t[f"bn.{g}"][col], t[f"bn.{b}"][col], t["bn.running_mean"][col], t["bn.running_var"][col], model.bn.eps
+    )
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
     xl = to_np(x)
     with torch.no_grad():
         want = to_np(model.ln(x))
-    got = norm_forward(xl, t[f"ln.{g}"], t[f"ln.{b}"], xl.mean(-1, keepdims=True), xl.var(-1, keepdims=True),
-                       model.ln.eps)
+    got = norm_forward(xl, t[f"ln.{g}"], t[f"ln.{b}"], xl.mean(-1, keepdims=True), xl.var(-1, keepdims=True), model.ln.eps)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
     idx = torch.tensor([[0, 3, 10], [7, 7, 1]])
@@ -314,14 +343,16 @@ def test_torsh_casts_everything_to_f32(tmp_path: Path) -> None:
     assert rc == 0, err
     doc = read_manifest(out)
     assert {t["name"]: t["dtype"] for t in doc["tensors"]} == dict.fromkeys(
-        ["fc.weight", "fc.bias", "norm.weight", "norm.bias", "steps"], "F32")
+        ["fc.weight", "fc.bias", "norm.weight", "norm.bias", "steps"], "F32"
+    )
     t = load_numpy(out)
     np.testing.assert_array_equal(t["fc.weight"], model.fc.weight.detach().numpy().T.astype(np.float32))
     np.testing.assert_array_equal(t["norm.weight"], model.norm.weight.detach().float().numpy())
     np.testing.assert_array_equal(t["steps"], np.array([1, 2, 3], np.float32))
     casts = {t["name"]: [x for x in t["transforms"] if x["op"] == "cast"] for t in doc["tensors"]}
-    assert casts["fc.weight"] == [{"op": "cast", "to": "F32", "lossless": False, "on_loss": "refuse", "overflowed": 0,
-                                   "flushed": 0}]  # narrowing, and nothing lost
+    assert casts["fc.weight"] == [
+        {"op": "cast", "to": "F32", "lossless": False, "on_loss": "refuse", "overflowed": 0, "flushed": 0}
+    ]  # narrowing, and nothing lost
     assert casts["norm.bias"] == [{"op": "cast", "to": "F32", "lossless": True}]
     assert verified(out, src)
 
@@ -348,13 +379,12 @@ def test_neuro_divergent_forward(converted: Callable[[str, str], Converted]) -> 
         xs = sequence(gen, 6, 2, mod.input_size)
         with torch.no_grad():
             want = to_np(mod(xs)[0])
-        np.testing.assert_allclose(nd_recurrent_forward(t, mod, path, xs.numpy()), want, atol=ATOL, rtol=0,
-                                   err_msg=path)
+        np.testing.assert_allclose(nd_recurrent_forward(t, mod, path, xs.numpy()), want, atol=ATOL, rtol=0, err_msg=path)
 
     sd, hidden = state(model), model.gru.hidden_size
     for base, _, k, _ in nd_recurrent_bases(model.gru, "gru"):
-        np.testing.assert_array_equal(t[f"{base}.new_gate_hidden_bias"], sd[f"gru.bias_hh_l{k}"][2 * hidden:])
-        np.testing.assert_array_equal(t[f"{base}.new_gate"][:, -1], sd[f"gru.bias_ih_l{k}"][2 * hidden:])
+        np.testing.assert_array_equal(t[f"{base}.new_gate_hidden_bias"], sd[f"gru.bias_hh_l{k}"][2 * hidden :])
+        np.testing.assert_array_equal(t[f"{base}.new_gate"][:, -1], sd[f"gru.bias_ih_l{k}"][2 * hidden :])
     gates = {t["name"]: t.get("annotations", {}).get("gate") for t in c.manifest["tensors"]}
     assert gates["lstm.l1_reverse.cell_gate"] == "cell_gate" and gates["gru.l0.update_gate"] == "update_gate"
     assert set(LSTM_GATES) | set(GRU_GATES) <= set(gates.values())
@@ -364,15 +394,19 @@ def test_neuro_divergent_forward(converted: Callable[[str, str], Converted]) -> 
 # verify
 # ---------------------------------------------------------------------------------------------
 
+
 def _victim(manifest: dict[str, Any]) -> str:
     """The tensor with the longest transform chain (the first such name), to corrupt."""
-    return max(manifest["tensors"], key=lambda t: (len(t["transforms"]), t["data_offsets"][1] > t["data_offsets"][0],
-                                                   [-ord(ch) for ch in t["name"]]))["name"]
+    return max(
+        manifest["tensors"],
+        key=lambda t: (len(t["transforms"]), t["data_offsets"][1] > t["data_offsets"][0], [-ord(ch) for ch in t["name"]]),
+    )["name"]
 
 
 @pytest.mark.parametrize("layout", BUILTIN_LAYOUTS)
-def test_verify_source_passes_then_catches_one_byte(converted: Callable[[str, str], Converted], layout: str,
-                                                    tmp_path: Path) -> None:
+def test_verify_source_passes_then_catches_one_byte(
+    converted: Callable[[str, str], Converted], layout: str, tmp_path: Path
+) -> None:
     """`convert verify OUT --source SRC` passes; one changed byte inside a tensor's data fails it
     with exit 8 naming the tensor, also when the manifest's digests are rewritten to match."""
     c = converted(MODEL_FOR[layout], layout)
@@ -409,16 +443,29 @@ def test_verify_source_passes_then_catches_one_byte(converted: Callable[[str, st
 # Fail closed, refusals
 # ---------------------------------------------------------------------------------------------
 
-def test_neuro_divergent_fails_closed_listing_every_unmapped_name(models: dict[str, tuple[nn.Module, Path]],
-                                                                   tmp_path: Path) -> None:
+
+def test_neuro_divergent_fails_closed_listing_every_unmapped_name(
+    models: dict[str, tuple[nn.Module, Path]], tmp_path: Path
+) -> None:
     """Conv2d, BatchNorm, Embedding, LayerNorm and attention have no neuro-divergent form: exit 7,
     every one of their tensors named, nothing written."""
     model, src = models["net"]
     out = tmp_path / "out"
     unmapped = [k for k in model.state_dict() if k.split(".")[0] in ("emb", "conv", "bn", "ln", "attn")]
     assert len(unmapped) == 14
-    line = assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent", "--layout-option",
-                                    "accept_gru_reset_before_weights=true"), 7, *unmapped)
+    line = assert_cli_error(
+        run_cli(
+            "pth-to-safetensors",
+            src,
+            out,
+            "--layout",
+            "neuro-divergent",
+            "--layout-option",
+            "accept_gru_reset_before_weights=true",
+        ),
+        7,
+        *unmapped,
+    )
     assert f"{len(unmapped)} tensor" in line
     assert not any(k in line for k in model.state_dict() if k.startswith(("mlp.", "lstm.", "gru.")))
     assert_no_output(out)
@@ -432,8 +479,9 @@ def test_candle_refuses_gru_it_cannot_build(tmp_path: Path, gru: dict[str, Any],
     model.head = nn.Linear(4, 2)
     model.encoder_gru = nn.GRU(3, 4, **gru)
     out = tmp_path / "out"
-    line = assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", "candle"), 7,
-                            "encoder_gru", "candle")
+    line = assert_cli_error(
+        run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", "candle"), 7, "encoder_gru", "candle"
+    )
     assert words in line
     assert_no_output(out)
 
@@ -446,8 +494,7 @@ def test_burn_refuses_projected_lstm(tmp_path: Path, layout: str) -> None:
     model = nn.Module()
     model.proj_lstm = nn.LSTM(3, 4, proj_size=2)
     out = tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", layout), 7,
-                     "proj_lstm", "proj_size")
+    assert_cli_error(run_cli("pth-to-safetensors", saved(tmp_path, model), out, "--layout", layout), 7, "proj_lstm", "proj_size")
     assert_no_output(out)
 
 
@@ -502,21 +549,28 @@ def test_user_rule_file_extends_builtin(tmp_path: Path, base: str) -> None:
         np.testing.assert_array_equal(arrays[name], sd[src_name].T)
     changed = {"body.emb.weight", "body.token_embedding.weight", "body.mlp.0.weight", second}
     strip = ("file", "data_offsets")
-    assert {n: {k: v for k, v in t.items() if k not in strip} for n, t in ours.items() if n not in changed} == \
-        {n: {k: v for k, v in t.items() if k not in strip} for n, t in theirs.items() if n not in changed}
+    assert {n: {k: v for k, v in t.items() if k not in strip} for n, t in ours.items() if n not in changed} == {
+        n: {k: v for k, v in t.items() if k not in strip} for n, t in theirs.items() if n not in changed
+    }
     assert doc["dropped"] == base_doc["dropped"]
     assert verified(mine, src)
 
 
-@pytest.mark.parametrize("text, needles", [
-    ('name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\ntransforms = [{ op = "flip" }]\n',
-     ["rules/0/transforms/0/op", "'flip'"]),
-    ('name = "bad"\nrenumber = true\n', ["renumber"]),
-    ('name = "bad"\n[[rules]]\nto = "x"\n', ["rules/0"]),
-    ('name = "Bad Name"\n', ["'Bad Name'"]),
-    ('name = "bad"\nextends = "no-such-layout"\n', ["no-such-layout"]),
-    ('name = "bad\n', ["not valid TOML"]),
-], ids=["unknown-op", "unknown-key", "rule-without-pattern", "bad-name", "extends-unknown", "not-toml"])
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        (
+            'name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\ntransforms = [{ op = "flip" }]\n',
+            ["rules/0/transforms/0/op", "'flip'"],
+        ),
+        ('name = "bad"\nrenumber = true\n', ["renumber"]),
+        ('name = "bad"\n[[rules]]\nto = "x"\n', ["rules/0"]),
+        ('name = "Bad Name"\n', ["'Bad Name'"]),
+        ('name = "bad"\nextends = "no-such-layout"\n', ["no-such-layout"]),
+        ('name = "bad\n', ["not valid TOML"]),
+    ],
+    ids=["unknown-op", "unknown-key", "rule-without-pattern", "bad-name", "extends-unknown", "not-toml"],
+)
 def test_invalid_rule_file_is_a_usage_error(tmp_path: Path, text: str, needles: list[str]) -> None:
     """A rule file the schema rejects (or that extends nothing known) is a UsageError (exit 2)
     naming the file and the problem; nothing is written."""
@@ -537,11 +591,11 @@ def test_invalid_rule_file_is_a_usage_error(tmp_path: Path, text: str, needles: 
 def test_invalid_rule_file_cli_exit_code(tmp_path: Path) -> None:
     """The same through the CLI: exit 2, one line naming the rule file and the bad op."""
     rules = tmp_path / "my_rules.toml"
-    rules.write_text('name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\n'
-                     'transforms = [{ op = "flip" }]\n')
+    rules.write_text('name = "bad"\nextends = "burn"\n[[rules]]\nmatch = "{p...}.weight"\ntransforms = [{ op = "flip" }]\n')
     src, out = saved(tmp_path, nn.Sequential(nn.Linear(2, 2))), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-file", rules), 2,
-                     str(rules), "rules/0/transforms/0/op", "'flip'")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout-file", rules), 2, str(rules), "rules/0/transforms/0/op", "'flip'"
+    )
     assert_no_output(out)
 
 
@@ -550,8 +604,9 @@ def test_layout_option_drops_num_batches_tracked(converted: Callable[[str, str],
     in the manifest's `dropped`. An option the layout does not have is a usage error."""
     c = converted("net", "pytorch")
     out = tmp_path / "out"
-    rc, _, err = run_cli("pth-to-safetensors", c.src, out, "--layout", "pytorch",
-                         "--layout-option", "drop_num_batches_tracked=true")
+    rc, _, err = run_cli(
+        "pth-to-safetensors", c.src, out, "--layout", "pytorch", "--layout-option", "drop_num_batches_tracked=true"
+    )
     assert rc == 0, err
     doc = read_manifest(out)
     assert doc["dropped"] == ["bn.num_batches_tracked"]
@@ -561,8 +616,7 @@ def test_layout_option_drops_num_batches_tracked(converted: Callable[[str, str],
     assert "bn.num_batches_tracked" in actual_tensors(c.out, c.manifest)
     assert verified(out, c.src)
     other = tmp_path / "other"
-    assert_cli_error(run_cli("pth-to-safetensors", c.src, other, "--layout-option", "no_such_option=1"), 2,
-                     "no_such_option")
+    assert_cli_error(run_cli("pth-to-safetensors", c.src, other, "--layout-option", "no_such_option=1"), 2, "no_such_option")
     assert_no_output(other)
 
 
@@ -570,8 +624,10 @@ def test_layout_option_drops_num_batches_tracked(converted: Callable[[str, str],
 # dtypes: trustformers
 # ---------------------------------------------------------------------------------------------
 
-def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(converted: Callable[[str, str], Converted],
-                                                                 tmp_path: Path) -> None:
+
+def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(
+    converted: Callable[[str, str], Converted], tmp_path: Path
+) -> None:
     """TrustformeRS reads no BF16: `--dtype bf16` gives F32 tensors holding the bf16-rounded values,
     with both casts recorded (the first lossy), and the output still verifies against its source."""
     c = converted("net", "trustformers")
@@ -583,9 +639,10 @@ def test_trustformers_dtype_bf16_becomes_f32_with_the_cast_chain(converted: Call
     sd = c.model.state_dict()
     assert {t["dtype"] for t in doc["tensors"]} == {"F32"}
     for t in doc["tensors"]:
-        assert t["transforms"] == [{"op": "cast", "to": "BF16", "lossless": False, "on_loss": "refuse",
-                                    "overflowed": 0, "flushed": 0},
-                                   {"op": "cast", "to": "F32", "lossless": True}], t["name"]
+        assert t["transforms"] == [
+            {"op": "cast", "to": "BF16", "lossless": False, "on_loss": "refuse", "overflowed": 0, "flushed": 0},
+            {"op": "cast", "to": "F32", "lossless": True},
+        ], t["name"]
         assert t["lossy"] is True and t["invertible"] is False
         want = sd[t["name"]].to(torch.bfloat16).to(torch.float32).numpy()
         assert arrays[t["name"]].tobytes() == want.tobytes(), t["name"]
@@ -611,8 +668,7 @@ def test_trustformers_bf16_source_widened_losslessly(tmp_path: Path) -> None:
     assert verified(out, src)
 
 
-def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[str, str], Converted],
-                                                         tmp_path: Path) -> None:
+def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[str, str], Converted], tmp_path: Path) -> None:
     """Sharded TrustformeRS output also carries pytorch_model.bin.index.json, the same weight map."""
     c = converted("net", "trustformers")
     out = tmp_path / "out"
@@ -624,8 +680,10 @@ def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[st
     extra = json.loads((out / "pytorch_model.bin.index.json").read_text())
     assert extra == hf
     # trustformers-core's HuggingFaceMetadata needs `format` (no serde default)
-    assert hf["metadata"] == {"total_size": sum(t["data_offsets"][1] - t["data_offsets"][0] for t in doc["tensors"]),
-                              "format": "pt"}
+    assert hf["metadata"] == {
+        "total_size": sum(t["data_offsets"][1] - t["data_offsets"][0] for t in doc["tensors"]),
+        "format": "pt",
+    }
     assert hf["weight_map"] == {t["name"]: t["file"] for t in doc["tensors"]}
     assert set(hf["weight_map"]) == set(expected_tensors(c.model, "trustformers"))
     assert verified(out, c.src)
@@ -634,6 +692,7 @@ def test_trustformers_sharded_output_writes_both_indexes(converted: Callable[[st
 # ---------------------------------------------------------------------------------------------
 # `convert layouts`, rule files against the schema
 # ---------------------------------------------------------------------------------------------
+
 
 def test_layouts_lists_every_builtin() -> None:
     rc, out, err = run_cli("layouts")

@@ -37,8 +37,9 @@ def tiny_bert_with_saved_buffers() -> nn.Module:
     """A BERT whose position_ids / token_type_ids buffers are persistent, as transformers < 4.31
     (and the sentence-transformers checkpoints made with it) saved them."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=16, max_position_embeddings=12)
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_position_embeddings=12
+    )
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval()
     emb = model.embeddings
@@ -74,14 +75,19 @@ def test_derived_buffers_kept_by_option(tmp_path: Path) -> None:
     assert listed(doc)["embeddings.position_ids"] == ((1, 12), "I64")
     # TrustformeRS reads F32, F16 and I8 only: kept I64 buffers are refused, nothing written
     out = tmp_path / "tf"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "trustformers",
-                             "--layout-option", "drop_derived_buffers=false"), 7, "position_ids", "I64")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", "trustformers", "--layout-option", "drop_derived_buffers=false"),
+        7,
+        "position_ids",
+        "I64",
+    )
     assert_no_output(out)
 
 
 # ---------------------------------------------------------------------------------------------
 # ToRSh (torsh-nn 0.1.3)
 # ---------------------------------------------------------------------------------------------
+
 
 class EncoderAndHead(nn.Module):
     def __init__(self) -> None:
@@ -102,21 +108,24 @@ def test_torsh_transformer_encoder_layer_keeps_linear1_linear2_out_in(tmp_path: 
     expected = {k: (v.shape, "F32") for k, v in sd.items()}
     expected["head.weight"] = ((8, 3), "F32")
     assert listed(doc) == expected
-    for name in ("enc.linear1.weight", "enc.linear2.weight", "enc.self_attn.in_proj_weight",
-                 "enc.self_attn.out_proj.weight"):
+    for name in ("enc.linear1.weight", "enc.linear2.weight", "enc.self_attn.in_proj_weight", "enc.self_attn.out_proj.weight"):
         np.testing.assert_array_equal(arrays[name], sd[name])
     np.testing.assert_array_equal(arrays["head.weight"], sd["head.weight"].T)
     assert listed(doc)["enc.linear1.weight"][0] == (16, 8)
 
 
-@pytest.mark.parametrize("module, words", [
-    (nn.BatchNorm1d(4), ["running_mean", "Unexpected keys"]),
-    (nn.LSTM(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer LSTM"]),
-    (nn.LSTM(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional LSTM"]),
-    (nn.GRU(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer GRU"]),
-    (nn.GRU(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional GRU"]),
-    (nn.RNN(3, 4), ["weight_ih_l0", "returns zeros"]),
-], ids=["batchnorm", "lstm2", "bilstm", "gru2", "bigru", "rnn"])
+@pytest.mark.parametrize(
+    "module, words",
+    [
+        (nn.BatchNorm1d(4), ["running_mean", "Unexpected keys"]),
+        (nn.LSTM(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer LSTM"]),
+        (nn.LSTM(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional LSTM"]),
+        (nn.GRU(3, 4, num_layers=2), ["weight_ih_l0", "multi-layer GRU"]),
+        (nn.GRU(3, 4, bidirectional=True), ["weight_ih_l0", "bidirectional GRU"]),
+        (nn.RNN(3, 4), ["weight_ih_l0", "returns zeros"]),
+    ],
+    ids=["batchnorm", "lstm2", "bilstm", "gru2", "bigru", "rnn"],
+)
 def test_torsh_refuses_what_it_cannot_load_or_compute(tmp_path: Path, module: nn.Module, words: list[str]) -> None:
     model = nn.Module()
     model.m = module
@@ -137,6 +146,7 @@ def test_torsh_single_layer_lstm_gru_keep_pytorch_names(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # burn (burn-store SafetensorsStore, burn-nn 0.21 to 0.22-pre)
 # ---------------------------------------------------------------------------------------------
+
 
 def _burn_rnn_expected(rnn: nn.RNN, native: bool) -> dict[str, tuple[tuple[int, ...], str]]:
     """burn-nn rnn/basic.rs: Rnn { gate: { input_transform, hidden_transform } }, BiRnn { forward,
@@ -176,7 +186,7 @@ def test_burn_elman_rnn_names_and_forward(tmp_path: Path, layout: str, layers: i
     seq = x.numpy()
     for k in range(layers):
         outs = []
-        for d in (["forward", "reverse"] if bidirectional else ["forward"]):
+        for d in ["forward", "reverse"] if bidirectional else ["forward"]:
             base = ".".join(["rnn", *([str(k)] if layers > 1 else []), *([d] if bidirectional else [])])
             h, hs = np.zeros((2, 4), np.float32), []
             steps = range(seq.shape[0]) if d == "forward" else reversed(range(seq.shape[0]))
@@ -207,13 +217,18 @@ def test_burn_prelu_alpha_and_instance_norm_gamma_beta(tmp_path: Path, layout: s
     np.testing.assert_array_equal(t["inorm.gamma"], model.inorm.weight.detach().numpy())
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"kdim": 3, "vdim": 5}, ["q_proj_weight", "kdim/vdim"]),
-    ({"add_bias_kv": True}, ["bias_k", "add_bias_kv"]),
-], ids=["kdim", "bias_kv"])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"kdim": 3, "vdim": 5}, ["q_proj_weight", "kdim/vdim"]),
+        ({"add_bias_kv": True}, ["bias_k", "add_bias_kv"]),
+    ],
+    ids=["kdim", "bias_kv"],
+)
 @pytest.mark.parametrize("layout", ["burn", "burn-native"])
-def test_burn_refuses_attention_it_has_no_field_for(tmp_path: Path, layout: str, kwargs: dict[str, Any],
-                                                    words: list[str]) -> None:
+def test_burn_refuses_attention_it_has_no_field_for(
+    tmp_path: Path, layout: str, kwargs: dict[str, Any], words: list[str]
+) -> None:
     model = nn.Module()
     model.attn = nn.MultiheadAttention(6, 2, **kwargs)
     src, out = save_state(tmp_path, model), tmp_path / "out"
@@ -227,12 +242,21 @@ class Typed(nn.Module):
         self.register_buffer("x", torch.tensor([1, 2, 3]).to(dtype))
 
 
-@pytest.mark.parametrize("layout, source, written", [
-    ("burn", torch.uint16, "U32"), ("burn", torch.float8_e4m3fn, "F32"), ("burn", torch.uint64, "U64"),
-    ("tch", torch.uint16, "I32"), ("tch", torch.uint32, "I64"), ("tch", torch.float8_e5m2, "F32"),
-    ("tch", torch.int8, "I8"), ("candle", torch.uint16, "U16"), ("candle", torch.int8, "I32"),
-    ("candle", torch.bool, "U8"),
-])
+@pytest.mark.parametrize(
+    "layout, source, written",
+    [
+        ("burn", torch.uint16, "U32"),
+        ("burn", torch.float8_e4m3fn, "F32"),
+        ("burn", torch.uint64, "U64"),
+        ("tch", torch.uint16, "I32"),
+        ("tch", torch.uint32, "I64"),
+        ("tch", torch.float8_e5m2, "F32"),
+        ("tch", torch.int8, "I8"),
+        ("candle", torch.uint16, "U16"),
+        ("candle", torch.int8, "I32"),
+        ("candle", torch.bool, "U8"),
+    ],
+)
 def test_layout_dtypes_follow_the_loader(tmp_path: Path, layout: str, source: torch.dtype, written: str) -> None:
     """burn-store store.rs, tch-rs tensor/safetensors.rs and candle-core safetensors.rs read a fixed
     dtype set (burn and tch fail the whole file on any other): others are widened, values kept."""
@@ -254,6 +278,7 @@ def test_tch_refuses_u64(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Module types from what the source knows (issue 15, findings 2 and 3)
 # ---------------------------------------------------------------------------------------------
+
 
 def tiny_gpt2_folder(tmp_path: Path) -> tuple[nn.Module, Path]:
     """A GPT-2 built locally from a tiny config, saved as transformers saves it (pytorch_model.bin
@@ -300,11 +325,17 @@ def test_gpt2_bare_state_dict_square_conv1d_is_refused_not_guessed(tmp_path: Pat
     it is refused with the names and the way to decide; decided, it converts."""
     model, _ = tiny_gpt2_folder(tmp_path)
     src, out = save_state(tmp_path, model), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "burn-native"), 7,
-                     "h.0.attn.c_proj.weight (Linear or Conv1D)", "wte.weight (Embedding or Linear)", "module_types")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", "burn-native"),
+        7,
+        "h.0.attn.c_proj.weight (Linear or Conv1D)",
+        "wte.weight (Embedding or Linear)",
+        "module_types",
+    )
     assert_no_output(out)
-    doc, _ = convert(src, out, "burn-native", "--layout-option",
-                     "module_types=h.0.attn.c_proj=Conv1D,wte=Embedding,wpe=Embedding")
+    doc, _ = convert(
+        src, out, "burn-native", "--layout-option", "module_types=h.0.attn.c_proj=Conv1D,wte=Embedding,wpe=Embedding"
+    )
     np.testing.assert_array_equal(load_numpy(out)["h.0.attn.c_proj.weight"], model.state_dict()["h.0.attn.c_proj.weight"].numpy())
 
 
@@ -322,8 +353,14 @@ def test_embedding_or_linear_guess_is_refused_under_transposing_layouts(tmp_path
     torch.manual_seed(1)
     model = Items()
     src, out = save_state(tmp_path, model), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", layout), 7,
-                     "items.weight", "position_proj.weight", "Embedding or Linear", "module_types")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", layout),
+        7,
+        "items.weight",
+        "position_proj.weight",
+        "Embedding or Linear",
+        "module_types",
+    )
     assert_no_output(out)
     doc, _ = convert(src, out, layout, "--layout-option", "module_types=items=Embedding,position_proj=Linear")
     t = load_numpy(out)
@@ -333,12 +370,14 @@ def test_embedding_or_linear_guess_is_refused_under_transposing_layouts(tmp_path
     assert decided == {"items": "module_types option", "position_proj": "module_types option"}
 
 
-@pytest.mark.parametrize("choice, words", [("nowhere=Linear", ["nowhere", "names no module"]),
-                                           ("items=Conv2d", ["items", "Conv2d", "Embedding"])])
+@pytest.mark.parametrize(
+    "choice, words", [("nowhere=Linear", ["nowhere", "names no module"]), ("items=Conv2d", ["items", "Conv2d", "Embedding"])]
+)
 def test_module_types_option_mistakes_are_usage_errors(tmp_path: Path, choice: str, words: list[str]) -> None:
     src, out = save_state(tmp_path, Items()), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "torsh",
-                             "--layout-option", f"module_types={choice}"), 2, *words)
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", "torsh", "--layout-option", f"module_types={choice}"), 2, *words
+    )
     assert_no_output(out)
 
 
@@ -354,6 +393,7 @@ def test_guess_that_changes_no_bytes_converts(tmp_path: Path) -> None:
 # Ties (issue 15, finding 4)
 # ---------------------------------------------------------------------------------------------
 
+
 class Tied(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -362,8 +402,10 @@ class Tied(nn.Module):
         self.head.weight = self.emb.weight
 
 
-@pytest.mark.parametrize("layout, written", [("pytorch", "alias"), ("candle", "duplicate"), ("tch", "duplicate"),
-                                             ("burn", "duplicate"), ("trustformers", "duplicate")])
+@pytest.mark.parametrize(
+    "layout, written",
+    [("pytorch", "alias"), ("candle", "duplicate"), ("tch", "duplicate"), ("burn", "duplicate"), ("trustformers", "duplicate")],
+)
 def test_ties_follow_the_loader(tmp_path: Path, layout: str, written: str) -> None:
     """transformers re-ties (store once + metadata alias); burn-store, ToRSh, tch-rs and candle look
     every name up, so the tied tensor is written under each name. The manifest records both."""
@@ -404,14 +446,20 @@ def test_ties_option_overrides_and_is_checked(tmp_path: Path) -> None:
 # neuro-divergent (ruv-FANN)
 # ---------------------------------------------------------------------------------------------
 
+
 def test_neuro_divergent_refuses_pytorch_gru_unless_accepted(tmp_path: Path) -> None:
     """neuro-divergent-models recurrent/layers.rs: the GRU cell resets h before the new gate's
     weights; PyTorch resets after. Refused by default; the option writes the gate tensors."""
     model = nn.Module()
     model.gru = nn.GRU(3, 2)
     src, out = save_state(tmp_path, model), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent"), 7,
-                     "gru.weight_ih_l0", "reset gate", "accept_gru_reset_before_weights")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", "neuro-divergent"),
+        7,
+        "gru.weight_ih_l0",
+        "reset gate",
+        "accept_gru_reset_before_weights",
+    )
     assert_no_output(out)
     doc, _ = convert(src, out, "neuro-divergent", "--layout-option", "accept_gru_reset_before_weights=true")
     assert set(listed(doc)) == {f"gru.l0.{g}" for g in ("reset_gate", "update_gate", "new_gate", "new_gate_hidden_bias")}

@@ -23,8 +23,7 @@ def arr(*shape: int, dtype: Any = np.float32) -> np.ndarray:
 
 
 def spec_of(arrays: list[np.ndarray]) -> list[tuple[tuple[int, ...], Any]]:
-    codes = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64",
-             np.dtype(np.float16): "F16"}
+    codes = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}
     return [(a.shape, lookup_dtype(codes[a.dtype])) for a in arrays]
 
 
@@ -44,21 +43,40 @@ CASES: list[tuple[str, list[dict[str, Any]], list[np.ndarray]]] = [
     ("pad", [{"op": "pad", "axis": 1, "after": 1, "value": 0}], [arr(3, 4)]),
     ("pad-value", [{"op": "pad", "axis": 0, "after": 2, "value": 2.5}], [arr(3)]),
     ("concat", [{"op": "concat", "axis": 1}], [arr(3, 4), arr(3, 2)]),
-    ("concat-some", [{"op": "concat", "axis": 0, "inputs": [0, 2]}, {"op": "select", "inputs": [0]}],
-     [arr(2, 3), arr(5), arr(1, 3)]),
+    (
+        "concat-some",
+        [{"op": "concat", "axis": 0, "inputs": [0, 2]}, {"op": "select", "inputs": [0]}],
+        [arr(2, 3), arr(5), arr(1, 3)],
+    ),
     ("add", [{"op": "add"}], [arr(4), arr(4)]),
     ("select", [{"op": "select", "inputs": [1]}], [arr(2), arr(3, 3)]),
-    ("unary-on-one-input", [{"op": "reshape", "input": 1, "shape": [-1, 1]}, {"op": "concat", "axis": 1}],
-     [arr(4, 3), arr(4)]),
+    ("unary-on-one-input", [{"op": "reshape", "input": 1, "shape": [-1, 1]}, {"op": "concat", "axis": 1}], [arr(4, 3), arr(4)]),
     ("burn-native-gate", [{"op": "split", "axis": 0, "parts": 4, "index": 1}, {"op": "transpose"}], [arr(20, 6)]),
-    ("nd-lstm-gate", [{"op": "split", "axis": 0, "parts": 4, "index": 2}, {"op": "add", "inputs": [2, 3]},
-                      {"op": "reshape", "input": 2, "shape": [-1, 1]}, {"op": "concat", "axis": 1}],
-     [arr(20, 6), arr(20, 5), arr(20), arr(20)]),
-    ("nd-gru-new-gate", [{"op": "split", "axis": 0, "parts": 3, "index": 2}, {"op": "select", "inputs": [0, 1, 2]},
-                         {"op": "reshape", "input": 2, "shape": [-1, 1]}, {"op": "concat", "axis": 1}],
-     [arr(12, 6), arr(12, 4), arr(12), arr(12)]),
-    ("nd-gru-hidden-bias", [{"op": "split", "axis": 0, "parts": 3, "index": 2}, {"op": "select", "inputs": [3]}],
-     [arr(12, 6), arr(12, 4), arr(12), arr(12)]),
+    (
+        "nd-lstm-gate",
+        [
+            {"op": "split", "axis": 0, "parts": 4, "index": 2},
+            {"op": "add", "inputs": [2, 3]},
+            {"op": "reshape", "input": 2, "shape": [-1, 1]},
+            {"op": "concat", "axis": 1},
+        ],
+        [arr(20, 6), arr(20, 5), arr(20), arr(20)],
+    ),
+    (
+        "nd-gru-new-gate",
+        [
+            {"op": "split", "axis": 0, "parts": 3, "index": 2},
+            {"op": "select", "inputs": [0, 1, 2]},
+            {"op": "reshape", "input": 2, "shape": [-1, 1]},
+            {"op": "concat", "axis": 1},
+        ],
+        [arr(12, 6), arr(12, 4), arr(12), arr(12)],
+    ),
+    (
+        "nd-gru-hidden-bias",
+        [{"op": "split", "axis": 0, "parts": 3, "index": 2}, {"op": "select", "inputs": [3]}],
+        [arr(12, 6), arr(12, 4), arr(12), arr(12)],
+    ),
     ("cast-after-transpose", [{"op": "transpose"}, {"op": "cast", "to": "F32"}], [arr(2, 3, dtype=np.float64)]),
 ]
 
@@ -78,19 +96,26 @@ def test_op_semantics() -> None:
     np.testing.assert_array_equal(tf.apply([{"op": "split", "axis": 0, "parts": 3, "index": 1}], [a]), a[2:4])
     reordered = tf.apply([{"op": "gate_reorder", "axis": 0, "parts": 3, "order": [2, 0, 1]}], [a])
     np.testing.assert_array_equal(reordered, np.concatenate([a[4:6], a[0:2], a[2:4]]))  # new i = old order[i]
-    np.testing.assert_array_equal(tf.apply([{"op": "pad", "axis": 1, "after": 2, "value": 7}], [a])[:, 4:],
-                                  np.full((6, 2), 7, np.float32))
+    np.testing.assert_array_equal(
+        tf.apply([{"op": "pad", "axis": 1, "after": 2, "value": 7}], [a])[:, 4:], np.full((6, 2), 7, np.float32)
+    )
     np.testing.assert_array_equal(tf.apply([{"op": "permute", "axes": [1, 0]}], [a]), a.T)
     b = a + 100
     np.testing.assert_array_equal(tf.apply([{"op": "add"}], [a, b]), a + b)
     assert a[0, 0] == 0, "add must not write into its sources"
     np.testing.assert_array_equal(tf.apply([{"op": "select", "inputs": [1]}], [a, b]), b)
-    x = np.float32([1.0 + 2 ** -10])
+    x = np.float32([1.0 + 2**-10])
     assert tf.apply([{"op": "cast", "to": "BF16"}], [x]).dtype == ml_dtypes.bfloat16
     w_ih, w_hh, b_ih, b_hh = arr(8, 3), arr(8, 2), arr(8), arr(8)
-    gate = tf.apply([{"op": "split", "axis": 0, "parts": 4, "index": 3}, {"op": "add", "inputs": [2, 3]},
-                     {"op": "reshape", "input": 2, "shape": [-1, 1]}, {"op": "concat", "axis": 1}],
-                    [w_ih, w_hh, b_ih, b_hh])
+    gate = tf.apply(
+        [
+            {"op": "split", "axis": 0, "parts": 4, "index": 3},
+            {"op": "add", "inputs": [2, 3]},
+            {"op": "reshape", "input": 2, "shape": [-1, 1]},
+            {"op": "concat", "axis": 1},
+        ],
+        [w_ih, w_hh, b_ih, b_hh],
+    )
     np.testing.assert_array_equal(gate, np.concatenate([w_ih[6:], w_hh[6:], (b_ih[6:] + b_hh[6:])[:, None]], axis=1))
 
 
@@ -105,8 +130,7 @@ INVALID: list[tuple[str, list[dict[str, Any]], list[np.ndarray]]] = [
     ("split-uneven", [{"op": "split", "axis": 0, "parts": 3, "index": 0}], [arr(4, 2)]),
     ("split-index-past-parts", [{"op": "split", "axis": 0, "parts": 4, "index": 4}], [arr(8, 2)]),
     ("split-missing-axis", [{"op": "split", "axis": 2, "parts": 2, "index": 0}], [arr(4, 2)]),
-    ("gate-reorder-not-permutation", [{"op": "gate_reorder", "axis": 0, "parts": 3, "order": [0, 0, 1]}],
-     [arr(6, 2)]),
+    ("gate-reorder-not-permutation", [{"op": "gate_reorder", "axis": 0, "parts": 3, "order": [0, 0, 1]}], [arr(6, 2)]),
     ("gate-reorder-short-order", [{"op": "gate_reorder", "axis": 0, "parts": 3, "order": [0, 1]}], [arr(6, 2)]),
     ("pad-missing-axis", [{"op": "pad", "axis": 5, "after": 1}], [arr(2, 2)]),
     ("pad-negative", [{"op": "pad", "axis": 0, "after": -1}], [arr(2, 2)]),
@@ -143,8 +167,12 @@ def test_apply_rejects_what_it_cannot_do() -> None:
 def test_invertible() -> None:
     assert tf.invertible([{"op": "transpose"}, {"op": "reshape", "shape": [-1]}]) == (True, None)
     assert tf.invertible([{"op": "cast", "to": "F64", "lossless": True}]) == (True, None)
-    for chain in ([{"op": "split", "axis": 0, "parts": 2, "index": 0}], [{"op": "add"}],
-                  [{"op": "select", "inputs": [0]}], [{"op": "cast", "to": "F16", "lossless": False}]):
+    for chain in (
+        [{"op": "split", "axis": 0, "parts": 2, "index": 0}],
+        [{"op": "add"}],
+        [{"op": "select", "inputs": [0]}],
+        [{"op": "cast", "to": "F16", "lossless": False}],
+    ):
         ok, why = tf.invertible(chain)
         assert not ok and why
 

@@ -20,11 +20,49 @@ from conftest import assert_no_output, read_manifest, run_cli  # noqa: E402
 from exporters.neuralforecast.config import BASE_ARGS  # noqa: E402
 from nf_helpers import dense_zoo, dlinear_forward, mlp_forward, model_zoo, quiet, rebuild, temporal_scale  # noqa: E402
 
-FOLDERS = ["MLP", "MLPQ", "MLPRevIN", "Twin_0", "Twin_1", "NHITS", "NBEATS", "NBEATSShared", "NBEATSx", "LSTM",
-           "LSTMRecurrent", "GRU", "RNN", "DLinear", "NLinear", "TCN", "TFT", "DeepAR", "DeepARNormal", "PatchTST",
-           "TimesNet", "Informer", "Autoformer", "FEDformer", "VanillaTransformer", "TiDE", "BiTCN", "DilatedRNN",
-           "DeepNPTS", "KAN", "iTransformer", "TSMixer", "TSMixerx", "MLPMultivariate", "SOFTS", "TimeMixer",
-           "TimeXer", "StemGNN", "RMoK", "XLinear", "SOFTSSharp"]
+FOLDERS = [
+    "MLP",
+    "MLPQ",
+    "MLPRevIN",
+    "Twin_0",
+    "Twin_1",
+    "NHITS",
+    "NBEATS",
+    "NBEATSShared",
+    "NBEATSx",
+    "LSTM",
+    "LSTMRecurrent",
+    "GRU",
+    "RNN",
+    "DLinear",
+    "NLinear",
+    "TCN",
+    "TFT",
+    "DeepAR",
+    "DeepARNormal",
+    "PatchTST",
+    "TimesNet",
+    "Informer",
+    "Autoformer",
+    "FEDformer",
+    "VanillaTransformer",
+    "TiDE",
+    "BiTCN",
+    "DilatedRNN",
+    "DeepNPTS",
+    "KAN",
+    "iTransformer",
+    "TSMixer",
+    "TSMixerx",
+    "MLPMultivariate",
+    "SOFTS",
+    "TimeMixer",
+    "TimeXer",
+    "StemGNN",
+    "RMoK",
+    "XLinear",
+    "SOFTSSharp",
+]
 
 
 def _train_save_convert(tmp: Path, models: list[Any], *cli_options: str, **nf_options: Any) -> SimpleNamespace:
@@ -40,9 +78,16 @@ def _train_save_convert(tmp: Path, models: list[Any], *cli_options: str, **nf_op
     code, stdout, stderr = run_cli("nf-to-safetensors", folder, out, "--json", *cli_options, timeout=300)
     assert code == 0, stderr
     loaded = NeuralForecast.load(str(folder))
-    return SimpleNamespace(folder=folder, out=out, result=json.loads(stdout), loaded=loaded, fitted=fitted,
-                           reference=loaded.predict(), index=json.loads((out / "models.json").read_text()),
-                           y=AirPassengersDF["y"].to_numpy(dtype=np.float64))
+    return SimpleNamespace(
+        folder=folder,
+        out=out,
+        result=json.loads(stdout),
+        loaded=loaded,
+        fitted=fitted,
+        reference=loaded.predict(),
+        index=json.loads((out / "models.json").read_text()),
+        y=AirPassengersDF["y"].to_numpy(dtype=np.float64),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +118,9 @@ def test_every_model_has_its_own_folder(zoo: SimpleNamespace) -> None:
     assert "nf_format 2" in zoo.index["generation"] and zoo.result["dry_run"] is False
     twins = [m for m in zoo.index["models"] if m["alias"] == "Twin"]
     assert [(m["folder"], m["index"], m["source_file"]) for m in twins] == [
-        ("Twin_0", 0, "Twin_0.safetensors"), ("Twin_1", 1, "Twin_1.safetensors")]
+        ("Twin_0", 0, "Twin_0.safetensors"),
+        ("Twin_1", 1, "Twin_1.safetensors"),
+    ]
     for entry in zoo.index["models"]:
         assert (zoo.out / entry["folder"] / "model.safetensors").is_file()
 
@@ -178,12 +225,19 @@ def test_dry_run_writes_nothing(zoo: SimpleNamespace, tmp_path: Path) -> None:
 
 # --- neuro-divergent ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     # the GRU model's gates in PyTorch's semantics (neuro-divergent's own GRU resets h first): accepted
-    return _train_save_convert(tmp_path_factory.mktemp("dense"), dense_zoo(), "--layout", "neuro-divergent",
-                               "--layout-option", "accept_gru_reset_before_weights=true",
-                               local_scaler_type="standard")
+    return _train_save_convert(
+        tmp_path_factory.mktemp("dense"),
+        dense_zoo(),
+        "--layout",
+        "neuro-divergent",
+        "--layout-option",
+        "accept_gru_reset_before_weights=true",
+        local_scaler_type="standard",
+    )
 
 
 def _tensors(out: Path) -> dict[str, np.ndarray]:
@@ -193,8 +247,10 @@ def _tensors(out: Path) -> dict[str, np.ndarray]:
 
 
 def test_neuro_divergent_writes_one_tensor_per_dense_layer_and_gate(dense: SimpleNamespace) -> None:
-    shapes = {f: {t["name"]: tuple(t["shape"]) for t in read_manifest(dense.out / f)["tensors"]}
-              for f in ("MLP", "DLinear", "NLinear", "NHITS", "NBEATS", "LSTM", "GRU")}
+    shapes = {
+        f: {t["name"]: tuple(t["shape"]) for t in read_manifest(dense.out / f)["tensors"]}
+        for f in ("MLP", "DLinear", "NLinear", "NHITS", "NBEATS", "LSTM", "GRU")
+    }
     assert shapes["MLP"] == {"mlp.0": (8, 25), "mlp.1": (8, 9), "out": (12, 9)}
     assert shapes["DLinear"] == {"linear_trend": (12, 25), "linear_season": (12, 25)}
     assert shapes["NLinear"] == {"linear": (12, 25)}
@@ -214,7 +270,7 @@ def test_numpy_forward_from_the_manifest_matches_neuralforecast(dense: SimpleNam
     local = dense.index["forecaster"]["scalers"]["y"]
     assert local["columns"] == ["offset (mean)", "scale (std)"]
     offset, scale = local["stats_by_series"]["1.0"]
-    window = (dense.y[-resolved["input_size"]:] - offset) / scale
+    window = (dense.y[-resolved["input_size"] :] - offset) / scale
     scaled, shift, spread = temporal_scale(window, resolved["scaler_type"])
     tensors = _tensors(dense.out / folder)
     if folder == "MLP":
@@ -231,7 +287,8 @@ def test_neuro_divergent_refuses_tensors_that_are_no_layer(tmp_path: Path) -> No
     from conftest import REPO
 
     out = tmp_path / "out"
-    code, _, stderr = run_cli("nf-to-safetensors", REPO / "fixtures" / "neuralforecast" / "3.3.0" / "folder", out,
-                              "--layout", "neuro-divergent")
+    code, _, stderr = run_cli(
+        "nf-to-safetensors", REPO / "fixtures" / "neuralforecast" / "3.3.0" / "folder", out, "--layout", "neuro-divergent"
+    )
     assert code == 7 and "causalconv" in stderr and "quantiles" not in stderr
     assert_no_output(out)

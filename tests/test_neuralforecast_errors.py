@@ -38,11 +38,11 @@ def _rewrite_metadata(path: Path, edit: dict[str, str]) -> None:
     """Rewrite a SafeTensors file's __metadata__ in place, tensors untouched."""
     data = path.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     header["__metadata__"].update(edit)
     text = json.dumps(header).encode()
     text += b" " * (-(8 + len(text)) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
 
 
 def _hparams(path: Path) -> dict[str, object]:
@@ -58,8 +58,9 @@ def test_config_that_disagrees_with_the_weights_is_refused(tmp_path: Path) -> No
     hparams["hidden_size"] = 16
     _rewrite_metadata(model, {"hyper_parameters": json.dumps(hparams)})
     out = tmp_path / "out"
-    assert_cli_error(run_cli("nf-to-safetensors", folder, out), 6, "MLP_0.safetensors", "mlp.0.weight is [8, 24]",
-                     "config implies [16, 24]")
+    assert_cli_error(
+        run_cli("nf-to-safetensors", folder, out), 6, "MLP_0.safetensors", "mlp.0.weight is [8, 24]", "config implies [16, 24]"
+    )
     assert_no_output(out)
 
 

@@ -64,8 +64,10 @@ def test_pickled_losses_become_constructor_arguments(converted: tuple[str, Path]
     version, out = converted
     folder = "mlpq" if version == "1.7.0" else "MLPQ"
     source = read_manifest(out / folder)["architecture"]["source_model"]
-    assert source["constructor"]["loss"] == {"class": "MQLoss", "args": {"level": [80], "quantiles": None,
-                                                                            "horizon_weight": None}}
+    assert source["constructor"]["loss"] == {
+        "class": "MQLoss",
+        "args": {"level": [80], "quantiles": None, "horizon_weight": None},
+    }
     loss = source["resolved"]["loss"]
     assert loss["outputsize_multiplier"] == 3 and loss["output_names"] == ["-median", "-lo-80", "-hi-80"]
     np.testing.assert_allclose(loss["quantiles"], [0.5, 0.1, 0.9], rtol=1e-6)

@@ -39,9 +39,14 @@ def same(stored: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None
 @pytest.mark.parametrize("compressed", [False, True])
 def test_npz_members_equal_numpys_own_reading(compressed: bool, tmp_path: Path) -> None:
     src = tmp_path / "w.npz"
-    arrays = {"emb": arr(10, 4), "idx": np.arange(6, dtype=np.int64).reshape(2, 3), "half": arr(3, dtype=np.float16),
-              "fortran": np.asfortranarray(arr(3, 5, dtype=np.float64)), "big_endian": arr(4).astype(">f4"),
-              "flag": np.array([True, False])}
+    arrays = {
+        "emb": arr(10, 4),
+        "idx": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "half": arr(3, dtype=np.float16),
+        "fortran": np.asfortranarray(arr(3, 5, dtype=np.float64)),
+        "big_endian": arr(4).astype(">f4"),
+        "flag": np.array([True, False]),
+    }
     (np.savez_compressed if compressed else np.savez)(src, **arrays)
     stored = converted(src, tmp_path / "out", "npz-to-safetensors")
     with np.load(src) as reference:  # NumPy's own reader; allow_pickle stays False
@@ -67,6 +72,7 @@ def test_pickled_flax_params_reach_canonical_form(tmp_path: Path) -> None:
     jax = pytest.importorskip("jax", reason="needs the jax extra for the reference")
     flax_nn = pytest.importorskip("flax.linen", reason="needs the jax extra for the reference")
     from flax import serialization
+
     torch = pytest.importorskip("torch", reason="runs the converted Linear")
 
     class Model(flax_nn.Module):
@@ -85,8 +91,9 @@ def test_pickled_flax_params_reach_canonical_form(tmp_path: Path) -> None:
     msgpack.write_bytes(serialization.to_bytes(as_numpy))
     same(stored, converted(msgpack, tmp_path / "flax"))
     assert stored["fc.weight"].shape == (5, 3)
-    y = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(stored["fc.weight"]),
-                                   torch.from_numpy(stored["fc.bias"]))
+    y = torch.nn.functional.linear(
+        torch.from_numpy(x), torch.from_numpy(stored["fc.weight"]), torch.from_numpy(stored["fc.bias"])
+    )
     dense = flax_nn.Dense(5).apply({"params": params["fc"]}, x)
     np.testing.assert_allclose(y.numpy(), np.asarray(dense), rtol=1e-6, atol=1e-6)
 
@@ -102,9 +109,11 @@ def test_npz_with_slash_paths_is_a_tree(tmp_path: Path) -> None:
 
 # --- hostile -------------------------------------------------------------------------------------
 
+
 class _Gadget:
     def __reduce__(self) -> Any:
         import os
+
         return (os.system, ("touch PWNED",))
 
 

@@ -52,8 +52,7 @@ def assert_matches_torch(onnx_path: Path, module: Any, inputs: dict[str, np.ndar
 
 def test_mlp_exports_with_named_dynamic_batch_and_validates(tmp_path: Path, models: Any) -> None:
     model = models.mlp().eval()
-    doc = export(tmp_path, save_weights(model, tmp_path / "mlp.pt"), "--module", "onnx_models:mlp",
-                 "--input-shape", "x=2x6")
+    doc = export(tmp_path, save_weights(model, tmp_path / "mlp.pt"), "--module", "onnx_models:mlp", "--input-shape", "x=2x6")
     graph = doc["graph"]
     assert doc["target"]["format"] == "onnx" and doc["tensors"] == []
     assert [f["path"] for f in doc["files"]] == ["model.onnx"]
@@ -79,8 +78,7 @@ def test_cnn_with_batchnorm_from_safetensors_weights(tmp_path: Path, models: Any
             bn.weight.uniform_(0.5, 1.5)
     model.eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "cnn.safetensors"))
-    doc = export(tmp_path, tmp_path / "cnn.safetensors", "--module", "onnx_models:cnn",
-                 "--input-shape", "images=1x3x16x16")
+    doc = export(tmp_path, tmp_path / "cnn.safetensors", "--module", "onnx_models:cnn", "--input-shape", "images=1x3x16x16")
     assert doc["graph"]["validation"]["batch_sizes"] == [1, 3]
     assert doc["graph"]["inputs"][0]["shape"] == ["batch", 3, 16, 16]
     images = np.random.default_rng(2).standard_normal((5, 3, 16, 16)).astype(np.float32)
@@ -89,8 +87,16 @@ def test_cnn_with_batchnorm_from_safetensors_weights(tmp_path: Path, models: Any
 
 def test_lstm_with_dynamic_sequence_axis(tmp_path: Path, models: Any) -> None:
     model = models.tagger().eval()
-    doc = export(tmp_path, save_weights(model, tmp_path / "tagger.pt"), "--module", "onnx_models:tagger",
-                 "--input-shape", "tokens=2x7x5", "--dynamic-axis", "tokens:1=seq")
+    doc = export(
+        tmp_path,
+        save_weights(model, tmp_path / "tagger.pt"),
+        "--module",
+        "onnx_models:tagger",
+        "--input-shape",
+        "tokens=2x7x5",
+        "--dynamic-axis",
+        "tokens:1=seq",
+    )
     graph = doc["graph"]
     assert graph["inputs"][0]["dynamic_axes"] == {"0": "batch", "1": "seq"}
     assert graph["validation"]["atol"] == 1e-4  # recurrent: the default tolerance is looser
@@ -102,8 +108,20 @@ def test_lstm_with_dynamic_sequence_axis(tmp_path: Path, models: Any) -> None:
 def test_torchscript_exporter_is_named_in_the_output(tmp_path: Path, models: Any) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli("to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
-                                 "--exporter", "torchscript", "--no-simplify", cwd=tmp_path, timeout=600)
+    rc, stdout, stderr = run_cli(
+        "to-onnx",
+        src,
+        out,
+        "--module",
+        "onnx_models:mlp",
+        "--input-shape",
+        "x=2x6",
+        "--exporter",
+        "torchscript",
+        "--no-simplify",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert rc == 0, stderr
     assert "TorchScript" in stdout and "simplified" not in stdout
     graph = read_manifest(out)["graph"]
@@ -142,16 +160,35 @@ def test_user_inputs_from_npz_are_validated_too(tmp_path: Path, models: Any) -> 
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path, models: Any) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
     np.savez(tmp_path / "inputs.npz", x=np.array([{"a": 1}], dtype=object))
-    result = run_cli("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
-                     "--inputs", "inputs.npz", cwd=tmp_path, timeout=600)
+    result = run_cli(
+        "to-onnx",
+        src,
+        tmp_path / "out",
+        "--module",
+        "onnx_models:mlp",
+        "--input-shape",
+        "x=2x6",
+        "--inputs",
+        "inputs.npz",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert_cli_error(result, 5, "object arrays")
     assert_no_output(tmp_path / "out")
 
 
 def test_large_graph_weights_go_to_external_data(tmp_path: Path, models: Any) -> None:
     model = models.wide().eval()
-    doc = export(tmp_path, save_weights(model, tmp_path / "wide.pt"), "--module", "onnx_models:wide",
-                 "--input-shape", "x=1x600", "--external-data-threshold", "1MB")
+    doc = export(
+        tmp_path,
+        save_weights(model, tmp_path / "wide.pt"),
+        "--module",
+        "onnx_models:wide",
+        "--input-shape",
+        "x=1x600",
+        "--external-data-threshold",
+        "1MB",
+    )
     out = tmp_path / "out"
     assert [f["path"] for f in doc["files"]] == ["model.onnx", "model.onnx.data"]
     assert doc["graph"]["external_data"] == "model.onnx.data"
@@ -166,35 +203,47 @@ def test_weights_that_do_not_fit_the_module_are_a_mapping_error(tmp_path: Path, 
     state = models.mlp().state_dict()
     state.pop("head.bias")
     torch.save(state, tmp_path / "partial.pt")
-    result = run_cli("to-onnx", tmp_path / "partial.pt", tmp_path / "out", "--module", "onnx_models:mlp",
-                     "--input-shape", "x=2x6", cwd=tmp_path, timeout=600)
+    result = run_cli(
+        "to-onnx",
+        tmp_path / "partial.pt",
+        tmp_path / "out",
+        "--module",
+        "onnx_models:mlp",
+        "--input-shape",
+        "x=2x6",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert_cli_error(result, 7, "head.bias")
     assert_no_output(tmp_path / "out")
 
 
 def test_a_folder_of_several_models_is_not_weights_for_a_module(tmp_path: Path, models: Any) -> None:
     folder = ROOT / "fixtures" / "neuralforecast" / "3.3.0" / "folder"  # a NeuralForecast save: nine models
-    result = run_cli("to-onnx", folder, tmp_path / "out", "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
-                     cwd=tmp_path, timeout=600)
+    result = run_cli(
+        "to-onnx", folder, tmp_path / "out", "--module", "onnx_models:mlp", "--input-shape", "x=2x6", cwd=tmp_path, timeout=600
+    )
     assert_cli_error(result, 2, "--module takes one model's weights")
     assert_no_output(tmp_path / "out")
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (("--module", "no_such_module:build"), 2, "cannot find"),
-    (("--module", "onnx_models:mlp"), 2, "--input-shape x="),
-    (("--module", "onnx_models:mlp", "--input-shape", "y=2x6"), 2, "inputs are ['x']"),
-    (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--output-names", "a,b"), 2, "2 names"),
-    (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--model", "NHITS"), 2, "NeuralForecast"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (("--module", "no_such_module:build"), 2, "cannot find"),
+        (("--module", "onnx_models:mlp"), 2, "--input-shape x="),
+        (("--module", "onnx_models:mlp", "--input-shape", "y=2x6"), 2, "inputs are ['x']"),
+        (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--output-names", "a,b"), 2, "2 names"),
+        (("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--model", "NHITS"), 2, "NeuralForecast"),
+    ],
+)
 def test_usage_errors_are_one_line(tmp_path: Path, models: Any, args: tuple[str, ...], code: int, needle: str) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
     assert_cli_error(run_cli("to-onnx", src, tmp_path / "out", *args, cwd=tmp_path, timeout=600), code, needle)
     assert_no_output(tmp_path / "out")
 
 
-def test_corrupted_export_is_rejected_and_nothing_is_left(tmp_path: Path, models: Any,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupted_export_is_rejected_and_nothing_is_left(tmp_path: Path, models: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights changed between export and validation (as a broken exporter or simplifier would):
     validation fails with exit 8 naming the output and the difference, and no ONNX file remains."""
     from click.testing import CliRunner
@@ -203,12 +252,14 @@ def test_corrupted_export_is_rejected_and_nothing_is_left(tmp_path: Path, models
     from exporters.onnx_export import pipeline
 
     original = pipeline.optimize
-    monkeypatch.setattr(pipeline, "optimize", lambda model, simplify: (perturbed(original(model, simplify)[0]),
-                                                                       original(model, simplify)[1]))
+    monkeypatch.setattr(
+        pipeline, "optimize", lambda model, simplify: (perturbed(original(model, simplify)[0]), original(model, simplify)[1])
+    )
     monkeypatch.chdir(tmp_path)
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
-    result = CliRunner().invoke(cli, ["to-onnx", str(src), str(tmp_path / "out"), "--module", "onnx_models:mlp",
-                                      "--input-shape", "x=2x6"])
+    result = CliRunner().invoke(
+        cli, ["to-onnx", str(src), str(tmp_path / "out"), "--module", "onnx_models:mlp", "--input-shape", "x=2x6"]
+    )
     assert result.exit_code == 8, result.output
     assert "output 'output' differs from the source by" in result.stderr
     assert "no ONNX file was written" in result.stderr
@@ -218,8 +269,18 @@ def test_corrupted_export_is_rejected_and_nothing_is_left(tmp_path: Path, models
 
 def test_json_result_and_verify(tmp_path: Path, models: Any) -> None:
     src = save_weights(models.mlp(), tmp_path / "mlp.pt")
-    rc, stdout, stderr = run_cli("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp",
-                                 "--input-shape", "x=2x6", "--json", cwd=tmp_path, timeout=600)
+    rc, stdout, stderr = run_cli(
+        "to-onnx",
+        src,
+        tmp_path / "out",
+        "--module",
+        "onnx_models:mlp",
+        "--input-shape",
+        "x=2x6",
+        "--json",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert rc == 0, stderr
     (graph,) = json.loads(stdout)["graphs"]
     assert graph["folder"] == "" and graph["files"] == ["model.onnx"] and graph["validation"]["passed"] is True

@@ -32,27 +32,47 @@ def model_with_subgraphs() -> Any:
     """y = (cond ? x @ W_then + b_then : x @ W_else) scanned and looped, weights in Constants and
     subgraph initializers, one ConstantOfShape attribute tensor."""
     then_g = helper.make_graph(
-        [constant("w_then", arr(3, 3)), helper.make_node("MatMul", ["x", "w_then"], ["t0"]),
-         helper.make_node("Add", ["t0", "b_then"], ["then_out"])],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2, 3])],
-        initializer=[numpy_helper.from_array(arr(3), "b_then")])
+        [
+            constant("w_then", arr(3, 3)),
+            helper.make_node("MatMul", ["x", "w_then"], ["t0"]),
+            helper.make_node("Add", ["t0", "b_then"], ["then_out"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(arr(3), "b_then")],
+    )
     else_g = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w_else"], ["else_out"])],
-        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2, 3])],
-        initializer=[numpy_helper.from_array(arr(3, 3), "w_else")])
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(arr(3, 3), "w_else")],
+    )
     loop_body = helper.make_graph(
-        [constant("step", arr(3), name="loop_step"), helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["acc_in", "step"], ["acc_out"])],
-        "body", [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 3])])
+        [
+            constant("step", arr(3), name="loop_step"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
     scan_body = helper.make_graph(
         [helper.make_node("Mul", ["row", "scale"], ["row_out"])],
-        "scan", [helper.make_tensor_value_info("row", TensorProto.FLOAT, [3])],
+        "scan",
+        [helper.make_tensor_value_info("row", TensorProto.FLOAT, [3])],
         [helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [3])],
-        initializer=[numpy_helper.from_array(arr(3), "scale")])
+        initializer=[numpy_helper.from_array(arr(3), "scale")],
+    )
     nodes = [
         constant("w_top", arr(3, 3), name="top_const"),
         helper.make_node("MatMul", ["x0", "w_top"], ["x"]),
@@ -64,10 +84,15 @@ def model_with_subgraphs() -> Any:
         helper.make_node("Add", ["scanned", "zeros"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 3]),
-                     helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x0", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "shape")])
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "shape")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     return model
@@ -115,10 +140,15 @@ def test_weights_only_in_constants_are_not_lost(tmp_path: Path) -> None:
     """The issue's case: no initializers at all, weights in Constant nodes (0 tensors written before)."""
     w, b = arr(4, 3), arr(4)
     graph = helper.make_graph(
-        [constant("fc.weight", w), constant("fc.bias", b),
-         helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], transB=1)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        [
+            constant("fc.weight", w),
+            constant("fc.bias", b),
+            helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     src = tmp_path / "c.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
     out = tmp_path / "out"

@@ -51,9 +51,21 @@ def test_round_trip_through_to_onnx(tmp_path: Path, exporter: str) -> None:
         model.head[0].weight.uniform_(0.5, 1.5)  # not the ones and zeros a fresh LayerNorm has
         model.head[0].bias.uniform_(-1, 1)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    rc, _, stderr = run_cli("to-onnx", tmp_path / "weights.pt", tmp_path / "graph", "--module", "onnx_models:encoder",
-                            "--input-shape", "tokens=2x7x5", "--dynamic-axis", "tokens:1=seq",
-                            "--exporter", exporter, cwd=tmp_path, timeout=600)
+    rc, _, stderr = run_cli(
+        "to-onnx",
+        tmp_path / "weights.pt",
+        tmp_path / "graph",
+        "--module",
+        "onnx_models:encoder",
+        "--input-shape",
+        "tokens=2x7x5",
+        "--dynamic-axis",
+        "tokens:1=seq",
+        "--exporter",
+        exporter,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert rc == 0, stderr
     doc = convert(tmp_path / "graph" / "model.onnx", tmp_path / "weights")
     names = set(model.state_dict())
@@ -120,8 +132,13 @@ def external_model(tmp_path: Path, location: str, offset: int = 0, length: int |
     for key, value in entries.items():
         weight.external_data.add(key=key, value=value)
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [weight],
+    )
     path = tmp_path / "model" / "model.onnx"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(helper.make_model(graph).SerializeToString())
@@ -137,15 +154,17 @@ def test_external_data_is_read_lazily(tmp_path: Path) -> None:
     assert [Path(f["path"]).name for f in doc["source"]["files"]] == ["model.onnx", "weights.bin"]
 
 
-@pytest.mark.parametrize("location, offset, length, code, needle", [
-    ("../outside.bin", 0, None, 5, "outside the model's folder"),
-    ("/etc/passwd", 0, None, 5, "outside the model's folder"),
-    ("missing.bin", 0, None, 3, "missing"),
-    ("weights.bin", 40, None, 6, "past the end"),
-    ("weights.bin", 0, 44, 6, "needs 48"),
-])
-def test_hostile_external_data(tmp_path: Path, location: str, offset: int, length: int | None, code: int,
-                               needle: str) -> None:
+@pytest.mark.parametrize(
+    "location, offset, length, code, needle",
+    [
+        ("../outside.bin", 0, None, 5, "outside the model's folder"),
+        ("/etc/passwd", 0, None, 5, "outside the model's folder"),
+        ("missing.bin", 0, None, 3, "missing"),
+        ("weights.bin", 40, None, 6, "past the end"),
+        ("weights.bin", 0, 44, 6, "needs 48"),
+    ],
+)
+def test_hostile_external_data(tmp_path: Path, location: str, offset: int, length: int | None, code: int, needle: str) -> None:
     src = external_model(tmp_path, location, offset, length)
     (src.parent / "weights.bin").write_bytes(b"\0" * 48)
     (tmp_path / "outside.bin").write_bytes(b"\0" * 48)
@@ -165,8 +184,13 @@ def test_string_initializers_are_unsupported(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     labels = helper.make_tensor("labels", TensorProto.STRING, [2], vals=[b"a", b"b"])
-    graph = helper.make_graph([helper.make_node("Identity", ["labels"], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", TensorProto.STRING, [2])], [labels])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["labels"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [2])],
+        [labels],
+    )
     (tmp_path / "m.onnx").write_bytes(helper.make_model(graph).SerializeToString())
     assert_cli_error(run_cli("onnx-to-safetensors", tmp_path / "m.onnx", tmp_path / "out"), 4, "STRING")
     assert_no_output(tmp_path / "out")
@@ -182,8 +206,13 @@ def test_inline_raw_data_of_the_wrong_size_is_corrupt(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3], raw_data=b"\0" * 40)
-    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+        [weight],
+    )
     (tmp_path / "m.onnx").write_bytes(helper.make_model(graph).SerializeToString())
     assert_cli_error(run_cli("onnx-to-safetensors", tmp_path / "m.onnx", tmp_path / "out"), 6, "needs 48")
     assert_no_output(tmp_path / "out")

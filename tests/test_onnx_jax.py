@@ -22,7 +22,7 @@ from flax import serialization  # noqa: E402
 from conftest import assert_cli_error, assert_no_output, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
 from onnx_helpers import run_onnx  # noqa: E402
 
-MODEL_SOURCE = '''
+MODEL_SOURCE = """
 from flax import nnx
 
 
@@ -38,7 +38,7 @@ class Net(nnx.Module):
 
 def build():
     return Net(nnx.Rngs(123))  # other weights than the file's: the export must restore them
-'''
+"""
 
 
 def write_model(tmp_path: Path) -> tuple[object, Path]:
@@ -64,15 +64,27 @@ def jax2onnx_path() -> Path | None:
     return target
 
 
-def test_flax_module_exports_through_jax2onnx(tmp_path: Path, jax2onnx_path: Path | None,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flax_module_exports_through_jax2onnx(
+    tmp_path: Path, jax2onnx_path: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if jax2onnx_path is not None:
         paths = [str(jax2onnx_path), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     trained, weights = write_model(tmp_path)
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli("to-onnx", weights, out, "--framework", "jax", "--module", "jax_models:build",
-                                 "--input-shape", "x=2x4", cwd=tmp_path, timeout=600)
+    rc, stdout, stderr = run_cli(
+        "to-onnx",
+        weights,
+        out,
+        "--framework",
+        "jax",
+        "--module",
+        "jax_models:build",
+        "--input-shape",
+        "x=2x4",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert rc == 0, stderr
     graph = read_manifest(out)["graph"]
     assert graph["exporter"].startswith("jax2onnx") and graph["inputs"][0]["shape"] == ["batch", 4]
@@ -86,8 +98,19 @@ def test_without_jax2onnx_the_command_says_how_to_install_it(tmp_path: Path) -> 
         pytest.skip("jax2onnx is installed in this environment")
     _, weights = write_model(tmp_path)
     out = tmp_path / "out"
-    result = run_cli("to-onnx", weights, out, "--framework", "jax", "--module", "jax_models:build",
-                     "--input-shape", "x=2x4", cwd=tmp_path, timeout=600)
+    result = run_cli(
+        "to-onnx",
+        weights,
+        out,
+        "--framework",
+        "jax",
+        "--module",
+        "jax_models:build",
+        "--input-shape",
+        "x=2x4",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert_cli_error(result, 4, "jax2onnx", "orbax-checkpoint", "pip install --no-deps jax2onnx==")
     assert_no_output(out)
 

@@ -24,12 +24,14 @@ from onnx_helpers import run_onnx  # noqa: E402
 def sequential(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     """A Keras Sequential with Conv1D, LSTM and Dense over a variable-length sequence; as .keras and SavedModel."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((None, 3), name="signal"),
-        keras.layers.Conv1D(6, 3, padding="same", activation="relu"),
-        keras.layers.LSTM(5, return_sequences=True),
-        keras.layers.Dense(2),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3), name="signal"),
+            keras.layers.Conv1D(6, 3, padding="same", activation="relu"),
+            keras.layers.LSTM(5, return_sequences=True),
+            keras.layers.Dense(2),
+        ]
+    )
     model(np.zeros((1, 4, 3), np.float32))
     root = tmp_path_factory.mktemp("keras")
     model.save(root / "seq.keras")
@@ -40,8 +42,9 @@ def sequential(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Pat
 def test_keras_file_exports_and_validates(tmp_path: Path, sequential: tuple[Any, Path, Path]) -> None:
     model, keras_file, _ = sequential
     out = tmp_path / "out"
-    rc, stdout, stderr = run_cli("to-onnx", keras_file, out, "--input-shape", "signal=2x8x3",
-                                 "--dynamic-axis", "signal:1=time", timeout=600)
+    rc, stdout, stderr = run_cli(
+        "to-onnx", keras_file, out, "--input-shape", "signal=2x8x3", "--dynamic-axis", "signal:1=time", timeout=600
+    )
     assert rc == 0, stderr
     assert "keras.Model.export(format='onnx')" in stdout
     graph = read_manifest(out)["graph"]
@@ -49,8 +52,7 @@ def test_keras_file_exports_and_validates(tmp_path: Path, sequential: tuple[Any,
     assert graph["validation"]["atol"] == 1e-4 and graph["validation"]["batch_sizes"] == [2, 4]
     assert {"Conv", "LSTM"} <= set(graph["operators"])
     signal = np.random.default_rng(0).standard_normal((3, 13, 3)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(out / "model.onnx", {"signal": signal})[0], model(signal).numpy(),
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(out / "model.onnx", {"signal": signal})[0], model(signal).numpy(), rtol=0, atol=1e-4)
 
 
 def test_saved_model_exports_through_tf2onnx(tmp_path: Path, sequential: tuple[Any, Path, Path]) -> None:
@@ -62,8 +64,7 @@ def test_saved_model_exports_through_tf2onnx(tmp_path: Path, sequential: tuple[A
     assert "tf2onnx on the SavedModel" in doc["graph"]["exporter"] and doc["source"]["format"] == "tf-saved-model"
     assert [o["name"] for o in doc["graph"]["outputs"]] == ["output_0"]
     signal = np.random.default_rng(1).standard_normal((2, 9, 3)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(out / "model.onnx", {"signal": signal})[0], model(signal).numpy(),
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(run_onnx(out / "model.onnx", {"signal": signal})[0], model(signal).numpy(), rtol=0, atol=1e-4)
 
 
 def test_lambda_layers_are_never_run(tmp_path: Path) -> None:

@@ -39,8 +39,7 @@ def _series() -> tuple[Any, Any, Any]:
         ds = pd.date_range("2015-01-01", periods=96 + H, freq="MS")
         promo = rng.integers(0, 2, 96 + H).astype(float)
         y = np.sin(np.arange(96) / 5) + level + 0.3 * promo[:96] + rng.normal(0, 0.1, 96)
-        frames.append(pd.DataFrame({"unique_id": uid, "ds": ds[:96], "y": y, "promo": promo[:96],
-                                    "temp": rng.normal(size=96)}))
+        frames.append(pd.DataFrame({"unique_id": uid, "ds": ds[:96], "y": y, "promo": promo[:96], "temp": rng.normal(size=96)}))
         future.append(pd.DataFrame({"unique_id": uid, "ds": ds[96:], "promo": promo[96:]}))
     static = pd.DataFrame({"unique_id": ["a", "b"], "size": [1.0, 2.5]})
     return pd.concat(frames, ignore_index=True), pd.concat(future, ignore_index=True), static
@@ -55,13 +54,18 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     df, future, static = _series()
     models = [
         m.NHITS(h=H, input_size=STEPS, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], **EXOG, **TRAINER),
-        m.LSTM(h=H, input_size=STEPS, encoder_hidden_size=8, decoder_hidden_size=8, loss=MQLoss(level=[80]),
-               **EXOG, **TRAINER),
+        m.LSTM(h=H, input_size=STEPS, encoder_hidden_size=8, decoder_hidden_size=8, loss=MQLoss(level=[80]), **EXOG, **TRAINER),
         m.LSTM(h=H, input_size=STEPS, encoder_hidden_size=8, recurrent=True, alias="LSTMRecurrent", **TRAINER),
-        m.MLP(h=H, input_size=STEPS, hidden_size=8, num_layers=1, exclude_insample_y=True, alias="MLPNoY",
-              **EXOG, **TRAINER),
-        m.MLP(h=H, input_size=STEPS, hidden_size=8, num_layers=1, loss=DistributionLoss("Normal", level=[80]),
-              alias="MLPNormal", **TRAINER),
+        m.MLP(h=H, input_size=STEPS, hidden_size=8, num_layers=1, exclude_insample_y=True, alias="MLPNoY", **EXOG, **TRAINER),
+        m.MLP(
+            h=H,
+            input_size=STEPS,
+            hidden_size=8,
+            num_layers=1,
+            loss=DistributionLoss("Normal", level=[80]),
+            alias="MLPNormal",
+            **TRAINER,
+        ),
         m.TSMixerx(h=H, input_size=STEPS, n_series=2, n_block=1, ff_dim=8, **EXOG, **TRAINER),
     ]
     nf = NeuralForecast(models=models, freq="MS")
@@ -70,11 +74,20 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("nf_onnx")
     nf.save(str(tmp / "nf"))
     out = tmp / "onnx"
-    rc, stdout, stderr = run_cli("to-onnx", tmp / "nf", out, *(a for n in EXPORTED for a in ("--model", n)), "--json",
-                                 timeout=900)
+    rc, stdout, stderr = run_cli(
+        "to-onnx", tmp / "nf", out, *(a for n in EXPORTED for a in ("--model", n)), "--json", timeout=900
+    )
     assert rc == 0, stderr
-    return SimpleNamespace(folder=tmp / "nf", out=out, result=json.loads(stdout), df=df, future=future, static=static,
-                           predicted=predicted, loaded=NeuralForecast.load(str(tmp / "nf")))
+    return SimpleNamespace(
+        folder=tmp / "nf",
+        out=out,
+        result=json.loads(stdout),
+        df=df,
+        future=future,
+        static=static,
+        predicted=predicted,
+        loaded=NeuralForecast.load(str(tmp / "nf")),
+    )
 
 
 def _shapes(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -86,11 +99,16 @@ def test_each_model_is_a_graph_of_its_window(saved: SimpleNamespace) -> None:
     assert sorted(g["folder"] for g in saved.result["graphs"]) == EXPORTED
     nhits, lstm = read_manifest(saved.out / "NHITS"), read_manifest(saved.out / "LSTM")
     assert _shapes(nhits["graph"]["inputs"]) == {
-        "insample_y": ["batch", STEPS, 1], "insample_mask": ["batch", STEPS, 1], "futr_exog": ["batch", STEPS + H, 1],
-        "hist_exog": ["batch", STEPS, 1], "stat_exog": ["batch", 1]}
+        "insample_y": ["batch", STEPS, 1],
+        "insample_mask": ["batch", STEPS, 1],
+        "futr_exog": ["batch", STEPS + H, 1],
+        "hist_exog": ["batch", STEPS, 1],
+        "stat_exog": ["batch", 1],
+    }
     lstm_inputs = _shapes(lstm["graph"]["inputs"])  # the exporter may drop the mask, which the LSTM never reads
     assert {k: v for k, v in lstm_inputs.items() if k != "insample_mask"} == {
-        k: v for k, v in _shapes(nhits["graph"]["inputs"]).items() if k != "insample_mask"}
+        k: v for k, v in _shapes(nhits["graph"]["inputs"]).items() if k != "insample_mask"
+    }
     assert _shapes(nhits["graph"]["outputs"])["forecast"][1:] == [H, 1]
     assert _shapes(lstm["graph"]["outputs"])["forecast"][1:] == [H, 1, 3]  # median, lo-80, hi-80
     assert lstm["graph"]["semantics"]["forecast_columns"] == ["LSTM-median", "LSTM-lo-80", "LSTM-hi-80"]
@@ -99,8 +117,11 @@ def test_each_model_is_a_graph_of_its_window(saved: SimpleNamespace) -> None:
     assert "forecast_columns" not in normal["graph"]["semantics"]  # those are sampled outside the graph
     mixer_inputs = _shapes(mixer["graph"]["inputs"])
     assert {k: v for k, v in mixer_inputs.items() if k != "insample_mask"} == {
-        "insample_y": ["batch", STEPS, 2], "futr_exog": ["batch", 1, STEPS + H, 2], "hist_exog": ["batch", 1, STEPS, 2],
-        "stat_exog": [2, 1]}  # multivariate: one row of static columns per series, no batch axis
+        "insample_y": ["batch", STEPS, 2],
+        "futr_exog": ["batch", 1, STEPS + H, 2],
+        "hist_exog": ["batch", 1, STEPS, 2],
+        "stat_exog": [2, 1],
+    }  # multivariate: one row of static columns per series, no batch axis
     for doc, atol in ((nhits, 1e-5), (lstm, 1e-4), (normal, 1e-5), (mixer, 1e-5)):
         validation = doc["graph"]["validation"]
         assert validation["passed"] is True and validation["batch_sizes"] == [1, 3] and validation["atol"] == atol
@@ -117,8 +138,10 @@ def test_graphs_match_the_models_neuralforecast_loads(saved: SimpleNamespace) ->
     for name in EXPORTED:
         network = by_alias[name].eval()
         inputs = read_manifest(saved.out / name)["graph"]["inputs"]
-        arrays = {v["name"]: rng.standard_normal([5 if v["shape"][0] == "batch" else v["shape"][0], *v["shape"][1:]])
-                  .astype(np.float32) for v in inputs}
+        arrays = {
+            v["name"]: rng.standard_normal([5 if v["shape"][0] == "batch" else v["shape"][0], *v["shape"][1:]]).astype(np.float32)
+            for v in inputs
+        }
         windows = dict.fromkeys(("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog"))
         windows.update({k: torch.from_numpy(v) for k, v in arrays.items()})
         if network.exclude_insample_y:  # as NeuralForecast's window parsing does
@@ -162,14 +185,18 @@ def test_a_recurrent_model_is_refused_and_nothing_is_written(saved: SimpleNamesp
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("args, needles", [
-    (("--model", "Prophet"), ("--model Prophet", "NHITS")),
-    (("--module", "pkg:factory"), ("drop --module",)),
-    (("--input-shape", "1x24x1"), ("input_size and h",)),
-    (("--input-range", "insample_mask=0:2"), ("drop --input-shape, --input-range",)),
-])
-def test_bad_options_are_refused_and_nothing_is_written(saved: SimpleNamespace, tmp_path: Path, args: tuple[str, ...],
-                                                        needles: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--model", "Prophet"), ("--model Prophet", "NHITS")),
+        (("--module", "pkg:factory"), ("drop --module",)),
+        (("--input-shape", "1x24x1"), ("input_size and h",)),
+        (("--input-range", "insample_mask=0:2"), ("drop --input-shape, --input-range",)),
+    ],
+)
+def test_bad_options_are_refused_and_nothing_is_written(
+    saved: SimpleNamespace, tmp_path: Path, args: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
     out = tmp_path / "out"
     assert_cli_error(run_cli("to-onnx", saved.folder, out, "--framework", "neuralforecast", *args), 2, *needles)
     assert_no_output(out)
@@ -179,8 +206,12 @@ def test_inputs_file_needs_one_model(saved: SimpleNamespace, tmp_path: Path) -> 
     npz = tmp_path / "inputs.npz"
     np.savez(npz, insample_y=np.zeros((1, STEPS, 1), np.float32))
     out = tmp_path / "out"
-    assert_cli_error(run_cli("to-onnx", saved.folder, out, "--model", "NHITS", "--model", "LSTM", "--inputs", npz,
-                             timeout=600), 2, "--inputs", "--model")
+    assert_cli_error(
+        run_cli("to-onnx", saved.folder, out, "--model", "NHITS", "--model", "LSTM", "--inputs", npz, timeout=600),
+        2,
+        "--inputs",
+        "--model",
+    )
     assert_no_output(out)
 
 
@@ -198,8 +229,7 @@ def test_an_nf_to_safetensors_output_exports_the_same_graphs(saved: SimpleNamesp
             doc = read_manifest(out / name)
             assert doc["graph"]["validation"]["passed"] is True
             assert [Path(f["path"]).parent.name for f in doc["source"]["files"]] == [name]
-            arrays = {v["name"]: rng.standard_normal([2, *v["shape"][1:]]).astype(np.float32)
-                      for v in doc["graph"]["inputs"]}
+            arrays = {v["name"]: rng.standard_normal([2, *v["shape"][1:]]).astype(np.float32) for v in doc["graph"]["inputs"]}
             (got,) = run_onnx(out / name / "model.onnx", arrays)
             (expected,) = run_onnx(saved.out / name / "model.onnx", arrays)
             np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -217,8 +247,13 @@ def test_a_renamed_layout_cannot_be_rebuilt(saved: SimpleNamespace, tmp_path: Pa
 def test_a_multivariate_model_validates_on_the_users_inputs(saved: SimpleNamespace, tmp_path: Path) -> None:
     """stat_exog of a multivariate model has no batch axis: the user's file gives it once per series."""
     rng = np.random.default_rng(5)
-    shapes = {"insample_y": (3, STEPS, 2), "insample_mask": (3, STEPS, 2), "futr_exog": (3, 1, STEPS + H, 2),
-              "hist_exog": (3, 1, STEPS, 2), "stat_exog": (2, 1)}
+    shapes = {
+        "insample_y": (3, STEPS, 2),
+        "insample_mask": (3, STEPS, 2),
+        "futr_exog": (3, 1, STEPS + H, 2),
+        "hist_exog": (3, 1, STEPS, 2),
+        "stat_exog": (2, 1),
+    }
     wanted = {v["name"] for v in read_manifest(saved.out / "TSMixerx")["graph"]["inputs"]}
     npz = tmp_path / "inputs.npz"
     np.savez(npz, **{k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items() if k in wanted})

@@ -26,8 +26,7 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def rewrite(src: Path, dst: Path, change: Callable[[str, bytes], bytes],
-            extra: dict[str, bytes] | None = None) -> Path:
+def rewrite(src: Path, dst: Path, change: Callable[[str, bytes], bytes], extra: dict[str, bytes] | None = None) -> Path:
     """Copy the archive, passing every member through `change`, adding `extra`."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
@@ -63,21 +62,27 @@ def test_sample_inputs_that_call_a_function_are_refused(program: Path, tmp_path:
     class Exploit:
         def __reduce__(self) -> tuple[object, tuple[str]]:
             import os
+
             return (os.system, ("echo pwned > pwned.txt",))
 
     payload = tmp_path / "payload.pt"
     with zipfile.ZipFile(payload, "w") as zf:
         zf.writestr("payload/data.pkl", pickle.dumps(Exploit(), protocol=2))
-    bad = rewrite(program, tmp_path / "bad.pt2",
-                  lambda name, data: payload.read_bytes() if "/data/sample_inputs/" in name else data)
+    bad = rewrite(
+        program, tmp_path / "bad.pt2", lambda name, data: payload.read_bytes() if "/data/sample_inputs/" in name else data
+    )
     assert_cli_error(run_cli("to-onnx", bad, tmp_path / "out", cwd=tmp_path), 5, "not on the allow-list")
     assert not (tmp_path / "pwned.txt").exists()
     assert_no_output(tmp_path / "out")
 
 
 def test_native_code_is_refused(program: Path, tmp_path: Path) -> None:
-    bad = rewrite(program, tmp_path / "bad.pt2", lambda name, data: data,
-                  {f"{root_of(program)}/data/aotinductor/model/model.so": b"\x7fELF"})
+    bad = rewrite(
+        program,
+        tmp_path / "bad.pt2",
+        lambda name, data: data,
+        {f"{root_of(program)}/data/aotinductor/model/model.so": b"\x7fELF"},
+    )
     assert_cli_error(run_cli("to-onnx", bad, tmp_path / "out"), 5, "native code")
 
 

@@ -143,8 +143,17 @@ def test_sentiment_classifier_exports_with_dynamic_batch_and_sequence(tmp_path: 
     """The issue's own command: Embedding -> LSTM(batch_first) -> Linear -> softmax, no dtype given."""
     model = sentiment.build().eval()
     src = save_checkpoint(model, tmp_path / "model.pt")
-    doc = export(src, tmp_path / "onnx", "--module", "sentiment:build", "--input-shape", "tokens=4x7",
-                 "--dynamic-axis", "tokens:1=seq", cwd=tmp_path)
+    doc = export(
+        src,
+        tmp_path / "onnx",
+        "--module",
+        "sentiment:build",
+        "--input-shape",
+        "tokens=4x7",
+        "--dynamic-axis",
+        "tokens:1=seq",
+        cwd=tmp_path,
+    )
     graph = doc["graph"]
     (tokens,) = graph["inputs"]
     assert tokens["dtype"] == "int64" and tokens["shape"] == ["batch", "seq"]
@@ -166,8 +175,17 @@ def test_bundled_example_end_to_end(tmp_path: Path, sentiment: Any) -> None:
 
     rc, _, stderr = run_cli("pth-to-safetensors", "sentiment.pt", tmp_path / "weights", cwd=EXAMPLE)
     assert rc == 0, stderr
-    doc = export(EXAMPLE / "sentiment.pt", tmp_path / "onnx", "--module", "sentiment:build",
-                 "--input-shape", "tokens=1x16", "--dynamic-axis", "tokens:1=seq", cwd=EXAMPLE)
+    doc = export(
+        EXAMPLE / "sentiment.pt",
+        tmp_path / "onnx",
+        "--module",
+        "sentiment:build",
+        "--input-shape",
+        "tokens=1x16",
+        "--dynamic-axis",
+        "tokens:1=seq",
+        cwd=EXAMPLE,
+    )
     assert doc["graph"]["inputs"][0]["dtype"] == "int64"
     assert doc["graph"]["inputs"][0]["range"]["high"] == 200
     model = sentiment.build().eval()
@@ -181,18 +199,33 @@ def test_bundled_example_end_to_end(tmp_path: Path, sentiment: Any) -> None:
 def test_transformer_encoder_with_token_ids_and_attention_mask(tmp_path: Path, models: Any) -> None:
     model = models.encoder()
     src = save_checkpoint(model, tmp_path / "encoder.pt")
-    doc = export(src, tmp_path / "onnx", "--module", "token_models:encoder", "--input-shape", "input_ids=2x6",
-                 "--input-shape", "attention_mask=2x6", "--dynamic-axis", "input_ids:1=seq",
-                 "--dynamic-axis", "attention_mask:1=seq", cwd=tmp_path)
+    doc = export(
+        src,
+        tmp_path / "onnx",
+        "--module",
+        "token_models:encoder",
+        "--input-shape",
+        "input_ids=2x6",
+        "--input-shape",
+        "attention_mask=2x6",
+        "--dynamic-axis",
+        "input_ids:1=seq",
+        "--dynamic-axis",
+        "attention_mask:1=seq",
+        cwd=tmp_path,
+    )
     ids, mask = doc["graph"]["inputs"]
     assert ids["dtype"] == "int64" and ids["range"]["high"] == 30 and ids["shape"] == ["batch", "seq"]
     assert mask["dtype"] == "int64" and mask["range"] == {
-        "low": 0, "high": 2, "from": "the mask of nn.TransformerEncoder 'encoder' (src_key_padding_mask)"}
+        "low": 0,
+        "high": 2,
+        "from": "the mask of nn.TransformerEncoder 'encoder' (src_key_padding_mask)",
+    }
     rng = np.random.default_rng(3)
     for batch, seq in ((1, 4), (3, 13)):
         input_ids = rng.integers(0, 30, (batch, seq)).astype(np.int64)
         attention_mask = np.ones((batch, seq), np.int64)
-        attention_mask[:, seq // 2 + 1:] = 0  # padded tails
+        attention_mask[:, seq // 2 + 1 :] = 0  # padded tails
         got = run_onnx(tmp_path / "onnx" / "model.onnx", {"input_ids": input_ids, "attention_mask": attention_mask})
         np.testing.assert_allclose(got[0], forward(model, input_ids, attention_mask), rtol=0, atol=1e-5)
 
@@ -202,11 +235,26 @@ def test_float_and_integer_inputs_with_range_and_dtype_from_inputs(tmp_path: Pat
     model = models.tabular().eval()
     src = save_checkpoint(model, tmp_path / "tabular.pt")
     rng = np.random.default_rng(4)
-    np.savez(tmp_path / "inputs.npz", features=rng.standard_normal((5, 4)).astype(np.float32),
-             category=rng.integers(1, 4, 5).astype(np.int32))
-    doc = export(src, tmp_path / "onnx", "--module", "token_models:tabular", "--input-shape", "features=2x4",
-                 "--input-shape", "category=2", "--input-range", "category=1:4", "--inputs", "inputs.npz",
-                 cwd=tmp_path)
+    np.savez(
+        tmp_path / "inputs.npz",
+        features=rng.standard_normal((5, 4)).astype(np.float32),
+        category=rng.integers(1, 4, 5).astype(np.int32),
+    )
+    doc = export(
+        src,
+        tmp_path / "onnx",
+        "--module",
+        "token_models:tabular",
+        "--input-shape",
+        "features=2x4",
+        "--input-shape",
+        "category=2",
+        "--input-range",
+        "category=1:4",
+        "--inputs",
+        "inputs.npz",
+        cwd=tmp_path,
+    )
     features, category = doc["graph"]["inputs"]
     assert features["dtype"] == "float" and "range" not in features
     assert category["dtype"] == "int32" and category["range"] == {"low": 1, "high": 4, "from": "--input-range"}
@@ -220,48 +268,65 @@ def test_float_and_integer_inputs_with_range_and_dtype_from_inputs(tmp_path: Pat
 def test_explicit_dtype_exports_a_model_nothing_can_be_inferred_from(tmp_path: Path, models: Any) -> None:
     src = save_checkpoint(models.untraceable(), tmp_path / "untraceable.pt")
     args = ("--module", "token_models:untraceable", "--dynamic-axis", "tokens:1=seq")
-    result = run_cli("to-onnx", src, tmp_path / "out", *args, "--input-shape", "tokens=2x5", cwd=tmp_path,
-                     timeout=600)
+    result = run_cli("to-onnx", src, tmp_path / "out", *args, "--input-shape", "tokens=2x5", cwd=tmp_path, timeout=600)
     assert_cli_error(result, 2, "forward raised", "tokens float32[4, 7]", "--input-shape NAME=SHAPE:DTYPE")
     assert_no_output(tmp_path / "out")
-    doc = export(src, tmp_path / "onnx", *args, "--input-shape", "tokens=2x5:int32", "--input-range", "tokens=0:21",
-                 cwd=tmp_path)
+    doc = export(src, tmp_path / "onnx", *args, "--input-shape", "tokens=2x5:int32", "--input-range", "tokens=0:21", cwd=tmp_path)
     (tokens,) = doc["graph"]["inputs"]
     assert tokens["dtype"] == "int32" and tokens["range"] == {"low": 0, "high": 21, "from": "--input-range"}
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("--input-shape", "tokens=4x7:int65"), "unknown dtype 'int65'"),
-    (("--input-shape", "tokens=4x7:float32"), "nn.Embedding 'embedding' (200 rows) takes int64 or int32"),
-    (("--input-shape", "tokens=4x7:bool"), "takes int64 or int32"),
-    (("--input-shape", "words=4x7:int64"), "--input-shape names ['words']"),
-    (("--input-shape", "tokens=4x7", "--input-range", "tokens=0-21"), "expected NAME=LOW:HIGH"),
-    (("--input-shape", "tokens=4x7", "--input-range", "tokens=5:5"), "LOW < HIGH"),
-    (("--input-shape", "tokens=4x7", "--input-range", "tokens=a:b"), "expected NAME=LOW:HIGH"),
-    (("--input-shape", "tokens=4x7", "--input-range", "tokens=0:201"), "takes values in [0, 200)"),
-    (("--input-shape", "tokens=4x7", "--input-range", "tokens=-1:5"), "takes values in [0, 200)"),
-    (("--input-shape", "tokens=4x7", "--input-range", "words=0:5"), "--input-range names ['words']"),
-])
-def test_bad_dtype_and_range_options_are_usage_errors(tmp_path: Path, sentiment: Any, args: tuple[str, ...],
-                                                      needle: str) -> None:
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--input-shape", "tokens=4x7:int65"), "unknown dtype 'int65'"),
+        (("--input-shape", "tokens=4x7:float32"), "nn.Embedding 'embedding' (200 rows) takes int64 or int32"),
+        (("--input-shape", "tokens=4x7:bool"), "takes int64 or int32"),
+        (("--input-shape", "words=4x7:int64"), "--input-shape names ['words']"),
+        (("--input-shape", "tokens=4x7", "--input-range", "tokens=0-21"), "expected NAME=LOW:HIGH"),
+        (("--input-shape", "tokens=4x7", "--input-range", "tokens=5:5"), "LOW < HIGH"),
+        (("--input-shape", "tokens=4x7", "--input-range", "tokens=a:b"), "expected NAME=LOW:HIGH"),
+        (("--input-shape", "tokens=4x7", "--input-range", "tokens=0:201"), "takes values in [0, 200)"),
+        (("--input-shape", "tokens=4x7", "--input-range", "tokens=-1:5"), "takes values in [0, 200)"),
+        (("--input-shape", "tokens=4x7", "--input-range", "words=0:5"), "--input-range names ['words']"),
+    ],
+)
+def test_bad_dtype_and_range_options_are_usage_errors(tmp_path: Path, sentiment: Any, args: tuple[str, ...], needle: str) -> None:
     src = save_checkpoint(sentiment.build(), tmp_path / "model.pt")
     result = run_cli("to-onnx", src, tmp_path / "out", "--module", "sentiment:build", *args, cwd=tmp_path, timeout=600)
     assert_cli_error(result, 2, needle)
     assert_no_output(tmp_path / "out")
 
 
-@pytest.mark.parametrize("tokens, needle", [
-    (np.array([[1, 2, 200]], np.int64), "'tokens' holds 200, outside [0, 200) (nn.Embedding 'embedding'"),
-    (np.array([[1, -3, 2]], np.int64), "'tokens' holds -3, outside [0, 200)"),
-    (np.array([[1.0, 2.0, 3.0]], np.float32), "'tokens' is float32[1, 3]; the model takes int64[1, 3]"),
-    (np.array([[1, 2, 3]], np.uint8), "'tokens' is uint8, but nn.Embedding"),
-])
-def test_wrong_values_or_dtype_in_inputs_file_name_the_input(tmp_path: Path, sentiment: Any, tokens: np.ndarray,
-                                                             needle: str) -> None:
+@pytest.mark.parametrize(
+    "tokens, needle",
+    [
+        (np.array([[1, 2, 200]], np.int64), "'tokens' holds 200, outside [0, 200) (nn.Embedding 'embedding'"),
+        (np.array([[1, -3, 2]], np.int64), "'tokens' holds -3, outside [0, 200)"),
+        (np.array([[1.0, 2.0, 3.0]], np.float32), "'tokens' is float32[1, 3]; the model takes int64[1, 3]"),
+        (np.array([[1, 2, 3]], np.uint8), "'tokens' is uint8, but nn.Embedding"),
+    ],
+)
+def test_wrong_values_or_dtype_in_inputs_file_name_the_input(
+    tmp_path: Path, sentiment: Any, tokens: np.ndarray, needle: str
+) -> None:
     src = save_checkpoint(sentiment.build(), tmp_path / "model.pt")
     np.savez(tmp_path / "tok.npz", tokens=tokens)
-    result = run_cli("to-onnx", src, tmp_path / "out", "--module", "sentiment:build", "--input-shape", "tokens=1x3",
-                     "--dynamic-axis", "tokens:1=seq", "--inputs", "tok.npz", cwd=tmp_path, timeout=600)
+    result = run_cli(
+        "to-onnx",
+        src,
+        tmp_path / "out",
+        "--module",
+        "sentiment:build",
+        "--input-shape",
+        "tokens=1x3",
+        "--dynamic-axis",
+        "tokens:1=seq",
+        "--inputs",
+        "tok.npz",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert_cli_error(result, 2, needle)
     assert_no_output(tmp_path / "out")
 
@@ -269,8 +334,7 @@ def test_wrong_values_or_dtype_in_inputs_file_name_the_input(tmp_path: Path, sen
 def test_range_on_a_float_input_and_float_values_for_an_index_are_usage_errors(tmp_path: Path, models: Any) -> None:
     src = save_checkpoint(models.tabular(), tmp_path / "tabular.pt")
     shapes = ("--module", "token_models:tabular", "--input-shape", "features=2x4", "--input-shape", "category=2")
-    result = run_cli("to-onnx", src, tmp_path / "out", *shapes, "--input-range", "features=0:3", cwd=tmp_path,
-                     timeout=600)
+    result = run_cli("to-onnx", src, tmp_path / "out", *shapes, "--input-range", "features=0:3", cwd=tmp_path, timeout=600)
     assert_cli_error(result, 2, "'features' is float32; ranges are for integer and bool inputs")
     np.savez(tmp_path / "inputs.npz", features=np.zeros((2, 4), np.float32), category=np.zeros(2, np.float32))
     result = run_cli("to-onnx", src, tmp_path / "out", *shapes, "--inputs", "inputs.npz", cwd=tmp_path, timeout=600)
@@ -302,9 +366,11 @@ def test_generated_inputs_respect_dtype_and_range() -> None:
     from exporters.onnx_export.inputs import input_sets
     from exporters.onnx_export.spec import InputSpec
 
-    specs = [InputSpec("ids", (2, 5), np.dtype("int32"), {0: "batch", 1: "seq"}, (7, 12), "--input-range"),
-             InputSpec("mask", (2, 5), np.dtype("bool"), {0: "batch", 1: "seq"}, (0, 2), "a mask"),
-             InputSpec("x", (2, 3), np.dtype("float32"), {0: "batch"})]
+    specs = [
+        InputSpec("ids", (2, 5), np.dtype("int32"), {0: "batch", 1: "seq"}, (7, 12), "--input-range"),
+        InputSpec("mask", (2, 5), np.dtype("bool"), {0: "batch", 1: "seq"}, (0, 2), "a mask"),
+        InputSpec("x", (2, 3), np.dtype("float32"), {0: "batch"}),
+    ]
     small, big = input_sets(specs, None, None)
     assert small.arrays["ids"].shape == (2, 5) and big.arrays["ids"].shape == (4, 7)
     for arrays in (small.arrays, big.arrays):
@@ -321,9 +387,9 @@ def test_pt2_program_with_token_ids_records_their_range(tmp_path: Path, sentimen
     doc = export(tmp_path / "sentiment.pt2", tmp_path / "onnx", cwd=tmp_path)
     (tokens,) = doc["graph"]["inputs"]
     assert tokens["dtype"] == "int64" and tokens["shape"] == ["batch", 9]
-    assert tokens["range"] == {"low": int(ids.min()), "high": int(ids.max()) + 1,
-                               "from": "the program's example inputs"}
-    result = run_cli("to-onnx", tmp_path / "sentiment.pt2", tmp_path / "out", "--input-range", "tokens=0:200",
-                     cwd=tmp_path, timeout=600)
+    assert tokens["range"] == {"low": int(ids.min()), "high": int(ids.max()) + 1, "from": "the program's example inputs"}
+    result = run_cli(
+        "to-onnx", tmp_path / "sentiment.pt2", tmp_path / "out", "--input-range", "tokens=0:200", cwd=tmp_path, timeout=600
+    )
     assert_cli_error(result, 2, "drop --input-shape, --input-range")
     assert_no_output(tmp_path / "out")

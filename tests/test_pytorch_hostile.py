@@ -64,7 +64,7 @@ def attack_of(file: str) -> str:
     stem = file.rsplit(".", 1)[0]
     for prefix in ("zip_", "legacy_", "raw_"):
         if stem.startswith(prefix):
-            return stem[len(prefix):]
+            return stem[len(prefix) :]
     return stem
 
 
@@ -97,9 +97,10 @@ def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Every catalogued file through `convert pth-to-safetensors`, several processes at a time."""
     root = tmp_path_factory.mktemp("hostile-runs")
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
-        futures = {entry["file"]: pool.submit(run_in_empty_folder, root / str(i), "pth-to-safetensors",
-                                              CORPUS / entry["file"], "out")
-                   for i, entry in enumerate(CATALOG)}
+        futures = {
+            entry["file"]: pool.submit(run_in_empty_folder, root / str(i), "pth-to-safetensors", CORPUS / entry["file"], "out")
+            for i, entry in enumerate(CATALOG)
+        }
     return {key: fut.result() for key, fut in futures.items()}
 
 
@@ -147,6 +148,7 @@ def test_corpus_is_there() -> None:
 # Made here: real torch.save output carrying objects that would run code if unpickled
 # ---------------------------------------------------------------------------------------------
 
+
 class Payload:
     """Pickles as a call to `fn(*args)`: what `torch.load(weights_only=False)` would run."""
 
@@ -166,7 +168,9 @@ PAYLOADS: dict[str, Callable[[], Any]] = {
 
 
 PLACES = [(payload, "beside-weights") for payload in sorted(PAYLOADS)] + [
-    ("os.system", "in-hyper-parameters"), ("builtins.exec", "as-a-tensor")]
+    ("os.system", "in-hyper-parameters"),
+    ("builtins.exec", "as-a-tensor"),
+]
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -209,10 +213,15 @@ def test_whole_pickled_module_is_refused_with_a_hint(tmp_path: Path) -> None:
 # Made here: truncations and forged sizes of real checkpoints
 # ---------------------------------------------------------------------------------------------
 
+
 def real_checkpoint(path: Path, legacy: bool) -> Path:
     g = torch.Generator().manual_seed(0)
-    state = {"embed.weight": torch.randn(40, 16, generator=g), "proj.weight": torch.randn(16, 16, generator=g),
-             "proj.bias": torch.randn(16, generator=g), "steps": torch.arange(10)}
+    state = {
+        "embed.weight": torch.randn(40, 16, generator=g),
+        "proj.weight": torch.randn(16, 16, generator=g),
+        "proj.bias": torch.randn(16, generator=g),
+        "steps": torch.arange(10),
+    }
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     return path
 
@@ -287,7 +296,7 @@ def rewrite_legacy_pickle(src: Path, dst: Path, edit: Callable[[bytes], bytes]) 
     """Copy a legacy torch checkpoint with its object pickle passed through `edit`."""
     data = src.read_bytes()
     ends = legacy_sections(data)
-    dst.write_bytes(data[:ends[2]] + edit(data[ends[2]:ends[3]]) + data[ends[3]:])
+    dst.write_bytes(data[: ends[2]] + edit(data[ends[2] : ends[3]]) + data[ends[3] :])
 
 
 def forge_zip(src: Path, dst: Path, new: Callable[[int], int]) -> None:
@@ -302,8 +311,8 @@ def forge_legacy_count(src: Path, dst: Path, new: Callable[[int], int]) -> None:
     """Replace the first storage's 8-byte element count (right after the key list) with new(count)."""
     data = bytearray(src.read_bytes())
     pos = legacy_sections(bytes(data))[4]
-    (count,) = struct.unpack("<q", data[pos:pos + 8])
-    data[pos:pos + 8] = struct.pack("<q", new(count))
+    (count,) = struct.unpack("<q", data[pos : pos + 8])
+    data[pos : pos + 8] = struct.pack("<q", new(count))
     dst.write_bytes(bytes(data))
 
 
@@ -369,7 +378,7 @@ def forge_memo_index(pkl: bytes, index: int) -> bytes:
     """The same pickle with its first BINPUT replaced by a LONG_BINPUT of `index`."""
     for op, _arg, pos in pickletools.genops(pkl):
         if op.name == "BINPUT":
-            return pkl[:pos] + b"r" + struct.pack("<I", index) + pkl[pos + 2:]
+            return pkl[:pos] + b"r" + struct.pack("<I", index) + pkl[pos + 2 :]
     raise AssertionError("no BINPUT in the pickle")
 
 

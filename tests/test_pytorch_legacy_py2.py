@@ -20,8 +20,13 @@ from conftest import assert_cli_error, assert_no_output, load_output, read_manif
 from convert.api import verify_path  # noqa: E402
 
 MAGIC = 0x1950A86A20F9469CFC6C
-STORAGE_CLASS = {torch.float32: "FloatStorage", torch.float64: "DoubleStorage", torch.int64: "LongStorage",
-                 torch.float16: "HalfStorage", torch.uint8: "ByteStorage"}
+STORAGE_CLASS = {
+    torch.float32: "FloatStorage",
+    torch.float64: "DoubleStorage",
+    torch.int64: "LongStorage",
+    torch.float16: "HalfStorage",
+    torch.uint8: "ByteStorage",
+}
 
 
 class _Global:
@@ -109,8 +114,7 @@ def write_py2_legacy(path: Path, state: dict[str, Any], device: str = "cuda:0", 
     with open(path, "wb") as fh:
         _py2_dump(MAGIC, fh)
         _py2_dump(1001, fh)
-        _py2_dump({"protocol_version": 1001, "little_endian": True,
-                   "type_sizes": {"short": 2, "int": 4, "long": 8}}, fh)
+        _py2_dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 8}}, fh)
         _py2_dump(ordered, fh, persistent_id)
         _py2_dump(list(storages), fh)
         for tensor in storages.values():
@@ -120,10 +124,14 @@ def write_py2_legacy(path: Path, state: dict[str, Any], device: str = "cuda:0", 
 
 def _state() -> dict[str, Any]:
     g = torch.Generator().manual_seed(3)
-    return {"conv1.weight": torch.randn(4, 3, 3, 3, generator=g), "conv1.bias": torch.randn(4, generator=g),
-            "bn1.running_mean": torch.randn(4, generator=g, dtype=torch.float64),
-            "bn1.num_batches_tracked": torch.tensor(12, dtype=torch.int64),
-            "fc.weight": torch.randn(2, 36, generator=g).half(), "caf\u00e9.mask": torch.tensor([1, 0, 1], dtype=torch.uint8)}
+    return {
+        "conv1.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "conv1.bias": torch.randn(4, generator=g),
+        "bn1.running_mean": torch.randn(4, generator=g, dtype=torch.float64),
+        "bn1.num_batches_tracked": torch.tensor(12, dtype=torch.int64),
+        "fc.weight": torch.randn(2, 36, generator=g).half(),
+        "caf\u00e9.mask": torch.tensor([1, 0, 1], dtype=torch.uint8),
+    }
 
 
 def reference_load(path: Path) -> dict[str, Any]:
@@ -158,7 +166,7 @@ def test_memo_far_ahead_is_still_refused(tmp_path: Path) -> None:
     write_py2_legacy(src, _state())
     data = bytearray(src.read_bytes())
     at = data.index(b"q\x01")  # the first BINPUT of the header pickle
-    data[at:at + 2] = b"r" + struct.pack("<I", 2**31 - 5)
+    data[at : at + 2] = b"r" + struct.pack("<I", 2**31 - 5)
     src.write_bytes(bytes(data))
     out = tmp_path / "out"
     assert_cli_error(run_cli("pth-to-safetensors", src, out), 6, "memo entry")

@@ -73,8 +73,9 @@ def model_inputs() -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_mixed_module_loads_back_and_computes_the_same(legacy: bool, save_checkpoint: Callable[..., Path],
-                                                       tmp_path: Path) -> None:
+def test_mixed_module_loads_back_and_computes_the_same(
+    legacy: bool, save_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
     model = trained_mixed_net()
     state = model.state_dict()
     src = save_checkpoint(state, legacy=legacy)
@@ -115,6 +116,7 @@ def test_mixed_module_sharded_output(save_checkpoint: Callable[..., Path], tmp_p
 # ---------------------------------------------------------------------------------------------
 # Hugging Face folders
 # ---------------------------------------------------------------------------------------------
+
 
 def fixed_input(vocab: int = 100) -> Any:
     return torch.arange(12).remainder(vocab).view(2, 6)

@@ -148,8 +148,13 @@ def test_non_contiguous_views(torch_format: str, save_checkpoint: Callable[..., 
 def test_views_of_one_storage_are_not_aliases(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     """Different views of one storage hold different values: each is stored, none is an alias."""
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {"whole": base, "top": base[:2], "bottom": base[2:], "t": base.t(),
-             "same_shape_other_offset": base.view(-1)[1:13].view(2, 6)}
+    state = {
+        "whole": base,
+        "top": base[:2],
+        "bottom": base[2:],
+        "t": base.t(),
+        "same_shape_other_offset": base.view(-1)[1:13].view(2, 6),
+    }
     src = save_checkpoint(state)
     result, doc = convert_api(src, tmp_path / "out")
     assert doc["aliases"] == {} and result.aliases == {}
@@ -187,8 +192,9 @@ def test_tied_module_state_dict(save_checkpoint: Callable[..., Path], tmp_path: 
     assert torch.equal(fresh[0].weight, model[0].weight) and torch.equal(fresh[1].weight, model[1].weight)
 
 
-def test_lightning_checkpoint(torch_format: str, save_checkpoint: Callable[..., Path], tmp_path: Path,
-                              small_state_dict: dict[str, Any]) -> None:
+def test_lightning_checkpoint(
+    torch_format: str, save_checkpoint: Callable[..., Path], tmp_path: Path, small_state_dict: dict[str, Any]
+) -> None:
     """A Lightning .ckpt: state_dict is found by itself, optimizer tensors are left out, and the
     hyper-parameters land in the manifest's source details."""
     ckpt = {
@@ -197,8 +203,12 @@ def test_lightning_checkpoint(torch_format: str, save_checkpoint: Callable[..., 
         "pytorch-lightning_version": "2.4.0",
         "state_dict": small_state_dict,
         "hyper_parameters": {"lr": 0.001, "hidden": 8, "name": "tiny", "betas": (0.9, 0.999), "layers": [8, 3]},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(120.0), "exp_avg": torch.randn(8, 5)}},
-                              "param_groups": [{"lr": 0.001, "params": [0, 1]}]}],
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(120.0), "exp_avg": torch.randn(8, 5)}},
+                "param_groups": [{"lr": 0.001, "params": [0, 1]}],
+            }
+        ],
         "lr_schedulers": [],
         "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}},
     }
@@ -283,6 +293,7 @@ def test_module_state_dict_with_buffers(torch_format: str, save_checkpoint: Call
 # --dtype
 # ---------------------------------------------------------------------------------------------
 
+
 def cast_source_state() -> dict[str, Any]:
     """Floating tensors of several precisions (with infinities, overflow and NaN), ints and bools."""
     g = seeded(10)
@@ -294,8 +305,12 @@ def cast_source_state() -> dict[str, Any]:
         "w.bf16": x.to(torch.bfloat16),
         # random values, plus values just under a bfloat16 rounding midpoint (where rounding twice,
         # through float32, and rounding once could disagree)
-        "w.f64": torch.cat([torch.randn(64, generator=g, dtype=torch.float64) * 100,
-                            (torch.arange(128, 256, dtype=torch.float64) + 0.5 - 2.0**-30) * 2.0**-7]).reshape(8, 24),
+        "w.f64": torch.cat(
+            [
+                torch.randn(64, generator=g, dtype=torch.float64) * 100,
+                (torch.arange(128, 256, dtype=torch.float64) + 0.5 - 2.0**-30) * 2.0**-7,
+            ]
+        ).reshape(8, 24),
         "w.f8": torch.randn(4, 4, generator=g).mul(10).to(torch.float8_e4m3fn),
         "ids.i64": torch.randint(-(2**62), 2**62, (5,), generator=g, dtype=torch.int64),
         "ids.i32": torch.randint(-1000, 1000, (3, 3), generator=g, dtype=torch.int32),
@@ -322,8 +337,9 @@ WIDER = {"F64": 3, "F32": 2, "F16": 1, "BF16": 1, "F8_E4M3": 0}
 
 
 @pytest.mark.parametrize("flag,target", [("f16", torch.float16), ("bf16", torch.bfloat16), ("f32", torch.float32)])
-def test_dtype_cast_matches_torch(flag: str, target: Any, torch_format: str, save_checkpoint: Callable[..., Path],
-                                  tmp_path: Path) -> None:
+def test_dtype_cast_matches_torch(
+    flag: str, target: Any, torch_format: str, save_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
     """--dtype casts floating tensors only, bit for bit as torch's own .to() does (with --cast-loss
     accept: the values include ones the target cannot hold); the manifest records each cast, whether it
     lost precision, and how many values it turned into inf or zero."""
@@ -341,8 +357,15 @@ def test_dtype_cast_matches_torch(flag: str, target: Any, torch_format: str, sav
         if t.dtype.is_floating_point and t.dtype != target:
             assert_cast_equal(stored[name], t.to(target), name)
             narrowing = WIDER[code] <= WIDER[src_code]
-            lost = {"on_loss": "accept", "overflowed": entry["transforms"][0].get("overflowed"),
-                    "flushed": entry["transforms"][0].get("flushed")} if narrowing else {}
+            lost = (
+                {
+                    "on_loss": "accept",
+                    "overflowed": entry["transforms"][0].get("overflowed"),
+                    "flushed": entry["transforms"][0].get("flushed"),
+                }
+                if narrowing
+                else {}
+            )
             assert entry["transforms"] == [{"op": "cast", "to": code, "lossless": not narrowing, **lost}], name
             if narrowing:
                 finite = torch.isfinite(t.double())

@@ -62,9 +62,18 @@ def convert(src: Path, out: Path, *args: str) -> str:
 def test_training_states_are_left_out_with_a_note(tmp_path: Path) -> None:
     net, opt, sched, scaler = trained()
     src = tmp_path / "train.pt"
-    torch.save({"model_state": net.state_dict(), "optimizer_state": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "torch_rng": torch.get_rng_state(),
-                "epoch": 2}, src)
+    torch.save(
+        {
+            "model_state": net.state_dict(),
+            "optimizer_state": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "torch_rng": torch.get_rng_state(),
+            "epoch": 2,
+        },
+        src,
+    )
     out = tmp_path / "out"
     err = convert(src, out)
     outputs_match(net, out)
@@ -76,8 +85,11 @@ def test_training_states_are_left_out_with_a_note(tmp_path: Path) -> None:
     assert len(optimizer_dropped) == n_moments
     assert {"rng.torch", "torch_rng"} <= set(doc["dropped"])
     assert doc["source"]["details"]["key"] == "model_state"
-    assert doc["source"]["details"]["training_state"] == {"optimizer_state": "optimizer state", "rng": "RNG state",
-                                                           "torch_rng": "RNG state"}  # scheduler, scaler: no tensors
+    assert doc["source"]["details"]["training_state"] == {
+        "optimizer_state": "optimizer state",
+        "rng": "RNG state",
+        "torch_rng": "RNG state",
+    }  # scheduler, scaler: no tensors
     # --key still converts the optimizer state when asked for it
     code, _, err = run_cli("pth-to-safetensors", src, tmp_path / "opt", "--key", "optimizer_state", "-q")
     assert code == 0, err
@@ -129,8 +141,15 @@ def test_lightning_module_prefix_is_stripped_for_the_inner_model(tmp_path: Path)
     torch.manual_seed(1)
     module = Wrapper()
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2, 8)), batch_size=4)
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     trainer.fit(module, data)
     src = tmp_path / "run.ckpt"
     trainer.save_checkpoint(src)

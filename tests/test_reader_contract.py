@@ -15,11 +15,33 @@ from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, ru
 from convert.contract import ReaderOptions
 from exporters.registry import READERS, detect, face_named
 
-COMMON_OPTIONS = {"--layout", "--layout-file", "--layout-option", "--dtype", "--cast-loss", "--max-shard-size",
-                  "--digest", "--overwrite", "--dry-run", "--follow-links", "--json", "-q", "--quiet", "-v",
-                  "--verbose", "-h", "--help"}
-FLAG_OF = {"key": "--key", "strip_prefix": "--strip-prefix", "config": "--config", "collections": "--collection",
-           "unstack": "--unstack", "quantized": "--quantized"}
+COMMON_OPTIONS = {
+    "--layout",
+    "--layout-file",
+    "--layout-option",
+    "--dtype",
+    "--cast-loss",
+    "--max-shard-size",
+    "--digest",
+    "--overwrite",
+    "--dry-run",
+    "--follow-links",
+    "--json",
+    "-q",
+    "--quiet",
+    "-v",
+    "--verbose",
+    "-h",
+    "--help",
+}
+FLAG_OF = {
+    "key": "--key",
+    "strip_prefix": "--strip-prefix",
+    "config": "--config",
+    "collections": "--collection",
+    "unstack": "--unstack",
+    "quantized": "--quantized",
+}
 
 
 def test_faces_are_consistent() -> None:
@@ -48,22 +70,28 @@ def test_each_command_takes_exactly_its_readers_options(face) -> None:
 
 def test_listing_the_readers_imports_no_framework() -> None:
     """The registry is read at CLI start-up: its faces must not import any reader's libraries."""
-    code = ("import sys, exporters.registry, convert.cli; "
-            "print(' '.join(m for m in ('numpy', 'h5py', 'msgpack', 'onnx', 'torch', 'tensorflow', 'jax', "
-            "'exporters.pytorch.reader', 'exporters.keras.reader') if m in sys.modules))")
+    code = (
+        "import sys, exporters.registry, convert.cli; "
+        "print(' '.join(m for m in ('numpy', 'h5py', 'msgpack', 'onnx', 'torch', 'tensorflow', 'jax', "
+        "'exporters.pytorch.reader', 'exporters.keras.reader') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert loaded.strip() == ""
 
 
-@pytest.mark.parametrize("index, shard", [
-    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ("tf_model.h5.index.json", "tf_model.h5"),
-    ("flax_model.msgpack.index.json", "flax_model.msgpack"),
-    ("model.safetensors.index.json", "model.safetensors"),
-])
+@pytest.mark.parametrize(
+    "index, shard",
+    [
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+        ("tf_model.h5.index.json", "tf_model.h5"),
+        ("flax_model.msgpack.index.json", "flax_model.msgpack"),
+        ("model.safetensors.index.json", "model.safetensors"),
+    ],
+)
 @pytest.mark.parametrize("shard_name", ["../outside.bin", "sub/inner.bin", ".hidden"])
-def test_index_pointing_outside_the_folder_is_unsafe_for_every_reader(tmp_path: Path, index: str, shard: str,
-                                                                      shard_name: str) -> None:
+def test_index_pointing_outside_the_folder_is_unsafe_for_every_reader(
+    tmp_path: Path, index: str, shard: str, shard_name: str
+) -> None:
     """The same attack (a shard name that leaves the folder) is exit 5 whichever framework's index it
     is in (it was 5 for PyTorch, 6 for Keras); nothing is written."""
     folder = tmp_path / "model"
@@ -116,10 +144,13 @@ def test_batch_carries_the_tensorflow_key(tmp_path: Path) -> None:
     model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
     teacher = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(4)])
     prefix = tf.train.Checkpoint(model=model, teacher=teacher).write(str(tmp_path / "ckpt" / "ckpt"))
-    jobs = write_job_file(tmp_path / "jobs.toml", [
-        {"source": prefix + ".index", "output": "teacher", "key": "teacher"},
-        {"source": prefix + ".index", "output": "missing", "key": "no_such_object"},
-    ])
+    jobs = write_job_file(
+        tmp_path / "jobs.toml",
+        [
+            {"source": prefix + ".index", "output": "teacher", "key": "teacher"},
+            {"source": prefix + ".index", "output": "missing", "key": "no_such_object"},
+        ],
+    )
     rows = {Path(str(r["output"])).name: r for r in run_batch(jobs)}
     assert rows["teacher"]["status"] == "ok", rows
     assert rows["missing"]["status"] == "failed" and rows["missing"]["exit_code"] == 3, rows
@@ -142,13 +173,18 @@ def test_batch_carries_keras_config_and_flax_unstack(tmp_path: Path) -> None:
         return msgpack.ExtType(1, msgpack.packb((list(a.shape), a.dtype.name, a.tobytes()), use_bin_type=True))
 
     kernel = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)  # three stacked Dense(4 -> 5)
-    tree = {"params": {"layers": {"Dense_0": {"kernel": arr(kernel), "bias": arr(np.zeros((3, 5), np.float32))}}},
-            "ema": {"layers": {"Dense_0": {"kernel": arr(kernel + 1), "bias": arr(np.ones((3, 5), np.float32))}}}}
+    tree = {
+        "params": {"layers": {"Dense_0": {"kernel": arr(kernel), "bias": arr(np.zeros((3, 5), np.float32))}}},
+        "ema": {"layers": {"Dense_0": {"kernel": arr(kernel + 1), "bias": arr(np.ones((3, 5), np.float32))}}},
+    }
     (tmp_path / "scan.msgpack").write_bytes(msgpack.packb(tree, use_bin_type=True))
-    jobs = write_job_file(tmp_path / "jobs.toml", [
-        {"source": "model.weights.h5", "output": "keras", "config": "model.json"},
-        {"source": "scan.msgpack", "output": "flax", "unstack": ["layers"], "collections": ["ema"]},
-    ])
+    jobs = write_job_file(
+        tmp_path / "jobs.toml",
+        [
+            {"source": "model.weights.h5", "output": "keras", "config": "model.json"},
+            {"source": "scan.msgpack", "output": "flax", "unstack": ["layers"], "collections": ["ema"]},
+        ],
+    )
     rows = run_batch(jobs)
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
     keras_doc = read_manifest(tmp_path / "keras")

@@ -37,7 +37,7 @@ NOT_RUN = {
     "cargo build --release": "builds against crates.io (network); tests/rust_helpers.py builds the crate offline",
     ".venv/bin/python scripts/bench_": "benchmarks on 1 GiB and larger inputs, run by hand (README, Benchmarks)",
     "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/test_rust.py builds it offline and runs "
-                                "`rmc verify` and `rmc inspect` (with --json) on converted outputs",
+    "`rmc verify` and `rmc inspect` (with --json) on converted outputs",
 }
 
 
@@ -74,9 +74,8 @@ def variants(command: str) -> list[str]:
     match = re.search(r" \[([^\]]+)\]", command)
     if match is None:
         return [command]
-    plain = command[:match.start()] + command[match.end():]
-    return [plain, *(command[:match.start()] + " " + alt + command[match.end():]
-                     for alt in _alternatives(match.group(1)))]
+    plain = command[: match.start()] + command[match.end() :]
+    return [plain, *(command[: match.start()] + " " + alt + command[match.end() :] for alt in _alternatives(match.group(1)))]
 
 
 def _alternatives(option: str) -> list[str]:
@@ -87,6 +86,7 @@ def _alternatives(option: str) -> list[str]:
 
 
 # --- the sources the README names, written by the real frameworks ----------------------------
+
 
 def _torch_sources(root: Path) -> None:
     from safetensors.torch import save_file
@@ -100,14 +100,29 @@ def _torch_sources(root: Path) -> None:
     optimizer = torch.optim.Adam(net.parameters())
     net(torch.randn(3, 4)).sum().backward()
     optimizer.step()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 30,
-                "optimizer_states": [optimizer.state_dict()]}, root / "last.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "epoch": 3,
+            "global_step": 30,
+            "optimizer_states": [optimizer.state_dict()],
+        },
+        root / "last.ckpt",
+    )
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 1}, root / "run.ckpt")
     torch.save({"model": {"ema": state, "online": state}, "step": 5}, root / "ckpt.pt")
     torch.save({"model": state, "ema": {k: v * 0.5 for k, v in state.items()}}, root / "ema.pt")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)
-    torch.save({"model": state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "epoch": 2}, root / "train.pt")
+    torch.save(
+        {
+            "model": state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": 2,
+        },
+        root / "train.pt",
+    )
     torch.save({"ema": state, "epoch": 1}, root / "train.ckpt")
     (root / "hf-folder").mkdir()
     torch.save(state, root / "hf-folder" / "pytorch_model.bin")
@@ -117,11 +132,13 @@ def _torch_sources(root: Path) -> None:
         (root / folder).mkdir(exist_ok=True)
         torch.save(state, root / folder / name)
     batch = torch.export.Dim("batch")
-    torch.export.save(torch.export.export(net.eval(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},)),
-                      str(root / "model.pt2"))
+    torch.export.save(
+        torch.export.export(net.eval(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},)), str(root / "model.pt2")
+    )
     (root / "mypkg").mkdir()
     (root / "mypkg" / "__init__.py").write_text("")
-    (root / "mypkg" / "models.py").write_text(textwrap.dedent('''
+    (root / "mypkg" / "models.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -148,7 +165,8 @@ def _torch_sources(root: Path) -> None:
 
         def tagger():
             return Tagger()
-    '''))
+    """)
+    )
     sys.path.insert(0, str(root))
     try:
         import mypkg.models as models
@@ -163,7 +181,8 @@ def _torch_sources(root: Path) -> None:
 
 def _embedding_model(work: Path) -> None:
     """`--module mypkg.models:build --input-shape ids=1x9:int32 --input-range ids=0:30000`: token ids."""
-    (work / "mypkg" / "models.py").write_text(textwrap.dedent('''
+    (work / "mypkg" / "models.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         class Ids(nn.Module):
@@ -177,7 +196,8 @@ def _embedding_model(work: Path) -> None:
 
         def build():
             return Ids()
-    '''))
+    """)
+    )
     torch.manual_seed(1)
     from torch import nn
 
@@ -212,7 +232,8 @@ def _flax_sources(root: Path) -> None:
     ocp.PyTreeCheckpointer().save((root / "ckpt_dir").absolute(), params)
     (root / "mypkg").mkdir(exist_ok=True)
     (root / "mypkg" / "__init__.py").write_text("")
-    (root / "mypkg" / "flax_models.py").write_text(textwrap.dedent('''
+    (root / "mypkg" / "flax_models.py").write_text(
+        textwrap.dedent("""
         from flax import nnx
 
         class Net(nnx.Module):
@@ -224,7 +245,8 @@ def _flax_sources(root: Path) -> None:
 
         def build():
             return Net(nnx.Rngs(0))
-    '''))
+    """)
+    )
     from flax import nnx
 
     class Net(nnx.Module):
@@ -235,7 +257,7 @@ def _flax_sources(root: Path) -> None:
     (root / "net.msgpack").write_bytes(fh.to_bytes(pure))
 
 
-KERAS_SCRIPT = '''
+KERAS_SCRIPT = """
 import sys, json, numpy as np
 import keras, tensorflow as tf
 root = sys.argv[1]
@@ -248,14 +270,13 @@ model.save(f"{root}/model.h5")
 model.export(f"{root}/saved_model_dir", verbose=False)
 tf.train.Checkpoint(model=model).write(f"{root}/ckpt/ckpt")
 open(f"{root}/model.tflite", "wb").write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-'''
+"""
 
 
 def _keras_sources(root: Path) -> None:
     pytest.importorskip("tensorflow", reason="the Keras/TF sources are written with TensorFlow and Keras")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(root)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(root)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -266,8 +287,7 @@ def _nf_sources(root: Path) -> None:
     folder = root / "nf_folder"
     shutil.copytree(NF_SAVE, folder)
     config = json.loads((folder / "configuration.json").read_text())
-    config["configuration"]["alias_to_model"] = {k: v for k, v in config["configuration"]["alias_to_model"].items()
-                                                 if k in keep}
+    config["configuration"]["alias_to_model"] = {k: v for k, v in config["configuration"]["alias_to_model"].items() if k in keep}
     (folder / "configuration.json").write_text(json.dumps(config))
     for path in folder.glob("*_0.safetensors"):
         if path.name.removesuffix("_0.safetensors") not in keep:
@@ -281,16 +301,40 @@ def _onnx_model(work: Path) -> None:
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),), str(work / "out" / "model.onnx"), dynamo=False)
 
 
-GROUPS: dict[str, Callable[[Path], None]] = {"torch": _torch_sources, "flax": _flax_sources,
-                                               "keras": _keras_sources, "nf": _nf_sources}
+GROUPS: dict[str, Callable[[Path], None]] = {
+    "torch": _torch_sources,
+    "flax": _flax_sources,
+    "keras": _keras_sources,
+    "nf": _nf_sources,
+}
 # The README's source names, by the group that writes them.
-GROUP_OF = {name: group for group, names in {
-    "torch": ["model.pt", "last.ckpt", "ckpt.pt", "hf-folder/", "SRC", "models/", "train.pt", "ema.pt", "run.ckpt",
-              "silero_vad.jit", "params.npz", "model.pt2", "weights.safetensors", "tagger.pt", "out/", "out/model.onnx"],
-    "flax": ["params.msgpack", "hf-flax-folder/", "ckpt_dir/", "state.msgpack", "scan.msgpack", "net.msgpack"],
-    "keras": ["model.keras", "model.weights.h5", "model.h5", "saved_model_dir/", "ckpt/ckpt", "model.tflite"],
-    "nf": ["nf_folder/"],
-}.items() for name in names}
+GROUP_OF = {
+    name: group
+    for group, names in {
+        "torch": [
+            "model.pt",
+            "last.ckpt",
+            "ckpt.pt",
+            "hf-folder/",
+            "SRC",
+            "models/",
+            "train.pt",
+            "ema.pt",
+            "run.ckpt",
+            "silero_vad.jit",
+            "params.npz",
+            "model.pt2",
+            "weights.safetensors",
+            "tagger.pt",
+            "out/",
+            "out/model.onnx",
+        ],
+        "flax": ["params.msgpack", "hf-flax-folder/", "ckpt_dir/", "state.msgpack", "scan.msgpack", "net.msgpack"],
+        "keras": ["model.keras", "model.weights.h5", "model.h5", "saved_model_dir/", "ckpt/ckpt", "model.tflite"],
+        "nf": ["nf_folder/"],
+    }.items()
+    for name in names
+}
 
 # What a command needs in its folder besides its group's sources.
 SETUP: dict[str, Callable[[Path], None]] = {
@@ -298,11 +342,13 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "convert verify out/ --source model.pt": lambda work: _convert_into_out(work),
     "convert verify out/ --source nf_folder/": lambda work: _convert_into_out(work, "nf-to-safetensors", "nf_folder/"),
     "convert onnx-to-safetensors out/model.onnx weights/": _onnx_model,
-    "convert to-onnx model.pt out/ --module mypkg.models:build --input-shape ids=1x9:int32 --input-range ids=0:30000":
-        _embedding_model,
+    "convert to-onnx model.pt out/ --module mypkg.models:build --input-shape ids=1x9:int32 --input-range ids=0:30000": (
+        _embedding_model
+    ),
 }
 NEEDS = {  # commands whose group is not their first source's, or that need a module on top
-    "convert layouts": [], "convert layouts burn": [],
+    "convert layouts": [],
+    "convert layouts burn": [],
     "convert keras-to-safetensors hf-tf-folder/ out/": ["hf-tf"],
     "convert verify out/ --source nf_folder/": ["nf"],
     "convert to-onnx net.msgpack out/ --framework jax --module mypkg.flax_models:build --input-shape x=1x4": ["flax", "jax2onnx"],
@@ -334,7 +380,7 @@ def _runnable() -> list[str]:
     for command in shell_commands():
         if command in in_sentiment:
             continue
-        for variant in ([command] if not_run(command) else variants(command)):
+        for variant in [command] if not_run(command) else variants(command):
             seen[variant] = None
     return list(seen)
 
@@ -342,7 +388,7 @@ def _runnable() -> list[str]:
 def _sentiment_block() -> list[str]:
     commands = shell_commands()
     start = commands.index("cd fixtures/sentiment")
-    return commands[start:start + 4]
+    return commands[start : start + 4]
 
 
 @pytest.fixture(scope="session")
@@ -354,8 +400,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
         if group not in built:
             root = tmp_path_factory.mktemp(f"readme-{group}")
             if group == "hf-tf":  # BERT saved by transformers' TF class with save_pretrained
-                shutil.copytree(request.getfixturevalue("hf_models") / "hf" / "bert" / "single",
-                                root / "hf-tf-folder")
+                shutil.copytree(request.getfixturevalue("hf_models") / "hf" / "bert" / "single", root / "hf-tf-folder")
             elif group == "jax2onnx":  # a folder for PYTHONPATH, as tests/test_onnx_jax.py installs it
                 import importlib.util
 
@@ -399,8 +444,14 @@ def test_readme_command(command: str, sources: Callable[[str], Path], tmp_path: 
         SETUP[command](work)
     words = shlex.split(command.replace(" SRC ", " model.pt "))
     assert words[0] == "convert", command
-    proc = subprocess.run([sys.executable, "-m", "convert.cli", *words[1:]], cwd=work, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(path), "NO_COLOR": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert.cli", *words[1:]],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(path), "NO_COLOR": "1"},
+    )
     assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
     assert "error" not in proc.stderr, proc.stderr
 
@@ -426,8 +477,14 @@ def test_readme_python_api_runs_as_written(sources: Callable[[str], Path], tmp_p
     for group in ("torch", "flax", "keras", "nf"):
         shutil.copytree(sources(group), work, dirs_exist_ok=True)
     (work / "snippet.py").write_text(block)
-    proc = subprocess.run([sys.executable, "snippet.py"], cwd=work, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "snippet.py"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_manifest(work / "out")["target"]["dtype"] == "bf16"  # the second call replaced the first
     assert read_manifest(work / "ckpt_out")["target"]["layout"] == "candle"

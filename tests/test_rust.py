@@ -58,8 +58,14 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sharded": ("--max-shard-size", "1KB"),
         "burn": ("--layout", "burn"),
         # a bare state dict: burn-native transposes Linears, so the embedding and the tied head are decided
-        "burn-native": ("--layout", "burn-native", "--max-shard-size", "2KB",
-                        "--layout-option", "module_types=emb=Embedding,head=Linear"),
+        "burn-native": (
+            "--layout",
+            "burn-native",
+            "--max-shard-size",
+            "2KB",
+            "--layout-option",
+            "module_types=emb=Embedding,head=Linear",
+        ),
         "f16": ("--dtype", "f16"),
         "bf16": ("--dtype", "bf16", "--max-shard-size", "1KB"),
     }
@@ -111,27 +117,47 @@ def _swap_header_dtype(out: Path) -> None:
     path = out / "model.safetensors"
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = raw[8:8 + n].replace(b'"fc.bias":{"dtype":"F32"', b'"fc.bias":{"dtype":"I32"', 1)
-    assert header != raw[8:8 + n]
-    path.write_bytes(raw[:8] + header + raw[8 + n:])
+    header = raw[8 : 8 + n].replace(b'"fc.bias":{"dtype":"F32"', b'"fc.bias":{"dtype":"I32"', 1)
+    assert header != raw[8 : 8 + n]
+    path.write_bytes(raw[:8] + header + raw[8 + n :])
 
 
 TAMPERS: dict[str, tuple[str, Any, int, set[str]]] = {
     # name: (output, tamper, exit code both give, tensors both must name)
     "tensor byte": ("pytorch", lambda o: flip_tensor_byte(o, "lstm.weight_hh_l1"), 8, {"lstm.weight_hh_l1"}),
     "shard tensor byte": ("sharded", lambda o: flip_tensor_byte(o, "gru.bias_hh_l0"), 8, {"gru.bias_hh_l0"}),
-    "burn gate byte": ("burn-native", lambda o: flip_tensor_byte(o, "lstm.1.cell_gate.hidden_transform.weight"), 8,
-                       {"lstm.1.cell_gate.hidden_transform.weight"}),
+    "burn gate byte": (
+        "burn-native",
+        lambda o: flip_tensor_byte(o, "lstm.1.cell_gate.hidden_transform.weight"),
+        8,
+        {"lstm.1.cell_gate.hidden_transform.weight"},
+    ),
     "tensor digest": ("pytorch", lambda o: _edit_manifest(o, lambda d: _zero_digest(_tensor(d, "fc.bias"))), 8, {"fc.bias"}),
-    "tensor shape": ("pytorch", lambda o: _edit_manifest(o, lambda d: _tensor(d, "conv.bias").update(shape=[1, 3])),
-                     8, {"conv.bias"}),
+    "tensor shape": (
+        "pytorch",
+        lambda o: _edit_manifest(o, lambda d: _tensor(d, "conv.bias").update(shape=[1, 3])),
+        8,
+        {"conv.bias"},
+    ),
     "header dtype": ("pytorch", _swap_header_dtype, 8, {"fc.bias"}),
-    "truncated file": ("pytorch", lambda o: (o / "model.safetensors").write_bytes((o / "model.safetensors").read_bytes()[:-4]),
-                       8, set()),
-    "missing shard": ("sharded", lambda o: (o / json.loads((o / "manifest.json").read_text())["files"][1]["path"]).unlink(),
-                      8, set()),
-    "index weight_map": ("sharded", lambda o: (o / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 1}, "weight_map": {}})), 8, set()),
+    "truncated file": (
+        "pytorch",
+        lambda o: (o / "model.safetensors").write_bytes((o / "model.safetensors").read_bytes()[:-4]),
+        8,
+        set(),
+    ),
+    "missing shard": (
+        "sharded",
+        lambda o: (o / json.loads((o / "manifest.json").read_text())["files"][1]["path"]).unlink(),
+        8,
+        set(),
+    ),
+    "index weight_map": (
+        "sharded",
+        lambda o: (o / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": {}})),
+        8,
+        set(),
+    ),
     "alias removed": ("pytorch", lambda o: _edit_manifest(o, lambda d: d.update(aliases={})), 8, set()),
     "version": ("pytorch", lambda o: _edit_manifest(o, lambda d: d.update(manifest_version="9.9")), 8, set()),
     "manifest not json": ("pytorch", lambda o: (o / "manifest.json").write_text("{not json"), 6, set()),
@@ -211,6 +237,7 @@ def test_aliases_and_modules(outputs: dict[str, Path]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Reference forward passes
 # ---------------------------------------------------------------------------------------------
+
 
 class ConvBN(nn.Module):
     def __init__(self) -> None:
@@ -317,8 +344,9 @@ def test_a_graph_manifest_round_trips(graph_output: Path, tmp_path: Path) -> Non
 def test_readme_example_is_the_quickstart_and_runs(outputs: dict[str, Path]) -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```rust\n(.*?)```", readme, re.S)
-    assert (REPO / "rust" / "rmc-load" / "examples" / "quickstart.rs").read_text(encoding="utf-8") in blocks, \
+    assert (REPO / "rust" / "rmc-load" / "examples" / "quickstart.rs").read_text(encoding="utf-8") in blocks, (
         "README's Rust examples do not include examples/quickstart.rs as it is"
+    )
     for way in ("pytorch", "burn-native"):
         rc, stdout, stderr = run(rust_tools().quickstart, outputs[way])
         assert rc == 0, stderr

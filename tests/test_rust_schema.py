@@ -135,6 +135,7 @@ def test_a_missing_required_field_is_refused(tmp_path: Path) -> None:
 # Real outputs, and the 2.0 digest form
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
@@ -142,8 +143,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     m = torch.nn.ModuleDict({"emb": torch.nn.Embedding(9, 4), "lstm": torch.nn.LSTM(4, 3), "out": torch.nn.Linear(3, 9)})
     torch.save(m.state_dict(), root / "m.pt")
-    rc, _stdout, stderr = run_cli("pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn",
-                                  "--max-shard-size", "1KB")
+    rc, _stdout, stderr = run_cli(
+        "pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn", "--max-shard-size", "1KB"
+    )
     assert rc == 0, stderr
     return root / "out"
 
@@ -176,7 +178,7 @@ def as_version_2(out: Path, algorithm: str) -> None:
     for t in doc["tensors"]:
         start = header_length(out / t["file"])
         t.pop("sha256", None)
-        t["digest"] = digest(contents[t["file"]][start + t["data_offsets"][0]:start + t["data_offsets"][1]])
+        t["digest"] = digest(contents[t["file"]][start + t["data_offsets"][0] : start + t["data_offsets"][1]])
     (out / "manifest.json").write_text(json.dumps(doc))
 
 

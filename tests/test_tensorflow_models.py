@@ -86,8 +86,15 @@ def test_cli_paths_and_detection(keras_models: Path, tmp_path: Path) -> None:
     assert verify_path(tmp_path / "cli", sources[0]).ok
 
 
-@pytest.mark.parametrize("flavor,fmt,names_from", [("keras3", "ckpt", "object-paths"), ("keras2", "ckpt", "tf-names"),
-                                                    ("keras3", "model.weights.h5", None), ("keras2", "weights.h5", None)])
+@pytest.mark.parametrize(
+    "flavor,fmt,names_from",
+    [
+        ("keras3", "ckpt", "object-paths"),
+        ("keras2", "ckpt", "tf-names"),
+        ("keras3", "model.weights.h5", None),
+        ("keras2", "weights.h5", None),
+    ],
+)
 def test_subclassed_model(keras_models: Path, tmp_path: Path, flavor: str, fmt: str, names_from: str | None) -> None:
     """No config anywhere. Keras 3 names a subclassed model's variables by the model alone, so its
     checkpoint is named by object paths (attributes: emb, proj, norm); tf.keras 2 names them by layer
@@ -128,8 +135,11 @@ def test_broken_checkpoints(keras_models: Path, tmp_path: Path) -> None:
     """Truncated or damaged files and a missing checkpoint: one line, the documented code, nothing written."""
     big = _two_shards(tmp_path / "big")
     (big / "ckpt.data-00000-of-00002").write_bytes(b"\0" * 100)  # v's 4 MB shard, cut; the object graph's intact
-    assert_cli_error(run_cli("tf-to-safetensors", big / "ckpt", tmp_path / "a"), 6,
-                     "declares shape [1000, 1000], more than the data files hold")
+    assert_cli_error(
+        run_cli("tf-to-safetensors", big / "ckpt", tmp_path / "a"),
+        6,
+        "declares shape [1000, 1000], more than the data files hold",
+    )
     assert_no_output(tmp_path / "a")
     broken = tmp_path / "broken"
     shutil.copytree(keras_models / "keras3" / "sequence" / "ckpt", broken)
@@ -145,12 +155,21 @@ def _two_shards(folder: Path) -> Path:
     tf = pytest.importorskip("tensorflow")
     graph_src = tf.train.Checkpoint(v=tf.Variable(tf.zeros((1000, 1000)))).write(str(folder / "g" / "ckpt"))
     graph = tf.train.load_checkpoint(graph_src).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
-    tf.raw_ops.SaveV2(prefix=str(folder / "a" / "ckpt"), tensor_names=["v/.ATTRIBUTES/VARIABLE_VALUE"],
-                      shape_and_slices=[""], tensors=[tf.zeros((1000, 1000))])
-    tf.raw_ops.SaveV2(prefix=str(folder / "b" / "ckpt"), tensor_names=["_CHECKPOINTABLE_OBJECT_GRAPH"],
-                      shape_and_slices=[""], tensors=[tf.constant(graph)])
-    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(folder / "a" / "ckpt"), str(folder / "b" / "ckpt")],
-                                  destination_prefix=str(folder / "ckpt"))
+    tf.raw_ops.SaveV2(
+        prefix=str(folder / "a" / "ckpt"),
+        tensor_names=["v/.ATTRIBUTES/VARIABLE_VALUE"],
+        shape_and_slices=[""],
+        tensors=[tf.zeros((1000, 1000))],
+    )
+    tf.raw_ops.SaveV2(
+        prefix=str(folder / "b" / "ckpt"),
+        tensor_names=["_CHECKPOINTABLE_OBJECT_GRAPH"],
+        shape_and_slices=[""],
+        tensors=[tf.constant(graph)],
+    )
+    tf.raw_ops.MergeV2Checkpoints(
+        checkpoint_prefixes=[str(folder / "a" / "ckpt"), str(folder / "b" / "ckpt")], destination_prefix=str(folder / "ckpt")
+    )
     return folder
 
 
@@ -171,4 +190,5 @@ def test_variables_sharing_a_name_but_not_their_values_are_both_converted(tmp_pa
     values = sorted(float(np.asarray(v).ravel()[0]) for v in stored.values())
     assert values == [1.0, 7.0], stored.keys()
     assert list(doc["source"]["dropped"].values()) == [
-        f"a second copy of {k} (the same name and bytes)" for k in ["model/first/.ATTRIBUTES/VARIABLE_VALUE"]]
+        f"a second copy of {k} (the same name and bytes)" for k in ["model/first/.ATTRIBUTES/VARIABLE_VALUE"]
+    ]

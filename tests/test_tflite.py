@@ -28,8 +28,9 @@ def tflite_of(layer: Any, shape: tuple[int, ...], path: Path, int8: bool = False
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([np.random.default_rng(i).standard_normal((1, *shape)).astype(np.float32)]
-                                                    for i in range(8))
+        converter.representative_dataset = lambda: (
+            [np.random.default_rng(i).standard_normal((1, *shape)).astype(np.float32)] for i in range(8)
+        )
     path.write_bytes(converter.convert())
     return path
 
@@ -66,9 +67,11 @@ LAYOUT = {"conv": (0, 3, 1, 2), "depthwise": (3, 0, 1, 2)}
 
 @pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
 def test_float_weights_in_pytorch_layout_compute_what_tflite_computes(kind: str, tmp_path: Path) -> None:
-    layer, shape = {"conv": (tf.keras.layers.Conv2D(4, 3), (6, 6, 3)),
-                    "depthwise": (tf.keras.layers.DepthwiseConv2D(3, depth_multiplier=2), (6, 6, 3)),
-                    "dense": (tf.keras.layers.Dense(5), (7,))}[kind]
+    layer, shape = {
+        "conv": (tf.keras.layers.Conv2D(4, 3), (6, 6, 3)),
+        "depthwise": (tf.keras.layers.DepthwiseConv2D(3, depth_multiplier=2), (6, 6, 3)),
+        "dense": (tf.keras.layers.Dense(5), (7,)),
+    }[kind]
     src = tflite_of(layer, shape, tmp_path / "m.tflite")
     stored = convert(src, tmp_path / "out")
     interp, consts = interpreter_constants(src)
@@ -115,6 +118,7 @@ def test_int8_weights_dequantized_or_kept(tmp_path: Path) -> None:
 
 def _buffer_vector(data: bytes) -> int:
     """The position of the largest buffer's length word in a real file (found by its known size)."""
+
     def length_word(i: int) -> int:  # -1 where the word cannot be a buffer's length
         n = struct.unpack_from("<I", data, i)[0]
         return n if n < len(data) and i + 4 + n <= len(data) else -1
@@ -131,7 +135,7 @@ def test_offsets_past_the_end_are_corrupt(damage: str, tmp_path: Path) -> None:
         data[0:4] = struct.pack("<I", len(data) + 1000)
     elif damage == "vector":
         at = _buffer_vector(bytes(data))
-        data[at:at + 4] = struct.pack("<I", 0x7FFFFFF0)
+        data[at : at + 4] = struct.pack("<I", 0x7FFFFFF0)
     else:
         data = data[: len(data) // 2]
     bad = tmp_path / "bad.tflite"

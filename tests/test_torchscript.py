@@ -134,6 +134,7 @@ def _constants_zip(zf: zipfile.ZipFile, root: str) -> bytes:
 
 # --- hostile archives: refused as such, nothing written -----------------------------------------
 
+
 def _rewrite(src: Path, dst: Path, entry: str, data: bytes) -> None:
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
@@ -143,6 +144,7 @@ def _rewrite(src: Path, dst: Path, entry: str, data: bytes) -> None:
 class _Payload:
     def __reduce__(self) -> Any:
         import os
+
         return (os.system, ("touch PWNED",))
 
 

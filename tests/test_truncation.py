@@ -45,6 +45,7 @@ WATCHDOG_SECONDS = 10
 # Cut points
 # ---------------------------------------------------------------------------------------------
 
+
 def cut_points(size: int, boundaries: Iterable[int] = ()) -> list[int]:
     """Every length below `size` for a small file; else ~200 spaced lengths plus each boundary +-1."""
     if size <= EVERY_BYTE_UP_TO:
@@ -59,7 +60,7 @@ def zip_boundaries(data: bytes) -> list[int]:
     out = []
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for info in zf.infolist():
-            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
             start = info.header_offset + 30 + name_len + extra_len
             out += [info.header_offset, start, start + info.compress_size]
         out.append(zf.start_dir)
@@ -87,10 +88,10 @@ def legacy_boundaries(data: bytes) -> list[int]:
         itemsizes[pid[2]] = dtype(code).itemsize if code else 1
         return SimpleNamespace(dtype_code=code)
 
-    restricted_load(data[out[2]:out[3]], storage)
+    restricted_load(data[out[2] : out[3]], storage)
     pos = out[-1]
-    for key in restricted_load(data[out[3]:out[4]]):
-        (count,) = struct.unpack("<q", data[pos:pos + 8])
+    for key in restricted_load(data[out[3] : out[4]]):
+        (count,) = struct.unpack("<q", data[pos : pos + 8])
         out += [pos, pos + 8]
         pos += 8 + count * itemsizes[key]
     return out
@@ -98,9 +99,10 @@ def legacy_boundaries(data: bytes) -> list[int]:
 
 def safetensors_boundaries(data: bytes) -> list[int]:
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    return [8, 8 + n] + [8 + n + o for v in header.values() if isinstance(v, dict) and "data_offsets" in v
-                          for o in v["data_offsets"]]
+    header = json.loads(data[8 : 8 + n])
+    return [8, 8 + n] + [
+        8 + n + o for v in header.values() if isinstance(v, dict) and "data_offsets" in v for o in v["data_offsets"]
+    ]
 
 
 def h5_boundaries(path: Path) -> list[int]:
@@ -108,9 +110,11 @@ def h5_boundaries(path: Path) -> list[int]:
 
     out: list[int] = []
     with h5py.File(path, "r") as f:
+
         def visit(_name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
                 out.extend([obj.id.get_offset(), obj.id.get_offset() + obj.id.get_storage_size()])
+
         f.visititems(visit)
     return out
 
@@ -118,6 +122,7 @@ def h5_boundaries(path: Path) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Fixtures: small real files of every format, and the plan for the child
 # ---------------------------------------------------------------------------------------------
+
 
 def _reader_installed(kind: str) -> bool:
     from exporters.registry import READERS
@@ -134,13 +139,29 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
 
     cases: list[dict[str, Any]] = []
 
-    def add(fmt: str, kind: str, path: Path, data: bytes, boundaries: Iterable[int] = (), open_path: Path | None = None,
-            entry: str | None = None, points: list[int] | None = None) -> None:
+    def add(
+        fmt: str,
+        kind: str,
+        path: Path,
+        data: bytes,
+        boundaries: Iterable[int] = (),
+        open_path: Path | None = None,
+        entry: str | None = None,
+        points: list[int] | None = None,
+    ) -> None:
         """A case: `path` (holding `data`) is cut -- or only its zip `entry` -- and `open_path` opened."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        cases.append({"format": fmt, "kind": kind, "file": str(path), "open": str(open_path or path), "entry": entry,
-                      "points": cut_points(len(data), boundaries) if points is None else points})
+        cases.append(
+            {
+                "format": fmt,
+                "kind": kind,
+                "file": str(path),
+                "open": str(open_path or path),
+                "entry": entry,
+                "points": cut_points(len(data), boundaries) if points is None else points,
+            }
+        )
 
     plain, views, lightning, _nested = test_fuzz.torch_seed_objects()
     zip_data = test_fuzz.torch_bytes({**plain, **views}, legacy=False)
@@ -152,14 +173,24 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     example = (REPO / "fixtures" / "example" / "tiny_model.pt").read_bytes()
     add("torch zip 115 KB", "pytorch", work / "example" / "tiny_model.pt", example, zip_boundaries(example))
     pkl_name, pkl = next((n, d) for n, d in test_fuzz.zip_entries(zip_data) if n.endswith("/data.pkl"))
-    add("torch zip, data.pkl cut inside a valid zip", "pytorch", work / "inner" / "model.pt", zip_data,
-        entry=pkl_name, points=list(range(len(pkl))))
+    add(
+        "torch zip, data.pkl cut inside a valid zip",
+        "pytorch",
+        work / "inner" / "model.pt",
+        zip_data,
+        entry=pkl_name,
+        points=list(range(len(pkl))),
+    )
 
     import numpy as np
 
     g = np.random.default_rng(0)
-    arrays = {"w": g.standard_normal((3, 4)).astype(np.float32), "b": np.arange(4, dtype=np.int64),
-              "h": np.ones((2, 2), np.float16), "m": np.array([True, False])}
+    arrays = {
+        "w": g.standard_normal((3, 4)).astype(np.float32),
+        "b": np.arange(4, dtype=np.int64),
+        "h": np.ones((2, 2), np.float16),
+        "m": np.array([True, False]),
+    }
     save_file(arrays, str(work / "st.safetensors"), metadata={"format": "pt"})
     st = (work / "st.safetensors").read_bytes()
     add("safetensors", "safetensors", work / "st" / "model.safetensors", st, safetensors_boundaries(st))
@@ -169,22 +200,36 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     add("safetensors 98 KB", "safetensors", work / "st-big" / "model.safetensors", big_st, safetensors_boundaries(big_st))
 
     sharded = work / "hf-bin"
-    shards = {"pytorch_model-00001-of-00002.bin": {"a.weight": torch.ones(2, 3)},
-              "pytorch_model-00002-of-00002.bin": {"b.weight": torch.zeros(3), "b.bias": torch.ones(1)}}
+    shards = {
+        "pytorch_model-00001-of-00002.bin": {"a.weight": torch.ones(2, 3)},
+        "pytorch_model-00002-of-00002.bin": {"b.weight": torch.zeros(3), "b.bias": torch.ones(1)},
+    }
     for name, sd in shards.items():
         sharded.mkdir(exist_ok=True)
         torch.save(sd, sharded / name)
     index = {"metadata": {"total_size": 40}, "weight_map": {k: n for n, sd in shards.items() for k in sd}}
-    add("HF sharded folder index (pytorch_model.bin.index.json)", "pytorch", sharded / "pytorch_model.bin.index.json",
-        (json.dumps(index, indent=2) + "\n").encode(), open_path=sharded)
+    add(
+        "HF sharded folder index (pytorch_model.bin.index.json)",
+        "pytorch",
+        sharded / "pytorch_model.bin.index.json",
+        (json.dumps(index, indent=2) + "\n").encode(),
+        open_path=sharded,
+    )
     st_sharded = work / "hf-st"
     st_sharded.mkdir()
     save_file({"a": arrays["w"]}, str(st_sharded / "model-00001-of-00002.safetensors"))
     save_file({"b": arrays["b"]}, str(st_sharded / "model-00002-of-00002.safetensors"))
-    st_index = {"metadata": {"total_size": 80}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                               "b": "model-00002-of-00002.safetensors"}}
-    add("HF sharded folder index (model.safetensors.index.json)", "safetensors", st_sharded / "model.safetensors.index.json",
-        (json.dumps(st_index, indent=2) + "\n").encode(), open_path=st_sharded)
+    st_index = {
+        "metadata": {"total_size": 80},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
+    add(
+        "HF sharded folder index (model.safetensors.index.json)",
+        "safetensors",
+        st_sharded / "model.safetensors.index.json",
+        (json.dumps(st_index, indent=2) + "\n").encode(),
+        open_path=st_sharded,
+    )
 
     if _reader_installed("keras") and importlib.util.find_spec("h5py"):
         h5, keras_zip = test_fuzz.h5_seeds(work)
@@ -202,16 +247,32 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("truncation")
     cases = build_cases(work)
     (work / "plan.json").write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, __file__, str(work / "plan.json"), str(work / "report.json")],
-                          capture_output=True, text=True, timeout=900, cwd=work)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(work / "plan.json"), str(work / "report.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=work,
+    )
     progress = (work / "report.json.progress").read_text() if (work / "report.json.progress").exists() else ""
     assert proc.returncode == 0, f"child died (exit {proc.returncode}) at {progress.splitlines()[-1:]}: {proc.stderr[-3000:]}"
     return json.loads((work / "report.json").read_text())
 
 
-FORMATS = ["torch zip", "torch legacy", "lightning ckpt", "torch zip 115 KB", "torch zip, data.pkl cut inside a valid zip",
-           "safetensors", "safetensors 98 KB", "HF sharded folder index (pytorch_model.bin.index.json)",
-           "HF sharded folder index (model.safetensors.index.json)", "keras h5", ".keras", "flax msgpack"]
+FORMATS = [
+    "torch zip",
+    "torch legacy",
+    "lightning ckpt",
+    "torch zip 115 KB",
+    "torch zip, data.pkl cut inside a valid zip",
+    "safetensors",
+    "safetensors 98 KB",
+    "HF sharded folder index (pytorch_model.bin.index.json)",
+    "HF sharded folder index (model.safetensors.index.json)",
+    "keras h5",
+    ".keras",
+    "flax msgpack",
+]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -235,6 +296,7 @@ def test_child_stayed_small(sweep: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # The child
 # ---------------------------------------------------------------------------------------------
+
 
 class Hang(BaseException):
     """Raised by the watchdog; a BaseException so that no reader's `except Exception` hides it."""
@@ -274,8 +336,15 @@ def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
     target, open_path, entry = Path(case["file"]), Path(case["open"]), case["entry"]
     whole = target.read_bytes()
     entries = _entries(whole) if entry else []
-    report = {"size": len(dict(entries)[entry]) if entry else len(whole), "cuts": 0, "refused": 0, "accepted_same": 0,
-              "failures": [], "whole_file_accepted": True, "whole_file_error": None}
+    report = {
+        "size": len(dict(entries)[entry]) if entry else len(whole),
+        "cuts": 0,
+        "refused": 0,
+        "accepted_same": 0,
+        "failures": [],
+        "whole_file_accepted": True,
+        "whole_file_error": None,
+    }
     try:
         expected = _fingerprint(case["kind"], open_path)
     except ConvertError as exc:

@@ -18,6 +18,7 @@ from conftest import assert_cli_error, assert_no_output, load_output, read_manif
 # option values are parsed strictly
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def batchnorm_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "bn.pt"
@@ -25,12 +26,13 @@ def batchnorm_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("value, dropped", [("no", False), ("0", False), ("false", False), ("False", False),
-                                            ("yes", True), ("1", True), ("true", True)])
+@pytest.mark.parametrize(
+    "value, dropped",
+    [("no", False), ("0", False), ("false", False), ("False", False), ("yes", True), ("1", True), ("true", True)],
+)
 def test_boolean_layout_option_words(batchnorm_checkpoint: Path, tmp_path: Path, value: str, dropped: bool) -> None:
     out = tmp_path / "out"
-    rc, _, err = run_cli("pth-to-safetensors", batchnorm_checkpoint, out,
-                         "--layout-option", f"drop_num_batches_tracked={value}")
+    rc, _, err = run_cli("pth-to-safetensors", batchnorm_checkpoint, out, "--layout-option", f"drop_num_batches_tracked={value}")
     assert rc == 0, err
     assert ("num_batches_tracked" not in load_output(out)) == dropped
 
@@ -47,6 +49,7 @@ def test_boolean_layout_option_refuses_other_words(batchnorm_checkpoint: Path, t
 # outputs get the usual permissions
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_output_permissions_follow_the_umask(batchnorm_checkpoint: Path, tmp_path: Path, umask: int) -> None:
     import os
@@ -62,6 +65,7 @@ def test_output_permissions_follow_the_umask(batchnorm_checkpoint: Path, tmp_pat
 # ---------------------------------------------------------------------------------------------
 # detection cannot take one format's magic for another's
 # ---------------------------------------------------------------------------------------------
+
 
 def _safetensors_with_header_length(path: Path, wanted: int) -> dict[str, Any]:
     """A SafeTensors file written by the safetensors library whose header length is `wanted`."""
@@ -94,6 +98,7 @@ def test_safetensors_whose_header_length_looks_like_a_pickle(tmp_path: Path, len
 # ---------------------------------------------------------------------------------------------
 # paths work relative or absolute
 # ---------------------------------------------------------------------------------------------
+
 
 def test_orbax_folder_given_a_relative_path(tmp_path: Path) -> None:
     pytest.importorskip("orbax.checkpoint", reason="needs orbax-checkpoint to save a Flax checkpoint")
@@ -131,6 +136,7 @@ def test_relative_paths_for_every_command(batchnorm_checkpoint: Path) -> None:
 # --overwrite replaces only this tool's own output; batch never deletes a file it did not write
 # ---------------------------------------------------------------------------------------------
 
+
 def _user_folder(out: Path) -> dict[str, str]:
     (out / "old_experiments").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
@@ -143,8 +149,7 @@ def _texts(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
-def test_a_folder_that_is_no_output_is_never_replaced(batchnorm_checkpoint: Path, tmp_path: Path,
-                                                      flags: tuple[str, ...]) -> None:
+def test_a_folder_that_is_no_output_is_never_replaced(batchnorm_checkpoint: Path, tmp_path: Path, flags: tuple[str, ...]) -> None:
     out = tmp_path / "out"
     kept = _user_folder(out)
     line = assert_cli_error(run_cli("pth-to-safetensors", batchnorm_checkpoint, out, *flags), 9, str(out), "notes.txt")
@@ -207,18 +212,30 @@ def test_an_output_converted_onto_itself_is_refused(batchnorm_checkpoint: Path, 
 # a cast never turns values into inf or zero silently
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def overflowing_bf16(tmp_path: Path) -> Path:
     path = tmp_path / "bf16.pt"
-    torch.save({"w": torch.tensor([1e5, -2e5, 3, 1e-8], dtype=torch.bfloat16),
-                "ok": torch.tensor([0.5, -1.0, 0.0], dtype=torch.bfloat16)}, path)
+    torch.save(
+        {
+            "w": torch.tensor([1e5, -2e5, 3, 1e-8], dtype=torch.bfloat16),
+            "ok": torch.tensor([0.5, -1.0, 0.0], dtype=torch.bfloat16),
+        },
+        path,
+    )
     return path
 
 
 def test_a_cast_that_overflows_is_refused(overflowing_bf16: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", overflowing_bf16, out, "--dtype", "f16"), 7,
-                     "'w'", "2 finite value(s) into inf", "1 non-zero value(s) into zero", "--cast-loss")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", overflowing_bf16, out, "--dtype", "f16"),
+        7,
+        "'w'",
+        "2 finite value(s) into inf",
+        "1 non-zero value(s) into zero",
+        "--cast-loss",
+    )
     assert_no_output(out)
     # a layout's own cast is held to the same rule: torsh loads F32 only, F64 beyond F32 overflows
     f64 = tmp_path / "f64.pt"
@@ -267,11 +284,17 @@ def test_verify_fails_on_a_cast_that_lost_values_unrecorded(overflowing_bf16: Pa
 # every source array is converted, dropped with a recorded reason, or refused
 # ---------------------------------------------------------------------------------------------
 
+
 def _onnx_model(path: Path, nodes: list[Any], initializers: list[Any]) -> Path:
     from onnx import TensorProto, helper, save
 
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=initializers)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=initializers,
+    )
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -287,14 +310,14 @@ def test_a_layout_that_leaves_no_tensor_fails(batchnorm_checkpoint: Path, tmp_pa
     src = tmp_path / "only_counter.pt"
     torch.save({"bn.num_batches_tracked": torch.tensor(3)}, src)
     out = tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-option", "drop_num_batches_tracked=true"), 4,
-                     "no tensors")
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout-option", "drop_num_batches_tracked=true"), 4, "no tensors")
     assert_no_output(out)
 
 
 # ---------------------------------------------------------------------------------------------
 # progress is drawn on stderr
 # ---------------------------------------------------------------------------------------------
+
 
 def _run_with_terminal_stderr(*args: Any, cwd: Path | None = None) -> tuple[int, str, bytes]:
     """The CLI with stderr on a terminal (a pseudo-terminal) and stdout in a pipe, as `convert ... > log`."""
@@ -305,8 +328,9 @@ def _run_with_terminal_stderr(*args: Any, cwd: Path | None = None) -> tuple[int,
     from conftest import cli_prefix
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([*cli_prefix(), *map(str, args)], stdout=subprocess.PIPE, stderr=follower,
-                            env={**os.environ, "COLUMNS": "100"}, cwd=cwd)
+    proc = subprocess.Popen(
+        [*cli_prefix(), *map(str, args)], stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "100"}, cwd=cwd
+    )
     os.close(follower)
     seen = b""
     while True:
@@ -336,13 +360,15 @@ def test_progress_bar_never_reaches_stdout(tmp_path: Path) -> None:
 # user mistakes are reported as such
 # ---------------------------------------------------------------------------------------------
 
+
 def test_dynamic_quantized_checkpoint_is_unsupported(tmp_path: Path) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own deprecation notice for torch.ao.quantization
-        model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)), {torch.nn.Linear},
-                                                       dtype=torch.qint8)
+        model = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(torch.nn.Linear(4, 3)), {torch.nn.Linear}, dtype=torch.qint8
+        )
     src = tmp_path / "quantized.pt"
     torch.save(model.state_dict(), src)
     out = tmp_path / "out"
@@ -358,14 +384,19 @@ def test_to_onnx_wrong_input_shape_is_a_usage_error(tmp_path: Path) -> None:
     src = tmp_path / "mlp.pt"
     torch.save(models.mlp().state_dict(), src)  # its first Linear takes 6 features
     out = tmp_path / "out"
-    assert_cli_error(run_cli("to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x5",
-                             cwd=tmp_path, timeout=600), 2, "--input-shape", "x float32[")
+    assert_cli_error(
+        run_cli("to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x5", cwd=tmp_path, timeout=600),
+        2,
+        "--input-shape",
+        "x float32[",
+    )
     assert_no_output(out)
 
 
 # ---------------------------------------------------------------------------------------------
 # a missing optional dependency is exit 4 with the install command
 # ---------------------------------------------------------------------------------------------
+
 
 def _isolated_python(distributions: tuple[str, ...]) -> Path:
     """A virtual environment that holds only `distributions` and what they require, linked from
@@ -412,8 +443,14 @@ def _run_isolated(python: Path, *args: Any, cwd: Path) -> tuple[int, str, str]:
 
     repo = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run([str(python), "-m", "convert.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**env, "PYTHONPATH": str(repo)})
+    proc = subprocess.run(
+        [str(python), "-m", "convert.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "PYTHONPATH": str(repo)},
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -438,9 +475,17 @@ def core_python() -> Path:
 def test_the_isolated_core_really_lacks_the_extras(core_python: Path, tmp_path: Path) -> None:
     import subprocess
 
-    probe = subprocess.run([str(core_python), "-c", "import importlib.util as u; import numpy, safetensors, click; "
-                            "print([m for m in ('h5py', 'onnx', 'torch', 'msgpack') if u.find_spec(m)])"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    probe = subprocess.run(
+        [
+            str(core_python),
+            "-c",
+            "import importlib.util as u; import numpy, safetensors, click; "
+            "print([m for m in ('h5py', 'onnx', 'torch', 'msgpack') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
 
 
@@ -500,8 +545,7 @@ def test_to_onnx_without_the_onnx_extra(tmp_path: Path) -> None:
     src = tmp_path / "mlp.pt"
     torch.save(models.mlp().state_dict(), src)
     out = tmp_path / "out"
-    rc, _, err = _run_isolated(python, "to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x6",
-                               cwd=tmp_path)
+    rc, _, err = _run_isolated(python, "to-onnx", src, out, "--module", "onnx_models:mlp", "--input-shape", "x=2x6", cwd=tmp_path)
     assert rc == 4, err
     assert_one_line(err, "pip install 'rust-model-convert[onnx]'")
     assert_no_output(out)
@@ -510,6 +554,7 @@ def test_to_onnx_without_the_onnx_extra(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # batch stops on Ctrl-C, says so, and reports what finished
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("presses", [1, 2])
@@ -528,9 +573,24 @@ def test_batch_ctrl_c_stops_and_reports_finished_jobs(tmp_path: Path, jobs: str,
     os.mkfifo(hanging)  # a source that never finishes opening: the batch is busy when Ctrl-C comes
     report = tmp_path / "report.jsonl"
     out_dir = tmp_path / "converted"
-    proc = subprocess.Popen([*cli_prefix(), "batch", str(tmp_path / "a0.pt"), str(tmp_path / "a1.pt"), str(hanging),
-                             "--out-dir", str(out_dir), "--jobs", jobs, "--report", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *cli_prefix(),
+            "batch",
+            str(tmp_path / "a0.pt"),
+            str(tmp_path / "a1.pt"),
+            str(hanging),
+            "--out-dir",
+            str(out_dir),
+            "--jobs",
+            jobs,
+            "--report",
+            str(report),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if report.exists() and report.read_text().count('"status": "ok"') == 2:
@@ -559,8 +619,9 @@ def test_to_onnx_shows_its_progress_on_stderr(tmp_path: Path) -> None:
     models = write_models(tmp_path)
     src = tmp_path / "mlp.pt"
     torch.save(models.mlp().state_dict(), src)
-    rc, stdout, terminal = _run_with_terminal_stderr("to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp",
-                                                     "--input-shape", "x=2x6", cwd=tmp_path)  # --module imports from there
+    rc, stdout, terminal = _run_with_terminal_stderr(
+        "to-onnx", src, tmp_path / "out", "--module", "onnx_models:mlp", "--input-shape", "x=2x6", cwd=tmp_path
+    )  # --module imports from there
     assert rc == 0, terminal
     assert b"exporting" in terminal and b"validating" in terminal
     assert stdout.startswith(f"wrote {tmp_path / 'out'}") and "\x1b" not in stdout, stdout

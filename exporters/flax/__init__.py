@@ -28,10 +28,14 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="flax", command="flax-to-safetensors", extra="flax", sniff=sniff, open=open_source,
+    kind="flax",
+    command="flax-to-safetensors",
+    extra="flax",
+    sniff=sniff,
+    open=open_source,
     summary="Convert a Flax checkpoint (flax.serialization msgpack of params or a train state, a Hugging Face "
-            "folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the "
-            "folder OUT, in PyTorch names and layouts. Msgpack is read without JAX.",
+    "folder with flax_model.msgpack or its shards, or an orbax checkpoint folder, linen or NNX) into the "
+    "folder OUT, in PyTorch names and layouts. Msgpack is read without JAX.",
     options=("collections", "unstack"),
     suffixes=(".msgpack",),
     short="Convert Flax msgpack, HF Flax or orbax checkpoints.",

@@ -67,7 +67,8 @@ def canonicalize(tree: Tree) -> Canonical:
     if stacked:  # read as they are, their kernels would pass for convolutions: a guess exit 0 must not make
         raise UnsupportedFormatError(
             f"{', '.join(stacked)}: layers stacked by nn.scan or vmap (a Dense kernel [layers, in, out] with its "
-            f"bias [layers, out]); split them with {' '.join(f'--unstack {p}' for p in stacked)}")
+            f"bias [layers, out]); split them with {' '.join(f'--unstack {p}' for p in stacked)}"
+        )
     out = Canonical()
     _walk(tree, (), out)
     return out
@@ -88,18 +89,22 @@ def dotted(where: tuple[str, ...], leaf: str | None = None) -> str:
     parts = (*where, leaf) if leaf is not None else where
     for part in parts:
         if not part or "." in part:
-            raise UnsupportedFormatError(f"tree key {part!r} (under {'/'.join(where) or 'the top'}) cannot be one "
-                                         "component of a dotted tensor name")
+            raise UnsupportedFormatError(
+                f"tree key {part!r} (under {'/'.join(where) or 'the top'}) cannot be one component of a dotted tensor name"
+            )
     return ".".join(parts)
 
 
 # --- plain modules --------------------------------------------------------------------------------
 
+
 def _module(where: tuple[str, ...], leaves: dict[str, TensorRef], out: Canonical) -> None:
     kind, params, renames = _recognise(leaves)
     if kind == "Conv" and where and re.fullmatch(r"ConvTranspose_[0-9]+", where[-1]):
-        raise UnsupportedFormatError(f"{'/'.join(where)}: a ConvTranspose kernel becomes PyTorch's only with its "
-                                     "spatial axes flipped, which no recorded transform does")
+        raise UnsupportedFormatError(
+            f"{'/'.join(where)}: a ConvTranspose kernel becomes PyTorch's only with its "
+            "spatial axes flipped, which no recorded transform does"
+        )
     targets = [renames.get(leaf, (leaf, []))[0] for leaf in leaves]
     if len(set(targets)) != len(targets):  # e.g. both `kernel` and `scale`: not a Flax layer; keep its names
         kind, params, renames = "unknown", {}, {}
@@ -117,19 +122,29 @@ def _recognise(leaves: dict[str, TensorRef]) -> tuple[str, dict[str, Any], dict[
     mean, var = leaves.get("mean"), leaves.get("var")
     use_bias = {"use_bias": bias is not None}
     if kernel is not None and len(kernel.shape) == 2:
-        return "Dense", {"in_features": kernel.shape[0], "features": kernel.shape[1], **use_bias}, \
-            {"kernel": ("weight", TRANSPOSE)}
+        return (
+            "Dense",
+            {"in_features": kernel.shape[0], "features": kernel.shape[1], **use_bias},
+            {"kernel": ("weight", TRANSPOSE)},
+        )
     if kernel is not None and len(kernel.shape) > 2:
         rank = len(kernel.shape)
-        params = {"kernel_size": list(kernel.shape[:-2]), "in_features_per_group": kernel.shape[-2],
-                  "features": kernel.shape[-1], **use_bias}
+        params = {
+            "kernel_size": list(kernel.shape[:-2]),
+            "in_features_per_group": kernel.shape[-2],
+            "features": kernel.shape[-1],
+            **use_bias,
+        }
         return "Conv", params, {"kernel": ("weight", [{"op": "permute", "axes": [rank - 1, rank - 2, *range(rank - 2)]}])}
     if embedding is not None and len(embedding.shape) == 2:
         return "Embed", {"num_embeddings": embedding.shape[0], "features": embedding.shape[1]}, {"embedding": ("weight", [])}
     norm = {"use_scale": scale is not None, **use_bias}
     if mean is not None and var is not None and len(mean.shape) == 1 and mean.shape == var.shape:
         renames: dict[str, tuple[str, Transforms]] = {
-            "mean": ("running_mean", []), "var": ("running_var", []), "scale": ("weight", [])}
+            "mean": ("running_mean", []),
+            "var": ("running_var", []),
+            "scale": ("weight", []),
+        }
         return "BatchNorm", {"features": mean.shape[0], **norm}, renames
     if scale is not None:  # LayerNorm, RMSNorm and GroupNorm leave the same leaves
         return "Norm", {"features": list(scale.shape), **norm}, {"scale": ("weight", [])}
@@ -137,6 +152,7 @@ def _recognise(leaves: dict[str, TensorRef]) -> tuple[str, dict[str, Any], dict[
 
 
 # --- recurrent cells ------------------------------------------------------------------------------
+
 
 def _cell(node: Tree, where: tuple[str, ...], out: Canonical) -> bool:
     """A recurrent cell as PyTorch's one-layer LSTM/GRU/RNN tensors, if `node` is one; else False."""
@@ -161,18 +177,26 @@ def _cell(node: Tree, where: tuple[str, ...], out: Canonical) -> bool:
         kernels = [gate["kernel"] for gate in side]
         out.add(f"{prefix}.weight_{tag}_l0", kernels, ([{"op": "concat", "axis": 1}] if len(kernels) > 1 else []) + TRANSPOSE)
         _cell_bias(f"{prefix}.bias_{tag}_l0", side, out)
-    out.modules.append({
-        "path": prefix, "type": CELL_NAMES[kind], "pytorch": kind,
-        "params": {"in_features": sides[0][0]["kernel"].shape[0], "hidden_features": hidden},
-        "tensors": [f"{prefix}.{k}_{t}_l0" for t in ("ih", "hh") for k in ("weight", "bias")],
-    })
+    out.modules.append(
+        {
+            "path": prefix,
+            "type": CELL_NAMES[kind],
+            "pytorch": kind,
+            "params": {"in_features": sides[0][0]["kernel"].shape[0], "hidden_features": hidden},
+            "tensors": [f"{prefix}.{k}_{t}_l0" for t in ("ih", "hh") for k in ("weight", "bias")],
+        }
+    )
     return True
 
 
 def _dense_leaves(module: Tree) -> bool:
     kernel = module.get("kernel")
-    return (isinstance(kernel, TensorRef) and len(kernel.shape) == 2 and set(module) <= {"kernel", "bias"}
-            and all(isinstance(v, TensorRef) for v in module.values()))
+    return (
+        isinstance(kernel, TensorRef)
+        and len(kernel.shape) == 2
+        and set(module) <= {"kernel", "bias"}
+        and all(isinstance(v, TensorRef) for v in module.values())
+    )
 
 
 def _cell_shapes_fit(sides: tuple[list[Tree], list[Tree]], hidden: int, gates: int) -> bool:
@@ -181,12 +205,16 @@ def _cell_shapes_fit(sides: tuple[list[Tree], list[Tree]], hidden: int, gates: i
     inputs, hiddens = sides
     width = hiddens[0]["kernel"].shape[1]
     modules = inputs + hiddens
-    return (hidden > 0 and width * len(hiddens) == gates * hidden and len(inputs) == len(hiddens)
-            and len({ref.dtype for gate in modules for ref in gate.values()}) == 1
-            and len({gate["kernel"].shape[0] for gate in inputs}) == 1
-            and all(gate["kernel"].shape[1] == width for gate in modules)
-            and all(gate["kernel"].shape[0] == hidden for gate in hiddens)
-            and all(gate["bias"].shape == (width,) for gate in modules if "bias" in gate))
+    return (
+        hidden > 0
+        and width * len(hiddens) == gates * hidden
+        and len(inputs) == len(hiddens)
+        and len({ref.dtype for gate in modules for ref in gate.values()}) == 1
+        and len({gate["kernel"].shape[0] for gate in inputs}) == 1
+        and all(gate["kernel"].shape[1] == width for gate in modules)
+        and all(gate["kernel"].shape[0] == hidden for gate in hiddens)
+        and all(gate["bias"].shape == (width,) for gate in modules if "bias" in gate)
+    )
 
 
 def _cell_bias(name: str, side: list[Tree], out: Canonical) -> None:
@@ -208,6 +236,7 @@ def _cell_bias(name: str, side: list[Tree], out: Canonical) -> None:
 
 # --- stacked layers -------------------------------------------------------------------------------
 
+
 def stacked_modules(tree: Tree) -> list[str]:
     """Dotted paths of the modules nn.scan or vmap stacked, as --unstack takes them: for each Dense
     whose kernel [L, in, out] and bias [L, out] carry a leading layer axis, the outermost module
@@ -216,8 +245,14 @@ def stacked_modules(tree: Tree) -> list[str]:
 
     def walk(node: Tree, where: tuple[str, ...]) -> None:
         kernel, bias = node.get("kernel"), node.get("bias")
-        if (where and isinstance(kernel, TensorRef) and isinstance(bias, TensorRef) and len(kernel.shape) == 3
-                and bias.shape == (kernel.shape[0], kernel.shape[2]) and bias.shape != kernel.shape[1:]):
+        if (
+            where
+            and isinstance(kernel, TensorRef)
+            and isinstance(bias, TensorRef)
+            and len(kernel.shape) == 3
+            and bias.shape == (kernel.shape[0], kernel.shape[2])
+            and bias.shape != kernel.shape[1:]
+        ):
             layers = kernel.shape[0]
             top = next(i for i in range(1, len(where) + 1) if _leading_axis(_at(tree, where[:i])) == layers)
             found[".".join(where[:top])] = None
@@ -264,13 +299,16 @@ def unstack(tree: Tree, path: str) -> int:
 
 def tensor_leaves(node: Tree) -> list[TensorRef]:
     """Every tensor in a tree, in tree order."""
-    return [r for v in node.values()
-            for r in ([v] if isinstance(v, TensorRef) else tensor_leaves(v) if isinstance(v, dict) else [])]
+    return [
+        r for v in node.values() for r in ([v] if isinstance(v, TensorRef) else tensor_leaves(v) if isinstance(v, dict) else [])
+    ]
 
 
 def _take(node: Tree, index: int) -> Tree:
-    return {k: _layer(v, index) if isinstance(v, TensorRef) else _take(v, index) if isinstance(v, dict) else v
-            for k, v in node.items()}
+    return {
+        k: _layer(v, index) if isinstance(v, TensorRef) else _take(v, index) if isinstance(v, dict) else v
+        for k, v in node.items()
+    }
 
 
 def _layer(ref: TensorRef, index: int) -> TensorRef:

@@ -72,8 +72,17 @@ class _Stream:
         self.base = offset
         limit = self.limit
         self.unpacker = msgpack.Unpacker(
-            self.fh, read_size=min(READ_SIZE, limit), max_buffer_size=limit, raw=False, strict_map_key=False,
-            max_str_len=limit, max_bin_len=limit, max_array_len=limit, max_map_len=limit, max_ext_len=limit)
+            self.fh,
+            read_size=min(READ_SIZE, limit),
+            max_buffer_size=limit,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=limit,
+            max_map_len=limit,
+            max_ext_len=limit,
+        )
 
     @property
     def pos(self) -> int:
@@ -132,15 +141,17 @@ class _Stream:
             raise msgpack.OutOfData()
         end = start + head_len + length
         if end > self.size:
-            raise self.fail(where, f"an extension declares {length} bytes; the file has {self.size - start - head_len} "
-                                   "left (truncated?)")
+            raise self.fail(
+                where, f"an extension declares {length} bytes; the file has {self.size - start - head_len} left (truncated?)"
+            )
         code = int.from_bytes(head[-1:], "big", signed=True)
         if code == EXT_COMPLEX:
             self.seek(end)
             return NonTensor("complex")
         if code not in (EXT_NDARRAY, EXT_NPSCALAR):
-            raise UnsupportedFormatError(f"{self.path.name}: {'/'.join(where)}: msgpack extension type {code} "
-                                         "is not one Flax writes")
+            raise UnsupportedFormatError(
+                f"{self.path.name}: {'/'.join(where)}: msgpack extension type {code} is not one Flax writes"
+            )
         self.unpacker.read_bytes(head_len)
         ref = self._array(where, end)
         self.seek(end)
@@ -151,18 +162,22 @@ class _Stream:
         if self.unpacker.read_array_header() != 3:
             raise self.fail(where, "an array extension does not hold (shape, dtype, bytes)")
         shape, dtype_name = self.unpacker.unpack(), self.unpacker.unpack()
-        if (not isinstance(shape, list) or len(shape) > MAX_RANK
-                or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_RANK
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape)
+        ):
             raise self.fail(where, f"array shape {str(shape)[:80]} is not a list of at most {MAX_RANK} sizes")
         dt = FLAX_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
         if dt is None:
-            raise UnsupportedFormatError(f"{self.path.name}: {'/'.join(where)}: dtype {str(dtype_name)[:40]!r} "
-                                         "has no SafeTensors equivalent")
+            raise UnsupportedFormatError(
+                f"{self.path.name}: {'/'.join(where)}: dtype {str(dtype_name)[:40]!r} has no SafeTensors equivalent"
+            )
         head = self.peek(5)
         n = _BIN_LEN_BYTES.get(head[0]) if head else None
         if n is None or len(head) < 1 + n:
             raise self.fail(where, "array bytes are not a msgpack bin")
-        nbytes = int.from_bytes(head[1:1 + n], "big")
+        nbytes = int.from_bytes(head[1 : 1 + n], "big")
         offset = self.pos + 1 + n
         if offset + nbytes != end:
             raise self.fail(where, f"array bytes ({nbytes}) do not fill their extension")
@@ -174,8 +189,13 @@ class _Stream:
 
 def _span_ref(name: str, dt: DType, shape: tuple[int, ...], mapped: MappedFile, offset: int) -> TensorRef:
     strides = contiguous_strides(shape)
-    return TensorRef(name, dt, shape, lambda: mapped.view(offset, dt.numpy, shape, strides),
-                     span=FileSpan(mapped.path, offset, math.prod(shape) * dt.itemsize))
+    return TensorRef(
+        name,
+        dt,
+        shape,
+        lambda: mapped.view(offset, dt.numpy, shape, strides),
+        span=FileSpan(mapped.path, offset, math.prod(shape) * dt.itemsize),
+    )
 
 
 def _join_chunked(node: Any, where: tuple[str, ...]) -> Any:
@@ -201,8 +221,9 @@ def _chunked_ref(node: Tree, where: tuple[str, ...]) -> TensorRef:
     if not chunks or len(chunks) != len(found) or len({c.dtype for c in chunks}) != 1:
         raise CorruptInputError(f"{name}: chunks of a chunked array are not flat arrays of one dtype")
     if sum(c.numel for c in chunks) != math.prod(shape):
-        raise CorruptInputError(f"{name}: chunks hold {sum(c.numel for c in chunks)} elements, shape {list(shape)} "
-                                f"needs {math.prod(shape)}")
+        raise CorruptInputError(
+            f"{name}: chunks hold {sum(c.numel for c in chunks)} elements, shape {list(shape)} needs {math.prod(shape)}"
+        )
 
     def load() -> np.ndarray:
         return np.concatenate([c.array() for c in chunks]).reshape(shape)

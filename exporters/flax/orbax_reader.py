@@ -43,15 +43,16 @@ def find_item(folder: Path) -> tuple[Path, dict[str, Any]]:
         return folder, facts
     items = sorted(p.name for p in folder.iterdir() if (p / METADATA).is_file())
     if len(items) != 1:
-        raise UsageError(f"{folder}: holds {'no saved tree' if not items else 'the items ' + ', '.join(items)}; "
-                         "pass the folder of the one to convert")
+        raise UsageError(
+            f"{folder}: holds {'no saved tree' if not items else 'the items ' + ', '.join(items)}; "
+            "pass the folder of the one to convert"
+        )
     facts["item"] = items[0]
     return folder / items[0], facts
 
 
 def _steps(folder: Path) -> dict[int, str]:
-    return {int(p.name): p.name for p in folder.iterdir()
-            if p.name.isdigit() and (p / CHECKPOINT_METADATA).is_file()}
+    return {int(p.name): p.name for p in folder.iterdir() if p.name.isdigit() and (p / CHECKPOINT_METADATA).is_file()}
 
 
 class OrbaxTree:
@@ -66,8 +67,9 @@ class OrbaxTree:
             with _quiet():
                 meta = ocp.PyTreeCheckpointer().metadata(self.item)
         except Exception as exc:  # orbax raises many types for a damaged folder
-            raise CorruptInputError(f"{item}: orbax cannot read the checkpoint's metadata "
-                                    f"({type(exc).__name__}: {exc})") from None
+            raise CorruptInputError(
+                f"{item}: orbax cannot read the checkpoint's metadata ({type(exc).__name__}: {exc})"
+            ) from None
         self.meta = getattr(getattr(meta, "item_metadata", None), "tree", meta)
         self.tree: Tree = {}
         for name, leaf in _leaves(self.meta):
@@ -105,13 +107,16 @@ class OrbaxTree:
 
         def only_kept(leaf: Any) -> Any:
             return jax.tree_util.tree_map_with_path(
-                lambda path, meta: leaf(meta) if _path_name(path) in names else ocp.PLACEHOLDER, self.meta)
+                lambda path, meta: leaf(meta) if _path_name(path) in names else ocp.PLACEHOLDER, self.meta
+            )
 
         try:
             with _quiet():
                 restored = ocp.PyTreeCheckpointer().restore(
-                    self.item, item=only_kept(lambda meta: meta),
-                    restore_args=only_kept(lambda meta: ocp.RestoreArgs(restore_type=np.ndarray)))
+                    self.item,
+                    item=only_kept(lambda meta: meta),
+                    restore_args=only_kept(lambda meta: ocp.RestoreArgs(restore_type=np.ndarray)),
+                )
         except Exception as exc:  # as above
             raise CorruptInputError(f"{self.item}: orbax cannot restore the arrays ({type(exc).__name__}: {exc})") from None
         for name, value in _leaves(restored):

@@ -49,8 +49,7 @@ class _Read:
             close()
 
 
-def open_flax(path: str | Path, collections: Sequence[str] = DEFAULT_COLLECTIONS,
-              unstack: Sequence[str] = ()) -> SourceModel:
+def open_flax(path: str | Path, collections: Sequence[str] = DEFAULT_COLLECTIONS, unstack: Sequence[str] = ()) -> SourceModel:
     """Open a Flax msgpack file, a Hugging Face Flax folder or an orbax checkpoint folder."""
     p = Path(path)
     if not p.exists():
@@ -129,15 +128,29 @@ def _source(read: _Read, collections: tuple[str, ...], unstack: Sequence[str]) -
     dropped = dict.fromkeys(facts.get("dropped_rng_state", []), "RNG stream state (NNX rngs)")
     for name in chosen.get("skipped_collections", []):  # arrays of the collections --collection leaves out
         if isinstance(tree.get(name), dict):
-            dropped.update(dict.fromkeys((r.name for r in tensor_leaves(tree[name])),
-                                         f"collection {name} (not chosen by --collection)"))
-    extras = {**read.facts, **facts, **chosen, **({"unstacked": stacked} if stacked else {}),
-              **({"skipped_non_tensors": others[:MAX_LISTED]} if others else {}), "origins": canon.origins}
-    architecture = {"framework": "flax", "collections": chosen["collections"], "unstacked": stacked,
-                    "modules": canon.modules}
-    return SourceModel(format=read.format, files=read.files, tensors=canon.tensors, sidecars=read.sidecars,
-                       config=read.config, extras=extras, architecture=architecture, closers=read.closers,
-                       dropped=dropped)
+            dropped.update(
+                dict.fromkeys((r.name for r in tensor_leaves(tree[name])), f"collection {name} (not chosen by --collection)")
+            )
+    extras = {
+        **read.facts,
+        **facts,
+        **chosen,
+        **({"unstacked": stacked} if stacked else {}),
+        **({"skipped_non_tensors": others[:MAX_LISTED]} if others else {}),
+        "origins": canon.origins,
+    }
+    architecture = {"framework": "flax", "collections": chosen["collections"], "unstacked": stacked, "modules": canon.modules}
+    return SourceModel(
+        format=read.format,
+        files=read.files,
+        tensors=canon.tensors,
+        sidecars=read.sidecars,
+        config=read.config,
+        extras=extras,
+        architecture=architecture,
+        closers=read.closers,
+        dropped=dropped,
+    )
 
 
 def _unwrap_nnx(tree: Tree) -> tuple[Tree, dict[str, Any]]:

@@ -29,10 +29,14 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="keras", command="keras-to-safetensors", extra="keras", sniff=sniff, open=open_source,
+    kind="keras",
+    command="keras-to-safetensors",
+    extra="keras",
+    sniff=sniff,
+    open=open_source,
     summary="Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or "
-            "weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and "
-            "layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run.",
+    "weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and "
+    "layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run.",
     options=("config",),
     suffixes=(".h5", ".keras"),
     short="Convert Keras .keras, .weights.h5 or .h5 (no TF).",

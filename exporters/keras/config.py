@@ -131,6 +131,13 @@ def summary(model: dict[str, Any], tensors: dict[tuple[str, ...], list[str]]) ->
     return {
         "model": {"type": model.get("class_name"), "name": config.get("name"), "input_shapes": input_shapes(model)},
         "layers_from": "config",
-        "layers": [{"path": ".".join(layer.path), "type": layer.kind, "params": params(layer.config),
-                    "tensors": tensors.get(layer.path, [])} for layer in layers_of(model)],
+        "layers": [
+            {
+                "path": ".".join(layer.path),
+                "type": layer.kind,
+                "params": params(layer.config),
+                "tensors": tensors.get(layer.path, []),
+            }
+            for layer in layers_of(model)
+        ],
     }

@@ -307,8 +307,10 @@ class H5Source:
         self._check_stored(dataset, nbytes, where)
         chunks = dataset.chunks
         if chunks is not None and math.prod(chunks) * np_dtype.itemsize > MAX_CHUNK_BYTES:
-            raise UnsupportedFormatError(f"{where} is stored in chunks of {math.prod(chunks) * np_dtype.itemsize} "
-                                         f"bytes, more than the {MAX_CHUNK_BYTES} read at once")
+            raise UnsupportedFormatError(
+                f"{where} is stored in chunks of {math.prod(chunks) * np_dtype.itemsize} "
+                f"bytes, more than the {MAX_CHUNK_BYTES} read at once"
+            )
 
         def load_h5() -> np.ndarray:
             try:
@@ -338,8 +340,9 @@ def _inflated(dataset: Any, shape: tuple[int, ...], np_dtype: np.dtype, nbytes: 
         try:
             os.posix_fallocate(fh.fileno(), 0, nbytes)  # a full disk is an error here, not a SIGBUS later
         except OSError as exc:
-            raise OutputWriteError(f"no room to inflate {dataset.name} ({nbytes} bytes) in {tempfile.gettempdir()}: "
-                                   f"{exc.strerror}") from None
+            raise OutputWriteError(
+                f"no room to inflate {dataset.name} ({nbytes} bytes) in {tempfile.gettempdir()}: {exc.strerror}"
+            ) from None
         window = mmap.mmap(fh.fileno(), nbytes)
     arr = np.ndarray(shape, dtype=np_dtype, buffer=window)
     for selection in dataset.iter_chunks():

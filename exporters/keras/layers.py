@@ -28,17 +28,26 @@ CONVS = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Co
 # The stored variables of each type, in the order Keras creates (and a Keras 3 file numbers) them;
 # recurrent layers keep theirs in a `cell`.
 ROLES: dict[str, tuple[str, ...]] = {
-    "Dense": ("kernel", "bias"), "Embedding": ("embeddings",), "LayerNormalization": ("gamma", "beta"),
+    "Dense": ("kernel", "bias"),
+    "Embedding": ("embeddings",),
+    "LayerNormalization": ("gamma", "beta"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
-    "DepthwiseConv1D": ("kernel", "bias"), "DepthwiseConv2D": ("kernel", "bias"),
+    "DepthwiseConv1D": ("kernel", "bias"),
+    "DepthwiseConv2D": ("kernel", "bias"),
     **{kind: ("kernel", "bias") for kind in CONVS},
 }
 CELL_ROLES = ("kernel", "recurrent_kernel", "bias")
 RECURRENT = tuple(GATES)
 KNOWN = (*ROLES, *RECURRENT, "Bidirectional")
 # The naming convention for variables of layers of no known type (Hugging Face's TF models, custom layers).
-LEAF_NAMES = {"kernel": "weight", "gamma": "weight", "beta": "bias", "embeddings": "weight",
-              "moving_mean": "running_mean", "moving_variance": "running_var"}
+LEAF_NAMES = {
+    "kernel": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "embeddings": "weight",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
 
 
 @dataclass
@@ -99,8 +108,10 @@ class _Converter:
         kind = self.layer.kind
         if kind is None or kind not in KNOWN:
             if kind is not None:
-                self.out.warnings.append(f"layer {self.where}: type {kind} is not one this converter knows; "
-                                         "its weights were named by the Keras naming convention only")
+                self.out.warnings.append(
+                    f"layer {self.where}: type {kind} is not one this converter knows; "
+                    "its weights were named by the Keras naming convention only"
+                )
             self._by_convention(self.layer.weights)
         elif kind in RECURRENT:
             self._check_roles(CELL_ROLES)
@@ -128,8 +139,16 @@ class _Converter:
             ref = derived(name, [source], chain)
         except MappingError as exc:
             raise CorruptInputError(f"layer {self.where}: {role} of shape {list(source.shape)} does not fit: {exc}") from None
-        self._add(ref, {"from": source.name, "keras_name": "/".join((*self.layer.path, role)),
-                        "keras_shape": list(source.shape), "dtype": source.dtype.code, "transforms": chain})
+        self._add(
+            ref,
+            {
+                "from": source.name,
+                "keras_name": "/".join((*self.layer.path, role)),
+                "keras_shape": list(source.shape),
+                "dtype": source.dtype.code,
+                "transforms": chain,
+            },
+        )
 
     def create(self, leaf: str, shape: tuple[int, ...], dtype_code: str, why: str) -> None:
         """A tensor PyTorch's module has and Keras's does not (zeros)."""
@@ -143,10 +162,11 @@ class _Converter:
         self.out.by_layer.setdefault(self.layer.path, []).append(ref.name)
 
     def _check_roles(self, allowed: tuple[str, ...], prefix: str = "") -> None:
-        extra = sorted(r for r in self.layer.weights if r.startswith(prefix) and r[len(prefix):] not in allowed)
+        extra = sorted(r for r in self.layer.weights if r.startswith(prefix) and r[len(prefix) :] not in allowed)
         if extra:
-            raise UnsupportedFormatError(f"layer {self.where} ({self.layer.kind}) holds weights this converter "
-                                         f"does not know: {extra}")
+            raise UnsupportedFormatError(
+                f"layer {self.where} ({self.layer.kind}) holds weights this converter does not know: {extra}"
+            )
 
     # --- layer types -----------------------------------------------------------------------------
 
@@ -173,8 +193,10 @@ class _Converter:
             raise CorruptInputError(f"layer {self.where}: depthwise kernel missing or not (k..., in, multiplier)")
         rank = len(kernel.shape)
         spatial = list(kernel.shape[:-2])
-        chain = [{"op": "reshape", "shape": [*spatial, kernel.shape[-2] * kernel.shape[-1], 1]},
-                 {"op": "permute", "axes": [rank - 2, rank - 1, *range(rank - 2)]}]
+        chain = [
+            {"op": "reshape", "shape": [*spatial, kernel.shape[-2] * kernel.shape[-1], 1]},
+            {"op": "permute", "axes": [rank - 2, rank - 1, *range(rank - 2)]},
+        ]
         self.emit("weight", role, chain)
         if "bias" in self.layer.weights:
             self.emit("bias", "bias", [])
@@ -190,8 +212,10 @@ class _Converter:
             self._recurrent(kind, prefix, suffix, mapping(inner.get("config")))
         merge = self.layer.config.get("merge_mode", "concat")
         if merge != "concat":
-            self.out.warnings.append(f"layer {self.where}: Bidirectional merge_mode={merge!r}; PyTorch's "
-                                     "bidirectional RNNs concatenate, so the loader must merge the two halves itself")
+            self.out.warnings.append(
+                f"layer {self.where}: Bidirectional merge_mode={merge!r}; PyTorch's "
+                "bidirectional RNNs concatenate, so the loader must merge the two halves itself"
+            )
 
     def _recurrent(self, kind: str, prefix: str, suffix: str, config: dict[str, Any]) -> None:
         """One direction of an LSTM/GRU/SimpleRNN cell as PyTorch's layer 0 (`_reverse` for backward)."""
@@ -202,8 +226,9 @@ class _Converter:
             raise CorruptInputError(f"layer {self.where}: {kind} without {prefix}kernel and {prefix}recurrent_kernel")
         hidden = recurrent.shape[0] if len(recurrent.shape) == 2 else -1
         if recurrent.shape != (hidden, gates * hidden) or len(kernel.shape) != 2 or kernel.shape[1] != gates * hidden:
-            raise CorruptInputError(f"layer {self.where}: {kind} kernels {list(kernel.shape)} and "
-                                    f"{list(recurrent.shape)} do not fit {gates} gates")
+            raise CorruptInputError(
+                f"layer {self.where}: {kind} kernels {list(kernel.shape)} and {list(recurrent.shape)} do not fit {gates} gates"
+            )
         self._check_activations(kind, config)
         if kind == "GRU":
             reset_after = config.get("reset_after", bias is None or len(bias.shape) == 2)
@@ -216,9 +241,15 @@ class _Converter:
                 if bias.shape != (2, 3 * hidden):
                     raise CorruptInputError(f"layer {self.where}: GRU bias {list(bias.shape)} is not [2, {3 * hidden}]")
                 for index, which in enumerate(("ih", "hh")):
-                    self.emit(f"bias_{which}_l0{suffix}", prefix + "bias",
-                              [{"op": "split", "axis": 0, "parts": 2, "index": index},
-                               {"op": "reshape", "shape": [3 * hidden]}, GRU_TO_TORCH])
+                    self.emit(
+                        f"bias_{which}_l0{suffix}",
+                        prefix + "bias",
+                        [
+                            {"op": "split", "axis": 0, "parts": 2, "index": index},
+                            {"op": "reshape", "shape": [3 * hidden]},
+                            GRU_TO_TORCH,
+                        ],
+                    )
             return
         # LSTM gates i, f, c, o are PyTorch's i, f, g, o; SimpleRNN has one.
         self.emit(f"weight_ih_l0{suffix}", prefix + "kernel", list(TRANSPOSE))
@@ -227,8 +258,12 @@ class _Converter:
             if bias.shape != (gates * hidden,):
                 raise CorruptInputError(f"layer {self.where}: {kind} bias {list(bias.shape)} is not [{gates * hidden}]")
             self.emit(f"bias_ih_l0{suffix}", prefix + "bias", [])
-            self.create(f"bias_hh_l0{suffix}", bias.shape, bias.dtype.code,
-                        f"Keras's {kind} has one bias; PyTorch adds bias_ih and bias_hh")
+            self.create(
+                f"bias_hh_l0{suffix}",
+                bias.shape,
+                bias.dtype.code,
+                f"Keras's {kind} has one bias; PyTorch adds bias_ih and bias_hh",
+            )
 
     def _keep_keras_form(self, prefix: str, suffix: str) -> None:
         names = []
@@ -236,10 +271,19 @@ class _Converter:
             if prefix + role in self.layer.weights:
                 self.emit(f"keras_{role}{suffix}", prefix + role, [])
                 names.append(".".join((*self.layer.path, f"keras_{role}{suffix}")))
-        reason = ("GRU with reset_after=False applies the reset gate before the recurrent matmul; "
-                  "PyTorch's GRU applies it after, so no PyTorch GRU computes the same function")
-        self.out.not_expressible.append({"layer": self.where, "type": "GRU", "reason": reason, "kept_as": names,
-                                         "layout": "Keras: kernel [in, 3H], recurrent_kernel [H, 3H], bias [3H]; gates z, r, h"})
+        reason = (
+            "GRU with reset_after=False applies the reset gate before the recurrent matmul; "
+            "PyTorch's GRU applies it after, so no PyTorch GRU computes the same function"
+        )
+        self.out.not_expressible.append(
+            {
+                "layer": self.where,
+                "type": "GRU",
+                "reason": reason,
+                "kept_as": names,
+                "layout": "Keras: kernel [in, 3H], recurrent_kernel [H, 3H], bias [3H]; gates z, r, h",
+            }
+        )
         self.out.warnings.append(f"layer {self.where}: {reason}; its weights are kept in Keras form as {names}")
 
     def _check_activations(self, kind: str, config: dict[str, Any]) -> None:
@@ -249,5 +293,7 @@ class _Converter:
         for key, allowed in expected.items():
             value = config.get(key)
             if value is not None and value not in allowed:
-                self.out.warnings.append(f"layer {self.where}: {kind} {key}={value!r}; PyTorch's {kind.replace('Simple', '')} "
-                                         f"uses {' or '.join(allowed)}, so it will not compute the same function")
+                self.out.warnings.append(
+                    f"layer {self.where}: {kind} {key}={value!r}; PyTorch's {kind.replace('Simple', '')} "
+                    f"uses {' or '.join(allowed)}, so it will not compute the same function"
+                )

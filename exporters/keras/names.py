@@ -41,7 +41,7 @@ def components(name: str) -> list[str]:
 def under_layer(layer: str, parts: list[str]) -> list[str]:
     """A legacy `.h5` weight name read from its layer's group: from the layer's own name on (a
     subclassed or Hugging Face model scopes names by the model first), else under the layer."""
-    return parts[parts.index(layer):] if layer in parts else [layer, *parts]
+    return parts[parts.index(layer) :] if layer in parts else [layer, *parts]
 
 
 def drop_common_scope(named: list[Named]) -> list[Named]:
@@ -73,8 +73,9 @@ def group_named(named: list[Named], config_layers: list[ConfigLayer] | None, lab
         path, role = split_role(parts)
         weights = by_path.setdefault(path, {})
         if role in weights:
-            raise CorruptInputError(f"{label}: two weights are both {'/'.join(path + (role,))} "
-                                    f"({weights[role].name!r} and {ref.name!r})")
+            raise CorruptInputError(
+                f"{label}: two weights are both {'/'.join(path + (role,))} ({weights[role].name!r} and {ref.name!r})"
+            )
         weights[role] = ref
     configs = {layer.path: layer for layer in config_layers or []}
     layers = []
@@ -140,8 +141,7 @@ def kind_by_shapes(shapes: list[tuple[int, ...]]) -> str | None:
     return None
 
 
-def numbered_roles(kind: str | None, struct: tuple[str, ...], count: int, config: dict[str, Any] | None,
-                   where: str) -> list[str]:
+def numbered_roles(kind: str | None, struct: tuple[str, ...], count: int, config: dict[str, Any] | None, where: str) -> list[str]:
     """Roles of a Keras 3 layer's numbered variables (`vars/0`, `vars/1`, ...), in Keras's creation order."""
     prefix = ""
     if struct and struct[-1] == "cell":
@@ -150,9 +150,11 @@ def numbered_roles(kind: str | None, struct: tuple[str, ...], count: int, config
         prefix = f"{half}/" if half in _DIRECTIONS else ""
         config = mapping(mapping(config.get("layer")).get("config")) if prefix and config is not None else config
     elif struct or kind not in ROLES:
-        raise UnsupportedFormatError(f"layer {where} ({kind or 'type unknown'}): its {count} weights are only "
-                                     "numbered in the file, and this converter does not know that layer type's "
-                                     "variables" + ("" if config is not None else "; pass the model's config (--config)"))
+        raise UnsupportedFormatError(
+            f"layer {where} ({kind or 'type unknown'}): its {count} weights are only "
+            "numbered in the file, and this converter does not know that layer type's "
+            "variables" + ("" if config is not None else "; pass the model's config (--config)")
+        )
     else:
         roles = list(ROLES[kind])
     if config is not None:

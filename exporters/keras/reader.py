@@ -97,24 +97,44 @@ def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[s
         raise UnsupportedFormatError(f"{opened.files[0].name}: no weights found (was the model built before saving?)")
     model = opened.model_config
     config_layers = layers_of(model) if model else []
-    warnings = [f"layer {path} is a Lambda layer: its Python code was neither run nor carried across; "
-                "a loader must reimplement it" for path in lambda_layers(config_layers)]
+    warnings = [
+        f"layer {path} is a Lambda layer: its Python code was neither run nor carried across; a loader must reimplement it"
+        for path in lambda_layers(config_layers)
+    ]
     warnings += canonical.warnings
-    architecture = {"framework": "keras", **(summary(model, canonical.by_layer) if model else
-                                             {"model": None, "layers_from": "weights", "layers": []})}
-    architecture["layers"] += [{"path": ".".join(layer.path), "type": layer.kind, "inferred": True, "params": {},
-                                "tensors": canonical.by_layer.get(layer.path, [])}
-                               for layer in opened.layers if layer.inferred]
-    extras = {**opened.extras, "layers_from": architecture["layers_from"], "warnings": warnings,
-              "tensors": canonical.provenance}
+    architecture = {
+        "framework": "keras",
+        **(summary(model, canonical.by_layer) if model else {"model": None, "layers_from": "weights", "layers": []}),
+    }
+    architecture["layers"] += [
+        {
+            "path": ".".join(layer.path),
+            "type": layer.kind,
+            "inferred": True,
+            "params": {},
+            "tensors": canonical.by_layer.get(layer.path, []),
+        }
+        for layer in opened.layers
+        if layer.inferred
+    ]
+    extras = {**opened.extras, "layers_from": architecture["layers_from"], "warnings": warnings, "tensors": canonical.provenance}
     if canonical.not_expressible:
         extras["not_expressible"] = canonical.not_expressible
-    return SourceModel(format=opened.format, files=opened.files, tensors=canonical.tensors, sidecars=sidecars or [],
-                       config=config, extras=extras, architecture=architecture, closers=opened.closers,
-                       dropped=opened.dropped)
+    return SourceModel(
+        format=opened.format,
+        files=opened.files,
+        tensors=canonical.tensors,
+        sidecars=sidecars or [],
+        config=config,
+        extras=extras,
+        architecture=architecture,
+        closers=opened.closers,
+        dropped=opened.dropped,
+    )
 
 
 # --- files --------------------------------------------------------------------------------------
+
 
 def _open_keras_zip(path: Path, opened: _Opened) -> None:
     """Keras 3 `.keras`: config.json and model.weights.h5 (read in place when stored uncompressed)."""
@@ -122,8 +142,10 @@ def _open_keras_zip(path: Path, opened: _Opened) -> None:
     with zf:
         infos = {info.filename: info for info in zf.infolist()}
         if KERAS_CONFIG not in infos or KERAS_WEIGHTS not in infos:
-            raise UnsupportedFormatError(f"{path.name}: a zip, but not a .keras model ({KERAS_CONFIG} and "
-                                         f"{KERAS_WEIGHTS} expected; for a torch checkpoint use pth-to-safetensors)")
+            raise UnsupportedFormatError(
+                f"{path.name}: a zip, but not a .keras model ({KERAS_CONFIG} and "
+                f"{KERAS_WEIGHTS} expected; for a torch checkpoint use pth-to-safetensors)"
+            )
         model = _zip_json(path, zf, infos[KERAS_CONFIG])
         metadata = _zip_json(path, zf, infos[KERAS_METADATA]) if KERAS_METADATA in infos else {}
         info = infos[KERAS_WEIGHTS]
@@ -150,8 +172,9 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
         opened.model_config = _model_config(_loads(h5.text(root, "model_config"), h5.label), h5.label)
         opened.layers = _legacy_layers(h5, h5.child(root, "model_weights"), layers_of(opened.model_config))
         if "optimizer_weights" in keys:  # a compiled model saved with its optimizer: each slot accounted for
-            opened.dropped.update(dict.fromkeys(
-                _arrays_below(h5, h5.child(root, "optimizer_weights"), "optimizer_weights", 1), "optimizer state"))
+            opened.dropped.update(
+                dict.fromkeys(_arrays_below(h5, h5.child(root, "optimizer_weights"), "optimizer_weights", 1), "optimizer state")
+            )
     elif h5.text_list(root, "layer_names") is not None:
         opened.format = "keras-h5-weights"
         opened.model_config = given
@@ -161,8 +184,9 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
         opened.model_config = given
         opened.layers = _v3_layers(h5, layers_of(given) if given else None, opened)
     else:
-        raise UnsupportedFormatError(f"{h5.label}: an HDF5 file, but not one Keras wrote (no model_weights, "
-                                     "layer_names or layers)")
+        raise UnsupportedFormatError(
+            f"{h5.label}: an HDF5 file, but not one Keras wrote (no model_weights, layer_names or layers)"
+        )
 
 
 def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
@@ -187,6 +211,7 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
 
 
 # --- Keras 2 / legacy h5 -------------------------------------------------------------------------
+
 
 def _legacy_layers(h5: H5Source, group: Any, config_layers: list[ConfigLayer] | None) -> list[KerasLayer]:
     return group_named(_legacy_named(h5, group), config_layers, h5.label)
@@ -214,6 +239,7 @@ def _legacy_named(h5: H5Source, group: Any) -> list[Named]:
 
 # --- Keras 3 weights files -----------------------------------------------------------------------
 
+
 @dataclass
 class _Vars:
     """One `vars` group of a Keras 3 weights file: a layer's (or its cell's) numbered variables."""
@@ -239,8 +265,14 @@ def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, opened: _O
     for group in sorted(found, key=lambda g: order.get(g.keys, len(order))):
         known = by_keys.get(group.keys)
         path = known.path if known else group.names
-        kind = known.kind if known else (kind_from_key(*group.keys[-1:], group.hint)
-                                         or (None if group.struct else kind_by_shapes([r.shape for r in group.refs])))
+        kind = (
+            known.kind
+            if known
+            else (
+                kind_from_key(*group.keys[-1:], group.hint)
+                or (None if group.struct else kind_by_shapes([r.shape for r in group.refs]))
+            )
+        )
         where = ".".join(path) or "(model)"
         roles = numbered_roles(kind, group.struct, len(group.refs), known.config if known else None, where)
         layer = merged.setdefault(group.keys, KerasLayer(path, kind, {}, known.config if known else {}, known is None))
@@ -251,8 +283,17 @@ def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, opened: _O
     return list(merged.values())
 
 
-def _walk_v3(h5: H5Source, group: Any, keys: tuple[str, ...], names: tuple[str, ...], struct: tuple[str, ...],
-             hint: str, found: list[_Vars], skipped: list[str], depth: int) -> None:
+def _walk_v3(
+    h5: H5Source,
+    group: Any,
+    keys: tuple[str, ...],
+    names: tuple[str, ...],
+    struct: tuple[str, ...],
+    hint: str,
+    found: list[_Vars],
+    skipped: list[str],
+    depth: int,
+) -> None:
     """Keras keys a layer list's items by class (`layers/dense_1`) and a subclassed model's layers by
     attribute (`emb`); each layer's `vars` group carries its name."""
     if depth > MAX_DEPTH:
@@ -294,6 +335,7 @@ def _numbered(h5: H5Source, group: Any) -> list[TensorRef]:
 
 
 # --- configs and zip members ---------------------------------------------------------------------
+
 
 def _given_config(config: str | Path | None) -> dict[str, Any] | None:
     """--config: a `.keras` file, or a JSON model config (model.to_json(), config.json)."""
@@ -339,8 +381,10 @@ def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Op
     output is counted as it comes, against the ratio to the compressed bytes the file really holds."""
     member_offset(path, info)
     if info.compress_type != zipfile.ZIP_DEFLATED:
-        raise UnsupportedFormatError(f"{path.name}: {info.filename} is compressed with zip method "
-                                     f"{info.compress_type}; Keras writes stored or deflated members")
+        raise UnsupportedFormatError(
+            f"{path.name}: {info.filename} is compressed with zip method "
+            f"{info.compress_type}; Keras writes stored or deflated members"
+        )
     budget = max(info.compress_size, 1) * MAX_FILTER_RATIO
     if info.file_size > budget:
         raise CorruptInputError(f"{path.name}: {info.filename} claims {info.file_size} bytes from {info.compress_size}")
@@ -351,8 +395,10 @@ def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Op
             while block := src.read(1 << 20):
                 budget -= len(block)
                 if budget < 0:
-                    raise CorruptInputError(f"{path.name}: {info.filename} inflates past {MAX_FILTER_RATIO}x "
-                                            f"its {info.compress_size} compressed bytes")
+                    raise CorruptInputError(
+                        f"{path.name}: {info.filename} inflates past {MAX_FILTER_RATIO}x "
+                        f"its {info.compress_size} compressed bytes"
+                    )
                 out.write(block)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise CorruptInputError(f"{path.name}: cannot inflate {info.filename} ({exc})") from None

@@ -26,10 +26,15 @@ def open_source(path: Path, options: ReaderOptions) -> SourceBundle:
 
 
 READER = ReaderFace(
-    kind="neuralforecast", command="nf-to-safetensors", extra=None, sniff=sniff, open=open_source, bundle=True,
+    kind="neuralforecast",
+    command="nf-to-safetensors",
+    extra=None,
+    sniff=sniff,
+    open=open_source,
+    bundle=True,
     summary="Convert a NeuralForecast save folder (3.3+ SafeTensors, or the .ckpt and pickles of older "
-            "releases, read without running them) into OUT/<alias>/ per model, each SafeTensors + a manifest "
-            "with the model's constructor config, and OUT/models.json listing the models.",
+    "releases, read without running them) into OUT/<alias>/ per model, each SafeTensors + a manifest "
+    "with the model's constructor config, and OUT/models.json listing the models.",
     short="Convert a NeuralForecast save, a folder per model.",
     example="convert nf-to-safetensors nf_folder/ out/ --layout neuro-divergent",
 )

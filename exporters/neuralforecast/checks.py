@@ -123,6 +123,7 @@ def _recurrent(gates: int) -> Callable[[dict[str, Any], dict[str, Any], int], Sh
             if proj:
                 shapes[f"hist_encoder.weight_hr_l{k}"] = (proj, hidden)
         return shapes
+
     return rule
 
 
@@ -132,12 +133,20 @@ def _tcn(r: dict[str, Any], a: dict[str, Any], m: int) -> Shapes:
     shapes: Shapes = {}
     for k, _ in enumerate(a["dilations"]):
         n_in = 1 + hist + futr + stat if k == 0 else hidden
-        shapes.update({f"hist_encoder.tcn.{k}.causalconv.0.weight": (hidden, n_in, kernel),
-                       f"hist_encoder.tcn.{k}.causalconv.0.bias": (hidden,)})
+        shapes.update(
+            {
+                f"hist_encoder.tcn.{k}.causalconv.0.weight": (hidden, n_in, kernel),
+                f"hist_encoder.tcn.{k}.causalconv.0.bias": (hidden,),
+            }
+        )
     return shapes
 
 
 _RULES: dict[str, Callable[[dict[str, Any], dict[str, Any], int], Shapes]] = {
-    "MLP": _mlp, "DLinear": _dlinear, "NLinear": _nlinear, "NHITS": _nhits, "TCN": _tcn,
+    "MLP": _mlp,
+    "DLinear": _dlinear,
+    "NLinear": _nlinear,
+    "NHITS": _nhits,
+    "TCN": _tcn,
     **{name: _recurrent(gates) for name, gates in _GATES.items()},
 }

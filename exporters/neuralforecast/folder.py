@@ -18,9 +18,13 @@ from exporters.neuralforecast.values import is_skipped
 MODEL_FILE = re.compile(r"^(?P<alias>.+)_(?P<index>\d+)\.(?P<ext>safetensors|ckpt)$")
 SIDECARS = frozenset({"configuration.safetensors", "dataset.safetensors"})
 # What coreforecast's local scalers keep per series, column by column: y is scaled as (y - offset) / scale.
-_SCALER_STATS = {"standard": ["offset (mean)", "scale (std)"], "minmax": ["offset (min)", "scale (max - min)"],
-                 "robust": ["offset (median)", "scale (mad)"], "robust-iqr": ["offset (median)", "scale (iqr)"],
-                 "boxcox": ["lambda"]}
+_SCALER_STATS = {
+    "standard": ["offset (mean)", "scale (std)"],
+    "minmax": ["offset (min)", "scale (max - min)"],
+    "robust": ["offset (median)", "scale (mad)"],
+    "robust-iqr": ["offset (median)", "scale (iqr)"],
+    "boxcox": ["lambda"],
+}
 _SCALER_CLASSES = {"LocalStandardScaler": "standard", "LocalMinMaxScaler": "minmax", "LocalBoxCoxScaler": "boxcox"}
 
 
@@ -45,7 +49,6 @@ class NFFolder(Closing):
     sidecar_files: list[Path]  # configuration files every model's manifest depends on
     skipped: list[str]
     closers: list[Callable[[], None]] = field(default_factory=list)
-
 
 
 def model_files(folder: Path, ext: str) -> list[tuple[Path, str, int]]:
@@ -93,8 +96,12 @@ def _scaler(scaler: Any, ids: list[Any] | None) -> Any:
         return scaler
     kind = _scaler_kind(scaler)
     stats = scaler.get("stats")
-    entry = {"type": kind, "columns": _SCALER_STATS.get(kind), "stats": stats,
-             "transform": "(y - offset) / scale" if kind != "boxcox" else "Box-Cox with lambda"}
+    entry = {
+        "type": kind,
+        "columns": _SCALER_STATS.get(kind),
+        "stats": stats,
+        "transform": "(y - offset) / scale" if kind != "boxcox" else "Box-Cox with lambda",
+    }
     if ids is not None and isinstance(stats, list) and len(stats) == len(ids):
         entry["stats_by_series"] = {str(i): row for i, row in zip(ids, stats, strict=True)}
     return entry

@@ -19,8 +19,15 @@ from convert.errors import CorruptInputError
 _LEVEL = [80, 90]
 _POINT = {"horizon_weight": None}
 _IMPLICIT = {"cos_embedding_dim": 64, "concentration0": 1.0, "concentration1": 1.0}
-_MIXTURE = {"level": _LEVEL, "quantiles": None, "num_samples": 1000, "return_params": False,
-            "batch_correlation": False, "horizon_correlation": False, "weighted": False}
+_MIXTURE = {
+    "level": _LEVEL,
+    "quantiles": None,
+    "num_samples": 1000,
+    "return_params": False,
+    "batch_correlation": False,
+    "horizon_correlation": False,
+    "weighted": False,
+}
 
 # Constructor arguments and their defaults, per loss class (neuralforecast.losses.pytorch).
 SIGNATURES: dict[str, dict[str, Any]] = {
@@ -31,8 +38,14 @@ SIGNATURES: dict[str, dict[str, Any]] = {
     "QuantileLoss": {"q": None, **_POINT},
     "MQLoss": {"level": _LEVEL, "quantiles": None, **_POINT},
     "IQLoss": {**_IMPLICIT, **_POINT},
-    "DistributionLoss": {"distribution": None, "level": _LEVEL, "quantiles": None, "num_samples": 1000,
-                         "return_params": False, **_POINT},
+    "DistributionLoss": {
+        "distribution": None,
+        "level": _LEVEL,
+        "quantiles": None,
+        "num_samples": 1000,
+        "return_params": False,
+        **_POINT,
+    },
     "PMM": {"n_components": 10, **_MIXTURE},
     "GMM": {"n_components": 1, **_MIXTURE},
     "NBMM": {"n_components": 1, **_MIXTURE},
@@ -46,8 +59,7 @@ SIGNATURES: dict[str, dict[str, Any]] = {
 }
 _MULTI_QUANTILE = {"MQLoss", "HuberMQLoss", "sCRPS", "DistributionLoss", "PMM", "GMM", "NBMM"}
 # Distribution parameters per horizon step (DistributionLoss); ISQF depends on its quantiles.
-_DISTRIBUTION_PARAMS = {"Bernoulli": 1, "Normal": 2, "Poisson": 1, "StudentT": 3, "NegativeBinomial": 2,
-                        "Tweedie": 1}
+_DISTRIBUTION_PARAMS = {"Bernoulli": 1, "Normal": 2, "Poisson": 1, "StudentT": 3, "NegativeBinomial": 2, "Tweedie": 1}
 # Outputs per mixture component.
 _MIXTURE_OUTPUTS = {"PMM": 1, "GMM": 2, "NBMM": 2}
 
@@ -74,13 +86,13 @@ def describe_loss(loss: dict[str, Any] | None, stored_quantiles: list[float] | N
     quantiles = stored_quantiles or _list(state.get("quantiles")) or _list((attributes or {}).get("quantiles"))
     args = dict(loss.get("args") or {}) if attributes is None else recover_args(name, attributes, quantiles)
     if quantiles is None and name in _MULTI_QUANTILE:
-        quantiles = [float(q) for q in args["quantiles"]] if args.get("quantiles") else level_quantiles(
-            args.get("level") or _LEVEL)
+        quantiles = (
+            [float(q) for q in args["quantiles"]] if args.get("quantiles") else level_quantiles(args.get("level") or _LEVEL)
+        )
     computed = output_multiplier(name, args, quantiles)
     stored = (attributes or {}).get("outputsize_multiplier")
     if isinstance(stored, int) and computed is not None and stored != computed:
-        raise CorruptInputError(f"{name}: stored outputsize_multiplier {stored} disagrees with its arguments "
-                                f"({computed})")
+        raise CorruptInputError(f"{name}: stored outputsize_multiplier {stored} disagrees with its arguments ({computed})")
     return {
         "class": name,
         "args": args,

@@ -24,9 +24,15 @@ from typing import Any
 # written, and convert.fann refuses them by name.
 _ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyReLU": "leaky_relu", "Identity": "identity"}
 _BLOCK_CLASSES = frozenset({"NHITS", "NBEATS", "NBEATSx"})
-_DECODERS = {"LSTM": "mlp_decoder.layers", "GRU": "mlp_decoder.layers", "RNN": "mlp_decoder.layers",
-             "TCN": "mlp_decoder.layers", "DilatedRNN": "mlp_decoder.layers", "xLSTM": "mlp_decoder.layers",
-             "DeepAR": "decoder.layers"}
+_DECODERS = {
+    "LSTM": "mlp_decoder.layers",
+    "GRU": "mlp_decoder.layers",
+    "RNN": "mlp_decoder.layers",
+    "TCN": "mlp_decoder.layers",
+    "DilatedRNN": "mlp_decoder.layers",
+    "xLSTM": "mlp_decoder.layers",
+    "DeepAR": "decoder.layers",
+}
 _INDEXED = re.compile(r"(?P<p>.+)\.(?P<k>0|[1-9][0-9]*)\.weight")
 
 
@@ -37,13 +43,19 @@ def dense_networks(class_name: str, arch: dict[str, Any], shapes: dict[str, tupl
         hidden = linears.get("mlp", [])
         if not hidden or "out.weight" not in shapes:
             return []
-        return [{"name": "mlp", "layers": [*({"module": f"mlp.{k}", "activation": "relu"} for k in hidden),
-                                           {"module": "out", "activation": "identity"}]}]
+        return [
+            {
+                "name": "mlp",
+                "layers": [
+                    *({"module": f"mlp.{k}", "activation": "relu"} for k in hidden),
+                    {"module": "out", "activation": "identity"},
+                ],
+            }
+        ]
     if class_name in _DECODERS and "decoder_activation" in arch:
         prefixes, activation = [_DECODERS[class_name]], arch["decoder_activation"] or "ReLU"
     elif class_name in _BLOCK_CLASSES and "activation" in arch:
-        prefixes = sorted((p for p in linears if re.fullmatch(r"blocks\.[0-9]+\.layers", p)),
-                          key=lambda p: int(p.split(".")[1]))
+        prefixes = sorted((p for p in linears if re.fullmatch(r"blocks\.[0-9]+\.layers", p)), key=lambda p: int(p.split(".")[1]))
         activation = arch["activation"]
     else:
         return []
@@ -53,8 +65,10 @@ def dense_networks(class_name: str, arch: dict[str, Any], shapes: dict[str, tupl
 
 def _sequential(prefix: str, ks: list[int], act: str) -> dict[str, Any]:
     """An nn.Sequential of Linears at indices `ks`: the activation sits in each gap after a Linear."""
-    layers = [{"module": f"{prefix}.{k}", "activation": "identity" if nxt in (None, k + 1) else act}
-              for k, nxt in zip(ks, [*ks[1:], None], strict=True)]
+    layers = [
+        {"module": f"{prefix}.{k}", "activation": "identity" if nxt in (None, k + 1) else act}
+        for k, nxt in zip(ks, [*ks[1:], None], strict=True)
+    ]
     return {"name": prefix, "layers": layers}
 
 

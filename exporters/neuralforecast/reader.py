@@ -32,14 +32,14 @@ def open_folder(path: str | Path) -> NFFolder:
     """Read a NeuralForecast save folder of any generation."""
     folder = Path(path)
     if not folder.is_dir():
-        raise SourceNotFoundError(f"no such folder: {folder}" if not folder.exists() else
-                                  f"{folder}: a NeuralForecast save is a folder, not a file")
+        raise SourceNotFoundError(
+            f"no such folder: {folder}" if not folder.exists() else f"{folder}: a NeuralForecast save is a folder, not a file"
+        )
     if (folder / "configuration.json").is_file():
         return read_v2(folder)
     if any(p.suffix == ".ckpt" for p in folder.iterdir()):
         return read_legacy(folder)
-    raise UnsupportedFormatError(f"{folder}: neither configuration.json (NeuralForecast 3.3+) nor .ckpt models "
-                                 f"(older releases)")
+    raise UnsupportedFormatError(f"{folder}: neither configuration.json (NeuralForecast 3.3+) nor .ckpt models (older releases)")
 
 
 def converted_folders(path: Path) -> list[Path] | None:
@@ -102,8 +102,13 @@ def model_source(folder: NFFolder, model: NFModel, out_name: str) -> SourceModel
         "dense_networks": dense_networks(model.class_name, arch, shapes),
         "details": model.details,
     }
-    return SourceModel(format=f"{FORMAT}-{model.file.suffix.lstrip('.')}", files=[model.file, *folder.sidecar_files],
-                       tensors=model.tensors, extras={"skipped": folder.skipped}, architecture=architecture)
+    return SourceModel(
+        format=f"{FORMAT}-{model.file.suffix.lstrip('.')}",
+        files=[model.file, *folder.sidecar_files],
+        tensors=model.tensors,
+        extras={"skipped": folder.skipped},
+        architecture=architecture,
+    )
 
 
 def _values(model: NFModel, name: str) -> list[float] | None:
@@ -118,11 +123,22 @@ def open_bundle(path: str | Path) -> SourceBundle:
     folder = open_folder(path)
     try:
         names = output_folders(folder.models)
-        models = [BundleModel(name, model_source(folder, m, name),
-                              {"alias": m.alias, "index": m.index, "class": m.class_name, "source_file": m.file.name})
-                  for m, name in zip(folder.models, names, strict=True)]
+        models = [
+            BundleModel(
+                name,
+                model_source(folder, m, name),
+                {"alias": m.alias, "index": m.index, "class": m.class_name, "source_file": m.file.name},
+            )
+            for m, name in zip(folder.models, names, strict=True)
+        ]
     except BaseException:
         folder.close()
         raise
-    return SourceBundle(FORMAT, folder.path, models, details={"generation": folder.generation, "forecaster": folder.forecaster},
-                        skipped=folder.skipped, closers=[folder.close])
+    return SourceBundle(
+        FORMAT,
+        folder.path,
+        models,
+        details={"generation": folder.generation, "forecaster": folder.forecaster},
+        skipped=folder.skipped,
+        closers=[folder.close],
+    )

@@ -52,8 +52,9 @@ def constructor_arguments(source_model: dict[str, Any], drop_unknown: bool) -> t
     return klass, kwargs, dropped
 
 
-def rebuild_model(source_model: dict[str, Any], state: dict[str, Any], extra: dict[str, Any] | None = None,
-                  drop_unknown: bool = False) -> tuple[Any, list[str]]:
+def rebuild_model(
+    source_model: dict[str, Any], state: dict[str, Any], extra: dict[str, Any] | None = None, drop_unknown: bool = False
+) -> tuple[Any, list[str]]:
     """(model, argument names left at the class's defaults): the class called with the manifest's
     constructor config plus `extra` keyword arguments (trainer settings, say), then
     `load_state_dict(state, strict=True)`."""
@@ -62,13 +63,15 @@ def rebuild_model(source_model: dict[str, Any], state: dict[str, Any], extra: di
         klass, kwargs, dropped = constructor_arguments(source_model, drop_unknown)
         model = klass(**{**kwargs, **(extra or {})})
     except ImportError as exc:
-        raise UnsupportedFormatError(f"rebuilding a NeuralForecast model needs the `neuralforecast` and `torch` "
-                                     f"extras: {exc}") from None
+        raise UnsupportedFormatError(
+            f"rebuilding a NeuralForecast model needs the `neuralforecast` and `torch` extras: {exc}"
+        ) from None
     except UnsupportedFormatError:
         raise
     except Exception as exc:  # NeuralForecast raises bare Exception, TypeError and ValueError on bad configs
-        raise UnsupportedFormatError(f"{label}: NeuralForecast cannot rebuild {source_model['class']} from the "
-                                     f"manifest's config: {exc}") from None
+        raise UnsupportedFormatError(
+            f"{label}: NeuralForecast cannot rebuild {source_model['class']} from the manifest's config: {exc}"
+        ) from None
     load_strict(model, state, f"{label}: the weights do not fit NeuralForecast's {klass.__name__}")
     return model, dropped
 

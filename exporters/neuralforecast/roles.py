@@ -23,27 +23,39 @@ _RNN_DECODER: Rules = [
     (r"upsample_sequence\.(?P<leaf>\w+)", "Linear stretching the encoded sequence from input_size to h ({leaf})"),
 ]
 _BLOCK_MLP: Rules = [
-    (r"blocks\.(?P<b>\d+)\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)",
-     "block {b} MLP Linear at index {k} ({leaf}); the last one emits the basis coefficients theta"),
+    (
+        r"blocks\.(?P<b>\d+)\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)",
+        "block {b} MLP Linear at index {k} ({leaf}); the last one emits the basis coefficients theta",
+    ),
     (r"blocks\.(?P<b>\d+)\.basis\.(?P<rest>.+)", "block {b} basis ({rest})"),
 ]
 BY_CLASS: dict[str, Rules] = {
-    "MLP": [(r"mlp\.(?P<k>\d+)\.(?P<leaf>\w+)", "hidden Linear {k} followed by ReLU ({leaf})"),
-            (r"out\.(?P<leaf>\w+)", "output Linear: h * outputsize_multiplier values ({leaf})")],
+    "MLP": [
+        (r"mlp\.(?P<k>\d+)\.(?P<leaf>\w+)", "hidden Linear {k} followed by ReLU ({leaf})"),
+        (r"out\.(?P<leaf>\w+)", "output Linear: h * outputsize_multiplier values ({leaf})"),
+    ],
     "NHITS": _BLOCK_MLP,
     "NBEATS": _BLOCK_MLP,
     "NBEATSx": _BLOCK_MLP,
-    "DLinear": [(r"linear_trend\.(?P<leaf>\w+)", "Linear on the moving-average trend, input_size -> h * m ({leaf})"),
-                (r"linear_season\.(?P<leaf>\w+)", "Linear on the seasonal remainder, input_size -> h * m ({leaf})")],
+    "DLinear": [
+        (r"linear_trend\.(?P<leaf>\w+)", "Linear on the moving-average trend, input_size -> h * m ({leaf})"),
+        (r"linear_season\.(?P<leaf>\w+)", "Linear on the seasonal remainder, input_size -> h * m ({leaf})"),
+    ],
     "NLinear": [(r"linear\.(?P<leaf>\w+)", "Linear on the last-value-normalised window, input_size -> h * m ({leaf})")],
     "LSTM": _RNN_DECODER,
     "GRU": _RNN_DECODER,
     "RNN": _RNN_DECODER,
-    "TCN": [(r"hist_encoder\.tcn\.(?P<k>\d+)\.(causalconv\.0|conv)\.(?P<leaf>\w+)",
-             "dilated causal Conv1d {k} (dilation = dilations[{k}]) ({leaf})"), *_RNN_DECODER],
-    "DeepAR": [(r"hist_encoder\.(?P<leaf>(weight|bias)_(ih|hh)_l(?P<k>\d+))", "LSTM encoder layer {k} ({leaf})"),
-               (r"decoder\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)",
-                "decoder MLP Linear at index {k}: distribution parameters ({leaf})")],
+    "TCN": [
+        (
+            r"hist_encoder\.tcn\.(?P<k>\d+)\.(causalconv\.0|conv)\.(?P<leaf>\w+)",
+            "dilated causal Conv1d {k} (dilation = dilations[{k}]) ({leaf})",
+        ),
+        *_RNN_DECODER,
+    ],
+    "DeepAR": [
+        (r"hist_encoder\.(?P<leaf>(weight|bias)_(ih|hh)_l(?P<k>\d+))", "LSTM encoder layer {k} ({leaf})"),
+        (r"decoder\.layers\.(?P<k>\d+)\.(?P<leaf>\w+)", "decoder MLP Linear at index {k}: distribution parameters ({leaf})"),
+    ],
 }
 
 

@@ -31,10 +31,15 @@ MAX_JSON = 32 << 20
 def read_v2(folder: Path) -> NFFolder:
     config_path = folder / "configuration.json"
     document = _json(config_path)
-    if (not isinstance(document, dict) or document.get("nf_format") != FORMAT
-            or not isinstance(document.get("configuration"), dict)):
-        raise UnsupportedFormatError(f"{config_path.name}: not a NeuralForecast nf_format {FORMAT} configuration "
-                                     f"(nf_format {document.get('nf_format') if isinstance(document, dict) else None!r})")
+    if (
+        not isinstance(document, dict)
+        or document.get("nf_format") != FORMAT
+        or not isinstance(document.get("configuration"), dict)
+    ):
+        raise UnsupportedFormatError(
+            f"{config_path.name}: not a NeuralForecast nf_format {FORMAT} configuration "
+            f"(nf_format {document.get('nf_format') if isinstance(document, dict) else None!r})"
+        )
     sidecars = [config_path]
     config_payload = folder / "configuration.safetensors"
     opened: list[SourceModel] = []
@@ -58,8 +63,9 @@ def read_v2(folder: Path) -> NFFolder:
         for source in opened:
             source.close()
         raise
-    return NFFolder(folder, f"nf_format {FORMAT} (NeuralForecast 3.3+)", models, forecaster, sidecars, skipped,
-                    [s.close for s in opened])
+    return NFFolder(
+        folder, f"nf_format {FORMAT} (NeuralForecast 3.3+)", models, forecaster, sidecars, skipped, [s.close for s in opened]
+    )
 
 
 def _read_model(path: Path, alias: str, index: int, alias_to_model: dict[str, Any]) -> tuple[NFModel, SourceModel]:
@@ -75,13 +81,20 @@ def _read_model(path: Path, alias: str, index: int, alias_to_model: dict[str, An
         class_name = metadata.get("model_class") or _class_from_alias(alias_to_model, alias, path)
         weights = [t for t in source.tensors if not t.name.startswith(HPARAM_PREFIX)]
         ties = _ties(_loads(metadata.get("shared", "{}"), path.name), refs, path)
-        tied = [refs[kept].renamed(name)
-                for name, kept in ties.items()]
+        tied = [refs[kept].renamed(name) for name, kept in ties.items()]
     except BaseException:
         source.close()
         raise
-    model = NFModel(alias, index, path, class_name, hparams, weights + tied, ties,
-                    {"hparam_tensors": sorted(n for n in refs if n.startswith(HPARAM_PREFIX))})
+    model = NFModel(
+        alias,
+        index,
+        path,
+        class_name,
+        hparams,
+        weights + tied,
+        ties,
+        {"hparam_tensors": sorted(n for n in refs if n.startswith(HPARAM_PREFIX))},
+    )
     return model, source
 
 

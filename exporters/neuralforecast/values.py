@@ -53,6 +53,7 @@ def datetimes(raw: np.ndarray, unit: str, tz: str | None = None) -> Any:
 
 # --- 3.3+ tagged JSON ---------------------------------------------------------------------------
 
+
 def decode_tagged(value: Any, arrays: ArrayLookup) -> Any:
     """The plain value of one tagged-JSON value; `arrays` reads a payload tensor by key."""
     if isinstance(value, list):
@@ -77,8 +78,11 @@ def decode_tagged(value: Any, arrays: ArrayLookup) -> Any:
 
 
 def _loss(v: dict[str, Any], arrays: ArrayLookup) -> dict[str, Any]:
-    return {"class": str(v["cls"]), "args": decode_tagged(v.get("args", {}), arrays),
-            "state": decode_tagged(v.get("state", {}), arrays)}
+    return {
+        "class": str(v["cls"]),
+        "args": decode_tagged(v.get("args", {}), arrays),
+        "state": decode_tagged(v.get("state", {}), arrays),
+    }
 
 
 def _tensor(v: dict[str, Any], arrays: ArrayLookup) -> Any:
@@ -99,8 +103,10 @@ def inline_dtype(name: Any) -> np.dtype:
     back. A 1 KB config naming `|V1000000000` or `<U500000000` had numpy allocate a GiB per element."""
     dt = np.dtype(str(name))
     if dt.kind not in "biufU" or dt.fields is not None or dt.subdtype is not None or dt.itemsize > MAX_ITEMSIZE:
-        raise CorruptInputError(f"NeuralForecast array dtype {str(name)[:100]!r} is not a number, boolean or "
-                                f"string type of at most {MAX_ITEMSIZE} bytes")
+        raise CorruptInputError(
+            f"NeuralForecast array dtype {str(name)[:100]!r} is not a number, boolean or "
+            f"string type of at most {MAX_ITEMSIZE} bytes"
+        )
     return dt
 
 
@@ -145,6 +151,7 @@ _TAGS: dict[str, Callable[[dict[str, Any], ArrayLookup], Any]] = {
 
 
 # --- pickles (1.7.1 to 3.2) -----------------------------------------------------------------------
+
 
 def plain_pickled(obj: Any, depth: int = 0) -> Any:
     """The plain value of something the restricted unpickler made from a NeuralForecast pickle."""
@@ -250,9 +257,11 @@ def _pickled_series(obj: InertObject, depth: int) -> Any:
 def _pickled_scaler(obj: InertObject, depth: int) -> dict[str, Any]:
     state = obj.state if isinstance(obj.state, dict) else {}
     stats = state.get("stats_")
-    return {"type": obj.qualname.rsplit(".", 1)[-1],
-            "settings": {str(k): plain_pickled(v, depth + 1) for k, v in state.items() if k != "stats_"},
-            "stats": None if stats is None else plain_pickled(stats, depth + 1)}
+    return {
+        "type": obj.qualname.rsplit(".", 1)[-1],
+        "settings": {str(k): plain_pickled(v, depth + 1) for k, v in state.items() if k != "stats_"},
+        "stats": None if stats is None else plain_pickled(stats, depth + 1),
+    }
 
 
 _INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
@@ -270,11 +279,19 @@ _INERT_READERS: dict[str, Callable[[InertObject, int], Any]] = {
 
 # Globals a configuration.pkl may name, beyond the defaults: each becomes an inert record that the
 # readers above turn into plain values; nothing of pandas, coreforecast or NeuralForecast is imported.
-NF_SIDECAR_INERT: tuple[str, ...] = DEFAULT_INERT + tuple(_INERT_READERS) + (
-    "pandas.core.internals.managers.SingleBlockManager",
-    "pandas.RangeIndex", "pandas.core.indexes.range.RangeIndex",
-    "pandas.Index", "pandas.core.indexes.base.Index",
-    "pandas.DatetimeIndex", "pandas.core.indexes.datetimes.DatetimeIndex",
-    "pandas.arrays.DatetimeArray", "pandas.core.arrays.datetimes.DatetimeArray",
-    "builtins.slice",
+NF_SIDECAR_INERT: tuple[str, ...] = (
+    DEFAULT_INERT
+    + tuple(_INERT_READERS)
+    + (
+        "pandas.core.internals.managers.SingleBlockManager",
+        "pandas.RangeIndex",
+        "pandas.core.indexes.range.RangeIndex",
+        "pandas.Index",
+        "pandas.core.indexes.base.Index",
+        "pandas.DatetimeIndex",
+        "pandas.core.indexes.datetimes.DatetimeIndex",
+        "pandas.arrays.DatetimeArray",
+        "pandas.core.arrays.datetimes.DatetimeArray",
+        "builtins.slice",
+    )
 )

@@ -27,11 +27,15 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="numpy", command="npz-to-safetensors", extra=None, sniff=sniff, open=open_source,
+    kind="numpy",
+    command="npz-to-safetensors",
+    extra=None,
+    sniff=sniff,
+    open=open_source,
     summary="Convert NumPy arrays (.npz, .npy, a .npy holding a saved dict, or a plain pickle of dicts/lists of "
-            "ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted "
-            "unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach "
-            "PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names.",
+    "ndarrays) into the folder OUT, without np.load or pickle: pickled data is read by the restricted "
+    "unpickler (array reconstruction and dtypes only). Flax-like trees (kernel, scale, embedding) reach "
+    "PyTorch names and layouts as flax-to-safetensors gives them; other trees keep their names.",
     suffixes=(".npz", ".npy"),
     short="Convert NumPy .npz/.npy files or pickles of arrays.",
     example="convert npz-to-safetensors params.npz out/",

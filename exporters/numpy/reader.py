@@ -55,6 +55,7 @@ def _read(p: Path, mapped: MappedFile) -> SourceModel:
 
 # --- NPY -----------------------------------------------------------------------------------------
 
+
 def _npy_header(read: Any, name: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """(dtype, shape, fortran order, header length) from the bytes of an NPY header (`read(n)`)."""
     fixed = read(8)
@@ -93,24 +94,31 @@ def _npy_file(p: Path, mapped: MappedFile) -> Any:
     return _stored_array(p.stem, p, mapped, data_at, dt, shape, fortran)
 
 
-def _stored_array(name: str, p: Path, mapped: MappedFile, offset: int, dt: np.dtype, shape: tuple[int, ...],
-                  fortran: bool) -> TensorRef:
+def _stored_array(
+    name: str, p: Path, mapped: MappedFile, offset: int, dt: np.dtype, shape: tuple[int, ...], fortran: bool
+) -> TensorRef:
     """An array whose bytes lie in the file at `offset`: mapped lazily, checked against the file's size."""
     code = _code(dt, name)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if offset + nbytes > mapped.size:
-        raise CorruptInputError(f"{p.name}: array {name!r} needs {nbytes} bytes at {offset}; the file ends at "
-                                f"{mapped.size} (truncated?)")
+        raise CorruptInputError(
+            f"{p.name}: array {name!r} needs {nbytes} bytes at {offset}; the file ends at {mapped.size} (truncated?)"
+        )
     strides = _strides(shape, fortran)
     plain = not fortran and dt.byteorder != ">"
-    return TensorRef(name, code, shape, lambda: mapped.view(offset, dt, shape, strides),
-                     span=FileSpan(str(p), offset, nbytes) if plain else None)
+    return TensorRef(
+        name,
+        code,
+        shape,
+        lambda: mapped.view(offset, dt, shape, strides),
+        span=FileSpan(str(p), offset, nbytes) if plain else None,
+    )
 
 
 def _strides(shape: tuple[int, ...], fortran: bool) -> tuple[int, ...]:
     """Element strides of a C-ordered (or Fortran-ordered) array of `shape`."""
     out, acc = [0] * len(shape), 1
-    for i in (range(len(shape)) if fortran else reversed(range(len(shape)))):
+    for i in range(len(shape)) if fortran else reversed(range(len(shape))):
         out[i] = acc
         acc *= shape[i]
     return tuple(out)
@@ -126,6 +134,7 @@ def _code(dt: np.dtype, name: str) -> Any:
 
 
 # --- NPZ -----------------------------------------------------------------------------------------
+
 
 def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
     zf = open_zip(p)
@@ -163,8 +172,9 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
     code = _code(dt, name)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if data_at + nbytes != info.file_size:
-        raise CorruptInputError(f"{p.name}: member {info.filename!r} holds {info.file_size - data_at} data bytes; "
-                                f"{list(shape)} {dt} needs {nbytes}")
+        raise CorruptInputError(
+            f"{p.name}: member {info.filename!r} holds {info.file_size - data_at} data bytes; {list(shape)} {dt} needs {nbytes}"
+        )
 
     def load() -> np.ndarray:
         """Decompressed when the writer asks for it: one member in memory at a time."""
@@ -183,6 +193,7 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
 
 
 # --- pickled trees -------------------------------------------------------------------------------
+
 
 def _objects(obj: Any, name: str) -> Any:
     """An object array as its items: a saved dict (0-d) is that dict, other shapes a flat list."""
@@ -209,6 +220,7 @@ def _from_pickled(obj: Any, name: str, depth: int = 0) -> Any:
 
 
 # --- naming --------------------------------------------------------------------------------------
+
 
 def _as_tree(members: dict[str, Any]) -> dict[str, Any]:
     """npz member names as tree paths (`a/b/kernel`), when they nest without clashes."""
@@ -258,8 +270,7 @@ def _source(fmt: str, p: Path, tree: Any, mapped: MappedFile) -> SourceModel:
     else:
         sep = "/" if any("." in part for where, _ in leaves for part in where) else "."
         tensors = [ref.renamed(sep.join(where)) for where, ref in leaves]
-    return SourceModel(format=fmt, files=[p], tensors=tensors, extras=extras, architecture=architecture,
-                       closers=[mapped.close])
+    return SourceModel(format=fmt, files=[p], tensors=tensors, extras=extras, architecture=architecture, closers=[mapped.close])
 
 
 def _named_tree(node: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:
@@ -272,4 +283,3 @@ def _named_tree(node: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:
         elif isinstance(v, dict):
             out[str(k)] = _named_tree(v, path)
     return out
-

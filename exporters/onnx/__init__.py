@@ -19,10 +19,14 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="onnx", command="onnx-to-safetensors", extra="onnx", sniff=sniff, open=open_source,
+    kind="onnx",
+    command="onnx-to-safetensors",
+    extra="onnx",
+    sniff=sniff,
+    open=open_source,
     summary="Extract an ONNX model's weights (initializers, external data files included) into the folder OUT. "
-            "Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter names "
-            "through the graph; the manifest summarizes the graph's operators. The model is never run.",
+    "Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter names "
+    "through the graph; the manifest summarizes the graph's operators. The model is never run.",
     suffixes=(".onnx",),
     short="Extract an ONNX model's initializers (weights).",
     example="convert onnx-to-safetensors model.onnx weights/",

@@ -85,8 +85,7 @@ def _recorded(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]) -
         return {}
     resolved: dict[str, Resolved] = {}
     for old, entry in recorded.items() if isinstance(recorded, dict) else ():
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], bool)):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], bool)):
             continue
         name, transpose = entry
         if GENERATED.fullmatch(old) and len(shapes.get(old, ())) == 2 and name not in taken:
@@ -95,8 +94,9 @@ def _recorded(model: Any, shapes: dict[str, tuple[int, ...]], taken: set[str]) -
     return resolved
 
 
-def _linear_weight(node: Any, position: int, shapes: dict[str, tuple[int, ...]],
-                   by_input: dict[str, list[Any]]) -> tuple[str, bool, str] | None:
+def _linear_weight(
+    node: Any, position: int, shapes: dict[str, tuple[int, ...]], by_input: dict[str, list[Any]]
+) -> tuple[str, bool, str] | None:
     """(module path, transposed?, evidence) when `node` multiplies by this initializer as a Linear does."""
     if position != 1 or node.op_type not in ("MatMul", "Gemm") or not node.output or len(shapes[node.input[1]]) != 2:
         return None  # a product without an output, or not by a matrix: nothing to name it by
@@ -114,8 +114,7 @@ def _linear_weight(node: Any, position: int, shapes: dict[str, tuple[int, ...]],
     return None
 
 
-def _bias_name(node: Any, by_input: dict[str, list[Any]], shapes: dict[str, tuple[int, ...]],
-               out_features: int) -> str | None:
+def _bias_name(node: Any, by_input: dict[str, list[Any]], shapes: dict[str, tuple[int, ...]], out_features: int) -> str | None:
     """The `X.bias` initializer this product is added to (Gemm's C, or the Add after a MatMul)."""
     candidates = list(node.input[2:3])
     if node.op_type == "MatMul":

@@ -25,11 +25,23 @@ from exporters.onnx.names import Resolved, count_tensor_protos, graph_tensors, r
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
 ONNX_DTYPES: dict[str, str] = {
-    "FLOAT": "F32", "DOUBLE": "F64", "FLOAT16": "F16", "BFLOAT16": "BF16",
-    "FLOAT8E4M3FN": "F8_E4M3", "FLOAT8E5M2": "F8_E5M2", "FLOAT8E8M0": "F8_E8M0",
-    "INT64": "I64", "INT32": "I32", "INT16": "I16", "INT8": "I8",
-    "UINT64": "U64", "UINT32": "U32", "UINT16": "U16", "UINT8": "U8",
-    "BOOL": "BOOL", "COMPLEX64": "C64",
+    "FLOAT": "F32",
+    "DOUBLE": "F64",
+    "FLOAT16": "F16",
+    "BFLOAT16": "BF16",
+    "FLOAT8E4M3FN": "F8_E4M3",
+    "FLOAT8E5M2": "F8_E5M2",
+    "FLOAT8E8M0": "F8_E8M0",
+    "INT64": "I64",
+    "INT32": "I32",
+    "INT16": "I16",
+    "INT8": "I8",
+    "UINT64": "U64",
+    "UINT32": "U32",
+    "UINT16": "U16",
+    "UINT8": "U8",
+    "BOOL": "BOOL",
+    "COMPLEX64": "C64",
 }
 
 
@@ -54,9 +66,11 @@ def open_onnx(path: str | Path) -> SourceModel:
     except (ValueError, RecursionError) as exc:
         raise CorruptInputError(f"{model_path.name}: {exc}") from None
     if expected != len(model.graph.initializer) + len(held):
-        raise UnsupportedFormatError(f"{model_path.name}: the model holds {expected} tensors but only "
-                                     f"{len(model.graph.initializer) + len(held)} are in places this reader knows "
-                                     "(initializers, node attributes, subgraphs)")
+        raise UnsupportedFormatError(
+            f"{model_path.name}: the model holds {expected} tensors but only "
+            f"{len(model.graph.initializer) + len(held)} are in places this reader knows "
+            "(initializers, node attributes, subgraphs)"
+        )
     _refuse_duplicates(model_path.name, [i.name for i in model.graph.initializer] + [n for n, _ in held])
     with ExitStack() as opened:  # the external data files are closed here if a tensor is refused
         reader = _Initializers(model_path)
@@ -65,14 +79,24 @@ def open_onnx(path: str | Path) -> SourceModel:
         tensors = [reader.ref(init, renamed.get(init.name)) for init in model.graph.initializer]
         tensors += [reader.ref(proto, None, name) for name, proto in held]
         opened.pop_all()
-    extras: dict[str, Any] = {"producer": _producer(model), "opset": _opsets(model),
-                              "tensors_in_graph": {"initializers": len(model.graph.initializer),
-                                                   "in_nodes_and_subgraphs": len(held)}}
+    extras: dict[str, Any] = {
+        "producer": _producer(model),
+        "opset": _opsets(model),
+        "tensors_in_graph": {"initializers": len(model.graph.initializer), "in_nodes_and_subgraphs": len(held)},
+    }
     if renamed:
-        extras["renamed"] = {old: {"name": r.name, "transform": "transpose" if r.transpose else None,
-                                   "evidence": r.evidence} for old, r in renamed.items()}
-    return SourceModel(format="onnx", files=[model_path, *reader.external_files()], tensors=tensors,
-                       extras=extras, architecture=summarize(model), closers=[reader.close])
+        extras["renamed"] = {
+            old: {"name": r.name, "transform": "transpose" if r.transpose else None, "evidence": r.evidence}
+            for old, r in renamed.items()
+        }
+    return SourceModel(
+        format="onnx",
+        files=[model_path, *reader.external_files()],
+        tensors=tensors,
+        extras=extras,
+        architecture=summarize(model),
+        closers=[reader.close],
+    )
 
 
 MAX_LOCATION = 1024  # characters of an external data location: a relative path, well under PATH_MAX
@@ -81,11 +105,15 @@ MAX_LOCATION = 1024  # characters of an external data location: a relative path,
 def _check_names(model: Any, model_name: str) -> None:
     """Every name the reader uses is text: protobuf hands back bytes for a name that is not UTF-8."""
     graph = model.graph
-    names = [*(i.name for i in graph.initializer), *(v.name for v in (*graph.input, *graph.output)),
-             *(n for node in graph.node for n in (*node.input, *node.output, node.name, node.op_type)),
-             *(e.key for i in graph.initializer for e in i.external_data),
-             *(e.value for i in graph.initializer for e in i.external_data),
-             *(p.key for p in model.metadata_props), *(p.value for p in model.metadata_props)]
+    names = [
+        *(i.name for i in graph.initializer),
+        *(v.name for v in (*graph.input, *graph.output)),
+        *(n for node in graph.node for n in (*node.input, *node.output, node.name, node.op_type)),
+        *(e.key for i in graph.initializer for e in i.external_data),
+        *(e.value for i in graph.initializer for e in i.external_data),
+        *(p.key for p in model.metadata_props),
+        *(p.value for p in model.metadata_props),
+    ]
     bad = next((n for n in names if not isinstance(n, str)), None)
     if bad is not None:
         raise CorruptInputError(f"{model_name}: the name {bad[:60]!r} is not UTF-8 text")
@@ -108,8 +136,7 @@ class _Initializers:
         dt = _dtype(init, self.model_path.name)
         shape = tuple(int(d) for d in init.dims)
         if any(d < 0 for d in shape):
-            raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension "
-                                    f"{shape}")
+            raise CorruptInputError(f"{self.model_path.name}: initializer {init.name!r} has a negative dimension {shape}")
         check_shape(shape, dt.itemsize, f"{self.model_path.name}: initializer {init.name!r}")
         if init.data_location == onnx.TensorProto.EXTERNAL:
             ref = self._external(init, dt, shape)
@@ -136,14 +163,22 @@ class _Initializers:
         except ValueError:
             raise CorruptInputError(f"{what}: external offset or length is not a number") from None
         if offset < 0 or length != nbytes:
-            raise CorruptInputError(f"{what}: external data holds {length} bytes at {offset}; "
-                                    f"{list(shape)} {dt.code} needs {nbytes}")
+            raise CorruptInputError(
+                f"{what}: external data holds {length} bytes at {offset}; {list(shape)} {dt.code} needs {nbytes}"
+            )
         if offset + length > mapped.size:
-            raise CorruptInputError(f"{what}: external data runs past the end of {path.name} "
-                                    f"({offset + length} > {mapped.size} bytes; truncated?)")
+            raise CorruptInputError(
+                f"{what}: external data runs past the end of {path.name} ({offset + length} > {mapped.size} bytes; truncated?)"
+            )
         strides = contiguous_strides(shape)
-        return TensorRef(init.name, dt, shape, lambda: mapped.view(offset, dt.numpy, shape, strides),
-                         span=FileSpan(str(path), offset, length), identity=(str(path), offset, shape, dt.code))
+        return TensorRef(
+            init.name,
+            dt,
+            shape,
+            lambda: mapped.view(offset, dt.numpy, shape, strides),
+            span=FileSpan(str(path), offset, length),
+            identity=(str(path), offset, shape, dt.code),
+        )
 
     def _location(self, location: str, what: str) -> Path:
         """The external data file, which must be a file inside the model's folder."""
@@ -193,8 +228,9 @@ def _dtype(init: Any, model_name: str) -> DType:
         type_name = f"#{init.data_type}"
     code = ONNX_DTYPES.get(type_name)
     if code is None:
-        raise UnsupportedFormatError(f"{model_name}: initializer {init.name!r} has type {type_name}, "
-                                     f"which SafeTensors cannot hold")
+        raise UnsupportedFormatError(
+            f"{model_name}: initializer {init.name!r} has type {type_name}, which SafeTensors cannot hold"
+        )
     return lookup_dtype(code)
 
 
@@ -205,8 +241,10 @@ def _inline(init: Any, dt: DType, shape: tuple[int, ...], model_name: str) -> Te
     nbytes = math.prod(shape) * dt.itemsize  # not numpy's int64 product: it wraps to 0 and passes
     if init.HasField("raw_data"):
         if len(init.raw_data) != nbytes:
-            raise CorruptInputError(f"{model_name}: initializer {init.name!r} holds {len(init.raw_data)} bytes; "
-                                    f"{list(shape)} {dt.code} needs {nbytes}")
+            raise CorruptInputError(
+                f"{model_name}: initializer {init.name!r} holds {len(init.raw_data)} bytes; "
+                f"{list(shape)} {dt.code} needs {nbytes}"
+            )
         arr = np.frombuffer(init.raw_data, dtype=dt.numpy.newbyteorder("<")).reshape(shape)
     else:
         try:
@@ -215,8 +253,7 @@ def _inline(init: Any, dt: DType, shape: tuple[int, ...], model_name: str) -> Te
             raise CorruptInputError(f"{model_name}: initializer {init.name!r} cannot be decoded ({exc})") from None
         if arr.dtype != dt.numpy:  # older onnx releases decode bfloat16 and float8 as unsigned integers
             if arr.dtype.itemsize != dt.itemsize:
-                raise CorruptInputError(f"{model_name}: initializer {init.name!r} decodes as {arr.dtype}, "
-                                        f"not {dt.code}")
+                raise CorruptInputError(f"{model_name}: initializer {init.name!r} decodes as {arr.dtype}, not {dt.code}")
             arr = arr.view(dt.numpy)
     return TensorRef(init.name, dt, shape, lambda: arr)
 

@@ -45,8 +45,7 @@ def exporter_for(src: Path, options: ExportOptions) -> Exporter:
     try:
         return importlib.import_module(module).export
     except ImportError as exc:
-        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra and {extras}: "
-                                     f"{exc}") from None
+        raise UnsupportedFormatError(f"exporting a {name} model to ONNX needs the `onnx` extra and {extras}: {exc}") from None
 
 
 def _is_converted_neuralforecast(src: Path) -> bool:
@@ -74,4 +73,5 @@ def detect_framework(src: Path, options: ExportOptions) -> str:
     raise UnsupportedFormatError(
         f"{src.name}: to-onnx exports torch.export programs (.pt2), a module from --module pkg.mod:factory "
         f"with its weights, Keras .keras files, TensorFlow SavedModel folders, and NeuralForecast save folders "
-        f"and their nf-to-safetensors outputs")
+        f"and their nf-to-safetensors outputs"
+    )

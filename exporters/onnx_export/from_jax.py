@@ -30,8 +30,9 @@ WEIGHTS_MAX_BYTES = 8 << 30
 
 def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[ExportedGraph]:
     if not options.module:
-        raise UsageError("JAX models are code: give --module pkg.mod:factory returning a flax.nnx.Module, "
-                         "and SRC with its weights")
+        raise UsageError(
+            "JAX models are code: give --module pkg.mod:factory returning a flax.nnx.Module, and SRC with its weights"
+        )
     try:
         import jax2onnx
     except ImportError:
@@ -39,7 +40,8 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
             f"JAX graphs are exported with jax2onnx, which is not installed: its package pins orbax-checkpoint "
             f"< 0.11.37, which conflicts with this project's `jax` extra; install it beside that extra with "
             f"`pip install --no-deps {_jax2onnx_requirement()}`, or the `onnx-jax` extra in an environment of "
-            f"its own") from None
+            f"its own"
+        ) from None
     import jax
     from flax import nnx
 
@@ -55,16 +57,15 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
     def reference(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(model(*[arrays[n] for n in names]))]
 
-    outputs = output_names(options.output_names,
-                           default_output_names(len(reference(input_sets(specs, None, None)[0].arrays))))
+    outputs = output_names(options.output_names, default_output_names(len(reference(input_sets(specs, None, None)[0].arrays))))
     shapes = [tuple(s.dynamic.get(axis, n) for axis, n in enumerate(s.shape)) for s in specs]
     try:
-        onnx_model = jax2onnx.to_onnx(model, shapes, opset=options.opset or 23, input_names=names,
-                                      output_names=outputs, return_mode="proto")
+        onnx_model = jax2onnx.to_onnx(
+            model, shapes, opset=options.opset or 23, input_names=names, output_names=outputs, return_mode="proto"
+        )
     except Exception as exc:  # jax2onnx raises many types for primitives it does not cover
         raise UnsupportedFormatError(f"jax2onnx could not export the model: {first_line(exc)}") from None
-    yield ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}",
-                        "flax-nnx-module", [src])
+    yield ExportedGraph(onnx_model, specs, outputs, reference, f"jax2onnx {version('jax2onnx')}", "flax-nnx-module", [src])
 
 
 def _jax2onnx_requirement() -> str:

@@ -51,8 +51,10 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
     if options.module:
         raise UsageError("a NeuralForecast folder names its own model classes: drop --module")
     if options.input_shapes or options.input_dtypes or options.input_ranges or options.dynamic_axes:
-        raise UsageError("a NeuralForecast model's window is fixed by its input_size and h: "
-                         "drop --input-shape, --input-range and --dynamic-axis")
+        raise UsageError(
+            "a NeuralForecast model's window is fixed by its input_size and h: "
+            "drop --input-shape, --input-range and --dynamic-axis"
+        )
     with _models(src) as models:
         names = [m.name for m in models]
         unknown = sorted(set(options.models) - set(names))
@@ -60,8 +62,7 @@ def export(src: Path, options: ExportOptions, scratch: Path) -> Iterator[Exporte
             raise UsageError(f"--model {', '.join(unknown)}: {src.name} holds the models {', '.join(names)}")
         chosen = options.models or names
         if options.inputs_file and len(chosen) > 1:
-            raise UsageError(f"--inputs holds one model's inputs; {len(chosen)} models are exported: choose one "
-                             f"with --model")
+            raise UsageError(f"--inputs holds one model's inputs; {len(chosen)} models are exported: choose one with --model")
         for model in models:
             if model.name in chosen:
                 yield _export_model(model, options, scratch)
@@ -77,8 +78,10 @@ def _models(src: Path) -> Iterator[list[_Model]]:
         return
     with open_bundle(src) as bundle:
         # the NeuralForecast reader gives every model of a bundle its architecture record
-        yield [_Model(m.folder, cast(dict[str, Any], m.source.architecture), m.source.files, partial(_state_of, m.source.tensors))
-               for m in bundle.models]
+        yield [
+            _Model(m.folder, cast(dict[str, Any], m.source.architecture), m.source.files, partial(_state_of, m.source.tensors))
+            for m in bundle.models
+        ]
 
 
 def _state_of(tensors: list[Any]) -> dict[str, torch.Tensor]:
@@ -89,10 +92,16 @@ def _converted(folder: Path) -> _Model:
     """One model of an nf-to-safetensors output: what its manifest records, tensors re-tied."""
     doc = manifest_mod.load(folder)
     if doc["target"]["layout"] != "pytorch":
-        raise UnsupportedFormatError(f"{folder.name}: converted with --layout {doc['target']['layout']}; rebuilding "
-                                     f"the model needs NeuralForecast's own names (--layout pytorch, the default)")
-    return _Model(folder.name, doc["architecture"]["source_model"], [folder / f["path"] for f in doc["files"]],
-                  partial(converted_state, folder, doc))
+        raise UnsupportedFormatError(
+            f"{folder.name}: converted with --layout {doc['target']['layout']}; rebuilding "
+            f"the model needs NeuralForecast's own names (--layout pytorch, the default)"
+        )
+    return _Model(
+        folder.name,
+        doc["architecture"]["source_model"],
+        [folder / f["path"] for f in doc["files"]],
+        partial(converted_state, folder, doc),
+    )
 
 
 def _export_model(source: _Model, options: ExportOptions, scratch: Path) -> ExportedGraph:
@@ -116,18 +125,29 @@ def _export_network(source: _Model, options: ExportOptions, scratch: Path) -> Ex
     outputs = output_names(options.output_names, _output_names(network.loss, len(reference(example))))
     batch = torch.export.Dim(BATCH)
     dynamic_shapes = (tuple({0: batch} if 0 in s.dynamic else {} for s in specs),)  # forward(*parts)
-    model, exporter, notes = export_torch(wrapper, wrapper, example, specs, outputs, dynamic_shapes, options,
-                                          scratch)
+    model, exporter, notes = export_torch(wrapper, wrapper, example, specs, outputs, dynamic_shapes, options, scratch)
     read = {value.name for value in model.graph.input}
     unread = [s for s in specs if s.name not in read]  # parts an exporter dropped because the network ignores them
     specs = [s for s in specs if s.name in read]
     if dropped:
-        notes.append(f"{source.name}: arguments left at the installed {record['class']}'s defaults (not taken by "
-                     f"this release, or not readable from the folder): {', '.join(dropped)}")
-    return ExportedGraph(model, specs, outputs, _filling(reference, specs, unread), exporter, "neuralforecast",
-                         source.files, parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()],
-                         notes=notes, folder=source.name, source_model=record,
-                         semantics=_semantics(network, record, specs, outputs))
+        notes.append(
+            f"{source.name}: arguments left at the installed {record['class']}'s defaults (not taken by "
+            f"this release, or not readable from the folder): {', '.join(dropped)}"
+        )
+    return ExportedGraph(
+        model,
+        specs,
+        outputs,
+        _filling(reference, specs, unread),
+        exporter,
+        "neuralforecast",
+        source.files,
+        parameters=[(k, tuple(v.shape)) for k, v in network.state_dict().items()],
+        notes=notes,
+        folder=source.name,
+        source_model=record,
+        semantics=_semantics(network, record, specs, outputs),
+    )
 
 
 def _output_names(loss: Any, count: int) -> list[str]:
@@ -157,11 +177,13 @@ def _check_exportable(class_name: str, resolved: dict[str, Any]) -> None:
         raise UnsupportedFormatError(
             f"{class_name} forecasts recurrently, one step at a time with its state carried between calls in "
             f"Python, which one graph does not hold; export a model trained with recurrent=False, or leave this "
-            f"one out with --model")
+            f"one out with --model"
+        )
     if resolved["cat_exog_list"]:
         raise UnsupportedFormatError(
             f"categorical exogenous columns {resolved['cat_exog_list']} are embedded by NeuralForecast before the "
-            f"network runs; models with them are not exported (leave it out with --model)")
+            f"network runs; models with them are not exported (leave it out with --model)"
+        )
 
 
 def _window_specs(resolved: dict[str, Any]) -> list[InputSpec]:
@@ -179,8 +201,7 @@ def _window_specs(resolved: dict[str, Any]) -> list[InputSpec]:
     if stat:
         shapes["stat_exog"] = (n, stat) if multivariate else (1, stat)
     batched = {name for name in shapes if not (multivariate and name == "stat_exog")}
-    return [InputSpec(name, shape, np.dtype(np.float32), {0: BATCH} if name in batched else {})
-            for name, shape in shapes.items()]
+    return [InputSpec(name, shape, np.dtype(np.float32), {0: BATCH} if name in batched else {}) for name, shape in shapes.items()]
 
 
 def _semantics(network: Any, record: dict[str, Any], specs: list[InputSpec], outputs: list[str]) -> dict[str, Any]:
@@ -188,8 +209,13 @@ def _semantics(network: Any, record: dict[str, Any], specs: list[InputSpec], out
     loss = network.loss
     distribution = getattr(loss, "is_distribution_output", False)
     name = record["alias"] or record["class"]
-    columns = {} if distribution else {  # a distribution's columns are sampled outside the graph
-        "forecast_columns": [f"{name}{suffix}" for suffix in (getattr(loss, "output_names", None) or [""])]}
+    columns = (
+        {}
+        if distribution
+        else {  # a distribution's columns are sampled outside the graph
+            "forecast_columns": [f"{name}{suffix}" for suffix in (getattr(loss, "output_names", None) or [""])]
+        }
+    )
     return {
         "computes": "loss.domain_map(model(windows)), as NeuralForecast's predict step calls it",
         "inputs": {s.name: _part_meaning(s.name, resolved) for s in specs},
@@ -210,8 +236,7 @@ def _part_meaning(part: str, resolved: dict[str, Any]) -> str:
     return {
         "insample_y": f"the target's last {steps} values, oldest first",
         "insample_mask": f"1 where those {steps} values were observed, 0 where missing",
-        "futr_exog": f"future exogenous columns {resolved['futr_exog_list']} over the {steps} steps and the "
-                     f"{h} to forecast",
+        "futr_exog": f"future exogenous columns {resolved['futr_exog_list']} over the {steps} steps and the {h} to forecast",
         "hist_exog": f"historic exogenous columns {resolved['hist_exog_list']} over the {steps} steps",
         "stat_exog": f"static exogenous columns {resolved['stat_exog_list']}",
     }[part]

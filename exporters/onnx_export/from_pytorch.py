@@ -25,8 +25,12 @@ from exporters.quiet import first_line
 from exporters.torch_state import load_strict
 
 # SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.
-_VIEWED = {"BF16": ("bfloat16", np.uint16), "F8_E4M3": ("float8_e4m3fn", np.uint8),
-           "F8_E5M2": ("float8_e5m2", np.uint8), "F8_E8M0": ("float8_e8m0fnu", np.uint8)}
+_VIEWED = {
+    "BF16": ("bfloat16", np.uint16),
+    "F8_E4M3": ("float8_e4m3fn", np.uint8),
+    "F8_E5M2": ("float8_e5m2", np.uint8),
+    "F8_E8M0": ("float8_e8m0fnu", np.uint8),
+}
 TORCHSCRIPT_OPSET = 17
 
 
@@ -46,28 +50,41 @@ def _from_module(src: Path, options: ExportOptions, scratch: Path) -> ExportedGr
     specs = build_specs(names, [None] * len(names), [None] * len(names), options, input_hints(module, names))
     example = input_sets(specs, None, None)[-1].arrays  # the larger set: no axis of size 1 to specialise on
     dims: dict[str, Any] = {}
-    dynamic_shapes = {s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()}
-                      for s in specs}
+    dynamic_shapes = {
+        s.name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in s.dynamic.items()} for s in specs
+    }
     reference = torch_reference(module, names)
     outputs = output_names(options.output_names, default_output_names(len(reference(example))))
     model, exporter, notes = export_torch(module, module, example, specs, outputs, dynamic_shapes, options, scratch)
-    return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-module", files,
-                         parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()], notes=notes)
+    return ExportedGraph(
+        model,
+        specs,
+        outputs,
+        reference,
+        exporter,
+        "pytorch-module",
+        files,
+        parameters=[(k, tuple(v.shape)) for k, v in module.state_dict().items()],
+        notes=notes,
+    )
 
 
 def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedGraph:
     import torch
 
     if options.input_shapes or options.input_dtypes or options.input_ranges or options.dynamic_axes:
-        raise UsageError("a .pt2 program fixes its own input shapes, dtypes and dynamic axes: "
-                         "drop --input-shape, --input-range and --dynamic-axis")
+        raise UsageError(
+            "a .pt2 program fixes its own input shapes, dtypes and dynamic axes: "
+            "drop --input-shape, --input-range and --dynamic-axis"
+        )
     check_pt2(src)
     program = torch.export.load(str(src))
     args, kwargs = program.example_inputs or ((), {})
     names = list(program.graph_signature.user_inputs)
     if kwargs or not args or len(args) != len(names) or not all(isinstance(a, torch.Tensor) for a in args):
-        raise UnsupportedFormatError(f"{src.name}: needs example inputs as positional tensors "
-                                     f"(torch.export.export(model, (x,), ...))")
+        raise UnsupportedFormatError(
+            f"{src.name}: needs example inputs as positional tensors (torch.export.export(model, (x,), ...))"
+        )
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     specs = [_program_spec(src, name, placeholders[name].meta["val"], arg) for name, arg in zip(names, args, strict=True)]
     samples = {s.name: a.detach().numpy() for s, a in zip(specs, args, strict=True)}
@@ -76,11 +93,27 @@ def _from_program(src: Path, options: ExportOptions, scratch: Path) -> ExportedG
     outputs = output_names(options.output_names, default_output_names(len(reference(samples))))
     model, exporter, notes = export_torch(program, module, samples, specs, outputs, None, options, scratch)
     training = train_mode_ops(program)
-    hint = (f"the program was exported in train mode ({', '.join(training)} with training=True): call "
-            "model.eval() before torch.export.export and save it again") if training else ""
-    return ExportedGraph(model, specs, outputs, reference, exporter, "pytorch-export-program", [src],
-                         parameters=[(k, tuple(v.shape)) for k, v in program.state_dict.items()],
-                         samples=samples, notes=notes, mismatch_hint=hint)
+    hint = (
+        (
+            f"the program was exported in train mode ({', '.join(training)} with training=True): call "
+            "model.eval() before torch.export.export and save it again"
+        )
+        if training
+        else ""
+    )
+    return ExportedGraph(
+        model,
+        specs,
+        outputs,
+        reference,
+        exporter,
+        "pytorch-export-program",
+        [src],
+        parameters=[(k, tuple(v.shape)) for k, v in program.state_dict.items()],
+        samples=samples,
+        notes=notes,
+        mismatch_hint=hint,
+    )
 
 
 def train_mode_ops(program: Any) -> list[str]:
@@ -100,12 +133,14 @@ def train_mode_ops(program: Any) -> list[str]:
 
 
 def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
-    dynamic = {axis: "batch" if axis == 0 else f"{name}_{axis}"
-               for axis, dim in enumerate(fake.shape) if not isinstance(dim, int)}
+    dynamic = {
+        axis: "batch" if axis == 0 else f"{name}_{axis}" for axis, dim in enumerate(fake.shape) if not isinstance(dim, int)
+    }
     if 0 not in dynamic:
         raise UnsupportedFormatError(
             f"{src.name}: input {name!r} has a static batch size ({example.shape[0]}); export the program with "
-            f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}")
+            f"dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}"
+        )
     values = example.detach().numpy()
     if values.dtype.kind not in "iub" or not values.size:
         return InputSpec(name, tuple(example.shape), values.dtype, dynamic)
@@ -113,8 +148,16 @@ def _program_spec(src: Path, name: str, fake: Any, example: Any) -> InputSpec:
     return InputSpec(name, tuple(example.shape), values.dtype, dynamic, seen, "the program's example inputs")
 
 
-def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs: list[InputSpec], outputs: list[str],
-                 dynamic_shapes: Any, options: ExportOptions, scratch: Path) -> tuple[Any, str, list[str]]:
+def export_torch(
+    target: Any,
+    module: Any,
+    example: dict[str, np.ndarray],
+    specs: list[InputSpec],
+    outputs: list[str],
+    dynamic_shapes: Any,
+    options: ExportOptions,
+    scratch: Path,
+) -> tuple[Any, str, list[str]]:
     """(model, which exporter, notes): the dynamo exporter, then (with --exporter auto) TorchScript if it fails.
     `target` is what torch.export traces (a module or a program), `module` what TorchScript traces;
     `dynamic_shapes` is keyed as torch.export wants it for `target`'s forward."""
@@ -136,9 +179,16 @@ def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs
         notes.append(f"the dynamo exporter failed ({failure}); used the TorchScript exporter")
     path = scratch / "torchscript.onnx"
     try:
-        torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs,
-                          dynamic_axes={s.name: s.dynamic for s in specs},
-                          opset_version=options.opset or TORCHSCRIPT_OPSET, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes={s.name: s.dynamic for s in specs},
+            opset_version=options.opset or TORCHSCRIPT_OPSET,
+            dynamo=False,
+        )
     except Exception as exc:
         raise UnsupportedFormatError(f"torch.onnx.export failed: {first_line(exc)}") from None
     import onnx
@@ -146,8 +196,9 @@ def export_torch(target: Any, module: Any, example: dict[str, np.ndarray], specs
     return onnx.load(str(path)), "torch.onnx.export dynamo=False (TorchScript exporter)", notes
 
 
-def _strict(module: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str],
-            dynamic_shapes: Any, options: ExportOptions) -> Any:
+def _strict(
+    module: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str], dynamic_shapes: Any, options: ExportOptions
+) -> Any:
     """The graph from torch.export's strict mode, or None. TorchDynamo traces Python itself, so code
     like `batch_size = len(x)` keeps the size symbolic where the default non-strict tracing fixes it."""
     import torch
@@ -160,22 +211,35 @@ def _strict(module: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs:
     return model if failure is None else None
 
 
-def _dynamo(target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str],
-            dynamic_shapes: Any, options: ExportOptions) -> tuple[Any, str | None]:
+def _dynamo(
+    target: Any, args: tuple[Any, ...], specs: list[InputSpec], outputs: list[str], dynamic_shapes: Any, options: ExportOptions
+) -> tuple[Any, str | None]:
     """(model, None), or (None, why): an error, or a graph that fixed an axis asked to be dynamic
     (torch.export can specialise an LSTM's sequence length to the example's and still succeed)."""
     import torch
 
     try:
-        program = torch.onnx.export(target, args, input_names=[s.name for s in specs], output_names=outputs,
-                                    dynamic_shapes=dynamic_shapes, opset_version=options.opset,
-                                    dynamo=True, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            target,
+            args,
+            input_names=[s.name for s in specs],
+            output_names=outputs,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=options.opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
     except Exception as exc:  # torch.export raises many types; the message says what it met
         return None, first_line(exc)
     model = program.model_proto  # type: ignore[union-attr]  # None only when given a file to write
     dims = {v.name: v.type.tensor_type.shape.dim for v in model.graph.input}
-    fixed = [f"{s.name}:{axis}" for s in specs for axis in s.dynamic
-             if s.name in dims and axis < len(dims[s.name]) and dims[s.name][axis].HasField("dim_value")]
+    fixed = [
+        f"{s.name}:{axis}"
+        for s in specs
+        for axis in s.dynamic
+        if s.name in dims and axis < len(dims[s.name]) and dims[s.name][axis].HasField("dim_value")
+    ]
     return (None, f"it fixed dynamic axes {', '.join(fixed)} to the example's size") if fixed else (model, None)
 
 
@@ -197,9 +261,11 @@ def torch_reference(module: Any, names: list[str]) -> Any:
                 out = module(*[torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names])
         except Exception as exc:  # the user's code raised; say on what
             described = ", ".join(f"{n} {arrays[n].dtype}{list(arrays[n].shape)}" for n in names)
-            raise UsageError(f"the module's forward raised {type(exc).__name__} on inputs {described}: "
-                             f"{first_line(exc)}; say each input's dtype and values with --input-shape "
-                             f"NAME=SHAPE:DTYPE and --input-range NAME=LOW:HIGH") from None
+            raise UsageError(
+                f"the module's forward raised {type(exc).__name__} on inputs {described}: "
+                f"{first_line(exc)}; say each input's dtype and values with --input-shape "
+                f"NAME=SHAPE:DTYPE and --input-range NAME=LOW:HIGH"
+            ) from None
         return [leaf.detach().numpy() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
 
     return run

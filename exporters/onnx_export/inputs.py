@@ -73,8 +73,9 @@ def parse_input_ranges(items: Sequence[str]) -> dict[str, tuple[int, int]]:
         except ValueError:
             bounds = None
         if not colon or bounds is None or bounds[0] >= bounds[1]:
-            raise UsageError(f"--input-range {item!r}: expected NAME=LOW:HIGH, integers with LOW < HIGH "
-                             f"(HIGH excluded), e.g. tokens=0:21")
+            raise UsageError(
+                f"--input-range {item!r}: expected NAME=LOW:HIGH, integers with LOW < HIGH (HIGH excluded), e.g. tokens=0:21"
+            )
         ranges[key] = bounds
     return ranges
 
@@ -99,9 +100,13 @@ def parse_dynamic_axes(items: Sequence[str]) -> dict[str, dict[int, str]]:
     return axes
 
 
-def build_specs(names: Sequence[str], dtypes: Sequence[np.dtype | None],
-                declared: Sequence[tuple[int | None, ...] | None], options: ExportOptions,
-                hints: dict[str, InputHint] | None = None) -> list[InputSpec]:
+def build_specs(
+    names: Sequence[str],
+    dtypes: Sequence[np.dtype | None],
+    declared: Sequence[tuple[int | None, ...] | None],
+    options: ExportOptions,
+    hints: dict[str, InputHint] | None = None,
+) -> list[InputSpec]:
     """Specs from the model's input names, declared dtypes and shapes (None: not declared, or an
     unknown axis), what its code says about their values (`hints`), and the user's --input-shape,
     --input-range, --dynamic-axis and --inputs; declared unknown axes beyond the batch are dynamic."""
@@ -146,8 +151,9 @@ def _by_input(names: Sequence[str], values: dict[str, Any], option: str, example
     return values
 
 
-def _dtype(name: str, declared: np.dtype | None, hint: InputHint | None, given: str | None,
-           array: np.ndarray | None, label: str) -> np.dtype:
+def _dtype(
+    name: str, declared: np.dtype | None, hint: InputHint | None, given: str | None, array: np.ndarray | None, label: str
+) -> np.dtype:
     """--input-shape's dtype, else the model's declared one, else an integer or bool array's from
     --inputs, else what the model's code takes, else float32; each checked against the others."""
     if given is not None:
@@ -169,8 +175,9 @@ def _takes(hint: InputHint | None, dtype: str, what: str) -> None:
         raise UsageError(f"{what} {hint.reason} takes {' or '.join(hint.dtypes)}")
 
 
-def _range(name: str, dtype: np.dtype, hint: InputHint | None, given: tuple[int, int] | None,
-           array: np.ndarray | None, label: str) -> tuple[tuple[int, int] | None, str | None]:
+def _range(
+    name: str, dtype: np.dtype, hint: InputHint | None, given: tuple[int, int] | None, array: np.ndarray | None, label: str
+) -> tuple[tuple[int, int] | None, str | None]:
     """([low, high), what said so) for an integer or bool input: --input-range (inside what the
     model takes), else the model's own bound, else the values of --inputs, else 0 and 1."""
     if dtype.kind not in "iub":
@@ -202,8 +209,10 @@ def _shape(name: str, declared: tuple[int | None, ...] | None, given: tuple[int,
         return (1, *(d for d in declared[1:] if d is not None))
     if declared is not None:
         if len(declared) != len(given) or any(d is not None and d != g for d, g in zip(declared[1:], given[1:], strict=True)):
-            raise UsageError(f"--input-shape {name}={'x'.join(map(str, given))} does not fit the model's "
-                             f"input shape {['?' if d is None else d for d in declared]}")
+            raise UsageError(
+                f"--input-shape {name}={'x'.join(map(str, given))} does not fit the model's "
+                f"input shape {['?' if d is None else d for d in declared]}"
+            )
     return given
 
 
@@ -218,8 +227,7 @@ def input_sets(specs: list[InputSpec], samples: dict[str, np.ndarray] | None, np
         small = {s.name: big[s.name][tuple(slice(0, n) for n in s.shape)] for s in specs}
         sets = [_set("generated", small), _set("generated", big)]
     if npz is not None:
-        sets += _pair(Path(npz).name, load_npz(npz, specs), {s.name: tuple(a for a in (0,) if a in s.dynamic)
-                                                            for s in specs})
+        sets += _pair(Path(npz).name, load_npz(npz, specs), {s.name: tuple(a for a in (0,) if a in s.dynamic) for s in specs})
     return sets
 
 
@@ -274,16 +282,18 @@ def check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], label: s
     for spec in specs:
         arr = arrays[spec.name]
         static_ok = arr.ndim == len(spec.shape) and all(
-            a in spec.dynamic or n == m for a, (n, m) in enumerate(zip(arr.shape, spec.shape, strict=True)))
+            a in spec.dynamic or n == m for a, (n, m) in enumerate(zip(arr.shape, spec.shape, strict=True))
+        )
         if not static_ok or arr.dtype.kind != spec.dtype.kind or arr.shape[0] == 0:
-            raise UsageError(f"{label}: {spec.name!r} is {arr.dtype}{list(arr.shape)}; the model takes "
-                             f"{spec.dtype}{list(spec.shape)} (dynamic axes {sorted(spec.dynamic)})")
+            raise UsageError(
+                f"{label}: {spec.name!r} is {arr.dtype}{list(arr.shape)}; the model takes "
+                f"{spec.dtype}{list(spec.shape)} (dynamic axes {sorted(spec.dynamic)})"
+            )
         if spec.range is not None and arr.size:
             low, high = spec.range
             outside = arr[(arr < low) | (arr >= high)]
             if outside.size:
-                raise UsageError(f"{label}: {spec.name!r} holds {outside.flat[0]}, outside [{low}, {high}) "
-                                 f"({spec.range_from})")
+                raise UsageError(f"{label}: {spec.name!r} holds {outside.flat[0]}, outside [{low}, {high}) ({spec.range_from})")
         out[spec.name] = np.ascontiguousarray(arr, dtype=spec.dtype)
         if 0 in spec.dynamic:  # an input without a batch axis (a multivariate model's static columns)
             batches.add(arr.shape[0])

@@ -42,8 +42,14 @@ class GraphResult:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"folder": self.folder, "files": self.files, "exporter": self.exporter, "simplified": self.simplified,
-                "validation": self.validation, "notes": self.notes}
+        return {
+            "folder": self.folder,
+            "files": self.files,
+            "exporter": self.exporter,
+            "simplified": self.simplified,
+            "validation": self.validation,
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -53,12 +59,10 @@ class ExportResult:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"output": str(self.output), "graphs": [g.to_json() for g in self.graphs],
-                "seconds": round(self.seconds, 3)}
+        return {"output": str(self.output), "graphs": [g.to_json() for g in self.graphs], "seconds": round(self.seconds, 3)}
 
 
-def to_onnx(src: str | Path, out: str | Path, options: ExportOptions,
-            stage: Callable[[str], None] | None = None) -> ExportResult:
+def to_onnx(src: str | Path, out: str | Path, options: ExportOptions, stage: Callable[[str], None] | None = None) -> ExportResult:
     """Export `src` into the folder `out` as model.onnx (+ external data) and manifest.json, or, for a
     source of several models, one such folder per model inside `out`; `stage` hears each step's name
     as it starts (a progress display)."""
@@ -92,8 +96,9 @@ def _finish(graph: ExportedGraph, staging: Path, options: ExportOptions, stage: 
     if graph.folder and Path(graph.folder).name != graph.folder:
         raise UnsafeInputError(f"{graph.folder!r} cannot name an output folder")
     try:
-        return _finish_graph(graph, staging / graph.folder, options, lambda name: stage(f"{graph.folder}: {name}"
-                                                                                         if graph.folder else name))
+        return _finish_graph(
+            graph, staging / graph.folder, options, lambda name: stage(f"{graph.folder}: {name}" if graph.folder else name)
+        )
     except ConvertError as exc:
         raise type(exc)(f"{graph.folder}: {exc}" if graph.folder else str(exc)) from None
 
@@ -115,8 +120,9 @@ def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions, stag
         validation = validate(dest / MODEL_FILE, graph, sets, atol)
     doc = export_manifest(graph, model, files, options, simplification, validation)
     write_file(dest / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
-    return GraphResult(graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"],
-                       validation, graph.notes)
+    return GraphResult(
+        graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"], validation, graph.notes
+    )
 
 
 def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:
@@ -150,8 +156,14 @@ def save(model: Any, staging: Path, threshold: int) -> list[Path]:
     if model.ByteSize() <= threshold:
         write_file(path, model.SerializeToString())
         return [path]
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=DATA_FILE, size_threshold=EXTERNAL_MIN_BYTES)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=EXTERNAL_MIN_BYTES,
+    )
     files = [p for p in (path, staging / DATA_FILE) if p.exists()]
     for written in files:
         fsync_path(written)
@@ -165,4 +177,3 @@ def check(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise VerificationError(f"onnx.checker rejects the exported graph: {first_line(exc)}") from None
-

@@ -38,8 +38,10 @@ def check_pt2(path: Path) -> None:
 def _check_members(name: str, zf: zipfile.ZipFile) -> None:
     names = zf.namelist()
     if not any(n.endswith("/archive_format") or n == "archive_format" for n in names):
-        raise UnsupportedFormatError(f"{name}: not a torch.export archive of the current format "
-                                     f"(save the program again with torch.export.save, torch >= 2.7)")
+        raise UnsupportedFormatError(
+            f"{name}: not a torch.export archive of the current format "
+            f"(save the program again with torch.export.save, torch >= 2.7)"
+        )
     for member in names:
         parts = member.split("/")
         if "aotinductor" in parts or member.endswith((".so", ".dll", ".dylib")):
@@ -52,8 +54,9 @@ def _check_members(name: str, zf: zipfile.ZipFile) -> None:
             text = _read_text(name, zf, member)
             for marker in IMPORTING_SPECS:
                 if marker in text:
-                    raise UnsafeInputError(f"{name}: the program's input or output spec asks torch to import "
-                                           f"a module ({marker}); refused")
+                    raise UnsafeInputError(
+                        f"{name}: the program's input or output spec asks torch to import a module ({marker}); refused"
+                    )
 
 
 def _check_payload(name: str, zf: zipfile.ZipFile, member: str, kind: str, leaf: str) -> None:

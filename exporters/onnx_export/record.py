@@ -15,8 +15,14 @@ from exporters.onnx.reader import summarize, value_summary
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 
 
-def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options: ExportOptions,
-                    simplification: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+def export_manifest(
+    graph: ExportedGraph,
+    model: Any,
+    files: list[Path],
+    options: ExportOptions,
+    simplification: dict[str, Any],
+    validation: dict[str, Any],
+) -> dict[str, Any]:
     summary = summarize(model)
     specs = {s.name: s for s in graph.inputs}
     return {
@@ -28,8 +34,15 @@ def export_manifest(graph: ExportedGraph, model: Any, files: list[Path], options
             "files": [_file_entry(p, str(p.absolute())) for p in graph.source_files],
             "details": {"exporter": graph.exporter},
         },
-        "target": {"format": "onnx", "layout": "onnx", "rules": "none", "dtype": None,
-                   "options": dataclasses.asdict(options), "warnings": graph.notes, "request": None},
+        "target": {
+            "format": "onnx",
+            "layout": "onnx",
+            "rules": "none",
+            "dtype": None,
+            "options": dataclasses.asdict(options),
+            "warnings": graph.notes,
+            "request": None,
+        },
         "files": [_file_entry(p, p.name) for p in files],
         "index": None,
         "sidecars": [],

@@ -26,18 +26,74 @@ DERIVED_MASK_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool", "floa
 MAX_STEPS = 64  # nodes followed from one input; a consumer further away is not looked for
 
 # values pass unchanged through these (shape and indexing)
-_VIEW_METHODS = frozenset({"view", "reshape", "unsqueeze", "squeeze", "flatten", "transpose", "permute",
-                           "contiguous", "expand", "expand_as", "narrow", "select", "t", "clone", "detach",
-                           "repeat", "__getitem__"})
+_VIEW_METHODS = frozenset(
+    {
+        "view",
+        "reshape",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "transpose",
+        "permute",
+        "contiguous",
+        "expand",
+        "expand_as",
+        "narrow",
+        "select",
+        "t",
+        "clone",
+        "detach",
+        "repeat",
+        "__getitem__",
+    }
+)
 # the values stay, the dtype changes
 _CAST_METHODS = frozenset({"to", "long", "int", "type", "bool", "float", "double", "half", "short", "byte"})
 # elementwise: a mask stays a mask, an index is no longer the embedding's row number
-_ELEMENTWISE_METHODS = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or",
-                                  "__invert__", "__eq__", "__ne__", "__and__", "__or__", "mul", "add", "sub",
-                                  "__mul__", "__add__", "__sub__", "__rsub__", "neg", "float_power"})
-_ELEMENTWISE_OPERATORS = (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
-                          operator.invert, operator.not_, operator.and_, operator.or_, operator.mul,
-                          operator.add, operator.sub, operator.neg, operator.truediv)
+_ELEMENTWISE_METHODS = frozenset(
+    {
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "logical_not",
+        "logical_and",
+        "logical_or",
+        "__invert__",
+        "__eq__",
+        "__ne__",
+        "__and__",
+        "__or__",
+        "mul",
+        "add",
+        "sub",
+        "__mul__",
+        "__add__",
+        "__sub__",
+        "__rsub__",
+        "neg",
+        "float_power",
+    }
+)
+_ELEMENTWISE_OPERATORS = (
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.invert,
+    operator.not_,
+    operator.and_,
+    operator.or_,
+    operator.mul,
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.truediv,
+)
 
 
 def input_hints(module: Any, names: list[str]) -> dict[str, InputHint]:
@@ -129,8 +185,10 @@ def _embedding_uses(graph: Any, user: Any, value: Any) -> Iterator[tuple[str, in
     elif user.op == "call_function" and user.target in (F.embedding, torch.embedding):
         indices, weight = (0, 1) if user.target is F.embedding else (1, 0)
         table = _argument(user, weight, "weight")
-        if _argument(user, indices, "input" if user.target is F.embedding else "indices") is value and \
-                getattr(table, "op", None) == "get_attr":
+        if (
+            _argument(user, indices, "input" if user.target is F.embedding else "indices") is value
+            and getattr(table, "op", None) == "get_attr"
+        ):
             yield f"F.embedding of {table.target!r}", int(graph.get_parameter(table.target).shape[0])
 
 

@@ -44,16 +44,17 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
         try:
             got = session.run(graph.outputs, input_set.arrays)
         except Exception as exc:
-            raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: "
-                                    f"{first_line(exc)}") from None
+            raise VerificationError(f"ONNX Runtime cannot run the exported graph at {where}: {first_line(exc)}") from None
         if len(expected) != len(got):
             raise VerificationError(f"the source gives {len(expected)} outputs, the graph {len(got)} ({where})")
         diffs = {name: _max_abs_diff(name, g, e, where) for name, g, e in zip(graph.outputs, got, expected, strict=True)}
         for name, diff in diffs.items():
             if not diff <= atol:
                 hint = f"; {graph.mismatch_hint}" if graph.mismatch_hint else ""
-                raise VerificationError(f"output {name!r} differs from the source by {diff:.3g} at {where} "
-                                        f"(--atol {atol:g}){hint}; no ONNX file was written")
+                raise VerificationError(
+                    f"output {name!r} differs from the source by {diff:.3g} at {where} "
+                    f"(--atol {atol:g}){hint}; no ONNX file was written"
+                )
             worst[name] = max(worst[name], diff)
         runs.append({"inputs": input_set.label, "batch_size": input_set.batch_size, "max_abs_diff": diffs})
     return {
@@ -70,8 +71,9 @@ def validate(model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol:
 def _max_abs_diff(name: str, got: np.ndarray, expected: np.ndarray, where: str) -> float:
     got, expected = np.asarray(got), np.asarray(expected)
     if got.shape != expected.shape:
-        raise VerificationError(f"output {name!r} has shape {list(got.shape)} in the graph but "
-                                f"{list(expected.shape)} in the source ({where})")
+        raise VerificationError(
+            f"output {name!r} has shape {list(got.shape)} in the graph but {list(expected.shape)} in the source ({where})"
+        )
     if got.size == 0:
         return 0.0
     a, b = got.astype(np.float64), expected.astype(np.float64)

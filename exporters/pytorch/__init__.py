@@ -28,13 +28,19 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="pytorch", command="pth-to-safetensors", extra=None, sniff=sniff, open=open_source,
+    kind="pytorch",
+    command="pth-to-safetensors",
+    extra=None,
+    sniff=sniff,
+    open=open_source,
     summary="Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face "
-            "folder with pytorch_model.bin or its shards) into the folder OUT, without torch.",
+    "folder with pytorch_model.bin or its shards) into the folder OUT, without torch.",
     options=("key", "strip_prefix"),
-    option_help={"key": "Dotted path of the dict holding the tensors (default: the first model state dict of "
-                        "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
-                        "optimizer, scheduler, scaler and RNG states are left out)."},
+    option_help={
+        "key": "Dotted path of the dict holding the tensors (default: the first model state dict of "
+        "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "
+        "optimizer, scheduler, scaler and RNG states are left out)."
+    },
     suffixes=(".pt", ".pth", ".bin", ".ckpt"),
     short="Convert a PyTorch checkpoint or folder (no torch).",
     example="convert pth-to-safetensors model.pt out/ --layout burn",

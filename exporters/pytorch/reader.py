@@ -40,8 +40,16 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Entries of a checkpoint worth carrying into the manifest when the tensors come from a sub-dict.
-_CHECKPOINT_FACTS = ("hyper_parameters", "hparams", "epoch", "global_step", "pytorch-lightning_version",
-                     "hparams_name", "config", "args")
+_CHECKPOINT_FACTS = (
+    "hyper_parameters",
+    "hparams",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+    "hparams_name",
+    "config",
+    "args",
+)
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 
@@ -87,12 +95,20 @@ def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> 
             fmt = "torchscript"
             named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
-        return SourceModel(format=fmt, files=[path], tensors=tensors, extras=extras, dropped=dropped,
-                           architecture=architecture, closers=[opened.pop_all().close])
+        return SourceModel(
+            format=fmt,
+            files=[path],
+            tensors=tensors,
+            extras=extras,
+            dropped=dropped,
+            architecture=architecture,
+            closers=[opened.pop_all().close],
+        )
 
 
-def _script_tensors(path: Path, obj: Any, script: _Script, key: str | None
-                    ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str], dict[str, Any]]:
+def _script_tensors(
+    path: Path, obj: Any, script: _Script, key: str | None
+) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str], dict[str, Any]]:
     """A TorchScript module's parameters and buffers as `state_dict()` names them, then its tensor
     constants; plain tensor attributes are dropped (state_dict() leaves them out too)."""
     if key:
@@ -101,14 +117,22 @@ def _script_tensors(path: Path, obj: Any, script: _Script, key: str | None
     named += script.constants
     if not named:
         raise UnsupportedFormatError(f"{path.name}: the TorchScript archive holds no tensors")
-    extras: dict[str, Any] = {"torchscript": {"code": "present, not run" if script.members.code_files else "absent",
-                                              "code_files": script.members.code_files,
-                                              "constants": len(script.constants)}}
+    extras: dict[str, Any] = {
+        "torchscript": {
+            "code": "present, not run" if script.members.code_files else "absent",
+            "code_files": script.members.code_files,
+            "constants": len(script.constants),
+        }
+    }
     if others:
-        extras["warnings"] = [f"left out {len(others)} tensor attribute(s) that are neither parameters nor buffers "
-                              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), as state_dict() does"]
-    dropped = {name: "a TorchScript tensor attribute that is neither parameter nor buffer (state_dict() leaves it out)"
-               for name in others}
+        extras["warnings"] = [
+            f"left out {len(others)} tensor attribute(s) that are neither parameters nor buffers "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), as state_dict() does"
+        ]
+    dropped = {
+        name: "a TorchScript tensor attribute that is neither parameter nor buffer (state_dict() leaves it out)"
+        for name in others
+    }
     return named, extras, dropped, {"torchscript_modules": modules}
 
 
@@ -138,19 +162,26 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
             obj = _zip_pickle(path, zf, infos, root, "data", file_size, inert)
             if not script:
                 return obj, byteorder == "big", None
-            constants = _zip_pickle(path, zf, infos, root, "constants", file_size, inert) \
-                if root + "constants.pkl" in infos else ()
+            constants = (
+                _zip_pickle(path, zf, infos, root, "constants", file_size, inert) if root + "constants.pkl" in infos else ()
+            )
             members = read_members(zf, infos, root, file_size)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
-                zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error) as exc:
             # RuntimeError: an entry flagged encrypted; NotImplementedError: an unknown compression method;
             # zlib.error: a deflated entry whose stream does not inflate
             raise CorruptInputError(f"{path.name}: damaged zip archive ({exc})") from None
     return obj, byteorder == "big", _Script(members, constant_tensors(constants))
 
 
-def _zip_pickle(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: str, stem: str,
-                file_size: int, inert: tuple[str, ...]) -> Any:
+def _zip_pickle(
+    path: Path,
+    zf: zipfile.ZipFile,
+    infos: dict[str, zipfile.ZipInfo],
+    root: str,
+    stem: str,
+    file_size: int,
+    inert: tuple[str, ...],
+) -> Any:
     """`<root>/<stem>.pkl` read by the restricted unpickler, its storages located in `<root>/<stem>/`."""
     pkl_info = infos[f"{root}{stem}.pkl"]
     if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
@@ -174,8 +205,16 @@ def _zip_pickle(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInf
     return restricted_load(pickle_bytes, persistent_load, inert, what=f"{path.name}: {stem}.pkl")
 
 
-def _locate_zip_storage(path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], folder: str,
-                        key: str, code: str | None, numel: int, file_size: int) -> _Storage:
+def _locate_zip_storage(
+    path: Path,
+    zf: zipfile.ZipFile,
+    infos: dict[str, zipfile.ZipInfo],
+    folder: str,
+    key: str,
+    code: str | None,
+    numel: int,
+    file_size: int,
+) -> _Storage:
     info = infos.get(f"{folder}{key}")
     if info is None:
         raise CorruptInputError(f"{path.name}: storage {key} is referenced but not in the archive")
@@ -207,8 +246,9 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
     with open(path, "rb") as fh:
         magic = restricted_load(fh, what=f"{name}: header")
         if magic != LEGACY_MAGIC:
-            raise UnsupportedFormatError(f"{name}: a pickle, but not a torch.save file "
-                                         f"(npz-to-safetensors or auto reads pickled NumPy arrays)")
+            raise UnsupportedFormatError(
+                f"{name}: a pickle, but not a torch.save file (npz-to-safetensors or auto reads pickled NumPy arrays)"
+            )
         protocol = restricted_load(fh, what=f"{name}: header")
         if protocol != LEGACY_PROTOCOL:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
@@ -260,14 +300,18 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
         return mapped.view(base, np_dtype, shape, stride)
 
     return TensorRef(
-        name=name, dtype=dt, shape=shape, load=load,
+        name=name,
+        dtype=dt,
+        shape=shape,
+        load=load,
         span=FileSpan(str(path), base, nbytes) if contiguous else None,
         identity=(str(path), storage.key, rec.storage_offset, shape, stride, dt.code),
     )
 
 
-def select_tensors(obj: Any, key: str | None, strip_prefix: str = "auto"
-                   ) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str]]:
+def select_tensors(
+    obj: Any, key: str | None, strip_prefix: str = "auto"
+) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str]]:
     """Find the state dict in a checkpoint: `key` (dotted) if given, else the best candidate model state
     dict (listed, the choice noted), else the root. Training states beside it are left out and named
     in the returned dropped map (name -> reason). `strip_prefix`: "auto" (a wrapper's prefix, see `wrapper_prefix`),
@@ -305,8 +349,9 @@ def select_tensors(obj: Any, key: str | None, strip_prefix: str = "auto"
     return named, extras, dropped
 
 
-def _choose_model_entry(obj: dict[Any, Any], extras: dict[str, Any], notes: list[str],
-                        dropped: dict[str, str]) -> tuple[Any, str | None]:
+def _choose_model_entry(
+    obj: dict[Any, Any], extras: dict[str, Any], notes: list[str], dropped: dict[str, str]
+) -> tuple[Any, str | None]:
     """The root's model state dict and its key (None: the root itself, training states taken out)."""
     training = {k: kind for k, v in obj.items() if (kind := training_state_kind(v)) is not None and holds_tensors(v)}
     candidates = candidate_keys(obj)
@@ -315,21 +360,22 @@ def _choose_model_entry(obj: dict[Any, Any], extras: dict[str, Any], notes: list
         others = candidates[1:]
         if others:
             extras["candidate_state_dicts"] = candidates
-            notes.append(f"the checkpoint holds {len(candidates)} model state dicts ({', '.join(candidates)}); "
-                         f"converted {chosen_key!r}, the others are left out (--key picks one)")
+            notes.append(
+                f"the checkpoint holds {len(candidates)} model state dicts ({', '.join(candidates)}); "
+                f"converted {chosen_key!r}, the others are left out (--key picks one)"
+            )
         for k in others:
-            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
-                                         f"another model state dict ({text_of(k)}; --key picks it)"))
+            dropped.update(
+                dict.fromkeys(_tensor_names(obj[k], text_of(k)), f"another model state dict ({text_of(k)}; --key picks it)")
+            )
         for k in training:
-            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
-                                         f"training state {text_of(k)} ({training[k]})"))
+            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)), f"training state {text_of(k)} ({training[k]})"))
         chosen: Any = obj[chosen_key]
     else:
         chosen_key = None
         chosen = {k: v for k, v in obj.items() if k not in training} if training else obj
         for k in training:
-            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)),
-                                         f"training state {text_of(k)} ({training[k]})"))
+            dropped.update(dict.fromkeys(_tensor_names(obj[k], text_of(k)), f"training state {text_of(k)} ({training[k]})"))
     if training:
         extras["training_state"] = {text_of(k): v for k, v in training.items()}
     return chosen, chosen_key
@@ -341,8 +387,14 @@ def _tensor_names(value: Any, prefix: str) -> list[str]:
     return [n for n, _ in named]
 
 
-def _strip(named: list[tuple[str, TensorRecord]], obj: Any, chosen_key: str | None, strip_prefix: str,
-           extras: dict[str, Any], notes: list[str]) -> list[tuple[str, TensorRecord]]:
+def _strip(
+    named: list[tuple[str, TensorRecord]],
+    obj: Any,
+    chosen_key: str | None,
+    strip_prefix: str,
+    extras: dict[str, Any],
+    notes: list[str],
+) -> list[tuple[str, TensorRecord]]:
     names = [n for n, _ in named]
     if strip_prefix == "auto":
         prefix = wrapper_prefix(names, obj, chosen_key)
@@ -355,13 +407,15 @@ def _strip(named: list[tuple[str, TensorRecord]], obj: Any, chosen_key: str | No
             raise UsageError(f"--strip-prefix {prefix!r}: tensor {bad!r} does not start with it")
     if prefix is None:
         return named
-    stripped = [(n[len(prefix):], rec) for n, rec in named]
+    stripped = [(n[len(prefix) :], rec) for n, rec in named]
     if len({n for n, _ in stripped}) != len(stripped):
         raise UsageError(f"stripping {prefix!r} would give two tensors one name; use --strip-prefix none")
     extras["stripped_prefix"] = prefix
     if strip_prefix == "auto":
-        notes.append(f"stripped the wrapper prefix {prefix!r} from every name, as the inner module's load_state_dict "
-                     "expects (--strip-prefix none keeps it)")
+        notes.append(
+            f"stripped the wrapper prefix {prefix!r} from every name, as the inner module's load_state_dict "
+            "expects (--strip-prefix none keeps it)"
+        )
     return stripped
 
 
@@ -370,8 +424,9 @@ def _strip(named: list[tuple[str, TensorRecord]], obj: Any, chosen_key: str | No
 _MAX_NAME_CHARS = 64 << 20
 
 
-def _flatten(obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int,
-             budget: list[int] | None = None) -> None:
+def _flatten(
+    obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int, budget: list[int] | None = None
+) -> None:
     budget = [_MAX_NAME_CHARS] if budget is None else budget
     budget[0] -= 64 + len(prefix)
     if budget[0] < 0:

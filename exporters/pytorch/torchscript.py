@@ -50,10 +50,10 @@ def read_members(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: s
             raise CorruptInputError(f"{name}: the archive's code is larger than its file could hold")
         text = zf.read(info).decode("utf-8", "replace")
         members.code_files += 1
-        module = name[len(prefix):-len(".py")].replace("/", ".")
+        module = name[len(prefix) : -len(".py")].replace("/", ".")
         classes = list(_CLASS_RE.finditer(text))
         for i, cls in enumerate(classes):
-            body = text[cls.end(): classes[i + 1].start() if i + 1 < len(classes) else len(text)]
+            body = text[cls.end() : classes[i + 1].start() if i + 1 < len(classes) else len(text)]
             qualname = f"{module}.{cls.group(1)}"
             for kind, listed in _LIST_RE.findall(body):
                 target = members.params if kind == "__parameters__" else members.buffers
@@ -71,8 +71,15 @@ def module_tensors(root: Any, members: Members) -> tuple[list[tuple[str, TensorR
     return named, others, modules
 
 
-def _walk(obj: Any, prefix: str, members: Members, named: list[tuple[str, TensorRecord]], others: list[str],
-          modules: list[dict[str, str]], depth: int) -> None:
+def _walk(
+    obj: Any,
+    prefix: str,
+    members: Members,
+    named: list[tuple[str, TensorRecord]],
+    others: list[str],
+    modules: list[dict[str, str]],
+    depth: int,
+) -> None:
     if depth > _MAX_DEPTH:
         raise CorruptInputError("TorchScript modules are nested too deeply")
     if not isinstance(obj, InertObject) or not obj.qualname.startswith("__torch__.") or not isinstance(obj.state, dict):

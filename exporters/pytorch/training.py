@@ -13,8 +13,22 @@ from typing import Any
 from convert.pickle_reader import NumpyArrayRecord, TensorRecord
 
 # Model state dicts in the order one is preferred when a checkpoint holds several.
-CANDIDATE_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "module",
-                  "ema_state_dict", "ema", "model_ema", "state_dict_ema", "ema_model", "teacher", "student")
+CANDIDATE_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "net",
+    "network",
+    "module",
+    "ema_state_dict",
+    "ema",
+    "model_ema",
+    "state_dict_ema",
+    "ema_model",
+    "teacher",
+    "student",
+)
 # Checkpoints whose model entry is a wrapper module (LightningModule) around the model users load.
 LIGHTNING_MARKERS = ("pytorch-lightning_version", "optimizer_states", "lr_schedulers", "callbacks")
 _SCALER_KEYS = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
@@ -36,8 +50,11 @@ def _single_kind(value: Any) -> str | None:
         return "RNG state" if rng else None
     if not isinstance(value, dict):
         return None
-    if isinstance(value.get("state"), dict) and isinstance(value.get("param_groups"), list) \
-            and all(type(k) is int for k in value["state"]):
+    if (
+        isinstance(value.get("state"), dict)
+        and isinstance(value.get("param_groups"), list)
+        and all(type(k) is int for k in value["state"])
+    ):
         return "optimizer state"
     if "last_epoch" in value and any(k in value for k in ("base_lrs", "_last_lr", "_step_count")):
         return "LR scheduler state"
@@ -86,8 +103,11 @@ def holds_tensors(value: Any) -> bool:
 
 def candidate_keys(obj: dict[Any, Any]) -> list[str]:
     """Top-level entries that are model state dicts by name, best first."""
-    return [k for k in CANDIDATE_KEYS if isinstance(obj.get(k), dict) and holds_tensors(obj[k])
-            and training_state_kind(obj[k]) is None]
+    return [
+        k
+        for k in CANDIDATE_KEYS
+        if isinstance(obj.get(k), dict) and holds_tensors(obj[k]) and training_state_kind(obj[k]) is None
+    ]
 
 
 def wrapper_prefix(names: list[str], checkpoint: Any, chosen_key: str | None) -> str | None:

@@ -23,6 +23,11 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="safetensors", command=None, extra=None, sniff=sniff, open=open_source,
-    summary="SafeTensors files and folders (model.safetensors or its shards).", suffixes=(".safetensors",),
+    kind="safetensors",
+    command=None,
+    extra=None,
+    sniff=sniff,
+    open=open_source,
+    summary="SafeTensors files and folders (model.safetensors or its shards).",
+    suffixes=(".safetensors",),
 )

@@ -25,12 +25,15 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="tensorflow", command="tf-to-safetensors", extra="tensorflow", sniff=sniff, open=open_source,
+    kind="tensorflow",
+    command="tf-to-safetensors",
+    extra="tensorflow",
+    sniff=sniff,
+    open=open_source,
     summary="Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder) "
-            "into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra).",
+    "into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra).",
     options=("key",),
-    option_help={"key": "The checkpoint object holding the model (default: `model` if present, else all but "
-                        "the optimizer)."},
+    option_help={"key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer)."},
     short="Convert a TF SavedModel or checkpoint (needs TF).",
     example="convert tf-to-safetensors saved_model_dir/ out/",
 )

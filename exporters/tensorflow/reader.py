@@ -35,10 +35,13 @@ _TRAINING_STATE = ("optimizer", "save_counter", "step", "global_step")
 # Variables Keras keeps that are no weights: random-number generator state.
 _NOT_WEIGHTS = re.compile(r"(^|/)seed_generator_state$")
 # Why a checkpoint variable outside the model is not converted, by where it sits (first match wins).
-_DROPPED_BECAUSE = ((re.compile(r"(^|/)\.OPTIMIZER_SLOT/|^optimizer/"), "optimizer state"),
-                    (re.compile(r"^(save_counter|step|global_step)/"), "training counter"),
-                    (re.compile(r"(^|/)keras_api/metrics/"), "metric state"),
-                    (re.compile(r"(^|/)seed_generator_state/"), "random-number generator state"))
+_DROPPED_BECAUSE = (
+    (re.compile(r"(^|/)\.OPTIMIZER_SLOT/|^optimizer/"), "optimizer state"),
+    (re.compile(r"^(save_counter|step|global_step)/"), "training counter"),
+    (re.compile(r"(^|/)keras_api/metrics/"), "metric state"),
+    (re.compile(r"(^|/)seed_generator_state/"), "random-number generator state"),
+)
+
 
 def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     """A SavedModel folder, or a TF2 checkpoint (prefix, `.index`/`.data-*` file, or its folder).
@@ -57,8 +60,10 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: a short read in the reader
         raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({first_line(exc)})") from None
     if graph_bytes is None:
-        raise UnsupportedFormatError(f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
-                                     "checkpoints (tf.train.Checkpoint, SavedModel) are supported")
+        raise UnsupportedFormatError(
+            f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
+            "checkpoints (tf.train.Checkpoint, SavedModel) are supported"
+        )
     variables, extras = _variables(_object_graph(graph_bytes, label), key, label)
     data_bytes = sum(f.stat().st_size for f in files[1:])
     by_tf_name: list[Named] = []
@@ -119,8 +124,9 @@ def _import_tensorflow() -> Any:
         with framework_output_captured():
             import tensorflow as tf
     except ImportError:
-        raise UnsupportedFormatError("reading SavedModels and TF checkpoints needs TensorFlow: "
-                                     "pip install 'rust-model-convert[tensorflow]'") from None
+        raise UnsupportedFormatError(
+            "reading SavedModels and TF checkpoints needs TensorFlow: pip install 'rust-model-convert[tensorflow]'"
+        ) from None
     return tf
 
 
@@ -143,8 +149,9 @@ def _locate(p: Path) -> tuple[str, str]:
     name = _DATA.sub("", name)
     if not Path(name + ".index").is_file():
         if p.is_file():
-            raise UnsupportedFormatError(f"{p.name}: not a TF checkpoint (.index, .data-*) or SavedModel folder "
-                                         "(for Keras files: keras-to-safetensors)")
+            raise UnsupportedFormatError(
+                f"{p.name}: not a TF checkpoint (.index, .data-*) or SavedModel folder (for Keras files: keras-to-safetensors)"
+            )
         raise SourceNotFoundError(f"no such TensorFlow checkpoint or SavedModel: {p}")
     return name, "tf-checkpoint"
 
@@ -201,8 +208,11 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
             if attr.name == "VARIABLE_VALUE":
                 found.append((attr.checkpoint_key, attr.full_name, "/".join(p.lstrip("_") or p for p in path)))
         for child in node.children:
-            if child.local_name in _TRAINING_STATE or child.node_id in seen or (path[-1:], child.local_name) == (
-                    ("keras_api",), "metrics"):  # a compiled model's metric accumulators: no weights
+            if (
+                child.local_name in _TRAINING_STATE
+                or child.node_id in seen
+                or (path[-1:], child.local_name) == (("keras_api",), "metrics")
+            ):  # a compiled model's metric accumulators: no weights
                 continue
             seen.add(child.node_id)
             queue.append((child.node_id, path + (child.local_name,)))

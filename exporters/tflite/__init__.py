@@ -21,10 +21,14 @@ def open_source(path: Path, options: ReaderOptions) -> SourceModel:
 
 
 READER = ReaderFace(
-    kind="tflite", command="tflite-to-safetensors", extra=None, sniff=sniff, open=open_source,
+    kind="tflite",
+    command="tflite-to-safetensors",
+    extra=None,
+    sniff=sniff,
+    open=open_source,
     summary="Convert a TFLite model's weights into the folder OUT without TensorFlow: conv filters from OHWI "
-            "to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the "
-            "quantization parameters are recorded in the manifest.",
+    "to OIHW, depthwise filters to [C, 1, kh, kw], fully connected weights [out, in] as they are; the "
+    "quantization parameters are recorded in the manifest.",
     options=("quantized",),
     suffixes=(".tflite",),
     short="Convert a TFLite model's weights (no TensorFlow).",

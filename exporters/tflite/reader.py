@@ -27,12 +27,25 @@ from convert.vocabulary import QUANTIZED_MODES
 
 IDENTIFIER = b"TFL3"
 # TensorType -> SafeTensors code (STRING, RESOURCE, VARIANT, INT4, COMPLEX128 have none)
-TENSOR_TYPES = {0: "F32", 1: "F16", 2: "I32", 3: "U8", 4: "I64", 6: "BOOL", 7: "I16", 8: "C64", 9: "I8",
-                10: "F64", 12: "U64", 15: "U32", 16: "U16", 18: "BF16"}
+TENSOR_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "I32",
+    3: "U8",
+    4: "I64",
+    6: "BOOL",
+    7: "I16",
+    8: "C64",
+    9: "I8",
+    10: "F64",
+    12: "U64",
+    15: "U32",
+    16: "U16",
+    18: "BF16",
+}
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
 OHWI_TO_OIHW: list[dict[str, Any]] = [{"op": "permute", "axes": [0, 3, 1, 2]}]
 DEPTHWISE_TO_TORCH: list[dict[str, Any]] = [{"op": "permute", "axes": [3, 0, 1, 2]}]
-
 
 
 class _Flat:
@@ -43,8 +56,9 @@ class _Flat:
 
     def _need(self, pos: int, n: int) -> None:
         if pos < 0 or pos + n > self.size:
-            raise CorruptInputError(f"{self.name}: flatbuffer offset {pos} (+{n}) is past the end of the file "
-                                    f"({self.size} bytes)")
+            raise CorruptInputError(
+                f"{self.name}: flatbuffer offset {pos} (+{n}) is past the end of the file ({self.size} bytes)"
+            )
 
     def u8(self, pos: int) -> int:
         self._need(pos, 1)
@@ -102,7 +116,7 @@ class _Flat:
     def string(self, table: int, index: int) -> str:
         start, count = self.vector(table, index)
         self._need(start, count)
-        return bytes(self.data[start:start + count]).decode("utf-8", "replace")
+        return bytes(self.data[start : start + count]).decode("utf-8", "replace")
 
     def scalar(self, table: int, index: int, fmt: str, default: Any = 0) -> Any:
         pos = self.field(table, index)
@@ -147,8 +161,13 @@ def _read(p: Path, mapped: MappedFile, quantized: str) -> SourceModel:
             if params is not None:
                 axis = params[2]
                 moved = transforms[0]["axes"].index(axis) if transforms and params[0].size > 1 else axis
-                quant[name] = {"scale": params[0].tolist(), "zero_point": params[1].tolist(),
-                               "axis_in_tflite": axis, "axis": moved, "mode": quantized}
+                quant[name] = {
+                    "scale": params[0].tolist(),
+                    "zero_point": params[1].tolist(),
+                    "axis_in_tflite": axis,
+                    "axis": moved,
+                    "mode": quantized,
+                }
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -158,10 +177,14 @@ def _read(p: Path, mapped: MappedFile, quantized: str) -> SourceModel:
     extras: dict[str, Any] = {"origins": origins, "version": fb.scalar(model, 0, "I"), "quantized": quantized}
     if quant:
         extras["quantization"] = quant
-    architecture = {"framework": "tflite", "operators": sorted({str(c) for c in opcodes}),
-                    "description": fb.string(model, 3)[:200]}
-    return SourceModel(format="tflite", files=[p], tensors=tensors, extras=extras, architecture=architecture,
-                       closers=[mapped.close])
+    architecture = {
+        "framework": "tflite",
+        "operators": sorted({str(c) for c in opcodes}),
+        "description": fb.string(model, 3)[:200],
+    }
+    return SourceModel(
+        format="tflite", files=[p], tensors=tensors, extras=extras, architecture=architecture, closers=[mapped.close]
+    )
 
 
 def _builtin_code(fb: _Flat, op: int) -> int:
@@ -213,8 +236,7 @@ def _constant(fb: _Flat, p: Path, mapped: MappedFile, buffers: list[int], tensor
     if nbytes != count:
         raise CorruptInputError(f"{what} ({name!r}): buffer holds {count} bytes; {list(shape)} {code} needs {nbytes}")
     strides = contiguous_strides(shape)
-    return TensorRef(name, dt, shape, lambda: mapped.view(start, dt.numpy, shape, strides),
-                     span=FileSpan(str(p), start, nbytes))
+    return TensorRef(name, dt, shape, lambda: mapped.view(start, dt.numpy, shape, strides), span=FileSpan(str(p), start, nbytes))
 
 
 def _quantization(fb: _Flat, tensor: int, ref: TensorRef) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -233,8 +255,9 @@ def _quantization(fb: _Flat, tensor: int, ref: TensorRef) -> tuple[np.ndarray, n
     return scale, zero, axis
 
 
-def _canonical(name: str, ref: TensorRef, params: tuple[np.ndarray, np.ndarray, int] | None,
-               transforms: list[dict[str, Any]], quantized: str) -> list[TensorRef]:
+def _canonical(
+    name: str, ref: TensorRef, params: tuple[np.ndarray, np.ndarray, int] | None, transforms: list[dict[str, Any]], quantized: str
+) -> list[TensorRef]:
     base = ref
     if params is not None and quantized == "dequantize":
         scale, zero, axis = params
