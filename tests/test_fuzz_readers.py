@@ -328,7 +328,8 @@ def onnx_models(draw: st.DrawFn, seed: Any) -> bytes:
     elif edit == "raw":
         t.raw_data = draw(mutated([t.raw_data or b"\x00"]))
     elif edit == "name":
-        t.name = draw(st.sampled_from(["", "x", "w_top", "a" * 5000, "\ud800", "../x", "a\x00b"]))
+        # (a lone surrogate cannot be set here: protobuf's C implementation refuses it on assignment)
+        t.name = draw(st.sampled_from(["", "x", "w_top", "a" * 5000, "../x", "a\x00b"]))
     elif edit == "external":
         t.data_location = TensorProto.EXTERNAL
         del t.external_data[:]

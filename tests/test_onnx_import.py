@@ -216,3 +216,29 @@ def test_inline_raw_data_of_the_wrong_size_is_corrupt(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(helper.make_model(graph).SerializeToString())
     assert_cli_error(run_cli("onnx-to-safetensors", tmp_path / "m.onnx", tmp_path / "out"), 6, "needs 48")
     assert_no_output(tmp_path / "out")
+
+
+def test_a_subgraph_name_that_is_not_utf8_is_corrupt(tmp_path: Path) -> None:
+    """A name inside an If branch that is not UTF-8 (protobuf hands it back as bytes) is exit 6, not a
+    TypeError: the names checked up front are only the top graph's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["ZZZZ"], ["y"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.ones(2, np.float32), "ZZZZ")],
+    )
+    node = helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
+    )
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    src = tmp_path / "bad.onnx"
+    src.write_bytes(data.replace(b"ZZZZ", b"\xff\xfeZZ"))
+    assert_cli_error(run_cli("auto", src, tmp_path / "out"), 6, "not UTF-8")
+    assert_no_output(tmp_path / "out")

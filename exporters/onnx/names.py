@@ -171,21 +171,30 @@ def graph_tensors(graph: Any, scope: str = "", depth: int = 0) -> list[tuple[str
 
     found: list[tuple[str, Any]] = []
     if depth:
-        found += [(scope + t.name, t) for t in graph.initializer]
+        found += [(scope + _text(t.name), t) for t in graph.initializer]
     for i, node in enumerate(graph.node):
-        where = f"{scope}{node.name or f'{node.op_type}_{i}'}/"
+        where = f"{scope}{_text(node.name) or f'{_text(node.op_type)}_{i}'}/"
         for attr in node.attribute:
+            name = _text(attr.name)
             if attr.type == onnx.AttributeProto.TENSOR:
-                constant = node.op_type == "Constant" and not node.domain and node.output and node.output[0]
-                found.append((scope + node.output[0] if constant else f"{where}{attr.name}", attr.t))
+                constant = node.op_type == "Constant" and not _text(node.domain) and node.output and node.output[0]
+                found.append((scope + _text(node.output[0]) if constant else f"{where}{name}", attr.t))
             elif attr.type == onnx.AttributeProto.TENSORS:
-                found += [(f"{where}{attr.name}/{k}", t) for k, t in enumerate(attr.tensors)]
+                found += [(f"{where}{name}/{k}", t) for k, t in enumerate(attr.tensors)]
             elif attr.type == onnx.AttributeProto.GRAPH:
-                found += graph_tensors(attr.g, f"{where}{attr.name}/", depth + 1)
+                found += graph_tensors(attr.g, f"{where}{name}/", depth + 1)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for k, g in enumerate(attr.graphs):
-                    found += graph_tensors(g, f"{where}{attr.name}/{k}/", depth + 1)
+                    found += graph_tensors(g, f"{where}{name}/{k}/", depth + 1)
     return found
+
+
+def _text(value: Any) -> str:
+    """A name from the graph: protobuf hands back bytes for one that is not UTF-8 (a subgraph's names
+    are not among those the reader checks up front)."""
+    if not isinstance(value, str):
+        raise ValueError(f"the name {bytes(value)[:60]!r} is not UTF-8 text")
+    return value
 
 
 def count_tensor_protos(message: Any, depth: int = 0) -> int:
