@@ -10,7 +10,7 @@ from convert.errors import SourceNotFoundError
 from convert.hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, index_shards, read_config
 from convert.safetensors_format import read_header
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+from convert.tensors import MappedFile, TensorRef, mapped_tensor
 
 INDEX, SINGLE = SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
@@ -35,19 +35,8 @@ def open_safetensors(path: str | Path) -> SourceModel:
             mapped = MappedFile(str(f))
             opened.callback(mapped.close)
             for e in header.entries:
-                tensors.append(_ref(mapped, f, e.name, e.dtype, e.shape, header.data_start + e.begin, e.end - e.begin))
+                tensors.append(
+                    mapped_tensor(mapped, e.name, lookup_dtype(e.dtype), e.shape, header.data_start + e.begin, shareable=True)
+                )
         config = read_config(p) if p.is_dir() else None
         return SourceModel("safetensors", files, tensors, config=config, closers=[opened.pop_all().close])
-
-
-def _ref(mapped: MappedFile, path: Path, name: str, code: str, shape: tuple[int, ...], offset: int, length: int) -> TensorRef:
-    dt = lookup_dtype(code)
-    strides = contiguous_strides(shape)
-    return TensorRef(
-        name,
-        dt,
-        shape,
-        lambda: mapped.view(offset, dt.numpy, shape, strides),
-        span=FileSpan(str(path), offset, length),
-        identity=(str(path), offset, shape, code),
-    )

@@ -61,6 +61,23 @@ class TensorRef:
         return arr
 
 
+def mapped_tensor(
+    mapped: MappedFile, name: str, dt: DType, shape: tuple[int, ...], offset: int, *, shareable: bool = False
+) -> TensorRef:
+    """A C-order, little-endian tensor stored whole at `offset` of a mapped file (the caller has checked
+    it fits). `shareable`: two refs at the same place are one tensor, tied, as SafeTensors and ONNX
+    external data mean it; TFLite and msgpack buffers promise no such thing."""
+    strides = contiguous_strides(shape)
+    return TensorRef(
+        name,
+        dt,
+        shape,
+        lambda: mapped.view(offset, dt.numpy, shape, strides),
+        span=FileSpan(mapped.path, offset, math.prod(shape) * dt.itemsize),
+        identity=(mapped.path, offset, shape, dt.code) if shareable else None,
+    )
+
+
 def in_memory(name: str, arr: np.ndarray, dtype_code: str | None = None) -> TensorRef:
     """A reference to an array already in memory (small tensors from msgpack, results of transforms)."""
     dt = lookup_dtype(dtype_code) if dtype_code else _dtype_of(arr)

@@ -21,7 +21,7 @@ import numpy as np
 
 from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides
+from convert.tensors import MappedFile, TensorRef, mapped_tensor
 from exporters.flax.canonical import NonTensor, Tree
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
@@ -184,18 +184,7 @@ class _Stream:
         declared = math.prod(shape) * dt.itemsize
         if declared != nbytes:
             raise self.fail(where, f"shape {shape} of {dt.code} needs {declared} bytes; the file holds {nbytes}")
-        return _span_ref("/".join(where), dt, tuple(shape), self.mapped, offset)
-
-
-def _span_ref(name: str, dt: DType, shape: tuple[int, ...], mapped: MappedFile, offset: int) -> TensorRef:
-    strides = contiguous_strides(shape)
-    return TensorRef(
-        name,
-        dt,
-        shape,
-        lambda: mapped.view(offset, dt.numpy, shape, strides),
-        span=FileSpan(mapped.path, offset, math.prod(shape) * dt.itemsize),
-    )
+        return mapped_tensor(self.mapped, "/".join(where), dt, tuple(shape), offset)
 
 
 def _join_chunked(node: Any, where: tuple[str, ...]) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 from convert.dtypes import DType, dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
 from convert.source import SourceModel
-from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, contiguous_strides
+from convert.tensors import MappedFile, TensorRef, check_shape, mapped_tensor
 from exporters.onnx.names import Resolved, count_tensor_protos, graph_tensors, resolve_names
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
@@ -170,15 +170,7 @@ class _Initializers:
             raise CorruptInputError(
                 f"{what}: external data runs past the end of {path.name} ({offset + length} > {mapped.size} bytes; truncated?)"
             )
-        strides = contiguous_strides(shape)
-        return TensorRef(
-            init.name,
-            dt,
-            shape,
-            lambda: mapped.view(offset, dt.numpy, shape, strides),
-            span=FileSpan(str(path), offset, length),
-            identity=(str(path), offset, shape, dt.code),
-        )
+        return mapped_tensor(mapped, init.name, dt, shape, offset, shareable=True)
 
     def _location(self, location: str, what: str) -> Path:
         """The external data file, which must be a file inside the model's folder."""

@@ -22,7 +22,7 @@ from convert import transforms as tf
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel, open_mapped
-from convert.tensors import FileSpan, MappedFile, TensorRef, contiguous_strides, in_memory
+from convert.tensors import MappedFile, TensorRef, in_memory, mapped_tensor
 from convert.vocabulary import QUANTIZED_MODES
 
 IDENTIFIER = b"TFL3"
@@ -235,8 +235,7 @@ def _constant(fb: _Flat, p: Path, mapped: MappedFile, buffers: list[int], tensor
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if nbytes != count:
         raise CorruptInputError(f"{what} ({name!r}): buffer holds {count} bytes; {list(shape)} {code} needs {nbytes}")
-    strides = contiguous_strides(shape)
-    return TensorRef(name, dt, shape, lambda: mapped.view(start, dt.numpy, shape, strides), span=FileSpan(str(p), start, nbytes))
+    return mapped_tensor(mapped, name, dt, shape, start)
 
 
 def _quantization(fb: _Flat, tensor: int, ref: TensorRef) -> tuple[np.ndarray, np.ndarray, int] | None:
