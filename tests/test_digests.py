@@ -131,3 +131,35 @@ def test_batch_records_the_digest_and_reruns_when_it_changes(small_checkpoint: P
     rc, stdout, _ = run_cli("batch", small_checkpoint, "--out-dir", tmp_path / "outs", "--json")
     assert rc == 0 and json.loads(stdout.splitlines()[0])["status"] == "ok"
     assert read_manifest(out)["digest_algorithm"] == "blake3"
+
+
+@pytest.mark.parametrize("flip", [None, 0, 7, 8, 4096 + 3, -1])
+def test_same_ranges_sees_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flip: int | None) -> None:
+    """verify's byte comparison (in place of hashing the source): windows, 8-byte lanes and the tail."""
+    from convert import hashing
+    from convert.tensors import FileSpan
+
+    monkeypatch.setattr(hashing, "WINDOW", 4096)  # several windows over a small range
+    data = bytes(range(256)) * 40 + b"tail!"  # 10,245 bytes: not a multiple of 8
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 13 + data)  # the two ranges start at different, unaligned offsets
+    changed = bytearray(data)
+    if flip is not None:
+        changed[flip] ^= 1
+    b.write_bytes(b"y" * 5 + bytes(changed) + b"zz")
+    same = hashing.same_ranges(FileSpan(str(a), 13, len(data)), FileSpan(str(b), 5, len(data)))
+    assert same is (flip is None)
+    assert not hashing.same_ranges(FileSpan(str(a), 13, len(data)), FileSpan(str(b), 5, len(data) - 1))
+
+
+def test_verify_source_refuses_a_tie_whose_two_sources_differ(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    emb = torch.randn(6, 4)
+    src = save_checkpoint({"wte.weight": emb, "lm_head.weight": emb, "ln.weight": torch.ones(4)})
+    out = tmp_path / "out"
+    assert run_cli("pth-to-safetensors", src, out)[0] == 0
+    assert read_manifest(out)["aliases"] == {"lm_head.weight": "wte.weight"}
+    assert run_cli("verify", out, "--source", src)[0] == 0
+    untied = emb.clone()
+    untied[2, 1] += 1.0
+    other = save_checkpoint({"wte.weight": emb, "lm_head.weight": untied, "ln.weight": torch.ones(4)}, name="other.pt")
+    assert_cli_error(run_cli("verify", out, "--source", other), 8, "lm_head.weight")
