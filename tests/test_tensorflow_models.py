@@ -1,11 +1,13 @@
-"""TF SavedModel folders and TF2 checkpoints of real Keras models (Keras 3 and tf.keras 2), read with
-TensorFlow's checkpoint reader, in canonical form: strict loads into the PyTorch twins, same outputs."""
+"""TF SavedModel folders and TF2 checkpoints of real Keras models (Keras 3 and tf.keras 2), read
+without TensorFlow, in canonical form: strict loads into the PyTorch twins, same outputs, the values
+TensorFlow's own reader reads."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,8 @@ from exporters.registry import detect
 from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 
@@ -192,3 +196,104 @@ def test_variables_sharing_a_name_but_not_their_values_are_both_converted(tmp_pa
     assert list(doc["source"]["dropped"].values()) == [
         f"a second copy of {k} (the same name and bytes)" for k in ["model/first/.ATTRIBUTES/VARIABLE_VALUE"]
     ]
+
+
+def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
+    """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    for name, value in variables.items():
+        setattr(module, name, tf.Variable(value, name=name))
+    return tf.train.Checkpoint(model=module).write(str(folder / "ckpt"))
+
+
+def test_variables_are_spans_of_the_data_file_read_without_tensorflow(tmp_path: Path) -> None:
+    """Every variable is handed on as a span of its `.data-*` shard (never a copy TensorFlow made),
+    and opening and converting a checkpoint imports no TensorFlow; the values are TensorFlow's."""
+    import subprocess
+    import sys
+
+    import ml_dtypes
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    values = {
+        "f32": rng.standard_normal((3, 5)).astype(np.float32),
+        "f16": rng.standard_normal((7,)).astype(np.float16),
+        "bf16": rng.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),
+        "i64": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "i8": np.arange(-4, 4, dtype=np.int8),
+        "flags": np.array([True, False, True]),
+    }
+    prefix = _module_checkpoint(tmp_path / "ckpt", values)
+    code = (
+        "import json, sys\n"
+        "from exporters.tensorflow.reader import open_tensorflow\n"
+        "from convert.api import tf_to_safetensors\n"
+        f"source = open_tensorflow({prefix!r})\n"
+        "spans = [[t.name, t.span and t.span.path, t.span and t.span.length, t.nbytes] for t in source.tensors]\n"
+        "source.close()\n"
+        f"tf_to_safetensors({prefix!r}, {str(tmp_path / 'out')!r})\n"
+        "print(json.dumps({'spans': spans, 'tensorflow': 'tensorflow' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["tensorflow"] is False
+    assert len(report["spans"]) == len(values)
+    for name, path, length, nbytes in report["spans"]:
+        assert path is not None and Path(path).name == "ckpt.data-00000-of-00001" and length == nbytes, name
+    from safetensors.numpy import load_file
+
+    stored = load_file(tmp_path / "out" / "model.safetensors")
+    reader = tf.train.load_checkpoint(prefix)
+    for name in values:
+        expected = reader.get_tensor(f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE")
+        (got,) = [v for k, v in stored.items() if k.split(".")[-1] == name]
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), name
+
+
+def test_peak_memory_stays_under_the_largest_tensors_not_the_model(tmp_path: Path) -> None:
+    """A 384 MiB checkpoint of six 64 MiB variables converts in a child whose peak RSS stays under
+    issue 19's 200 MiB bound: the variables stream from the mapped shard one at a time (TensorFlow's
+    own reader, imported, cost over 600 MiB before reading a byte)."""
+    import numpy as np
+
+    from hostile_run import run_measured
+
+    rng = np.random.default_rng(1)
+    prefix = _module_checkpoint(tmp_path / "ckpt", {f"w{i}": rng.random((4096, 4096), dtype=np.float32) for i in range(6)})
+    run = run_measured("tf-to-safetensors", prefix, tmp_path / "out", "--json", cwd=tmp_path)
+    assert run.code == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["bytes"] == 6 * 64 << 20
+    assert 0 < run.peak_rss < 200 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
+
+
+def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
+    """The `.index` table is parsed here, not by TensorFlow: any one byte of it changed either still
+    reads (a byte TensorFlow ignores too) or is refused with one of this tool's errors, never another
+    exception; a missing data shard is named."""
+    import numpy as np
+
+    from convert.errors import ConvertError
+    from exporters.tensorflow.reader import open_tensorflow
+
+    prefix = _module_checkpoint(tmp_path / "ckpt", {"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.int64)})
+    index = Path(prefix + ".index")
+    original = index.read_bytes()
+    for pos in range(len(original)):
+        index.write_bytes(original[:pos] + bytes([original[pos] ^ 0xFF]) + original[pos + 1 :])
+        try:
+            open_tensorflow(prefix).close()
+        except ConvertError:
+            pass
+    for cut in (0, 10, len(original) // 2, len(original) - 1):
+        index.write_bytes(original[:cut])
+        with pytest.raises(ConvertError, match="unreadable TensorFlow checkpoint"):
+            open_tensorflow(prefix)
+    index.write_bytes(original)
+    Path(prefix + ".data-00000-of-00001").unlink()
+    assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 6, "missing data file ckpt.data-00000-of-00001")
+    assert_no_output(tmp_path / "out")

@@ -1,4 +1,4 @@
-"""TensorFlow SavedModel folders and TF2 checkpoints (needs TensorFlow)."""
+"""TensorFlow SavedModel folders and TF2 checkpoints (read without TensorFlow; protobuf parses them)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ READER = ReaderFace(
     sniff=sniff,
     open=open_source,
     summary="Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder) "
-    "into the folder OUT, in PyTorch names and layouts. Needs TensorFlow (the tensorflow extra).",
+    "into the folder OUT, in PyTorch names and layouts. Read without TensorFlow (needs protobuf, in the tensorflow extra).",
     options=("key",),
     option_help={"key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer)."},
-    short="Convert a TF SavedModel or checkpoint (needs TF).",
+    short="Convert a TF SavedModel or checkpoint.",
     example="convert tf-to-safetensors saved_model_dir/ out/",
 )

@@ -1,5 +1,6 @@
-"""TensorFlow SavedModel folders and TF2 checkpoints (`.index` + `.data-*`), read with TensorFlow's
-own checkpoint reader; TensorFlow is imported here only, inside the functions that need it.
+"""TensorFlow SavedModel folders and TF2 checkpoints (`.index` + `.data-*`), read without TensorFlow
+(exporters/tensorflow/bundle.py): every variable is a span of a mapped data file, so memory stays
+flat however large the checkpoint, and no TensorFlow start-up is paid.
 
 A TF2 checkpoint keys variables by object-graph paths (`model/layer_with_weights-0/kernel/...`,
 `_operations/3/cell/bias/...`) that say little; its object graph also records each variable's TF
@@ -11,7 +12,6 @@ paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import deque
 from pathlib import Path
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
 from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError, first_line
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from exporters.keras.layers import KerasLayer, to_canonical
 from exporters.keras.names import Named, components, drop_common_scope, group_named
 from exporters.keras.reader import _Opened, assemble
-from exporters.quiet import framework_output_captured
+from exporters.tensorflow.bundle import Bundle
+from exporters.tensorflow.protos import message
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
@@ -49,34 +49,36 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
     the optimizer)."""
     p = Path(path)
     prefix, fmt = _locate(p)
-    tf = _import_tensorflow()
-    files = [Path(prefix + ".index"), *sorted(Path(prefix).parent.glob(Path(prefix).name + ".data-*"))]
-    label = p.name
+    _need_protobuf()
+    bundle = Bundle(prefix, p.name)
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        shapes = reader.get_variable_to_shape_map()
-        dtypes = reader.get_variable_to_dtype_map()
-        graph_bytes = reader.get_tensor(OBJECT_GRAPH) if OBJECT_GRAPH in shapes else None
-    except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: a short read in the reader
-        raise CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({first_line(exc)})") from None
-    if graph_bytes is None:
+        return _open(bundle, prefix, fmt, key)
+    except BaseException:
+        bundle.close()
+        raise
+
+
+def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel:
+    label = bundle.label
+    entries = bundle.entries
+    if OBJECT_GRAPH not in entries:
         raise UnsupportedFormatError(
             f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
             "checkpoints (tf.train.Checkpoint, SavedModel) are supported"
         )
-    variables, extras = _variables(_object_graph(graph_bytes, label), key, label)
-    data_bytes = sum(f.stat().st_size for f in files[1:])
+    variables, extras = _variables(_object_graph(bundle.string_scalar(OBJECT_GRAPH), label), key, label)
     by_tf_name: list[Named] = []
     by_object: list[Named] = []
     dropped: dict[str, str] = {}
     kept: dict[str, list[tuple[str, TensorRef]]] = {}  # TF name -> (checkpoint key, ref) of the copies kept
     for ckpt_key, tf_name, object_path in variables:
-        if ckpt_key not in shapes:
+        entry = entries.get(ckpt_key)
+        if entry is None:
             raise CorruptInputError(f"{label}: the object graph names {ckpt_key}, which the checkpoint lacks")
         if _NOT_WEIGHTS.search(tf_name) or _NOT_WEIGHTS.search(object_path):
             dropped[ckpt_key] = "random-number generator state"
             continue
-        ref = _tensor_ref(reader, ckpt_key, tuple(shapes[ckpt_key]), dtypes[ckpt_key].name, data_bytes, label)
+        ref = bundle.tensor(entry)
         twin = next((k for k, other in kept.get(tf_name, []) if _same_values(other, ref)), None) if tf_name else None
         if twin is not None:  # Keras 3's export saves each variable twice: the same name and the same bytes
             dropped[ckpt_key] = f"a second copy of {twin} (the same name and bytes)"
@@ -85,10 +87,11 @@ def open_tensorflow(path: str | Path, key: str | None = None) -> SourceModel:
         by_tf_name.append((components(tf_name or object_path), ref))
         by_object.append((components(object_path), ref))
     reached = {ckpt_key for ckpt_key, _, _ in variables}
-    dropped.update({k: _why_dropped(k, key) for k in shapes if k != OBJECT_GRAPH and k not in reached})
+    dropped.update({k: _why_dropped(k, key) for k in entries if k != OBJECT_GRAPH and k not in reached})
     layers, by_tf_names = _layers(drop_common_scope(by_tf_name), by_object, label)
     extras["names_from"] = "tf-names" if by_tf_names else "object-paths"
-    return assemble(_Opened(fmt, files, layers, extras=extras, dropped=dropped))
+    files = [Path(prefix + ".index"), *bundle.shard_paths]
+    return assemble(_Opened(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
 
 
 def _same_values(a: TensorRef, b: TensorRef) -> bool:
@@ -116,18 +119,13 @@ def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tupl
     return group_named(by_object, None, label), False
 
 
-def _import_tensorflow() -> Any:
-    # TensorFlow's C++ start-up notes (oneDNN, absl) would otherwise land on stderr, around our
-    # one-line errors; TF_CPP_MIN_LOG_LEVEL no longer silences those logged before absl starts.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _need_protobuf() -> None:
     try:
-        with framework_output_captured():
-            import tensorflow as tf
+        from google.protobuf import message_factory  # noqa: F401  (what exporters.tensorflow.protos builds on)
     except ImportError:
         raise UnsupportedFormatError(
-            "reading SavedModels and TF checkpoints needs TensorFlow: pip install 'rust-model-convert[tensorflow]'"
+            "reading SavedModels and TF checkpoints needs protobuf: pip install 'rust-model-convert[tensorflow]'"
         ) from None
-    return tf
 
 
 def _locate(p: Path) -> tuple[str, str]:
@@ -168,12 +166,12 @@ def _latest_from_state(folder: Path) -> str | None:
 
 
 def _object_graph(data: bytes, label: str) -> Any:
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    from google.protobuf.message import DecodeError
 
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph = message("TrackableObjectGraph")()
     try:
         graph.ParseFromString(data)
-    except Exception as exc:  # protobuf's DecodeError, whichever implementation is installed
+    except DecodeError as exc:
         raise CorruptInputError(f"{label}: damaged object graph ({first_line(exc)})") from None
     if not graph.nodes:
         raise CorruptInputError(f"{label}: empty object graph")
@@ -217,25 +215,3 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
             seen.add(child.node_id)
             queue.append((child.node_id, path + (child.local_name,)))
     return found, extras
-
-
-def _tensor_ref(reader: Any, ckpt_key: str, shape: tuple[int, ...], tf_dtype: str, data_bytes: int, label: str) -> TensorRef:
-    code = BY_NUMPY_NAME.get(tf_dtype)
-    if code is None:
-        raise UnsupportedFormatError(f"{label}: variable {ckpt_key} has dtype {tf_dtype}, which SafeTensors cannot hold")
-    dt = lookup_dtype(code)
-    nbytes = dt.itemsize
-    for dim in shape:
-        nbytes *= dim
-    if any(dim < 0 for dim in shape) or nbytes > data_bytes:
-        raise CorruptInputError(f"{label}: variable {ckpt_key} declares shape {list(shape)}, more than the data files hold")
-
-    def load() -> Any:
-        import tensorflow as tf
-
-        try:
-            return np.asarray(reader.get_tensor(ckpt_key)).view(dt.numpy).reshape(shape)
-        except (tf.errors.OpError, ValueError, IndexError) as exc:
-            raise CorruptInputError(f"{label}: cannot read {ckpt_key} ({first_line(exc)})") from None
-
-    return TensorRef(ckpt_key, dt, shape, load)

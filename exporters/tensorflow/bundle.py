@@ -1,0 +1,223 @@
+"""TensorFlow's tensor bundle (a checkpoint's `.index` table and `.data-NNNNN-of-NNNNN` shards) read
+without TensorFlow, so a variable is a span of a mapped shard and never a copy in memory.
+
+The `.index` file is a LevelDB-format table (TF writes it uncompressed): sorted keys, each a
+variable's checkpoint key, whose values are `BundleEntryProto`s (dtype, shape, shard, offset, size);
+the empty key holds the `BundleHeaderProto` (shard count, byte order). A numeric variable is its
+raw C-order bytes at `offset` of its shard; a string scalar (the object graph) is a varint length,
+a 4-byte checksum of the lengths, then the bytes. TensorFlow itself costs some 600 MiB of RSS to
+import and copies every variable it reads, which is why this module exists.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
+from convert.errors import CorruptInputError, UnsupportedFormatError
+from convert.tensors import MappedFile, TensorRef, mapped_tensor
+from exporters.tensorflow.protos import message
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
+BLOCK_TRAILER = 5  # compression type byte and a masked CRC32C
+MAX_SHARDS = 100_000
+MAX_RANK = 64
+# TensorFlow's DataType enum (types.proto) for the types SafeTensors holds, by numpy's name.
+TF_DTYPES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    17: "uint16",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
+    24: "float8_e5m2",
+    25: "float8_e4m3fn",
+}
+DT_STRING = 7
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One variable as the index describes it."""
+
+    key: str
+    dtype: int  # TensorFlow's DataType number
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    size: int
+    sliced: bool  # a partitioned variable, stored as slices under other keys
+
+
+class Bundle:
+    """An opened checkpoint: its entries by key and its shards mapped lazily; close() releases them."""
+
+    def __init__(self, prefix: str, label: str) -> None:
+        self.label = label
+        index = Path(prefix + ".index")
+        header, self.entries = _read_index(index.read_bytes(), label)
+        shards = header.num_shards
+        if not 1 <= shards <= MAX_SHARDS or header.endianness not in (0, 1):
+            raise _unreadable(label, f"the header declares {shards} shards, byte order {header.endianness}")
+        if header.endianness == 1:
+            raise UnsupportedFormatError(f"{label}: a big-endian TensorFlow checkpoint")
+        self.shard_paths = [Path(f"{prefix}.data-{i:05d}-of-{shards:05d}") for i in range(shards)]
+        missing = [p.name for p in self.shard_paths if not p.is_file()]
+        if missing:
+            raise _unreadable(label, f"missing data file {missing[0]}")
+        self._mapped: dict[int, MappedFile] = {}
+
+    def dtype_name(self, entry: Entry) -> str:
+        return TF_DTYPES.get(entry.dtype, "string" if entry.dtype == DT_STRING else f"DataType {entry.dtype}")
+
+    def string_scalar(self, key: str) -> bytes:
+        """The bytes of a string scalar variable (the object graph)."""
+        entry = self.entries[key]
+        if entry.dtype != DT_STRING or entry.shape != () or entry.sliced:
+            raise _unreadable(self.label, f"{key} is not a string scalar")
+        with open(self._checked_shard(entry), "rb") as fh:
+            fh.seek(entry.offset)
+            data = fh.read(entry.size)
+        if len(data) != entry.size:
+            raise _unreadable(self.label, f"{key} lies past the end of its data file")
+        length, pos = _varint(data, 0, self.label)
+        if pos + 4 + length != len(data):
+            raise _unreadable(self.label, f"{key}: a string of {length} bytes in an entry of {len(data)}")
+        return data[pos + 4 :]
+
+    def tensor(self, entry: Entry) -> TensorRef:
+        """A numeric variable as a span of its mapped shard, checked to lie inside it."""
+        code = BY_NUMPY_NAME.get(self.dtype_name(entry))
+        if code is None or entry.sliced:
+            what = "is partitioned into slices" if entry.sliced else f"has dtype {self.dtype_name(entry)}"
+            raise UnsupportedFormatError(f"{self.label}: variable {entry.key} {what}, which SafeTensors cannot hold")
+        dt = lookup_dtype(code)
+        path = self._checked_shard(entry)
+        shape = list(entry.shape)
+        if entry.size != math.prod(entry.shape) * dt.itemsize:
+            raise CorruptInputError(f"{self.label}: variable {entry.key} declares shape {shape} but {entry.size} bytes")
+        if entry.offset + entry.size > path.stat().st_size:
+            raise CorruptInputError(f"{self.label}: variable {entry.key} declares shape {shape}, more than the data files hold")
+        mapped = self._mapped.get(entry.shard)
+        if mapped is None:
+            mapped = self._mapped[entry.shard] = MappedFile(str(path))
+        return mapped_tensor(mapped, entry.key, dt, entry.shape, entry.offset)
+
+    def close(self) -> None:
+        for mapped in self._mapped.values():
+            mapped.close()
+        self._mapped.clear()
+
+    def _checked_shard(self, entry: Entry) -> Path:
+        if not 0 <= entry.shard < len(self.shard_paths) or entry.offset < 0 or entry.size < 0:
+            raise _unreadable(self.label, f"{entry.key} points at shard {entry.shard}, offset {entry.offset}")
+        return self.shard_paths[entry.shard]
+
+
+def _unreadable(label: str, why: str) -> CorruptInputError:
+    return CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({why})")
+
+
+def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
+    """The header and every entry of an `.index` table."""
+    if len(data) < FOOTER_BYTES or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
+        raise _unreadable(label, "the .index file is not a TensorFlow table")
+    footer = len(data) - FOOTER_BYTES
+    _, pos = _handle(data, footer, label)  # the meta-index block: TensorFlow writes it empty
+    index_block, _ = _handle(data, pos, label)
+    header = None
+    entries: dict[str, Entry] = {}
+    for _, value in _block_entries(data, index_block, label):
+        for key, raw in _block_entries(data, _handle(value, 0, label)[0], label):
+            if key == b"":
+                header = _parse(message("BundleHeaderProto"), raw, label, "header")
+                continue
+            name = _text(key, label)
+            entries[name] = _entry(name, _parse(message("BundleEntryProto"), raw, label, name), label)
+    if header is None:
+        raise _unreadable(label, "no header in the .index file")
+    return header, entries
+
+
+def _entry(name: str, proto: Any, label: str) -> Entry:
+    dims = proto.shape.dim
+    if proto.shape.unknown_rank or len(dims) > MAX_RANK or any(d.size < 0 for d in dims):
+        raise CorruptInputError(f"{label}: variable {name} has no definite shape")
+    shape = tuple(d.size for d in dims)
+    return Entry(name, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, len(proto.slices) > 0)
+
+
+def _parse(cls: Any, raw: bytes, label: str, what: str) -> Any:
+    from google.protobuf.message import DecodeError
+
+    proto = cls()
+    try:
+        proto.ParseFromString(raw)
+    except DecodeError as exc:
+        raise _unreadable(label, f"damaged entry {what}: {exc}") from None
+    return proto
+
+
+def _text(key: bytes, label: str) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _unreadable(label, f"a key that is not UTF-8: {key[:40]!r}") from None
+
+
+def _handle(data: bytes, pos: int, label: str) -> tuple[tuple[int, int], int]:
+    """A block handle (offset, size) at `pos`, and the position after it."""
+    offset, pos = _varint(data, pos, label)
+    size, pos = _varint(data, pos, label)
+    return (offset, size), pos
+
+
+def _block_entries(data: bytes, handle: tuple[int, int], label: str) -> list[tuple[bytes, bytes]]:
+    """The (key, value) pairs of one table block, prefix-compressed keys expanded."""
+    offset, size = handle
+    if offset + size + BLOCK_TRAILER > len(data) or size < 4:
+        raise _unreadable(label, f"a block at {offset} of {size} bytes past the end of the .index file")
+    if data[offset + size] != 0:
+        raise UnsupportedFormatError(f"{label}: a compressed .index table (compression type {data[offset + size]})")
+    block = data[offset : offset + size]
+    restarts = struct.unpack_from("<I", block, size - 4)[0]
+    end = size - 4 - 4 * restarts
+    if end < 0:
+        raise _unreadable(label, f"a block declaring {restarts} restart points in {size} bytes")
+    pairs: list[tuple[bytes, bytes]] = []
+    key, pos = b"", 0
+    while pos < end:
+        shared, pos = _varint(block, pos, label)
+        unshared, pos = _varint(block, pos, label)
+        value_len, pos = _varint(block, pos, label)
+        if shared > len(key) or pos + unshared + value_len > end:
+            raise _unreadable(label, f"a block entry at {offset + pos} runs past its block")
+        key = key[:shared] + block[pos : pos + unshared]
+        pos += unshared
+        pairs.append((key, block[pos : pos + value_len]))
+        pos += value_len
+    return pairs
+
+
+def _varint(data: bytes, pos: int, label: str) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise _unreadable(label, "a truncated or overlong varint")
