@@ -4,13 +4,13 @@
     .venv/bin/python scripts/bench_readers.py --family keras-h5 --size-gib 2 --reps 5
 
 Each family's model is written by its own library (Keras 3 with the numpy backend, flax.serialization,
-onnx with external data, safetensors), about --size-gib of float32 Dense/Linear weights, into a folder
-of its own. Each repetition runs `cp -r` of that folder and the matching `convert` command as separate
-processes, in an order alternating from one repetition to the next, each starting warm (the previous
-output deleted, `sync`, the source read once; none of it timed), and records wall time, CPU time and
-peak RSS (GNU time's %M when present). Medians over repetitions, maximum for RSS. Targets (issue 19):
-wall at most 1.5x cp, peak RSS at most 200 MiB. The machine may be shared: the load average is
-printed with every run, and ratios beat absolute times.
+onnx with external data, safetensors, NeuralForecast.save, tf.train.Checkpoint.write), about --size-gib
+of float32 Dense/Linear weights, into a folder of its own. Each repetition runs `cp -r` of that folder
+and the matching `convert` command as separate processes, in an order alternating from one repetition
+to the next, each starting warm (the previous output deleted, `sync`, the source read once; none of it
+timed), and records wall time, CPU time and peak RSS (GNU time's %M when present). Medians over
+repetitions, maximum for RSS. Targets (issue 19): wall at most 1.5x cp, peak RSS at most 200 MiB.
+The machine may be shared: the load average is printed with every run, and ratios beat absolute times.
 """
 
 from __future__ import annotations
@@ -97,11 +97,51 @@ def generate(family: str, folder: Path, size_bytes: int) -> None:
         for i, (k, b) in enumerate(_weights(n)):
             tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = k.T.copy(), b  # torch's [out, in]
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    elif family == "neuralforecast":
+        _neuralforecast(folder, n)
+    elif family == "tensorflow":
+        _tensorflow(folder, n)
     else:
         raise SystemExit(f"unknown family {family}")
 
 
-FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors")
+def _neuralforecast(folder: Path, n: int) -> None:
+    """`NeuralForecast.save` of an MLP of n 4096-by-4096 hidden layers after its input layer, fitted
+    with max_steps=0 on a tiny synthetic series (that prepares the forecaster and trains nothing, so
+    no optimizer state the size of the model is ever allocated)."""
+    import logging
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    from neuralforecast import NeuralForecast
+    from neuralforecast.models import MLP
+
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    trainer = dict(max_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False, accelerator="cpu")
+    model = MLP(h=12, input_size=24, hidden_size=WIDTH, num_layers=n + 1, **trainer)
+    frame = pd.DataFrame(
+        {"unique_id": "s", "ds": pd.date_range("2000-01-01", periods=60, freq="MS"), "y": np.arange(60, dtype=float)}
+    )
+    nf = NeuralForecast(models=[model], freq="MS")
+    nf.fit(frame)
+    folder.rmdir()  # NeuralForecast.save makes the folder itself
+    nf.save(str(folder), overwrite=True)
+
+
+def _tensorflow(folder: Path, n: int) -> None:
+    """`tf.train.Checkpoint(model=...).write` of a Keras MLP of n 4096-wide Dense layers (TF's own
+    checkpoint format: an `.index` table and one `.data-*` shard)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.Input((WIDTH,)), *(tf.keras.layers.Dense(WIDTH) for _ in range(n))])
+    tf.train.Checkpoint(model=model).write(str(folder / "ckpt"))
+
+
+FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors", "neuralforecast", "tensorflow")
 
 
 def convert_command(family: str, folder: Path, out: Path) -> list[str]:
@@ -111,6 +151,8 @@ def convert_command(family: str, folder: Path, out: Path) -> list[str]:
         "flax": ["flax-to-safetensors", folder / "flax_model.msgpack", out],
         "onnx": ["onnx-to-safetensors", folder / "model.onnx", out],
         "safetensors": ["auto", folder / "model.safetensors", out, "--layout", "burn"],
+        "neuralforecast": ["nf-to-safetensors", folder, out],
+        "tensorflow": ["tf-to-safetensors", folder, out],
     }[family]
     return [*tool_command(), *map(str, src), "--json"]
 
