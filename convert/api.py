@@ -20,7 +20,6 @@ from typing import Any
 from . import manifest as manifest_mod
 from .contract import Opened, ReaderOptions, SourceBundle
 from .errors import UsageError
-from .output import StagedOutput
 from .pipeline import (
     BUNDLE_INDEX,
     BundleResult,
@@ -28,9 +27,9 @@ from .pipeline import (
     ConvertOptions,
     Progress,
     bundle_folders,
+    checked_destination,
     convert_bundle,
     convert_source,
-    refuse_output_holding,
     refuse_unencodable_names,
 )
 from .source import SourceModel
@@ -105,8 +104,7 @@ def convert_path(
     """Convert any supported source into the folder `out`; options as ConvertOptions. A bundle (a
     NeuralForecast folder) gives a BundleResult, anything else a ConversionResult."""
     opts = conversion_options(options)
-    refuse_output_holding([src], out)
-    StagedOutput(out, opts.overwrite).check()  # before reading a source that may be large
+    checked_destination([src], out, opts.overwrite)  # before reading a source that may be large
     with open_path(src, conversion, reader) as opened:
         return convert_opened(opened, out, opts, progress)
 

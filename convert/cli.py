@@ -269,12 +269,9 @@ def _run_conversion(
     dry_run: bool,
     follow_links: bool,
 ) -> None:
-    from .api import conversion_options, convert_opened, open_path, tensor_bytes
-    from .output import StagedOutput
-    from .pipeline import refuse_output_holding
+    from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
-    refuse_output_holding([src], out)
-    StagedOutput(out, overwrite).check()  # before reading a source that may be large
+    checked_destination([src], out, overwrite)  # before reading a source that may be large
     quiet, as_json = _flags().get("quiet", False), _wants_json()
     options = conversion_options(
         dict(
@@ -505,6 +502,7 @@ _add_conversion_commands()
     show_default=True,
     help="PyTorch only: auto tries the dynamo exporter, then falls back to TorchScript.",
 )
+@digest_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @output_flags
 @command_errors

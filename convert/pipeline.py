@@ -84,9 +84,7 @@ def convert_source(
     started = time.perf_counter()
     new_digest(options.digest)  # an unknown algorithm is refused before any work
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
-    staged = StagedOutput(out, options.overwrite)
-    refuse_output_holding([*source.files, *source.sidecars], staged.dest)
-    staged.check()
+    staged = checked_destination([*source.files, *source.sidecars], out, options.overwrite)
     refuse_links([*source.files, *source.sidecars], options.follow_links)
     refuse_unencodable_names(source)
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
@@ -199,13 +197,18 @@ def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> 
     return warnings
 
 
-def refuse_output_holding(sources: Iterable[str | Path], dest: str | Path) -> None:
-    """--overwrite replaces the whole destination folder, so never one that is or holds a source."""
-    target = Path(dest).resolve()
+def checked_destination(sources: Iterable[str | Path], out: str | Path, overwrite: bool) -> StagedOutput:
+    """The output folder `out`, staged, refused before any work when it is or holds one of `sources`
+    (--overwrite replaces the whole folder) or already holds something `overwrite` does not allow
+    replacing: the one check every writer runs, and the faces run before opening a large source."""
+    staged = StagedOutput(out, overwrite)
+    target = staged.dest.resolve()
     for path in sources:
         resolved = Path(path).resolve()
         if resolved == target or target in resolved.parents:
-            raise UsageError(f"{dest} holds the source {resolved.name}; write the output to another folder")
+            raise UsageError(f"{out} holds the source {resolved.name}; write the output to another folder")
+    staged.check()
+    return staged
 
 
 def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, str]]:
@@ -358,9 +361,7 @@ def convert_bundle(
     """Convert every model of a bundle into OUT/<folder>/ and list them in OUT/models.json; the whole
     output appears at once, or not at all."""
     started = time.perf_counter()
-    staged = StagedOutput(out, options.overwrite)
-    refuse_output_holding([bundle.path], staged.dest)
-    staged.check()
+    staged = checked_destination([bundle.path], out, options.overwrite)
     taken: set[str] = set()
     for model in bundle.models:
         check_folder_name(model.folder)

@@ -290,3 +290,41 @@ def test_json_result_and_verify(tmp_path: Path, models: Any) -> None:
     with open(tmp_path / "out" / "model.onnx", "ab") as fh:
         fh.write(b"\0")
     assert_cli_error(run_cli("verify", tmp_path / "out"), 8, "model.onnx: size or digest")
+
+
+def test_sha256_digest_is_recorded_and_verified(tmp_path: Path, models: Any) -> None:
+    import hashlib
+
+    src = save_weights(models.mlp(), tmp_path / "mlp.pt")
+    doc = export(tmp_path, src, "--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--digest", "sha256")
+    assert doc["digest_algorithm"] == "sha256"
+    for f in doc["files"]:
+        assert f["digest"] == hashlib.sha256((tmp_path / "out" / f["path"]).read_bytes()).hexdigest()
+    for f in doc["source"]["files"]:
+        assert f["digest"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+    rc, stdout, stderr = run_cli("verify", tmp_path / "out")
+    assert rc == 0 and "ok: 1 file(s)" in stdout, stderr
+
+
+def test_unknown_digest_is_refused_before_export(tmp_path: Path, models: Any) -> None:
+    from convert.api import to_onnx
+    from convert.errors import UsageError
+
+    src = save_weights(models.mlp(), tmp_path / "mlp.pt")
+    args = ("--module", "onnx_models:mlp", "--input-shape", "x=2x6")
+    rc, _, err = run_cli("to-onnx", src, tmp_path / "out", *args, "--digest", "md5", cwd=tmp_path)
+    assert rc == 2 and "md5" in err and "Traceback" not in err
+    assert_no_output(tmp_path / "out")
+    with pytest.raises(UsageError, match="md5"):
+        to_onnx(src, tmp_path / "out", module="onnx_models:mlp", input_shapes={"x": (2, 6)}, digest="md5")
+    assert_no_output(tmp_path / "out")
+
+
+def test_output_folder_holding_the_source_is_refused(tmp_path: Path, models: Any) -> None:
+    """--overwrite replaces the whole output folder: never one holding the source (exit 2, as for
+    every conversion), and the source is left as it was."""
+    src = save_weights(models.mlp(), tmp_path / "mlp.pt")
+    before = src.read_bytes()
+    args = ("--module", "onnx_models:mlp", "--input-shape", "x=2x6", "--overwrite")
+    assert_cli_error(run_cli("to-onnx", src, tmp_path, *args, cwd=tmp_path), 2, "holds the source mlp.pt")
+    assert src.read_bytes() == before and not (tmp_path / "model.onnx").exists()

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from convert import manifest as manifest_mod
-from convert.errors import ConvertError, UnsafeInputError, UsageError, VerificationError
-from convert.output import StagedOutput, fsync_path, write_file
+from convert.errors import ConvertError, UnsafeInputError, VerificationError
+from convert.hashing import new_digest
+from convert.output import fsync_path, write_file
+from convert.pipeline import checked_destination
 from exporters.onnx.names import record_names
 from exporters.onnx_export import exporter_for
 from exporters.onnx_export.graph_edit import name_axes, reinfer_shapes
@@ -69,10 +71,8 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions, stage: Cal
     stage = stage or (lambda name: None)
     started = time.perf_counter()
     source = Path(src)
-    staged = StagedOutput(out, options.overwrite)
-    staged.check()
-    if staged.dest.resolve() in source.resolve().parents or staged.dest.resolve() == source.resolve():
-        raise UsageError(f"{staged.dest} holds the source {source.name}; write the output to another folder")
+    new_digest(options.digest)  # an unknown algorithm is refused before any work
+    staged = checked_destination([source], out, options.overwrite)
     export = exporter_for(source, options)
     with staged as staging:
         scratch = staging / ".export"

@@ -10,7 +10,7 @@ from typing import Any
 
 from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
-from convert.hashing import DEFAULT_ALGORITHM, file_digest
+from convert.hashing import file_digest
 from exporters.onnx.reader import summarize, value_summary
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 
@@ -27,11 +27,11 @@ def export_manifest(
     specs = {s.name: s for s in graph.inputs}
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
-        "digest_algorithm": DEFAULT_ALGORITHM,
+        "digest_algorithm": options.digest,
         "generator": manifest_mod.generator(),
         "source": {
             "format": graph.source_format,
-            "files": [_file_entry(p, str(p.absolute())) for p in graph.source_files],
+            "files": [_file_entry(p, str(p.absolute()), options.digest) for p in graph.source_files],
             "details": {"exporter": graph.exporter},
         },
         "target": {
@@ -43,7 +43,7 @@ def export_manifest(
             "warnings": graph.notes,
             "request": None,
         },
-        "files": [_file_entry(p, p.name) for p in files],
+        "files": [_file_entry(p, p.name, options.digest) for p in files],
         "index": None,
         "sidecars": [],
         "tensors": [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
@@ -67,8 +67,8 @@ def export_manifest(
     }
 
 
-def _file_entry(path: Path, shown: str) -> dict[str, Any]:
-    return {"path": shown, "bytes": os.path.getsize(path), "digest": file_digest(path, DEFAULT_ALGORITHM)}
+def _file_entry(path: Path, shown: str, algorithm: str) -> dict[str, Any]:
+    return {"path": shown, "bytes": os.path.getsize(path), "digest": file_digest(path, algorithm)}
 
 
 def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:

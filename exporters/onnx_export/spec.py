@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from convert.hashing import DEFAULT_ALGORITHM
+
 DEFAULT_EXTERNAL_DATA_THRESHOLD = 2 * 10**9  # protobuf cannot serialize a message of 2 GiB or more
 
 
@@ -28,6 +30,7 @@ class ExportOptions:
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     exporter: str = "auto"  # PyTorch only: auto (dynamo, then TorchScript), dynamo, torchscript
     models: list[str] = field(default_factory=list)  # NeuralForecast: the models (output folders) to export; [] = all
+    digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file in the manifest
     overwrite: bool = False
 
 
