@@ -20,7 +20,7 @@ from typing import Any
 from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import MappedFile, TensorRef, mapped_tensor
-from exporters.tensorflow.protos import message
+from exporters.tensorflow.protos import parse
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
@@ -142,10 +142,12 @@ def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
     for _, value in _block_entries(data, index_block, label):
         for key, raw in _block_entries(data, _handle(value, 0, label)[0], label):
             if key == b"":
-                header = _parse(message("BundleHeaderProto"), raw, label, "header")
+                header = parse("BundleHeaderProto", raw, f"{label}: damaged checkpoint index header")
                 continue
             name = _text(key, label)
-            entries[name] = _entry(name, _parse(message("BundleEntryProto"), raw, label, name), label)
+            entries[name] = _entry(
+                name, parse("BundleEntryProto", raw, f"{label}: damaged checkpoint index entry {name!r}"), label
+            )
     if header is None:
         raise _unreadable(label, "no header in the .index file")
     return header, entries
@@ -157,17 +159,6 @@ def _entry(name: str, proto: Any, label: str) -> Entry:
         raise CorruptInputError(f"{label}: variable {name} has no definite shape")
     shape = tuple(d.size for d in dims)
     return Entry(name, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, len(proto.slices) > 0)
-
-
-def _parse(cls: Any, raw: bytes, label: str, what: str) -> Any:
-    from google.protobuf.message import DecodeError
-
-    proto = cls()
-    try:
-        proto.ParseFromString(raw)
-    except DecodeError as exc:
-        raise _unreadable(label, f"damaged entry {what}: {exc}") from None
-    return proto
 
 
 def _text(key: bytes, label: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from convert.errors import CorruptInputError, first_line
+
 PACKAGE = "rust_model_convert.tf"
 # message -> [(field name, number, type, label, message type)]; label "repeated" or "optional"
 _MESSAGES: dict[str, list[tuple[str, int, str, str, str | None]]] = {
@@ -68,3 +70,15 @@ def message(name: str) -> Any:
     from google.protobuf import message_factory
 
     return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+
+
+def parse(name: str, raw: bytes, failure: str) -> Any:
+    """`raw` as the named message; a damaged one is CorruptInputError "`failure` (protobuf's reason)"."""
+    from google.protobuf.message import DecodeError
+
+    proto = message(name)()
+    try:
+        proto.ParseFromString(raw)
+    except DecodeError as exc:
+        raise CorruptInputError(f"{failure} ({first_line(exc)})") from None
+    return proto

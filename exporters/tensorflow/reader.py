@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError, first_line
+from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from exporters.keras.layers import KerasLayer, to_canonical
 from exporters.keras.names import Named, components, drop_common_scope, group_named
 from exporters.keras.reader import _Opened, assemble
 from exporters.tensorflow.bundle import Bundle
-from exporters.tensorflow.protos import message
+from exporters.tensorflow.protos import parse
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
@@ -166,13 +166,7 @@ def _latest_from_state(folder: Path) -> str | None:
 
 
 def _object_graph(data: bytes, label: str) -> Any:
-    from google.protobuf.message import DecodeError
-
-    graph = message("TrackableObjectGraph")()
-    try:
-        graph.ParseFromString(data)
-    except DecodeError as exc:
-        raise CorruptInputError(f"{label}: damaged object graph ({first_line(exc)})") from None
+    graph = parse("TrackableObjectGraph", data, f"{label}: damaged object graph")
     if not graph.nodes:
         raise CorruptInputError(f"{label}: empty object graph")
     return graph
