@@ -509,9 +509,13 @@ def _keras_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["keras", "h5", "onnx"])
+@pytest.mark.parametrize("kind", ["keras", "h5", "onnx", "tensorflow"])
 def test_missing_reader_extra_is_exit_4_with_the_install_command(core_python: Path, tmp_path: Path, kind: str) -> None:
-    if kind == "onnx":
+    if kind == "tensorflow":  # read without TensorFlow, but with protobuf, which the core lacks
+        tf = pytest.importorskip("tensorflow", reason="needs TensorFlow to write a checkpoint")
+        src = Path(tf.train.Checkpoint(v=tf.Variable([1.0, 2.0])).write(str(tmp_path / "ckpt" / "ckpt")) + ".index")
+        extra, command = "tensorflow", "tf-to-safetensors"
+    elif kind == "onnx":
         pytest.importorskip("onnx", reason="needs onnx to write a model")
         src = _onnx_model(tmp_path / "m.onnx", [], [_float_tensor("w", (2, 2))])
         extra, command = "onnx", "onnx-to-safetensors"
