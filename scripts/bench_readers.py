@@ -4,13 +4,14 @@
     .venv/bin/python scripts/bench_readers.py --family keras-h5 --size-gib 2 --reps 5
 
 Each family's model is written by its own library (Keras 3 with the numpy backend, flax.serialization,
-onnx with external data, safetensors, NeuralForecast.save, tf.train.Checkpoint.write), about --size-gib
-of float32 Dense/Linear weights, into a folder of its own. Each repetition runs `cp -r` of that folder
-and the matching `convert` command as separate processes, in an order alternating from one repetition
-to the next, each starting warm (the previous output deleted, `sync`, the source read once; none of it
-timed), and records wall time, CPU time and peak RSS (GNU time's %M when present). Medians over
-repetitions, maximum for RSS. Targets (issue 19): wall at most 1.5x cp, peak RSS at most 200 MiB.
-The machine may be shared: the load average is printed with every run, and ratios beat absolute times.
+onnx with external data, safetensors, NeuralForecast.save, tf.train.Checkpoint.write, Keras's SavedModel
+export), about --size-gib of float32 Dense/Linear weights, into a folder of its own. Each repetition
+runs `cp -r` of that folder and the matching `convert` command as separate processes, in an order
+alternating from one repetition to the next, each starting warm (the previous output deleted, `sync`,
+the source read once; none of it timed), and records wall time, CPU time and peak RSS (GNU time's %M
+when present). Medians over repetitions, maximum for RSS. Targets (issue 19): wall at most 1.5x cp,
+peak RSS at most 200 MiB. The machine may be shared: the load average is printed with every run, and
+ratios beat absolute times.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def generate(family: str, folder: Path, size_bytes: int) -> None:
     elif family == "neuralforecast":
         _neuralforecast(folder, n)
     elif family == "tensorflow":
-        _tensorflow(folder, n)
+        _tensorflow(folder, n, savedmodel=False)
+    elif family == "tf-savedmodel":  # Keras's export stores every variable twice: half the layers
+        _tensorflow(folder, max(1, n // 2), savedmodel=True)
     else:
         raise SystemExit(f"unknown family {family}")
 
@@ -131,17 +134,21 @@ def _neuralforecast(folder: Path, n: int) -> None:
     nf.save(str(folder), overwrite=True)
 
 
-def _tensorflow(folder: Path, n: int) -> None:
-    """`tf.train.Checkpoint(model=...).write` of a Keras MLP of n 4096-wide Dense layers (TF's own
-    checkpoint format: an `.index` table and one `.data-*` shard)."""
+def _tensorflow(folder: Path, n: int, savedmodel: bool) -> None:
+    """A Keras MLP of n 4096-wide Dense layers as `tf.train.Checkpoint(model=...).write` (TF's own
+    checkpoint format: an `.index` table and one `.data-*` shard), or as the SavedModel `model.export`
+    writes (the same format under variables/)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     model = tf.keras.Sequential([tf.keras.Input((WIDTH,)), *(tf.keras.layers.Dense(WIDTH) for _ in range(n))])
-    tf.train.Checkpoint(model=model).write(str(folder / "ckpt"))
+    if savedmodel:
+        model.export(str(folder), verbose=False)
+    else:
+        tf.train.Checkpoint(model=model).write(str(folder / "ckpt"))
 
 
-FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors", "neuralforecast", "tensorflow")
+FAMILIES = ("keras-h5", "keras", "flax", "onnx", "safetensors", "neuralforecast", "tensorflow", "tf-savedmodel")
 
 
 def convert_command(family: str, folder: Path, out: Path) -> list[str]:
@@ -153,14 +160,19 @@ def convert_command(family: str, folder: Path, out: Path) -> list[str]:
         "safetensors": ["auto", folder / "model.safetensors", out, "--layout", "burn"],
         "neuralforecast": ["nf-to-safetensors", folder, out],
         "tensorflow": ["tf-to-safetensors", folder, out],
+        "tf-savedmodel": ["tf-to-safetensors", folder, out],
     }[family]
     return [*tool_command(), *map(str, src), "--json"]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 def prepare(folder: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(["sync"], check=True)
-    for path in folder.iterdir():
+    for path in _files(folder):
         with open(path, "rb") as fh:
             while fh.read(8 * MiB):
                 pass
@@ -188,7 +200,7 @@ def bench(runner: Runner, family: str, folder: Path, reps: int) -> dict:
         }
         for name, v in samples.items()
     }
-    size = sum(p.stat().st_size for p in folder.iterdir())
+    size = sum(p.stat().st_size for p in _files(folder))
     return {
         "family": family,
         "source_bytes": size,

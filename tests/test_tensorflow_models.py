@@ -297,3 +297,27 @@ def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
     Path(prefix + ".data-00000-of-00001").unlink()
     assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 6, "missing data file ckpt.data-00000-of-00001")
     assert_no_output(tmp_path / "out")
+
+
+def test_keras_export_twins_are_compared_without_copies(tmp_path: Path) -> None:
+    """Keras's `model.export` stores every variable twice; telling the second copy from a distinct
+    variable compares their bytes window by window, so two 64 MiB kernels never cost more than issue
+    19's 200 MiB of peak RSS (numpy's array_equal with equal_nan copied both, over 300 MiB)."""
+    import tensorflow as tf
+
+    from hostile_run import run_measured
+
+    model = tf.keras.Sequential([tf.keras.Input((4096,)), tf.keras.layers.Dense(4096, bias_initializer="ones")])
+    model.export(str(tmp_path / "saved"), verbose=False)
+    run = run_measured("tf-to-safetensors", tmp_path / "saved", tmp_path / "out", cwd=tmp_path)
+    assert run.code == 0, run.stderr[-3000:]
+    assert 0 < run.peak_rss < 200 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    dropped = read_manifest(tmp_path / "out")["source"]["dropped"]
+    assert len(dropped) == 2 and all(why.endswith("(the same name and bytes)") for why in dropped.values()), dropped
+    stored = load_file(tmp_path / "out" / "model.safetensors")
+    kernel, bias = (np.asarray(w) for w in model.layers[-1].weights)
+    assert sorted(stored) == ["dense.bias", "dense.weight"], sorted(stored)
+    assert np.array_equal(stored["dense.weight"], kernel.T) and np.array_equal(stored["dense.bias"], bias)

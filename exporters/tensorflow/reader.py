@@ -17,9 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.hashing import same_ranges
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from exporters.keras.layers import KerasLayer, to_canonical
@@ -79,7 +78,7 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
             dropped[ckpt_key] = "random-number generator state"
             continue
         ref = bundle.tensor(entry)
-        twin = next((k for k, other in kept.get(tf_name, []) if _same_values(other, ref)), None) if tf_name else None
+        twin = next((k for k, other in kept.get(tf_name, []) if _same_bytes(other, ref)), None) if tf_name else None
         if twin is not None:  # Keras 3's export saves each variable twice: the same name and the same bytes
             dropped[ckpt_key] = f"a second copy of {twin} (the same name and bytes)"
             continue
@@ -94,9 +93,11 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
     return assemble(_Opened(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
 
 
-def _same_values(a: TensorRef, b: TensorRef) -> bool:
-    """Two checkpoint variables hold the same array (read only when their name, dtype and shape agree)."""
-    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a.array(), b.array(), equal_nan=a.dtype.is_float))
+def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
+    """Two checkpoint variables hold the same bytes (read only when their name, dtype and shape agree),
+    compared window by window in their shards: no copy of either is made."""
+    assert a.span is not None and b.span is not None  # every Bundle.tensor is a span
+    return a.dtype == b.dtype and a.shape == b.shape and same_ranges(a.span, b.span)
 
 
 def _why_dropped(ckpt_key: str, key: str | None) -> str:
