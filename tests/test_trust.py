@@ -412,7 +412,9 @@ def _isolated_python(distributions: tuple[str, ...]) -> Path:
 
     from packaging.requirements import Requirement
 
-    root = Path(tempfile.gettempdir()) / f"rmc-only-{hashlib.sha1(','.join(distributions).encode()).hexdigest()[:10]}"
+    # keyed by this environment too: its links point into sys.prefix, which another checkout's venv does not share
+    key = hashlib.sha1(f"{sys.prefix}|{','.join(distributions)}".encode()).hexdigest()[:10]
+    root = Path(tempfile.gettempdir()) / f"rmc-only-{key}"
     python = root / "bin" / "python"
     if python.exists():
         return python
