@@ -11,6 +11,7 @@ therefore only data; nothing in it is ever imported, called or executed.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import pickletools
 from collections import OrderedDict
@@ -22,6 +23,7 @@ import numpy as np
 
 from .dtypes import TORCH_DTYPES, TORCH_STORAGE_TYPES, dtype as lookup_dtype
 from .errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
+from .tensors import check_shape
 
 
 class _Sealed:
@@ -312,13 +314,15 @@ class NumpyArrayRecord(InertObject):
         if any(n < 0 for n in shape):
             raise CorruptInputError("numpy array has a negative dimension")
         raw = _py2_bytes(raw)
-        if not isinstance(dt, NumpyDType) or type(raw) not in (bytes, bytearray):
-            raise UnsupportedFormatError("numpy array of objects is not supported")
+        if not isinstance(dt, NumpyDType):
+            raise CorruptInputError(f"numpy array state holds a {type(dt).__name__} where its dtype belongs")
+        if type(raw) not in (bytes, bytearray):
+            if dt.name.startswith("O"):
+                raise UnsupportedFormatError("numpy array of objects is not supported")
+            raise CorruptInputError(f"numpy array of dtype {dt.name!r} holds a {type(raw).__name__}, not its bytes")
         npdt = dt.resolve()
-        count = 1
-        for n in shape:
-            count *= n
-        if count * npdt.itemsize != len(raw):
+        check_shape(shape, npdt.itemsize, "numpy array")
+        if math.prod(shape) * npdt.itemsize != len(raw):
             raise CorruptInputError("numpy array data does not match its shape")
         arr = np.frombuffer(bytes(raw), dtype=npdt)
         return arr.reshape(shape, order="F" if fortran else "C")

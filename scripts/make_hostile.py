@@ -5,7 +5,9 @@ then replaced by a hand-assembled one, so each gadget is spelled out opcode by o
 corpus documents exactly which constructs the restricted unpickler has to reject. The other
 containers are assembled the same way, field by field: SafeTensors headers, Flax msgpack (its
 extension type 1 arrays), HDF5 and ``.keras`` files (written with h5py alone, when it is
-installed), and NeuralForecast save folders whose pickles name unknown classes.
+installed), NeuralForecast save folders whose pickles name unknown classes, TorchScript archives
+(data.pkl, constants.pkl and the code/ text), NumPy ``.npy``/``.npz`` files and pickles of arrays,
+and TFLite flatbuffers (written by a small flatbuffer writer here).
 
 Canary convention: every payload that executes code (if it ever ran) only creates a file named
 ``canary`` in the current working directory. Tests run the converter in an empty temporary cwd
@@ -15,10 +17,13 @@ Usage::
 
     .venv/bin/python scripts/make_hostile.py [--out fixtures/hostile] [--self-check]
 
-``--self-check`` loads every generated pickle with plain ``pickle.load`` /
-``torch.load(weights_only=False)`` in a throw-away subprocess and temp cwd, to prove each
-code-execution payload really creates the canary. Tests never run it. Files of the other kinds
-have no unsafe loader here and are listed as not checked.
+``--self-check`` loads every generated file that has an unsafe loader -- plain ``pickle.load``,
+``torch.load(weights_only=False)``, ``torch.jit.load`` (then the module called once, then the
+archive's pickles through pickle with stand-ins for ``__torch__`` classes), ``np.load(allow_pickle=True)``
+-- in a throw-away subprocess and temp cwd, to prove each code-execution payload really creates the
+canary; it first checks that the unedited containers load in their own frameworks. Tests never run
+it. Files of the other kinds (SafeTensors, msgpack, HDF5, TFLite) have no unsafe loader and are
+listed as not checked.
 """
 
 from __future__ import annotations
@@ -625,7 +630,8 @@ class Hostile:
     """One corpus file (or folder: name -> bytes) and its catalog entry."""
 
     file: str
-    kind: str  # "zip", "legacy", "raw-pickle", "safetensors", "msgpack", "hdf5", "keras", "neuralforecast"
+    kind: str  # "zip", "legacy", "raw-pickle", "safetensors", "msgpack", "hdf5", "keras", "neuralforecast",
+    # "torchscript", "npy", "npz", "numpy-pickle", "tflite"
     attack: str
     canary: bool
     data: bytes | Mapping[str, bytes]
@@ -1300,6 +1306,496 @@ def nf_config_value_files() -> list[Hostile]:
     return [Hostile(name, "neuralforecast", attack + NO_CANARY, False, nf3_folder(edit)) for name, attack, edit in cases]
 
 
+# ---------------------------------------------------------------------------------------------
+# TorchScript archives (torch.jit.save): data.pkl of __torch__ module records, code/ as text
+# ---------------------------------------------------------------------------------------------
+
+TS_CLASS = "TinyNet"
+TS_HEADER = f"""class {TS_CLASS}(Module):
+  __parameters__ = ["weight", ]
+  __buffers__ = []
+  weight : Tensor
+  training : bool
+  _is_full_backward_hook : Optional[bool]
+"""
+TS_FORWARD = f"""  def forward(self: __torch__.{TS_CLASS},
+    x: Tensor) -> Tensor:
+    return torch.matmul(x, torch.t(self.weight))
+"""
+# torch.from_file(name, shared=True, size) opens `name` with O_CREAT: TorchScript code writes files.
+TS_CREATE_CANARY = f'    _0 = torch.from_file("{CANARY}", True, 1)\n'
+TS_FORWARD_PAYLOAD = f"""  def forward(self: __torch__.{TS_CLASS},
+    x: Tensor) -> Tensor:
+{TS_CREATE_CANARY}    return torch.add(torch.matmul(x, torch.t(self.weight)), torch.sum(_0))
+"""
+TS_SETSTATE_PAYLOAD = f"""  def __getstate__(self: __torch__.{TS_CLASS}) -> Tuple[Tensor, bool]:
+    return (self.weight, self.training)
+  def __setstate__(self: __torch__.{TS_CLASS},
+    state: Tuple[Tensor, bool]) -> NoneType:
+{TS_CREATE_CANARY}    self.weight = torch.add((state)[0], torch.sum(_0))
+    self.training = (state)[1]
+    return None
+"""
+
+
+def ts_module(**attrs: Value) -> Value:
+    """A ``__torch__`` module record as torch.jit.save pickles it: NEWOBJ, then BUILD of its attributes."""
+    state: dict[Value, Value] = {"training": True, "_is_full_backward_hook": None, "weight": tensor(ZIP.storage())}
+    return build(newobj(glob("__torch__", TS_CLASS), ()), {**state, **attrs})
+
+
+def ts_archive(
+    data_pkl: bytes,
+    code: str = TS_HEADER + TS_FORWARD,
+    constants: bytes | None = None,
+    constant_storages: Sequence[tuple[str, bytes]] = (),
+) -> bytes:
+    """The records of torch.jit.save, in its order, stored uncompressed (torch deflates code/; either loads)."""
+    return zip_archive(
+        [
+            ("data/0", WEIGHT_BYTES),
+            ("data.pkl", data_pkl),
+            ("code/__torch__.py", code.encode()),
+            *constant_storages,
+            ("constants.pkl", constants or dump(())),
+            ("version", b"3\n"),
+            ("byteorder", b"little"),
+            (".data/serialization_id", SERIALIZATION_ID),
+        ]
+    )
+
+
+def torchscript_files() -> list[Hostile]:
+    def ts(name: str, attack: str, canary: bool, data: bytes, expect: str = "refused") -> Hostile:
+        return Hostile(f"ts_{name}.pt", "torchscript", attack, canary, data, expect)
+
+    constant = (tensor(persid(("storage", glob("torch", "FloatStorage"), "/etc/passwd", "cpu", NUMEL))),)
+    return [
+        ts(
+            "setstate_from_file",
+            "the module's __setstate__, which torch.jit.load runs, calls torch.from_file('canary', shared=True)",
+            True,
+            ts_archive(
+                dump(build(newobj(glob("__torch__", TS_CLASS), ()), (tensor(ZIP.storage()), True))),
+                TS_HEADER + TS_SETSTATE_PAYLOAD,
+            ),
+        ),
+        ts(
+            "forward_from_file",
+            "forward() calls torch.from_file('canary', shared=True): the weights are data, the code is never run",
+            True,
+            ts_archive(dump(ts_module()), TS_HEADER + TS_FORWARD_PAYLOAD),
+            "inert",
+        ),
+        ts(
+            "data_os_system",
+            "a module attribute in data.pkl is os.system('touch canary')",
+            True,
+            ts_archive(dump(ts_module(extra=OS_SYSTEM))),
+        ),
+        ts(
+            "constants_exec",
+            "constants.pkl holds builtins.exec of source that creates canary",
+            True,
+            ts_archive(dump(ts_module()), constants=dump((call(glob("builtins", "exec"), CANARY_SOURCE),))),
+        ),
+        ts(
+            "typed_list_gadget",
+            "torch.jit._pickle.build_intlist (allow-listed) of os.system('touch canary')",
+            True,
+            ts_archive(dump(ts_module(sizes=call(glob("torch.jit._pickle", "build_intlist"), OS_SYSTEM)))),
+        ),
+        ts(
+            "torch_class_getattr",
+            "builtins.getattr(GLOBAL __torch__.TinyNet, '__init__') then called: the __torch__ allowance reaches no attribute"
+            + NO_CANARY,
+            False,
+            ts_archive(dump(ts_module(extra=call(attr(glob("__torch__", TS_CLASS), "__init__"))))),
+        ),
+        ts(
+            "storage_dotdot",
+            "the weight's storage key is '../../etc/passwd'" + NO_CANARY,
+            False,
+            ts_archive(
+                dump(
+                    build(
+                        newobj(glob("__torch__", TS_CLASS), ()),
+                        {"training": True, "weight": tensor(ZIP.storage(key="../../etc/passwd"))},
+                    )
+                )
+            ),
+        ),
+        ts(
+            "constants_storage_absolute",
+            "a tensor in constants.pkl names storage '/etc/passwd'" + NO_CANARY,
+            False,
+            ts_archive(dump(ts_module()), constants=dump(constant), constant_storages=[("constants/0", WEIGHT_BYTES)]),
+        ),
+        ts(
+            "state_not_dict",
+            "the module record's state is a list, and no __setstate__ in the code says what it means" + NO_CANARY,
+            False,
+            ts_archive(dump(build(newobj(glob("__torch__", TS_CLASS), ()), pylist((tensor(ZIP.storage()),))))),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy: .npy (magic, header dict literal, data or a pickle), .npz (a zip of .npy), plain pickles
+# ---------------------------------------------------------------------------------------------
+
+NPY_MAGIC = b"\x93NUMPY"
+# A shape whose element count, 4 * 2**64 + 6, wraps to 6 in int64 (and in int32 C arithmetic to 6 too):
+# every dimension is a positive int32, so a reader that multiplies them in fixed width sees 24 bytes.
+WRAP_SHAPE = (70, 88801, 11239, 1056175639)
+
+
+def npy_header(descr: str, shape: tuple[int, ...], version: int = 1, length: int | None = None) -> bytes:
+    """Magic, version, header length, and the header dict literal padded to 64 bytes as np.save pads it."""
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}".encode("latin1")
+    fixed = 10 if version == 1 else 12
+    text += b" " * (-(fixed + len(text) + 1) % 64) + b"\n"
+    size = len(text) if length is None else length
+    return NPY_MAGIC + bytes([version, 0]) + struct.pack("<H" if version == 1 else "<I", size) + text
+
+
+def np_dtype(name: str) -> Emit:
+    """``numpy.dtype(name, False, True)`` and BUILD of its state, as pickle writes a dtype."""
+    order = "|" if name.startswith(("O", "b", "u1", "i1")) else "<"
+    flags = 63 if name.startswith("O") else 0
+    return build(call(glob("numpy", "dtype"), name, False, True), (3, order, None, None, None, -1, -1, flags))
+
+
+def np_array(shape: Value, dtype: Value, data: Value) -> Emit:
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` then BUILD (1, shape, dtype, False, data):
+    the pickle of an ndarray. An object array's data is the list of its items."""
+    empty = call(glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"), (0,), b"b")
+    return build(empty, (1, shape, dtype, False, data))
+
+
+def weight_array() -> Emit:
+    return np_array(SIZE, np_dtype("f4"), WEIGHT_BYTES)
+
+
+def pylist(items: Sequence[Value]) -> Emit:
+    def emit(p: Pickle) -> None:
+        p.op(pickle.MARK)
+        for item in items:
+            p.push(item)
+        p.op(pickle.LIST)
+
+    return emit
+
+
+def objects(*items: Value) -> Emit:
+    """A 0-d object array (one item) or a 1-d one: what np.save pickles for dtype=object."""
+    return np_array(() if len(items) == 1 else (len(items),), np_dtype("O8"), pylist(items))
+
+
+def npy_objects(root: Value) -> bytes:
+    """A .npy of dtype object: the header, then the pickle np.save writes (protocol 3)."""
+    return npy_header("|O", ()) + dump(root, 3)
+
+
+def npz_archive(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """np.savez's layout: a stored zip of NAME.npy members (fixed timestamps)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.create_system = 0
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def numpy_files() -> list[Hostile]:
+    weight_npy = npy_header("<f4", SIZE) + WEIGHT_BYTES
+    exec_canary = call(glob("builtins", "exec"), CANARY_SOURCE)
+    return [
+        Hostile(
+            "npy_object_os_system.npy",
+            "npy",
+            "dtype object: the pickle np.load(allow_pickle=True) runs holds os.system('touch canary')",
+            True,
+            npy_objects(objects(OS_SYSTEM)),
+        ),
+        Hostile(
+            "npy_object_dict_gadget.npy",
+            "npy",
+            "a saved dict (0-d object array) of a real array and builtins.exec of source that creates canary",
+            True,
+            npy_objects(objects({"weight": weight_array(), "extra": exec_canary})),
+        ),
+        Hostile(
+            "npy_shape_wraps_int64.npy",
+            "npy",
+            f"float32 shape {list(WRAP_SHAPE)}: 4 * 2**64 + 6 elements, 6 in int64, over 24 bytes" + NO_CANARY,
+            False,
+            npy_header("<f4", WRAP_SHAPE) + WEIGHT_BYTES,
+        ),
+        Hostile(
+            "npy_shape_past_int64.npy",
+            "npy",
+            "shape (2**64 + 6,): a dimension no int64 holds" + NO_CANARY,
+            False,
+            npy_header("<f4", (2**64 + NUMEL,)) + WEIGHT_BYTES,
+        ),
+        Hostile(
+            "npy_header_length_4gib.npy",
+            "npy",
+            "version 2 header length 2**32 - 1 in a file of a hundred bytes" + NO_CANARY,
+            False,
+            npy_header("<f4", SIZE, version=2, length=2**32 - 1) + WEIGHT_BYTES,
+        ),
+        Hostile(
+            "npz_object_member.npz",
+            "npz",
+            "a real float32 member, then an object-array member whose pickle is os.system('touch canary')",
+            True,
+            npz_archive([("weight.npy", weight_npy), ("extra.npy", npy_objects(objects(OS_SYSTEM)))]),
+        ),
+        Hostile(
+            "np_dict_gadget.pkl",
+            "numpy-pickle",
+            "a dict of a real array (numpy.core.multiarray._reconstruct) and os.system('touch canary')",
+            True,
+            dump({"weight": weight_array(), "extra": OS_SYSTEM}, 3),
+        ),
+        Hostile(
+            "np_object_items_gadget.pkl",
+            "numpy-pickle",
+            "an object array whose items are a real array and builtins.exec of source that creates canary",
+            True,
+            dump({"params": objects(weight_array(), exec_canary)}, 3),
+        ),
+        Hostile(
+            "np_dtype_not_dtype.pkl",
+            "numpy-pickle",
+            "allow-listed _reconstruct whose BUILD state gives the string 'f4' where a numpy.dtype belongs" + NO_CANARY,
+            False,
+            dump({"weight": np_array(SIZE, "f4", WEIGHT_BYTES)}, 3),
+        ),
+        Hostile(
+            "np_shape_past_intp.pkl",
+            "numpy-pickle",
+            "allow-listed _reconstruct of shape (2**63, 0) over no bytes: the count is 0, a dimension past intp" + NO_CANARY,
+            False,
+            dump({"weight": np_array((2**63, 0), np_dtype("f4"), b"")}, 3),
+        ),
+        Hostile(
+            "np_shape_wraps_int64.pkl",
+            "numpy-pickle",
+            f"allow-listed _reconstruct of float32 shape {list(WRAP_SHAPE)} (6 elements in int64) over 24 bytes" + NO_CANARY,
+            False,
+            dump({"weight": np_array(WRAP_SHAPE, np_dtype("f4"), WEIGHT_BYTES)}, 3),
+        ),
+        Hostile(
+            "np_reconstruct_not_ndarray.pkl",
+            "numpy-pickle",
+            "numpy.core.multiarray._reconstruct of builtins.object instead of numpy.ndarray" + NO_CANARY,
+            False,
+            dump({"weight": call(glob("numpy.core.multiarray", "_reconstruct"), glob("builtins", "object"), (0,), b"b")}, 3),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# TFLite flatbuffers: tables (a signed offset back to a vtable of u16 field offsets), vectors
+# (u32 count, then elements), strings; every reference an unsigned 32-bit offset forward
+# ---------------------------------------------------------------------------------------------
+
+TFLITE_IDENTIFIER = b"TFL3"
+FULLY_CONNECTED, CONV_2D = 9, 3
+TFLITE_FLOAT32, TFLITE_INT8 = 0, 9
+
+
+@dataclass(frozen=True)
+class Scalar:
+    fmt: str  # struct format of one field: "B", "b", "I", "i", "Q", ...
+    value: int
+
+
+@dataclass(frozen=True)
+class FbVector:
+    items: tuple[object, ...] | bytes  # bytes: a [ubyte] vector; otherwise scalars (fmt) or tables/strings
+    fmt: str = ""
+    count: int | None = None  # a forged element count
+    align: int = 4
+
+
+@dataclass(frozen=True)
+class FbTable:
+    fields: tuple[object, ...]  # None (absent), Scalar, str, FbVector or FbTable, by field index
+    soffset: int | None = None  # a forged offset to the vtable
+
+
+class FlatWriter:
+    """Lays a flatbuffer out front to back: each table's vtable right before it, children after it."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(8)
+
+    def _pad(self, align: int, ahead: int = 0) -> None:
+        self.out += bytes(-(len(self.out) + ahead) % align)
+
+    def node(self, node: object) -> int:
+        if isinstance(node, FbTable):
+            return self.table(node)
+        if isinstance(node, str):
+            return self.vector(FbVector(node.encode()), terminator=b"\0")
+        if isinstance(node, FbVector):
+            return self.vector(node)
+        raise TypeError(f"cannot encode {node!r}")
+
+    def table(self, table: FbTable) -> int:
+        layout: list[tuple[int, int, object]] = []
+        size = 4
+        for index, value in enumerate(table.fields):
+            if value is None:
+                continue
+            width = struct.calcsize("<" + value.fmt) if isinstance(value, Scalar) else 4
+            size += -size % width
+            layout.append((index, size, value))
+            size += width
+        vsize = 4 + 2 * len(table.fields)
+        self._pad(8, vsize)
+        vtable = len(self.out)
+        slots = [0] * len(table.fields)
+        for index, at, _ in layout:
+            slots[index] = at
+        self.out += struct.pack(f"<HH{len(slots)}H", vsize, size, *slots)
+        start = len(self.out)
+        body = bytearray(size)
+        struct.pack_into("<i", body, 0, start - vtable if table.soffset is None else table.soffset)
+        for _, at, value in layout:
+            if isinstance(value, Scalar):
+                struct.pack_into("<" + value.fmt, body, at, value.value)
+        self.out += body
+        for _, at, value in layout:
+            if not isinstance(value, Scalar):
+                self._link(start + at, value)
+        return start
+
+    def vector(self, vec: FbVector, terminator: bytes = b"") -> int:
+        if isinstance(vec.items, bytes):
+            data, width = vec.items, 1
+        elif vec.fmt:
+            data, width = struct.pack(f"<{len(vec.items)}{vec.fmt}", *vec.items), struct.calcsize(vec.fmt)
+        else:
+            data, width = bytes(4 * len(vec.items)), 4
+        self._pad(max(vec.align, width), 4)
+        start = len(self.out)
+        self.out += struct.pack("<I", len(vec.items) if vec.count is None else vec.count) + data + terminator
+        if not isinstance(vec.items, bytes) and not vec.fmt:
+            for i, item in enumerate(vec.items):
+                self._link(start + 4 + 4 * i, item)
+        return start
+
+    def _link(self, at: int, node: object) -> None:
+        struct.pack_into("<I", self.out, at, self.node(node) - at)
+
+    def finish(self, root: FbTable) -> bytes:
+        struct.pack_into("<I4s", self.out, 0, self.table(root), TFLITE_IDENTIFIER)
+        return bytes(self.out)
+
+
+def tfl_tensor(name: str, shape: object, buffer: int, type_code: int = TFLITE_FLOAT32, quant: FbTable | None = None) -> FbTable:
+    """Tensor: shape, type, buffer, name, quantization (schema fields 0-4)."""
+    dims = shape if isinstance(shape, FbVector) else FbVector(tuple(shape), "i")
+    return FbTable((dims, Scalar("b", type_code), Scalar("I", buffer), name, quant))
+
+
+def tfl_buffer(data: bytes | None = None, offset: int | None = None, size: int | None = None) -> FbTable:
+    """Buffer: data [ubyte], or (since 2.14) an offset and size into the file for large models."""
+    if offset is None:
+        return FbTable((FbVector(data or b"", align=16),))
+    return FbTable((None, Scalar("Q", offset), Scalar("Q", size or 0)))
+
+
+def tflite_model(
+    weight: FbTable | None = None,
+    buffers: Sequence[FbTable] | None = None,
+    opcode: int = FULLY_CONNECTED,
+    tensors: FbVector | None = None,
+) -> bytes:
+    """One FULLY_CONNECTED y = x W^T with W a float32 (2, 3) constant: Model fields version,
+    operator_codes, subgraphs, description, buffers."""
+    weight = weight or tfl_tensor("weight", SIZE, 1)
+    all_tensors = tensors or FbVector((tfl_tensor("input", (1, SIZE[1]), 0), weight, tfl_tensor("output", (1, SIZE[0]), 0)))
+    operator = FbTable((Scalar("I", 0), FbVector((0, 1, -1), "i"), FbVector((2,), "i")))
+    subgraph = FbTable((all_tensors, FbVector((0,), "i"), FbVector((2,), "i"), FbVector((operator,)), "main"))
+    opcode_table = FbTable((Scalar("b", opcode), None, Scalar("i", 1), Scalar("i", opcode)))
+    buffers = buffers or (tfl_buffer(), tfl_buffer(WEIGHT_BYTES))
+    model = FbTable((Scalar("I", 3), FbVector((opcode_table,)), FbVector((subgraph,)), "hostile", FbVector(tuple(buffers))))
+    return FlatWriter().finish(model)
+
+
+def tflite_files() -> list[Hostile]:
+    def tfl(name: str, attack: str, data: bytes) -> Hostile:
+        return Hostile(f"tflite_{name}.tflite", "tflite", attack + NO_CANARY, False, data)
+
+    int8_quant = FbTable((None, None, FbVector((0.5,), "f"), FbVector((0, 0, 0), "q"), None, None, Scalar("i", 0)))
+    return [
+        tfl(
+            "buffer_offset_past_end",
+            "the weight's buffer lies at offset 2**40 (+24) of a file of a few hundred bytes",
+            tflite_model(buffers=(tfl_buffer(), tfl_buffer(offset=2**40, size=4 * NUMEL))),
+        ),
+        tfl(
+            "buffer_size_past_end",
+            "the weight's buffer starts in the file and claims 2**63 bytes",
+            tflite_model(buffers=(tfl_buffer(), tfl_buffer(offset=8, size=2**63))),
+        ),
+        tfl(
+            "buffer_offset_wraps_u64",
+            "buffer offset 2**64 - 8 and size 32: the end wraps to 24 in u64 arithmetic",
+            tflite_model(buffers=(tfl_buffer(), tfl_buffer(offset=2**64 - 8, size=32))),
+        ),
+        tfl("buffer_index_out_of_range", "the weight names buffer 7 of 2", tflite_model(weight=tfl_tensor("weight", SIZE, 7))),
+        tfl(
+            "shape_wraps_int64",
+            f"the weight's shape {list(WRAP_SHAPE)} has 4 * 2**64 + 6 elements: 6 (24 bytes) in int64",
+            tflite_model(weight=tfl_tensor("weight", WRAP_SHAPE, 1)),
+        ),
+        tfl("negative_dimension", "the weight's shape is [-2, -3]", tflite_model(weight=tfl_tensor("weight", (-2, -3), 1))),
+        tfl(
+            "vector_length_huge",
+            "the subgraph's tensor vector declares 2**31 - 1 entries",
+            tflite_model(tensors=FbVector((tfl_tensor("weight", SIZE, 1),), count=2**31 - 1)),
+        ),
+        tfl(
+            "vector_length_negative",
+            "the weight's shape vector declares 0xFFFFFFFF (-1 as int32) dimensions",
+            tflite_model(weight=tfl_tensor("weight", FbVector(SIZE, "i", count=2**32 - 1), 1)),
+        ),
+        tfl(
+            "string_length_huge",
+            "the weight's name declares 2**32 - 16 bytes",
+            tflite_model(
+                weight=FbTable((FbVector(SIZE, "i"), Scalar("b", 0), Scalar("I", 1), FbVector(b"weight", count=2**32 - 16)))
+            ),
+        ),
+        tfl(
+            "vtable_past_end",
+            "the weight's table points 2**30 bytes back to its vtable, before the file starts",
+            tflite_model(weight=FbTable(tfl_tensor("weight", SIZE, 1).fields, soffset=2**30)),
+        ),
+        tfl(
+            "conv_filter_1d",
+            "a CONV_2D whose filter is a 1-d tensor: an OHWI permutation of one axis",
+            tflite_model(weight=tfl_tensor("weight", (NUMEL,), 1), opcode=CONV_2D),
+        ),
+        tfl(
+            "zero_points_mismatch",
+            "an int8 (2, 3) weight with one scale and three zero points",
+            tflite_model(
+                weight=tfl_tensor("weight", SIZE, 1, TFLITE_INT8, int8_quant),
+                buffers=(tfl_buffer(), tfl_buffer(bytes(range(NUMEL)))),
+            ),
+        ),
+    ]
+
+
 def has_h5py() -> bool:
     import importlib.util
 
@@ -1315,6 +1811,9 @@ def corpus() -> list[Hostile]:
         + (h5_files() if has_h5py() else [])
         + neuralforecast_files(base)
         + nf_config_value_files()
+        + torchscript_files()
+        + numpy_files()
+        + tflite_files()
     )
     return pickles + others
 
@@ -1343,11 +1842,41 @@ NF_LOAD = (
     "    except Exception as exc:\n"
     "        print(p.name, type(exc).__name__, exc, file=sys.stderr)\n"
 )
+PICKLE_LOAD = "import pickle\nwith open(sys.argv[1], 'rb') as f:\n    pickle.load(f)"
+# torch.jit.load runs the archive's code (__setstate__ on load, forward when called); then every pickle
+# of the archive through pickle with stand-ins for __torch__ classes and empty storages, as a reader
+# would that only widened pickle's globals for TorchScript.
+TORCHSCRIPT_LOAD = (
+    "import pickle, torch, zipfile\n"
+    "try:\n"
+    "    torch.jit.load(sys.argv[1])(torch.ones(1, 3))\n"
+    "except Exception as exc:\n"
+    "    print('torch.jit.load', type(exc).__name__, file=sys.stderr)\n"
+    "class Stub:\n"
+    "    def __init__(self, *args, **kwargs): pass\n"
+    "    def __setstate__(self, state): pass\n"
+    "class Widened(pickle.Unpickler):\n"
+    "    def find_class(self, module, name):\n"
+    "        return Stub if module.startswith('__torch__') else super().find_class(module, name)\n"
+    "    def persistent_load(self, pid):\n"
+    "        return pid[1](pid[4])\n"
+    "with zipfile.ZipFile(sys.argv[1]) as zf:\n"
+    "    for name in [n for n in zf.namelist() if n.endswith('.pkl')]:\n"
+    "        try:\n"
+    "            Widened(zf.open(name)).load()\n"
+    "        except Exception as exc:\n"
+    "            print(name, type(exc).__name__, exc, file=sys.stderr)\n"
+)
+NUMPY_LOAD = "import numpy as np\nwith np.load(sys.argv[1], allow_pickle=True) as d:\n    [d[k] for k in d.files]"
 LOADERS = {
-    "raw-pickle": "import pickle\nwith open(sys.argv[1], 'rb') as f:\n    pickle.load(f)",
+    "raw-pickle": PICKLE_LOAD,
     "zip": TORCH_LOAD,
     "legacy": TORCH_LOAD,
     "neuralforecast": NF_LOAD,
+    "torchscript": TORCHSCRIPT_LOAD,
+    "npy": "import numpy as np\nnp.load(sys.argv[1], allow_pickle=True)",
+    "npz": NUMPY_LOAD,
+    "numpy-pickle": PICKLE_LOAD,
 }
 
 
@@ -1381,6 +1910,38 @@ def check_benign_round_trip(base: TorchBase) -> None:
         if not torch.equal(loaded["weight"], expected):
             raise SystemExit(f"benign {name} checkpoint does not round-trip")
         print(f"benign {name} container round-trips through torch.load(weights_only=True)")
+    check_benign_other_containers(expected.numpy())
+
+
+def check_benign_other_containers(expected: object) -> None:
+    """The TorchScript, NumPy and TFLite containers, unedited, load in their own frameworks and hold the
+    base tensor, so each hostile file differs from a real one only by its attack."""
+    import numpy as np
+
+    npy = npy_header("<f4", SIZE) + WEIGHT_BYTES
+    object_npy = npy_objects(objects(weight_array()))
+    script = torch.jit.load(io.BytesIO(ts_archive(dump(ts_module()))))
+    loaded = {
+        "TorchScript (torch.jit.load)": script.state_dict()["weight"].numpy(),
+        "npy (np.load)": np.load(io.BytesIO(npy)),
+        "npz (np.load)": np.load(io.BytesIO(npz_archive([("weight.npy", npy)])))["weight"],
+        "numpy pickle (pickle.loads)": pickle.loads(dump({"weight": weight_array()}, 3))["weight"],
+        "object-array npy (np.load, allow_pickle)": np.load(io.BytesIO(object_npy), allow_pickle=True)[()],
+    }
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+    except ImportError:
+        print("TensorFlow not installed: the TFLite container is not checked")
+    else:
+        interpreter = tf.lite.Interpreter(model_content=tflite_model())
+        interpreter.allocate_tensors()
+        weight_detail = next(d for d in interpreter.get_tensor_details() if d["name"] == "weight")
+        loaded["TFLite (tf.lite.Interpreter)"] = interpreter.get_tensor(weight_detail["index"])
+    for name, value in loaded.items():
+        if not np.array_equal(value, expected) or value.dtype != np.float32:
+            raise SystemExit(f"benign {name} container does not round-trip")
+        print(f"benign {name} container round-trips")
 
 
 def yes_no(flag: bool) -> str:

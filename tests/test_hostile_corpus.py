@@ -26,6 +26,11 @@ PREFIX = {
     "hdf5": "h5_",
     "keras": "keras_",
     "neuralforecast": "nf_",
+    "torchscript": "ts_",
+    "npy": "npy_",
+    "npz": "npz_",
+    "numpy-pickle": "np_",
+    "tflite": "tflite_",
 }
 SUFFIX = {
     "zip": ".pt",
@@ -35,8 +40,13 @@ SUFFIX = {
     "msgpack": ".msgpack",
     "hdf5": ".h5",
     "keras": ".keras",
-    "neuralforecast": "",
-}  # a NeuralForecast save is a folder
+    "neuralforecast": "",  # a NeuralForecast save is a folder
+    "torchscript": ".pt",
+    "npy": ".npy",
+    "npz": ".npz",
+    "numpy-pickle": ".pkl",
+    "tflite": ".tflite",
+}
 NEEDS_H5PY = {"hdf5", "keras"}  # the generator writes these only when h5py is installed
 
 

@@ -1,11 +1,12 @@
 """The hostile corpus beyond PyTorch pickles -- SafeTensors headers, Flax msgpack, HDF5 and .keras
-files, NeuralForecast save folders -- and `convert auto` on every corpus entry.
+files, NeuralForecast save folders, TorchScript archives, NumPy files and pickles, TFLite
+flatbuffers -- and `convert auto` on every corpus entry.
 
 Each file goes through `convert auto`, `convert inspect` and its format's own command, each in an
 empty working folder: refused with one line on stderr and the exit code of its class, nothing run
 (a payload would leave a file named `canary` there), nothing written (no output, no staging
-folder). Entries catalogued as "inert" (Keras Lambda layers) convert, with their code neither run
-nor carried into the output. A format whose reader is not installed is skipped naming the reader,
+folder). Entries catalogued as "inert" (Keras Lambda layers, TorchScript code in forward) convert,
+with their code neither run nor carried into the output. A format whose reader is not installed is skipped naming the reader,
 after checking that `convert auto` still refuses the file cleanly (exit 4).
 
 All invocations run in a child process (the CLI in-process through click's runner, each under a
@@ -45,6 +46,11 @@ READER_OF = {
     "hdf5": "keras",
     "keras": "keras",
     "neuralforecast": "neuralforecast",
+    "torchscript": "pytorch",
+    "npy": "numpy",
+    "npz": "numpy",
+    "numpy-pickle": "numpy",
+    "tflite": "tflite",
 }
 UNSUPPORTED, UNSAFE, CORRUPT = 4, 5, 6
 # Expected exit codes of the files that are not pickles; anything not listed is corrupt (6).
@@ -56,8 +62,27 @@ EXIT_CODES: dict[str, int] = {
     "nf_unknown_class": UNSAFE,
     "nf_os_system": UNSAFE,
     "nf_ckpt_os_system": UNSAFE,
+    # TorchScript: a gadget in a pickle, or a storage outside the archive, is unsafe; a module whose
+    # state only its own __setstate__ code can interpret is not something a reader that runs no code reads
+    "ts_setstate_from_file.pt": UNSUPPORTED,
+    "ts_data_os_system.pt": UNSAFE,
+    "ts_constants_exec.pt": UNSAFE,
+    "ts_typed_list_gadget.pt": UNSAFE,
+    "ts_torch_class_getattr.pt": UNSAFE,
+    "ts_storage_dotdot.pt": UNSAFE,
+    "ts_constants_storage_absolute.pt": UNSAFE,
+    # NumPy: gadgets beside or inside arrays; _reconstruct of a class that is not ndarray
+    "npy_object_os_system.npy": UNSAFE,
+    "npy_object_dict_gadget.npy": UNSAFE,
+    "npz_object_member.npz": UNSAFE,
+    "np_dict_gadget.pkl": UNSAFE,
+    "np_object_items_gadget.pkl": UNSAFE,
+    "np_reconstruct_not_ndarray.pkl": UNSAFE,
 }
-LAMBDA_MARKERS = ("__lambda__", "4wEAAAAAAAAAAAAAAAQAAAADAAAA", "canary")  # the base64 of the marshalled code starts so
+# What an output carrying the hostile code would hold: a Keras Lambda's marker and the start of its base64
+# marshalled code, TorchScript's payload call, the canary's name.
+CODE_MARKERS = ("__lambda__", "4wEAAAAAAAAAAAAAAAQAAAADAAAA", "torch.from_file", "canary")
+LAMBDA_KINDS = ("hdf5", "keras")  # their converters warn that the Lambda code was dropped
 CHILD_MEMORY = 3 << 30
 WATCHDOG_SECONDS = 60
 
@@ -128,7 +153,7 @@ def drive(plan: list[dict[str, Any]], work: Path, results_path: Path) -> None:
                     "stderr": result.stderr,
                     "exception": repr(exception) if exception else None,
                     "left": left,
-                    "carries_code": [m for m in LAMBDA_MARKERS if m in written],
+                    "carries_code": [m for m in CODE_MARKERS if m in written],
                 }
             )
             + "\n"
@@ -200,7 +225,7 @@ def test_other_formats(entry: dict[str, str], runs: dict[tuple[str, str], dict[s
             assert "canary" not in run["left"], "the payload ran"
             assert run["left"] == ([] if command == "inspect" else ["out"]), run["left"]
             assert not run["carries_code"], f"{command}: the output carries {run['carries_code']}"
-            if command != "inspect":
+            if command != "inspect" and entry["kind"] in LAMBDA_KINDS:
                 assert "Lambda" in run["stderr"], f"no warning about the dropped Lambda code: {run['stderr']!r}"
         else:
             assert_refused(run, EXIT_CODES.get(entry["file"], CORRUPT))
@@ -219,14 +244,23 @@ def test_auto_refuses_pickles_as_the_torch_command_does(
 def test_corpus_covers_every_format() -> None:
     """At least 25 hostile files besides the pickles, and every kind of container represented."""
     kinds = {e["kind"] for e in CATALOG}
-    assert {"safetensors", "msgpack", "neuralforecast"} <= kinds
+    assert {"safetensors", "msgpack", "neuralforecast", "torchscript", "npy", "npz", "numpy-pickle", "tflite"} <= kinds
     if importlib.util.find_spec("h5py"):
         assert {"hdf5", "keras"} <= kinds
     assert sum(e["kind"] not in PICKLE_KINDS for e in CATALOG) >= 25
 
 
 @pytest.mark.parametrize(
-    "file", ["st_header_over_limit.safetensors", "msgpack_map_2pow32.msgpack", "h5_external_link.h5", "nf_os_system"]
+    "file",
+    [
+        "st_header_over_limit.safetensors",
+        "msgpack_map_2pow32.msgpack",
+        "h5_external_link.h5",
+        "nf_os_system",
+        "ts_data_os_system.pt",
+        "npz_object_member.npz",
+        "tflite_shape_wraps_int64.tflite",
+    ],
 )
 def test_real_executable_prints_one_line(file: str, tmp_path: Path) -> None:
     """The console script itself (not the in-process runner) on one file of each reader."""

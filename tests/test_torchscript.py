@@ -184,3 +184,37 @@ def test_archive_whose_code_would_do_harm_is_read_as_text_only(tmp_path: Path) -
     assert_cli_error(run_cli("auto", bad, out, cwd=tmp_path), 6, "not a tensor")
     assert_no_output(out)
     assert not (tmp_path / "PWNED").exists()
+
+
+class Stateful(torch.nn.Module):
+    """A module with its own __getstate__/__setstate__: its pickled state is whatever that code makes of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.weight = state[0] * 2
+        self.training = state[1]
+
+
+def test_module_rebuilt_by_its_own_setstate_is_unsupported(tmp_path: Path) -> None:
+    """torch.jit.load runs the archive's __setstate__ (here it doubles the weight); a reader that runs no code
+    cannot know what the state means, so it refuses (4) rather than guess or call the archive corrupt."""
+    src = tmp_path / "stateful.pt"
+    model = Stateful()
+    torch.jit.save(torch.jit.script(model), src)
+    loaded = torch.jit.load(src)
+    assert set(loaded.state_dict()) == {"weight"}
+    assert torch.equal(loaded.state_dict()["weight"], model.weight.detach() * 2)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("auto", src, out), 4, "__setstate__")
+    assert_no_output(out)

@@ -12,6 +12,7 @@ holds a dot). npz member names with "/" (JAX and Google vision checkpoints) are 
 from __future__ import annotations
 
 import ast
+import math
 import struct
 import zipfile
 import zlib
@@ -24,7 +25,7 @@ from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.pickle_reader import NumpyArrayRecord, restricted_load
 from convert.source import SourceModel, open_mapped
-from convert.tensors import FileSpan, MappedFile, TensorRef, in_memory
+from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, in_memory
 from convert.zip_members import member_offset, open_zip
 from exporters.flax.canonical import canonicalize
 
@@ -83,6 +84,7 @@ def _npy_header(read: Any, name: str) -> tuple[np.dtype, tuple[int, ...], bool, 
         raise CorruptInputError(f"{name}: NPY header is malformed") from None
     if type(shape) is not tuple or any(type(n) is not int or n < 0 for n in shape) or type(fortran) is not bool:
         raise CorruptInputError(f"{name}: NPY header has a bad shape or order")
+    check_shape(shape, dt.itemsize, f"{name}: NPY array")
     return dt, shape, fortran, start + size
 
 
@@ -99,7 +101,7 @@ def _stored_array(
 ) -> TensorRef:
     """An array whose bytes lie in the file at `offset`: mapped lazily, checked against the file's size."""
     code = _code(dt, name)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
     if offset + nbytes > mapped.size:
         raise CorruptInputError(
             f"{p.name}: array {name!r} needs {nbytes} bytes at {offset}; the file ends at {mapped.size} (truncated?)"
@@ -170,7 +172,7 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
             raise CorruptInputError(f"{p.name}: member {info.filename!r} holds fewer bytes than its header says")
         return ref
     code = _code(dt, name)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
     if data_at + nbytes != info.file_size:
         raise CorruptInputError(
             f"{p.name}: member {info.filename!r} holds {info.file_size - data_at} data bytes; {list(shape)} {dt} needs {nbytes}"

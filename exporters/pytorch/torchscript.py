@@ -13,13 +13,14 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from convert.errors import CorruptInputError
+from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.pickle_reader import InertObject, TensorRecord
 
 INERT = ("__torch__.",)
 _CLASS_RE = re.compile(r"^class ([A-Za-z_][A-Za-z0-9_]*)\(", re.M)
 _LIST_RE = re.compile(r"^  (__parameters__|__buffers__) = \[([^\]\n]*)\]", re.M)
 _NAME_RE = re.compile(r'"([^"\n]*)"')
+_SETSTATE_RE = re.compile(r"^  def __setstate__\(", re.M)
 _MAX_CODE_BYTES = 64 << 20  # all code files together; real archives hold a few MB
 _MAX_DEPTH = 64
 
@@ -34,6 +35,7 @@ class Members:
 
     params: dict[str, list[str]] = field(default_factory=dict)
     buffers: dict[str, list[str]] = field(default_factory=dict)
+    setstate: set[str] = field(default_factory=set)  # classes whose own code rebuilds them from their state
     code_files: int = 0
 
 
@@ -55,6 +57,8 @@ def read_members(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], root: s
         for i, cls in enumerate(classes):
             body = text[cls.end() : classes[i + 1].start() if i + 1 < len(classes) else len(text)]
             qualname = f"{module}.{cls.group(1)}"
+            if _SETSTATE_RE.search(body):
+                members.setstate.add(qualname)
             for kind, listed in _LIST_RE.findall(body):
                 target = members.params if kind == "__parameters__" else members.buffers
                 target[qualname] = _NAME_RE.findall(listed)
@@ -82,7 +86,14 @@ def _walk(
 ) -> None:
     if depth > _MAX_DEPTH:
         raise CorruptInputError("TorchScript modules are nested too deeply")
-    if not isinstance(obj, InertObject) or not obj.qualname.startswith("__torch__.") or not isinstance(obj.state, dict):
+    if not isinstance(obj, InertObject) or not obj.qualname.startswith("__torch__."):
+        raise CorruptInputError("TorchScript data.pkl does not hold a module record")
+    if not isinstance(obj.state, dict) and obj.qualname in members.setstate:
+        raise UnsupportedFormatError(
+            f"TorchScript module {_demangle(obj.qualname)!r} is rebuilt from its state by its own __setstate__ code, "
+            "which this reader never runs: which tensor is which parameter is not known"
+        )
+    if not isinstance(obj.state, dict):
         raise CorruptInputError("TorchScript data.pkl does not hold a module record")
     modules.append({"name": prefix.rstrip("."), "type": _demangle(obj.qualname)})
     attrs: dict[str, Any] = obj.state

@@ -12,6 +12,7 @@ parameters are recorded in the manifest.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from convert import transforms as tf
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel, open_mapped
-from convert.tensors import MappedFile, TensorRef, in_memory, mapped_tensor
+from convert.tensors import MappedFile, TensorRef, check_shape, in_memory, mapped_tensor
 from convert.vocabulary import QUANTIZED_MODES
 
 IDENTIFIER = b"TFL3"
@@ -155,6 +156,8 @@ def _read(p: Path, mapped: MappedFile, quantized: str) -> SourceModel:
             name = ref.name if g == 0 else f"subgraph_{g}/{ref.name}"
             params = _quantization(fb, tensor, ref)
             transforms = layout.get(t, [])
+            if transforms and len(ref.shape) != 4:
+                raise CorruptInputError(f"{p.name}: {ref.name!r} is a convolution filter of shape {list(ref.shape)}, not 4-d")
             for out in _canonical(name, ref, params, transforms, quantized):
                 tensors.append(out)
             origins[name] = {"from": ref.name, **({"transforms": transforms} if transforms else {})}
@@ -232,7 +235,8 @@ def _constant(fb: _Flat, p: Path, mapped: MappedFile, buffers: list[int], tensor
     shape = tuple(fb.scalars(tensor, 0, "i"))
     if any(n < 0 for n in shape):
         raise CorruptInputError(f"{what} ({name!r}) has a negative dimension")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    check_shape(shape, dt.itemsize, f"{what} ({name!r})")
+    nbytes = math.prod(shape) * dt.itemsize
     if nbytes != count:
         raise CorruptInputError(f"{what} ({name!r}): buffer holds {count} bytes; {list(shape)} {code} needs {nbytes}")
     return mapped_tensor(mapped, name, dt, shape, start)
@@ -249,7 +253,9 @@ def _quantization(fb: _Flat, tensor: int, ref: TensorRef) -> tuple[np.ndarray, n
     zero = np.array(fb.scalars(params, 3, "q"), np.int64)
     zero = zero if zero.size else np.zeros_like(scale, np.int64)
     axis = fb.scalar(params, 6, "i")
-    if scale.size > 1 and (not 0 <= axis < len(ref.shape) or ref.shape[axis] != scale.size or zero.size != scale.size):
+    if zero.size != scale.size:
+        raise CorruptInputError(f"tensor {ref.name!r}: {scale.size} scales but {zero.size} zero points")
+    if scale.size > 1 and (not 0 <= axis < len(ref.shape) or ref.shape[axis] != scale.size):
         raise CorruptInputError(f"tensor {ref.name!r}: {scale.size} scales do not fit its shape {list(ref.shape)}")
     return scale, zero, axis
 
