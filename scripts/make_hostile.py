@@ -1078,9 +1078,14 @@ def keras3_archive(layers: list[dict[str, object]], weights: Callable[[object], 
         ("config.json", json.dumps(config).encode()),
         ("model.weights.h5", h5_bytes(weights)),
     ]
+    return stored_zip(entries)
+
+
+def stored_zip(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A zip of stored members under fixed timestamps: a .keras file's layout, and np.savez's."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in entries:
+        for name, data in members:
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
             info.create_system = 0
             zf.writestr(info, data)
@@ -1497,17 +1502,6 @@ def npy_objects(root: Value) -> bytes:
     return npy_header("|O", ()) + dump(root, 3)
 
 
-def npz_archive(members: Sequence[tuple[str, bytes]]) -> bytes:
-    """np.savez's layout: a stored zip of NAME.npy members (fixed timestamps)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.create_system = 0
-            zf.writestr(info, data)
-    return buf.getvalue()
-
-
 def numpy_files() -> list[Hostile]:
     weight_npy = npy_header("<f4", SIZE) + WEIGHT_BYTES
     exec_canary = call(glob("builtins", "exec"), CANARY_SOURCE)
@@ -1552,7 +1546,7 @@ def numpy_files() -> list[Hostile]:
             "npz",
             "a real float32 member, then an object-array member whose pickle is os.system('touch canary')",
             True,
-            npz_archive([("weight.npy", weight_npy), ("extra.npy", npy_objects(objects(OS_SYSTEM)))]),
+            stored_zip([("weight.npy", weight_npy), ("extra.npy", npy_objects(objects(OS_SYSTEM)))]),
         ),
         Hostile(
             "np_dict_gadget.pkl",
@@ -1924,7 +1918,7 @@ def check_benign_other_containers(expected: object) -> None:
     loaded = {
         "TorchScript (torch.jit.load)": script.state_dict()["weight"].numpy(),
         "npy (np.load)": np.load(io.BytesIO(npy)),
-        "npz (np.load)": np.load(io.BytesIO(npz_archive([("weight.npy", npy)])))["weight"],
+        "npz (np.load)": np.load(io.BytesIO(stored_zip([("weight.npy", npy)])))["weight"],
         "numpy pickle (pickle.loads)": pickle.loads(dump({"weight": weight_array()}, 3))["weight"],
         "object-array npy (np.load, allow_pickle)": np.load(io.BytesIO(object_npy), allow_pickle=True)[()],
     }
