@@ -5,6 +5,7 @@ loads into the test process.
 
     python scripts/make_keras_models.py OUT --flavor keras3   # Keras 3 (TF backend)
     python scripts/make_keras_models.py OUT --flavor keras2   # tf.keras 2 (needs tf_keras importable)
+    python scripts/make_keras_models.py OUT --flavor keras2-graph   # tf.keras 2 in graph mode, built twice
     python scripts/make_keras_models.py OUT --flavor hf       # Hugging Face TF models (tf_keras too)
 
 OUT/<flavor>/<model>/ then holds the saved formats plus input.npy and output.npy.
@@ -34,13 +35,20 @@ def keras_module(flavor: str) -> Any:
     return tf_keras
 
 
-def randomize(model: Any, seed: int) -> None:
+def random_weights(model: Any, seed: int) -> list[np.ndarray]:
     """Random weights everywhere (variances positive), so no layer's conversion can hide behind zeros."""
     rng = np.random.default_rng(seed)
+    values = []
     for w in model.weights:
         value = rng.normal(0.0, 0.5, tuple(w.shape)).astype("float32")
         if "moving_variance" in w.name or "moving_variance" in getattr(w, "path", ""):
             value = np.abs(value) + 0.5
+        values.append(value)
+    return values
+
+
+def randomize(model: Any, seed: int) -> None:
+    for w, value in zip(model.weights, random_weights(model, seed), strict=True):
         w.assign(value)
 
 
@@ -157,6 +165,29 @@ def make_keras(out: Path, flavor: str, names: list[str]) -> None:
         np.save(folder / "output.npy", np.asarray(model(x, training=False)))
 
 
+def make_keras2_graph(out: Path, names: list[str]) -> None:
+    """tf.keras 2 in graph mode, as TF1-era Keras always ran, each model built twice in one session and the
+    second one saved: TF makes every variable scope unique in its graph, so layer `conv` keeps its weights
+    as `conv_1/kernel:0` and a nested model's layer `d1` as `d1_1/kernel:0` (what Keras 2.0 files such as
+    fer's emotion_model.hdf5 hold: group `conv2d_1`, weight `conv2d_1_1/kernel:0`)."""
+    import tensorflow as tf
+
+    tf.compat.v1.disable_eager_execution()
+    keras = keras_module("keras2")
+    custom = scale_layer(keras)
+    for i, name in enumerate(names):
+        build(keras, name, custom)  # the first build takes the plain scopes
+        model, x = build(keras, name, custom)
+        model.set_weights(random_weights(model, SEED + i))
+        folder = out / "keras2-graph" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save(folder / "model.h5")
+        model.save_weights(str(folder / "weights.h5"))
+        (folder / "model.json").write_text(model.to_json())
+        np.save(folder / "input.npy", x)
+        np.save(folder / "output.npy", np.asarray(model.predict(x, verbose=0)))
+
+
 def scale_layer(keras: Any) -> Any:
     register = keras.saving.register_keras_serializable if hasattr(keras, "saving") else keras.utils.register_keras_serializable
 
@@ -199,19 +230,22 @@ def make_hf(out: Path) -> None:
 
 
 MODELS = ["vision", "sequence", "nested", "gru_reset_before", "lambda", "custom", "subclassed"]
+GRAPH_MODELS = ["vision", "sequence", "nested"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--flavor", choices=["keras3", "keras2", "hf"], required=True)
-    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--flavor", choices=["keras3", "keras2", "keras2-graph", "hf"], required=True)
+    parser.add_argument("--models", nargs="*")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.flavor == "hf":
         make_hf(args.out)
+    elif args.flavor == "keras2-graph":
+        make_keras2_graph(args.out, args.models or GRAPH_MODELS)
     else:
-        make_keras(args.out, args.flavor, args.models)
+        make_keras(args.out, args.flavor, args.models or MODELS)
     print(f"wrote {args.out / args.flavor}", file=sys.stderr)
 
 

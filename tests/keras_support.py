@@ -95,6 +95,15 @@ def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def keras2_graph_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT/keras2-graph/<vision|sequence|nested>/: tf.keras 2 models built twice in one graph-mode session,
+    the second saved (model.h5, weights.h5, model.json): every variable scope made unique by TF."""
+    root = tmp_path_factory.mktemp("keras2-graph-models")
+    _generate(root, ["keras2-graph"])
+    return root
+
+
+@pytest.fixture(scope="session")
 def hf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUT/hf/<bert|gpt2>/{single,sharded}/: Hugging Face TF models saved with save_pretrained."""
     root = tmp_path_factory.mktemp("hf-tf-models")

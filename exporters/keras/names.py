@@ -11,7 +11,7 @@ naming convention alone applies (`kernel` -> `weight`, and so on).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from convert.errors import CorruptInputError, UnsupportedFormatError
@@ -20,6 +20,7 @@ from exporters.keras.config import ConfigLayer, mapping, to_snake
 from exporters.keras.layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
 
 _CELL = re.compile(r"^(cell|[A-Za-z0-9_]*_cell)$")
+_UNIQUE_SUFFIX = re.compile(r"^(.+)_[0-9]+$")
 _DIRECTIONS = ("forward", "backward")
 # Hyper-parameters that remove an optional variable, by the variable they remove.
 _OPTIONAL = {"bias": "use_bias", "gamma": "scale", "beta": "center"}
@@ -42,6 +43,43 @@ def under_layer(layer: str, parts: list[str]) -> list[str]:
     """A legacy `.h5` weight name read from its layer's group: from the layer's own name on (a
     subclassed or Hugging Face model scopes names by the model first), else under the layer."""
     return parts[parts.index(layer) :] if layer in parts else [layer, *parts]
+
+
+def layer_weights(layer: str, weights: list[list[str]], known: Collection[tuple[str, ...]]) -> list[list[str]]:
+    """The weights of one Keras 2 layer group (`layer`, as `layer_names` lists it), each named from the layer on.
+
+    Keras's own loader (`load_weights_from_hdf5_group`, keras/src/legacy/saving/legacy_h5_format.py) gives a
+    group's weights to the layer it names, in `weight_names` order: the names are only keys. Keras 2 in graph
+    mode (TF1-era Keras, or a model built twice in one session) made every variable scope unique, so group
+    `conv2d_1` holds `conv2d_1_1/kernel:0` and a nested model's layer `d1` holds `d1_1/kernel:0`. A scope that
+    is the layer's own name with a `_N` suffix, for every weight of the group, is the layer; deeper, a scope
+    that is a known layer's name (`known`: the config's layer paths) with such a suffix is that layer.
+    """
+    firsts = {parts[0] for parts in weights if len(parts) > 1}
+    own = next(iter(firsts)) if len(firsts) == 1 else None
+    renamed = own is not None and _uniquified(own) == layer and (layer, own) not in known
+    out = []
+    for parts in weights:
+        if renamed and len(parts) > 1:
+            parts = [layer, *parts[1:]]
+        out.append(_known_levels(under_layer(layer, parts), known))
+    return out
+
+
+def _uniquified(scope: str) -> str | None:
+    """The name TF made `scope` unique from (`conv2d_1_1` -> `conv2d_1`), or None."""
+    match = _UNIQUE_SUFFIX.match(scope)
+    return match.group(1) if match else None
+
+
+def _known_levels(parts: list[str], known: Collection[tuple[str, ...]]) -> list[str]:
+    path = parts[:1]
+    for part in parts[1:-1]:
+        base = _uniquified(part)
+        if (*path, part) not in known and base is not None and (*path, base) in known:
+            part = base
+        path.append(part)
+    return [*path, parts[-1]]
 
 
 def drop_common_scope(named: list[Named]) -> list[Named]:

@@ -32,8 +32,8 @@ from exporters.keras.names import (
     infer_kind,
     kind_by_shapes,
     kind_from_key,
+    layer_weights,
     numbered_roles,
-    under_layer,
 )
 
 KERAS_CONFIG = "config.json"
@@ -214,21 +214,24 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
 
 
 def _legacy_layers(h5: H5Source, group: Any, config_layers: list[ConfigLayer] | None) -> list[KerasLayer]:
-    return group_named(_legacy_named(h5, group), config_layers, h5.label)
+    known = {layer.path for layer in config_layers or []}
+    return group_named(_legacy_named(h5, group, known), config_layers, h5.label)
 
 
-def _legacy_named(h5: H5Source, group: Any) -> list[Named]:
-    """Every weight listed by `layer_names` and each layer's `weight_names`, named from its layer on.
-    (Hugging Face's TF shards list the weights themselves in `layer_names`.)"""
+def _legacy_named(h5: H5Source, group: Any, known: set[tuple[str, ...]] | None = None) -> list[Named]:
+    """Every weight listed by `layer_names` and each layer's `weight_names`, named from its layer on
+    (`known`: the config's layer paths, see `layer_weights`). (Hugging Face's TF shards list the weights
+    themselves in `layer_names`.)"""
     named: list[Named] = []
     for layer in h5.text_list(group, "layer_names") or []:
         obj = h5.resolve(group, layer)
         if not h5.is_group(obj):
             named.append((components(layer), h5.tensor(obj, obj.name.lstrip("/"))))
             continue
-        for weight in h5.text_list(obj, "weight_names") or []:
-            dataset = h5.resolve(obj, weight)
-            named.append((under_layer(layer, components(weight)), h5.tensor(dataset, dataset.name.lstrip("/"))))
+        weights = h5.text_list(obj, "weight_names") or []
+        datasets = [h5.resolve(obj, weight) for weight in weights]
+        names = layer_weights(layer, [components(weight) for weight in weights], known or set())
+        named += [(parts, h5.tensor(dataset, dataset.name.lstrip("/"))) for parts, dataset in zip(names, datasets, strict=True)]
     if "top_level_model_weights" in h5.keys(group):
         top = h5.child(group, "top_level_model_weights")
         for weight in h5.text_list(top, "weight_names") or []:
