@@ -1497,6 +1497,14 @@ def objects(*items: Value) -> Emit:
     return np_array(() if len(items) == 1 else (len(items),), np_dtype("O8"), pylist(items))
 
 
+def self_containing(p: Pickle) -> None:
+    """An object array whose one item is the array itself (memo slot 0): numpy builds it, and a reader that
+    walks into the items of object arrays never comes back."""
+    p.push(call(glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"), (0,), b"b"))
+    p.op(pickle.BINPUT, b"\x00")
+    p.push((1, (1,), np_dtype("O8"), False, pylist([lambda q: q.op(pickle.BINGET, b"\x00")]))).op(pickle.BUILD)
+
+
 def npy_objects(root: Value) -> bytes:
     """A .npy of dtype object: the header, then the pickle np.save writes (protocol 3)."""
     return npy_header("|O", ()) + dump(root, 3)
@@ -1519,6 +1527,20 @@ def numpy_files() -> list[Hostile]:
             "a saved dict (0-d object array) of a real array and builtins.exec of source that creates canary",
             True,
             npy_objects(objects({"weight": weight_array(), "extra": exec_canary})),
+        ),
+        Hostile(
+            "npy_object_cycle.npy",
+            "npy",
+            "dtype object: an array whose one item is itself" + NO_CANARY,
+            False,
+            npy_objects(self_containing),
+        ),
+        Hostile(
+            "npy_shared_list_bomb.npy",
+            "npy",
+            "a saved dict of a real array and [x, x] nested 40 deep through the memo: 2**40 paths" + NO_CANARY,
+            False,
+            npy_objects(objects({"weight": weight_array(), "extra": lambda p: shared_list_bomb(p, 40)})),
         ),
         Hostile(
             "npy_shape_wraps_int64.npy",
@@ -1561,6 +1583,20 @@ def numpy_files() -> list[Hostile]:
             "an object array whose items are a real array and builtins.exec of source that creates canary",
             True,
             dump({"params": objects(weight_array(), exec_canary)}, 3),
+        ),
+        Hostile(
+            "np_object_cycle.pkl",
+            "numpy-pickle",
+            "a dict holding an object array whose one item is the array itself" + NO_CANARY,
+            False,
+            dump({"params": self_containing}, 3),
+        ),
+        Hostile(
+            "np_shared_list_bomb.pkl",
+            "numpy-pickle",
+            "a dict of a real array and [x, x] nested 40 deep through the memo: 2**40 paths for a tree walk" + NO_CANARY,
+            False,
+            dump({"weight": weight_array(), "extra": lambda p: shared_list_bomb(p, 40)}, 3),
         ),
         Hostile(
             "np_dtype_not_dtype.pkl",

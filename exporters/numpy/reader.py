@@ -32,6 +32,7 @@ from exporters.flax.canonical import canonicalize
 NPY_MAGIC = b"\x93NUMPY"
 FLAX_LEAVES = frozenset({"kernel", "embedding", "scale"})
 _MAX_HEADER = 1 << 20
+_MAX_ENTRIES = 1_000_000  # containers and values a pickled tree may hold; real parameter trees hold thousands
 
 
 def open_numpy(path: str | Path) -> SourceModel:
@@ -48,7 +49,7 @@ def _read(p: Path, mapped: MappedFile) -> SourceModel:
         fmt, tree = "npz", _npz(p, mapped)
     elif head[:1] == b"\x80":
         with open(p, "rb") as fh:
-            fmt, tree = "numpy-pickle", _from_pickled(restricted_load(fh, inert=(), what=f"{p.name}: pickle"), p.name)
+            fmt, tree = "numpy-pickle", _Tree(p.name).of(restricted_load(fh, inert=(), what=f"{p.name}: pickle"))
     else:
         raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
     return _source(fmt, p, tree, mapped)
@@ -92,7 +93,7 @@ def _npy_file(p: Path, mapped: MappedFile) -> Any:
     with open(p, "rb") as fh:
         dt, shape, fortran, data_at = _npy_header(fh.read, p.name)
         if dt.hasobject:
-            return _objects(restricted_load(fh, inert=(), what=f"{p.name}: object array"), p.name)
+            return _Tree(p.name).objects(restricted_load(fh, inert=(), what=f"{p.name}: object array"))
     return _stored_array(p.stem, p, mapped, data_at, dt, shape, fortran)
 
 
@@ -141,6 +142,7 @@ def _code(dt: np.dtype, name: str) -> Any:
 def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
     zf = open_zip(p)
     members: dict[str, Any] = {}
+    tree = _Tree(p.name)  # one budget for every object-array member
     with zf:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
@@ -148,7 +150,7 @@ def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
             if info.file_size > max(mapped.size, 1) * (1 if info.compress_type == zipfile.ZIP_STORED else 1024):
                 raise CorruptInputError(f"{p.name}: member {info.filename!r} declares more bytes than the file holds")
             try:
-                members[info.filename[:-4]] = _npz_member(p, zf, info, mapped)
+                members[info.filename[:-4]] = _npz_member(p, zf, info, mapped, tree)
             except _MEMBER_ERRORS as exc:
                 raise CorruptInputError(f"{p.name}: damaged member {info.filename!r} ({exc})") from None
     return members
@@ -159,12 +161,12 @@ def _npz(p: Path, mapped: MappedFile) -> dict[str, Any]:
 _MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error)
 
 
-def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: MappedFile) -> Any:
+def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: MappedFile, tree: _Tree) -> Any:
     name = info.filename[:-4]
     with zf.open(info) as member:
         dt, shape, fortran, data_at = _npy_header(member.read, f"{p.name}:{info.filename}")
         if dt.hasobject:
-            return _objects(restricted_load(member.read(), inert=(), what=f"{p.name}:{info.filename}"), p.name)
+            return tree.objects(restricted_load(member.read(), inert=(), what=f"{p.name}:{info.filename}"))
     if info.compress_type == zipfile.ZIP_STORED:
         start = member_offset(p, info)
         ref = _stored_array(name, p, mapped, start + data_at, dt, shape, fortran)
@@ -197,28 +199,41 @@ def _npz_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, mapped: Map
 # --- pickled trees -------------------------------------------------------------------------------
 
 
-def _objects(obj: Any, name: str) -> Any:
-    """An object array as its items: a saved dict (0-d) is that dict, other shapes a flat list."""
-    if not isinstance(obj, NumpyArrayRecord):
-        raise CorruptInputError(f"{name}: the object array's pickle does not hold an array")
-    items = obj.objects()
-    return _from_pickled(items[0] if obj.object_shape() == () else items, name)
+class _Tree:
+    """Unpickled data as a tree whose array leaves are in-memory TensorRefs (named later), walked within a
+    budget of entries for the whole file: a pickle can share one container under many keys through its
+    memo ([L, L] nested 40 deep is 2**40 entries to a walk from a few hundred bytes), and an object array
+    can hold itself."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.left = _MAX_ENTRIES
 
-def _from_pickled(obj: Any, name: str, depth: int = 0) -> Any:
-    """Unpickled data as a tree whose array leaves are in-memory TensorRefs (named later)."""
-    if depth > 64:
-        raise CorruptInputError(f"{name}: nested too deeply")
-    if isinstance(obj, NumpyArrayRecord):
-        if obj.holds_objects():
-            return _objects(obj, name)
-        arr = obj.to_array()
-        return in_memory("", arr, _code(arr.dtype, name).code)
-    if isinstance(obj, dict):
-        return {k: _from_pickled(v, name, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return {str(i): _from_pickled(v, name, depth + 1) for i, v in enumerate(obj)}
-    return obj  # a scalar, a string: reported, not converted
+    def objects(self, obj: Any, depth: int = 0) -> Any:
+        """An object array as its items: a saved dict (0-d) is that dict, other shapes a flat list."""
+        if not isinstance(obj, NumpyArrayRecord):
+            raise CorruptInputError(f"{self.name}: the object array's pickle does not hold an array")
+        items = obj.objects()
+        return self.of(items[0] if obj.object_shape() == () else items, depth + 1)
+
+    def of(self, obj: Any, depth: int = 0) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise CorruptInputError(
+                f"{self.name}: the pickled data has more than {_MAX_ENTRIES:,} entries (one container shared under many keys?)"
+            )
+        if depth > 64:
+            raise CorruptInputError(f"{self.name}: nested too deeply")
+        if isinstance(obj, NumpyArrayRecord):
+            if obj.holds_objects():
+                return self.objects(obj, depth)
+            arr = obj.to_array()
+            return in_memory("", arr, _code(arr.dtype, self.name).code)
+        if isinstance(obj, dict):
+            return {k: self.of(v, depth + 1) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return {str(i): self.of(v, depth + 1) for i, v in enumerate(obj)}
+        return obj  # a scalar, a string: reported, not converted
 
 
 # --- naming --------------------------------------------------------------------------------------
