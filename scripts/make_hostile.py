@@ -202,6 +202,11 @@ def ext1(code: int) -> Emit:
     return lambda p: p.op(pickle.EXT1, bytes([code]))
 
 
+def recall(slot: int) -> Emit:
+    """BINGET: the object stored in memo ``slot`` again, the same object (how pickles share and cycle)."""
+    return lambda p: p.op(pickle.BINGET, bytes([slot]))
+
+
 def persid(pid: tuple[Value, ...]) -> Emit:
     return lambda p: p.push(pid).op(pickle.BINPERSID)
 
@@ -1349,6 +1354,15 @@ def ts_module(**attrs: Value) -> Value:
     return build(newobj(glob("__torch__", TS_CLASS), ()), {**state, **attrs})
 
 
+def shared_module_bomb(p: Pickle, depth: int) -> None:
+    """A module record whose attributes ``a`` and ``b`` are both the level below (memo slot 0), ``depth`` deep
+    over one real module: a walk of the module tree visits 2**depth modules."""
+    p.push(ts_module()).op(pickle.BINPUT, b"\x00")
+    for _ in range(depth):
+        level = build(newobj(glob("__torch__", TS_CLASS), ()), {"training": True, "a": recall(0), "b": recall(0)})
+        p.op(pickle.POP).push(level).op(pickle.BINPUT, b"\x00")
+
+
 def ts_archive(
     data_pkl: bytes,
     code: str = TS_HEADER + TS_FORWARD,
@@ -1437,6 +1451,12 @@ def torchscript_files() -> list[Hostile]:
             ts_archive(dump(ts_module()), constants=dump(constant), constant_storages=[("constants/0", WEIGHT_BYTES)]),
         ),
         ts(
+            "shared_module_bomb",
+            "module records sharing the level below under two names, 40 deep: 2**40 modules to walk" + NO_CANARY,
+            False,
+            ts_archive(dump(lambda p: shared_module_bomb(p, 40))),
+        ),
+        ts(
             "state_not_dict",
             "the module record's state is a list, and no __setstate__ in the code says what it means" + NO_CANARY,
             False,
@@ -1502,7 +1522,7 @@ def self_containing(p: Pickle) -> None:
     walks into the items of object arrays never comes back."""
     p.push(call(glob("numpy.core.multiarray", "_reconstruct"), glob("numpy", "ndarray"), (0,), b"b"))
     p.op(pickle.BINPUT, b"\x00")
-    p.push((1, (1,), np_dtype("O8"), False, pylist([lambda q: q.op(pickle.BINGET, b"\x00")]))).op(pickle.BUILD)
+    p.push((1, (1,), np_dtype("O8"), False, pylist([recall(0)]))).op(pickle.BUILD)
 
 
 def npy_objects(root: Value) -> bytes:

@@ -23,6 +23,9 @@ _NAME_RE = re.compile(r'"([^"\n]*)"')
 _SETSTATE_RE = re.compile(r"^  def __setstate__\(", re.M)
 _MAX_CODE_BYTES = 64 << 20  # all code files together; real archives hold a few MB
 _MAX_DEPTH = 64
+# Module visits in one archive: a module shared under two names is walked twice (state_dict() names its
+# tensors under both), so a few hundred bytes sharing each level twice, 40 deep, are 2**40 visits.
+_MAX_MODULES = 100_000
 
 
 def is_torchscript(names: list[str], root: str) -> bool:
@@ -95,6 +98,10 @@ def _walk(
         )
     if not isinstance(obj.state, dict):
         raise CorruptInputError("TorchScript data.pkl does not hold a module record")
+    if len(modules) >= _MAX_MODULES:
+        raise CorruptInputError(
+            f"TorchScript data.pkl holds more than {_MAX_MODULES:,} module records to walk (one module shared under many names?)"
+        )
     modules.append({"name": prefix.rstrip("."), "type": _demangle(obj.qualname)})
     attrs: dict[str, Any] = obj.state
     declared = obj.qualname in members.params or obj.qualname in members.buffers
