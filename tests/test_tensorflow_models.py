@@ -177,25 +177,53 @@ def _two_shards(folder: Path) -> Path:
     return folder
 
 
-def test_variables_sharing_a_name_but_not_their_values_are_both_converted(tmp_path: Path) -> None:
-    """Two variables both named `w` with the same shape are not copies of each other unless their
-    bytes agree: each is converted (named by object path), never one dropped as a "duplicate"."""
+def test_variables_sharing_a_name_are_all_converted(tmp_path: Path) -> None:
+    """Three variables all named `w` with the same shape, two of them with the same bytes, are three
+    weights: each is converted (named by object path), none dropped as a "duplicate"."""
     import numpy as np
     import tensorflow as tf
 
     module = tf.Module()
     module.first = tf.Variable(np.ones((2, 3), np.float32), name="w")
     module.second = tf.Variable(np.full((2, 3), 7, np.float32), name="w")
-    module.copy = tf.Variable(np.ones((2, 3), np.float32), name="w")  # a true second copy of `first`
+    module.copy = tf.Variable(np.ones((2, 3), np.float32), name="w")  # equal to `first`, yet its own weight
     prefix = tf.train.Checkpoint(model=module).write(str(tmp_path / "ckpt" / "ckpt"))
     tf_to_safetensors(prefix, tmp_path / "out")
-    doc = read_manifest(tmp_path / "out")
     stored = load_output(tmp_path / "out")
-    values = sorted(float(np.asarray(v).ravel()[0]) for v in stored.values())
-    assert values == [1.0, 7.0], stored.keys()
-    assert list(doc["source"]["dropped"].values()) == [
-        f"a second copy of {k} (the same name and bytes)" for k in ["model/first/.ATTRIBUTES/VARIABLE_VALUE"]
-    ]
+    values = {k: float(np.asarray(v).ravel()[0]) for k, v in stored.items()}
+    assert values == {"first": 1.0, "second": 7.0, "copy": 1.0}, stored.keys()
+    assert read_manifest(tmp_path / "out")["source"].get("dropped", {}) == {}
+
+
+def test_equal_variables_sharing_a_name_are_both_converted(tmp_path: Path) -> None:
+    """Two distinct variables with the same name and the same bytes (Keras 3 names a subclassed
+    model's biases all `bias`, and zeros initialises both; tf.Module's unnamed ones are all
+    `Variable`) are two weights: only a Keras export's `_all_variables` list holds second copies."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    class Pair(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = keras.layers.Dense(4), keras.layers.Dense(4)
+
+        def call(self, x: Any) -> Any:
+            return self.second(self.first(x))
+
+    model = Pair()
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    expected = np.asarray(model(x))
+    tf_to_safetensors(tf.train.Checkpoint(model=model).write(str(tmp_path / "pair" / "ckpt")), tmp_path / "out")
+    state = {k: np.asarray(v) for k, v in load_output(tmp_path / "out").items()}
+    assert sorted(state) == ["first.bias", "first.weight", "second.bias", "second.weight"], sorted(state)
+    hidden = x @ state["first.weight"].T + state["first.bias"]
+    np.testing.assert_allclose(hidden @ state["second.weight"].T + state["second.bias"], expected, rtol=1e-5, atol=1e-6)
+    assert read_manifest(tmp_path / "out")["source"].get("dropped", {}) == {}
+    module = tf.Module()
+    module.b1, module.b2 = tf.Variable(tf.zeros(3)), tf.Variable(tf.zeros(3))
+    tf_to_safetensors(tf.train.Checkpoint(model=module).write(str(tmp_path / "module" / "ckpt")), tmp_path / "mod")
+    assert sorted(load_output(tmp_path / "mod")) == ["b1", "b2"]
 
 
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
@@ -307,7 +335,7 @@ def test_keras_export_twins_are_compared_without_copies(tmp_path: Path) -> None:
 
     from hostile_run import run_measured
 
-    model = tf.keras.Sequential([tf.keras.Input((4096,)), tf.keras.layers.Dense(4096, bias_initializer="ones")])
+    model = tf.keras.Sequential([tf.keras.Input((4096,)), tf.keras.layers.Dense(4096, bias_initializer="ones", name="dense")])
     model.export(str(tmp_path / "saved"), verbose=False)
     run = run_measured("tf-to-safetensors", tmp_path / "saved", tmp_path / "out", cwd=tmp_path)
     assert run.code == 0, run.stderr[-3000:]

@@ -29,6 +29,10 @@ from exporters.tensorflow.protos import parse
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
+# Keras 3's model.export saves every variable twice: under `variables` and again in this list. Only
+# here is a variable with another's name and bytes a copy: two distinct weights may well agree (two
+# zero-initialised biases that Keras 3 names both `bias`).
+_EXPORT_COPIES = "_all_variables/"
 # Children of the object graph that hold training state, not the model's weights.
 _TRAINING_STATE = ("optimizer", "save_counter", "step", "global_step")
 # Variables Keras keeps that are no weights: random-number generator state.
@@ -78,11 +82,13 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
             dropped[ckpt_key] = "random-number generator state"
             continue
         ref = bundle.tensor(entry)
-        twin = next((k for k, other in kept.get(tf_name, []) if _same_bytes(other, ref)), None) if tf_name else None
-        if twin is not None:  # Keras 3's export saves each variable twice: the same name and the same bytes
+        spare = ckpt_key.startswith(_EXPORT_COPIES)
+        twin = next((k for k, other in kept.get(tf_name, []) if _same_bytes(other, ref)), None) if spare else None
+        if twin is not None:
             dropped[ckpt_key] = f"a second copy of {twin} (the same name and bytes)"
             continue
-        kept.setdefault(tf_name, []).append((ckpt_key, ref))
+        if not spare:
+            kept.setdefault(tf_name, []).append((ckpt_key, ref))
         by_tf_name.append((components(tf_name or object_path), ref))
         by_object.append((components(object_path), ref))
     reached = {ckpt_key for ckpt_key, _, _ in variables}
