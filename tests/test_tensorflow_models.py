@@ -226,6 +226,23 @@ def test_equal_variables_sharing_a_name_are_both_converted(tmp_path: Path) -> No
     assert sorted(load_output(tmp_path / "mod")) == ["b1", "b2"]
 
 
+def test_partitioned_variables_are_refused_as_unsupported(tmp_path: Path) -> None:
+    """TensorFlow's sharding policy stores a variable as slices under binary keys (a 0 byte, the
+    name, the slice's extents); such a checkpoint is sound but unsupported: exit 4, nothing written."""
+    import numpy as np
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.w = tf.Variable(np.random.default_rng(3).standard_normal((100, 100)).astype(np.float32))
+    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=30_000)
+    options = tf.train.CheckpointOptions(experimental_sharding_callback=policy)
+    prefix = tf.train.Checkpoint(model=module).write(str(tmp_path / "ckpt" / "ckpt"), options=options)
+    assert list(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()["model/w/.ATTRIBUTES/VARIABLE_VALUE"]) == [100, 100]
+    rc, out, err = run_cli("tf-to-safetensors", prefix, tmp_path / "out")
+    assert_cli_error((rc, out, err), 4, "model/w/.ATTRIBUTES/VARIABLE_VALUE is partitioned into slices")
+    assert_no_output(tmp_path / "out")
+
+
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
     """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
     import tensorflow as tf

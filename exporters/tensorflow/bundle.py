@@ -46,6 +46,9 @@ TF_DTYPES = {
     25: "float8_e4m3fn",
 }
 DT_STRING = 7
+# A partitioned variable's slices sit under binary keys (TensorFlow's EncodeTensorNameSlice: a 0
+# byte, the name, the slice's extents), listed by the variable's own entry.
+SLICE_KEY = b"\x00"
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
         for key, raw in _block_entries(data, _handle(value, 0, label)[0], label):
             if key == b"":
                 header = parse("BundleHeaderProto", raw, f"{label}: damaged checkpoint index header")
+                continue
+            if key.startswith(SLICE_KEY):  # one slice of a partitioned variable: its full entry refuses it
                 continue
             name = _text(key, label)
             entries[name] = _entry(
