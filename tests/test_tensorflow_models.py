@@ -243,6 +243,32 @@ def test_partitioned_variables_are_refused_as_unsupported(tmp_path: Path) -> Non
     assert_no_output(tmp_path / "out")
 
 
+def test_damaged_data_bytes_fail_their_checksum(tmp_path: Path) -> None:
+    """Every entry of the index records a CRC32C of its bytes, which TensorFlow checks on every read
+    (a DataLoss error): one bit flipped in a weight or in the object graph is refused, exit 6,
+    nothing written, never converted as a silently different value."""
+    import numpy as np
+    import tensorflow as tf
+
+    weight = np.random.default_rng(4).standard_normal((8, 8))
+    prefix = _module_checkpoint(tmp_path / "ckpt", {"a": weight})
+    data = Path(prefix + ".data-00000-of-00001")
+    original = data.read_bytes()
+    graph = tf.train.load_checkpoint(prefix).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+    for i, (at, needle) in enumerate(
+        [(weight.tobytes(), "model/a/.ATTRIBUTES/VARIABLE_VALUE"), (graph, "_CHECKPOINTABLE_OBJECT_GRAPH")]
+    ):
+        pos = original.index(at) + len(at) // 2
+        data.write_bytes(original[:pos] + bytes([original[pos] ^ 0x04]) + original[pos + 1 :])
+        with pytest.raises((tf.errors.OpError, RuntimeError), match="Checksum does not match"):
+            tf.train.load_checkpoint(prefix).get_tensor(needle)
+        assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / f"out{i}"), 6, needle, "checksum")
+        assert_no_output(tmp_path / f"out{i}")
+    data.write_bytes(original)
+    tf_to_safetensors(prefix, tmp_path / "good")
+    assert np.array_equal(next(iter(load_output(tmp_path / "good").values())), weight)
+
+
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
     """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
     import tensorflow as tf

@@ -26,6 +26,7 @@ _MESSAGES: dict[str, list[tuple[str, int, str, str, str | None]]] = {
         ("shard_id", 3, "int32", "optional", None),
         ("offset", 4, "int64", "optional", None),
         ("size", 5, "int64", "optional", None),
+        ("crc32c", 6, "fixed32", "optional", None),
         ("slices", 7, "bytes", "repeated", None),
     ],
     "ObjectReference": [("node_id", 1, "int32", "optional", None), ("local_name", 2, "string", "optional", None)],

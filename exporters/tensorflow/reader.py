@@ -128,10 +128,11 @@ def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tupl
 
 def _need_protobuf() -> None:
     try:
+        import crc32c  # noqa: F401  (the data files' checksums)
         from google.protobuf import message_factory  # noqa: F401  (what exporters.tensorflow.protos builds on)
     except ImportError:
         raise UnsupportedFormatError(
-            "reading SavedModels and TF checkpoints needs protobuf: pip install 'rust-model-convert[tensorflow]'"
+            "reading SavedModels and TF checkpoints needs protobuf and crc32c: pip install 'rust-model-convert[tensorflow]'"
         ) from None
 
 
