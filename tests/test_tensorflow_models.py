@@ -345,8 +345,9 @@ def test_peak_memory_stays_under_the_largest_tensors_not_the_model(tmp_path: Pat
 def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
     """The `.index` table is parsed here, not by TensorFlow: any one byte of it changed either still
     reads (a byte TensorFlow ignores too) or is refused with one of this tool's errors, never another
-    exception; a missing data shard is named."""
+    exception, and always when TensorFlow refuses it (its blocks' checksums); a missing data shard is named."""
     import numpy as np
+    import tensorflow as tf
 
     from convert.errors import ConvertError
     from exporters.tensorflow.reader import open_tensorflow
@@ -354,12 +355,20 @@ def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
     prefix = _module_checkpoint(tmp_path / "ckpt", {"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.int64)})
     index = Path(prefix + ".index")
     original = index.read_bytes()
+    refused_by_tf = []
     for pos in range(len(original)):
         index.write_bytes(original[:pos] + bytes([original[pos] ^ 0xFF]) + original[pos + 1 :])
         try:
+            reader = tf.train.load_checkpoint(prefix)
+            [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()]
+        except Exception:  # TensorFlow's errors vary by the byte (DataLoss, a RuntimeError, ...)
+            refused_by_tf.append(pos)
+        try:
             open_tensorflow(prefix).close()
         except ConvertError:
-            pass
+            continue
+        assert pos not in refused_by_tf, f"byte {pos} of the .index changed: TensorFlow refuses it, this reader read it"
+    assert refused_by_tf
     for cut in (0, 10, len(original) // 2, len(original) - 1):
         index.write_bytes(original[:cut])
         with pytest.raises(ConvertError, match="unreadable TensorFlow checkpoint"):

@@ -29,7 +29,7 @@ from exporters.tensorflow.protos import parse
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
-BLOCK_TRAILER = 5  # compression type byte and a masked CRC32C
+BLOCK_TRAILER = 5  # compression type byte and a masked CRC32C of the block and that byte
 MAX_SHARDS = 100_000
 MAX_RANK = 64
 # TensorFlow's DataType enum (types.proto) for the types SafeTensors holds, by numpy's name.
@@ -218,6 +218,11 @@ def _block_entries(data: bytes, handle: tuple[int, int], label: str) -> list[tup
     offset, size = handle
     if offset + size + BLOCK_TRAILER > len(data) or size < 4:
         raise _unreadable(label, f"a block at {offset} of {size} bytes past the end of the .index file")
+    from crc32c import crc32c
+
+    stored = struct.unpack_from("<I", data, offset + size + 1)[0]
+    if crc32c(memoryview(data)[offset : offset + size + 1]) != _unmask(stored):  # the block and its type byte
+        raise _unreadable(label, f"the .index block at {offset} fails its checksum")
     if data[offset + size] != 0:
         raise UnsupportedFormatError(f"{label}: a compressed .index table (compression type {data[offset + size]})")
     block = data[offset : offset + size]
