@@ -269,6 +269,19 @@ def test_damaged_data_bytes_fail_their_checksum(tmp_path: Path) -> None:
     assert np.array_equal(next(iter(load_output(tmp_path / "good").values())), weight)
 
 
+def test_dtypes_safetensors_lacks_are_refused_by_name(tmp_path: Path) -> None:
+    """complex128 and string variables: exit 4 naming the dtype, nothing written."""
+    import numpy as np
+
+    for name, value, dtype in [
+        ("c128", np.array([1 + 2j], np.complex128), "complex128"),
+        ("text", np.array([b"a", b"bc"]), "string"),
+    ]:
+        prefix = _module_checkpoint(tmp_path / name, {name: value})
+        assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / f"out_{name}"), 4, f"model/{name}/", f"dtype {dtype}")
+        assert_no_output(tmp_path / f"out_{name}")
+
+
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
     """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
     import tensorflow as tf
@@ -297,6 +310,11 @@ def test_variables_are_spans_of_the_data_file_read_without_tensorflow(tmp_path: 
         "i64": np.arange(6, dtype=np.int64).reshape(2, 3),
         "i8": np.arange(-4, 4, dtype=np.int8),
         "flags": np.array([True, False, True]),
+        "c64": (rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))).astype(np.complex64),
+        "u32": np.array([0, 7, 2**32 - 1], np.uint32),
+        "u64": np.array([2**63 + 5, 1], np.uint64),
+        "empty": np.zeros((0, 3), np.float32),
+        "scalar": np.float32(rng.standard_normal()),
     }
     prefix = _module_checkpoint(tmp_path / "ckpt", values)
     code = (

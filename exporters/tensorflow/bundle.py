@@ -40,6 +40,7 @@ TF_DTYPES = {
     4: "uint8",
     5: "int16",
     6: "int8",
+    8: "complex64",
     9: "int64",
     10: "bool",
     14: "bfloat16",
@@ -51,6 +52,25 @@ TF_DTYPES = {
     25: "float8_e4m3fn",
 }
 DT_STRING = 7
+# The others a checkpoint may hold, named in refusals.
+TF_OTHER_DTYPES = {
+    DT_STRING: "string",
+    11: "qint8",
+    12: "quint8",
+    13: "qint32",
+    15: "qint16",
+    16: "quint16",
+    18: "complex128",
+    20: "resource",
+    21: "variant",
+    26: "float8_e4m3fnuz",
+    27: "float8_e4m3b11fnuz",
+    28: "float8_e5m2fnuz",
+    29: "int4",
+    30: "uint4",
+    31: "int2",
+    32: "uint2",
+}
 # A partitioned variable's slices sit under binary keys (TensorFlow's EncodeTensorNameSlice: a 0
 # byte, the name, the slice's extents), listed by the variable's own entry.
 SLICE_KEY = b"\x00"
@@ -89,7 +109,7 @@ class Bundle:
         self._mapped: dict[int, MappedFile] = {}
 
     def dtype_name(self, entry: Entry) -> str:
-        return TF_DTYPES.get(entry.dtype, "string" if entry.dtype == DT_STRING else f"DataType {entry.dtype}")
+        return TF_DTYPES.get(entry.dtype) or TF_OTHER_DTYPES.get(entry.dtype, f"DataType {entry.dtype}")
 
     def string_scalar(self, key: str) -> bytes:
         """The bytes of a string scalar variable (the object graph)."""
