@@ -282,6 +282,29 @@ def test_dtypes_safetensors_lacks_are_refused_by_name(tmp_path: Path) -> None:
         assert_no_output(tmp_path / f"out_{name}")
 
 
+def test_saved_state_that_is_no_variable_is_listed_as_such(tmp_path: Path) -> None:
+    """A lookup table saves its keys and values as attributes of the model's own objects: listed in
+    source.dropped as state that is no variable (not as lying outside the model), every key TF
+    lists accounted for."""
+    import numpy as np
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.w = tf.Variable(np.random.default_rng(8).standard_normal(3).astype(np.float32))
+    module.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=-1)
+    module.table.insert(tf.constant(["a", "b"]), tf.constant([1, 2], tf.int64))
+    prefix = tf.train.Checkpoint(model=module).write(str(tmp_path / "ckpt" / "ckpt"))
+    tf_to_safetensors(prefix, tmp_path / "out")
+    dropped = read_manifest(tmp_path / "out")["source"]["dropped"]
+    assert dropped == {
+        f"model/table/.ATTRIBUTES/{name}": "saved state that is no variable (table)" for name in ("table-keys", "table-values")
+    }
+    everything = set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert everything == set(dropped) | {"model/w/.ATTRIBUTES/VARIABLE_VALUE"}
+    [weight] = load_output(tmp_path / "out").values()
+    assert np.array_equal(weight, module.w.numpy())
+
+
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
     """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
     import tensorflow as tf

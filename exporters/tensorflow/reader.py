@@ -69,7 +69,7 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
             f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
             "checkpoints (tf.train.Checkpoint, SavedModel) are supported"
         )
-    variables, extras = _variables(_object_graph(bundle.string_scalar(OBJECT_GRAPH), label), key, label)
+    variables, states, extras = _variables(_object_graph(bundle.string_scalar(OBJECT_GRAPH), label), key, label)
     by_tf_name: list[Named] = []
     by_object: list[Named] = []
     dropped: dict[str, str] = {}
@@ -92,7 +92,7 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
         by_tf_name.append((components(tf_name or object_path), ref))
         by_object.append((components(object_path), ref))
     reached = {ckpt_key for ckpt_key, _, _ in variables}
-    dropped.update({k: _why_dropped(k, key) for k in entries if k != OBJECT_GRAPH and k not in reached})
+    dropped.update({k: _state(k, states) or _why_dropped(k, key) for k in entries if k != OBJECT_GRAPH and k not in reached})
     layers, by_tf_names = _layers(drop_common_scope(by_tf_name), by_object, label)
     extras["names_from"] = "tf-names" if by_tf_names else "object-paths"
     files = [Path(prefix + ".index"), *bundle.shard_paths]
@@ -104,6 +104,12 @@ def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
     compared window by window in their shards: no copy of either is made."""
     assert a.span is not None and b.span is not None  # every Bundle.tensor is a span
     return a.dtype == b.dtype and a.shape == b.shape and same_ranges(a.span, b.span)
+
+
+def _state(ckpt_key: str, states: dict[str, str]) -> str | None:
+    """Why a key is dropped when it is the model's saved state: an attribute's key, or one of the keys
+    it saves under (a lookup table's `.../table` saves `.../table-keys` and `.../table-values`)."""
+    return states.get(ckpt_key) or next((why for k, why in states.items() if ckpt_key.startswith(k + "-")), None)
 
 
 def _why_dropped(ckpt_key: str, key: str | None) -> str:
@@ -180,9 +186,10 @@ def _object_graph(data: bytes, label: str) -> Any:
     return graph
 
 
-def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str, str, str]], dict[str, str], dict[str, Any]]:
     """(checkpoint key, TF name, object path) of every variable under the model, each once, by its
-    shortest path; training state (the optimizer, counters) left out."""
+    shortest path, training state (the optimizer, counters) left out; the model's saved state that
+    is no variable (a lookup table's keys), checkpoint key -> why it is dropped; the extras."""
     nodes = graph.nodes
     children = {c.local_name: c.node_id for c in nodes[0].children}
     extras: dict[str, Any] = {}
@@ -197,6 +204,7 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
     if skipped:
         extras["skipped"] = sorted(skipped)
     found: list[tuple[str, str, str]] = []
+    states: dict[str, str] = {}
     seen = {start}
     queue: deque[tuple[int, tuple[str, ...]]] = deque([(start, ())])
     while queue:
@@ -207,6 +215,8 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
         for attr in node.attributes:
             if attr.name == "VARIABLE_VALUE":
                 found.append((attr.checkpoint_key, attr.full_name, "/".join(p.lstrip("_") or p for p in path)))
+            else:
+                states[attr.checkpoint_key] = f"saved state that is no variable ({attr.name})"
         for child in node.children:
             if (
                 child.local_name in _TRAINING_STATE
@@ -216,4 +226,4 @@ def _variables(graph: Any, key: str | None, label: str) -> tuple[list[tuple[str,
                 continue
             seen.add(child.node_id)
             queue.append((child.node_id, path + (child.local_name,)))
-    return found, extras
+    return found, states, extras
