@@ -305,6 +305,84 @@ def test_saved_state_that_is_no_variable_is_listed_as_such(tmp_path: Path) -> No
     assert np.array_equal(weight, module.w.numpy())
 
 
+def _rewrite_header(index: Path, **fields: int) -> None:
+    """Rewrite a checkpoint's `.index` with header fields changed (the forged headers TensorFlow
+    itself never writes on this machine): the same entries, laid out in one block, checksummed."""
+    import struct
+
+    import crc32c
+
+    from exporters.tensorflow import bundle
+    from exporters.tensorflow.protos import message
+
+    data = index.read_bytes()
+    _, pos = bundle._handle(data, len(data) - bundle.FOOTER_BYTES, "x")
+    pairs = [
+        pair
+        for _, handle in bundle._block_entries(data, bundle._handle(data, pos, "x")[0], "x")
+        for pair in bundle._block_entries(data, bundle._handle(handle, 0, "x")[0], "x")
+    ]
+    header = message("BundleHeaderProto")()
+    header.ParseFromString(pairs[0][1])
+    for name, value in fields.items():
+        if name == "min_consumer":
+            header.version.min_consumer = value
+        else:
+            setattr(header, name, value)
+    pairs[0] = (b"", header.SerializeToString())
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while n >= 0x80:
+            out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+        return out + bytes([n])
+
+    def block(entries: list[tuple[bytes, bytes]]) -> bytes:  # every entry a restart point: no shared prefixes
+        body, restarts = b"", []
+        for key, value in entries:
+            restarts.append(len(body))
+            body += varint(0) + varint(len(key)) + varint(len(value)) + key + value
+        body += b"".join(struct.pack("<I", r) for r in restarts or [0]) + struct.pack("<I", len(restarts or [0]))
+        crc = crc32c.crc32c(body + b"\0")
+        masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+        return body + b"\0" + struct.pack("<I", masked)
+
+    data_block = block(pairs)
+    meta = block([])
+    index_block = block([(pairs[-1][0], varint(0) + varint(len(data_block) - 5))])
+    meta_at, index_at = len(data_block), len(data_block) + len(meta)
+    handles = varint(meta_at) + varint(len(meta) - 5) + varint(index_at) + varint(len(index_block) - 5)
+    footer = handles.ljust(40, b"\0") + struct.pack("<Q", bundle.TABLE_MAGIC)
+    index.write_bytes(data_block + meta + index_block + footer)
+
+
+def test_forged_headers_are_refused_as_unsupported(tmp_path: Path) -> None:
+    """A big-endian checkpoint, and one whose header says it needs a newer bundle format than
+    version 1 (TensorFlow refuses it too): exit 4, nothing written; the same table rewritten with the
+    header untouched still converts, so it is the field that is refused."""
+    import numpy as np
+    import tensorflow as tf
+
+    prefix = _module_checkpoint(tmp_path / "ckpt", {"w": np.random.default_rng(10).standard_normal((3, 2)).astype(np.float32)})
+    index = Path(prefix + ".index")
+    original = index.read_bytes()
+    _rewrite_header(index)
+    tf_to_safetensors(prefix, tmp_path / "same")
+    assert np.array_equal(
+        load_output(tmp_path / "same")["w"], tf.train.load_checkpoint(prefix).get_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE")
+    )
+    for i, (fields, needle) in enumerate(
+        [({"endianness": 1}, "big-endian"), ({"min_consumer": 2}, "readable from version 2 on")]
+    ):
+        index.write_bytes(original)
+        _rewrite_header(index, **fields)
+        if "min_consumer" in fields:
+            with pytest.raises(Exception, match="consumer"):
+                tf.train.load_checkpoint(prefix).get_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE")
+        assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / f"out{i}"), 4, needle)
+        assert_no_output(tmp_path / f"out{i}")
+
+
 def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
     """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
     import tensorflow as tf

@@ -31,6 +31,7 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the magic
 BLOCK_TRAILER = 5  # compression type byte and a masked CRC32C of the block and that byte
 MAX_SHARDS = 100_000
+BUNDLE_VERSION = 1  # the tensor bundle format read here, as TensorFlow numbers it (kTensorBundleVersion)
 MAX_RANK = 64
 # TensorFlow's DataType enum (types.proto) for the types SafeTensors holds, by numpy's name.
 TF_DTYPES = {
@@ -102,6 +103,12 @@ class Bundle:
             raise _unreadable(label, f"the header declares {shards} shards, byte order {header.endianness}")
         if header.endianness == 1:
             raise UnsupportedFormatError(f"{label}: a big-endian TensorFlow checkpoint")
+        version = header.version
+        if version.min_consumer > BUNDLE_VERSION or BUNDLE_VERSION in version.bad_consumers:
+            raise UnsupportedFormatError(
+                f"{label}: a checkpoint in tensor bundle format {version.producer}, "
+                f"readable from version {version.min_consumer} on (this reader knows version {BUNDLE_VERSION})"
+            )
         self.shard_paths = [Path(f"{prefix}.data-{i:05d}-of-{shards:05d}") for i in range(shards)]
         missing = [p.name for p in self.shard_paths if not p.is_file()]
         if missing:

@@ -1,5 +1,5 @@
 """The few TensorFlow protobuf messages a checkpoint reader needs, declared here field for field as
-TensorFlow's .proto files number them (tensor_bundle.proto, tensor_shape.proto,
+TensorFlow's .proto files number them (tensor_bundle.proto, tensor_shape.proto, versions.proto,
 trackable_object_graph.proto), so the protobuf library parses them without TensorFlow installed.
 
 Only the fields read are declared; protobuf keeps the others as unknown fields. Enums are declared
@@ -19,7 +19,16 @@ PACKAGE = "rust_model_convert.tf"
 _MESSAGES: dict[str, list[tuple[str, int, str, str, str | None]]] = {
     "Dim": [("size", 1, "int64", "optional", None), ("name", 2, "string", "optional", None)],
     "TensorShapeProto": [("dim", 2, "message", "repeated", "Dim"), ("unknown_rank", 3, "bool", "optional", None)],
-    "BundleHeaderProto": [("num_shards", 1, "int32", "optional", None), ("endianness", 2, "int32", "optional", None)],
+    "VersionDef": [
+        ("producer", 1, "int32", "optional", None),
+        ("min_consumer", 2, "int32", "optional", None),
+        ("bad_consumers", 3, "int32", "repeated", None),
+    ],
+    "BundleHeaderProto": [
+        ("num_shards", 1, "int32", "optional", None),
+        ("endianness", 2, "int32", "optional", None),
+        ("version", 3, "message", "optional", "VersionDef"),
+    ],
     "BundleEntryProto": [
         ("dtype", 1, "int32", "optional", None),
         ("shape", 2, "message", "optional", "TensorShapeProto"),
