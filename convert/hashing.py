@@ -18,13 +18,14 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 
 from .errors import UsageError
-from .tensors import FileSpan
+
+if TYPE_CHECKING:  # the CLI imports this module at start-up, before numpy is needed
+    from .tensors import FileSpan
 
 WINDOW = 4 << 20
 ALGORITHMS = ("blake3", "sha256")
@@ -87,6 +88,8 @@ def same_ranges(a: FileSpan, b: FileSpan) -> bool:
 def _equal(x: memoryview, y: memoryview) -> bool:
     # numpy compares in vector registers, eight bytes a lane (memoryview's own == unpacks byte by byte,
     # 20x slower). The arrays die on return, before the caller releases the views they borrow.
+    import numpy as np
+
     words = len(x) // 8
     return bool(
         np.array_equal(np.frombuffer(x, np.uint64, words), np.frombuffer(y, np.uint64, words))
