@@ -10,8 +10,6 @@ Both libraries release the GIL, so hashing threads run beside the writer's kerne
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import mmap
 import os
@@ -115,33 +113,11 @@ def file_and_range_digests(path: str | os.PathLike[str], ranges: list[tuple[int,
     return hasher.finish()
 
 
-def _libc_sync_file_range() -> Any:
-    """Linux's sync_file_range, to start write-back of what is hashed long before the final fsync."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a just-written range to disk without waiting, so the disk works beside the CPU
-    and the final fsync finds little left to do."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 class OutputHasher:
     """Digests of an output file and of each tensor in it, computed while the file is written.
 
     The writer reports how far the file is complete (`advance`); one thread hashes the file in
-    order up to that point and starts its write-back, another hashes each tensor's range once it is
+    order up to that point, another hashes each tensor's range once it is
     complete. Both read the written bytes back from the page cache, so the writer may fill a tensor
     in any order (tiles of a transposed view) and copy ranges in the kernel. `verify` runs the same two
     threads over a finished file.
@@ -216,7 +192,6 @@ class OutputHasher:
                     return
                 end = min(self._done, pos + WINDOW)
             hash_range(fd, pos, end - pos, [digest])
-            start_writeback(fd, pos, end - pos)
             pos = end
         self.file_digest = digest.hexdigest()
 

@@ -2,11 +2,14 @@
 
 Tensors whose bytes already lie contiguously in a source file are copied file to file by the
 kernel (`copy_file_range`, else `sendfile`); views, byte swaps and casts are materialised in chunks.
-A background thread hashes what is written, so digests cost no extra pass over the output.
+A background thread hashes what is written, so digests cost no extra pass over the output, and each
+piece's write-back to disk starts as it lands, so the disk works beside the CPU until the fsync.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import mmap
 import os
@@ -123,7 +126,7 @@ def write_safetensors(
             hasher.advance(pos)
             if progress:
                 progress(item.nbytes)
-        os.fsync(fd)  # most of the write-back was started by the hasher as it went
+        os.fsync(fd)  # most of the write-back was started as the pieces landed
         file_digest, digests = hasher.finish()
     except BaseException:
         if hasher is not None:
@@ -154,6 +157,7 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
         for chunk in iter_chunks(arr, CHUNK_BYTES):
             data = _bytes(chunk, item, losses)
             _pwrite_all(fd, data, pos, path)
+            start_writeback(fd, pos, len(data))
             pos += len(data)
             hasher.advance(pos)
             release_pages(arr)
@@ -205,6 +209,28 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     return True
 
 
+def _libc_sync_file_range() -> Any:
+    """Linux's sync_file_range, to start write-back of what is written long before the final fsync."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a just-written range to disk without waiting, so the disk works beside the CPU
+    and the final fsync finds little left to do."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
     view = memoryview(data)
     while view:
@@ -234,6 +260,7 @@ def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: in
                 raise _write_error(exc, dst_path) from None
             if n == 0:
                 raise CorruptInputError(f"{Path(src_path).name}: ended early while copying a tensor (truncated?)")
+            start_writeback(dst_fd, dst_pos + done, n)
             done += n
             hasher.advance(dst_pos + done)
     finally:
