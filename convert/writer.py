@@ -2,14 +2,12 @@
 
 Tensors whose bytes already lie contiguously in a source file are copied file to file by the
 kernel (`copy_file_range`, else `sendfile`); views, byte swaps and casts are materialised in chunks.
-A background thread hashes what is written, so digests cost no extra pass over the output, and each
-piece's write-back to disk starts as it lands, so the disk works beside the CPU until the fsync.
+A background thread hashes what is written, so digests cost no extra pass over the output, and
+another flushes it to disk as it grows, so the disk works beside the CPU rather than after it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
+from .durable import ProgressiveFlush
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
@@ -28,7 +27,8 @@ from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
-COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers can follow the writer
+Landed = Callable[[int], None]  # told that bytes [0, upto) of the output are written
+COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers and the flush can follow the writer
 
 SINGLE_FILE = SAFETENSORS_SINGLE
 INDEX_FILE = SAFETENSORS_INDEX
@@ -115,22 +115,34 @@ def write_safetensors(
     total = len(header) + sum(it.nbytes for it in ordered)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     hasher: OutputHasher | None = None
+    flush: ProgressiveFlush | None = None
     try:
         _pwrite_all(fd, header, 0, path)
         hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm)
+        flush = ProgressiveFlush(fd)
+
+        def landed(upto: int, hasher: OutputHasher = hasher, flush: ProgressiveFlush = flush) -> None:
+            hasher.advance(upto)
+            flush.advance(upto)
+
         pos = len(header)
         losses = []
         for item in ordered:
-            losses.append(_write_tensor(fd, item, pos, hasher, path))
+            losses.append(_write_tensor(fd, item, pos, landed, path))
             pos += item.nbytes
-            hasher.advance(pos)
+            landed(pos)
             if progress:
                 progress(item.nbytes)
-        os.fsync(fd)  # most of the write-back was started as the pieces landed
         file_digest, digests = hasher.finish()
+        try:
+            flush.finish()
+        except OSError as exc:
+            raise _write_error(exc, path) from None
     except BaseException:
         if hasher is not None:
             hasher.abort()
+        if flush is not None:
+            flush.abort()
         raise
     finally:
         os.close(fd)
@@ -141,13 +153,13 @@ def write_safetensors(
     return WrittenFile(path.name, total, file_digest, tensors)
 
 
-def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path: Path) -> list[CastLoss]:
+def _write_tensor(fd: int, item: WriteItem, pos: int, landed: Landed, path: Path) -> list[CastLoss]:
     """Write one tensor; what each of its casts lost, counted over the whole tensor. A cast that lost
     values without leave (its `on_loss` is "refuse") fails the file after it has counted them all."""
     ref = item.ref
     losses = [CastLoss() for _ in item.casts]
     if ref.span is not None and item.dtype == ref.dtype and not item.casts:  # F32 -> BF16 -> F32 is no copy
-        _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, hasher)
+        _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, landed)
         return losses
     try:
         arr = ref.array()
@@ -157,9 +169,8 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, hasher: OutputHasher, path
         for chunk in iter_chunks(arr, CHUNK_BYTES):
             data = _bytes(chunk, item, losses)
             _pwrite_all(fd, data, pos, path)
-            start_writeback(fd, pos, len(data))
             pos += len(data)
-            hasher.advance(pos)
+            landed(pos)
             release_pages(arr)
     for step, lost in zip(item.casts, losses, strict=True):
         if lost and step.get("on_loss", "refuse") == "refuse":
@@ -209,28 +220,6 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     return True
 
 
-def _libc_sync_file_range() -> Any:
-    """Linux's sync_file_range, to start write-back of what is written long before the final fsync."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a just-written range to disk without waiting, so the disk works beside the CPU
-    and the final fsync finds little left to do."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
     view = memoryview(data)
     while view:
@@ -242,9 +231,9 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> N
         offset += written
 
 
-def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: int, dst_path: Path, hasher: OutputHasher) -> None:
+def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: int, dst_path: Path, landed: Landed) -> None:
     """Copy a byte range file to file in the kernel (copy_file_range, else sendfile, else reads),
-    telling the hasher as each piece lands."""
+    saying as each piece lands."""
     src_fd = os.open(src_path, os.O_RDONLY)
     try:
         done = 0
@@ -260,9 +249,8 @@ def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: in
                 raise _write_error(exc, dst_path) from None
             if n == 0:
                 raise CorruptInputError(f"{Path(src_path).name}: ended early while copying a tensor (truncated?)")
-            start_writeback(dst_fd, dst_pos + done, n)
             done += n
-            hasher.advance(dst_pos + done)
+            landed(dst_pos + done)
     finally:
         os.close(src_fd)
 

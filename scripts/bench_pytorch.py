@@ -12,9 +12,9 @@ to the next, and records its wall time and peak RSS:
   cp        `cp SRC DST`, the floor (on ext4 cp copies in the kernel; its output is not fsynced)
   cp+sync   `cp SRC DST && sync DST`, the same with the output made durable, as the tool does
   floor     the least work the manifest's contract asks of any converter, done plainly: the file
-            copied in the kernel (copy_file_range), then three BLAKE3 passes at once in threads
-            (the source file, the output file, and the output's bytes again for the per-tensor
-            digests), then fsync; no parsing, no header, no manifest
+            copied in the kernel (copy_file_range) and flushed to disk as it lands, then three BLAKE3
+            passes at once in threads (the source file, the output file, and the output's bytes again
+            for the per-tensor digests), then the last fsync; no parsing, no header, no manifest
   tool      `convert pth-to-safetensors SRC OUT` (no torch; fsyncs its output, writes a manifest;
             BLAKE3 digests, the default)
   verify    `convert verify OUT --source SRC` on an output the tool wrote once before the runs
@@ -128,24 +128,27 @@ def baseline_convert(src: Path, dst: Path) -> None:
 
 
 def floor_convert(src: Path, dst: Path) -> None:
-    """The floor contender: copy in the kernel, hash source and output (twice) in parallel, fsync."""
+    """The floor contender: copy in the kernel, flushed to disk as it lands (as the tool flushes),
+    hash source and output (twice) in parallel, fsync."""
     import threading
 
+    from convert.durable import ProgressiveFlush
     from convert.hashing import file_digest
-    from convert.output import fsync_path
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        left = os.fstat(fin.fileno()).st_size
-        while left:
-            left -= os.copy_file_range(fin.fileno(), fout.fileno(), min(left, 64 * MiB))
-
-    threads = [threading.Thread(target=file_digest, args=(p, "blake3")) for p in (src, dst, dst)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    fsync_path(dst)
+        flush = ProgressiveFlush(fout.fileno())
+        size = os.fstat(fin.fileno()).st_size
+        done = 0
+        while done < size:
+            done += os.copy_file_range(fin.fileno(), fout.fileno(), min(size - done, 64 * MiB))
+            flush.advance(done)
+        threads = [threading.Thread(target=file_digest, args=(p, "blake3")) for p in (src, dst, dst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        flush.finish()
 
 
 def hash_seconds(path: Path, algorithm: str) -> float:
