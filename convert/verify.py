@@ -6,7 +6,9 @@ replayed."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,18 @@ class VerifyReport:
         }
 
 
-def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyReport:
+SourceOpener = Callable[[], AbstractContextManager[SourceModel]]
+
+
+def verify_output(out: str | Path, source: SourceOpener | None = None) -> VerifyReport:
+    """Check an output folder against its manifest; with `source`, which opens the model it was made
+    from, compare every tensor with it too. The source is opened and read on a second thread while
+    this one hashes the output, so parsing a large checkpoint costs no wall time of its own."""
     out_dir = Path(out)
     doc = manifest_mod.load(out_dir)
     manifest_mod.validate(doc)
     report, compared = VerifyReport(out_dir), VerifyReport(out_dir)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the source is read while the files are hashed
+    with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(_compare_with_source, out_dir, doc, source, compared) if source is not None else None
         for entry in doc["files"]:
             _check_file(out_dir, entry, doc, report)
@@ -139,7 +147,12 @@ def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> No
         report.problems.append(f"{doc['index']}: total_size differs from the tensors' bytes")
 
 
-def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
+def _compare_with_source(out_dir: Path, doc: dict[str, Any], open_source: SourceOpener, report: VerifyReport) -> None:
+    with open_source() as source:
+        _compare_opened(out_dir, doc, source, report)
+
+
+def _compare_opened(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
     from convert.safetensors_source import open_safetensors
 
     refs = {t.name: t for t in source.tensors}
