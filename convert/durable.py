@@ -1,11 +1,12 @@
 """Make a large output durable while it is still being written.
 
-An fsync at the end waits for the disk to take the whole file, after every CPU pass is done; on a
-virtual disk most of that wait is the host writing its own cache out, and it starts only when the
-guest asks for a flush. A thread that flushes each time another FLUSH_STEP bytes have landed keeps the
-disk busy beside the copying and hashing, so the final fsync finds little left (measured on a 1.3 GB
-file here: copy, two hash passes and a durable flush in 1.42 s against 2.1 s with one fsync at the
-end, and 1.3 s for a bare copy and flush).
+An fsync at the end waits for the disk to take the whole file after every CPU pass is done; on a
+virtual disk most of that wait is the host writing its own cache out, which starts only when the
+guest asks for a flush. A thread that flushes each time another FLUSH_STEP bytes have landed keeps
+the disk busy beside the copying and hashing, and each step is on disk, not merely queued.
+Measured here on a 1.3 GB file copied in the kernel with two hashing threads: 1.42 s against 2.1 s
+with one fsync at the end (a bare copy and flush: 1.3 s). The tool itself runs as fast as with the
+Linux-only `sync_file_range` write-back this replaced (four alternating pairs: 2.05 s against 2.02 s).
 """
 
 from __future__ import annotations
