@@ -1,6 +1,7 @@
 """A longer hostile-input campaign for local runs: every file and folder of the hostile corpus, the
 NeuralForecast and example fixtures, seeds of the newer readers written by their frameworks (TFLite,
-NumPy .npy/.npz/pickles, TorchScript, training checkpoints, ONNX with Constants and subgraphs), and
+NumPy .npy/.npz/pickles, TorchScript, training checkpoints, ONNX with Constants and subgraphs, TF
+checkpoint folders), and
 the user documents (layout files, batch job files and reports, manifests given to verify); then
 seeded byte-level mutants of all of them. Each runs through the CLI in a child under a 4 GiB
 address-space cap, in an empty folder: files and folders through `convert auto`, documents through
@@ -13,6 +14,7 @@ or wall-time bounds. The summary prints, per kind, the number of runs, the exit 
 peak RSS and wall time: the figures SECURITY.md quotes.
 
     PYTHONPATH=$PWD /work/venv/bin/python scripts/hostile_campaign.py --mutants 2000 --seed 18 --workers 2
+    PYTHONPATH=$PWD /work/venv/bin/python scripts/hostile_campaign.py --kind tf-checkpoint --mutants 300
 """
 
 from __future__ import annotations
@@ -93,6 +95,34 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
         print("no onnx seeds: onnx is not installed")
     return [
         (Case(f"{kind} seed {i}", kind, ["auto", f"<src>.{suffix}", OUT]), blob) for i, (kind, suffix, blob) in enumerate(made)
+    ]
+
+
+def tensorflow_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
+    """Checkpoint folders written by TensorFlow, read by `convert auto` without it: a tf.train.Checkpoint
+    of a small Keras model, and a tf.compat.v1 Saver checkpoint of graph variables with a scalar step."""
+    try:
+        import numpy as np
+        import tensorflow as tf
+    except ImportError:
+        print("no tensorflow seeds: tensorflow is not installed")
+        return []
+    scratch = Path(tempfile.mkdtemp(prefix="hostile-tf-seeds-"))
+    try:
+        model = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(5), tf.keras.layers.Dense(3)])
+        tf.train.Checkpoint(model=model).save(str(scratch / "v2" / "ckpt"))
+        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+            rng = np.random.default_rng(0)
+            tf.compat.v1.get_variable("dense/kernel", initializer=rng.standard_normal((4, 3)).astype("float32"))
+            tf.compat.v1.get_variable("dense/bias", initializer=np.zeros(3, "float32"))
+            tf.compat.v1.get_variable("global_step", initializer=np.int64(7))
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(session, str(scratch / "v1" / "model.ckpt"))
+        folders = {name: {f.name: f.read_bytes() for f in sorted((scratch / name).iterdir())} for name in ("v2", "v1")}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return [
+        (Case(f"tf-checkpoint seed {name}", "tf-checkpoint", ["auto", "<src>", OUT]), files) for name, files in folders.items()
     ]
 
 
@@ -243,9 +273,19 @@ def main() -> int:
     parser.add_argument("--mutants", type=int, default=500)
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--kind", action="append", help="only seeds of this kind, and their mutants (repeatable)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    seeds: list[tuple[Case, dict[str, bytes] | bytes]] = [*corpus_cases(), *reader_seeds(), *document_seeds()]
+    seeds: list[tuple[Case, dict[str, bytes] | bytes]] = [
+        *corpus_cases(),
+        *reader_seeds(),
+        *tensorflow_seeds(),
+        *document_seeds(),
+    ]
+    if args.kind:
+        seeds = [(case, content) for case, content in seeds if case.kind in args.kind]
+        if not seeds:
+            parser.error(f"no seeds of kind {', '.join(args.kind)}")
     cases = list(seeds)
     for i in range(args.mutants):
         case, content = rng.choice(seeds)
