@@ -163,3 +163,41 @@ def test_verify_source_refuses_a_tie_whose_two_sources_differ(save_checkpoint: C
     untied[2, 1] += 1.0
     other = save_checkpoint({"wte.weight": emb, "lm_head.weight": untied, "ln.weight": torch.ones(4)}, name="other.pt")
     assert_cli_error(run_cli("verify", out, "--source", other), 8, "lm_head.weight")
+
+
+@pytest.mark.parametrize(
+    "bad_source", ["missing.pt", "garbage.pt", "model.pt --key nowhere"], ids=["missing", "malformed", "wrong-key"]
+)
+def test_a_bad_source_stops_verify_without_hashing_the_output(
+    save_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_source: str
+) -> None:
+    """The source is opened on a second thread while the output is hashed; when it cannot be opened,
+    its error is the answer at once, not after every byte of the output has been read (at 444df50
+    it was opened before any hashing). The output's reads are slowed, as on a slow disk, and counted."""
+    import mmap
+    import os
+    import time
+
+    from convert.api import pth_to_safetensors
+    from convert.errors import ConvertError
+
+    g = torch.Generator().manual_seed(5)
+    src = save_checkpoint({f"layer{i}.weight": torch.randn(1024, 1024, generator=g) for i in range(8)})
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x04garbage" * 10)
+    out = tmp_path / "out"
+    pth_to_safetensors(src, out, max_shard_size=8 << 20)  # four 8 MB shards
+    windows: list[int] = []
+    real = mmap.mmap
+
+    def slow_window(fd: int, length: int, *args: Any, **kwargs: Any) -> mmap.mmap:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors"):
+            windows.append(length)
+            time.sleep(0.05)
+        return real(fd, length, *args, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", slow_window)
+    name, *key = bad_source.split(" --key ")
+    with pytest.raises(ConvertError) as raised:
+        verify_path(out, tmp_path / name, key[0] if key else None)
+    all_windows = 2 * 8  # the file pass and the tensor pass, one 4 MiB window per tensor each
+    assert len(windows) < all_windows // 2, f"{len(windows)} windows hashed before {raised.value!r} was raised"
