@@ -9,7 +9,10 @@ failing disk does.
 from __future__ import annotations
 
 import errno
+import math
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +38,61 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _output_flushes(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[int]:
-    """Wrap os.fdatasync: the sizes of the .safetensors file at each flush of it land in the list."""
+def _output_flushes(monkeypatch: pytest.MonkeyPatch, fail: bool = False, disk_seconds: float = 0.0) -> list[int]:
+    """Wrap os.fdatasync: the sizes of the .safetensors file at each flush of it land in the list.
+    Each flush of it takes at least `disk_seconds` (a slower disk). The writer's os.pwrite and
+    os.copy_file_range to it wait while more than two steps are written but not flushed, so how
+    many flushes happen follows the file's size, not how fast this machine's disk is: a flush
+    covers all that landed before it, and a slow one would otherwise cover the whole file."""
     sizes: list[int] = []
-    real = os.fdatasync
+    flushed = [0.0]
+    cond = threading.Condition()
+    real_flush, real_pwrite, real_copy = os.fdatasync, os.pwrite, os.copy_file_range
+
+    def is_output(fd: int) -> bool:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors")
 
     def flush(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors"):
-            sizes.append(os.fstat(fd).st_size)
+        if not is_output(fd):
+            return real_flush(fd)
+        size = os.fstat(fd).st_size
+        sizes.append(size)
+        try:
             if fail:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
+            time.sleep(disk_seconds)
+            real_flush(fd)
+        finally:
+            with cond:
+                flushed[0] = math.inf if fail else size
+                cond.notify_all()
+
+    def held_back(fd: int, offset: int | None) -> None:
+        if offset is not None and is_output(fd):
+            with cond:
+                if not cond.wait_for(lambda: offset - flushed[0] <= 2 * STEP, timeout=30):
+                    flushed[0] = math.inf  # no flush came: stop holding back, the assertions will say so
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        held_back(fd, offset)
+        return real_pwrite(fd, data, offset)
+
+    def copy_file_range(src: int, dst: int, count: int, offset_src: int | None = None, offset_dst: int | None = None) -> int:
+        held_back(dst, offset_dst)
+        return real_copy(src, dst, count, offset_src, offset_dst)
 
     monkeypatch.setattr(convert.durable, "FLUSH_STEP", STEP)
     monkeypatch.setattr(os, "fdatasync", flush)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
     return sizes
 
 
-def test_the_output_is_flushed_as_it_grows(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes = _output_flushes(monkeypatch)
+@pytest.mark.parametrize("disk_seconds", [0.0, 0.3], ids=["this-disk", "slow-disk"])
+def test_the_output_is_flushed_as_it_grows(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_seconds: float
+) -> None:
+    sizes = _output_flushes(monkeypatch, disk_seconds=disk_seconds)
     out = tmp_path / "out"
     result: Any = api.pth_to_safetensors(checkpoint, out)
     total = (out / "model.safetensors").stat().st_size
