@@ -165,11 +165,12 @@ def test_verify_source_refuses_a_tie_whose_two_sources_differ(save_checkpoint: C
     assert_cli_error(run_cli("verify", out, "--source", other), 8, "lm_head.weight")
 
 
+@pytest.mark.parametrize("tensors", [8, 1], ids=["four-shards", "one-tensor"])
 @pytest.mark.parametrize(
     "bad_source", ["missing.pt", "garbage.pt", "model.pt --key nowhere"], ids=["missing", "malformed", "wrong-key"]
 )
 def test_a_bad_source_stops_verify_without_hashing_the_output(
-    save_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_source: str
+    save_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_source: str, tensors: int
 ) -> None:
     """The source is opened on a second thread while the output is hashed; when it cannot be opened,
     its error is the answer at once, not after every byte of the output has been read (at 444df50
@@ -182,10 +183,11 @@ def test_a_bad_source_stops_verify_without_hashing_the_output(
     from convert.errors import ConvertError
 
     g = torch.Generator().manual_seed(5)
-    src = save_checkpoint({f"layer{i}.weight": torch.randn(1024, 1024, generator=g) for i in range(8)})
+    rows = 8192 // tensors  # 32 MB in all: eight 4 MB tensors in four shards, or one 32 MB tensor
+    src = save_checkpoint({f"layer{i}.weight": torch.randn(rows, 1024, generator=g) for i in range(tensors)})
     (tmp_path / "garbage.pt").write_bytes(b"\x80\x04garbage" * 10)
     out = tmp_path / "out"
-    pth_to_safetensors(src, out, max_shard_size=8 << 20)  # four 8 MB shards
+    pth_to_safetensors(src, out, max_shard_size=8 << 20)
     windows: list[int] = []
     real = mmap.mmap
 
@@ -199,5 +201,5 @@ def test_a_bad_source_stops_verify_without_hashing_the_output(
     name, *key = bad_source.split(" --key ")
     with pytest.raises(ConvertError) as raised:
         verify_path(out, tmp_path / name, key[0] if key else None)
-    all_windows = 2 * 8  # the file pass and the tensor pass, one 4 MiB window per tensor each
+    all_windows = 2 * 8  # the file pass and the tensor pass, 4 MiB windows
     assert len(windows) < all_windows // 2, f"{len(windows)} windows hashed before {raised.value!r} was raised"
