@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,14 +239,8 @@ def verify_path(out: str | Path, source: str | Path | None = None, key: str | No
     options = recorded_reader_options(out)
     if key:
         options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
-    where = source
-
-    @contextmanager
-    def opened_source() -> Iterator[SourceModel]:
-        with open_path(where, "auto", options) as opened:
-            yield _model_of(opened, out, where) if isinstance(opened, SourceBundle) else opened
-
-    return verify_output(out, opened_source)
+    with open_path(source, "auto", options) as opened:
+        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened)
 
 
 def _bundle_output(out: Path) -> list[Path] | None:

@@ -107,6 +107,12 @@ def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def file_and_range_digests(path: str | os.PathLike[str], ranges: list[tuple[int, int]], algorithm: str) -> tuple[str, list[str]]:
+    """A complete file's digest and each of its ranges' (in file order), on two threads side by side."""
+    hasher = OutputHasher(path, os.path.getsize(path), ranges, algorithm)
+    return hasher.finish()
+
+
 class OutputHasher:
     """Digests of an output file and of each tensor in it, computed while the file is written.
 

@@ -6,10 +6,7 @@ replayed."""
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from . import manifest as manifest_mod
 from .dtypes import BY_NUMPY_NAME, CastLossError
 from .errors import ConvertError
 from .fann import network_problems
-from .hashing import OutputHasher, hash_range, new_digest, same_ranges
+from .hashing import file_and_range_digests, hash_range, new_digest, same_ranges
 from .safetensors_format import read_header
 from .source import SourceModel
 from .tensors import TensorRef, c_contiguous, iter_chunks, release_pages
@@ -56,24 +53,15 @@ class VerifyReport:
         }
 
 
-SourceOpener = Callable[[], AbstractContextManager[SourceModel]]
-
-
-def verify_output(out: str | Path, source: SourceOpener | None = None) -> VerifyReport:
-    """Check an output folder against its manifest; with `source`, which opens the model it was made
-    from, compare every tensor with it too. The source is opened and read on a second thread while
-    this one hashes the output, so parsing a large checkpoint costs no wall time of its own."""
+def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyReport:
     out_dir = Path(out)
     doc = manifest_mod.load(out_dir)
     manifest_mod.validate(doc)
     report, compared = VerifyReport(out_dir), VerifyReport(out_dir)
-    hashing = _Hashing()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_compare_with_source, out_dir, doc, source, compared, hashing) if source is not None else None
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the source is read while the files are hashed
+        pending = pool.submit(_compare_with_source, out_dir, doc, source, compared) if source is not None else None
         for entry in doc["files"]:
-            if hashing.stopped:
-                break
-            _check_file(out_dir, entry, doc, report, hashing)
+            _check_file(out_dir, entry, doc, report)
         if doc.get("index"):
             _check_index(out_dir, doc, report)
         for entry in doc.get("networks", []):
@@ -85,38 +73,7 @@ def verify_output(out: str | Path, source: SourceOpener | None = None) -> Verify
     return report
 
 
-class _Hashing:
-    """Hashes the output files one at a time, each on two threads side by side (the file, its ranges);
-    stopped at once by a source that fails to open or read, as that source's error is then the answer."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._current: OutputHasher | None = None
-        self.stopped = False
-
-    def digests(self, path: Path, ranges: list[tuple[int, int]], algorithm: str) -> tuple[str, list[str]] | None:
-        """The file's digest and its ranges' (in file order); None once stopped."""
-        hasher = OutputHasher(path, path.stat().st_size, ranges, algorithm)
-        with self._lock:
-            if self.stopped:
-                hasher.abort()
-                return None
-            self._current = hasher
-        try:
-            result = hasher.finish()
-        finally:
-            with self._lock:
-                self._current = None
-        return None if self.stopped else result
-
-    def stop(self) -> None:
-        with self._lock:
-            self.stopped = True
-            if self._current is not None:
-                self._current.abort()
-
-
-def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], report: VerifyReport, hashing: _Hashing) -> None:
+def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], report: VerifyReport) -> None:
     name = entry["path"]
     path = out_dir / name
     if Path(name).name != name or not path.is_file():
@@ -131,10 +88,7 @@ def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], repor
         except (ConvertError, Exception) as exc:  # the library raises its own error types
             report.problems.append(f"{name}: not readable as SafeTensors ({exc})")
     ranges = [(header.data_start + e.begin, header.data_start + e.end) for e in header.entries] if header else []
-    hashed = hashing.digests(path, ranges, doc["digest_algorithm"])  # one read for both
-    if hashed is None:
-        return
-    file_digest, digests = hashed
+    file_digest, digests = file_and_range_digests(path, ranges, doc["digest_algorithm"])  # one read for both
     if path.stat().st_size != entry["bytes"] or file_digest != entry["digest"]:
         report.problems.append(f"{name}: size or digest differs from the manifest")
     if header is None:
@@ -185,18 +139,7 @@ def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> No
         report.problems.append(f"{doc['index']}: total_size differs from the tensors' bytes")
 
 
-def _compare_with_source(
-    out_dir: Path, doc: dict[str, Any], open_source: SourceOpener, report: VerifyReport, hashing: _Hashing
-) -> None:
-    try:
-        with open_source() as source:
-            _compare_opened(out_dir, doc, source, report)
-    except BaseException:
-        hashing.stop()
-        raise
-
-
-def _compare_opened(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
+def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
     from convert.safetensors_source import open_safetensors
 
     refs = {t.name: t for t in source.tensors}
