@@ -32,7 +32,10 @@ class ProgressiveFlush:
         self._thread.start()
 
     def advance(self, upto: int) -> None:
-        """Bytes up to `upto` have been written (in any order): a flush may cover them."""
+        """Bytes up to `upto` have been written (in any order): a flush may cover them. Raises a
+        failed flush's error, so the writer stops at once rather than at the end."""
+        if self._error is not None:
+            raise self._error
         with self._cond:
             if upto > self._landed:
                 self._landed = upto

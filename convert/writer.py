@@ -122,8 +122,11 @@ def write_safetensors(
         flush = ProgressiveFlush(fd)
 
         def landed(upto: int, hasher: OutputHasher = hasher, flush: ProgressiveFlush = flush) -> None:
-            hasher.advance(upto)
-            flush.advance(upto)
+            try:
+                hasher.advance(upto)
+                flush.advance(upto)
+            except OSError as exc:  # the output could not be read back or flushed
+                raise _write_error(exc, path) from None
 
         pos = len(header)
         losses = []
@@ -133,8 +136,8 @@ def write_safetensors(
             landed(pos)
             if progress:
                 progress(item.nbytes)
-        file_digest, digests = hasher.finish()
         try:
+            file_digest, digests = hasher.finish()
             flush.finish()
         except OSError as exc:
             raise _write_error(exc, path) from None

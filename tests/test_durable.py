@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the checkpoint is written by torch.save")
 
 import convert.durable  # noqa: E402
+import convert.hashing  # noqa: E402
 from convert import api  # noqa: E402
 from convert.errors import OutputWriteError  # noqa: E402
 
@@ -111,4 +112,51 @@ def test_a_failed_flush_fails_the_conversion_and_leaves_nothing(
     with pytest.raises(OutputWriteError, match=r"cannot write model\.safetensors: Input/output error"):
         api.pth_to_safetensors(checkpoint, out)
     assert sizes, "the failing flush was never reached"
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+def _furthest_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The end of the furthest write to the .safetensors file, kept in a one-item list (wrapping
+    whatever os.pwrite and os.copy_file_range are now)."""
+    furthest = [0]
+    pwrite, copy = os.pwrite, os.copy_file_range
+
+    def note(fd: int, offset: int | None, n: int) -> int:
+        if offset is not None and os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors"):
+            furthest[0] = max(furthest[0], offset + n)
+        return n
+
+    def copy_file_range(src: int, dst: int, count: int, o_src: int | None = None, o_dst: int | None = None) -> int:
+        return note(dst, o_dst, copy(src, dst, count, o_src, o_dst))
+
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: note(fd, offset, pwrite(fd, data, offset)))
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    return furthest
+
+
+def test_a_failed_flush_stops_the_writer_at_once(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _output_flushes(monkeypatch, fail=True)
+    furthest = _furthest_write(monkeypatch)
+    with pytest.raises(OutputWriteError, match=r"Input/output error"):
+        api.pth_to_safetensors(checkpoint, tmp_path / "out")
+    total = sum(t.numel() * 4 for t in torch.load(checkpoint, weights_only=True).values())
+    assert sizes, "the failing flush was never reached"
+    assert furthest[0] < total // 2, f"wrote up to {furthest[0]:,} of {total:,} bytes after the flush at {sizes[0]:,} failed"
+
+
+def test_an_output_that_cannot_be_read_back_is_a_write_error(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashing threads read the written bytes back; an I/O error there fails the conversion as a
+    write error (exit 10), not as an internal one."""
+    real = convert.hashing.hash_range
+
+    def hash_range(fd: int, offset: int, length: int, hashers: Any) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".safetensors") and offset > STEP:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd, offset, length, hashers)
+
+    monkeypatch.setattr(convert.hashing, "hash_range", hash_range)
+    with pytest.raises(OutputWriteError, match=r"model\.safetensors: Input/output error"):
+        api.pth_to_safetensors(checkpoint, tmp_path / "out")
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
