@@ -14,7 +14,7 @@ import hashlib
 import mmap
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -63,24 +63,39 @@ def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Any]) -> Non
                 h.update(piece)
 
 
-def same_ranges(a: FileSpan, b: FileSpan) -> bool:
-    """Whether two file ranges hold the same bytes: a fraction of a digest's cost (about a third of
-    BLAKE3's CPU here), for `verify` to prove an output tensor equal to the source range it was copied from."""
-    if a.length != b.length:
+def same_ranges(a: Sequence[FileSpan], b: Sequence[FileSpan]) -> bool:
+    """Whether two runs of file ranges hold the same bytes, each run read as its ranges one after
+    another: a fraction of a digest's cost (about a third of BLAKE3's CPU here), for `verify` to prove
+    an output tensor equal to the source range (or ranges) it was copied from."""
+    if sum(s.length for s in a) != sum(s.length for s in b):
         return False
-    if (os.path.realpath(a.path), a.offset) == (os.path.realpath(b.path), b.offset):
+    if [(os.path.realpath(s.path), s.offset, s.length) for s in a] == [(os.path.realpath(s.path), s.offset, s.length) for s in b]:
         return True
-    fd_a, fd_b = os.open(a.path, os.O_RDONLY), os.open(b.path, os.O_RDONLY)
+    fds: dict[str, int] = {}
+
+    def fd(path: str) -> int:
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDONLY)
+        return fds[path]
+
     try:
-        for done in range(0, a.length, WINDOW):
-            n = min(WINDOW, a.length - done)
-            with mapped(fd_a, a.offset + done, n) as x, mapped(fd_b, b.offset + done, n) as y:
-                if not _equal(x, y):
-                    return False
+        i = j = done_a = done_b = 0
+        while i < len(a) and j < len(b):
+            x, y = a[i], b[j]
+            n = min(WINDOW, x.length - done_a, y.length - done_b)
+            if n:
+                with mapped(fd(x.path), x.offset + done_a, n) as p, mapped(fd(y.path), y.offset + done_b, n) as q:
+                    if not _equal(p, q):
+                        return False
+                done_a, done_b = done_a + n, done_b + n
+            if done_a == x.length:
+                i, done_a = i + 1, 0
+            if done_b == y.length:
+                j, done_b = j + 1, 0
         return True
     finally:
-        os.close(fd_a)
-        os.close(fd_b)
+        for opened in fds.values():
+            os.close(opened)
 
 
 def _equal(x: memoryview, y: memoryview) -> bool:

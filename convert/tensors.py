@@ -3,7 +3,9 @@
 Readers yield `TensorRef`s; the writer pulls one tensor at a time, so memory stays bounded by a
 chunk rather than by the model.  A reference whose bytes already lie in one contiguous C-ordered
 little-endian range of a file exposes it as `span`, which lets the writer copy file to file in the
-kernel; everything else is read through a numpy view over a memory map and materialised in chunks.
+kernel; one stored in parts that are its C-order bytes one after another (a TensorFlow variable
+partitioned along its first axis) exposes them as `pieces`, copied alike. Everything else is read
+through a numpy view over a memory map and materialised in chunks.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class TensorRef:
     span: FileSpan | None = None
     # Two refs with equal identity are the same memory (tied weights); None means never shared.
     identity: Hashable | None = None
+    # No span, but these ranges hold the tensor's C-order bytes in order (its parts, stored apart).
+    pieces: tuple[FileSpan, ...] = ()
+
+    def ranges(self) -> tuple[FileSpan, ...]:
+        """The file ranges whose bytes, in order, are this tensor's (empty when it is no file's bytes)."""
+        return (self.span,) if self.span is not None else self.pieces
 
     @property
     def numel(self) -> int:
@@ -50,8 +58,8 @@ class TensorRef:
         return self.numel * self.dtype.itemsize
 
     def renamed(self, name: str) -> TensorRef:
-        """The same bytes under another name: span and identity kept, so zero-copy and ties survive."""
-        return TensorRef(name, self.dtype, self.shape, self.load, self.span, self.identity)
+        """The same bytes under another name: span, pieces and identity kept, so zero-copy and ties survive."""
+        return TensorRef(name, self.dtype, self.shape, self.load, self.span, self.identity, self.pieces)
 
     def array(self) -> np.ndarray:
         """A (possibly memory-mapped, non-contiguous) view with this ref's dtype and shape."""

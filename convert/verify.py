@@ -180,16 +180,16 @@ def _same_as_written(source: TensorRef, output: TensorRef | None, t: dict[str, A
     """A tensor written unchanged: its source range compared with the output's bytes where both lie in
     files (the output's bytes are proven against the manifest's digest by `_check_file`), else the
     source's digest compared with the manifest's."""
-    if source.span is not None and output is not None and output.span is not None:
-        return same_ranges(source.span, output.span)
+    if source.ranges() and output is not None and output.span is not None:
+        return same_ranges(source.ranges(), (output.span,))
     return tensor_digest(source, algorithm) == t["digest"]
 
 
 def _same_tensor(a: TensorRef, b: TensorRef, algorithm: str) -> bool:
     if (a.dtype, a.shape) != (b.dtype, b.shape):
         return False
-    if a.span is not None and b.span is not None:
-        return same_ranges(a.span, b.span)  # a tie's two names read one storage: equal without reading it
+    if a.ranges() and b.ranges():
+        return same_ranges(a.ranges(), b.ranges())  # a tie's two names read one storage: equal without reading it
     return tensor_digest(a, algorithm) == tensor_digest(b, algorithm)
 
 
@@ -207,12 +207,13 @@ def _same_bytes(produced: np.ndarray, output: np.ndarray) -> bool:
 def tensor_digest(ref: TensorRef, algorithm: str) -> str:
     """The digest of a tensor's C-ordered bytes, read in bounded chunks."""
     digest = new_digest(algorithm)
-    if ref.span is not None:
-        fd = os.open(ref.span.path, os.O_RDONLY)
-        try:
-            hash_range(fd, ref.span.offset, ref.span.length, [digest])
-        finally:
-            os.close(fd)
+    if ref.ranges():
+        for span in ref.ranges():
+            fd = os.open(span.path, os.O_RDONLY)
+            try:
+                hash_range(fd, span.offset, span.length, [digest])
+            finally:
+                os.close(fd)
         return digest.hexdigest()
     arr = ref.array()
     for chunk in iter_chunks(arr, DIGEST_CHUNK):

@@ -1,7 +1,8 @@
 """Streaming SafeTensors writer: plan the header from shapes, then write one tensor at a time.
 
-Tensors whose bytes already lie contiguously in a source file are copied file to file by the
-kernel (`copy_file_range`, else `sendfile`); views, byte swaps and casts are materialised in chunks.
+Tensors whose bytes already lie contiguously in a source file (or in a few ranges, one after
+another) are copied file to file by the kernel (`copy_file_range`, else `sendfile`); views, byte
+swaps and casts are materialised in chunks.
 A background thread hashes what is written, so digests cost no extra pass over the output, and
 another flushes it to disk as it grows, so the disk works beside the CPU rather than after it.
 """
@@ -161,8 +162,10 @@ def _write_tensor(fd: int, item: WriteItem, pos: int, landed: Landed, path: Path
     values without leave (its `on_loss` is "refuse") fails the file after it has counted them all."""
     ref = item.ref
     losses = [CastLoss() for _ in item.casts]
-    if ref.span is not None and item.dtype == ref.dtype and not item.casts:  # F32 -> BF16 -> F32 is no copy
-        _copy_span(ref.span.path, ref.span.offset, ref.span.length, fd, pos, path, landed)
+    if ref.ranges() and item.dtype == ref.dtype and not item.casts:  # F32 -> BF16 -> F32 is no copy
+        for span in ref.ranges():
+            _copy_span(span.path, span.offset, span.length, fd, pos, path, landed)
+            pos += span.length
         return losses
     try:
         arr = ref.array()

@@ -147,9 +147,11 @@ def test_same_ranges_sees_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyP
     if flip is not None:
         changed[flip] ^= 1
     b.write_bytes(b"y" * 5 + bytes(changed) + b"zz")
-    same = hashing.same_ranges(FileSpan(str(a), 13, len(data)), FileSpan(str(b), 5, len(data)))
+    same = hashing.same_ranges([FileSpan(str(a), 13, len(data))], [FileSpan(str(b), 5, len(data))])
     assert same is (flip is None)
-    assert not hashing.same_ranges(FileSpan(str(a), 13, len(data)), FileSpan(str(b), 5, len(data) - 1))
+    pieces = [FileSpan(str(a), 13, 5000), FileSpan(str(a), 13 + 5000, 0), FileSpan(str(a), 13 + 5000, len(data) - 5000)]
+    assert hashing.same_ranges(pieces, [FileSpan(str(b), 5, len(data))]) is (flip is None)  # one run, in parts
+    assert not hashing.same_ranges([FileSpan(str(a), 13, len(data))], [FileSpan(str(b), 5, len(data) - 1)])
 
 
 def test_verify_source_refuses_a_tie_whose_two_sources_differ(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:

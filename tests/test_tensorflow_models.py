@@ -16,6 +16,7 @@ from convert.api import inspect_path, keras_to_safetensors, tf_to_safetensors, v
 from convert.errors import SourceNotFoundError
 from exporters.registry import detect
 from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
+from tf_index import Pairs, rewrite_index
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
@@ -226,23 +227,6 @@ def test_equal_variables_sharing_a_name_are_both_converted(tmp_path: Path) -> No
     assert sorted(load_output(tmp_path / "mod")) == ["b1", "b2"]
 
 
-def test_partitioned_variables_are_refused_as_unsupported(tmp_path: Path) -> None:
-    """TensorFlow's sharding policy stores a variable as slices under binary keys (a 0 byte, the
-    name, the slice's extents); such a checkpoint is sound but unsupported: exit 4, nothing written."""
-    import numpy as np
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.w = tf.Variable(np.random.default_rng(3).standard_normal((100, 100)).astype(np.float32))
-    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=30_000)
-    options = tf.train.CheckpointOptions(experimental_sharding_callback=policy)
-    prefix = tf.train.Checkpoint(model=module).write(str(tmp_path / "ckpt" / "ckpt"), options=options)
-    assert list(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()["model/w/.ATTRIBUTES/VARIABLE_VALUE"]) == [100, 100]
-    rc, out, err = run_cli("tf-to-safetensors", prefix, tmp_path / "out")
-    assert_cli_error((rc, out, err), 4, "model/w/.ATTRIBUTES/VARIABLE_VALUE is partitioned into slices")
-    assert_no_output(tmp_path / "out")
-
-
 def test_damaged_data_bytes_fail_their_checksum(tmp_path: Path) -> None:
     """Every entry of the index records a CRC32C of its bytes, which TensorFlow checks on every read
     (a DataLoss error): one bit flipped in a weight or in the object graph is refused, exit 6,
@@ -308,52 +292,19 @@ def test_saved_state_that_is_no_variable_is_listed_as_such(tmp_path: Path) -> No
 def _rewrite_header(index: Path, **fields: int) -> None:
     """Rewrite a checkpoint's `.index` with header fields changed (the forged headers TensorFlow
     itself never writes on this machine): the same entries, laid out in one block, checksummed."""
-    import struct
-
-    import crc32c
-
-    from exporters.tensorflow import bundle
     from exporters.tensorflow.protos import message
 
-    data = index.read_bytes()
-    _, pos = bundle._handle(data, len(data) - bundle.FOOTER_BYTES, "x")
-    pairs = [
-        pair
-        for _, handle in bundle._block_entries(data, bundle._handle(data, pos, "x")[0], "x")
-        for pair in bundle._block_entries(data, bundle._handle(handle, 0, "x")[0], "x")
-    ]
-    header = message("BundleHeaderProto")()
-    header.ParseFromString(pairs[0][1])
-    for name, value in fields.items():
-        if name == "min_consumer":
-            header.version.min_consumer = value
-        else:
-            setattr(header, name, value)
-    pairs[0] = (b"", header.SerializeToString())
+    def edit(pairs: Pairs) -> Pairs:
+        header = message("BundleHeaderProto")()
+        header.ParseFromString(pairs[0][1])
+        for name, value in fields.items():
+            if name == "min_consumer":
+                header.version.min_consumer = value
+            else:
+                setattr(header, name, value)
+        return [(b"", header.SerializeToString()), *pairs[1:]]
 
-    def varint(n: int) -> bytes:
-        out = b""
-        while n >= 0x80:
-            out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
-        return out + bytes([n])
-
-    def block(entries: list[tuple[bytes, bytes]]) -> bytes:  # every entry a restart point: no shared prefixes
-        body, restarts = b"", []
-        for key, value in entries:
-            restarts.append(len(body))
-            body += varint(0) + varint(len(key)) + varint(len(value)) + key + value
-        body += b"".join(struct.pack("<I", r) for r in restarts or [0]) + struct.pack("<I", len(restarts or [0]))
-        crc = crc32c.crc32c(body + b"\0")
-        masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-        return body + b"\0" + struct.pack("<I", masked)
-
-    data_block = block(pairs)
-    meta = block([])
-    index_block = block([(pairs[-1][0], varint(0) + varint(len(data_block) - 5))])
-    meta_at, index_at = len(data_block), len(data_block) + len(meta)
-    handles = varint(meta_at) + varint(len(meta) - 5) + varint(index_at) + varint(len(index_block) - 5)
-    footer = handles.ljust(40, b"\0") + struct.pack("<Q", bundle.TABLE_MAGIC)
-    index.write_bytes(data_block + meta + index_block + footer)
+    rewrite_index(index, edit)
 
 
 def test_forged_headers_are_refused_as_unsupported(tmp_path: Path) -> None:
@@ -383,14 +334,17 @@ def test_forged_headers_are_refused_as_unsupported(tmp_path: Path) -> None:
         assert_no_output(tmp_path / f"out{i}")
 
 
-def _module_checkpoint(folder: Path, variables: dict[str, Any]) -> str:
-    """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array)."""
+def _module_checkpoint(folder: Path, variables: dict[str, Any], max_shard_size: int | None = None) -> str:
+    """A tf.train.Checkpoint(model=module).write of a tf.Module holding `variables` (name -> array);
+    with `max_shard_size`, TensorFlow's MaxShardSizePolicy cuts them into slices of at most that many bytes."""
     import tensorflow as tf
 
     module = tf.Module()
     for name, value in variables.items():
         setattr(module, name, tf.Variable(value, name=name))
-    return tf.train.Checkpoint(model=module).write(str(folder / "ckpt"))
+    policy = max_shard_size and tf.train.experimental.MaxShardSizePolicy(max_shard_size)
+    options = tf.train.CheckpointOptions(experimental_sharding_callback=policy) if policy else None
+    return tf.train.Checkpoint(model=module).write(str(folder / "ckpt"), options=options)
 
 
 def test_variables_are_spans_of_the_data_file_read_without_tensorflow(tmp_path: Path) -> None:
@@ -461,19 +415,23 @@ def test_peak_memory_stays_under_the_largest_tensors_not_the_model(tmp_path: Pat
     assert 0 < run.peak_rss < 200 << 20, f"peak RSS {run.peak_rss >> 20} MiB"
 
 
-def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_shard_size", [None, 8])
+def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path, max_shard_size: int | None) -> None:
     """The `.index` table is parsed here, not by TensorFlow: any one byte of it changed either still
     reads (a byte TensorFlow ignores too) or is refused with one of this tool's errors, never another
-    exception, and always when TensorFlow refuses it (its blocks' checksums); a missing data shard is named."""
+    exception, and always when TensorFlow refuses it (its blocks' checksums); a missing data shard is
+    named. Also with every variable cut into slices (their keys and extents parsed here too)."""
     import numpy as np
     import tensorflow as tf
 
     from convert.errors import ConvertError
     from exporters.tensorflow.reader import open_tensorflow
 
-    prefix = _module_checkpoint(tmp_path / "ckpt", {"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.int64)})
+    variables = {"a": np.ones((2, 3), np.float32), "b": np.arange(4, dtype=np.int64)}
+    prefix = _module_checkpoint(tmp_path / "ckpt", variables, max_shard_size)
     index = Path(prefix + ".index")
     original = index.read_bytes()
+    assert (b"\0model/a/" in original) is bool(max_shard_size)
     refused_by_tf = []
     for pos in range(len(original)):
         index.write_bytes(original[:pos] + bytes([original[pos] ^ 0xFF]) + original[pos + 1 :])
@@ -493,8 +451,9 @@ def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path) -> None:
         with pytest.raises(ConvertError, match="unreadable TensorFlow checkpoint"):
             open_tensorflow(prefix)
     index.write_bytes(original)
-    Path(prefix + ".data-00000-of-00001").unlink()
-    assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 6, "missing data file ckpt.data-00000-of-00001")
+    first = sorted(Path(prefix).parent.glob("ckpt.data-*"))[0]
+    first.unlink()
+    assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 6, f"missing data file {first.name}")
     assert_no_output(tmp_path / "out")
 
 

@@ -9,7 +9,8 @@ a 4-byte checksum of the lengths, then the bytes. Each entry records a masked CR
 (for a string: of its length as 4 little-endian bytes, the checksum, the bytes), which TensorFlow
 checks on every read and so is checked here too, once per variable as the source opens. TensorFlow
 itself costs some 600 MiB of RSS to import and copies every variable it reads, which is why this
-module exists.
+module exists. A partitioned variable is assembled from its slices (exporters/tensorflow/slices.py):
+cut along its first axis only, it is its slices' spans one after another, still never a copy.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from __future__ import annotations
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from convert import hashing
 from convert.dtypes import BY_NUMPY_NAME, dtype as lookup_dtype
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from convert.tensors import MappedFile, TensorRef, mapped_tensor
+from convert.tensors import MappedFile, TensorRef, mapped_tensor, release_pages
+from exporters.tensorflow import slices
 from exporters.tensorflow.protos import parse
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -72,9 +76,6 @@ TF_OTHER_DTYPES = {
     31: "int2",
     32: "uint2",
 }
-# A partitioned variable's slices sit under binary keys (TensorFlow's EncodeTensorNameSlice: a 0
-# byte, the name, the slice's extents), listed by the variable's own entry.
-SLICE_KEY = b"\x00"
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,11 @@ class Entry:
     offset: int
     size: int
     crc32c: int  # of the entry's bytes, unmasked
-    sliced: bool  # a partitioned variable, stored as slices under other keys
+    slices: tuple[tuple[slices.Extent, ...], ...] = ()  # a partitioned variable's slices, stored under other keys
+
+    @property
+    def sliced(self) -> bool:
+        return bool(self.slices)
 
 
 class Bundle:
@@ -97,7 +102,7 @@ class Bundle:
     def __init__(self, prefix: str, label: str) -> None:
         self.label = label
         index = Path(prefix + ".index")
-        header, self.entries = _read_index(index.read_bytes(), label)
+        header, self.entries, self.slices = _read_index(index.read_bytes(), label)
         shards = header.num_shards
         if not 1 <= shards <= MAX_SHARDS or header.endianness not in (0, 1):
             raise _unreadable(label, f"the header declares {shards} shards, byte order {header.endianness}")
@@ -138,11 +143,15 @@ class Bundle:
         return data[pos + 4 :]
 
     def tensor(self, entry: Entry) -> TensorRef:
-        """A numeric variable as a span of its mapped shard, checked to lie inside it."""
+        """A numeric variable as a span of its mapped shard, checked to lie inside it; a partitioned
+        one assembled from its slices."""
         code = BY_NUMPY_NAME.get(self.dtype_name(entry))
-        if code is None or entry.sliced:
-            what = "is partitioned into slices" if entry.sliced else f"has dtype {self.dtype_name(entry)}"
-            raise UnsupportedFormatError(f"{self.label}: variable {entry.key} {what}, which SafeTensors cannot hold")
+        if code is None:
+            raise UnsupportedFormatError(
+                f"{self.label}: variable {entry.key} has dtype {self.dtype_name(entry)}, which SafeTensors cannot hold"
+            )
+        if entry.sliced:
+            return self._partitioned(entry)
         dt = lookup_dtype(code)
         path = self._checked_shard(entry)
         shape = list(entry.shape)
@@ -156,6 +165,49 @@ class Bundle:
         if mapped is None:
             mapped = self._mapped[entry.shard] = MappedFile(str(path))
         return mapped_tensor(mapped, entry.key, dt, entry.shape, entry.offset)
+
+    def _partitioned(self, entry: Entry) -> TensorRef:
+        """A partitioned variable from its slices, each checked as a variable of its own (bounds,
+        size, checksum) and all checked to tile it; its bytes are the slices' spans in order when
+        it is cut along its first axis, else the slices are copied into one array when it is read."""
+        if len(entry.slices) == 1 and slices.is_whole(entry.slices[0]):  # TensorFlow reads the entry itself
+            return self.tensor(replace(entry, slices=()))
+        boxes = []
+        for extents in entry.slices:
+            region = slices.box(extents, entry.shape)
+            if isinstance(region, str):
+                raise self._bad_slices(entry, region)
+            boxes.append(region)
+        problem = slices.tiling_problem(boxes, entry.shape)
+        if problem is not None:
+            raise self._bad_slices(entry, problem)
+        parts = []
+        for extents, region in zip(entry.slices, boxes, strict=True):
+            stored = self.slices.get((entry.key, extents))
+            lengths = tuple(b - a for a, b in region)
+            if stored is None:
+                raise self._bad_slices(entry, f"its slice [{_ranges(region)}] is missing")
+            if stored.dtype != entry.dtype or stored.shape != lengths or stored.sliced:
+                found = f"{self.dtype_name(stored)} {list(stored.shape)}"
+                raise self._bad_slices(entry, f"its slice [{_ranges(region)}] holds {found}, not {list(lengths)}")
+            parts.append(self.tensor(stored))
+        dt, shape = parts[0].dtype, entry.shape
+        order = slices.first_axis_order(boxes, shape)
+        spans = tuple(parts[i].ranges()[0] for i in order) if order is not None else ()  # each slice is one span
+
+        def assemble() -> np.ndarray:
+            whole = np.empty(shape, dt.numpy)
+            for part, region in zip(parts, boxes, strict=True):
+                piece = part.array()
+                whole[tuple(slice(a, b) for a, b in region)] = piece
+                release_pages(piece)
+            return whole
+
+        span, pieces = (spans[0], ()) if len(spans) == 1 else (None, spans)
+        return TensorRef(entry.key, dt, shape, assemble, span=span, pieces=pieces)
+
+    def _bad_slices(self, entry: Entry, why: str) -> CorruptInputError:
+        return CorruptInputError(f"{self.label}: partitioned variable {entry.key} is damaged ({why})")
 
     def close(self) -> None:
         for mapped in self._mapped.values():
@@ -193,8 +245,13 @@ def _unreadable(label: str, why: str) -> CorruptInputError:
     return CorruptInputError(f"{label}: unreadable TensorFlow checkpoint ({why})")
 
 
-def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
-    """The header and every entry of an `.index` table."""
+def _ranges(region: slices.Box) -> str:
+    return ", ".join(f"{a}:{b}" for a, b in region)
+
+
+def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry], dict[slices.SliceKey, Entry]]:
+    """The header, every variable's entry, and every slice's entry by (variable, extents) of an
+    `.index` table; each slice is one its variable lists."""
     if len(data) < FOOTER_BYTES or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
         raise _unreadable(label, "the .index file is not a TensorFlow table")
     footer = len(data) - FOOTER_BYTES
@@ -202,12 +259,18 @@ def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
     index_block, _ = _handle(data, pos, label)
     header = None
     entries: dict[str, Entry] = {}
+    stored_slices: dict[slices.SliceKey, Entry] = {}
     for _, value in _block_entries(data, index_block, label):
         for key, raw in _block_entries(data, _handle(value, 0, label)[0], label):
             if key == b"":
                 header = parse("BundleHeaderProto", raw, f"{label}: damaged checkpoint index header")
                 continue
-            if key.startswith(SLICE_KEY):  # one slice of a partitioned variable: its full entry refuses it
+            if key.startswith(b"\x00"):  # one slice of a partitioned variable (EncodeTensorNameSlice)
+                decoded = slices.decode_key(key, MAX_RANK)
+                if decoded is None:
+                    raise _unreadable(label, f"a slice key that cannot be decoded: {key[:60]!r}")
+                proto = parse("BundleEntryProto", raw, f"{label}: damaged checkpoint index entry for a slice of {decoded[0]}")
+                stored_slices[decoded] = _entry(f"{decoded[0]} (a slice)", proto, label)
                 continue
             name = _text(key, label)
             entries[name] = _entry(
@@ -215,7 +278,11 @@ def _read_index(data: bytes, label: str) -> tuple[Any, dict[str, Entry]]:
             )
     if header is None:
         raise _unreadable(label, "no header in the .index file")
-    return header, entries
+    listed = {name: set(entry.slices) for name, entry in entries.items() if entry.sliced}
+    for name, extents in stored_slices:
+        if extents not in listed.get(name, ()):
+            raise CorruptInputError(f"{label}: a slice of {name} that no variable lists (a damaged index)")
+    return header, entries, stored_slices
 
 
 def _entry(name: str, proto: Any, label: str) -> Entry:
@@ -223,7 +290,14 @@ def _entry(name: str, proto: Any, label: str) -> Entry:
     if proto.shape.unknown_rank or len(dims) > MAX_RANK or any(d.size < 0 for d in dims):
         raise CorruptInputError(f"{label}: variable {name} has no definite shape")
     shape = tuple(d.size for d in dims)
-    return Entry(name, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, _unmask(proto.crc32c), len(proto.slices) > 0)
+    if len(proto.slices) > slices.MAX_SLICES:
+        raise CorruptInputError(
+            f"{label}: variable {name} lists {len(proto.slices)} slices (at most {slices.MAX_SLICES} are read)"
+        )
+    listed = tuple(slices.extents(s) for s in proto.slices)
+    if len(set(listed)) != len(listed):
+        raise CorruptInputError(f"{label}: partitioned variable {name} is damaged (it lists one slice twice)")
+    return Entry(name, proto.dtype, shape, proto.shard_id, proto.offset, proto.size, _unmask(proto.crc32c), listed)
 
 
 def _text(key: bytes, label: str) -> str:

@@ -1,10 +1,12 @@
 """The few TensorFlow protobuf messages a checkpoint reader needs, declared here field for field as
 TensorFlow's .proto files number them (tensor_bundle.proto, tensor_shape.proto, versions.proto,
-trackable_object_graph.proto), so the protobuf library parses them without TensorFlow installed.
+trackable_object_graph.proto, tensor_slice.proto), so the protobuf library parses them without TensorFlow installed.
 
 Only the fields read are declared; protobuf keeps the others as unknown fields. Enums are declared
-as int32 (the same varint on the wire), and repeated messages never looked into as bytes. The
-messages live in a pool of their own, apart from TensorFlow's when both are loaded.
+as int32 (the same varint on the wire), and repeated messages never looked into as bytes. A field
+labelled "oneof" sits alone in a oneof named `has_<field>`, as TensorFlow declares the one field whose
+presence means something (an extent's length: absent is the whole dimension, not 0). The messages
+live in a pool of their own, apart from TensorFlow's when both are loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from convert.errors import CorruptInputError, first_line
 
 PACKAGE = "rust_model_convert.tf"
-# message -> [(field name, number, type, label, message type)]; label "repeated" or "optional"
+# message -> [(field name, number, type, label, message type)]; label "repeated", "optional" or "oneof"
 _MESSAGES: dict[str, list[tuple[str, int, str, str, str | None]]] = {
     "Dim": [("size", 1, "int64", "optional", None), ("name", 2, "string", "optional", None)],
     "TensorShapeProto": [("dim", 2, "message", "repeated", "Dim"), ("unknown_rank", 3, "bool", "optional", None)],
@@ -36,8 +38,10 @@ _MESSAGES: dict[str, list[tuple[str, int, str, str, str | None]]] = {
         ("offset", 4, "int64", "optional", None),
         ("size", 5, "int64", "optional", None),
         ("crc32c", 6, "fixed32", "optional", None),
-        ("slices", 7, "bytes", "repeated", None),
+        ("slices", 7, "message", "repeated", "TensorSliceProto"),
     ],
+    "Extent": [("start", 1, "int64", "optional", None), ("length", 2, "int64", "oneof", None)],
+    "TensorSliceProto": [("extent", 1, "message", "repeated", "Extent")],
     "ObjectReference": [("node_id", 1, "int32", "optional", None), ("local_name", 2, "string", "optional", None)],
     "SerializedTensor": [
         ("name", 1, "string", "optional", None),
@@ -65,8 +69,11 @@ def _pool() -> Any:
                 name=field_name,
                 number=number,
                 type=getattr(field_proto, f"TYPE_{kind.upper()}"),
-                label=getattr(field_proto, f"LABEL_{label.upper()}"),
+                label=getattr(field_proto, f"LABEL_{'OPTIONAL' if label == 'oneof' else label.upper()}"),
             )
+            if label == "oneof":
+                msg.oneof_decl.add(name=f"has_{field_name}")
+                entry.oneof_index = len(msg.oneof_decl) - 1
             if type_name:
                 entry.type_name = f".{PACKAGE}.{type_name}"
     pool = descriptor_pool.DescriptorPool()

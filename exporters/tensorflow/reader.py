@@ -17,6 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.hashing import same_ranges
 from convert.source import SourceModel
@@ -101,9 +103,13 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
 
 def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
     """Two checkpoint variables hold the same bytes (read only when their name, dtype and shape agree),
-    compared window by window in their shards: no copy of either is made."""
-    assert a.span is not None and b.span is not None  # every Bundle.tensor is a span
-    return a.dtype == b.dtype and a.shape == b.shape and same_ranges(a.span, b.span)
+    compared window by window in their shards: no copy of either is made (a variable partitioned
+    other than along its first axis is assembled to be compared)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.ranges() and b.ranges():
+        return same_ranges(a.ranges(), b.ranges())
+    return bool(np.array_equal(a.array().reshape(-1).view(np.uint8), b.array().reshape(-1).view(np.uint8)))
 
 
 def _state(ckpt_key: str, states: dict[str, str]) -> str | None:
