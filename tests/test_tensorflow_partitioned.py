@@ -229,3 +229,23 @@ def test_damaged_slices_are_refused(tmp_path: Path, case: str, needle: str) -> N
     err = assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 6, needle)
     assert case == "undecodable key" or EMB in err
     assert_no_output(tmp_path / "out")
+
+
+def test_keras_model_checkpoint_cut_by_a_sharding_policy(tmp_path: Path) -> None:
+    """A Keras model's tf.train.Checkpoint written with MaxShardSizePolicy (its embedding and Dense
+    kernel cut into irregular blocks over many data shards, the kernel then transposed): converted
+    to the same PyTorch names and bytes as without the policy, and the forward pass Keras computes."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 16), keras.layers.Dense(300)])
+    ids = np.random.default_rng(3).integers(0, 50, (2, 5))
+    expected = np.asarray(model(ids))
+    plain = tf.train.Checkpoint(model=model).write(str(tmp_path / "plain" / "ckpt"))
+    options = tf.train.CheckpointOptions(experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(2000))
+    cut = tf.train.Checkpoint(model=model).write(str(tmp_path / "cut" / "ckpt"), options=options)
+    assert len(list((tmp_path / "cut").glob("ckpt.data-*"))) > 2
+    state = _converted(cut, tmp_path / "out_cut")
+    assert {k: v.tobytes() for k, v in state.items()} == {k: v.tobytes() for k, v in _converted(plain, tmp_path / "out").items()}
+    hidden = state["embedding.weight"][ids]
+    np.testing.assert_allclose(hidden @ state["dense.weight"].T + state["dense.bias"], expected, rtol=1e-5, atol=1e-5)
