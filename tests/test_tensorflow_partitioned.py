@@ -238,7 +238,13 @@ def test_keras_model_checkpoint_cut_by_a_sharding_policy(tmp_path: Path) -> None
     import keras
     import tensorflow as tf
 
-    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 16), keras.layers.Dense(300)])
+    model = keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(50, 16, name="embedding"),
+            keras.layers.Dense(300, name="dense"),
+        ]
+    )
     ids = np.random.default_rng(3).integers(0, 50, (2, 5))
     expected = np.asarray(model(ids))
     plain = tf.train.Checkpoint(model=model).write(str(tmp_path / "plain" / "ckpt"))
