@@ -100,7 +100,8 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
 
 def tensorflow_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
     """Checkpoint folders written by TensorFlow, read by `convert auto` without it: a tf.train.Checkpoint
-    of a small Keras model, and a tf.compat.v1 Saver checkpoint of graph variables with a scalar step."""
+    of a small Keras model, the same cut into slices over many data files (MaxShardSizePolicy), and a
+    tf.compat.v1 Saver checkpoint of graph variables with a scalar step."""
     try:
         import numpy as np
         import tensorflow as tf
@@ -111,6 +112,8 @@ def tensorflow_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
     try:
         model = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(5), tf.keras.layers.Dense(3)])
         tf.train.Checkpoint(model=model).save(str(scratch / "v2" / "ckpt"))
+        cut = tf.train.CheckpointOptions(experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(48))
+        tf.train.Checkpoint(model=model).write(str(scratch / "v2-sliced" / "ckpt"), options=cut)
         with tf.Graph().as_default(), tf.compat.v1.Session() as session:
             rng = np.random.default_rng(0)
             tf.compat.v1.get_variable("dense/kernel", initializer=rng.standard_normal((4, 3)).astype("float32"))
@@ -118,7 +121,8 @@ def tensorflow_seeds() -> list[tuple[Case, dict[str, bytes] | bytes]]:
             tf.compat.v1.get_variable("global_step", initializer=np.int64(7))
             session.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(session, str(scratch / "v1" / "model.ckpt"))
-        folders = {name: {f.name: f.read_bytes() for f in sorted((scratch / name).iterdir())} for name in ("v2", "v1")}
+        names = ("v2", "v2-sliced", "v1")
+        folders = {name: {f.name: f.read_bytes() for f in sorted((scratch / name).iterdir())} for name in names}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return [
