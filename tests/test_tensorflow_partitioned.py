@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, run_cli
+from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 from keras_support import tensorflow_version
 from tf_index import Pairs, index_pairs, rewrite_index
 
@@ -85,10 +85,11 @@ def test_sharding_policy_slices_of_any_shape(tmp_path: Path) -> None:
 
 def test_tf1_saver_partitioned_variables_are_assembled(tmp_path: Path) -> None:
     """tf.compat.v1 graph mode: an embedding cut into 3 uneven slices along axis 0
-    (fixed_size_partitioner) and a 2-d kernel cut along axis 1, saved by tf.compat.v1.train.Saver.
-    The bundle assembles both as TensorFlow's reader returns them, and the lookup and matmul TF
-    computes in its session are numpy's on them. The checkpoint itself is a TF1 name-based one, which
-    tf-to-safetensors refuses (no object graph names its variables): exit 4, nothing written."""
+    (fixed_size_partitioner) and a 2-d kernel cut along axis 1, trained one Adam step (its slots
+    partitioned like their variables), saved by tf.compat.v1.train.Saver. The bundle assembles both
+    as TensorFlow's reader returns them, and the lookup and matmul TF computes in its session are
+    numpy's on them. tf-to-safetensors converts the TF1 checkpoint: `emb` as stored, the Dense
+    kernel transposed, the partitioned slots, beta powers and global step dropped."""
     import tensorflow as tf
 
     from exporters.tensorflow.bundle import Bundle
@@ -102,14 +103,17 @@ def test_tf1_saver_partitioned_variables_are_assembled(tmp_path: Path) -> None:
         kernel = v1.get_variable("dense/kernel", shape=(6, 8), partitioner=v1.fixed_size_partitioner(2, axis=1))
         looked_up = tf.nn.embedding_lookup(emb, ids)
         product = tf.matmul(x, tf.concat(list(kernel), axis=1))
+        loss = tf.reduce_sum(looked_up) + tf.reduce_sum(product)
+        train = v1.train.AdamOptimizer(0.1).minimize(loss, global_step=v1.train.get_or_create_global_step())
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
+            session.run(train)
             prefix = v1.train.Saver().save(session, str(tmp_path / "v1" / "model"))
             expected_lookup, expected_product = session.run([looked_up, product])
     reader = tf.train.load_checkpoint(prefix)
     bundle = Bundle(prefix, "model")
     try:
-        assert bundle.entries["emb"].sliced and bundle.entries["dense/kernel"].sliced
+        assert all(bundle.entries[k].sliced for k in ("emb", "dense/kernel", "emb/Adam", "dense/kernel/Adam_1"))
         emb_ref, kernel_ref = bundle.tensor(bundle.entries["emb"]), bundle.tensor(bundle.entries["dense/kernel"])
         assert len(emb_ref.pieces) == 3 and kernel_ref.pieces == ()  # cut along axis 1: no run of bytes
         assert np.array_equal(emb_ref.array(), reader.get_tensor("emb"))
@@ -118,8 +122,15 @@ def test_tf1_saver_partitioned_variables_are_assembled(tmp_path: Path) -> None:
         np.testing.assert_allclose(x @ kernel_ref.array(), expected_product, rtol=1e-5, atol=1e-5)
     finally:
         bundle.close()
-    assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 4, "TF1 name-based checkpoint")
-    assert_no_output(tmp_path / "out")
+    state = _converted(prefix, tmp_path / "out")
+    assert sorted(state) == ["dense.weight", "emb"]
+    assert np.array_equal(state["emb"], reader.get_tensor("emb"))
+    assert np.array_equal(state["dense.weight"], reader.get_tensor("dense/kernel").T)
+    dropped = read_manifest(tmp_path / "out")["source"]["dropped"]
+    assert sorted(dropped) == sorted(
+        ["beta1_power", "beta2_power", "global_step", *(f"{v}/Adam{s}" for v in ("emb", "dense/kernel") for s in ("", "_1"))]
+    )
+    assert dropped["emb/Adam_1"] == "optimizer state (slot Adam_1 of emb)"
 
 
 def test_peak_memory_of_a_sharded_embedding_stays_flat(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""TensorFlow SavedModel folders and TF2 checkpoints (read without TensorFlow; protobuf parses them)."""
+"""TensorFlow SavedModel folders and TF1/TF2 checkpoints (read without TensorFlow; protobuf parses them)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,13 @@ READER = ReaderFace(
     extra="tensorflow",
     sniff=sniff,
     open=open_source,
-    summary="Convert a TensorFlow SavedModel folder or TF2 checkpoint (prefix, .index file, or its folder) "
+    summary="Convert a TensorFlow SavedModel folder or TF1/TF2 checkpoint (prefix, .index file, or its folder) "
     "into the folder OUT, in PyTorch names and layouts. Read without TensorFlow (needs protobuf, in the tensorflow extra).",
     options=("key",),
-    option_help={"key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer)."},
+    option_help={
+        "key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer); "
+        "in a TF1 checkpoint, the top-level scope (default: all but training state)."
+    },
     short="Convert a TF SavedModel or checkpoint.",
     example="convert tf-to-safetensors saved_model_dir/ out/",
 )

@@ -1,4 +1,4 @@
-"""TensorFlow SavedModel folders and TF2 checkpoints (`.index` + `.data-*`), read without TensorFlow
+"""TensorFlow SavedModel folders and TF1 and TF2 checkpoints (`.index` + `.data-*`), read without TensorFlow
 (exporters/tensorflow/bundle.py): every variable is a span of a mapped data file, so memory stays
 flat however large the checkpoint, and no TensorFlow start-up is paid.
 
@@ -8,12 +8,16 @@ name (`dense/kernel`, `bidirectional/forward_lstm/lstm_cell/kernel`), which name
 Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/keras/names.py).
 Where TF names clash (a Keras 3 subclassed model names variables by the model only), the object
 paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
+
+A TF1 checkpoint (tf.compat.v1.train.Saver) keys variables by their TF names alone: the same rules
+name them, and where they cannot name every tensor apart the checkpoint is refused, as no other
+names exist (keeping the stored names would give Keras layouts under names that look canonical).
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from exporters.keras.names import Named, components, drop_common_scope, group_na
 from exporters.keras.reader import _Opened, assemble
 from exporters.tensorflow.bundle import Bundle
 from exporters.tensorflow.protos import parse
+from exporters.tensorflow.training_state import training_state
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
@@ -67,10 +72,7 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
     label = bundle.label
     entries = bundle.entries
     if OBJECT_GRAPH not in entries:
-        raise UnsupportedFormatError(
-            f"{label}: a TF1 name-based checkpoint (no object graph); only TF2 "
-            "checkpoints (tf.train.Checkpoint, SavedModel) are supported"
-        )
+        return _open_tf1(bundle, prefix, fmt, key)
     variables, states, extras = _variables(_object_graph(bundle.string_scalar(OBJECT_GRAPH), label), key, label)
     by_tf_name: list[Named] = []
     by_object: list[Named] = []
@@ -126,15 +128,56 @@ def _why_dropped(ckpt_key: str, key: str | None) -> str:
     return f"outside the checkpoint object {key!r}" if key else "not part of the model's object graph"
 
 
+def _open_tf1(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel:
+    """A TF1 name-based checkpoint (tf.compat.v1.train.Saver): its keys are the variables' TF names,
+    brought to canonical form as a TF2 checkpoint's TF names are; training state is left out
+    (exporters/tensorflow/training_state.py). `key`: the top-level scope holding the model."""
+    label = bundle.label
+    scopes = {components(k)[0] for k in bundle.entries if components(k)}
+    if key is not None and key not in scopes:
+        raise SourceNotFoundError(f"{label}: no scope {key!r} in the TF1 checkpoint (there: {sorted(scopes)[:20]})")
+    dropped = training_state(bundle.entries)
+    named: list[Named] = []
+    for ckpt_key, entry in bundle.entries.items():
+        if ckpt_key in dropped:
+            continue
+        if key is not None and components(ckpt_key)[:1] != [key]:
+            dropped[ckpt_key] = f"outside the checkpoint scope {key!r}"
+            continue
+        named.append((components(ckpt_key), bundle.tensor(entry)))
+    if not named:
+        where = f"under scope {key!r}, " if key is not None else ""
+        raise UnsupportedFormatError(
+            f"{label}: a TF1 checkpoint with no model weights ({where}only training state: "
+            f"{', '.join(sorted(dropped)[:4]) or 'no variables'})"
+        )
+    layers, problem = _tf_name_layers(drop_common_scope(named), label)
+    if layers is None:
+        raise UnsupportedFormatError(
+            f"{label}: a TF1 checkpoint whose variable names do not name every tensor apart ({problem}), "
+            "and it has no object graph to name them otherwise"
+        )
+    extras: dict[str, Any] = {"names_from": "tf1-names", **({"key": key} if key is not None else {})}
+    files = [Path(prefix + ".index"), *bundle.shard_paths]
+    return assemble(_Opened(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
+
+
+def _tf_name_layers(named: list[Named], label: str) -> tuple[list[KerasLayer] | None, str]:
+    """Layers by TF names if those name every tensor apart, else (None, why not)."""
+    try:
+        layers = group_named(named, None, label)
+        names = [t.name for t in to_canonical(layers).tensors]
+    except ConvertError as exc:
+        return None, str(exc).removeprefix(f"{label}: ")
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    return (layers, "") if not twice else (None, f"two tensors would both be {twice[0]!r}")
+
+
 def _layers(by_tf_name: list[Named], by_object: list[Named], label: str) -> tuple[list[KerasLayer], bool]:
     """Layers by TF names when those name every tensor apart, else by object paths; (layers, by TF names)."""
-    try:
-        layers = group_named(by_tf_name, None, label)
-        names = [t.name for t in to_canonical(layers).tensors]
-        if len(names) == len(set(names)):
-            return layers, True
-    except ConvertError:
-        pass
+    layers, _ = _tf_name_layers(by_tf_name, label)
+    if layers is not None:
+        return layers, True
     return group_named(by_object, None, label), False
 
 

@@ -1,0 +1,47 @@
+"""Which entries of a TF1 name-based checkpoint are training state, not the model's weights.
+
+tf.compat.v1's optimizers keep a slot for each trained variable `<v>` as the variable `<v>/<slot>`
+(slot_creator: the primary's name, `/`, the optimizer's name, made unique with `_1`, `_2`: Adam's
+`m` and `v` are `Adam` and `Adam_1`), of the variable's shape and dtype, partitioned like it; BERT's
+AdamWeightDecayOptimizer names them `adam_m` and `adam_v`. A slot is recognised by that structure
+(the name and a sibling entry it shadows), never by its suffix alone, so a weight that merely ends
+in `Adam` is kept. Scalars such as `global_step` and Adam's `beta1_power` are counters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from exporters.tensorflow.bundle import Entry
+
+# The names tf.compat.v1.train's optimizers give their slots (their default `name`), and BERT's.
+SLOT_NAMES = ("Adam", "Momentum", "RMSProp", "Adagrad", "ProximalAdagrad", "AdagradDA", "Ftrl", "Adadelta", "adam_m", "adam_v")
+_SLOT = re.compile(rf"^({'|'.join(SLOT_NAMES)})(_[0-9]+)?$")
+# tf.compat.v1.train.ExponentialMovingAverage's default name for its shadow variables.
+SHADOW = "ExponentialMovingAverage"
+_SCALARS = (
+    (re.compile(r"^beta[12]_power(_[0-9]+)?$"), "optimizer state"),
+    (re.compile(r"^(global_step|step)(_[0-9]+)?$"), "training counter"),
+    (re.compile(r"^(learning_rate|lr)(_[0-9]+)?$"), "learning rate"),
+)
+
+
+def training_state(entries: Mapping[str, Entry]) -> dict[str, str]:
+    """Checkpoint key -> why it is not converted, for every entry that is training state."""
+    out: dict[str, str] = {}
+    for key, entry in entries.items():
+        owner, _, leaf = key.rpartition("/")
+        primary = entries.get(owner) if owner else None
+        if primary is not None and (primary.shape, primary.dtype) == (entry.shape, entry.dtype):
+            if _SLOT.match(leaf):
+                out[key] = f"optimizer state (slot {leaf} of {owner})"
+                continue
+            if leaf == SHADOW:
+                out[key] = f"an {SHADOW} shadow of {owner} (an alternative set of weights, not the trained ones)"
+                continue
+        if entry.shape == ():
+            why = next((why for pattern, why in _SCALARS if pattern.match(leaf)), None)
+            if why is not None:
+                out[key] = why
+    return out
