@@ -63,7 +63,8 @@ def test_graph_mode_model_trained_with_adam(tmp_path: Path) -> None:
     scopes tf.compat.v1.layers uses, one Adam step, a moving average of the dense kernel, saved by
     tf.compat.v1's Saver: every model variable converted (conv HWIO -> OIHW, dense transposed,
     gamma/beta -> weight/bias), every other entry dropped with its reason, verify passes, and a
-    PyTorch twin on the converted tensors computes what the TF1 session does."""
+    PyTorch twin on the converted tensors computes what the TF1 session does. `--key
+    ExponentialMovingAverage` takes the dense kernel's moving average in its place."""
     import tensorflow as tf
     import torch
     import torch.nn.functional as F
@@ -123,6 +124,19 @@ def test_graph_mode_model_trained_with_adam(tmp_path: Path) -> None:
     assert all(dropped[f"{v}/{s}"].startswith("optimizer state (slot") for v in trained for s in ("Adam", "Adam_1"))
     assert "ExponentialMovingAverage shadow of dense/kernel" in dropped["dense/kernel/ExponentialMovingAverage"]
 
+    # The moving averages in place of the variables that have them, as TF's variables_to_restore.
+    averaged, doc_avg = _convert(prefix, tmp_path / "averaged", "--key", "ExponentialMovingAverage")
+    shadow = tf.train.load_checkpoint(prefix).get_tensor("dense/kernel/ExponentialMovingAverage")
+    assert np.array_equal(averaged["dense.weight"], shadow.T) and not np.array_equal(shadow, state["dense.weight"].T)
+    assert all(np.array_equal(averaged[k], state[k]) for k in state if k != "dense.weight")
+    used_avg = _assert_as_stored(prefix, averaged, doc_avg)
+    dropped_avg = doc_avg["source"]["dropped"]
+    assert used_avg | set(dropped_avg) == everything and not used_avg & set(dropped_avg)
+    assert (
+        dropped_avg["dense/kernel"]
+        == "replaced by its moving average dense/kernel/ExponentialMovingAverage (--key ExponentialMovingAverage)"
+    )
+
     t = {k: torch.from_numpy(v) for k, v in state.items()}
     h = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), t["conv2d.weight"], t["conv2d.bias"], padding=1)
     h = F.batch_norm(
@@ -178,7 +192,8 @@ def test_bert_layout_names_and_slots(tmp_path: Path) -> None:
     """BERT's names: Dense kernels transposed to [out, in] as a TF2 checkpoint's `dense/kernel` is,
     LayerNorm gamma/beta to weight/bias, embeddings and output weights kept as stored (no type
     tells their layout), every adam_m/adam_v slot and global_step dropped; `--key bert` keeps the
-    encoder alone and records the rest as outside that scope; a scope the checkpoint lacks: exit 3."""
+    encoder alone and records the rest as outside that scope; a scope the checkpoint lacks, or
+    moving averages it has none of: exit 3, nothing written."""
     prefix, values = _bert_checkpoint(tmp_path / "bert")
     state, doc = _convert(prefix, tmp_path / "out")
     query = "bert.encoder.layer_0.attention.self.query"
@@ -207,6 +222,10 @@ def test_bert_layout_names_and_slots(tmp_path: Path) -> None:
     doc2 = read_manifest(tmp_path / "bert_only")
     assert doc2["source"]["dropped"]["cls/predictions/output_bias"] == "outside the checkpoint scope 'bert'"
     assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "none", "--key", "model"), 3, "no scope 'model'", "'bert'")
+    assert_no_output(tmp_path / "none")
+    assert_cli_error(
+        run_cli("tf-to-safetensors", prefix, tmp_path / "none", "--key", "ExponentialMovingAverage"), 3, "no variable"
+    )
     assert_no_output(tmp_path / "none")
 
 

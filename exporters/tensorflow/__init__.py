@@ -35,7 +35,8 @@ READER = ReaderFace(
     options=("key",),
     option_help={
         "key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer); "
-        "in a TF1 checkpoint, the top-level scope (default: all but training state)."
+        "in a TF1 checkpoint, the top-level scope (default: all but training state), or ExponentialMovingAverage "
+        "for the moving averages in place of the variables that have them."
     },
     short="Convert a TF SavedModel or checkpoint.",
     example="convert tf-to-safetensors saved_model_dir/ out/",

@@ -32,7 +32,7 @@ from exporters.keras.names import Named, components, drop_common_scope, group_na
 from exporters.keras.reader import _Opened, assemble
 from exporters.tensorflow.bundle import Bundle
 from exporters.tensorflow.protos import parse
-from exporters.tensorflow.training_state import training_state
+from exporters.tensorflow.training_state import SHADOW, averages, training_state
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
@@ -131,18 +131,29 @@ def _why_dropped(ckpt_key: str, key: str | None) -> str:
 def _open_tf1(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel:
     """A TF1 name-based checkpoint (tf.compat.v1.train.Saver): its keys are the variables' TF names,
     brought to canonical form as a TF2 checkpoint's TF names are; training state is left out
-    (exporters/tensorflow/training_state.py). `key`: the top-level scope holding the model."""
+    (exporters/tensorflow/training_state.py). `key`: the top-level scope holding the model, or
+    `ExponentialMovingAverage`: the moving averages in place of the variables that have them."""
     label = bundle.label
-    scopes = {components(k)[0] for k in bundle.entries if components(k)}
-    if key is not None and key not in scopes:
-        raise SourceNotFoundError(f"{label}: no scope {key!r} in the TF1 checkpoint (there: {sorted(scopes)[:20]})")
-    dropped = training_state(bundle.entries)
+    entries = bundle.entries
+    dropped = training_state(entries)
+    averaged = averages(entries) if key == SHADOW else {}
+    scope = None if key == SHADOW else key
+    scopes = {components(k)[0] for k in entries if components(k)}
+    if key == SHADOW and not averaged:
+        raise SourceNotFoundError(f"{label}: --key {SHADOW}, but no variable of the checkpoint has a moving average")
+    if scope is not None and scope not in scopes:
+        raise SourceNotFoundError(f"{label}: no scope {scope!r} in the TF1 checkpoint (there: {sorted(scopes)[:20]})")
+    for variable, shadow in averaged.items():
+        del dropped[shadow]
+        dropped[variable] = f"replaced by its moving average {shadow} (--key {SHADOW})"
     named: list[Named] = []
-    for ckpt_key, entry in bundle.entries.items():
-        if ckpt_key in dropped:
+    for ckpt_key, entry in entries.items():
+        if ckpt_key in averaged:  # its moving average, under its name
+            entry = entries[averaged[ckpt_key]]
+        elif ckpt_key in dropped:
             continue
-        if key is not None and components(ckpt_key)[:1] != [key]:
-            dropped[ckpt_key] = f"outside the checkpoint scope {key!r}"
+        elif scope is not None and components(ckpt_key)[:1] != [scope]:
+            dropped[ckpt_key] = f"outside the checkpoint scope {scope!r}"
             continue
         named.append((components(ckpt_key), bundle.tensor(entry)))
     if not named:

@@ -6,6 +6,9 @@ tf.compat.v1's optimizers keep a slot for each trained variable `<v>` as the var
 AdamWeightDecayOptimizer names them `adam_m` and `adam_v`. A slot is recognised by that structure
 (the name and a sibling entry it shadows), never by its suffix alone, so a weight that merely ends
 in `Adam` is kept. Scalars such as `global_step` and Adam's `beta1_power` are counters.
+ExponentialMovingAverage shadows (`<v>/ExponentialMovingAverage`) are weights too, averaged ones:
+left out by default, taken in place of their variables on request, as TF's `variables_to_restore`
+restores them (a shadow where one exists, else the variable itself).
 """
 
 from __future__ import annotations
@@ -32,16 +35,28 @@ def training_state(entries: Mapping[str, Entry]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, entry in entries.items():
         owner, _, leaf = key.rpartition("/")
-        primary = entries.get(owner) if owner else None
-        if primary is not None and (primary.shape, primary.dtype) == (entry.shape, entry.dtype):
+        if companion(owner, key, entries):
             if _SLOT.match(leaf):
                 out[key] = f"optimizer state (slot {leaf} of {owner})"
                 continue
             if leaf == SHADOW:
-                out[key] = f"an {SHADOW} shadow of {owner} (an alternative set of weights, not the trained ones)"
+                out[key] = f"an {SHADOW} shadow of {owner} (an alternative set of weights; --key {SHADOW} takes them)"
                 continue
         if entry.shape == ():
             why = next((why for pattern, why in _SCALARS if pattern.match(leaf)), None)
             if why is not None:
                 out[key] = why
     return out
+
+
+def averages(entries: Mapping[str, Entry]) -> dict[str, str]:
+    """Variable -> the key of its ExponentialMovingAverage shadow, for each variable that has one."""
+    return {
+        owner: key for key in entries if companion(owner := key.rpartition("/")[0], key, entries) and key.endswith("/" + SHADOW)
+    }
+
+
+def companion(owner: str, key: str, entries: Mapping[str, Entry]) -> bool:
+    """`key` (`<owner>/<leaf>`) can be a slot or shadow of the entry `owner`: it has its shape and dtype."""
+    primary, entry = entries.get(owner) if owner else None, entries[key]
+    return primary is not None and (primary.shape, primary.dtype) == (entry.shape, entry.dtype)
