@@ -305,3 +305,83 @@ def test_names_that_clash_are_refused(tmp_path: Path) -> None:
         prefix = _save(session, tmp_path / "v1")
     assert_cli_error(run_cli("tf-to-safetensors", prefix, tmp_path / "out"), 4, "do not name every tensor apart", "block.weight")
     assert_no_output(tmp_path / "out")
+
+
+BERT_RULES = Path(__file__).resolve().parent.parent / "examples" / "layouts" / "bert-tf1.toml"
+
+
+def _full_bert_checkpoint(folder: Path, config: Any) -> str:
+    """Every variable google-research/bert's BertForPreTraining graph saves, by its TF1 name, with
+    the AdamWeightDecayOptimizer's adam_m/adam_v slots and a global_step."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    h, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "bert/embeddings/word_embeddings": (vocab, h),
+        "bert/embeddings/position_embeddings": (config.max_position_embeddings, h),
+        "bert/embeddings/token_type_embeddings": (config.type_vocab_size, h),
+        "bert/pooler/dense/kernel": (h, h),
+        "cls/predictions/transform/dense/kernel": (h, h),
+        "cls/predictions/output_bias": (vocab,),
+        "cls/seq_relationship/output_weights": (2, h),
+        "cls/seq_relationship/output_bias": (2,),
+    }
+    for layer in range(config.num_hidden_layers):
+        scope = f"bert/encoder/layer_{layer}"
+        for dense in ("attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense"):
+            shapes[f"{scope}/{dense}/kernel"] = (h, h)
+        shapes[f"{scope}/intermediate/dense/kernel"] = (h, inner)
+        shapes[f"{scope}/output/dense/kernel"] = (inner, h)
+        shapes[f"{scope}/attention/output/LayerNorm/gamma"] = (h,)
+        shapes[f"{scope}/output/LayerNorm/gamma"] = (h,)
+    for name, shape in list(shapes.items()):
+        if name.endswith("/kernel"):
+            shapes[name.removesuffix("kernel") + "bias"] = (shape[1],)
+        if name.endswith("/gamma"):
+            shapes[name.removesuffix("gamma") + "beta"] = shape
+    shapes["bert/embeddings/LayerNorm/gamma"] = shapes["bert/embeddings/LayerNorm/beta"] = (h,)
+    shapes["cls/predictions/transform/LayerNorm/gamma"] = shapes["cls/predictions/transform/LayerNorm/beta"] = (h,)
+    with tf.Graph().as_default(), v1.Session() as session:
+        for name, shape in shapes.items():
+            v1.get_variable(name, shape, initializer=v1.random_normal_initializer())
+            for slot in ("adam_m", "adam_v"):
+                v1.get_variable(f"{name}/{slot}", shape, trainable=False, initializer=v1.random_normal_initializer())
+        v1.train.get_or_create_global_step()
+        session.run(v1.global_variables_initializer())
+        return _save(session, folder)
+
+
+def test_bert_checkpoint_loads_into_transformers_with_the_shipped_rules(tmp_path: Path) -> None:
+    """Google's TF1 BERT layout converted with examples/layouts/bert-tf1.toml loads into transformers'
+    BertForPreTraining with exactly the values transformers' own TF1 loader (load_tf_weights_in_bert,
+    which reads the checkpoint through TensorFlow) gives it; only the decoder tied to the word
+    embeddings is left for tie_weights, as in every BERT checkpoint; the masked-LM logits agree."""
+    torch = pytest.importorskip("torch", reason="transformers' BERT is a torch model")
+    transformers = pytest.importorskip("transformers", reason="the reference TF1 BERT loader")
+    from transformers.models.bert.modeling_bert import load_tf_weights_in_bert
+
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16, max_position_embeddings=16
+    )
+    prefix = _full_bert_checkpoint(tmp_path / "bert", config)
+    reference = load_tf_weights_in_bert(transformers.BertForPreTraining(config), config, prefix).eval()
+    out = tmp_path / "out"
+    rc, _, err = run_cli("tf-to-safetensors", prefix, out, "--layout-file", BERT_RULES)
+    assert rc == 0, err
+    assert run_cli("verify", out, "--source", prefix)[0] == 0
+    converted = transformers.BertForPreTraining(config).eval()
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in load_output(out).items()}
+    loaded = converted.load_state_dict(state, strict=False)
+    assert loaded.unexpected_keys == []
+    assert sorted(loaded.missing_keys) == ["cls.predictions.decoder.bias", "cls.predictions.decoder.weight"]
+    converted.tie_weights()
+    expected = reference.state_dict()
+    assert sorted(converted.state_dict()) == sorted(expected)
+    for name, value in converted.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    ids = torch.tensor([[2, 7, 11, 29, 3]])
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            converted(ids).prediction_logits.numpy(), reference(ids).prediction_logits.numpy(), rtol=1e-6, atol=1e-6
+        )
