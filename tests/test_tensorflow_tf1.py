@@ -343,6 +343,7 @@ def _full_bert_checkpoint(folder: Path, config: Any) -> str:
     shapes["bert/embeddings/LayerNorm/gamma"] = shapes["bert/embeddings/LayerNorm/beta"] = (h,)
     shapes["cls/predictions/transform/LayerNorm/gamma"] = shapes["cls/predictions/transform/LayerNorm/beta"] = (h,)
     with tf.Graph().as_default(), v1.Session() as session:
+        v1.set_random_seed(19)
         for name, shape in shapes.items():
             v1.get_variable(name, shape, initializer=v1.random_normal_initializer())
             for slot in ("adam_m", "adam_v"):
@@ -381,7 +382,7 @@ def test_bert_checkpoint_loads_into_transformers_with_the_shipped_rules(tmp_path
     for name, value in converted.state_dict().items():
         assert torch.equal(value, expected[name]), name
     ids = torch.tensor([[2, 7, 11, 29, 3]])
-    with torch.no_grad():
+    with torch.no_grad():  # equal weights; transformers' loader leaves transposed views, so sums round apart
         np.testing.assert_allclose(
-            converted(ids).prediction_logits.numpy(), reference(ids).prediction_logits.numpy(), rtol=1e-6, atol=1e-6
+            converted(ids).prediction_logits.numpy(), reference(ids).prediction_logits.numpy(), rtol=1e-5, atol=1e-5
         )
