@@ -304,19 +304,14 @@ def _onnx_model(work: Path) -> None:
 def _tf1_sources(work: Path) -> None:
     """Google's TF1 BERT layout (a BertForPreTraining of one layer, with its optimizer slots), saved with
     tf.compat.v1's Saver, and the rule file the README names, where the README's path has it."""
-    tf = pytest.importorskip("tensorflow", reason="the TF1 checkpoint is written with TensorFlow")
-    v1 = tf.compat.v1
+    pytest.importorskip("tensorflow", reason="the TF1 checkpoint is written with TensorFlow")
+    from tf1_support import save_with_slots
+
     h = 8
     shapes = {"bert/embeddings/word_embeddings": (30, h), "bert/embeddings/LayerNorm/gamma": (h,)}
     shapes |= {f"bert/encoder/layer_0/attention/self/query/{r}": (h, h) if r == "kernel" else (h,) for r in ("kernel", "bias")}
     shapes |= {"cls/seq_relationship/output_weights": (2, h), "cls/seq_relationship/output_bias": (2,)}
-    with tf.Graph().as_default(), v1.Session() as session:
-        for name, shape in shapes.items():
-            v1.get_variable(name, shape, initializer=v1.random_normal_initializer())
-            v1.get_variable(f"{name}/adam_m", shape, trainable=False, initializer=v1.zeros_initializer())
-        v1.train.get_or_create_global_step()
-        session.run(v1.global_variables_initializer())
-        v1.train.Saver().save(session, str(work / "bert_model.ckpt"))
+    save_with_slots(work / "bert_model.ckpt", shapes, slots=("adam_m",))
     shutil.copytree(REPO / "examples" / "layouts", work / "examples" / "layouts")
 
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 from convert.transforms import apply
 from keras_support import tensorflow_version
+from tf1_support import save_with_slots
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
@@ -154,9 +155,6 @@ def test_graph_mode_model_trained_with_adam(tmp_path: Path) -> None:
 def _bert_checkpoint(folder: Path, hidden: int = 8, vocab: int = 11) -> tuple[str, dict[str, np.ndarray]]:
     """BERT's TF1 name layout (google-research/bert), its AdamWeightDecayOptimizer's adam_m/adam_v
     slots made as that optimizer makes them (get_variable `<param>/adam_m`), and a global_step."""
-    import tensorflow as tf
-
-    v1 = tf.compat.v1
     shapes = {
         "bert/embeddings/word_embeddings": (vocab, hidden),
         "bert/embeddings/position_embeddings": (16, hidden),
@@ -174,18 +172,7 @@ def _bert_checkpoint(folder: Path, hidden: int = 8, vocab: int = 11) -> tuple[st
         "cls/predictions/output_bias": (vocab,),
         "cls/seq_relationship/output_weights": (2, hidden),
     }
-    graph = tf.Graph()
-    with graph.as_default(), v1.Session() as session:
-        params = {
-            name: v1.get_variable(name, shape, initializer=v1.random_normal_initializer()) for name, shape in shapes.items()
-        }
-        for name, shape in shapes.items():
-            for slot in ("adam_m", "adam_v"):
-                v1.get_variable(f"{name}/{slot}", shape, trainable=False, initializer=v1.random_normal_initializer())
-        v1.train.get_or_create_global_step()
-        session.run(v1.global_variables_initializer())
-        values = dict(zip(params, session.run(list(params.values())), strict=True))
-        return _save(session, folder), values
+    return save_with_slots(folder / "model.ckpt", shapes)
 
 
 def test_bert_layout_names_and_slots(tmp_path: Path) -> None:
@@ -313,9 +300,6 @@ BERT_RULES = Path(__file__).resolve().parent.parent / "examples" / "layouts" / "
 def _full_bert_checkpoint(folder: Path, config: Any) -> str:
     """Every variable google-research/bert's BertForPreTraining graph saves, by its TF1 name, with
     the AdamWeightDecayOptimizer's adam_m/adam_v slots and a global_step."""
-    import tensorflow as tf
-
-    v1 = tf.compat.v1
     h, inner, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {
         "bert/embeddings/word_embeddings": (vocab, h),
@@ -342,15 +326,7 @@ def _full_bert_checkpoint(folder: Path, config: Any) -> str:
             shapes[name.removesuffix("gamma") + "beta"] = shape
     shapes["bert/embeddings/LayerNorm/gamma"] = shapes["bert/embeddings/LayerNorm/beta"] = (h,)
     shapes["cls/predictions/transform/LayerNorm/gamma"] = shapes["cls/predictions/transform/LayerNorm/beta"] = (h,)
-    with tf.Graph().as_default(), v1.Session() as session:
-        v1.set_random_seed(19)
-        for name, shape in shapes.items():
-            v1.get_variable(name, shape, initializer=v1.random_normal_initializer())
-            for slot in ("adam_m", "adam_v"):
-                v1.get_variable(f"{name}/{slot}", shape, trainable=False, initializer=v1.random_normal_initializer())
-        v1.train.get_or_create_global_step()
-        session.run(v1.global_variables_initializer())
-        return _save(session, folder)
+    return save_with_slots(folder / "model.ckpt", shapes)[0]
 
 
 def test_bert_checkpoint_loads_into_transformers_with_the_shipped_rules(tmp_path: Path) -> None:
