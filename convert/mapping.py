@@ -368,7 +368,7 @@ def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[s
     if leftovers and not layout.passthrough:
         names = ", ".join(t.name for _, t in leftovers)
         raise MappingError(f"layout {layout.name}: no rule for {len(leftovers)} tensor(s): {names}")
-    renamed_on_a_guess = _check_guesses(layout, tensors, refs, modules)
+    _check_guesses(layout, tensors, refs, modules)
     produced += [(pos, MappedTensor(t.name, t, [t])) for pos, t in leftovers]
     mapped = [m for _, m in sorted(produced, key=lambda item: item[0])]
     if layout.post:
@@ -379,11 +379,6 @@ def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[s
     present = {mod["type"] for mod in architecture.get("modules", [])}
     warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings if isinstance(w, str) or w["module"] in present]
     warnings += [f"layout {layout.name}: dropped {', '.join(names)}: {note}" for note, names in notes.items()]
-    if renamed_on_a_guess:
-        warnings.append(
-            f"layout {layout.name}: the names of {', '.join(renamed_on_a_guess)} follow a guessed module type "
-            f"(the manifest lists the alternatives; {_DECIDE})"
-        )
     return MappingResult(mapped, dropped, warnings)
 
 
@@ -392,11 +387,11 @@ _DECIDE = "decide with --layout-option module_types=PATH=TYPE[,PATH=TYPE...]"
 
 def _check_guesses(
     layout: Layout, tensors: list[TensorRef], refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
-) -> list[str]:
+) -> None:
     """A tensor whose module type is a guess (the architecture lists alternatives) must not have its
-    bytes decided by that guess: refused when its transforms (or fate) differ between the types it
-    fits; returned when only its output name differs, to be reported."""
-    refused, renamed = [], []
+    name, bytes or fate decided by that guess: a loader looks names up, so a name that differs between
+    the types it fits is as wrong as bytes that do. Refused, naming the tensors and the option."""
+    refused = []
     for t in tensors:
         mod = modules.get(t.name)
         if mod is None or not mod.get("alternatives"):
@@ -405,17 +400,14 @@ def _check_guesses(
             _fate(layout, t, refs, {**modules, t.name: {**mod, **alt}})
             for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]
         ]
-        if len({f[1] for f in fates}) > 1:
+        if len(set(fates)) > 1:
             types = " or ".join([mod["type"], *(a["type"] for a in mod["alternatives"])])
             refused.append(f"{t.name} ({types})")
-        elif len({f[0] for f in fates}) > 1:
-            renamed.append(t.name)
     if refused:
         raise MappingError(
-            f"layout {layout.name}: how {len(refused)} tensor(s) are written depends on a guessed module "
-            f"type: {', '.join(refused)}; {_DECIDE}"
+            f"layout {layout.name}: how {len(refused)} tensor(s) are named or written depends on a guessed "
+            f"module type: {', '.join(refused)}; {_DECIDE}"
         )
-    return renamed
 
 
 def _fate(
