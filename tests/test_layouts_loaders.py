@@ -397,7 +397,9 @@ def test_guess_that_changes_a_name_is_refused(tmp_path: Path, layout: str) -> No
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(4))
     src, out = save_state(tmp_path, model), tmp_path / "out"
-    assert_cli_error(run_cli("pth-to-safetensors", src, out, "--layout", layout), 7, "1.weight", "LayerNorm or PReLU", "module_types")
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", layout), 7, "1.weight", "LayerNorm or PReLU", "module_types"
+    )
     assert_no_output(out)
     doc, _ = convert(src, out, layout, "--layout-option", "module_types=1=PReLU")
     np.testing.assert_array_equal(load_numpy(out)["1.alpha"], model[1].weight.detach().numpy())
