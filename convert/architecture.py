@@ -69,6 +69,10 @@ _ATTENTION_LEAVES = frozenset(
     {"in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"}
 )
 _BATCH_NORM_LEAVES = frozenset({"running_mean", "running_var", "num_batches_tracked", "weight", "bias"})
+# torch.nn.utils.parametrize keeps a parametrized tensor N of module P as P.parametrizations.N.original
+# (original0, original1, ... when the parametrization splits it) and its state as P.parametrizations.N.0.*;
+# these records belong to module P, under the leaf "N.original0", "N.0._u", ...
+_PARAMETRIZED = re.compile(r"(?:(.+)\.)?parametrizations\.([^.]+)\.(original[0-9]*|0\._[uv])")
 
 
 class _Record(NamedTuple):
@@ -102,16 +106,18 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: d
         if spec is not None:
             found.append((path, spec, groups[path] + groups[out_path]))
             claimed.update((path, out_path))
+    folds: dict[str, dict[str, Any]] = {}
     for path, members in groups.items():
-        spec = None if path in claimed else _classify(path, _leaves(groups, path))
+        leaves, folds[path] = unparametrized(_leaves(groups, path))
+        spec = None if path in claimed else _spectral_convtranspose(_classify(path, leaves), leaves, folds[path])
         if spec is not None:
             found.append((path, spec, members))
             claimed.add(path)
 
     found.sort(key=lambda item: min(record.order for record in item[2]))
-    modules = [_module_entry(path, spec, members) for path, spec, members in found]
+    modules = [_module_entry(path, spec, members, folds[path]) for path, spec, members in found]
     for module in modules:
-        _alternatives(module, groups)
+        _alternatives(module, unparametrized(_leaves(groups, module["path"]))[0] or {}, folds[module["path"]])
         if config:
             _decide_from_config(module, config)
     return {
@@ -122,10 +128,124 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: d
     }
 
 
-def _module_entry(path: str, spec: Spec, members: list[_Record]) -> dict:
+def _module_entry(path: str, spec: Spec, members: list[_Record], folds: dict[str, dict[str, Any]]) -> dict:
     kind, params = spec
     tensors = [record.name for record in sorted(members, key=lambda record: record.order)]
-    return {"path": path, "type": kind, "params": params, "tensors": tensors}
+    entry = {"path": path, "type": kind, "params": params, "tensors": tensors}
+    if folds:
+        names = {record.leaf: record.name for record in members}
+        entry["parametrizations"] = {
+            tensor: {
+                **{k: v for k, v in fold.items() if k in ("type", "by", "dim")},
+                "tensors": [names[leaf] for leaf in fold["leaves"]],
+            }
+            for tensor, fold in folds.items()
+        }
+    return entry
+
+
+# --- weight norm and spectral norm ------------------------------------------------------------------
+
+WEIGHT_NORM_HOOK = "torch.nn.utils.weight_norm"
+SPECTRAL_NORM_HOOK = "torch.nn.utils.spectral_norm"
+WEIGHT_NORM_PARAMETRIZATION = "torch.nn.utils.parametrizations.weight_norm"
+SPECTRAL_NORM_PARAMETRIZATION = "torch.nn.utils.parametrizations.spectral_norm"
+
+
+def unparametrized(leaves: Leaves | None) -> tuple[Leaves | None, dict[str, dict[str, Any]]]:
+    """A module's leaves with each weight-normed or spectral-normed tensor N in place of its pieces
+    (N of the weight's shape), and what each N is: {N: {type, by, leaves (the pieces, in the order
+    the fold takes them), dim (weight norm: the axis g keeps, None for one norm over all)}}.
+    Pieces are recognized by name and by the shapes torch gives them, so a stray `x_g` stays itself."""
+    if leaves is None:
+        return None, {}
+    plain, folds = dict(leaves), {}
+    for leaf in leaves:
+        found = _piece_set(leaf, leaves)
+        if found is None:
+            continue
+        tensor, fold, shape = found
+        if tensor in plain or not all(p in plain for p in fold["leaves"]):
+            continue
+        for piece in fold["leaves"]:
+            del plain[piece]
+        plain[tensor] = shape
+        folds[tensor] = fold
+    return plain, folds
+
+
+def _piece_set(leaf: str, leaves: Leaves) -> tuple[str, dict[str, Any], Shape] | None:
+    """(tensor, its fold, its shape) when `leaf` starts a complete weight-norm or spectral-norm set."""
+    if leaf.endswith("_g"):  # weight_norm's hook: N_g, N_v
+        tensor = leaf[:-2]
+        return _weight_norm(tensor, WEIGHT_NORM_HOOK, leaf, f"{tensor}_v", leaves)
+    if leaf.endswith(".original0") and f"{leaf[:-1]}1" in leaves:
+        tensor = leaf[: -len(".original0")]
+        return _weight_norm(tensor, WEIGHT_NORM_PARAMETRIZATION, leaf, f"{leaf[:-1]}1", leaves)
+    if leaf.endswith("_orig"):  # spectral_norm's hook: N_orig, N_u, N_v
+        tensor = leaf[: -len("_orig")]
+        return _spectral_norm(tensor, SPECTRAL_NORM_HOOK, [leaf, f"{tensor}_u", f"{tensor}_v"], leaves)
+    if leaf.endswith(".original") and f"{leaf[:-9]}.0._u" in leaves:
+        tensor = leaf[: -len(".original")]
+        return _spectral_norm(tensor, SPECTRAL_NORM_PARAMETRIZATION, [leaf, f"{tensor}.0._u", f"{tensor}.0._v"], leaves)
+    return None
+
+
+def _weight_norm(tensor: str, by: str, g_leaf: str, v_leaf: str, leaves: Leaves) -> tuple[str, dict[str, Any], Shape] | None:
+    g, v = leaves[g_leaf], leaves.get(v_leaf)
+    if not tensor or v is None or not v:
+        return None
+    if g == ():
+        dim = None
+    else:
+        kept = [i for i in range(len(v)) if g == tuple(v[i] if j == i else 1 for j in range(len(v)))]
+        if not kept:
+            return None
+        dim = kept[0]
+    return tensor, {"type": "weight_norm", "by": by, "dim": dim, "leaves": [g_leaf, v_leaf]}, v
+
+
+def _spectral_norm(tensor: str, by: str, pieces: list[str], leaves: Leaves) -> tuple[str, dict[str, Any], Shape] | None:
+    if not tensor or not all(p in leaves for p in pieces):
+        return None
+    w, u, v = (leaves[p] for p in pieces)
+    dims = [d for d in (0, 1)[: len(w)] if w[d] and u == (w[d],) and v == (_numel(w) // w[d],)]
+    if not dims:
+        return None
+    return tensor, {"type": "spectral_norm", "by": by, "dims": dims, "leaves": pieces}, w
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _spectral_convtranspose(spec: Spec | None, leaves: Leaves | None, folds: dict[str, dict[str, Any]]) -> Spec | None:
+    """A convolution whose spectral norm can only run over dim 1 is a ConvTranspose (the only module
+    torch gives dim 1; its bias has the weight's second size); one with as many input as output
+    channels could be either (`either_dim`, an alternative type)."""
+    fold = folds.get("weight")
+    if fold is None or fold["type"] != "spectral_norm" or leaves is None:
+        return spec
+    dims = fold.pop("dims")
+    weight, bias = leaves["weight"], leaves.get("bias")
+    conv = len(weight) in (3, 4, 5) and leaves.keys() <= {"weight", "bias"}
+    if conv and dims == [1] and bias in (None, weight[1:2]):
+        return _conv_transpose(f"Conv{len(weight) - 2}d", _conv_params(weight, bias))
+    fold["either_dim"] = conv and spec is not None and dims == [0, 1]
+    return spec
+
+
+def _conv_transpose(kind: str, params: dict[str, Any]) -> Spec:
+    """The ConvTranspose whose weight [in, out/groups, k...] has the shape of Conv `params`."""
+    return f"ConvTranspose{kind[4:]}", {
+        "in_channels": params["out_channels"],
+        "out_channels_per_group": params["in_channels_per_group"],
+        "kernel_size": params["kernel_size"],
+        "bias": params["bias"],
+    }
 
 
 def _read(tensors: Iterable[object]) -> list[_Record]:
@@ -139,6 +259,9 @@ def _read(tensors: Iterable[object]) -> list[_Record]:
 def _record(index: int, name: str, raw_shape: object) -> _Record:
     shape = _shape(raw_shape)
     path, _, leaf = name.rpartition(".")
+    parametrized = _PARAMETRIZED.fullmatch(name)
+    if parametrized:
+        path, leaf = parametrized[1] or "", f"{parametrized[2]}.{parametrized[3]}"
     # A tensor at the root (no dot) belongs to the module at path "": a bare nn.LSTM saved alone.
     usable = shape is not None and "" not in name.split(".")
     return _Record(index, name, path if usable else None, leaf, shape or ())
@@ -207,23 +330,29 @@ def _weighted(path: str, weight: Shape, bias: Shape | None) -> Spec | None:
         return _linear(weight, bias is not None)
     if rank in (3, 4, 5):
         # ConvTranspose stores [in, out/groups, k...] under the same names: indistinguishable.
-        return f"Conv{rank - 2}d", {
-            "out_channels": weight[0],
-            "in_channels_per_group": weight[1],
-            "kernel_size": list(weight[2:]),
-            "bias": bias is not None,
-        }
+        return f"Conv{rank - 2}d", _conv_params(weight, bias)
     return None
 
 
-def _alternatives(module: dict, groups: dict[str, list[_Record]]) -> None:
+def _conv_params(weight: Shape, bias: Shape | None) -> dict[str, Any]:
+    return {
+        "out_channels": weight[0],
+        "in_channels_per_group": weight[1],
+        "kernel_size": list(weight[2:]),
+        "bias": bias is not None,
+    }
+
+
+def _alternatives(module: dict, leaves: Leaves, folds: dict[str, dict[str, Any]]) -> None:
     """Record the other types a guessed module's tensors fit: the same shapes are an Embedding or a
     bias-free Linear, a Linear or a square Conv1D (named as transformers names them), a bias-free
-    norm or a per-channel PReLU."""
-    leaves = {record.leaf: record.shape for record in groups.get(module["path"], [])}
+    norm or a per-channel PReLU, a spectral-normed Conv or ConvTranspose with as many input as output
+    channels (torch normalizes their weights over different axes)."""
     weight, kind = leaves.get("weight", ()), module["type"]
     others: list[Spec] = []
-    if kind in ("Linear", "Embedding") and len(weight) == 2 and "bias" not in leaves:
+    if folds.get("weight", {}).get("either_dim"):
+        others = [_conv_transpose(kind, module["params"])]
+    elif kind in ("Linear", "Embedding") and len(weight) == 2 and "bias" not in leaves:
         others = [_linear(weight, False) if kind == "Embedding" else _embedding(weight)]
     elif (
         kind == "Linear" and len(weight) == 2 and weight[0] == weight[1] and module["path"].rpartition(".")[2] in HF_CONV1D_LEAVES

@@ -328,8 +328,8 @@ def _print_result(result: Any, dry_run: bool) -> None:
 # The --help of each reader option where the reader does not word it itself.
 READER_OPTION_HELP = {
     "key": "For checkpoints: dotted path of the dict holding the tensors.",
-    "strip_prefix": "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a Lightning "
-    "module's `model.` when every name has it, so names match the inner module.",
+    "strip_prefix": "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.`, torch.compile's "
+    "`_orig_mod.` (nested too) and a Lightning module's `model.` when every name has it, so names match the inner module.",
     "config": "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).",
     "collections": "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
     "unstack": "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).",

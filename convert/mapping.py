@@ -54,7 +54,9 @@ _CLOCK: ContextVar[_PatternClock | None] = ContextVar("layout_pattern_clock", de
 
 # Options every layout takes: module types the user decides (PATH=TYPE,...), and how tied tensors are
 # written ("alias": once plus a metadata alias, for loaders that re-tie; "duplicate": under every name).
-UNIVERSAL_OPTIONS: dict[str, Any] = {"module_types": "", "ties": None}
+# `fold_weight_norm`: write a weight-normed or spectral-normed tensor as the weight its module computes
+# (for loaders that look up `weight` and have no such parametrization), or keep its pieces.
+UNIVERSAL_OPTIONS: dict[str, Any] = {"module_types": "", "ties": None, "fold_weight_norm": True}
 
 
 @dataclass
@@ -338,6 +340,9 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
 
 def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
     modules = {name: mod for mod in architecture.get("modules", []) for name in mod["tensors"]}
+    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]] = {}
+    if layout.options.get("fold_weight_norm"):
+        tensors = _fold(layout, tensors, architecture, modules, folds)
     refs = {t.name: t for t in tensors}
     consumed: set[str] = set()
     produced: list[tuple[int, MappedTensor]] = []
@@ -368,54 +373,109 @@ def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[s
     if leftovers and not layout.passthrough:
         names = ", ".join(t.name for _, t in leftovers)
         raise MappingError(f"layout {layout.name}: no rule for {len(leftovers)} tensor(s): {names}")
-    renamed_on_a_guess = _check_guesses(layout, tensors, refs, modules)
+    _check_guesses(layout, tensors, refs, modules, folds)
     produced += [(pos, MappedTensor(t.name, t, [t])) for pos, t in leftovers]
     mapped = [m for _, m in sorted(produced, key=lambda item: item[0])]
     if layout.post:
         mapped = [_post(layout, m, modules) for m in mapped]
+    mapped = [_unfold(layout, m, folds) for m in mapped]
     if layout.renumber:
         _renumber(mapped)
     _check_unique(layout, mapped)
     present = {mod["type"] for mod in architecture.get("modules", [])}
     warnings = [w if isinstance(w, str) else w["text"] for w in layout.warnings if isinstance(w, str) or w["module"] in present]
     warnings += [f"layout {layout.name}: dropped {', '.join(names)}: {note}" for note, names in notes.items()]
-    if renamed_on_a_guess:
-        warnings.append(
-            f"layout {layout.name}: the names of {', '.join(renamed_on_a_guess)} follow a guessed module type "
-            f"(the manifest lists the alternatives; {_DECIDE})"
-        )
     return MappingResult(mapped, dropped, warnings)
 
 
 _DECIDE = "decide with --layout-option module_types=PATH=TYPE[,PATH=TYPE...]"
+_PARAMETRIZATION_PIECE = re.compile(r"(?:.+\.)?parametrizations\.[^.]+\.(?:original[0-9]*|[0-9]+\..+)")
+
+
+def _fold(
+    layout: Layout,
+    tensors: list[TensorRef],
+    architecture: dict[str, Any],
+    modules: dict[str, dict[str, Any]],
+    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]],
+) -> list[TensorRef]:
+    """Each weight-normed or spectral-normed tensor as one folded tensor, in its first piece's place,
+    under the name its module computes (P.weight): the layout's rules then treat it as a plain weight,
+    and `_unfold` gives the outputs made from it the pieces as sources and the fold as their first step.
+    A parametrization no fold knows is refused: its pieces would reach a name-lookup loader as strays."""
+    refs = {t.name: t for t in tensors}
+    replaced: dict[str, TensorRef | None] = {}
+    for mod in architecture.get("modules", []):
+        for tensor, fold in mod.get("parametrizations", {}).items():
+            name = f"{mod['path']}.{tensor}" if mod["path"] else tensor
+            if name in refs or not all(p in refs for p in fold["tensors"]):
+                continue
+            pieces = [refs[p] for p in fold["tensors"]]
+            step = fold_step(fold["type"], mod["type"])
+            folded = tf.derived(name, pieces, [step])
+            folds[name] = (pieces, step)
+            modules[name] = mod
+            replaced.update({fold["tensors"][0]: folded, **dict.fromkeys(fold["tensors"][1:])})
+    strays = [t.name for t in tensors if t.name not in replaced and _PARAMETRIZATION_PIECE.fullmatch(t.name)]
+    if strays:
+        raise MappingError(
+            f"layout {layout.name}: {', '.join(strays[:10])} belong to a parametrization this tool cannot fold "
+            "(it folds weight_norm and spectral_norm); --layout-option fold_weight_norm=false keeps the pieces"
+        )
+    out = [replaced[t.name] if t.name in replaced else t for t in tensors]
+    return [t for t in out if t is not None]
+
+
+def fold_step(kind: str, module_type: str) -> dict[str, Any]:
+    """The transform that folds a `kind` parametrization of a `module_type`'s weight: spectral norm
+    runs over dim 1 for a ConvTranspose (torch's default for it) and dim 0 for every other module."""
+    if kind == "spectral_norm":
+        return {"op": kind, "dim": 1 if module_type.startswith("ConvTranspose") else 0}
+    return {"op": kind}
+
+
+def _unfold(layout: Layout, m: MappedTensor, folds: dict[str, tuple[list[TensorRef], dict[str, Any]]]) -> MappedTensor:
+    """An output made from a folded tensor, recorded from the pieces: the fold its first step."""
+    hit = [s.name for s in m.sources if s.name in folds]
+    if not hit:
+        return m
+    if len(m.sources) != 1:
+        raise MappingError(
+            f"layout {layout.name}: {m.name!r} joins the folded {hit[0]!r} with other tensors, which no fold records"
+        )
+    pieces, step = folds[hit[0]]
+    return MappedTensor(m.name, m.ref, pieces, [dict(step), *m.transforms], dict(m.annotations))
 
 
 def _check_guesses(
-    layout: Layout, tensors: list[TensorRef], refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
-) -> list[str]:
+    layout: Layout,
+    tensors: list[TensorRef],
+    refs: dict[str, TensorRef],
+    modules: dict[str, dict[str, Any]],
+    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]],
+) -> None:
     """A tensor whose module type is a guess (the architecture lists alternatives) must not have its
-    bytes decided by that guess: refused when its transforms (or fate) differ between the types it
-    fits; returned when only its output name differs, to be reported."""
-    refused, renamed = [], []
+    name, bytes or fate decided by that guess (its fold included): a loader looks names up, so a name
+    that differs between the types it fits is as wrong as bytes that do. Refused, naming the tensors
+    and the option."""
+    refused = []
     for t in tensors:
         mod = modules.get(t.name)
         if mod is None or not mod.get("alternatives"):
             continue
+        fold = folds.get(t.name)
         fates = [
-            _fate(layout, t, refs, {**modules, t.name: {**mod, **alt}})
+            (_fate(layout, t, refs, {**modules, t.name: {**mod, **alt}}), fold_step(fold[1]["op"], alt["type"]) if fold else None)
             for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]
         ]
-        if len({f[1] for f in fates}) > 1:
+        if len({json.dumps(f, sort_keys=True) for f in fates}) > 1:
             types = " or ".join([mod["type"], *(a["type"] for a in mod["alternatives"])])
             refused.append(f"{t.name} ({types})")
-        elif len({f[0] for f in fates}) > 1:
-            renamed.append(t.name)
     if refused:
         raise MappingError(
-            f"layout {layout.name}: how {len(refused)} tensor(s) are written depends on a guessed module "
-            f"type: {', '.join(refused)}; {_DECIDE}"
+            f"layout {layout.name}: how {len(refused)} tensor(s) are named or written depends on a guessed "
+            f"module type: {', '.join(refused)}; {_DECIDE}"
         )
-    return renamed
 
 
 def _fate(

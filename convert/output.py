@@ -187,14 +187,16 @@ def _inside(folder: Path, outputs: list[str]) -> list[str]:
 
 
 def _manifest_names(doc: dict[str, Any]) -> set[str]:
-    """The names an output's manifest accounts for: its files, index (and the layout's extra
-    indexes), sidecars and itself."""
+    """The names an output's manifest accounts for: its files, every file any of its lists names (the
+    ruv-FANN `networks`, and whatever another output format records as entries with a `file`), index
+    (and the layout's extra indexes), sidecars and itself."""
     from . import manifest as manifest_mod
     from .errors import ConvertError
     from .mapping import load_layout
 
     files = [f.get("path") for f in doc.get("files", []) if isinstance(f, dict)]
-    names = {manifest_mod.MANIFEST_FILE, *files, *doc.get("sidecars", [])}
+    listed = [e.get("file") for v in doc.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    names = {manifest_mod.MANIFEST_FILE, *files, *listed, *doc.get("sidecars", [])}
     if doc.get("index"):
         names.add(doc["index"])
         try:

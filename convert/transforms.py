@@ -15,6 +15,13 @@ named by `inputs` (default: all) into one, in place of the first. A chain ends w
     concat       {"axis", "inputs"?}
     add          {"inputs"?}                           not invertible: a sum of several tensors
     select       {"inputs"}                            keep only these arrays, in this order
+    weight_norm  {"inputs"?}                           [g, v] -> g * v / ||v||, the norm over the axes
+                                                       where g has size 1 (all when g is 0-d): what
+                                                       torch's weight_norm computes in every forward
+    spectral_norm {"dim", "eps"?, "inputs"?}           [w, u, v] -> w / sigma, sigma = u . (W v) with
+                                                       W = w's axis `dim` first, the rest flattened:
+                                                       torch's eval-mode spectral_norm; [w] (1-D) ->
+                                                       w / max(||w||, eps)
 
 `verify --source` proves an output by replaying its chain on the source and comparing bytes, which
 is exact for deterministic steps, lossy ones included; `invertible` says whether the output alone
@@ -41,7 +48,11 @@ NOT_INVERTIBLE = {
     "add": "a sum of several tensors cannot be split back",
     "split": "one block of a tensor does not determine the others",
     "select": "the sources it leaves out are not in this tensor",
+    "weight_norm": "a folded weight does not determine its magnitude and direction tensors",
+    "spectral_norm": "a folded weight does not determine its unnormalized weight and power-iteration vectors",
 }
+JOINS = ("concat", "add", "weight_norm", "spectral_norm")  # ops that make one array of several
+FOLDS = ("weight_norm", "spectral_norm")
 
 
 def _axis(axis: int, ndim: int, op: str) -> int:
@@ -130,6 +141,14 @@ def _join_spec(t: dict[str, Any], specs: list[Spec]) -> Spec:
     dtypes = {d.code for _, d in specs}
     if len(dtypes) != 1:
         raise MappingError(f"{t['op']}: inputs have different dtypes {sorted(dtypes)}")
+    if t["op"] in FOLDS:
+        if not specs[0][1].is_float:
+            raise MappingError(f"{t['op']}: inputs are {specs[0][1].code}, not floating point")
+        if t["op"] == "weight_norm":
+            _norm_axes(shapes)
+            return specs[1]
+        _spectral_dim(t, shapes)
+        return specs[0]
     if t["op"] == "add":
         if len(set(shapes)) != 1:
             raise MappingError(f"add: inputs have different shapes {shapes}")
@@ -177,7 +196,56 @@ def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
     raise MappingError(f"unknown transform {op!r}")
 
 
+def _norm_axes(shapes: list[Shape]) -> tuple[int, ...]:
+    """weight_norm's reduced axes: g is 0-d (one norm over all of v) or v's rank with size 1 on every
+    axis but at most one, where it matches v (torch's `dim`)."""
+    if len(shapes) != 2:
+        raise MappingError(f"weight_norm: takes [g, v], not {len(shapes)} inputs")
+    g, v = shapes
+    fits = not g or (len(g) == len(v) and sum(a != 1 for a in g) <= 1 and all(a in (1, b) for a, b in zip(g, v, strict=True)))
+    if not v or not fits:
+        raise MappingError(f"weight_norm: magnitude {list(g)} does not fit direction {list(v)}")
+    return tuple(i for i, a in enumerate(g) if a == 1) if g else tuple(range(len(v)))
+
+
+def _spectral_dim(t: dict[str, Any], shapes: list[Shape]) -> int:
+    """spectral_norm's checked `dim`: u holds w.shape[dim] values, v the rest of w's."""
+    w = shapes[0]
+    if len(shapes) == 1:
+        if len(w) != 1:
+            raise MappingError(f"spectral_norm: a {len(w)}-d weight needs its u and v vectors")
+        return 0
+    if len(shapes) != 3 or not w:
+        raise MappingError(f"spectral_norm: takes [w, u, v], not {len(shapes)} inputs")
+    dim = _axis(int(t["dim"]), len(w), "spectral_norm")
+    rows = w[dim]
+    if shapes[1] != (rows,) or shapes[2] != ((math.prod(w) // rows) if rows else 0,):
+        raise MappingError(f"spectral_norm: u {list(shapes[1])} and v {list(shapes[2])} do not fit {list(w)} at dim {dim}")
+    return dim
+
+
+def _fold(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
+    """A weight-norm or spectral-norm weight as torch's eval-mode forward computes it, in float64
+    and rounded once to the inputs' dtype."""
+    wide = [a.astype(np.float64) for a in arrays]
+    if t["op"] == "weight_norm":
+        g, v = wide
+        norm = np.sqrt(np.square(v).sum(axis=_norm_axes([a.shape for a in arrays]), keepdims=True))
+        out = v * (g / norm)
+    elif len(wide) == 1:
+        (w,) = wide
+        out = w / max(float(np.sqrt(np.square(w).sum())), float(t.get("eps", 1e-12)))
+    else:
+        w, u, v = wide
+        dim = _spectral_dim(t, [a.shape for a in arrays])
+        sigma = float(u @ (np.moveaxis(w, dim, 0).reshape(w.shape[dim], -1) @ v))
+        out = w / sigma
+    return out.astype(arrays[0].dtype)
+
+
 def _join_apply(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
+    if t["op"] in FOLDS:
+        return _fold(t, arrays)
     if t["op"] == "add":
         total = arrays[0].copy()
         for a in arrays[1:]:
@@ -200,7 +268,7 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
         try:
             if t.get("op") == "select":
                 items = [items[i] for i in _join_targets(t, len(items))]
-            elif t.get("op") in ("concat", "add"):
+            elif t.get("op") in JOINS:
                 idx = _join_targets(t, len(items))
                 joined = join(t, [items[i] for i in idx])
                 items = [joined if i == idx[0] else x for i, x in enumerate(items) if i == idx[0] or i not in idx]

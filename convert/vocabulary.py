@@ -32,4 +32,17 @@ def canonical_dtype(name: str) -> str:
 CAST_LOSS = ("refuse", "saturate", "accept")  # --cast-loss: what a narrowing cast may do with lost values
 TIE_MODES = ("alias", "duplicate")  # how a layout writes tied tensors
 QUANTIZED_MODES = ("dequantize", "keep")  # --quantized: TFLite int8/uint8 weights
-TRANSFORM_OPS = ("cast", "transpose", "permute", "reshape", "split", "gate_reorder", "pad", "concat", "add", "select")
+TRANSFORM_OPS = (
+    "cast",
+    "transpose",
+    "permute",
+    "reshape",
+    "split",
+    "gate_reorder",
+    "pad",
+    "concat",
+    "add",
+    "select",
+    "weight_norm",
+    "spectral_norm",
+)

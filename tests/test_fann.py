@@ -280,3 +280,25 @@ def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: Simple
     )
     assert code == 0, stderr
     assert not list((out / "NHITS").glob("*.network.json"))
+
+
+def test_overwrite_takes_back_its_own_networks(mlp: SimpleNamespace, forecasters: SimpleNamespace) -> None:
+    """issue 30, finding 7: the networks a manifest lists are this tool's own files, so the same
+    conversion run again with --overwrite replaces them (a torch file's output, and a NeuralForecast
+    save's folder of model outputs); a file the manifest does not list still refuses it (9)."""
+    out = mlp.tmp / "again"
+    shutil.copytree(mlp.out, out)
+    again = ("pth-to-safetensors", mlp.src, out, "--layout", "neuro-divergent", "--layout-option", SPEC, "--overwrite")
+    code, _, stderr = run_cli(*again)
+    assert code == 0, stderr
+    assert run_cli("verify", out, "--source", mlp.src)[0] == 0
+    nf_out = forecasters.tmp / "again"
+    shutil.copytree(forecasters.out, nf_out)
+    args = ("nf-to-safetensors", forecasters.tmp / "nf", nf_out, "--layout", "neuro-divergent", "--overwrite")
+    code, _, stderr = run_cli(*args, timeout=300)
+    assert code == 0, stderr
+    assert run_cli("verify", nf_out / "MLP", "--source", forecasters.tmp / "nf")[0] == 0
+    (out / "notes.network.json").write_text("{}")
+    before = sorted(p.name for p in out.iterdir())
+    assert_cli_error(run_cli(*again), 9, "notes.network.json")
+    assert sorted(p.name for p in out.iterdir()) == before

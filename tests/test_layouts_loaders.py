@@ -389,6 +389,23 @@ def test_guess_that_changes_no_bytes_converts(tmp_path: Path) -> None:
         assert set(listed(doc)) == {"items.weight", "position_proj.weight"}
 
 
+@pytest.mark.parametrize("layout", ["burn", "burn-native"])
+def test_guess_that_changes_a_name_is_refused(tmp_path: Path, layout: str) -> None:
+    """issue 30, finding 3: a bare PReLU(4) fits a LayerNorm by shape; burn names LayerNorm's weight
+    `gamma` and PReLU's `alpha`, so a guess would decide the name the loader looks up: refused (7) with
+    the tensor and the option; decided, it converts under burn's PReLU name."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(4))
+    src, out = save_state(tmp_path, model), tmp_path / "out"
+    assert_cli_error(
+        run_cli("pth-to-safetensors", src, out, "--layout", layout), 7, "1.weight", "LayerNorm or PReLU", "module_types"
+    )
+    assert_no_output(out)
+    doc, _ = convert(src, out, layout, "--layout-option", "module_types=1=PReLU")
+    np.testing.assert_array_equal(load_numpy(out)["1.alpha"], model[1].weight.detach().numpy())
+    assert run_cli("verify", out, "--source", src)[0] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Ties (issue 15, finding 4)
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,11 @@ CASES: list[tuple[str, list[dict[str, Any]], list[np.ndarray]]] = [
         [arr(12, 6), arr(12, 4), arr(12), arr(12)],
     ),
     ("cast-after-transpose", [{"op": "transpose"}, {"op": "cast", "to": "F32"}], [arr(2, 3, dtype=np.float64)]),
+    ("weight-norm-dim0", [{"op": "weight_norm"}], [arr(4, 1, 1), arr(4, 3, 2)]),
+    ("weight-norm-whole", [{"op": "weight_norm"}], [np.float32(2.0).reshape(()), arr(4, 3)]),
+    ("weight-norm-f16", [{"op": "weight_norm"}, {"op": "transpose"}], [arr(5, 1, dtype=np.float16), arr(5, 2, dtype=np.float16)]),
+    ("spectral-norm-dim1", [{"op": "spectral_norm", "dim": 1}], [arr(4, 3, 2), arr(3), arr(8)]),
+    ("spectral-norm-1d", [{"op": "spectral_norm", "dim": 0}], [arr(5)]),
 ]
 
 
@@ -145,6 +150,12 @@ INVALID: list[tuple[str, list[dict[str, Any]], list[np.ndarray]]] = [
     ("unary-missing-input", [{"op": "transpose", "input": 2}, {"op": "add"}], [arr(3), arr(3)]),
     ("ends-with-two", [{"op": "transpose"}], [arr(3, 2), arr(2, 3)]),
     ("ends-with-none", [{"op": "select", "inputs": [0]}, {"op": "select", "inputs": [1]}], [arr(3), arr(3)]),
+    ("weight-norm-g-two-axes", [{"op": "weight_norm"}], [arr(4, 3), arr(4, 3)]),
+    ("weight-norm-g-rank", [{"op": "weight_norm"}], [arr(4, 1), arr(4, 3, 2)]),
+    ("weight-norm-one-input", [{"op": "weight_norm"}], [arr(4, 3)]),
+    ("weight-norm-integers", [{"op": "weight_norm"}], [np.ones((2, 1), np.int64), np.ones((2, 3), np.int64)]),
+    ("spectral-norm-u-wrong", [{"op": "spectral_norm", "dim": 0}], [arr(4, 3), arr(3), arr(3)]),
+    ("spectral-norm-2d-alone", [{"op": "spectral_norm", "dim": 0}], [arr(4, 3)]),
 ]
 
 
@@ -162,6 +173,18 @@ def test_apply_rejects_what_it_cannot_do() -> None:
         tf.apply([{"op": "transpose"}], [arr(2), arr(2)])
     with pytest.raises(MappingError):
         tf.apply([{"op": "split", "axis": 0, "parts": 3, "index": 0}], [arr(4)])
+
+
+def test_norm_folds_compute_torchs_forms() -> None:
+    """weight_norm: g * v / ||v|| over all axes but g's; spectral_norm: w / (u . W v), W = w with
+    axis `dim` first and the rest flattened (what torch's eval-mode forward computes)."""
+    g, v = arr(4, 1, 1), arr(4, 3, 2)
+    want = g * v / np.sqrt(np.square(v).sum(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(tf.apply([{"op": "weight_norm"}], [g, v]), want, rtol=1e-6)
+    w, u, vv = arr(4, 3, 2), arr(3), arr(8)
+    sigma = u @ (w.transpose(1, 0, 2).reshape(3, 8) @ vv)
+    np.testing.assert_allclose(tf.apply([{"op": "spectral_norm", "dim": 1}], [w, u, vv]), w / sigma, rtol=1e-5)
+    assert tf.invertible([{"op": "weight_norm"}])[0] is False
 
 
 def test_invertible() -> None:

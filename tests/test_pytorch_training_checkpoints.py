@@ -191,3 +191,24 @@ def test_strip_prefix_not_on_every_name_is_a_usage_error(tmp_path: Path) -> None
     out = tmp_path / "out"
     assert_cli_error(run_cli("pth-to-safetensors", src, out, "--strip-prefix", "conv."), 2, "does not start with it")
     assert_no_output(out)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dp(compile)", "compile(dp)"])
+def test_compiled_model_prefix_is_stripped(tmp_path: Path, wrap: str) -> None:
+    """torch.compile's `_orig_mod.`, alone or nested with a data-parallel wrapper's `module.` in either
+    order (DistributedDataParallel names like DataParallel), is stripped whole."""
+    net, _, _, _ = trained()
+    wrapped = {
+        "compile": lambda: torch.compile(net),
+        "dp(compile)": lambda: torch.nn.DataParallel(torch.compile(net)),
+        "compile(dp)": lambda: torch.compile(torch.nn.DataParallel(net)),
+    }[wrap]()
+    expected = {"compile": "_orig_mod.", "dp(compile)": "module._orig_mod.", "compile(dp)": "_orig_mod.module."}[wrap]
+    assert all(k.startswith(expected) for k in wrapped.state_dict())
+    src = tmp_path / "compiled.pt"
+    torch.save(wrapped.state_dict(), src)
+    out = tmp_path / "out"
+    err = convert(src, out)
+    assert f"stripped the wrapper prefix {expected!r}" in err
+    outputs_match(net, out)
+    assert read_manifest(out)["source"]["details"]["stripped_prefix"] == expected

@@ -124,6 +124,11 @@ def _torch_sources(root: Path) -> None:
         root / "train.pt",
     )
     torch.save({"ema": state, "epoch": 1}, root / "train.ckpt")
+    with torch.no_grad():  # a weight-normed conv (an audio decoder's) and a spectral-normed discriminator
+        tts = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3)))
+        gan = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 2)))
+    torch.save(tts.state_dict(), root / "tts.pt")
+    torch.save(gan.state_dict(), root / "gan.pt")
     (root / "hf-folder").mkdir()
     torch.save(state, root / "hf-folder" / "pytorch_model.bin")
     (root / "hf-folder" / "config.json").write_text(json.dumps({"model_type": "toy"}))
@@ -335,6 +340,8 @@ GROUP_OF = {
             "models/",
             "train.pt",
             "ema.pt",
+            "tts.pt",
+            "gan.pt",
             "run.ckpt",
             "silero_vad.jit",
             "params.npz",

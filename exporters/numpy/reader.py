@@ -4,7 +4,8 @@ storage, a compressed one is streamed when written), and, where the data is pick
 a saved dict, a plain pickle of dicts/lists of ndarrays), the restricted unpickler with no inert classes:
 only array reconstruction, dtypes and containers can be built.
 
-A tree that looks like Flax params (`kernel`, `embedding`, `scale` leaves) reaches canonical form as
+A tree that looks like Flax params as a whole (`kernel`, `embedding`, `scale` leaves inside modules,
+no dotted keys) reaches canonical form as
 `flax-to-safetensors` gives it; any other tree keeps its names, joined with "." (or "/" when a key
 holds a dot). npz member names with "/" (JAX and Google vision checkpoints) are tree paths.
 """
@@ -280,7 +281,7 @@ def _source(fmt: str, p: Path, tree: Any, mapped: MappedFile) -> SourceModel:
         raise UnsupportedFormatError(f"{p.name}: no numeric arrays found")
     extras: dict[str, Any] = {"skipped_non_tensors": skipped[:200]} if skipped else {}
     architecture = None
-    if any(where[-1] in FLAX_LEAVES for where, _ in leaves):
+    if _flax_like(leaves):
         canon = canonicalize(_named_tree(tree, ()))
         tensors, extras["origins"] = canon.tensors, canon.origins
         architecture = {"framework": "flax-like tree", "modules": canon.modules}
@@ -288,6 +289,16 @@ def _source(fmt: str, p: Path, tree: Any, mapped: MappedFile) -> SourceModel:
         sep = "/" if any("." in part for where, _ in leaves for part in where) else "."
         tensors = [ref.renamed(sep.join(where)) for where, ref in leaves]
     return SourceModel(format=fmt, files=[p], tensors=tensors, extras=extras, architecture=architecture, closers=[mapped.close])
+
+
+def _flax_like(leaves: list[tuple[tuple[str, ...], TensorRef]]) -> bool:
+    """Whether the tree as a whole is a Flax params tree: a `kernel`, `embedding` or `scale` leaf inside
+    a module (never at the top, where a flat file's member merely has that name), and no key that
+    could not be a Flax module or leaf name (Flax names hold no dots). One leaf's name alone never
+    decides: what the plain path converts must not be refused or renamed by a guess."""
+    if any(not part or "." in part for where, _ in leaves for part in where):
+        return False
+    return any(len(where) > 1 and where[-1] in FLAX_LEAVES for where, _ in leaves)
 
 
 def _named_tree(node: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:

@@ -33,7 +33,10 @@ CANDIDATE_KEYS = (
 LIGHTNING_MARKERS = ("pytorch-lightning_version", "optimizer_states", "lr_schedulers", "callbacks")
 _SCALER_KEYS = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
 _TORCH_CPU_RNG_BYTES = 5056  # torch.get_rng_state(): mt19937 state as uint8
-_WRAPPER_PREFIXES = ("module.", "model.")
+# DataParallel/DistributedDataParallel's `module.`, torch.compile's `_orig_mod.` (nested in either order
+# when both wrap one model), a LightningModule's `model.` (Lightning checkpoints only, outermost).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_LIGHTNING_PREFIX = "model."
 
 
 def training_state_kind(value: Any) -> str | None:
@@ -111,15 +114,18 @@ def candidate_keys(obj: dict[Any, Any]) -> list[str]:
 
 
 def wrapper_prefix(names: list[str], checkpoint: Any, chosen_key: str | None) -> str | None:
-    """The prefix the inner module's `load_state_dict` does not expect: DataParallel's `module.` on every
-    name, or a LightningModule's attribute (`model.`) when the checkpoint is Lightning's and every name
-    carries it. None when stripping would leave names that collide or nothing to strip."""
+    """The prefix the inner module's `load_state_dict` does not expect: the wrappers' prefixes every name
+    carries, outermost first (`module.`, `_orig_mod.`, nested as DDP plus torch.compile give them), under
+    a LightningModule's attribute (`model.`) when the checkpoint is Lightning's. None when there is
+    nothing to strip."""
     if not names:
         return None
     lightning = isinstance(checkpoint, dict) and chosen_key == "state_dict" and any(m in checkpoint for m in LIGHTNING_MARKERS)
-    for prefix in _WRAPPER_PREFIXES:
-        if prefix == "model." and not lightning:
-            continue
-        if all(n.startswith(prefix) and len(n) > len(prefix) for n in names):
-            return prefix
-    return None
+    prefix = _LIGHTNING_PREFIX if lightning and _all_carry(names, _LIGHTNING_PREFIX) else ""
+    while step := next((p for p in _WRAPPER_PREFIXES if _all_carry(names, prefix + p)), None):
+        prefix += step
+    return prefix or None
+
+
+def _all_carry(names: list[str], prefix: str) -> bool:
+    return all(n.startswith(prefix) and len(n) > len(prefix) for n in names)

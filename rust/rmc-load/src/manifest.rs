@@ -185,6 +185,10 @@ pub struct Module {
     /// What settled the type when names and shapes left it open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+    /// Tensors the module computes from saved pieces (torch's weight_norm, spectral_norm), by name:
+    /// `type`, `by`, `dim`, `tensors` (the pieces, in the order the recorded fold takes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parametrizations: Option<Object>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
