@@ -72,11 +72,14 @@ def conversion_options(options: dict[str, Any]) -> ConvertOptions:
     return opts
 
 
-def open_path(src: str | Path, conversion: str = "auto", reader: ReaderOptions | None = None) -> Opened:
-    """A source opened by the reader `conversion` names (a kind or command), or the one its content calls for."""
+def open_path(
+    src: str | Path, conversion: str = "auto", reader: ReaderOptions | None = None, follow_links: bool = False
+) -> Opened:
+    """A source opened by the reader `conversion` names (a kind or command), or the one its content
+    calls for; links among its files refused before any is read, unless `follow_links`."""
     from exporters.registry import open_source
 
-    return open_source(src, reader, conversion)
+    return open_source(src, reader, conversion, follow_links)
 
 
 def convert_opened(
@@ -111,7 +114,7 @@ def convert_path(
     NeuralForecast folder) gives a BundleResult, anything else a ConversionResult."""
     opts = conversion_options(options)
     checked_destination([src], out, opts.overwrite)  # before reading a source that may be large
-    with open_path(src, conversion, reader) as opened:
+    with open_path(src, conversion, reader, opts.follow_links) as opened:
         return convert_opened(opened, out, opts, progress)
 
 
@@ -203,10 +206,12 @@ def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | 
     return export(src, out, opts, stage)
 
 
-def inspect_path(path: str | Path, key: str | None = None, reader: ReaderOptions | None = None) -> dict[str, Any]:
+def inspect_path(
+    path: str | Path, key: str | None = None, reader: ReaderOptions | None = None, follow_links: bool = False
+) -> dict[str, Any]:
     """Name, dtype, shape and size of every tensor in any supported input."""
     reader = reader or ReaderOptions(key=key)
-    with open_path(path, "auto", reader) as opened:
+    with open_path(path, "auto", reader, follow_links) as opened:
         source = opened.flat() if isinstance(opened, SourceBundle) else opened
         refuse_unencodable_names(source)
         tensors = [{"name": t.name, "dtype": t.dtype.code, "shape": list(t.shape), "bytes": t.nbytes} for t in source.tensors]
@@ -231,7 +236,9 @@ def recorded_reader_options(out: str | Path) -> ReaderOptions:
         return ReaderOptions()
 
 
-def verify_path(out: str | Path, source: str | Path | None = None, key: str | None = None) -> VerifyReport:
+def verify_path(
+    out: str | Path, source: str | Path | None = None, key: str | None = None, follow_links: bool = False
+) -> VerifyReport:
     """Verify an output folder; with `source`, compare every tensor with it too, the source opened as
     the conversion opened it (the options its manifest records; `key` overrides the recorded key).
     A NeuralForecast output (models.json and a folder per model) is verified model by model, and a
@@ -239,7 +246,7 @@ def verify_path(out: str | Path, source: str | Path | None = None, key: str | No
     out = Path(out)
     folders = None if (out / manifest_mod.MANIFEST_FILE).is_file() else _bundle_output(out)
     if folders is not None:
-        return _verify_bundle_output(out, folders, source, key)
+        return _verify_bundle_output(out, folders, source, key, follow_links)
     from .outputs.registry import OUTPUTS
 
     if source is None:
@@ -247,7 +254,7 @@ def verify_path(out: str | Path, source: str | Path | None = None, key: str | No
     options = recorded_reader_options(out)
     if key:
         options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
-    with open_path(source, "auto", options) as opened:
+    with open_path(source, "auto", options, follow_links) as opened:
         return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened, OUTPUTS)
 
 
@@ -260,11 +267,13 @@ def _bundle_output(out: Path) -> list[Path] | None:
     return bundle_folders(out, fmt) if isinstance(fmt, str) else None
 
 
-def _verify_bundle_output(out: Path, folders: list[Path], source: str | Path | None, key: str | None) -> VerifyReport:
+def _verify_bundle_output(
+    out: Path, folders: list[Path], source: str | Path | None, key: str | None, follow_links: bool
+) -> VerifyReport:
     """Every model folder of a bundle's output, as one report (each problem names its folder)."""
     report = VerifyReport(out)
     for folder in folders:
-        part = verify_path(folder, source, key)
+        part = verify_path(folder, source, key, follow_links)
         report.files += part.files
         report.tensors += part.tensors
         report.compared_with_source += part.compared_with_source

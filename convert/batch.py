@@ -299,7 +299,7 @@ def _convert(job: Job) -> int:
             request=job.request(),
         )
     )
-    with open_path(job.source, job.conversion, job.reader) as opened:
+    with open_path(job.source, job.conversion, job.reader, job.follow_links) as opened:
         return convert_opened(opened, job.output, options).bytes
 
 

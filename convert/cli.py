@@ -287,7 +287,7 @@ def _run_conversion(
             follow_links=follow_links,
         )
     )
-    with open_path(src, conversion, reader) as opened:
+    with open_path(src, conversion, reader, follow_links) as opened:
         with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
             result = convert_opened(opened, out, options, progress)
     if not quiet:
@@ -757,14 +757,15 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
 )
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
+@click.option("--follow-links", is_flag=True, help="Read input files that are symlinks or hard links (refused by default).")
 @output_flags
 @command_errors
-def inspect(path: str, key: str | None) -> None:
+def inspect(path: str, key: str | None, follow_links: bool) -> None:
     """List the tensors (name, dtype, shape, bytes) of any supported input, in aligned columns, then
     the totals: tensors, parameters (elements) and bytes, and bytes per dtype."""
     from .api import inspect_path
 
-    info = inspect_path(path, key)
+    info = inspect_path(path, key, follow_links=follow_links)
     if _wants_json():
         click.echo(json.dumps(info))
         return
@@ -805,16 +806,19 @@ def human_bytes(n: int) -> str:
 @click.option(
     "--key", help="With --source: the dict holding the tensors in the checkpoint (default: the one the conversion recorded)."
 )
+@click.option(
+    "--follow-links", is_flag=True, help="With --source: read source files that are symlinks or hard links (refused by default)."
+)
 @output_flags
 @command_errors
-def verify(out: str, source_path: str | None, key: str | None) -> None:
+def verify(out: str, source_path: str | None, key: str | None, follow_links: bool) -> None:
     """Check an output folder against its manifest (re-read with the safetensors library, the digest
     of every file and tensor in the manifest's recorded algorithm; 1.0 manifests too) and, with
     --source, against the source. Exit 0 only if everything holds."""
     from .api import verify_path
     from .errors import VerificationError
 
-    report = verify_path(out, source_path, key)
+    report = verify_path(out, source_path, key, follow_links)
     quiet, as_json = _flags().get("quiet", False), _wants_json()
     if as_json and report.ok:
         click.echo(json.dumps(report.to_json()))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
+from convert.links import refuse_input_links
 
 from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
 
@@ -75,10 +76,12 @@ def suffixes() -> tuple[str, ...]:
     return tuple(s for f in READERS for s in f.suffixes)
 
 
-def open_source(path: str | Path, options: ReaderOptions | None = None, kind: str = "auto") -> Opened:
+def open_source(path: str | Path, options: ReaderOptions | None = None, kind: str = "auto", follow_links: bool = False) -> Opened:
     """Open any supported source with the reader `kind` names (or the one its content calls for).
+    Links among the files it may open are refused before any is read (unless `follow_links`).
     A missing optional extra is exit 4 with the command that installs it."""
     p = Path(path)
+    refuse_input_links(p, follow_links)
     face = detect(p) if kind == "auto" else face_named(kind)
     options = options or ReaderOptions()
     try:
