@@ -1,0 +1,1 @@
+"""Output formats: each one a package behind the output contract."""

@@ -1,0 +1,1 @@
+"""GGUF outputs: the container (file_format), its streaming writer (stream)."""
