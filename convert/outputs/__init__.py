@@ -1,0 +1,1 @@
+"""Output formats other than SafeTensors; each subpackage writes one format."""
