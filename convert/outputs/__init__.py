@@ -1,1 +1,1 @@
-"""Output formats: each one a package behind the output contract."""
+"""Output formats: each subpackage writes one format."""
