@@ -79,11 +79,17 @@ def open_path(src: str | Path, conversion: str = "auto", reader: ReaderOptions |
     return open_source(src, reader, conversion)
 
 
-def convert_opened(opened: Opened, out: str | Path, options: ConvertOptions, progress: Progress | None = None) -> Result:
-    """Convert an opened source: one model into OUT, or a bundle into OUT/<model>/ and OUT/models.json."""
+def convert_opened(
+    opened: Opened, out: str | Path, options: ConvertOptions, progress: Progress | None = None, target: str = "safetensors"
+) -> Result:
+    """Convert an opened source: one model into OUT, or a bundle into OUT/<model>/ and OUT/models.json;
+    `target` the output format of its tensors (convert.outputs.registry)."""
+    from .outputs.registry import outputs_for
+
+    outputs = outputs_for(target)
     if isinstance(opened, SourceBundle):
-        return convert_bundle(opened, out, options, progress)
-    return convert_source(opened, out, options, progress)
+        return convert_bundle(opened, out, options, outputs, progress)
+    return convert_source(opened, out, options, outputs, progress)
 
 
 def tensor_bytes(opened: Opened) -> int:
@@ -234,13 +240,15 @@ def verify_path(out: str | Path, source: str | Path | None = None, key: str | No
     folders = None if (out / manifest_mod.MANIFEST_FILE).is_file() else _bundle_output(out)
     if folders is not None:
         return _verify_bundle_output(out, folders, source, key)
+    from .outputs.registry import OUTPUTS
+
     if source is None:
-        return verify_output(out)
+        return verify_output(out, outputs=OUTPUTS)
     options = recorded_reader_options(out)
     if key:
         options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
     with open_path(source, "auto", options) as opened:
-        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened)
+        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened, OUTPUTS)
 
 
 def _bundle_output(out: Path) -> list[Path] | None:

@@ -20,33 +20,18 @@ from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
 from .contract import SourceBundle
 from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
-from .fann import decide_dense_modules, plan_networks, write_networks
-from .hashing import DEFAULT_ALGORITHM, file_digest, new_digest
+from .hashing import file_digest, new_digest
 from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
+from .options import ConvertOptions
 from .output import StagedOutput, write_file
+from .output_contract import Conversion, Outputs, WriteContext, Written
 from .source import SourceModel
 from .transforms import invertible
-from .writer import INDEX_FILE, WriteItem, WrittenFile, oversized, shard_file_names, shard_items, write_safetensors
 
 BUNDLE_INDEX = "models.json"  # beside a bundle's model folders: what each holds
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class ConvertOptions:
-    layout: str = "pytorch"
-    layout_file: str | None = None  # a user's rule file (may extend a built-in layout)
-    layout_options: dict[str, Any] = field(default_factory=dict)
-    dtype: str | None = None  # --dtype: f32, f16, bf16, f64
-    cast_loss: str = "refuse"  # --cast-loss: what a narrowing cast may do with values the target cannot hold
-    max_shard_size: int | None = None  # bytes
-    overwrite: bool = False
-    dry_run: bool = False
-    digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
-    follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
-    request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
 
 
 @dataclass
@@ -78,9 +63,9 @@ class ConversionResult:
 
 
 def convert_source(
-    source: SourceModel, out: str | Path, options: ConvertOptions, progress: Progress | None = None
+    source: SourceModel, out: str | Path, options: ConvertOptions, outputs: Outputs, progress: Progress | None = None
 ) -> ConversionResult:
-    """Map, plan, write and record one source model into the folder `out`."""
+    """Map, plan, write and record one source model into the folder `out`, in the formats `outputs` names."""
     started = time.perf_counter()
     new_digest(options.digest)  # an unknown algorithm is refused before any work
     layout = load_layout(options.layout, options.layout_file, options.layout_options)
@@ -90,58 +75,64 @@ def convert_source(
     architecture = infer_architecture([(t.name, t.shape) for t in source.tensors], source.config)
     decide_from_source(architecture, source.architecture)
     decide_modules(architecture, str(layout.options.get("module_types") or ""), UsageError)
-    decide_dense_modules(architecture, layout)
+    for output in outputs.all():
+        output.decide(architecture, layout)
     mapping = apply_layout(layout, source.tensors, architecture)
     refuse_empty(source, mapping)
     # the reader's warnings, then the layout's
     warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]
     apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
-    networks, network_warnings = plan_networks(layout, (source.architecture or {}).get("dense_networks", []), mapping.tensors)
-    mapping.warnings.extend(network_warnings)
-    warnings += network_warnings
     kept, aliases = dedupe(mapping.tensors)
     tied = dict(aliases)
     if layout.ties == "duplicate":  # the loader looks every name up: write tied tensors under each
         kept, aliases = mapping.tensors, {}
-    items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in kept]
-    shards = shard_items(items, options.max_shard_size)
-    warnings.extend(oversized(items, options.max_shard_size))
-    names = shard_file_names(len(shards))
-    total = sum(it.nbytes for it in items)
+    conversion = Conversion(source, layout, options, mapping, kept, aliases)
+    companions = [(c, c.plan(conversion)) for c in outputs.companions]
+    plan = outputs.tensors.plan(conversion)
+    for planned in [*(p for _, p in companions), plan]:
+        mapping.warnings.extend(planned.warnings)  # recorded in the manifest too
+        warnings += [*planned.warnings, *planned.notices]
     if options.dry_run:
-        plan = [
-            {"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
-            for fname, shard in zip(names, shards, strict=True)
-            for it in shard
-        ]
         return ConversionResult(
-            staged.dest, names, len(items), total, aliases, True, time.perf_counter() - started, warnings, plan
+            staged.dest, plan.files, plan.tensors, plan.bytes, aliases, True, time.perf_counter() - started, warnings, plan.rows
         )
-    metadata = {"format": "pt", **aliases}
+    context = WriteContext(options.digest, progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_digests = pool.submit(lambda: [file_digest(p, options.digest) for p in source.files])
         with staged as staging:
-            written = [
-                write_safetensors(staging / fname, shard, metadata, options.digest, progress)
-                for fname, shard in zip(names, shards, strict=True)
-            ]
+            written = outputs.tensors.write(plan, staging, context)
             lost = record_cast_losses(kept, written)
             mapping.warnings.extend(lost)  # recorded in the manifest too
             warnings += lost
-            if len(written) > 1:
-                index = _index_json(written, total, layout.index_metadata)
-                for index_name in [INDEX_FILE, *layout.extra_index_names]:
-                    write_file(staging / index_name, index)
             sidecars = _copy_sidecars(source, staging)
             doc = build_manifest(
-                source, layout, options, mapping, architecture, kept, aliases, written, sidecars, source_digests.result(), tied
+                source,
+                layout,
+                options,
+                mapping,
+                architecture,
+                kept,
+                aliases,
+                outputs.tensors.name,
+                written,
+                sidecars,
+                source_digests.result(),
+                tied,
             )
-            if networks:
-                doc["networks"] = write_networks(staging, networks, options.digest)
+            for companion, companion_plan in companions:
+                if not companion_plan.empty:
+                    doc.update(companion.write(companion_plan, staging, context).records)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(
-        staged.dest, [w.name for w in written], len(items), total, aliases, False, time.perf_counter() - started, warnings
+        staged.dest,
+        [f["path"] for f in written.files],
+        plan.tensors,
+        plan.bytes,
+        aliases,
+        False,
+        time.perf_counter() - started,
+        warnings,
     )
 
 
@@ -183,9 +174,9 @@ def _listed(dropped: dict[str, str]) -> str:
     )
 
 
-def record_cast_losses(kept: list[MappedTensor], written: list[WrittenFile]) -> list[str]:
+def record_cast_losses(kept: list[MappedTensor], written: Written) -> list[str]:
     """Put what each narrowing cast lost into its manifest step; a warning per tensor that lost values."""
-    by_name = {t.name: t for w in written for t in w.tensors}
+    by_name = {t.name: t for t in written.tensors}
     warnings = []
     for m in kept:
         for step, lost in zip(m.casts, by_name[m.name].cast_losses, strict=True):
@@ -227,13 +218,6 @@ def dedupe(mapped: list[MappedTensor]) -> tuple[list[MappedTensor], dict[str, st
     return kept, aliases
 
 
-def _index_json(written: list[WrittenFile], total: int, extra: dict[str, str]) -> bytes:
-    """Hugging Face's shard index; `extra` adds metadata keys a loader requires (TrustformeRS: format)."""
-    weight_map = {t.name: w.name for w in written for t in w.tensors}
-    doc = {"metadata": {"total_size": total, **extra}, "weight_map": dict(sorted(weight_map.items()))}
-    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
-
-
 def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
     copied = []
     for path in source.sidecars:
@@ -253,12 +237,13 @@ def build_manifest(
     architecture: dict[str, Any],
     kept: list[MappedTensor],
     aliases: dict[str, str],
-    written: list[WrittenFile],
+    target: str,
+    written: Written,
     sidecars: list[str],
     source_digests: list[str],
     tied: dict[str, str],
 ) -> dict[str, Any]:
-    by_name = {t.name: t for w in written for t in w.tensors}
+    by_name = {t.name: t for t in written.tensors}
     tensors = []
     for m in kept:
         t = by_name[m.name]
@@ -295,7 +280,7 @@ def build_manifest(
             **({"reader_options": source.reader_options} if source.reader_options is not None else {}),
         },
         "target": {
-            "format": "safetensors",
+            "format": target,
             "layout": layout.name,
             "rules": layout.source,
             "dtype": options.dtype,
@@ -304,8 +289,8 @@ def build_manifest(
             "request": options.request,
             "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
         },
-        "files": [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written],
-        "index": INDEX_FILE if len(written) > 1 else None,
+        "files": written.files,
+        "index": written.index,
         "sidecars": sidecars,
         "tensors": tensors,
         "aliases": aliases,
@@ -356,7 +341,7 @@ def check_folder_name(name: str) -> None:
 
 
 def convert_bundle(
-    bundle: SourceBundle, out: str | Path, options: ConvertOptions, progress: Progress | None = None
+    bundle: SourceBundle, out: str | Path, options: ConvertOptions, outputs: Outputs, progress: Progress | None = None
 ) -> BundleResult:
     """Convert every model of a bundle into OUT/<folder>/ and list them in OUT/models.json; the whole
     output appears at once, or not at all."""
@@ -372,10 +357,10 @@ def convert_bundle(
     entries = [{**m.entry, "folder": m.folder} for m in bundle.models]
     result = BundleResult(staged.dest, bundle.format, bundle.details, entries, bundle.skipped, options.dry_run, 0.0)
     if options.dry_run:
-        result.results = [convert_source(m.source, staged.dest / m.folder, inner, progress) for m in bundle.models]
+        result.results = [convert_source(m.source, staged.dest / m.folder, inner, outputs, progress) for m in bundle.models]
     else:
         with staged as staging:
-            result.results = [convert_source(m.source, staging / m.folder, inner, progress) for m in bundle.models]
+            result.results = [convert_source(m.source, staging / m.folder, inner, outputs, progress) for m in bundle.models]
             index = {
                 "format": bundle.format,
                 **bundle.details,

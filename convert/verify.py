@@ -1,12 +1,12 @@
-"""Prove an output: the files match the manifest, the `safetensors` library's own parser reads them,
-every file's and tensor's bytes hash to what the manifest says (in its recorded digest algorithm),
-and (with a source) every tensor equals its source after the recorded transforms are undone or
-replayed."""
+"""Prove an output: the manifest is valid, every output format that wrote files checks them (each
+through its face, convert/output_contract.py: the files match the manifest, their bytes hash to its
+digests, and with a source every tensor equals its source after the recorded transforms are undone
+or replayed), and any listed file no output checked is at least the size and digest recorded."""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from . import manifest as manifest_mod
-from .dtypes import BY_NUMPY_NAME, CastLossError
+from .dtypes import CastLossError
 from .errors import ConvertError
-from .fann import network_problems
-from .hashing import file_and_range_digests, hash_range, new_digest, same_ranges
-from .safetensors_format import read_header
+from .hashing import file_digest, hash_range, new_digest, same_ranges
+from .output_contract import Checked, Output
 from .source import SourceModel
 from .tensors import TensorRef, c_contiguous, iter_chunks, release_pages
 from .transforms import apply
@@ -53,105 +52,60 @@ class VerifyReport:
         }
 
 
-def verify_output(out: str | Path, source: SourceModel | None = None) -> VerifyReport:
+def verify_output(out: str | Path, source: SourceModel | None = None, outputs: Sequence[Output] = ()) -> VerifyReport:
+    """`outputs`: the formats that may have written files here (the faces pass the registry's)."""
     out_dir = Path(out)
     doc = manifest_mod.load(out_dir)
     manifest_mod.validate(doc)
-    report, compared = VerifyReport(out_dir), VerifyReport(out_dir)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the source is read while the files are hashed
-        pending = pool.submit(_compare_with_source, out_dir, doc, source, compared) if source is not None else None
-        for entry in doc["files"]:
-            _check_file(out_dir, entry, doc, report)
-        if doc.get("index"):
-            _check_index(out_dir, doc, report)
-        for entry in doc.get("networks", []):
-            report.problems += network_problems(out_dir, entry, doc)
-        if pending is not None:
-            pending.result()
-    report.compared_with_source = compared.compared_with_source
-    report.problems += compared.problems
+    report = VerifyReport(out_dir)
+    claimed: set[str] = set()
+    for output in outputs:
+        checked = output.verify(out_dir, doc, source)
+        report.files += checked.files
+        report.tensors += checked.tensors
+        report.compared_with_source += checked.compared_with_source
+        report.problems += checked.problems
+        claimed |= checked.checked_files
+    for entry in doc["files"]:  # a to-onnx output's graph, or files of a format not handed in: size and digest
+        if entry["path"] not in claimed:
+            _check_digest(out_dir, entry, doc["digest_algorithm"], report)
+    if source is not None and not claimed:
+        target = doc["target"]["format"]
+        report.problems.append(f"output not readable for comparison with the source: no output format {target!r} reads it")
     return report
 
 
-def _check_file(out_dir: Path, entry: dict[str, Any], doc: dict[str, Any], report: VerifyReport) -> None:
-    name = entry["path"]
+def listed_file(out_dir: Path, name: str, checked: Checked | VerifyReport) -> Path | None:
+    """The file a manifest lists as `name`, counted; None (and the problem noted) when it is missing
+    or names anything but a file of `out_dir` itself."""
     path = out_dir / name
     if Path(name).name != name or not path.is_file():
-        report.problems.append(f"{name}: missing")
-        return
-    report.files += 1
-    header = None
-    if doc["target"]["format"] != "onnx":  # a to-onnx output: its files are the graph, proven by size and hash
-        try:
-            library_view = _library_header(path)
-            header = read_header(path)
-        except (ConvertError, Exception) as exc:  # the library raises its own error types
-            report.problems.append(f"{name}: not readable as SafeTensors ({exc})")
-    ranges = [(header.data_start + e.begin, header.data_start + e.end) for e in header.entries] if header else []
-    file_digest, digests = file_and_range_digests(path, ranges, doc["digest_algorithm"])  # one read for both
-    if path.stat().st_size != entry["bytes"] or file_digest != entry["digest"]:
-        report.problems.append(f"{name}: size or digest differs from the manifest")
-    if header is None:
-        return
-    expected = {t["name"]: t for t in doc["tensors"] if t["file"] == name}
-    if set(library_view) != set(expected):
-        report.problems.append(f"{name}: tensors {sorted(set(library_view) ^ set(expected))[:5]} differ from the manifest")
-    metadata_aliases = {k: v for k, v in header.metadata.items() if k != "format"}
-    if header.metadata.get("format") != "pt" or metadata_aliases != doc["aliases"]:
-        report.problems.append(f"{name}: metadata does not carry format 'pt' and the manifest's aliases")
-    for e, digest in zip(header.entries, digests, strict=True):
-        t = expected.get(e.name)
-        if t is None:
-            continue
-        report.tensors += 1
-        if library_view[e.name] != (t["dtype"], tuple(t["shape"])) or [e.begin, e.end] != t["data_offsets"]:
-            report.problems.append(f"tensor {e.name!r}: dtype, shape or offsets differ from the manifest")
-        elif digest != t["digest"]:
-            report.problems.append(f"tensor {e.name!r}: bytes do not match the manifest's digest")
+        checked.problems.append(f"{name}: missing")
+        return None
+    checked.files += 1
+    return path
 
 
-def _library_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Names, dtypes and shapes as the safetensors library (its Rust parser) reads them."""
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(str(path), framework="numpy") as f:
-        for k in f.keys():
-            sl = f.get_slice(k)
-            raw = sl.get_dtype()
-            out[k] = (BY_NUMPY_NAME.get(raw.lower(), raw.upper()), tuple(sl.get_shape()))
-    return out
+def _check_digest(out_dir: Path, entry: dict[str, Any], algorithm: str, report: VerifyReport) -> None:
+    path = listed_file(out_dir, entry["path"], report)
+    if path is not None and (path.stat().st_size != entry["bytes"] or file_digest(path, algorithm) != entry["digest"]):
+        report.problems.append(f"{entry['path']}: size or digest differs from the manifest")
 
 
-def _check_index(out_dir: Path, doc: dict[str, Any], report: VerifyReport) -> None:
-    import json
-
-    path = out_dir / doc["index"]
-    try:
-        index = json.loads(path.read_text())
-        weight_map, total = index["weight_map"], index["metadata"]["total_size"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        report.problems.append(f"{doc['index']}: missing or malformed")
-        return
-    if weight_map != {t["name"]: t["file"] for t in doc["tensors"]}:
-        report.problems.append(f"{doc['index']}: weight_map differs from the manifest")
-    if total != sum(t["data_offsets"][1] - t["data_offsets"][0] for t in doc["tensors"]):
-        report.problems.append(f"{doc['index']}: total_size differs from the tensors' bytes")
-
-
-def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel, report: VerifyReport) -> None:
-    from convert.safetensors_source import open_safetensors
-
+def compare_with_source(manifest: dict[str, Any], source: SourceModel, open_written: Callable[[], SourceModel]) -> Checked:
+    """Every tensor of the manifest against its source: the recorded transforms replayed on the
+    source give the written bytes. `open_written` opens the output's tensors (its format's reader)."""
+    report = Checked()
     refs = {t.name: t for t in source.tensors}
-    algorithm = doc["digest_algorithm"]
+    algorithm = manifest["digest_algorithm"]
     try:
-        written = open_safetensors(out_dir)
+        written = open_written()
     except ConvertError as exc:
         report.problems.append(f"output not readable for comparison with the source: {exc}")
-        return
+        return report
     with written:
         outputs = {t.name: t for t in written.tensors}
-        for t in doc["tensors"]:
+        for t in manifest["tensors"]:
             names = [s["name"] for s in t["sources"]]
             missing = [n for n in names if n not in refs]
             if missing:
@@ -171,14 +125,15 @@ def _compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel
             report.compared_with_source += 1
             if not same:
                 report.problems.append(f"tensor {t['name']!r}: differs from its source {names}")
-    for alias, kept in doc["aliases"].items():
+    for alias, kept in manifest["aliases"].items():
         if alias in refs and kept in refs and not _same_tensor(refs[alias], refs[kept], algorithm):
             report.problems.append(f"alias {alias!r}: its source differs from {kept!r}, so it cannot be re-tied")
+    return report
 
 
 def _same_as_written(source: TensorRef, output: TensorRef | None, t: dict[str, Any], algorithm: str) -> bool:
     """A tensor written unchanged: its source range compared with the output's bytes where both lie in
-    files (the output's bytes are proven against the manifest's digest by `_check_file`), else the
+    files (the output's bytes are proven against the manifest's digest by its format's `verify`), else the
     source's digest compared with the manifest's."""
     if source.ranges() and output is not None and output.span is not None:
         return same_ranges(source.ranges(), (output.span,))

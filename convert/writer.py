@@ -1,4 +1,7 @@
-"""Streaming SafeTensors writer: plan the header from shapes, then write one tensor at a time.
+"""Streaming tensor-file writer: a header, then one tensor at a time at the offset its format planned.
+
+Formats (convert/outputs/: SafeTensors, GGUF) build their header and offsets; this module writes the
+bytes, whatever the format.
 
 Tensors whose bytes already lie contiguously in a source file (or in a few ranges, one after
 another) are copied file to file by the kernel (`copy_file_range`, else `sendfile`); views, byte
@@ -23,16 +26,11 @@ from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
 from .durable import ProgressiveFlush
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
-from .hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
-from .safetensors_format import build_header
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
 Landed = Callable[[int], None]  # told that bytes [0, upto) of the output are written
 COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers and the flush can follow the writer
-
-SINGLE_FILE = SAFETENSORS_SINGLE
-INDEX_FILE = SAFETENSORS_INDEX
 
 
 @dataclass
@@ -72,48 +70,18 @@ class WrittenFile:
     tensors: list[WrittenTensor]
 
 
-def shard_items(items: list[WriteItem], max_shard_size: int | None) -> list[list[WriteItem]]:
-    """Fill shards greedily in order; a tensor larger than the limit gets a shard of its own."""
-    if not max_shard_size:
-        return [items]
-    shards: list[list[WriteItem]] = [[]]
-    size = 0
-    for item in items:
-        if shards[-1] and size + item.nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(item)
-        size += item.nbytes
-    return shards
-
-
-def oversized(items: list[WriteItem], max_shard_size: int | None) -> list[str]:
-    """A warning per tensor that cannot fit a shard (it is written alone, larger than asked)."""
-    return [
-        f"{it.name} ({it.nbytes:,} bytes) is larger than --max-shard-size ({max_shard_size:,} bytes): it has a shard of its own"
-        for it in items
-        if max_shard_size and it.nbytes > max_shard_size
-    ]
-
-
-def shard_file_names(count: int) -> list[str]:
-    if count == 1:
-        return [SINGLE_FILE]
-    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
-
-
-def file_order(items: list[WriteItem]) -> list[WriteItem]:
-    """The reference writer's order inside a file: larger alignment first, then by name."""
-    return sorted(items, key=lambda it: (-it.dtype.itemsize, it.name))
-
-
-def write_safetensors(
-    path: Path, items: list[WriteItem], metadata: dict[str, str], algorithm: str, progress: Progress | None = None
+def write_tensor_file(
+    path: Path,
+    header: bytes,
+    ordered: list[WriteItem],
+    offsets: list[tuple[int, int]],
+    algorithm: str,
+    progress: Progress | None = None,
 ) -> WrittenFile:
-    """Write one SafeTensors file; its digest and every tensor's, in `algorithm`, come back with it."""
-    ordered = file_order(items)
-    header, offsets = build_header([(it.name, it.dtype.code, it.shape, it.nbytes) for it in ordered], metadata)
-    total = len(header) + sum(it.nbytes for it in ordered)
+    """Write one tensor file: `header` at its start, then each item at its [begin, end) offsets
+    counted from the header's end, in that order. Its digest and every tensor's, in `algorithm`,
+    come back with it."""
+    total = len(header) + (offsets[-1][1] if offsets else 0)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     hasher: OutputHasher | None = None
     flush: ProgressiveFlush | None = None
@@ -129,12 +97,10 @@ def write_safetensors(
             except OSError as exc:  # the output could not be read back or flushed
                 raise _write_error(exc, path) from None
 
-        pos = len(header)
         losses = []
-        for item in ordered:
-            losses.append(_write_tensor(fd, item, pos, landed, path))
-            pos += item.nbytes
-            landed(pos)
+        for item, (begin, end) in zip(ordered, offsets, strict=True):
+            losses.append(_write_tensor(fd, item, len(header) + begin, landed, path))
+            landed(len(header) + end)
             if progress:
                 progress(item.nbytes)
         try:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# NeuralForecast's activation names (nn class names) as convert.fann names; the rest are kept as
-# written, and convert.fann refuses them by name.
+# NeuralForecast's activation names (nn class names) as convert.outputs.fann names; the rest are kept as
+# written, and convert.outputs.fann refuses them by name.
 _ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyReLU": "leaky_relu", "Identity": "identity"}
 _BLOCK_CLASSES = frozenset({"NHITS", "NBEATS", "NBEATSx"})
 _DECODERS = {
@@ -37,7 +37,7 @@ _INDEXED = re.compile(r"(?P<p>.+)\.(?P<k>0|[1-9][0-9]*)\.weight")
 
 
 def dense_networks(class_name: str, arch: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> list[dict[str, Any]]:
-    """[{"name", "layers": [{"module", "activation"}]}] for convert.fann, or [] for a class without one."""
+    """[{"name", "layers": [{"module", "activation"}]}] for convert.outputs.fann, or [] for a class without one."""
     linears = _linear_indices(shapes)
     if class_name == "MLP":
         hidden = linears.get("mlp", [])

@@ -1,0 +1,5 @@
+"""ruv-FANN output: dense chains as `Network<T>` in ruv-FANN's own serde JSON, beside the tensors."""
+
+from .output import FannOutput
+
+OUTPUT = FannOutput()
