@@ -41,6 +41,7 @@ class RustTools:
     schema: Path  # examples/schema.rs: field skeleton and manifest round trip
     tensor: Path  # examples/tensor.rs: one tensor's values, as the crate reads them
     quickstart: Path  # examples/quickstart.rs: the README's example
+    dequantize: Path  # examples/dequantize.rs: every tensor of a GGUF file as the crate dequantizes it
 
 
 def _cargo() -> str | None:
@@ -75,6 +76,7 @@ def _build() -> RustTools | str:
         out / "examples" / "schema",
         out / "examples" / "tensor",
         out / "examples" / "quickstart",
+        out / "examples" / "dequantize",
     )
 
 

@@ -102,7 +102,8 @@ impl Dtype {
         })
     }
 
-    /// Every element as f32, rounded to nearest as torch's `.float()` does.
+    /// Every element as f32, rounded to nearest as torch's `.float()` does; a GGUF output's ggml
+    /// block types (`Q8_0`, `Q4_K`, ...) dequantized as ggml does.
     pub fn to_f32(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         match self {
             Dtype::F32 => Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
@@ -116,6 +117,10 @@ impl Dtype {
                 .collect()),
             Dtype::I64 => Ok(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
             Dtype::U64 => Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
+            Dtype::Other(code) => match crate::gguf::type_by_name(code) {
+                Some(ty) => crate::gguf::dequantize(ty, bytes).map_err(Error::Corrupt),
+                None => Err(Error::Unsupported(format!("no numeric conversion for dtype {code}"))),
+            },
             _ => Ok(self.to_f64(bytes)?.into_iter().map(|v| v as f32).collect()),
         }
     }

@@ -2,6 +2,7 @@
 //! SafeTensors files memory-mapped and checked against it (names, dtypes, shapes, offsets,
 //! coverage, digests), typed tensor access with aliases re-tied, tensors found by the
 //! architecture's modules, and reference forward passes ([`nn`]) that document each layout.
+//! GGUF outputs ([`gguf`]) are checked alike, and every ggml type they hold dequantizes to f32.
 //!
 //! ```no_run
 //! let model = rmc_load::Model::open("out/")?;       // headers checked against the manifest
@@ -14,6 +15,7 @@
 pub mod dtype;
 pub mod error;
 pub mod fann;
+pub mod gguf;
 pub mod manifest;
 pub mod model;
 pub mod nn;

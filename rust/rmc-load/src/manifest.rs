@@ -318,6 +318,11 @@ impl Manifest {
     pub fn is_graph(&self) -> bool {
         self.target.format == "onnx"
     }
+
+    /// A GGUF output (`convert to-gguf`): its files are GGUF, its tensors ggml types.
+    pub fn is_gguf(&self) -> bool {
+        self.target.format == "gguf"
+    }
 }
 
 impl FileEntry {

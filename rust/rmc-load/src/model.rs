@@ -11,7 +11,8 @@ use serde_json::Value;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::manifest::{DigestAlgorithm, FileEntry, Manifest, Module, TensorEntry, MANIFEST_FILE};
-use crate::safetensors::{parse_header, Header};
+use crate::gguf;
+use crate::safetensors::{parse_header, Header, HeaderEntry};
 
 /// One output file, mapped, with its parsed header (None for a graph file, or a file that is not
 /// readable as SafeTensors).
@@ -122,6 +123,14 @@ impl Model {
             // a to-onnx output: its files are the graph, proven by size and digest
             return Ok(Some(Mapped { map, header: None }));
         }
+        if self.manifest.is_gguf() {
+            let header = match gguf_header(&map, name, &self.manifest, report) {
+                Some(h) => h,
+                None => return Ok(Some(Mapped { map, header: None })),
+            };
+            self.check_names(name, &header, report);
+            return Ok(Some(Mapped { map, header: Some(header) }));
+        }
         let header = match parse_header(&map) {
             Ok(h) => h,
             Err(why) => {
@@ -129,6 +138,16 @@ impl Model {
                 return Ok(Some(Mapped { map, header: None }));
             }
         };
+        self.check_names(name, &header, report);
+        let aliases: BTreeMap<String, String> =
+            header.metadata.iter().filter(|(k, _)| k.as_str() != "format").map(|(k, v)| (k.clone(), v.clone())).collect();
+        if header.metadata.get("format").map(String::as_str) != Some("pt") || aliases != self.manifest.aliases {
+            report.problems.push(format!("{name}: metadata does not carry format 'pt' and the manifest's aliases"));
+        }
+        Ok(Some(Mapped { map, header: Some(header) }))
+    }
+
+    fn check_names(&self, name: &str, header: &Header, report: &mut Report) {
         let expected: BTreeSet<&str> =
             self.manifest.tensors.iter().filter(|t| &t.file == name).map(|t| t.name.as_str()).collect();
         let found: BTreeSet<&str> = header.tensors.keys().map(String::as_str).collect();
@@ -136,12 +155,6 @@ impl Model {
         if !differ.is_empty() {
             report.problems.push(format!("{name}: tensors {differ:?} differ from the manifest"));
         }
-        let aliases: BTreeMap<String, String> =
-            header.metadata.iter().filter(|(k, _)| k.as_str() != "format").map(|(k, v)| (k.clone(), v.clone())).collect();
-        if header.metadata.get("format").map(String::as_str) != Some("pt") || aliases != self.manifest.aliases {
-            report.problems.push(format!("{name}: metadata does not carry format 'pt' and the manifest's aliases"));
-        }
-        Ok(Some(Mapped { map, header: Some(header) }))
     }
 
     fn check_tensors(&self, report: &mut Report) {
@@ -333,6 +346,61 @@ impl<'a> Tensor<'a> {
         }
         self.to_f32()
     }
+}
+
+/// A GGUF file's header as the checks above read a SafeTensors one (names, dtypes as the ggml type
+/// names the manifest uses, numpy-order shapes, offsets in the data section), after the checks only
+/// GGUF has: version 3, `general.architecture`, alignment 32 (realizar assumes it), the quantization
+/// version when a tensor is quantized, llama.cpp's split keys, and the file ending where its
+/// padded tensors do. None (the problem reported) when the header cannot be read.
+fn gguf_header(map: &[u8], name: &str, manifest: &Manifest, report: &mut Report) -> Option<Header> {
+    let parsed = match gguf::parse(map) {
+        Ok(h) => h,
+        Err(why) => {
+            report.problems.push(format!("{name}: not readable as GGUF ({why})"));
+            return None;
+        }
+    };
+    let mut problem = |p: String| report.problems.push(format!("{name}: {p}"));
+    if parsed.version != 3 {
+        problem(format!("GGUF version {}, not 3", parsed.version));
+    }
+    if !matches!(parsed.metadata.get("general.architecture"), Some(gguf::MetaValue::Str(_))) {
+        problem("no general.architecture".into());
+    }
+    if parsed.alignment != gguf::DEFAULT_ALIGNMENT {
+        problem(format!("general.alignment is {}, not 32", parsed.alignment));
+    }
+    let quantized = parsed.tensors.iter().any(|t| t.ggml_type.block > 1);
+    if quantized && parsed.metadata.get("general.quantization_version").and_then(gguf::MetaValue::as_u64) != Some(2) {
+        problem("quantized tensors but general.quantization_version is not 2".into());
+    }
+    let count = manifest.files.len() as u64;
+    if count > 1 {
+        let index = manifest.files.iter().position(|f| f.path == name).unwrap_or(0) as u64;
+        let total = manifest.tensors.len() as u64;
+        for (key, want) in [("split.no", index), ("split.count", count), ("split.tensors.count", total)] {
+            if parsed.metadata.get(key).and_then(gguf::MetaValue::as_u64) != Some(want) {
+                problem(format!("{key} is not {want}"));
+            }
+        }
+    }
+    if parsed.data_start + parsed.data_size != map.len() as u64 {
+        problem(format!("{} bytes, where its tensors end at {}", map.len(), parsed.data_start + parsed.data_size));
+    }
+    let tensors = parsed
+        .tensors
+        .iter()
+        .map(|t| {
+            let entry = HeaderEntry {
+                dtype: Dtype::parse(t.ggml_type.name),
+                shape: t.shape(),
+                data_offsets: [t.offset, t.offset + t.nbytes],
+            };
+            (t.name.clone(), entry)
+        })
+        .collect();
+    Some(Header { data_start: parsed.data_start, tensors, metadata: BTreeMap::new() })
 }
 
 /// Lower-case hex digest of bytes.

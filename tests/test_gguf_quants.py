@@ -1,0 +1,157 @@
+"""The GGUF quantizers against the `gguf` package (llama.cpp's own Python library) and against ggml.
+
+Byte-exact tier (every run): f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 blocks equal
+`gguf.quants.quantize`'s, and every type's blocks decode with `gguf.quants.dequantize` to the very
+float32 values our dequantizer gives. ggml tier (when llama-cpp-python's library is installed): the
+K-quants (and the legacy quants) equal ggml's own C quantizer, `ggml_quantize_chunk`, called through
+ctypes. Inputs are random rows at several scales and adversarial ones: zeros, -0.0, constants, ties,
+a single spike, values near f32's smallest and f16's largest scales.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from convert.errors import MappingError
+from convert.outputs.gguf import quants
+from convert.outputs.gguf.ggml_types import BY_ID, TYPES, ggml_type
+
+gguf = pytest.importorskip("gguf")
+
+LEGACY = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+K_QUANTS = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+QUANTIZED = [n for n, t in TYPES.items() if t.quantized]
+
+
+def _cases() -> dict[str, np.ndarray]:
+    """Rows of 512 values (two K-quant super-blocks, 16 legacy blocks), float32."""
+    rng = np.random.default_rng(31)
+    n = 512
+    normal = rng.standard_normal((3, n))
+    cases = {
+        "normal": normal,
+        "weights": normal * 0.02 + 0.001,  # a trained layer's scale
+        "heavy-tailed": rng.standard_t(2, (3, n)),
+        "positive": rng.random((3, n)) + 0.5,
+        "negative": -rng.random((3, n)) * 3,
+        "zeros": np.zeros((2, n)),
+        "negative-zeros": -np.zeros((2, n)),
+        "constant": np.full((2, n), 0.37),
+        "negative-constant": np.full((2, n), -5.5),
+        "integers": rng.integers(-8, 9, (3, n)).astype(float),  # ties for the symmetric quants
+        "half-steps": rng.integers(-16, 17, (3, n)) / 2.0,
+        "spike": np.where(np.arange(n) % 97 == 0, 40.0, 0.01) * rng.choice([-1, 1], (2, n)),
+        "mixed-magnitudes": normal * 10.0 ** rng.integers(-30, 4, (3, n)),
+        "sparse": normal * (rng.random((3, n)) < 0.05),
+        "large": normal * 1e4,
+        "tiny": normal * 1e-30,
+        "near-f32-min": normal * 1e-37,  # scales below f32's normal range
+        "subnormal": rng.integers(-3, 4, (2, n)) * 1.4e-45,
+    }
+    return {k: v.astype(np.float32) for k, v in cases.items()}
+
+
+CASES = _cases()
+
+
+def gguf_type(name: str):  # noqa: ANN201 - gguf's enum
+    return gguf.GGMLQuantizationType[name.upper()]
+
+
+def reference_bytes(rows: np.ndarray, name: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # gguf's own casts of 0 * inf in subnormal blocks
+        out = gguf.quants.quantize(rows, gguf_type(name))
+    return np.ascontiguousarray(out).view(np.uint8).reshape(rows.shape[0], -1)
+
+
+def test_type_table_is_ggmls() -> None:
+    """Ids, block sizes and bytes per block as the gguf package (which mirrors ggml.h) has them."""
+    for name, t in TYPES.items():
+        assert gguf_type(name).value == t.id, name
+        assert gguf.GGML_QUANT_SIZES[gguf_type(name)] == (t.block_size, t.type_size), name
+        assert BY_ID[t.id] is t and ggml_type(name.upper()) is t
+    assert TYPES["q4_k"].row_bytes(4096) == 4096 // 256 * 144 and not TYPES["q4_k"].fits(4000)
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_legacy_bytes_equal_gguf(name: str) -> None:
+    for case, rows in CASES.items():
+        if name in ("q4_1", "q5_1") and case == "large":
+            continue  # their f16 min cannot hold -4e4 * 3: refused, see test_scale_overflow_refused
+        assert np.array_equal(quants.quantize(rows, name), reference_bytes(rows, name)), case
+
+
+@pytest.mark.parametrize("name", LEGACY + K_QUANTS)
+def test_dequantize_equals_gguf(name: str) -> None:
+    """Our decoder gives gguf's values bit for bit, on the blocks our encoder makes."""
+    t = ggml_type(name)
+    for case, rows in CASES.items():
+        if name in ("q4_1", "q5_1") and case == "large":
+            continue
+        data = quants.quantize(rows, t)
+        ours = quants.dequantize(data, t, rows.shape)
+        theirs = np.asarray(gguf.quants.dequantize(data, gguf_type(name)), dtype=np.float32).reshape(rows.shape)
+        assert ours.dtype == np.float32 and ours.shape == rows.shape
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)), case
+
+
+# Relative RMS error of each type on normal rows: quantization that works, not noise (llama.cpp's
+# reported figures for these types on Gaussian data are about these).
+RMS_BOUND = {"q2_k": 0.35, "q3_k": 0.18, "q4_0": 0.1, "q4_1": 0.09, "q4_k": 0.08, "q5_0": 0.05, "q5_1": 0.045}
+RMS_BOUND |= {"q5_k": 0.04, "q6_k": 0.02, "q8_0": 0.006, "f16": 1e-3, "bf16": 4e-3, "f32": 0.0}
+
+
+@pytest.mark.parametrize("name", list(RMS_BOUND))
+def test_round_trip_error_is_the_types(name: str) -> None:
+    rows = CASES["normal"]
+    back = quants.dequantize(quants.quantize(rows, name), name, rows.shape)
+    rel = np.sqrt(np.mean((back - rows) ** 2)) / np.sqrt(np.mean(rows**2))
+    assert rel <= RMS_BOUND[name]
+    zeros = CASES["zeros"]
+    assert not quants.dequantize(quants.quantize(zeros, name), name, zeros.shape).any()
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_refused(name: str, bad: float) -> None:
+    rows = CASES["normal"][:2].copy()
+    rows[1, 300] = bad
+    with pytest.raises(MappingError, match=r"^model\.w: 1 value\(s\) are NaN or infinite, which .* cannot hold$") as err:
+        quants.quantize(rows, name, what="model.w")
+    assert err.value.exit_code == 7
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_scale_overflow_refused(name: str) -> None:
+    """Values whose block scale f16 cannot hold (ggml would write inf and decode inf and NaN)."""
+    rows = CASES["normal"][:1] * np.float32(1e9)
+    with pytest.raises(MappingError, match=rf"^w: a {name} block's f16 scale would be .* f16 holds at most 65504"):
+        quants.quantize(rows, name, what="w")
+    extreme = np.full((1, 256), np.finfo(np.float32).max, np.float32)
+    extreme[0, ::2] *= -1  # max - min overflows float32 itself
+    with pytest.raises(MappingError, match=f"too large for {name}"):
+        quants.quantize(extreme, name, what="w")
+
+
+def test_shapes_checked() -> None:
+    with pytest.raises(ValueError, match="whole number of q4_k blocks"):
+        quants.quantize(np.zeros((2, 320), np.float32), "q4_k")
+    with pytest.raises(ValueError, match="float32"):
+        quants.quantize(np.zeros((2, 256)), "q8_0")
+    with pytest.raises(ValueError, match="not q8_0 data"):
+        quants.dequantize(np.zeros(33, np.uint8), "q8_0", (32,))
+
+
+def test_sums_are_sequential() -> None:
+    """The K-quants rely on numpy adding a C-ordered array's rows one after the other, as the C loops
+    add; a numpy that summed pairwise along that axis would change rare last bits (caught here)."""
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((32, 4096)) * np.exp(rng.standard_normal((32, 4096)) * 4)).astype(np.float32)
+    acc = a[0].copy()
+    for row in a[1:]:
+        acc += row
+    assert np.array_equal(quants._seqsum(a), acc)

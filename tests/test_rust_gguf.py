@@ -1,0 +1,71 @@
+"""The Rust crate's GGUF side: every ggml type this tool writes dequantizes in Rust to exactly the
+values the `gguf` package's dequantizer gives, on blocks of random bytes (every bit pattern a block
+can hold, scales kept finite), read from a file our writer wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convert.outputs.gguf.file_format import string, u32
+from convert.outputs.gguf.stream import GGUFItem, write_gguf
+from rust_helpers import run, rust_tools
+
+gguf = pytest.importorskip("gguf")
+
+# ggml type -> byte offsets of its f16 scales within a block (kept finite: random bits would make
+# NaN, whose payload the two sides may carry differently)
+SCALES = {
+    "F32": [],
+    "F16": [],
+    "BF16": [],
+    "Q8_0": [0],
+    "Q4_0": [0],
+    "Q4_1": [0, 2],
+    "Q5_0": [0],
+    "Q5_1": [0, 2],
+    "Q2_K": [80, 82],
+    "Q3_K": [108],
+    "Q4_K": [0, 2],
+    "Q5_K": [0, 2],
+    "Q6_K": [208],
+}
+
+
+def _blocks(name: str, rows: int, row: int, rng: np.random.Generator) -> bytes:
+    qtype = gguf.GGMLQuantizationType[name]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n = rows * row // block
+    if name in ("F32", "F16", "BF16"):
+        values = rng.standard_normal(rows * row).astype(np.float32) * 3
+        if name == "BF16":  # the high half of each float32
+            return (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        return values.astype(np.float32 if name == "F32" else np.float16).tobytes()
+    data = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    for at in SCALES[name]:
+        data[:, at : at + 2] = (rng.standard_normal(n) * 0.01).astype(np.float16).view(np.uint8).reshape(n, 2)
+    return data.tobytes()
+
+
+def test_rust_dequantizes_as_the_gguf_package(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    rows, row = 3, 512
+    items, raw = [], {}
+    for name in SCALES:
+        data = _blocks(name, rows, row, rng)
+        raw[name] = data
+        type_id = int(gguf.GGMLQuantizationType[name])
+        items.append(GGUFItem(name.lower(), (rows, row), type_id, len(data), lambda data=data: [data]))
+    path = tmp_path / "all.gguf"
+    write_gguf(path, {"general.architecture": string("test"), "general.alignment": u32(32)}, items, "blake3")
+    rc, stdout, stderr = run(rust_tools().dequantize, path)
+    assert rc == 0, stderr
+    got = json.loads(stdout)
+    for t in gguf.GGUFReader(path).tensors:
+        want = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(-1).astype(np.float32)
+        mine = np.array(got[t.name]["f32_bits"], dtype=np.uint32).view(np.float32)
+        assert got[t.name]["shape"] == [rows, row]
+        assert mine.view(np.uint32).tolist() == want.view(np.uint32).tolist(), t.tensor_type.name
