@@ -61,6 +61,9 @@ def _cases() -> dict[str, np.ndarray]:
 
 
 CASES = _cases()
+# For the float types only (the quantized ones refuse them): NaN, infinities, values past f16's range.
+SPECIALS = {"specials": np.array([[np.nan, -np.nan, np.inf, -np.inf, 7e4, -1e5, 3e38, 1e-45] * 32], dtype=np.float32)}
+FLOATS = [n for n, t in TYPES.items() if not t.quantized]
 
 
 def gguf_type(name: str):  # noqa: ANN201 - gguf's enum
@@ -98,7 +101,7 @@ def unsign_zero_fields(data: np.ndarray, name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", LEGACY)
 def test_legacy_bytes_equal_gguf(name: str) -> None:
-    for case, rows in CASES.items():
+    for case, rows in {**CASES, **(SPECIALS if name in FLOATS else {})}.items():
         if name in ("q4_1", "q5_1") and case == "large":
             continue  # their f16 min cannot hold -4e4 * 3: refused, see test_scale_overflow_refused
         ours, theirs = quants.quantize(rows, name), reference_bytes(rows, name)
@@ -166,6 +169,10 @@ def test_shapes_checked() -> None:
         quants.quantize(np.zeros((2, 256)), "q8_0")
     with pytest.raises(ValueError, match="not q8_0 data"):
         quants.dequantize(np.zeros(33, np.uint8), "q8_0", (32,))
+    for name in TYPES:  # no rows: nothing to do, no error
+        empty = quants.quantize(np.zeros((0, 256), np.float32), name)
+        assert empty.shape == (0, ggml_type(name).row_bytes(256))
+        assert quants.dequantize(empty, name, (0, 256)).shape == (0, 256)
 
 
 def test_sums_are_sequential() -> None:
@@ -209,9 +216,10 @@ def _many_distributions() -> np.ndarray:
     return (np.concatenate(parts) * 10.0 ** rng.uniform(-12, 3, (len(parts) * shape[0], 1))).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("name", list(TYPES))
 def test_bytes_equal_ggml(name: str, ggml_quantize) -> None:  # noqa: ANN001 - a fixture
-    for case, rows in {**CASES, "distributions": _many_distributions()}.items():
+    cases = {**CASES, "distributions": _many_distributions(), **(SPECIALS if name in FLOATS else {})}
+    for case, rows in cases.items():
         theirs = ggml_quantize(rows, name)
         try:
             ours = quants.quantize(rows, name)

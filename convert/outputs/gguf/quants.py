@@ -47,30 +47,31 @@ def _type(qtype: GGMLType | str) -> GGMLType:
 
 def quantize(rows: np.ndarray, qtype: GGMLType | str, what: str = "tensor") -> np.ndarray:
     """`rows` (2-D float32, each row a whole number of blocks) as ggml stores them: a uint8 array of
-    one row of bytes per input row. `what` names the tensor in the error a bad value raises."""
+    one row of bytes per input row. A value a quantized type cannot hold raises QuantizationError
+    (exit 7) naming `what`; a wrong shape or dtype is the caller's bug (ValueError)."""
     t = _type(qtype)
     if rows.ndim != 2 or rows.dtype != np.float32:
         raise ValueError(f"quantize takes 2-D float32 rows, not {rows.ndim}-D {rows.dtype}")
     if not t.fits(rows.shape[1]):
         raise ValueError(f"a row of {rows.shape[1]} values is not a whole number of {t.name} blocks ({t.block_size})")
     rows = np.ascontiguousarray(rows)
-    n_rows = rows.shape[0]
+    shape = (rows.shape[0], t.row_bytes(rows.shape[1]))
     if t.name == "f32":
-        return rows.astype("<f4", copy=False).view(np.uint8).reshape(n_rows, -1)
+        return rows.astype("<f4", copy=False).view(np.uint8).reshape(shape)
     if t.name == "f16":
         with np.errstate(over="ignore"):
-            return rows.astype("<f2").view(np.uint8).reshape(n_rows, -1)
+            return rows.astype("<f2").view(np.uint8).reshape(shape)
     if t.name == "bf16":
-        return _bf16(rows).view(np.uint8).reshape(n_rows, -1)
+        return _bf16(rows).view(np.uint8).reshape(shape)
     blocks = rows.reshape(-1, t.block_size)
     quantizer = _QUANTIZERS[t.name]
-    # The K-quants make some thirty passes over their input: pieces that stay in the CPU's cache.
+    # Pieces whose temporaries stay in the CPU's cache: the K-quants make hundreds of passes over each.
     piece = _K_PIECE if t.block_size == QK_K else _LEGACY_PIECE
     out = np.empty((blocks.shape[0], t.type_size), dtype=np.uint8)
     with np.errstate(all="ignore"):
         for start in range(0, blocks.shape[0], piece):
             out[start : start + piece] = quantizer(blocks[start : start + piece], t, what)
-    return out.reshape(n_rows, -1)
+    return out.reshape(shape)
 
 
 def dequantize(data: np.ndarray, qtype: GGMLType | str, shape: tuple[int, ...]) -> np.ndarray:
