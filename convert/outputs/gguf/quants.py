@@ -5,13 +5,17 @@ Both work on whole rows at once (the caller hands over a chunk of rows at a time
 
 Exactness is the point: a GGUF file written here must hold the bytes llama.cpp's own tools write, so
 that `verify --source` can re-quantize and compare byte for byte, and so that a model quantized here
-behaves as one quantized by llama.cpp. The legacy quants (q4_0 ... q8_0) and bf16 equal the `gguf`
-package's quantizers, which equal ggml's reference C code; the K-quants follow ggml's
-`quantize_row_q*_K_ref` (ggml-quants.c) step by step in float32: every sum is accumulated in the C
-code's order (numpy's reduction along the first axis of a C-ordered array adds the rows one after the
-other, the C loop's order), every product and quotient is rounded where the C code rounds it, and
-`nearest_int` is ggml's bit trick. Quantizing takes float32 only: the caller decides how wider floats
-narrow.
+behaves as one quantized by llama.cpp. Every type equals ggml's own `ggml_quantize_chunk` without an
+importance matrix (what `llama-quantize` runs), as tests/test_gguf_quants.py checks through
+llama-cpp-python. The legacy quants (q4_0 ... q8_0) and bf16 follow ggml's reference C code as the
+`gguf` package does (except the sign of a zero scale, where gguf's numpy min and max drift from
+ggml's scan); the K-quants follow `quantize_row_q*_K_ref` (ggml-quants.c) step by step in float32:
+every sum is accumulated in the C code's order (numpy's reduction along the first axis of a C-ordered
+array adds the rows one after the other, the C loop's order), every product and quotient is rounded
+where the C code rounds it, and `nearest_int` is ggml's bit trick. That is ggml as compiled for
+x86-64, where ggml-base has no FMA: a compiler that fuses a*b+c (aarch64 by default) can change
+ggml's own last bits, and so its bytes, on other machines. Quantizing takes float32 only: the caller
+decides how wider floats narrow.
 
 Values a quantized type cannot hold are refused (NaN, infinities, and blocks whose f16 scale would
 overflow); the floating types (f32, f16, bf16) are plain casts, whose losses the caller checks as for
