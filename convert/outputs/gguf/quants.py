@@ -188,6 +188,7 @@ def _seqsum(a: np.ndarray) -> np.ndarray:
 
 
 def _nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Two 4-bit levels per byte, `lo` in the low nibble."""
     return (lo.astype(np.uint8) & 0x0F) | (hi.astype(np.uint8) << 4)
 
 
@@ -196,6 +197,20 @@ def _scale_inverse(d: np.ndarray) -> tuple[np.ndarray, bool]:
     inv = np.where(d == 0, F32(0), F32(1) / d)
     odd = bool(np.any((d != 0) & (np.abs(d) < np.finfo(F32).tiny)))
     return inv, odd
+
+
+# ---------------------------------------------------------------------------------- columns
+
+
+def _columns(blocks: np.ndarray, n: int) -> np.ndarray:
+    """Groups of `n` values as columns: shape (n, groups), so that each C loop over a group's values
+    becomes a loop over rows, vectorised across all groups."""
+    return np.ascontiguousarray(blocks.reshape(-1, n).T)
+
+
+def _rows_of(columns: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Back from `_columns`: one row of QK_K values per super-block."""
+    return columns.T.reshape(n_blocks, QK_K)
 
 
 # --------------------------------------------------------------------------------- legacy quants
@@ -318,17 +333,6 @@ def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ K-quant helpers
-
-
-def _columns(blocks: np.ndarray, n: int) -> np.ndarray:
-    """Groups of `n` values as columns: shape (n, groups), so that each C loop over a group's values
-    becomes a loop over rows, vectorised across all groups."""
-    return np.ascontiguousarray(blocks.reshape(-1, n).T)
-
-
-def _rows_of(columns: np.ndarray, n_blocks: int) -> np.ndarray:
-    """Back from `_columns`: one row of QK_K values per super-block."""
-    return columns.T.reshape(n_blocks, QK_K)
 
 
 def _make_qkx2(
@@ -565,11 +569,6 @@ def _q2_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     return _assemble(nb, t, packed.astype(np.uint8), _crumbs(q), d, dmin)
 
 
-def _signed_biggest(scales: np.ndarray) -> np.ndarray:
-    """The group scale of largest magnitude of each super-block (first on ties; 0 when all are 0)."""
-    return _signed_max(scales)
-
-
 def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     """quantize_row_q3_K_ref: 16 groups of 16 values, 3-bit symmetric levels (a high-bit mask and 2
     low bits), 6-bit signed scales under an f16 super-scale."""
@@ -579,7 +578,7 @@ def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     scale, levels = _make_q3(x, 4)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
-    biggest = _signed_biggest(scales)
+    biggest = _signed_max(scales)
     some = biggest != 0
     iscale = np.where(some, F32(-32) / np.where(some, biggest, F32(1)), F32(0))
     ls = np.clip(_wrap8(_nearest_int(iscale[:, None] * scales)), -32, 31) + 32
@@ -606,7 +605,7 @@ def _q6_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     scale, levels = _make_qx(x, 32)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
-    biggest = _signed_biggest(scales)
+    biggest = _signed_max(scales)
     some = np.abs(biggest) >= _GROUP_MAX_EPS
     iscale = F32(-128) / np.where(some, biggest, F32(1))
     d = _f16(np.where(some, F32(1) / iscale, F32(0)), t, what)
