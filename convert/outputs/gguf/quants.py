@@ -183,7 +183,9 @@ def _rint(v: np.ndarray) -> None:
 
 
 def _seqsum(a: np.ndarray) -> np.ndarray:
-    """Sum over the first axis, adding the rows one after the other as the C loops do."""
+    """Sum over the first axis, adding the rows one after the other as the C loops do. There are
+    always several columns (8 or 16 groups per super-block): a single column would be reduced as one
+    contiguous run, which numpy sums with eight partial sums."""
     return np.add.reduce(a, axis=0)
 
 
