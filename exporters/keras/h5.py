@@ -284,7 +284,10 @@ class H5Source:
             raise UnsafeInputError(f"{where} keeps its data in other files")
         if dataset.shape is None:
             raise CorruptInputError(f"{where} has a null dataspace: no shape, no data")
-        np_dtype = dataset.dtype
+        try:
+            np_dtype = dataset.dtype
+        except (ValueError, TypeError, RuntimeError):  # an HDF5 type numpy has no type for (h5py says why)
+            raise UnsupportedFormatError(f"{where} is stored as an HDF5 float type no numpy dtype can hold") from None
         if np_dtype.kind not in "fiub" or np_dtype.fields is not None or np_dtype.subdtype is not None:
             raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, not a numeric tensor")
         if not _exact_type(dataset.id.get_type(), np_dtype):
