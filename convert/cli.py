@@ -405,7 +405,8 @@ def _add_conversion_commands() -> None:
             conversion_command(face.command, face.summary, face.kind, face.options, face.option_help, face.short, (face.example,))
     conversion_command(
         "auto",
-        "Detect the source format by content (not by extension alone) and run the matching conversion.",
+        "Detect the source format by content (not by extension alone) and run the matching conversion. "
+        "SRC may be a Hugging Face repository id (org/name[@revision], hf://org/name): read from the cache, or downloaded.",
         "auto",
         ReaderOptions.names(),
         {},

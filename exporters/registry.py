@@ -12,6 +12,7 @@ from pathlib import Path
 
 from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
+from convert.hub import resolve as resolve_repo
 
 from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
 
@@ -77,8 +78,9 @@ def suffixes() -> tuple[str, ...]:
 
 def open_source(path: str | Path, options: ReaderOptions | None = None, kind: str = "auto") -> Opened:
     """Open any supported source with the reader `kind` names (or the one its content calls for).
-    A missing optional extra is exit 4 with the command that installs it."""
-    p = Path(path)
+    A missing optional extra is exit 4 with the command that installs it. A Hugging Face repository id
+    is read from its cache snapshot folder (convert.hub)."""
+    p = resolve_repo(path)
     face = detect(p) if kind == "auto" else face_named(kind)
     options = options or ReaderOptions()
     try:
