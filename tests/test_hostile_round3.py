@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_hostile_round2 import CORRUPT, refused
+from hostile_run import run_measured
+from test_hostile_round2 import CORRUPT, keras2_weights_file, refused
 
 UNSUPPORTED = 4
 h5py = pytest.importorskip("h5py")
@@ -57,3 +58,27 @@ def test_msgpack_array_with_a_zero_dimension_and_a_huge_one_is_corrupt(command: 
     work.mkdir()
     args = [command, src] + ([work / "out"] if command == "auto" else [])
     refused(CORRUPT, *args, cwd=work, out=work / "out", needles=("params/w", "too large"))
+
+
+def test_what_compressed_datasets_inflate_to_is_bounded(tmp_path: Path) -> None:
+    """256 MiB of gzip'd zeros from under 1 MB: inside the default bound (64 times the file, 1 GiB at
+    least, tests/test_hostile_round2.py converts it); past a bound the user sets, refused before a
+    byte is inflated; a bound that fits converts, and verify --source (which re-reads with the
+    recorded bound) passes."""
+    src = keras2_weights_file(tmp_path / "bomb.h5", (8192, 8192), chunks=(256, 8192), compression="gzip")
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(
+        UNSUPPORTED,
+        "keras-to-safetensors",
+        src,
+        work / "out",
+        "--max-inflated-size",
+        "100MB",
+        cwd=work,
+        out=work / "out",
+        needles=("kernel", "--max-inflated-size"),
+    )
+    run = run_measured("keras-to-safetensors", src, work / "out", "--max-inflated-size", "300MB", cwd=work)
+    assert run.code == 0, run.stderr
+    assert run_measured("verify", work / "out", "--source", src, cwd=work).code == 0
