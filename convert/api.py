@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
-from .contract import Opened, ReaderOptions, SourceBundle
+from .contract import Opened, ReaderOptions, SourceBundle, parse_size
 from .errors import UsageError
 from .pipeline import (
     BUNDLE_INDEX,
@@ -37,30 +37,6 @@ from .verify import VerifyReport, verify_output
 from .vocabulary import canonical_dtype
 
 Result = ConversionResult | BundleResult
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """'5GB', '500MB', '5G', '500M', '10GiB', '1000000' -> bytes (decimal units as Hugging Face and
-    llama.cpp's 5G/500M use them; GiB and Gi binary)."""
-    if text is None or isinstance(text, int):
-        return text
-    units = {
-        "": 1,
-        "B": 1,
-        **{p: 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
-        **{p + "B": 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
-        **{p + "I": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
-        **{p + "IB": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
-    }
-    s = text.strip().upper()
-    num = s.rstrip("KMGTIB")
-    try:
-        value = int(float(num) * units[s[len(num) :]])
-    except (KeyError, ValueError):
-        raise UsageError(f"cannot read size {text!r} (examples: 5GB, 500MB, 2GiB)") from None
-    if value <= 0:
-        raise UsageError(f"size must be positive, got {text!r}")
-    return value
 
 
 def conversion_options(options: dict[str, Any]) -> ConvertOptions:

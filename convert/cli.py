@@ -334,6 +334,8 @@ READER_OPTION_HELP = {
     "collections": "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
     "unstack": "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).",
     "quantized": "int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors.",
+    "max_inflated_size": "Keras: how far compressed HDF5 datasets may inflate (5GB, 2GiB); by default at most "
+    "64 times the file's size, and 1 GiB for any smaller file.",
 }
 
 
@@ -353,6 +355,7 @@ def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]
         "quantized": lambda: click.option(
             "--quantized", type=click.Choice(QUANTIZED_MODES), default="dequantize", show_default=True, help=text
         ),
+        "max_inflated_size": lambda: click.option("--max-inflated-size", metavar="SIZE", help=text),
     }[name]()
 
 
@@ -405,7 +408,8 @@ def _add_conversion_commands() -> None:
             conversion_command(face.command, face.summary, face.kind, face.options, face.option_help, face.short, (face.example,))
     conversion_command(
         "auto",
-        "Detect the source format by content (not by extension alone) and run the matching conversion.",
+        "Detect the source format by content (not by extension alone) and run the matching conversion. "
+        "SRC may be a Hugging Face repository id (org/name[@revision], hf://org/name): read from the cache, or downloaded.",
         "auto",
         ReaderOptions.names(),
         {},

@@ -22,6 +22,30 @@ from .source import Closing, SourceModel
 from .vocabulary import QUANTIZED_MODES
 
 
+def parse_size(text: str | int | None) -> int | None:
+    """'5GB', '500MB', '5G', '500M', '10GiB', '1000000' -> bytes (decimal units as Hugging Face and
+    llama.cpp's 5G/500M use them; GiB and Gi binary)."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {
+        "": 1,
+        "B": 1,
+        **{p: 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "B": 10 ** (3 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "I": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
+        **{p + "IB": 2 ** (10 * i) for i, p in enumerate("KMGT", 1)},
+    }
+    s = text.strip().upper()
+    num = s.rstrip("KMGTIB")
+    try:
+        value = int(float(num) * units[s[len(num) :]])
+    except (KeyError, ValueError):
+        raise UsageError(f"cannot read size {text!r} (examples: 5GB, 500MB, 2GiB)") from None
+    if value <= 0:
+        raise UsageError(f"size must be positive, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
     """Every reader option in one record, the same for the CLI, the Python API and a batch job file.
@@ -33,12 +57,14 @@ class ReaderOptions:
     collections: tuple[str, ...] = ("params",)  # flax: the variable collections holding the weights
     unstack: tuple[str, ...] = ()  # flax: modules stacked by nn.scan or vmap, split into PATH.0, PATH.1, ...
     quantized: str = "dequantize"  # tflite: what to do with int8/uint8 weights
+    max_inflated_size: int | None = None  # keras: bytes compressed HDF5 datasets may inflate to (None: the default bound)
 
     def __post_init__(self) -> None:
         if self.quantized not in QUANTIZED_MODES:
             raise UsageError(f"quantized must be one of {', '.join(QUANTIZED_MODES)}, not {self.quantized!r}")
         object.__setattr__(self, "collections", tuple(self.collections))  # a list from a job file or JSON
         object.__setattr__(self, "unstack", tuple(self.unstack))
+        object.__setattr__(self, "max_inflated_size", parse_size(self.max_inflated_size))  # "4GB" from the CLI
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

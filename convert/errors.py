@@ -122,6 +122,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "onnxscript": "onnx",
     "onnxsim": "onnx",
     "tf2onnx": "onnx",
+    "huggingface_hub": "hf",
 }
 
 

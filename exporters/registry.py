@@ -13,6 +13,7 @@ from pathlib import Path
 from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
 from convert.links import refuse_input_links
+from convert.hub import resolve as resolve_repo
 
 from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
 
@@ -78,9 +79,10 @@ def suffixes() -> tuple[str, ...]:
 
 def open_source(path: str | Path, options: ReaderOptions | None = None, kind: str = "auto", follow_links: bool = False) -> Opened:
     """Open any supported source with the reader `kind` names (or the one its content calls for).
-    Links among the files it may open are refused before any is read (unless `follow_links`).
-    A missing optional extra is exit 4 with the command that installs it."""
-    p = Path(path)
+    A Hugging Face repository id is read from its cache snapshot folder (convert.hub). Links among the
+    files it may open are refused before any is read (unless `follow_links`). A missing optional extra
+    is exit 4 with the command that installs it."""
+    p = resolve_repo(path)
     refuse_input_links(p, follow_links)
     face = detect(p) if kind == "auto" else face_named(kind)
     options = options or ReaderOptions()

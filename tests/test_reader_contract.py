@@ -45,6 +45,7 @@ FLAG_OF = {
     "collections": "--collection",
     "unstack": "--unstack",
     "quantized": "--quantized",
+    "max_inflated_size": "--max-inflated-size",
 }
 
 
@@ -193,7 +194,7 @@ def test_batch_carries_keras_config_and_flax_unstack(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
     keras_doc = read_manifest(tmp_path / "keras")
     assert keras_doc["architecture"]["source_model"]["layers_from"] == "config"
-    assert keras_doc["source"]["reader_options"] == {"config": str(tmp_path / "model.json")}
+    assert keras_doc["source"]["reader_options"] == {"config": str(tmp_path / "model.json"), "max_inflated_size": None}
     flax_doc = read_manifest(tmp_path / "flax")
     names = {t["name"] for t in flax_doc["tensors"]}
     assert names == {f"layers.{i}.Dense_0.{p}" for i in range(3) for p in ("weight", "bias")}

@@ -36,6 +36,9 @@ NOT_RUN = {
     ".venv/bin/pip install": "pip install: needs the package index",
     "cargo build --release": "builds against crates.io (network); tests/rust_helpers.py builds the crate offline",
     ".venv/bin/python scripts/bench_": "benchmarks on 1 GiB and larger inputs, run by hand (README, Benchmarks)",
+    "convert auto openai-community/gpt2 ": "a Hugging Face repository id: needs the network or that model in the "
+    "cache; tests/test_hub_ids.py builds a cache in huggingface_hub's layout and converts from it",
+    "convert auto hf://openai-community/gpt2": "as above",
     "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/test_rust.py builds it offline and runs "
     "`rmc verify` and `rmc inspect` (with --json) on converted outputs",
 }

@@ -21,7 +21,7 @@ import numpy as np
 
 from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from convert.tensors import MappedFile, TensorRef, mapped_tensor
+from convert.tensors import MappedFile, TensorRef, check_shape, mapped_tensor
 from exporters.flax.canonical import NonTensor, Tree
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
@@ -181,6 +181,10 @@ class _Stream:
         offset = self.pos + 1 + n
         if offset + nbytes != end:
             raise self.fail(where, f"array bytes ({nbytes}) do not fill their extension")
+        try:
+            check_shape(tuple(shape), dt.itemsize, "array")
+        except CorruptInputError as exc:
+            raise self.fail(where, str(exc)) from None
         declared = math.prod(shape) * dt.itemsize
         if declared != nbytes:
             raise self.fail(where, f"shape {shape} of {dt.code} needs {declared} bytes; the file holds {nbytes}")
@@ -209,6 +213,7 @@ def _chunked_ref(node: Tree, where: tuple[str, ...]) -> TensorRef:
     chunks = [c for c in found if isinstance(c, TensorRef) and len(c.shape) == 1]
     if not chunks or len(chunks) != len(found) or len({c.dtype for c in chunks}) != 1:
         raise CorruptInputError(f"{name}: chunks of a chunked array are not flat arrays of one dtype")
+    check_shape(shape, chunks[0].dtype.itemsize, f"{name}: chunked array")
     if sum(c.numel for c in chunks) != math.prod(shape):
         raise CorruptInputError(
             f"{name}: chunks hold {sum(c.numel for c in chunks)} elements, shape {list(shape)} needs {math.prod(shape)}"

@@ -25,7 +25,7 @@ def sniff(probe: Probe) -> bool:
 def open_source(path: Path, options: ReaderOptions) -> SourceModel:
     from .reader import open_keras
 
-    return open_keras(path, options.config)
+    return open_keras(path, options.config, options.max_inflated_size)
 
 
 READER = ReaderFace(
@@ -37,7 +37,7 @@ READER = ReaderFace(
     summary="Convert a Keras model (Keras 3 .keras or .weights.h5, Keras 2 / tf.keras .h5 full model or "
     "weights, or a Hugging Face folder with tf_model.h5) into the folder OUT, in PyTorch names and "
     "layouts. Read with h5py alone: TensorFlow is not imported and no code in the file is run.",
-    options=("config",),
+    options=("config", "max_inflated_size"),
     suffixes=(".h5", ".keras"),
     short="Convert Keras .keras, .weights.h5 or .h5 (no TF).",
     example="convert keras-to-safetensors model.keras out/",

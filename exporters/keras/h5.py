@@ -31,6 +31,11 @@ MAX_FILTER_RATIO = 1100
 # libhdf5 inflates a whole chunk in memory before handing any of it over; Keras and h5py's own
 # chunking stay far below this.
 MAX_CHUNK_BYTES = 64 << 20
+# What a file's compressed datasets may inflate to, all together, unless the user allows more
+# (--max-inflated-size): weights compress by a few percent, so a real file stays far below; a few MB
+# of gzip'd zeros can declare gigabytes, which would fill the temporary folder and the output.
+DEFAULT_INFLATION = 64
+DEFAULT_INFLATED_FLOOR = 1 << 30
 MAX_DEPTH = 64
 MAX_ATTR_CHARS = 64 << 20
 # What h5py raises for a damaged file: HDF5's errors surface as any of these, depending on the call.
@@ -143,12 +148,18 @@ class H5Source:
     the file in messages.
     """
 
-    def __init__(self, path: Path, start: int = 0, length: int | None = None, label: str | None = None) -> None:
+    def __init__(
+        self, path: Path, start: int = 0, length: int | None = None, label: str | None = None, max_inflated: int | None = None
+    ) -> None:
         import h5py
 
         self.path, self.start, self.label = path, start, label or path.name
         self.file_size = os.path.getsize(path)
         self.length = self.file_size - start if length is None else length
+        self.inflated_left = (
+            max_inflated if max_inflated is not None else max(DEFAULT_INFLATION * self.length, DEFAULT_INFLATED_FLOOR)
+        )
+        self.inflated_given = max_inflated is not None
         with open(path, "rb") as fh:
             fh.seek(start)
             if fh.read(len(H5_MAGIC)) != H5_MAGIC:
@@ -284,7 +295,10 @@ class H5Source:
             raise UnsafeInputError(f"{where} keeps its data in other files")
         if dataset.shape is None:
             raise CorruptInputError(f"{where} has a null dataspace: no shape, no data")
-        np_dtype = dataset.dtype
+        try:
+            np_dtype = dataset.dtype
+        except (ValueError, TypeError, RuntimeError):  # an HDF5 type numpy has no type for (h5py says why)
+            raise UnsupportedFormatError(f"{where} is stored as an HDF5 float type no numpy dtype can hold") from None
         if np_dtype.kind not in "fiub" or np_dtype.fields is not None or np_dtype.subdtype is not None:
             raise UnsupportedFormatError(f"{where} has dtype {np_dtype}, not a numeric tensor")
         if not _exact_type(dataset.id.get_type(), np_dtype):
@@ -311,6 +325,7 @@ class H5Source:
             span = FileSpan(str(self.path), absolute, nbytes) if little else None
             return TensorRef(name, dt, shape, load_mapped, span=span, identity=(str(self.path), absolute, shape, dt.code))
         self._check_stored(dataset, nbytes, where)
+        self._check_inflation(dataset, nbytes, where)
         chunks = dataset.chunks
         if chunks is not None and math.prod(chunks) * np_dtype.itemsize > MAX_CHUNK_BYTES:
             raise UnsupportedFormatError(
@@ -336,6 +351,18 @@ class H5Source:
             raise CorruptInputError(f"{where} declares {nbytes} bytes but stores none")
         if stored > self.length or nbytes > stored * (MAX_FILTER_RATIO if filtered else 1):
             raise CorruptInputError(f"{where} declares {nbytes} bytes but the file stores {stored} for it")
+
+    def _check_inflation(self, dataset: Any, nbytes: int, where: str) -> None:
+        """Compressed datasets count against what the file may inflate to, checked before any is read."""
+        if dataset.id.get_create_plist().get_nfilters() == 0:
+            return
+        self.inflated_left -= nbytes
+        if self.inflated_left < 0:
+            bound = "the bound you gave" if self.inflated_given else f"{DEFAULT_INFLATION} times the file's size (1 GiB at least)"
+            raise UnsupportedFormatError(
+                f"{where}: the file's compressed datasets inflate past {bound} ({nbytes} bytes for this one); "
+                "--max-inflated-size SIZE allows more"
+            )
 
 
 def _inflated(dataset: Any, shape: tuple[int, ...], np_dtype: np.dtype, nbytes: int) -> np.ndarray:

@@ -58,23 +58,24 @@ class _Opened:
     dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
 
 
-def open_keras(path: str | Path, config: str | Path | None = None) -> SourceModel:
+def open_keras(path: str | Path, config: str | Path | None = None, max_inflated: int | None = None) -> SourceModel:
     """Open a Keras file or a Hugging Face TF folder. `config`: the model config for a Keras 3
-    `.weights.h5` (a `.keras` file, or a JSON file as `model.to_json()` or config.json writes it)."""
+    `.weights.h5` (a `.keras` file, or a JSON file as `model.to_json()` or config.json writes it);
+    `max_inflated`: the bytes each HDF5 file's compressed datasets may inflate to (None: the default)."""
     p = Path(path)
     if not p.exists():
         raise SourceNotFoundError(f"no such file or folder: {p}")
     opened = _Opened("", [], [])
     try:
         if p.is_dir():
-            hf_config = _open_hf_folder(p, opened)
+            hf_config = _open_hf_folder(p, opened, max_inflated)
             return assemble(opened, sidecars=hf_sidecars(p, exclude={HF_TF_INDEX}), config=hf_config)
         with open(p, "rb") as fh:
             head = fh.read(len(H5_MAGIC))
         if head[:4] == ZIP_MAGIC:
-            _open_keras_zip(p, opened)
+            _open_keras_zip(p, opened, max_inflated)
         elif head == H5_MAGIC:
-            _open_h5_file(p, H5Source(p), opened, _given_config(config))
+            _open_h5_file(p, H5Source(p, max_inflated=max_inflated), opened, _given_config(config))
         else:
             raise UnsupportedFormatError(f"{p.name}: not a Keras file (neither a .keras zip nor HDF5)")
         return assemble(opened, config=scrub(opened.model_config) if opened.model_config else None)
@@ -136,7 +137,7 @@ def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[s
 # --- files --------------------------------------------------------------------------------------
 
 
-def _open_keras_zip(path: Path, opened: _Opened) -> None:
+def _open_keras_zip(path: Path, opened: _Opened, max_inflated: int | None) -> None:
     """Keras 3 `.keras`: config.json and model.weights.h5 (read in place when stored uncompressed)."""
     zf = open_zip(path)
     with zf:
@@ -151,9 +152,9 @@ def _open_keras_zip(path: Path, opened: _Opened) -> None:
         info = infos[KERAS_WEIGHTS]
         label = f"{path.name}:{KERAS_WEIGHTS}"
         if info.compress_type == zipfile.ZIP_STORED:
-            h5 = H5Source(path, member_offset(path, info), info.file_size, label)
+            h5 = H5Source(path, member_offset(path, info), info.file_size, label, max_inflated)
         else:
-            h5 = H5Source(_extract(path, zf, info, opened), label=label)
+            h5 = H5Source(_extract(path, zf, info, opened), label=label, max_inflated=max_inflated)
     opened.format, opened.files, opened.model_config = "keras-v3", [path], _model_config(model, path.name)
     opened.closers.append(h5.close)
     opened.extras["keras_version"] = metadata.get("keras_version") if isinstance(metadata, dict) else None
@@ -189,7 +190,7 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
         )
 
 
-def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
+def _open_hf_folder(folder: Path, opened: _Opened, max_inflated: int | None) -> dict[str, Any] | None:
     """A Hugging Face TF folder: tf_model.h5, or its shards listed in tf_model.h5.index.json."""
     if (folder / "saved_model.pb").is_file():
         raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
@@ -203,7 +204,7 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
         raise SourceNotFoundError(f"{folder}: no {HF_TF_WEIGHTS} or {HF_TF_INDEX} in this folder")
     named: list[Named] = []
     for shard in shards:
-        h5 = H5Source(shard)
+        h5 = H5Source(shard, max_inflated=max_inflated)
         opened.closers.append(h5.close)
         opened.files.append(shard)
         if shard in expected:
