@@ -124,3 +124,27 @@ def test_too_long_checkpoint_path_in_a_tf_state_file(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     refused(3, "inspect", work / ("p" * 300), cwd=work)  # and named on the command line
+
+
+# ---------------------------------------------------------------------------------------------
+# Values lost silently (item 6): NPY header keys, Keras kernels that do not fit their layer
+# ---------------------------------------------------------------------------------------------
+
+
+def test_npy_header_with_an_extra_key_is_refused(tmp_path: Path) -> None:
+    """numpy itself refuses it ("Header does not contain the correct keys"); it converted, exit 0."""
+    import numpy as np
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.arange(6, dtype=np.float32).reshape(2, 3))
+    raw = path.read_bytes()
+    length = struct.unpack_from("<H", raw, 8)[0]
+    header = raw[10 : 10 + length].rstrip(b" \n")
+    edited = header[:-1] + b"'scale': 0.5, }"  # the same length, its padding shorter
+    raw = raw[:10] + edited.ljust(length - 1) + b"\n" + raw[10 + length :]
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match="correct keys"):
+        np.load(path)
+    work = tmp_path / "work"
+    work.mkdir()
+    refused(CORRUPT, "auto", path, work / "out", cwd=work, out=work / "out", needles=("scale",))
