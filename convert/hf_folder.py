@@ -17,6 +17,15 @@ SAFETENSORS_SINGLE = "model.safetensors"  # Hugging Face's names for one file, a
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
+def is_file(path: Path) -> bool:
+    """Whether a file that a document names (an index's shard, a state file's checkpoint) is there. A
+    name longer than the system holds is not there (`Path.is_file` lets that OSError escape)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def read_json(path: Path) -> Any:
     """A small JSON document of a model folder: size-capped, every decoding error a CorruptInputError."""
     if path.stat().st_size > SIDECAR_MAX_BYTES:
@@ -47,7 +56,7 @@ def read_index(index_path: Path) -> dict[str, set[str]]:
 def index_shards(index_path: Path) -> dict[Path, set[str]]:
     """Each shard's path (every one present) -> the tensor names the index places in it, in name order."""
     shards = read_index(index_path)
-    missing = [name for name in sorted(shards) if not (index_path.parent / name).is_file()]
+    missing = [name for name in sorted(shards) if not is_file(index_path.parent / name)]
     if missing:
         raise SourceNotFoundError(f"{index_path.parent.name}: shard {missing[0]} named in {index_path.name} is missing")
     return {index_path.parent / name: shards[name] for name in sorted(shards)}

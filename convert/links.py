@@ -46,8 +46,8 @@ def refuse_input_links(path: str | Path, allowed: bool) -> None:
     except FileNotFoundError:  # a TF checkpoint named by its prefix
         refuse_links(_prefix_siblings(p), allowed)
         return
-    except OSError:  # a name too long for the system: the reader reports it
-        return
+    except OSError as exc:  # a name longer than the system holds
+        raise SourceNotFoundError(f"no such file or folder: {p} ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
         for entry, entry_st in _tree(p):
             _refuse(entry, entry_st)

@@ -143,3 +143,42 @@ def test_offsets_past_the_end_are_corrupt(damage: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_cli_error(run_cli("auto", bad, out), 6)
     assert_no_output(out)
+
+
+def _quantized_fields(data: bytes) -> dict[str, tuple[int, int]]:
+    """Where a real file keeps (start, count) of the first int8 tensor's scales and zero points, and
+    of the convolution's input indices, found with the reader's own flatbuffer walk."""
+    from exporters.tflite.reader import _Flat
+
+    fb = _Flat(np.frombuffer(data, np.uint8), "x")
+    subgraph = fb.tables(fb.u32(0), 2)[0]
+    tensor = next(t for t in fb.tables(subgraph, 0) if fb.scalar(t, 1, "b") == 9 and fb.ref(t, 4) is not None)  # INT8
+    params = fb.ref(tensor, 4)
+    assert params is not None
+    conv = max(fb.tables(subgraph, 3), key=lambda op: fb.vector(op, 1)[1])  # input, filter, bias
+    return {"scale": fb.vector(params, 2), "zero_point": fb.vector(params, 3), "inputs": fb.vector(conv, 1)}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["scale NaN", "scale zero", "scale negative", "zero point past int8", "operator input past the tensors", "input -7"],
+)
+def test_quantization_values_that_lose_data_are_corrupt(damage: str, tmp_path: Path) -> None:
+    """Issue 35 item 6: a NaN or zero scale dequantized to all NaN or all zero, a zero point outside
+    the integer type, an operator input index past the tensors (its filter left untransposed): exit 0."""
+    src = tflite_of(tf.keras.layers.Conv2D(4, 3), (6, 6, 3), tmp_path / "q.tflite", int8=True)
+    data = bytearray(src.read_bytes())
+    fields = _quantized_fields(bytes(data))
+    if damage.startswith("scale"):
+        value = {"scale NaN": float("nan"), "scale zero": 0.0, "scale negative": -0.5}[damage]
+        struct.pack_into("<f", data, fields["scale"][0], value)
+    elif damage.startswith("zero point"):
+        struct.pack_into("<q", data, fields["zero_point"][0], 1000)
+    else:
+        start, count = fields["inputs"]
+        struct.pack_into("<i", data, start + 4 * (count - 1 if damage == "input -7" else 1), 10_000 if "past" in damage else -7)
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("auto", bad, out), 6)
+    assert_no_output(out)

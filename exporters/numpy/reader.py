@@ -59,6 +59,9 @@ def _read(p: Path, mapped: MappedFile) -> SourceModel:
 # --- NPY -----------------------------------------------------------------------------------------
 
 
+_NPY_KEYS = {"descr", "fortran_order", "shape"}
+
+
 def _npy_header(read: Any, name: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """(dtype, shape, fortran order, header length) from the bytes of an NPY header (`read(n)`)."""
     fixed = read(8)
@@ -84,6 +87,8 @@ def _npy_header(read: Any, name: str) -> tuple[np.dtype, tuple[int, ...], bool, 
         dt = np.lib.format.descr_to_dtype(descr)
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError):
         raise CorruptInputError(f"{name}: NPY header is malformed") from None
+    if header.keys() != _NPY_KEYS:  # numpy refuses any other key too: what it says is not read here
+        raise CorruptInputError(f"{name}: NPY header keys {sorted(map(str, header))} are not {sorted(_NPY_KEYS)}")
     if type(shape) is not tuple or any(type(n) is not int or n < 0 for n in shape) or type(fortran) is not bool:
         raise CorruptInputError(f"{name}: NPY header has a bad shape or order")
     check_shape(shape, dt.itemsize, f"{name}: NPY array")

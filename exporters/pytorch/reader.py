@@ -25,7 +25,7 @@ from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_confi
 from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
-from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
+from convert.zip_members import ZIP_MAGIC, check_stored_crc, member_offset, open_zip
 from exporters.pytorch.torchscript import (
     INERT as TORCHSCRIPT_INERT,
     Members,
@@ -224,6 +224,7 @@ def _locate_zip_storage(
     if numel * itemsize > info.file_size:
         raise CorruptInputError(f"{path.name}: storage {key} claims {numel * itemsize} bytes but holds {info.file_size}")
     offset = member_offset(path, info)
+    check_stored_crc(path, info, offset)
     return _Storage(key, code, numel, offset, info.file_size)
 
 

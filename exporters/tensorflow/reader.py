@@ -25,6 +25,7 @@ import numpy as np
 
 from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
 from convert.hashing import same_ranges
+from convert.hf_folder import is_file
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from exporters.keras.layers import KerasLayer, to_canonical
@@ -234,7 +235,7 @@ def _latest_from_state(folder: Path) -> str | None:
     if not state.is_file() or state.stat().st_size > 1 << 20:
         return None
     match = re.search(r'^model_checkpoint_path:\s*"([^"\n]+)"', state.read_text("utf-8", "replace"), re.M)
-    if match is None or "/" in match[1] or "\\" in match[1] or not (folder / f"{match[1]}.index").is_file():
+    if match is None or "/" in match[1] or "\\" in match[1] or not is_file(folder / f"{match[1]}.index"):
         return None
     return str(folder / match[1])
 

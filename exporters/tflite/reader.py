@@ -199,10 +199,14 @@ def _builtin_code(fb: _Flat, op: int) -> int:
 def _filter_layouts(fb: _Flat, subgraph: int, opcodes: list[int]) -> dict[int, list[dict[str, Any]]]:
     """{tensor index: transforms} for the filters of the convolutions (input 1 of the operator)."""
     layouts: dict[int, list[dict[str, Any]]] = {}
+    _, count = fb.vector(subgraph, 0)
     for op in fb.tables(subgraph, 3):
         index = fb.scalar(op, 0, "I")
         code = opcodes[index] if index < len(opcodes) else None
         inputs = fb.scalars(op, 1, "i")
+        bad = [i for i in inputs if not -1 <= i < count]  # -1: an optional input left out
+        if bad:  # a filter it names would be read untransposed
+            raise CorruptInputError(f"{fb.name}: an operator's input {bad[0]} is not one of the {count} tensors")
         if len(inputs) > 1 and code in (CONV_2D, DEPTHWISE_CONV_2D):
             layouts[inputs[1]] = OHWI_TO_OIHW if code == CONV_2D else DEPTHWISE_TO_TORCH
     return layouts
@@ -255,6 +259,12 @@ def _quantization(fb: _Flat, tensor: int, ref: TensorRef) -> tuple[np.ndarray, n
     axis = fb.scalar(params, 6, "i")
     if zero.size != scale.size:
         raise CorruptInputError(f"tensor {ref.name!r}: {scale.size} scales but {zero.size} zero points")
+    if not np.all(np.isfinite(scale) & (scale > 0)):  # it would dequantize to NaN, zero or flipped signs
+        bad = scale[~(np.isfinite(scale) & (scale > 0))][0]
+        raise CorruptInputError(f"tensor {ref.name!r}: quantization scale {bad} is not a positive finite number")
+    info = np.iinfo(ref.dtype.numpy)
+    if zero.size and not (info.min <= zero.min() and zero.max() <= info.max):
+        raise CorruptInputError(f"tensor {ref.name!r}: zero points {zero.min()}..{zero.max()} leave {ref.dtype.code}'s range")
     if scale.size > 1 and (not 0 <= axis < len(ref.shape) or ref.shape[axis] != scale.size):
         raise CorruptInputError(f"tensor {ref.name!r}: {scale.size} scales do not fit its shape {list(ref.shape)}")
     return scale, zero, axis
