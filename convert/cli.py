@@ -126,8 +126,8 @@ def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="convert")
 @output_flags
 def cli() -> None:
-    """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
-    (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
+    """Convert trained models into SafeTensors (or quantized GGUF) plus a JSON manifest that Rust ML
+    frameworks (candle, burn, tch-rs, ToRSh, TrustformeRS, realizar, ...) load, and prove each conversion."""
 
 
 class DtypeChoice(click.Choice):
@@ -630,6 +630,15 @@ def to_onnx(
     help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
 )
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
+@click.option(
+    "--to",
+    type=click.Choice(["safetensors", "gguf"]),
+    default="safetensors",
+    show_default=True,
+    help="The output format of every job (gguf: as to-gguf, with --type and --type-override).",
+)
+@click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
+@click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")
@@ -743,11 +752,14 @@ def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     """Batch's command-line options as Job's fields."""
+    from .batch import output_option_names
     from .contract import ReaderOptions
 
     names = ReaderOptions.names()
     fields = {k: v for k, v in options.items() if k not in names}
     fields["layout_options"] = _parse_options(fields.pop("layout_options"))
+    chosen = {k: fields.pop(k) for k in output_option_names()}
+    fields["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v}
     if fields.get("layout_file"):
         fields["layout_file"] = os.path.abspath(fields["layout_file"])
     return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names})}

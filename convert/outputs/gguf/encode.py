@@ -36,15 +36,17 @@ class Measured:
     sq_ref: float = 0.0
     loss: CastLoss = field(default_factory=CastLoss)
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, got: np.ndarray, all_finite: bool = False) -> None:
+        """`all_finite`: the caller knows both hold only finite values (a quantizer refuses others)."""
         ref32, got32 = ref.astype(np.float32, copy=False).reshape(-1), got.astype(np.float32, copy=False).reshape(-1)
-        finite = np.isfinite(ref32) & np.isfinite(got32)
-        if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
-            ref32, got32 = ref32[finite], got32[finite]
+        if not all_finite:
+            finite = np.isfinite(ref32) & np.isfinite(got32)
+            if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
+                ref32, got32 = ref32[finite], got32[finite]
         if not ref32.size:
             return
         err = got32 - ref32
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(err))))
+        self.max_abs = max(self.max_abs, float(err.max()), -float(err.min()))
         self.sq_err += float(np.dot(err, err))
         self.sq_ref += float(np.dot(ref32, ref32))
 
@@ -66,7 +68,7 @@ def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured:
         # whole rows, but a row larger than a chunk comes in pieces of whole blocks
         rows = values.reshape(-1, row if values.size % row == 0 else gtype.block_size)
         blocks = quantize(rows, gtype, f"tensor {name!r}")
-        measured.add(piece, dequantize(blocks, gtype, rows.shape))
+        measured.add(values if piece.dtype == np.float32 else piece, dequantize(blocks, gtype, rows.shape), all_finite=True)
         yield blocks.reshape(-1).data
         release_pages(arr)
 
