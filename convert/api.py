@@ -39,13 +39,29 @@ from .vocabulary import canonical_dtype
 Result = ConversionResult | BundleResult
 
 
-def conversion_options(options: dict[str, Any]) -> ConvertOptions:
-    """ConvertOptions from keywords, sizes given as text ('5GB') read."""
+def conversion_options(options: dict[str, Any], target: str = "safetensors") -> ConvertOptions:
+    """ConvertOptions from keywords, sizes given as text ('5GB') read; the output options checked
+    against what the `target` output declares."""
     opts = ConvertOptions(**options)
+    check_output_options(target, opts.output_options)
     opts.max_shard_size = parse_size(opts.max_shard_size)
     if opts.dtype is not None:  # the manifest records the canonical name of an alias (fp16 -> f16)
         opts.dtype = canonical_dtype(opts.dtype)
     return opts
+
+
+def check_output_options(target: str, values: dict[str, Any]) -> None:
+    """Names the `target` output does not declare, and values outside its choices, are usage errors
+    (before any source is opened)."""
+    from .outputs.registry import outputs_for
+
+    declared = {o.name: o for o in outputs_for(target).tensors.options}
+    for name, value in values.items():
+        option = declared.get(name)
+        if option is None:
+            raise UsageError(f"output {target!r} has no option {name!r} (it has: {', '.join(declared) or 'none'})")
+        if option.choices and str(value).lower() not in option.choices:
+            raise UsageError(f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(option.choices)}")
 
 
 def open_path(
@@ -84,14 +100,16 @@ def convert_path(
     conversion: str = "auto",
     reader: ReaderOptions | None = None,
     progress: Progress | None = None,
+    target: str = "safetensors",
     **options: Any,
 ) -> Result:
-    """Convert any supported source into the folder `out`; options as ConvertOptions. A bundle (a
-    NeuralForecast folder) gives a BundleResult, anything else a ConversionResult."""
-    opts = conversion_options(options)
+    """Convert any supported source into the folder `out`, in the output format `target`; options as
+    ConvertOptions. A bundle (a NeuralForecast folder) gives a BundleResult, anything else a
+    ConversionResult."""
+    opts = conversion_options(options, target)
     checked_destination([src], out, opts.overwrite)  # before reading a source that may be large
     with open_path(src, conversion, reader, opts.follow_links) as opened:
-        return convert_opened(opened, out, opts, progress)
+        return convert_opened(opened, out, opts, progress, target)
 
 
 def pth_to_safetensors(
@@ -171,6 +189,32 @@ def tflite_to_safetensors(
     return convert_path(src, out, conversion="tflite", reader=ReaderOptions(quantized=quantized), progress=progress, **options)
 
 
+def to_gguf(
+    src: str | Path,
+    out: str | Path,
+    *,
+    type: str = "f16",
+    type_overrides: tuple[str, ...] | list[str] = (),
+    conversion: str = "auto",
+    reader: ReaderOptions | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> Result:
+    """Any source the readers read, as GGUF (`model.gguf`, or llama.cpp's split files under
+    `max_shard_size`): `type` the ggml type of 2-D and larger tensors (f32, f16, bf16, q8_0, q4_0,
+    q4_1, q5_0, q5_1, q2_k ... q6_k), `type_overrides` PATTERN=TYPE items for some tensors."""
+    return convert_path(
+        src,
+        out,
+        conversion=conversion,
+        reader=reader,
+        progress=progress,
+        target="gguf",
+        output_options={"type": type, "type_override": tuple(type_overrides)},
+        **options,
+    )
+
+
 def to_onnx(src: str | Path, out: str | Path, *, stage: Callable[[str], None] | None = None, **options: Any) -> Any:
     """Export a model's graph into the folder `out` as validated ONNX; options as
     exporters.onnx_export.spec.ExportOptions; `stage` hears each step as it starts. Returns an ExportResult."""
@@ -186,6 +230,10 @@ def inspect_path(
     path: str | Path, key: str | None = None, reader: ReaderOptions | None = None, follow_links: bool = False
 ) -> dict[str, Any]:
     """Name, dtype, shape and size of every tensor in any supported input."""
+    from .outputs.gguf.describe import describe, is_gguf
+
+    if Path(path).is_file() and is_gguf(Path(path)):  # an output of to-gguf (or any GGUF file)
+        return describe(path)
     reader = reader or ReaderOptions(key=key)
     with open_path(path, "auto", reader, follow_links) as opened:
         source = opened.flat() if isinstance(opened, SourceBundle) else opened

@@ -42,10 +42,16 @@ class Job:
     overwrite: bool = False  # reconvert even when the output is up to date
     dry_run: bool = False  # plan only: nothing is written
     follow_links: bool = False  # read sources that are symlinks or have several hard links
+    to: str = "safetensors"  # the output format (convert.outputs.registry): safetensors or gguf
+    output_options: dict[str, Any] = field(default_factory=dict)  # that format's own options (gguf: type, type_override)
 
     def request(self) -> dict[str, Any]:
-        """What decides an output's content besides the source bytes (compared to skip done work)."""
+        """What decides an output's content besides the source bytes (compared to skip done work);
+        the output format and its options only when not the default, so SafeTensors outputs written
+        before they existed are still up to date."""
         return {
+            **({"to": self.to} if self.to != "safetensors" else {}),
+            **({"output_options": self.output_options} if self.output_options else {}),
             "conversion": self.conversion,
             "layout": self.layout,
             "layout_file": self.layout_file,
@@ -211,8 +217,21 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
             if entry.get(name) is not None and not Path(entry[name]).is_absolute():
                 merged[name] = str(base / entry[name])
         reader = ReaderOptions.from_mapping({k: merged.pop(k) for k in ReaderOptions.names() if k in merged})
+        chosen = {k: merged.pop(k) for k in output_option_names() if k in merged}
+        if chosen:
+            merged["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
         jobs.append(Job(str(src), str(output), reader=reader, **merged))
     return jobs
+
+
+def output_option_names() -> list[str]:
+    """The options output formats declare beyond the shared conversion options (gguf: type,
+    type_override): job-file keys and batch flags, gathered into a job's `output_options`."""
+    from .options import ConvertOptions
+    from .outputs.registry import OUTPUTS
+
+    shared = set(ConvertOptions.__dataclass_fields__)
+    return list(dict.fromkeys(o.name for out in OUTPUTS if out.role == "tensors" for o in out.options if o.name not in shared))
 
 
 def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:
@@ -297,10 +316,12 @@ def _convert(job: Job) -> int:
             follow_links=job.follow_links,
             digest=job.digest,
             request=job.request(),
-        )
+            output_options=job.output_options,
+        ),
+        job.to,
     )
     with open_path(job.source, job.conversion, job.reader, job.follow_links) as opened:
-        return convert_opened(opened, job.output, options).bytes
+        return convert_opened(opened, job.output, options, target=job.to).bytes
 
 
 def is_done(job: Job) -> bool:

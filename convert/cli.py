@@ -126,8 +126,8 @@ def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="convert")
 @output_flags
 def cli() -> None:
-    """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
-    (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
+    """Convert trained models into SafeTensors (or quantized GGUF) plus a JSON manifest that Rust ML
+    frameworks (candle, burn, tch-rs, ToRSh, TrustformeRS, realizar, ...) load, and prove each conversion."""
 
 
 class DtypeChoice(click.Choice):
@@ -156,47 +156,47 @@ cast_loss_option = click.option(
 )
 
 
-def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options every conversion command shares."""
-    for decorator in reversed(
-        [
-            click.option(
-                "--layout", default="pytorch", show_default=True, help="Target naming and tensor layout (see `convert layouts`)."
-            ),
-            click.option(
-                "--layout-file",
-                type=click.Path(dir_okay=False, path_type=str),
-                help='Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.',
-            ),
-            click.option(
-                "--layout-option",
-                "layout_options",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
-                "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
-            ),
-            click.option(
-                "--dtype",
-                type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
-                help=f"Cast floating tensors while streaming (integers are kept); also spelled {', '.join(DTYPE_ALIASES)}.",
-            ),
-            cast_loss_option,
-            click.option(
-                "--max-shard-size",
-                metavar="SIZE",
-                help="Split into Hugging Face shards of at most SIZE (5GB, 500MB, 5G, 2GiB); a tensor larger "
-                "than SIZE gets a shard of its own, with a warning.",
-            ),
-            digest_option,
-            click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
-            click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-            click.option(
-                "--follow-links", is_flag=True, help="Read source files that are symlinks or hard links (refused by default)."
-            ),
-        ]
-    ):
-        fn = decorator(fn)
+def conversion_options(fn: Callable[..., Any], without: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Options every conversion command shares (but those named in `without`: to-gguf has no --dtype)."""
+    shared = {
+        "layout": click.option(
+            "--layout", default="pytorch", show_default=True, help="Target naming and tensor layout (see `convert layouts`)."
+        ),
+        "layout_file": click.option(
+            "--layout-file",
+            type=click.Path(dir_okay=False, path_type=str),
+            help='Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.',
+        ),
+        "layout_options": click.option(
+            "--layout-option",
+            "layout_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
+            "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
+        ),
+        "dtype": click.option(
+            "--dtype",
+            type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
+            help=f"Cast floating tensors while streaming (integers are kept); also spelled {', '.join(DTYPE_ALIASES)}.",
+        ),
+        "cast_loss": cast_loss_option,
+        "max_shard_size": click.option(
+            "--max-shard-size",
+            metavar="SIZE",
+            help="Split into shards of at most SIZE (5GB, 500MB, 5G, 2GiB): Hugging Face's for SafeTensors, llama.cpp's "
+            "split files for GGUF; a tensor larger than SIZE gets a shard of its own, with a warning.",
+        ),
+        "digest": digest_option,
+        "overwrite": click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
+        "dry_run": click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        "follow_links": click.option(
+            "--follow-links", is_flag=True, help="Read source files that are symlinks or hard links (refused by default)."
+        ),
+    }
+    for name, decorator in reversed(shared.items()):
+        if name not in without:
+            fn = decorator(fn)
     return fn
 
 
@@ -261,17 +261,18 @@ def _run_conversion(
     layout: str,
     layout_file: str | None,
     layout_options: tuple[str, ...],
-    dtype: str | None,
     cast_loss: str,
     max_shard_size: str | None,
     digest: str,
     overwrite: bool,
     dry_run: bool,
     follow_links: bool,
+    dtype: str | None = None,
+    target: str = "safetensors",
+    output_options: dict[str, Any] | None = None,
 ) -> None:
     from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
-    checked_destination([src], out, overwrite)  # before reading a source that may be large
     quiet, as_json = _flags().get("quiet", False), _wants_json()
     options = conversion_options(
         dict(
@@ -285,11 +286,14 @@ def _run_conversion(
             overwrite=overwrite,
             dry_run=dry_run,
             follow_links=follow_links,
-        )
+            output_options=output_options or {},
+        ),
+        target,
     )
+    checked_destination([src], out, overwrite)  # before reading a source that may be large
     with open_path(src, conversion, reader, follow_links) as opened:
         with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
-            result = convert_opened(opened, out, options, progress)
+            result = convert_opened(opened, out, options, progress, target)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
@@ -379,22 +383,45 @@ def conversion_command(
     option_help: dict[str, str],
     short: str,
     examples: tuple[str, ...],
+    target: str = "safetensors",
 ) -> None:
-    """A `NAME SRC OUT` conversion command: the reader's own options, then the options every
-    conversion shares, the output flags, and one-line errors."""
+    """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own,
+    then the options every conversion shares, the output flags, and one-line errors."""
+    from dataclasses import fields
+
     from .contract import ReaderOptions
+    from .options import ConvertOptions
+    from .outputs.registry import outputs_for
+
+    shared = {f.name for f in fields(ConvertOptions)}  # --max-shard-size and the like: declared, but every command's
+    declared = [o for o in outputs_for(target).tensors.options if o.name not in shared]
 
     def run(src: str, out: str, **opts: Any) -> None:
         reader = ReaderOptions(**{k: opts.pop(k) for k in reader_options})
-        _run_conversion(conversion, src, out, reader, **opts)
+        chosen = {o.name: opts.pop(o.name) for o in declared}
+        _run_conversion(conversion, src, out, reader, target=target, output_options=chosen, **opts)
 
     run.__doc__ = summary
-    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
+    # an output that chooses each tensor's type itself (GGUF) takes no --dtype
+    without = ("dtype",) if target != "safetensors" else ()
+    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)), without)
+    for declared_option in reversed(declared):
+        fn = output_option(declared_option)(fn)
     for option in reversed(reader_options):
         fn = reader_option(option, option_help.get(option))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
     fn = click.argument("src", type=click.Path(path_type=str))(fn)
     cli.command(name, short_help=short, epilog=example(*examples))(fn)
+
+
+def output_option(option: Any) -> Callable[..., Any]:
+    """The click option for an option an output declares (convert.output_contract.OutputOption):
+    `--name-with-dashes`, repeatable when its type is a tuple, its choices checked case-insensitively."""
+    flag = "--" + option.name.replace("_", "-")
+    if option.type is tuple:
+        return click.option(flag, option.name, multiple=True, metavar="PATTERN=TYPE", help=option.help)
+    kind = click.Choice(option.choices, case_sensitive=False) if option.choices else option.type
+    return click.option(flag, option.name, type=kind, default=option.default, show_default=True, help=option.help)
 
 
 def _add_conversion_commands() -> None:
@@ -415,6 +442,22 @@ def _add_conversion_commands() -> None:
         {},
         "Detect the format by content, then convert.",
         ("convert auto SRC out/", "convert auto model.bin out/ --dtype f16 --dry-run"),
+    )
+    conversion_command(
+        "to-gguf",
+        "Write GGUF (model.gguf, or llama.cpp's split files under --max-shard-size) for candle's quantized models, "
+        "llama.cpp and realizar, from any source the readers read: 2-D and larger tensors in --type (1-D ones stay "
+        "F32; rows no block fits fall back as llama-quantize does, each fallback printed and recorded), each "
+        "tensor's quantization error in the manifest.",
+        "auto",
+        ReaderOptions.names(),
+        {},
+        "Convert any source to GGUF, quantized or not.",
+        (
+            "convert to-gguf model.pt out/ --type q8_0",
+            "convert to-gguf hf_folder/ out/ --type q4_k --type-override 'lm_head.weight=q6_k'",
+        ),
+        target="gguf",
     )
 
 
@@ -591,6 +634,15 @@ def to_onnx(
     help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
 )
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
+@click.option(
+    "--to",
+    type=click.Choice(["safetensors", "gguf"]),
+    default="safetensors",
+    show_default=True,
+    help="The output format of every job (gguf: as to-gguf, with --type and --type-override).",
+)
+@click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
+@click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")
@@ -704,11 +756,14 @@ def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     """Batch's command-line options as Job's fields."""
+    from .batch import output_option_names
     from .contract import ReaderOptions
 
     names = ReaderOptions.names()
     fields = {k: v for k, v in options.items() if k not in names}
     fields["layout_options"] = _parse_options(fields.pop("layout_options"))
+    chosen = {k: fields.pop(k) for k in output_option_names()}
+    fields["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v}
     if fields.get("layout_file"):
         fields["layout_file"] = os.path.abspath(fields["layout_file"])
     return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names})}
@@ -757,7 +812,7 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
 
 @cli.command(
     short_help="List the tensors of any supported input, with totals.",
-    epilog=example("convert inspect model.pt", "convert inspect out/ --json"),
+    epilog=example("convert inspect model.pt", "convert inspect out/ --json", "convert inspect out/model.gguf"),
 )
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--key", help="Dotted path of the dict holding the tensors, for checkpoints.")
@@ -766,13 +821,16 @@ def batch_display(jobs: list[Any], enabled: bool) -> Iterator[Callable[[Any], No
 @command_errors
 def inspect(path: str, key: str | None, follow_links: bool) -> None:
     """List the tensors (name, dtype, shape, bytes) of any supported input, in aligned columns, then
-    the totals: tensors, parameters (elements) and bytes, and bytes per dtype."""
+    the totals: tensors, parameters (elements) and bytes, and bytes per dtype. A GGUF file (to-gguf's
+    output) shows its metadata first, and its ggml types as dtypes."""
     from .api import inspect_path
 
     info = inspect_path(path, key, follow_links=follow_links)
     if _wants_json():
         click.echo(json.dumps(info))
         return
+    for key, value in info["details"].get("metadata", {}).items() if info["format"] == "gguf" else ():
+        click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")  # a GGUF file's metadata, before its tensors
     rows = [(t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]", f"{t['bytes']:,}") for t in info["tensors"]]
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
     for r in rows:

@@ -264,6 +264,7 @@ def build_manifest(
             entry["not_invertible_because"] = reason
         if m.annotations:
             entry["annotations"] = m.annotations
+        entry.update(t.record)
         tensors.append(entry)
     return {
         "manifest_version": manifest_mod.MANIFEST_VERSION,
@@ -288,6 +289,7 @@ def build_manifest(
             "warnings": mapping.warnings,
             "request": options.request,
             "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
+            **({"output_options": options.output_options} if options.output_options else {}),
         },
         "files": written.files,
         "index": written.index,

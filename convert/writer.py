@@ -60,6 +60,7 @@ class WrittenTensor:
     data_offsets: tuple[int, int]
     digest: str
     cast_losses: list[CastLoss]  # per cast step of the item: what it lost
+    record: dict[str, Any] = field(default_factory=dict)  # what its output format adds to its manifest entry (GGUF: quantization)
 
 
 @dataclass

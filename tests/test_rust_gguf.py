@@ -1,15 +1,18 @@
 """The Rust crate's GGUF side: every ggml type this tool writes dequantizes in Rust to exactly the
 values the `gguf` package's dequantizer gives, on blocks of random bytes (every bit pattern a block
-can hold, scales kept finite), read from a file our writer wrote."""
+can hold, scales kept finite), read from a file our writer wrote; and a to-gguf output verifies and
+reads in Rust as in Python (`rmc verify` names the same flipped byte)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from convert.outputs.gguf.file_format import string, u32
 from convert.outputs.gguf.stream import GGUFItem, write_gguf
 from rust_helpers import run, rust_tools
@@ -69,3 +72,58 @@ def test_rust_dequantizes_as_the_gguf_package(tmp_path: Path) -> None:
         mine = np.array(got[t.name]["f32_bits"], dtype=np.uint32).view(np.float32)
         assert got[t.name]["shape"] == [rows, row]
         assert mine.view(np.uint32).tolist() == want.view(np.uint32).tolist(), t.tensor_type.name
+
+
+@pytest.fixture(scope="module")
+def gguf_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A to-gguf output of a torch checkpoint: Q4_K rows, their Q5_0 and F16 fallbacks, F32 norms."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    state = {
+        "proj.weight": torch.randn(8, 512),
+        "small.weight": torch.randn(4, 64),
+        "odd.weight": torch.randn(3, 10),
+        "norm.weight": torch.randn(512),
+    }
+    root = tmp_path_factory.mktemp("rust-gguf")
+    torch.save(state, root / "model.pt")
+    rc, _stdout, stderr = run_cli("to-gguf", root / "model.pt", root / "out", "--type", "q4_k")
+    assert rc == 0, stderr
+    return root / "out"
+
+
+def test_rust_reads_a_gguf_output(gguf_output: Path, tmp_path: Path) -> None:
+    """`rmc verify` agrees with `convert verify`; each tensor's f32 values are the gguf package's."""
+    rc, stdout, stderr = run(rust_tools().rmc, "verify", gguf_output, "--json")
+    assert rc == 0, stderr
+    report = json.loads(stdout)
+    assert report["ok"] and report["tensors"] == 4
+    reader = {t.name: t for t in gguf.GGUFReader(gguf_output / "model.gguf").tensors}
+    assert {n: t.tensor_type.name for n, t in reader.items()} == {
+        "proj.weight": "Q4_K",
+        "small.weight": "Q5_0",
+        "odd.weight": "F16",
+        "norm.weight": "F32",
+    }
+    for name, t in reader.items():
+        rc, stdout, stderr = run(rust_tools().tensor, gguf_output, name)
+        assert rc == 0, stderr
+        got = np.array(json.loads(stdout)["f32_bits"], dtype=np.uint32)
+        want = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(-1)
+        assert got.tolist() == want.view(np.uint32).tolist(), name
+    rc, stdout, stderr = run(rust_tools().rmc, "inspect", gguf_output, "--json")
+    assert rc == 0, stderr
+    assert json.loads(stdout)["format"] == "gguf"
+    broken = tmp_path / "broken"
+    shutil.copytree(gguf_output, broken)
+    doc = json.loads((broken / "manifest.json").read_text())
+    entry = next(t for t in doc["tensors"] if t["name"] == "proj.weight")
+    start = min(t.data_offset for t in reader.values())
+    data = bytearray((broken / "model.gguf").read_bytes())
+    data[start + entry["data_offsets"][0] + 20] ^= 0x10
+    (broken / "model.gguf").write_bytes(bytes(data))
+    rc_py, out_py, _ = run_cli("verify", broken, "--json")
+    rc_rs, out_rs, _ = run(rust_tools().rmc, "verify", broken, "--json")
+    assert rc_py == rc_rs == 8
+    for out in (out_py, out_rs):
+        assert any("proj.weight" in p for p in json.loads(out)["problems"]), out

@@ -7,10 +7,12 @@ from convert.errors import UsageError
 from convert.output_contract import Output, Outputs
 
 from .fann import OUTPUT as RUV_FANN
+from .gguf import OUTPUT as GGUF
 from .safetensors import OUTPUT as SAFETENSORS
 
 OUTPUTS: tuple[Output, ...] = (
     SAFETENSORS,
+    GGUF,
     RUV_FANN,
 )
 

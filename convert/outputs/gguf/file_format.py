@@ -7,7 +7,7 @@ tensor (name, u32 dimension count, u64 dimensions in ggml order, which is the nu
 u32 ggml type, u64 offset from the data section), zero padding to `general.alignment`, then each
 tensor's bytes in info order, each padded to the alignment. `gguf.cpp` refuses a file whose offsets
 are not exactly that running padded sum, so the writer and the reader hold to it. This module knows
-nothing of what a type's bytes mean: callers pass the (block elements, block bytes) of each type id.
+nothing of what a type's bytes mean, only each type's block (from ggml_types, or a caller's table).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 from convert.errors import CorruptInputError, MappingError
 
+from .ggml_types import BY_ID
+
 MAGIC = b"GGUF"
 VERSION = 3
 ALIGNMENT = 32  # ggml's default; realizar assumes it whatever the key says
@@ -34,6 +36,7 @@ MAX_STRING_BYTES = 1 << 30
 MAX_ARRAY_ITEMS = 1 << 30
 
 TypeSizes = Mapping[int, tuple[int, int]]  # ggml type id -> (elements per block, bytes per block)
+TYPE_SIZES: TypeSizes = {t.id: (t.block_size, t.type_size) for t in BY_ID.values()}  # the types this tool writes
 
 
 class ValueType(IntEnum):
@@ -257,7 +260,7 @@ class _Cursor:
         return [b == 1 for b in raw]
 
 
-def read_gguf(path: str | Path, type_sizes: TypeSizes) -> GGUFFile:
+def read_gguf(path: str | Path, type_sizes: TypeSizes = TYPE_SIZES) -> GGUFFile:
     """Parse and check a GGUF v2/v3 header as gguf.cpp does, against the file's real size: the
     counts, every string and array, names (unique, under 64 bytes), dimensions (at most 4, rows a
     whole number of blocks), known types, and offsets that are the running padded sum and end inside

@@ -89,6 +89,9 @@ pub struct Target {
     /// How tied tensors were written, and what the layout's loader needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ties: Option<Ties>,
+    /// The tensor output's own options (GGUF: `type`, `type_override`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_options: Option<Object>,
 }
 
 /// Tied tensors: `loader` is what the layout's loader needs (`alias`: it re-ties from the file's
@@ -137,6 +140,34 @@ pub struct TensorEntry {
     /// What the target needs to know: activation, gate, layout of rows and columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<Object>,
+    /// A GGUF tensor's ggml type, why it was chosen, and its error against the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// How a GGUF tensor was written: its ggml type (and id, block size), the type asked for and why
+/// another was taken, and the error of its dequantized values against the source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quantization {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub type_id: u64,
+    pub block_size: u64,
+    pub requested: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub source_dtype: Dtype,
+    pub error: QuantizationError,
+    pub on_loss: String,
+    pub overflowed: u64,
+    pub flushed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuantizationError {
+    pub max_abs: f64,
+    pub rms: f64,
+    pub relative_rms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,89 @@
+"""The GGUF output's face: plan every tensor's ggml type (refusing what GGUF cannot hold before any
+output exists), write `model.gguf` or llama.cpp's split files streaming, record each tensor's type
+and quantization error, and verify the files (with the source: re-quantized, byte for byte)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from convert.errors import UsageError
+from convert.mapping import Layout
+from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written
+from convert.source import SourceModel
+
+from . import build
+from .check import check_files, compare_with_source
+from .ggml_types import TYPES
+
+TYPE_OPTION = "type"
+OVERRIDE_OPTION = "type_override"
+DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
+
+
+class GGUFOutput:
+    name = "gguf"
+    role: Role = "tensors"
+    options: Sequence[OutputOption] = (
+        OutputOption(
+            TYPE_OPTION,
+            str,
+            DEFAULT_TYPE,
+            "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
+            tuple(TYPES),
+        ),
+        OutputOption(
+            OVERRIDE_OPTION,
+            tuple,
+            (),
+            "PATTERN=TYPE: the type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, "
+            "{n:int}, {p...}); repeatable, the last match wins",
+        ),
+    )
+
+    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+        return None
+
+    def plan(self, conversion: Conversion) -> Plan:
+        opts = conversion.options
+        if opts.dtype:
+            raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
+        chosen = opts.output_options
+        gguf_plan = build.plan(
+            conversion.kept,
+            str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
+            tuple(chosen.get(OVERRIDE_OPTION) or ()),
+            opts.max_shard_size,
+            opts.cast_loss,
+        )
+        rows = [
+            {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
+            for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
+            for p in shard
+        ]
+        source = conversion.source
+        family = build.generic_metadata(source.config, source.format)
+        work = (gguf_plan, build.file_metadata(family, gguf_plan))
+        total = sum(p.nbytes for p in gguf_plan.tensors)
+        notices = gguf_plan.notices
+        return Plan(list(gguf_plan.files), len(rows), total, rows, warnings=gguf_plan.warnings, notices=notices, work=work)
+
+    def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
+        gguf_plan, metadata = plan.work
+        written = build.write(staging, gguf_plan, metadata, context.digest, context.progress)
+        files = [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written]
+        return Written(files, build.written_tensors(gguf_plan, written))
+
+    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+        if manifest["target"]["format"] != self.name:
+            return Checked()
+        checked = Checked(checked_files={f["path"] for f in manifest["files"]})
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the source is re-quantized while the files are hashed
+            pending = pool.submit(compare_with_source, out_dir, manifest, source) if source is not None else None
+            checked.files, checked.tensors, checked.problems = check_files(out_dir, manifest)
+            if pending is not None:
+                checked.compared_with_source, problems = pending.result()
+                checked.problems += problems
+        return checked
