@@ -12,8 +12,8 @@ from pathlib import Path
 
 from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
-from convert.links import refuse_input_links
 from convert.hub import resolve as resolve_repo
+from convert.links import refuse_input_links
 
 from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
 
