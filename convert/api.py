@@ -20,6 +20,7 @@ from typing import Any
 from . import manifest as manifest_mod
 from .contract import Opened, ReaderOptions, SourceBundle, parse_size
 from .errors import UsageError
+from .links import refuse_input_links
 from .pipeline import (
     BUNDLE_INDEX,
     BundleResult,
@@ -232,8 +233,10 @@ def inspect_path(
     """Name, dtype, shape and size of every tensor in any supported input."""
     from .outputs.gguf.describe import describe, is_gguf
 
-    if Path(path).is_file() and is_gguf(Path(path)):  # an output of to-gguf (or any GGUF file)
-        return describe(path)
+    if Path(path).is_file():
+        refuse_input_links(path, follow_links)  # before the GGUF sniff reads a byte
+        if is_gguf(Path(path)):  # an output of to-gguf (or any GGUF file)
+            return describe(path)
     reader = reader or ReaderOptions(key=key)
     with open_path(path, "auto", reader, follow_links) as opened:
         source = opened.flat() if isinstance(opened, SourceBundle) else opened
