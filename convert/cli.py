@@ -219,8 +219,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-def _run_conversion(conversion: str, src: str, out: str, reader: Any, **declared: Any) -> None:
-    """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them."""
+def _run_conversion(conversion: str, src: str, out: str, reader: Any, target: str = "safetensors", **declared: Any) -> None:
+    """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them;
+    `target`: the tensor output's format (convert.outputs.registry)."""
     from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
     checked_destination([src], out, declared["overwrite"])  # before reading a source that may be large
@@ -228,7 +229,7 @@ def _run_conversion(conversion: str, src: str, out: str, reader: Any, **declared
     options = conversion_options({**declared, "layout_options": _parse_options(declared["layout_options"])})
     with open_path(src, conversion, reader) as opened:
         with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
-            result = convert_opened(opened, out, options, progress)
+            result = convert_opened(opened, out, options, progress, target)
     if not quiet:
         for warning in result.warnings:
             click.echo(f"convert: warning: {warning}", err=True)
