@@ -174,7 +174,8 @@ def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 multiple=True,
                 metavar="KEY=VALUE",
                 help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
-                "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
+                "module_types=PATH=TYPE[,...], ties=alias|duplicate and fold_weight_norm=true|false (weight/spectral "
+                "norm pieces folded into the weight; every layout but pytorch does by default).",
             ),
             click.option(
                 "--dtype",
