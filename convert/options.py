@@ -38,7 +38,8 @@ CONVERSION_OPTIONS: tuple[Option, ...] = (
         dict,
         None,
         "Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
-        "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
+        "module_types=PATH=TYPE[,...], ties=alias|duplicate and fold_weight_norm=true|false (weight/spectral "
+        "norm pieces folded into the weight; every layout but pytorch does by default).",
         cli_flag="--layout-option",
     ),
     Option(
