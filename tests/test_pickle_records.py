@@ -330,6 +330,10 @@ def test_inspect_names_the_classes(module_files: dict[str, Any]) -> None:
     rc, stdout, stderr = run_cli("inspect", module_files["files"]["whole"], "--json")
     assert rc == 0, stderr
     assert f"{module_files['module']}.MyNet" in stdout and "none imported" in stdout
+    rc, stdout, stderr = run_cli("inspect", module_files["files"]["whole"])
+    assert rc == 0, stderr
+    assert stdout.splitlines()[-1].startswith("classes named (none imported or run): ")
+    assert f"{module_files['module']}.MyNet" in stdout.splitlines()[-1]
 
 
 # ---------------------------------------------------------------------------------------------
