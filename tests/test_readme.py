@@ -124,6 +124,8 @@ def _torch_sources(root: Path) -> None:
         root / "train.pt",
     )
     torch.save({"ema": state, "epoch": 1}, root / "train.ckpt")
+    torch.save(net, root / "whole.pt")  # a whole module: its classes become records, never imported
+    torch.save({"model": net, "ema": net, "optimizer": optimizer.state_dict(), "epoch": 2}, root / "yolo.pt")
     (root / "hf-folder").mkdir()
     torch.save(state, root / "hf-folder" / "pytorch_model.bin")
     (root / "hf-folder" / "config.json").write_text(json.dumps({"model_type": "toy"}))
@@ -335,6 +337,8 @@ GROUP_OF = {
             "models/",
             "train.pt",
             "ema.pt",
+            "whole.pt",
+            "yolo.pt",
             "run.ckpt",
             "silero_vad.jit",
             "params.npz",
