@@ -554,6 +554,14 @@ def denied_message(qualname: str) -> str:
     )
 
 
+def classes_fact(named: set[str]) -> dict[str, Any]:
+    """The manifest's record of the classes a pickle named (`source.details.pickled_classes`)."""
+    return {
+        "names": sorted(named)[:500],
+        "imported": "none imported, called or asked for an attribute: each kept as a record of its name, arguments and state",
+    }
+
+
 def restricted_load(
     data: bytes | BinaryIO,
     persistent_load: Callable[[Any], Any] | None = None,

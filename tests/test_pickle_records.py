@@ -380,6 +380,9 @@ def test_flax_frozen_dict_pickle_converts(tmp_path: Path) -> None:
     src = tmp_path / "params.pkl"
     src.write_bytes(pickle.dumps(params, protocol=4))
     got = npz_convert(src, tmp_path / "out")
+    assert read_manifest(tmp_path / "out")["source"]["details"]["pickled_classes"]["names"] == [
+        "flax.core.frozen_dict.FrozenDict"
+    ]
     back = pickle.loads(src.read_bytes())  # the test's own fixture
     dense = back["params"]["Dense_0"]
     assert set(got) == {"params.Dense_0.weight", "params.Dense_0.bias"}

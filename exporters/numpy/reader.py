@@ -24,7 +24,7 @@ import numpy as np
 
 from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from convert.pickle_reader import InertObject, NumpyArrayRecord, record_parts, restricted_load
+from convert.pickle_reader import InertObject, NumpyArrayRecord, classes_fact, record_parts, restricted_load
 from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, in_memory
 from convert.zip_members import member_offset, open_zip
@@ -49,8 +49,13 @@ def _read(p: Path, mapped: MappedFile) -> SourceModel:
     elif head[:4] == b"PK\x03\x04":
         fmt, tree = "npz", _npz(p, mapped)
     elif head[:1] == b"\x80":
+        classes: set[str] = set()
         with open(p, "rb") as fh:
-            fmt, tree = "numpy-pickle", _Tree(p.name).of(restricted_load(fh, inert=(), what=f"{p.name}: pickle", records=True))
+            obj = restricted_load(fh, inert=(), what=f"{p.name}: pickle", records=True, named=classes)
+        source = _source("numpy-pickle", p, _Tree(p.name).of(obj), mapped)
+        if classes:
+            source.extras["pickled_classes"] = classes_fact(classes)
+        return source
     else:
         raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
     return _source(fmt, p, tree, mapped)

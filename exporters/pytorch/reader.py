@@ -26,6 +26,7 @@ from convert.pickle_reader import (
     DEFAULT_INERT,
     InertObject,
     TensorRecord,
+    classes_fact,
     jsonable,
     record_parts,
     restricted_load,
@@ -62,8 +63,7 @@ _CHECKPOINT_FACTS = (
     "train_args",
     "opt",
 )
-# What the manifest says of the classes a pickle named (each kept as a record, none imported).
-RECORDS_NOTE = "none imported, called or asked for an attribute: each kept as an inert record of its name, arguments and state"
+
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 
@@ -110,7 +110,7 @@ def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> 
             fmt = "torchscript"
             named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
         if classes:
-            extras["pickled_classes"] = {"names": sorted(classes)[:500], "imported": RECORDS_NOTE}
+            extras["pickled_classes"] = classes_fact(classes)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
         return SourceModel(
             format=fmt,
