@@ -77,7 +77,7 @@ def expected_codes(entry: dict[str, str]) -> set[int]:
         return ATTACK_CODES[attack]
     if "no canary by design" in entry["attack"] and "evil.Payload" not in entry["attack"]:
         return {4, 5, 6}  # a new structural attack: refused is all that is known
-    return {5}  # a global that is not on the allow-list
+    return {5}  # a global on the deny list
 
 
 @dataclass
