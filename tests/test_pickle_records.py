@@ -388,3 +388,17 @@ def test_flax_frozen_dict_pickle_converts(tmp_path: Path) -> None:
     assert set(got) == {"params.Dense_0.weight", "params.Dense_0.bias"}
     assert np.array_equal(got["params.Dense_0.weight"].numpy(), dense["kernel"].T)
     assert np.array_equal(got["params.Dense_0.bias"].numpy(), dense["bias"])
+
+
+def test_module_shared_under_many_names_is_refused_quickly(tmp_path: Path) -> None:
+    """One module under two names at every level, 20 deep: 2**20 state_dict() names from a small file
+    (torch's own state_dict() would walk them all). Refused as corrupt from the module count."""
+    module: Any = torch.nn.Linear(2, 2)
+    for _ in range(20):
+        module = torch.nn.Sequential(module, module)
+    src = tmp_path / "bomb.pt"
+    torch.save(module, src)
+    assert src.stat().st_size < 200_000
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("pth-to-safetensors", src, out, timeout=60), 6, "modules")
+    assert_no_output(out)
