@@ -772,6 +772,9 @@ def inspect(path: str, key: str | None, follow_links: bool) -> None:
         f"{info['format']}: {len(rows)} tensors, {params:,} parameters, {human_bytes(info['bytes'])}"
         + (f" ({', '.join(f'{d} {human_bytes(n)}' for d, n in sorted(per_dtype.items()))})" if per_dtype else "")
     )
+    classes = info["details"].get("pickled_classes")
+    if classes:  # what the pickle named, each kept as an inert record
+        click.echo(f"classes named (none imported or run): {', '.join(classes['names'])}")
 
 
 def human_bytes(n: int) -> str:

@@ -2,10 +2,12 @@
 
 `find_class` never imports anything.  Every global a pickle may name maps to a stand-in defined
 here: tensor rebuild functions become `TensorRecord` builders, storage classes and dtypes become
-markers, containers become plain Python containers, and a short list of known non-tensor classes
-(Lightning's AttributeDict, loss objects, argparse.Namespace) becomes `InertObject` records of their
-class name and arguments.  Any other global is refused with its name.  What a pickle can make is
-therefore only data; nothing in it is ever imported, called or executed.
+markers, containers become plain Python containers, and every other class or function becomes an
+`InertObject` record of its qualified name, its call arguments and its BUILD state (readers that
+take only known classes pass `records=False`, and anything else is refused with its name).  A
+global that only an attack needs (convert.pickle_denylist) refuses the whole pickle, wherever it
+sits.  What a pickle can make is therefore only data; nothing in it is ever imported, called,
+asked for an attribute or executed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from .dtypes import TORCH_DTYPES, TORCH_STORAGE_TYPES, dtype as lookup_dtype
 from .errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
+from .pickle_denylist import denied
 from .tensors import check_shape
 
 
@@ -63,7 +66,8 @@ class TensorRecord:
 
 
 class InertObject:
-    """An object of a known non-tensor class, kept as a record; its class is never imported."""
+    """An object of a class the reader has no stand-in for, kept as a record of its qualified name, its
+    call arguments, its BUILD state and the items a pickle set on it; its class is never imported."""
 
     qualname = "?"
     # set per instance by __new__ (before any BUILD can reach them), not class attributes
@@ -209,7 +213,10 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
     if not isinstance(func, _SafeCallable) or func._name not in _TENSOR_REBUILDERS:
         raise UnsafeInputError("_rebuild_from_type_v2 with a function that is not a tensor rebuild")
     if not isinstance(new_type, _TypeMarker) or new_type.qualname not in _TENSOR_TYPES:
-        raise UnsupportedFormatError(f"tensor subclass {getattr(new_type, 'qualname', new_type)!r} is not supported")
+        raise UnsupportedFormatError(
+            f"tensor subclass {getattr(new_type, 'qualname', new_type)!r} is not supported "
+            "(nothing was imported); save its data as plain tensors (t.as_subclass(torch.Tensor)) to convert it"
+        )
     if type(args) is not tuple:
         raise CorruptInputError("_rebuild_from_type_v2 arguments are not a tuple")
     return func(*args)
@@ -381,6 +388,8 @@ class AttributeReference:
 def _attribute_reference(obj: Any, name: Any, *default: Any) -> AttributeReference:
     if type(name) is not str:
         raise CorruptInputError("getattr in a pickle with a name that is not a string")
+    if name.startswith("__") and name.endswith("__"):  # __globals__, __builtins__, __init__: the ways out of data
+        raise UnsafeInputError(f"refused: the pickle asks for attribute {name[:40]!r} with getattr, which only an attack needs")
     return AttributeReference(obj.qualname if isinstance(obj, InertObject) else type(obj).__name__, name)
 
 
@@ -396,6 +405,16 @@ def _restore_type_tag(value: Any, type_str: Any) -> Any:
 
 def _torch_size(dims: Any = ()) -> tuple[int, ...]:
     return _int_tuple(dims, "torch.Size")
+
+
+def _numpy_frombuffer(buf: Any, dt: Any, shape: Any, order: Any = "C") -> NumpyArrayRecord:
+    """numpy >= 1.23 pickles a contiguous array with protocol 5 as `_frombuffer(buffer, dtype, shape,
+    order)`; with the buffer in the stream it is the array's bytes, rebuilt like `_reconstruct`'s."""
+    if type(buf) not in (bytes, bytearray) or not isinstance(dt, NumpyDType) or order not in ("C", "F"):
+        raise CorruptInputError("numpy _frombuffer without the array's bytes, a plain dtype and an order")
+    record = NumpyArrayRecord()
+    record.state = (1, _int_tuple(shape, "numpy shape"), dt, order == "F", bytes(buf))
+    return record
 
 
 _TENSOR_REBUILDERS = (
@@ -441,6 +460,8 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
     "numpy._core.multiarray.scalar": _numpy_scalar,
     "numpy.core.multiarray._reconstruct": _numpy_reconstruct,
     "numpy._core.multiarray._reconstruct": _numpy_reconstruct,
+    "numpy.core.numeric._frombuffer": _numpy_frombuffer,
+    "numpy._core.numeric._frombuffer": _numpy_frombuffer,
 }
 
 _TYPE_MARKERS = {
@@ -452,7 +473,8 @@ _TYPE_MARKERS = {
     "__builtin__.object",
 }
 
-# Known non-tensor classes met in real checkpoints. They become InertObject records.
+# Known non-tensor classes met in real checkpoints. They become InertObject records even for readers
+# that take no unknown class (records=False).
 DEFAULT_INERT: tuple[str, ...] = (
     "pytorch_lightning.utilities.parsing.AttributeDict",
     "lightning.pytorch.utilities.parsing.AttributeDict",
@@ -474,16 +496,24 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler whose globals come only from the stand-ins above."""
 
     def __init__(
-        self, file: BinaryIO, persistent_load: Callable[[Any], Any] | None = None, inert: tuple[str, ...] = DEFAULT_INERT
+        self,
+        file: BinaryIO,
+        persistent_load: Callable[[Any], Any] | None = None,
+        inert: tuple[str, ...] = DEFAULT_INERT,
+        records: bool = False,
     ) -> None:
         # latin-1 as torch.load(encoding="latin1"): Python 2 pickles store str keys as byte strings
         super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._inert = inert
+        self._records = records
         self._inert_classes: dict[str, type[InertObject]] = {}
+        self.named: set[str] = set()  # every class or function kept as a record
 
     def find_class(self, module: str, name: str) -> Any:
         qualname = f"{module}.{name}"
+        if denied(module, name):
+            raise UnsafeInputError(denied_message(qualname))
         if qualname in _CALLABLES:
             return _SafeCallable(qualname, _CALLABLES[qualname])
         if module in ("torch", "torch.cuda") and name in TORCH_STORAGE_TYPES:
@@ -494,17 +524,20 @@ class RestrictedUnpickler(pickle.Unpickler):
             return TorchDType(TORCH_DTYPES[name])
         if qualname in _TYPE_MARKERS:
             return _TypeMarker(qualname)
-        if any(qualname == p or (p.endswith(".") and qualname.startswith(p)) for p in self._inert):
+        if not all(part.isidentifier() for part in qualname.split(".")):
+            raise UnsafeInputError(f"refused: the pickle names global '{qualname[:200]}', which no Python module or class can be")
+        if self._records or any(qualname == p or (p.endswith(".") and qualname.startswith(p)) for p in self._inert):
             return self._inert_class(qualname)
-        hint = ""
-        if module == "__main__" or module.startswith("torch.nn.modules."):
-            hint = " (this looks like a whole pickled model; save model.state_dict() instead)"
-        raise UnsafeInputError(f"refused: the pickle needs global '{qualname}', which is not on the allow-list{hint}")
+        raise UnsafeInputError(
+            f"refused: the pickle names class '{qualname}', which this file type never holds (nothing was imported); "
+            "if the file is yours, save its tensors as a state dict or as plain arrays"
+        )
 
     def _inert_class(self, qualname: str) -> type[InertObject]:
+        self.named.add(qualname)
         cls = self._inert_classes.get(qualname)
         if cls is None:
-            cls = type("Inert_" + qualname.rsplit(".", 1)[-1], (InertObject,), {"qualname": qualname})
+            cls = type("Inert", (InertObject,), {"qualname": qualname})
             self._inert_classes[qualname] = cls
         return cls
 
@@ -514,26 +547,49 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
+def denied_message(qualname: str) -> str:
+    return (
+        f"refused: the pickle names '{qualname[:200]}', a global only an attack needs "
+        "(nothing was imported or run; a weight file has no reason to hold it)"
+    )
+
+
+def classes_fact(named: set[str]) -> dict[str, Any]:
+    """The manifest's record of the classes a pickle named (`source.details.pickled_classes`)."""
+    return {
+        "names": sorted(named)[:500],
+        "imported": "none imported, called or asked for an attribute: each kept as a record of its name, arguments and state",
+    }
+
+
 def restricted_load(
     data: bytes | BinaryIO,
     persistent_load: Callable[[Any], Any] | None = None,
     inert: tuple[str, ...] = DEFAULT_INERT,
     what: str = "pickle",
+    records: bool = False,
+    named: set[str] | None = None,
 ) -> Any:
-    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError. A pickle
-    that fails as malformed but names a global off the allow-list anywhere is refused as unsafe: a
-    gadget behind a deliberate error is still an attack (exit 5), not a damaged file (6)."""
+    """Unpickle `data` with the restricted unpickler; any failure becomes a ConvertError. `records`:
+    every global without a stand-in becomes an inert record (else only those in `inert` do); the
+    qualified names kept as records are added to `named`. A pickle that fails as malformed but
+    names a refused global anywhere is refused as unsafe: a gadget behind a deliberate error is
+    still an attack (exit 5), not a damaged file (6)."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     start = stream.tell()
     try:
         _prescan(stream, what)
-        return RestrictedUnpickler(stream, persistent_load, inert).load()
+        unpickler = RestrictedUnpickler(stream, persistent_load, inert, records)
+        obj = unpickler.load()
     except Exception as exc:  # pickle raises many types for malformed input
         if isinstance(exc, ConvertError) and not isinstance(exc, CorruptInputError):
             raise  # a refusal that already says why (unsafe, unsupported)
         error = exc if isinstance(exc, ConvertError) else _load_error(exc, what)
         stream.seek(start)
-        raise _refused_global(stream, inert) or error from None
+        raise _refused_global(stream, inert, records) or error from None
+    if named is not None:
+        named |= unpickler.named
+    return obj
 
 
 def _load_error(exc: Exception, what: str) -> ConvertError:
@@ -546,10 +602,10 @@ def _load_error(exc: Exception, what: str) -> ConvertError:
     return CorruptInputError(f"{what} is malformed: {type(exc).__name__}: {exc}")
 
 
-def _refused_global(stream: BinaryIO, inert: tuple[str, ...]) -> UnsafeInputError | None:
-    """The refusal of the first global off the allow-list the pickle names, read from its opcodes
-    alone (up to where they stop making sense); None when it names none."""
-    probe = RestrictedUnpickler(io.BytesIO(b""), None, inert)
+def _refused_global(stream: BinaryIO, inert: tuple[str, ...], records: bool) -> UnsafeInputError | None:
+    """The refusal of the first refused global the pickle names, read from its opcodes alone (up to
+    where they stop making sense); None when it names none."""
+    probe = RestrictedUnpickler(io.BytesIO(b""), None, inert, records)
     strings: list[str] = []
     try:
         for op, arg, _pos in pickletools.genops(stream):
@@ -580,6 +636,11 @@ _MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "
 def _prescan(stream: BinaryIO, what: str) -> None:
     """Check a pickle's opcodes before the C unpickler builds anything from them.
 
+    Every global the opcodes name is checked against the deny list first (GLOBAL and INST by their
+    argument, STACK_GLOBAL by the strings the simulated stack holds), so an attack is refused naming
+    its global even when harmless records or a deliberate error come before it. A protocol-5 pickle
+    whose buffers were written out of band is refused here too: the buffers are not in the file.
+
     Two things the C unpickler cannot be trusted with are refused here: a memo index beyond the
     entries made so far (it sizes its memo array by the largest index: one forged LONG_BINPUT of
     ~2**31 zero-fills gigabytes), and containers nested past MAX_NESTING (hashing such a tuple as a
@@ -593,6 +654,7 @@ def _prescan(stream: BinaryIO, what: str) -> None:
     stack: list[int] = []  # the objects on the unpickler's stack, as indices into depths
     marks: list[int] = []  # stack lengths at each MARK
     memo: dict[object, int] = {}  # keyed by a PUT's int index, looked up by whatever a GET carries
+    strings: dict[int, str] = {}  # the text of the objects made by string opcodes
     made = 0
     try:
         ops = pickletools.genops(stream)
@@ -620,13 +682,36 @@ def _prescan(stream: BinaryIO, what: str) -> None:
             elif name == "POP" and marks and marks[-1] == len(stack):
                 marks.pop()
             else:
+                _check_global(name, arg, stack, strings)
                 _simulate(op, name, stack, marks, depths, what)
+                if type(arg) is str and name in _STRING_OPS:
+                    strings[stack[-1]] = arg
     except ConvertError:
         raise
     except (IndexError, KeyError):  # a malformed stack: the unpickler below reports it
         pass
     finally:
         stream.seek(start)
+
+
+_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})
+
+
+def _check_global(name: str, arg: Any, stack: list[int], strings: dict[int, str]) -> None:
+    """Refuse a global on the deny list, and out-of-band buffers, before anything is built."""
+    if name in ("GLOBAL", "INST") and type(arg) is str:
+        module, _, attr = arg.partition(" ")
+    elif name == "STACK_GLOBAL" and len(stack) >= 2:
+        module, attr = strings.get(stack[-2], ""), strings.get(stack[-1], "")
+    elif name == "NEXT_BUFFER":
+        raise UnsupportedFormatError(
+            "the pickle's buffers were written out of band (protocol 5 with a buffer_callback) and are not in the "
+            "file; pickle the arrays with the buffers in band (no buffer_callback) or save them with numpy.savez"
+        )
+    else:
+        return
+    if module and attr and denied(module, attr):
+        raise UnsafeInputError(denied_message(f"{module}.{attr}"))
 
 
 def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int], what: str) -> None:
@@ -678,15 +763,78 @@ def text_of(value: Any) -> str:
         return "<unprintable>"
 
 
+def _omegaconf_container(obj: InertObject) -> Any:
+    """A DictConfig's or ListConfig's content: its keys or items, each node by its value."""
+    content = obj.state.get("_content") if isinstance(obj.state, dict) else None
+    if isinstance(content, dict):
+        return {k: _omegaconf_value(v) for k, v in content.items()}
+    if isinstance(content, list):
+        return [_omegaconf_value(v) for v in content]
+    return content  # None, a missing value ("???") or an interpolation string
+
+
+def _omegaconf_value(node: Any) -> Any:
+    if isinstance(node, InertObject) and node.qualname.startswith("omegaconf.nodes.") and isinstance(node.state, dict):
+        return node.state.get("_val")
+    return node
+
+
+def _frozen_dict(obj: InertObject) -> Any:
+    return obj.args[0] if len(obj.args) == 1 else obj.state.get("_dict") if isinstance(obj.state, dict) else obj.state
+
+
+# Records whose plain data is not their state as pickled: the value they stand for, rendered instead
+# (read as data; nothing of these packages is imported).
+PLAIN_RECORDS: dict[str, Callable[[InertObject], Any]] = {
+    "omegaconf.dictconfig.DictConfig": _omegaconf_container,
+    "omegaconf.listconfig.ListConfig": _omegaconf_container,
+    "flax.core.frozen_dict.FrozenDict": _frozen_dict,
+}
+
+
+def plain_value(obj: Any) -> Any:
+    """What a record stands for as data (a DictConfig's dict, a FrozenDict's dict); anything else as is."""
+    if isinstance(obj, InertObject) and obj.qualname in PLAIN_RECORDS:
+        return PLAIN_RECORDS[obj.qualname](obj)
+    return obj
+
+
+def record_parts(obj: InertObject) -> list[tuple[str, Any]]:
+    """A record's parts by the names its tensors take below it: the entries of the value it stands for
+    (PLAIN_RECORDS), else its state's attributes (a non-dict state as `state`), the items and list
+    items a pickle set on it, then its call arguments as `args.N` and `kwargs.NAME`."""
+    plain = plain_value(obj)
+    if plain is not obj:
+        if isinstance(plain, dict):
+            return [(text_of(k), v) for k, v in plain.items()]
+        return [(str(i), v) for i, v in enumerate(plain)] if isinstance(plain, (list, tuple)) else [("value", plain)]
+    parts: list[tuple[str, Any]] = []
+    if isinstance(obj.state, dict):
+        parts += [(text_of(k), v) for k, v in obj.state.items()]
+    elif obj.state is not None:
+        parts.append(("state", obj.state))
+    parts += [(text_of(k), v) for k, v in obj.items.items()]
+    parts += [(str(i), v) for i, v in enumerate(obj.list_items)]
+    parts += [(f"args.{i}", v) for i, v in enumerate(obj.args)]
+    parts += [(f"kwargs.{text_of(k)}", v) for k, v in obj.kwargs.items()]
+    return parts
+
+
 def jsonable(obj: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """A JSON-ready rendering of unpickled data for the manifest, bounded in depth, in length and in
-    total size (containers shared through the pickle memo would otherwise grow it exponentially)."""
+    total size (containers shared through the pickle memo would otherwise grow it exponentially).
+    Records render as their class and parts, or as the plain data they stand for (PLAIN_RECORDS);
+    a class or function the pickle names without calling it renders as {"__global__": name}."""
     budget = [_MAX_NODES] if budget is None else budget
     budget[0] -= 1
     if depth > _MAX_DEPTH:
         return "<nested too deeply>"
     if budget[0] < 0:
         return "<truncated>"
+    if isinstance(obj, type) and issubclass(obj, InertObject):
+        return {"__global__": obj.qualname}
+    if isinstance(obj, InertObject) and obj.qualname in PLAIN_RECORDS:
+        return jsonable(plain_value(obj), depth + 1, budget)
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):

@@ -308,6 +308,7 @@ class Gadget:
     canary: bool  # would create the canary under torch.load(weights_only=False)
     root: ObjectFor
     protocol: int = 2
+    expect: str = "refused"
 
 
 def executes(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadget:
@@ -317,6 +318,12 @@ def executes(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadg
 def inert(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadget:
     """A gadget that cannot create the canary (missing class, bad reference), yet must be refused."""
     return Gadget(name, attack + NO_CANARY, False, root, protocol)
+
+
+def recorded(name: str, attack: str, root: ObjectFor, protocol: int = 2) -> Gadget:
+    """A class no reader knows beside real weights: converted, the class kept as an inert record of its
+    name and arguments (never imported, called or carried into the weights)."""
+    return Gadget(name, attack + NO_CANARY, False, root, protocol, "inert")
 
 
 GADGETS: tuple[Gadget, ...] = (
@@ -448,17 +455,30 @@ GADGETS: tuple[Gadget, ...] = (
         weight(hooks=ordered_dict({"hook": OS_SYSTEM})),
     ),
     executes("persid_gadget", "storage key inside the persistent id is os.system(...)", weight_storage(key=OS_SYSTEM)),
-    # Unknown classes: nothing to import, but the globals must still be refused.
-    inert("inst_unknown", "INST evil.Payload", beside(inst("evil", "Payload", CANARY_SHELL))),
-    inert("obj_unknown", "OBJ on GLOBAL evil.Payload", beside(obj(UNKNOWN, CANARY_SHELL))),
-    inert("newobj_unknown", "NEWOBJ of evil.Payload", beside(newobj(UNKNOWN, (CANARY_SHELL,)))),
-    inert(
+    # Python 2 module names, as torch.save's protocol 2 writes them.
+    executes(
+        "py2_builtin_eval",
+        "GLOBAL __builtin__.eval (Python 2's name for builtins) of source that creates canary",
+        beside(call(glob("__builtin__", "eval"), CANARY_SOURCE)),
+    ),
+    inert("py2_commands_popen", "GLOBAL commands.Popen (Python 2's subprocess helpers)", beside(glob("commands", "Popen"))),
+    # A harmless unknown class first: the dangerous global after it is still refused, by name.
+    executes(
+        "unknown_then_os_system",
+        "fractions.Fraction(1), a class no reader has a stand-in for, first; then os.system('touch canary')",
+        lambda fmt: {"weight": tensor(fmt.storage()), "config": call(glob("fractions", "Fraction"), 1), "extra": OS_SYSTEM},
+    ),
+    # Unknown classes: nothing to import; each becomes an inert record and the weights convert.
+    recorded("inst_unknown", "INST evil.Payload", beside(inst("evil", "Payload", CANARY_SHELL))),
+    recorded("obj_unknown", "OBJ on GLOBAL evil.Payload", beside(obj(UNKNOWN, CANARY_SHELL))),
+    recorded("newobj_unknown", "NEWOBJ of evil.Payload", beside(newobj(UNKNOWN, (CANARY_SHELL,)))),
+    recorded(
         "newobj_ex_unknown",
         "NEWOBJ_EX of evil.Payload (protocol 4)",
         beside(newobj_ex(UNKNOWN, (), {"cmd": CANARY_SHELL})),
         protocol=4,
     ),
-    inert(
+    recorded(
         "build_unknown",
         "BUILD state onto a NEWOBJ evil.Payload",
         beside(build(newobj(UNKNOWN, ()), {"cmd": CANARY_SHELL})),
@@ -650,8 +670,8 @@ def gadget_files(base: TorchBase) -> list[Hostile]:
     for g in GADGETS:
         zip_data = zip_checkpoint(base, dump(g.root(ZIP), g.protocol))
         legacy_data = legacy_checkpoint(base, dump(g.root(LEGACY), g.protocol))
-        files.append(Hostile(f"zip_{g.name}.pt", "zip", g.attack, g.canary, zip_data))
-        files.append(Hostile(f"legacy_{g.name}.pt", "legacy", g.attack, g.canary, legacy_data))
+        files.append(Hostile(f"zip_{g.name}.pt", "zip", g.attack, g.canary, zip_data, g.expect))
+        files.append(Hostile(f"legacy_{g.name}.pt", "legacy", g.attack, g.canary, legacy_data, g.expect))
     return files
 
 
@@ -709,9 +729,10 @@ def container_files(base: TorchBase) -> list[Hostile]:
         Hostile(
             "zip_whole_module.pt",
             "zip",
-            "whole module pickle: torch.save(nn.Module) needs unknown global __main__.TinyNet" + NO_CANARY,
+            "whole module pickle: torch.save(nn.Module) of __main__.TinyNet, a class no reader can import" + NO_CANARY,
             False,
             zip_archive(torch_zip_entries(module)),
+            "inert",
         ),
         Hostile(
             "zip_truncated.pt",

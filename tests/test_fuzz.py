@@ -409,7 +409,7 @@ def _unpickle_and_walk(data: bytes) -> None:
 
     for persistent in (None, storages):
         try:
-            obj = restricted_load(data, persistent)
+            obj = restricted_load(data, persistent, records=persistent is not None)  # as torch files: unknown classes as records
         except ConvertError:
             continue
         json.dumps(jsonable(obj))

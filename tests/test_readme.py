@@ -132,6 +132,8 @@ def _torch_sources(root: Path) -> None:
         gan = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 2)))
     torch.save(tts.state_dict(), root / "tts.pt")
     torch.save(gan.state_dict(), root / "gan.pt")
+    torch.save(net, root / "whole.pt")  # a whole module: its classes become records, never imported
+    torch.save({"model": net, "ema": net, "optimizer": optimizer.state_dict(), "epoch": 2}, root / "yolo.pt")
     (root / "hf-folder").mkdir()
     torch.save(state, root / "hf-folder" / "pytorch_model.bin")
     (root / "hf-folder" / "config.json").write_text(json.dumps({"model_type": "toy"}))
@@ -345,6 +347,8 @@ GROUP_OF = {
             "ema.pt",
             "tts.pt",
             "gan.pt",
+            "whole.pt",
+            "yolo.pt",
             "run.ckpt",
             "silero_vad.jit",
             "params.npz",

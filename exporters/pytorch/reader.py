@@ -22,10 +22,21 @@ import numpy as np
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError, UsageError
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
-from convert.pickle_reader import DEFAULT_INERT, TensorRecord, jsonable, restricted_load, storage_dtype, text_of
+from convert.pickle_reader import (
+    DEFAULT_INERT,
+    InertObject,
+    TensorRecord,
+    classes_fact,
+    jsonable,
+    record_parts,
+    restricted_load,
+    storage_dtype,
+    text_of,
+)
 from convert.source import SourceModel
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, is_c_contiguous, strided_extent
 from convert.zip_members import ZIP_MAGIC, check_stored_crc, member_offset, open_zip
+from exporters.pytorch.modules import ModuleTree, child_modules, is_module, walk_module
 from exporters.pytorch.torchscript import (
     INERT as TORCHSCRIPT_INERT,
     Members,
@@ -49,7 +60,10 @@ _CHECKPOINT_FACTS = (
     "hparams_name",
     "config",
     "args",
+    "train_args",
+    "opt",
 )
+
 HF_WEIGHTS = "pytorch_model.bin"
 HF_INDEX = "pytorch_model.bin.index.json"
 
@@ -83,17 +97,20 @@ def open_torch_file(path: Path, key: str | None, strip_prefix: str = "auto") -> 
         with open(path, "rb") as fh:
             head = fh.read(4)
         architecture = None
+        classes: set[str] = set()  # the globals kept as inert records
         if head == ZIP_MAGIC:
-            fmt, (obj, big_endian, script) = "pytorch-zip", _read_zip(path, mapped.size)
+            fmt, (obj, big_endian, script) = "pytorch-zip", _read_zip(path, mapped.size, classes)
         elif head[:1] == b"\x80":
-            fmt, (obj, big_endian), script = "pytorch-legacy", _read_legacy(path, mapped.size), None
+            fmt, (obj, big_endian), script = "pytorch-legacy", _read_legacy(path, mapped.size, classes), None
         else:
             raise UnsupportedFormatError(f"{path.name}: not a torch.save file (neither zip nor pickle)")
         if script is None:
-            named, extras, dropped = select_tensors(obj, key, strip_prefix)
+            named, extras, dropped, architecture = select_tensors(obj, key, strip_prefix)
         else:
             fmt = "torchscript"
             named, extras, dropped, architecture = _script_tensors(path, obj, script, key)
+        if classes:
+            extras["pickled_classes"] = classes_fact(classes)
         tensors = [_tensor_ref(name, rec, mapped, big_endian, path) for name, rec in named]
         return SourceModel(
             format=fmt,
@@ -144,7 +161,7 @@ class _Script:
     constants: list[tuple[str, TensorRecord]]
 
 
-def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
+def _read_zip(path: Path, file_size: int, classes: set[str]) -> tuple[Any, bool, _Script | None]:
     zf = open_zip(path)
     with zf:
         infos = {i.filename: i for i in zf.infolist()}
@@ -159,7 +176,7 @@ def _read_zip(path: Path, file_size: int) -> tuple[Any, bool, _Script | None]:
             if byteorder not in ("little", "big"):
                 raise CorruptInputError(f"{path.name}: byteorder entry says {byteorder!r}")
             inert = (*DEFAULT_INERT, *TORCHSCRIPT_INERT) if script else DEFAULT_INERT
-            obj = _zip_pickle(path, zf, infos, root, "data", file_size, inert)
+            obj = _zip_pickle(path, zf, infos, root, "data", file_size, inert, None if script else classes)
             if not script:
                 return obj, byteorder == "big", None
             constants = (
@@ -181,8 +198,11 @@ def _zip_pickle(
     stem: str,
     file_size: int,
     inert: tuple[str, ...],
+    classes: set[str] | None = None,
 ) -> Any:
-    """`<root>/<stem>.pkl` read by the restricted unpickler, its storages located in `<root>/<stem>/`."""
+    """`<root>/<stem>.pkl` read by the restricted unpickler, its storages located in `<root>/<stem>/`;
+    with `classes`, every global without a stand-in becomes a record and is added there (TorchScript
+    archives, whose records the module walker reads, take only their own classes)."""
     pkl_info = infos[f"{root}{stem}.pkl"]
     if pkl_info.file_size > max(file_size, 1) * (1 if pkl_info.compress_type == zipfile.ZIP_STORED else 64):
         raise CorruptInputError(f"{path.name}: {stem}.pkl declares {pkl_info.file_size} bytes, more than the file holds")
@@ -202,7 +222,9 @@ def _zip_pickle(
             storages[skey] = _locate_zip_storage(path, zf, infos, f"{root}{stem}/", skey, code, numel, file_size)
         return storages[skey]
 
-    return restricted_load(pickle_bytes, persistent_load, inert, what=f"{path.name}: {stem}.pkl")
+    return restricted_load(
+        pickle_bytes, persistent_load, inert, what=f"{path.name}: {stem}.pkl", records=classes is not None, named=classes
+    )
 
 
 def _locate_zip_storage(
@@ -228,11 +250,17 @@ def _locate_zip_storage(
     return _Storage(key, code, numel, offset, info.file_size)
 
 
-def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
+def _read_legacy(path: Path, file_size: int, classes: set[str]) -> tuple[Any, bool]:
     name = path.name
     storages: dict[str, _Storage] = {}
 
-    def persistent_load(pid: Any) -> _Storage:
+    def persistent_load(pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 4 and pid[0] == "module":
+            # a module class, with its source file and text for torch's source-change warning: the
+            # class is a record already; the source is never read or run
+            if isinstance(pid[1], type) and issubclass(pid[1], InertObject):
+                return pid[1]
+            raise UnsafeInputError(f"{name}: a module persistent id that names no class")
         if type(pid) is not tuple or len(pid) != 6 or pid[0] != "storage":
             raise UnsafeInputError(f"{name}: unexpected persistent id {jsonable(pid)!r}")
         _, storage_type, skey, _location, numel, view_metadata = pid
@@ -255,7 +283,7 @@ def _read_legacy(path: Path, file_size: int) -> tuple[Any, bool]:
             raise UnsupportedFormatError(f"{name}: legacy torch format version {protocol!r} is not supported")
         sys_info = restricted_load(fh, what=f"{name}: header")
         little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-        obj = restricted_load(fh, persistent_load, what=f"{name}: pickle")
+        obj = restricted_load(fh, persistent_load, what=f"{name}: pickle", records=True, named=classes)
         keys = restricted_load(fh, what=f"{name}: storage list")
         if type(keys) is not list or any(type(k) is not str for k in keys):
             raise CorruptInputError(f"{name}: storage list is malformed")
@@ -312,21 +340,24 @@ def _tensor_ref(name: str, rec: TensorRecord, mapped: MappedFile, big_endian: bo
 
 def select_tensors(
     obj: Any, key: str | None, strip_prefix: str = "auto"
-) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str]]:
+) -> tuple[list[tuple[str, TensorRecord]], dict[str, Any], dict[str, str], dict[str, Any] | None]:
     """Find the state dict in a checkpoint: `key` (dotted) if given, else the best candidate model state
-    dict (listed, the choice noted), else the root. Training states beside it are left out and named
-    in the returned dropped map (name -> reason). `strip_prefix`: "auto" (a wrapper's prefix, see `wrapper_prefix`),
-    "none", or a prefix to strip from every name."""
+    dict or whole module (listed, the choice noted), else the root. Training states beside it are left
+    out and named in the returned dropped map (name -> reason), as are tensors of pickled modules that
+    `state_dict()` does not give. `strip_prefix`: "auto" (a wrapper's prefix, see `wrapper_prefix`),
+    "none", or a prefix to strip from every name. Returns the named tensors, the extras, the dropped
+    map and the module tree's facts (None without pickled modules)."""
     extras: dict[str, Any] = {}
     notes: list[str] = []
     dropped: dict[str, str] = {}
     chosen, chosen_key = obj, None
     if key:
         for part in key.split("."):
-            if not isinstance(chosen, dict) or part not in chosen:
-                where = sorted(map(text_of, chosen))[:20] if isinstance(chosen, dict) else type(chosen).__name__
+            entries = child_modules(chosen) if is_module(chosen) else chosen if isinstance(chosen, dict) else None
+            if entries is None or part not in entries:
+                where = sorted(map(text_of, entries))[:20] if entries is not None else _kind(chosen)
                 raise SourceNotFoundError(f"key {key!r} not found in the checkpoint (at {part!r}; there: {where})")
-            chosen = chosen[part]
+            chosen = entries[part]
         extras["key"] = chosen_key = key
     elif isinstance(obj, dict):
         chosen, chosen_key = _choose_model_entry(obj, extras, notes, dropped)
@@ -338,16 +369,33 @@ def select_tensors(
             extras["checkpoint"] = facts
     named: list[tuple[str, TensorRecord]] = []
     skipped: list[str] = []
-    _flatten(chosen, "", named, skipped, 0)
+    tree = ModuleTree()
+    _flatten(chosen, "", named, skipped, 0, tree)
     if skipped:
         extras["skipped_non_tensors"] = skipped[:200]
     if not named:
-        keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else _kind(obj)
         raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
-    named = _strip(named, obj, chosen_key, strip_prefix, extras, notes)
+    prefix = _strip_prefix([n for n, _ in named], obj, chosen_key, strip_prefix, extras, notes)
+    named = [(_unprefixed(n, prefix), rec) for n, rec in named]
+    dropped.update({_unprefixed(n, prefix): why for n, why in tree.left_out.items()})
+    architecture = None
+    if tree.modules:
+        for module in tree.modules:
+            module["path"] = _unprefixed(module["path"], prefix)
+            module["tensors"] = [_unprefixed(n, prefix) for n in module["tensors"]]
+        architecture = {"framework": "pytorch module pickle", "modules": tree.modules[:10_000]}
     if notes:
         extras["warnings"] = notes
-    return named, extras, dropped
+    return named, extras, dropped, architecture
+
+
+def _kind(obj: Any) -> str:
+    return obj.qualname if isinstance(obj, InertObject) else type(obj).__name__
+
+
+def _unprefixed(name: str, prefix: str | None) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
 
 
 def _choose_model_entry(
@@ -384,19 +432,20 @@ def _choose_model_entry(
 
 def _tensor_names(value: Any, prefix: str) -> list[str]:
     named: list[tuple[str, TensorRecord]] = []
-    _flatten(value, prefix, named, [], 0)
-    return [n for n, _ in named]
+    tree = ModuleTree()
+    _flatten(value, prefix, named, [], 0, tree)
+    return [n for n, _ in named] + list(tree.left_out)
 
 
-def _strip(
-    named: list[tuple[str, TensorRecord]],
+def _strip_prefix(
+    names: list[str],
     obj: Any,
     chosen_key: str | None,
     strip_prefix: str,
     extras: dict[str, Any],
     notes: list[str],
-) -> list[tuple[str, TensorRecord]]:
-    names = [n for n, _ in named]
+) -> str | None:
+    """The prefix to strip from every name (None: none), checked to leave names distinct."""
     if strip_prefix == "auto":
         prefix = wrapper_prefix(names, obj, chosen_key)
     elif strip_prefix == "none":
@@ -407,9 +456,8 @@ def _strip(
             bad = next(n for n in names if not n.startswith(prefix) or len(n) == len(prefix))
             raise UsageError(f"--strip-prefix {prefix!r}: tensor {bad!r} does not start with it")
     if prefix is None:
-        return named
-    stripped = [(n[len(prefix) :], rec) for n, rec in named]
-    if len({n for n, _ in stripped}) != len(stripped):
+        return None
+    if len({n[len(prefix) :] for n in names}) != len(names):
         raise UsageError(f"stripping {prefix!r} would give two tensors one name; use --strip-prefix none")
     extras["stripped_prefix"] = prefix
     if strip_prefix == "auto":
@@ -417,7 +465,7 @@ def _strip(
             f"stripped the wrapper prefix {prefix!r} from every name, as the inner module's load_state_dict "
             "expects (--strip-prefix none keeps it)"
         )
-    return stripped
+    return prefix
 
 
 # Characters of all names _flatten may build. A pickle can put one container under two keys at every
@@ -426,8 +474,17 @@ _MAX_NAME_CHARS = 64 << 20
 
 
 def _flatten(
-    obj: Any, prefix: str, named: list[tuple[str, TensorRecord]], skipped: list[str], depth: int, budget: list[int] | None = None
+    obj: Any,
+    prefix: str,
+    named: list[tuple[str, TensorRecord]],
+    skipped: list[str],
+    depth: int,
+    tree: ModuleTree,
+    budget: list[int] | None = None,
 ) -> None:
+    """Tensors below `obj` by dotted path: dicts by key, lists by index, a pickled module as its
+    state_dict() names it, any other record by its parts (`record_parts`); non-tensor leaves into
+    `skipped`."""
     budget = [_MAX_NAME_CHARS] if budget is None else budget
     budget[0] -= 64 + len(prefix)
     if budget[0] < 0:
@@ -436,12 +493,15 @@ def _flatten(
         raise CorruptInputError("checkpoint dicts are nested too deeply")
     if isinstance(obj, TensorRecord):
         named.append((prefix, obj))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten(v, f"{prefix}.{text_of(k)}" if prefix else text_of(k), named, skipped, depth + 1, budget)
-    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (TensorRecord, dict, list, tuple)) for v in obj):
+    elif is_module(obj):
+        walk_module(obj, f"{prefix}." if prefix else "", named, tree)
+    elif isinstance(obj, (dict, InertObject)):
+        parts = obj.items() if isinstance(obj, dict) else record_parts(obj)
+        for k, v in parts:
+            _flatten(v, f"{prefix}.{text_of(k)}" if prefix else text_of(k), named, skipped, depth + 1, tree, budget)
+    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (TensorRecord, dict, list, tuple, InertObject)) for v in obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), named, skipped, depth + 1, budget)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), named, skipped, depth + 1, tree, budget)
     elif prefix:
         skipped.append(prefix)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from convert.pickle_reader import NumpyArrayRecord, TensorRecord
+from convert.pickle_reader import InertObject, NumpyArrayRecord, TensorRecord, record_parts
+from exporters.pytorch.modules import is_module
 
-# Model state dicts in the order one is preferred when a checkpoint holds several.
+# Model state dicts (or whole pickled modules) in the order one is preferred when a checkpoint holds several.
 CANDIDATE_KEYS = (
     "state_dict",
     "model_state_dict",
@@ -47,7 +48,18 @@ def training_state_kind(value: Any) -> str | None:
     return _single_kind(value)
 
 
+# Pickled training objects (never built: records of their class), by class prefix.
+_TRAINING_CLASSES = (
+    ("torch.optim.lr_scheduler.", "LR scheduler"),
+    ("torch.optim.", "optimizer"),
+    ("torch.cuda.amp.grad_scaler.", "grad scaler"),
+    ("torch.amp.grad_scaler.", "grad scaler"),
+)
+
+
 def _single_kind(value: Any) -> str | None:
+    if isinstance(value, InertObject):
+        return next((kind for prefix, kind in _TRAINING_CLASSES if value.qualname.startswith(prefix)), None)
     if isinstance(value, TensorRecord):
         rng = value.dtype_code == "U8" and value.shape == (_TORCH_CPU_RNG_BYTES,)
         return "RNG state" if rng else None
@@ -101,15 +113,19 @@ def holds_tensors(value: Any) -> bool:
             stack.extend(node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend(node)
+        elif isinstance(node, InertObject):
+            stack.extend(v for _, v in record_parts(node))
     return False
 
 
 def candidate_keys(obj: dict[Any, Any]) -> list[str]:
-    """Top-level entries that are model state dicts by name, best first."""
+    """Top-level entries that are model state dicts or whole pickled modules by name, best first."""
     return [
         k
         for k in CANDIDATE_KEYS
-        if isinstance(obj.get(k), dict) and holds_tensors(obj[k]) and training_state_kind(obj[k]) is None
+        if (isinstance(obj.get(k), dict) or is_module(obj.get(k)))
+        and holds_tensors(obj[k])
+        and training_state_kind(obj[k]) is None
     ]
 
 
