@@ -76,7 +76,11 @@ def _tree(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
     stack, seen = [folder], 0
     while stack:
         current = stack.pop()
-        with os.scandir(current) as entries:
+        try:
+            listing = os.scandir(current)
+        except OSError as exc:  # a folder the user cannot list: its files cannot be checked
+            raise SourceNotFoundError(f"{current}: cannot be listed ({exc.strerror})") from None
+        with listing as entries:
             for entry in entries:
                 seen += 1
                 if seen > MAX_TREE_ENTRIES:

@@ -5,7 +5,12 @@ checkpoint folders), and
 the user documents (layout files, batch job files and reports, manifests given to verify); then
 seeded byte-level mutants of all of them. Each runs through the CLI in a child under a 4 GiB
 address-space cap, in an empty folder: files and folders through `convert auto`, documents through
-the command that reads them.
+the command that reads them. Besides byte flips, structural mutators redo what the third round's
+campaign found (issue 35): a file of the input turned into a symbolic or hard link to an outside
+file (which must be refused before a byte of it is read, so no run may exit 0 and no error line may
+quote it), a torch zip storage byte changed behind its CRC-32 or its local header's lengths edited,
+index shard names and TF checkpoint paths too long for the system, TFLite scales and zero points
+that lose values, NPY headers with an extra key.
 
 A run fails the campaign when it exits 1 (an internal error), dies of a signal, prints a traceback,
 prints anything but exactly one stderr line on failure (batch: one line per failed job is allowed),
@@ -23,10 +28,13 @@ import argparse
 import collections
 import json
 import random
+import re
 import shutil
+import struct
 import sys
 import tempfile
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +58,7 @@ class Case:
     args: list[object]  # `OUT`: the run's output folder; "<src>.EXT": the input; "<in>/NAME": one of `files`
     batch: bool = False  # batch prints one line per failed job
     files: dict[str, bytes] = field(default_factory=dict)  # written beside the run before it starts
+    link: str = ""  # "symlink NAME" / "hardlink NAME": that file of the input (or the input) links outside
 
 
 def is_folder_seed(path: Path) -> bool:
@@ -217,6 +226,148 @@ def mutant(content: dict[str, bytes] | bytes, rng: random.Random) -> dict[str, b
     return {**content, name: mutate(content[name], rng)}
 
 
+# --- structural mutators (issue 35) ---------------------------------------------------------------
+
+OUTSIDE = b"root:x:0:0:root:/root:/bin/bash\n"  # what a link to /etc/passwd would read
+LEAKS = (OUTSIDE[:8].decode(), str(int.from_bytes(OUTSIDE[:8], "little")), "root:x:0")
+LONG_NAME = "x" * 300
+Content = dict[str, bytes] | bytes
+Made = tuple[Case, Content] | None
+
+
+def structural(case: Case, content: Content, rng: random.Random) -> Made:
+    """A mutant of one of the kinds issue 35 names, when the seed has what it edits (else None)."""
+    choices = [link_mutant] if case.args[0] == "auto" else []  # documents named on the command line are the user's
+    names = sorted(content) if isinstance(content, dict) else []
+    blobs = [content] if isinstance(content, bytes) else [content[n] for n in names]
+    if any(b[:4] == b"PK\x03\x04" and _storages(b) for b in blobs):
+        choices.append(storage_mutant)
+    if any(n.endswith(".index.json") or n == "checkpoint" for n in names):
+        choices.append(long_name_mutant)
+    if isinstance(content, bytes) and content[4:8] == b"TFL3":
+        choices.append(tflite_mutant)
+    if isinstance(content, bytes) and content[:6] == b"\x93NUMPY":
+        choices.append(npy_key_mutant)
+    return rng.choice(choices)(case, content, rng) if choices else None
+
+
+def link_mutant(case: Case, content: Content, rng: random.Random) -> Made:
+    """One file of the input (or the input file itself) a symbolic or hard link to an outside file."""
+    how = rng.choice(["symlink", "hardlink"])
+    name = rng.choice(sorted(content)) if isinstance(content, dict) else ""
+    return Case(
+        f"{case.label}, {name or 'itself'} a {how} outside", case.kind, case.args, case.batch, case.files, f"{how} {name}"
+    ), content
+
+
+def _storages(blob: bytes) -> list[zipfile.ZipInfo]:
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            return [i for i in zf.infolist() if re.search(r"/(data|constants)/\w+$", i.filename) and i.file_size]
+    except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError):
+        return []
+
+
+def storage_mutant(case: Case, content: Content, rng: random.Random) -> Made:
+    """A torch zip storage byte changed behind its unchanged CRC-32, or its local header's name or
+    extra length edited (the data start moves, the central directory does not)."""
+
+    def edit(blob: bytes) -> tuple[bytes, str]:
+        info = rng.choice(_storages(blob))
+        buf = bytearray(blob)
+        name_len, extra_len = struct.unpack_from("<HH", buf, info.header_offset + 26)
+        what = rng.choice(["byte", "name length", "extra length"])
+        if what == "byte":
+            start = info.header_offset + 30 + name_len + extra_len
+            buf[start + rng.randrange(info.file_size)] ^= 1 << rng.randrange(8)
+        elif what == "name length":
+            struct.pack_into("<HH", buf, info.header_offset + 26, name_len + 1, max(extra_len - 1, 0))
+        else:
+            struct.pack_into("<H", buf, info.header_offset + 28, max(extra_len - rng.choice([1, 4, 8]), 0))
+        return bytes(buf), f"{info.filename} {what}"
+
+    if isinstance(content, bytes):
+        blob, what = edit(content)
+        return Case(f"{case.label}, {what}", case.kind, case.args, case.batch, case.files), blob
+    name = rng.choice([n for n in sorted(content) if content[n][:4] == b"PK\x03\x04" and _storages(content[n])])
+    blob, what = edit(content[name])
+    return Case(f"{case.label}, {name}: {what}", case.kind, case.args, case.batch, case.files), {**content, name: blob}
+
+
+def long_name_mutant(case: Case, content: Content, rng: random.Random) -> Made:
+    """A shard name of an index, or a TF `checkpoint` file's path, longer than any file system holds."""
+    assert isinstance(content, dict)
+    name = rng.choice([n for n in sorted(content) if n.endswith(".index.json") or n == "checkpoint"])
+    if name == "checkpoint":
+        text = f'model_checkpoint_path: "{LONG_NAME}"\n'.encode()
+    else:
+        doc = json.loads(content[name])
+        weight_map = doc.get("weight_map") or {"x": ""}
+        weight_map[rng.choice(sorted(weight_map))] = LONG_NAME + ".bin"
+        text = json.dumps({**doc, "weight_map": weight_map}).encode()
+    return Case(f"{case.label}, a long name in {name}", case.kind, case.args, case.batch, case.files), {**content, name: text}
+
+
+def tflite_mutant(case: Case, content: Content, rng: random.Random) -> Made:
+    """A quantized tensor's scale made NaN, zero or negative, or its zero point far outside its type."""
+    import numpy as np
+
+    from convert.errors import ConvertError
+    from exporters.tflite.reader import _Flat
+
+    assert isinstance(content, bytes)
+    try:  # a corpus file may be one that is broken already
+        fb = _Flat(np.frombuffer(content, np.uint8), "seed")
+        fields = [
+            (fb.vector(params, 2), fb.vector(params, 3))
+            for subgraph in fb.tables(fb.u32(0), 2)
+            for tensor in fb.tables(subgraph, 0)
+            if (params := fb.ref(tensor, 4)) is not None and fb.vector(params, 2)[1]
+        ]
+    except ConvertError:
+        return None
+    if not fields:
+        return None
+    (scale_at, _), (zero_at, zeros) = rng.choice(fields)
+    buf = bytearray(content)
+    if rng.random() < 0.5 or not zeros:
+        value = rng.choice([float("nan"), 0.0, -1.0, float("inf")])
+        struct.pack_into("<f", buf, scale_at, value)
+        what = f"scale {value}"
+    else:
+        value = rng.choice([1000, -(2**40)])
+        struct.pack_into("<q", buf, zero_at, value)
+        what = f"zero point {value}"
+    return Case(f"{case.label}, {what}", case.kind, case.args, case.batch, case.files), bytes(buf)
+
+
+def npy_key_mutant(case: Case, content: Content, rng: random.Random) -> Made:
+    """An NPY header with a key numpy does not know, in the header's padding."""
+    assert isinstance(content, bytes)
+    if content[6] != 1:
+        return None
+    length = struct.unpack_from("<H", content, 8)[0]
+    header = content[10 : 10 + length].rstrip(b" \n")
+    edited = header[:-1] + rng.choice([b"'scale': 0.5, }", b"'x': 1, }"])
+    if len(edited) >= length:
+        return None
+    return Case(f"{case.label}, an extra header key", case.kind, case.args, case.batch, case.files), (
+        content[:10] + edited.ljust(length - 1) + b"\n" + content[10 + length :]
+    )
+
+
+def _make_link(src: Path, how: str, name: str, inputs: Path) -> None:
+    """Move the file out to `inputs/outside/` (its bytes replaced by OUTSIDE) and link it back."""
+    path = src / name if name else src
+    outside = inputs / "outside" / (name or src.name)
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    outside.write_bytes(OUTSIDE)
+    path.unlink()
+    path.symlink_to(outside) if how == "symlink" else path.hardlink_to(outside)
+
+
 def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[str, object]:
     work.mkdir(parents=True)
     inputs = work.parent / f"{work.name}-in"
@@ -232,6 +383,9 @@ def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[s
         src.mkdir()
         for name, data in content.items():
             (src / name).write_bytes(data)
+    if case.link:
+        how, _, name = case.link.partition(" ")
+        _make_link(src, how, name, inputs)
     args = [
         work / "out"
         if a == OUT
@@ -255,6 +409,10 @@ def run_one(case: Case, content: dict[str, bytes] | bytes, work: Path) -> dict[s
         problems.append(f"{len(lines)} stderr lines")
     if not case.batch and run.code != 0 and any(p.name != "canary" for p in work.iterdir()):
         problems.append("output left after a failure")
+    if case.link and run.code != 5:
+        problems.append(f"a link outside exits {run.code}, not 5")
+    if case.link and any(leak in run.stderr + run.stdout for leak in LEAKS):
+        problems.append("the outside file's bytes reached the output")
     if (work / "canary").exists() or (inputs / "canary").exists():
         problems.append("CANARY: code ran")
     if run.peak_rss > PEAK_RSS_LIMIT or wall > WALL_LIMIT:
@@ -277,6 +435,7 @@ def main() -> int:
     parser.add_argument("--mutants", type=int, default=500)
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--structural", type=float, default=0.3, help="share of mutants made by the structural mutators")
     parser.add_argument("--kind", action="append", help="only seeds of this kind, and their mutants (repeatable)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -293,6 +452,12 @@ def main() -> int:
     cases = list(seeds)
     for i in range(args.mutants):
         case, content = rng.choice(seeds)
+        made = structural(case, content, rng) if rng.random() < args.structural else None
+        if made is not None:
+            cases.append(
+                (Case(f"mutant {i} of {made[0].label}", case.kind, case.args, case.batch, case.files, made[0].link), made[1])
+            )
+            continue
         cases.append((Case(f"mutant {i} of {case.label}", case.kind, case.args, case.batch, case.files), mutant(content, rng)))
     scratch = Path(tempfile.mkdtemp(prefix="hostile-campaign-"))
     started = time.perf_counter()

@@ -706,6 +706,20 @@ def pickle_in_storage_files(base: TorchBase) -> list[Hostile]:
     ]
 
 
+def storage_edited(archive: bytes, what: str) -> bytes:
+    """`archive` with storage data/0 edited behind the central directory's back: one byte of its data
+    flipped ("byte"), or its local header's name length one more ("name length")."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo(f"{ZIP_ROOT}/data/0")
+    buf = bytearray(archive)
+    name_len, extra_len = struct.unpack_from("<HH", buf, info.header_offset + 26)
+    if what == "byte":
+        buf[info.header_offset + 30 + name_len + extra_len] ^= 0x40
+    else:
+        struct.pack_into("<H", buf, info.header_offset + 26, name_len + 1)
+    return bytes(buf)
+
+
 def container_files(base: TorchBase) -> list[Hostile]:
     """Attacks on the container rather than the object pickle."""
     benign_zip = zip_checkpoint(base, dump(benign(ZIP)))
@@ -740,6 +754,20 @@ def container_files(base: TorchBase) -> list[Hostile]:
             "truncated: real checkpoint cut in half" + NO_CANARY,
             False,
             benign_zip[: len(benign_zip) // 2],
+        ),
+        Hostile(
+            "zip_storage_crc_mismatch.pt",
+            "zip",
+            "a byte of storage data/0 changed, its CRC-32 in both headers left as it was" + NO_CANARY,
+            False,
+            storage_edited(benign_zip, "byte"),
+        ),
+        Hostile(
+            "zip_local_header_shifted.pt",
+            "zip",
+            "storage data/0's local header names one byte more than the central directory: the data start moves" + NO_CANARY,
+            False,
+            storage_edited(benign_zip, "name length"),
         ),
         Hostile(
             "legacy_truncated.pt",
@@ -1500,9 +1528,10 @@ NPY_MAGIC = b"\x93NUMPY"
 WRAP_SHAPE = (70, 88801, 11239, 1056175639)
 
 
-def npy_header(descr: str, shape: tuple[int, ...], version: int = 1, length: int | None = None) -> bytes:
-    """Magic, version, header length, and the header dict literal padded to 64 bytes as np.save pads it."""
-    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}".encode("latin1")
+def npy_header(descr: str, shape: tuple[int, ...], version: int = 1, length: int | None = None, extra: str = "") -> bytes:
+    """Magic, version, header length, and the header dict literal (with `extra` keys) padded to 64
+    bytes as np.save pads it."""
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, {extra}}}".encode("latin1")
     fixed = 10 if version == 1 else 12
     text += b" " * (-(fixed + len(text) + 1) % 64) + b"\n"
     size = len(text) if length is None else length
@@ -1607,6 +1636,13 @@ def numpy_files() -> list[Hostile]:
             "version 2 header length 2**32 - 1 in a file of a hundred bytes" + NO_CANARY,
             False,
             npy_header("<f4", SIZE, version=2, length=2**32 - 1) + WEIGHT_BYTES,
+        ),
+        Hostile(
+            "npy_extra_header_key.npy",
+            "npy",
+            "a header with a fourth key, 'scale': 0.5, which numpy refuses (its meaning would be lost)" + NO_CANARY,
+            False,
+            npy_header("<f4", SIZE, extra="'scale': 0.5, ") + WEIGHT_BYTES,
         ),
         Hostile(
             "npz_object_member.npz",
@@ -1792,17 +1828,23 @@ def tflite_model(
     buffers: Sequence[FbTable] | None = None,
     opcode: int = FULLY_CONNECTED,
     tensors: FbVector | None = None,
+    inputs: tuple[int, ...] = (0, 1, -1),
 ) -> bytes:
     """One FULLY_CONNECTED y = x W^T with W a float32 (2, 3) constant: Model fields version,
     operator_codes, subgraphs, description, buffers."""
     weight = weight or tfl_tensor("weight", SIZE, 1)
     all_tensors = tensors or FbVector((tfl_tensor("input", (1, SIZE[1]), 0), weight, tfl_tensor("output", (1, SIZE[0]), 0)))
-    operator = FbTable((Scalar("I", 0), FbVector((0, 1, -1), "i"), FbVector((2,), "i")))
+    operator = FbTable((Scalar("I", 0), FbVector(inputs, "i"), FbVector((2,), "i")))
     subgraph = FbTable((all_tensors, FbVector((0,), "i"), FbVector((2,), "i"), FbVector((operator,)), "main"))
     opcode_table = FbTable((Scalar("b", opcode), None, Scalar("i", 1), Scalar("i", opcode)))
     buffers = buffers or (tfl_buffer(), tfl_buffer(WEIGHT_BYTES))
     model = FbTable((Scalar("I", 3), FbVector((opcode_table,)), FbVector((subgraph,)), "hostile", FbVector(tuple(buffers))))
     return FlatWriter().finish(model)
+
+
+def int8_quant_of(scale: float, zero_point: int) -> FbTable:
+    """QuantizationParameters with one scale and one zero point (fields 2 and 3; axis 0)."""
+    return FbTable((None, None, FbVector((scale,), "f"), FbVector((zero_point,), "q"), None, None, Scalar("i", 0)))
 
 
 def tflite_files() -> list[Hostile]:
@@ -1859,6 +1901,27 @@ def tflite_files() -> list[Hostile]:
             "conv_filter_1d",
             "a CONV_2D whose filter is a 1-d tensor: an OHWI permutation of one axis",
             tflite_model(weight=tfl_tensor("weight", (NUMEL,), 1), opcode=CONV_2D),
+        ),
+        tfl(
+            "scale_nan",
+            "an int8 (2, 3) weight whose quantization scale is NaN: it would dequantize to all NaN",
+            tflite_model(
+                weight=tfl_tensor("weight", SIZE, 1, TFLITE_INT8, int8_quant_of(float("nan"), 0)),
+                buffers=(tfl_buffer(), tfl_buffer(bytes(range(NUMEL)))),
+            ),
+        ),
+        tfl(
+            "zero_point_out_of_range",
+            "an int8 (2, 3) weight whose zero point is 1000, outside int8",
+            tflite_model(
+                weight=tfl_tensor("weight", SIZE, 1, TFLITE_INT8, int8_quant_of(0.5, 1000)),
+                buffers=(tfl_buffer(), tfl_buffer(bytes(range(NUMEL)))),
+            ),
+        ),
+        tfl(
+            "operator_input_out_of_range",
+            "the FULLY_CONNECTED names tensor 7 of 3 as its weights",
+            tflite_model(inputs=(0, 7, -1)),
         ),
         tfl(
             "zero_points_mismatch",

@@ -222,3 +222,37 @@ def test_zip_that_is_not_keras(keras_models: Path, tmp_path: Path) -> None:
             zout.writestr(info, b"{not json" if info.filename == "config.json" else zin.read(info))
     assert_cli_error(run_cli("keras-to-safetensors", bad, tmp_path / "b"), 6, "config.json")
     assert_no_output(tmp_path / "b")
+
+
+# --- kernels that do not fit their layer (issue 35 item 6) ------------------------------------------
+
+
+def _dataset_path(f: Any, suffix: str) -> str:
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and name.endswith(suffix) else None)
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("damage", ["transposed", "extra dimension", "hard link to another kernel"])
+def test_kernel_that_does_not_fit_its_layer_is_corrupt(keras_models: Path, tmp_path: Path, damage: str) -> None:
+    """A Dense kernel stored transposed, a Conv2D kernel with an extra dimension, a kernel that is a
+    hard link to another layer's: each converted with exit 0 into weights the layer cannot use."""
+    src = tmp_path / "model.h5"
+    src.write_bytes((keras_models / "keras2" / "vision" / "model.h5").read_bytes())
+    with h5py.File(src, "r+") as f:
+        head, conv = _dataset_path(f, "head/kernel:0"), _dataset_path(f, "conv/kernel:0")
+        if damage == "transposed":
+            value = f[head][()]
+            del f[head]
+            f[head] = value.T
+        elif damage == "extra dimension":
+            value = f[conv][()]
+            del f[conv]
+            f[conv] = value[None]
+        else:
+            del f[head]
+            f[head] = f[conv]  # an HDF5 hard link: one dataset under two names
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("keras-to-safetensors", src, out), 6, "does not fit its config")
+    assert_no_output(out)

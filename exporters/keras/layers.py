@@ -120,6 +120,7 @@ class _Converter:
             self._bidirectional()
         else:
             self._check_roles(ROLES[kind] + (("depthwise_kernel",) if kind.startswith("Depthwise") else ()))
+            self._check_config_shapes(kind)
             if kind.startswith("Depthwise"):
                 self._depthwise()
             else:
@@ -167,6 +168,33 @@ class _Converter:
             raise UnsupportedFormatError(
                 f"layer {self.where} ({self.layer.kind}) holds weights this converter does not know: {extra}"
             )
+
+    def _check_config_shapes(self, kind: str) -> None:
+        """The stored kernel and bias fit the layer its config describes: a kernel stored transposed,
+        with an extra dimension or borrowed from another layer would convert into weights that
+        compute something else. Sizes the config does not give (a Dense layer's input) are not checked."""
+        config = self.layer.config
+        sizes = {k: config.get(k) for k in ("units", "filters", "input_dim", "output_dim")}
+        ints = {k: v for k, v in sizes.items() if type(v) is int}
+        kernel_size = config.get("kernel_size")
+        expected: dict[str, tuple[int | None, ...]] = {}
+        if kind == "Dense" and "units" in ints:
+            expected = {"kernel": (None, ints["units"]), "bias": (ints["units"],)}
+        elif kind == "Embedding" and {"input_dim", "output_dim"} <= ints.keys():
+            expected = {"embeddings": (ints["input_dim"], ints["output_dim"])}
+        elif kind in CONVS and "filters" in ints and isinstance(kernel_size, list) and all(type(k) is int for k in kernel_size):
+            filters = ints["filters"]
+            kernel = (*kernel_size, filters, None) if kind.endswith("Transpose") else (*kernel_size, None, filters)
+            expected = {"kernel": kernel, "bias": (filters,)}
+        for role, shape in expected.items():
+            ref = self.layer.weights.get(role)
+            if ref is None:
+                continue
+            if len(ref.shape) != len(shape) or not all(want in (None, n) for want, n in zip(shape, ref.shape, strict=True)):
+                wanted = ", ".join("?" if n is None else str(n) for n in shape)
+                raise CorruptInputError(
+                    f"layer {self.where} ({kind}): {role} of shape {list(ref.shape)} does not fit its config ([{wanted}])"
+                )
 
     # --- layer types -----------------------------------------------------------------------------
 
