@@ -44,6 +44,8 @@ def check_options(mode: str | None, calibration: str | None, quantized_atol: flo
     """The quantization options agree with each other, before any export work."""
     if mode is not None and mode not in QUANTIZE_MODES:
         raise UsageError(f"--quantize {mode!r}: choose one of {', '.join(QUANTIZE_MODES)}")
+    if calibration is not None and mode is None:
+        raise UsageError("--calibration calibrates an int8 graph: give --quantize qdq-int8 too")
     if calibration is not None and mode != "qdq-int8":
         raise UsageError("--calibration calibrates --quantize qdq-int8; dynamic-int8 quantizes activations at run time")
     if quantized_atol is not None and mode is None:
