@@ -539,6 +539,7 @@ def to_onnx(
 ) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
     match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
+    With --quantize, that graph is then quantized to int8 and validated again within --quantized-atol.
 
     \b
     SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, a
