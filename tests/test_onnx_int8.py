@@ -91,9 +91,9 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     mixing = torch.from_numpy(rng.standard_normal((3, 4)).astype(np.float32))
     target = 3 * torch.tanh(8 * images.mean((2, 3)) @ mixing)
     cnn = fit(models.cnn(), images, lambda y: torch.nn.functional.mse_loss(y, target))
-    ids = torch.from_numpy(token_ids(rng, 256))
+    ids = torch.from_numpy(token_ids(rng, 128))
     labels = sentiment_labels(ids)
-    classifier = fit(sentiment.build(), ids, lambda p: torch.nn.functional.nll_loss(torch.log(p + 1e-9), labels), steps=120)
+    classifier = fit(sentiment.build(), ids, lambda p: torch.nn.functional.nll_loss(torch.log(p + 1e-9), labels), steps=60)
     for name, module in (("mlp", mlp), ("cnn", cnn), ("sentiment", classifier)):
         torch.save(module.state_dict(), root / f"{name}.pt")
     return {
