@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra, one_line
 from .options import CONVERSION_OPTIONS, OPTIONS, Option
-from .vocabulary import CAST_TARGETS, canonical_dtype
+from .vocabulary import CAST_TARGETS, QUANTIZE_MODES, canonical_dtype
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -399,6 +399,7 @@ _add_conversion_commands()
     epilog=example(
         "convert to-onnx model.pt2 out/",
         "convert to-onnx weights.safetensors out/ --module mypkg.models:build --input-shape x=1x3x32x32",
+        "convert to-onnx model.pt out/ --module pkg:build --input-shape x=1x16 --quantize qdq-int8 --calibration calib.npz",
     ),
 )
 @click.argument("src", type=click.Path(path_type=str))
@@ -463,6 +464,25 @@ _add_conversion_commands()
     type=click.FloatRange(min=0),
     help="Largest absolute difference allowed between ONNX Runtime and the source [default: 1e-5; 1e-4 for recurrent graphs].",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZE_MODES),
+    help="Write an int8 graph, quantized by ONNX Runtime from the validated float one: dynamic-int8 (weights "
+    "int8 per channel, activations at run time; for ort) or qdq-int8 (per-tensor QuantizeLinear/DequantizeLinear, "
+    "calibrated; for ort and tract).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="qdq-int8: calibrate on this .npz, one array per input name (read without pickle) [default: the "
+    "source's example inputs, else generated: standard normal floats, integers uniform in their ranges].",
+)
+@click.option(
+    "--quantized-atol",
+    type=click.FloatRange(min=0),
+    help="Largest absolute difference allowed between the int8 graph and the source [default: 5% of the range "
+    "of each output's values on the validation inputs].",
+)
 @click.option("--no-simplify", is_flag=True, help="Skip onnx-simplifier.")
 @click.option(
     "--external-data-threshold",
@@ -495,6 +515,7 @@ def to_onnx(
 ) -> None:
     """Export a model's graph to OUT/model.onnx, simplified, checked, and validated: ONNX Runtime must
     match the source framework at two batch sizes within --atol, or nothing is written (exit 8).
+    With --quantize, that graph is then quantized to int8 and validated again within --quantized-atol.
 
     \b
     SRC: a torch.export program (.pt2), a Keras .keras file, a TensorFlow SavedModel folder, a
@@ -538,11 +559,19 @@ def to_onnx(
             worst = max(v["max_abs_diff"].values(), default=0.0)
             click.echo(
                 f"wrote {result.output / g.folder} ({', '.join(g.files)}) with {g.exporter}"
-                f"{', simplified' if g.simplified else ''}; ONNX Runtime matches the source at batch sizes "
+                f"{', simplified' if g.simplified else ''}{', ' + g.quantization['mode'] if g.quantization else ''}; "
+                f"ONNX Runtime matches the source at batch sizes "
                 f"{', '.join(map(str, v['batch_sizes']))} ({', '.join(v['inputs'])} inputs): "
-                f"max |diff| {worst:.2g} <= {v['atol']:g}"
+                f"max |diff| {worst:.2g} <= {_bound(v['atol'])}"
             )
         click.echo(f"{len(result.graphs)} graph{'s' if len(result.graphs) != 1 else ''} in {result.seconds:.1f} s")
+
+
+def _bound(atol: float | dict[str, float]) -> str:
+    """A validation's tolerance in words: one number, or an int8 graph's bound per output."""
+    if isinstance(atol, dict):
+        return ", ".join(f"{value:.2g} ({name})" for name, value in atol.items())
+    return f"{atol:g}"
 
 
 @cli.command(

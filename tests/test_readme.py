@@ -377,6 +377,10 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "convert to-onnx model.pt out/ --module mypkg.models:build --input-shape ids=1x9:int32 --input-range ids=0:30000": (
         _embedding_model
     ),
+    "convert to-onnx model.pt out/ --module sentiment:build --input-shape tokens=4x7 --dynamic-axis tokens:1=seq "
+    "--quantize qdq-int8 --calibration calib.npz --quantized-atol 0.01": lambda work: np.savez(
+        work / "calib.npz", tokens=np.random.default_rng(0).integers(0, 200, (32, 7))
+    ),
 }
 NEEDS = {  # commands whose group is not their first source's, or that need a module on top
     "convert layouts": [],

@@ -15,7 +15,7 @@ def sniff(probe: Probe) -> bool:
 def open_source(path: Path, options: ReaderOptions) -> SourceModel:
     from .reader import open_onnx
 
-    return open_onnx(path)
+    return open_onnx(path, options.quantized)
 
 
 READER = ReaderFace(
@@ -26,7 +26,13 @@ READER = ReaderFace(
     open=open_source,
     summary="Extract an ONNX model's weights (initializers, external data files included) into the folder OUT. "
     "Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter names "
-    "through the graph; the manifest summarizes the graph's operators. The model is never run.",
+    "through the graph; the manifest summarizes the graph's operators. Int8 weights (to-onnx --quantize, "
+    "ONNX Runtime's quantizer) are dequantized or kept (--quantized). The model is never run.",
+    options=("quantized",),
+    option_help={
+        "quantized": "int8/uint8 weights (and int32 biases) with a scale in the graph: dequantize to f32, or keep "
+        "them as stored beside their scale and zero-point tensors; recorded either way."
+    },
     suffixes=(".onnx",),
     short="Extract an ONNX model's initializers (weights).",
     example="convert onnx-to-safetensors model.onnx weights/",

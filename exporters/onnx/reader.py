@@ -22,6 +22,7 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputEr
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef, check_shape, mapped_tensor
 from exporters.onnx.names import Resolved, count_tensor_protos, graph_tensors, resolve_names
+from exporters.onnx.quantized import apply, quantized_weights
 
 # onnx.TensorProto.DataType names -> SafeTensors codes (strings, INT4, FNUZ floats etc. have none).
 ONNX_DTYPES: dict[str, str] = {
@@ -45,8 +46,10 @@ ONNX_DTYPES: dict[str, str] = {
 }
 
 
-def open_onnx(path: str | Path) -> SourceModel:
-    """Read an ONNX model file (and its external data files) without running it."""
+def open_onnx(path: str | Path, quantized: str = "dequantize") -> SourceModel:
+    """Read an ONNX model file (and its external data files) without running it; int8 weights
+    dequantized to float32 or kept with their scales and zero points (`quantized`, see
+    exporters.onnx.quantized)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -77,6 +80,11 @@ def open_onnx(path: str | Path) -> SourceModel:
         opened.callback(reader.close)
         renamed = resolve_names(model)
         tensors = [reader.ref(init, renamed.get(init.name)) for init in model.graph.initializer]
+        quantization: dict[str, Any] = {}
+        found = quantized_weights(model.graph, *_integer_initializers(model.graph))
+        if found:
+            refs = {init.name: ref for init, ref in zip(model.graph.initializer, tensors, strict=True)}
+            tensors, quantization = apply(refs, found, quantized, model.graph)
         tensors += [reader.ref(proto, None, name) for name, proto in held]
         opened.pop_all()
     extras: dict[str, Any] = {
@@ -84,6 +92,8 @@ def open_onnx(path: str | Path) -> SourceModel:
         "opset": _opsets(model),
         "tensors_in_graph": {"initializers": len(model.graph.initializer), "in_nodes_and_subgraphs": len(held)},
     }
+    if quantization:
+        extras["quantization"] = quantization
     if renamed:
         extras["renamed"] = {
             old: {"name": r.name, "transform": "transpose" if r.transpose else None, "evidence": r.evidence}
@@ -97,6 +107,14 @@ def open_onnx(path: str | Path) -> SourceModel:
         architecture=summarize(model),
         closers=[reader.close],
     )
+
+
+def _integer_initializers(graph: Any) -> tuple[set[str], set[str]]:
+    """(the integer initializers a DequantizeLinear or integer op may scale, every initializer)."""
+    import onnx
+
+    kinds = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
+    return {t.name for t in graph.initializer if t.data_type in kinds}, {t.name for t in graph.initializer}
 
 
 MAX_LOCATION = 1024  # characters of an external data location: a relative path, well under PATH_MAX

@@ -136,6 +136,9 @@ def build_specs(
         specs.append(InputSpec(name, shape, dtype, dict(sorted(axes.items())), bounds, why))
     if arrays:
         check_arrays(arrays, specs, label)  # before the export, so a wrong file costs nothing
+    if options.calibration:
+        calibration = Path(options.calibration)
+        check_arrays(_named_arrays(calibration, names), specs, calibration.name)
     return specs
 
 
@@ -223,7 +226,7 @@ def input_sets(specs: list[InputSpec], samples: dict[str, np.ndarray] | None, np
         sets = _pair("example", first, {s.name: tuple(s.dynamic) for s in specs})
     else:
         rng = np.random.default_rng(0)
-        big = {s.name: _random(rng, _grown(s.shape, s.dynamic), s) for s in specs}
+        big = {s.name: random_values(rng, _grown(s.shape, s.dynamic), s) for s in specs}
         small = {s.name: big[s.name][tuple(slice(0, n) for n in s.shape)] for s in specs}
         sets = [_set("generated", small), _set("generated", big)]
     if npz is not None:
@@ -249,7 +252,7 @@ def _grown(shape: tuple[int, ...], dynamic: dict[int, str]) -> tuple[int, ...]:
     return tuple(n + GROWTH if axis in dynamic else n for axis, n in enumerate(shape))
 
 
-def _random(rng: np.random.Generator, shape: tuple[int, ...], spec: InputSpec) -> np.ndarray:
+def random_values(rng: np.random.Generator, shape: tuple[int, ...], spec: InputSpec) -> np.ndarray:
     """Values the input takes: standard normal floats, integers and bools inside the spec's range."""
     dt = spec.dtype
     if dt.kind == "f":

@@ -1,4 +1,5 @@
-"""The shared half of `to-onnx`: after a framework exports, simplify, check, save, validate, record.
+"""The shared half of `to-onnx`: after a framework exports, simplify, check, save, validate, record;
+with --quantize, the validated float graph is then quantized to int8, checked and validated again.
 
 Everything is written into a staging folder that becomes the output only when validation has
 passed; a mismatch, a checker error or Ctrl-C leaves no ONNX file behind.
@@ -22,10 +23,11 @@ from convert.pipeline import checked_destination
 from exporters.onnx.names import record_names
 from exporters.onnx_export import exporter_for
 from exporters.onnx_export.graph_edit import name_axes, reinfer_shapes
-from exporters.onnx_export.inputs import input_sets
+from exporters.onnx_export.inputs import InputSet, input_sets
+from exporters.onnx_export.quantize import calibration_inputs, check_options, quantize
 from exporters.onnx_export.record import export_manifest
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
-from exporters.onnx_export.validate import default_atol, validate
+from exporters.onnx_export.validate import QUANTIZED_SHARE, default_atol, quantized_atol, validate
 from exporters.quiet import framework_output_captured
 
 MODEL_FILE = "model.onnx"
@@ -42,6 +44,7 @@ class GraphResult:
     simplified: bool
     validation: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # how an int8 graph was made (the manifest's graph.quantization)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class GraphResult:
             "simplified": self.simplified,
             "validation": self.validation,
             "notes": self.notes,
+            "quantization": self.quantization,
         }
 
 
@@ -72,6 +76,7 @@ def to_onnx(src: str | Path, out: str | Path, options: ExportOptions, stage: Cal
     started = time.perf_counter()
     source = Path(src)
     new_digest(options.digest)  # an unknown algorithm is refused before any work
+    check_options(options.quantize, options.calibration, options.quantized_atol)
     staged = checked_destination([source], out, options.overwrite)
     export = exporter_for(source, options)
     with staged as staging:
@@ -111,18 +116,72 @@ def _finish_graph(graph: ExportedGraph, dest: Path, options: ExportOptions, stag
         record_names(graph.model)
         model, simplification = optimize(graph.model, options.simplify)
         name_axes(model, graph.inputs)  # onnx-simplifier can rename an input's symbolic axis
-    files = save(model, dest, options.external_data_threshold)
-    check(dest / MODEL_FILE)
-    atol = options.atol if options.atol is not None else default_atol(model)
     sets = input_sets(graph.inputs, graph.samples, options.inputs_file)
-    stage("validating with ONNX Runtime")
-    with framework_output_captured():
-        validation = validate(dest / MODEL_FILE, graph, sets, atol)
-    doc = export_manifest(graph, model, files, options, simplification, validation)
+    atol = options.atol if options.atol is not None else default_atol(model)
+    float_dest = dest / ".float" if options.quantize else dest
+    float_dest.mkdir(exist_ok=True)
+    files, validation = _saved_and_validated(model, float_dest, graph, sets, options, stage, atol, "--atol")
+    quantization = None
+    if options.quantize:
+        model, quantization = _quantized(model, graph, files, validation, dest, options, stage)
+        bound = quantization["atol"]
+        option = "--quantized-atol" if options.quantized_atol is not None else f"default bound, {QUANTIZED_SHARE:g} of its range:"
+        files, validation = _saved_and_validated(model, dest, graph, sets, options, stage, bound, option, "the int8 graph")
+        shutil.rmtree(float_dest)
+    doc = export_manifest(graph, model, files, options, simplification, validation, quantization)
     write_file(dest / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     return GraphResult(
-        graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"], validation, graph.notes
+        graph.folder, [p.name for p in files], graph.exporter, simplification["simplified"], validation, graph.notes, quantization
     )
+
+
+def _saved_and_validated(
+    model: Any,
+    dest: Path,
+    graph: ExportedGraph,
+    sets: list[InputSet],
+    options: ExportOptions,
+    stage: Callable[[str], None],
+    atol: float | dict[str, float],
+    option: str,
+    what: str = "the graph",
+) -> tuple[list[Path], dict[str, Any]]:
+    """The graph saved into `dest`, passed by onnx.checker, and its validation record."""
+    files = save(model, dest, options.external_data_threshold)
+    check(dest / MODEL_FILE)
+    stage(f"validating {what} with ONNX Runtime")
+    with framework_output_captured():
+        return files, validate(dest / MODEL_FILE, graph, sets, atol, option)
+
+
+def _quantized(
+    model: Any,
+    graph: ExportedGraph,
+    float_files: list[Path],
+    float_validation: dict[str, Any],
+    dest: Path,
+    options: ExportOptions,
+    stage: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    """The int8 graph of the validated float one, and the manifest's record of how it was made,
+    with the float graph's size and validation beside it."""
+    mode = options.quantize
+    assert mode is not None
+    calibration = calibration_inputs(graph.inputs, graph.samples, options.calibration) if mode == "qdq-int8" else None
+    stage(f"quantizing ({mode})")
+    scratch = dest / ".quantize"
+    scratch.mkdir(exist_ok=True)
+    with framework_output_captured():
+        quantized, record = quantize(model, mode, calibration, scratch)
+    shutil.rmtree(scratch)
+    given = options.quantized_atol is not None
+    record["atol"] = options.quantized_atol if given else quantized_atol(float_validation)
+    record["atol_from"] = "--quantized-atol" if given else f"default: {QUANTIZED_SHARE:g} of each output's range"
+    record["float_graph"] = {
+        "bytes": sum(p.stat().st_size for p in float_files),
+        "validation": {k: float_validation[k] for k in ("atol", "max_abs_diff", "output_range")},
+    }
+    return quantized, record
 
 
 def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:

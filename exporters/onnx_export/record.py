@@ -21,6 +21,7 @@ def export_manifest(
     options: ExportOptions,
     simplification: dict[str, Any],
     validation: dict[str, Any],
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     summary = summarize(model)
     specs = {s.name: s for s in graph.inputs}
@@ -47,6 +48,7 @@ def export_manifest(
             "inputs": [_input_entry(v, specs[v.name]) for v in model.graph.input if v.name in specs],
             "outputs": [_io_entry(v) for v in model.graph.output],
             "validation": validation,
+            **({"quantization": quantization} if quantization else {}),
             **({"semantics": graph.semantics} if graph.semantics else {}),
         },
     )

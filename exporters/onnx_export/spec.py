@@ -27,6 +27,9 @@ class ExportOptions:
     opset: int | None = None
     atol: float | None = None  # None: 1e-5, or 1e-4 when the graph is recurrent
     simplify: bool = True
+    quantize: str | None = None  # None (float), "dynamic-int8" or "qdq-int8" (exporters/onnx_export/quantize.py)
+    calibration: str | None = None  # qdq-int8: .npz of calibration inputs; None: the source's examples, or generated
+    quantized_atol: float | None = None  # None: DEFAULT_QUANTIZED_ATOL
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     exporter: str = "auto"  # PyTorch only: auto (dynamo, then TorchScript), dynamo, torchscript
     models: list[str] = field(default_factory=list)  # NeuralForecast: the models (output folders) to export; [] = all

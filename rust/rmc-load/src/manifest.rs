@@ -269,8 +269,54 @@ pub struct Graph {
     #[serde(default)]
     pub outputs: Vec<GraphValue>,
     pub validation: Validation,
+    /// How an int8 graph (`to-onnx --quantize`) was made; `validation` is then the int8 graph's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<GraphQuantization>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantics: Option<Object>,
+}
+
+/// The int8 graph's recipe: mode (dynamic-int8 for ort, qdq-int8 per-tensor for ort and tract), the
+/// ops holding int8 weights, the calibration, the bound it met and the float graph it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphQuantization {
+    pub mode: String,
+    pub tool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activations: Option<String>,
+    pub per_channel: bool,
+    pub int8_weight_ops: BTreeMap<String, i64>,
+    pub runtimes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    pub atol: Tolerance,
+    pub atol_from: String,
+    pub float_graph: FloatGraph,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    pub from: String,
+    pub rows: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloatGraph {
+    pub bytes: u64,
+    pub validation: Object,
+}
+
+/// A validation bound as the manifest holds it: one number for every output, or (an int8 graph's
+/// default) an object of bounds by output name. `bound` reads it for one output.
+pub type Tolerance = Value;
+
+/// The bound `atol` set for `output`: the one number, or that output's entry.
+pub fn bound(atol: &Tolerance, output: &str) -> Option<f64> {
+    atol.as_f64().or_else(|| atol.get(output).and_then(Value::as_f64))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,11 +342,17 @@ pub struct ValueRange {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Validation {
-    pub atol: f64,
+    pub atol: Tolerance,
     #[serde(default)]
     pub batch_sizes: Vec<i64>,
     #[serde(default)]
     pub max_abs_diff: BTreeMap<String, f64>,
+    /// [min, max] of the source's values of each output on the validation inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_range: Option<BTreeMap<String, Vec<f64>>>,
+    /// `max_abs_diff` as a share of the output's range (None for a constant output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_diff: Option<BTreeMap<String, Option<f64>>>,
 }
 
 /// The digest algorithms a manifest may name.
