@@ -229,7 +229,8 @@ def _run_conversion(
     **declared: Any,
 ) -> None:
     """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them;
-    `output_options`: the `target` output's own (GGUF's type and overrides)."""
+    `target`: the tensor output's format (convert.outputs.registry); `output_options`: that output's own
+    options (GGUF's type and overrides)."""
     from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
     quiet, as_json, dry_run = _flags().get("quiet", False), _wants_json(), declared["dry_run"]

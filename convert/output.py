@@ -192,13 +192,15 @@ def _inside(folder: Path, outputs: list[str]) -> list[str]:
 
 def _manifest_names(doc: dict[str, Any]) -> set[str]:
     """The names an output's manifest accounts for: its files, index (and the layout's extra
-    indexes), sidecars and itself."""
+    indexes), sidecars, itself, and the files a companion output's records name under `file` (each
+    entry of a top-level list, as ruv-FANN's `networks`)."""
     from . import manifest as manifest_mod
     from .errors import ConvertError
     from .mapping import load_layout
 
     files = [f.get("path") for f in doc.get("files", []) if isinstance(f, dict)]
-    names = {manifest_mod.MANIFEST_FILE, *files, *doc.get("sidecars", [])}
+    records = [e.get("file") for v in doc.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    names = {manifest_mod.MANIFEST_FILE, *files, *records, *doc.get("sidecars", [])}
     if doc.get("index"):
         names.add(doc["index"])
         try:
