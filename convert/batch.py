@@ -225,13 +225,12 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
 
 
 def output_option_names() -> list[str]:
-    """The options output formats declare beyond the shared conversion options (gguf: type,
-    type_override): job-file keys and batch flags, gathered into a job's `output_options`."""
-    from .options import ConvertOptions
+    """The options output formats declare beyond the conversion options (gguf: type, type_override):
+    job-file keys and batch flags, gathered into a job's `output_options`."""
+    from .options import OPTIONS
     from .outputs.registry import OUTPUTS
 
-    shared = set(ConvertOptions.__dataclass_fields__)
-    return list(dict.fromkeys(o.name for out in OUTPUTS if out.role == "tensors" for o in out.options if o.name not in shared))
+    return list(dict.fromkeys(o.name for out in OUTPUTS if out.role == "tensors" for o in out.options if o.name not in OPTIONS))
 
 
 def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:
@@ -304,9 +303,8 @@ def _convert(job: Job) -> int:
     from .api import conversion_options, convert_opened, open_path
 
     declared = {o.name: getattr(job, o.name) for o in CONVERSION_OPTIONS}
-    options = conversion_options(
-        {**declared, "overwrite": True, "request": job.request(), "output_options": job.output_options}, job.to
-    )
+    chosen = {"overwrite": True, "request": job.request(), "output_options": job.output_options}
+    options = conversion_options({**declared, **chosen}, job.to)
     with open_path(job.source, job.conversion, job.reader, job.follow_links) as opened:
         return convert_opened(opened, job.output, options, target=job.to).bytes
 

@@ -153,16 +153,15 @@ def declared(option: Option, **click_kwargs: Any) -> Callable[[Callable[..., Any
 digest_option = declared(OPTIONS["digest"])
 
 
-def conversion_options(fn: Callable[..., Any], without: tuple[str, ...] = ()) -> Callable[..., Any]:
-    """Options every conversion command shares (convert.options.CONVERSION_OPTIONS), but those named
-    in `without` (to-gguf has no --dtype)."""
+def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every conversion command shares (convert.options.CONVERSION_OPTIONS)."""
     cli_own: dict[str, dict[str, Any]] = {
         "layout_file": {"type": click.Path(dir_okay=False, path_type=str)},
         "layout_options": {"multiple": True, "metavar": "KEY=VALUE"},
         "dtype": {"type": DtypeChoice(list(CAST_TARGETS), case_sensitive=False)},
         "max_shard_size": {"metavar": "SIZE"},
     }
-    for option in reversed([o for o in CONVERSION_OPTIONS if o.name not in without]):
+    for option in reversed(CONVERSION_OPTIONS):
         fn = declared(option, **cli_own.get(option.name, {}))(fn)
     return fn
 
@@ -230,7 +229,8 @@ def _run_conversion(
     **declared: Any,
 ) -> None:
     """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them;
-    `target`: the tensor output's format (convert.outputs.registry), `output_options` its own options."""
+    `target`: the tensor output's format (convert.outputs.registry); `output_options`: that output's own
+    options (GGUF's type and overrides)."""
     from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
     quiet, as_json, dry_run = _flags().get("quiet", False), _wants_json(), declared["dry_run"]
@@ -314,28 +314,21 @@ def conversion_command(
     examples: tuple[str, ...],
     target: str = "safetensors",
 ) -> None:
-    """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own,
-    then the options every conversion shares, the output flags, and one-line errors."""
-    from dataclasses import fields
-
+    """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own, then
+    the options every conversion shares, the output flags, and one-line errors."""
     from .contract import ReaderOptions
-    from .options import ConvertOptions
-    from .outputs.registry import outputs_for
 
-    shared = {f.name for f in fields(ConvertOptions)}  # --max-shard-size and the like: declared, but every command's
-    declared = [o for o in outputs_for(target).tensors.options if o.name not in shared]
+    own = output_own_options(target)
 
     def run(src: str, out: str, **opts: Any) -> None:
         reader = ReaderOptions(**{k: opts.pop(k) for k in reader_options})
-        chosen = {o.name: opts.pop(o.name) for o in declared}
+        chosen = {o.name: opts.pop(o.name) for o in own}
         _run_conversion(conversion, src, out, reader, target=target, output_options=chosen, **opts)
 
     run.__doc__ = summary
-    # an output that chooses each tensor's type itself (GGUF) takes no --dtype
-    without = ("dtype",) if target != "safetensors" else ()
-    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)), without)
-    for declared_option in reversed(declared):
-        fn = output_option(declared_option)(fn)
+    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
+    for own_option in reversed(own):  # a tuple-typed option is a repeated flag
+        fn = declared(own_option, **({"multiple": True, "metavar": "PATTERN=TYPE"} if own_option.type is tuple else {}))(fn)
     for option in reversed(reader_options):
         fn = reader_option(option, option_help.get(option))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
@@ -343,14 +336,12 @@ def conversion_command(
     cli.command(name, short_help=short, epilog=example(*examples))(fn)
 
 
-def output_option(option: Any) -> Callable[..., Any]:
-    """The click option for an option an output declares (convert.output_contract.OutputOption):
-    `--name-with-dashes`, repeatable when its type is a tuple, its choices checked case-insensitively."""
-    flag = "--" + option.name.replace("_", "-")
-    if option.type is tuple:
-        return click.option(flag, option.name, multiple=True, metavar="PATTERN=TYPE", help=option.help)
-    kind = click.Choice(option.choices, case_sensitive=False) if option.choices else option.type
-    return click.option(flag, option.name, type=kind, default=option.default, show_default=True, help=option.help)
+def output_own_options(target: str) -> list[Option]:
+    """The options the `target` output declares that are not conversion options (GGUF's --type and
+    --type-override): their values go to ConvertOptions.output_options."""
+    from .outputs.registry import outputs_for
+
+    return [o for o in outputs_for(target).tensors.options if o.name not in OPTIONS]
 
 
 def _add_conversion_commands() -> None:
@@ -377,7 +368,7 @@ def _add_conversion_commands() -> None:
         "Write GGUF (model.gguf, or llama.cpp's split files under --max-shard-size) for candle's quantized models, "
         "llama.cpp and realizar, from any source the readers read: 2-D and larger tensors in --type (1-D ones stay "
         "F32; rows no block fits fall back as llama-quantize does, each fallback printed and recorded), each "
-        "tensor's quantization error in the manifest.",
+        "tensor's quantization error in the manifest. --dtype does not apply: --type chooses.",
         "auto",
         ReaderOptions.names(),
         {},

@@ -101,11 +101,15 @@ class TargetRecord:
     warnings: list[str]
     request: dict[str, Any] | None
     ties: dict[str, Any] | None = None  # {loader, written, tied}: a tensor output's tied weights
-    output_options: dict[str, Any] | None = None  # the tensor output's own options (GGUF's type, ...)
+    output_options: dict[str, Any] | None = None  # the tensor output's own options (GGUF: type, type_override)
 
     def to_json(self) -> dict[str, Any]:
-        """Its keys, leaving out the optional ones it does not have."""
-        return {k: v for k, v in self.__dict__.items() if v is not None or k not in ("ties", "output_options")}
+        doc = {k: v for k, v in self.__dict__.items() if k not in ("ties", "output_options")}
+        return {
+            **doc,
+            **({"ties": self.ties} if self.ties is not None else {}),
+            **({"output_options": self.output_options} if self.output_options else {}),
+        }
 
 
 def file_entry(path: Path, shown: str, digest: str) -> dict[str, Any]:

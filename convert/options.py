@@ -91,4 +91,4 @@ class ConvertOptions:
     digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
     follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
-    output_options: dict[str, Any] = field(default_factory=dict)  # the tensor output's own options, by the names it declares
+    output_options: dict[str, Any] = field(default_factory=dict)  # options the chosen outputs declare, by name

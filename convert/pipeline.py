@@ -290,7 +290,7 @@ def build_manifest(
             mapping.warnings,
             options.request,
             {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
-            options.output_options or None,
+            options.output_options,
         ),
         written.files,
         tensors,

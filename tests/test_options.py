@@ -34,11 +34,7 @@ def test_the_conversion_commands_are_found() -> None:
 @pytest.mark.parametrize("command", CONVERSION_COMMANDS)
 def test_each_conversion_flag_is_its_record(command: str) -> None:
     params = {p.name: p for p in cli.commands[command].params}
-    absent = {"to-gguf": {"dtype"}}.get(command, set())  # GGUF chooses each tensor's type itself (--type)
     for option in CONVERSION_OPTIONS:
-        if option.name in absent:
-            assert option.name not in params
-            continue
         param = params[option.name]
         assert isinstance(param, click.Option) and param.opts == [option.flag], option.name
         assert param.help == option.help, option.name

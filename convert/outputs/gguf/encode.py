@@ -23,7 +23,9 @@ from convert.tensors import iter_chunks, release_pages
 from .ggml_types import GGMLType
 from .quants import dequantize, quantize
 
-CHUNK_BYTES = 8 << 20  # of the source: a chunk's float32 copy, quantized bytes and error stay small
+# Of the source. A chunk's float32 values, blocks, dequantized values and error stay in the CPU's
+# cache: q8_0 of a 256 MiB tensor took 0.33 s of CPU in 1 MiB chunks against 0.50 s in 8 MiB ones.
+CHUNK_BYTES = 1 << 20
 FLOAT_CODES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # ggml float types -> the cast's dtype code
 
 

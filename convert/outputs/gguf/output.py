@@ -11,37 +11,34 @@ from typing import Any
 
 from convert.errors import UsageError
 from convert.mapping import Layout
-from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written
+from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written, option_value
 from convert.source import SourceModel
 
 from . import build
 from .check import check_files, compare_with_source
 from .ggml_types import TYPES
 
-TYPE_OPTION = "type"
-OVERRIDE_OPTION = "type_override"
 DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
+TYPE = OutputOption(
+    "type",
+    str,
+    DEFAULT_TYPE,
+    "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
+    tuple(TYPES),
+)
+TYPE_OVERRIDE = OutputOption(
+    "type_override",
+    tuple,
+    (),
+    "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
+    "repeatable, the last match wins.",
+)
 
 
 class GGUFOutput:
     name = "gguf"
     role: Role = "tensors"
-    options: Sequence[OutputOption] = (
-        OutputOption(
-            TYPE_OPTION,
-            str,
-            DEFAULT_TYPE,
-            "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
-            tuple(TYPES),
-        ),
-        OutputOption(
-            OVERRIDE_OPTION,
-            tuple,
-            (),
-            "PATTERN=TYPE: the type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, "
-            "{n:int}, {p...}); repeatable, the last match wins",
-        ),
-    )
+    options: Sequence[OutputOption] = (TYPE, TYPE_OVERRIDE)
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
         return None
@@ -50,25 +47,26 @@ class GGUFOutput:
         opts = conversion.options
         if opts.dtype:
             raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
-        chosen = opts.output_options
         gguf_plan = build.plan(
             conversion.kept,
-            str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
-            tuple(chosen.get(OVERRIDE_OPTION) or ()),
+            str(option_value(conversion, TYPE) or DEFAULT_TYPE),
+            tuple(option_value(conversion, TYPE_OVERRIDE) or ()),
             opts.max_shard_size,
             opts.cast_loss,
         )
-        rows = [
-            {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
-            for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
-            for p in shard
-        ]
         source = conversion.source
         family = build.generic_metadata(source.config, source.format)
         work = (gguf_plan, build.file_metadata(family, gguf_plan))
-        total = sum(p.nbytes for p in gguf_plan.tensors)
-        notices = gguf_plan.notices
-        return Plan(list(gguf_plan.files), len(rows), total, rows, warnings=gguf_plan.warnings, notices=notices, work=work)
+        tensors = gguf_plan.tensors
+        return Plan(
+            list(gguf_plan.files),
+            len(tensors),
+            sum(p.nbytes for p in tensors),
+            warnings=gguf_plan.warnings,
+            notices=gguf_plan.notices,
+            work=work,
+            listing=lambda: _rows(gguf_plan),
+        )
 
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
         gguf_plan, metadata = plan.work
@@ -87,3 +85,12 @@ class GGUFOutput:
                 checked.compared_with_source, problems = pending.result()
                 checked.problems += problems
         return checked
+
+
+def _rows(gguf_plan: build.GGUFPlan) -> list[dict[str, Any]]:
+    """--dry-run's listing: each tensor's file, GGUF name, ggml type, shape and bytes."""
+    return [
+        {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
+        for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
+        for p in shard
+    ]
