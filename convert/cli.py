@@ -417,6 +417,8 @@ def output_option(option: Any) -> Callable[..., Any]:
     flag = "--" + option.name.replace("_", "-")
     if option.type is tuple:
         return click.option(flag, option.name, multiple=True, metavar="PATTERN=TYPE", help=option.help)
+    if option.type is bool:
+        return click.option(flag, option.name, is_flag=True, default=option.default, help=option.help)
     kind = click.Choice(option.choices, case_sensitive=False) if option.choices else option.type
     return click.option(flag, option.name, type=kind, default=option.default, show_default=True, help=option.help)
 

@@ -16,10 +16,12 @@ from convert.source import SourceModel
 
 from . import build
 from .check import check_files, compare_with_source
+from .families import adapt
 from .ggml_types import TYPES
 
 TYPE_OPTION = "type"
 OVERRIDE_OPTION = "type_override"
+NO_VOCAB_OPTION = "no_vocab"
 DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
 
 
@@ -33,6 +35,12 @@ class GGUFOutput:
             DEFAULT_TYPE,
             "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
             tuple(TYPES),
+        ),
+        OutputOption(
+            NO_VOCAB_OPTION,
+            bool,
+            False,
+            "write a language model without its tokenizer (llama.cpp then loads it with no vocabulary: token ids in, logits out)",
         ),
         OutputOption(
             OVERRIDE_OPTION,
@@ -51,6 +59,7 @@ class GGUFOutput:
         if opts.dtype:
             raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
         chosen = opts.output_options
+        family = adapt(conversion, bool(chosen.get(NO_VOCAB_OPTION)))  # a language model: llama.cpp's names and keys
         gguf_plan = build.plan(
             conversion.kept,
             str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
@@ -63,11 +72,9 @@ class GGUFOutput:
             for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
             for p in shard
         ]
-        source = conversion.source
-        family = build.generic_metadata(source.config, source.format)
-        work = (gguf_plan, build.file_metadata(family, gguf_plan))
+        work = (gguf_plan, build.file_metadata(family.metadata, gguf_plan))
         total = sum(p.nbytes for p in gguf_plan.tensors)
-        notices = gguf_plan.notices
+        notices = [*family.notices, *gguf_plan.notices]
         return Plan(list(gguf_plan.files), len(rows), total, rows, warnings=gguf_plan.warnings, notices=notices, work=work)
 
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:

@@ -1,0 +1,312 @@
+"""`convert to-gguf` on Hugging Face causal LMs: tiny random models of each family built with
+transformers in the test, with tokenizers trained in the test (byte-level BPE with `tokenizers`,
+SentencePiece with `sentencepiece`), converted, then loaded back by transformers' own GGUF reader
+(its logits against the source model's, its tokenizer's ids against the source tokenizer's); every
+tensor against the source after the transforms the manifest records (f32) or the `gguf` package's
+quantize-dequantize of it (q8_0); names against the `gguf` package's TensorNameMap; refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("accelerate")  # transformers needs it to load a GGUF file
+tokenizers = pytest.importorskip("tokenizers")
+spm = pytest.importorskip("sentencepiece")
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 2026 and we've got 123 tests!",
+    "Tokenizers split text; models read ids.\nNew lines, tabs\tand  spaces, don't they?",
+] * 20
+TEXT = "The lazy fox's 42 tests don't split.\n"
+QWEN2_SPLIT = (  # Qwen2's tokenizer.json split pattern
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+EOT = "<|endoftext|>"
+
+
+def bpe_tokenizer(folder: Path, pre: str) -> Any:
+    """A byte-level BPE trained on CORPUS, with GPT-2's pre-tokenizer or Qwen2's split, saved to `folder`."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    if pre == "gpt-2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def sentencepiece_tokenizer(folder: Path) -> Any:
+    """A SentencePiece BPE with byte fallback and no normalization (as Llama 2's), trained on
+    CORPUS; saved as Llama's slow tokenizer (tokenizer.model and tokenizer_config.json)."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=320,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    tok = transformers.LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"))
+    tok.save_pretrained(folder)
+    return tok
+
+
+def source_ids(tok: Any, folder: Path) -> list[int]:
+    """The ids the source tokenizer gives TEXT: SentencePiece's own encoding after BOS, or the BPE's."""
+    if (folder / "tokenizer.model").is_file():
+        sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        return [sp.bos_id(), *sp.encode(TEXT)]
+    return list(tok(TEXT).input_ids)
+
+
+LLAMA_LIKE = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 128,
+}
+FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
+    # name: (transformers config class, its arguments, tokenizer)
+    "gpt2": ("GPT2Config", {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 1024}, "gpt-2"),
+    "llama": ("LlamaConfig", {**LLAMA_LIKE, "num_key_value_heads": 2, "tie_word_embeddings": False}, "spm"),
+    "mistral": ("MistralConfig", {**LLAMA_LIKE, "num_key_value_heads": 2}, "spm"),
+    "qwen2": ("Qwen2Config", {**LLAMA_LIKE, "num_key_value_heads": 2, "tie_word_embeddings": True}, "qwen2"),
+    # transformers' GGUF reader takes no head size from the file and assumes Qwen3's 128
+    "qwen3": ("Qwen3Config", {**LLAMA_LIKE, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128}, "qwen2"),
+    "phi3": ("Phi3Config", {**LLAMA_LIKE, "num_key_value_heads": 4, "pad_token_id": 0}, "spm"),
+}
+
+
+@dataclass
+class Built:
+    family: str
+    folder: Path
+    model: Any
+    ids: list[int]  # the source tokenizer's ids for TEXT
+    outputs: dict[str, tuple[Path, str]]  # --type: (OUT, stderr)
+
+    def converted(self, type_name: str) -> Path:
+        if type_name not in self.outputs:
+            out = self.folder.parent / f"out-{type_name}"
+            rc, _stdout, stderr = run_cli("to-gguf", self.folder, out, "--type", type_name)
+            assert rc == 0, stderr
+            self.outputs[type_name] = (out, stderr)
+        return self.outputs[type_name][0]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    name = request.param
+    config_class, kwargs, tokenizer = FAMILIES[name]
+    folder = tmp_path_factory.mktemp(name) / "model"
+    folder.mkdir()
+    tok = sentencepiece_tokenizer(folder) if tokenizer == "spm" else bpe_tokenizer(folder, tokenizer)
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=len(tok), **kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(folder)
+    return Built(name, folder, model, source_ids(tok, folder), {})
+
+
+def logits(model: Any, ids: list[int]) -> Any:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def load_back(out: Path) -> tuple[Any, Any]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", torch_dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+
+
+def test_f32_loads_back_in_transformers(built: Built) -> None:
+    """transformers' GGUF reader undoes llama.cpp's surgery; at f32 the logits are the source's."""
+    model, tok = load_back(built.converted("f32"))
+    if built.family != "phi3":  # transformers rebuilds Phi-3's as a BPE without byte fallback: see below
+        assert list(tok(TEXT).input_ids) == built.ids
+    want = logits(built.model, built.ids)
+    np.testing.assert_allclose(logits(model, built.ids), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_q8_0_loads_back_in_transformers(built: Built) -> None:
+    model, _tok = load_back(built.converted("q8_0"))
+    want = logits(built.model, built.ids)
+    scale = np.abs(want).max()
+    assert np.abs(logits(model, built.ids) - want).max() < 0.05 * scale
+
+
+def gguf_tensors(out: Path) -> dict[str, Any]:
+    return {t.name: t for t in gguf.GGUFReader(out / "model.gguf").tensors}
+
+
+@pytest.mark.parametrize("type_name", ["f32", "q8_0"])
+def test_every_tensor_is_the_source_after_its_transforms(built: Built, type_name: str) -> None:
+    """Each GGUF tensor is the manifest's transforms replayed on the source tensors (numpy here,
+    not the tool's code), then the type's quantize-dequantize by the `gguf` package."""
+    from safetensors.numpy import load_file
+
+    out = built.converted(type_name)
+    source = load_file(built.folder / "model.safetensors")
+    written = gguf_tensors(out)
+    entries = read_manifest(out)["tensors"]
+    assert {e["name"] for e in entries} == set(written)
+    for entry in entries:
+        (src,) = entry["sources"]
+        expected = replay(entry["transforms"], source[src["name"]])
+        t = written[entry["name"]]
+        qtype = gguf.GGMLQuantizationType[entry["dtype"]]
+        assert t.tensor_type == qtype, entry["name"]
+        got = gguf.quants.dequantize(t.data, qtype).reshape(expected.shape)
+        if qtype != gguf.GGMLQuantizationType.F32:
+            expected = gguf.quants.dequantize(gguf.quants.quantize(expected, qtype), qtype)
+        np.testing.assert_array_equal(got, expected, err_msg=entry["name"])
+
+
+def replay(transforms: list[dict[str, Any]], arr: Any) -> Any:
+    """The few steps a family's surgery records (reshape, permute, transpose), in numpy."""
+    for t in transforms:
+        if t["op"] == "reshape":
+            arr = arr.reshape(t["shape"])
+        elif t["op"] == "permute":
+            arr = arr.transpose(t["axes"])
+        else:
+            assert t["op"] == "transpose", t
+            arr = arr.T
+    return np.ascontiguousarray(arr)
+
+
+def test_names_and_keys_are_llama_cpps(built: Built) -> None:
+    """Every name is the one the `gguf` package's TensorNameMap gives the source tensor, and the
+    hyper-parameters are under the architecture's keys, as llama.cpp reads them."""
+    out = built.converted("f32")
+    reader = gguf.GGUFReader(out / "model.gguf")
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    arch = fields["general.architecture"]
+    arch_id = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
+    config = built.model.config
+    names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
+    for entry in read_manifest(out)["tensors"]:
+        (src,) = entry["sources"]
+        assert names.get_name(src["name"], try_suffixes=(".weight", ".bias")) == entry["name"]
+    assert fields["general.alignment"] == 32
+    assert fields[gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)] == config.num_hidden_layers
+    assert fields[gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)] == config.hidden_size
+    assert fields[gguf.Keys.Attention.HEAD_COUNT.format(arch=arch)] == config.num_attention_heads
+    assert len(fields[gguf.Keys.Tokenizer.LIST]) == config.vocab_size
+    assert fields[gguf.Keys.Tokenizer.MODEL] == ("llama" if FAMILIES[built.family][2] == "spm" else "gpt2")
+
+
+@pytest.mark.parametrize("built", [f for f, (_c, _k, tok) in FAMILIES.items() if tok == "spm"], indirect=True)
+def test_sentencepiece_vocabulary_is_the_models(built: Built) -> None:
+    """A SentencePiece model's pieces, scores and types as llama.cpp's SPM vocabulary reads them
+    (transformers' Phi-3 GGUF tokenizer drops byte fallback, so its ids are not this proof)."""
+    sp = spm.SentencePieceProcessor(model_file=str(built.folder / "tokenizer.model"))
+    reader = gguf.GGUFReader(built.converted("f32") / "model.gguf")
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    n = sp.vocab_size()
+    assert fields["tokenizer.ggml.tokens"][:n] == [sp.id_to_piece(i) for i in range(n)]
+    assert fields["tokenizer.ggml.scores"][:n] == pytest.approx([sp.get_score(i) for i in range(n)], rel=0, abs=0)
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[sp.unk_id()] == gguf.TokenType.UNKNOWN and types[sp.bos_id()] == gguf.TokenType.CONTROL
+    assert types[sp.piece_to_id("<0x0A>")] == gguf.TokenType.BYTE
+    assert fields["tokenizer.ggml.bos_token_id"] == sp.bos_id() and fields["tokenizer.ggml.eos_token_id"] == sp.eos_id()
+
+
+def test_verify_with_the_source_replays_the_surgery(built: Built) -> None:
+    out = built.converted("f32")
+    rc, _stdout, stderr = run_cli("verify", out, "--source", built.folder)
+    assert rc == 0, stderr
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def llama_copy(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama folder of its own, to damage."""
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    tok = sentencepiece_tokenizer(folder)
+    config = transformers.LlamaConfig(vocab_size=len(tok), **LLAMA_LIKE)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def edit_json(path: Path, **changes: Any) -> None:
+    doc = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            doc.pop(k, None)
+        else:
+            doc[k] = v
+    path.write_text(json.dumps(doc))
+
+
+def test_a_config_without_a_key_llama_cpp_needs_is_refused(llama_copy: Path, tmp_path: Path) -> None:
+    edit_json(llama_copy / "config.json", rms_norm_eps=None)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-gguf", llama_copy, out), 7, "rms_norm_eps")
+    assert_no_output(out)
+
+
+def test_a_missing_tokenizer_is_refused_and_no_vocab_writes_none(llama_copy: Path, tmp_path: Path) -> None:
+    (llama_copy / "tokenizer.model").unlink()
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-gguf", llama_copy, out), 4, "tokenizer")
+    assert_no_output(out)
+    rc, _stdout, stderr = run_cli("to-gguf", llama_copy, out, "--no-vocab")
+    assert rc == 0, stderr
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(out / "model.gguf").fields.items()}
+    assert fields["tokenizer.ggml.model"] == "none" and "tokenizer.ggml.tokens" not in fields
+
+
+def test_an_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
+    """A BPE whose pre-tokenizer llama.cpp implements under no name (whitespace splitting) is
+    refused, not written under a name whose splitting differs."""
+    from tokenizers import models, pre_tokenizers, trainers
+
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=120, special_tokens=[EOT]))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT).save_pretrained(folder)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=tok.get_vocab_size(), n_positions=64)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-gguf", folder, out), 4, "pre-tokenizer")
+    assert_no_output(out)
+
+
+@pytest.mark.parametrize("built", ["gpt2"], indirect=True)
+def test_another_layout_keeps_canonical_names(built: Built, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc, _stdout, stderr = run_cli("to-gguf", built.folder, out, "--type", "f32", "--layout", "candle")
+    assert rc == 0, stderr
+    assert "canonical" in stderr
+    assert "transformer.h.0.attn.c_attn.weight" in gguf_tensors(out)
