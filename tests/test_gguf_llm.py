@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,107 @@ def test_another_layout_keeps_canonical_names(built: Built, tmp_path: Path) -> N
     assert rc == 0, stderr
     assert "canonical" in stderr
     assert "transformer.h.0.attn.c_attn.weight" in gguf_tensors(out)
+
+
+# --- llama.cpp's presets -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A llama whose rows are whole K-quant blocks (256), so the preset's types are not fallbacks."""
+    folder = tmp_path_factory.mktemp("wide") / "model"
+    folder.mkdir()
+    tok = sentencepiece_tokenizer(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), **{**LLAMA_LIKE, "hidden_size": 256, "intermediate_size": 256, "num_key_value_heads": 2}
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return Built("llama", folder, model, source_ids(tok, folder), {})
+
+
+def test_q4_k_m_takes_llama_quantizes_types(wide_llama: Built) -> None:
+    """Q4_K_M: the output in Q6_K, attn_v and ffn_down of the layers use_more_bits picks (layer 1
+    of 2) in Q6_K, the rest Q4_K, norms F32; each choice's reason recorded; transformers runs it."""
+    out = wide_llama.converted("q4_k_m")
+    reader = gguf.GGUFReader(out / "model.gguf")
+    assert reader.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    raised = {"output.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight"}
+    for name, kind in types.items():
+        want = "F32" if name.endswith("norm.weight") else "Q6_K" if name in raised else "Q4_K"
+        assert kind == want, name
+    reasons = {e["name"]: e["quantization"].get("reason", "") for e in read_manifest(out)["tensors"]}
+    assert all(reasons[n].startswith("q4_k_m:") for n in raised)
+    model, _tok = load_back(out)
+    want = logits(wide_llama.model, wide_llama.ids)
+    assert np.abs(logits(model, wide_llama.ids) - want).max() < 0.2 * np.abs(want).max()
+
+
+def test_a_preset_needs_a_language_model(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(4, 256)}, path)
+    out = tmp_path / "out"
+    assert_cli_error(run_cli("to-gguf", path, out, "--type", "q4_k_m"), 2, "q4_k_m")
+    assert_no_output(out)
+
+
+# --- llama.cpp itself (the tier: llama-cpp-python built from the registry's source package) -------
+
+# Of the logits' scale, measured with an F32 KV cache on these models: f32 files 1e-7 to 1e-4 (ggml's
+# GELU goes through an F16 table), q8_0 about 1e-2 (ggml quantizes the activations too).
+LLAMA_CPP_BOUND = {"f32": 1e-3, "q8_0": 4e-2}
+PROBE_IDS = [5, 17, 42, 99, 100, 7, 3, 250]
+
+
+def llama_cpp_logits(path: Path, ids: list[int], tokenize: bool = True) -> tuple[Any, list[int]]:
+    """llama.cpp's logits for `ids` (F32 KV cache) and, when asked, its own tokenization of TEXT
+    (ggml aborts on tokenizing with no vocabulary)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the llama.cpp tier: llama-cpp-python not built in this venv")
+    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
+    try:
+        llm.eval(ids)
+        spm_vocab = llm.metadata.get("tokenizer.ggml.model") == "llama"
+        tokens = llm.tokenize(TEXT.encode(), add_bos=spm_vocab, special=False) if tokenize else []
+        return np.array(llm.scores[: len(ids)]), tokens
+    finally:
+        llm.close()
+
+
+def scaled_error(got: Any, want: Any) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("type_name", ["f32", "q8_0"])
+def test_llama_cpp_runs_it_as_transformers_does(built: Built, type_name: str) -> None:
+    got, tokens = llama_cpp_logits(built.converted(type_name) / "model.gguf", PROBE_IDS)
+    assert scaled_error(got, logits(built.model, PROBE_IDS)) < LLAMA_CPP_BOUND[type_name]
+    assert tokens == built.ids
+
+
+@pytest.mark.parametrize("built", ["gpt2"], indirect=True)
+def test_llama_cpp_catches_a_wrong_tensor(built: Built, tmp_path: Path) -> None:
+    """The same comparison fails on a file whose attention output is left untransposed."""
+    bad = tmp_path / "model.gguf"
+    shutil.copyfile(built.converted("f32") / "model.gguf", bad)
+    t = next(t for t in gguf.GGUFReader(bad).tensors if t.name == "blk.0.attn_output.weight")
+    with open(bad, "r+b") as fh:
+        fh.seek(t.data_offset)
+        fh.write(np.ascontiguousarray(np.asarray(t.data).reshape(t.shape[::-1]).T).tobytes())
+    got, _tokens = llama_cpp_logits(bad, PROBE_IDS, tokenize=False)
+    assert scaled_error(got, logits(built.model, PROBE_IDS)) > 10 * LLAMA_CPP_BOUND["f32"]
+
+
+def test_llama_cpp_loads_a_file_without_vocabulary(tmp_path: Path) -> None:
+    """--no-vocab: llama.cpp's vocabulary type NONE; it runs token ids to logits."""
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, **LLAMA_LIKE)).eval()
+    model.save_pretrained(folder)
+    out = tmp_path / "out"
+    rc, _stdout, stderr = run_cli("to-gguf", folder, out, "--type", "f32", "--no-vocab")
+    assert rc == 0, stderr
+    got, _tokens = llama_cpp_logits(out / "model.gguf", PROBE_IDS[:3], tokenize=False)
+    assert scaled_error(got, logits(model, PROBE_IDS[:3])) < LLAMA_CPP_BOUND["f32"]

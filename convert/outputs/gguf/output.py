@@ -17,7 +17,9 @@ from convert.source import SourceModel
 from . import build
 from .check import check_files, compare_with_source
 from .families import adapt
+from .file_format import u32
 from .ggml_types import TYPES
+from .presets import PRESETS, mixed, relabel
 
 TYPE_OPTION = "type"
 OVERRIDE_OPTION = "type_override"
@@ -33,8 +35,9 @@ class GGUFOutput:
             TYPE_OPTION,
             str,
             DEFAULT_TYPE,
-            "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
-            tuple(TYPES),
+            "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
+            "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
+            (*TYPES, *(p for p in PRESETS if p not in TYPES)),
         ),
         OutputOption(
             NO_VOCAB_OPTION,
@@ -60,19 +63,28 @@ class GGUFOutput:
             raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
         chosen = opts.output_options
         family = adapt(conversion, bool(chosen.get(NO_VOCAB_OPTION)))  # a language model: llama.cpp's names and keys
+        mix = mixed(
+            str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
+            [(m.name, m.ref.shape) for m in conversion.kept],
+            family.arch is not None,
+        )
         gguf_plan = build.plan(
             conversion.kept,
-            str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
-            tuple(chosen.get(OVERRIDE_OPTION) or ()),
+            mix.base,
+            (*mix.overrides, *(chosen.get(OVERRIDE_OPTION) or ())),
             opts.max_shard_size,
             opts.cast_loss,
         )
+        relabel(gguf_plan.tensors, mix)
         rows = [
             {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
             for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
             for p in shard
         ]
-        work = (gguf_plan, build.file_metadata(family.metadata, gguf_plan))
+        metadata = build.file_metadata(family.metadata, gguf_plan)
+        if mix.file_type is not None:
+            metadata["general.file_type"] = u32(mix.file_type)
+        work = (gguf_plan, metadata)
         total = sum(p.nbytes for p in gguf_plan.tensors)
         notices = [*family.notices, *gguf_plan.notices]
         return Plan(list(gguf_plan.files), len(rows), total, rows, warnings=gguf_plan.warnings, notices=notices, work=work)

@@ -36,6 +36,7 @@ class Adapted:
 
     metadata: dict[str, Value]
     notices: list[str] = field(default_factory=list)
+    arch: str | None = None  # the family's llama.cpp architecture; None: canonical names
 
 
 def family_for(config: dict[str, Any] | None) -> Family | None:
@@ -61,7 +62,7 @@ def adapt(conversion: Conversion, without_vocab: bool = False) -> Adapted:
         conversion.aliases[alias] = renamed.get(kept, kept)
     rows = int(cfg.need("vocab_size"))
     metadata.update(no_vocab() if without_vocab else tokenizer_metadata(tokenizer_files(source), cfg.raw, rows))
-    return Adapted(metadata, [f"{family.arch}: {len(renamed)} tensors named as llama.cpp names them"])
+    return Adapted(metadata, [f"{family.arch}: {len(renamed)} tensors named as llama.cpp names them"], family.arch)
 
 
 def tokenizer_files(source: SourceModel) -> list[Path]:
