@@ -7,7 +7,6 @@ quantize-dequantize of it (q8_0); names against the `gguf` package's TensorNameM
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+from llm_support import CORPUS, sentencepiece_tokenizer, tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -26,10 +26,6 @@ pytest.importorskip("accelerate")  # transformers needs it to load a GGUF file
 tokenizers = pytest.importorskip("tokenizers")
 spm = pytest.importorskip("sentencepiece")
 
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. It's 2026 and we've got 123 tests!",
-    "Tokenizers split text; models read ids.\nNew lines, tabs\tand  spaces, don't they?",
-] * 20
 TEXT = "The lazy fox's 42 tests don't split.\n"
 QWEN2_SPLIT = (  # Qwen2's tokenizer.json split pattern
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -55,26 +51,6 @@ def bpe_tokenizer(folder: Path, pre: str) -> Any:
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT)
     fast.save_pretrained(folder)
     return fast
-
-
-def sentencepiece_tokenizer(folder: Path) -> Any:
-    """A SentencePiece BPE with byte fallback and no normalization (as Llama 2's), trained on
-    CORPUS; saved as Llama's slow tokenizer (tokenizer.model and tokenizer_config.json)."""
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS),
-        model_writer=buf,
-        vocab_size=320,
-        model_type="bpe",
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        minloglevel=2,
-    )
-    (folder / "tokenizer.model").write_bytes(buf.getvalue())
-    tok = transformers.LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"))
-    tok.save_pretrained(folder)
-    return tok
 
 
 def source_ids(tok: Any, folder: Path) -> list[int]:
@@ -248,14 +224,10 @@ def test_verify_with_the_source_replays_the_surgery(built: Built) -> None:
 
 
 @pytest.fixture
-def llama_copy(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def llama_copy(tmp_path: Path) -> Path:
     """A tiny llama folder of its own, to damage."""
-    folder = tmp_path / "llama"
-    folder.mkdir()
-    tok = sentencepiece_tokenizer(folder)
-    config = transformers.LlamaConfig(vocab_size=len(tok), **LLAMA_LIKE)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    tiny_llama(tmp_path / "llama")
+    return tmp_path / "llama"
 
 
 def edit_json(path: Path, **changes: Any) -> None:
@@ -320,15 +292,8 @@ def test_another_layout_keeps_canonical_names(built: Built, tmp_path: Path) -> N
 def wide_llama(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """A llama whose rows are whole K-quant blocks (256), so the preset's types are not fallbacks."""
     folder = tmp_path_factory.mktemp("wide") / "model"
-    folder.mkdir()
-    tok = sentencepiece_tokenizer(folder)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok), **{**LLAMA_LIKE, "hidden_size": 256, "intermediate_size": 256, "num_key_value_heads": 2}
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    return Built("llama", folder, model, source_ids(tok, folder), {})
+    model = tiny_llama(folder, hidden_size=256, intermediate_size=256, num_key_value_heads=2)
+    return Built("llama", folder, model, source_ids(None, folder), {})
 
 
 def test_q4_k_m_takes_llama_quantizes_types(wide_llama: Built) -> None:
@@ -372,8 +337,8 @@ def llama_cpp_logits(path: Path, ids: list[int], tokenize: bool = True) -> tuple
     llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
     try:
         llm.eval(ids)
-        spm_vocab = llm.metadata.get("tokenizer.ggml.model") == "llama"
-        tokens = llm.tokenize(TEXT.encode(), add_bos=spm_vocab, special=False) if tokenize else []
+        # add_bos=True: BOS as the file's tokenizer.ggml.add_bos_token (or llama.cpp's default) says
+        tokens = llm.tokenize(TEXT.encode(), add_bos=True, special=False) if tokenize else []
         return np.array(llm.scores[: len(ids)]), tokens
     finally:
         llm.close()

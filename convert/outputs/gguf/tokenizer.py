@@ -50,7 +50,9 @@ def tokenizer_metadata(files: Sequence[Path], config: dict[str, Any], vocab_rows
         keys = _sentencepiece(by_name["tokenizer.model"], vocab_rows)
         vocab = {t: i for i, t in enumerate(keys["tokenizer.ggml.tokens"].value)}
     elif "tokenizer.json" in by_name:
-        keys, vocab = _bpe(read_json(by_name["tokenizer.json"]), vocab_rows)
+        doc = read_json(by_name["tokenizer.json"])
+        keys, vocab = _bpe(doc, vocab_rows)
+        keys["tokenizer.ggml.add_bos_token"] = boolean(_adds_bos(doc))  # what the tokenizer does, unless the config says
     else:
         raise UnsupportedFormatError(
             "no tokenizer.json or tokenizer.model beside the model: llama.cpp needs the tokenizer "
@@ -116,6 +118,18 @@ def _bpe(doc: Any, rows: int) -> tuple[dict[str, Value], dict[str, int]]:
         "tokenizer.ggml.merges": strings(merges),
     }
     return keys, vocab
+
+
+def _adds_bos(doc: dict[str, Any]) -> bool:
+    """Whether a tokenizer.json puts a special token before a single text (its TemplateProcessing,
+    as Llama 3's does); llama.cpp would otherwise take its own default for BPE vocabularies."""
+    post = doc.get("post_processor")
+    steps = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            return bool(single) and isinstance(single[0], dict) and "SpecialToken" in single[0]
+    return False
 
 
 def _pre_name(pre: Any) -> str:
