@@ -31,24 +31,35 @@ QWEN2_SPLIT = (  # Qwen2's tokenizer.json split pattern
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+LLAMA3_SPLIT = (  # Llama 3's: digits in runs of up to three
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+SPLITS = {"qwen2": QWEN2_SPLIT, "llama-bpe": LLAMA3_SPLIT}
 EOT = "<|endoftext|>"
+BOT = "<|begin_of_text|>"
 
 
 def bpe_tokenizer(folder: Path, pre: str) -> Any:
-    """A byte-level BPE trained on CORPUS, with GPT-2's pre-tokenizer or Qwen2's split, saved to `folder`."""
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    """A byte-level BPE trained on CORPUS, with GPT-2's pre-tokenizer, or Qwen2's or Llama 3's split
+    (Llama 3's also putting BOS first, as its post-processor does), saved to `folder`."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())
     if pre == "gpt-2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
         tok.normalizer = normalizers.NFC()
-        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
+        split = pre_tokenizers.Split(Regex(SPLITS[pre]), behavior="isolated")
         tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT, BOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT)
+    bos = EOT
+    if pre == "llama-bpe":
+        bos = BOT
+        tok.post_processor = processors.TemplateProcessing(single=f"{BOT} $A", special_tokens=[(BOT, tok.token_to_id(BOT))])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=EOT)
     fast.save_pretrained(folder)
     return fast
 
@@ -72,6 +83,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
     # name: (transformers config class, its arguments, tokenizer)
     "gpt2": ("GPT2Config", {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 1024}, "gpt-2"),
     "llama": ("LlamaConfig", {**LLAMA_LIKE, "num_key_value_heads": 2, "tie_word_embeddings": False}, "spm"),
+    "llama3": ("LlamaConfig", {**LLAMA_LIKE, "num_key_value_heads": 2}, "llama-bpe"),  # a byte-level BPE
     "mistral": ("MistralConfig", {**LLAMA_LIKE, "num_key_value_heads": 2}, "spm"),
     "qwen2": ("Qwen2Config", {**LLAMA_LIKE, "num_key_value_heads": 2, "tie_word_embeddings": True}, "qwen2"),
     # transformers' GGUF reader takes no head size from the file and assumes Qwen3's 128
@@ -124,7 +136,10 @@ def load_back(out: Path) -> tuple[Any, Any]:
 def test_f32_loads_back_in_transformers(built: Built) -> None:
     """transformers' GGUF reader undoes llama.cpp's surgery; at f32 the logits are the source's."""
     model, tok = load_back(built.converted("f32"))
-    if built.family != "phi3":  # transformers rebuilds Phi-3's as a BPE without byte fallback: see below
+    # transformers rebuilds Phi-3's vocabulary as a BPE without byte fallback, and Llama 3's with GPT-2's
+    # split instead of the file's: those two are proven by their tokens and merges
+    # (test_names_and_keys_are_llama_cpps, test_sentencepiece_vocabulary_is_the_models) and by llama.cpp's tier
+    if built.family not in ("phi3", "llama3"):
         assert list(tok(TEXT).input_ids) == built.ids
     want = logits(built.model, built.ids)
     np.testing.assert_allclose(logits(model, built.ids), want, rtol=0, atol=1e-5 * np.abs(want).max())
@@ -195,7 +210,14 @@ def test_names_and_keys_are_llama_cpps(built: Built) -> None:
     assert fields[gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)] == config.hidden_size
     assert fields[gguf.Keys.Attention.HEAD_COUNT.format(arch=arch)] == config.num_attention_heads
     assert len(fields[gguf.Keys.Tokenizer.LIST]) == config.vocab_size
-    assert fields[gguf.Keys.Tokenizer.MODEL] == ("llama" if FAMILIES[built.family][2] == "spm" else "gpt2")
+    tokenizer = FAMILIES[built.family][2]
+    assert fields[gguf.Keys.Tokenizer.MODEL] == ("llama" if tokenizer == "spm" else "gpt2")
+    if tokenizer != "spm":  # the BPE's own tokens, merges, and its pre-tokenizer's name in llama.cpp
+        doc = json.loads((built.folder / "tokenizer.json").read_text())
+        vocab = {**doc["model"]["vocab"], **{a["content"]: a["id"] for a in doc["added_tokens"]}}
+        assert fields[gguf.Keys.Tokenizer.LIST][: len(vocab)] == sorted(vocab, key=vocab.__getitem__)
+        assert fields[gguf.Keys.Tokenizer.MERGES] == [m if isinstance(m, str) else " ".join(m) for m in doc["model"]["merges"]]
+        assert fields[gguf.Keys.Tokenizer.PRE] == tokenizer
 
 
 @pytest.mark.parametrize("built", [f for f, (_c, _k, tok) in FAMILIES.items() if tok == "spm"], indirect=True)
