@@ -156,7 +156,7 @@ def gguf_tensors(out: Path) -> dict[str, Any]:
     return {t.name: t for t in gguf.GGUFReader(out / "model.gguf").tensors}
 
 
-@pytest.mark.parametrize("type_name", ["f32", "q8_0"])
+@pytest.mark.parametrize("type_name", ["f32", "f16", "q8_0"])
 def test_every_tensor_is_the_source_after_its_transforms(built: Built, type_name: str) -> None:
     """Each GGUF tensor is the manifest's transforms replayed on the source tensors (numpy here,
     not the tool's code), then the type's quantize-dequantize by the `gguf` package."""
