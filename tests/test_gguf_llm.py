@@ -402,3 +402,12 @@ def test_llama_cpp_loads_a_file_without_vocabulary(tmp_path: Path) -> None:
     assert rc == 0, stderr
     got, _tokens = llama_cpp_logits(out / "model.gguf", PROBE_IDS[:3], tokenize=False)
     assert scaled_error(got, logits(model, PROBE_IDS[:3])) < LLAMA_CPP_BOUND["f32"]
+
+
+def test_the_python_api_takes_a_preset_and_no_vocab(llama_copy: Path, tmp_path: Path) -> None:
+    from convert.api import to_gguf
+
+    to_gguf(llama_copy, tmp_path / "out", type="q5_k_m", no_vocab=True)
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(tmp_path / "out" / "model.gguf").fields.items()}
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q5_K_M)
+    assert fields["tokenizer.ggml.model"] == "none"
