@@ -53,8 +53,13 @@ def adapt(conversion: Conversion, without_vocab: bool = False) -> Adapted:
     if family is None or conversion.layout.name != DEFAULT_LAYOUT:
         model_type = (source.config or {}).get("model_type")
         known = ", ".join(sorted({m for f in FAMILIES for m in f.model_types}))
-        why = f"layout {conversion.layout.name!r}" if family is not None else f"model_type {model_type!r} is none of {known}"
-        return Adapted(generic_metadata(source.config, source.format), [f"GGUF names are the canonical ones ({why})"])
+        if family is not None:
+            why = f"the layout is {conversion.layout.name!r}, not {DEFAULT_LAYOUT!r}"
+        elif model_type:
+            why = f"config.json's model_type {model_type!r} is none of {known}"
+        else:
+            why = "no config.json model_type names a language-model family"
+        return Adapted(generic_metadata(source.config, source.format), [f"GGUF names are the canonical ones: {why}"])
     cfg = Config(family.arch, source.config or {})
     metadata = {"general.architecture": string(family.arch), **family.metadata(cfg)}
     renamed = rename(conversion.kept, family, cfg)
