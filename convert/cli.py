@@ -446,7 +446,9 @@ def _add_conversion_commands() -> None:
         "Write GGUF (model.gguf, or llama.cpp's split files under --max-shard-size) for candle's quantized models, "
         "llama.cpp and realizar, from any source the readers read: 2-D and larger tensors in --type (1-D ones stay "
         "F32; rows no block fits fall back as llama-quantize does, each fallback printed and recorded), each "
-        "tensor's quantization error in the manifest.",
+        "tensor's quantization error in the manifest. A Hugging Face causal LM of a family llama.cpp runs (llama, "
+        "mistral, qwen2, qwen3, phi3, gpt2: config.json's model_type) gets llama.cpp's tensor names, its "
+        "hyper-parameters and its tokenizer.",
         "auto",
         ReaderOptions.names(),
         {},
@@ -454,6 +456,7 @@ def _add_conversion_commands() -> None:
         (
             "convert to-gguf model.pt out/ --type q8_0",
             "convert to-gguf hf_folder/ out/ --type q4_k --type-override 'lm_head.weight=q6_k'",
+            "convert to-gguf llama_folder/ out/ --type q4_k_m",
         ),
         target="gguf",
     )
