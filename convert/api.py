@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_mod
+from .bundle_index import read_bundle_index
 from .contract import Opened, ReaderOptions, SourceBundle
 from .errors import UsageError
 from .pipeline import (
-    BUNDLE_INDEX,
     BundleResult,
     ConversionResult,
     ConvertOptions,
     Progress,
-    bundle_folders,
     checked_destination,
     convert_bundle,
     convert_source,
@@ -304,11 +303,8 @@ def verify_path(out: str | Path, source: str | Path | None = None, key: str | No
 
 def _bundle_output(out: Path) -> list[Path] | None:
     """The model folders of a bundle's output root (its models.json lists them), or None."""
-    try:
-        fmt = json.loads((out / BUNDLE_INDEX).read_text(encoding="utf-8"))["format"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return bundle_folders(out, fmt) if isinstance(fmt, str) else None
+    index = read_bundle_index(out)
+    return None if index is None else [out / name for name in index.folders]
 
 
 def _verify_bundle_output(out: Path, folders: list[Path], source: str | Path | None, key: str | None) -> VerifyReport:

@@ -8,7 +8,6 @@ where `run_job` runs; the report is the same whichever ran it.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import signal
 import sys
@@ -20,8 +19,9 @@ from typing import Any
 
 from .contract import ReaderOptions
 from .documents import check_schema, parse_json, read_toml
-from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, missing_extra
+from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, install_hint, missing_extra
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM, file_digest
+from .options import CONVERSION_OPTIONS
 
 STATUSES = ("ok", "failed", "skipped")
 
@@ -42,10 +42,16 @@ class Job:
     overwrite: bool = False  # reconvert even when the output is up to date
     dry_run: bool = False  # plan only: nothing is written
     follow_links: bool = False  # read sources that are symlinks or have several hard links
+    to: str = "safetensors"  # the output format (convert.outputs.registry): safetensors or gguf
+    output_options: dict[str, Any] = field(default_factory=dict)  # that format's own options (gguf: type, type_override)
 
     def request(self) -> dict[str, Any]:
-        """What decides an output's content besides the source bytes (compared to skip done work)."""
+        """What decides an output's content besides the source bytes (compared to skip done work);
+        the output format and its options only when not the default, so SafeTensors outputs written
+        before they existed are still up to date."""
         return {
+            **({"to": self.to} if self.to != "safetensors" else {}),
+            **({"output_options": self.output_options} if self.output_options else {}),
             "conversion": self.conversion,
             "layout": self.layout,
             "layout_file": self.layout_file,
@@ -211,8 +217,20 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
             if entry.get(name) is not None and not Path(entry[name]).is_absolute():
                 merged[name] = str(base / entry[name])
         reader = ReaderOptions.from_mapping({k: merged.pop(k) for k in ReaderOptions.names() if k in merged})
+        chosen = {k: merged.pop(k) for k in output_option_names() if k in merged}
+        if chosen:
+            merged["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
         jobs.append(Job(str(src), str(output), reader=reader, **merged))
     return jobs
+
+
+def output_option_names() -> list[str]:
+    """The options output formats declare beyond the conversion options (gguf: type, type_override):
+    job-file keys and batch flags, gathered into a job's `output_options`."""
+    from .options import OPTIONS
+    from .outputs.registry import OUTPUTS
+
+    return list(dict.fromkeys(o.name for out in OUTPUTS if out.role == "tensors" for o in out.options if o.name not in OPTIONS))
 
 
 def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:
@@ -284,23 +302,11 @@ def _convert(job: Job) -> int:
     the bytes written, or that a dry run would write."""
     from .api import conversion_options, convert_opened, open_path
 
-    options = conversion_options(
-        dict(
-            layout=job.layout,
-            layout_file=job.layout_file,
-            layout_options=job.layout_options,
-            dtype=job.dtype,
-            cast_loss=job.cast_loss,
-            max_shard_size=job.max_shard_size,
-            overwrite=True,
-            dry_run=job.dry_run,
-            follow_links=job.follow_links,
-            digest=job.digest,
-            request=job.request(),
-        )
-    )
+    declared = {o.name: getattr(job, o.name) for o in CONVERSION_OPTIONS}
+    chosen = {"overwrite": True, "request": job.request(), "output_options": job.output_options}
+    options = conversion_options({**declared, **chosen}, job.to)
     with open_path(job.source, job.conversion, job.reader) as opened:
-        return convert_opened(opened, job.output, options).bytes
+        return convert_opened(opened, job.output, options, target=job.to).bytes
 
 
 def is_done(job: Job) -> bool:
@@ -313,15 +319,17 @@ def is_done(job: Job) -> bool:
 def _output_manifests(out: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The manifest of an output folder, or one per model for a NeuralForecast output (models.json)."""
     from . import manifest as manifest_mod
-    from .pipeline import BUNDLE_INDEX
+    from .bundle_index import BUNDLE_INDEX, read_bundle_index
 
     folders = [out]
     if not (out / manifest_mod.MANIFEST_FILE).is_file() and (out / BUNDLE_INDEX).is_file():
         try:
-            models = json.loads((out / BUNDLE_INDEX).read_text(encoding="utf-8"))["models"]
-            folders = [out / m["folder"] for m in models]
-        except (ValueError, KeyError, TypeError):
+            index = read_bundle_index(out)
+        except ConvertError:  # a folder name that leaves the output: not a finished output
             return []
+        if index is None:
+            return []
+        folders = [out / name for name in index.folders]
     try:
         return [(folder, manifest_mod.load(folder)) for folder in folders]
     except ConvertError:
@@ -444,7 +452,7 @@ def run_ray(jobs: list[Job], address: str | None, on_result: OnResult, num_cpus:
     try:
         import ray
     except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install 'rust-model-convert[ray]'") from None
+        raise UsageError(f"--executor ray needs Ray: {install_hint('ray')}") from None
     summary = BatchSummary()
     started_here = not ray.is_initialized()
     if started_here:

@@ -17,8 +17,8 @@ import click
 
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, ConvertError, missing_extra, one_line
-from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
-from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES, QUANTIZED_MODES, canonical_dtype
+from .options import CONVERSION_OPTIONS, OPTIONS, Option
+from .vocabulary import CAST_TARGETS, canonical_dtype
 
 EXIT_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -126,8 +126,8 @@ def output_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="convert")
 @output_flags
 def cli() -> None:
-    """Convert trained models into SafeTensors plus a JSON manifest that Rust ML frameworks
-    (candle, burn, tch-rs, ToRSh, TrustformeRS, ...) load, and prove each conversion."""
+    """Convert trained models into SafeTensors (or quantized GGUF) plus a JSON manifest that Rust ML
+    frameworks (candle, burn, tch-rs, ToRSh, TrustformeRS, realizar, ...) load, and prove each conversion."""
 
 
 class DtypeChoice(click.Choice):
@@ -137,66 +137,32 @@ class DtypeChoice(click.Choice):
         return super().convert(canonical_dtype(value) if isinstance(value, str) else value, param, ctx)
 
 
-digest_option = click.option(
-    "--digest",
-    type=click.Choice(ALGORITHMS),
-    default=DEFAULT_ALGORITHM,
-    show_default=True,
-    help="Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).",
-)
+def declared(option: Option, **click_kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option for a declared Option: its flag, help, default and choices from the record;
+    `click_kwargs` only for what is the CLI's own (a metavar, a path type, a repeated flag)."""
+    kwargs: dict[str, Any] = {"help": option.help}
+    if option.type is bool:
+        kwargs["is_flag"] = True
+    elif option.default not in (None, ()):
+        kwargs.update(default=option.default, show_default=True)
+    if option.choices:
+        kwargs["type"] = click.Choice(option.choices)
+    return click.option(option.flag, option.name, **{**kwargs, **click_kwargs})
 
 
-cast_loss_option = click.option(
-    "--cast-loss",
-    type=click.Choice(CAST_LOSS),
-    default="refuse",
-    show_default=True,
-    help="A cast that turns finite values into inf or non-zero ones into zero: refuse it (exit 7), saturate (the "
-    "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.",
-)
+digest_option = declared(OPTIONS["digest"])
 
 
-def conversion_options(fn: Callable[..., Any], without: tuple[str, ...] = ()) -> Callable[..., Any]:
-    """Options every conversion command shares (but those named in `without`: to-gguf has no --dtype)."""
-    shared = {
-        "layout": click.option(
-            "--layout", default="pytorch", show_default=True, help="Target naming and tensor layout (see `convert layouts`)."
-        ),
-        "layout_file": click.option(
-            "--layout-file",
-            type=click.Path(dir_okay=False, path_type=str),
-            help='Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.',
-        ),
-        "layout_options": click.option(
-            "--layout-option",
-            "layout_options",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
-            "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
-        ),
-        "dtype": click.option(
-            "--dtype",
-            type=DtypeChoice(list(CAST_TARGETS), case_sensitive=False),
-            help=f"Cast floating tensors while streaming (integers are kept); also spelled {', '.join(DTYPE_ALIASES)}.",
-        ),
-        "cast_loss": cast_loss_option,
-        "max_shard_size": click.option(
-            "--max-shard-size",
-            metavar="SIZE",
-            help="Split into shards of at most SIZE (5GB, 500MB, 5G, 2GiB): Hugging Face's for SafeTensors, llama.cpp's "
-            "split files for GGUF; a tensor larger than SIZE gets a shard of its own, with a warning.",
-        ),
-        "digest": digest_option,
-        "overwrite": click.option("--overwrite", is_flag=True, help="Replace an earlier output of this tool."),
-        "dry_run": click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
-        "follow_links": click.option(
-            "--follow-links", is_flag=True, help="Read source files that are symlinks or hard links (refused by default)."
-        ),
+def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every conversion command shares (convert.options.CONVERSION_OPTIONS)."""
+    cli_own: dict[str, dict[str, Any]] = {
+        "layout_file": {"type": click.Path(dir_okay=False, path_type=str)},
+        "layout_options": {"multiple": True, "metavar": "KEY=VALUE"},
+        "dtype": {"type": DtypeChoice(list(CAST_TARGETS), case_sensitive=False)},
+        "max_shard_size": {"metavar": "SIZE"},
     }
-    for name, decorator in reversed(shared.items()):
-        if name not in without:
-            fn = decorator(fn)
+    for option in reversed(CONVERSION_OPTIONS):
+        fn = declared(option, **cli_own.get(option.name, {}))(fn)
     return fn
 
 
@@ -258,39 +224,21 @@ def _run_conversion(
     src: str,
     out: str,
     reader: Any,
-    layout: str,
-    layout_file: str | None,
-    layout_options: tuple[str, ...],
-    cast_loss: str,
-    max_shard_size: str | None,
-    digest: str,
-    overwrite: bool,
-    dry_run: bool,
-    follow_links: bool,
-    dtype: str | None = None,
     target: str = "safetensors",
     output_options: dict[str, Any] | None = None,
+    **declared: Any,
 ) -> None:
+    """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them;
+    `target`: the tensor output's format (convert.outputs.registry); `output_options`: that output's own
+    options (GGUF's type and overrides)."""
     from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
 
-    quiet, as_json = _flags().get("quiet", False), _wants_json()
+    quiet, as_json, dry_run = _flags().get("quiet", False), _wants_json(), declared["dry_run"]
     options = conversion_options(
-        dict(
-            layout=layout,
-            layout_file=layout_file,
-            layout_options=_parse_options(layout_options),
-            dtype=dtype,
-            cast_loss=cast_loss,
-            max_shard_size=max_shard_size,
-            digest=digest,
-            overwrite=overwrite,
-            dry_run=dry_run,
-            follow_links=follow_links,
-            output_options=output_options or {},
-        ),
+        {**declared, "layout_options": _parse_options(declared["layout_options"]), "output_options": output_options or {}},
         target,
     )
-    checked_destination([src], out, overwrite)  # before reading a source that may be large
+    checked_destination([src], out, declared["overwrite"])  # before reading a source that may be large
     with open_path(src, conversion, reader) as opened:
         with progress_bar(not (as_json or quiet or dry_run), tensor_bytes(opened), "converting") as progress:
             result = convert_opened(opened, out, options, progress, target)
@@ -330,43 +278,27 @@ def _print_result(result: Any, dry_run: bool) -> None:
 
 
 # The --help of each reader option where the reader does not word it itself.
-READER_OPTION_HELP = {
-    "key": "For checkpoints: dotted path of the dict holding the tensors.",
-    "strip_prefix": "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a Lightning "
-    "module's `model.` when every name has it, so names match the inner module.",
-    "config": "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json()).",
-    "collections": "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
-    "unstack": "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable).",
-    "quantized": "int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors.",
-}
-
-
 def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]:
-    """The click option for one ReaderOptions field."""
-    text = help_text or READER_OPTION_HELP[name]
-    return {
-        "key": lambda: click.option("--key", help=text),
-        "strip_prefix": lambda: click.option(
-            "--strip-prefix", default="auto", show_default=True, metavar="auto|none|PREFIX", help=text
-        ),
-        "config": lambda: click.option("--config", "config", type=click.Path(dir_okay=False, path_type=str), help=text),
-        "collections": lambda: click.option(
-            "--collection", "collections", multiple=True, default=("params",), show_default=True, help=text
-        ),
-        "unstack": lambda: click.option("--unstack", multiple=True, metavar="PATH", help=text),
-        "quantized": lambda: click.option(
-            "--quantized", type=click.Choice(QUANTIZED_MODES), default="dequantize", show_default=True, help=text
-        ),
-    }[name]()
+    """The click option for one ReaderOptions field (convert.contract.READER_OPTIONS)."""
+    from .contract import READER_OPTIONS
+
+    option = next(o for o in READER_OPTIONS if o.name == name)
+    cli_own: dict[str, dict[str, Any]] = {
+        "strip_prefix": {"metavar": "auto|none|PREFIX"},
+        "config": {"type": click.Path(dir_okay=False, path_type=str)},
+        "collections": {"multiple": True},
+        "unstack": {"multiple": True, "metavar": "PATH"},
+    }
+    return declared(option, **{**cli_own.get(name, {}), **({"help": help_text} if help_text else {})})
 
 
 def reader_options(where: str) -> Callable[..., Any]:
     """Every reader option, for a command that may open any format (batch)."""
-    from .contract import ReaderOptions
+    from .contract import READER_OPTIONS, ReaderOptions
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         for name in reversed(ReaderOptions.names()):
-            fn = reader_option(name, f"{READER_OPTION_HELP[name]} ({where}.)")(fn)
+            fn = reader_option(name, f"{next(o.help for o in READER_OPTIONS if o.name == name)} ({where}.)")(fn)
         return fn
 
     return wrap
@@ -382,28 +314,21 @@ def conversion_command(
     examples: tuple[str, ...],
     target: str = "safetensors",
 ) -> None:
-    """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own,
-    then the options every conversion shares, the output flags, and one-line errors."""
-    from dataclasses import fields
-
+    """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own, then
+    the options every conversion shares, the output flags, and one-line errors."""
     from .contract import ReaderOptions
-    from .options import ConvertOptions
-    from .outputs.registry import outputs_for
 
-    shared = {f.name for f in fields(ConvertOptions)}  # --max-shard-size and the like: declared, but every command's
-    declared = [o for o in outputs_for(target).tensors.options if o.name not in shared]
+    own = output_own_options(target)
 
     def run(src: str, out: str, **opts: Any) -> None:
         reader = ReaderOptions(**{k: opts.pop(k) for k in reader_options})
-        chosen = {o.name: opts.pop(o.name) for o in declared}
+        chosen = {o.name: opts.pop(o.name) for o in own}
         _run_conversion(conversion, src, out, reader, target=target, output_options=chosen, **opts)
 
     run.__doc__ = summary
-    # an output that chooses each tensor's type itself (GGUF) takes no --dtype
-    without = ("dtype",) if target != "safetensors" else ()
-    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)), without)
-    for declared_option in reversed(declared):
-        fn = output_option(declared_option)(fn)
+    fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
+    for own_option in reversed(own):  # a tuple-typed option is a repeated flag
+        fn = declared(own_option, **({"multiple": True, "metavar": "PATTERN=TYPE"} if own_option.type is tuple else {}))(fn)
     for option in reversed(reader_options):
         fn = reader_option(option, option_help.get(option))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
@@ -411,16 +336,12 @@ def conversion_command(
     cli.command(name, short_help=short, epilog=example(*examples))(fn)
 
 
-def output_option(option: Any) -> Callable[..., Any]:
-    """The click option for an option an output declares (convert.output_contract.OutputOption):
-    `--name-with-dashes`, repeatable when its type is a tuple, its choices checked case-insensitively."""
-    flag = "--" + option.name.replace("_", "-")
-    if option.type is tuple:
-        return click.option(flag, option.name, multiple=True, metavar="PATTERN=TYPE", help=option.help)
-    if option.type is bool:
-        return click.option(flag, option.name, is_flag=True, default=option.default, help=option.help)
-    kind = click.Choice(option.choices, case_sensitive=False) if option.choices else option.type
-    return click.option(flag, option.name, type=kind, default=option.default, show_default=True, help=option.help)
+def output_own_options(target: str) -> list[Option]:
+    """The options the `target` output declares that are not conversion options (GGUF's --type and
+    --type-override): their values go to ConvertOptions.output_options."""
+    from .outputs.registry import outputs_for
+
+    return [o for o in outputs_for(target).tensors.options if o.name not in OPTIONS]
 
 
 def _add_conversion_commands() -> None:
@@ -446,9 +367,9 @@ def _add_conversion_commands() -> None:
         "Write GGUF (model.gguf, or llama.cpp's split files under --max-shard-size) for candle's quantized models, "
         "llama.cpp and realizar, from any source the readers read: 2-D and larger tensors in --type (1-D ones stay "
         "F32; rows no block fits fall back as llama-quantize does, each fallback printed and recorded), each "
-        "tensor's quantization error in the manifest. A Hugging Face causal LM of a family llama.cpp runs (llama, "
-        "mistral, qwen2, qwen3, phi3, gpt2: config.json's model_type) gets llama.cpp's tensor names, its "
-        "hyper-parameters and its tokenizer.",
+        "tensor's quantization error in the manifest. --dtype does not apply: --type chooses. A Hugging Face "
+        "causal LM of a family llama.cpp runs (llama, mistral, qwen2, qwen3, phi3, gpt2: config.json's model_type) "
+        "gets llama.cpp's tensor names, its hyper-parameters and its tokenizer.",
         "auto",
         ReaderOptions.names(),
         {},
@@ -635,6 +556,16 @@ def to_onnx(
     help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
 )
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
+@click.option(
+    "--to",
+    type=click.Choice(["safetensors", "gguf"]),
+    default="safetensors",
+    show_default=True,
+    help="The output format of every job (gguf: as to-gguf, with --type and --type-override).",
+)
+@click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
+@click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
+@click.option("--no-vocab", "no_vocab", is_flag=True, help="With --to gguf: as to-gguf's.")
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")
@@ -748,11 +679,14 @@ def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     """Batch's command-line options as Job's fields."""
+    from .batch import output_option_names
     from .contract import ReaderOptions
 
     names = ReaderOptions.names()
     fields = {k: v for k, v in options.items() if k not in names}
     fields["layout_options"] = _parse_options(fields.pop("layout_options"))
+    chosen = {k: fields.pop(k) for k in output_option_names()}
+    fields["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v}
     if fields.get("layout_file"):
         fields["layout_file"] = os.path.abspath(fields["layout_file"])
     return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names})}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .options import Option
 from .source import Closing, SourceModel
 from .vocabulary import QUANTIZED_MODES
 
@@ -52,6 +53,36 @@ class ReaderOptions:
     def to_json(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
         doc = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in doc.items() if only is None or k in only}
+
+
+READER_OPTIONS: tuple[Option, ...] = (
+    Option("key", str, None, "For checkpoints: dotted path of the dict holding the tensors."),
+    Option(
+        "strip_prefix",
+        str,
+        "auto",
+        "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.` and a Lightning "
+        "module's `model.` when every name has it, so names match the inner module.",
+    ),
+    Option(
+        "config", str, None, "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json())."
+    ),
+    Option(
+        "collections",
+        tuple,
+        ("params",),
+        "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
+        cli_flag="--collection",
+    ),
+    Option("unstack", tuple, (), "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable)."),
+    Option(
+        "quantized",
+        str,
+        "dequantize",
+        "int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors.",
+        tuple(QUANTIZED_MODES),
+    ),
+)  # ReaderOptions' fields, declared once: the CLI's flags come from these (tests/test_options.py checks the rest)
 
 
 class Probe:

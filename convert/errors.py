@@ -14,8 +14,15 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of what a library's exception says (its type when it says nothing), capped."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    """The first non-blank line of what a library's (often many-line) exception says, stripped and
+    capped; its type when it says nothing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an extra, worded alike in every message that needs one."""
+    return f"pip install 'rust-model-convert[{extra}]'"
 
 
 def one_line(text: str) -> str:
@@ -131,9 +138,7 @@ def missing_extra(module: str, what: str = "this") -> UnsupportedFormatError | N
     extra = EXTRA_OF_MODULE.get(module.split(".")[0])
     if extra is None:
         return None
-    return UnsupportedFormatError(
-        f"{what} needs the {extra} extra ({module} is not installed): pip install 'rust-model-convert[{extra}]'"
-    )
+    return UnsupportedFormatError(f"{what} needs the {extra} extra ({module} is not installed): {install_hint(extra)}")
 
 
 EXIT_INTERRUPTED = 130

@@ -8,6 +8,8 @@ fields named `sha256`) is read as the 2.0 document it is equivalent to, so older
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,83 @@ def dumps(manifest: dict[str, Any]) -> bytes:
 
 def generator() -> dict[str, str]:
     return {"name": GENERATOR, "version": __version__}
+
+
+@dataclass
+class SourceRecord:
+    """The manifest's `source`: what was read (each file {path, bytes, digest}) and what the reader said."""
+
+    format: str
+    files: list[dict[str, Any]]
+    details: dict[str, Any]
+    dropped: dict[str, str] = field(default_factory=dict)  # source arrays not converted, with why
+    reader_options: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "files": self.files,
+            "details": self.details,
+            **({"dropped": self.dropped} if self.dropped else {}),
+            **({"reader_options": self.reader_options} if self.reader_options is not None else {}),
+        }
+
+
+@dataclass
+class TargetRecord:
+    """The manifest's `target`: the output format, the layout and options that made it."""
+
+    format: str
+    layout: str
+    rules: str
+    dtype: str | None
+    options: dict[str, Any]
+    warnings: list[str]
+    request: dict[str, Any] | None
+    ties: dict[str, Any] | None = None  # {loader, written, tied}: a tensor output's tied weights
+    output_options: dict[str, Any] | None = None  # the tensor output's own options (GGUF: type, type_override)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {k: v for k, v in self.__dict__.items() if k not in ("ties", "output_options")}
+        return {
+            **doc,
+            **({"ties": self.ties} if self.ties is not None else {}),
+            **({"output_options": self.output_options} if self.output_options else {}),
+        }
+
+
+def file_entry(path: Path, shown: str, digest: str) -> dict[str, Any]:
+    """A file's entry ({path, bytes, digest}) in `files` or `source.files`; `shown` the path recorded."""
+    return {"path": shown, "bytes": os.path.getsize(path), "digest": digest}
+
+
+def build(
+    digest_algorithm: str,
+    source: SourceRecord,
+    target: TargetRecord,
+    files: list[dict[str, Any]],
+    tensors: list[dict[str, Any]],
+    architecture: dict[str, Any],
+    index: str | None = None,
+    sidecars: list[str] | None = None,
+    aliases: dict[str, str] | None = None,
+    dropped: list[str] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A manifest, for a conversion and for `to-onnx` alike; `sections` adds top-level parts of its
+    own (a graph, networks)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "digest_algorithm": digest_algorithm,
+        "generator": generator(),
+        "source": source.to_json(),
+        "target": target.to_json(),
+        "files": files,
+        "index": index,
+        "sidecars": sidecars or [],
+        "tensors": tensors,
+        "aliases": aliases or {},
+        "dropped": dropped or [],
+        "architecture": architecture,
+        **sections,
+    }

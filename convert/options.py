@@ -1,11 +1,80 @@
-"""The conversion options: one record the faces fill and the pipeline and every output read."""
+"""The conversion options, declared once: each an `Option` (name, type, default, help, allowed values)
+from which the CLI's flags take their help, defaults and choices, and against which the batch job
+file's keys, its JSON Schema, ConvertOptions and the Python API's keywords are tested
+(tests/test_options.py); and ConvertOptions, the record the faces fill and the pipeline and every
+output read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hashing import DEFAULT_ALGORITHM
+from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
+from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `name` is the Python keyword and the job file's key, `flag` the CLI's (--name
+    with dashes unless said), `choices` its allowed values (none: any value of `type`)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    cli_flag: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.cli_flag or "--" + self.name.replace("_", "-")
+
+
+CONVERSION_OPTIONS: tuple[Option, ...] = (
+    Option("layout", str, "pytorch", "Target naming and tensor layout (see `convert layouts`)."),
+    Option("layout_file", str, None, 'Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.'),
+    Option(
+        "layout_options",
+        dict,
+        None,
+        "Set a layout option, e.g. drop_num_batches_tracked=true; every layout also takes "
+        "module_types=PATH=TYPE[,...] and ties=alias|duplicate.",
+        cli_flag="--layout-option",
+    ),
+    Option(
+        "dtype",
+        str,
+        None,
+        f"Cast floating tensors while streaming (integers are kept); also spelled {', '.join(DTYPE_ALIASES)}.",
+        tuple(CAST_TARGETS),
+    ),
+    Option(
+        "cast_loss",
+        str,
+        "refuse",
+        "A cast that turns finite values into inf or non-zero ones into zero: refuse it (exit 7), saturate (the "
+        "largest finite value instead of inf), or accept it; what was lost is recorded in the manifest.",
+        tuple(CAST_LOSS),
+    ),
+    Option(
+        "max_shard_size",
+        str,
+        None,
+        "Split into shards of at most SIZE (5GB, 500MB, 5G, 2GiB): Hugging Face's for SafeTensors, llama.cpp's "
+        "split files for GGUF; a tensor larger than SIZE gets a shard of its own, with a warning.",
+    ),
+    Option(
+        "digest",
+        str,
+        DEFAULT_ALGORITHM,
+        "Hash recorded in the manifest for every file and tensor (sha256: comparable with the Hub's LFS ids).",
+        tuple(ALGORITHMS),
+    ),
+    Option("overwrite", bool, False, "Replace an earlier output of this tool."),
+    Option("dry_run", bool, False, "Print the plan; write nothing."),
+    Option("follow_links", bool, False, "Read source files that are symlinks or hard links (refused by default)."),
+)
+OPTIONS = {o.name: o for o in CONVERSION_OPTIONS}
 
 
 @dataclass
@@ -21,4 +90,4 @@ class ConvertOptions:
     digest: str = DEFAULT_ALGORITHM  # --digest: blake3 or sha256, for every file and tensor in the manifest
     follow_links: bool = False  # read source files and sidecars that are symlinks or hard links
     request: dict[str, Any] | None = None  # a batch job's options, recorded so a rerun can skip done work
-    output_options: dict[str, Any] = field(default_factory=dict)  # the tensor output's own options, by the names it declares
+    output_options: dict[str, Any] = field(default_factory=dict)  # options the chosen outputs declare, by name

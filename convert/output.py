@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import OutputExistsError, OutputWriteError
+from .bundle_index import BUNDLE_INDEX, read_bundle_index
+from .errors import OutputExistsError, OutputWriteError, UnsafeInputError
 
 STAGING_MARK = ".convert-"
 
@@ -166,10 +167,13 @@ def foreign_entries(folder: Path) -> list[str]:
     doc = _json_object(folder / manifest_mod.MANIFEST_FILE)
     if doc is not None and isinstance(doc.get("generator"), dict) and doc["generator"].get("name") == manifest_mod.GENERATOR:
         return [n for n in names if n not in _manifest_names(doc)]
-    models = _json_object(folder / "models.json")
-    if models is not None and isinstance(models.get("models"), list):
-        listed = {m["folder"] for m in models["models"] if isinstance(m, dict) and isinstance(m.get("folder"), str)} & set(names)
-        return [n for n in names if n != "models.json" and n not in listed] + _inside(folder, sorted(listed))
+    try:
+        index = read_bundle_index(folder)
+    except UnsafeInputError:  # a models.json naming folders outside: not one this tool wrote
+        index = None
+    if index is not None:
+        listed = set(index.folders) & set(names)
+        return [n for n in names if n != BUNDLE_INDEX and n not in listed] + _inside(folder, sorted(listed))
     if doc is None and names and all((folder / n / manifest_mod.MANIFEST_FILE).is_file() for n in names):
         return _inside(folder, names)
     return names
@@ -188,13 +192,15 @@ def _inside(folder: Path, outputs: list[str]) -> list[str]:
 
 def _manifest_names(doc: dict[str, Any]) -> set[str]:
     """The names an output's manifest accounts for: its files, index (and the layout's extra
-    indexes), sidecars and itself."""
+    indexes), sidecars, itself, and the files a companion output's records name under `file` (each
+    entry of a top-level list, as ruv-FANN's `networks`)."""
     from . import manifest as manifest_mod
     from .errors import ConvertError
     from .mapping import load_layout
 
     files = [f.get("path") for f in doc.get("files", []) if isinstance(f, dict)]
-    names = {manifest_mod.MANIFEST_FILE, *files, *doc.get("sidecars", [])}
+    records = [e.get("file") for v in doc.values() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    names = {manifest_mod.MANIFEST_FILE, *files, *records, *doc.get("sidecars", [])}
     if doc.get("index"):
         names.add(doc["index"])
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .mapping import Layout, MappedTensor, MappingResult
-from .options import ConvertOptions
+from .options import ConvertOptions, Option
 from .source import SourceModel
 from .writer import WrittenTensor
 
@@ -29,15 +29,15 @@ Progress = Callable[[int], None]
 Role = Literal["tensors", "companion"]
 
 
-@dataclass(frozen=True)
-class OutputOption:
-    """An option an output declares: its name, type, default, help and allowed values."""
+OutputOption = Option  # an option an output declares: its name, type, default, help and allowed values
 
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
+
+def option_value(conversion: Conversion, option: Option) -> Any:
+    """The value of an option an output declares: a conversion option's field when it is one, else
+    what the face put in ConvertOptions.output_options, else its default."""
+    if hasattr(conversion.options, option.name):
+        return getattr(conversion.options, option.name)
+    return conversion.options.output_options.get(option.name, option.default)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class Conversion:
 @dataclass
 class Plan:
     """What an output will write, known before any output exists. `rows` is --dry-run's listing
-    (name, file, dtype, shape, bytes per tensor); `work` is the output's own plan, handed back to its
+    (name, file, dtype, shape, bytes per tensor), or `listing` builds it (20,000 rows cost a
+    conversion that writes them 0.1 s for nothing); `work` is the output's own plan, handed back to its
     `write`. `warnings` are shown and recorded in the manifest, `notices` only shown."""
 
     files: list[str] = field(default_factory=list)
@@ -66,6 +67,10 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     work: Any = None
+    listing: Callable[[], list[dict[str, Any]]] | None = None  # `rows`, built only when a dry run asks
+
+    def dry_run_rows(self) -> list[dict[str, Any]]:
+        return self.listing() if self.listing is not None else self.rows
 
     @property
     def empty(self) -> bool:

@@ -6,7 +6,6 @@ never imports a reader.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from typing import Any
 
 from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
+from .bundle_index import BUNDLE_INDEX, check_folder_name
 from .contract import SourceBundle
 from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
 from .hashing import file_digest, new_digest
@@ -28,8 +28,6 @@ from .output import StagedOutput, write_file
 from .output_contract import Conversion, Outputs, WriteContext, Written
 from .source import SourceModel
 from .transforms import invertible
-
-BUNDLE_INDEX = "models.json"  # beside a bundle's model folders: what each holds
 
 Progress = Callable[[int], None]
 
@@ -94,7 +92,15 @@ def convert_source(
         warnings += [*planned.warnings, *planned.notices]
     if options.dry_run:
         return ConversionResult(
-            staged.dest, plan.files, plan.tensors, plan.bytes, aliases, True, time.perf_counter() - started, warnings, plan.rows
+            staged.dest,
+            plan.files,
+            plan.tensors,
+            plan.bytes,
+            aliases,
+            True,
+            time.perf_counter() - started,
+            warnings,
+            plan.dry_run_rows(),
         )
     context = WriteContext(options.digest, progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -266,39 +272,34 @@ def build_manifest(
             entry["annotations"] = m.annotations
         entry.update(t.record)
         tensors.append(entry)
-    return {
-        "manifest_version": manifest_mod.MANIFEST_VERSION,
-        "digest_algorithm": options.digest,
-        "generator": manifest_mod.generator(),
-        "source": {
-            "format": source.format,
-            "files": [
-                {"path": str(p.absolute()), "bytes": os.path.getsize(p), "digest": d}
-                for p, d in zip(source.files, source_digests, strict=True)
-            ],
-            "details": source.extras,
-            **({"dropped": source.dropped} if source.dropped else {}),
-            **({"reader_options": source.reader_options} if source.reader_options is not None else {}),
-        },
-        "target": {
-            "format": target,
-            "layout": layout.name,
-            "rules": layout.source,
-            "dtype": options.dtype,
-            "options": layout.options,
-            "warnings": mapping.warnings,
-            "request": options.request,
-            "ties": {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
-            **({"output_options": options.output_options} if options.output_options else {}),
-        },
-        "files": written.files,
-        "index": written.index,
-        "sidecars": sidecars,
-        "tensors": tensors,
-        "aliases": aliases,
-        "dropped": [*source.dropped, *mapping.dropped],
-        "architecture": {**architecture, "config": source.config, "source_model": source.architecture},
-    }
+    return manifest_mod.build(
+        options.digest,
+        manifest_mod.SourceRecord(
+            source.format,
+            [manifest_mod.file_entry(p, str(p.absolute()), d) for p, d in zip(source.files, source_digests, strict=True)],
+            source.extras,
+            source.dropped,
+            source.reader_options,
+        ),
+        manifest_mod.TargetRecord(
+            target,
+            layout.name,
+            layout.source,
+            options.dtype,
+            layout.options,
+            mapping.warnings,
+            options.request,
+            {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
+            options.output_options,
+        ),
+        written.files,
+        tensors,
+        {**architecture, "config": source.config, "source_model": source.architecture},
+        written.index,
+        sidecars,
+        aliases,
+        [*source.dropped, *mapping.dropped],
+    )
 
 
 @dataclass
@@ -333,13 +334,6 @@ class BundleResult:
             "seconds": round(self.seconds, 3),
             "warnings": self.warnings,
         }
-
-
-def check_folder_name(name: str) -> None:
-    """A bundle model's output folder name must be one plain, visible path component: it comes from
-    the source (a NeuralForecast alias), and becomes a folder."""
-    if not name or name != Path(name).name or name.startswith(".") or name == BUNDLE_INDEX or "\\" in name:
-        raise UnsafeInputError(f"model name {name!r} cannot name its own output folder")
 
 
 def convert_bundle(
@@ -378,20 +372,3 @@ def convert_bundle(
             converted.output = staged.dest / model.folder
     result.seconds = time.perf_counter() - started
     return result
-
-
-def bundle_folders(path: Path, fmt: str) -> list[Path] | None:
-    """The model folders a conversion of a `fmt` bundle wrote (its models.json lists them), or None
-    when `path` holds no such index. The names come from a file, so each must be a plain name."""
-    if not (path / BUNDLE_INDEX).is_file():
-        return None
-    try:
-        index = json.loads((path / BUNDLE_INDEX).read_text(encoding="utf-8"))
-        if index["format"] != fmt:
-            return None
-        names = [str(m["folder"]) for m in index["models"]]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        return None
-    for name in names:
-        check_folder_name(name)
-    return [path / name for name in names]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import SourceNotFoundError
-from convert.hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, index_shards, read_config
+from convert.hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, cross_check, index_shards, read_config
 from convert.safetensors_format import read_header
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef, mapped_tensor
@@ -17,9 +17,11 @@ INDEX, SINGLE = SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 def open_safetensors(path: str | Path) -> SourceModel:
     p = Path(path)
+    expected: dict[Path, set[str]] = {}  # each shard's tensors, as the index places them
     if p.is_dir():
         if (p / INDEX).is_file():
-            files = list(index_shards(p / INDEX))
+            expected = index_shards(p / INDEX)
+            files = list(expected)
         elif (p / SINGLE).is_file():
             files = [p / SINGLE]
         else:
@@ -32,6 +34,8 @@ def open_safetensors(path: str | Path) -> SourceModel:
     with ExitStack() as opened:  # every file mapped so far is closed if a later one fails
         for f in files:
             header = read_header(f)
+            if f in expected:
+                cross_check(f.name, expected[f], {e.name for e in header.entries})
             mapped = MappedFile(str(f))
             opened.callback(mapped.close)
             for e in header.entries:

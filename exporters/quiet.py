@@ -35,9 +35,3 @@ def framework_output_captured() -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of a framework's (often many-line) error message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

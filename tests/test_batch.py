@@ -239,3 +239,20 @@ def test_neuralforecast_folder_in_a_batch_gives_one_folder_per_model(tmp_path: P
     assert models and all((out / "forecasts" / m["folder"] / "model.safetensors").is_file() for m in models)
     second = _cli("batch", str(src), "--out-dir", str(out), "--json", cwd=tmp_path)
     assert _statuses([json.loads(line) for line in second.stdout.splitlines()]) == {"forecasts": ("skipped", 0)}
+
+
+def test_a_models_json_naming_a_folder_outside_the_output_does_not_make_a_job_done(tmp_path: Path) -> None:
+    """A rerun's check read OUT/models.json and joined each folder it names into a path unchecked, so
+    `../../done/zip` made a job "skipped" on the strength of another folder's output. models.json is
+    read in one place, its folder names checked: the job is not done, and the folder is refused."""
+    src = tmp_path / "zip.pt"
+    torch.save(_state_dict(0), src)
+    done = batch_mod.jobs_from_sources([str(src)], tmp_path / "done")
+    assert [r.status for r in batch_mod.run_local(done, 1, lambda r: None).results] == ["ok"]
+    jobs = batch_mod.jobs_from_sources([str(src)], tmp_path / "out")
+    out = Path(jobs[0].output)
+    out.mkdir(parents=True)
+    folder = os.path.relpath(done[0].output, out)
+    (out / "models.json").write_text(json.dumps({"format": "neuralforecast", "models": [{"folder": folder}]}))
+    assert [r.status for r in batch_mod.run_local(jobs, 1, lambda r: None).results] == ["failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["models.json"]

@@ -280,3 +280,15 @@ def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: Simple
     )
     assert code == 0, stderr
     assert not list((out / "NHITS").glob("*.network.json"))
+
+
+def test_an_output_with_networks_is_replaced_with_overwrite(mlp: SimpleNamespace, tmp_path: Path) -> None:
+    """The network.json files are this tool's own (the manifest lists them): --overwrite replaces such
+    an output, where they were taken for files a user added and the run refused (exit 9)."""
+    out = tmp_path / "out"
+    shutil.copytree(mlp.out, out)
+    code, _, stderr = run_cli(
+        "pth-to-safetensors", mlp.src, out, "--layout", "neuro-divergent", "--layout-option", SPEC, "--overwrite"
+    )
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in mlp.out.iterdir())

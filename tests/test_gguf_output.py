@@ -45,14 +45,14 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Source:
     return path, {k: v.numpy() for k, v in state.items()}
 
 
-def to_gguf(src: Path, out: Path, *args: str) -> tuple[int, str, str]:
+def to_gguf_cli(src: Path, out: Path, *args: str) -> tuple[int, str, str]:
     return run_cli("to-gguf", src, out, *args)
 
 
 @pytest.fixture(scope="module")
 def q8_out(checkpoint: Source, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("q8") / "out"
-    rc, _stdout, stderr = to_gguf(checkpoint[0], out, "--type", "q8_0")
+    rc, _stdout, stderr = to_gguf_cli(checkpoint[0], out, "--type", "q8_0")
     assert rc == 0, stderr
     return out, stderr
 
@@ -111,7 +111,7 @@ def test_types_decode_as_the_gguf_package_decodes(checkpoint: Source, tmp_path: 
     from convert.outputs.gguf.quants import dequantize
 
     src, state = checkpoint
-    rc, _stdout, stderr = to_gguf(src, tmp_path / "out", "--type", qtype)
+    rc, _stdout, stderr = to_gguf_cli(src, tmp_path / "out", "--type", qtype)
     assert rc == 0, stderr
     doc = read_manifest(tmp_path / "out")
     for t in gguf.GGUFReader(tmp_path / "out" / "model.gguf").tensors:
@@ -124,7 +124,7 @@ def test_types_decode_as_the_gguf_package_decodes(checkpoint: Source, tmp_path: 
 
 
 def test_type_override(checkpoint: Source, tmp_path: Path) -> None:
-    rc, _stdout, stderr = to_gguf(checkpoint[0], tmp_path / "out", "--type", "q8_0", "--type-override", "{m}.weight=q4_0")
+    rc, _stdout, stderr = to_gguf_cli(checkpoint[0], tmp_path / "out", "--type", "q8_0", "--type-override", "{m}.weight=q4_0")
     assert rc == 0, stderr
     types = {t["name"]: t for t in read_manifest(tmp_path / "out")["tensors"]}
     assert types["up.weight"]["dtype"] == "Q4_0" and "--type-override" in types["up.weight"]["quantization"]["reason"]
@@ -141,26 +141,26 @@ def test_type_override(checkpoint: Source, tmp_path: Path) -> None:
     ],
 )
 def test_bad_options_write_nothing(checkpoint: Source, tmp_path: Path, args: list[str], code: int, needle: str) -> None:
-    assert_cli_error(to_gguf(checkpoint[0], tmp_path / "out", *args), code, needle)
+    assert_cli_error(to_gguf_cli(checkpoint[0], tmp_path / "out", *args), code, needle)
     assert_no_output(tmp_path / "out")
 
 
 def test_long_names_and_integers_refused(tmp_path: Path) -> None:
     long_name = "encoder." + "layer_with_a_rather_long_descriptive_name." * 2 + "weight"
     torch.save({long_name: torch.zeros(4, 32), "ok.weight": torch.zeros(4, 32)}, tmp_path / "long.pt")
-    assert_cli_error(to_gguf(tmp_path / "long.pt", tmp_path / "out1"), 7, long_name, "63-byte")
+    assert_cli_error(to_gguf_cli(tmp_path / "long.pt", tmp_path / "out1"), 7, long_name, "63-byte")
     assert_no_output(tmp_path / "out1")
     bn = nn.BatchNorm1d(32)
     torch.save(bn.state_dict(), tmp_path / "bn.pt")
-    assert_cli_error(to_gguf(tmp_path / "bn.pt", tmp_path / "out2"), 7, "num_batches_tracked", "I64")
+    assert_cli_error(to_gguf_cli(tmp_path / "bn.pt", tmp_path / "out2"), 7, "num_batches_tracked", "I64")
     assert_no_output(tmp_path / "out2")
-    rc, _stdout, stderr = to_gguf(tmp_path / "bn.pt", tmp_path / "out3", "--layout-option", "drop_num_batches_tracked=true")
+    rc, _stdout, stderr = to_gguf_cli(tmp_path / "bn.pt", tmp_path / "out3", "--layout-option", "drop_num_batches_tracked=true")
     assert rc == 0, stderr
 
 
 def test_split_files(checkpoint: Source, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    rc, _stdout, stderr = to_gguf(checkpoint[0], out, "--type", "f32", "--max-shard-size", "40KB")
+    rc, _stdout, stderr = to_gguf_cli(checkpoint[0], out, "--type", "f32", "--max-shard-size", "40KB")
     assert rc == 0, stderr
     doc = read_manifest(out)
     names = [f["path"] for f in doc["files"]]
@@ -246,3 +246,33 @@ def test_inspect_a_gguf_file(q8_out: tuple[Path, str]) -> None:
     bad = out.parent / "bad.gguf"
     bad.write_bytes((out / "model.gguf").read_bytes()[:100])
     assert_cli_error(run_cli("inspect", bad), 6, "bad.gguf")
+
+
+def test_python_api_and_batch(checkpoint: Source, tmp_path: Path) -> None:
+    """The API writes what the CLI writes; batch takes the output format as an option like the others
+    (flags or a job file), and skips a done GGUF job on a rerun."""
+    from convert.api import to_gguf
+
+    src = checkpoint[0]
+    result = to_gguf(src, tmp_path / "api", type="q8_0", type_overrides=["up.weight=q4_0"])
+    assert result.files == ["model.gguf"]
+    rc, _stdout, stderr = to_gguf_cli(src, tmp_path / "cli", "--type", "q8_0", "--type-override", "up.weight=q4_0")
+    assert rc == 0, stderr
+    assert (tmp_path / "api" / "model.gguf").read_bytes() == (tmp_path / "cli" / "model.gguf").read_bytes()
+    rc, stdout, stderr = run_cli("batch", src, "--out-dir", tmp_path / "batch", "--to", "gguf", "--type", "q4_0", "--json")
+    assert rc == 0, stderr
+    (line,) = [json.loads(x) for x in stdout.splitlines() if '"status"' in x]
+    assert line["status"] == "ok"
+    out = Path(line["output"])
+    doc = read_manifest(out)
+    assert doc["target"]["format"] == "gguf" and doc["target"]["output_options"]["type"] == "q4_0"
+    assert {t["name"]: t["dtype"] for t in doc["tensors"]}["down.weight"] == "Q4_0"
+    rc, stdout, _stderr = run_cli("batch", src, "--out-dir", tmp_path / "batch", "--to", "gguf", "--type", "q4_0", "--json")
+    assert rc == 0 and json.loads(stdout.splitlines()[0])["status"] == "skipped"
+    jobs = tmp_path / "jobs.toml"
+    job = f'source = "{src}"\noutput = "from_file"\nto = "gguf"\ntype = "q5_0"\ntype_override = ["embed.weight=f32"]'
+    jobs.write_text(f"[[job]]\n{job}\n")
+    rc, _stdout, stderr = run_cli("batch", "--job-file", jobs)
+    assert rc == 0, stderr
+    types = {t["name"]: t["dtype"] for t in read_manifest(tmp_path / "from_file")["tensors"]}
+    assert types["down.weight"] == "Q5_0" and types["embed.weight"] == "F32"

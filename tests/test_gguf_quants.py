@@ -1,11 +1,16 @@
 """The GGUF quantizers against the `gguf` package (llama.cpp's own Python library) and against ggml.
 
-Byte-exact tier (every run): f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 blocks equal
+gguf tier (every run): f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 blocks equal
 `gguf.quants.quantize`'s, and every type's blocks decode with `gguf.quants.dequantize` to the very
-float32 values our dequantizer gives. ggml tier (when llama-cpp-python's library is installed): the
-K-quants (and the legacy quants) equal ggml's own C quantizer, `ggml_quantize_chunk`, called through
-ctypes. Inputs are random rows at several scales and adversarial ones: zeros, -0.0, constants, ties,
-a single spike, values near f32's smallest and f16's largest scales.
+float32 values our dequantizer gives. ggml tier (when llama-cpp-python, the `ggml` extra, is
+installed): every quantized type, the K-quants above all, equals ggml's own C quantizer,
+`ggml_quantize_chunk`, called through ctypes on the library llama-cpp-python builds. Inputs are
+random rows at several scales and adversarial ones: zeros, -0.0, constants, ties, a single spike,
+values near f32's smallest and f16's largest scales.
+
+Where the two references disagree, ggml is followed: for a block of zeros (q4_0, q5_0) or a block
+whose min or max is a zero (q4_1, q5_1), ggml's scan keeps the first zero's sign and numpy's min and
+max do not, so gguf's f16 scale or min can be +0 where ggml's is -0. Nothing else differs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pytest
 from convert.errors import MappingError
 from convert.outputs.gguf import quants
 from convert.outputs.gguf.ggml_types import BY_ID, TYPES, ggml_type
+from ggml_support import MISSING, ggml_quantizer
 
 gguf = pytest.importorskip("gguf")
 
@@ -50,11 +56,18 @@ def _cases() -> dict[str, np.ndarray]:
         "tiny": normal * 1e-30,
         "near-f32-min": normal * 1e-37,  # scales below f32's normal range
         "subnormal": rng.integers(-3, 4, (2, n)) * 1.4e-45,
+        # groups of 16 at scales 1e-8..1: most K-quant group scales round to 0 under the super-block's,
+        # where ggml keeps the levels of its search
+        "group-scales": normal * np.repeat(10.0 ** rng.uniform(-8, 0, (3, n // 16)), 16, axis=1),
+        "one-value-groups": np.where(np.arange(n) % 16 == 5, 3.0, 0.0) * rng.standard_normal((2, n)),
     }
     return {k: v.astype(np.float32) for k, v in cases.items()}
 
 
 CASES = _cases()
+# For the float types only (the quantized ones refuse them): NaN, infinities, values past f16's range.
+SPECIALS = {"specials": np.array([[np.nan, -np.nan, np.inf, -np.inf, 7e4, -1e5, 3e38, 1e-45] * 32], dtype=np.float32)}
+FLOATS = [n for n, t in TYPES.items() if not t.quantized]
 
 
 def gguf_type(name: str):  # noqa: ANN201 - gguf's enum
@@ -77,12 +90,28 @@ def test_type_table_is_ggmls() -> None:
     assert TYPES["q4_k"].row_bytes(4096) == 4096 // 256 * 144 and not TYPES["q4_k"].fits(4000)
 
 
+# The f16 fields (byte offsets) whose zero's sign gguf and ggml may give differently (see above).
+SIGNED_ZERO_FIELDS = {"q4_0": [0], "q5_0": [0], "q4_1": [0, 2], "q5_1": [0, 2]}
+
+
+def unsign_zero_fields(data: np.ndarray, name: str) -> np.ndarray:
+    t = ggml_type(name)
+    blocks = data.reshape(-1, t.type_size).copy()
+    for at in SIGNED_ZERO_FIELDS.get(name, []):
+        field = blocks[:, at : at + 2].view("<u2")
+        field[(field & 0x7FFF) == 0] = 0
+    return blocks
+
+
 @pytest.mark.parametrize("name", LEGACY)
 def test_legacy_bytes_equal_gguf(name: str) -> None:
-    for case, rows in CASES.items():
+    for case, rows in {**CASES, **(SPECIALS if name in FLOATS else {})}.items():
         if name in ("q4_1", "q5_1") and case == "large":
             continue  # their f16 min cannot hold -4e4 * 3: refused, see test_scale_overflow_refused
-        assert np.array_equal(quants.quantize(rows, name), reference_bytes(rows, name)), case
+        ours, theirs = quants.quantize(rows, name), reference_bytes(rows, name)
+        if (rows == 0).any():  # only there may a zero's sign differ
+            ours, theirs = unsign_zero_fields(ours, name), unsign_zero_fields(theirs, name)
+        assert np.array_equal(ours, theirs), case
 
 
 @pytest.mark.parametrize("name", LEGACY + K_QUANTS)
@@ -144,6 +173,10 @@ def test_shapes_checked() -> None:
         quants.quantize(np.zeros((2, 256)), "q8_0")
     with pytest.raises(ValueError, match="not q8_0 data"):
         quants.dequantize(np.zeros(33, np.uint8), "q8_0", (32,))
+    for name in TYPES:  # no rows: nothing to do, no error
+        empty = quants.quantize(np.zeros((0, 256), np.float32), name)
+        assert empty.shape == (0, ggml_type(name).row_bytes(256))
+        assert quants.dequantize(empty, name, (0, 256)).shape == (0, 256)
 
 
 def test_sums_are_sequential() -> None:
@@ -155,3 +188,48 @@ def test_sums_are_sequential() -> None:
     for row in a[1:]:
         acc += row
     assert np.array_equal(quants._seqsum(a), acc)
+
+
+# ---------------------------------------------------------------------------------------- ggml tier
+
+
+@pytest.fixture(scope="module")
+def ggml_quantize():  # noqa: ANN201 - a function
+    run = ggml_quantizer()
+    if run is None:
+        pytest.skip(MISSING)
+    return run
+
+
+def _many_distributions() -> np.ndarray:
+    """2,000 rows of 256 values: ten distributions, each row at its own scale from 1e-12 to 1e3."""
+    rng = np.random.default_rng(7)
+    shape = (200, 256)
+    parts = [
+        rng.standard_normal(shape),
+        rng.uniform(-1, 1, shape),
+        rng.laplace(size=shape),
+        rng.lognormal(size=shape),
+        rng.standard_t(1.5, shape),
+        rng.integers(-20, 21, shape) * 0.125,
+        np.round(rng.standard_normal(shape) * 4) / 4,
+        rng.standard_normal(shape) * (rng.random(shape) < 0.1),
+        rng.standard_normal(shape) + 100,
+        -rng.random(shape) - 50,
+    ]
+    return (np.concatenate(parts) * 10.0 ** rng.uniform(-12, 3, (len(parts) * shape[0], 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+def test_bytes_equal_ggml(name: str, ggml_quantize) -> None:  # noqa: ANN001 - a fixture
+    cases = {**CASES, "distributions": _many_distributions(), **(SPECIALS if name in FLOATS else {})}
+    for case, rows in cases.items():
+        theirs = ggml_quantize(rows, name)
+        try:
+            ours = quants.quantize(rows, name)
+        except quants.QuantizationError:
+            # refused exactly where ggml writes an f16 scale or min that decodes to inf or NaN
+            assert not np.isfinite(quants.dequantize(theirs, name, rows.shape)).all(), case
+            continue
+        differ = np.flatnonzero((ours != theirs).any(axis=1))
+        assert not differ.size, f"{case}: rows {differ[:10].tolist()} differ"

@@ -4,16 +4,20 @@ inspect) reaches readers only through it, and one hostile input gets one answer 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 from convert.contract import ReaderOptions
 from exporters.registry import READERS, detect, face_named
+
+pytest_plugins = ["keras_support"]  # the session fixture hf_models
 
 COMMON_OPTIONS = {
     "--layout",
@@ -197,3 +201,53 @@ def test_batch_carries_keras_config_and_flax_unstack(tmp_path: Path) -> None:
     for out, src in (("keras", "model.weights.h5"), ("flax", "scan.msgpack")):
         rc = run_cli("verify", tmp_path / out, "--source", tmp_path / src)
         assert rc[0] == 0, rc
+
+
+@pytest.fixture(scope="module")
+def sharded_folders(
+    gpt2_folders: dict[str, Any], hf_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, str]]:
+    """One sharded Hugging Face folder per framework whose index a reader checks, each written by its
+    framework's save_pretrained (folder, index file name)."""
+    safetensors = tmp_path_factory.mktemp("st") / "sharded"
+    gpt2_folders["model"].save_pretrained(safetensors, safe_serialization=True, max_shard_size="20KB")
+    return {
+        "pytorch": (gpt2_folders["sharded"], "pytorch_model.bin.index.json"),
+        "safetensors": (safetensors, "model.safetensors.index.json"),
+        "tf-h5": (hf_models / "hf" / "gpt2" / "sharded", "tf_model.h5.index.json"),
+    }
+
+
+def _lie(folder: Path, index_name: str, lie: str) -> str:
+    """Make the index's weight_map lie; the tensor name the lie is about."""
+    path = folder / index_name
+    index = json.loads(path.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    if lie == "moved":  # a tensor placed in a shard that lacks it
+        name = next(n for n, f in sorted(index["weight_map"].items()) if f == shards[0])
+        index["weight_map"][name] = shards[-1]
+    else:  # a tensor no shard holds
+        name = "/".join([*sorted(index["weight_map"])[0].split("/")[:-1], "ghost.weight"])
+        index["weight_map"][name] = shards[0]
+    path.write_text(json.dumps(index))
+    return name.split("/", 1)[-1]  # a TF weight's name without the model's name, which its shard does not store
+
+
+@pytest.mark.parametrize("lie", ["moved", "ghost"])
+@pytest.mark.parametrize("framework", ["pytorch", "safetensors", "tf-h5"])
+def test_an_index_that_lies_is_exit_6_for_every_reader(
+    sharded_folders: dict[str, tuple[Path, str]], tmp_path: Path, framework: str, lie: str
+) -> None:
+    """The same lie in a Hugging Face index (a tensor placed in a shard that lacks it, or one no shard
+    holds) gets the same answer whichever framework's shards it lists: exit 6 naming the tensor, from
+    a conversion and from verify --source alike (it converted with exit 0 for SafeTensors and
+    tf_model.h5 shards, and verify --source passed)."""
+    honest, index_name = sharded_folders[framework]
+    src = tmp_path / "model"
+    shutil.copytree(honest, src)
+    out = tmp_path / "out"
+    assert run_cli("auto", src, out)[0] == 0
+    needle = _lie(src, index_name, lie)
+    assert_cli_error(run_cli("auto", src, tmp_path / "lied"), 6, needle)
+    assert_no_output(tmp_path / "lied")
+    assert_cli_error(run_cli("verify", out, "--source", src), 6, needle)

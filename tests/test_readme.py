@@ -352,6 +352,7 @@ GROUP_OF = {
             "tagger.pt",
             "out/",
             "out/model.onnx",
+            "out/model.gguf",
         ],
         "flax": ["params.msgpack", "hf-flax-folder/", "ckpt_dir/", "state.msgpack", "scan.msgpack", "net.msgpack"],
         "keras": ["model.keras", "model.weights.h5", "model.h5", "saved_model_dir/", "ckpt/ckpt", "model.tflite"],
@@ -368,6 +369,7 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "convert verify out/ --source model.pt": lambda work: _convert_into_out(work),
     "convert verify out/ --source nf_folder/": lambda work: _convert_into_out(work, "nf-to-safetensors", "nf_folder/"),
     "convert onnx-to-safetensors out/model.onnx weights/": _onnx_model,
+    "convert inspect out/model.gguf": lambda work: _convert_into_out(work, "to-gguf"),
     "convert to-onnx model.pt out/ --module mypkg.models:build --input-shape ids=1x9:int32 --input-range ids=0:30000": (
         _embedding_model
     ),

@@ -127,3 +127,16 @@ def test_rust_reads_a_gguf_output(gguf_output: Path, tmp_path: Path) -> None:
     assert rc_py == rc_rs == 8
     for out in (out_py, out_rs):
         assert any("proj.weight" in p for p in json.loads(out)["problems"]), out
+
+
+def test_rust_verifies_split_files(gguf_output: Path, tmp_path: Path) -> None:
+    """llama.cpp's split files: `rmc verify` checks each file's split keys as `convert verify` does."""
+    src = gguf_output.parent / "model.pt"
+    out = tmp_path / "split"
+    rc, _stdout, stderr = run_cli("to-gguf", src, out, "--type", "q8_0", "--max-shard-size", "4KB")
+    assert rc == 0, stderr
+    files = [f["path"] for f in json.loads((out / "manifest.json").read_text())["files"]]
+    assert len(files) > 1
+    rc, stdout, stderr = run(rust_tools().rmc, "verify", out, "--json")
+    assert rc == 0, stderr
+    assert json.loads(stdout)["files"] == len(files)

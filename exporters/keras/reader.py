@@ -18,7 +18,7 @@ from typing import Any
 
 from convert.documents import parse_json
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFormatError, UsageError
-from convert.hf_folder import SIDECAR_MAX_BYTES, hf_sidecars, index_shards, read_config, read_json
+from convert.hf_folder import SIDECAR_MAX_BYTES, cross_check, hf_sidecars, index_shards, read_config, read_json
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
@@ -193,8 +193,10 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
     """A Hugging Face TF folder: tf_model.h5, or its shards listed in tf_model.h5.index.json."""
     if (folder / "saved_model.pb").is_file():
         raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
+    expected: dict[Path, set[str]] = {}  # each shard's weights, as the index places them
     if (folder / HF_TF_INDEX).is_file():
-        shards = list(index_shards(folder / HF_TF_INDEX))
+        expected = index_shards(folder / HF_TF_INDEX)
+        shards = list(expected)
     elif (folder / HF_TF_WEIGHTS).is_file():
         shards = [folder / HF_TF_WEIGHTS]
     else:
@@ -204,10 +206,22 @@ def _open_hf_folder(folder: Path, opened: _Opened) -> dict[str, Any] | None:
         h5 = H5Source(shard)
         opened.closers.append(h5.close)
         opened.files.append(shard)
+        if shard in expected:
+            stored = set(h5.text_list(h5.root, "layer_names") or [])
+            cross_check(shard.name, {_shard_weight_name(n) for n in expected[shard]}, stored)
         named += _legacy_named(h5, h5.root)
     opened.format = "hf-tf-sharded" if len(shards) > 1 else "hf-tf"
     opened.layers = group_named(named, None, folder.name)
     return read_config(folder)
+
+
+def _shard_weight_name(indexed: str) -> str:
+    """The name a Hugging Face TF shard stores a weight under: the index names it with the model's
+    name first (`tf_bert_model/bert/...`), the shard without it, except a name with one component or
+    holding "model." (transformers' save_pretrained and strip_model_name_and_prefix)."""
+    if "model." in indexed or "/" not in indexed:
+        return indexed
+    return indexed.split("/", 1)[1]
 
 
 # --- Keras 2 / legacy h5 -------------------------------------------------------------------------

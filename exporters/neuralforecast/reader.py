@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from convert.bundle_index import bundle_folders, check_folder_name
 from convert.contract import BundleModel, SourceBundle
 from convert.errors import CorruptInputError, SourceNotFoundError, UnsafeInputError, UnsupportedFormatError
-from convert.pipeline import bundle_folders, check_folder_name
 from convert.source import SourceModel
 from exporters.neuralforecast.checks import check_shapes
 from exporters.neuralforecast.config import resolve, split_hparams

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import MappingError, UnsupportedFormatError, UsageError
+from convert.errors import MappingError, UnsupportedFormatError, UsageError, first_line
 from exporters.onnx_export.graph_edit import default_output_names, output_names
 from exporters.onnx_export.inputs import build_specs, input_sets
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 from exporters.onnx_export.user_code import call_factory, required_arguments
-from exporters.quiet import first_line
 
 WEIGHTS_MAX_BYTES = 8 << 30
 

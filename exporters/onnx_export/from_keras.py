@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import UnsafeInputError, UnsupportedFormatError, UsageError
+from convert.errors import UnsafeInputError, UnsupportedFormatError, UsageError, first_line
 from exporters.onnx_export.graph_edit import default_output_names, output_names, rename_values
 from exporters.onnx_export.inputs import build_specs, input_sets
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
-from exporters.quiet import first_line
 
 SIGNATURE = "serving_default"
 

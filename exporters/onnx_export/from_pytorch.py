@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import UnsupportedFormatError, UsageError
+from convert.errors import UnsupportedFormatError, UsageError, first_line
 from convert.tensors import TensorRef
 from exporters.onnx_export.graph_edit import default_output_names, output_names
 from exporters.onnx_export.inputs import build_specs, input_sets
@@ -21,7 +21,6 @@ from exporters.onnx_export.pt2_guard import check_pt2
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.user_code import call_factory, required_arguments
-from exporters.quiet import first_line
 from exporters.torch_state import load_strict
 
 # SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.

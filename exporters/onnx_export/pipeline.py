@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from convert import manifest as manifest_mod
-from convert.errors import ConvertError, UnsafeInputError, VerificationError
+from convert.errors import ConvertError, UnsafeInputError, VerificationError, first_line
 from convert.hashing import new_digest
 from convert.output import fsync_path, write_file
 from convert.pipeline import checked_destination
@@ -26,7 +26,7 @@ from exporters.onnx_export.inputs import input_sets
 from exporters.onnx_export.record import export_manifest
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 from exporters.onnx_export.validate import default_atol, validate
-from exporters.quiet import first_line, framework_output_captured
+from exporters.quiet import framework_output_captured
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"

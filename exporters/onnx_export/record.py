@@ -4,7 +4,6 @@ the graph's interface and the validation that proved it (schemas/manifest.schema
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +24,18 @@ def export_manifest(
 ) -> dict[str, Any]:
     summary = summarize(model)
     specs = {s.name: s for s in graph.inputs}
-    return {
-        "manifest_version": manifest_mod.MANIFEST_VERSION,
-        "digest_algorithm": options.digest,
-        "generator": manifest_mod.generator(),
-        "source": {
-            "format": graph.source_format,
-            "files": [_file_entry(p, str(p.absolute()), options.digest) for p in graph.source_files],
-            "details": {"exporter": graph.exporter},
-        },
-        "target": {
-            "format": "onnx",
-            "layout": "onnx",
-            "rules": "none",
-            "dtype": None,
-            "options": dataclasses.asdict(options),
-            "warnings": graph.notes,
-            "request": None,
-        },
-        "files": [_file_entry(p, p.name, options.digest) for p in files],
-        "index": None,
-        "sidecars": [],
-        "tensors": [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
-        "aliases": {},
-        "dropped": [],
-        "architecture": {**infer_architecture(graph.parameters), "config": None, "source_model": graph.source_model},
-        "graph": {
+    return manifest_mod.build(
+        options.digest,
+        manifest_mod.SourceRecord(
+            graph.source_format,
+            [_file_entry(p, str(p.absolute()), options.digest) for p in graph.source_files],
+            {"exporter": graph.exporter},
+        ),
+        manifest_mod.TargetRecord("onnx", "onnx", "none", None, dataclasses.asdict(options), graph.notes, None),
+        [_file_entry(p, p.name, options.digest) for p in files],
+        [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
+        {**infer_architecture(graph.parameters), "config": None, "source_model": graph.source_model},
+        graph={
             "file": files[0].name,
             "external_data": files[1].name if len(files) > 1 else None,
             "ir_version": summary["ir_version"],
@@ -64,11 +49,11 @@ def export_manifest(
             "validation": validation,
             **({"semantics": graph.semantics} if graph.semantics else {}),
         },
-    }
+    )
 
 
 def _file_entry(path: Path, shown: str, algorithm: str) -> dict[str, Any]:
-    return {"path": shown, "bytes": os.path.getsize(path), "digest": file_digest(path, algorithm)}
+    return manifest_mod.file_entry(path, shown, file_digest(path, algorithm))
 
 
 def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:

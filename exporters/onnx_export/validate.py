@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import VerificationError
+from convert.errors import VerificationError, first_line
 from exporters.onnx_export.inputs import InputSet
 from exporters.onnx_export.spec import ExportedGraph
-from exporters.quiet import first_line
 
 DEFAULT_ATOL = 1e-5
 RECURRENT_ATOL = 1e-4  # LSTM/GRU kernels accumulate rounding differently over the steps

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError
+from convert.errors import ConvertError, CorruptInputError, SourceNotFoundError, UnsupportedFormatError, install_hint
 from convert.hashing import same_ranges
 from convert.source import SourceModel
 from convert.tensors import TensorRef
@@ -198,7 +198,7 @@ def _need_protobuf() -> None:
         from google.protobuf import message_factory  # noqa: F401  (what exporters.tensorflow.protos builds on)
     except ImportError:
         raise UnsupportedFormatError(
-            "reading SavedModels and TF checkpoints needs protobuf and crc32c: pip install 'rust-model-convert[tensorflow]'"
+            f"reading SavedModels and TF checkpoints needs protobuf and crc32c: {install_hint('tensorflow')}"
         ) from None
 
 

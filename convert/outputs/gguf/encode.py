@@ -23,7 +23,9 @@ from convert.tensors import iter_chunks, release_pages
 from .ggml_types import GGMLType
 from .quants import dequantize, quantize
 
-CHUNK_BYTES = 8 << 20  # of the source: a chunk's float32 copy, quantized bytes and error stay small
+# Of the source. A chunk's float32 values, blocks, dequantized values and error stay in the CPU's
+# cache: q8_0 of a 256 MiB tensor took 0.33 s of CPU in 1 MiB chunks against 0.50 s in 8 MiB ones.
+CHUNK_BYTES = 1 << 20
 FLOAT_CODES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # ggml float types -> the cast's dtype code
 
 
@@ -36,15 +38,17 @@ class Measured:
     sq_ref: float = 0.0
     loss: CastLoss = field(default_factory=CastLoss)
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, got: np.ndarray, all_finite: bool = False) -> None:
+        """`all_finite`: the caller knows both hold only finite values (a quantizer refuses others)."""
         ref32, got32 = ref.astype(np.float32, copy=False).reshape(-1), got.astype(np.float32, copy=False).reshape(-1)
-        finite = np.isfinite(ref32) & np.isfinite(got32)
-        if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
-            ref32, got32 = ref32[finite], got32[finite]
+        if not all_finite:
+            finite = np.isfinite(ref32) & np.isfinite(got32)
+            if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
+                ref32, got32 = ref32[finite], got32[finite]
         if not ref32.size:
             return
         err = got32 - ref32
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(err))))
+        self.max_abs = max(self.max_abs, float(err.max()), -float(err.min()))
         self.sq_err += float(np.dot(err, err))
         self.sq_ref += float(np.dot(ref32, ref32))
 
@@ -66,7 +70,7 @@ def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured:
         # whole rows, but a row larger than a chunk comes in pieces of whole blocks
         rows = values.reshape(-1, row if values.size % row == 0 else gtype.block_size)
         blocks = quantize(rows, gtype, f"tensor {name!r}")
-        measured.add(piece, dequantize(blocks, gtype, rows.shape))
+        measured.add(values if piece.dtype == np.float32 else piece, dequantize(blocks, gtype, rows.shape), all_finite=True)
         yield blocks.reshape(-1).data
         release_pages(arr)
 

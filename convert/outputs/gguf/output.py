@@ -11,7 +11,7 @@ from typing import Any
 
 from convert.errors import UsageError
 from convert.mapping import Layout
-from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written
+from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written, option_value
 from convert.source import SourceModel
 
 from . import build
@@ -21,38 +21,34 @@ from .file_format import u32
 from .ggml_types import TYPES
 from .presets import PRESETS, mixed, relabel
 
-TYPE_OPTION = "type"
-OVERRIDE_OPTION = "type_override"
-NO_VOCAB_OPTION = "no_vocab"
 DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
+TYPE = OutputOption(
+    "type",
+    str,
+    DEFAULT_TYPE,
+    "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
+    "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
+    (*TYPES, *(p for p in PRESETS if p not in TYPES)),
+)
+TYPE_OVERRIDE = OutputOption(
+    "type_override",
+    tuple,
+    (),
+    "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
+    "repeatable, the last match wins.",
+)
+NO_VOCAB = OutputOption(
+    "no_vocab",
+    bool,
+    False,
+    "Write a language model without its tokenizer (llama.cpp then loads it with no vocabulary: token ids in, logits out).",
+)
 
 
 class GGUFOutput:
     name = "gguf"
     role: Role = "tensors"
-    options: Sequence[OutputOption] = (
-        OutputOption(
-            TYPE_OPTION,
-            str,
-            DEFAULT_TYPE,
-            "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
-            "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
-            (*TYPES, *(p for p in PRESETS if p not in TYPES)),
-        ),
-        OutputOption(
-            NO_VOCAB_OPTION,
-            bool,
-            False,
-            "write a language model without its tokenizer (llama.cpp then loads it with no vocabulary: token ids in, logits out)",
-        ),
-        OutputOption(
-            OVERRIDE_OPTION,
-            tuple,
-            (),
-            "PATTERN=TYPE: the type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, "
-            "{n:int}, {p...}); repeatable, the last match wins",
-        ),
-    )
+    options: Sequence[OutputOption] = (TYPE, TYPE_OVERRIDE, NO_VOCAB)
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
         return None
@@ -61,33 +57,34 @@ class GGUFOutput:
         opts = conversion.options
         if opts.dtype:
             raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
-        chosen = opts.output_options
-        family = adapt(conversion, bool(chosen.get(NO_VOCAB_OPTION)))  # a language model: llama.cpp's names and keys
+        family = adapt(conversion, bool(option_value(conversion, NO_VOCAB)))  # a language model: llama.cpp's names, keys
         mix = mixed(
-            str(chosen.get(TYPE_OPTION) or DEFAULT_TYPE),
+            str(option_value(conversion, TYPE) or DEFAULT_TYPE),
             [(m.name, m.ref.shape) for m in conversion.kept],
             family.arch is not None,
         )
         gguf_plan = build.plan(
             conversion.kept,
             mix.base,
-            (*mix.overrides, *(chosen.get(OVERRIDE_OPTION) or ())),
+            (*mix.overrides, *(option_value(conversion, TYPE_OVERRIDE) or ())),
             opts.max_shard_size,
             opts.cast_loss,
         )
         relabel(gguf_plan.tensors, mix)
-        rows = [
-            {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
-            for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
-            for p in shard
-        ]
         metadata = build.file_metadata(family.metadata, gguf_plan)
         if mix.file_type is not None:
             metadata["general.file_type"] = u32(mix.file_type)
         work = (gguf_plan, metadata)
-        total = sum(p.nbytes for p in gguf_plan.tensors)
-        notices = [*family.notices, *gguf_plan.notices]
-        return Plan(list(gguf_plan.files), len(rows), total, rows, warnings=gguf_plan.warnings, notices=notices, work=work)
+        tensors = gguf_plan.tensors
+        return Plan(
+            list(gguf_plan.files),
+            len(tensors),
+            sum(p.nbytes for p in tensors),
+            warnings=gguf_plan.warnings,
+            notices=[*family.notices, *gguf_plan.notices],
+            work=work,
+            listing=lambda: _rows(gguf_plan),
+        )
 
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
         gguf_plan, metadata = plan.work
@@ -106,3 +103,12 @@ class GGUFOutput:
                 checked.compared_with_source, problems = pending.result()
                 checked.problems += problems
         return checked
+
+
+def _rows(gguf_plan: build.GGUFPlan) -> list[dict[str, Any]]:
+    """--dry-run's listing: each tensor's file, GGUF name, ggml type, shape and bytes."""
+    return [
+        {"name": p.name, "file": fname, "dtype": p.choice.type.ggml_name, "shape": list(p.shape), "bytes": p.nbytes}
+        for fname, shard in zip(gguf_plan.files, gguf_plan.shards, strict=True)
+        for p in shard
+    ]

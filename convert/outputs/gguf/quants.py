@@ -5,13 +5,17 @@ Both work on whole rows at once (the caller hands over a chunk of rows at a time
 
 Exactness is the point: a GGUF file written here must hold the bytes llama.cpp's own tools write, so
 that `verify --source` can re-quantize and compare byte for byte, and so that a model quantized here
-behaves as one quantized by llama.cpp. The legacy quants (q4_0 ... q8_0) and bf16 equal the `gguf`
-package's quantizers, which equal ggml's reference C code; the K-quants follow ggml's
-`quantize_row_q*_K_ref` (ggml-quants.c) step by step in float32: every sum is accumulated in the C
-code's order (numpy's reduction along the first axis of a C-ordered array adds the rows one after the
-other, the C loop's order), every product and quotient is rounded where the C code rounds it, and
-`nearest_int` is ggml's bit trick. Quantizing takes float32 only: the caller decides how wider floats
-narrow.
+behaves as one quantized by llama.cpp. Every type equals ggml's own `ggml_quantize_chunk` without an
+importance matrix (what `llama-quantize` runs), as tests/test_gguf_quants.py checks through
+llama-cpp-python. The legacy quants (q4_0 ... q8_0) and bf16 follow ggml's reference C code as the
+`gguf` package does (except the sign of a zero scale, where gguf's numpy min and max drift from
+ggml's scan); the K-quants follow `quantize_row_q*_K_ref` (ggml-quants.c) step by step in float32:
+every sum is accumulated in the C code's order (numpy's reduction along the first axis of a C-ordered
+array adds the rows one after the other, the C loop's order), every product and quotient is rounded
+where the C code rounds it, and `nearest_int` is ggml's bit trick. That is ggml as compiled for
+x86-64, where ggml-base has no FMA: a compiler that fuses a*b+c (aarch64 by default) can change
+ggml's own last bits, and so its bytes, on other machines. Quantizing takes float32 only: the caller
+decides how wider floats narrow.
 
 Values a quantized type cannot hold are refused (NaN, infinities, and blocks whose f16 scale would
 overflow); the floating types (f32, f16, bf16) are plain casts, whose losses the caller checks as for
@@ -29,7 +33,9 @@ F32 = np.float32
 _HALF_DOWN = np.nextafter(F32(0.5), F32(0))  # the float below 0.5: x + copysign(it, x) truncates as roundf
 _GROUP_MAX_EPS = F32(1e-15)  # ggml: below this a K-quant group counts as all zero
 _F16_MAX = 65504.0
-_K_PIECE = 256  # super-blocks quantized at once: 64 K values, 256 KiB per float32 temporary
+_ROUNDER = F32(12582912.0)  # 1.5 * 2**23: v + it - it is v rounded half to even, for |v| <= 2**22
+_LEGACY_PIECE = 4096  # blocks of 32 quantized at once: 512 KiB of float32 in, temporaries near cache size
+_K_PIECE = 512  # super-blocks quantized at once: 128 K values, 512 KiB per float32 temporary (fastest here)
 
 
 class QuantizationError(MappingError):
@@ -45,30 +51,31 @@ def _type(qtype: GGMLType | str) -> GGMLType:
 
 def quantize(rows: np.ndarray, qtype: GGMLType | str, what: str = "tensor") -> np.ndarray:
     """`rows` (2-D float32, each row a whole number of blocks) as ggml stores them: a uint8 array of
-    one row of bytes per input row. `what` names the tensor in the error a bad value raises."""
+    one row of bytes per input row. A value a quantized type cannot hold raises QuantizationError
+    (exit 7) naming `what`; a wrong shape or dtype is the caller's bug (ValueError)."""
     t = _type(qtype)
     if rows.ndim != 2 or rows.dtype != np.float32:
         raise ValueError(f"quantize takes 2-D float32 rows, not {rows.ndim}-D {rows.dtype}")
     if not t.fits(rows.shape[1]):
         raise ValueError(f"a row of {rows.shape[1]} values is not a whole number of {t.name} blocks ({t.block_size})")
     rows = np.ascontiguousarray(rows)
-    n_rows = rows.shape[0]
+    shape = (rows.shape[0], t.row_bytes(rows.shape[1]))
     if t.name == "f32":
-        return rows.astype("<f4", copy=False).view(np.uint8).reshape(n_rows, -1)
+        return rows.astype("<f4", copy=False).view(np.uint8).reshape(shape)
     if t.name == "f16":
         with np.errstate(over="ignore"):
-            return rows.astype("<f2").view(np.uint8).reshape(n_rows, -1)
+            return rows.astype("<f2").view(np.uint8).reshape(shape)
     if t.name == "bf16":
-        return _bf16(rows).view(np.uint8).reshape(n_rows, -1)
+        return _bf16(rows).view(np.uint8).reshape(shape)
     blocks = rows.reshape(-1, t.block_size)
     quantizer = _QUANTIZERS[t.name]
-    # The K-quants make some thirty passes over their input: pieces that stay in the CPU's cache.
-    piece = _K_PIECE if t.block_size == QK_K else blocks.shape[0]
+    # Pieces whose temporaries stay in the CPU's cache: the K-quants make hundreds of passes over each.
+    piece = _K_PIECE if t.block_size == QK_K else _LEGACY_PIECE
     out = np.empty((blocks.shape[0], t.type_size), dtype=np.uint8)
     with np.errstate(all="ignore"):
         for start in range(0, blocks.shape[0], piece):
             out[start : start + piece] = quantizer(blocks[start : start + piece], t, what)
-    return out.reshape(n_rows, -1)
+    return out.reshape(shape)
 
 
 def dequantize(data: np.ndarray, qtype: GGMLType | str, shape: tuple[int, ...]) -> np.ndarray:
@@ -86,7 +93,8 @@ def dequantize(data: np.ndarray, qtype: GGMLType | str, shape: tuple[int, ...]) 
     elif t.name == "bf16":
         values = (raw.view("<u2").astype(np.uint32) << 16).view(F32)
     else:
-        values = _DEQUANTIZERS[t.name](raw.reshape(-1, t.type_size))
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf scale decodes to inf and NaN, as in ggml
+            values = _DEQUANTIZERS[t.name](raw.reshape(-1, t.type_size))
     return values.reshape(shape)
 
 
@@ -167,12 +175,22 @@ def _nearest_int(v: np.ndarray) -> np.ndarray:
     return (val & 0x007FFFFF) - 0x00400000
 
 
+def _rint(v: np.ndarray) -> None:
+    """Round `v` in place half to even, for |v| <= 2**22 (where it equals nearest_int); two additions,
+    several times faster than np.rint on float32."""
+    np.add(v, _ROUNDER, out=v)
+    np.subtract(v, _ROUNDER, out=v)
+
+
 def _seqsum(a: np.ndarray) -> np.ndarray:
-    """Sum over the first axis, adding the rows one after the other as the C loops do."""
+    """Sum over the first axis, adding the rows one after the other as the C loops do. There are
+    always several columns (8 or 16 groups per super-block): a single column would be reduced as one
+    contiguous run, which numpy sums with eight partial sums."""
     return np.add.reduce(a, axis=0)
 
 
 def _nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Two 4-bit levels per byte, `lo` in the low nibble."""
     return (lo.astype(np.uint8) & 0x0F) | (hi.astype(np.uint8) << 4)
 
 
@@ -183,79 +201,7 @@ def _scale_inverse(d: np.ndarray) -> tuple[np.ndarray, bool]:
     return inv, odd
 
 
-# --------------------------------------------------------------------------------- legacy quants
-
-
-def _q8_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
-    amax = np.maximum(b.max(axis=1), -b.min(axis=1)) + F32(0)  # + 0: never -0.0, as ggml's fabsf max
-    _refuse_nonfinite(b, t, what, amax)
-    d = amax / F32(127)
-    inv, odd = _scale_inverse(d)
-    v = b * inv[:, None]
-    v += np.copysign(_HALF_DOWN, v)  # roundf: half away from zero, then truncation
-    qs = _wrap8(_c_int(v)).astype(np.int8) if odd else v.astype(np.int8)
-    return _assemble(b.shape[0], t, _f16(d, t, what), qs)
-
-
-def _signed_max(b: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude in each block, the first one on ties (ggml's strict `<` scan)."""
-    return np.take_along_axis(b, np.abs(b).argmax(axis=1)[:, None], axis=1)[:, 0]
-
-
-def _legacy_levels(v: np.ndarray, odd: bool, top: int) -> np.ndarray:
-    """`MIN(top, (int8_t)v)` as ggml's legacy quantizers take a level (v is x*id + offset, truncated)."""
-    if odd:
-        return np.minimum(_wrap8(_c_int(v)), top) & 0xFF
-    return np.minimum(v.astype(np.uint8), top)
-
-
-def _q4_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
-    m = _signed_max(b)
-    _refuse_nonfinite(b, t, what, m)
-    d = m / F32(-8)
-    inv, odd = _scale_inverse(d)
-    q = _legacy_levels(b * inv[:, None] + F32(8.5), odd, 15)
-    return _assemble(b.shape[0], t, _f16(d, t, what), _nibbles(q[:, :16], q[:, 16:]))
-
-
-def _q5_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
-    m = _signed_max(b)
-    _refuse_nonfinite(b, t, what, m)
-    d = m / F32(-16)
-    inv, odd = _scale_inverse(d)
-    q = _legacy_levels(b * inv[:, None] + F32(16.5), odd, 31)
-    return _assemble(b.shape[0], t, _f16(d, t, what), _high_bits(q), _nibbles(q[:, :16], q[:, 16:]))
-
-
-def _high_bits(q: np.ndarray) -> np.ndarray:
-    """Bit 4 of each of a block's 32 levels, as one little-endian uint32 (bit j for value j)."""
-    return np.packbits((q >> 4).astype(np.uint8) & 1, axis=1, bitorder="little")
-
-
-def _min_max(b: np.ndarray, t: GGMLType, what: str) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = b.min(axis=1), b.max(axis=1)
-    _refuse_nonfinite(b, t, what, lo, hi)
-    return lo, hi
-
-
-def _q4_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
-    lo, hi = _min_max(b, t, what)
-    d = (hi - lo) / F32(15)
-    inv, odd = _scale_inverse(d)
-    q = _legacy_levels((b - lo[:, None]) * inv[:, None] + F32(0.5), odd, 15)
-    return _assemble(b.shape[0], t, _f16(d, t, what), _f16(lo, t, what), _nibbles(q[:, :16], q[:, 16:]))
-
-
-def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
-    lo, hi = _min_max(b, t, what)
-    d = (hi - lo) / F32(31)
-    inv, odd = _scale_inverse(d)
-    v = (b - lo[:, None]) * inv[:, None] + F32(0.5)
-    q = (_c_int(v) & 0xFF) if odd else v.astype(np.uint8)  # (uint8_t)(x0 + 0.5f): no MIN in ggml
-    return _assemble(b.shape[0], t, _f16(d, t, what), _f16(lo, t, what), _high_bits(q), _nibbles(q[:, :16], q[:, 16:]))
-
-
-# ------------------------------------------------------------------------------ K-quant helpers
+# ---------------------------------------------------------------------------------- columns
 
 
 def _columns(blocks: np.ndarray, n: int) -> np.ndarray:
@@ -269,45 +215,178 @@ def _rows_of(columns: np.ndarray, n_blocks: int) -> np.ndarray:
     return columns.T.reshape(n_blocks, QK_K)
 
 
+# --------------------------------------------------------------------------------- legacy quants
+
+
+# The legacy quantizers reduce over a block on columns (`_columns`: value j of every block in row j),
+# where numpy's reductions run at full speed, and compute the levels on the blocks as they are; the
+# float operations are the C code's.
+
+
+def _q8_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
+    x = _columns(b, 32)
+    amax = np.maximum(x.max(axis=0), -x.min(axis=0)) + F32(0)  # + 0: never -0.0, as ggml's fabsf max
+    _refuse_nonfinite(b, t, what, amax)
+    d = amax / F32(127)
+    inv, odd = _scale_inverse(d)
+    v = b * inv[:, None]
+    # roundf, half away from zero: add the float just below 0.5 with v's sign (set bitwise, faster
+    # than np.copysign), then truncate
+    half = (v.view(np.uint32) & np.uint32(0x80000000)) | _HALF_DOWN.view(np.uint32)
+    v += half.view(F32)
+    qs = _wrap8(_c_int(v)).astype(np.int8) if odd else v.astype(np.int8)
+    return _assemble(b.shape[0], t, _f16(d, t, what), qs)
+
+
+def _signed_max(b: np.ndarray) -> np.ndarray:
+    """The value of largest magnitude in each row, the first one on ties (ggml's strict `<` scan from
+    0.0, which leaves +0.0 for a row of zeros: the `+ 0` turns -0.0 into +0.0)."""
+    return np.take_along_axis(b, np.abs(b).argmax(axis=1)[:, None], axis=1)[:, 0] + F32(0)
+
+
+def _signed_max_columns(x: np.ndarray) -> np.ndarray:
+    """`_signed_max` of each column, from its max and min; only a column holding both a and -a as its
+    extremes needs the order (the sweep from the last row leaves the first). NaN and infinities come
+    through, for the caller's check."""
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    out = np.where(hi > -lo, hi, lo)
+    tie = (hi == -lo) & (hi != 0)
+    if tie.any():
+        sub, top = x[:, tie], hi[tie]
+        first = np.zeros_like(top)
+        for i in range(x.shape[0] - 1, -1, -1):
+            np.copyto(first, sub[i], where=np.abs(sub[i]) == top)
+        out[tie] = first
+    return out + F32(0)
+
+
+def _legacy_levels(v: np.ndarray, odd: bool, top: int) -> np.ndarray:
+    """`MIN(top, (int8_t)v)` as ggml's legacy quantizers take a level (v is x*id + offset, truncated)."""
+    if odd:
+        return np.minimum(_wrap8(_c_int(v)), top) & 0xFF
+    return np.minimum(v.astype(np.uint8), top)
+
+
+def _symmetric(b: np.ndarray, t: GGMLType, what: str, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """q4_0 (half 8) and q5_0 (half 16): d = max / -half, levels MIN(2*half - 1, (int8_t)(x/d + half + 0.5))."""
+    m = _signed_max_columns(_columns(b, 32))
+    _refuse_nonfinite(b, t, what, m)
+    d = m / F32(-half)
+    inv, odd = _scale_inverse(d)
+    v = b * inv[:, None]
+    v += F32(half + 0.5)
+    return _f16(d, t, what), _legacy_levels(v, odd, 2 * half - 1)
+
+
+def _q4_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
+    d, q = _symmetric(b, t, what, 8)
+    return _assemble(b.shape[0], t, d, _nibbles(q[:, :16], q[:, 16:]))
+
+
+def _q5_0(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
+    d, q = _symmetric(b, t, what, 16)
+    return _assemble(b.shape[0], t, d, _high_bits(q), _nibbles(q[:, :16], q[:, 16:]))
+
+
+def _high_bits(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of a block's 32 levels, as one little-endian uint32 (bit j for value j)."""
+    return np.packbits((q >> 4).astype(np.uint8) & 1, axis=1, bitorder="little")
+
+
+def _min_max(x: np.ndarray, b: np.ndarray, t: GGMLType, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each block's min and max as ggml's strict scan finds them: when one is a zero, it is the block's
+    first zero, with that zero's sign (numpy's min and max pick either sign; the sign reaches the
+    stored f16 min and, through max - min, the scale)."""
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    _refuse_nonfinite(b, t, what, lo, hi)
+    zero_lo, zero_hi = lo == 0, hi == 0
+    if zero_lo.any() or zero_hi.any():
+        first_zero = x[np.argmax(x == 0, axis=0), np.arange(x.shape[1])]
+        lo = np.where(zero_lo, first_zero, lo)
+        hi = np.where(zero_hi, first_zero, hi)
+    return lo, hi
+
+
+def _asymmetric(b: np.ndarray, t: GGMLType, what: str, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q4_1 (top 15) and q5_1 (top 31): d = (max - min) / top, levels (x - min)/d + 0.5 truncated;
+    ggml clamps q4_1's to 15 and leaves q5_1's as (uint8_t), which never exceeds 31 anyway."""
+    x = _columns(b, 32)
+    lo, hi = _min_max(x, b, t, what)
+    d = (hi - lo) / F32(top)
+    inv, odd = _scale_inverse(d)
+    v = b - lo[:, None]
+    v *= inv[:, None]
+    v += F32(0.5)
+    if top == 31:
+        q = (_c_int(v) & 0xFF) if odd else v.astype(np.uint8)
+    else:
+        q = _legacy_levels(v, odd, top)
+    return _f16(d, t, what), _f16(lo, t, what), q
+
+
+def _q4_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
+    d, m, q = _asymmetric(b, t, what, 15)
+    return _assemble(b.shape[0], t, d, m, _nibbles(q[:, :16], q[:, 16:]))
+
+
+def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
+    d, m, q = _asymmetric(b, t, what, 31)
+    return _assemble(b.shape[0], t, d, m, _high_bits(q), _nibbles(q[:, :16], q[:, 16:]))
+
+
+# ------------------------------------------------------------------------------ K-quant helpers
+
+
 def _make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants on columns: levels 0..nmax with a scale and a min per group, refined by
-    `nstep + 1` trial scales and least squares. Returns (scale, -min, levels) per group."""
+    `nstep + 1` trial scales and least squares. Returns (scale, -min, levels) per group.
+
+    As in the C code, a trial that wins moves the min, and the later trials measure from the new min
+    (their levels and their span). The trials run on preallocated buffers, and only the winning
+    trial's inverse scale and min are kept: its levels are made again at the end (the same float32
+    operations give the same levels)."""
     lo = x.min(axis=0)
     hi = x.max(axis=0)
     sum_w = _seqsum(w)
     sum_x = _seqsum(w * x)
     lo = np.where(lo > 0, F32(0), lo)
     flat = hi == lo
-    span = hi - lo
-    xm = x - lo
-    iscale = F32(nmax) / span
-    # np.rint is nearest_int while iscale * xm stays within nmax + 1; a span so small that nmax / span
-    # overflows (values within 1e-37 of each other) needs the C code's bits, which clamp inf to 0.
-    exact = not np.isfinite(iscale[~flat]).all()
+    first_lo = lo.copy()
+    trial = np.empty_like(x)
+    wl = np.empty_like(x)
+    tmp = np.empty_like(x)
 
-    def levels_of(iscale: np.ndarray) -> np.ndarray:
-        if exact:
-            return np.clip(_nearest_int(iscale * xm), 0, nmax).astype(F32)
-        return np.minimum(np.rint(iscale * xm), F32(nmax))
-
-    first_lo = lo
-    scale = F32(1) / iscale
-    levels = levels_of(iscale)
+    def levels_of(iscale: np.ndarray, lo: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.subtract(x, lo, out=out)
+        np.multiply(iscale, out, out=out)
+        if np.isfinite(iscale[~flat]).all():
+            # rounding is nearest_int while |iscale * (x - lo)| stays within 2**22, as it does here
+            _rint(out)
+            return np.clip(out, F32(0), F32(nmax), out=out)
+        # a span so small that nmax / span overflows needs the C code's bits (which clamp inf to 0)
+        out[...] = np.clip(_nearest_int(out), 0, nmax)
+        return out
 
     def error(s: np.ndarray, m: np.ndarray, lv: np.ndarray) -> np.ndarray:
-        diff = s * lv + m - x
-        return _seqsum(w * (np.abs(diff) if use_mad else diff * diff))
+        np.multiply(s, lv, out=tmp)
+        np.add(tmp, m, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        (np.abs if use_mad else np.square)(tmp, out=tmp)
+        return _seqsum(np.multiply(tmp, w, out=tmp))
 
-    best = error(scale, lo, levels)
+    iscale = F32(nmax) / (hi - lo)
+    chosen, chosen_lo = iscale.copy(), lo.copy()
+    scale = F32(1) / iscale
+    best = error(scale, lo, levels_of(iscale, lo, trial))
     for step in range(nstep + 1):
-        iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
-        trial = levels_of(iscale)
-        wl = w * trial
+        iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (hi - lo)
+        levels_of(iscale, lo, trial)
+        np.multiply(w, trial, out=wl)
         sum_l = _seqsum(wl)
-        sum_l2 = _seqsum(wl * trial)
-        sum_xl = _seqsum(wl * x)
+        sum_l2 = _seqsum(np.multiply(wl, trial, out=tmp))
+        sum_xl = _seqsum(np.multiply(wl, x, out=tmp))
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -316,48 +395,62 @@ def _make_qkx2(
         this_scale = np.where(clamp, sum_xl / sum_l2, this_scale)
         cur = error(this_scale, this_min, trial)
         better = (det > 0) & (cur < best)
-        levels = np.where(better, trial, levels)
-        best = np.where(better, cur, best)
-        scale = np.where(better, this_scale, scale)
-        lo = np.where(better, this_min, lo)
+        np.copyto(chosen, iscale, where=better)
+        np.copyto(chosen_lo, lo, where=better)
+        np.copyto(best, cur, where=better)
+        np.copyto(scale, this_scale, where=better)
+        np.copyto(lo, this_min, where=better)
     scale = np.where(flat, F32(0), scale)
-    levels = np.where(flat, F32(0), levels)
+    levels = np.where(flat, F32(0), levels_of(chosen, chosen_lo, trial))
     return scale, -np.where(flat, first_lo, lo), levels
 
 
 def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_qx_quants with rmse_type 1 and no importance weights (q6_K): symmetric levels
     -nmax..nmax-1, the scale refined over 18 trial scales by weighted least squares (weights x*x).
-    Returns (scale, levels + nmax) per group."""
-    big = _signed_max(x.T)
+    Returns (scale, levels + nmax) per group. As in `_make_qkx2`, only the winning inverse scale is
+    kept; `_rint` is nearest_int here, as |iscale * x| <= nmax + 1 in every group that is not zero."""
+    big = _signed_max_columns(x)
     zero = np.abs(big) < _GROUP_MAX_EPS
+    big = np.where(zero, F32(1), big)
     w = x * x
     wx = w * x
+    lv = np.empty_like(x)
+    tmp = np.empty_like(x)
 
-    def trial(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lv = np.clip(_nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
-        return lv, _seqsum(wx * lv), _seqsum(w * lv * lv)
+    def levels_of(iscale: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.multiply(iscale, x, out=out)
+        _rint(out)
+        return np.clip(out, -nmax, nmax - 1, out=out)
 
-    levels, sumlx, suml2 = trial(F32(-nmax) / big)
+    def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        levels_of(iscale, lv)
+        slx = _seqsum(np.multiply(wx, lv, out=tmp))
+        np.multiply(w, lv, out=tmp)
+        return slx, _seqsum(np.multiply(tmp, lv, out=tmp))
+
+    chosen = F32(-nmax) / big
+    sumlx, suml2 = sums(chosen)
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        lv, slx, sl2 = trial(-(F32(nmax) + F32(0.1) * F32(step)) / big)
+        iscale = -(F32(nmax) + F32(0.1) * F32(step)) / big
+        slx, sl2 = sums(iscale)
         better = (sl2 > 0) & (slx * slx > best * sl2)
-        levels = np.where(better, lv, levels)
+        chosen = np.where(better, iscale, chosen)
         scale = np.where(better, slx / sl2, scale)
         best = np.where(better, scale * slx, best)
     scale = np.where(zero, F32(0), scale)
-    levels = np.where(zero, F32(0), levels + F32(nmax))
+    levels = np.where(zero, F32(0), levels_of(chosen, lv) + F32(nmax))
     return scale, levels
 
 
 def _make_q3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_q3_quants with do_rmse (q3_K): symmetric levels refined value by value, up to five
     passes, each change kept only when it improves the weighted fit. Returns (scale, levels + nmax)."""
-    big = _signed_max(x.T)
+    big = _signed_max_columns(x)
     zero = np.abs(big) < _GROUP_MAX_EPS
     w = x * x
     wx = w * x
@@ -478,11 +571,6 @@ def _q2_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     return _assemble(nb, t, packed.astype(np.uint8), _crumbs(q), d, dmin)
 
 
-def _signed_biggest(scales: np.ndarray) -> np.ndarray:
-    """The group scale of largest magnitude of each super-block (first on ties; 0 when all are 0)."""
-    return _signed_max(scales)
-
-
 def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     """quantize_row_q3_K_ref: 16 groups of 16 values, 3-bit symmetric levels (a high-bit mask and 2
     low bits), 6-bit signed scales under an f16 super-scale."""
@@ -492,7 +580,7 @@ def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     scale, levels = _make_q3(x, 4)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
-    biggest = _signed_biggest(scales)
+    biggest = _signed_max(scales)
     some = biggest != 0
     iscale = np.where(some, F32(-32) / np.where(some, biggest, F32(1)), F32(0))
     ls = np.clip(_wrap8(_nearest_int(iscale[:, None] * scales)), -32, 31) + 32
@@ -519,7 +607,7 @@ def _q6_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     scale, levels = _make_qx(x, 32)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
-    biggest = _signed_biggest(scales)
+    biggest = _signed_max(scales)
     some = np.abs(biggest) >= _GROUP_MAX_EPS
     iscale = F32(-128) / np.where(some, biggest, F32(1))
     d = _f16(np.where(some, F32(1) / iscale, F32(0)), t, what)

@@ -20,6 +20,9 @@ from convert.writer import _write_error
 from .file_format import ALIGNMENT, TensorInfo, Value, padded, plan_header
 
 Progress = Callable[[int], None]
+# The hashing thread is told of written bytes in steps this large: one small window per chunk (a
+# quantizer's chunk is well under 1 MiB of output) would cost a mapping and a wake-up each.
+LANDED_STEP = 8 << 20
 Chunks = Iterable[bytes | memoryview]
 
 
@@ -66,11 +69,13 @@ def write_gguf(
         flush = ProgressiveFlush(fd)
         pos = data_start
         for item, info in zip(items, infos, strict=True):
-            written = 0
+            written = told = 0
             for chunk in item.chunks():
                 _write_all(fd, chunk, path)
                 written += len(chunk)
-                _landed(hasher, flush, pos + written, path)
+                if written - told >= LANDED_STEP:
+                    _landed(hasher, flush, pos + written, path)
+                    told = written
             if written != item.nbytes:
                 raise RuntimeError(f"tensor {item.name!r}: produced {written} bytes, planned {item.nbytes}")
             _write_all(fd, bytes(-item.nbytes % alignment), path)

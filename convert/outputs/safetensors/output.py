@@ -11,8 +11,9 @@ from typing import Any
 
 from convert.hf_folder import SAFETENSORS_INDEX
 from convert.mapping import Layout
+from convert.options import OPTIONS
 from convert.output import write_file
-from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written
+from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written, option_value
 from convert.safetensors_format import build_header
 from convert.safetensors_source import open_safetensors
 from convert.source import SourceModel
@@ -39,25 +40,26 @@ class _Work:
 class SafeTensorsOutput:
     name = "safetensors"
     role: Role = "tensors"
-    options: Sequence[OutputOption] = (
-        OutputOption("max_shard_size", int, None, "largest shard in bytes; more tensors than that are split into shards"),
-    )
+    options: Sequence[OutputOption] = (OPTIONS["max_shard_size"],)
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
         return None
 
     def plan(self, conversion: Conversion) -> Plan:
-        limit = conversion.options.max_shard_size
+        limit = option_value(conversion, OPTIONS["max_shard_size"])
         items = [WriteItem(m.name, m.dtype, m.ref, m.casts) for m in conversion.kept]
         shards = shard_items(items, limit)
         names = shard_file_names(len(shards))
         total = sum(it.nbytes for it in items)
         layout = conversion.layout
-        rows = [
-            {"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
-            for fname, shard in zip(names, shards, strict=True)
-            for it in shard
-        ]
+
+        def rows() -> list[dict[str, Any]]:
+            return [
+                {"name": it.name, "file": fname, "dtype": it.dtype.code, "shape": list(it.shape), "bytes": it.nbytes}
+                for fname, shard in zip(names, shards, strict=True)
+                for it in shard
+            ]
+
         work = _Work(
             shards,
             names,
@@ -66,7 +68,7 @@ class SafeTensorsOutput:
             layout.index_metadata,
             [SAFETENSORS_INDEX, *layout.extra_index_names],
         )
-        return Plan(names, len(items), total, rows, notices=oversized(items, limit), work=work)
+        return Plan(names, len(items), total, notices=oversized(items, limit), work=work, listing=rows)
 
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
         work: _Work = plan.work
