@@ -195,6 +195,7 @@ def to_gguf(
     *,
     type: str = "f16",
     type_overrides: tuple[str, ...] | list[str] = (),
+    no_vocab: bool = False,
     conversion: str = "auto",
     reader: ReaderOptions | None = None,
     progress: Progress | None = None,
@@ -202,7 +203,9 @@ def to_gguf(
 ) -> Result:
     """Any source the readers read, as GGUF (`model.gguf`, or llama.cpp's split files under
     `max_shard_size`): `type` the ggml type of 2-D and larger tensors (f32, f16, bf16, q8_0, q4_0,
-    q4_1, q5_0, q5_1, q2_k ... q6_k), `type_overrides` PATTERN=TYPE items for some tensors."""
+    q4_1, q5_0, q5_1, q2_k ... q6_k, or llama.cpp's q4_k_m / q5_k_m preset for a language model),
+    `type_overrides` PATTERN=TYPE items for some tensors; `no_vocab` writes a language model without
+    its tokenizer."""
     return convert_path(
         src,
         out,
@@ -210,7 +213,7 @@ def to_gguf(
         reader=reader,
         progress=progress,
         target="gguf",
-        output_options={"type": type, "type_override": tuple(type_overrides)},
+        output_options={"type": type, "type_override": tuple(type_overrides), "no_vocab": no_vocab},
         **options,
     )
 

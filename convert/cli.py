@@ -368,7 +368,9 @@ def _add_conversion_commands() -> None:
         "Write GGUF (model.gguf, or llama.cpp's split files under --max-shard-size) for candle's quantized models, "
         "llama.cpp and realizar, from any source the readers read: 2-D and larger tensors in --type (1-D ones stay "
         "F32; rows no block fits fall back as llama-quantize does, each fallback printed and recorded), each "
-        "tensor's quantization error in the manifest. --dtype does not apply: --type chooses.",
+        "tensor's quantization error in the manifest. --dtype does not apply: --type chooses. A Hugging Face "
+        "causal LM of a family llama.cpp runs (llama, mistral, qwen2, qwen3, phi3, gpt2: config.json's model_type) "
+        "gets llama.cpp's tensor names, its hyper-parameters and its tokenizer.",
         "auto",
         ReaderOptions.names(),
         {},
@@ -376,6 +378,7 @@ def _add_conversion_commands() -> None:
         (
             "convert to-gguf model.pt out/ --type q8_0",
             "convert to-gguf hf_folder/ out/ --type q4_k --type-override 'lm_head.weight=q6_k'",
+            "convert to-gguf llama_folder/ out/ --type q4_k_m",
         ),
         target="gguf",
     )
@@ -592,6 +595,7 @@ def _bound(atol: float | dict[str, float]) -> str:
 )
 @click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
 @click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
+@click.option("--no-vocab", "no_vocab", is_flag=True, help="With --to gguf: as to-gguf's.")
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")

@@ -325,8 +325,17 @@ def _tf1_sources(work: Path) -> None:
     shutil.copytree(REPO / "examples" / "layouts", work / "examples" / "layouts")
 
 
+def _llm_sources(work: Path) -> None:
+    """A Hugging Face llama folder with its SentencePiece tokenizer (tests/llm_support.py)."""
+    pytest.importorskip("sentencepiece", reason="the language model's tokenizer is trained with sentencepiece")
+    from llm_support import tiny_llama
+
+    tiny_llama(work / "llm-folder")
+
+
 GROUPS: dict[str, Callable[[Path], None]] = {
     "torch": _torch_sources,
+    "llm": _llm_sources,
     "tf1": _tf1_sources,
     "flax": _flax_sources,
     "keras": _keras_sources,
@@ -363,6 +372,7 @@ GROUP_OF = {
         "keras": ["model.keras", "model.weights.h5", "model.h5", "saved_model_dir/", "ckpt/ckpt", "model.tflite"],
         "nf": ["nf_folder/"],
         "tf1": ["bert_model.ckpt"],
+        "llm": ["llm-folder/"],
     }.items()
     for name in names
 }

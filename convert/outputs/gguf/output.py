@@ -16,15 +16,19 @@ from convert.source import SourceModel
 
 from . import build
 from .check import check_files, compare_with_source
+from .families import adapt
+from .file_format import u32
 from .ggml_types import TYPES
+from .presets import PRESETS, mixed, relabel
 
 DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
 TYPE = OutputOption(
     "type",
     str,
     DEFAULT_TYPE,
-    "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does)",
-    tuple(TYPES),
+    "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
+    "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
+    (*TYPES, *(p for p in PRESETS if p not in TYPES)),
 )
 TYPE_OVERRIDE = OutputOption(
     "type_override",
@@ -33,12 +37,18 @@ TYPE_OVERRIDE = OutputOption(
     "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
     "repeatable, the last match wins.",
 )
+NO_VOCAB = OutputOption(
+    "no_vocab",
+    bool,
+    False,
+    "Write a language model without its tokenizer (llama.cpp then loads it with no vocabulary: token ids in, logits out).",
+)
 
 
 class GGUFOutput:
     name = "gguf"
     role: Role = "tensors"
-    options: Sequence[OutputOption] = (TYPE, TYPE_OVERRIDE)
+    options: Sequence[OutputOption] = (TYPE, TYPE_OVERRIDE, NO_VOCAB)
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
         return None
@@ -47,23 +57,31 @@ class GGUFOutput:
         opts = conversion.options
         if opts.dtype:
             raise UsageError("--dtype does not apply to GGUF outputs: --type (and --type-override) choose each tensor's type")
+        family = adapt(conversion, bool(option_value(conversion, NO_VOCAB)))  # a language model: llama.cpp's names, keys
+        mix = mixed(
+            str(option_value(conversion, TYPE) or DEFAULT_TYPE),
+            [(m.name, m.ref.shape) for m in conversion.kept],
+            family.arch is not None,
+        )
         gguf_plan = build.plan(
             conversion.kept,
-            str(option_value(conversion, TYPE) or DEFAULT_TYPE),
-            tuple(option_value(conversion, TYPE_OVERRIDE) or ()),
+            mix.base,
+            (*mix.overrides, *(option_value(conversion, TYPE_OVERRIDE) or ())),
             opts.max_shard_size,
             opts.cast_loss,
         )
-        source = conversion.source
-        family = build.generic_metadata(source.config, source.format)
-        work = (gguf_plan, build.file_metadata(family, gguf_plan))
+        relabel(gguf_plan.tensors, mix)
+        metadata = build.file_metadata(family.metadata, gguf_plan)
+        if mix.file_type is not None:
+            metadata["general.file_type"] = u32(mix.file_type)
+        work = (gguf_plan, metadata)
         tensors = gguf_plan.tensors
         return Plan(
             list(gguf_plan.files),
             len(tensors),
             sum(p.nbytes for p in tensors),
             warnings=gguf_plan.warnings,
-            notices=gguf_plan.notices,
+            notices=[*family.notices, *gguf_plan.notices],
             work=work,
             listing=lambda: _rows(gguf_plan),
         )
