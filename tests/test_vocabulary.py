@@ -13,6 +13,7 @@ from conftest import REPO
 from convert.cli import cli
 from convert.dtypes import DTYPES
 from convert.hashing import ALGORITHMS
+from convert.outputs.gguf.ggml_types import TYPES as GGML_TYPES
 from convert.vocabulary import CAST_LOSS, CAST_TARGETS, QUANTIZED_MODES, TIE_MODES, TRANSFORM_OPS
 
 
@@ -30,7 +31,7 @@ def at(doc: dict[str, Any], path: str) -> list[Any]:
 @pytest.mark.parametrize(
     "schema_name, path, truth",
     [
-        ("manifest.schema.json", "$defs/dtype", set(DTYPES)),
+        ("manifest.schema.json", "$defs/dtype", set(DTYPES) | {t.ggml_name for t in GGML_TYPES.values() if t.quantized}),
         ("layout.schema.json", "$defs/dtype", set(DTYPES)),
         ("manifest.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
         ("layout.schema.json", "$defs/transform/properties/op", set(TRANSFORM_OPS)),
