@@ -276,15 +276,15 @@ def verify_path(
     folders = None if (out / manifest_mod.MANIFEST_FILE).is_file() else _bundle_output(out)
     if folders is not None:
         return _verify_bundle_output(out, folders, source, key, follow_links)
-    from .outputs.registry import OUTPUTS
+    from .outputs.registry import all_outputs
 
     if source is None:
-        return verify_output(out, outputs=OUTPUTS)
+        return verify_output(out, outputs=all_outputs())
     options = recorded_reader_options(out)
     if key:
         options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
     with open_path(source, "auto", options, follow_links) as opened:
-        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened, OUTPUTS)
+        return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened, all_outputs())
 
 
 def _bundle_output(out: Path) -> list[Path] | None:

@@ -227,10 +227,9 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
 def output_option_names() -> list[str]:
     """The options output formats declare beyond the conversion options (gguf: type, type_override):
     job-file keys and batch flags, gathered into a job's `output_options`."""
-    from .options import OPTIONS
-    from .outputs.registry import OUTPUTS
+    from .outputs.registry import OWN_OPTIONS
 
-    return list(dict.fromkeys(o.name for out in OUTPUTS if out.role == "tensors" for o in out.options if o.name not in OPTIONS))
+    return list(dict.fromkeys(o.name for own in OWN_OPTIONS.values() for o in own))
 
 
 def retry_jobs(jobs: list[Job], report_path: str | Path) -> list[Job]:

@@ -339,9 +339,9 @@ def conversion_command(
 def output_own_options(target: str) -> list[Option]:
     """The options the `target` output declares that are not conversion options (GGUF's --type and
     --type-override): their values go to ConvertOptions.output_options."""
-    from .outputs.registry import outputs_for
+    from .outputs.registry import OWN_OPTIONS
 
-    return [o for o in outputs_for(target).tensors.options if o.name not in OPTIONS]
+    return list(OWN_OPTIONS[target])
 
 
 def _add_conversion_commands() -> None:

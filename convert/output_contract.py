@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .mapping import Layout, MappedTensor, MappingResult
 from .options import ConvertOptions, Option
-from .source import SourceModel
-from .writer import WrittenTensor
+
+if TYPE_CHECKING:  # annotations only: the CLI reads outputs' options at start-up, before numpy is needed
+    from .mapping import Layout, MappedTensor, MappingResult
+    from .source import SourceModel
+    from .writer import WrittenTensor
 
 Progress = Callable[[int], None]
 Role = Literal["tensors", "companion"]

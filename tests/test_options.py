@@ -16,7 +16,7 @@ from convert.api import conversion_options
 from convert.cli import cli
 from convert.contract import READER_OPTIONS, ReaderOptions
 from convert.options import CONVERSION_OPTIONS, OPTIONS, ConvertOptions
-from convert.outputs.registry import OUTPUTS
+from convert.outputs.registry import OWN_OPTIONS, all_outputs
 from exporters.registry import READERS
 
 SCHEMA = json.loads((REPO / "schemas" / "batch.schema.json").read_text())
@@ -77,12 +77,21 @@ def test_output_options_are_declared_once() -> None:
     from convert.mapping import load_layout
 
     layout_options = set(load_layout("neuro-divergent").options)
-    for output in OUTPUTS:
+    for output in all_outputs():
         for option in output.options:
             if output.role == "companion":
                 assert option.name in layout_options, (output.name, option.name)
             elif option.name in OPTIONS:
                 assert option is OPTIONS[option.name], (output.name, option.name)
+
+
+def test_own_options_are_what_each_tensor_output_declares() -> None:
+    """The CLI builds its flags from OWN_OPTIONS without loading the outputs: it must be, record for
+    record, what each tensor output declares beyond the conversion options."""
+    tensor_outputs = {o.name: o for o in all_outputs() if o.role == "tensors"}
+    assert set(OWN_OPTIONS) == set(tensor_outputs)
+    for name, output in tensor_outputs.items():
+        assert OWN_OPTIONS[name] == tuple(o for o in output.options if o.name not in OPTIONS), name
 
 
 def test_reader_options_are_their_records() -> None:

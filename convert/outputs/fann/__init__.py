@@ -1,5 +1,1 @@
 """ruv-FANN output: dense chains as `Network<T>` in ruv-FANN's own serde JSON, beside the tensors."""
-
-from .output import FannOutput
-
-OUTPUT = FannOutput()

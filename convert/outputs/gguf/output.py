@@ -18,37 +18,14 @@ from . import build
 from .check import check_files, compare_with_source
 from .families import adapt
 from .file_format import u32
-from .ggml_types import TYPES
-from .presets import PRESETS, mixed, relabel
-
-DEFAULT_TYPE = "f16"  # as llama.cpp's converter writes by default
-TYPE = OutputOption(
-    "type",
-    str,
-    DEFAULT_TYPE,
-    "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
-    "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
-    (*TYPES, *(p for p in PRESETS if p not in TYPES)),
-)
-TYPE_OVERRIDE = OutputOption(
-    "type_override",
-    tuple,
-    (),
-    "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
-    "repeatable, the last match wins.",
-)
-NO_VOCAB = OutputOption(
-    "no_vocab",
-    bool,
-    False,
-    "Write a language model without its tokenizer (llama.cpp then loads it with no vocabulary: token ids in, logits out).",
-)
+from .options import DEFAULT_TYPE, NO_VOCAB, OPTIONS, TYPE, TYPE_OVERRIDE
+from .presets import mixed, relabel
 
 
 class GGUFOutput:
     name = "gguf"
     role: Role = "tensors"
-    options: Sequence[OutputOption] = (TYPE, TYPE_OVERRIDE, NO_VOCAB)
+    options: Sequence[OutputOption] = OPTIONS
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
         return None

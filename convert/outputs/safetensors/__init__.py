@@ -1,6 +1,2 @@
 """SafeTensors output: one `model.safetensors`, or shards and Hugging Face's index, with `{"format": "pt"}`
 metadata naming the tied aliases."""
-
-from .output import SafeTensorsOutput
-
-OUTPUT = SafeTensorsOutput()
