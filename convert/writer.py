@@ -15,7 +15,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,32 +84,61 @@ def write_tensor_file(
     counted from the header's end, in that order. Its digest and every tensor's, in `algorithm`,
     come back with it."""
     total = len(header) + (offsets[-1][1] if offsets else 0)
+    with landing_file(path, header, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm) as out:
+        losses = []
+        for item, (begin, end) in zip(ordered, offsets, strict=True):
+            losses.append(_write_tensor(out.fd, item, len(header) + begin, out.landed, path))
+            out.landed(len(header) + end)
+            if progress:
+                progress(item.nbytes)
+    file_digest, digests = out.file_digest, out.digests
+    tensors = [
+        WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
+        for it, off, dg, lost in zip(ordered, offsets, digests, losses, strict=True)
+    ]
+    return WrittenFile(path.name, total, file_digest, tensors)
+
+
+@dataclass
+class LandingFile:
+    """A new output file as it is written: `landed(upto)` tells the hashing thread (the file, and each
+    tensor's range) and the flushing thread how far it is written; the digests are set when it is
+    closed complete."""
+
+    fd: int
+    path: Path
+    hasher: OutputHasher
+    flush: ProgressiveFlush
+    file_digest: str = ""
+    digests: list[str] = field(default_factory=list)
+
+    def landed(self, upto: int) -> None:
+        try:
+            self.hasher.advance(upto)
+            self.flush.advance(upto)
+        except OSError as exc:  # the output could not be read back or flushed
+            raise write_error(exc, self.path) from None
+
+
+@contextmanager
+def landing_file(path: Path, header: bytes, total: int, ranges: list[tuple[int, int]], algorithm: str) -> Iterator[LandingFile]:
+    """Create `path` (which must not exist), write `header` at its start (the file offset after it),
+    and hash and flush what lands in it while the caller writes the rest; on any error both threads
+    stop. Every output format's file writer goes through here (SafeTensors files, GGUF files)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
     hasher: OutputHasher | None = None
     flush: ProgressiveFlush | None = None
     try:
-        _pwrite_all(fd, header, 0, path)
-        hasher = OutputHasher(path, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm)
+        write_all(fd, header, path)
+        hasher = OutputHasher(path, total, ranges, algorithm)
         flush = ProgressiveFlush(fd)
-
-        def landed(upto: int, hasher: OutputHasher = hasher, flush: ProgressiveFlush = flush) -> None:
-            try:
-                hasher.advance(upto)
-                flush.advance(upto)
-            except OSError as exc:  # the output could not be read back or flushed
-                raise _write_error(exc, path) from None
-
-        losses = []
-        for item, (begin, end) in zip(ordered, offsets, strict=True):
-            losses.append(_write_tensor(fd, item, len(header) + begin, landed, path))
-            landed(len(header) + end)
-            if progress:
-                progress(item.nbytes)
+        out = LandingFile(fd, path, hasher, flush)
+        yield out
         try:
-            file_digest, digests = hasher.finish()
+            out.file_digest, out.digests = hasher.finish()
             flush.finish()
         except OSError as exc:
-            raise _write_error(exc, path) from None
+            raise write_error(exc, path) from None
     except BaseException:
         if hasher is not None:
             hasher.abort()
@@ -117,11 +147,16 @@ def write_tensor_file(
         raise
     finally:
         os.close(fd)
-    tensors = [
-        WrittenTensor(it.name, path.name, it.dtype.code, it.shape, off, dg, lost)
-        for it, off, dg, lost in zip(ordered, offsets, digests, losses, strict=True)
-    ]
-    return WrittenFile(path.name, total, file_digest, tensors)
+
+
+def write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
+    """Write all of `data` at the file's offset; an OSError is the output's write error."""
+    view = memoryview(data).cast("B")
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise write_error(exc, path) from None
 
 
 def _write_tensor(fd: int, item: WriteItem, pos: int, landed: Landed, path: Path) -> list[CastLoss]:
@@ -199,7 +234,7 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> N
         try:
             written = os.pwrite(fd, view, offset)
         except OSError as exc:
-            raise _write_error(exc, path) from None
+            raise write_error(exc, path) from None
         view = view[written:]
         offset += written
 
@@ -219,7 +254,7 @@ def _copy_span(src_path: str, offset: int, length: int, dst_fd: int, dst_pos: in
                 if unsupported and copier is not _user_copy:
                     copier = _sendfile_copy if copier is _kernel_copy else _user_copy
                     continue
-                raise _write_error(exc, dst_path) from None
+                raise write_error(exc, dst_path) from None
             if n == 0:
                 raise CorruptInputError(f"{Path(src_path).name}: ended early while copying a tensor (truncated?)")
             done += n
@@ -246,7 +281,8 @@ def _user_copy(src: int, dst: int, src_off: int, dst_off: int, count: int) -> in
     return len(data)
 
 
-def _write_error(exc: OSError, path: Path) -> ConvertError:
+def write_error(exc: OSError, path: Path) -> ConvertError:
+    """An OSError while writing `path`, as the one-line output write error (exit 10)."""
     if exc.errno == errno.ENOSPC:
         return OutputWriteError(f"disk full while writing {path.name}")
     return OutputWriteError(f"cannot write {path.name}: {exc.strerror or exc}")

@@ -8,14 +8,11 @@ tensor's range) and another flushes it to disk while the next tensor is being qu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.durable import ProgressiveFlush
-from convert.hashing import OutputHasher
-from convert.writer import _write_error
+from convert.writer import landing_file, write_all
 
 from .file_format import ALIGNMENT, TensorInfo, Value, padded, plan_header
 
@@ -60,57 +57,23 @@ def write_gguf(
     header, infos = plan_header(metadata, [(it.name, it.shape, it.ggml_type, it.nbytes) for it in items], alignment)
     data_start = len(header)
     total = data_start + sum(padded(it.nbytes, alignment) for it in items)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
-    hasher: OutputHasher | None = None
-    flush: ProgressiveFlush | None = None
-    try:
-        _write_all(fd, header, path)
-        hasher = OutputHasher(path, total, [(data_start + i.offset, data_start + i.offset + i.nbytes) for i in infos], algorithm)
-        flush = ProgressiveFlush(fd)
+    ranges = [(data_start + i.offset, data_start + i.offset + i.nbytes) for i in infos]
+    with landing_file(path, header, total, ranges, algorithm) as out:
         pos = data_start
         for item, info in zip(items, infos, strict=True):
             written = told = 0
             for chunk in item.chunks():
-                _write_all(fd, chunk, path)
+                write_all(out.fd, chunk, path)
                 written += len(chunk)
                 if written - told >= LANDED_STEP:
-                    _landed(hasher, flush, pos + written, path)
+                    out.landed(pos + written)
                     told = written
             if written != item.nbytes:
                 raise RuntimeError(f"tensor {item.name!r}: produced {written} bytes, planned {item.nbytes}")
-            _write_all(fd, bytes(-item.nbytes % alignment), path)
+            write_all(out.fd, bytes(-item.nbytes % alignment), path)
             pos = data_start + info.offset + padded(item.nbytes, alignment)
-            _landed(hasher, flush, pos, path)
+            out.landed(pos)
             if progress:
                 progress(item.nbytes)
-        try:
-            file_digest, digests = hasher.finish()
-            flush.finish()
-        except OSError as exc:
-            raise _write_error(exc, path) from None
-    except BaseException:
-        if hasher is not None:
-            hasher.abort()
-        if flush is not None:
-            flush.abort()
-        raise
-    finally:
-        os.close(fd)
+    file_digest, digests = out.file_digest, out.digests
     return WrittenGGUF(path.name, total, file_digest, data_start, infos, digests)
-
-
-def _landed(hasher: OutputHasher, flush: ProgressiveFlush, upto: int, path: Path) -> None:
-    try:
-        hasher.advance(upto)
-        flush.advance(upto)
-    except OSError as exc:  # the output could not be read back or flushed
-        raise _write_error(exc, path) from None
-
-
-def _write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except OSError as exc:
-            raise _write_error(exc, path) from None
