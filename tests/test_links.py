@@ -276,6 +276,7 @@ def test_no_command_opens_an_outside_file(tmp_path: Path, kind: str) -> None:
                     "inspect": _cli("inspect", source),
                     "auto": _cli("auto", source, work / "out"),
                     command: _cli(command, source, work / "out"),
+                    "to-gguf": _cli("to-gguf", source, work / "out"),
                     "verify --source": _cli("verify", good_out, "--source", source),
                 }
             finally:
