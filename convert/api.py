@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,10 +236,9 @@ def inspect_path(
     """Name, dtype, shape and size of every tensor in any supported input."""
     from .outputs.gguf.describe import describe, is_gguf
 
-    if Path(path).is_file():
-        refuse_input_links(path, follow_links)  # before the GGUF sniff reads a byte
-        if is_gguf(Path(path)):  # an output of to-gguf (or any GGUF file)
-            return describe(path)
+    refuse_input_links(path, follow_links)  # before the GGUF sniff reads a byte (and a name too long is exit 3)
+    if os.path.isfile(path) and is_gguf(Path(path)):  # an output of to-gguf (or any GGUF file)
+        return describe(path)
     reader = reader or ReaderOptions(key=key)
     with open_path(path, "auto", reader, follow_links) as opened:
         source = opened.flat() if isinstance(opened, SourceBundle) else opened

@@ -25,7 +25,7 @@ def repo_reference(source: str | Path) -> tuple[str, str | None] | None:
     """(repo id, revision or None) when `source` names a Hugging Face repository, else None."""
     text = str(source)
     explicit = text.startswith(SCHEME)
-    if not explicit and (Path(text).exists() or Path(f"{text}.index").is_file()):
+    if not explicit and _names_a_local_path(text):
         return None
     found = _REPO_ID.fullmatch(text[len(SCHEME) :] if explicit else text)
     if found is None:
@@ -33,6 +33,15 @@ def repo_reference(source: str | Path) -> tuple[str, str | None] | None:
             raise UsageError(f"{text!r} is not a Hugging Face repository id (hf://ORG/NAME or hf://ORG/NAME@REVISION)")
         return None
     return found["repo"], found["revision"]
+
+
+def _names_a_local_path(text: str) -> bool:
+    """A file or folder here (or a TF checkpoint prefix) by that name wins over a repository id; a name
+    the system cannot even look up (too long) is a path too, for the reader to refuse."""
+    try:
+        return Path(text).exists() or Path(f"{text}.index").is_file()
+    except OSError:
+        return True
 
 
 def resolve(source: str | Path) -> Path:
