@@ -46,13 +46,29 @@ class Tied(nn.Module):
         self.head.weight = self.emb.weight
 
 
+def normal(rng: np.random.Generator, *shape: int) -> torch.Tensor:
+    """Seeded values from numpy's generator, the same on every machine (torch.randn's vectorized
+    path depends on the CPU's instruction set)."""
+    return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+
+def tied_model() -> Tied:
+    rng = np.random.default_rng(0)
+    model = Tied()
+    with torch.no_grad():
+        for p in model.parameters():  # the tied weight once
+            p.copy_(normal(rng, *p.shape))
+    return model
+
+
 def gguf_state() -> dict[str, torch.Tensor]:
     """One tensor per ggml type the Rust test dequantizes (rows of 256 for Q4_K's super-blocks)."""
+    rng = np.random.default_rng(1)
     return {
-        "proj.weight": torch.randn(4, 256),  # --type q4_k
-        "q8.weight": torch.randn(4, 64),  # overridden to q8_0
-        "half.weight": torch.randn(3, 10),  # overridden to f16
-        "norm.weight": torch.randn(256),  # 1-D: stays f32
+        "proj.weight": normal(rng, 4, 256),  # --type q4_k
+        "q8.weight": normal(rng, 4, 64),  # overridden to q8_0
+        "half.weight": normal(rng, 3, 10),  # overridden to f16
+        "norm.weight": normal(rng, 256),  # 1-D: stays f32
     }
 
 
@@ -78,8 +94,7 @@ def write_expected(folder: Path, values: dict[str, np.ndarray]) -> None:
 
 
 def safetensors_fixtures(work: Path, dest: Path) -> None:
-    torch.manual_seed(0)
-    model = Tied()
+    model = tied_model()
     checkpoint = work / "tied" / CHECKPOINT
     checkpoint.parent.mkdir()
     torch.save(model.state_dict(), checkpoint)
@@ -97,7 +112,6 @@ def safetensors_fixtures(work: Path, dest: Path) -> None:
 def gguf_fixture(work: Path, dest: Path) -> None:
     import gguf
 
-    torch.manual_seed(1)
     checkpoint = work / "gguf-source" / CHECKPOINT
     checkpoint.parent.mkdir()
     torch.save(gguf_state(), checkpoint)

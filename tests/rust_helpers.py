@@ -56,19 +56,32 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-@functools.lru_cache(maxsize=1)
-def _build() -> RustTools | str:
+def _cargo_offline() -> tuple[str, list[str]] | str:
+    """cargo and the arguments that build offline against Debian's crates (none where that registry is
+    empty, outside CI), or why the crate cannot be built here."""
     cargo = _cargo()
     if cargo is None:
         return "cargo not found (install a Rust toolchain, e.g. with rustup)"
     offline = OFFLINE if any(DEBIAN_REGISTRY.glob("serde-1.*")) else []
     if not offline and os.environ.get("CI") == "true":
         return f"{DEBIAN_REGISTRY} holds no packaged crates (scripts/test.sh installs them with apt-get)"
+    return cargo, offline
+
+
+def _lock_hint(offline: list[str]) -> str:
+    return " (rust/Cargo.lock may pin crates.io versions from another build: remove it)" if offline else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> RustTools | str:
+    found = _cargo_offline()
+    if isinstance(found, str):
+        return found
+    cargo, offline = found
     cmd = [cargo, "build", "--quiet", *offline, "--bin", "rmc", "--examples", "--target-dir", str(TARGET_DIR)]
     proc = subprocess.run(cmd, cwd=WORKSPACE, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        hint = " (rust/Cargo.lock may pin crates.io versions from another build: remove it)" if offline else ""
-        return f"cargo build failed{hint} ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+        return f"cargo build failed{_lock_hint(offline)} ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
     out = TARGET_DIR / "debug"
     return RustTools(
         out / "rmc",
@@ -89,6 +102,24 @@ def rust_tools() -> RustTools:
         _unavailable(built)
     assert isinstance(built, RustTools)
     return built
+
+
+def cargo_test() -> None:
+    """`cargo test` of the crate (rust/rmc-load/tests/*.rs, its doc examples), built as the binaries
+    above are; fails with cargo's report of every failing test, fails (CI) or skips (elsewhere) when
+    the crate cannot be built here."""
+    found = _cargo_offline()
+    if isinstance(found, str):
+        _unavailable(found)
+    assert not isinstance(found, str)
+    cargo, offline = found
+    cmd = [cargo, "test", "--quiet", *offline, "--no-fail-fast", "--target-dir", str(TARGET_DIR)]
+    env = {**os.environ, "RUST_BACKTRACE": "0"}  # the panic messages say what failed
+    proc = subprocess.run(cmd, cwd=WORKSPACE, capture_output=True, text=True, timeout=900, env=env)
+    if proc.returncode != 0:
+        hint = "" if "test result:" in proc.stdout else _lock_hint(offline)  # built, then a test failed
+        report = f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        pytest.fail(f"cargo test failed{hint} ({' '.join(cmd)}):\n{report}", pytrace=False)
 
 
 def flip_tensor_byte(out: Path, name: str, mask: int = 0x01) -> None:

@@ -42,7 +42,11 @@ pub fn assert_values_match(model: &Model, fixture_name: &str) {
         let tensor = model.tensor(name).unwrap();
         let got: Vec<u32> = tensor.to_f32().unwrap().iter().map(|v| v.to_bits()).collect();
         assert_eq!(got.len() as u64, tensor.shape().iter().product::<u64>(), "{name}: element count");
-        assert!(got == want[name], "{name}: values differ from the reference reader's");
+        if let Some(i) = (0..got.len()).find(|&i| Some(&got[i]) != want[name].get(i)) {
+            let (mine, theirs) = (f32::from_bits(got[i]), want[name].get(i).map(|&b| f32::from_bits(b)));
+            panic!("{name}: element {i} is {mine:?}, the reference reader's {theirs:?}");
+        }
+        assert_eq!(got.len(), want[name].len(), "{name}: element count against the reference");
     }
 }
 
