@@ -117,7 +117,7 @@ def expected_tensor(entry: dict[str, Any], source: dict[str, Any]) -> Any:
     """The source tensor after the entry's recorded steps, computed by torch: Gemma's 1 + w for
     the norms (widened to F32 first when a cast is recorded), nothing else for Gemma 2."""
     (src,) = entry["sources"]
-    w = torch.from_numpy(source[src["name"]])
+    w = source[src["name"]]
     for step in entry["transforms"]:
         if step["op"] == "cast":
             assert step == {"op": "cast", "to": "F32", "lossless": True}, step
@@ -132,7 +132,7 @@ def expected_tensor(entry: dict[str, Any], source: dict[str, Any]) -> Any:
 def test_every_tensor_is_the_source_after_its_transforms(gemma: Built, type_name: str) -> None:
     """Each tensor is its source after the recorded steps, then the type's quantize-dequantize (the
     `gguf` package's, or ggml's own for K-quants); every norm records 1 + w, nothing else does."""
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     out = gemma.converted(type_name)
     source = load_file(gemma.folder / "model.safetensors")
@@ -247,3 +247,25 @@ def test_a_config_llama_cpp_cannot_run_is_refused(tmp_path: Path, change: dict[s
     out = tmp_path / "out"
     assert_cli_error(run_cli("to-gguf", folder, out), 7, named)
     assert_no_output(out)
+
+
+def test_a_bf16_checkpoints_norms_are_widened_before_the_one(tmp_path: Path) -> None:
+    """A BF16 norm is cast to F32 (recorded) before the 1 is added, as Gemma2RMSNorm's 1 + w.float():
+    adding in BF16 would keep 8 bits of w; verify --source replays both steps."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    model, _tok = gemma_folder(folder, **SMALL)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    out = tmp_path / "out"
+    rc, _stdout, stderr = run_cli("to-gguf", folder, out, "--type", "f16")
+    assert rc == 0, stderr
+    written = {t.name: t for t in gguf.GGUFReader(out / "model.gguf").tensors}
+    source = load_file(folder / "model.safetensors")
+    norms = [e for e in read_manifest(out)["tensors"] if e["name"].endswith("norm.weight")]
+    assert norms
+    for entry in norms:
+        assert [t["op"] for t in entry["transforms"]] == ["cast", NORM]
+        np.testing.assert_array_equal(np.asarray(written[entry["name"]].data), expected_tensor(entry, source))
+    rc, _stdout, stderr = run_cli("verify", out, "--source", folder)
+    assert rc == 0, stderr
