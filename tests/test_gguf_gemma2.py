@@ -239,6 +239,7 @@ def test_llama_cpp_catches_norms_without_the_one(gemma: Built, tmp_path: Path) -
         ({"final_logit_softcapping": None}, "final_logit_softcapping"),
         ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
         ({"tie_word_embeddings": False}, "lm_head.weight"),
+        ({"hidden_activation": "gelu"}, "hidden_activation"),
     ],
 )
 def test_a_config_llama_cpp_cannot_run_is_refused(tmp_path: Path, change: dict[str, Any], named: str) -> None:

@@ -35,13 +35,13 @@ def _check_attention(cfg: Config, head_dim: int) -> None:
     layers = int(cfg.need("num_hidden_layers"))
     by_heads = int(cfg.need("hidden_size")) // int(cfg.need("num_attention_heads"))
     scale_by = by_heads if layers == LAYERS_27B else head_dim
-    scalar = cfg.get("query_pre_attn_scalar", head_dim)
-    if float(scalar) != scale_by:
+    scalar = cfg.need("query_pre_attn_scalar")
+    if scalar != scale_by:
         raise MappingError(f"query_pre_attn_scalar {scalar}: llama.cpp's gemma2 scales queries by 1/sqrt({scale_by})")
     sliding = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-    if cfg.get("layer_types") is not None and list(cfg.get("layer_types")) != sliding:
+    if cfg.get("layer_types", sliding) != sliding:
         raise MappingError("layer_types: llama.cpp's gemma2 slides on every even layer and attends fully on the others")
-    activation = cfg.get("hidden_activation") or cfg.get("hidden_act")
+    activation = cfg.need("hidden_activation", "hidden_act")
     if activation not in GELU_TANH:
         raise MappingError(f"hidden_activation {activation!r}: llama.cpp's gemma2 runs {GELU_TANH[0]}")
 
