@@ -178,6 +178,7 @@ def test_names_and_keys_are_llama_cpps(gemma: Built) -> None:
         "gemma2.attn_logit_softcapping": config.attn_logit_softcapping,
         "gemma2.final_logit_softcapping": config.final_logit_softcapping,
         "gemma2.context_length": config.max_position_embeddings,
+        "general.alignment": 32,  # what realizar assumes and candle honours
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.add_space_prefix": False,  # Gemma's SentencePiece adds no dummy prefix
         "tokenizer.ggml.bos_token_id": GEMMA_IDS["bos_id"],
