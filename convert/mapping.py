@@ -75,7 +75,7 @@ class MappedTensor:
 
     @property
     def lossy(self) -> bool:
-        return any(t["op"] == "add" or (t["op"] == "cast" and not t.get("lossless")) for t in self.transforms)
+        return any(t["op"] in ("add", "add_constant") or (t["op"] == "cast" and not t.get("lossless")) for t in self.transforms)
 
     @property
     def identity(self) -> Hashable | None:

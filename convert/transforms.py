@@ -12,6 +12,9 @@ named by `inputs` (default: all) into one, in place of the first. A chain ends w
     split        {"axis", "parts", "index"}            keep one of `parts` equal blocks
     gate_reorder {"axis", "parts", "order"}            blocks reordered: new block i = old block order[i]
     pad          {"axis", "after", "value"}            append constant entries
+    add_constant {"value"}                             every element plus `value`, computed in float64
+                                                       and rounded once to the tensor's float dtype
+                                                       (llama.cpp's Gemma norms: stored as 1 + weight)
     concat       {"axis", "inputs"?}
     add          {"inputs"?}                           not invertible: a sum of several tensors
     select       {"inputs"}                            keep only these arrays, in this order
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import CastLossError, DType, cast_array, cast_checked, dtype as lookup_dtype
+from .dtypes import CastLossError, DType, cast_array, cast_checked, dtype as lookup_dtype, from_numpy
 from .errors import MappingError, UnsupportedFormatError
 from .tensors import TensorRef
 from .vocabulary import TRANSFORM_OPS
@@ -46,6 +49,7 @@ Spec = tuple[Shape, DType]
 
 NOT_INVERTIBLE = {
     "add": "a sum of several tensors cannot be split back",
+    "add_constant": "adding a constant rounds away the low bits of small values",
     "split": "one block of a tensor does not determine the others",
     "select": "the sources it leaves out are not in this tensor",
     "weight_norm": "a folded weight does not determine its magnitude and direction tensors",
@@ -133,6 +137,11 @@ def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
         if int(t["after"]) < 0:
             raise MappingError(f"pad: after {t['after']} is negative")
         return shape[:axis] + (shape[axis] + int(t["after"]),) + shape[axis + 1 :], dt
+    if op == "add_constant":
+        value = t["value"]
+        if not dt.is_float or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise MappingError(f"add_constant: {value!r} to a {dt.code} tensor (a finite number to a float tensor)")
+        return shape, dt
     raise MappingError(f"unknown transform {op!r}")
 
 
@@ -193,6 +202,13 @@ def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
         widths = [(0, 0)] * arr.ndim
         widths[axis] = (0, int(t["after"]))
         return np.pad(arr, widths, constant_values=t.get("value", 0))
+    if op == "add_constant":
+        _unary_spec(t, arr.shape, from_numpy(arr.dtype))
+        with np.errstate(over="ignore"):
+            out = (arr.astype(np.float64) + float(t["value"])).astype(arr.dtype)
+        if np.count_nonzero(np.isinf(out)) != np.count_nonzero(np.isinf(arr)):
+            raise MappingError(f"add_constant: {t['value']} takes values of this {arr.dtype} tensor out of its range")
+        return out
     raise MappingError(f"unknown transform {op!r}")
 
 

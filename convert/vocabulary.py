@@ -41,6 +41,7 @@ TRANSFORM_OPS = (
     "split",
     "gate_reorder",
     "pad",
+    "add_constant",
     "concat",
     "add",
     "select",

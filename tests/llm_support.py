@@ -14,9 +14,10 @@ CORPUS = [
 ] * 20
 
 
-def sentencepiece_tokenizer(folder: Path) -> Any:
+def sentencepiece_tokenizer(folder: Path, tokenizer_class: str = "LlamaTokenizer", **options: Any) -> Any:
     """A SentencePiece BPE with byte fallback and no normalization (as Llama 2's), trained on
-    CORPUS; saved as Llama's slow tokenizer (tokenizer.model and tokenizer_config.json)."""
+    CORPUS with the trainer's `options` (Gemma's special ids, no dummy prefix); saved as
+    `tokenizer_class`, a slow tokenizer (tokenizer.model and tokenizer_config.json)."""
     import sentencepiece
     import transformers
 
@@ -30,9 +31,10 @@ def sentencepiece_tokenizer(folder: Path) -> Any:
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         minloglevel=2,
+        **options,
     )
     (folder / "tokenizer.model").write_bytes(buf.getvalue())
-    tok = transformers.LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"))
+    tok = getattr(transformers, tokenizer_class)(vocab_file=str(folder / "tokenizer.model"))
     tok.save_pretrained(folder)
     return tok
 

@@ -186,6 +186,9 @@ def _sentencepiece(path: Path, rows: int) -> dict[str, Value]:
     return {
         "tokenizer.ggml.model": string("llama"),
         "tokenizer.ggml.pre": string("default"),
+        # whether the normalizer puts "▁" before the text (Llama 2's does, Gemma's not); llama.cpp
+        # assumes it does unless told, and reads no normalizer from the file
+        "tokenizer.ggml.add_space_prefix": boolean(sp.Normalize("a").startswith("\u2581")),
         "tokenizer.ggml.tokens": strings(tokens),
         "tokenizer.ggml.scores": f32s(scores),
         "tokenizer.ggml.token_type": i32s(types),

@@ -21,12 +21,13 @@ from convert.transforms import derived
 from ..build import generic_metadata
 from ..file_format import Value, string
 from ..tokenizer import TOKENIZER_FILES, no_vocab, tokenizer_metadata
+from .gemma2 import GEMMA2
 from .gpt2 import GPT2
 from .llama import LLAMA, MISTRAL, QWEN2, QWEN3
 from .phi3 import PHI3
 from .table import Config, Family
 
-FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GPT2)
+FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA2, GPT2)
 DEFAULT_LAYOUT = "pytorch"  # the names a family's table is written against
 
 
@@ -97,7 +98,7 @@ def rename(kept: list[MappedTensor], family: Family, cfg: Config) -> dict[str, s
             continue
         hit, entry = found
         name = fill(entry.target, {k: v or "" for k, v in hit.groupdict().items()})
-        extra = cfg.surgery(entry.surgery, m.ref.shape)
+        extra = cfg.surgery(entry.surgery, m.ref.shape, m.ref.dtype.code)
         renamed[m.name] = name
         m.ref = derived(name, [m.ref], extra) if extra else m.ref.renamed(name)
         m.transforms = [*m.transforms, *extra]

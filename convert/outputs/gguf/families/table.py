@@ -18,11 +18,13 @@ from ..values import f32
 Transforms = list[dict[str, Any]]
 
 # How a tensor is changed on its way in, by the config: llama.cpp's row order for its RoPE (the
-# halves of each head interleaved: `LlamaModel.permute`), and GPT-2's Conv1D weights ([in, out])
-# turned into the [out, in] of every other family.
+# halves of each head interleaved: `LlamaModel.permute`), GPT-2's Conv1D weights ([in, out])
+# turned into the [out, in] of every other family, and Gemma's RMSNorm weights stored as 1 + w
+# (widened to F32 first, as Gemma's own forward computes 1 + w.float(); llama.cpp keeps norms F32).
 ROPE_Q = "rope_q"  # permuted with the attention heads
 ROPE_K = "rope_k"  # permuted with the key/value heads
 CONV1D = "conv1d"
+GEMMA_NORM = "gemma_norm"
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,15 @@ class Config:
             return int(explicit)
         return int(self.need("hidden_size", "n_embd")) // int(self.need("num_attention_heads", "n_head"))
 
-    def surgery(self, kind: str | None, shape: tuple[int, ...]) -> Transforms:
-        """The transforms one table entry's surgery asks for, on a tensor of `shape`."""
+    def surgery(self, kind: str | None, shape: tuple[int, ...], dtype: str) -> Transforms:
+        """The transforms one table entry's surgery asks for, on a tensor of `shape` and `dtype` (a code)."""
         if kind is None:
             return []
         if kind == CONV1D:
             return [{"op": "transpose"}]
+        if kind == GEMMA_NORM:
+            widen = [{"op": "cast", "to": "F32", "lossless": True}] if dtype in ("F16", "BF16") else []
+            return [*widen, {"op": "add_constant", "value": 1.0}]
         heads = (
             int(self.need("num_attention_heads"))
             if kind == ROPE_Q
