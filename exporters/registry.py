@@ -68,10 +68,6 @@ def face_named(name: str) -> ReaderFace:
     raise UsageError(f"unknown conversion {name!r}; known: auto, {known}")
 
 
-def conversion_commands() -> tuple[str, ...]:
-    return tuple(f.command for f in READERS if f.command)
-
-
 def suffixes() -> tuple[str, ...]:
     """File name endings a batch picks up inside a plain folder."""
     return tuple(s for f in READERS for s in f.suffixes)
