@@ -327,13 +327,38 @@ def conversion_command(
 
     run.__doc__ = summary
     fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
-    for own_option in reversed(own):  # a tuple-typed option is a repeated flag
-        fn = declared(own_option, **({"multiple": True, "metavar": "PATTERN=TYPE"} if own_option.type is tuple else {}))(fn)
+    for own_option in reversed(own):
+        fn = declared(own_option, **_repeated(own_option))(fn)
     for option in reversed(reader_options):
         fn = reader_option(option, option_help.get(option))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
     fn = click.argument("src", type=click.Path(path_type=str))(fn)
     cli.command(name, short_help=short, epilog=example(*examples))(fn)
+
+
+def _repeated(option: Option) -> dict[str, Any]:
+    """An output's tuple-typed option is a repeated PATTERN=TYPE flag (GGUF's --type-override)."""
+    return {"multiple": True, "metavar": "PATTERN=TYPE"} if option.type is tuple else {}
+
+
+def batch_output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """batch's --to and, for each tensor output, its own options (convert.outputs.registry.OWN_OPTIONS):
+    every job writes the format --to names; an option given without its format's --to is refused."""
+    from .outputs.registry import OWN_OPTIONS
+
+    for target, own in reversed(OWN_OPTIONS.items()):
+        for option in reversed(own):
+            wording = option.brief or f"as to-{target}'s."
+            kwargs = {"is_flag": True} if option.type is bool else _repeated(option) or {"default": None}
+            fn = click.option(option.flag, option.name, help=f"With --to {target}: {wording}", **kwargs)(fn)
+    valued = {t: " and ".join(o.flag for o in own if o.type is not bool) for t, own in OWN_OPTIONS.items() if own}
+    return click.option(
+        "--to",
+        type=click.Choice(list(OWN_OPTIONS)),
+        default="safetensors",
+        show_default=True,
+        help=f"The output format of every job ({'; '.join(f'{t}: as to-{t}, with {flags}' for t, flags in valued.items())}).",
+    )(fn)
 
 
 def output_own_options(target: str) -> list[Option]:
@@ -586,16 +611,7 @@ def _bound(atol: float | dict[str, float]) -> str:
     help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
 )
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
-@click.option(
-    "--to",
-    type=click.Choice(["safetensors", "gguf"]),
-    default="safetensors",
-    show_default=True,
-    help="The output format of every job (gguf: as to-gguf, with --type and --type-override).",
-)
-@click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
-@click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
-@click.option("--no-vocab", "no_vocab", is_flag=True, help="With --to gguf: as to-gguf's.")
+@batch_output_options
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")

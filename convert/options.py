@@ -24,6 +24,7 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     cli_flag: str | None = None
+    brief: str = ""  # its --help where another command's flag stands for it (batch's --type for to-gguf's)
 
     @property
     def flag(self) -> str:

@@ -70,6 +70,21 @@ def test_the_batch_schema_lists_every_option_and_its_allowed_values() -> None:
         assert tuple(declared[name].get("enum", ())) == tuple(choices.get(name, ())), name
 
 
+def test_the_batch_takes_each_outputs_own_options() -> None:
+    """batch's --to names every tensor output; each output's own options are batch flags and job-file
+    keys (in `defaults`, in each `[[job]]`, with the record's allowed values)."""
+    params = {p.name: p for p in cli.commands["batch"].params}
+    assert tuple(params["to"].type.choices) == tuple(OWN_OPTIONS)  # type: ignore[attr-defined]
+    assert SCHEMA["$defs"]["options"]["properties"]["to"]["enum"] == list(OWN_OPTIONS)
+    declared = SCHEMA["$defs"]["options"]["properties"]
+    for option in (o for own in OWN_OPTIONS.values() for o in own):
+        assert isinstance(params[option.name], click.Option) and params[option.name].opts == [option.flag], option.name
+        assert option.name in batch.output_option_names(), option.name
+        for where in (SCHEMA["properties"]["defaults"]["properties"], SCHEMA["properties"]["job"]["items"]["properties"]):
+            assert option.name in where, option.name
+        assert tuple(declared[option.name].get("enum", ())) == option.choices, option.name
+
+
 def test_output_options_are_declared_once() -> None:
     """An output's option is a conversion option's own record (SafeTensors' max_shard_size), a layout
     option the layouts that write it declare (a companion's), or a name of its own that no conversion
