@@ -24,6 +24,7 @@ TYPE_OVERRIDE = OutputOption(
     (),
     "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
     "repeatable, the last match wins.",
+    metavar="PATTERN=TYPE",
 )
 NO_VOCAB = OutputOption(
     "no_vocab",
