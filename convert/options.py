@@ -27,7 +27,7 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     cli_flag: str | None = None
-    brief: str = ""  # its --help where another command's flag stands for it (batch's --type for to-gguf's)
+    brief: str = ""  # its --help where another command's flag stands for it (batch's, for an output's option)
     metavar: str | None = None  # what --help shows for its value (click's own when None)
     file: bool = False  # names a file: the CLI refuses a folder
     parse: Callable[[Any], Any] | None = None  # reads a given value (a size such as "4GB" as bytes)
