@@ -145,15 +145,22 @@ def flax_to_safetensors(
 
 
 def keras_to_safetensors(
-    src: str | Path, out: str | Path, *, config: str | Path | None = None, progress: Progress | None = None, **options: Any
+    src: str | Path,
+    out: str | Path,
+    *,
+    config: str | Path | None = None,
+    max_inflated_size: str | int | None = None,
+    progress: Progress | None = None,
+    **options: Any,
 ) -> Result:
     """A Keras .keras, .weights.h5 or .h5 file, or a Hugging Face TF folder, without TensorFlow;
-    `config`: the model config for a bare .weights.h5 (a .keras file or a JSON config)."""
+    `config`: the model config for a bare .weights.h5 (a .keras file or a JSON config);
+    `max_inflated_size`: how far compressed HDF5 datasets may inflate ("5GB", or bytes)."""
     return convert_path(
         src,
         out,
         conversion="keras",
-        reader=ReaderOptions(config=None if config is None else str(config)),
+        reader=ReaderOptions(config=None if config is None else str(config), max_inflated_size=max_inflated_size),
         progress=progress,
         **options,
     )
@@ -173,9 +180,11 @@ def nf_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | 
     return convert_path(src, out, conversion="neuralforecast", progress=progress, **options)
 
 
-def onnx_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None, **options: Any) -> Result:
-    """An ONNX model's initializers (external data too)."""
-    return convert_path(src, out, conversion="onnx", progress=progress, **options)
+def onnx_to_safetensors(
+    src: str | Path, out: str | Path, *, quantized: str = "dequantize", progress: Progress | None = None, **options: Any
+) -> Result:
+    """An ONNX model's initializers (external data too); `quantized` "dequantize" or "keep" int8 weights."""
+    return convert_path(src, out, conversion="onnx", reader=ReaderOptions(quantized=quantized), progress=progress, **options)
 
 
 def npz_to_safetensors(src: str | Path, out: str | Path, *, progress: Progress | None = None, **options: Any) -> Result:
@@ -258,9 +267,11 @@ def inspect_path(
 def recorded_reader_options(out: str | Path) -> ReaderOptions:
     """The reader options an output's manifest records (defaults when it cannot say: verify then
     reports what is wrong with the manifest)."""
+    from exporters.registry import READER_OPTIONS
+
     try:
         recorded = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text())["source"]["reader_options"]
-        return ReaderOptions.from_mapping(recorded)
+        return ReaderOptions.from_mapping(recorded, READER_OPTIONS)
     except (OSError, ValueError, KeyError, TypeError, UsageError):
         return ReaderOptions()
 
@@ -282,7 +293,7 @@ def verify_path(
         return verify_output(out, outputs=all_outputs())
     options = recorded_reader_options(out)
     if key:
-        options = ReaderOptions.from_mapping({**options.to_json(), "key": key})
+        options = ReaderOptions(**{**options.given(), "key": key})
     with open_path(source, "auto", options, follow_links) as opened:
         return verify_output(out, _model_of(opened, out, source) if isinstance(opened, SourceBundle) else opened, all_outputs())
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporters.registry import READER_OPTIONS
+
 from .contract import ReaderOptions
 from .documents import check_schema, parse_json, read_toml
 from .errors import EXIT_INTERRUPTED, ConvertError, SourceNotFoundError, UsageError, install_hint, missing_extra
@@ -60,7 +62,7 @@ class Job:
             "max_shard_size": self.max_shard_size,
             "digest": self.digest,
             "cast_loss": self.cast_loss,
-            "reader": self.reader.to_json(),
+            "reader": self.reader.to_json(READER_OPTIONS),
         }
 
     @classmethod
@@ -68,7 +70,7 @@ class Job:
         """The job a report's line describes (its `request`), to run it again."""
         known = {f for f in cls.__dataclass_fields__ if f not in ("source", "output", "reader")}
         options = {k: v for k, v in request.items() if k in known}
-        return cls(source, output, reader=ReaderOptions.from_mapping(request.get("reader") or {}), **options)
+        return cls(source, output, reader=ReaderOptions.from_mapping(request.get("reader") or {}, READER_OPTIONS), **options)
 
 
 @dataclass
@@ -188,7 +190,7 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
     check_schema(doc, "batch.schema.json", f"job file {job_file}", UsageError)
     base = job_file.parent
     file_defaults = doc.get("defaults", {})
-    relative = {k: v for k, v in file_defaults.items() if k in ("layout_file", "config") and v is not None}
+    relative = {k: v for k, v in file_defaults.items() if k in path_options() and v is not None}
     defaults = {
         **(defaults or {}),
         **file_defaults,
@@ -213,15 +215,21 @@ def jobs_from_file(path: str | Path, out_dir: str | Path | None = None, defaults
         elif not Path(output).is_absolute():
             output = base / output
         merged.pop("source")
-        for name in ("layout_file", "config"):  # paths, relative to the job file as sources are
+        for name in path_options():  # paths, relative to the job file as sources are
             if entry.get(name) is not None and not Path(entry[name]).is_absolute():
                 merged[name] = str(base / entry[name])
-        reader = ReaderOptions.from_mapping({k: merged.pop(k) for k in ReaderOptions.names() if k in merged})
+        given = {o.name: merged.pop(o.name) for o in READER_OPTIONS if o.name in merged}
+        reader = ReaderOptions.from_mapping(given, READER_OPTIONS)
         chosen = {k: merged.pop(k) for k in output_option_names() if k in merged}
         if chosen:
             merged["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()}
         jobs.append(Job(str(src), str(output), reader=reader, **merged))
     return jobs
+
+
+def path_options() -> list[str]:
+    """The options that name a file (a layout file, Keras's config): a job file's are relative to it."""
+    return [o.name for o in (*CONVERSION_OPTIONS, *READER_OPTIONS) if o.file]
 
 
 def output_option_names() -> list[str]:

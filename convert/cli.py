@@ -140,7 +140,7 @@ class DtypeChoice(click.Choice):
 def declared(option: Option, **click_kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The click option for a declared Option: its flag, help, default and choices from the record;
     `click_kwargs` only for what is the CLI's own (a metavar, a path type, a repeated flag)."""
-    kwargs: dict[str, Any] = {"help": option.help}
+    kwargs: dict[str, Any] = {"help": option.help, **_presented(option)}
     if option.type is bool:
         kwargs["is_flag"] = True
     elif option.default not in (None, ()):
@@ -150,13 +150,23 @@ def declared(option: Option, **click_kwargs: Any) -> Callable[[Callable[..., Any
     return click.option(option.flag, option.name, **{**kwargs, **click_kwargs})
 
 
+def _presented(option: Option) -> dict[str, Any]:
+    """How the record says its value is shown and taken: a tuple as a repeated flag, a file as a path
+    (a folder refused), its metavar."""
+    kwargs: dict[str, Any] = {"multiple": True} if option.type is tuple else {}
+    if option.file:
+        kwargs["type"] = click.Path(dir_okay=False, path_type=str)
+    if option.metavar:
+        kwargs["metavar"] = option.metavar
+    return kwargs
+
+
 digest_option = declared(OPTIONS["digest"])
 
 
 def conversion_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every conversion command shares (convert.options.CONVERSION_OPTIONS)."""
     cli_own: dict[str, dict[str, Any]] = {
-        "layout_file": {"type": click.Path(dir_okay=False, path_type=str)},
         "layout_options": {"multiple": True, "metavar": "KEY=VALUE"},
         "dtype": {"type": DtypeChoice(list(CAST_TARGETS), case_sensitive=False)},
         "max_shard_size": {"metavar": "SIZE"},
@@ -277,28 +287,19 @@ def _print_result(result: Any, dry_run: bool) -> None:
         )
 
 
-# The --help of each reader option where the reader does not word it itself.
-def reader_option(name: str, help_text: str | None = None) -> Callable[..., Any]:
-    """The click option for one ReaderOptions field (convert.contract.READER_OPTIONS)."""
-    from .contract import READER_OPTIONS
-
-    option = next(o for o in READER_OPTIONS if o.name == name)
-    cli_own: dict[str, dict[str, Any]] = {
-        "strip_prefix": {"metavar": "auto|none|PREFIX"},
-        "config": {"type": click.Path(dir_okay=False, path_type=str)},
-        "collections": {"multiple": True},
-        "unstack": {"multiple": True, "metavar": "PATH"},
-    }
-    return declared(option, **{**cli_own.get(name, {}), **({"help": help_text} if help_text else {})})
+def reader_option(option: Option, help_text: str | None = None) -> Callable[..., Any]:
+    """The click option for a reader's option (the record its face declares); `help_text` a command's
+    own wording."""
+    return declared(option, **({"help": help_text} if help_text else {}))
 
 
 def reader_options(where: str) -> Callable[..., Any]:
-    """Every reader option, for a command that may open any format (batch)."""
-    from .contract import READER_OPTIONS, ReaderOptions
+    """Every reader option (exporters.registry.READER_OPTIONS), for a command that may open any format (batch)."""
+    from exporters.registry import READER_OPTIONS
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for name in reversed(ReaderOptions.names()):
-            fn = reader_option(name, f"{next(o.help for o in READER_OPTIONS if o.name == name)} ({where}.)")(fn)
+        for option in reversed(READER_OPTIONS):
+            fn = reader_option(option, f"{option.help} ({where}.)")(fn)
         return fn
 
     return wrap
@@ -308,7 +309,7 @@ def conversion_command(
     name: str,
     summary: str,
     conversion: str,
-    reader_options: tuple[str, ...],
+    reader_options: tuple[Option, ...],
     option_help: dict[str, str],
     short: str,
     examples: tuple[str, ...],
@@ -316,24 +317,46 @@ def conversion_command(
 ) -> None:
     """A `NAME SRC OUT` conversion command: the reader's own options, the `target` output's own, then
     the options every conversion shares, the output flags, and one-line errors."""
+    from exporters.registry import READER_OPTIONS
+
     from .contract import ReaderOptions
 
     own = output_own_options(target)
 
     def run(src: str, out: str, **opts: Any) -> None:
-        reader = ReaderOptions(**{k: opts.pop(k) for k in reader_options})
+        reader = ReaderOptions(**{o.name: opts.pop(o.name) for o in reader_options}).checked(READER_OPTIONS)
         chosen = {o.name: opts.pop(o.name) for o in own}
         _run_conversion(conversion, src, out, reader, target=target, output_options=chosen, **opts)
 
     run.__doc__ = summary
     fn: Callable[..., Any] = conversion_options(output_flags(command_errors(run)))
-    for own_option in reversed(own):  # a tuple-typed option is a repeated flag
-        fn = declared(own_option, **({"multiple": True, "metavar": "PATTERN=TYPE"} if own_option.type is tuple else {}))(fn)
+    for own_option in reversed(own):
+        fn = declared(own_option)(fn)
     for option in reversed(reader_options):
-        fn = reader_option(option, option_help.get(option))(fn)
+        fn = reader_option(option, option_help.get(option.name))(fn)
     fn = click.argument("out", type=click.Path(path_type=str))(fn)
     fn = click.argument("src", type=click.Path(path_type=str))(fn)
     cli.command(name, short_help=short, epilog=example(*examples))(fn)
+
+
+def batch_output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """batch's --to and, for each tensor output, its own options (convert.outputs.registry.OWN_OPTIONS):
+    every job writes the format --to names; an option given without its format's --to is refused."""
+    from .outputs.registry import OWN_OPTIONS
+
+    for target, own in reversed(OWN_OPTIONS.items()):
+        for option in reversed(own):
+            wording = option.brief or f"as to-{target}'s."
+            kwargs = {"is_flag": True} if option.type is bool else _presented(option) or {"default": None}
+            fn = click.option(option.flag, option.name, help=f"With --to {target}: {wording}", **kwargs)(fn)
+    valued = {t: " and ".join(o.flag for o in own if o.type is not bool) for t, own in OWN_OPTIONS.items() if own}
+    return click.option(
+        "--to",
+        type=click.Choice(list(OWN_OPTIONS)),
+        default="safetensors",
+        show_default=True,
+        help=f"The output format of every job ({'; '.join(f'{t}: as to-{t}, with {flags}' for t, flags in valued.items())}).",
+    )(fn)
 
 
 def output_own_options(target: str) -> list[Option]:
@@ -346,9 +369,7 @@ def output_own_options(target: str) -> list[Option]:
 
 def _add_conversion_commands() -> None:
     """One command per reader that has one, from the registry; `auto` takes every reader option."""
-    from exporters.registry import READERS
-
-    from .contract import ReaderOptions
+    from exporters.registry import READER_OPTIONS, READERS
 
     for face in READERS:
         if face.command:
@@ -358,7 +379,7 @@ def _add_conversion_commands() -> None:
         "Detect the source format by content (not by extension alone) and run the matching conversion. "
         "SRC may be a Hugging Face repository id (org/name[@revision], hf://org/name): read from the cache, or downloaded.",
         "auto",
-        ReaderOptions.names(),
+        READER_OPTIONS,
         {},
         "Detect the format by content, then convert.",
         ("convert auto SRC out/", "convert auto model.bin out/ --dtype f16 --dry-run"),
@@ -372,7 +393,7 @@ def _add_conversion_commands() -> None:
         "causal LM of a family llama.cpp runs (llama, mistral, qwen2, qwen3, phi3, gpt2: config.json's model_type) "
         "gets llama.cpp's tensor names, its hyper-parameters and its tokenizer.",
         "auto",
-        ReaderOptions.names(),
+        READER_OPTIONS,
         {},
         "Convert any source to GGUF, quantized or not.",
         (
@@ -586,16 +607,7 @@ def _bound(atol: float | dict[str, float]) -> str:
     help="TOML jobs: [defaults] and [[job]] entries (schemas/batch.schema.json).",
 )
 @click.option("--conversion", default="auto", show_default=True, help="auto, or a command such as pth-to-safetensors.")
-@click.option(
-    "--to",
-    type=click.Choice(["safetensors", "gguf"]),
-    default="safetensors",
-    show_default=True,
-    help="The output format of every job (gguf: as to-gguf, with --type and --type-override).",
-)
-@click.option("--type", "type", default=None, help="With --to gguf: the ggml type, as to-gguf's --type (default f16).")
-@click.option("--type-override", "type_override", multiple=True, metavar="PATTERN=TYPE", help="With --to gguf: as to-gguf's.")
-@click.option("--no-vocab", "no_vocab", is_flag=True, help="With --to gguf: as to-gguf's.")
+@batch_output_options
 @conversion_options
 @reader_options("for the jobs whose format takes it")
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPU count).")
@@ -709,17 +721,19 @@ def _batch_outcome(summary: Any) -> tuple[str, int, str] | None:
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
     """Batch's command-line options as Job's fields."""
+    from exporters.registry import READER_OPTIONS
+
     from .batch import output_option_names
     from .contract import ReaderOptions
 
-    names = ReaderOptions.names()
+    names = [o.name for o in READER_OPTIONS]
     fields = {k: v for k, v in options.items() if k not in names}
     fields["layout_options"] = _parse_options(fields.pop("layout_options"))
     chosen = {k: fields.pop(k) for k in output_option_names()}
     fields["output_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v}
     if fields.get("layout_file"):
         fields["layout_file"] = os.path.abspath(fields["layout_file"])
-    return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names})}
+    return {**fields, "reader": ReaderOptions(**{k: options[k] for k in names}).checked(READER_OPTIONS)}
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:
@@ -730,7 +744,9 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     if "layout_options" in given:
         given["layout_options"] = _parse_options(given["layout_options"])
-    for name in ("layout_file", "config"):
+    from .batch import path_options
+
+    for name in path_options():
         if given.get(name):
             given[name] = os.path.abspath(given[name])
     return {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 from .errors import UsageError
 from .options import Option
 from .source import Closing, SourceModel
-from .vocabulary import QUANTIZED_MODES
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -47,75 +46,50 @@ def parse_size(text: str | int | None) -> int | None:
     return value
 
 
-@dataclass(frozen=True)
 class ReaderOptions:
-    """Every reader option in one record, the same for the CLI, the Python API and a batch job file.
-    A reader reads the fields its face lists in `options` and ignores the others."""
+    """Reader options' values by name, one record for the CLI, the Python API and a job file. Which
+    options there are, with their types, defaults and allowed values, each reader declares itself
+    (its face's `options`, Option records; exporters.registry.READER_OPTIONS gathers them): the core
+    knows none by name. A reader takes `value(option)`, the default when it was not given."""
 
-    key: str | None = None  # pytorch, tensorflow: the dict or checkpoint object holding the model
-    strip_prefix: str = "auto"  # pytorch: "auto", "none" or a wrapper prefix to strip from every name
-    config: str | None = None  # keras: the model config for a bare .weights.h5
-    collections: tuple[str, ...] = ("params",)  # flax: the variable collections holding the weights
-    unstack: tuple[str, ...] = ()  # flax: modules stacked by nn.scan or vmap, split into PATH.0, PATH.1, ...
-    quantized: str = "dequantize"  # tflite: what to do with int8/uint8 weights
-    max_inflated_size: int | None = None  # keras: bytes compressed HDF5 datasets may inflate to (None: the default bound)
+    def __init__(self, **given: Any) -> None:
+        self._given = {k: v for k, v in given.items() if v is not None}
 
-    def __post_init__(self) -> None:
-        if self.quantized not in QUANTIZED_MODES:
-            raise UsageError(f"quantized must be one of {', '.join(QUANTIZED_MODES)}, not {self.quantized!r}")
-        object.__setattr__(self, "collections", tuple(self.collections))  # a list from a job file or JSON
-        object.__setattr__(self, "unstack", tuple(self.unstack))
-        object.__setattr__(self, "max_inflated_size", parse_size(self.max_inflated_size))  # "4GB" from the CLI
+    def given(self) -> dict[str, Any]:
+        """The values given (not None), by name."""
+        return dict(self._given)
+
+    def value(self, option: Option) -> Any:
+        return option.read(self._given.get(option.name))
+
+    def checked(self, declared: tuple[Option, ...]) -> ReaderOptions:
+        """Every given value read by its record (`declared`: every option any reader takes): a name
+        none declares, or a value outside its choices, is a usage error before any source is opened."""
+        records = {o.name: o for o in declared}
+        unknown = sorted(set(self._given) - set(records))
+        if unknown:
+            raise UsageError(f"no reader takes the option {', '.join(map(repr, unknown))} (known: {', '.join(records)})")
+        return ReaderOptions(**{k: records[k].read(v) for k, v in self._given.items()})
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    def from_mapping(cls, values: dict[str, Any], declared: tuple[Option, ...]) -> ReaderOptions:
+        """From a job file's or a manifest's record: the names `declared` has, read by their records."""
+        names = {o.name for o in declared}
+        return cls(**{k: v for k, v in values.items() if k in names}).checked(declared)
 
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> ReaderOptions:
-        """From a job file's or a manifest's record: only the fields this record has."""
-        return cls(**{k: v for k, v in values.items() if k in cls.names()})
+    def to_json(self, declared: tuple[Option, ...]) -> dict[str, Any]:
+        """The value of each `declared` option, JSON-ready (tuples as lists): what a manifest records."""
+        values = {o.name: self.value(o) for o in declared}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
-    def to_json(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-        doc = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in doc.items() if only is None or k in only}
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReaderOptions) and self._given == other._given
 
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._given.items())))
 
-READER_OPTIONS: tuple[Option, ...] = (
-    Option("key", str, None, "For checkpoints: dotted path of the dict holding the tensors."),
-    Option(
-        "strip_prefix",
-        str,
-        "auto",
-        "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.`, torch.compile's "
-        "`_orig_mod.` (nested too) and a Lightning module's `model.` when every name has it, so names match the inner module.",
-    ),
-    Option(
-        "config", str, None, "The model config for a bare Keras 3 .weights.h5: a .keras file or a JSON config (model.to_json())."
-    ),
-    Option(
-        "collections",
-        tuple,
-        ("params",),
-        "Variable collection holding the weights (repeatable); batch_stats is merged in when present.",
-        cli_flag="--collection",
-    ),
-    Option("unstack", tuple, (), "Split the module at PATH, stacked by nn.scan or vmap, into PATH.0, PATH.1, ... (repeatable)."),
-    Option(
-        "quantized",
-        str,
-        "dequantize",
-        "int8/uint8 weights: dequantize to f32, or keep them with NAME.scale and NAME.zero_point tensors.",
-        tuple(QUANTIZED_MODES),
-    ),
-    Option(
-        "max_inflated_size",
-        str,
-        None,
-        "Keras: how far compressed HDF5 datasets may inflate (5GB, 2GiB); by default at most "
-        "64 times the file's size, and 1 GiB for any smaller file.",
-    ),
-)  # ReaderOptions' fields, declared once: the CLI's flags come from these (tests/test_options.py checks the rest)
+    def __repr__(self) -> str:
+        return f"ReaderOptions({', '.join(f'{k}={v!r}' for k, v in self._given.items())})"
 
 
 class Probe:
@@ -215,14 +189,14 @@ class ReaderFace:
     summary: str  # the command's help text
     sniff: Callable[[Probe], bool]  # does this path hold this kind? By content, cheaply
     open: Callable[[Path, ReaderOptions], Opened]
-    options: tuple[str, ...] = ()  # the ReaderOptions fields it reads
-    option_help: dict[str, str] = field(default_factory=dict)  # its own wording for an option's --help
+    options: tuple[Option, ...] = ()  # the options it reads, declared by the reader (Option records)
+    option_help: dict[str, str] = field(default_factory=dict)  # its own wording for a shared option's --help
     suffixes: tuple[str, ...] = ()  # file names a batch picks up inside a plain folder
     bundle: bool = False  # opens into a SourceBundle
     short: str = ""  # the command's one line in `convert --help`
     example: str = ""  # one typical invocation, shown in the command's --help
 
     def __post_init__(self) -> None:
-        unknown = set(self.options) - set(ReaderOptions.names())
-        if unknown:
-            raise ValueError(f"reader {self.kind}: unknown options {sorted(unknown)}")
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names) or not set(self.option_help) <= set(names):
+            raise ValueError(f"reader {self.kind}: options {names} twice, or help for an option it does not take")

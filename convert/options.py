@@ -6,9 +6,11 @@ output read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UsageError
 from .hashing import ALGORITHMS, DEFAULT_ALGORITHM
 from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES
 
@@ -16,7 +18,8 @@ from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES
 @dataclass(frozen=True)
 class Option:
     """One option: `name` is the Python keyword and the job file's key, `flag` the CLI's (--name
-    with dashes unless said), `choices` its allowed values (none: any value of `type`)."""
+    with dashes unless said), `choices` its allowed values (none: any value of `type`); a tuple-typed
+    option is a repeated flag and a list in a job file."""
 
     name: str
     type: type
@@ -24,15 +27,30 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     cli_flag: str | None = None
+    brief: str = ""  # its --help where another command's flag stands for it (batch's, for an output's option)
+    metavar: str | None = None  # what --help shows for its value (click's own when None)
+    file: bool = False  # names a file: the CLI refuses a folder
+    parse: Callable[[Any], Any] | None = None  # reads a given value (a size such as "4GB" as bytes)
 
     @property
     def flag(self) -> str:
         return self.cli_flag or "--" + self.name.replace("_", "-")
 
+    def read(self, value: Any) -> Any:
+        """A given value as this option holds it: checked against its choices, a list as a tuple,
+        then `parse`d (a usage error, exit 2, when it is none of those)."""
+        if value is None:
+            return self.default
+        if self.choices and value not in self.choices:
+            raise UsageError(f"{self.name} must be one of {', '.join(self.choices)}, not {value!r}")
+        if self.type is tuple:
+            value = tuple(value)
+        return self.parse(value) if self.parse else value
+
 
 CONVERSION_OPTIONS: tuple[Option, ...] = (
     Option("layout", str, "pytorch", "Target naming and tensor layout (see `convert layouts`)."),
-    Option("layout_file", str, None, 'Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.'),
+    Option("layout_file", str, None, 'Your own layout rules (TOML); `extends = "burn"` builds on a built-in one.', file=True),
     Option(
         "layout_options",
         dict,

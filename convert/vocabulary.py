@@ -31,7 +31,6 @@ def canonical_dtype(name: str) -> str:
 
 CAST_LOSS = ("refuse", "saturate", "accept")  # --cast-loss: what a narrowing cast may do with lost values
 TIE_MODES = ("alias", "duplicate")  # how a layout writes tied tensors
-QUANTIZED_MODES = ("dequantize", "keep")  # --quantized: TFLite and ONNX int8/uint8 weights
 QUANTIZE_MODES = ("dynamic-int8", "qdq-int8")  # to-onnx --quantize: the int8 graphs it writes
 TRANSFORM_OPS = (
     "cast",

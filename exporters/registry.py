@@ -14,8 +14,10 @@ from convert.contract import Opened, Probe, ReaderFace, ReaderOptions
 from convert.errors import SourceNotFoundError, UnsupportedFormatError, UsageError, missing_extra
 from convert.hub import resolve as resolve_repo
 from convert.links import refuse_input_links
+from convert.options import Option
 
 from . import flax, keras, neuralforecast, numpy, onnx, pytorch, safetensors, tensorflow, tflite
+from .shared.options import KEY, QUANTIZED
 
 READERS: tuple[ReaderFace, ...] = (
     pytorch.READER,
@@ -27,6 +29,18 @@ READERS: tuple[ReaderFace, ...] = (
     numpy.READER,
     tflite.READER,
     onnx.READER,
+)
+
+# Every option some reader declares, each once, in the order `auto` and `batch` list them (the faces'
+# records themselves: tests/test_options.py holds this to be exactly the union of the faces' options).
+READER_OPTIONS: tuple[Option, ...] = (
+    KEY,
+    pytorch.STRIP_PREFIX,
+    keras.CONFIG,
+    flax.COLLECTIONS,
+    flax.UNSTACK,
+    QUANTIZED,
+    keras.MAX_INFLATED_SIZE,
 )
 
 
@@ -68,10 +82,6 @@ def face_named(name: str) -> ReaderFace:
     raise UsageError(f"unknown conversion {name!r}; known: auto, {known}")
 
 
-def conversion_commands() -> tuple[str, ...]:
-    return tuple(f.command for f in READERS if f.command)
-
-
 def suffixes() -> tuple[str, ...]:
     """File name endings a batch picks up inside a plain folder."""
     return tuple(s for f in READERS for s in f.suffixes)
@@ -82,10 +92,10 @@ def open_source(path: str | Path, options: ReaderOptions | None = None, kind: st
     A Hugging Face repository id is read from its cache snapshot folder (convert.hub). Links among the
     files it may open are refused before any is read (unless `follow_links`). A missing optional extra
     is exit 4 with the command that installs it."""
+    options = (options or ReaderOptions()).checked(READER_OPTIONS)
     p = resolve_repo(path)
     refuse_input_links(p, follow_links)
     face = detect(p) if kind == "auto" else face_named(kind)
-    options = options or ReaderOptions()
     try:
         opened = face.open(p, options)
     except (UnsupportedFormatError, SourceNotFoundError) as exc:

@@ -374,10 +374,10 @@ def test_api_overwrite_error_names_the_python_spelling(model_pt: Path, tmp_path:
 def test_a_librarys_message_is_cut_to_its_first_non_blank_line() -> None:
     """One first_line for every reader and exporter: the core's kept a line's trailing blanks, the
     exporters' copy had no length cap; both now the same function."""
-    import exporters.quiet
+    import exporters.shared.quiet
     from convert.errors import first_line
 
     assert first_line(ValueError("\n\n  ORT failed: bad node   \n  at line 3")) == "ORT failed: bad node"
     assert first_line(ValueError("x" * 1000)) == "x" * 300
     assert first_line(ValueError(" \n ")) == "ValueError"
-    assert not hasattr(exporters.quiet, "first_line")
+    assert not hasattr(exporters.shared.quiet, "first_line")

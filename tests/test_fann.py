@@ -1,5 +1,5 @@
 """ruv-FANN networks (`--layout neuro-divergent`): each dense chain as `<name>.network.json` in
-ruv-FANN's serde form, run by convert.fann (Network::run as ruv-FANN 0.1.6's source computes it)
+ruv-FANN's serde form, run by convert.outputs.fann.network (Network::run as ruv-FANN 0.1.6's source computes it)
 and by the Rust crate's rmc_load::fann, both against torch's own forward."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from convert import fann  # noqa: E402
+from convert.outputs.fann import network as fann  # noqa: E402
 
 ATOL = 1e-5
 SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"

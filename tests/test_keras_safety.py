@@ -18,7 +18,7 @@ from conftest import assert_cli_error, assert_no_output, load_output, read_manif
 
 h5py = pytest.importorskip("h5py", reason="the keras extra reads HDF5 with h5py")
 
-from exporters.keras.config import CODE_MARKER  # noqa: E402
+from exporters.shared.keras_naming.config import CODE_MARKER  # noqa: E402
 
 pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
 

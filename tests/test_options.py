@@ -1,5 +1,5 @@
-"""Every option is declared once (convert.options.CONVERSION_OPTIONS, convert.contract.ReaderOptions,
-each output's `options`): the CLI's flags are built from those records, and the batch job file, its
+"""Every option is declared once (convert.options.CONVERSION_OPTIONS, each reader's and each output's
+`options`): the CLI's flags are built from those records, and the batch job file, its
 JSON Schema, ConvertOptions and the Python API are checked against them here, so one that drifts fails."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import click
 import pytest
 
 from conftest import REPO
-from convert import batch
+from convert import api, batch
 from convert.api import conversion_options
 from convert.cli import cli
-from convert.contract import READER_OPTIONS, ReaderOptions
+from convert.contract import ReaderOptions
 from convert.options import CONVERSION_OPTIONS, OPTIONS, ConvertOptions
 from convert.outputs.registry import OWN_OPTIONS, all_outputs
-from exporters.registry import READERS
+from exporters.registry import READER_OPTIONS, READERS
 
 SCHEMA = json.loads((REPO / "schemas" / "batch.schema.json").read_text())
 CONVERSION_COMMANDS = sorted(name for name, c in cli.commands.items() if any(p.name == "cast_loss" for p in c.params))
@@ -62,12 +62,27 @@ def test_the_job_file_takes_every_option_with_its_default() -> None:
 def test_the_batch_schema_lists_every_option_and_its_allowed_values() -> None:
     """Conversion and reader options alike, in `defaults` and in each `[[job]]`, with the records' choices."""
     declared = SCHEMA["$defs"]["options"]["properties"]
-    names = [o.name for o in CONVERSION_OPTIONS] + list(ReaderOptions.names())
+    names = [o.name for o in (*CONVERSION_OPTIONS, *READER_OPTIONS)]
     for where in (SCHEMA["properties"]["defaults"]["properties"], SCHEMA["properties"]["job"]["items"]["properties"]):
         assert set(names) <= set(where)
     choices = {o.name: o.choices for o in (*CONVERSION_OPTIONS, *READER_OPTIONS)}
     for name in names:
         assert tuple(declared[name].get("enum", ())) == tuple(choices.get(name, ())), name
+
+
+def test_the_batch_takes_each_outputs_own_options() -> None:
+    """batch's --to names every tensor output; each output's own options are batch flags and job-file
+    keys (in `defaults`, in each `[[job]]`, with the record's allowed values)."""
+    params = {p.name: p for p in cli.commands["batch"].params}
+    assert tuple(params["to"].type.choices) == tuple(OWN_OPTIONS)  # type: ignore[attr-defined]
+    assert SCHEMA["$defs"]["options"]["properties"]["to"]["enum"] == list(OWN_OPTIONS)
+    declared = SCHEMA["$defs"]["options"]["properties"]
+    for option in (o for own in OWN_OPTIONS.values() for o in own):
+        assert isinstance(params[option.name], click.Option) and params[option.name].opts == [option.flag], option.name
+        assert option.name in batch.output_option_names(), option.name
+        for where in (SCHEMA["properties"]["defaults"]["properties"], SCHEMA["properties"]["job"]["items"]["properties"]):
+            assert option.name in where, option.name
+        assert tuple(declared[option.name].get("enum", ())) == option.choices, option.name
 
 
 def test_output_options_are_declared_once() -> None:
@@ -94,16 +109,49 @@ def test_own_options_are_what_each_tensor_output_declares() -> None:
         assert OWN_OPTIONS[name] == tuple(o for o in output.options if o.name not in OPTIONS), name
 
 
-def test_reader_options_are_their_records() -> None:
-    """ReaderOptions' fields and defaults are READER_OPTIONS'; each reader command's flag is built from
-    the record (its help the reader's own wording where it has one)."""
-    fields = {f.name: _default(f) for f in dataclasses.fields(ReaderOptions)}
-    assert fields == {o.name: o.default for o in READER_OPTIONS}
-    records = {o.name: o for o in READER_OPTIONS}
+def test_reader_options_are_what_the_readers_declare() -> None:
+    """The registry's READER_OPTIONS is each reader's own records, each once (a name two readers take
+    is one record, in exporters/shared/options.py); each reader command's flag is built from its
+    reader's record (its help the reader's own wording where it has one)."""
+    declared = {o.name: o for face in READERS for o in face.options}
+    assert len(READER_OPTIONS) == len({o.name for o in READER_OPTIONS}) == len(declared)
+    for option in READER_OPTIONS:
+        assert declared[option.name] is option, option.name
     for face in (f for f in READERS if f.command):
         params = {p.name: p for p in cli.commands[face.command].params}
-        for name in face.options:
-            option, param = records[name], params[name]
-            assert isinstance(param, click.Option) and param.opts == [option.flag], (face.command, name)
-            assert param.help == face.option_help.get(name, option.help), (face.command, name)
-            assert tuple(getattr(param.type, "choices", ()) or ()) == option.choices, (face.command, name)
+        for option in face.options:
+            param = params[option.name]
+            assert isinstance(param, click.Option) and param.opts == [option.flag], (face.command, option.name)
+            assert param.help == face.option_help.get(option.name, option.help), (face.command, option.name)
+            assert tuple(getattr(param.type, "choices", ()) or ()) == option.choices, (face.command, option.name)
+            assert param.multiple == (option.type is tuple), (face.command, option.name)
+
+
+def test_each_reader_function_of_the_api_takes_its_readers_options() -> None:
+    """`api.<command>` (pth_to_safetensors, ...) takes exactly its reader's options as keywords, with
+    the records' defaults."""
+    import inspect
+
+    for face in (f for f in READERS if f.command):
+        function = getattr(api, face.command.replace("-", "_"))
+        params = inspect.signature(function).parameters
+        keywords = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "progress"}
+        assert keywords == {o.name: o.default for o in face.options}, face.command
+
+
+def test_reader_options_read_their_values() -> None:
+    """A value outside a record's choices or a size that is none is a usage error before anything is
+    opened; a name no reader takes too; lists become tuples and sizes bytes."""
+    from convert.errors import UsageError
+
+    with pytest.raises(UsageError, match="quantized must be one of dequantize, keep"):
+        ReaderOptions(quantized="halve").checked(READER_OPTIONS)
+    with pytest.raises(UsageError, match="cannot read size"):
+        ReaderOptions(max_inflated_size="lots").checked(READER_OPTIONS)
+    with pytest.raises(UsageError, match="no reader takes the option 'colour'"):
+        ReaderOptions(colour="red").checked(READER_OPTIONS)
+    read = ReaderOptions(collections=["params", "cache"], max_inflated_size="2KiB").checked(READER_OPTIONS)
+    assert read.given() == {"collections": ("params", "cache"), "max_inflated_size": 2048}
+    assert ReaderOptions().to_json(READER_OPTIONS) == {
+        o.name: list(o.default) if o.type is tuple else o.default for o in READER_OPTIONS
+    }

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
-from convert.contract import ReaderOptions
-from exporters.registry import READERS, detect, face_named
+from exporters.registry import READER_OPTIONS, READERS, detect, face_named
 
 pytest_plugins = ["keras_support"]  # the session fixture hf_models
 
@@ -50,14 +49,14 @@ FLAG_OF = {
 
 
 def test_faces_are_consistent() -> None:
-    """Kinds and commands are unique, options are ReaderOptions fields, extras are pyproject's."""
+    """Kinds and commands are unique, options are among the registry's, extras are pyproject's."""
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     kinds = [f.kind for f in READERS]
     commands = [f.command for f in READERS if f.command]
     assert len(set(kinds)) == len(kinds) and len(set(commands)) == len(commands)
     for face in READERS:
         assert face.extra is None or face.extra in extras, face.kind
-        assert set(face.options) <= set(ReaderOptions.names())
+        assert set(face.options) <= set(READER_OPTIONS)
         assert face_named(face.kind) is face
         if face.command:
             assert face_named(face.command) is face
@@ -69,7 +68,7 @@ def test_each_command_takes_exactly_its_readers_options(face) -> None:
 
     command = cli.commands[face.command]
     flags = {opt for param in command.params for opt in getattr(param, "opts", []) if opt.startswith("-")}
-    assert flags - COMMON_OPTIONS == {FLAG_OF[o] for o in face.options}
+    assert flags - COMMON_OPTIONS == {FLAG_OF[o.name] for o in face.options}
     assert command.help == face.summary
 
 

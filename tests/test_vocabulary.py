@@ -14,7 +14,8 @@ from convert.cli import cli
 from convert.dtypes import DTYPES
 from convert.hashing import ALGORITHMS
 from convert.outputs.gguf.ggml_types import TYPES as GGML_TYPES
-from convert.vocabulary import CAST_LOSS, CAST_TARGETS, QUANTIZED_MODES, TIE_MODES, TRANSFORM_OPS
+from convert.vocabulary import CAST_LOSS, CAST_TARGETS, TIE_MODES, TRANSFORM_OPS
+from exporters.shared.options import QUANTIZED_MODES
 
 
 def schema(name: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 from convert.dtypes import DTYPES, DType
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import MappedFile, TensorRef, check_shape, mapped_tensor
-from exporters.flax.canonical import NonTensor, Tree
+from exporters.shared.param_tree import NonTensor, Tree
 
 EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
 CHUNKED_MARK = "__msgpack_chunked_array__"

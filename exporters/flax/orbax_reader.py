@@ -20,7 +20,7 @@ import numpy as np
 from convert.dtypes import from_numpy
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.tensors import TensorRef
-from exporters.flax.canonical import NonTensor, Tree
+from exporters.shared.param_tree import NonTensor, Tree
 
 METADATA = "_METADATA"
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"

@@ -3,7 +3,7 @@ Hugging Face's `flax_model.msgpack` and its shards), read without JAX, and orbax
 (linen variables or NNX state), read with orbax-checkpoint.
 
 The variables of the chosen collections (`params` by default; `batch_stats` merged in for BatchNorm)
-reach canonical form through exporters/flax/canonical.py. The rest of a train state (optimizer state,
+reach canonical form through exporters/shared/param_tree.py. The rest of a train state (optimizer state,
 step, RNG streams) is listed in the manifest, not converted.
 """
 
@@ -18,8 +18,8 @@ from convert.errors import CorruptInputError, SourceNotFoundError, UnsupportedFo
 from convert.hf_folder import cross_check, hf_sidecars, index_shards, read_config
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef
-from exporters.flax.canonical import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
 from exporters.flax.msgpack_reader import read_msgpack
+from exporters.shared.param_tree import Tree, canonicalize, tensor_leaves, unstack as unstack_layers
 
 HF_WEIGHTS = "flax_model.msgpack"
 HF_INDEX = "flax_model.msgpack.index.json"

@@ -3,8 +3,8 @@ Keras 3 `.keras` and `.weights.h5`, Keras 2 / tf.keras `.h5` (full models and we
 Hugging Face folders holding `tf_model.h5` (or its shards).
 
 Where the file carries the model config (`.keras`, a full `.h5`), layer types come from it; where it
-does not, from the variables' names and shapes (exporters/keras/names.py). Either way each layer is
-brought to canonical form by exporters/keras/layers.py, lazily.
+does not, from the variables' names and shapes (exporters/shared/keras_naming/names.py). Either way each layer is
+brought to canonical form by exporters/shared/keras_naming/layers.py, lazily.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ from convert.hf_folder import SIDECAR_MAX_BYTES, cross_check, hf_sidecars, index
 from convert.source import SourceModel
 from convert.tensors import TensorRef
 from convert.zip_members import ZIP_MAGIC, member_offset, open_zip
-from exporters.keras.config import ConfigLayer, lambda_layers, layers_of, scrub, summary
 from exporters.keras.h5 import H5_MAGIC, MAX_DEPTH, MAX_FILTER_RATIO, H5Source
-from exporters.keras.layers import KerasLayer, to_canonical
-from exporters.keras.names import (
+from exporters.shared.keras_naming.assemble import LayersFound, assemble
+from exporters.shared.keras_naming.config import ConfigLayer, layers_of, scrub
+from exporters.shared.keras_naming.layers import KerasLayer
+from exporters.shared.keras_naming.names import (
     Named,
     components,
     group_named,
@@ -45,19 +46,6 @@ _STRUCTURAL = ("cell", "forward_layer", "backward_layer")  # parts of a layer, n
 _NOT_MODEL = ("optimizer",)  # top-level groups of a Keras 3 weights file that hold training state
 
 
-@dataclass
-class _Opened:
-    """What one reader found, before the layers become canonical tensors."""
-
-    format: str
-    files: list[Path]
-    layers: list[KerasLayer]
-    model_config: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    closers: list[Any] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)  # source array -> why it is not converted
-
-
 def open_keras(path: str | Path, config: str | Path | None = None, max_inflated: int | None = None) -> SourceModel:
     """Open a Keras file or a Hugging Face TF folder. `config`: the model config for a Keras 3
     `.weights.h5` (a `.keras` file, or a JSON file as `model.to_json()` or config.json writes it);
@@ -65,7 +53,7 @@ def open_keras(path: str | Path, config: str | Path | None = None, max_inflated:
     p = Path(path)
     if not p.exists():
         raise SourceNotFoundError(f"no such file or folder: {p}")
-    opened = _Opened("", [], [])
+    opened = LayersFound("", [], [])
     try:
         if p.is_dir():
             hf_config = _open_hf_folder(p, opened, max_inflated)
@@ -85,59 +73,10 @@ def open_keras(path: str | Path, config: str | Path | None = None, max_inflated:
         raise
 
 
-def assemble(opened: _Opened, sidecars: list[Path] | None = None, config: dict[str, Any] | None = None) -> SourceModel:
-    """Canonical tensors, provenance, warnings and the layer list, as one SourceModel."""
-    canonical = to_canonical(opened.layers)
-    seen: dict[str, str] = {}
-    for ref in canonical.tensors:
-        origin = canonical.provenance[ref.name].get("from") or "created"
-        if ref.name in seen:
-            raise UnsupportedFormatError(f"two Keras weights both become {ref.name!r} ({seen[ref.name]} and {origin})")
-        seen[ref.name] = origin
-    if not canonical.tensors:
-        raise UnsupportedFormatError(f"{opened.files[0].name}: no weights found (was the model built before saving?)")
-    model = opened.model_config
-    config_layers = layers_of(model) if model else []
-    warnings = [
-        f"layer {path} is a Lambda layer: its Python code was neither run nor carried across; a loader must reimplement it"
-        for path in lambda_layers(config_layers)
-    ]
-    warnings += canonical.warnings
-    architecture = {
-        "framework": "keras",
-        **(summary(model, canonical.by_layer) if model else {"model": None, "layers_from": "weights", "layers": []}),
-    }
-    architecture["layers"] += [
-        {
-            "path": ".".join(layer.path),
-            "type": layer.kind,
-            "inferred": True,
-            "params": {},
-            "tensors": canonical.by_layer.get(layer.path, []),
-        }
-        for layer in opened.layers
-        if layer.inferred
-    ]
-    extras = {**opened.extras, "layers_from": architecture["layers_from"], "warnings": warnings, "tensors": canonical.provenance}
-    if canonical.not_expressible:
-        extras["not_expressible"] = canonical.not_expressible
-    return SourceModel(
-        format=opened.format,
-        files=opened.files,
-        tensors=canonical.tensors,
-        sidecars=sidecars or [],
-        config=config,
-        extras=extras,
-        architecture=architecture,
-        closers=opened.closers,
-        dropped=opened.dropped,
-    )
-
-
 # --- files --------------------------------------------------------------------------------------
 
 
-def _open_keras_zip(path: Path, opened: _Opened, max_inflated: int | None) -> None:
+def _open_keras_zip(path: Path, opened: LayersFound, max_inflated: int | None) -> None:
     """Keras 3 `.keras`: config.json and model.weights.h5 (read in place when stored uncompressed)."""
     zf = open_zip(path)
     with zf:
@@ -161,7 +100,7 @@ def _open_keras_zip(path: Path, opened: _Opened, max_inflated: int | None) -> No
     opened.layers = _v3_layers(h5, layers_of(opened.model_config), opened)
 
 
-def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, Any] | None) -> None:
+def _open_h5_file(path: Path, h5: H5Source, opened: LayersFound, given: dict[str, Any] | None) -> None:
     """A Keras 3 `.weights.h5`, or a Keras 2 `.h5`: full model (model_config) or weights only."""
     opened.closers.append(h5.close)
     opened.files.append(path)
@@ -190,7 +129,7 @@ def _open_h5_file(path: Path, h5: H5Source, opened: _Opened, given: dict[str, An
         )
 
 
-def _open_hf_folder(folder: Path, opened: _Opened, max_inflated: int | None) -> dict[str, Any] | None:
+def _open_hf_folder(folder: Path, opened: LayersFound, max_inflated: int | None) -> dict[str, Any] | None:
     """A Hugging Face TF folder: tf_model.h5, or its shards listed in tf_model.h5.index.json."""
     if (folder / "saved_model.pb").is_file():
         raise UnsupportedFormatError(f"{folder.name}: a TensorFlow SavedModel; convert it with tf-to-safetensors")
@@ -269,7 +208,7 @@ class _Vars:
     hint: str  # the layer's own name (its vars/@name), which Keras derives from the class unless told
 
 
-def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, opened: _Opened) -> list[KerasLayer]:
+def _v3_layers(h5: H5Source, config_layers: list[ConfigLayer] | None, opened: LayersFound) -> list[KerasLayer]:
     found: list[_Vars] = []
     skipped: list[str] = []
     _walk_v3(h5, h5.root, (), (), (), "", found, skipped, 0)
@@ -393,7 +332,7 @@ def _zip_json(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
         raise CorruptInputError(f"{path.name}: cannot read {info.filename} ({exc})") from None
 
 
-def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: _Opened) -> Path:
+def _extract(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, opened: LayersFound) -> Path:
     """A compressed member, inflated into a temporary file removed when the source closes. Only
     deflate (what Keras writes): bzip2 and LZMA inflate by millions, and do it in one call. The
     output is counted as it comes, against the ratio to the compressed bytes the file really holds."""

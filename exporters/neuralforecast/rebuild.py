@@ -12,7 +12,7 @@ from typing import Any
 
 from convert.errors import UnsupportedFormatError
 from exporters.neuralforecast.values import is_skipped
-from exporters.torch_state import load_strict
+from exporters.shared.torch_state import load_strict
 
 LOSS_KEYS = ("loss", "valid_loss")
 

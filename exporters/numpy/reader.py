@@ -29,7 +29,7 @@ from convert.pickle_reader import InertObject, NumpyArrayRecord, classes_fact, r
 from convert.source import SourceModel, open_mapped
 from convert.tensors import FileSpan, MappedFile, TensorRef, check_shape, in_memory
 from convert.zip_members import member_offset, open_zip
-from exporters.flax.canonical import canonicalize
+from exporters.shared.param_tree import canonicalize
 
 NPY_MAGIC = b"\x93NUMPY"
 FLAX_LEAVES = frozenset({"kernel", "embedding", "scale"})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from convert.contract import Probe, ReaderFace, ReaderOptions
 from convert.source import SourceModel
+from exporters.shared.options import QUANTIZED
 
 
 def sniff(probe: Probe) -> bool:
@@ -15,7 +16,7 @@ def sniff(probe: Probe) -> bool:
 def open_source(path: Path, options: ReaderOptions) -> SourceModel:
     from .reader import open_onnx
 
-    return open_onnx(path, options.quantized)
+    return open_onnx(path, options.value(QUANTIZED))
 
 
 READER = ReaderFace(
@@ -28,7 +29,7 @@ READER = ReaderFace(
     "Names the PyTorch exporters invented (onnx::MatMul_12, val_3) are traced back to parameter names "
     "through the graph; the manifest summarizes the graph's operators. Int8 weights (to-onnx --quantize, "
     "ONNX Runtime's quantizer) are dequantized or kept (--quantized). The model is never run.",
-    options=("quantized",),
+    options=(QUANTIZED,),
     option_help={
         "quantized": "int8/uint8 weights (and int32 biases) with a scale in the graph: dequantize to f32, or keep "
         "them as stored beside their scale and zero-point tensors; recorded either way."

@@ -21,7 +21,7 @@ from exporters.onnx_export.pt2_guard import check_pt2
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 from exporters.onnx_export.torch_hints import input_hints
 from exporters.onnx_export.user_code import call_factory, required_arguments
-from exporters.torch_state import load_strict
+from exporters.shared.torch_state import load_strict
 
 # SafeTensors codes numpy cannot hand torch directly: torch dtype name, same-width unsigned integer.
 _VIEWED = {

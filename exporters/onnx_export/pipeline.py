@@ -28,7 +28,7 @@ from exporters.onnx_export.quantize import calibration_inputs, check_options, qu
 from exporters.onnx_export.record import export_manifest
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions
 from exporters.onnx_export.validate import QUANTIZED_SHARE, default_atol, quantized_atol, validate
-from exporters.quiet import framework_output_captured
+from exporters.shared.quiet import framework_output_captured
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"

@@ -6,8 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from convert.contract import Probe, ReaderFace, ReaderOptions
+from convert.options import Option
 from convert.source import SourceModel
+from exporters.shared.options import KEY
 
+STRIP_PREFIX = Option(
+    "strip_prefix",
+    str,
+    "auto",
+    "Strip a wrapper's prefix from every name: auto strips DataParallel's `module.`, torch.compile's "
+    "`_orig_mod.` (nested too) and a Lightning module's `model.` when every name has it, so names match the inner module.",
+    metavar="auto|none|PREFIX",
+)
 TORCH_LEGACY_HEAD = b"\x8a\x0a"  # after PROTO n: LONG1 of 10 bytes, the legacy torch.save magic number
 
 
@@ -24,7 +34,7 @@ def sniff(probe: Probe) -> bool:
 def open_source(path: Path, options: ReaderOptions) -> SourceModel:
     from .reader import open_pytorch
 
-    return open_pytorch(path, options.key, options.strip_prefix)
+    return open_pytorch(path, options.value(KEY), options.value(STRIP_PREFIX))
 
 
 READER = ReaderFace(
@@ -35,7 +45,7 @@ READER = ReaderFace(
     open=open_source,
     summary="Convert a PyTorch checkpoint (torch.save zip or legacy file, Lightning .ckpt, or a Hugging Face "
     "folder with pytorch_model.bin or its shards) into the folder OUT, without torch.",
-    options=("key", "strip_prefix"),
+    options=(KEY, STRIP_PREFIX),
     option_help={
         "key": "Dotted path of the dict holding the tensors (default: the first model state dict of "
         "state_dict, model_state_dict, model_state, model, ..., ema, teacher, else the root; "

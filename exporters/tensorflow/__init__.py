@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convert.contract import Probe, ReaderFace, ReaderOptions
 from convert.source import SourceModel
+from exporters.shared.options import KEY
 
 DATA_SHARD = re.compile(r"\.data-[0-9]{5}-of-[0-9]{5}$")
 
@@ -21,7 +22,7 @@ def sniff(probe: Probe) -> bool:
 def open_source(path: Path, options: ReaderOptions) -> SourceModel:
     from .reader import open_tensorflow
 
-    return open_tensorflow(path, options.key)
+    return open_tensorflow(path, options.value(KEY))
 
 
 READER = ReaderFace(
@@ -32,7 +33,7 @@ READER = ReaderFace(
     open=open_source,
     summary="Convert a TensorFlow SavedModel folder or TF1/TF2 checkpoint (prefix, .index file, or its folder) "
     "into the folder OUT, in PyTorch names and layouts. Read without TensorFlow (needs protobuf, in the tensorflow extra).",
-    options=("key",),
+    options=(KEY,),
     option_help={
         "key": "The checkpoint object holding the model (default: `model` if present, else all but the optimizer); "
         "in a TF1 checkpoint, the top-level scope (default: all but training state), or ExponentialMovingAverage "

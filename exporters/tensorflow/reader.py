@@ -5,7 +5,7 @@ flat however large the checkpoint, and no TensorFlow start-up is paid.
 A TF2 checkpoint keys variables by object-graph paths (`model/layer_with_weights-0/kernel/...`,
 `_operations/3/cell/bias/...`) that say little; its object graph also records each variable's TF
 name (`dense/kernel`, `bidirectional/forward_lstm/lstm_cell/kernel`), which names layers the way
-Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/keras/names.py).
+Keras's `.h5` files do, so the same rules bring them to canonical form (exporters/shared/keras_naming/names.py).
 Where TF names clash (a Keras 3 subclassed model names variables by the model only), the object
 paths (`emb/embeddings`, `blocks/0/kernel`) name them instead.
 
@@ -28,9 +28,9 @@ from convert.hashing import same_ranges
 from convert.hf_folder import is_file
 from convert.source import SourceModel
 from convert.tensors import TensorRef
-from exporters.keras.layers import KerasLayer, to_canonical
-from exporters.keras.names import Named, components, drop_common_scope, group_named
-from exporters.keras.reader import _Opened, assemble
+from exporters.shared.keras_naming.assemble import LayersFound, assemble
+from exporters.shared.keras_naming.layers import KerasLayer, to_canonical
+from exporters.shared.keras_naming.names import Named, components, drop_common_scope, group_named
 from exporters.tensorflow.bundle import Bundle
 from exporters.tensorflow.protos import parse
 from exporters.tensorflow.training_state import SHADOW, averages, training_state
@@ -101,7 +101,7 @@ def _open(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceModel
     layers, by_tf_names = _layers(drop_common_scope(by_tf_name), by_object, label)
     extras["names_from"] = "tf-names" if by_tf_names else "object-paths"
     files = [Path(prefix + ".index"), *bundle.shard_paths]
-    return assemble(_Opened(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
+    return assemble(LayersFound(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
 
 
 def _same_bytes(a: TensorRef, b: TensorRef) -> bool:
@@ -171,7 +171,7 @@ def _open_tf1(bundle: Bundle, prefix: str, fmt: str, key: str | None) -> SourceM
         )
     extras: dict[str, Any] = {"names_from": "tf1-names", **({"key": key} if key is not None else {})}
     files = [Path(prefix + ".index"), *bundle.shard_paths]
-    return assemble(_Opened(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
+    return assemble(LayersFound(fmt, files, layers, extras=extras, closers=[bundle.close], dropped=dropped))
 
 
 def _tf_name_layers(named: list[Named], label: str) -> tuple[list[KerasLayer] | None, str]:

@@ -24,7 +24,7 @@ from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, UnsupportedFormatError, UsageError
 from convert.source import SourceModel, open_mapped
 from convert.tensors import MappedFile, TensorRef, check_shape, in_memory, mapped_tensor
-from convert.vocabulary import QUANTIZED_MODES
+from exporters.shared.options import QUANTIZED_MODES
 
 IDENTIFIER = b"TFL3"
 # TensorType -> SafeTensors code (STRING, RESOURCE, VARIANT, INT4, COMPLEX128 have none)

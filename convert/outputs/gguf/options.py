@@ -16,6 +16,7 @@ TYPE = OutputOption(
     "ggml type of 2-D and larger tensors (1-D ones stay F32; rows no block fits fall back as llama-quantize does), "
     "or llama.cpp's q4_k_m / q5_k_m preset for a language model (per-tensor types as llama-quantize chooses)",
     (*TYPES, *(p for p in PRESETS if p not in TYPES)),
+    brief=f"the ggml type, as to-gguf's --type (default {DEFAULT_TYPE}).",
 )
 TYPE_OVERRIDE = OutputOption(
     "type_override",
@@ -23,6 +24,7 @@ TYPE_OVERRIDE = OutputOption(
     (),
     "The type of the tensors whose name matches PATTERN (the layout rules' syntax: {n}, {n:int}, {p...}); "
     "repeatable, the last match wins.",
+    metavar="PATTERN=TYPE",
 )
 NO_VOCAB = OutputOption(
     "no_vocab",

@@ -16,7 +16,7 @@ from convert.dtypes import dtype as lookup_dtype
 from convert.errors import CorruptInputError, MappingError, UnsupportedFormatError
 from convert.tensors import TensorRef
 from convert.transforms import derived
-from exporters.keras.config import mapping
+from exporters.shared.keras_naming.config import mapping
 
 Chain = list[dict[str, Any]]
 

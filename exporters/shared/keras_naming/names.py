@@ -16,8 +16,8 @@ from typing import Any
 
 from convert.errors import CorruptInputError, UnsupportedFormatError
 from convert.tensors import TensorRef
-from exporters.keras.config import ConfigLayer, mapping, to_snake
-from exporters.keras.layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
+from exporters.shared.keras_naming.config import ConfigLayer, mapping, to_snake
+from exporters.shared.keras_naming.layers import CELL_ROLES, KNOWN, ROLES, KerasLayer, recurrent_kind
 
 _CELL = re.compile(r"^(cell|[A-Za-z0-9_]*_cell)$")
 _UNIQUE_SUFFIX = re.compile(r"^(.+)_[0-9]+$")
