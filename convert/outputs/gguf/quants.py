@@ -425,7 +425,6 @@ def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     w = x * x
     wx = w * x
     lv = np.empty_like(x)
-    tmp = np.empty_like(x)
 
     def levels_of(iscale: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.multiply(iscale, x, out=out)
@@ -434,9 +433,7 @@ def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
     def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         levels_of(iscale, lv)
-        slx = _seqsum(np.multiply(wx, lv, out=tmp))
-        np.multiply(w, lv, out=tmp)
-        return slx, _seqsum(np.multiply(tmp, lv, out=tmp))
+        return _seqsum_of_products(wx, lv), _seqsum_of_products(w, lv, lv)
 
     chosen = F32(-nmax) / big
     sumlx, suml2 = sums(chosen)
