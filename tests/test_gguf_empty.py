@@ -1,9 +1,11 @@
 """`convert to-gguf` on a source with zero tensors (an empty state dict written by torch.save, an
 empty file written by safetensors): one line, exit 7, nothing written. The SafeTensors commands keep
-their own answer for the same sources (exit 4)."""
+their own answer for the same sources (exit 4); `batch --to gguf` reports the job's exit 7."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,14 @@ def test_safetensors_output_keeps_exit_4(empty_sources: dict[str, Path], tmp_pat
         out = tmp_path / f"out{i}"
         assert_cli_error(run_cli("auto", empty_sources[name], out), 4, "no tensors")
         assert_no_output(out)
+
+
+def test_batch_to_gguf_reports_exit_7(empty_sources: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(empty_sources["empty.pt"], folder / "empty.pt")
+    rc, stdout, _stderr = run_cli("batch", folder, "--out-dir", tmp_path / "out", "--to", "gguf", "--type", "q8_0", "--json")
+    assert rc == 11
+    job = json.loads(stdout.splitlines()[0])
+    assert job["status"] == "failed" and job["exit_code"] == 7 and "no tensors" in job["error"]
+    assert_no_output(tmp_path / "out")
