@@ -1,7 +1,8 @@
 """Tensors of several chunks, which `to-gguf` quantizes on worker threads: the bytes are still the
 `gguf` package's, in order, the manifest's error is the error of the whole tensor (checked against
 the gguf package's dequantizer), and `verify --source` re-quantizes them to the same bytes. One
-tensor of rows smaller than a chunk, one whose rows are larger than a chunk (cut in whole blocks)."""
+tensor of rows smaller than a chunk, one whose rows are larger than a chunk (cut in whole blocks); a
+NaN in a later chunk stops the run (exit 7, nothing written)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_manifest, run_cli
+from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
 
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
@@ -42,3 +43,13 @@ def test_many_chunks_in_order(tmp_path: Path) -> None:
         )
     rc, _stdout, stderr = run_cli("verify", out, "--source", src)
     assert rc == 0, stderr
+
+
+def test_a_bad_value_in_a_later_chunk_stops_the_threads(tmp_path: Path) -> None:
+    from convert.outputs.gguf.encode import CHUNK_BYTES
+
+    big = torch.zeros(4 * CHUNK_BYTES // 4096, 1024)
+    big[-1, 7] = float("nan")  # in the last chunk, after workers have taken the first ones
+    torch.save({"big.weight": big}, tmp_path / "nan.pt")
+    assert_cli_error(run_cli("to-gguf", tmp_path / "nan.pt", tmp_path / "out", "--type", "q4_0"), 7, "big.weight", "NaN")
+    assert_no_output(tmp_path / "out")
