@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .errors import ConvertError
 from .options import ConvertOptions, Option
 
 if TYPE_CHECKING:  # annotations only: the CLI reads outputs' options at start-up, before numpy is needed
@@ -122,6 +123,11 @@ class Output(Protocol):
 
     @property
     def role(self) -> Role: ...
+
+    @property
+    def empty_error(self) -> type[ConvertError]:
+        """What a conversion left with no tensors is, as this output sees it (the exit code it gets)."""
+        ...
 
     @property
     def options(self) -> Sequence[OutputOption]:

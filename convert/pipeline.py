@@ -19,7 +19,7 @@ from . import manifest as manifest_mod
 from .architecture import decide_from_source, decide_modules, infer_architecture
 from .bundle_index import BUNDLE_INDEX, check_folder_name
 from .contract import SourceBundle
-from .errors import CorruptInputError, UnsafeInputError, UnsupportedFormatError, UsageError
+from .errors import ConvertError, CorruptInputError, UnsafeInputError, UsageError
 from .hashing import file_digest, new_digest
 from .links import refuse_links
 from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
@@ -76,7 +76,7 @@ def convert_source(
     for output in outputs.all():
         output.decide(architecture, layout)
     mapping = apply_layout(layout, source.tensors, architecture)
-    refuse_empty(source, mapping)
+    refuse_empty(source, mapping, outputs.tensors.empty_error)
     # the reader's warnings, then the layout's
     warnings = [*source.extras.get("warnings", []), *dropped_warning(source), *mapping.warnings]
     apply_dtypes(mapping.tensors, options.dtype, layout, options.cast_loss)
@@ -152,12 +152,13 @@ def refuse_unencodable_names(source: SourceModel) -> None:
             raise CorruptInputError(f"tensor name {t.name!r} is not valid Unicode (it holds a lone surrogate)") from None
 
 
-def refuse_empty(source: SourceModel, mapping: MappingResult) -> None:
-    """Zero tensors is never a success: the source's arrays were all dropped, or the layout's were."""
+def refuse_empty(source: SourceModel, mapping: MappingResult, error: type[ConvertError]) -> None:
+    """Zero tensors is never a success: the source held none, its arrays were all dropped, or the
+    layout's were; `error` the tensor output's class for it (SafeTensors: exit 4, GGUF: exit 7)."""
     if mapping.tensors:
         return
     why = f"; the layout dropped {len(mapping.dropped)} ({', '.join(mapping.dropped[:3])})" if mapping.dropped else ""
-    raise UnsupportedFormatError(f"no tensors to convert{_listed(source.dropped)}{why}")
+    raise error(f"no tensors to convert{_listed(source.dropped)}{why}")
 
 
 def dropped_warning(source: SourceModel) -> list[str]:

@@ -373,7 +373,7 @@ def select_tensors(
     _flatten(chosen, "", named, skipped, 0, tree)
     if skipped:
         extras["skipped_non_tensors"] = skipped[:200]
-    if not named:
+    if not named and not (isinstance(chosen, dict) and not chosen):  # an empty state dict: the output says no
         keys = sorted(map(text_of, obj))[:20] if isinstance(obj, dict) else _kind(obj)
         raise UnsupportedFormatError(f"no tensors found in the checkpoint (top level: {keys}); pick a dict with --key")
     prefix = _strip_prefix([n for n, _ in named], obj, chosen_key, strip_prefix, extras, notes)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.errors import ConvertError, UnsupportedFormatError
 from convert.hashing import file_digest
 from convert.mapping import Layout
 from convert.output import write_file
@@ -23,6 +24,7 @@ from .plan import SPEC_OPTION, WRITE_OPTION, NetworkPlan, decide_dense_modules, 
 class FannOutput:
     name = "ruv-fann-network-json"
     role: Role = "companion"
+    empty_error: type[ConvertError] = UnsupportedFormatError  # never asked: a companion writes beside tensors
     options: Sequence[OutputOption] = (
         OutputOption(WRITE_OPTION, bool, False, "write ruv-FANN network.json files beside the tensors (layout neuro-divergent)"),
         OutputOption(SPEC_OPTION, str, "", "dense chains to write as networks: NAME=PATH:ACT,PATH:ACT[;NAME=...]"),

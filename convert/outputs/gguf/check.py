@@ -20,7 +20,7 @@ from convert.hashing import file_and_range_digests
 from convert.source import SourceModel
 from convert.transforms import apply
 
-from .encode import Measured, encoded
+from .encode import encoded
 from .file_format import ALIGNMENT, GGUFFile, ValueType, read_gguf, split_keys
 from .ggml_types import BY_ID, TYPES, GGMLType
 
@@ -135,7 +135,7 @@ def compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel)
         q = t.get("quantization", {})
         try:
             produced = apply(t["transforms"], [refs[n].array() for n in names])
-            chunks = encoded(t["name"], produced, gtype, q.get("on_loss", "refuse"), Measured())
+            chunks = encoded(t["name"], produced, gtype, q.get("on_loss", "refuse"), None)
             same = _same_stream(chunks, out_dir / t["file"], *header.absolute(info))
         except CastLossError as exc:
             problems.append(f"tensor {t['name']!r}: {exc}")

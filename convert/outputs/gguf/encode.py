@@ -6,12 +6,20 @@ F32, F16 and BF16 are casts (as torch casts, counting values a narrowing cast lo
 chunk is a whole number of rows (or of blocks, when one row is larger than a chunk), so memory
 stays bounded by a chunk whatever the tensor's size. The error is the dequantized value against
 the source value (max abs, RMS, and RMS relative to the source's RMS): zero for a lossless write.
+
+A tensor of several chunks is quantized on every CPU: numpy lets go of the GIL in its array
+operations, so worker threads each take a chunk (read from the source, quantize, dequantize and
+measure while the chunk is still in the CPU's cache) and the chunks come back in order, a few at a
+time. The error's sums are added in chunk order, so the figures do not depend on the threads.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +34,10 @@ from .quants import dequantize, quantize
 # Of the source. A chunk's float32 values, blocks, dequantized values and error stay in the CPU's
 # cache: q8_0 of a 256 MiB tensor took 0.33 s of CPU in 1 MiB chunks against 0.50 s in 8 MiB ones.
 CHUNK_BYTES = 1 << 20
+# Threads quantizing one tensor's chunks at once, and chunks in flight per thread beyond its own
+# (memory: a chunk of source, its blocks and temporaries each, a few MiB in all).
+WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+AHEAD = 1
 FLOAT_CODES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # ggml float types -> the cast's dtype code
 
 
@@ -38,19 +50,16 @@ class Measured:
     sq_ref: float = 0.0
     loss: CastLoss = field(default_factory=CastLoss)
 
-    def add(self, ref: np.ndarray, got: np.ndarray, all_finite: bool = False) -> None:
-        """`all_finite`: the caller knows both hold only finite values (a quantizer refuses others)."""
-        ref32, got32 = ref.astype(np.float32, copy=False).reshape(-1), got.astype(np.float32, copy=False).reshape(-1)
-        if not all_finite:
-            finite = np.isfinite(ref32) & np.isfinite(got32)
-            if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
-                ref32, got32 = ref32[finite], got32[finite]
-        if not ref32.size:
-            return
-        err = got32 - ref32
-        self.max_abs = max(self.max_abs, float(err.max()), -float(err.min()))
-        self.sq_err += float(np.dot(err, err))
-        self.sq_ref += float(np.dot(ref32, ref32))
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        """One chunk of the source and what was written for it (a cast: the values may be any)."""
+        self.merge(error_terms(ref, got))
+
+    def merge(self, terms: tuple[float, float, float]) -> None:
+        """One chunk's `error_terms`, added in the tensor's order."""
+        max_abs, sq_err, sq_ref = terms
+        self.max_abs = max(self.max_abs, max_abs)
+        self.sq_err += sq_err
+        self.sq_ref += sq_ref
 
     def to_json(self, count: int) -> dict[str, Any]:
         rms = math.sqrt(self.sq_err / count) if count else 0.0
@@ -58,21 +67,67 @@ class Measured:
         return {"max_abs": self.max_abs, "rms": rms, "relative_rms": rms / ref_rms if ref_rms else 0.0}
 
 
-def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured: Measured) -> Iterator[memoryview]:
-    """The bytes of `arr` (any float dtype, numpy shape) in `gtype`, in order."""
+def error_terms(ref: np.ndarray, got: np.ndarray, all_finite: bool = False, scratch: bool = False) -> tuple[float, float, float]:
+    """The largest |got - ref|, the sum of (got - ref)**2 and of ref**2, in float32 over finite values
+    (`all_finite`: the caller knows there are no others); `scratch`: `got` is a float32 array nobody
+    keeps (a dequantized chunk), which the difference overwrites."""
+    ref32, got32 = ref.astype(np.float32, copy=False).reshape(-1), got.astype(np.float32, copy=False).reshape(-1)
+    if not all_finite:
+        finite = np.isfinite(ref32) & np.isfinite(got32)
+        if not finite.all():  # a NaN or inf the source holds: written as it is, measured without it
+            ref32, got32 = ref32[finite], got32[finite]
+    if not ref32.size:
+        return 0.0, 0.0, 0.0
+    err = np.subtract(got32, ref32, out=got32) if scratch and all_finite else got32 - ref32
+    return max(float(err.max()), -float(err.min())), float(np.dot(err, err)), float(np.dot(ref32, ref32))
+
+
+Encoded = tuple[np.ndarray, tuple[float, float, float] | None]
+
+
+def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured: Measured | None) -> Iterator[memoryview]:
+    """The bytes of `arr` (any float dtype, numpy shape) in `gtype`, in order; the error against the
+    source added to `measured` (None: not measured, as when `verify` re-quantizes)."""
     if gtype.name in FLOAT_CODES:
-        yield from _cast(name, arr, FLOAT_CODES[gtype.name], on_loss, measured)
+        yield from _cast(name, arr, FLOAT_CODES[gtype.name], on_loss, measured or Measured())
         return
     row = arr.shape[-1]
-    for piece in iter_chunks(arr, CHUNK_BYTES):
+
+    def one(piece: np.ndarray) -> Encoded:
         with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, which quantize refuses
             values = np.ascontiguousarray(piece, dtype=np.float32)
         # whole rows, but a row larger than a chunk comes in pieces of whole blocks
         rows = values.reshape(-1, row if values.size % row == 0 else gtype.block_size)
         blocks = quantize(rows, gtype, f"tensor {name!r}")
-        measured.add(values if piece.dtype == np.float32 else piece, dequantize(blocks, gtype, rows.shape), all_finite=True)
+        if measured is None:
+            return blocks, None
+        got = dequantize(blocks, gtype, rows.shape)
+        return blocks, error_terms(values if piece.dtype == np.float32 else piece, got, all_finite=True, scratch=True)
+
+    for blocks, terms in _in_order(one, iter_chunks(arr, CHUNK_BYTES), arr.nbytes > CHUNK_BYTES):
+        if measured is not None and terms is not None:
+            measured.merge(terms)
         yield blocks.reshape(-1).data
         release_pages(arr)
+
+
+def _in_order(work: Callable[[np.ndarray], Encoded], pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[Encoded]:
+    """`work` of each piece, in order: on WORKERS threads (a few pieces ahead) when `threaded`."""
+    if not threaded or WORKERS < 2:
+        yield from map(work, pieces)
+        return
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="quantize") as pool:
+        pending: deque[Future[Encoded]] = deque()
+        try:
+            for piece in pieces:
+                pending.append(pool.submit(work, piece))
+                if len(pending) > WORKERS * (1 + AHEAD):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # an error, or a consumer that stopped: the queued pieces are not started
+            for future in pending:
+                future.cancel()
 
 
 def _cast(name: str, arr: np.ndarray, code: str, on_loss: str, measured: Measured) -> Iterator[memoryview]:

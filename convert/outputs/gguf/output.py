@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from convert.errors import UsageError
+from convert.errors import ConvertError, MappingError, UsageError
 from convert.mapping import Layout
 from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written, option_value
 from convert.source import SourceModel
@@ -25,6 +25,7 @@ from .presets import mixed, relabel
 class GGUFOutput:
     name = "gguf"
     role: Role = "tensors"
+    empty_error: type[ConvertError] = MappingError  # issue #31: a GGUF of no tensors is refused as names that do not fit (7)
     options: Sequence[OutputOption] = OPTIONS
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:

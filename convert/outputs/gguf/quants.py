@@ -189,6 +189,14 @@ def _seqsum(a: np.ndarray) -> np.ndarray:
     return np.add.reduce(a, axis=0)
 
 
+def _seqsum_of_products(*factors: np.ndarray) -> np.ndarray:
+    """`_seqsum` of the factors' product (multiplied left to right, as the C code writes w*l*x), in
+    one pass: einsum walks C-ordered columns with the rows outermost, adding them one after the
+    other in float32, and skips the product's temporary."""
+    subscripts = ",".join(["ij"] * len(factors)) + "->j"
+    return np.einsum(subscripts, *factors)
+
+
 def _nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Two 4-bit levels per byte, `lo` in the low nibble."""
     return (lo.astype(np.uint8) & 0x0F) | (hi.astype(np.uint8) << 4)
@@ -373,8 +381,9 @@ def _make_qkx2(
         np.multiply(s, lv, out=tmp)
         np.add(tmp, m, out=tmp)
         np.subtract(tmp, x, out=tmp)
-        (np.abs if use_mad else np.square)(tmp, out=tmp)
-        return _seqsum(np.multiply(tmp, w, out=tmp))
+        if use_mad:
+            return _seqsum_of_products(np.abs(tmp, out=tmp), w)
+        return _seqsum_of_products(tmp, tmp, w)  # diff*diff, times the weight
 
     iscale = F32(nmax) / (hi - lo)
     chosen, chosen_lo = iscale.copy(), lo.copy()
@@ -385,8 +394,8 @@ def _make_qkx2(
         levels_of(iscale, lo, trial)
         np.multiply(w, trial, out=wl)
         sum_l = _seqsum(wl)
-        sum_l2 = _seqsum(np.multiply(wl, trial, out=tmp))
-        sum_xl = _seqsum(np.multiply(wl, x, out=tmp))
+        sum_l2 = _seqsum_of_products(wl, trial)
+        sum_xl = _seqsum_of_products(wl, x)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -416,7 +425,6 @@ def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     w = x * x
     wx = w * x
     lv = np.empty_like(x)
-    tmp = np.empty_like(x)
 
     def levels_of(iscale: np.ndarray, out: np.ndarray) -> np.ndarray:
         np.multiply(iscale, x, out=out)
@@ -425,9 +433,7 @@ def _make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
     def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         levels_of(iscale, lv)
-        slx = _seqsum(np.multiply(wx, lv, out=tmp))
-        np.multiply(w, lv, out=tmp)
-        return slx, _seqsum(np.multiply(tmp, lv, out=tmp))
+        return _seqsum_of_products(wx, lv), _seqsum_of_products(w, lv, lv)
 
     chosen = F32(-nmax) / big
     sumlx, suml2 = sums(chosen)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from convert.errors import ConvertError, UnsupportedFormatError
 from convert.hf_folder import SAFETENSORS_INDEX
 from convert.mapping import Layout
 from convert.options import OPTIONS
@@ -40,6 +41,7 @@ class _Work:
 class SafeTensorsOutput:
     name = "safetensors"
     role: Role = "tensors"
+    empty_error: type[ConvertError] = UnsupportedFormatError  # the README's "no tensors: exit 4"
     options: Sequence[OutputOption] = (OPTIONS["max_shard_size"],)
 
     def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
