@@ -6,30 +6,15 @@ and mypy checks every builder and reader against these shapes. `NotRequired` mar
 does not require. tests/test_manifest_model.py holds the model and the schema to each other both ways:
 every key here is in the schema with a compatible type and the same required-ness, and every schema
 property is here. Objects the schema leaves open (a reader's details, a module's params, a config)
-are `JsonObject`.
+are `JsonObject`. Values the code takes from options and rule files as plain strings are `str` where
+the schema lists the strings it allows (a transform's op, --cast-loss, a tie mode); the schema judges
+them when the manifest is validated.
 """
 
 # No `from __future__ import annotations`: TypedDict reads NotRequired from evaluated annotations only.
 from typing import Any, Literal, NotRequired, TypedDict
 
 JsonObject = dict[str, Any]  # a JSON object whose keys the schema leaves open
-
-TransformOp = Literal[
-    "cast",
-    "transpose",
-    "permute",
-    "reshape",
-    "split",
-    "gate_reorder",
-    "pad",
-    "concat",
-    "add",
-    "select",
-    "weight_norm",
-    "spectral_norm",
-]
-TieMode = Literal["alias", "duplicate"]
-CastLoss = Literal["refuse", "saturate", "accept"]
 
 
 class Generator(TypedDict):
@@ -54,8 +39,8 @@ class Source(TypedDict):
 
 
 class Ties(TypedDict):
-    loader: TieMode
-    written: TieMode
+    loader: str
+    written: str
     tied: dict[str, str]
 
 
@@ -81,10 +66,10 @@ class Transform(TypedDict):
     """One step of a tensor's chain (convert.transforms). The schema names `op` only; the rest are the
     op's parameters, written as the transform vocabulary describes them."""
 
-    op: TransformOp
+    op: str
     # cast
     to: NotRequired[str]
-    on_loss: NotRequired[CastLoss]
+    on_loss: NotRequired[str]
     lossless: NotRequired[bool]
     overflowed: NotRequired[int]
     flushed: NotRequired[int]
@@ -121,9 +106,15 @@ class Quantization(TypedDict):
     reason: NotRequired[str]
     source_dtype: str
     error: QuantizationError
-    on_loss: CastLoss
+    on_loss: str
     overflowed: int
     flushed: int
+
+
+class QuantizationReason(TypedDict, total=False):
+    """Quantization's optional `reason`, apart: its place among the keys is fixed (it is unpacked there)."""
+
+    reason: str
 
 
 class TensorRecord(TypedDict, total=False):
@@ -157,7 +148,7 @@ class Alternative(TypedDict):
 
 
 class Parametrization(TypedDict):
-    type: Literal["weight_norm", "spectral_norm"]
+    type: str
     by: str
     dim: NotRequired[int | None]
     tensors: list[str]
@@ -215,7 +206,7 @@ class Validation(TypedDict):
     passed: bool
 
 
-Calibration = TypedDict("Calibration", {"from": str, "rows": int, "method": NotRequired[str]})
+GraphCalibration = TypedDict("GraphCalibration", {"from": str, "rows": int, "method": NotRequired[str]})
 
 
 class FloatGraph(TypedDict):
@@ -223,15 +214,22 @@ class FloatGraph(TypedDict):
     validation: JsonObject
 
 
-class GraphQuantization(TypedDict):
-    mode: Literal["dynamic-int8", "qdq-int8"]
+class QuantizationMethod(TypedDict):
+    """How an int8 graph was made (the quantizer's part of GraphQuantization)."""
+
+    mode: str
     tool: str
     weights: NotRequired[str]
     activations: NotRequired[str]
     per_channel: bool
     int8_weight_ops: dict[str, int]
-    runtimes: list[Literal["ort", "tract"]]
-    calibration: NotRequired[Calibration]
+    runtimes: list[str]
+    calibration: NotRequired[GraphCalibration]
+
+
+class GraphQuantization(QuantizationMethod):
+    """How an int8 graph was made, and the bound its validation held it to."""
+
     atol: float | dict[str, float]
     atol_from: str
     float_graph: FloatGraph
@@ -248,7 +246,7 @@ class Graph(TypedDict):
     producer: JsonObject
     exporter: str
     simplified: bool
-    simplifier: NotRequired[str]
+    simplifier: str  # the simplifier and its version, or why the graph was kept as exported
     operators: dict[str, int]
     inputs: list[GraphValue]
     outputs: list[GraphValue]

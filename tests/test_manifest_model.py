@@ -18,7 +18,6 @@ import torch
 
 from conftest import read_manifest, run_cli
 from convert import manifest_model
-from convert.vocabulary import TRANSFORM_OPS
 from rust_helpers import SCHEMA, resolve, types
 
 # Written by the converter where the schema leaves the object open; the Rust crate does not read them.
@@ -128,10 +127,6 @@ def test_the_check_sees_drift() -> None:
     assert any("file.mtime: in the model, not in the schema" in p for p in found)
     assert any("requires" in p for p in found)
     assert problems(list[File], {"type": "array"}, "x") == ["x: the schema does not say what its items are"]
-
-
-def test_transform_ops_are_the_vocabulary() -> None:
-    assert set(get_args(manifest_model.TransformOp)) == set(TRANSFORM_OPS)
 
 
 def unknown_keys(value: Any, annotation: Any, where: str) -> list[str]:

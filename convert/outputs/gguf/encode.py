@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from convert.dtypes import DTYPES, CastLoss, CastLossError, cast_checked
+from convert.manifest_model import QuantizationError
 from convert.tensors import iter_chunks, release_pages
 
 from .ggml_types import GGMLType
@@ -52,7 +52,7 @@ class Measured:
         self.sq_err += float(np.dot(err, err))
         self.sq_ref += float(np.dot(ref32, ref32))
 
-    def to_json(self, count: int) -> dict[str, Any]:
+    def to_json(self, count: int) -> QuantizationError:
         rms = math.sqrt(self.sq_err / count) if count else 0.0
         ref_rms = math.sqrt(self.sq_ref / count) if count else 0.0
         return {"max_abs": self.max_abs, "rms": rms, "relative_rms": rms / ref_rms if ref_rms else 0.0}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.hf_folder import SAFETENSORS_INDEX
+from convert.manifest_model import InferredArchitecture, Manifest
 from convert.mapping import Layout
 from convert.options import OPTIONS
 from convert.output import write_file
@@ -42,7 +43,7 @@ class SafeTensorsOutput:
     role: Role = "tensors"
     options: Sequence[OutputOption] = (OPTIONS["max_shard_size"],)
 
-    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+    def decide(self, architecture: InferredArchitecture, layout: Layout) -> None:
         return None
 
     def plan(self, conversion: Conversion) -> Plan:
@@ -86,7 +87,7 @@ class SafeTensorsOutput:
             index = SAFETENSORS_INDEX
         return Written([{"path": f.name, "bytes": f.bytes, "digest": f.digest} for f in files], tensors, index)
 
-    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+    def verify(self, out_dir: Path, manifest: Manifest, source: SourceModel | None) -> Checked:
         if manifest["target"]["format"] != self.name:
             return Checked()
         checked = Checked(checked_files={f["path"] for f in manifest["files"]})
