@@ -163,5 +163,13 @@ def build(
         "dropped": contents.dropped,
         "architecture": architecture,
     }
-    doc.update(sections or {})
+    add_sections(doc, sections or {})
     return doc
+
+
+def add_sections(doc: Manifest, sections: Sections) -> None:
+    """Add the top-level parts an output writes of its own (a graph, then networks) after the rest."""
+    if "graph" in sections:
+        doc["graph"] = sections["graph"]
+    if "networks" in sections:
+        doc["networks"] = sections["networks"]

@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ class MappingResult:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _layout_dir() -> Any:
+def _layout_dir() -> Traversable:
     return resources.files("convert").joinpath("layouts")
 
 
@@ -560,7 +561,7 @@ def _param_fits(value: Any, wanted: Any) -> bool:
         op, num = re.match(r"(<=|>=|!=|==|<|>)(-?\d+)", wanted).groups()  # type: ignore[union-attr]
         n = int(num)
         return {"<": value < n, ">": value > n, "<=": value <= n, ">=": value >= n, "!=": value != n, "==": value == n}[op]
-    return value == wanted
+    return bool(value == wanted)
 
 
 def _mapped(name: str, sources: list[TensorRef], transforms: list[Transform], annotations: dict[str, Any]) -> MappedTensor:

@@ -116,7 +116,7 @@ def convert_source(
             doc = build_manifest(conversion, architecture, outputs.tensors.name, written, sidecars, source_digests.result(), tied)
             for companion, companion_plan in companions:
                 if not companion_plan.empty:
-                    doc.update(companion.write(companion_plan, staging, context).records)
+                    manifest_mod.add_sections(doc, companion.write(companion_plan, staging, context).records)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(
@@ -286,7 +286,15 @@ def tensor_entry(m: MappedTensor, t: WrittenTensor) -> TensorEntry:
         entry["not_invertible_because"] = reason
     if m.annotations:
         entry["annotations"] = m.annotations
-    entry.update(t.record)
+    record = t.record  # what the output format adds, key by key in its order (as dict.update would)
+    if "quantization" in record:
+        entry["quantization"] = record["quantization"]
+    if "lossy" in record:
+        entry["lossy"] = record["lossy"]
+    if "invertible" in record:
+        entry["invertible"] = record["invertible"]
+    if "not_invertible_because" in record:
+        entry["not_invertible_because"] = record["not_invertible_because"]
     return entry
 
 

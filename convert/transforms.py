@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from .vocabulary import TRANSFORM_OPS
 
 Shape = tuple[int, ...]
 Spec = tuple[Shape, DType]
+T = TypeVar("T")  # what a chain runs on: arrays, or (shape, dtype) specs
 Step = Mapping[str, Any]  # one transform, as rule files, readers and the manifest (a Transform) hold it
 
 NOT_INVERTIBLE = {
@@ -163,7 +164,7 @@ def _join_spec(t: Step, specs: list[Spec]) -> Spec:
 
 def output_spec(transforms: Sequence[Step], sources: list[Spec]) -> Spec:
     """Shape and dtype a chain produces, checked step by step; MappingError if a step cannot apply."""
-    return _run(transforms, sources, _unary_spec, _join_spec)
+    return _run(transforms, sources, lambda t, spec: _unary_spec(t, *spec), _join_spec)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def _fold(t: Step, arrays: list[np.ndarray]) -> np.ndarray:
     if t["op"] == "weight_norm":
         g, v = wide
         norm = np.sqrt(np.square(v).sum(axis=_norm_axes([a.shape for a in arrays]), keepdims=True))
-        out = v * (g / norm)
+        out: np.ndarray = v * (g / norm)
     elif len(wide) == 1:
         (w,) = wide
         out = w / max(float(np.sqrt(np.square(w).sum())), float(t.get("eps", 1e-12)))
@@ -260,9 +261,8 @@ def apply(transforms: Sequence[Step], sources: list[np.ndarray]) -> np.ndarray:
     return _run(transforms, sources, lambda t, a: _unary_apply(t, a), _join_apply)
 
 
-def _run(transforms: Sequence[Step], items: list[Any], unary: Callable[..., Any], join: Callable[..., Any]) -> Any:
+def _run(transforms: Sequence[Step], items: list[T], unary: Callable[[Step, T], T], join: Callable[[Step, list[T]], T]) -> T:
     items = list(items)
-    is_spec = bool(items) and isinstance(items[0], tuple)
     for t in transforms:
         if not isinstance(t, dict) or t.get("op") not in TRANSFORM_OPS:
             raise MappingError(f"unknown transform {t.get('op') if isinstance(t, dict) else t!r}")
@@ -275,7 +275,7 @@ def _run(transforms: Sequence[Step], items: list[Any], unary: Callable[..., Any]
                 items = [joined if i == idx[0] else x for i, x in enumerate(items) if i == idx[0] or i not in idx]
             else:
                 for i in _targets(t, len(items)):
-                    items[i] = unary(t, *items[i]) if is_spec else unary(t, items[i])
+                    items[i] = unary(t, items[i])
         except (KeyError, TypeError, ValueError) as exc:  # a user's rule file or a manifest: a parameter missing or mistyped
             raise MappingError(f"{t.get('op')}: bad or missing parameter ({type(exc).__name__}: {exc})") from None
     if len(items) != 1:

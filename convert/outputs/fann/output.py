@@ -98,4 +98,5 @@ def _read(path: Path, name: str) -> np.ndarray:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
-        return f.get_tensor(name)
+        tensor: np.ndarray = f.get_tensor(name)
+    return tensor
