@@ -14,10 +14,16 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
+import numpy as np
 import torch
 
 from conftest import read_manifest, run_cli
-from convert import manifest_model
+from convert import manifest as manifest_mod, manifest_model
+from convert.dtypes import dtype as lookup_dtype
+from convert.mapping import MappedTensor
+from convert.pipeline import tensor_entry
+from convert.tensors import TensorRef
+from convert.writer import WrittenTensor
 from rust_helpers import SCHEMA, resolve, types
 
 # Written by the converter where the schema leaves the object open; the Rust crate does not read them.
@@ -155,3 +161,28 @@ def test_a_conversion_writes_only_what_the_model_names(tmp_path: Path) -> None:
     assert any(t["transforms"] for t in manifest["tensors"]) and manifest["architecture"]["modules"]
     assert manifest["target"]["ties"]["tied"]
     assert unknown_keys(manifest, manifest_model.Manifest, "manifest") == []
+
+
+def test_what_an_output_records_reaches_the_manifest_whole() -> None:
+    """A tensor's TensorRecord and an output's Sections are parts of the model, and the builders copy
+    every key of them (they copy key by key: mypy checks TypedDict updates strictly)."""
+    entry_hints, manifest_hints = get_type_hints(manifest_model.TensorEntry), get_type_hints(manifest_model.Manifest)
+    for part, whole in ((manifest_model.TensorRecord, entry_hints), (manifest_model.Sections, manifest_hints)):
+        assert {k: whole.get(k) for k in get_type_hints(part)} == get_type_hints(part)
+
+    ref = TensorRef("w", lookup_dtype("F32"), (2,), lambda: np.zeros(2, np.float32))
+    record = {key: f"{key}-value" for key in get_type_hints(manifest_model.TensorRecord)}
+    written = WrittenTensor("w", "model.gguf", "Q8_0", (2,), (0, 34), "ab" * 32, [], record)
+    entry = tensor_entry(MappedTensor("w", ref, [ref]), written)
+    assert {k: entry.get(k) for k in record} == record
+
+    sections = {key: f"{key}-value" for key in get_type_hints(manifest_model.Sections)}
+    doc = manifest_mod.build(
+        "blake3",
+        manifest_mod.SourceRecord("pytorch-zip", [], {}),
+        manifest_mod.TargetRecord("safetensors", "pytorch", "builtin:pytorch", None, {}, [], None),
+        manifest_mod.Contents([], []),
+        {"inferred": True, "modules": [], "unknown": [], "config": None},
+        sections,
+    )
+    assert list(doc)[-len(sections) :] == list(sections) and {k: doc.get(k) for k in sections} == sections
