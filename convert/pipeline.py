@@ -286,7 +286,7 @@ def tensor_entry(m: MappedTensor, t: WrittenTensor) -> TensorEntry:
         entry["not_invertible_because"] = reason
     if m.annotations:
         entry["annotations"] = m.annotations
-    record = t.record  # what the output format adds, key by key in its order (as dict.update would)
+    record = t.record  # what the output format adds, in TensorRecord's key order (the order GGUF builds it in)
     if "quantization" in record:
         entry["quantization"] = record["quantization"]
     if "lossy" in record:
