@@ -23,10 +23,10 @@ from .bundle_index import read_bundle_index
 from .contract import Opened, ReaderOptions, SourceBundle, parse_size
 from .errors import UsageError
 from .links import refuse_input_links
+from .options import ConvertOptions
 from .pipeline import (
     BundleResult,
     ConversionResult,
-    ConvertOptions,
     Progress,
     checked_destination,
     convert_bundle,

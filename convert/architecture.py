@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:  # annotations only: this module stands alone (tests load it from its file, without numpy)
+    from .manifest_model import Alternative, InferredArchitecture, JsonObject, Module, Parametrization
 
 Shape = tuple[int, ...]
 Leaves = dict[str, Shape]  # a module's own tensors, by the last component of their names
@@ -83,7 +86,7 @@ class _Record(NamedTuple):
     shape: Shape
 
 
-def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: dict[str, Any] | None = None) -> dict:
+def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: JsonObject | None = None) -> InferredArchitecture:
     """tensors: (dotted name, shape) in state-dict order; config: a Hugging Face config.json, which
     decides what names and shapes alone leave open. Returns a JSON-ready dict.
 
@@ -128,20 +131,22 @@ def infer_architecture(tensors: Sequence[tuple[str, tuple[int, ...]]], config: d
     }
 
 
-def _module_entry(path: str, spec: Spec, members: list[_Record], folds: dict[str, dict[str, Any]]) -> dict:
+def _module_entry(path: str, spec: Spec, members: list[_Record], folds: dict[str, dict[str, Any]]) -> Module:
     kind, params = spec
     tensors = [record.name for record in sorted(members, key=lambda record: record.order)]
-    entry = {"path": path, "type": kind, "params": params, "tensors": tensors}
+    entry: Module = {"path": path, "type": kind, "params": params, "tensors": tensors}
     if folds:
         names = {record.leaf: record.name for record in members}
-        entry["parametrizations"] = {
-            tensor: {
-                **{k: v for k, v in fold.items() if k in ("type", "by", "dim")},
-                "tensors": [names[leaf] for leaf in fold["leaves"]],
-            }
-            for tensor, fold in folds.items()
-        }
+        entry["parametrizations"] = {tensor: _parametrization(fold, names) for tensor, fold in folds.items()}
     return entry
+
+
+def _parametrization(fold: dict[str, Any], names: dict[str, str]) -> Parametrization:
+    """A fold as the manifest records it: its pieces by their full names; weight norm's dim."""
+    tensors = [names[leaf] for leaf in fold["leaves"]]
+    if "dim" in fold:
+        return {"type": fold["type"], "by": fold["by"], "dim": fold["dim"], "tensors": tensors}
+    return {"type": fold["type"], "by": fold["by"], "tensors": tensors}
 
 
 # --- weight norm and spectral norm ------------------------------------------------------------------
@@ -343,7 +348,7 @@ def _conv_params(weight: Shape, bias: Shape | None) -> dict[str, Any]:
     }
 
 
-def _alternatives(module: dict, leaves: Leaves, folds: dict[str, dict[str, Any]]) -> None:
+def _alternatives(module: Module, leaves: Leaves, folds: dict[str, dict[str, Any]]) -> None:
     """Record the other types a guessed module's tensors fit: the same shapes are an Embedding or a
     bias-free Linear, a Linear or a square Conv1D (named as transformers names them), a bias-free
     norm or a per-channel PReLU, a spectral-normed Conv or ConvTranspose with as many input as output
@@ -364,12 +369,12 @@ def _alternatives(module: dict, leaves: Leaves, folds: dict[str, dict[str, Any]]
         module["alternatives"] = [{"type": t, "params": p} for t, p in others]
 
 
-def _decide_from_config(module: dict, config: dict[str, Any]) -> None:
+def _decide_from_config(module: Module, config: dict[str, Any]) -> None:
     """Hugging Face conventions by config.json's model_type: Conv1D projections in the GPT-2
     family, nn.Embedding and nn.Linear by the names transformers gives them."""
     model_type = str(config.get("model_type", ""))
     leaf = module["path"].rpartition(".")[2]
-    choices = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+    choices: list[Alternative] = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
     wanted = None
     if model_type in HF_CONV1D_MODEL_TYPES and leaf in HF_CONV1D_LEAVES:
         wanted = "Conv1D"
@@ -380,7 +385,8 @@ def _decide_from_config(module: dict, config: dict[str, Any]) -> None:
             wanted = "Linear"
     chosen = next((c for c in choices if c["type"] == wanted), None)
     if chosen is not None:
-        module.update(type=chosen["type"], params=chosen["params"], decided_by=f"config.json model_type {model_type!r}")
+        decided_by = f"config.json model_type {model_type!r}"
+        module.update({"type": chosen["type"], "params": chosen["params"], "decided_by": decided_by})
         module.pop("alternatives", None)
 
 
@@ -522,7 +528,7 @@ def _attention_biases(leaves: Leaves, out_proj: Leaves, embed: int) -> tuple[boo
     return bias, add_bias_kv
 
 
-def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> None:
+def decide_modules(architecture: InferredArchitecture, choices: str, error: type[Exception]) -> None:
     """Apply the user's `module_types` option ("PATH=TYPE,PATH=TYPE"): each path must be an inferred
     module and each type one of the types its tensors fit (its type or an alternative)."""
     by_path = {m["path"]: m for m in architecture["modules"]}
@@ -533,11 +539,11 @@ def decide_modules(architecture: dict, choices: str, error: type[Exception]) -> 
             raise error(
                 f"module_types: {item!r} names no module (expected PATH=TYPE with PATH one of the architecture's module paths)"
             )
-        fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+        fits: list[Alternative] = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
         chosen = next((f for f in fits if f["type"] == kind), None)
         if chosen is None:
             raise error(f"module_types: {path!r} cannot be a {kind}; its tensors fit {', '.join(f['type'] for f in fits)}")
-        module.update(type=chosen["type"], params=chosen["params"], decided_by="module_types option")
+        module.update({"type": chosen["type"], "params": chosen["params"], "decided_by": "module_types option"})
         module.pop("alternatives", None)
 
 
@@ -555,7 +561,7 @@ SOURCE_TYPES = {
 }
 
 
-def decide_from_source(architecture: dict, source_model: dict | None) -> None:
+def decide_from_source(architecture: InferredArchitecture, source_model: JsonObject | None) -> None:
     """Settle guessed types with what the source format records per layer (a Keras layer list, a
     Flax module tree: `type` and the canonical `tensors` each became)."""
     if not isinstance(source_model, dict):
@@ -564,8 +570,8 @@ def decide_from_source(architecture: dict, source_model: dict | None) -> None:
     by_tensor = {name: str(e.get("type")) for e in entries for name in e.get("tensors") or [] if isinstance(name, str)}
     for module in architecture["modules"]:
         kinds = {SOURCE_TYPES.get(by_tensor.get(name, ""), "") for name in module["tensors"]} - {""}
-        fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+        fits: list[Alternative] = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
         chosen = next((f for f in fits if kinds == {f["type"]}), None)
         if chosen is not None and module.get("alternatives"):
-            module.update(type=chosen["type"], params=chosen["params"], decided_by="source layer type")
+            module.update({"type": chosen["type"], "params": chosen["params"], "decided_by": "source layer type"})
             module.pop("alternatives", None)

@@ -81,7 +81,8 @@ def command_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _flags() -> dict[str, Any]:
     """-q/-v/--json as given before or after the subcommand name."""
-    return click.get_current_context().find_root().meta.setdefault("convert.flags", {})
+    flags: dict[str, Any] = click.get_current_context().find_root().meta.setdefault("convert.flags", {})
+    return flags
 
 
 def _wants_json() -> bool:
@@ -130,7 +131,7 @@ def cli() -> None:
     frameworks (candle, burn, tch-rs, ToRSh, TrustformeRS, realizar, ...) load, and prove each conversion."""
 
 
-class DtypeChoice(click.Choice):
+class DtypeChoice(click.Choice[str]):
     """--dtype's choices are the canonical names; the other spellings (fp16, half, ...) are read as them."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -241,7 +242,8 @@ def _run_conversion(
     """`declared`: the conversion options (convert.options.CONVERSION_OPTIONS) as click parsed them;
     `target`: the tensor output's format (convert.outputs.registry); `output_options`: that output's own
     options (GGUF's type and overrides)."""
-    from .api import checked_destination, conversion_options, convert_opened, open_path, tensor_bytes
+    from .api import conversion_options, convert_opened, open_path, tensor_bytes
+    from .pipeline import checked_destination
 
     quiet, as_json, dry_run = _flags().get("quiet", False), _wants_json(), declared["dry_run"]
     options = conversion_options(

@@ -7,9 +7,11 @@ import json
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConvertError, SourceNotFoundError, UsageError
+
+T = TypeVar("T")
 
 
 def schema_text(name: str) -> str:
@@ -54,9 +56,9 @@ def parse_toml(text: str, where: str, error: type[ConvertError]) -> dict[str, An
     return _shallow(doc, where, error)
 
 
-def _shallow(doc: Any, where: str, error: type[ConvertError]) -> Any:
+def _shallow(doc: T, where: str, error: type[ConvertError]) -> T:
     """`doc`, after an iterative walk has found no nesting past MAX_NESTING."""
-    pending = [(doc, 1)]
+    pending: list[tuple[Any, int]] = [(doc, 1)]
     while pending:
         node, depth = pending.pop()
         if depth > MAX_NESTING:

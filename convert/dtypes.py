@@ -7,13 +7,17 @@ format's names into it at the edge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
 
 from .errors import MappingError, UnsupportedFormatError
+
+# ml_dtypes.finfo (numpy's, extended to bf16 and fp8) ships no annotations; its limits are read as floats.
+_finfo: Callable[[Any], Any] = ml_dtypes.finfo
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -193,10 +197,10 @@ def cast_checked(arr: np.ndarray, code: str, on_loss: str) -> tuple[np.ndarray, 
         return out, CastLoss()
     src = arr.astype(np.float64) if arr.dtype in _ML_FLOATS else arr
     overflow = np.isfinite(src) & ~np.isfinite(out.astype(np.float64))
-    flushed = (out == 0) & (np.abs(src) >= float(ml_dtypes.finfo(arr.dtype).smallest_normal))
+    flushed = (out == 0) & (np.abs(src) >= float(_finfo(arr.dtype).smallest_normal))
     if on_loss == "saturate" and overflow.any():
         out = out.copy()
-        out[overflow] = np.copysign(float(ml_dtypes.finfo(out.dtype).max), src[overflow]).astype(out.dtype)
+        out[overflow] = np.copysign(float(_finfo(out.dtype).max), src[overflow]).astype(out.dtype)
     return out, CastLoss(int(np.count_nonzero(overflow)), int(np.count_nonzero(flushed)))
 
 

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import blake3
 
@@ -30,7 +30,19 @@ ALGORITHMS = ("blake3", "sha256")
 DEFAULT_ALGORITHM = "blake3"
 
 
-def new_digest(algorithm: str) -> Any:
+class Hasher(Protocol):
+    """What `hash_range` feeds: a digest, or the zip reader's CRC-32."""
+
+    def update(self, data: memoryview, /) -> object: ...
+
+
+class Digest(Hasher, Protocol):
+    """What blake3's and hashlib's hashers share, and all this module asks of them."""
+
+    def hexdigest(self) -> str: ...
+
+
+def new_digest(algorithm: str) -> Digest:
     """A fresh hasher (update/hexdigest) of the named algorithm."""
     if algorithm == "blake3":
         return blake3.blake3()
@@ -53,7 +65,7 @@ def mapped(fd: int, offset: int, length: int) -> Iterator[memoryview]:
             view.release()
 
 
-def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Any]) -> None:
+def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Hasher]) -> None:
     """Feed bytes [offset, offset+length) of an open file to every hasher."""
     hashers = list(hashers)
     end = offset + length

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__
 from .documents import check_schema, parse_json
 from .errors import CorruptInputError, SourceNotFoundError, VerificationError
+from .manifest_model import Architecture, FileEntry, Generator, JsonObject, Manifest, Sections, Source, Target, TensorEntry, Ties
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = "2.0"
+MANIFEST_VERSION: Literal["2.0"] = "2.0"
 LEGACY_VERSION = "1.0"  # SHA-256 only, digests named `sha256`
 GENERATOR = "rust-model-convert"
 
@@ -59,13 +61,13 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def dumps(manifest: dict[str, Any]) -> bytes:
+def dumps(manifest: Mapping[str, object]) -> bytes:
     # A lone surrogate (from an HDF5 attribute, a pickled string) cannot be UTF-8: written as the
     # JSON escape \udXXX, which reads back as the same string.
     return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
-def generator() -> dict[str, str]:
+def generator() -> Generator:
     return {"name": GENERATOR, "version": __version__}
 
 
@@ -74,19 +76,18 @@ class SourceRecord:
     """The manifest's `source`: what was read (each file {path, bytes, digest}) and what the reader said."""
 
     format: str
-    files: list[dict[str, Any]]
-    details: dict[str, Any]
+    files: list[FileEntry]
+    details: JsonObject
     dropped: dict[str, str] = field(default_factory=dict)  # source arrays not converted, with why
-    reader_options: dict[str, Any] | None = None
+    reader_options: JsonObject | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "files": self.files,
-            "details": self.details,
-            **({"dropped": self.dropped} if self.dropped else {}),
-            **({"reader_options": self.reader_options} if self.reader_options is not None else {}),
-        }
+    def to_json(self) -> Source:
+        doc: Source = {"format": self.format, "files": self.files, "details": self.details}
+        if self.dropped:
+            doc["dropped"] = self.dropped
+        if self.reader_options is not None:
+            doc["reader_options"] = self.reader_options
+        return doc
 
 
 @dataclass
@@ -97,22 +98,43 @@ class TargetRecord:
     layout: str
     rules: str
     dtype: str | None
-    options: dict[str, Any]
+    options: JsonObject
     warnings: list[str]
-    request: dict[str, Any] | None
-    ties: dict[str, Any] | None = None  # {loader, written, tied}: a tensor output's tied weights
-    output_options: dict[str, Any] | None = None  # the tensor output's own options (GGUF: type, type_override)
+    request: JsonObject | None
+    ties: Ties | None = None  # {loader, written, tied}: a tensor output's tied weights
+    output_options: JsonObject | None = None  # the tensor output's own options (GGUF: type, type_override)
 
-    def to_json(self) -> dict[str, Any]:
-        doc = {k: v for k, v in self.__dict__.items() if k not in ("ties", "output_options")}
-        return {
-            **doc,
-            **({"ties": self.ties} if self.ties is not None else {}),
-            **({"output_options": self.output_options} if self.output_options else {}),
+    def to_json(self) -> Target:
+        doc: Target = {
+            "format": self.format,
+            "layout": self.layout,
+            "rules": self.rules,
+            "dtype": self.dtype,
+            "options": self.options,
+            "warnings": self.warnings,
+            "request": self.request,
         }
+        if self.ties is not None:
+            doc["ties"] = self.ties
+        if self.output_options:
+            doc["output_options"] = self.output_options
+        return doc
 
 
-def file_entry(path: Path, shown: str, digest: str) -> dict[str, Any]:
+@dataclass
+class Contents:
+    """What an output holds, as the manifest lists it: its files, each tensor's entry, the shard index,
+    the files carried across from the source folder, tied names stored once, tensors left out."""
+
+    files: list[FileEntry]
+    tensors: list[TensorEntry]
+    index: str | None = None
+    sidecars: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+def file_entry(path: Path, shown: str, digest: str) -> FileEntry:
     """A file's entry ({path, bytes, digest}) in `files` or `source.files`; `shown` the path recorded."""
     return {"path": shown, "bytes": os.path.getsize(path), "digest": digest}
 
@@ -121,29 +143,33 @@ def build(
     digest_algorithm: str,
     source: SourceRecord,
     target: TargetRecord,
-    files: list[dict[str, Any]],
-    tensors: list[dict[str, Any]],
-    architecture: dict[str, Any],
-    index: str | None = None,
-    sidecars: list[str] | None = None,
-    aliases: dict[str, str] | None = None,
-    dropped: list[str] | None = None,
-    **sections: Any,
-) -> dict[str, Any]:
-    """A manifest, for a conversion and for `to-onnx` alike; `sections` adds top-level parts of its
-    own (a graph, networks)."""
-    return {
+    contents: Contents,
+    architecture: Architecture,
+    sections: Sections | None = None,
+) -> Manifest:
+    """A manifest, for a conversion and for `to-onnx` alike; `sections` adds the top-level parts an
+    output writes of its own (a graph, networks)."""
+    doc: Manifest = {
         "manifest_version": MANIFEST_VERSION,
         "digest_algorithm": digest_algorithm,
         "generator": generator(),
         "source": source.to_json(),
         "target": target.to_json(),
-        "files": files,
-        "index": index,
-        "sidecars": sidecars or [],
-        "tensors": tensors,
-        "aliases": aliases or {},
-        "dropped": dropped or [],
+        "files": contents.files,
+        "index": contents.index,
+        "sidecars": contents.sidecars,
+        "tensors": contents.tensors,
+        "aliases": contents.aliases,
+        "dropped": contents.dropped,
         "architecture": architecture,
-        **sections,
     }
+    add_sections(doc, sections or {})
+    return doc
+
+
+def add_sections(doc: Manifest, sections: Sections) -> None:
+    """Add the top-level parts an output writes of its own (a graph, then networks) after the rest."""
+    if "graph" in sections:
+        doc["graph"] = sections["graph"]
+    if "networks" in sections:
+        doc["networks"] = sections["networks"]

@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from . import transforms as tf
 from .documents import check_schema, read_toml
 from .dtypes import DType, dtype as lookup_dtype
 from .errors import MappingError, UsageError
+from .manifest_model import Alternative, InferredArchitecture, Module, Transform
 from .tensors import TensorRef
 from .vocabulary import CAST_LOSS, CAST_TARGETS, DTYPE_ALIASES, TIE_MODES, canonical_dtype
 
@@ -64,10 +66,10 @@ class MappedTensor:
     name: str
     ref: TensorRef  # the tensor as it will be written, before any final cast
     sources: list[TensorRef]
-    transforms: list[dict[str, Any]] = field(default_factory=list)
+    transforms: list[Transform] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)
     out_dtype: DType | None = None  # set when a cast is requested
-    casts: list[dict[str, Any]] = field(default_factory=list)  # the cast steps of `transforms`, done while writing
+    casts: list[Transform] = field(default_factory=list)  # the cast steps of `transforms`, done while writing
 
     @property
     def dtype(self) -> DType:
@@ -171,7 +173,7 @@ class MappingResult:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _layout_dir() -> Any:
+def _layout_dir() -> Traversable:
     return resources.files("convert").joinpath("layouts")
 
 
@@ -333,7 +335,7 @@ def substitute(template: str, variables: dict[str, str]) -> str:
 # --- applying ------------------------------------------------------------------------------------
 
 
-def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
+def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: InferredArchitecture) -> MappingResult:
     token = _CLOCK.set(_PatternClock())
     try:
         return _apply_layout(layout, tensors, architecture)
@@ -341,9 +343,9 @@ def apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[st
         _CLOCK.reset(token)
 
 
-def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: dict[str, Any]) -> MappingResult:
+def _apply_layout(layout: Layout, tensors: list[TensorRef], architecture: InferredArchitecture) -> MappingResult:
     modules = {name: mod for mod in architecture.get("modules", []) for name in mod["tensors"]}
-    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]] = {}
+    folds: dict[str, tuple[list[TensorRef], Transform]] = {}
     if layout.options.get("fold_weight_norm"):
         tensors = _fold(layout, tensors, architecture, modules, folds)
     refs = {t.name: t for t in tensors}
@@ -398,9 +400,9 @@ _PARAMETRIZATION_PIECE = re.compile(r"(?:.+\.)?parametrizations\.[^.]+\.(?:origi
 def _fold(
     layout: Layout,
     tensors: list[TensorRef],
-    architecture: dict[str, Any],
-    modules: dict[str, dict[str, Any]],
-    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]],
+    architecture: InferredArchitecture,
+    modules: dict[str, Module],
+    folds: dict[str, tuple[list[TensorRef], Transform]],
 ) -> list[TensorRef]:
     """Each weight-normed or spectral-normed tensor as one folded tensor, in its first piece's place,
     under the name its module computes (P.weight): the layout's rules then treat it as a plain weight,
@@ -429,7 +431,7 @@ def _fold(
     return [t for t in out if t is not None]
 
 
-def fold_step(kind: str, module_type: str) -> dict[str, Any]:
+def fold_step(kind: str, module_type: str) -> Transform:
     """The transform that folds a `kind` parametrization of a `module_type`'s weight: spectral norm
     runs over dim 1 for a ConvTranspose (torch's default for it) and dim 0 for every other module."""
     if kind == "spectral_norm":
@@ -437,7 +439,7 @@ def fold_step(kind: str, module_type: str) -> dict[str, Any]:
     return {"op": kind}
 
 
-def _unfold(layout: Layout, m: MappedTensor, folds: dict[str, tuple[list[TensorRef], dict[str, Any]]]) -> MappedTensor:
+def _unfold(layout: Layout, m: MappedTensor, folds: dict[str, tuple[list[TensorRef], Transform]]) -> MappedTensor:
     """An output made from a folded tensor, recorded from the pieces: the fold its first step."""
     hit = [s.name for s in m.sources if s.name in folds]
     if not hit:
@@ -447,15 +449,15 @@ def _unfold(layout: Layout, m: MappedTensor, folds: dict[str, tuple[list[TensorR
             f"layout {layout.name}: {m.name!r} joins the folded {hit[0]!r} with other tensors, which no fold records"
         )
     pieces, step = folds[hit[0]]
-    return MappedTensor(m.name, m.ref, pieces, [dict(step), *m.transforms], dict(m.annotations))
+    return MappedTensor(m.name, m.ref, pieces, [step.copy(), *m.transforms], dict(m.annotations))
 
 
 def _check_guesses(
     layout: Layout,
     tensors: list[TensorRef],
     refs: dict[str, TensorRef],
-    modules: dict[str, dict[str, Any]],
-    folds: dict[str, tuple[list[TensorRef], dict[str, Any]]],
+    modules: dict[str, Module],
+    folds: dict[str, tuple[list[TensorRef], Transform]],
 ) -> None:
     """A tensor whose module type is a guess (the architecture lists alternatives) must not have its
     name, bytes or fate decided by that guess (its fold included): a loader looks names up, so a name
@@ -469,7 +471,7 @@ def _check_guesses(
         fold = folds.get(t.name)
         fates = [
             (_fate(layout, t, refs, {**modules, t.name: {**mod, **alt}}), fold_step(fold[1]["op"], alt["type"]) if fold else None)
-            for alt in [{"type": mod["type"], "params": mod["params"]}, *mod["alternatives"]]
+            for alt in [Alternative(type=mod["type"], params=mod["params"]), *mod["alternatives"]]
         ]
         if len({json.dumps(f, sort_keys=True) for f in fates}) > 1:
             types = " or ".join([mod["type"], *(a["type"] for a in mod["alternatives"])])
@@ -481,9 +483,7 @@ def _check_guesses(
         )
 
 
-def _fate(
-    layout: Layout, t: TensorRef, refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
-) -> tuple[tuple[str, ...], str]:
+def _fate(layout: Layout, t: TensorRef, refs: dict[str, TensorRef], modules: dict[str, Module]) -> tuple[tuple[str, ...], str]:
     """(output names, everything else about the outcome) for one tensor under given module types."""
     outcome = _first_rule(layout, t.name, refs, modules)
     if outcome is None and not layout.passthrough:
@@ -502,7 +502,7 @@ def _fate(
 
 
 def _first_rule(
-    layout: Layout, name: str, refs: dict[str, TensorRef], modules: dict[str, dict[str, Any]]
+    layout: Layout, name: str, refs: dict[str, TensorRef], modules: dict[str, Module]
 ) -> tuple[Rule, dict[str, str], list[str]] | None:
     for rule in layout.rules:
         if rule.if_option and not layout.options.get(rule.if_option):
@@ -520,7 +520,7 @@ def _first_rule(
     return None
 
 
-def _post(layout: Layout, m: MappedTensor, modules: dict[str, dict[str, Any]]) -> MappedTensor:
+def _post(layout: Layout, m: MappedTensor, modules: dict[str, Module]) -> MappedTensor:
     """The first post rule matching an output's name (and its first source's module) renames it
     and appends its transforms."""
     found = _post_rule(layout, m.name, m.sources[0].name, modules)
@@ -531,8 +531,8 @@ def _post(layout: Layout, m: MappedTensor, modules: dict[str, dict[str, Any]]) -
 
 
 def _post_rule(
-    layout: Layout, name: str, source: str, modules: dict[str, dict[str, Any]]
-) -> tuple[str, list[dict[str, Any]], dict[str, Any]] | None:
+    layout: Layout, name: str, source: str, modules: dict[str, Module]
+) -> tuple[str, list[Transform], dict[str, Any]] | None:
     """(new name, transforms to append, annotations) from the first post rule that fits, if any."""
     for rule in layout.post:
         if rule.if_option and not layout.options.get(rule.if_option):
@@ -548,7 +548,7 @@ def _post_rule(
     return None
 
 
-def _module_fits(module: dict[str, Any] | None, type_name: str, where: dict[str, Any]) -> bool:
+def _module_fits(module: Module | None, type_name: str, where: dict[str, Any]) -> bool:
     if module is None or module["type"] != type_name:
         return False
     params = module.get("params", {})
@@ -561,13 +561,13 @@ def _param_fits(value: Any, wanted: Any) -> bool:
         op, num = re.match(r"(<=|>=|!=|==|<|>)(-?\d+)", wanted).groups()  # type: ignore[union-attr]
         n = int(num)
         return {"<": value < n, ">": value > n, "<=": value <= n, ">=": value >= n, "!=": value != n, "==": value == n}[op]
-    return value == wanted
+    return bool(value == wanted)
 
 
-def _mapped(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]], annotations: dict[str, Any]) -> MappedTensor:
+def _mapped(name: str, sources: list[TensorRef], transforms: list[Transform], annotations: dict[str, Any]) -> MappedTensor:
     if not transforms and len(sources) == 1 and sources[0].name == name:
         return MappedTensor(name, sources[0], sources, [], dict(annotations))
-    return MappedTensor(name, tf.derived(name, sources, transforms), sources, [dict(t) for t in transforms], dict(annotations))
+    return MappedTensor(name, tf.derived(name, sources, transforms), sources, [t.copy() for t in transforms], dict(annotations))
 
 
 def _renumber(mapped: list[MappedTensor]) -> None:
@@ -635,7 +635,9 @@ def _cast(m: MappedTensor, to: str, on_loss: str) -> None:
     """A cast step, done by the writer while streaming (a second one, the layout widening what
     --dtype asked for, follows the first there too, as the recorded chain replays)."""
     lossless = _lossless(m.dtype.code, to)
-    step = {"op": "cast", "to": to, "lossless": lossless, **({} if lossless else {"on_loss": on_loss})}
+    step: Transform = {"op": "cast", "to": to, "lossless": lossless}
+    if not lossless:
+        step["on_loss"] = on_loss
     m.transforms.append(step)
     m.casts.append(step)
     m.out_dtype = lookup_dtype(to)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import ConvertError
+from .manifest_model import FileEntry, InferredArchitecture, Manifest, Sections
 from .options import ConvertOptions, Option
 
 if TYPE_CHECKING:  # annotations only: the CLI reads outputs' options at start-up, before numpy is needed
@@ -95,10 +96,10 @@ class Written:
     manifest's `files` for the tensor output), each tensor where it landed (with what its casts lost),
     the index file if there is one, and top-level manifest keys of its own (a companion's entries)."""
 
-    files: list[dict[str, Any]] = field(default_factory=list)
+    files: list[FileEntry] = field(default_factory=list)
     tensors: list[WrittenTensor] = field(default_factory=list)
     index: str | None = None
-    records: dict[str, Any] = field(default_factory=dict)
+    records: Sections = field(default_factory=lambda: Sections())
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Output(Protocol):
         """The options it declares (their values reach it through ConvertOptions)."""
         ...
 
-    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+    def decide(self, architecture: InferredArchitecture, layout: Layout) -> None:
         """Settle what its options say about the architecture, before the layout maps it."""
         ...
 
@@ -146,7 +147,7 @@ class Output(Protocol):
         """Write the planned files into the staging folder, streaming; what the manifest records."""
         ...
 
-    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+    def verify(self, out_dir: Path, manifest: Manifest, source: SourceModel | None) -> Checked:
         """Its files in `out_dir` against the manifest (nothing when the manifest holds none of its
         files); with `source`, every tensor it wrote compared with the source."""
         ...

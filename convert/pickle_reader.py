@@ -219,7 +219,9 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
         )
     if type(args) is not tuple:
         raise CorruptInputError("_rebuild_from_type_v2 arguments are not a tuple")
-    return func(*args)
+    record = func(*args)
+    assert isinstance(record, TensorRecord)  # what every tensor rebuild returns
+    return record
 
 
 def _unsupported(what: str) -> Callable[..., Any]:
@@ -310,7 +312,7 @@ class NumpyArrayRecord(InertObject):
             count *= n
         if count != len(items) or not items:
             raise CorruptInputError("numpy object array's items do not match its shape")
-        return items
+        return list(items)
 
     def to_array(self) -> np.ndarray:
         state = self.state

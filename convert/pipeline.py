@@ -22,12 +22,14 @@ from .contract import SourceBundle
 from .errors import ConvertError, CorruptInputError, UnsafeInputError, UsageError
 from .hashing import file_digest, new_digest
 from .links import refuse_links
-from .mapping import Layout, MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
+from .manifest_model import InferredArchitecture, Manifest, TensorEntry
+from .mapping import MappedTensor, MappingResult, apply_dtypes, apply_layout, load_layout
 from .options import ConvertOptions
 from .output import StagedOutput, write_file
 from .output_contract import Conversion, Outputs, WriteContext, Written
 from .source import SourceModel
 from .transforms import invertible
+from .writer import WrittenTensor
 
 Progress = Callable[[int], None]
 
@@ -111,23 +113,10 @@ def convert_source(
             mapping.warnings.extend(lost)  # recorded in the manifest too
             warnings += lost
             sidecars = _copy_sidecars(source, staging)
-            doc = build_manifest(
-                source,
-                layout,
-                options,
-                mapping,
-                architecture,
-                kept,
-                aliases,
-                outputs.tensors.name,
-                written,
-                sidecars,
-                source_digests.result(),
-                tied,
-            )
+            doc = build_manifest(conversion, architecture, outputs.tensors.name, written, sidecars, source_digests.result(), tied)
             for companion, companion_plan in companions:
                 if not companion_plan.empty:
-                    doc.update(companion.write(companion_plan, staging, context).records)
+                    manifest_mod.add_sections(doc, companion.write(companion_plan, staging, context).records)
             write_file(staging / manifest_mod.MANIFEST_FILE, manifest_mod.dumps(doc))
     warnings += [f"removed {name}, the staging folder of a run that was killed" for name in staged.removed]
     return ConversionResult(
@@ -189,7 +178,7 @@ def record_cast_losses(kept: list[MappedTensor], written: Written) -> list[str]:
         for step, lost in zip(m.casts, by_name[m.name].cast_losses, strict=True):
             if step.get("lossless"):
                 continue
-            step.update(overflowed=lost.overflowed, flushed=lost.flushed)
+            step["overflowed"], step["flushed"] = lost.overflowed, lost.flushed
             if lost:
                 warnings.append(f"tensor {m.name!r}: {lost.describe(step['to'])} (--cast-loss {step['on_loss']})")
     return warnings
@@ -237,42 +226,16 @@ def _copy_sidecars(source: SourceModel, staging: Path) -> list[str]:
 
 
 def build_manifest(
-    source: SourceModel,
-    layout: Layout,
-    options: ConvertOptions,
-    mapping: MappingResult,
-    architecture: dict[str, Any],
-    kept: list[MappedTensor],
-    aliases: dict[str, str],
+    conversion: Conversion,
+    architecture: InferredArchitecture,
     target: str,
     written: Written,
     sidecars: list[str],
     source_digests: list[str],
     tied: dict[str, str],
-) -> dict[str, Any]:
+) -> Manifest:
+    source, layout, options, mapping = conversion.source, conversion.layout, conversion.options, conversion.mapping
     by_name = {t.name: t for t in written.tensors}
-    tensors = []
-    for m in kept:
-        t = by_name[m.name]
-        can_invert, reason = invertible(m.transforms)
-        entry = {
-            "name": t.name,
-            "file": t.file,
-            "dtype": t.dtype,
-            "shape": list(t.shape),
-            "data_offsets": list(t.data_offsets),
-            "digest": t.digest,
-            "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
-            "transforms": m.transforms,
-            "lossy": m.lossy,
-            "invertible": can_invert,
-        }
-        if reason:
-            entry["not_invertible_because"] = reason
-        if m.annotations:
-            entry["annotations"] = m.annotations
-        entry.update(t.record)
-        tensors.append(entry)
     return manifest_mod.build(
         options.digest,
         manifest_mod.SourceRecord(
@@ -293,14 +256,47 @@ def build_manifest(
             {"loader": layout.loader_ties, "written": layout.ties, "tied": tied},
             options.output_options,
         ),
-        written.files,
-        tensors,
+        manifest_mod.Contents(
+            written.files,
+            [tensor_entry(m, by_name[m.name]) for m in conversion.kept],
+            written.index,
+            sidecars,
+            conversion.aliases,
+            [*source.dropped, *mapping.dropped],
+        ),
         {**architecture, "config": source.config, "source_model": source.architecture},
-        written.index,
-        sidecars,
-        aliases,
-        [*source.dropped, *mapping.dropped],
     )
+
+
+def tensor_entry(m: MappedTensor, t: WrittenTensor) -> TensorEntry:
+    """A written tensor's manifest entry: where it landed, what it came from and what was done to it."""
+    can_invert, reason = invertible(m.transforms)
+    entry: TensorEntry = {
+        "name": t.name,
+        "file": t.file,
+        "dtype": t.dtype,
+        "shape": list(t.shape),
+        "data_offsets": list(t.data_offsets),
+        "digest": t.digest,
+        "sources": [{"name": s.name, "dtype": s.dtype.code, "shape": list(s.shape)} for s in m.sources],
+        "transforms": m.transforms,
+        "lossy": m.lossy,
+        "invertible": can_invert,
+    }
+    if reason:
+        entry["not_invertible_because"] = reason
+    if m.annotations:
+        entry["annotations"] = m.annotations
+    record = t.record  # what the output format adds, in TensorRecord's key order (the order GGUF builds it in)
+    if "quantization" in record:
+        entry["quantization"] = record["quantization"]
+    if "lossy" in record:
+        entry["lossy"] = record["lossy"]
+    if "invertible" in record:
+        entry["invertible"] = record["invertible"]
+    if "not_invertible_because" in record:
+        entry["not_invertible_because"] = record["not_invertible_because"]
+    return entry
 
 
 @dataclass

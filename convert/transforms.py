@@ -34,8 +34,8 @@ determines its sources.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +46,8 @@ from .vocabulary import TRANSFORM_OPS
 
 Shape = tuple[int, ...]
 Spec = tuple[Shape, DType]
+T = TypeVar("T")  # what a chain runs on: arrays, or (shape, dtype) specs
+Step = Mapping[str, Any]  # one transform, as rule files, readers and the manifest (a Transform) hold it
 
 NOT_INVERTIBLE = {
     "add": "a sum of several tensors cannot be split back",
@@ -65,7 +67,7 @@ def _axis(axis: int, ndim: int, op: str) -> int:
     return axis % ndim
 
 
-def _targets(t: dict[str, Any], count: int) -> list[int]:
+def _targets(t: Step, count: int) -> list[int]:
     if "input" in t:
         idx = int(t["input"])
         if not 0 <= idx < count:
@@ -74,7 +76,7 @@ def _targets(t: dict[str, Any], count: int) -> list[int]:
     return list(range(count))
 
 
-def _join_targets(t: dict[str, Any], count: int) -> list[int]:
+def _join_targets(t: Step, count: int) -> list[int]:
     idx = [int(i) for i in t.get("inputs", range(count))]
     if not idx or any(not 0 <= i < count for i in idx):
         raise MappingError(f"{t['op']}: inputs {idx} do not exist")
@@ -84,7 +86,7 @@ def _join_targets(t: dict[str, Any], count: int) -> list[int]:
 # --- shapes and dtypes, computed without touching data -------------------------------------------
 
 
-def _perm(t: dict[str, Any], ndim: int) -> list[int]:
+def _perm(t: Step, ndim: int) -> list[int]:
     axes = t.get("axes")
     if axes is None:
         return list(reversed(range(ndim)))
@@ -103,7 +105,7 @@ def _reshape(shape: Shape, target: list[int]) -> Shape:
     return tuple(out)
 
 
-def _block(shape: Shape, t: dict[str, Any]) -> tuple[int, int]:
+def _block(shape: Shape, t: Step) -> tuple[int, int]:
     axis = _axis(int(t["axis"]), len(shape), t["op"])
     parts = int(t["parts"])
     if parts <= 0 or shape[axis] % parts:
@@ -111,7 +113,7 @@ def _block(shape: Shape, t: dict[str, Any]) -> tuple[int, int]:
     return axis, shape[axis] // parts
 
 
-def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
+def _unary_spec(t: Step, shape: Shape, dt: DType) -> Spec:
     op = t["op"]
     if op == "cast":
         try:
@@ -145,7 +147,7 @@ def _unary_spec(t: dict[str, Any], shape: Shape, dt: DType) -> Spec:
     raise MappingError(f"unknown transform {op!r}")
 
 
-def _join_spec(t: dict[str, Any], specs: list[Spec]) -> Spec:
+def _join_spec(t: Step, specs: list[Spec]) -> Spec:
     shapes = [s for s, _ in specs]
     dtypes = {d.code for _, d in specs}
     if len(dtypes) != 1:
@@ -169,15 +171,15 @@ def _join_spec(t: dict[str, Any], specs: list[Spec]) -> Spec:
     return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1 :], specs[0][1]
 
 
-def output_spec(transforms: list[dict[str, Any]], sources: list[Spec]) -> Spec:
+def output_spec(transforms: Sequence[Step], sources: list[Spec]) -> Spec:
     """Shape and dtype a chain produces, checked step by step; MappingError if a step cannot apply."""
-    return _run(transforms, sources, _unary_spec, _join_spec)
+    return _run(transforms, sources, lambda t, spec: _unary_spec(t, *spec), _join_spec)
 
 
 # --- data -----------------------------------------------------------------------------------------
 
 
-def _unary_apply(t: dict[str, Any], arr: np.ndarray) -> np.ndarray:
+def _unary_apply(t: Step, arr: np.ndarray) -> np.ndarray:
     op = t["op"]
     if op == "cast":
         if t.get("lossless"):
@@ -224,7 +226,7 @@ def _norm_axes(shapes: list[Shape]) -> tuple[int, ...]:
     return tuple(i for i, a in enumerate(g) if a == 1) if g else tuple(range(len(v)))
 
 
-def _spectral_dim(t: dict[str, Any], shapes: list[Shape]) -> int:
+def _spectral_dim(t: Step, shapes: list[Shape]) -> int:
     """spectral_norm's checked `dim`: u holds w.shape[dim] values, v the rest of w's."""
     w = shapes[0]
     if len(shapes) == 1:
@@ -240,14 +242,14 @@ def _spectral_dim(t: dict[str, Any], shapes: list[Shape]) -> int:
     return dim
 
 
-def _fold(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
+def _fold(t: Step, arrays: list[np.ndarray]) -> np.ndarray:
     """A weight-norm or spectral-norm weight as torch's eval-mode forward computes it, in float64
     and rounded once to the inputs' dtype."""
     wide = [a.astype(np.float64) for a in arrays]
     if t["op"] == "weight_norm":
         g, v = wide
         norm = np.sqrt(np.square(v).sum(axis=_norm_axes([a.shape for a in arrays]), keepdims=True))
-        out = v * (g / norm)
+        out: np.ndarray = v * (g / norm)
     elif len(wide) == 1:
         (w,) = wide
         out = w / max(float(np.sqrt(np.square(w).sum())), float(t.get("eps", 1e-12)))
@@ -259,7 +261,7 @@ def _fold(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
     return out.astype(arrays[0].dtype)
 
 
-def _join_apply(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
+def _join_apply(t: Step, arrays: list[np.ndarray]) -> np.ndarray:
     if t["op"] in FOLDS:
         return _fold(t, arrays)
     if t["op"] == "add":
@@ -270,14 +272,13 @@ def _join_apply(t: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays, axis=int(t["axis"]))
 
 
-def apply(transforms: list[dict[str, Any]], sources: list[np.ndarray]) -> np.ndarray:
+def apply(transforms: Sequence[Step], sources: list[np.ndarray]) -> np.ndarray:
     """Run a chain on source arrays (the same code writes outputs and replays them in verify)."""
     return _run(transforms, sources, lambda t, a: _unary_apply(t, a), _join_apply)
 
 
-def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[..., Any], join: Callable[..., Any]) -> Any:
+def _run(transforms: Sequence[Step], items: list[T], unary: Callable[[Step, T], T], join: Callable[[Step, list[T]], T]) -> T:
     items = list(items)
-    is_spec = bool(items) and isinstance(items[0], tuple)
     for t in transforms:
         if not isinstance(t, dict) or t.get("op") not in TRANSFORM_OPS:
             raise MappingError(f"unknown transform {t.get('op') if isinstance(t, dict) else t!r}")
@@ -290,7 +291,7 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
                 items = [joined if i == idx[0] else x for i, x in enumerate(items) if i == idx[0] or i not in idx]
             else:
                 for i in _targets(t, len(items)):
-                    items[i] = unary(t, *items[i]) if is_spec else unary(t, items[i])
+                    items[i] = unary(t, items[i])
         except (KeyError, TypeError, ValueError) as exc:  # a user's rule file or a manifest: a parameter missing or mistyped
             raise MappingError(f"{t.get('op')}: bad or missing parameter ({type(exc).__name__}: {exc})") from None
     if len(items) != 1:
@@ -298,7 +299,7 @@ def _run(transforms: list[dict[str, Any]], items: list[Any], unary: Callable[...
     return items[0]
 
 
-def derived(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]]) -> TensorRef:
+def derived(name: str, sources: list[TensorRef], transforms: Sequence[Step]) -> TensorRef:
     """A lazy tensor made from `sources` by `transforms`, checked now and computed when read; with no
     transform and one source, that source renamed (its file span and identity kept)."""
     if not transforms and len(sources) == 1:
@@ -307,7 +308,7 @@ def derived(name: str, sources: list[TensorRef], transforms: list[dict[str, Any]
     return TensorRef(name, dt, shape, lambda: apply(transforms, [s.array() for s in sources]))
 
 
-def invertible(transforms: list[dict[str, Any]]) -> tuple[bool, str | None]:
+def invertible(transforms: Sequence[Step]) -> tuple[bool, str | None]:
     """Whether the output alone determines its sources exactly, and if not, why."""
     for t in transforms:
         if t["op"] in NOT_INVERTIBLE:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from . import manifest as manifest_mod
 from .dtypes import CastLossError
 from .errors import ConvertError
 from .hashing import file_digest, hash_range, new_digest, same_ranges
+from .manifest_model import FileEntry, Manifest, TensorEntry
 from .output_contract import Checked, Output
 from .source import SourceModel
 from .tensors import TensorRef, c_contiguous, iter_chunks, release_pages
@@ -57,20 +58,21 @@ def verify_output(out: str | Path, source: SourceModel | None = None, outputs: S
     out_dir = Path(out)
     doc = manifest_mod.load(out_dir)
     manifest_mod.validate(doc)
+    manifest = cast(Manifest, doc)  # the schema has judged it
     report = VerifyReport(out_dir)
     claimed: set[str] = set()
     for output in outputs:
-        checked = output.verify(out_dir, doc, source)
+        checked = output.verify(out_dir, manifest, source)
         report.files += checked.files
         report.tensors += checked.tensors
         report.compared_with_source += checked.compared_with_source
         report.problems += checked.problems
         claimed |= checked.checked_files
-    for entry in doc["files"]:  # a to-onnx output's graph, or files of a format not handed in: size and digest
+    for entry in manifest["files"]:  # a to-onnx output's graph, or files of a format not handed in: size and digest
         if entry["path"] not in claimed:
-            _check_digest(out_dir, entry, doc["digest_algorithm"], report)
+            _check_digest(out_dir, entry, manifest["digest_algorithm"], report)
     if source is not None and not claimed:
-        target = doc["target"]["format"]
+        target = manifest["target"]["format"]
         report.problems.append(f"output not readable for comparison with the source: no output format {target!r} reads it")
     return report
 
@@ -86,13 +88,13 @@ def listed_file(out_dir: Path, name: str, checked: Checked | VerifyReport) -> Pa
     return path
 
 
-def _check_digest(out_dir: Path, entry: dict[str, Any], algorithm: str, report: VerifyReport) -> None:
+def _check_digest(out_dir: Path, entry: FileEntry, algorithm: str, report: VerifyReport) -> None:
     path = listed_file(out_dir, entry["path"], report)
     if path is not None and (path.stat().st_size != entry["bytes"] or file_digest(path, algorithm) != entry["digest"]):
         report.problems.append(f"{entry['path']}: size or digest differs from the manifest")
 
 
-def compare_with_source(manifest: dict[str, Any], source: SourceModel, open_written: Callable[[], SourceModel]) -> Checked:
+def compare_with_source(manifest: Manifest, source: SourceModel, open_written: Callable[[], SourceModel]) -> Checked:
     """Every tensor of the manifest against its source: the recorded transforms replayed on the
     source give the written bytes. `open_written` opens the output's tensors (its format's reader)."""
     report = Checked()
@@ -131,7 +133,7 @@ def compare_with_source(manifest: dict[str, Any], source: SourceModel, open_writ
     return report
 
 
-def _same_as_written(source: TensorRef, output: TensorRef | None, t: dict[str, Any], algorithm: str) -> bool:
+def _same_as_written(source: TensorRef, output: TensorRef | None, t: TensorEntry, algorithm: str) -> bool:
     """A tensor written unchanged: its source range compared with the output's bytes where both lie in
     files (the output's bytes are proven against the manifest's digest by its format's `verify`), else the
     source's digest compared with the manifest's."""

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from .dtypes import CastLoss, CastLossError, DType, cast_array, cast_checked
 from .durable import ProgressiveFlush
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
+from .manifest_model import TensorRecord, Transform
 from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages
 
 Progress = Callable[[int], None]
@@ -41,7 +41,7 @@ class WriteItem:
     name: str
     dtype: DType
     ref: TensorRef  # cast to `dtype` while streaming when the two differ
-    casts: list[dict[str, Any]] = field(default_factory=list)  # the cast steps that take `ref` to `dtype`
+    casts: list[Transform] = field(default_factory=list)  # the cast steps that take `ref` to `dtype`
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -61,7 +61,8 @@ class WrittenTensor:
     data_offsets: tuple[int, int]
     digest: str
     cast_losses: list[CastLoss]  # per cast step of the item: what it lost
-    record: dict[str, Any] = field(default_factory=dict)  # what its output format adds to its manifest entry (GGUF: quantization)
+    # what its output format adds to its manifest entry (GGUF: quantization)
+    record: TensorRecord = field(default_factory=lambda: TensorRecord())
 
 
 @dataclass

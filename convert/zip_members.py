@@ -41,7 +41,7 @@ def member_offset(path: Path, info: zipfile.ZipInfo) -> int:
     described = (crc, compressed, size) == (info.CRC, info.compress_size, info.file_size) or 0xFFFFFFFF in (compressed, size)
     if header[LOCAL_HEADER:] != central_name or name_len != len(central_name) or not (flags & 0x08 or described):
         raise CorruptInputError(f"{path.name}: member {info.filename!r}: local header disagrees with the central directory")
-    start = info.header_offset + LOCAL_HEADER + name_len + extra_len
+    start: int = info.header_offset + LOCAL_HEADER + name_len + extra_len
     if start + info.compress_size > os.path.getsize(path) or (
         info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
     ):

@@ -18,6 +18,7 @@ from typing import Any
 from convert import manifest as manifest_mod
 from convert.errors import ConvertError, UnsafeInputError, VerificationError, first_line
 from convert.hashing import new_digest
+from convert.manifest_model import GraphQuantization, Validation
 from convert.output import fsync_path, write_file
 from convert.pipeline import checked_destination
 from exporters.onnx.names import record_names
@@ -42,9 +43,9 @@ class GraphResult:
     files: list[str]
     exporter: str
     simplified: bool
-    validation: dict[str, Any]
+    validation: Validation
     notes: list[str] = field(default_factory=list)
-    quantization: dict[str, Any] | None = None  # how an int8 graph was made (the manifest's graph.quantization)
+    quantization: GraphQuantization | None = None  # how an int8 graph was made (the manifest's graph.quantization)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,7 +146,7 @@ def _saved_and_validated(
     atol: float | dict[str, float],
     option: str,
     what: str = "the graph",
-) -> tuple[list[Path], dict[str, Any]]:
+) -> tuple[list[Path], Validation]:
     """The graph saved into `dest`, passed by onnx.checker, and its validation record."""
     files = save(model, dest, options.external_data_threshold)
     check(dest / MODEL_FILE)
@@ -158,11 +159,11 @@ def _quantized(
     model: Any,
     graph: ExportedGraph,
     float_files: list[Path],
-    float_validation: dict[str, Any],
+    float_validation: Validation,
     dest: Path,
     options: ExportOptions,
     stage: Callable[[str], None],
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, GraphQuantization]:
     """The int8 graph of the validated float one, and the manifest's record of how it was made,
     with the float graph's size and validation beside it."""
     mode = options.quantize
@@ -172,16 +173,18 @@ def _quantized(
     scratch = dest / ".quantize"
     scratch.mkdir(exist_ok=True)
     with framework_output_captured():
-        quantized, record = quantize(model, mode, calibration, scratch)
+        quantized, method = quantize(model, mode, calibration, scratch)
     shutil.rmtree(scratch)
-    given = options.quantized_atol is not None
-    record["atol"] = options.quantized_atol if given else quantized_atol(float_validation)
-    record["atol_from"] = "--quantized-atol" if given else f"default: {QUANTIZED_SHARE:g} of each output's range"
-    record["float_graph"] = {
-        "bytes": sum(p.stat().st_size for p in float_files),
-        "validation": {k: float_validation[k] for k in ("atol", "max_abs_diff", "output_range")},
+    given = options.quantized_atol
+    return quantized, {
+        **method,
+        "atol": given if given is not None else quantized_atol(float_validation),
+        "atol_from": "--quantized-atol" if given is not None else f"default: {QUANTIZED_SHARE:g} of each output's range",
+        "float_graph": {
+            "bytes": sum(p.stat().st_size for p in float_files),
+            "validation": {k: float_validation[k] for k in ("atol", "max_abs_diff", "output_range")},
+        },
     }
-    return quantized, record
 
 
 def optimize(model: Any, simplify: bool) -> tuple[Any, dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from convert.errors import UsageError, VerificationError, first_line
+from convert.manifest_model import QuantizationMethod
 from convert.vocabulary import QUANTIZE_MODES
 from exporters.onnx_export.inputs import check_arrays, load_npz, random_values
 from exporters.onnx_export.spec import InputSpec
@@ -68,7 +69,7 @@ def _rows(spec: InputSpec) -> tuple[int, ...]:
     return (CALIBRATION_ROWS, *spec.shape[1:]) if 0 in spec.dynamic else spec.shape
 
 
-def quantize(model: Any, mode: str, calibration: Calibration | None, scratch: Path) -> tuple[Any, dict[str, Any]]:
+def quantize(model: Any, mode: str, calibration: Calibration | None, scratch: Path) -> tuple[Any, QuantizationMethod]:
     """The int8 graph of the float `model`, and what was done, for the manifest's graph section."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -97,7 +98,7 @@ def quantize(model: Any, mode: str, calibration: Calibration | None, scratch: Pa
         problems = tract_violations(quantized)
         if problems:
             raise VerificationError(f"the qdq-int8 graph is not per-tensor as tract needs: {problems[0]}")
-    record: dict[str, Any] = {
+    record: QuantizationMethod = {
         "mode": mode,
         "tool": f"onnxruntime.quantization {_ort_version()} ({TOOLS[mode]})",
         "weights": "int8",

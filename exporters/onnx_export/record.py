@@ -10,6 +10,7 @@ from typing import Any
 from convert import manifest as manifest_mod
 from convert.architecture import infer_architecture
 from convert.hashing import file_digest
+from convert.manifest_model import FileEntry, Graph, GraphQuantization, GraphValue, Manifest, Validation
 from exporters.onnx.reader import summarize, value_summary
 from exporters.onnx_export.spec import ExportedGraph, ExportOptions, InputSpec
 
@@ -20,11 +21,29 @@ def export_manifest(
     files: list[Path],
     options: ExportOptions,
     simplification: dict[str, Any],
-    validation: dict[str, Any],
-    quantization: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    validation: Validation,
+    quantization: GraphQuantization | None = None,
+) -> Manifest:
     summary = summarize(model)
     specs = {s.name: s for s in graph.inputs}
+    graph_entry: Graph = {
+        "file": files[0].name,
+        "external_data": files[1].name if len(files) > 1 else None,
+        "ir_version": summary["ir_version"],
+        "opset": summary["opset"],
+        "producer": summary["producer"],
+        "exporter": graph.exporter,
+        "simplified": simplification["simplified"],
+        "simplifier": simplification["simplifier"],
+        "operators": summary["operators"],
+        "inputs": [_input_entry(v, specs[v.name]) for v in model.graph.input if v.name in specs],
+        "outputs": [_io_entry(v) for v in model.graph.output],
+        "validation": validation,
+    }
+    if quantization:
+        graph_entry["quantization"] = quantization
+    if graph.semantics:
+        graph_entry["semantics"] = graph.semantics
     return manifest_mod.build(
         options.digest,
         manifest_mod.SourceRecord(
@@ -33,32 +52,18 @@ def export_manifest(
             {"exporter": graph.exporter},
         ),
         manifest_mod.TargetRecord("onnx", "onnx", "none", None, dataclasses.asdict(options), graph.notes, None),
-        [_file_entry(p, p.name, options.digest) for p in files],
-        [],  # the weights live in the graph; `onnx-to-safetensors` extracts them
+        # the weights live in the graph; `onnx-to-safetensors` extracts them
+        manifest_mod.Contents([_file_entry(p, p.name, options.digest) for p in files], []),
         {**infer_architecture(graph.parameters), "config": None, "source_model": graph.source_model},
-        graph={
-            "file": files[0].name,
-            "external_data": files[1].name if len(files) > 1 else None,
-            "ir_version": summary["ir_version"],
-            "opset": summary["opset"],
-            "producer": summary["producer"],
-            "exporter": graph.exporter,
-            **simplification,
-            "operators": summary["operators"],
-            "inputs": [_input_entry(v, specs[v.name]) for v in model.graph.input if v.name in specs],
-            "outputs": [_io_entry(v) for v in model.graph.output],
-            "validation": validation,
-            **({"quantization": quantization} if quantization else {}),
-            **({"semantics": graph.semantics} if graph.semantics else {}),
-        },
+        {"graph": graph_entry},
     )
 
 
-def _file_entry(path: Path, shown: str, algorithm: str) -> dict[str, Any]:
+def _file_entry(path: Path, shown: str, algorithm: str) -> FileEntry:
     return manifest_mod.file_entry(path, shown, file_digest(path, algorithm))
 
 
-def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:
+def _input_entry(value: Any, spec: InputSpec) -> GraphValue:
     """An input's entry; an integer or bool input's also says which values it takes and who said so."""
     entry = _io_entry(value)
     if spec.range is not None:
@@ -66,8 +71,12 @@ def _input_entry(value: Any, spec: InputSpec) -> dict[str, Any]:
     return entry
 
 
-def _io_entry(value: Any) -> dict[str, Any]:
-    entry = value_summary(value)
-    shape = entry["shape"] or []
-    entry["dynamic_axes"] = {str(axis): dim for axis, dim in enumerate(shape) if not isinstance(dim, int)}
-    return entry
+def _io_entry(value: Any) -> GraphValue:
+    summary = value_summary(value)
+    shape = summary["shape"] or []
+    return {
+        "name": summary["name"],
+        "dtype": summary["dtype"],
+        "shape": summary["shape"],
+        "dynamic_axes": {str(axis): dim for axis, dim in enumerate(shape) if not isinstance(dim, int)},
+    }

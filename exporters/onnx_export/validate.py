@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from convert.errors import VerificationError, first_line
+from convert.manifest_model import Validation
 from exporters.onnx_export.inputs import InputSet
 from exporters.onnx_export.spec import ExportedGraph
 
@@ -23,7 +24,7 @@ RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "Loop", "Scan"})
 QUANTIZED_SHARE = 0.05  # int8 graphs: default bound, a share of each output's range (README, "Int8 ONNX")
 
 
-def quantized_atol(validation: dict[str, Any]) -> dict[str, float]:
+def quantized_atol(validation: Validation) -> dict[str, float]:
     """The default bound of each output of an int8 graph: QUANTIZED_SHARE of the range of the
     source's values on the validation inputs (of their largest magnitude when the output is
     constant, and of 1 when it is all zeros), since int8's error scales with what it represents."""
@@ -40,7 +41,7 @@ def default_atol(model: Any) -> float:
 
 def validate(
     model_path: Path, graph: ExportedGraph, sets: list[InputSet], atol: float | dict[str, float], option: str = "--atol"
-) -> dict[str, Any]:
+) -> Validation:
     """Run every set through ONNX Runtime and the source; the manifest's validation record.
     `atol` bounds every output, or each output by name; `option` says where the bound came from."""
     import onnxruntime as ort
@@ -53,7 +54,7 @@ def validate(
         raise VerificationError(f"ONNX Runtime cannot load the exported graph: {first_line(exc)}") from None
     worst = {name: 0.0 for name in graph.outputs}
     spans: dict[str, tuple[float, float]] = {}
-    runs = []
+    runs: list[dict[str, Any]] = []
     for input_set in sets:
         where = f"batch size {input_set.batch_size}, {input_set.label} inputs"
         expected = graph.reference(input_set.arrays)  # first: inputs the source refuses are the user's to fix

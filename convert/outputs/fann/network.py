@@ -124,20 +124,21 @@ def _layer(neurons: list[dict[str, Any]], prev: np.ndarray, dtype: Any) -> np.nd
 def _activate(neuron: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Neuron::apply_activation_function, variant by variant; the ones it does not list return x."""
     s, kind = x.dtype.type(neuron["activation_steepness"]), neuron["activation_function"]
+    y: np.ndarray = x
     if kind == "Linear":
-        return x * s
-    if kind == "Sigmoid":
-        return 1 / (1 + np.exp(-s * x))
-    if kind == "ReLU":
-        return np.where(x > 0, x, 0).astype(x.dtype)
-    if kind == "ReLULeaky":
-        return np.where(x > 0, x, x.dtype.type(0.01) * x).astype(x.dtype)
-    if kind in ("Tanh", "SigmoidSymmetric"):
-        return np.tanh(s * x)
-    if kind == "Gaussian":
+        y = x * s
+    elif kind == "Sigmoid":
+        y = 1 / (1 + np.exp(-s * x))
+    elif kind == "ReLU":
+        y = np.where(x > 0, x, 0).astype(x.dtype)
+    elif kind == "ReLULeaky":
+        y = np.where(x > 0, x, x.dtype.type(0.01) * x).astype(x.dtype)
+    elif kind in ("Tanh", "SigmoidSymmetric"):
+        y = np.tanh(s * x)
+    elif kind == "Gaussian":
         scaled = x * s
-        return np.exp(-scaled * scaled)
-    return x
+        y = np.exp(-scaled * scaled)
+    return y
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -146,4 +147,5 @@ def load(path: str | Path) -> dict[str, Any]:
     def refuse(word: str) -> float:
         raise ValueError(f"{word} is not JSON")
 
-    return json.loads(Path(path).read_text(), parse_constant=refuse)
+    doc: dict[str, Any] = json.loads(Path(path).read_text(), parse_constant=refuse)
+    return doc

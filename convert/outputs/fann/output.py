@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from convert.errors import ConvertError, UnsupportedFormatError
 from convert.hashing import file_digest
+from convert.manifest_model import InferredArchitecture, Manifest, Network
 from convert.mapping import Layout
 from convert.output import write_file
 from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written
@@ -30,7 +30,7 @@ class FannOutput:
         OutputOption(SPEC_OPTION, str, "", "dense chains to write as networks: NAME=PATH:ACT,PATH:ACT[;NAME=...]"),
     )
 
-    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+    def decide(self, architecture: InferredArchitecture, layout: Layout) -> None:
         decide_dense_modules(architecture, layout)
 
     def plan(self, conversion: Conversion) -> Plan:
@@ -41,16 +41,16 @@ class FannOutput:
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
         return Written(records={"networks": write_networks(staging, plan.work, context.digest)})
 
-    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+    def verify(self, out_dir: Path, manifest: Manifest, source: SourceModel | None) -> Checked:
         checked = Checked()
         for entry in manifest.get("networks", []):
             checked.problems += network_problems(out_dir, entry, manifest)
         return checked
 
 
-def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> list[dict[str, Any]]:
+def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> list[Network]:
     """Write each planned network into `folder` (a staging folder); their manifest entries."""
-    entries = []
+    entries: list[Network] = []
     for plan in plans:
         doc = network_document([(layer.tensor.ref.array(), layer.activation) for layer in plan.layers])
         data = (json.dumps(doc, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
@@ -79,7 +79,7 @@ def write_networks(folder: Path, plans: Sequence[NetworkPlan], digest: str) -> l
     return entries
 
 
-def network_problems(out_dir: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+def network_problems(out_dir: Path, entry: Network, manifest: Manifest) -> list[str]:
     """What is wrong with one listed network: its digest, or weights and activations that are not
     its tensors' and the manifest's (so `verify` proves the JSON computes what the tensors do)."""
     path = out_dir / entry["file"]
@@ -100,4 +100,5 @@ def _read(path: Path, name: str) -> np.ndarray:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
-        return f.get_tensor(name)
+        tensor: np.ndarray = f.get_tensor(name)
+    return tensor

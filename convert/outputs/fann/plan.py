@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convert.errors import MappingError, UsageError
+from convert.manifest_model import Alternative, InferredArchitecture
 from convert.mapping import Layout, MappedTensor
 
 from .network import ACTIVATIONS
@@ -50,17 +51,17 @@ def parse_spec(text: str) -> list[dict[str, Any]]:
     return specs
 
 
-def decide_dense_modules(architecture: dict[str, Any], layout: Layout) -> None:
+def decide_dense_modules(architecture: InferredArchitecture, layout: Layout) -> None:
     """A module the user lists in `dense_networks` is a Linear by their word: that settles a bias-free
     2-D weight, whose shape alone also fits an Embedding."""
     if not layout.options.get(WRITE_OPTION):
         return
     named = {layer["module"] for spec in parse_spec(str(layout.options.get(SPEC_OPTION) or "")) for layer in spec["layers"]}
     for module in architecture["modules"]:
-        fits = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
+        fits: list[Alternative] = [{"type": module["type"], "params": module["params"]}, *module.get("alternatives", [])]
         linear = next((f for f in fits if f["type"] == "Linear"), None)
         if module["path"] in named and linear is not None and module.get("alternatives"):
-            module.update(type="Linear", params=linear["params"], decided_by=f"{SPEC_OPTION} option")
+            module.update({"type": "Linear", "params": linear["params"], "decided_by": f"{SPEC_OPTION} option"})
             module.pop("alternatives")
 
 

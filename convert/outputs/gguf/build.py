@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.errors import MappingError
+from convert.manifest_model import QuantizationReason, TensorRecord
 from convert.mapping import MappedTensor
 from convert.writer import WrittenTensor
 
@@ -181,13 +182,14 @@ def written_tensors(gguf_plan: GGUFPlan, written: list[WrittenGGUF]) -> list[Wri
     for shard, w in zip(gguf_plan.shards, written, strict=True):
         for p, info, digest in zip(shard, w.tensors, w.digests, strict=True):
             t, lost = p.choice.type, p.measured.loss
-            record: dict[str, Any] = {
+            reason: QuantizationReason = {"reason": p.choice.reason} if p.choice.reason else {}
+            record: TensorRecord = {
                 "quantization": {
                     "type": t.ggml_name,
                     "type_id": t.id,
                     "block_size": t.block_size,
                     "requested": p.choice.requested.ggml_name,
-                    **({"reason": p.choice.reason} if p.choice.reason else {}),
+                    **reason,
                     "source_dtype": p.mapped.ref.dtype.code,
                     "error": p.measured.to_json(math.prod(p.shape)),
                     "on_loss": gguf_plan.on_loss,
@@ -197,7 +199,7 @@ def written_tensors(gguf_plan: GGUFPlan, written: list[WrittenGGUF]) -> list[Wri
             }
             if t.quantized or p.measured.max_abs or lost:
                 why = f"written as {t.ggml_name}, which does not hold the source's values exactly"
-                record.update(lossy=True, invertible=False, not_invertible_because=why)
+                record.update({"lossy": True, "invertible": False, "not_invertible_because": why})
             offsets = (info.offset, info.offset + info.nbytes)
             tensors.append(WrittenTensor(p.name, w.name, t.ggml_name, p.shape, offsets, digest, [], record))
     return tensors

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from convert.dtypes import CastLossError
 from convert.errors import ConvertError
 from convert.hashing import file_and_range_digests
+from convert.manifest_model import Manifest, TensorEntry
 from convert.source import SourceModel
 from convert.transforms import apply
 
@@ -25,7 +25,7 @@ from .file_format import ALIGNMENT, GGUFFile, ValueType, read_gguf, split_keys
 from .ggml_types import BY_ID, TYPES, GGMLType
 
 
-def check_files(out_dir: Path, doc: dict[str, Any]) -> tuple[int, int, list[str]]:
+def check_files(out_dir: Path, doc: Manifest) -> tuple[int, int, list[str]]:
     """(files checked, tensors checked, problems) for the manifest's GGUF files."""
     files = tensors = 0
     problems: list[str] = []
@@ -63,7 +63,7 @@ def check_files(out_dir: Path, doc: dict[str, Any]) -> tuple[int, int, list[str]
 
 
 def _header_problems(
-    name: str, header: GGUFFile, expected: list[dict[str, Any]], doc: dict[str, Any], index: int, count: int
+    name: str, header: GGUFFile, expected: list[TensorEntry], doc: Manifest, index: int, count: int
 ) -> list[str]:
     problems = []
     if [t.name for t in header.tensors] != [t["name"] for t in expected]:
@@ -108,7 +108,7 @@ def _padded(n: int, alignment: int) -> int:
     return n + (-n % alignment)
 
 
-def compare_with_source(out_dir: Path, doc: dict[str, Any], source: SourceModel) -> tuple[int, list[str]]:
+def compare_with_source(out_dir: Path, doc: Manifest, source: SourceModel) -> tuple[int, list[str]]:
     """Re-encode every tensor from the source (transforms replayed, the recorded type and cast-loss
     choice) and compare with the file's bytes; (tensors compared, problems)."""
     refs = {t.name: t for t in source.tensors}

@@ -21,11 +21,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from convert.dtypes import DTYPES, CastLoss, CastLossError, cast_checked
+from convert.manifest_model import QuantizationError
 from convert.tensors import iter_chunks, release_pages
 
 from .ggml_types import GGMLType
@@ -61,7 +61,7 @@ class Measured:
         self.sq_err += sq_err
         self.sq_ref += sq_ref
 
-    def to_json(self, count: int) -> dict[str, Any]:
+    def to_json(self, count: int) -> QuantizationError:
         rms = math.sqrt(self.sq_err / count) if count else 0.0
         ref_rms = math.sqrt(self.sq_ref / count) if count else 0.0
         return {"max_abs": self.max_abs, "rms": rms, "relative_rms": rms / ref_rms if ref_rms else 0.0}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.errors import ConvertError, MappingError, UsageError
+from convert.manifest_model import FileEntry, InferredArchitecture, Manifest
 from convert.mapping import Layout
 from convert.output_contract import Checked, Conversion, OutputOption, Plan, Role, WriteContext, Written, option_value
 from convert.source import SourceModel
@@ -28,7 +29,7 @@ class GGUFOutput:
     empty_error: type[ConvertError] = MappingError  # issue #31: a GGUF of no tensors is refused as names that do not fit (7)
     options: Sequence[OutputOption] = OPTIONS
 
-    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+    def decide(self, architecture: InferredArchitecture, layout: Layout) -> None:
         return None
 
     def plan(self, conversion: Conversion) -> Plan:
@@ -67,10 +68,10 @@ class GGUFOutput:
     def write(self, plan: Plan, staging: Path, context: WriteContext) -> Written:
         gguf_plan, metadata = plan.work
         written = build.write(staging, gguf_plan, metadata, context.digest, context.progress)
-        files = [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written]
+        files: list[FileEntry] = [{"path": w.name, "bytes": w.bytes, "digest": w.digest} for w in written]
         return Written(files, build.written_tensors(gguf_plan, written))
 
-    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+    def verify(self, out_dir: Path, manifest: Manifest, source: SourceModel | None) -> Checked:
         if manifest["target"]["format"] != self.name:
             return Checked()
         checked = Checked(checked_files={f["path"] for f in manifest["files"]})

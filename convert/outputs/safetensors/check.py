@@ -4,17 +4,17 @@ by ours, its header against the manifest's tensors and aliases, its bytes agains
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from convert.dtypes import BY_NUMPY_NAME
 from convert.errors import ConvertError
 from convert.hashing import file_and_range_digests
+from convert.manifest_model import FileEntry, Manifest
 from convert.output_contract import Checked
 from convert.safetensors_format import read_header
 from convert.verify import listed_file
 
 
-def check_file(out_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], checked: Checked) -> None:
+def check_file(out_dir: Path, entry: FileEntry, manifest: Manifest, checked: Checked) -> None:
     """One file of the manifest's `files`: readable, its size and digest, and every tensor in it."""
     name = entry["path"]
     path = listed_file(out_dir, name, checked)

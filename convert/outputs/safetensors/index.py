@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+from convert.manifest_model import Manifest
 from convert.writer import WrittenTensor
 
 
@@ -17,9 +17,11 @@ def index_json(tensors: list[WrittenTensor], total: int, extra: dict[str, str]) 
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
-def index_problems(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def index_problems(out_dir: Path, manifest: Manifest) -> list[str]:
     """What the written index says differently from the manifest."""
     name = manifest["index"]
+    if name is None:
+        return []
     try:
         index = json.loads((out_dir / name).read_text())
         weight_map, total = index["weight_map"], index["metadata"]["total_size"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from convert.errors import ConvertError, UnsupportedFormatError
 from convert.hf_folder import SAFETENSORS_INDEX
+from convert.manifest_model import InferredArchitecture, Manifest
 from convert.mapping import Layout
 from convert.options import OPTIONS
 from convert.output import write_file
@@ -44,7 +45,7 @@ class SafeTensorsOutput:
     empty_error: type[ConvertError] = UnsupportedFormatError  # the README's "no tensors: exit 4"
     options: Sequence[OutputOption] = (OPTIONS["max_shard_size"],)
 
-    def decide(self, architecture: dict[str, Any], layout: Layout) -> None:
+    def decide(self, architecture: InferredArchitecture, layout: Layout) -> None:
         return None
 
     def plan(self, conversion: Conversion) -> Plan:
@@ -88,7 +89,7 @@ class SafeTensorsOutput:
             index = SAFETENSORS_INDEX
         return Written([{"path": f.name, "bytes": f.bytes, "digest": f.digest} for f in files], tensors, index)
 
-    def verify(self, out_dir: Path, manifest: dict[str, Any], source: SourceModel | None) -> Checked:
+    def verify(self, out_dir: Path, manifest: Manifest, source: SourceModel | None) -> Checked:
         if manifest["target"]["format"] != self.name:
             return Checked()
         checked = Checked(checked_files={f["path"] for f in manifest["files"]})

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from convert.errors import MappingError
+from convert.manifest_model import Transform
 
 from ..file_format import Value, string, u32
 from ..values import f32
 
-Transforms = list[dict[str, Any]]
+Transforms = list[Transform]
 
 # How a tensor is changed on its way in, by the config: llama.cpp's row order for its RoPE (the
 # halves of each head interleaved: `LlamaModel.permute`), GPT-2's Conv1D weights ([in, out])
