@@ -76,7 +76,7 @@ class Config:
         if kind == CONV1D:
             return [{"op": "transpose"}]
         if kind == GEMMA_NORM:
-            widen = [{"op": "cast", "to": "F32", "lossless": True}] if dtype in ("F16", "BF16") else []
+            widen: Transforms = [{"op": "cast", "to": "F32", "lossless": True}] if dtype in ("F16", "BF16") else []
             return [*widen, {"op": "add_constant", "value": 1.0}]
         heads = (
             int(self.need("num_attention_heads"))
