@@ -207,18 +207,24 @@ MAPPED_FROM = 1 << 20  # smaller views gain little from skipping the copy, and c
 def _write_mapped(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path: Path, landed: Landed) -> bool:
     """A view whose bytes go to the file as they are once C-ordered (no cast, no byte swap) but must be
     copied to be (a transpose), copied straight into the output's pages through a shared map of it, a
-    block of rows at a time; False when the view is not such a case.
+    block of rows at a time; False when the view is not such a case, or the file system cannot
+    allocate its range ahead (then the caller writes it in chunks).
 
     Copied into a buffer and written, it would cross memory twice more (the buffer, then the kernel's
     copy into the page cache: a third of the CPU the tool spent on a 1 GiB Keras file, by perf).
-    Each block's range is allocated first, so a full disk fails as an OSError, not as a SIGBUS when
-    a page of the map is first written."""
+    The whole range is allocated first, so a full disk fails as an OSError, not as a SIGBUS when a
+    page of the map is first written."""
     if item.casts or arr.dtype != item.dtype.numpy or arr.flags.c_contiguous or arr.nbytes < MAPPED_FROM:
         return False
+    try:
+        os.posix_fallocate(fd, pos, arr.nbytes)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise write_error(exc, path) from None
     for block in row_blocks(arr, CHUNK_BYTES):
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
         try:
-            os.posix_fallocate(fd, pos, block.nbytes)
-            base = pos - pos % mmap.ALLOCATIONGRANULARITY
             with mmap.mmap(fd, pos + block.nbytes - base, offset=base) as window:
                 target = np.ndarray(block.shape, block.dtype, buffer=window, offset=pos - base)
                 c_contiguous(block, target)

@@ -4,6 +4,7 @@ tile, on one-row and one-column views, and for every kind of element the writer 
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -115,3 +116,17 @@ def test_no_room_for_a_transposed_weight_is_one_line_and_leaves_nothing(tmp_path
     assert rc == 10, stderr
     assert_one_line_error(stderr, "model.safetensors", "File too large")
     assert sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_a_file_system_that_cannot_allocate_ahead_gets_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where posix_fallocate is unsupported (some network and FUSE file systems), the transposed view
+    is written in chunks instead, with the same bytes."""
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    view = source((1500, 700), np.float32).T
+    path = tmp_path / "out.bin"
+    write_tensor_file(path, b"", [WriteItem("a", from_numpy(view.dtype), in_memory("a", view))], [(0, view.nbytes)], "blake3")
+    assert path.read_bytes() == np.ascontiguousarray(view).tobytes()
