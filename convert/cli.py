@@ -4,6 +4,7 @@ and prints; errors a user can cause are one line on stderr and a documented exit
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import signal
@@ -883,7 +884,14 @@ def layouts(name: str | None) -> None:
     click.echo(json.dumps(found[name], indent=1) if as_json else layout_text(found[name]["name"]))
 
 
+# The objects a conversion makes (a reference per tensor, its mapping, its manifest record) live until
+# it ends, and the collector's default (a young-generation pass every 700 allocations) walks them over
+# and over: 30% of the CPU of converting 20,000 small tensors. Cycles are still collected, less often.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def main() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         code = cli.main(prog_name="convert", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `convert`: the help, as click shows it

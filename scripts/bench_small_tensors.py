@@ -1,0 +1,165 @@
+"""Benchmark the per-tensor cost: `convert pth-to-safetensors` and `convert verify --source` on many tiny
+tensors, against `torch.load` + `safetensors.torch.save_file` in a fresh process.
+
+    .venv/bin/python scripts/bench_small_tensors.py                       # 20,000 and 200,000 tensors, 3 reps
+    .venv/bin/python scripts/bench_small_tensors.py --tensors 20000 --scale 0 --reps 5 --json
+
+The checkpoint is a `torch.nn.ModuleList` of tiny `Linear(4, 4)` layers (a weight and a bias each:
+MoE language models have tens of thousands of tensors), its state dict written with `torch.save`.
+Each repetition runs every contender as its own process, in an order rotated from one repetition to
+the next, each starting warm (the last output deleted, `sync`, the source read once; none of it
+timed), and records wall and CPU time:
+
+  peer    `torch.load(weights_only=True)` then `safetensors.torch.save_file`, torch's import included
+  tool    `convert pth-to-safetensors SRC OUT` (fsyncs its output, writes the manifest, BLAKE3 digests)
+  verify  `convert verify OUT --source SRC` on an output the tool wrote before the runs
+
+Targets (issue 33), on --tensors: the tool's and verify's median wall time at most 0.5x the peer's,
+measured side by side. With --scale N the same runs on N tensors, and the cost per tensor between
+the two sizes (the slope, in microseconds) is printed beside the cost per tensor at the small size:
+a slope no larger than that average says the work grows linearly. The exit status is 1 when a target
+fails. The machine may be shared: ratios from one invocation beat absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pytorch import Runner, _log, prepare, tool_command  # noqa: E402
+
+TARGET = 0.5  # tool (and verify) wall time / peer wall time
+LAYER = (4, 4)  # each Linear: a 4x4 weight and a bias of 4
+
+
+def generate(path: Path, tensors: int) -> None:
+    """A ModuleList of `tensors // 2` tiny Linear layers, its state dict saved with torch.save."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(torch.nn.Linear(*LAYER) for _ in range(tensors // 2))
+    torch.save(layers.state_dict(), path)
+
+
+def peer(src: Path, dst: Path) -> None:
+    """What a user without this tool would run: torch's own loader, then safetensors' own writer."""
+    import torch
+    from safetensors.torch import save_file
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(torch.load(src, weights_only=True), dst)
+
+
+def commands(src: Path, out: Path, verified: Path) -> dict[str, list[str]]:
+    me = [sys.executable, str(Path(__file__).resolve())]
+    return {
+        "peer": [*me, "--_peer", str(src), str(out / "model.safetensors")],
+        "tool": [*tool_command(), "pth-to-safetensors", str(src), str(out), "--json"],
+        "verify": [*tool_command(), "verify", str(verified), "--source", str(src), "--json"],
+    }
+
+
+def measure(runner: Runner, tensors: int, reps: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each contender on a checkpoint of `tensors` tensors."""
+    src = runner.workdir / f"modulelist-{tensors}.pt"
+    if not src.exists():
+        _log(f"writing {tensors} tensors with torch.save ...")
+        runner.run("generate", [sys.executable, str(Path(__file__).resolve()), "--_generate", str(src), str(tensors)])
+    out, verified = runner.workdir / "out", runner.workdir / f"verified-{tensors}"
+    if not verified.exists():
+        runner.run("prepare", commands(src, verified, verified)["tool"])
+    cmds = commands(src, out, verified)
+    names = list(cmds)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            prepare(src, out)
+            wall, cpu, _rss, _stdout = runner.run(name, cmds[name])
+            samples[name].append((wall, cpu))
+            _log(f"{tensors} tensors, rep {rep + 1}: {name} {wall:.2f} s wall, {cpu:.2f} s CPU (load {os.getloadavg()[0]:.1f})")
+    return {
+        name: {
+            "wall_s": statistics.median(w for w, _ in runs),
+            "cpu_s": statistics.median(c for _, c in runs),
+        }
+        for name, runs in samples.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tensors", type=int, default=20_000, help="tensors of the checkpoint the targets are judged on")
+    parser.add_argument("--scale", type=int, default=200_000, help="a second, larger count for the slope (0: none)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go (default: a temporary folder)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_peer", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._generate:
+        return generate(Path(args._generate[0]), int(args._generate[1]))
+    if args._peer:
+        return peer(Path(args._peer[0]), Path(args._peer[1]))
+    with tempfile.TemporaryDirectory(prefix="bench-small-", dir=args.workdir) as tmp:
+        runner = Runner(Path(tmp))
+        sizes = [args.tensors] + ([args.scale] if args.scale else [])
+        results = {n: measure(runner, n, args.reps) for n in sizes}
+    report = summarize(results, args.tensors, args.scale)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report)
+    sys.exit(0 if all(c["ok"] for c in report["checks"]) else 1)
+
+
+def summarize(results: dict[int, dict[str, dict[str, float]]], small: int, scale: int) -> dict:
+    base = results[small]
+    checks = [
+        {
+            "what": f"{name} wall / peer wall at {small} tensors",
+            "ratio": base[name]["wall_s"] / base["peer"]["wall_s"],
+            "target": TARGET,
+            "ok": base[name]["wall_s"] <= TARGET * base["peer"]["wall_s"],
+        }
+        for name in ("tool", "verify")
+    ]
+    per_tensor = {
+        name: {
+            "us_per_tensor": 1e6 * base[name]["wall_s"] / small,
+            **(
+                {"slope_us_per_tensor": 1e6 * (results[scale][name]["wall_s"] - base[name]["wall_s"]) / (scale - small)}
+                if scale
+                else {}
+            ),
+        }
+        for name in base
+    }
+    return {"tensors": small, "scale": scale or None, "results": results, "per_tensor": per_tensor, "checks": checks}
+
+
+def print_report(report: dict) -> None:
+    small, scale = report["tensors"], report["scale"]
+    header = "".join(f"{f'{n} tensors: wall (CPU)':>30}" for n in report["results"])
+    print(f"\n{'contender':<10}{header}{'us/tensor':>12}" + (f"{'slope us/tensor':>18}" if scale else ""))
+    for name, cost in report["per_tensor"].items():
+        cells = "".join(
+            f"{'{:.2f} s ({:.2f} s)'.format(r[name]['wall_s'], r[name]['cpu_s']):>30}" for r in report["results"].values()
+        )
+        slope = f"{cost['slope_us_per_tensor']:>18.1f}" if scale else ""
+        print(f"{name:<10}{cells}{cost['us_per_tensor']:>12.1f}{slope}")
+    print()
+    for check in report["checks"]:
+        print(f"{'ok  ' if check['ok'] else 'FAIL'} {check['what']}: {check['ratio']:.2f}x (target <= {check['target']}x)")
+    if scale:
+        print(f"(slope: the cost per tensor between {small} and {scale} tensors, wall)")
+
+
+if __name__ == "__main__":
+    main()
