@@ -887,7 +887,7 @@ def layouts(name: str | None) -> None:
 # The objects a conversion makes (a reference per tensor, its mapping, its manifest record) live until
 # it ends, and the collector's default (a young-generation pass every 700 allocations) walks them over
 # and over: 30% of the CPU of converting 20,000 small tensors. Cycles are still collected, less often.
-GC_THRESHOLDS = (50_000, 20, 20)
+GC_THRESHOLDS = (200_000, 50, 50)
 
 
 def main() -> None:

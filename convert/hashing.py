@@ -71,10 +71,11 @@ def hash_range(fd: int, offset: int, length: int, hashers: Iterable[Any]) -> Non
                 h.update(piece)
 
 
-def same_ranges(a: Sequence[FileSpan], b: Sequence[FileSpan]) -> bool:
+def same_ranges(a: Sequence[FileSpan], b: Sequence[FileSpan], opened: dict[str, int] | None = None) -> bool:
     """Whether two runs of file ranges hold the same bytes, each run read as its ranges one after
     another: a fraction of a digest's cost (about a third of BLAKE3's CPU here), for `verify` to prove
-    an output tensor equal to the source range (or ranges) it was copied from."""
+    an output tensor equal to the source range (or ranges) it was copied from. `opened`: files the
+    caller keeps open across calls (path -> descriptor; it closes them), else opened here."""
     total = sum(s.length for s in a)
     if total != sum(s.length for s in b):
         return False
@@ -82,7 +83,7 @@ def same_ranges(a: Sequence[FileSpan], b: Sequence[FileSpan]) -> bool:
         os.path.realpath(s.path) for s in b
     ]:
         return True
-    fds: dict[str, int] = {}
+    fds: dict[str, int] = {} if opened is None else opened
 
     def fd(path: str) -> int:
         if path not in fds:
@@ -109,8 +110,9 @@ def same_ranges(a: Sequence[FileSpan], b: Sequence[FileSpan]) -> bool:
                 j, done_b = j + 1, 0
         return True
     finally:
-        for opened in fds.values():
-            os.close(opened)
+        if opened is None:
+            for own in fds.values():
+                os.close(own)
 
 
 def _equal(x: memoryview, y: memoryview) -> bool:

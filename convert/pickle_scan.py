@@ -197,12 +197,18 @@ def _walk(data: bytes) -> bool:
             pos += 1
         elif kind == _POPS and len(stack) >= entry[3]:
             inputs = entry[3]
-            depth = 1 + max([depths[c] for c in stack[-inputs:]])
-            del stack[-inputs:]
+            if inputs == 1:
+                depth = depths[stack[-1]] + 1
+            elif inputs == 2:
+                depth = max(depths[stack[-1]], depths[stack[-2]]) + 1
+                del stack[-1]
+            else:
+                depth = 1 + max([depths[c] for c in stack[-inputs:]])
+                del stack[1 - inputs :]
             if depth > MAX_NESTING:
                 return False
             depths.append(depth)
-            stack.append(count)
+            stack[-1] = count  # the inputs' last place holds the output
             count += 1
         elif kind == _SIZED:
             n = unpack(entry[1], data, pos)[0]

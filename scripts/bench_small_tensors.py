@@ -1,14 +1,14 @@
 """Benchmark the per-tensor cost: `convert pth-to-safetensors` and `convert verify --source` on many tiny
 tensors, against `torch.load` + `safetensors.torch.save_file` in a fresh process.
 
-    .venv/bin/python scripts/bench_small_tensors.py                       # 20,000 and 200,000 tensors, 3 reps
+    .venv/bin/python scripts/bench_small_tensors.py                       # 20,000 (3 reps) and 200,000 tensors (1)
     .venv/bin/python scripts/bench_small_tensors.py --tensors 20000 --scale 0 --reps 5 --json
 
 The checkpoint is a `torch.nn.ModuleList` of tiny `Linear(4, 4)` layers (a weight and a bias each:
 MoE language models have tens of thousands of tensors), its state dict written with `torch.save`.
 Each repetition runs every contender as its own process, in an order rotated from one repetition to
-the next, each starting warm (the last output deleted, `sync`, the source read once; none of it
-timed), and records wall and CPU time:
+the next, each starting warm (the last output deleted, `sync`, the source read once, the tool's
+bytecode written by an untimed first run; none of it timed), and records wall and CPU time:
 
   peer    `torch.load(weights_only=True)` then `safetensors.torch.save_file`, torch's import included
   tool    `convert pth-to-safetensors SRC OUT` (fsyncs its output, writes the manifest, BLAKE3 digests)
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=20_000, help="tensors of the checkpoint the targets are judged on")
     parser.add_argument("--scale", type=int, default=200_000, help="a second, larger count for the slope (0: none)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--scale-reps", type=int, default=1, help="repetitions at --scale (each takes a minute or more)")
     parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
@@ -107,10 +108,14 @@ def main() -> None:
         return generate(Path(args._generate[0]), int(args._generate[1]))
     if args._peer:
         return peer(Path(args._peer[0]), Path(args._peer[1]))
+    # An installed tool runs from bytecode (pip compiles it), as torch does; a checkout run with
+    # PYTHONDONTWRITEBYTECODE would compile every module of the tool in every run, torch's not.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory(prefix="bench-small-", dir=args.workdir) as tmp:
         runner = Runner(Path(tmp))
-        sizes = [args.tensors] + ([args.scale] if args.scale else [])
-        results = {n: measure(runner, n, args.reps) for n in sizes}
+        results = {args.tensors: measure(runner, args.tensors, args.reps)}
+        if args.scale:
+            results[args.scale] = measure(runner, args.scale, args.scale_reps)
     report = summarize(results, args.tensors, args.scale)
     if args.json:
         print(json.dumps(report, indent=1))
