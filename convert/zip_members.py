@@ -4,11 +4,14 @@ zipfile makes on a read (the local header against the central directory, the CRC
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import CorruptInputError
 from .hashing import hash_range
@@ -60,19 +63,25 @@ def _read(path: Path, fd: int | None, offset: int, length: int) -> bytes:
 SMALL_MEMBER = 1 << 20
 
 
+@functools.cache
+def _crc32_function() -> Callable[[Any, int], int]:
+    """zlib-ng's CRC-32 (4x zlib's speed with carry-less multiplication; scripts/bench_zip_crc.py),
+    zlib's where it is not installed; looked up once, not per member."""
+    try:
+        from zlib_ng.zlib_ng import crc32
+    except ImportError:
+        return zlib.crc32
+    return crc32
+
+
 class _Crc32:
-    """The zip CRC-32 with a hasher's face, for `hash_range`: zlib-ng's (4x zlib's speed with
-    carry-less multiplication; scripts/bench_zip_crc.py), zlib's where it is not installed."""
+    """The zip CRC-32 with a hasher's face, for `hash_range`."""
 
     def __init__(self) -> None:
-        try:
-            from zlib_ng.zlib_ng import crc32
-        except ImportError:
-            crc32 = zlib.crc32
-        self._crc32 = crc32
+        self._crc32 = _crc32_function()
         self.value = 0
 
-    def update(self, data: memoryview) -> None:
+    def update(self, data: memoryview | bytes) -> None:
         self.value = self._crc32(data, self.value)
 
 
@@ -82,7 +91,7 @@ def check_stored_crc(path: Path, info: zipfile.ZipInfo, start: int, fd: int | No
     already open, as for `member_offset`."""
     crc = _Crc32()
     if 0 < info.file_size <= SMALL_MEMBER and fd is not None:
-        crc.update(memoryview(os.pread(fd, info.file_size, start)))
+        crc.update(os.pread(fd, info.file_size, start))
     elif info.file_size:
         own = os.open(path, os.O_RDONLY) if fd is None else fd
         try:
