@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -20,8 +21,45 @@ ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = 30
 
 
+# The archive a sniffer listed, kept for the reader that opens the same file next (`open_zip`): the
+# central directory of a torch.save zip of 20,000 storages takes 0.08 s to read, twice otherwise.
+# One slot, keyed by the file's identity, so a file changed or replaced in between is read afresh.
+_LISTED: list[tuple[tuple[int, ...], zipfile.ZipFile]] = []
+_LISTED_LOCK = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def zip_names(path: Path) -> list[str] | None:
+    """A zip file's member names; None when its central directory cannot be read. The archive stays
+    open for `open_zip` of the same file, in place of the one kept before."""
+    try:
+        zf = zipfile.ZipFile(path)
+        key = _identity(path)
+    # ValueError: a name flagged UTF-8 that is not; NotImplementedError: a zip version past 6.3
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+        return None
+    with _LISTED_LOCK:
+        for _, old in _LISTED:
+            old.close()
+        _LISTED[:] = [(key, zf)]
+    return zf.namelist()
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
-    """The archive, or CorruptInputError when its central directory cannot be read."""
+    """The archive (the one `zip_names` listed, when it is the same file), or CorruptInputError when
+    its central directory cannot be read. The caller closes it."""
+    with _LISTED_LOCK:
+        if _LISTED:
+            try:
+                same = _LISTED[0][0] == _identity(path)
+            except OSError:
+                same = False
+            if same:
+                return _LISTED.pop()[1]
     try:
         return zipfile.ZipFile(path)
     # ValueError: a name flagged UTF-8 that is not; NotImplementedError: a zip version past 6.3

@@ -135,35 +135,48 @@ def summarize(results: dict[int, dict[str, dict[str, float]]], small: int, scale
         }
         for name in ("tool", "verify")
     ]
+    kinds = ("wall", "cpu")
     per_tensor = {
         name: {
-            "us_per_tensor": 1e6 * base[name]["wall_s"] / small,
-            **(
-                {"slope_us_per_tensor": 1e6 * (results[scale][name]["wall_s"] - base[name]["wall_s"]) / (scale - small)}
-                if scale
-                else {}
-            ),
+            **{f"us_per_tensor_{kind}": 1e6 * base[name][f"{kind}_s"] / small for kind in kinds},
+            **{
+                f"slope_us_per_tensor_{kind}": 1e6
+                * (results[scale][name][f"{kind}_s"] - base[name][f"{kind}_s"])
+                / (scale - small)
+                for kind in (kinds if scale else ())
+            },
         }
         for name in base
     }
-    return {"tensors": small, "scale": scale or None, "results": results, "per_tensor": per_tensor, "checks": checks}
+    cpu_ratios = {name: base[name]["cpu_s"] / base["peer"]["cpu_s"] for name in ("tool", "verify")}
+    return {
+        "tensors": small,
+        "scale": scale or None,
+        "results": results,
+        "per_tensor": per_tensor,
+        "cpu_ratios": cpu_ratios,
+        "checks": checks,
+    }
 
 
 def print_report(report: dict) -> None:
     small, scale = report["tensors"], report["scale"]
     header = "".join(f"{f'{n} tensors: wall (CPU)':>30}" for n in report["results"])
-    print(f"\n{'contender':<10}{header}{'us/tensor':>12}" + (f"{'slope us/tensor':>18}" if scale else ""))
+    slope = f"{'slope us/tensor':>22}" if scale else ""
+    print(f"\n{'contender':<10}{header}{'us/tensor wall (CPU)':>24}{slope}")
     for name, cost in report["per_tensor"].items():
         cells = "".join(
             f"{'{:.2f} s ({:.2f} s)'.format(r[name]['wall_s'], r[name]['cpu_s']):>30}" for r in report["results"].values()
         )
-        slope = f"{cost['slope_us_per_tensor']:>18.1f}" if scale else ""
-        print(f"{name:<10}{cells}{cost['us_per_tensor']:>12.1f}{slope}")
+        each = "{:.0f} ({:.0f})".format(cost["us_per_tensor_wall"], cost["us_per_tensor_cpu"])
+        more = "{:.0f} ({:.0f})".format(cost["slope_us_per_tensor_wall"], cost["slope_us_per_tensor_cpu"]) if scale else ""
+        print(f"{name:<10}{cells}{each:>24}{more:>22}")
     print()
     for check in report["checks"]:
         print(f"{'ok  ' if check['ok'] else 'FAIL'} {check['what']}: {check['ratio']:.2f}x (target <= {check['target']}x)")
+    print("     CPU / peer CPU (informational): " + ", ".join(f"{k} {v:.2f}x" for k, v in report["cpu_ratios"].items()))
     if scale:
-        print(f"(slope: the cost per tensor between {small} and {scale} tensors, wall)")
+        print(f"(slope: the cost per tensor between {small} and {scale} tensors, wall and CPU)")
 
 
 if __name__ == "__main__":
