@@ -134,3 +134,23 @@ def test_json_nesting_read_from_brackets_counts_as_the_walk_does(depth: int) -> 
         else:
             with pytest.raises(UsageError, match=f"doc: nested more than {MAX_NESTING} deep"):
                 parse_json(form, "doc", UsageError)
+
+
+def test_verify_parses_each_header_once_for_both_its_readers(mixed: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path) -> None:
+    """The file check and the source comparison share one parse: the same header, or the same error."""
+    from convert.outputs.safetensors.check import SharedHeaders
+
+    folder, _ = mixed
+    if not (folder / "out").exists():
+        convert_cli(folder / "model.pt", folder / "out")
+    headers = SharedHeaders()
+    first = headers(folder / "out" / "model.safetensors")
+    assert headers(str(folder / "out" / "model.safetensors")) is first
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00[]      ")
+    errors = []
+    for _ in range(2):
+        with pytest.raises(CorruptInputError) as caught:
+            headers(damaged)
+        errors.append(caught.value)
+    assert errors[0] is errors[1]
