@@ -10,7 +10,6 @@ no reader.
 from __future__ import annotations
 
 import struct
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +19,7 @@ from typing import Any
 from .errors import UsageError
 from .options import Option
 from .source import Closing, SourceModel
+from .zip_members import zip_names
 
 
 def parse_size(text: str | int | None) -> int | None:
@@ -117,13 +117,9 @@ class Probe:
 
     @cached_property
     def zip_names(self) -> list[str] | None:
-        """A zip file's member names; None when the central directory cannot be read."""
-        try:
-            with zipfile.ZipFile(self.path) as zf:
-                return zf.namelist()
-        # ValueError: a name flagged UTF-8 that is not; NotImplementedError: a zip version past 6.3
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
-            return None
+        """A zip file's member names; None when the central directory cannot be read (the archive is
+        kept open for the reader: convert.zip_members.open_zip)."""
+        return zip_names(self.path)
 
     @cached_property
     def is_safetensors(self) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 from .dtypes import TORCH_DTYPES, TORCH_STORAGE_TYPES, dtype as lookup_dtype
 from .errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
 from .pickle_denylist import denied
+from .pickle_scan import EFFECTS, MAX_NESTING, STRING_OPS, NestedTooDeeply, clean, simulate
 from .tensors import check_shape
 
 
@@ -580,7 +581,7 @@ def restricted_load(
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     start = stream.tell()
     try:
-        _prescan(stream, what)
+        _prescan(stream, what, data if type(data) is bytes else None)
         unpickler = RestrictedUnpickler(stream, persistent_load, inert, records)
         obj = unpickler.load()
     except Exception as exc:  # pickle raises many types for malformed input
@@ -628,15 +629,10 @@ def _refused_global(stream: BinaryIO, inert: tuple[str, ...], records: bool) -> 
     return None
 
 
-# Deepest container nesting a pickle may build. Real checkpoints (state dicts, Lightning
-# hyper-parameters, pandas objects in NeuralForecast pickles) stay under 20; CPython hashes tuples
-# and compares containers recursively in C, so a key nested 200,000 deep overflows the C stack.
-MAX_NESTING = 100
-_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
-
-
-def _prescan(stream: BinaryIO, what: str) -> None:
-    """Check a pickle's opcodes before the C unpickler builds anything from them.
+def _prescan(stream: BinaryIO, what: str, data: bytes | None = None) -> None:
+    """Check a pickle's opcodes before the C unpickler builds anything from them. `data`: the pickle's
+    bytes, when they are in memory: walked first by `pickle_scan.clean`, a faster walk of the same
+    checks that hands everything it cannot pass (every refusal among them) to the walk below.
 
     Every global the opcodes name is checked against the deny list first (GLOBAL and INST by their
     argument, STACK_GLOBAL by the strings the simulated stack holds), so an attack is refused naming
@@ -651,6 +647,8 @@ def _prescan(stream: BinaryIO, what: str) -> None:
     whose opcodes cannot even be read (a length past its end, an unknown opcode) is refused too:
     the C unpickler would allocate what a BYTEARRAY8 length says before finding out.
     """
+    if data is not None and clean(data):
+        return
     start = stream.tell()
     depths: list[int] = []  # nesting depth of every object made, by creation order
     stack: list[int] = []  # the objects on the unpickler's stack, as indices into depths
@@ -685,8 +683,11 @@ def _prescan(stream: BinaryIO, what: str) -> None:
                 marks.pop()
             else:
                 _check_global(name, arg, stack, strings)
-                _simulate(op, name, stack, marks, depths, what)
-                if type(arg) is str and name in _STRING_OPS:
+                try:
+                    simulate(EFFECTS[name], stack, marks, depths)
+                except NestedTooDeeply:
+                    raise CorruptInputError(f"{what} nests containers more than {MAX_NESTING} deep") from None
+                if type(arg) is str and name in STRING_OPS:
                     strings[stack[-1]] = arg
     except ConvertError:
         raise
@@ -694,9 +695,6 @@ def _prescan(stream: BinaryIO, what: str) -> None:
         pass
     finally:
         stream.seek(start)
-
-
-_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})
 
 
 def _check_global(name: str, arg: Any, stack: list[int], strings: dict[int, str]) -> None:
@@ -714,34 +712,6 @@ def _check_global(name: str, arg: Any, stack: list[int], strings: dict[int, str]
         return
     if module and attr and denied(module, attr):
         raise UnsafeInputError(denied_message(f"{module}.{attr}"))
-
-
-def _simulate(op: pickletools.OpcodeInfo, name: str, stack: list[int], marks: list[int], depths: list[int], what: str) -> None:
-    """One opcode's effect on the simulated stack: pop its inputs, push its outputs with their depth."""
-    before = op.stack_before
-    if pickletools.markobject in before:
-        at = marks.pop()
-        children = stack[at:]
-        del stack[at:]
-        pre = before.index(pickletools.markobject)
-    else:
-        children, pre = [], len(before)
-    if pre:
-        children = stack[-pre:] + children
-        del stack[-pre:]
-    inner = 1 + max((depths[c] for c in children[1 if name in _MUTATORS else 0 :]), default=-1)
-    if name in _MUTATORS:  # the container changes in place: memo references see the new depth
-        target = children[0]
-        depths[target] = max(depths[target], inner)
-        made = [target]
-    else:
-        made = []
-        for _ in op.stack_after:
-            depths.append(max(inner, 0))
-            made.append(len(depths) - 1)
-    if made and depths[made[0]] > MAX_NESTING:
-        raise CorruptInputError(f"{what} nests containers more than {MAX_NESTING} deep")
-    stack.extend(made)
 
 
 def storage_dtype(storage_type: Any) -> str | None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import SourceNotFoundError
 from convert.hf_folder import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, cross_check, index_shards, read_config
-from convert.safetensors_format import read_header
+from convert.safetensors_format import Header, read_header
 from convert.source import SourceModel
 from convert.tensors import MappedFile, TensorRef, mapped_tensor
 
 INDEX, SINGLE = SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 
-def open_safetensors(path: str | Path) -> SourceModel:
+def open_safetensors(path: str | Path, read: Callable[[Path], Header] = read_header) -> SourceModel:
+    """A SafeTensors file or folder (one file, or shards and their index) as a source; `read` parses
+    each file's header (verify hands in the headers its file checks parse)."""
     p = Path(path)
     expected: dict[Path, set[str]] = {}  # each shard's tensors, as the index places them
     if p.is_dir():
@@ -33,7 +36,7 @@ def open_safetensors(path: str | Path) -> SourceModel:
     tensors: list[TensorRef] = []
     with ExitStack() as opened:  # every file mapped so far is closed if a later one fails
         for f in files:
-            header = read_header(f)
+            header = read(f)
             if f in expected:
                 cross_check(f.name, expected[f], {e.name for e in header.entries})
             mapped = MappedFile(str(f))

@@ -6,7 +6,8 @@ or replayed), and any listed file no output checked is at least the size and dig
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -105,7 +106,8 @@ def compare_with_source(manifest: Manifest, source: SourceModel, open_written: C
     except ConvertError as exc:
         report.problems.append(f"output not readable for comparison with the source: {exc}")
         return report
-    with written:
+    opened: dict[str, int] = {}  # the source and output files, open across every tensor's comparison
+    with written, _closing(opened):
         outputs = {t.name: t for t in written.tensors}
         for t in manifest["tensors"]:
             names = [s["name"] for s in t["sources"]]
@@ -115,7 +117,9 @@ def compare_with_source(manifest: Manifest, source: SourceModel, open_written: C
                 continue
             sources = [refs[n] for n in names]
             if not t["transforms"] and len(sources) == 1:
-                same = sources[0].dtype.code == t["dtype"] and _same_as_written(sources[0], outputs.get(t["name"]), t, algorithm)
+                same = sources[0].dtype.code == t["dtype"] and _same_as_written(
+                    sources[0], outputs.get(t["name"]), t, algorithm, opened
+                )
             else:
                 try:
                     produced = apply(t["transforms"], [s.array() for s in sources])
@@ -133,12 +137,21 @@ def compare_with_source(manifest: Manifest, source: SourceModel, open_written: C
     return report
 
 
-def _same_as_written(source: TensorRef, output: TensorRef | None, t: TensorEntry, algorithm: str) -> bool:
+@contextmanager
+def _closing(opened: dict[str, int]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+
+
+def _same_as_written(source: TensorRef, output: TensorRef | None, t: TensorEntry, algorithm: str, opened: dict[str, int]) -> bool:
     """A tensor written unchanged: its source range compared with the output's bytes where both lie in
     files (the output's bytes are proven against the manifest's digest by its format's `verify`), else the
     source's digest compared with the manifest's."""
     if source.ranges() and output is not None and output.span is not None:
-        return same_ranges(source.ranges(), (output.span,))
+        return same_ranges(source.ranges(), (output.span,), opened)
     return tensor_digest(source, algorithm) == t["digest"]
 
 

@@ -4,8 +4,8 @@ Formats (convert/outputs/: SafeTensors, GGUF) build their header and offsets; th
 bytes, whatever the format.
 
 Tensors whose bytes already lie contiguously in a source file (or in a few ranges, one after
-another) are copied file to file by the kernel (`copy_file_range`, else `sendfile`); views, byte
-swaps and casts are materialised in chunks.
+another) are copied file to file by the kernel (`copy_file_range`, else `sendfile`), small ones
+gathered into one write; views, byte swaps and casts are materialised in chunks.
 A background thread hashes what is written, so digests cost no extra pass over the output, and
 another flushes it to disk as it grows, so the disk works beside the CPU rather than after it.
 """
@@ -27,11 +27,13 @@ from .durable import ProgressiveFlush
 from .errors import ConvertError, CorruptInputError, MappingError, OutputWriteError
 from .hashing import OutputHasher
 from .manifest_model import TensorRecord, Transform
-from .tensors import CHUNK_BYTES, TensorRef, c_contiguous, iter_chunks, release_pages, row_blocks
+from .tensors import CHUNK_BYTES, FileSpan, TensorRef, c_contiguous, iter_chunks, release_pages, row_blocks
 
 Progress = Callable[[int], None]
 Landed = Callable[[int], None]  # told that bytes [0, upto) of the output are written
 COPY_PIECE = 64 << 20  # kernel copies in pieces, so the hashers and the flush can follow the writer
+SMALL_TENSOR = 64 << 10  # copies up to this size are gathered and written together (_Gathered)
+GATHER_BYTES = 4 << 20
 
 
 @dataclass
@@ -85,11 +87,18 @@ def write_tensor_file(
     counted from the header's end, in that order. Its digest and every tensor's, in `algorithm`,
     come back with it."""
     total = len(header) + (offsets[-1][1] if offsets else 0)
-    with landing_file(path, header, total, [(len(header) + b, len(header) + e) for b, e in offsets], algorithm) as out:
-        losses = []
+    ranges = [(len(header) + b, len(header) + e) for b, e in offsets]
+    with landing_file(path, header, total, ranges, algorithm) as out, _Gathered(out, path) as gathered:
+        losses: list[list[CastLoss]] = []
         for item, (begin, end) in zip(ordered, offsets, strict=True):
-            losses.append(_write_tensor(out.fd, item, len(header) + begin, out.landed, path))
-            out.landed(len(header) + end)
+            span = _small_copy(item)
+            if span is not None:
+                gathered.add(span, len(header) + begin)
+                losses.append([])
+            else:
+                gathered.write()
+                losses.append(_write_tensor(out.fd, item, len(header) + begin, out.landed, path))
+                out.landed(len(header) + end)
             if progress:
                 progress(item.nbytes)
     file_digest, digests = out.file_digest, out.digests
@@ -158,6 +167,56 @@ def write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
             view = view[os.write(fd, view) :]
         except OSError as exc:
             raise write_error(exc, path) from None
+
+
+def _small_copy(item: WriteItem) -> FileSpan | None:
+    """The one source range of a small tensor written as its bytes are, for `_Gathered`; else None."""
+    ranges = item.ref.ranges()
+    if len(ranges) == 1 and ranges[0].length <= SMALL_TENSOR and item.dtype == item.ref.dtype and not item.casts:
+        return ranges[0]
+    return None
+
+
+class _Gathered:
+    """Small tensors copied as their bytes are, gathered into one write: 20,000 tensors of a few
+    bytes each would otherwise cost an open, a copy_file_range, a close and a wake-up of the hashing
+    and flushing threads apiece. Sources stay open until the file is written."""
+
+    def __init__(self, out: LandingFile, path: Path) -> None:
+        self._out, self._path = out, path
+        self._sources: dict[str, int] = {}
+        self._pending = bytearray()
+        self._at = 0  # the output offset of the gathered bytes
+
+    def __enter__(self) -> _Gathered:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.write()
+        for fd in self._sources.values():
+            os.close(fd)
+
+    def add(self, span: FileSpan, pos: int) -> None:
+        """Gather the bytes of `span`, to land at output offset `pos`."""
+        if self._pending and (pos != self._at + len(self._pending) or len(self._pending) >= GATHER_BYTES):
+            self.write()
+        if not self._pending:
+            self._at = pos
+        fd = self._sources.get(span.path)
+        if fd is None:
+            fd = self._sources[span.path] = os.open(span.path, os.O_RDONLY)
+        data = os.pread(fd, span.length, span.offset)
+        if len(data) != span.length:
+            raise CorruptInputError(f"{Path(span.path).name}: ended early while copying a tensor (truncated?)")
+        self._pending += data
+
+    def write(self) -> None:
+        """Write what is gathered, and say it has landed."""
+        if self._pending:
+            _pwrite_all(self._out.fd, self._pending, self._at, self._path)
+            self._out.landed(self._at + len(self._pending))
+            self._pending.clear()
 
 
 def _write_tensor(fd: int, item: WriteItem, pos: int, landed: Landed, path: Path) -> list[CastLoss]:
@@ -265,7 +324,7 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     return True
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: Path) -> None:
     view = memoryview(data)
     while view:
         try:

@@ -396,8 +396,15 @@ def legacy_parts(data: bytes) -> tuple[list[bytes], bytes]:
 
 
 def _unpickle_and_walk(data: bytes) -> None:
-    from convert.pickle_reader import jsonable, restricted_load
+    from convert.pickle_reader import _prescan, jsonable, restricted_load
+    from convert.pickle_scan import clean
     from exporters.pytorch.reader import select_tensors
+
+    if clean(data):  # the fast pre-scan walk passes only what the full one passes
+        try:
+            _prescan(io.BytesIO(data), "pickle")
+        except ConvertError as exc:
+            raise AssertionError(f"the fast pre-scan walk passed a pickle the full one refuses: {exc}") from None
 
     def storages(pid: Any) -> Any:
         from convert.pickle_reader import storage_dtype

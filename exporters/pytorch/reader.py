@@ -245,8 +245,9 @@ def _locate_zip_storage(
     itemsize = lookup_dtype(code).itemsize if code else 1
     if numel * itemsize > info.file_size:
         raise CorruptInputError(f"{path.name}: storage {key} claims {numel * itemsize} bytes but holds {info.file_size}")
-    offset = member_offset(path, info)
-    check_stored_crc(path, info, offset)
+    fd = zf.fp.fileno() if zf.fp is not None else None  # the archive zipfile holds open
+    offset = member_offset(path, info, fd)
+    check_stored_crc(path, info, offset, fd)
     return _Storage(key, code, numel, offset, info.file_size)
 
 

@@ -3,6 +3,8 @@ by ours, its header against the manifest's tensors and aliases, its bytes agains
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from convert.dtypes import BY_NUMPY_NAME
@@ -10,12 +12,37 @@ from convert.errors import ConvertError
 from convert.hashing import file_and_range_digests
 from convert.manifest_model import FileEntry, Manifest
 from convert.output_contract import Checked
-from convert.safetensors_format import read_header
+from convert.safetensors_format import Header, read_header
 from convert.verify import listed_file
 
 
-def check_file(out_dir: Path, entry: FileEntry, manifest: Manifest, checked: Checked) -> None:
-    """One file of the manifest's `files`: readable, its size and digest, and every tensor in it."""
+class SharedHeaders:
+    """Each file's header parsed once for one verify, by whichever of the file check and the source
+    comparison's reader (two threads) asks first; the other gets the same header, or the same error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: dict[Path, Header | ConvertError] = {}
+
+    def __call__(self, path: str | Path) -> Header:
+        key = Path(path)
+        with self._lock:  # the second caller waits for the first's parse rather than parsing again
+            if key not in self._parsed:
+                try:
+                    self._parsed[key] = read_header(key)
+                except ConvertError as exc:
+                    self._parsed[key] = exc
+            found = self._parsed[key]
+        if isinstance(found, ConvertError):
+            raise found
+        return found
+
+
+def check_file(
+    out_dir: Path, entry: FileEntry, manifest: Manifest, checked: Checked, read: Callable[[Path], Header] = read_header
+) -> None:
+    """One file of the manifest's `files`: readable, its size and digest, and every tensor in it;
+    `read` parses its header (a SharedHeaders, when the source comparison reads it too)."""
     name = entry["path"]
     path = listed_file(out_dir, name, checked)
     if path is None:
@@ -23,7 +50,7 @@ def check_file(out_dir: Path, entry: FileEntry, manifest: Manifest, checked: Che
     header = None
     try:
         library_view = _library_header(path)
-        header = read_header(path)
+        header = read(path)
     except (ConvertError, Exception) as exc:  # the library raises its own error types
         checked.problems.append(f"{name}: not readable as SafeTensors ({exc})")
     ranges = [(header.data_start + e.begin, header.data_start + e.end) for e in header.entries] if header else []

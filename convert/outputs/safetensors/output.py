@@ -22,7 +22,7 @@ from convert.source import SourceModel
 from convert.verify import compare_with_source
 from convert.writer import WriteItem, write_tensor_file
 
-from .check import check_file
+from .check import SharedHeaders, check_file
 from .index import index_json, index_problems
 from .sharding import file_order, oversized, shard_file_names, shard_items
 
@@ -93,12 +93,13 @@ class SafeTensorsOutput:
         if manifest["target"]["format"] != self.name:
             return Checked()
         checked = Checked(checked_files={f["path"] for f in manifest["files"]})
+        headers = SharedHeaders()  # parsed once for the file checks and the comparison's reader
         with ThreadPoolExecutor(max_workers=1) as pool:  # the source is read while the files are hashed
             pending = None
             if source is not None:
-                pending = pool.submit(compare_with_source, manifest, source, lambda: open_safetensors(out_dir))
+                pending = pool.submit(compare_with_source, manifest, source, lambda: open_safetensors(out_dir, headers))
             for entry in manifest["files"]:
-                check_file(out_dir, entry, manifest, checked)
+                check_file(out_dir, entry, manifest, checked, headers)
             if manifest.get("index"):
                 checked.problems += index_problems(out_dir, manifest)
             if pending is not None:
