@@ -20,9 +20,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the README's sources are written with torch")
 
-from conftest import REPO, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
+from tests.support import REPO, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
 
-pytest_plugins = ["keras_support"]  # hf_models: Hugging Face TF folders written by transformers
+pytest_plugins = ["tests.support.keras_models"]  # hf_models: Hugging Face TF folders written by transformers
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 SENTIMENT = REPO / "fixtures" / "sentiment"
@@ -226,7 +226,7 @@ def _flax_sources(root: Path) -> None:
     import orbax.checkpoint as ocp
     from flax import linen as nn
 
-    import flax_helpers as fh
+    from tests.support import flax_nets as fh
 
     x = np.zeros((2, 4), np.float32)
     params = nn.Dense(3).init(jax.random.PRNGKey(0), x)
@@ -315,7 +315,7 @@ def _tf1_sources(work: Path) -> None:
     """Google's TF1 BERT layout (a BertForPreTraining of one layer, with its optimizer slots), saved with
     tf.compat.v1's Saver, and the rule file the README names, where the README's path has it."""
     pytest.importorskip("tensorflow", reason="the TF1 checkpoint is written with TensorFlow")
-    from tf1_support import save_with_slots
+    from tests.support.tf1 import save_with_slots
 
     h = 8
     shapes = {"bert/embeddings/word_embeddings": (30, h), "bert/embeddings/LayerNorm/gamma": (h,)}
@@ -328,7 +328,7 @@ def _tf1_sources(work: Path) -> None:
 def _llm_sources(work: Path) -> None:
     """A Hugging Face llama folder with its SentencePiece tokenizer (tests/llm_support.py)."""
     pytest.importorskip("sentencepiece", reason="the language model's tokenizer is trained with sentencepiece")
-    from llm_support import tiny_llama
+    from tests.support.llm import tiny_llama
 
     tiny_llama(work / "llm-folder")
 

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from convert import batch as batch_mod
+from tests.support import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "fixtures" / "hostile" / "zip_os_system.pt"
 
 

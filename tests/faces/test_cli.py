@@ -18,7 +18,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
 import convert  # noqa: E402
-from conftest import (  # noqa: E402
+from convert.cli import cli as cli_group  # noqa: E402
+from convert.errors import EXIT_CODES  # noqa: E402
+from tests.support import (  # noqa: E402
     assert_cli_error,
     assert_no_output,
     assert_one_line_error,
@@ -31,8 +33,6 @@ from conftest import (  # noqa: E402
     run_cli,
     st_code,
 )
-from convert.cli import cli as cli_group  # noqa: E402
-from convert.errors import EXIT_CODES  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # help and version

@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import REPO, assert_cli_error, assert_no_output, assert_one_line_error, load_output, read_manifest, run_cli  # noqa: E402
 from convert.cli import cli as cli_group  # noqa: E402
 from convert.errors import EXIT_CODES  # noqa: E402
+from tests.support import REPO, assert_cli_error, assert_no_output, assert_one_line_error, load_output, read_manifest, run_cli  # noqa: E402
 
 NF_FOLDER = REPO / "fixtures" / "neuralforecast" / "3.3.0" / "folder"
 

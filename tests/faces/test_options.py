@@ -10,7 +10,6 @@ import json
 import click
 import pytest
 
-from conftest import REPO
 from convert import batch
 from convert.api import conversion_options
 from convert.cli import cli
@@ -18,6 +17,7 @@ from convert.contract import READER_OPTIONS, ReaderOptions
 from convert.options import CONVERSION_OPTIONS, OPTIONS, ConvertOptions
 from convert.outputs.registry import OWN_OPTIONS, all_outputs
 from exporters.registry import READERS
+from tests.support import REPO
 
 SCHEMA = json.loads((REPO / "schemas" / "batch.schema.json").read_text())
 CONVERSION_COMMANDS = sorted(name for name, c in cli.commands.items() if any(p.name == "cast_loss" for p in c.params))

@@ -11,14 +11,14 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
+
 MODULE_FILE = REPO / "convert" / "architecture.py"
 
 

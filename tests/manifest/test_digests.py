@@ -16,10 +16,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
 from convert import manifest as manifest_mod  # noqa: E402
 from convert.api import verify_path  # noqa: E402
-from layout_helpers import flip_tensor_byte  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.layouts import flip_tensor_byte  # noqa: E402
 
 HASHES: dict[str, Callable[[bytes], Any]] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
 

@@ -9,12 +9,12 @@ from typing import Any
 import click
 import pytest
 
-from conftest import REPO
 from convert.cli import cli
 from convert.dtypes import DTYPES
 from convert.hashing import ALGORITHMS
 from convert.outputs.gguf.ggml_types import TYPES as GGML_TYPES
 from convert.vocabulary import CAST_LOSS, CAST_TARGETS, QUANTIZED_MODES, TIE_MODES, TRANSFORM_OPS
+from tests.support import REPO
 
 
 def schema(name: str) -> dict[str, Any]:

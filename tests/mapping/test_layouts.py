@@ -22,8 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from layout_helpers import (  # noqa: E402
+from tests.support import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.layouts import (  # noqa: E402
     BUILTIN_LAYOUTS,
     GRU_GATES,
     LSTM_GATES,

@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from layout_helpers import load_numpy  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.layouts import load_numpy  # noqa: E402
 
 
 def save_state(tmp_path: Path, model: nn.Module, name: str = "model.pt") -> Path:

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrizations  # noqa: E402
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Plain(nn.Module):

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
 from convert import fann  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
 
 ATOL = 1e-5
 SPEC = "dense_networks=mlp=0:tanh,2:sigmoid,4:relu,6:leaky_relu,8:identity"
@@ -90,7 +90,7 @@ def test_python_evaluator_matches_torch(mlp: SimpleNamespace) -> None:
 
 
 def test_rust_forward_matches_torch(mlp: SimpleNamespace) -> None:
-    from rust_helpers import run, rust_tools
+    from tests.support.rust import run, rust_tools
 
     inp, outp = mlp.tmp / "x.json", mlp.tmp / "y.json"
     inp.write_text(json.dumps({"shape": list(mlp.x.shape), "data": mlp.x.ravel().tolist()}))
@@ -174,7 +174,7 @@ def test_without_activations_no_network_is_written_and_the_run_says_why(mlp: Sim
 @pytest.fixture(scope="module")
 def forecasters(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     pytest.importorskip("neuralforecast")
-    from nf_helpers import TRAINER, H, quiet
+    from tests.support.nf_models import TRAINER, H, quiet
 
     quiet()
     from neuralforecast import NeuralForecast, models as m
@@ -263,7 +263,7 @@ def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: Simple
     from neuralforecast import NeuralForecast, models as m
     from neuralforecast.utils import AirPassengersDF
 
-    from nf_helpers import TRAINER, H
+    from tests.support.nf_models import TRAINER, H
 
     nf = NeuralForecast(
         models=[m.NHITS(h=H, input_size=24, mlp_units=[[8, 8]], n_blocks=[1, 1, 1], activation="SELU", **TRAINER)], freq="ME"

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 from convert.contract import ReaderOptions
 from exporters.registry import READERS, detect, face_named
+from tests.support import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 
-pytest_plugins = ["keras_support"]  # the session fixture hf_models
+pytest_plugins = ["tests.support.keras_models"]  # the session fixture hf_models
 
 COMMON_OPTIONS = {
     "--layout",

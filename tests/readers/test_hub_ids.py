@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 huggingface_hub = pytest.importorskip("huggingface_hub", reason="the hf extra")
 
-from conftest import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, run_cli  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, run_cli, seeded
-from rust_helpers import SCHEMA, flip_tensor_byte, project, run, rust_tools, schema_skeleton
+from tests.support import REPO, run_cli, seeded
+from tests.support.rust import SCHEMA, flip_tensor_byte, project, run, rust_tools, schema_skeleton
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.support import run_cli
 from convert.outputs.gguf.file_format import string, u32
 from convert.outputs.gguf.stream import GGUFItem, write_gguf
-from rust_helpers import run, rust_tools
+from tests.support.rust import run, rust_tools
 
 gguf = pytest.importorskip("gguf")
 

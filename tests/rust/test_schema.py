@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from conftest import header_length, run_cli
+from tests.support import header_length, run_cli
 from convert import manifest as manifest_mod
-from rust_helpers import SCHEMA, flip_tensor_byte, resolve, run, rust_tools, schema_skeleton, types
+from tests.support.rust import SCHEMA, flip_tensor_byte, resolve, run, rust_tools, schema_skeleton, types
 
 DIGEST_NAMES = {"digest", "sha256"}
 

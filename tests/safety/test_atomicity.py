@@ -30,7 +30,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the checkpoints are written by torch.save")
 
-from conftest import assert_one_line_error, cli_prefix, count_inputs, every_dtype_tensors, listing, run_cli  # noqa: E402
+from tests.support import assert_one_line_error, cli_prefix, count_inputs, every_dtype_tensors, listing, run_cli  # noqa: E402
 
 SEED = 20251122
 KILLS_PER_SCENARIO = 12  # fresh destination, and --overwrite over a previous output

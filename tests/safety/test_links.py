@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import assert_cli_error, assert_no_output, run_cli
+from tests.support import assert_cli_error, assert_no_output, run_cli
 
 UNSAFE = 5
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\n"  # what a shard linked to /etc/passwd would hold

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, count_inputs
+from tests.support import REPO, count_inputs
 
 CHILD_MEMORY = 3 << 29  # 1.5 GiB of address space
 PEAK_RSS_LIMIT = 600 << 20
@@ -135,7 +135,7 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     torch = pytest.importorskip("torch", reason="the torch fixtures are written by torch.save")
     from safetensors.numpy import save_file
 
-    import test_fuzz
+    from tests.safety.fuzz import test_core as test_fuzz
 
     cases: list[dict[str, Any]] = []
 
@@ -253,6 +253,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         text=True,
         timeout=900,
         cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # the child imports tests.support
     )
     progress = (work / "report.json.progress").read_text() if (work / "report.json.progress").exists() else ""
     assert proc.returncode == 0, f"child died (exit {proc.returncode}) at {progress.splitlines()[-1:]}: {proc.stderr[-3000:]}"

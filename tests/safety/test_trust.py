@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import REPO, assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # option values are parsed strictly
@@ -325,7 +325,7 @@ def _run_with_terminal_stderr(*args: Any, cwd: Path | None = None) -> tuple[int,
     import pty
     import subprocess
 
-    from conftest import cli_prefix
+    from tests.support import cli_prefix
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -378,7 +378,7 @@ def test_dynamic_quantized_checkpoint_is_unsupported(tmp_path: Path) -> None:
 
 def test_to_onnx_wrong_input_shape_is_a_usage_error(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    from onnx_helpers import write_models
+    from tests.support.onnx_models import write_models
 
     models = write_models(tmp_path)
     src = tmp_path / "mlp.pt"
@@ -443,7 +443,7 @@ def _run_isolated(python: Path, *args: Any, cwd: Path) -> tuple[int, str, str]:
     import os
     import subprocess
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run(
         [str(python), "-m", "convert.cli", *map(str, args)],
@@ -462,7 +462,7 @@ def _core_requirements() -> tuple[str, ...]:
 
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     return tuple(Requirement(r).name for r in project["dependencies"])
 
 
@@ -538,14 +538,14 @@ def test_missing_reader_extra_is_exit_4_with_the_install_command(core_python: Pa
 
 
 def assert_one_line(stderr: str, needle: str) -> None:
-    from conftest import assert_one_line_error
+    from tests.support import assert_one_line_error
 
     assert_one_line_error(stderr, needle)
 
 
 def test_to_onnx_without_the_onnx_extra(tmp_path: Path) -> None:
     python = _isolated_python((*CORE, "torch"))
-    from onnx_helpers import write_models
+    from tests.support.onnx_models import write_models
 
     models = write_models(tmp_path)
     src = tmp_path / "mlp.pt"
@@ -571,7 +571,7 @@ def test_batch_ctrl_c_stops_and_reports_finished_jobs(tmp_path: Path, jobs: str,
     import subprocess
     import time
 
-    from conftest import cli_prefix
+    from tests.support import cli_prefix
 
     for i in range(2):
         torch.save({"w": torch.randn(4, 4)}, tmp_path / f"a{i}.pt")
@@ -620,7 +620,7 @@ def test_batch_ctrl_c_stops_and_reports_finished_jobs(tmp_path: Path, jobs: str,
 
 def test_to_onnx_shows_its_progress_on_stderr(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    from onnx_helpers import write_models
+    from tests.support.onnx_models import write_models
 
     models = write_models(tmp_path)
     src = tmp_path / "mlp.pt"

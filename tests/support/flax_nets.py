@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flax import nnx, serialization
 
-from conftest import load_output
+from tests.support import load_output
 
 TOLERANCE = 1e-5
 LINEN_CELLS = {

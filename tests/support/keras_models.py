@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import installed_without_dependencies
+from tests.support import REPO, installed_without_dependencies
 
-REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "scripts" / "make_keras_models.py"
 # Where each flavour keeps each format, and which converter reads it.
 KERAS_FORMATS = [

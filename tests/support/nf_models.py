@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from conftest import read_manifest
+from tests.support import read_manifest
 
 H = 12
 TRAINER = dict(

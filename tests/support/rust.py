@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from conftest import header_length
+from tests.support import REPO, header_length
 
-REPO = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO / "rust"
 TARGET_DIR = WORKSPACE / "target"  # ignored by git; reused by later runs, so rebuilds are incremental
 DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")

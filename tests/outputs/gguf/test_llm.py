@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
-from llm_support import CORPUS, sentencepiece_tokenizer, tiny_llama
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli
+from tests.support.llm import CORPUS, sentencepiece_tokenizer, tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -23,7 +23,7 @@ import pytest
 from convert.errors import MappingError
 from convert.outputs.gguf import quants
 from convert.outputs.gguf.ggml_types import BY_ID, TYPES, ggml_type
-from ggml_support import MISSING, ggml_quantizer
+from tests.support.ggml import MISSING, ggml_quantizer
 
 gguf = pytest.importorskip("gguf")
 

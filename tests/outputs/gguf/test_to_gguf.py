@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli
 
 torch = pytest.importorskip("torch")
 Source = tuple[Path, dict[str, Any]]  # the checkpoint and its arrays

@@ -23,10 +23,9 @@ onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import run_onnx, write_models  # noqa: E402
+from tests.support import REPO as ROOT, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import run_onnx, write_models  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SENTIMENT = ROOT / "fixtures" / "sentiment"
 MODES = ("dynamic-int8", "qdq-int8")
 SHARE = 0.05  # the default bound: this share of each output's range (README, "Int8 ONNX")

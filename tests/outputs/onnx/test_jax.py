@@ -19,8 +19,8 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
 from flax import serialization  # noqa: E402
 
-from conftest import assert_cli_error, assert_no_output, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import run_onnx  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import run_onnx  # noqa: E402
 
 MODEL_SOURCE = """
 from flax import nnx

@@ -16,8 +16,8 @@ keras = pytest.importorskip("keras", reason="Keras export needs Keras 3")
 pytest.importorskip("tf2onnx", reason="Keras's ONNX export needs tf2onnx (the onnx extra)")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import run_onnx  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import run_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

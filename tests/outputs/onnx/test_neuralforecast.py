@@ -19,9 +19,9 @@ pytest.importorskip("neuralforecast")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from nf_helpers import TRAINER, H, quiet  # noqa: E402
-from onnx_helpers import run_onnx  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.nf_models import TRAINER, H, quiet  # noqa: E402
+from tests.support.onnx_models import run_onnx  # noqa: E402
 
 STEPS = 24
 EXPORTED = ["LSTM", "MLPNoY", "MLPNormal", "NHITS", "TSMixerx"]

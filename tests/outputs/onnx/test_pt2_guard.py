@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="writes real torch.export archives")
 
-from conftest import assert_cli_error, assert_no_output, run_cli  # noqa: E402
 from exporters.onnx_export.pt2_guard import check_pt2  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

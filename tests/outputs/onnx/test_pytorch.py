@@ -17,10 +17,8 @@ torch = pytest.importorskip("torch", reason="exports torch models")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import perturbed, run_onnx, write_models  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO as ROOT, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import perturbed, run_onnx, write_models  # noqa: E402
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ torch = pytest.importorskip("torch", reason="exports torch models")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 pytest.importorskip("onnxsim", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import run_onnx, write_models  # noqa: E402
+from tests.support import REPO as ROOT, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import run_onnx, write_models  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "fixtures" / "sentiment"
 
 # A user's model file: `--module token_models:NAME` imports it from the working folder.

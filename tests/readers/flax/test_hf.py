@@ -14,8 +14,8 @@ pytest.importorskip("flax", reason="needs flax for transformers' Flax classes")
 torch = pytest.importorskip("torch", reason="needs torch for transformers' PyTorch classes")
 transformers = pytest.importorskip("transformers", reason="needs transformers")
 
-from conftest import read_manifest, run_cli  # noqa: E402
 from convert.api import verify_path  # noqa: E402
+from tests.support import read_manifest, run_cli  # noqa: E402
 
 TOLERANCE = 1e-5
 IDS = np.array([[5, 17, 3, 42, 8, 1, 60], [9, 2, 77, 4, 31, 6, 12]], dtype=np.int32)

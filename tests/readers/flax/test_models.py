@@ -16,10 +16,16 @@ torch = pytest.importorskip("torch", reason="needs torch for the PyTorch twins")
 
 import jax.numpy as jnp  # noqa: E402
 
-import flax_helpers as fh  # noqa: E402
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 from convert.api import flax_to_safetensors, verify_path  # noqa: E402
 from convert.mapping import builtin_layouts  # noqa: E402
+from tests.support import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    flax_nets as fh,  # noqa: E402
+    load_output,
+    read_manifest,
+    run_cli,
+)
 
 CELLS = ["LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell"]
 

@@ -15,9 +15,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 from convert.api import flax_to_safetensors, verify_path
 from convert.errors import CorruptInputError, UnsupportedFormatError
+from tests.support import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
 
 FLAX_DTYPES = [
     "float64",

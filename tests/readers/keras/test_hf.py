@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_manifest
 from convert.api import keras_to_safetensors, verify_path
+from tests.support import read_manifest
 
-pytest_plugins = ["keras_support"]  # the session fixtures hf_models, keras_models
+pytest_plugins = ["tests.support.keras_models"]  # the session fixtures hf_models, keras_models
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

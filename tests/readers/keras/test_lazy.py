@@ -12,10 +12,10 @@ import pytest
 
 h5py = pytest.importorskip("h5py", reason="the keras extra reads HDF5 with h5py")
 
-from conftest import REPO  # noqa: E402
 from convert.errors import CorruptInputError  # noqa: E402
 from exporters.keras import h5 as keras_h5  # noqa: E402
 from exporters.keras.h5 import GCOL, H5Source  # noqa: E402
+from tests.support import REPO  # noqa: E402
 
 
 def write_datasets(path: Path) -> dict[str, np.ndarray]:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from conftest import load_output, read_manifest, run_cli
 from convert.api import keras_to_safetensors, verify_path
 from convert.errors import MappingError
 from convert.mapping import builtin_layouts
-from keras_support import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
+from tests.support import load_output, read_manifest, run_cli
+from tests.support.keras_models import KERAS_FORMATS, NUMERIC_MODELS, twin_forward
 
 FORMAT_NAMES = {
     "model.keras": "keras-v3",
@@ -24,7 +24,7 @@ FORMAT_NAMES = {
     "weights.h5": "keras-h5-weights",
 }
 
-pytest_plugins = ["keras_support"]  # the session fixtures keras_models, keras2_graph_models, hf_models
+pytest_plugins = ["tests.support.keras_models"]  # the session fixtures keras_models, keras2_graph_models, hf_models
 
 
 def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 
 h5py = pytest.importorskip("h5py", reason="the keras extra reads HDF5 with h5py")
 
 from exporters.keras.config import CODE_MARKER  # noqa: E402
 
-pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
+pytest_plugins = ["tests.support.keras_models"]  # the session fixtures keras_models, hf_models
 
 
 def test_no_tensorflow_on_the_h5_path(keras_models: Path, hf_models: Path, tmp_path: Path) -> None:

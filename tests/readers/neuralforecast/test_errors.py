@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_cli_error, assert_no_output, run_cli
+from tests.support import REPO, assert_cli_error, assert_no_output, run_cli
 
 FIXTURES = REPO / "fixtures" / "neuralforecast"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, read_manifest, run_cli
-from nf_helpers import quiet, rebuild
+from tests.support import REPO, read_manifest, run_cli
+from tests.support.nf_models import quiet, rebuild
 
 FIXTURES = REPO / "fixtures" / "neuralforecast"
 VERSIONS = ("3.3.0", "3.2.2", "3.1.5", "1.7.0")

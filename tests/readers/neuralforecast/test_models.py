@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("neuralforecast")
 
-from conftest import assert_no_output, read_manifest, run_cli  # noqa: E402
 from exporters.neuralforecast.config import BASE_ARGS  # noqa: E402
-from nf_helpers import dense_zoo, dlinear_forward, mlp_forward, model_zoo, quiet, rebuild, temporal_scale  # noqa: E402
+from tests.support import assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support.nf_models import dense_zoo, dlinear_forward, mlp_forward, model_zoo, quiet, rebuild, temporal_scale  # noqa: E402
 
 FOLDERS = [
     "MLP",
@@ -284,7 +284,7 @@ def test_numpy_forward_from_the_manifest_matches_neuralforecast(dense: SimpleNam
 def test_neuro_divergent_refuses_tensors_that_are_no_layer(tmp_path: Path) -> None:
     """A TCN's convolutions are no dense or recurrent layer: refused, named, nothing written. A loss's
     quantiles are constants, not neurons: they pass through, so they are not among the refused."""
-    from conftest import REPO
+    from tests.support import REPO
 
     out = tmp_path / "out"
     code, _, stderr = run_cli(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 
 RNG = np.random.default_rng(7)
 

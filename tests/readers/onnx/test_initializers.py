@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch", reason="exports torch models")
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
-from onnx_helpers import write_models  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support.onnx_models import write_models  # noqa: E402
 
 
 class Encoder(torch.nn.Module):

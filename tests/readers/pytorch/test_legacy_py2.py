@@ -16,8 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch as the reference reader")
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 from convert.api import verify_path  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
 MAGIC = 0x1950A86A20F9469CFC6C
 STORAGE_CLASS = {

@@ -13,7 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to build and run the models")
 
-from conftest import (  # noqa: E402
+from convert.api import verify_path  # noqa: E402
+from tests.support import (  # noqa: E402
     assert_cli_error,
     assert_no_output,
     assert_same_state,
@@ -27,7 +28,6 @@ from conftest import (  # noqa: E402
     run_cli,
     seeded,
 )
-from convert.api import verify_path  # noqa: E402
 
 
 class MixedNet(torch.nn.Module):

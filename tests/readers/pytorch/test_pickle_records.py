@@ -25,7 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the fixtures are written by torch.save")
 
-from conftest import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, retie, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, retie, run_cli  # noqa: E402
 
 
 def convert(src: Path, out: Path, *args: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import (  # noqa: E402
+from convert.api import verify_path  # noqa: E402
+from tests.support import (  # noqa: E402
     assert_same_state,
     assert_same_tensor,
     convert_api,
@@ -28,7 +29,6 @@ from conftest import (  # noqa: E402
     st_code,
     torch_load,
 )
-from convert.api import verify_path  # noqa: E402
 
 
 def check_roundtrip(src: Path, out: Path, expected: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write TorchScript archives")
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Block(torch.nn.Module):

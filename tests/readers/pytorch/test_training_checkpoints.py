@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from conftest import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Net(torch.nn.Module):

@@ -11,18 +11,17 @@ from typing import Any
 
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 from convert.api import inspect_path, keras_to_safetensors, tf_to_safetensors, verify_path
 from convert.errors import SourceNotFoundError
 from exporters.registry import detect
-from keras_support import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
-from tf_index import Pairs, rewrite_index
+from tests.support import REPO as ROOT, assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support.keras_models import NUMERIC_MODELS, TF_FORMATS, tensorflow_version, twin_forward
+from tests.support.tf_index import Pairs, rewrite_index
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
-ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["keras_support"]  # the session fixtures keras_models, hf_models
+pytest_plugins = ["tests.support.keras_models"]  # the session fixtures keras_models, hf_models
 
 
 @pytest.mark.parametrize("model", NUMERIC_MODELS)
@@ -405,7 +404,7 @@ def test_peak_memory_stays_under_the_largest_tensors_not_the_model(tmp_path: Pat
     own reader, imported, cost over 600 MiB before reading a byte)."""
     import numpy as np
 
-    from hostile_run import run_measured
+    from tests.support.measured_run import run_measured
 
     rng = np.random.default_rng(1)
     prefix = _module_checkpoint(tmp_path / "ckpt", {f"w{i}": rng.random((4096, 4096), dtype=np.float32) for i in range(6)})
@@ -463,7 +462,7 @@ def test_keras_export_twins_are_compared_without_copies(tmp_path: Path) -> None:
     19's 200 MiB of peak RSS (numpy's array_equal with equal_nan copied both, over 300 MiB)."""
     import tensorflow as tf
 
-    from hostile_run import run_measured
+    from tests.support.measured_run import run_measured
 
     model = tf.keras.Sequential([tf.keras.Input((4096,)), tf.keras.layers.Dense(4096, bias_initializer="ones", name="dense")])
     model.export(str(tmp_path / "saved"), verbose=False)

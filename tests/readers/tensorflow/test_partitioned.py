@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
-from keras_support import tensorflow_version
-from tf_index import Pairs, index_pairs, rewrite_index
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support.keras_models import tensorflow_version
+from tests.support.tf_index import Pairs, index_pairs, rewrite_index
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
@@ -138,7 +138,7 @@ def test_peak_memory_of_a_sharded_embedding_stays_flat(tmp_path: Path) -> None:
     issue 19's 200 MiB bound: its slices are copied span by span, never assembled in memory."""
     import tensorflow as tf
 
-    from hostile_run import run_measured
+    from tests.support.measured_run import run_measured
 
     module = tf.Module()
     module.emb = _sharded([4096, 4096, 4096, 4096], 4096)

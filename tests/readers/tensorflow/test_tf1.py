@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
 from convert.transforms import apply
-from keras_support import tensorflow_version
-from tf1_support import save_with_slots
+from tests.support import REPO, assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support.keras_models import tensorflow_version
+from tests.support.tf1 import save_with_slots
 
 pytestmark = pytest.mark.skipif(tensorflow_version() is None, reason="needs the tensorflow extra")
 
@@ -294,7 +294,7 @@ def test_names_that_clash_are_refused(tmp_path: Path) -> None:
     assert_no_output(tmp_path / "out")
 
 
-BERT_RULES = Path(__file__).resolve().parent.parent / "examples" / "layouts" / "bert-tf1.toml"
+BERT_RULES = REPO / "examples" / "layouts" / "bert-tf1.toml"
 
 
 def _full_bert_checkpoint(folder: Path, config: Any) -> str:

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow", reason="needs TensorFlow's TFLite converter and interpreter")
 torch = pytest.importorskip("torch", reason="runs the converted weights")
 
-from conftest import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
 
 
 def tflite_of(layer: Any, shape: tuple[int, ...], path: Path, int8: bool = False) -> Path:

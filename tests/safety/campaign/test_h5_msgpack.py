@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile_run import run_measured
-from test_hostile_round2 import CORRUPT, keras2_weights_file, refused
+from tests.safety.campaign.test_limits import CORRUPT, keras2_weights_file, refused
+from tests.support.measured_run import run_measured
 
 UNSUPPORTED = 4
 h5py = pytest.importorskip("h5py")

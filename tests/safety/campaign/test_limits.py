@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import assert_no_output, assert_one_line_error
-from hostile_run import PEAK_RSS_LIMIT, Run, run_measured
+from tests.support import REPO, assert_no_output, assert_one_line_error
+from tests.support.measured_run import PEAK_RSS_LIMIT, Run, run_measured
 
 UNSAFE, CORRUPT = 5, 6
 
@@ -405,7 +405,7 @@ def test_stale_staging_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None
     live_staging = live.__enter__()  # this process is alive: its staging folder must stay
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(out)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
     )
     assert killed.returncode == -9, killed.stderr
@@ -463,7 +463,7 @@ def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: 
     number belongs."""
     import json
 
-    from test_neuralforecast_errors import _copy, _hparams, _rewrite_metadata
+    from tests.readers.neuralforecast.test_errors import _copy, _hparams, _rewrite_metadata
 
     folder = _copy("3.3.0", tmp_path)
     hparams = {**_hparams(folder / model), **edit}
@@ -476,7 +476,7 @@ def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: 
 def test_nf_configuration_pickle_with_a_gadget_behind_an_error_is_unsafe(tmp_path: Path) -> None:
     """A malicious configuration.pkl that fails as malformed before its gadget was skipped as corrupt
     and the conversion exited 0; SECURITY.md promises exit 5."""
-    from test_neuralforecast_errors import _copy
+    from tests.readers.neuralforecast.test_errors import _copy
 
     folder = _copy("3.2.2", tmp_path)
     gadget = (

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 CORPUS = REPO / "fixtures" / "hostile"
 SCRIPT = REPO / "scripts" / "make_hostile.py"
 PREFIX = {

@@ -27,7 +27,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write the checkpoints it then damages")
 
-from conftest import REPO, assert_cli_error, assert_no_output, assert_one_line_error, read_manifest, run_cli  # noqa: E402
+from tests.support import REPO, assert_cli_error, assert_no_output, assert_one_line_error, read_manifest, run_cli  # noqa: E402
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text()) if (CORPUS / "catalog.json").is_file() else []

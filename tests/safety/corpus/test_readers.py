@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, count_inputs, run_cli
+from tests.support import REPO, assert_one_line_error, count_inputs, run_cli
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text())
@@ -172,7 +172,12 @@ def run_children(plan: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]
         out = work / "results.jsonl"
         out.unlink(missing_ok=True)
         proc = subprocess.run(
-            [sys.executable, __file__, str(work / "plan.json"), str(out)], capture_output=True, text=True, timeout=900, cwd=work
+            [sys.executable, __file__, str(work / "plan.json"), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(REPO)},  # the child imports tests.support
         )
         done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
         results += done

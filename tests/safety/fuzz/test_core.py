@@ -38,11 +38,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import count_inputs
 from convert.dtypes import DTYPES
 from convert.errors import ConvertError
+from tests.support import REPO, count_inputs
 
-REPO = Path(__file__).resolve().parent.parent
 HOSTILE = REPO / "fixtures" / "hostile"
 EXAMPLE = REPO / "fixtures" / "example" / "tiny_model.pt"
 

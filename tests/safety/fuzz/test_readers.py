@@ -26,9 +26,18 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from test_fuzz import INTERESTING_INTS, JSON_VALUES, fuzz, json_mutations, mutated, probe, read_all, rezip, zip_entries
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.safety.fuzz.test_core import (
+    INTERESTING_INTS,
+    JSON_VALUES,
+    fuzz,
+    json_mutations,
+    mutated,
+    probe,
+    read_all,
+    rezip,
+    zip_entries,
+)
+from tests.support import REPO
 
 
 def _open_all(path: Path, blob: bytes) -> Any:
@@ -290,7 +299,7 @@ def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pyt
 @pytest.fixture(scope="module")
 def onnx_seed() -> Any:
     pytest.importorskip("onnx")
-    from test_onnx_graph_tensors import model_with_subgraphs
+    from tests.readers.onnx.test_graph_tensors import model_with_subgraphs
 
     return model_with_subgraphs()
 
