@@ -115,7 +115,7 @@ READER_OPTIONS: tuple[Option, ...] = (
         "Keras: how far compressed HDF5 datasets may inflate (5GB, 2GiB); by default at most "
         "64 times the file's size, and 1 GiB for any smaller file.",
     ),
-)  # ReaderOptions' fields, declared once: the CLI's flags come from these (tests/test_options.py checks the rest)
+)  # ReaderOptions' fields, declared once: the CLI's flags come from these (tests/faces/test_options.py checks the rest)
 
 
 class Probe:

@@ -34,12 +34,12 @@ NOT_RUN = {
     "bash scripts/test.sh": "the set-up command the CI runs itself (a venv from nothing, then this suite)",
     "python3 -m venv": "pip install: needs the package index",
     ".venv/bin/pip install": "pip install: needs the package index",
-    "cargo build --release": "builds against crates.io (network); tests/rust_helpers.py builds the crate offline",
+    "cargo build --release": "builds against crates.io (network); tests/support/rust.py builds the crate offline",
     ".venv/bin/python scripts/bench_": "benchmarks on 1 GiB and larger inputs, run by hand (README, Benchmarks)",
     "convert auto openai-community/gpt2 ": "a Hugging Face repository id: needs the network or that model in the "
-    "cache; tests/test_hub_ids.py builds a cache in huggingface_hub's layout and converts from it",
+    "cache; tests/readers/test_hub_ids.py builds a cache in huggingface_hub's layout and converts from it",
     "convert auto hf://openai-community/gpt2": "as above",
-    "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/test_rust.py builds it offline and runs "
+    "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/rust/test_crate.py builds it offline and runs "
     "`rmc verify` and `rmc inspect` (with --json) on converted outputs",
 }
 
@@ -326,7 +326,7 @@ def _tf1_sources(work: Path) -> None:
 
 
 def _llm_sources(work: Path) -> None:
-    """A Hugging Face llama folder with its SentencePiece tokenizer (tests/llm_support.py)."""
+    """A Hugging Face llama folder with its SentencePiece tokenizer (tests/support/llm.py)."""
     pytest.importorskip("sentencepiece", reason="the language model's tokenizer is trained with sentencepiece")
     from tests.support.llm import tiny_llama
 
@@ -447,7 +447,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
             root = tmp_path_factory.mktemp(f"readme-{group}")
             if group == "hf-tf":  # BERT saved by transformers' TF class with save_pretrained
                 shutil.copytree(request.getfixturevalue("hf_models") / "hf" / "bert" / "single", root / "hf-tf-folder")
-            elif group == "jax2onnx":  # a folder for PYTHONPATH, as tests/test_onnx_jax.py installs it
+            elif group == "jax2onnx":  # a folder for PYTHONPATH, as tests/outputs/onnx/test_jax.py installs it
                 import importlib.util
 
                 found = None if importlib.util.find_spec("jax2onnx") is None else root
@@ -550,7 +550,7 @@ def test_readme_rule_file_runs_on_top_of_burn(tmp_path: Path) -> None:
 
 
 def test_readme_rust_blocks_are_the_tested_example_or_fragments() -> None:
-    """The quickstart is rust/rmc-load/examples/quickstart.rs (built and run by tests/test_rust.py); the
+    """The quickstart is rust/rmc-load/examples/quickstart.rs (built and run by tests/rust/test_crate.py); the
     per-layout snippets are fragments of a user's program (its model types), not a program to run."""
     blocks = fenced_blocks("rust")
     example = (REPO / "rust" / "rmc-load" / "examples" / "quickstart.rs").read_text()

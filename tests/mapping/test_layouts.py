@@ -3,7 +3,7 @@ target's conventions, verify (and its failures), fail-closed mapping, refusals, 
 layout options, `convert layouts` and the schema of every built-in rule file.
 
 Checkpoints are written by torch.save; conversions and verification run through the CLI as a user
-runs them; every manifest is validated against its schema (conftest.read_manifest).
+runs them; every manifest is validated against its schema (tests.support.read_manifest).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from tests.support.layouts import (  # noqa: E402
 
 MODEL_FOR = {layout: "net" for layout in BUILTIN_LAYOUTS} | {"neuro-divergent": "dense", "torsh": "torsh"}
 # Names and shapes leave these module types open; under layouts whose bytes depend on them the user
-# decides (tests/test_layouts_loaders.py proves the refusal without it).
+# decides (tests/mapping/test_loaders.py proves the refusal without it).
 DECIDED = {
     ("torsh", "torsh"): "emb=Embedding",
     ("net", "burn-native"): "emb=Embedding",
@@ -320,7 +320,7 @@ def test_burn_dense_norm_embedding_forward(converted: Callable[[str, str], Conve
 
 def test_torsh_linear_forward(converted: Callable[[str, str], Converted]) -> None:
     """ToRSh's Linear weights are [in, out]: x @ W + b reproduces torch (BatchNorm statistics are
-    refused: tests/test_layouts_loaders.py)."""
+    refused: tests/mapping/test_loaders.py)."""
     c = converted("torsh", "torsh")
     t = load_numpy(c.out)
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(14))

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_layouts*.py: real torch models, the names and shapes each Rust target's
+"""Helpers for tests/mapping/: real torch models, the names and shapes each Rust target's
 conventions predict for them, and numpy forward passes written from those conventions.
 
 The expected names are derived from each module's own attributes (hidden_size, num_layers,

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_neuralforecast*.py: tiny NeuralForecast models, rebuilding a model from a
+"""Helpers for tests/readers/neuralforecast/: tiny NeuralForecast models, rebuilding a model from a
 converted folder with NeuralForecast's own class, and numpy forwards written from the manifest.
 
 A rebuild reads nothing but the output folder: the manifest's constructor config (losses rebuilt

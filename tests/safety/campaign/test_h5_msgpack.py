@@ -62,7 +62,7 @@ def test_msgpack_array_with_a_zero_dimension_and_a_huge_one_is_corrupt(command: 
 
 def test_what_compressed_datasets_inflate_to_is_bounded(tmp_path: Path) -> None:
     """256 MiB of gzip'd zeros from under 1 MB: inside the default bound (64 times the file, 1 GiB at
-    least, tests/test_hostile_round2.py converts it); past a bound the user sets, refused before a
+    least, tests/safety/campaign/test_limits.py converts it); past a bound the user sets, refused before a
     byte is inflated; a bound that fits converts, and verify --source (which re-reads with the
     recorded bound) passes."""
     src = keras2_weights_file(tmp_path / "bomb.h5", (8192, 8192), chunks=(256, 8192), compression="gzip")

@@ -764,7 +764,7 @@ def test_layout_patterns_share_one_budget_per_mapping(monkeypatch: pytest.Monkey
 
 
 # ---------------------------------------------------------------------------------------------
-# Deflated zip members whose stream is damaged (found by tests/test_fuzz_readers.py)
+# Deflated zip members whose stream is damaged (found by tests/safety/fuzz/test_readers.py)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from tests.support import REPO, assert_cli_error, assert_no_output, assert_one_l
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text()) if (CORPUS / "catalog.json").is_file() else []
-CATALOG = [e for e in CATALOG if e["kind"] in ("zip", "legacy", "raw-pickle")]  # other formats: test_hostile_readers.py
+CATALOG = [e for e in CATALOG if e["kind"] in ("zip", "legacy", "raw-pickle")]  # other formats: test_readers.py beside it
 REFUSED = [e for e in CATALOG if e["expect"] == "refused"]
 # Classes no reader knows beside real weights: converted, each class an inert record (never imported)
 RECORDED = [e for e in CATALOG if e["expect"] == "inert"]

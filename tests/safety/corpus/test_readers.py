@@ -36,7 +36,7 @@ from tests.support import REPO, assert_one_line_error, count_inputs, run_cli
 
 CORPUS = REPO / "fixtures" / "hostile"
 CATALOG: list[dict[str, str]] = json.loads((CORPUS / "catalog.json").read_text())
-PICKLE_KINDS = ("zip", "legacy", "raw-pickle")  # exact codes: test_pytorch_hostile.py
+PICKLE_KINDS = ("zip", "legacy", "raw-pickle")  # exact codes: test_pytorch.py beside it
 READER_OF = {
     "zip": "pytorch",
     "legacy": "pytorch",
