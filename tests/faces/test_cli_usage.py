@@ -1,4 +1,4 @@
-"""The command line's friction as a new user met it (issue 20), each point held by a test: global
+"""The command line's friction as a new user met it, each point held by a test: global
 options on either side of the subcommand, --json errors, help pages, dtype and size spellings,
 inspect's table, batch taking every conversion option, verify on a NeuralForecast output, and
 messages that name the command a wrong-format source needs."""

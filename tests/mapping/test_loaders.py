@@ -1,4 +1,4 @@
-"""What each Rust loader's own code expects (issue 17), on models built with real torch and
+"""What each Rust loader's own code expects, on models built with real torch and
 transformers: exact names, shapes and dtypes, and the refusals where a loader would compute
 something else. Each test cites the loader source it follows."""
 
@@ -50,7 +50,7 @@ def tiny_bert_with_saved_buffers() -> nn.Module:
 
 @pytest.mark.parametrize("layout", ["trustformers", "pytorch", "burn", "torsh"])
 def test_derived_buffers_dropped_with_a_note(tmp_path: Path, layout: str) -> None:
-    """issue 16: the I64 buffers loaders rebuild themselves no longer refuse the model; they are
+    """The I64 buffers loaders rebuild themselves no longer refuse the model; they are
     dropped, listed in the manifest and named in a note on stderr."""
     model = tiny_bert_with_saved_buffers()
     sd = model.state_dict()
@@ -276,7 +276,7 @@ def test_tch_refuses_u64(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Module types from what the source knows (issue 15, findings 2 and 3)
+# Module types from what the source knows
 # ---------------------------------------------------------------------------------------------
 
 
@@ -391,7 +391,7 @@ def test_guess_that_changes_no_bytes_converts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("layout", ["burn", "burn-native"])
 def test_guess_that_changes_a_name_is_refused(tmp_path: Path, layout: str) -> None:
-    """issue 30, finding 3: a bare PReLU(4) fits a LayerNorm by shape; burn names LayerNorm's weight
+    """A bare PReLU(4) fits a LayerNorm by shape; burn names LayerNorm's weight
     `gamma` and PReLU's `alpha`, so a guess would decide the name the loader looks up: refused (7) with
     the tensor and the option; decided, it converts under burn's PReLU name."""
     torch.manual_seed(3)
@@ -407,7 +407,7 @@ def test_guess_that_changes_a_name_is_refused(tmp_path: Path, layout: str) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-# Ties (issue 15, finding 4)
+# Ties
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Weight norm and spectral norm (issue 30, finding 1): torch's hook forms (`weight_g`/`weight_v`;
+"""Weight norm and spectral norm: torch's hook forms (`weight_g`/`weight_v`;
 `weight_orig`/`weight_u`/`weight_v`) and parametrize forms (`parametrizations.weight.original0/1`;
 `.original`, `.0._u`, `.0._v`) reach name-lookup loaders as the weight the module computes, folded as
 torch's eval-mode forward does it, recorded as a transform `verify --source` replays. Checked against

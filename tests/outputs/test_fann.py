@@ -283,7 +283,7 @@ def test_neuralforecast_activation_ruv_fann_lacks_is_refused(forecasters: Simple
 
 
 def test_overwrite_takes_back_its_own_networks(mlp: SimpleNamespace, forecasters: SimpleNamespace) -> None:
-    """issue 30, finding 7: the networks a manifest lists are this tool's own files, so the same
+    """The networks a manifest lists are this tool's own files, so the same
     conversion run again with --overwrite replaces them (a torch file's output, and a NeuralForecast
     save's folder of model outputs); a file the manifest does not list still refuses it (9)."""
     out = mlp.tmp / "again"

@@ -1,4 +1,4 @@
-"""Hugging Face repository ids as sources (issue 30, "the names a user gives"): `org/name`,
+"""Hugging Face repository ids as sources (the names a user gives): `org/name`,
 `org/name@revision` and `hf://org/name` resolve through huggingface_hub to the cache snapshot a
 `from_pretrained` user has. The cache is built here in huggingface_hub's own layout (blobs, snapshots
 of links into them, refs), checked with huggingface_hub's own scan_cache_dir; nothing touches the

@@ -1,4 +1,4 @@
-"""Links to files outside the input (issue 35 items 1-3; issue 30 item 5): every file a command may
+"""Links to files outside the input: every file a command may
 open is checked before any is opened, by every command, and a Hugging Face cache snapshot, whose
 files are links into its repository's `blobs/`, is accepted as it is.
 
@@ -139,7 +139,7 @@ def test_linked_index_is_refused(tmp_path: Path, build: Callable[[Path], Path]) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face cache snapshots (issue 30 item 5)
+# Hugging Face cache snapshots
 # ---------------------------------------------------------------------------------------------
 
 

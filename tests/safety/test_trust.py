@@ -1,7 +1,7 @@
-"""Exit 0 is a promise (issue 15): a cast never turns values into inf or zero silently, every source
+"""Exit 0 is a promise: a cast never turns values into inf or zero silently, every source
 array is accounted for, --overwrite replaces only this tool's own output, outputs get the umask's
 permissions, option values are parsed strictly, paths work relative or absolute, and detection
-cannot take one format's magic for another's. Each test reproduces a report of the issue."""
+cannot take one format's magic for another's. Each test reproduces a user's report."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PEAK_RSS_LIMIT = 1 << 30  # the bound for every hostile file of a few MB
+PEAK_RSS_LIMIT = 1 << 30  # the bound for every hostile file of a few MB
 ADDRESS_SPACE = 4 << 30
 WATCHDOG_SECONDS = 120
 

@@ -224,7 +224,7 @@ def test_zip_that_is_not_keras(keras_models: Path, tmp_path: Path) -> None:
     assert_no_output(tmp_path / "b")
 
 
-# --- kernels that do not fit their layer (issue 35 item 6) ------------------------------------------
+# --- kernels that do not fit their layer --------------------------------------------------------------
 
 
 def _dataset_path(f: Any, suffix: str) -> str:

@@ -109,7 +109,7 @@ def test_npz_with_slash_paths_is_a_tree(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dotted", [True, False])
 def test_npz_with_an_embedding_member_keeps_its_names(tmp_path: Path, dotted: bool) -> None:
-    """issue 30, finding 4: a flat npz (as a protein language model on PyPI ships) with an `embedding`
+    """A flat npz (as a protein language model on PyPI ships) with an `embedding`
     member beside other arrays is not a Flax tree: its names are kept, dotted ones too."""
     arrays = {"embedding": arr(21, 8), "mlstm.0.b" if dotted else "proj": arr(8), "mlstm.0.w" if dotted else "out": arr(8, 4)}
     src = tmp_path / "w.npz"

@@ -1,4 +1,4 @@
-"""The weights out of every pickle, without running a line of it (issue #29).
+"""The weights out of every pickle, without running a line of it.
 
 Checkpoints that hold classes no reader knows -- omegaconf configs, dataclasses, a user's `__main__`
 class, whole pickled modules of any class, YOLO-style training checkpoints, Flax `FrozenDict`s --

@@ -400,7 +400,7 @@ def test_variables_are_spans_of_the_data_file_read_without_tensorflow(tmp_path: 
 
 def test_peak_memory_stays_under_the_largest_tensors_not_the_model(tmp_path: Path) -> None:
     """A 384 MiB checkpoint of six 64 MiB variables converts in a child whose peak RSS stays under
-    issue 19's 200 MiB bound: the variables stream from the mapped shard one at a time (TensorFlow's
+    the 200 MiB bound on peak memory: the variables stream from the mapped shard one at a time (TensorFlow's
     own reader, imported, cost over 600 MiB before reading a byte)."""
     import numpy as np
 
@@ -458,8 +458,8 @@ def test_every_damaged_index_byte_is_a_clean_refusal(tmp_path: Path, max_shard_s
 
 def test_keras_export_twins_are_compared_without_copies(tmp_path: Path) -> None:
     """Keras's `model.export` stores every variable twice; telling the second copy from a distinct
-    variable compares their bytes window by window, so two 64 MiB kernels never cost more than issue
-    19's 200 MiB of peak RSS (numpy's array_equal with equal_nan copied both, over 300 MiB)."""
+    variable compares their bytes window by window, so two 64 MiB kernels never cost more than the
+    200 MiB bound on peak RSS (numpy's array_equal with equal_nan copied both, over 300 MiB)."""
     import tensorflow as tf
 
     from tests.support.measured_run import run_measured

@@ -135,7 +135,7 @@ def test_tf1_saver_partitioned_variables_are_assembled(tmp_path: Path) -> None:
 
 def test_peak_memory_of_a_sharded_embedding_stays_flat(tmp_path: Path) -> None:
     """A 256 MiB ShardedVariable (4 slices of 64 MiB) converts in a child whose peak RSS stays under
-    issue 19's 200 MiB bound: its slices are copied span by span, never assembled in memory."""
+    the 200 MiB bound on peak memory: its slices are copied span by span, never assembled in memory."""
     import tensorflow as tf
 
     from tests.support.measured_run import run_measured

@@ -164,7 +164,7 @@ def _quantized_fields(data: bytes) -> dict[str, tuple[int, int]]:
     ["scale NaN", "scale zero", "scale negative", "zero point past int8", "operator input past the tensors", "input -7"],
 )
 def test_quantization_values_that_lose_data_are_corrupt(damage: str, tmp_path: Path) -> None:
-    """Issue 35 item 6: a NaN or zero scale dequantized to all NaN or all zero, a zero point outside
+    """A NaN or zero scale dequantized to all NaN or all zero, a zero point outside
     the integer type, an operator input index past the tensors (its filter left untransposed): exit 0."""
     src = tflite_of(tf.keras.layers.Conv2D(4, 3), (6, 6, 3), tmp_path / "q.tflite", int8=True)
     data = bytearray(src.read_bytes())

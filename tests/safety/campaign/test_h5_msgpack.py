@@ -1,4 +1,4 @@
-"""Hostile HDF5 and msgpack leftovers (issue 30, finding 6): exotic float types, zero-size huge shapes, inflation bounds; each
+"""Hostile HDF5 and msgpack files: exotic float types, zero-size huge shapes, inflation bounds; each
 run through the CLI in a child process: the documented exit code, one stderr line, nothing written."""
 
 from __future__ import annotations

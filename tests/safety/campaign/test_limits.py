@@ -1,6 +1,8 @@
-"""Hostile inputs, round two (issue 18): each file is built here, run through the CLI in a child
-process in an empty folder, and must end with its documented exit code, exactly one stderr line, no
-output or staging folder, and a peak RSS under 1 GiB. No signal, no internal error (exit 1)."""
+"""The readers' limits under hostile inputs (nesting, hash work, entry counts, inflation, shapes numpy
+cannot build, integer digits, pattern budgets, damaged zips, error-line escapes, stale staging): each
+file is built here, run through the CLI in a child process in an empty folder, and must end with its
+documented exit code, exactly one stderr line, no output or staging folder, and a peak RSS under
+1 GiB. No signal, no internal error (exit 1)."""
 
 from __future__ import annotations
 

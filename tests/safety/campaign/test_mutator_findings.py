@@ -1,4 +1,4 @@
-"""Hostile inputs, round three (issue 35 items 4-6): torch zip storages behind an unchanged CRC-32 or
+"""What the campaign's mutators found: torch zip storages behind an unchanged CRC-32 or
 a shifted local header, names too long for the system, and values lost silently (TFLite quantization,
 NPY header keys, Keras kernels that do not fit their layer). Each file is written by its framework,
 then edited as the campaign's mutator did, and run through the CLI in a child process."""

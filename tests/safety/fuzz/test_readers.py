@@ -1,4 +1,4 @@
-"""Fuzzing the readers added after tests/safety/fuzz/test_core.py: TFLite flatbuffers, NumPy .npy/.npz/pickles,
+"""Fuzzing the readers test_core.py does not cover: TFLite flatbuffers, NumPy .npy/.npz/pickles,
 TorchScript archives, training checkpoints (optimizer, scheduler and RNG states beside the model),
 ONNX models whose weights sit in Constant nodes and If/Loop/Scan subgraphs, NeuralForecast configs,
 and layout rule patterns that backtrack. Whatever comes in, opening and reading every tensor returns
@@ -7,7 +7,7 @@ or raises a one-line ConvertError, never another exception and never a hang.
 Each file goes through `exporters.registry.open_source` (detection included), as `convert auto` does.
 Seeds are written by the real frameworks in module fixtures; inputs are those files mutated byte by
 byte, and mutated inside their structure (one zip member, one TensorProto field, one config value).
-Same CI profile as tests/safety/fuzz/test_core.py (derandomized, no database, CONVERT_FUZZ_SCALE for deeper runs);
+Same CI profile as test_core.py (derandomized, no database, CONVERT_FUZZ_SCALE for deeper runs);
 the budgets below keep this module near a minute on 2 cores, most of it writing the seeds.
 """
 
