@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from tests.support import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support import REPO, assert_cli_error, assert_no_output, flip_tensor_byte, read_manifest, run_cli  # noqa: E402
 from tests.support.layouts import (  # noqa: E402
     BUILTIN_LAYOUTS,
     GRU_GATES,
@@ -34,7 +34,6 @@ from tests.support.layouts import (  # noqa: E402
     build,
     burn_recurrent_forward,
     expected_tensors,
-    flip_tensor_byte,
     load_numpy,
     mha_forward,
     nd_recurrent_bases,
@@ -417,7 +416,7 @@ def test_verify_source_passes_then_catches_one_byte(
     bad = tmp_path / "bad"
     shutil.copytree(c.out, bad)
     victim = _victim(c.manifest)
-    flip_tensor_byte(bad, c.manifest, victim)
+    flip_tensor_byte(bad, victim)
     rc, _, err = run_cli("verify", bad, "--source", c.src)
     assert rc == 8, err
     assert repr(victim) in err and "Traceback" not in err

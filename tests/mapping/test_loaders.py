@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, convert_ok, read_manifest, run_cli  # noqa: E402
 from tests.support.layouts import load_numpy  # noqa: E402
 
 
@@ -24,8 +24,7 @@ def save_state(tmp_path: Path, model: nn.Module, name: str = "model.pt") -> Path
 
 
 def convert(src: Path, out: Path, layout: str, *extra: str) -> tuple[dict[str, Any], str]:
-    rc, _, err = run_cli("pth-to-safetensors", src, out, "--layout", layout, *extra)
-    assert rc == 0, err
+    err = convert_ok("pth-to-safetensors", src, out, "--layout", layout, *extra)
     return read_manifest(out), err
 
 

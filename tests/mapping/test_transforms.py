@@ -4,6 +4,7 @@ language of rule files matches what it says."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import ml_dtypes
@@ -14,12 +15,12 @@ from convert import transforms as tf
 from convert.dtypes import dtype as lookup_dtype
 from convert.errors import MappingError
 from convert.mapping import _param_fits, compile_pattern
+from tests.support import random_array
 
 RNG = np.random.default_rng(0)
 
 
-def arr(*shape: int, dtype: Any = np.float32) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(dtype)
+arr = functools.partial(random_array, RNG)
 
 
 def spec_of(arrays: list[np.ndarray]) -> list[tuple[tuple[int, ...], Any]]:

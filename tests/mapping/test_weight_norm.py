@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrizations  # noqa: E402
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, convert_ok, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Plain(nn.Module):
@@ -69,9 +69,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def convert(model: SimpleNamespace, layout: str, *options: str) -> Path:
     out = model.tmp / "-".join([layout, *options])
     args = [a for o in options for a in ("--layout-option", o)]
-    code, _, err = run_cli("pth-to-safetensors", model.src, out, "--layout", layout, *args)
-    assert code == 0, err
-    assert run_cli("verify", out, "--source", model.src)[0] == 0
+    convert_ok("pth-to-safetensors", model.src, out, "--layout", layout, *args, verify=True)
     return out
 
 

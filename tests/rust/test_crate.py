@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, run_cli, seeded
-from tests.support.rust import SCHEMA, flip_tensor_byte, project, run, rust_tools, schema_skeleton
+from tests.support import REPO, convert_ok, flip_tensor_byte, run_cli, seeded
+from tests.support.rust import SCHEMA, project, run, rust_tools, schema_skeleton
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -26,8 +26,7 @@ ATOL = 1e-5
 
 
 def convert(src: Path, out: Path, *options: str) -> Path:
-    rc, _stdout, stderr = run_cli("pth-to-safetensors", src, out, *options)
-    assert rc == 0, stderr
+    convert_ok("pth-to-safetensors", src, out, *options)
     return out
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import header_length, run_cli
+from tests.support import convert_ok, flip_tensor_byte, header_length, run_cli
 from convert import manifest as manifest_mod
-from tests.support.rust import SCHEMA, flip_tensor_byte, resolve, run, rust_tools, schema_skeleton, types
+from tests.support.rust import SCHEMA, resolve, run, rust_tools, schema_skeleton, types
 
 DIGEST_NAMES = {"digest", "sha256"}
 
@@ -143,10 +143,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     m = torch.nn.ModuleDict({"emb": torch.nn.Embedding(9, 4), "lstm": torch.nn.LSTM(4, 3), "out": torch.nn.Linear(3, 9)})
     torch.save(m.state_dict(), root / "m.pt")
-    rc, _stdout, stderr = run_cli(
-        "pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn", "--max-shard-size", "1KB"
-    )
-    assert rc == 0, stderr
+    convert_ok("pth-to-safetensors", root / "m.pt", root / "out", "--layout", "burn", "--max-shard-size", "1KB")
     return root / "out"
 
 

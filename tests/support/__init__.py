@@ -192,6 +192,30 @@ def header_length(path: str | Path) -> int:
     return 8 + n
 
 
+def flip_tensor_byte(out: Path, name: str, mask: int = 0x01) -> None:
+    """XOR `mask` into the first data byte of one tensor in its output file (located from the
+    manifest's data_offsets and the SafeTensors header length)."""
+    doc = json.loads((Path(out) / manifest_mod.MANIFEST_FILE).read_text(encoding="utf-8"))  # any version, unvalidated
+    entry = next(t for t in doc["tensors"] if t["name"] == name)
+    begin, end = entry["data_offsets"]
+    assert end > begin, f"{name} has no data bytes"
+    path = Path(out) / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[header_length(path) + begin] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path`; the path."""
+    path.write_bytes(data)
+    return path
+
+
+def random_array(rng: Any, *shape: int, dtype: Any = "float32") -> Any:
+    """Standard-normal values of `shape` from a test module's own generator, as `dtype`."""
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def retie(tensors: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
     """The full state dict: stored tensors plus every alias pointing at its kept tensor."""
     full = dict(tensors)
@@ -254,12 +278,45 @@ def convert_api(src: str | Path, out: str | Path, **options: Any) -> tuple[Any, 
     return result, read_manifest(out)
 
 
-def convert_cli(src: str | Path, out: str | Path, *args: str) -> dict[str, Any]:
-    """Convert with the CLI (must succeed quietly on stderr); return the validated manifest."""
-    rc, stdout, stderr = run_cli("pth-to-safetensors", src, out, *args)
+def convert_ok(command: str, src: str | Path, out: str | Path, *args: str, verify: bool = False) -> str:
+    """`convert COMMAND SRC OUT ARGS...`, which must exit 0 without a traceback (and with `verify`,
+    `convert verify OUT --source SRC` after it must pass too); its stderr."""
+    rc, _stdout, stderr = run_cli(command, src, out, *args)
     assert rc == 0, f"exit {rc}: {stderr}"
     assert "Traceback" not in stderr
+    if verify:
+        rc, _stdout, verify_stderr = run_cli("verify", out, "--source", src)
+        assert rc == 0, f"verify exit {rc}: {verify_stderr}"
+    return stderr
+
+
+def converted_manifest(command: str, src: str | Path, out: str | Path, *args: str, verify: bool = False) -> dict[str, Any]:
+    """`convert_ok`, then the output's validated manifest."""
+    convert_ok(command, src, out, *args, verify=verify)
     return read_manifest(out)
+
+
+def converted_arrays(command: str, src: str | Path, out: str | Path, *args: str, verify: bool = False) -> dict[str, Any]:
+    """`convert_ok`, then every stored tensor as a NumPy array."""
+    convert_ok(command, src, out, *args, verify=verify)
+    return {name: t.numpy() for name, t in load_output(out).items()}
+
+
+def convert_cli(src: str | Path, out: str | Path, *args: str) -> dict[str, Any]:
+    """Convert with the CLI's pth-to-safetensors (must succeed); return the validated manifest."""
+    return converted_manifest("pth-to-safetensors", src, out, *args)
+
+
+def api_verified(convert_function: Callable[..., Any], src: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Convert with a Python API function, then verify the output against its source (reopened with
+    the reader options the manifest records): every tensor compared; the validated manifest."""
+    from convert.verify import verify_path
+
+    convert_function(src, out, **options)
+    doc = read_manifest(out)
+    report = verify_path(out, src)
+    assert report.ok and report.compared_with_source == len(doc["tensors"]), report.problems
+    return doc
 
 
 # ---------------------------------------------------------------------------------------------

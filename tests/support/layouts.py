@@ -8,10 +8,8 @@ bidirectional, embed_dim, ...), never read back from the converter's output.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -260,19 +258,6 @@ def load_numpy(out: Path) -> dict[str, np.ndarray]:
     for f in doc["files"]:
         arrays.update(load_file(str(out / f["path"])))
     return arrays
-
-
-def flip_tensor_byte(out: Path, manifest: dict[str, Any], name: str) -> None:
-    """Change one byte in the middle of a tensor's data, located from the manifest's data_offsets
-    and the SafeTensors header length (8-byte little-endian u64 N, data starts at 8 + N)."""
-    entry = next(t for t in manifest["tensors"] if t["name"] == name)
-    path = out / entry["file"]
-    raw = bytearray(path.read_bytes())
-    (n,) = struct.unpack("<Q", bytes(raw[:8]))
-    begin, end = entry["data_offsets"]
-    assert end > begin, f"{name} has no data bytes"
-    raw[8 + n + (begin + end) // 2] ^= 0x5A
-    path.write_bytes(bytes(raw))
 
 
 # ---------------------------------------------------------------------------------------------

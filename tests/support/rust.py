@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, header_length
+from tests.support import REPO
 
 WORKSPACE = REPO / "rust"
 TARGET_DIR = WORKSPACE / "target"  # ignored by git; reused by later runs, so rebuilds are incremental
@@ -88,16 +88,6 @@ def rust_tools() -> RustTools:
         _unavailable(built)
     assert isinstance(built, RustTools)
     return built
-
-
-def flip_tensor_byte(out: Path, name: str, mask: int = 0x01) -> None:
-    """Change the first byte of one tensor's data in its output file."""
-    doc = json.loads((out / "manifest.json").read_text())
-    t = next(t for t in doc["tensors"] if t["name"] == name)
-    path = out / t["file"]
-    data = bytearray(path.read_bytes())
-    data[header_length(path) + t["data_offsets"][0]] ^= mask
-    path.write_bytes(bytes(data))
 
 
 def run(binary: Path, *args: object, timeout: float = 120) -> tuple[int, str, str]:

@@ -3,6 +3,7 @@ strictly into a PyTorch twin built here, and run: the twin's output equals Flax'
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,22 @@ torch = pytest.importorskip("torch", reason="needs torch for the PyTorch twins")
 
 import jax.numpy as jnp  # noqa: E402
 
-from convert.api import flax_to_safetensors, verify_path  # noqa: E402
+from convert.api import flax_to_safetensors  # noqa: E402
 from convert.mapping import builtin_layouts  # noqa: E402
 from tests.support import (  # noqa: E402
+    api_verified,
     assert_cli_error,
     assert_no_output,
     flax_nets as fh,  # noqa: E402
     load_output,
-    read_manifest,
     run_cli,
+    write_bytes as write,
 )
 
 CELLS = ["LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell"]
 
 
-def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:
-    flax_to_safetensors(src, out, **options)
-    doc = read_manifest(out)
-    report = verify_path(out, src)  # reopened with the reader options the manifest records
-    assert report.ok and report.compared_with_source == len(doc["tensors"]), report
-    return doc
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
+convert = functools.partial(api_verified, flax_to_safetensors)
 
 
 @pytest.fixture(scope="module")

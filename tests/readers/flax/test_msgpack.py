@@ -4,6 +4,7 @@ one line and exit code 6 (4 for what Flax never writes), leaving nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from convert.api import flax_to_safetensors, verify_path
+from convert.api import flax_to_safetensors
 from convert.errors import CorruptInputError, UnsupportedFormatError
-from tests.support import REPO, assert_cli_error, assert_no_output, read_manifest, run_cli
+from tests.support import REPO, api_verified, assert_cli_error, assert_no_output, run_cli, write_bytes as write
 
 FLAX_DTYPES = [
     "float64",
@@ -52,16 +53,7 @@ def ndarray_ext(shape: Any, dtype: Any, data: bytes, code: int = 1) -> msgpack.E
     return msgpack.ExtType(code, msgpack.packb((shape, dtype, data), use_bin_type=True))
 
 
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def convert(src: Path, out: Path, **options: Any) -> dict[str, Any]:
-    flax_to_safetensors(src, out, **options)
-    report = verify_path(out, src)
-    assert report.ok and report.compared_with_source == len(read_manifest(out)["tensors"]), report.problems
-    return read_manifest(out)
+convert = functools.partial(api_verified, flax_to_safetensors)
 
 
 def stored(out: Path) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import REPO, read_manifest, run_cli
+from tests.support import REPO, convert_ok, read_manifest, run_cli
 from tests.support.nf_models import quiet, rebuild
 
 FIXTURES = REPO / "fixtures" / "neuralforecast"
@@ -35,8 +35,7 @@ LIVE = "3.3.0"
 def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     version = request.param
     out = tmp_path_factory.mktemp(f"nf-{version}") / "out"
-    code, _, stderr = run_cli("nf-to-safetensors", FIXTURES / version / "folder", out, "-q")
-    assert code == 0, stderr
+    convert_ok("nf-to-safetensors", FIXTURES / version / "folder", out, "-q")
     return version, out
 
 

@@ -4,6 +4,7 @@ reaches the canonical names flax-to-safetensors gives and computes what flax com
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import zipfile
@@ -13,20 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, converted_arrays, random_array, read_manifest, run_cli
 
 RNG = np.random.default_rng(7)
 
 
-def arr(*shape: int, dtype: Any = np.float32) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(dtype)
+arr = functools.partial(random_array, RNG)
 
 
 def converted(src: Path, out: Path, command: str = "auto") -> dict[str, np.ndarray]:
-    code, _, err = run_cli(command, src, out)
-    assert code == 0, err
-    assert run_cli("verify", out, "--source", src)[0] == 0
-    return {k: v.numpy() for k, v in load_output(out).items()}
+    return converted_arrays(command, src, out, verify=True)
 
 
 def same(stored: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:

@@ -4,6 +4,7 @@ their scope; every value equals what onnx's own reader returns, and ONNX Runtime
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,12 @@ ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, load_output, random_array, read_manifest, run_cli  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
 
-def arr(*shape: int) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(np.float32)
+arr = functools.partial(random_array, RNG)
 
 
 def constant(out: str, value: np.ndarray, name: str = "") -> Any:

@@ -3,6 +3,7 @@ names traced back to parameter names, and a round trip torch -> ONNX -> SafeTens
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch", reason="exports torch models")
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, converted_manifest, load_output, read_manifest, run_cli  # noqa: E402
 from tests.support.onnx_models import write_models  # noqa: E402
 
 
@@ -36,10 +37,7 @@ def torchscript_export(model: Any, path: Path) -> Path:
     return path
 
 
-def convert(src: Path, out: Path, *args: str) -> dict[str, Any]:
-    rc, _, stderr = run_cli("onnx-to-safetensors", src, out, *args)
-    assert rc == 0, stderr
-    return read_manifest(out)
+convert = functools.partial(converted_manifest, "onnx-to-safetensors")
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

@@ -25,13 +25,16 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the fixtures are written by torch.save")
 
-from tests.support import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, retie, run_cli  # noqa: E402
-
-
-def convert(src: Path, out: Path, *args: str) -> dict[str, Any]:
-    rc, _, stderr = run_cli("pth-to-safetensors", src, out, *args)
-    assert rc == 0, stderr
-    return read_manifest(out)
+from tests.support import (  # noqa: E402
+    assert_cli_error,
+    assert_no_output,
+    assert_same_state,
+    convert_cli as convert,
+    load_output,
+    read_manifest,
+    retie,
+    run_cli,
+)
 
 
 def converted_state(out: Path) -> dict[str, Any]:

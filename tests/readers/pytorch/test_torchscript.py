@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write TorchScript archives")
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, convert_ok, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Block(torch.nn.Module):
@@ -69,9 +69,7 @@ def build(kind: str, path: Path) -> Any:
 
 
 def converted(src: Path, out: Path) -> tuple[dict[str, Any], str]:
-    code, _, err = run_cli("auto", src, out)
-    assert code == 0, err
-    assert run_cli("verify", out, "--source", src)[0] == 0
+    err = convert_ok("auto", src, out, verify=True)
     return load_output(out), err
 
 

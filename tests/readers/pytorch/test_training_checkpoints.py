@@ -5,6 +5,7 @@ the output loads into the inner module with `load_state_dict(strict=True)`."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
 
-from tests.support import assert_cli_error, assert_no_output, assert_same_state, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, assert_same_state, convert_ok, load_output, read_manifest, run_cli  # noqa: E402
 
 
 class Net(torch.nn.Module):
@@ -52,11 +53,7 @@ def outputs_match(net: Net, out: Path) -> None:
         assert torch.equal(fresh(x), net(x))
 
 
-def convert(src: Path, out: Path, *args: str) -> str:
-    code, _, err = run_cli("pth-to-safetensors", src, out, *args)
-    assert code == 0, err
-    assert run_cli("verify", out, "--source", src)[0] == 0
-    return err
+convert = functools.partial(convert_ok, "pth-to-safetensors", verify=True)
 
 
 def test_training_states_are_left_out_with_a_note(tmp_path: Path) -> None:

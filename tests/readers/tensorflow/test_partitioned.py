@@ -5,6 +5,7 @@ Each is assembled into the tensor TensorFlow's own reader returns; damaged slice
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, converted_arrays, read_manifest, run_cli
 from tests.support.keras_models import tensorflow_version
 from tests.support.tf_index import Pairs, index_pairs, rewrite_index
 
@@ -31,12 +32,7 @@ def _sharded(rows: list[int], cols: int, seed: int = 0) -> Any:
     return ShardedVariable(shards, name="emb")
 
 
-def _converted(prefix: str, out: Path) -> dict[str, np.ndarray]:
-    rc, _, err = run_cli("tf-to-safetensors", prefix, out)
-    assert rc == 0, err
-    rc, _, err = run_cli("verify", out, "--source", prefix)
-    assert rc == 0, err
-    return {k: np.asarray(v) for k, v in load_output(out).items()}
+_converted = functools.partial(converted_arrays, "tf-to-safetensors", verify=True)
 
 
 def test_sharded_variable_is_its_slices_in_order(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convert.transforms import apply
-from tests.support import REPO, assert_cli_error, assert_no_output, load_output, read_manifest, run_cli
+from tests.support import REPO, assert_cli_error, assert_no_output, converted_arrays, load_output, read_manifest, run_cli
 from tests.support.keras_models import tensorflow_version
 from tests.support.tf1 import save_with_slots
 
@@ -36,11 +36,7 @@ def _adam_step(loss: Any) -> Any:
 
 
 def _convert(prefix: str, out: Path, *args: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    rc, _, err = run_cli("tf-to-safetensors", prefix, out, *args)
-    assert rc == 0, err
-    rc, _, err = run_cli("verify", out, "--source", prefix)
-    assert rc == 0, err
-    return {k: np.asarray(v) for k, v in load_output(out).items()}, read_manifest(out)
+    return converted_arrays("tf-to-safetensors", prefix, out, *args, verify=True), read_manifest(out)
 
 
 def _assert_as_stored(prefix: str, state: dict[str, np.ndarray], doc: dict[str, Any]) -> set[str]:

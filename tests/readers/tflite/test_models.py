@@ -5,6 +5,7 @@ their scales; hostile offsets refused."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow", reason="needs TensorFlow's TFLite converter and interpreter")
 torch = pytest.importorskip("torch", reason="runs the converted weights")
 
-from tests.support import assert_cli_error, assert_no_output, load_output, read_manifest, run_cli  # noqa: E402
+from tests.support import assert_cli_error, assert_no_output, converted_arrays, read_manifest, run_cli  # noqa: E402
 
 
 def tflite_of(layer: Any, shape: tuple[int, ...], path: Path, int8: bool = False) -> Path:
@@ -55,11 +56,7 @@ def run_interpreter(interp: Any, x: np.ndarray) -> np.ndarray:
     return interp.get_tensor(interp.get_output_details()[0]["index"])
 
 
-def convert(src: Path, out: Path, *args: str) -> dict[str, np.ndarray]:
-    code, _, err = run_cli("tflite-to-safetensors", src, out, *args)
-    assert code == 0, err
-    assert run_cli("verify", out, "--source", src)[0] == 0
-    return {k: v.numpy() for k, v in load_output(out).items()}
+convert = functools.partial(converted_arrays, "tflite-to-safetensors", verify=True)
 
 
 LAYOUT = {"conv": (0, 3, 1, 2), "depthwise": (3, 0, 1, 2)}
