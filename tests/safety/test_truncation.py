@@ -135,7 +135,7 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     torch = pytest.importorskip("torch", reason="the torch fixtures are written by torch.save")
     from safetensors.numpy import save_file
 
-    from tests.safety.fuzz import test_core as test_fuzz
+    from tests.support import fuzz
 
     cases: list[dict[str, Any]] = []
 
@@ -163,16 +163,16 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
             }
         )
 
-    plain, views, lightning, _nested = test_fuzz.torch_seed_objects()
-    zip_data = test_fuzz.torch_bytes({**plain, **views}, legacy=False)
+    plain, views, lightning, _nested = fuzz.torch_seed_objects()
+    zip_data = fuzz.torch_bytes({**plain, **views}, legacy=False)
     add("torch zip", "pytorch", work / "zip" / "model.pt", zip_data, zip_boundaries(zip_data))
-    legacy_data = test_fuzz.torch_bytes({**plain, **views}, legacy=True)
+    legacy_data = fuzz.torch_bytes({**plain, **views}, legacy=True)
     add("torch legacy", "pytorch", work / "legacy" / "model.pt", legacy_data, legacy_boundaries(legacy_data))
-    ckpt = test_fuzz.torch_bytes(lightning, legacy=False)
+    ckpt = fuzz.torch_bytes(lightning, legacy=False)
     add("lightning ckpt", "pytorch", work / "ckpt" / "last.ckpt", ckpt, zip_boundaries(ckpt))
     example = (REPO / "fixtures" / "example" / "tiny_model.pt").read_bytes()
     add("torch zip 115 KB", "pytorch", work / "example" / "tiny_model.pt", example, zip_boundaries(example))
-    pkl_name, pkl = next((n, d) for n, d in test_fuzz.zip_entries(zip_data) if n.endswith("/data.pkl"))
+    pkl_name, pkl = next((n, d) for n, d in fuzz.zip_entries(zip_data) if n.endswith("/data.pkl"))
     add(
         "torch zip, data.pkl cut inside a valid zip",
         "pytorch",
@@ -232,12 +232,12 @@ def build_cases(work: Path) -> list[dict[str, Any]]:
     )
 
     if _reader_installed("keras") and importlib.util.find_spec("h5py"):
-        h5, keras_zip = test_fuzz.h5_seeds(work)
+        h5, keras_zip = fuzz.h5_seeds(work)
         (work / "seed.h5").write_bytes(h5)
         add("keras h5", "keras", work / "keras" / "weights.h5", h5, h5_boundaries(work / "seed.h5"))
         add(".keras", "keras", work / "keras3" / "model.keras", keras_zip, zip_boundaries(keras_zip))
     if _reader_installed("flax") and importlib.util.find_spec("msgpack"):
-        add("flax msgpack", "flax", work / "flax" / "model.msgpack", test_fuzz.msgpack_seeds()[0])
+        add("flax msgpack", "flax", work / "flax" / "model.msgpack", fuzz.msgpack_seeds()[0])
     return cases
 
 

@@ -202,3 +202,23 @@ def twin_forward(model: str, state: dict[str, Any], model_dir: Path) -> None:
         got = twin(x).numpy()
     tol = TOLERANCE[model]
     np.testing.assert_allclose(got, expected, atol=tol, rtol=tol, err_msg=f"{model}: PyTorch twin != Keras")
+
+
+def keras2_weights_file(path: Path, kernel_shape: tuple[int, int], **dataset_options: Any) -> Path:
+    """A Keras 2 weights file (`save_weights` layout) of one Dense layer, kernel all zeros."""
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "2.15.0"
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+        kernel = g.create_dataset("dense/kernel:0", shape=kernel_shape, dtype="<f4", **dataset_options)
+        rows = max(1, (64 << 20) // (4 * kernel_shape[1]))
+        for start in range(0, kernel_shape[0], rows):  # every chunk stored, as a real writer does
+            kernel[start : start + rows] = np.zeros((min(rows, kernel_shape[0] - start), kernel_shape[1]), "<f4")
+        kernel[0, :4] = 1.0
+        g.create_dataset("dense/bias:0", data=np.zeros(kernel_shape[1], dtype="<f4"))
+    return path

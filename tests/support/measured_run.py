@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support import assert_no_output, assert_one_line_error
+
 PEAK_RSS_LIMIT = 1 << 30  # the bound for every hostile file of a few MB
 ADDRESS_SPACE = 4 << 30
 WATCHDOG_SECONDS = 120
@@ -61,3 +63,15 @@ def run_measured(*args: Any, cwd: str | Path, env: dict[str, str] | None = None)
     with os.fdopen(read_fd, "rb") as fh:
         reported = fh.read()
     return Run(proc.returncode, proc.stdout, proc.stderr, int(reported or 0) * 1024)
+
+
+def refused(code: int, *args: Any, cwd: Path, out: Path | None = None, needles: tuple[str, ...] = ()) -> Run:
+    """Run `convert ARGS` and check the refusal: exit `code`, one line naming `needles`, nothing written."""
+    run = run_measured(*args, cwd=cwd)
+    assert run.code == code, f"exit {run.code}, expected {code}: {run.stderr[-2000:]}"
+    assert_one_line_error(run.stderr, *needles)
+    assert 0 < run.peak_rss < PEAK_RSS_LIMIT, f"peak RSS {run.peak_rss >> 20} MiB"
+    if out is not None:
+        assert_no_output(out)
+    assert not (cwd / "canary").exists()
+    return run

@@ -7,14 +7,17 @@ from their class and arguments), its trainer settings, and the SafeTensors with 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tests.support import read_manifest
+from tests.support import REPO, read_manifest
 
 H = 12
 TRAINER = dict(
@@ -169,3 +172,29 @@ def dlinear_forward(tensors: dict[str, np.ndarray], window: np.ndarray, kernel: 
     padded = np.concatenate([np.repeat(window[:1], pad), window, np.repeat(window[-1:], pad)])
     trend = np.convolve(padded, np.ones(kernel) / kernel, mode="valid")
     return dense(trend, tensors["linear_trend"]) + dense(window - trend, tensors["linear_season"])
+
+
+FIXTURES = REPO / "fixtures" / "neuralforecast"
+
+
+def copy_fixture(version: str, tmp_path: Path) -> Path:
+    folder = tmp_path / f"nf-{version}"
+    shutil.copytree(FIXTURES / version / "folder", folder)
+    return folder
+
+
+def rewrite_metadata(path: Path, edit: dict[str, str]) -> None:
+    """Rewrite a SafeTensors file's __metadata__ in place, tensors untouched."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"].update(edit)
+    text = json.dumps(header).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+
+
+def hyper_parameters(path: Path) -> dict[str, object]:
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        return json.loads(json.loads(fh.read(length))["__metadata__"]["hyper_parameters"])

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
-import struct
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, assert_cli_error, assert_no_output, run_cli
-
-FIXTURES = REPO / "fixtures" / "neuralforecast"
+from tests.support import assert_cli_error, assert_no_output, run_cli
+from tests.support.nf_models import FIXTURES, copy_fixture, hyper_parameters, rewrite_metadata
 
 
 class _Boom:
@@ -28,35 +25,12 @@ class _Boom:
         return os.system, (f"touch {self.marker}",)
 
 
-def _copy(version: str, tmp_path: Path) -> Path:
-    folder = tmp_path / f"nf-{version}"
-    shutil.copytree(FIXTURES / version / "folder", folder)
-    return folder
-
-
-def _rewrite_metadata(path: Path, edit: dict[str, str]) -> None:
-    """Rewrite a SafeTensors file's __metadata__ in place, tensors untouched."""
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    header["__metadata__"].update(edit)
-    text = json.dumps(header).encode()
-    text += b" " * (-(8 + len(text)) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
-
-
-def _hparams(path: Path) -> dict[str, object]:
-    with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(json.loads(fh.read(length))["__metadata__"]["hyper_parameters"])
-
-
 def test_config_that_disagrees_with_the_weights_is_refused(tmp_path: Path) -> None:
-    folder = _copy("3.3.0", tmp_path)
+    folder = copy_fixture("3.3.0", tmp_path)
     model = folder / "MLP_0.safetensors"
-    hparams = _hparams(model)
+    hparams = hyper_parameters(model)
     hparams["hidden_size"] = 16
-    _rewrite_metadata(model, {"hyper_parameters": json.dumps(hparams)})
+    rewrite_metadata(model, {"hyper_parameters": json.dumps(hparams)})
     out = tmp_path / "out"
     assert_cli_error(
         run_cli("nf-to-safetensors", folder, out), 6, "MLP_0.safetensors", "mlp.0.weight is [8, 24]", "config implies [16, 24]"
@@ -65,26 +39,26 @@ def test_config_that_disagrees_with_the_weights_is_refused(tmp_path: Path) -> No
 
 
 def test_a_layer_the_config_implies_but_the_weights_lack_is_refused(tmp_path: Path) -> None:
-    folder = _copy("3.3.0", tmp_path)
+    folder = copy_fixture("3.3.0", tmp_path)
     model = folder / "MLPQ_0.safetensors"
-    hparams = _hparams(model)
+    hparams = hyper_parameters(model)
     hparams["num_layers"] = 3
-    _rewrite_metadata(model, {"hyper_parameters": json.dumps(hparams)})
+    rewrite_metadata(model, {"hyper_parameters": json.dumps(hparams)})
     out = tmp_path / "out"
     assert_cli_error(run_cli("nf-to-safetensors", folder, out), 6, "the config implies mlp.2.weight [8, 8]")
     assert_no_output(out)
 
 
 def test_a_tie_to_a_missing_tensor_is_refused(tmp_path: Path) -> None:
-    folder = _copy("3.3.0", tmp_path)
-    _rewrite_metadata(folder / "TCN_0.safetensors", {"shared": json.dumps({"nope.weight": ["also.weight"]})})
+    folder = copy_fixture("3.3.0", tmp_path)
+    rewrite_metadata(folder / "TCN_0.safetensors", {"shared": json.dumps({"nope.weight": ["also.weight"]})})
     out = tmp_path / "out"
     assert_cli_error(run_cli("nf-to-safetensors", folder, out), 6, "TCN_0.safetensors", "nope.weight")
     assert_no_output(out)
 
 
 def test_hostile_checkpoint_is_refused_and_never_run(tmp_path: Path) -> None:
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     marker = tmp_path / "ran"
     with open(folder / "MLP_0.ckpt", "wb") as fh:
         pickle.dump({"state_dict": {}, "hyper_parameters": _Boom(marker)}, fh, protocol=2)
@@ -95,7 +69,7 @@ def test_hostile_checkpoint_is_refused_and_never_run(tmp_path: Path) -> None:
 
 
 def test_hostile_alias_map_is_refused_and_never_run(tmp_path: Path) -> None:
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     marker = tmp_path / "ran"
     (folder / "alias_to_model.pkl").write_bytes(pickle.dumps({"MLP": _Boom(marker)}))
     out = tmp_path / "out"
@@ -105,7 +79,7 @@ def test_hostile_alias_map_is_refused_and_never_run(tmp_path: Path) -> None:
 
 
 def test_hostile_configuration_is_refused_and_never_run(tmp_path: Path) -> None:
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     marker = tmp_path / "ran"
     (folder / "configuration.pkl").write_bytes(pickle.dumps({"h": 12, "freq": _Boom(marker)}))
     out = tmp_path / "out"
@@ -115,7 +89,7 @@ def test_hostile_configuration_is_refused_and_never_run(tmp_path: Path) -> None:
 
 
 def test_configuration_values_that_cannot_be_read_are_reported(tmp_path: Path) -> None:
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     import numpy as np
 
     odd = np.array([{"not": "plain"}], dtype=object)
@@ -128,7 +102,7 @@ def test_configuration_values_that_cannot_be_read_are_reported(tmp_path: Path) -
 
 
 def test_unknown_model_class_is_unsupported(tmp_path: Path) -> None:
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     aliases = {p.name.rsplit("_", 1)[0]: "mystery" for p in folder.glob("*.ckpt")}
     (folder / "alias_to_model.pkl").write_bytes(pickle.dumps(aliases))
     out = tmp_path / "out"
@@ -150,7 +124,7 @@ def test_paths_that_are_no_neuralforecast_folder(tmp_path: Path, case: str) -> N
 
 
 def test_folder_with_configuration_but_no_models_is_corrupt(tmp_path: Path) -> None:
-    folder = _copy("3.3.0", tmp_path)
+    folder = copy_fixture("3.3.0", tmp_path)
     for model in folder.glob("*_0.safetensors"):
         model.unlink()
     assert_cli_error(run_cli("nf-to-safetensors", folder, tmp_path / "out"), 6, "model file")
@@ -171,17 +145,17 @@ def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
 
 
 def test_output_inside_the_source_folder_is_refused(tmp_path: Path) -> None:
-    folder = _copy("3.3.0", tmp_path)
+    folder = copy_fixture("3.3.0", tmp_path)
     assert_cli_error(run_cli("nf-to-safetensors", folder, folder, "--overwrite"), 2, "holds the source")
     assert (folder / "MLP_0.safetensors").is_file()
 
 
 @pytest.mark.parametrize("edit", [{"h": "twelve"}, {"loss": "MAE"}, {"input_size": [1]}])
 def test_malformed_hyper_parameters_are_corrupt(tmp_path: Path, edit: dict[str, object]) -> None:
-    folder = _copy("3.3.0", tmp_path)
+    folder = copy_fixture("3.3.0", tmp_path)
     model = folder / "NLinear_0.safetensors"
-    hparams = _hparams(model)
-    _rewrite_metadata(model, {"hyper_parameters": json.dumps({**hparams, **edit})})
+    hparams = hyper_parameters(model)
+    rewrite_metadata(model, {"hyper_parameters": json.dumps({**hparams, **edit})})
     out = tmp_path / "out"
     assert_cli_error(run_cli("nf-to-safetensors", folder, out), 6, "NLinear_0.safetensors")
     assert_no_output(out)

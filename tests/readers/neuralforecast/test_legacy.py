@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import REPO, convert_ok, read_manifest, run_cli
-from tests.support.nf_models import quiet, rebuild
+from tests.support import convert_ok, read_manifest, run_cli
+from tests.support.nf_models import FIXTURES, quiet, rebuild
 
-FIXTURES = REPO / "fixtures" / "neuralforecast"
 VERSIONS = ("3.3.0", "3.2.2", "3.1.5", "1.7.0")
 GENERATIONS = {"3.3.0": "nf_format 2", "3.2.2": "ckpt", "3.1.5": "ckpt", "1.7.0": "lightning"}
 # NeuralForecast 3.x rebuilt LSTM, TCN (recurrent encoders) and DeepAR: 1.7 weights do not fit them.

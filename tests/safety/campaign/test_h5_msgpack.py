@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.safety.campaign.test_limits import CORRUPT, keras2_weights_file, refused
-from tests.support.measured_run import run_measured
+from tests.support.keras_models import keras2_weights_file
+from tests.support.measured_run import refused, run_measured
 
-UNSUPPORTED = 4
+UNSUPPORTED, CORRUPT = 4, 6
 h5py = pytest.importorskip("h5py")
 
 

@@ -14,22 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO, assert_no_output, assert_one_line_error
-from tests.support.measured_run import PEAK_RSS_LIMIT, Run, run_measured
+from tests.support import REPO
+from tests.support.keras_models import keras2_weights_file
+from tests.support.measured_run import refused, run_measured
 
 UNSAFE, CORRUPT = 5, 6
-
-
-def refused(code: int, *args: Any, cwd: Path, out: Path | None = None, needles: tuple[str, ...] = ()) -> Run:
-    """Run `convert ARGS` and check the refusal: exit `code`, one line naming `needles`, nothing written."""
-    run = run_measured(*args, cwd=cwd)
-    assert run.code == code, f"exit {run.code}, expected {code}: {run.stderr[-2000:]}"
-    assert_one_line_error(run.stderr, *needles)
-    assert 0 < run.peak_rss < PEAK_RSS_LIMIT, f"peak RSS {run.peak_rss >> 20} MiB"
-    if out is not None:
-        assert_no_output(out)
-    assert not (cwd / "canary").exists()
-    return run
 
 
 def torch_zip(path: Path, data_pkl: bytes) -> Path:
@@ -217,26 +206,6 @@ def test_hard_linked_onnx_external_data_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Decompression: streamed, with a ratio and a budget on what actually comes out
 # ---------------------------------------------------------------------------------------------
-
-
-def keras2_weights_file(path: Path, kernel_shape: tuple[int, int], **dataset_options: Any) -> Path:
-    """A Keras 2 weights file (`save_weights` layout) of one Dense layer, kernel all zeros."""
-    h5py = pytest.importorskip("h5py")
-    import numpy as np
-
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = [b"dense"]
-        f.attrs["backend"] = "tensorflow"
-        f.attrs["keras_version"] = "2.15.0"
-        g = f.create_group("dense")
-        g.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
-        kernel = g.create_dataset("dense/kernel:0", shape=kernel_shape, dtype="<f4", **dataset_options)
-        rows = max(1, (64 << 20) // (4 * kernel_shape[1]))
-        for start in range(0, kernel_shape[0], rows):  # every chunk stored, as a real writer does
-            kernel[start : start + rows] = np.zeros((min(rows, kernel_shape[0] - start), kernel_shape[1]), "<f4")
-        kernel[0, :4] = 1.0
-        g.create_dataset("dense/bias:0", data=np.zeros(kernel_shape[1], dtype="<f4"))
-    return path
 
 
 def test_gzip_dataset_is_inflated_in_bounded_memory(tmp_path: Path) -> None:
@@ -465,11 +434,11 @@ def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: 
     number belongs."""
     import json
 
-    from tests.readers.neuralforecast.test_errors import _copy, _hparams, _rewrite_metadata
+    from tests.support.nf_models import copy_fixture, hyper_parameters, rewrite_metadata
 
-    folder = _copy("3.3.0", tmp_path)
-    hparams = {**_hparams(folder / model), **edit}
-    _rewrite_metadata(folder / model, {"hyper_parameters": json.dumps(hparams)})
+    folder = copy_fixture("3.3.0", tmp_path)
+    hparams = {**hyper_parameters(folder / model), **edit}
+    rewrite_metadata(folder / model, {"hyper_parameters": json.dumps(hparams)})
     work = tmp_path / "work"
     work.mkdir()
     refused(CORRUPT, "nf-to-safetensors", folder, work / "out", cwd=work, out=work / "out", needles=(needle,))
@@ -478,9 +447,9 @@ def test_nf_config_values_are_bounded(model: str, edit: dict[str, Any], needle: 
 def test_nf_configuration_pickle_with_a_gadget_behind_an_error_is_unsafe(tmp_path: Path) -> None:
     """A malicious configuration.pkl that fails as malformed before its gadget was skipped as corrupt
     and the conversion exited 0; SECURITY.md promises exit 5."""
-    from tests.readers.neuralforecast.test_errors import _copy
+    from tests.support.nf_models import copy_fixture
 
-    folder = _copy("3.2.2", tmp_path)
+    folder = copy_fixture("3.2.2", tmp_path)
     gadget = (
         pickle.GLOBAL + b"os\nsystem\n" + pickle.BINUNICODE + (5).to_bytes(4, "little") + b"touch" + pickle.TUPLE1 + pickle.REDUCE
     )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.safety.campaign.test_limits import refused
 from tests.support import assert_no_output, run_cli
+from tests.support.measured_run import refused
 
 CORRUPT = 6
 
@@ -115,7 +115,7 @@ def test_too_long_shard_name_in_an_index_is_a_missing_shard(tmp_path: Path) -> N
 def test_too_long_checkpoint_path_in_a_tf_state_file(tmp_path: Path) -> None:
     """A long model_checkpoint_path in a TF `checkpoint` file let OSError escape: exit 1. The state
     file names no checkpoint there is, so the folder's one checkpoint is read, as for any other."""
-    from tests.safety.test_links import tf_folder
+    from tests.support.sources import tf_folder
 
     folder = tf_folder(tmp_path)
     (folder / "checkpoint").write_text(f'model_checkpoint_path: "{"c" * 300}"\n')

@@ -7,7 +7,7 @@ or raises a one-line ConvertError, never another exception and never a hang.
 Each file goes through `exporters.registry.open_source` (detection included), as `convert auto` does.
 Seeds are written by the real frameworks in module fixtures; inputs are those files mutated byte by
 byte, and mutated inside their structure (one zip member, one TensorProto field, one config value).
-Same CI profile as test_core.py (derandomized, no database, CONVERT_FUZZ_SCALE for deeper runs);
+Same CI profile as test_core.py (tests/support/fuzz.py: derandomized, no database, CONVERT_FUZZ_SCALE for deeper runs);
 the budgets below keep this module near a minute on 2 cores, most of it writing the seeds.
 """
 
@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from tests.safety.fuzz.test_core import (
+from tests.support import REPO
+from tests.support.fuzz import (
     INTERESTING_INTS,
     JSON_VALUES,
     fuzz,
@@ -37,7 +38,6 @@ from tests.safety.fuzz.test_core import (
     rezip,
     zip_entries,
 )
-from tests.support import REPO
 
 
 def _open_all(path: Path, blob: bytes) -> Any:
@@ -299,7 +299,7 @@ def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pyt
 @pytest.fixture(scope="module")
 def onnx_seed() -> Any:
     pytest.importorskip("onnx")
-    from tests.readers.onnx.test_graph_tensors import model_with_subgraphs
+    from tests.support.onnx_models import model_with_subgraphs
 
     return model_with_subgraphs()
 
