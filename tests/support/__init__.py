@@ -310,7 +310,7 @@ def convert_cli(src: str | Path, out: str | Path, *args: str) -> dict[str, Any]:
 def api_verified(convert_function: Callable[..., Any], src: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """Convert with a Python API function, then verify the output against its source (reopened with
     the reader options the manifest records): every tensor compared; the validated manifest."""
-    from convert.verify import verify_path
+    from convert.api import verify_path
 
     convert_function(src, out, **options)
     doc = read_manifest(out)
