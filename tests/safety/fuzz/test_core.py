@@ -16,6 +16,7 @@ inputs each reader saw is printed in the pytest summary ("hostile-input sweeps")
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import json
@@ -60,20 +61,13 @@ EXAMPLE = REPO / "fixtures" / "example" / "tiny_model.pt"
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_generator() -> Any:
-    pytest.importorskip("torch", reason="the hostile-corpus generator starts from real torch.save output")
-    spec = importlib.util.spec_from_file_location("make_hostile", REPO / "scripts" / "make_hostile.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_hostile", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def mh() -> Any:
-    """scripts/make_hostile.py: its Pickle assembler and container writers."""
-    return _load_generator()
+    """The hostile corpus's pickle assembler (scripts/hostile_corpus/pickles.py)."""
+    scripts = str(REPO / "scripts")
+    if scripts not in sys.path:  # scripts/ import their package as the scripts themselves do
+        sys.path.insert(0, scripts)
+    return importlib.import_module("hostile_corpus.pickles")
 
 
 STORAGE_TYPES = [
