@@ -82,7 +82,7 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
     """Files of the newer readers, written by their frameworks (skipped when one is not installed)."""
     import pytest
 
-    from tests.safety.fuzz import test_readers as fr
+    from tests.support import fuzz as fr
 
     made: list[tuple[str, str, bytes]] = []
     builders = [

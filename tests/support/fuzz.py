@@ -2,7 +2,7 @@
 scripts/hostile_campaign.py): one derandomized hypothesis profile scaled by CONVERT_FUZZ_SCALE, a
 watchdog that turns a hang into a failure, `probe` (an input is accepted, or refused with a one-line
 ConvertError; anything else fails), byte-level and JSON mutators, and seed files written by the real
-libraries (torch, msgpack, h5py)."""
+libraries (torch, msgpack, h5py, NumPy, TensorFlow's TFLite converter)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import faulthandler
 import io
 import json
 import os
+import pickle
 import signal
 import zipfile
 from collections.abc import Callable, Iterator
@@ -308,3 +309,96 @@ def h5_seeds(tmp: Path) -> list[bytes]:
         zf.writestr("config.json", json.dumps(config))
         zf.writestr("model.weights.h5", h5(keras3))
     return [h5(keras2), archive.getvalue()]
+
+
+def tflite_seed_bytes() -> list[bytes]:
+    """A float and an int8 model from TensorFlow's converter."""
+    tf = pytest.importorskip("tensorflow")
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((6, 6, 2)),
+            tf.keras.layers.Conv2D(3, 3),
+            tf.keras.layers.DepthwiseConv2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(4),
+        ]
+    )
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    plain = converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return [plain, converter.convert()]
+
+
+def npy_bytes(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def npz_bytes(compressed: bool, **arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def numpy_seed_bytes() -> dict[str, list[bytes]]:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    tree = {"params": {"Dense_0": {"kernel": w, "bias": np.zeros(4, np.float32)}}, "step": np.int64(3)}
+    return {
+        "npy": [
+            npy_bytes(w),
+            npy_bytes(np.asfortranarray(w)),
+            npy_bytes(np.array([True, False])),
+            npy_bytes(np.zeros((0, 2), np.float16)),
+            npy_bytes(np.array([w, None], dtype=object), allow_pickle=True),
+        ],
+        "npz": [
+            npz_bytes(False, a=w, b=np.arange(5)),
+            npz_bytes(True, **{"layer/kernel": w, "layer/bias": np.ones(4, np.float32)}),
+        ],
+        "pkl": [pickle.dumps(tree, protocol=2), pickle.dumps([w, {"x": np.ones(2)}], protocol=4)],
+    }
+
+
+def torchscript_seed_bytes() -> list[bytes]:
+    """A scripted module and its frozen form (weights as constants.pkl tensors)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    scripted = torch.jit.script(net.eval())
+    frozen = torch.jit.freeze(scripted)  # weights become constants.pkl tensors
+    out = []
+    for module in (scripted, frozen):
+        buf = io.BytesIO()
+        torch.jit.save(module, buf)
+        out.append(buf.getvalue())
+    return out
+
+
+def training_seed_bytes() -> list[bytes]:
+    """Checkpoints as training loops write them: model and EMA weights, Adam moments after a step, an
+    LR scheduler, a grad scaler's state and the RNG state."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    net(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    full = {
+        "epoch": 3,
+        "model": net.state_dict(),
+        "ema": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+        "rng_state": torch.get_rng_state(),
+    }
+    out = []
+    for obj in (full, {"opt": opt.state_dict(), "net": net.state_dict()}):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        out.append(buf.getvalue())
+    return out

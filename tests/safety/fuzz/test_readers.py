@@ -13,10 +13,8 @@ the budgets below keep this module near a minute on 2 cores, most of it writing 
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import pickle
 import shutil
 import struct
 from pathlib import Path
@@ -33,9 +31,13 @@ from tests.support.fuzz import (
     fuzz,
     json_mutations,
     mutated,
+    numpy_seed_bytes,
     probe,
     read_all,
     rezip,
+    tflite_seed_bytes,
+    torchscript_seed_bytes,
+    training_seed_bytes,
     zip_entries,
 )
 
@@ -79,24 +81,6 @@ def past_the_magic(seeds: list[bytes], keep: int) -> st.SearchStrategy[bytes]:
 # ---------------------------------------------------------------------------------------------
 
 
-def tflite_seed_bytes() -> list[bytes]:
-    """A float and an int8 model from TensorFlow's converter (scripts/hostile_campaign.py uses them too)."""
-    tf = pytest.importorskip("tensorflow")
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input((6, 6, 2)),
-            tf.keras.layers.Conv2D(3, 3),
-            tf.keras.layers.DepthwiseConv2D(2),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(4),
-        ]
-    )
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    plain = converter.convert()
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return [plain, converter.convert()]
-
-
 @pytest.fixture(scope="module")
 def tflite_seeds() -> list[bytes]:
     return tflite_seed_bytes()
@@ -112,35 +96,6 @@ def test_tflite_reader(tflite_seeds: list[bytes], tmp_path_factory: pytest.TempP
 # ---------------------------------------------------------------------------------------------
 # NumPy (exporters/numpy/): .npy, .npz (stored and deflated), object arrays, plain pickles
 # ---------------------------------------------------------------------------------------------
-
-
-def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=allow_pickle)
-    return buf.getvalue()
-
-
-def _npz(compressed: bool, **arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    return buf.getvalue()
-
-
-def numpy_seed_bytes() -> dict[str, list[bytes]]:
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    tree = {"params": {"Dense_0": {"kernel": w, "bias": np.zeros(4, np.float32)}}, "step": np.int64(3)}
-    return {
-        "npy": [
-            _npy(w),
-            _npy(np.asfortranarray(w)),
-            _npy(np.array([True, False])),
-            _npy(np.zeros((0, 2), np.float16)),
-            _npy(np.array([w, None], dtype=object), allow_pickle=True),
-        ],
-        "npz": [_npz(False, a=w, b=np.arange(5)), _npz(True, **{"layer/kernel": w, "layer/bias": np.ones(4, np.float32)})],
-        "pkl": [pickle.dumps(tree, protocol=2), pickle.dumps([w, {"x": np.ones(2)}], protocol=4)],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -222,21 +177,6 @@ def test_numpy_reader(
 # ---------------------------------------------------------------------------------------------
 
 
-def torchscript_seed_bytes() -> list[bytes]:
-    """A scripted module and its frozen form (weights as constants.pkl tensors)."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    scripted = torch.jit.script(net.eval())
-    frozen = torch.jit.freeze(scripted)  # weights become constants.pkl tensors
-    out = []
-    for module in (scripted, frozen):
-        buf = io.BytesIO()
-        torch.jit.save(module, buf)
-        out.append(buf.getvalue())
-    return out
-
-
 @pytest.fixture(scope="module")
 def torchscript_seeds() -> list[bytes]:
     return torchscript_seed_bytes()
@@ -249,34 +189,6 @@ def test_torchscript_reader(
 ) -> None:
     blob = data.draw(zip_or_bytes(torchscript_seeds))
     probe("torchscript", _open_all(tmp_path_factory.getbasetemp() / "fuzz_script.pt", blob))
-
-
-def training_seed_bytes() -> list[bytes]:
-    """Checkpoints as training loops write them: model and EMA weights, Adam moments after a step, an
-    LR scheduler, a grad scaler's state and the RNG state."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
-    net(torch.ones(2, 3)).sum().backward()
-    opt.step()
-    sched.step()
-    full = {
-        "epoch": 3,
-        "model": net.state_dict(),
-        "ema": net.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
-        "rng_state": torch.get_rng_state(),
-    }
-    out = []
-    for obj in (full, {"opt": opt.state_dict(), "net": net.state_dict()}):
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        out.append(buf.getvalue())
-    return out
 
 
 @pytest.fixture(scope="module")
