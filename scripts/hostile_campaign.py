@@ -97,7 +97,7 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
             print(f"no {kind} seeds: its framework is not installed")
     made += [(f"numpy-{k}", k, blob) for k, blobs in fr.numpy_seed_bytes().items() for blob in blobs]
     try:
-        from tests.support.onnx_models import model_with_subgraphs
+        from tests.support.onnx_graphs import model_with_subgraphs
 
         made.append(("onnx", "onnx", model_with_subgraphs().SerializeToString()))
     except pytest.skip.Exception:

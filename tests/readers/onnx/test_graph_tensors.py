@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tests.support import assert_cli_error, assert_no_output, load_output, random_array, read_manifest, run_cli  # noqa: E402
-from tests.support.onnx_models import constant, model_with_subgraphs  # noqa: E402
+from tests.support.onnx_graphs import constant, model_with_subgraphs  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

@@ -211,7 +211,7 @@ def test_training_checkpoints(training_seeds: list[bytes], tmp_path_factory: pyt
 @pytest.fixture(scope="module")
 def onnx_seed() -> Any:
     pytest.importorskip("onnx")
-    from tests.support.onnx_models import model_with_subgraphs
+    from tests.support.onnx_graphs import model_with_subgraphs
 
     return model_with_subgraphs()
 
