@@ -1,7 +1,7 @@
 """The conversion options, declared once: each an `Option` (name, type, default, help, allowed values)
 from which the CLI's flags take their help, defaults and choices, and against which the batch job
 file's keys, its JSON Schema, ConvertOptions and the Python API's keywords are tested
-(tests/test_options.py); and ConvertOptions, the record the faces fill and the pipeline and every
+(tests/faces/test_options.py); and ConvertOptions, the record the faces fill and the pipeline and every
 output read."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The closed vocabularies that users, rule files and manifests name, each defined once.
 
-The JSON schemas' enums and the CLI's choices are bound to these by tests/test_vocabulary.py.
+The JSON schemas' enums and the CLI's choices are bound to these by tests/manifest/test_vocabulary.py.
 Light to import: the CLI builds its options from them at start-up. (SafeTensors dtype codes live
 in convert.dtypes.DTYPES, beside their numpy types.)
 """

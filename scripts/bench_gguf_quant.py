@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for tests.support
+
 from convert.outputs.gguf import encode  # noqa: E402
 from convert.outputs.gguf.ggml_types import ggml_type  # noqa: E402
-from ggml_support import MISSING, ggml_quantizer  # noqa: E402
+from tests.support.ggml import MISSING, ggml_quantizer  # noqa: E402
 
 SIDE = 4096
 GGUF_TYPES = {"bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}

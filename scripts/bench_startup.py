@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench_pytorch import tool_command
+
 WALL_TARGET_S = 0.5
 HEAVY = ("torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "tf_keras", "transformers")
 
@@ -43,11 +45,6 @@ def generate_checkpoint(path: Path) -> int:
     )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
     return path.stat().st_size
-
-
-def tool_command() -> list[str]:
-    exe = Path(sys.executable).parent / "convert"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "convert.cli"]
 
 
 @dataclass

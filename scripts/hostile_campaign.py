@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the repository, for tests.support
 
-from hostile_run import PEAK_RSS_LIMIT, run_measured  # noqa: E402
+from tests.support.measured_run import PEAK_RSS_LIMIT, run_measured  # noqa: E402
 
 WALL_LIMIT = 60.0
 SEEDS = [REPO / "fixtures" / "example", REPO / "fixtures" / "hostile", REPO / "fixtures" / "neuralforecast"]
@@ -82,7 +82,7 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
     """Files of the newer readers, written by their frameworks (skipped when one is not installed)."""
     import pytest
 
-    import test_fuzz_readers as fr
+    from tests.support import fuzz as fr
 
     made: list[tuple[str, str, bytes]] = []
     builders = [
@@ -97,7 +97,7 @@ def reader_seeds() -> list[tuple[Case, bytes]]:
             print(f"no {kind} seeds: its framework is not installed")
     made += [(f"numpy-{k}", k, blob) for k, blobs in fr.numpy_seed_bytes().items() for blob in blobs]
     try:
-        from test_onnx_graph_tensors import model_with_subgraphs
+        from tests.support.onnx_graphs import model_with_subgraphs
 
         made.append(("onnx", "onnx", model_with_subgraphs().SerializeToString()))
     except pytest.skip.Exception:

@@ -1,6 +1,6 @@
 """Write small real Keras models, random weights, in every format the Keras/TF exporters read, with
 each model's own forward pass on a fixed input as the numerical reference. Used by the tests
-(tests/test_keras*.py, tests/test_tensorflow*.py), which run it in a subprocess so TensorFlow never
+(tests/readers/keras/, tests/readers/tensorflow/), which run it in a subprocess so TensorFlow never
 loads into the test process.
 
     python scripts/make_keras_models.py OUT --flavor keras3   # Keras 3 (TF backend)

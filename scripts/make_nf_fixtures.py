@@ -12,7 +12,7 @@ so the tests (which have only the current NeuralForecast) can check the conversi
 fixtures/neuralforecast/<version>/folder/           what nf.save wrote
 fixtures/neuralforecast/<version>/predictions.json  {"ds", "unique_id", "models": {column: values}}
 fixtures/neuralforecast/<version>/versions.json     neuralforecast, torch, pandas, numpy versions
-The 3.3.0 folder serves the error-path tests; tests/test_neuralforecast.py trains the full model
+The 3.3.0 folder serves the error-path tests; tests/readers/neuralforecast/test_models.py trains the full model
 zoo in the current format at test time.
 """
 

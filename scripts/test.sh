@@ -10,9 +10,8 @@ PY=${PYTHON:-python3}
 # builds it from source once (about 10 minutes on 2 cores, more under load) and reuses the cached
 # wheel; GGML_NATIVE=OFF keeps that wheel portable. A failed build only skips that tier, saying why.
 CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[ggml]" \
-    2> >(grep -v "^WARNING: Location" >&2) || echo "test.sh: llama-cpp-python did not build; the ggml tier of tests/test_gguf_quants.py skips" >&2
-# The Rust tests (tests/test_rust*.py; test_rust_fixtures.py runs the crate's own `cargo test`) build
-# rust/ offline against Debian's packaged crates.
+    2> >(grep -v "^WARNING: Location" >&2) || echo "test.sh: llama-cpp-python did not build; the ggml tier of tests/outputs/gguf/test_quants.py skips" >&2
+# The Rust tests (tests/rust/; test_fixtures.py runs the crate's own `cargo test`) build rust/ offline against Debian's packaged crates.
 crates="librust-serde-dev librust-serde-derive-dev librust-serde-json-dev librust-memmap2-dev librust-half-dev librust-sha2-dev librust-blake3-dev"
 missing=""
 for p in $crates; do

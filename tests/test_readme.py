@@ -20,9 +20,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the README's sources are written with torch")
 
-from conftest import REPO, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
+from tests.support import REPO, installed_without_dependencies, read_manifest, run_cli  # noqa: E402
 
-pytest_plugins = ["keras_support"]  # hf_models: Hugging Face TF folders written by transformers
+pytest_plugins = ["tests.support.keras_models"]  # hf_models: Hugging Face TF folders written by transformers
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 SENTIMENT = REPO / "fixtures" / "sentiment"
@@ -34,12 +34,12 @@ NOT_RUN = {
     "bash scripts/test.sh": "the set-up command the CI runs itself (a venv from nothing, then this suite)",
     "python3 -m venv": "pip install: needs the package index",
     ".venv/bin/pip install": "pip install: needs the package index",
-    "cargo build --release": "builds against crates.io (network); tests/rust_helpers.py builds the crate offline",
+    "cargo build --release": "builds against crates.io (network); tests/support/rust.py builds the crate offline",
     ".venv/bin/python scripts/bench_": "benchmarks on 1 GiB and larger inputs, run by hand (README, Benchmarks)",
     "convert auto openai-community/gpt2 ": "a Hugging Face repository id: needs the network or that model in the "
-    "cache; tests/test_hub_ids.py builds a cache in huggingface_hub's layout and converts from it",
+    "cache; tests/readers/test_hub_ids.py builds a cache in huggingface_hub's layout and converts from it",
     "convert auto hf://openai-community/gpt2": "as above",
-    "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/test_rust.py builds it offline and runs "
+    "rust/target/release/rmc ": "the Rust CLI of the crate above; tests/rust/test_crate.py builds it offline and runs "
     "`rmc verify` and `rmc inspect` (with --json) on converted outputs",
 }
 
@@ -226,7 +226,7 @@ def _flax_sources(root: Path) -> None:
     import orbax.checkpoint as ocp
     from flax import linen as nn
 
-    import flax_helpers as fh
+    from tests.support import flax_nets as fh
 
     x = np.zeros((2, 4), np.float32)
     params = nn.Dense(3).init(jax.random.PRNGKey(0), x)
@@ -315,7 +315,7 @@ def _tf1_sources(work: Path) -> None:
     """Google's TF1 BERT layout (a BertForPreTraining of one layer, with its optimizer slots), saved with
     tf.compat.v1's Saver, and the rule file the README names, where the README's path has it."""
     pytest.importorskip("tensorflow", reason="the TF1 checkpoint is written with TensorFlow")
-    from tf1_support import save_with_slots
+    from tests.support.tf1 import save_with_slots
 
     h = 8
     shapes = {"bert/embeddings/word_embeddings": (30, h), "bert/embeddings/LayerNorm/gamma": (h,)}
@@ -326,9 +326,9 @@ def _tf1_sources(work: Path) -> None:
 
 
 def _llm_sources(work: Path) -> None:
-    """A Hugging Face llama folder with its SentencePiece tokenizer (tests/llm_support.py)."""
+    """A Hugging Face llama folder with its SentencePiece tokenizer (tests/support/llm.py)."""
     pytest.importorskip("sentencepiece", reason="the language model's tokenizer is trained with sentencepiece")
-    from llm_support import tiny_llama
+    from tests.support.llm import tiny_llama
 
     tiny_llama(work / "llm-folder")
 
@@ -447,7 +447,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
             root = tmp_path_factory.mktemp(f"readme-{group}")
             if group == "hf-tf":  # BERT saved by transformers' TF class with save_pretrained
                 shutil.copytree(request.getfixturevalue("hf_models") / "hf" / "bert" / "single", root / "hf-tf-folder")
-            elif group == "jax2onnx":  # a folder for PYTHONPATH, as tests/test_onnx_jax.py installs it
+            elif group == "jax2onnx":  # a folder for PYTHONPATH, as tests/outputs/onnx/test_jax.py installs it
                 import importlib.util
 
                 found = None if importlib.util.find_spec("jax2onnx") is None else root
@@ -550,7 +550,7 @@ def test_readme_rule_file_runs_on_top_of_burn(tmp_path: Path) -> None:
 
 
 def test_readme_rust_blocks_are_the_tested_example_or_fragments() -> None:
-    """The quickstart is rust/rmc-load/examples/quickstart.rs (built and run by tests/test_rust.py); the
+    """The quickstart is rust/rmc-load/examples/quickstart.rs (built and run by tests/rust/test_crate.py); the
     per-layout snippets are fragments of a user's program (its model types), not a program to run."""
     blocks = fenced_blocks("rust")
     example = (REPO / "rust" / "rmc-load" / "examples" / "quickstart.rs").read_text()

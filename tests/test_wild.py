@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import load_output, read_manifest, run_cli
+from tests.support import load_output, read_manifest, run_cli
 
 CACHE = Path(os.environ.get("RMC_WILD_CACHE", Path.home() / ".cache" / "rust-model-convert" / "wild"))
 SILERO, LPIPS, PITCH = "silero-vad==6.2.3", "lpips==0.1.4", "basic-pitch==0.4.0"

@@ -4,7 +4,7 @@ own options in OWN_OPTIONS when it is a tensor output that declares any).
 
 The outputs are loaded when a command needs them, not when the CLI starts: building the CLI's flags
 needs only each tensor output's own options, declared in light modules (OWN_OPTIONS), so `convert
---help` imports no numpy. tests/test_options.py holds OWN_OPTIONS equal to what each output declares."""
+--help` imports no numpy. tests/faces/test_options.py holds OWN_OPTIONS equal to what each output declares."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Both work on whole rows at once (the caller hands over a chunk of rows at a time
 Exactness is the point: a GGUF file written here must hold the bytes llama.cpp's own tools write, so
 that `verify --source` can re-quantize and compare byte for byte, and so that a model quantized here
 behaves as one quantized by llama.cpp. Every type equals ggml's own `ggml_quantize_chunk` without an
-importance matrix (what `llama-quantize` runs), as tests/test_gguf_quants.py checks through
+importance matrix (what `llama-quantize` runs), as tests/outputs/gguf/test_quants.py checks through
 llama-cpp-python. The legacy quants (q4_0 ... q8_0) and bf16 follow ggml's reference C code as the
 `gguf` package does (except the sign of a zero scale, where gguf's numpy min and max drift from
 ggml's scan); the K-quants follow `quantize_row_q*_K_ref` (ggml-quants.c) step by step in float32:
