@@ -3,7 +3,7 @@
 TypedDicts, not classes: a manifest is built, written and read as plain JSON objects (the bytes a Rust
 loader deserializes stay what `json.dumps` makes of them, with no conversion step and no dependency),
 and mypy checks every builder and reader against these shapes. `NotRequired` marks what the schema
-does not require. tests/test_manifest_model.py holds the model and the schema to each other both ways:
+does not require. tests/manifest/test_model.py holds the model and the schema to each other both ways:
 every key here is in the schema with a compatible type and the same required-ness, and every schema
 property is here. Objects the schema leaves open (a reader's details, a module's params, a config)
 are `JsonObject`. Values the code takes from options and rule files as plain strings are `str` where

@@ -32,7 +32,7 @@ READERS: tuple[ReaderFace, ...] = (
 )
 
 # Every option some reader declares, each once, in the order `auto` and `batch` list them (the faces'
-# records themselves: tests/test_options.py holds this to be exactly the union of the faces' options).
+# records themselves: tests/faces/test_options.py holds this to be exactly the union of the faces' options).
 READER_OPTIONS: tuple[Option, ...] = (
     KEY,
     pytorch.STRIP_PREFIX,

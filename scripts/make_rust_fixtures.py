@@ -3,7 +3,7 @@
     .venv/bin/python scripts/make_rust_fixtures.py          # into rust/rmc-load/tests/data
 
 `cargo test` (rust/rmc-load/tests/*.rs) opens these without Python, so the crate is tested on its
-own; tests/test_rust_fixtures.py runs it and checks that this script still writes the committed
+own; tests/rust/test_fixtures.py runs it and checks that this script still writes the committed
 bytes (run the script and commit the result when a change to the writers is meant).
 
 Each fixture is a conversion by the `convert` CLI of a tiny seeded torch checkpoint:

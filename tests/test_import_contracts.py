@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import tomllib
 
-from conftest import REPO
 from exporters.registry import READERS
+from tests.support import REPO
 
 CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
 CROSS = next(c for c in CONFIG["contracts"] if c["type"] == "layers" and not c.get("containers"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,18 @@ import numpy as np
 import pytest
 
 from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli
-from tests.support.llm import CORPUS, sentencepiece_tokenizer, tiny_llama
+from tests.support.llm import (
+    CORPUS,
+    TEXT,
+    Built,
+    llama_cpp_logits,
+    load_back,
+    logits,
+    scaled_error,
+    sentencepiece_tokenizer,
+    source_ids,
+    tiny_llama,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -26,7 +36,6 @@ pytest.importorskip("accelerate")  # transformers needs it to load a GGUF file
 tokenizers = pytest.importorskip("tokenizers")
 spm = pytest.importorskip("sentencepiece")
 
-TEXT = "The lazy fox's 42 tests don't split.\n"
 QWEN2_SPLIT = (  # Qwen2's tokenizer.json split pattern
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -64,14 +73,6 @@ def bpe_tokenizer(folder: Path, pre: str) -> Any:
     return fast
 
 
-def source_ids(tok: Any, folder: Path) -> list[int]:
-    """The ids the source tokenizer gives TEXT: SentencePiece's own encoding after BOS, or the BPE's."""
-    if (folder / "tokenizer.model").is_file():
-        sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-        return [sp.bos_id(), *sp.encode(TEXT)]
-    return list(tok(TEXT).input_ids)
-
-
 LLAMA_LIKE = {
     "num_hidden_layers": 2,
     "hidden_size": 64,
@@ -92,23 +93,6 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 
 
-@dataclass
-class Built:
-    family: str
-    folder: Path
-    model: Any
-    ids: list[int]  # the source tokenizer's ids for TEXT
-    outputs: dict[str, tuple[Path, str]]  # --type: (OUT, stderr)
-
-    def converted(self, type_name: str) -> Path:
-        if type_name not in self.outputs:
-            out = self.folder.parent / f"out-{type_name}"
-            rc, _stdout, stderr = run_cli("to-gguf", self.folder, out, "--type", type_name)
-            assert rc == 0, stderr
-            self.outputs[type_name] = (out, stderr)
-        return self.outputs[type_name][0]
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     name = request.param
@@ -121,16 +105,6 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     model.save_pretrained(folder)
     return Built(name, folder, model, source_ids(tok, folder), {})
-
-
-def logits(model: Any, ids: list[int]) -> Any:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-def load_back(out: Path) -> tuple[Any, Any]:
-    model = transformers.AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", torch_dtype=torch.float32).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
 
 
 def test_f32_loads_back_in_transformers(built: Built) -> None:
@@ -350,24 +324,6 @@ def test_a_preset_needs_a_language_model(tmp_path: Path) -> None:
 # GELU goes through an F16 table), q8_0 about 1e-2 (ggml quantizes the activations too).
 LLAMA_CPP_BOUND = {"f32": 1e-3, "q8_0": 4e-2}
 PROBE_IDS = [5, 17, 42, 99, 100, 7, 3, 250]
-
-
-def llama_cpp_logits(path: Path, ids: list[int], tokenize: bool = True) -> tuple[Any, list[int]]:
-    """llama.cpp's logits for `ids` (F32 KV cache) and, when asked, its own tokenization of TEXT
-    (ggml aborts on tokenizing with no vocabulary)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="the llama.cpp tier: llama-cpp-python not built in this venv")
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
-    try:
-        llm.eval(ids)
-        # add_bos=True: BOS as the file's tokenizer.ggml.add_bos_token (or llama.cpp's default) says
-        tokens = llm.tokenize(TEXT.encode(), add_bos=True, special=False) if tokenize else []
-        return np.array(llm.scores[: len(ids)]), tokens
-    finally:
-        llm.close()
-
-
-def scaled_error(got: Any, want: Any) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.mark.parametrize("type_name", ["f32", "q8_0"])

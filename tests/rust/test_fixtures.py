@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from rust_helpers import cargo_test
+from tests.support import REPO
+from tests.support.rust import cargo_test
 
 SCRIPT = REPO / "scripts" / "make_rust_fixtures.py"
 DATA = REPO / "rust" / "rmc-load" / "tests" / "data"

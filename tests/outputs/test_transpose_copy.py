@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import assert_one_line_error, run_cli
 from convert import transforms
 from convert.dtypes import from_numpy
 from convert.tensors import TRANSPOSE_BAND, TRANSPOSE_STRIP, c_contiguous, in_memory, iter_chunks
 from convert.writer import WriteItem, write_tensor_file
+from tests.support import assert_one_line_error, run_cli
 
 DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_]
 # Larger than the strip copy's lower bound (2**16 elements) unless noted, none a multiple of a strip or band.

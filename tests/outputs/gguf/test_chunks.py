@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli
 
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, read_manifest, run_cli
-from ggml_support import ggml_quantizer
-from llm_support import sentencepiece_tokenizer
-from test_gguf_llm import TEXT, Built, llama_cpp_logits, load_back, logits, scaled_error, source_ids
+from tests.support import assert_cli_error, assert_no_output, read_manifest, run_cli
+from tests.support.ggml import ggml_quantizer
+from tests.support.llm import TEXT, Built, llama_cpp_logits, load_back, logits, scaled_error, sentencepiece_tokenizer, source_ids
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_cli_error, assert_no_output, run_cli
+from tests.support import assert_cli_error, assert_no_output, run_cli
 
 torch = pytest.importorskip("torch")
 

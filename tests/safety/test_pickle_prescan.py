@@ -8,7 +8,6 @@ import io
 import pickle
 import struct
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,9 @@ import torch
 from convert.errors import ConvertError, CorruptInputError, UnsafeInputError, UnsupportedFormatError
 from convert.pickle_reader import _prescan, restricted_load
 from convert.pickle_scan import MAX_NESTING, clean
+from tests.support import REPO
 
-HOSTILE = Path(__file__).resolve().parent.parent / "fixtures" / "hostile"
+HOSTILE = REPO / "fixtures" / "hostile"
 PROTO2 = b"\x80\x02"
 
 

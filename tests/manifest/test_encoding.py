@@ -14,10 +14,10 @@ import jsonschema
 import pytest
 import torch
 
-from conftest import convert_api, read_manifest, run_cli
 from convert import manifest as manifest_mod
 from convert.documents import compiled, schema_text
 from convert.errors import VerificationError
+from tests.support import REPO, convert_api, read_manifest, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def _mutated(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str
 def _layout_doc() -> dict[str, Any]:
     import tomllib
 
-    return tomllib.loads((Path(__file__).resolve().parent.parent / "convert" / "layouts" / "burn.toml").read_text())
+    return tomllib.loads((REPO / "convert" / "layouts" / "burn.toml").read_text())
 
 
 @pytest.mark.parametrize("schema", ["manifest.schema.json", "layout.schema.json"])

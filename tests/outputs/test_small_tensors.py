@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import assert_same_tensor, convert_cli, run_cli, torch_load
 from convert.documents import MAX_NESTING, _shallow, parse_json
 from convert.dtypes import dtype
 from convert.errors import CorruptInputError, UsageError
@@ -22,6 +21,7 @@ from convert.hashing import hash_range, new_digest, same_ranges
 from convert.tensors import FileSpan, TensorRef
 from convert.writer import SMALL_TENSOR, WriteItem, write_tensor_file
 from convert.zip_members import check_stored_crc, member_offset
+from tests.support import assert_same_tensor, convert_cli, run_cli, torch_load
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is
 import numpy as np
 import torch
 
-from conftest import read_manifest, run_cli
 from convert import manifest as manifest_mod, manifest_model
 from convert.dtypes import dtype as lookup_dtype
 from convert.mapping import MappedTensor
 from convert.pipeline import tensor_entry
 from convert.tensors import TensorRef
 from convert.writer import WrittenTensor
-from rust_helpers import SCHEMA, resolve, types
+from tests.support import read_manifest, run_cli
+from tests.support.rust import SCHEMA, resolve, types
 
 # Written by the converter where the schema leaves the object open; the Rust crate does not read them.
 BEYOND_SCHEMA = {
