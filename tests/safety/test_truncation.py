@@ -333,10 +333,11 @@ def _from_memory(exc: BaseException) -> bool:
 
 def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
     from convert.errors import ConvertError
+    from tests.support.fuzz import rezip, zip_entries
 
     target, open_path, entry = Path(case["file"]), Path(case["open"]), case["entry"]
     whole = target.read_bytes()
-    entries = _entries(whole) if entry else []
+    entries = zip_entries(whole) if entry else []
     report = {
         "size": len(dict(entries)[entry]) if entry else len(whole),
         "cuts": 0,
@@ -353,7 +354,7 @@ def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
     for cut in case["points"]:
         print(case["format"], cut, file=progress, flush=True)
         if entry:  # only this entry is cut; the zip around it stays valid
-            target.write_bytes(_rezip([(n, d[:cut] if n == entry else d) for n, d in entries]))
+            target.write_bytes(rezip([(n, d[:cut] if n == entry else d) for n, d in entries]))
         else:
             target.write_bytes(whole[:cut])
         report["cuts"] += 1
@@ -380,19 +381,6 @@ def run_case(case: dict[str, Any], progress: Any) -> dict[str, Any]:
             faulthandler.cancel_dump_traceback_later()
     target.write_bytes(whole)
     return report
-
-
-def _entries(data: bytes) -> list[tuple[str, bytes]]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return [(i.filename, zf.read(i)) for i in zf.infolist()]
-
-
-def _rezip(entries: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in entries:
-            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    return buf.getvalue()
 
 
 def main(plan_path: Path, report_path: Path) -> None:
