@@ -4,15 +4,19 @@ inspect, quiet mode, every user error as one line and a documented exit code, an
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import re
+import subprocess
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch to write real checkpoints")
@@ -68,6 +72,33 @@ def test_version() -> None:
     rc, stdout, stderr = run_cli("--version")
     assert rc == 0 and stderr == ""
     assert stdout.strip() == f"convert, version {convert.__version__}"
+
+
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2 or not Path("/proc/self/task").is_dir(), reason="OpenBLAS starts no threads on one CPU"
+)
+@pytest.mark.parametrize("user_setting, threads", [(None, 1), ("2", 2)])
+def test_the_command_starts_no_blas_threads(user_setting: str | None, threads: int, tmp_path: Path) -> None:
+    """numpy's OpenBLAS threads spin at import (a third of a small conversion's CPU): the command asks
+    for one thread unless the user chose otherwise. The process's threads are counted as it exits."""
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones((4, 4), np.float32)}, tmp_path / "m.safetensors")
+    script = (
+        "import atexit, os, sys\n"
+        "count = lambda: len(os.listdir('/proc/self/task'))\n"
+        "atexit.register(lambda: print(count(), os.environ['OPENBLAS_NUM_THREADS'], file=sys.stderr))\n"
+        "from convert.cli import main\n"
+        f"sys.argv = ['convert', 'auto', {str(tmp_path / 'm.safetensors')!r}, {str(tmp_path / 'out')!r}]\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_setting:
+        env["OPENBLAS_NUM_THREADS"] = user_setting
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.split()[-2:] == [str(threads), user_setting or "1"]
+    assert (tmp_path / "out" / "manifest.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
