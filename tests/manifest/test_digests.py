@@ -153,6 +153,34 @@ def test_same_ranges_sees_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not hashing.same_ranges([FileSpan(str(a), 13, len(data))], [FileSpan(str(b), 5, len(data) - 1)])
 
 
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [(0, 9000), (9000, 9000), (9000, 20000), (20100, 20100), (20100, 70000), (70000, 80003)],  # gaps, empties, the end
+        [(7, 7), (4095, 4097), (4097, 69632), (80003, 80003)],  # a range over one window edge; one empty at the file's end
+        [],
+        [(5000, 9000), (0, 6000), (6000, 80003)],  # overlapping, out of order: a manifest may claim these
+    ],
+    ids=["in-order", "window-edges", "none", "overlapping"],
+)
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_file_and_range_digests_are_those_of_the_bytes(
+    ranges: list[tuple[int, int]], algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges in file order are hashed in the file digest's own pass (each window read once); any
+    other ranges on a thread of their own: the digests are the same either way."""
+    from convert import hashing
+
+    monkeypatch.setattr(hashing, "WINDOW", 4096)  # many windows: ranges start, end and span across them
+    monkeypatch.setattr(hashing, "SMALL_RANGE", 1024)
+    data = bytes((i * 131 + i // 251) % 256 for i in range(80003))
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    file_digest, digests = hashing.file_and_range_digests(path, ranges, algorithm)
+    assert file_digest == HASHES[algorithm](data).hexdigest()
+    assert digests == [HASHES[algorithm](data[b:e]).hexdigest() for b, e in ranges]
+
+
 def test_verify_source_refuses_a_tie_whose_two_sources_differ(save_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     emb = torch.randn(6, 4)
     src = save_checkpoint({"wte.weight": emb, "lm_head.weight": emb, "ln.weight": torch.ones(4)})
