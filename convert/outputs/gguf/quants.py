@@ -24,6 +24,13 @@ any `--dtype` cast.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from convert.errors import MappingError
@@ -36,6 +43,10 @@ _F16_MAX = 65504.0
 _ROUNDER = F32(12582912.0)  # 1.5 * 2**23: v + it - it is v rounded half to even, for |v| <= 2**22
 _LEGACY_PIECE = 4096  # blocks of 32 quantized at once: 512 KiB of float32 in, temporaries near cache size
 _K_PIECE = 512  # super-blocks quantized at once: 128 K values, 512 KiB per float32 temporary (fastest here)
+# The K-quant searches run compiled (kernels.py, numba: the `fast` extra) when numba imports, in numpy
+# otherwise; both give the same bytes. CONVERT_GGUF_KERNELS=numpy (or COMPILED = False) keeps numpy.
+KERNELS_ENV = "CONVERT_GGUF_KERNELS"
+COMPILED = os.environ.get(KERNELS_ENV, "") != "numpy"
 
 
 class QuantizationError(MappingError):
@@ -345,6 +356,23 @@ def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ K-quant helpers
 
 
+@functools.cache
+def compiled_searches() -> dict[str, Callable[..., Any]]:
+    """kernels.SEARCHES, imported on first use (numba takes a while to import); empty without numba."""
+    if importlib.util.find_spec("numba") is None:
+        return {}
+    kernels: Any = importlib.import_module("convert.outputs.gguf.kernels")
+    return dict(kernels.SEARCHES)
+
+
+def _search(numpy_search: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled twin of a numpy search (same arguments, same results) when there is one and
+    COMPILED holds, else the numpy search itself."""
+    if not COMPILED:
+        return numpy_search
+    return compiled_searches().get(numpy_search.__name__, numpy_search)
+
+
 def _make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -519,7 +547,7 @@ def _q45_k(blocks: np.ndarray, t: GGMLType, what: str, nmax: int, rmin: float, n
     nb = blocks.shape[0]
     x = _columns(blocks, 32)
     av_x = np.sqrt(_seqsum(x * x) / F32(32))
-    scales, mins, levels = _make_qkx2(x, av_x + np.abs(x), nmax, rmin, 0.1, nstep, False)
+    scales, mins, levels = _search(_make_qkx2)(x, av_x + np.abs(x), nmax, rmin, 0.1, nstep, False)
     _refuse_overflowed(np.stack([scales, mins]), blocks, t, what)
     max_scale, ls = _k_scales(scales.reshape(nb, 8), 63.0)
     max_min, lm = _k_scales(mins.reshape(nb, 8), 63.0)
@@ -563,7 +591,7 @@ def _q2_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scales, mins, levels = _make_qkx2(x, np.abs(x), 3, -0.5, 0.1, 15, True)
+    scales, mins, levels = _search(_make_qkx2)(x, np.abs(x), 3, -0.5, 0.1, 15, True)
     _refuse_overflowed(np.stack([scales, mins]), blocks, t, what)
     max_scale, ls = _k_scales(scales.reshape(nb, 16), 15.0)
     max_min, lm = _k_scales(mins.reshape(nb, 16), 15.0)

@@ -1,0 +1,173 @@
+"""The K-quant searches compiled with numba (the `fast` extra): the same float32 operations as the
+numpy searches in quants.py, in the same order, several times faster.
+
+The numpy searches are vectorised across groups but make a full pass over the chunk for every
+operation, some 15 passes per trial scale and 16 to 22 trials: they are bound by memory traffic.
+Here each tile of groups (16 at a time: one AVX-512 register, or two AVX2 ones, of float32) is
+searched while it sits in registers and L1: the loops run over a group's values in the C code's
+order, and across the tile's groups innermost, which the compiler vectorises without reordering any
+group's additions (each lane is one group). Every value is float32 and every operation rounds to
+float32 where ggml's C code rounds (numba computes a float32 op in float32; a Python float or an
+int in an expression would promote it to float64, so every constant is cast); fastmath stays off,
+so nothing is fused into an FMA or reassociated. nearest_int is ggml's bit trick, through a bitcast.
+
+Inputs are the searches' columns: x and the weights of shape (values per group, groups), C order.
+The functions release the GIL (the encoder's worker threads run them at once) and are cached on
+disk at first compile (a few seconds, once per install); where no cache folder is writable they
+are compiled in each process instead. Without numba, `load()` returns None and quants.py keeps
+its numpy searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+TILE = 64  # groups searched at once: a vector register of float32 lanes
+# Rows of the kernels' per-group state (one array, so that the compiler sees no aliasing among them)
+_LO, _HI, _FIRST_LO, _SUM_W, _SUM_X, _BEST, _SCALE, _ISCALE, _CHOSEN, _CHOSEN_LO = range(10)
+_SUM_L, _SUM_L2, _SUM_XL, _DET, _THIS_SCALE, _THIS_MIN, _CUR = range(10, 17)
+_STATE = 17
+
+
+def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """numba's njit as these kernels need it: no GIL, strict float32 (no fastmath), float errors as
+    numpy's (inf and NaN, not exceptions), cached on disk when a cache folder is writable."""
+    options = {"nogil": True, "fastmath": False, "error_model": "numpy"}
+    try:
+        return numba.njit(cache=True, **options)(fn)  # type: ignore[no-any-return]
+    except RuntimeError:  # "cannot cache function ...": neither next to this file nor in the user's cache
+        return numba.njit(cache=False, **options)(fn)  # type: ignore[no-any-return]
+
+
+@intrinsic  # type: ignore[untyped-decorator]
+def nearest(typingctx: Any, v: Any) -> Any:
+    """ggml's nearest_int as a float32: the low 23 bits of v + 1.5 * 2**23, less 2**22 (all in
+    int32, as the C code's memcpy into an int; exact as a float, whatever v is)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i32 = ir.IntType(32)
+        shifted = builder.fadd(args[0], ir.Constant(ir.FloatType(), 12582912.0))
+        bits = builder.and_(builder.bitcast(shifted, i32), ir.Constant(i32, 0x007FFFFF))
+        return builder.sitofp(builder.sub(bits, ir.Constant(i32, 0x00400000)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@_jit
+def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):  # type: ignore[no-untyped-def]
+    n, groups = x.shape
+    f_nmax = np.float32(nmax)
+    f_rmin = np.float32(rmin)
+    f_rdelta = np.float32(rdelta)
+    zero = np.float32(0.0)
+    xt = np.zeros((n, TILE), np.float32)
+    wt = np.zeros((n, TILE), np.float32)
+    st = np.zeros((_STATE, TILE), np.float32)
+    for g0 in range(0, groups, TILE):
+        t = min(TILE, groups - g0)
+        for i in range(n):
+            for g in range(t):
+                xt[i, g] = x[i, g0 + g]
+                wt[i, g] = w[i, g0 + g]
+        for g in range(TILE):
+            st[_LO, g] = xt[0, g]
+            st[_HI, g] = xt[0, g]
+            st[_SUM_W, g] = wt[0, g]
+            st[_SUM_X, g] = wt[0, g] * xt[0, g]
+        for i in range(1, n):
+            for g in range(TILE):
+                v = xt[i, g]
+                st[_LO, g] = v if v < st[_LO, g] else st[_LO, g]
+                st[_HI, g] = v if v > st[_HI, g] else st[_HI, g]
+                st[_SUM_W, g] = st[_SUM_W, g] + wt[i, g]
+                st[_SUM_X, g] = st[_SUM_X, g] + wt[i, g] * v
+        for g in range(TILE):
+            lo = zero if st[_LO, g] > zero else st[_LO, g]
+            st[_LO, g] = lo
+            st[_FIRST_LO, g] = lo
+            iscale = f_nmax / (st[_HI, g] - lo)
+            st[_ISCALE, g] = iscale
+            st[_SCALE, g] = np.float32(1.0) / iscale
+            st[_CHOSEN, g] = iscale
+            st[_CHOSEN_LO, g] = lo
+            st[_BEST, g] = zero
+        # the first levels and their error, against scale = 1 / iscale
+        for i in range(n):
+            for g in range(TILE):
+                v = xt[i, g]
+                q = min(max(nearest(st[_ISCALE, g] * (v - st[_LO, g])), zero), f_nmax)
+                diff = st[_SCALE, g] * q + st[_LO, g] - v
+                diff = abs(diff) if use_mad else diff * diff
+                st[_BEST, g] = st[_BEST, g] + wt[i, g] * diff
+        for step in range(nstep + 1):
+            f_step = f_rmin + f_rdelta * np.float32(step) + f_nmax
+            for g in range(TILE):
+                st[_ISCALE, g] = f_step / (st[_HI, g] - st[_LO, g])
+                st[_SUM_L, g] = zero
+                st[_SUM_L2, g] = zero
+                st[_SUM_XL, g] = zero
+            for i in range(n):
+                for g in range(TILE):
+                    v = xt[i, g]
+                    q = min(max(nearest(st[_ISCALE, g] * (v - st[_LO, g])), zero), f_nmax)
+                    wl = wt[i, g] * q
+                    st[_SUM_L, g] = st[_SUM_L, g] + wl
+                    st[_SUM_L2, g] = st[_SUM_L2, g] + wl * q
+                    st[_SUM_XL, g] = st[_SUM_XL, g] + wl * v
+            for g in range(TILE):
+                sum_w, sum_x = st[_SUM_W, g], st[_SUM_X, g]
+                sum_l, sum_l2, sum_xl = st[_SUM_L, g], st[_SUM_L2, g], st[_SUM_XL, g]
+                d = sum_w * sum_l2 - sum_l * sum_l
+                s = (sum_w * sum_xl - sum_x * sum_l) / d
+                m = (sum_l2 * sum_x - sum_l * sum_xl) / d
+                clamp = m > zero
+                st[_DET, g] = d
+                st[_THIS_SCALE, g] = sum_xl / sum_l2 if clamp else s
+                st[_THIS_MIN, g] = zero if clamp else m
+                st[_CUR, g] = zero
+            # the trial's error: its levels made again (the same operations give the same levels)
+            for i in range(n):
+                for g in range(TILE):
+                    v = xt[i, g]
+                    q = min(max(nearest(st[_ISCALE, g] * (v - st[_LO, g])), zero), f_nmax)
+                    diff = st[_THIS_SCALE, g] * q + st[_THIS_MIN, g] - v
+                    diff = abs(diff) if use_mad else diff * diff
+                    st[_CUR, g] = st[_CUR, g] + wt[i, g] * diff
+            for g in range(TILE):
+                better = st[_DET, g] > zero and st[_CUR, g] < st[_BEST, g]
+                st[_CHOSEN, g] = st[_ISCALE, g] if better else st[_CHOSEN, g]
+                st[_CHOSEN_LO, g] = st[_LO, g] if better else st[_CHOSEN_LO, g]
+                st[_BEST, g] = st[_CUR, g] if better else st[_BEST, g]
+                st[_SCALE, g] = st[_THIS_SCALE, g] if better else st[_SCALE, g]
+                st[_LO, g] = st[_THIS_MIN, g] if better else st[_LO, g]
+        for g in range(t):
+            flat = st[_HI, g] == st[_FIRST_LO, g]
+            scale_out[g0 + g] = zero if flat else st[_SCALE, g]
+            min_out[g0 + g] = -(st[_FIRST_LO, g] if flat else st[_LO, g])
+            for i in range(n):
+                q = min(max(nearest(st[_CHOSEN, g] * (xt[i, g] - st[_CHOSEN_LO, g])), zero), f_nmax)
+                levels[i, g0 + g] = zero if flat else q
+
+
+def make_qkx2(
+    x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quants._make_qkx2, compiled: (scale, -min, levels) per group."""
+    scale = np.empty(x.shape[1], np.float32)
+    neg_min = np.empty(x.shape[1], np.float32)
+    levels = np.empty(x.shape, np.float32)
+    _qkx2(np.ascontiguousarray(x), np.ascontiguousarray(w), nmax, rmin, rdelta, nstep, use_mad, scale, neg_min, levels)
+    return scale, neg_min, levels
+
+
+# quants.py's numpy searches by name, and their compiled twins
+SEARCHES: dict[str, Callable[..., Any]] = {"_make_qkx2": make_qkx2}
