@@ -33,7 +33,8 @@ TILE = 64  # groups searched at once: a vector register of float32 lanes
 # Rows of the kernels' per-group state (one array, so that the compiler sees no aliasing among them)
 _LO, _HI, _FIRST_LO, _SUM_W, _SUM_X, _BEST, _SCALE, _ISCALE, _CHOSEN, _CHOSEN_LO = range(10)
 _SUM_L, _SUM_L2, _SUM_XL, _DET, _THIS_SCALE, _THIS_MIN, _CUR = range(10, 17)
-_STATE = 17
+_BIG, _SUM_LX, _SUM_L2X, _ACTIVE, _CHANGED = range(17, 22)  # make_qx and make_q3
+_STATE = 22
 
 
 def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,6 +159,132 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
                 levels[i, g0 + g] = zero if flat else q
 
 
+@_jit
+def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
+    n, groups = x.shape
+    f_nmax = np.float32(nmax)
+    lo = np.float32(-nmax)
+    top = np.float32(nmax - 1)
+    zero = np.float32(0.0)
+    eps = np.float32(1e-15)
+    xt = np.zeros((n, TILE), np.float32)
+    st = np.zeros((_STATE, TILE), np.float32)
+    for g0 in range(0, groups, TILE):
+        t = min(TILE, groups - g0)
+        for i in range(n):
+            for g in range(t):
+                xt[i, g] = x[i, g0 + g]
+        for g in range(TILE):
+            st[_BIG, g] = zero
+        for i in range(n):
+            for g in range(TILE):  # the value of largest magnitude, the first on ties (ggml's strict scan)
+                v = xt[i, g]
+                st[_BIG, g] = v if abs(v) > abs(st[_BIG, g]) else st[_BIG, g]
+        # trial 0 is -nmax / max, then -(nmax + 0.1 * step) / max for step -9..9 but 0
+        for trial in range(19):
+            step = trial - 10 if trial <= 9 else trial - 9
+            for g in range(TILE):
+                big = st[_BIG, g]
+                st[_ISCALE, g] = lo / big if trial == 0 else -(f_nmax + np.float32(0.1) * np.float32(step)) / big
+                st[_SUM_LX, g] = zero
+                st[_SUM_L2X, g] = zero
+            for i in range(n):
+                for g in range(TILE):
+                    v = xt[i, g]
+                    q = min(max(nearest(st[_ISCALE, g] * v), lo), top)
+                    w = v * v
+                    st[_SUM_LX, g] = st[_SUM_LX, g] + w * v * q
+                    st[_SUM_L2X, g] = st[_SUM_L2X, g] + w * q * q
+            for g in range(TILE):
+                slx, sl2 = st[_SUM_LX, g], st[_SUM_L2X, g]
+                if trial == 0:
+                    s = slx / sl2 if sl2 != zero else zero
+                    st[_CHOSEN, g] = st[_ISCALE, g]
+                    st[_SCALE, g] = s
+                    st[_BEST, g] = s * slx
+                elif sl2 > zero and slx * slx > st[_BEST, g] * sl2:
+                    s = slx / sl2
+                    st[_CHOSEN, g] = st[_ISCALE, g]
+                    st[_SCALE, g] = s
+                    st[_BEST, g] = s * slx
+        for g in range(t):
+            flat = abs(st[_BIG, g]) < eps
+            scale_out[g0 + g] = zero if flat else st[_SCALE, g]
+            for i in range(n):
+                q = min(max(nearest(st[_CHOSEN, g] * xt[i, g]), lo), top) + f_nmax
+                levels[i, g0 + g] = zero if flat else q
+
+
+@_jit
+def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
+    n, groups = x.shape
+    f_nmax = np.float32(nmax)
+    lo = np.float32(-nmax)
+    top = np.float32(nmax - 1)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    eps = np.float32(1e-15)
+    xt = np.zeros((n, TILE), np.float32)
+    lt = np.zeros((n, TILE), np.float32)
+    st = np.zeros((_STATE, TILE), np.float32)
+    for g0 in range(0, groups, TILE):
+        t = min(TILE, groups - g0)
+        for i in range(n):
+            for g in range(t):
+                xt[i, g] = x[i, g0 + g]
+        for g in range(TILE):
+            st[_BIG, g] = zero
+        for i in range(n):
+            for g in range(TILE):
+                v = xt[i, g]
+                st[_BIG, g] = v if abs(v) > abs(st[_BIG, g]) else st[_BIG, g]
+        for g in range(TILE):
+            st[_ISCALE, g] = lo / st[_BIG, g]
+            st[_SUM_LX, g] = zero
+            st[_SUM_L2X, g] = zero
+            st[_ACTIVE, g] = one
+        for i in range(n):
+            for g in range(TILE):
+                v = xt[i, g]
+                q = min(max(nearest(st[_ISCALE, g] * v), lo), top)
+                lt[i, g] = q
+                w = v * v
+                st[_SUM_LX, g] = st[_SUM_LX, g] + w * v * q
+                st[_SUM_L2X, g] = st[_SUM_L2X, g] + w * q * q
+        for _ in range(5):  # each level changed alone when that improves the fit, up to five passes
+            for g in range(TILE):
+                st[_CHANGED, g] = zero
+            for i in range(n):
+                for g in range(TILE):
+                    v = xt[i, g]
+                    li = lt[i, g]
+                    w = v * v
+                    sumlx, suml2 = st[_SUM_LX, g], st[_SUM_L2X, g]
+                    slx = sumlx - w * v * li
+                    sl2 = suml2 - w * li * li
+                    new = min(max(nearest(v * sl2 / slx), lo), top)
+                    take = st[_ACTIVE, g] != zero and slx > zero and new != li
+                    slx = slx + w * v * new
+                    sl2 = sl2 + w * new * new
+                    take = take and sl2 > zero and slx * slx * suml2 > sumlx * sumlx * sl2
+                    lt[i, g] = new if take else li
+                    st[_SUM_LX, g] = slx if take else sumlx
+                    st[_SUM_L2X, g] = sl2 if take else suml2
+                    st[_CHANGED, g] = one if take else st[_CHANGED, g]
+            more = False
+            for g in range(TILE):
+                st[_ACTIVE, g] = st[_ACTIVE, g] if st[_CHANGED, g] != zero else zero
+                more = more or st[_ACTIVE, g] != zero
+            if not more:
+                break
+        for g in range(t):
+            flat = abs(st[_BIG, g]) < eps
+            sumlx, suml2 = st[_SUM_LX, g], st[_SUM_L2X, g]
+            scale_out[g0 + g] = sumlx / suml2 if suml2 > zero and not flat else zero
+            for i in range(n):
+                levels[i, g0 + g] = zero if flat else lt[i, g] + f_nmax
+
+
 def make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,5 +296,21 @@ def make_qkx2(
     return scale, neg_min, levels
 
 
+def make_qx(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """quants._make_qx, compiled: (scale, levels + nmax) per group."""
+    scale = np.empty(x.shape[1], np.float32)
+    levels = np.empty(x.shape, np.float32)
+    _qx(np.ascontiguousarray(x), nmax, scale, levels)
+    return scale, levels
+
+
+def make_q3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """quants._make_q3, compiled: (scale, levels + nmax) per group."""
+    scale = np.empty(x.shape[1], np.float32)
+    levels = np.empty(x.shape, np.float32)
+    _q3(np.ascontiguousarray(x), nmax, scale, levels)
+    return scale, levels
+
+
 # quants.py's numpy searches by name, and their compiled twins
-SEARCHES: dict[str, Callable[..., Any]] = {"_make_qkx2": make_qkx2}
+SEARCHES: dict[str, Callable[..., Any]] = {"_make_qkx2": make_qkx2, "_make_qx": make_qx, "_make_q3": make_q3}

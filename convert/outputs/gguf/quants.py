@@ -611,7 +611,7 @@ def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scale, levels = _make_q3(x, 4)
+    scale, levels = _search(_make_q3)(x, 4)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
     biggest = _signed_max(scales)
@@ -638,7 +638,7 @@ def _q6_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scale, levels = _make_qx(x, 32)
+    scale, levels = _search(_make_qx)(x, 32)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
     biggest = _signed_max(scales)
