@@ -40,15 +40,13 @@ _STATE = 22
 def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """numba's njit as these kernels need it: no GIL, strict float32 (no fastmath), float errors as
     numpy's (inf and NaN, not exceptions), cached on disk when a cache folder is writable."""
-    options = {"nogil": True, "fastmath": False, "error_model": "numpy"}
     try:
-        return numba.njit(cache=True, **options)(fn)  # type: ignore[no-any-return]
+        return numba.njit(fn, cache=True, nogil=True, fastmath=False, error_model="numpy")
     except RuntimeError:  # "cannot cache function ...": neither next to this file nor in the user's cache
-        return numba.njit(cache=False, **options)(fn)  # type: ignore[no-any-return]
+        return numba.njit(fn, cache=False, nogil=True, fastmath=False, error_model="numpy")
 
 
-@intrinsic  # type: ignore[untyped-decorator]
-def nearest(typingctx: Any, v: Any) -> Any:
+def _nearest(typingctx: Any, v: Any) -> Any:
     """ggml's nearest_int as a float32: the low 23 bits of v + 1.5 * 2**23, less 2**22 (all in
     int32, as the C code's memcpy into an int; exact as a float, whatever v is)."""
     if v != types.float32:
@@ -61,6 +59,9 @@ def nearest(typingctx: Any, v: Any) -> Any:
         return builder.sitofp(builder.sub(bits, ir.Constant(i32, 0x00400000)), ir.FloatType())
 
     return types.float32(types.float32), codegen
+
+
+nearest: Any = intrinsic(_nearest)
 
 
 @_jit
