@@ -73,13 +73,13 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
     zero = np.float32(0.0)
     xt = np.zeros((n, TILE), np.float32)
     wt = np.zeros((n, TILE), np.float32)
+    lt = np.zeros((n, TILE), np.float32)  # a trial's levels
     st = np.zeros((_STATE, TILE), np.float32)
     for g0 in range(0, groups, TILE):
         t = min(TILE, groups - g0)
         for i in range(n):
-            for g in range(t):
-                xt[i, g] = x[i, g0 + g]
-                wt[i, g] = w[i, g0 + g]
+            xt[i, :t] = x[i, g0 : g0 + t]
+            wt[i, :t] = w[i, g0 : g0 + t]
         for g in range(TILE):
             st[_LO, g] = xt[0, g]
             st[_HI, g] = xt[0, g]
@@ -121,6 +121,7 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
                 for g in range(TILE):
                     v = xt[i, g]
                     q = min(max(nearest(st[_ISCALE, g] * (v - st[_LO, g])), zero), f_nmax)
+                    lt[i, g] = q
                     wl = wt[i, g] * q
                     st[_SUM_L, g] = st[_SUM_L, g] + wl
                     st[_SUM_L2, g] = st[_SUM_L2, g] + wl * q
@@ -136,12 +137,10 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
                 st[_THIS_SCALE, g] = sum_xl / sum_l2 if clamp else s
                 st[_THIS_MIN, g] = zero if clamp else m
                 st[_CUR, g] = zero
-            # the trial's error: its levels made again (the same operations give the same levels)
             for i in range(n):
                 for g in range(TILE):
                     v = xt[i, g]
-                    q = min(max(nearest(st[_ISCALE, g] * (v - st[_LO, g])), zero), f_nmax)
-                    diff = st[_THIS_SCALE, g] * q + st[_THIS_MIN, g] - v
+                    diff = st[_THIS_SCALE, g] * lt[i, g] + st[_THIS_MIN, g] - v
                     diff = abs(diff) if use_mad else diff * diff
                     st[_CUR, g] = st[_CUR, g] + wt[i, g] * diff
             for g in range(TILE):
@@ -155,9 +154,11 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
             flat = st[_HI, g] == st[_FIRST_LO, g]
             scale_out[g0 + g] = zero if flat else st[_SCALE, g]
             min_out[g0 + g] = -(st[_FIRST_LO, g] if flat else st[_LO, g])
-            for i in range(n):
+        for i in range(n):
+            for g in range(TILE):
                 q = min(max(nearest(st[_CHOSEN, g] * (xt[i, g] - st[_CHOSEN_LO, g])), zero), f_nmax)
-                levels[i, g0 + g] = zero if flat else q
+                lt[i, g] = zero if st[_HI, g] == st[_FIRST_LO, g] else q
+            levels[i, g0 : g0 + t] = lt[i, :t]
 
 
 @_jit
@@ -169,12 +170,12 @@ def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
     zero = np.float32(0.0)
     eps = np.float32(1e-15)
     xt = np.zeros((n, TILE), np.float32)
+    lt = np.zeros((n, TILE), np.float32)
     st = np.zeros((_STATE, TILE), np.float32)
     for g0 in range(0, groups, TILE):
         t = min(TILE, groups - g0)
         for i in range(n):
-            for g in range(t):
-                xt[i, g] = x[i, g0 + g]
+            xt[i, :t] = x[i, g0 : g0 + t]
         for g in range(TILE):
             st[_BIG, g] = zero
         for i in range(n):
@@ -209,11 +210,12 @@ def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
                     st[_SCALE, g] = s
                     st[_BEST, g] = s * slx
         for g in range(t):
-            flat = abs(st[_BIG, g]) < eps
-            scale_out[g0 + g] = zero if flat else st[_SCALE, g]
-            for i in range(n):
+            scale_out[g0 + g] = zero if abs(st[_BIG, g]) < eps else st[_SCALE, g]
+        for i in range(n):
+            for g in range(TILE):
                 q = min(max(nearest(st[_CHOSEN, g] * xt[i, g]), lo), top) + f_nmax
-                levels[i, g0 + g] = zero if flat else q
+                lt[i, g] = zero if abs(st[_BIG, g]) < eps else q
+            levels[i, g0 : g0 + t] = lt[i, :t]
 
 
 @_jit
@@ -231,8 +233,7 @@ def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
     for g0 in range(0, groups, TILE):
         t = min(TILE, groups - g0)
         for i in range(n):
-            for g in range(t):
-                xt[i, g] = x[i, g0 + g]
+            xt[i, :t] = x[i, g0 : g0 + t]
         for g in range(TILE):
             st[_BIG, g] = zero
         for i in range(n):
@@ -279,11 +280,12 @@ def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
             if not more:
                 break
         for g in range(t):
-            flat = abs(st[_BIG, g]) < eps
             sumlx, suml2 = st[_SUM_LX, g], st[_SUM_L2X, g]
-            scale_out[g0 + g] = sumlx / suml2 if suml2 > zero and not flat else zero
-            for i in range(n):
-                levels[i, g0 + g] = zero if flat else lt[i, g] + f_nmax
+            scale_out[g0 + g] = sumlx / suml2 if suml2 > zero and abs(st[_BIG, g]) >= eps else zero
+        for i in range(n):
+            for g in range(TILE):
+                lt[i, g] = zero if abs(st[_BIG, g]) < eps else lt[i, g] + f_nmax
+            levels[i, g0 : g0 + t] = lt[i, :t]
 
 
 def make_qkx2(
