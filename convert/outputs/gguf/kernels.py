@@ -288,6 +288,31 @@ def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
             levels[i, g0 : g0 + t] = lt[i, :t]
 
 
+@_jit
+def _weights45(x, out):  # type: ignore[no-untyped-def]
+    n, groups = x.shape
+    sums = np.zeros(groups, np.float32)
+    for i in range(n):
+        for g in range(groups):
+            sums[g] = sums[g] + x[i, g] * x[i, g]
+    for g in range(groups):
+        sums[g] = np.float32(np.sqrt(sums[g] / np.float32(32.0)))
+    for i in range(n):
+        for g in range(groups):
+            out[i, g] = sums[g] + abs(x[i, g])
+
+
+@_jit
+def _requant(x, levels, step, offset, has_offset, lo, hi, base, out):  # type: ignore[no-untyped-def]
+    n, groups = x.shape
+    f_lo, f_hi, f_base = np.float32(lo), np.float32(hi), np.float32(base)
+    for i in range(n):
+        for g in range(groups):
+            v = x[i, g] + offset[g] if has_offset else x[i, g]
+            q = min(max(nearest(v / step[g]), f_lo), f_hi) + f_base
+            out[i, g] = np.uint8(q if step[g] != np.float32(0.0) else levels[i, g])
+
+
 def make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,5 +340,28 @@ def make_q3(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, levels
 
 
-# quants.py's numpy searches by name, and their compiled twins
-SEARCHES: dict[str, Callable[..., Any]] = {"_make_qkx2": make_qkx2, "_make_qx": make_qx, "_make_q3": make_q3}
+def q45_weights(x: np.ndarray) -> np.ndarray:
+    """quants._q45_weights, compiled."""
+    out = np.empty(x.shape, np.float32)
+    _weights45(np.ascontiguousarray(x), out)
+    return out
+
+
+def requantize(
+    x: np.ndarray, levels: np.ndarray, step: np.ndarray, offset: np.ndarray | None, lo: int, hi: int, base: int
+) -> np.ndarray:
+    """quants._requantize, compiled."""
+    out = np.empty(x.shape, np.uint8)
+    shift = step if offset is None else offset
+    _requant(np.ascontiguousarray(x), np.ascontiguousarray(levels), step, shift, offset is not None, lo, hi, base, out)
+    return out
+
+
+# quants.py's numpy functions by name, and their compiled twins
+TWINS: dict[str, Callable[..., Any]] = {
+    "_make_qkx2": make_qkx2,
+    "_make_qx": make_qx,
+    "_make_q3": make_q3,
+    "_q45_weights": q45_weights,
+    "_requantize": requantize,
+}

@@ -36,7 +36,7 @@ ROWS = _rows()
 @pytest.fixture(scope="module")
 def kernels() -> dict[str, Callable[..., tuple[np.ndarray, ...]]]:
     pytest.importorskip("numba", reason=NUMBA_MISSING)
-    return quants.compiled_searches()
+    return quants.compiled_kernels()
 
 
 @pytest.fixture
@@ -67,23 +67,41 @@ def _columns(rows: np.ndarray, n: int) -> np.ndarray:
 # The searches' calls as the quantizers make them: (search, group size, arguments after x)
 def _qkx2_q45(nmax: int, rmin: float, nstep: int) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
     def args(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (x, np.sqrt(quants._seqsum(x * x) / np.float32(32)) + np.abs(x), nmax, rmin, 0.1, nstep, False)
+        return (x, quants._q45_weights(x), nmax, rmin, 0.1, nstep, False)
 
     return args
 
 
-SEARCHES = {
+def _requantize_args(offset: bool, lo: int, hi: int, base: int) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+    """A last pass's arguments: steps of every size a stored scale gives, zeros and subnormals among them."""
+
+    def args(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng(x.shape[1])
+        step = (rng.standard_normal(x.shape[1]) * 10.0 ** rng.integers(-44, 3, x.shape[1])).astype(np.float32)
+        step[::7] = 0
+        shift = (np.abs(rng.standard_normal(x.shape[1])) * 0.1).astype(np.float32) if offset else None
+        levels = (rng.integers(lo, hi + 1, x.shape) + base).astype(np.float32)
+        return (x, levels, step, shift, lo, hi, base)
+
+    return args
+
+
+# The compiled kernels' calls as the quantizers make them: (numpy function, group size, arguments)
+TWINS = {
     "q4_k": ("_make_qkx2", 32, _qkx2_q45(15, -1.0, 20)),
     "q5_k": ("_make_qkx2", 32, _qkx2_q45(31, -0.5, 15)),
     "q2_k": ("_make_qkx2", 16, lambda x: (x, np.abs(x), 3, -0.5, 0.1, 15, True)),
     "q3_k": ("_make_q3", 16, lambda x: (x, 4)),
     "q6_k": ("_make_qx", 16, lambda x: (x, 32)),
+    "weights": ("_q45_weights", 32, lambda x: (x,)),
+    "requantize-offset": ("_requantize", 32, _requantize_args(True, 0, 15, 0)),
+    "requantize-symmetric": ("_requantize", 16, _requantize_args(False, -32, 31, 32)),
 }
 
 
-@pytest.mark.parametrize("name", list(SEARCHES))
-def test_searches_equal_numpy(name: str, kernels: dict[str, Callable[..., tuple[np.ndarray, ...]]]) -> None:
-    search, n, args = SEARCHES[name]
+@pytest.mark.parametrize("name", list(TWINS))
+def test_kernels_equal_numpy(name: str, kernels: dict[str, Callable[..., tuple[np.ndarray, ...]]]) -> None:
+    search, n, args = TWINS[name]
     numpy_search = getattr(quants, search)
     rng = np.random.default_rng(3)
     scales = {
@@ -93,8 +111,13 @@ def test_searches_equal_numpy(name: str, kernels: dict[str, Callable[..., tuple[
         for case, rows in {**ROWS, **scales}.items():
             call = args(_columns(rows, n))
             ours, theirs = kernels[search](*call), numpy_search(*call)
-            assert len(ours) == len(theirs)
+            if isinstance(theirs, np.ndarray):  # one array: the weights, or the last pass's levels
+                ours, theirs = (ours,), (theirs,)
             for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+                assert a.dtype == b.dtype and a.shape == b.shape, f"{case}: output {i}"
+                if a.dtype == np.uint8:
+                    assert np.array_equal(a, b), f"{case}: output {i} differs"
+                    continue
                 # make_qkx2's -min of a group whose min is a zero: the compiled search keeps the sign of
                 # the first zero, as ggml's scan does, numpy's min either; only compared with 0 and
                 # multiplied after, the sign never reaches the bytes (the byte test below)
@@ -159,7 +182,7 @@ def test_numpy_path_without_numba_or_by_choice() -> None:
     chosen = _run(PROBE, CONVERT_GGUF_KERNELS="numpy").split()
     assert hidden[0] == chosen[0] == "False"
     assert hidden[1] == chosen[1]
-    if quants.compiled_searches():
+    if quants.compiled_kernels():
         default = _run(PROBE).split()
         assert default == ["True", hidden[1]]
 
