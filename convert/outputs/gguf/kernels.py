@@ -1,21 +1,23 @@
-"""The K-quant searches compiled with numba (the `fast` extra): the same float32 operations as the
-numpy searches in quants.py, in the same order, several times faster.
+"""The K-quants' searches and last passes compiled with numba (the `fast` extra): the float32
+operations of their numpy twins in quants.py (which follow ggml's quantize_row_q*_K_ref), in the
+same order, three to five times faster.
 
 The numpy searches are vectorised across groups but make a full pass over the chunk for every
 operation, some 15 passes per trial scale and 16 to 22 trials: they are bound by memory traffic.
-Here each tile of groups (16 at a time: one AVX-512 register, or two AVX2 ones, of float32) is
-searched while it sits in registers and L1: the loops run over a group's values in the C code's
-order, and across the tile's groups innermost, which the compiler vectorises without reordering any
-group's additions (each lane is one group). Every value is float32 and every operation rounds to
-float32 where ggml's C code rounds (numba computes a float32 op in float32; a Python float or an
-int in an expression would promote it to float64, so every constant is cast); fastmath stays off,
-so nothing is fused into an FMA or reassociated. nearest_int is ggml's bit trick, through a bitcast.
+Here a tile of TILE groups is copied into a small buffer and searched there, in L1: the loops run
+over a group's values in the C code's order, and across the tile's groups innermost, which LLVM
+vectorises (16 float32 lanes to an AVX-512 register) without reordering any group's additions:
+each lane is one group. Every value is float32, and every operation rounds to float32 where ggml's
+C code rounds (numba computes an operation on float32 values in float32; a Python float or an int
+in the expression would make it float64, so every constant is cast); fastmath stays off, so nothing
+is fused into an FMA or reassociated. nearest_int is ggml's bit trick, through a bitcast. One
+difference from the numpy search, invisible in the bytes: make_qkx2's min of a group whose minimum
+is a zero keeps the first zero's sign, as ggml's scan does (numpy's min takes either).
 
-Inputs are the searches' columns: x and the weights of shape (values per group, groups), C order.
-The functions release the GIL (the encoder's worker threads run them at once) and are cached on
-disk at first compile (a few seconds, once per install); where no cache folder is writable they
-are compiled in each process instead. Without numba, `load()` returns None and quants.py keeps
-its numpy searches.
+Inputs are the searches' columns: values of shape (values per group, groups), C order. The kernels
+release the GIL (the encoder's worker threads run them at once) and are cached on disk when first
+compiled (about 6 s for all of them, once per install); where no cache folder is writable they are
+compiled in each process instead. quants.py imports this module only when numba is installed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-TILE = 64  # groups searched at once: a vector register of float32 lanes
-# Rows of the kernels' per-group state (one array, so that the compiler sees no aliasing among them)
+TILE = 64  # groups searched at once: four AVX-512 registers of float32 lanes (16 or 32: slower here)
+# Rows of the kernels' per-group state: one array, whose rows the compiler can tell apart
 _LO, _HI, _FIRST_LO, _SUM_W, _SUM_X, _BEST, _SCALE, _ISCALE, _CHOSEN, _CHOSEN_LO = range(10)
 _SUM_L, _SUM_L2, _SUM_XL, _DET, _THIS_SCALE, _THIS_MIN, _CUR = range(10, 17)
 _BIG, _SUM_LX, _SUM_L2X, _ACTIVE, _CHANGED = range(17, 22)  # make_qx and make_q3
@@ -66,6 +68,7 @@ nearest: Any = intrinsic(_nearest)
 
 @_jit
 def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):  # type: ignore[no-untyped-def]
+    """make_qkx2_quants for every group: scale_out, min_out (-min) and levels filled."""
     n, groups = x.shape
     f_nmax = np.float32(nmax)
     f_rmin = np.float32(rmin)
@@ -163,6 +166,7 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
 
 @_jit
 def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
+    """make_qx_quants (rmse_type 1, no importance) for every group: scale_out and levels + nmax."""
     n, groups = x.shape
     f_nmax = np.float32(nmax)
     lo = np.float32(-nmax)
@@ -220,6 +224,7 @@ def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
 
 @_jit
 def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
+    """make_q3_quants (do_rmse) for every group: scale_out and levels + nmax."""
     n, groups = x.shape
     f_nmax = np.float32(nmax)
     lo = np.float32(-nmax)
@@ -290,6 +295,7 @@ def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
 
 @_jit
 def _weights45(x, out):  # type: ignore[no-untyped-def]
+    """q4_K's and q5_K's weights: sqrt(sum of squares / 32) + |x| per value."""
     n, groups = x.shape
     sums = np.zeros(groups, np.float32)
     for i in range(n):
@@ -304,6 +310,8 @@ def _weights45(x, out):  # type: ignore[no-untyped-def]
 
 @_jit
 def _requant(x, levels, step, offset, has_offset, lo, hi, base, out):  # type: ignore[no-untyped-def]
+    """The last pass: nearest_int((x + offset) / step) clamped to lo..hi, plus base; the search's
+    levels where step is 0."""
     n, groups = x.shape
     f_lo, f_hi, f_base = np.float32(lo), np.float32(hi), np.float32(base)
     for i in range(n):
