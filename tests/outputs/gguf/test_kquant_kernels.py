@@ -192,6 +192,19 @@ def test_numpy_path_without_numba_or_by_choice() -> None:
         assert default == ["True", hidden[1]]
 
 
+def test_other_types_never_import_numba() -> None:
+    """Only the K-quants load numba (half a second, about 125 MiB): q8_0, q4_0 and the floats do not."""
+    code = """
+import sys
+import numpy as np
+from convert.outputs.gguf import quants
+for t in ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"):
+    quants.quantize(np.ones((2, 256), np.float32), t)
+print("numba" in sys.modules)
+"""
+    assert _run(code).split() == ["False"]
+
+
 def test_compiles_when_no_cache_folder_is_writable(kernels: dict[str, Callable[..., tuple[np.ndarray, ...]]]) -> None:
     """numba refuses `cache=True` when it finds no folder to write its cache in (read-only install, no
     writable home): the kernels are then compiled in the process, and give the same bytes (q4_k: its
