@@ -3,7 +3,7 @@ llama.cpp's converter does, and against `cp`+`sync` of the source, in one run.
 
     .venv/bin/python scripts/bench_gguf.py                 # ~1 GiB of float32 weights, 3 repetitions
     .venv/bin/python scripts/bench_gguf.py --reps 5 --also-double --json
-    .venv/bin/python scripts/bench_gguf.py --reps 2 --q4-k          # also to-gguf --type q4_k (slow)
+    .venv/bin/python scripts/bench_gguf.py --reps 2 --q4-k          # also to-gguf --type q4_k
 
 The checkpoint is scripts/bench_pytorch.py's GPT-2-like fp32 state dict (torch.save). Contenders,
 each its own process, their order rotated from one repetition to the next:
@@ -17,6 +17,8 @@ each its own process, their order rotated from one repetition to the next:
   verify    `convert verify OUT --source SRC` on an output the tool wrote before the runs
             (re-quantizes every tensor and compares bytes)
   tool-q4_k `convert to-gguf SRC OUT --type q4_k` (with --q4-k): its MB/s of float32 input and memory
+            (the K-quants compiled when numba, the `fast` extra, is installed; CONVERT_GGUF_KERNELS=numpy
+            in the environment times the numpy ones)
 
 Peak RSS, wall and CPU time (user + system, every thread) as in bench_pytorch.py (GNU time when it
 works). Targets (issue 31): the tool no slower than the baseline and at most 2x cp+sync; q4_k at
@@ -118,7 +120,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--also-double", action="store_true", help="also run on a checkpoint twice as large (RSS flat?)")
     parser.add_argument("--workdir", type=Path, help="keep the checkpoints here between runs")
-    parser.add_argument("--q4-k", action="store_true", help="also time to-gguf --type q4_k (about 20 CPU s per GiB)")
+    parser.add_argument(
+        "--q4-k",
+        action="store_true",
+        help="also time to-gguf --type q4_k (about 8 CPU s per GiB with the fast extra, 27 without)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--_baseline", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,12 +2,16 @@
 
     .venv/bin/python scripts/bench_gguf_quant.py                  # 256 MiB of float32, q8_0 and q4_k
     .venv/bin/python scripts/bench_gguf_quant.py --mib 1024 --reps 5 --types q8_0,q4_k,q6_k
+    CONVERT_GGUF_KERNELS=numpy .venv/bin/python scripts/bench_gguf_quant.py   # without the compiled K-quants
 
 The input is --mib of float32 weights (normal, std 0.02, as a trained layer) in 4096 x 4096 matrices
 (64 MiB each, the last one smaller). Each type is timed these ways when it can be:
 - ours: what `to-gguf` runs per tensor (`convert.outputs.gguf.encode.encoded`): 1 MiB chunks of
   rows quantized on the worker threads (encode.WORKERS, one per CPU), each chunk's error measured;
 - ours-1t: the same on one thread (encode.WORKERS = 1): CPU time alone;
+- numpy, numpy-1t: ours and ours-1t with the K-quant searches in numpy (quants.COMPILED = False, as
+  CONVERT_GGUF_KERNELS=numpy sets it), when the compiled ones (numba: the `fast` extra) are what ours
+  runs;
 - gguf: `gguf.quants.quantize` on each whole matrix, as llama.cpp's converter calls it (q8_0, q4_0,
   q4_1, q5_0, q5_1, bf16: the types it quantizes);
 - ggml: ggml's C quantizer `ggml_quantize_chunk` (one thread, no importance matrix: the code
@@ -36,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for tests.support
 
-from convert.outputs.gguf import encode  # noqa: E402
-from convert.outputs.gguf.ggml_types import ggml_type  # noqa: E402
+from convert.outputs.gguf import encode, quants  # noqa: E402
+from convert.outputs.gguf.ggml_types import QK_K, ggml_type  # noqa: E402
 from tests.support.ggml import MISSING, ggml_quantizer  # noqa: E402
 
 SIDE = 4096
@@ -62,9 +66,10 @@ def timed(fn: Callable[[], list[np.ndarray]]) -> tuple[float, float, list[np.nda
     return time.perf_counter() - w0, time.process_time() - c0, result
 
 
-def ours(data: list[np.ndarray], name: str, workers: int) -> list[np.ndarray]:
+def ours(data: list[np.ndarray], name: str, workers: int, compiled: bool = quants.COMPILED) -> list[np.ndarray]:
     t = ggml_type(name)
     encode.WORKERS, saved = workers, encode.WORKERS
+    quants.COMPILED, saved_compiled = compiled, quants.COMPILED
     try:
         out = []
         for m in data:
@@ -72,7 +77,7 @@ def ours(data: list[np.ndarray], name: str, workers: int) -> list[np.ndarray]:
             out.append(np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(m.shape[0], -1))
         return out
     finally:
-        encode.WORKERS = saved
+        encode.WORKERS, quants.COMPILED = saved, saved_compiled
 
 
 def sliced(run: Callable[[np.ndarray, str], np.ndarray], m: np.ndarray, name: str, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -91,7 +96,10 @@ def main() -> int:
     total = sum(m.nbytes for m in data)
     ggml = ggml_quantizer()
     load = os.getloadavg()[0]
+    compiled = quants.COMPILED and bool(quants.compiled_kernels())
+    kernels = "compiled (numba)" if compiled else "numpy (CONVERT_GGUF_KERNELS=numpy, or no numba)"
     print(f"{total / 2**20:.0f} MiB float32, {encode.WORKERS} worker threads, load average {load:.2f}, numpy {np.__version__}")
+    print(f"K-quant kernels: {kernels}")
     if ggml is None:
         print(f"ggml: not measured: {MISSING}")
     pool = ThreadPoolExecutor(encode.WORKERS)
@@ -100,6 +108,10 @@ def main() -> int:
             "ours": lambda n=name: ours(data, n, encode.WORKERS),
             "ours-1t": lambda n=name: ours(data, n, 1),
         }
+        ours([data[0][:1]], name, 1)  # the kernels compiled (or loaded from numba's cache) before the clock starts
+        if compiled and ggml_type(name).block_size == QK_K:
+            runs["numpy"] = lambda n=name: ours(data, n, encode.WORKERS, compiled=False)
+            runs["numpy-1t"] = lambda n=name: ours(data, n, 1, compiled=False)
         if name in GGUF_TYPES:
             import gguf
 

@@ -8,9 +8,10 @@ stays bounded by a chunk whatever the tensor's size. The error is the dequantize
 the source value (max abs, RMS, and RMS relative to the source's RMS): zero for a lossless write.
 
 A tensor of several chunks is quantized on every CPU: numpy lets go of the GIL in its array
-operations, so worker threads each take a chunk (read from the source, quantize, dequantize and
-measure while the chunk is still in the CPU's cache) and the chunks come back in order, a few at a
-time. The error's sums are added in chunk order, so the figures do not depend on the threads.
+operations, and so do the compiled K-quant kernels (quants.py, kernels.py), so worker threads each
+take a chunk (read from the source, quantize, dequantize and measure while the chunk is still in the
+CPU's cache) and the chunks come back in order, a few at a time. The error's sums are added in chunk
+order, so the figures do not depend on the threads.
 """
 
 from __future__ import annotations

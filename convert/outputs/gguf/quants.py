@@ -24,6 +24,13 @@ any `--dtype` cast.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from convert.errors import MappingError
@@ -36,6 +43,10 @@ _F16_MAX = 65504.0
 _ROUNDER = F32(12582912.0)  # 1.5 * 2**23: v + it - it is v rounded half to even, for |v| <= 2**22
 _LEGACY_PIECE = 4096  # blocks of 32 quantized at once: 512 KiB of float32 in, temporaries near cache size
 _K_PIECE = 512  # super-blocks quantized at once: 128 K values, 512 KiB per float32 temporary (fastest here)
+# The K-quant searches run compiled (kernels.py, numba: the `fast` extra) when numba imports, in numpy
+# otherwise; both give the same bytes. CONVERT_GGUF_KERNELS=numpy (or COMPILED = False) keeps numpy.
+KERNELS_ENV = "CONVERT_GGUF_KERNELS"
+COMPILED = os.environ.get(KERNELS_ENV, "") != "numpy"
 
 
 class QuantizationError(MappingError):
@@ -345,6 +356,23 @@ def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ K-quant helpers
 
 
+@functools.cache
+def compiled_kernels() -> dict[str, Callable[..., Any]]:
+    """kernels.TWINS, imported on first use (numba takes a while to import); empty without numba."""
+    if importlib.util.find_spec("numba") is None:
+        return {}
+    kernels: Any = importlib.import_module("convert.outputs.gguf.kernels")
+    return dict(kernels.TWINS)
+
+
+def _compiled(numpy_function: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled twin of a numpy function here (same arguments, same results) when there is one
+    and COMPILED holds, else the numpy function itself."""
+    if not COMPILED:
+        return numpy_function
+    return compiled_kernels().get(numpy_function.__name__, numpy_function)
+
+
 def _make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -497,6 +525,11 @@ def _k_scales(values: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray]:
     return biggest, _nearest_int(inv[:, None] * values)
 
 
+def _q45_weights(x: np.ndarray) -> np.ndarray:
+    """q4_K's and q5_K's weights for the search: the group's RMS plus each value's magnitude."""
+    return np.sqrt(_seqsum(x * x) / F32(32)) + np.abs(x)
+
+
 def _requantize(
     x: np.ndarray, levels: np.ndarray, step: np.ndarray, offset: np.ndarray | None, lo: int, hi: int, base: int
 ) -> np.ndarray:
@@ -518,8 +551,7 @@ def _q45_k(blocks: np.ndarray, t: GGMLType, what: str, nmax: int, rmin: float, n
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 32)
-    av_x = np.sqrt(_seqsum(x * x) / F32(32))
-    scales, mins, levels = _make_qkx2(x, av_x + np.abs(x), nmax, rmin, 0.1, nstep, False)
+    scales, mins, levels = _compiled(_make_qkx2)(x, _compiled(_q45_weights)(x), nmax, rmin, 0.1, nstep, False)
     _refuse_overflowed(np.stack([scales, mins]), blocks, t, what)
     max_scale, ls = _k_scales(scales.reshape(nb, 8), 63.0)
     max_min, lm = _k_scales(mins.reshape(nb, 8), 63.0)
@@ -533,7 +565,7 @@ def _q45_k(blocks: np.ndarray, t: GGMLType, what: str, nmax: int, rmin: float, n
     packed[:, 8:12] = (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)
     step = (d.astype(F32)[:, None] * ls.astype(F32)).reshape(-1)
     offset = (dmin.astype(F32)[:, None] * lm.astype(F32)).reshape(-1)
-    q = _rows_of(_requantize(x, levels, step, offset, 0, nmax, 0), nb).reshape(nb, 4, 2, 32)
+    q = _rows_of(_compiled(_requantize)(x, levels, step, offset, 0, nmax, 0), nb).reshape(nb, 4, 2, 32)
     low = _nibbles(q[:, :, 0], q[:, :, 1])
     if nmax == 15:
         return _assemble(nb, t, d, dmin, packed, low)
@@ -563,7 +595,7 @@ def _q2_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scales, mins, levels = _make_qkx2(x, np.abs(x), 3, -0.5, 0.1, 15, True)
+    scales, mins, levels = _compiled(_make_qkx2)(x, np.abs(x), 3, -0.5, 0.1, 15, True)
     _refuse_overflowed(np.stack([scales, mins]), blocks, t, what)
     max_scale, ls = _k_scales(scales.reshape(nb, 16), 15.0)
     max_min, lm = _k_scales(mins.reshape(nb, 16), 15.0)
@@ -573,7 +605,7 @@ def _q2_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     dmin = _f16(max_min / F32(15), t, what)
     step = (d.astype(F32)[:, None] * (packed & 0x0F).astype(F32)).reshape(-1)
     offset = (dmin.astype(F32)[:, None] * (packed >> 4).astype(F32)).reshape(-1)
-    q = _rows_of(_requantize(x, levels, step, offset, 0, 3, 0), nb)
+    q = _rows_of(_compiled(_requantize)(x, levels, step, offset, 0, 3, 0), nb)
     return _assemble(nb, t, packed.astype(np.uint8), _crumbs(q), d, dmin)
 
 
@@ -583,7 +615,7 @@ def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scale, levels = _make_q3(x, 4)
+    scale, levels = _compiled(_make_q3)(x, 4)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
     biggest = _signed_max(scales)
@@ -598,7 +630,7 @@ def _q3_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     )
     d = _f16(np.where(some, F32(1) / np.where(some, iscale, F32(1)), F32(0)), t, what)
     step = (d.astype(F32)[:, None] * (ls.astype(F32) - F32(32))).reshape(-1)
-    q = _rows_of(_requantize(x, levels, step, None, -4, 3, 4), nb)
+    q = _rows_of(_compiled(_requantize)(x, levels, step, None, -4, 3, 4), nb)
     high = q > 3
     hmask = (high.reshape(nb, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1, dtype=np.uint8)
     return _assemble(nb, t, hmask, _crumbs(np.where(high, q - 4, q)), packed, d)
@@ -610,7 +642,7 @@ def _q6_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     _refuse_nonfinite_blocks(blocks, t, what)
     nb = blocks.shape[0]
     x = _columns(blocks, 16)
-    scale, levels = _make_qx(x, 32)
+    scale, levels = _compiled(_make_qx)(x, 32)
     _refuse_overflowed(scale, blocks, t, what)
     scales = scale.reshape(nb, 16)
     biggest = _signed_max(scales)
@@ -620,7 +652,7 @@ def _q6_k(blocks: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
     ls = _wrap8(np.minimum(127, _nearest_int(iscale[:, None] * scales)))
     ls = np.where(some[:, None], ls, 0).astype(np.int8)
     step = (d.astype(F32)[:, None] * ls.astype(F32)).reshape(-1)
-    q = _rows_of(_requantize(x, levels, step, None, -32, 31, 32), nb)
+    q = _rows_of(_compiled(_requantize)(x, levels, step, None, -32, 31, 32), nb)
     q = np.where(some[:, None], q, 0).reshape(nb, 2, 4, 32)  # an all-zero super-block is all zero bytes
     low = _nibbles(q[:, :, 0:2] & 0x0F, q[:, :, 2:4] & 0x0F)
     high = ((q >> 4) << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]).sum(axis=2, dtype=np.uint8)
