@@ -3,6 +3,7 @@ and prints; errors a user can cause are one line on stderr and a documented exit
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import json
@@ -912,12 +913,27 @@ GC_THRESHOLDS = (1_000_000, 100, 100)
 # needs threaded. The command asks for one before anything imports numpy (a setting the user made
 # stays); the library leaves its host process's BLAS as it is.
 BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
+# glibc serves an allocation of 128 KiB or more from a fresh mmap and trims the heap's top past
+# 128 KiB free, so each chunk's temporaries (a 1 MiB chunk quantized, cast or transposed) are new
+# pages the kernel zeroes and faults in, chunk after chunk: 0.25 of the 1.1 system CPU-seconds of
+# `to-gguf --type q8_0` on 1.3 GB here. Freed chunks are kept for the next instead (mallopt's
+# M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); peak RSS did not move.
+MALLOC_OPTIONS = {-3: 64 << 20, -1: 128 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD: bytes
 
 
-def main() -> None:
+def _tune_process() -> None:
+    """Settings for the command's own process (see above), made before numpy is imported."""
     for name, value in BLAS_THREADS.items():
         os.environ.setdefault(name, value)
     gc.set_threshold(*GC_THRESHOLDS)
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
+    if mallopt is not None:
+        for option, size in MALLOC_OPTIONS.items():
+            mallopt(option, size)  # returns 0 where the C library ignores it (musl)
+
+
+def main() -> None:
+    _tune_process()
     try:
         code = cli.main(prog_name="convert", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `convert`: the help, as click shows it

@@ -101,6 +101,31 @@ def test_the_command_starts_no_blas_threads(user_setting: str | None, threads: i
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file() or sys.platform != "linux", reason="glibc's heap, seen in /proc")
+@pytest.mark.parametrize("face", ["command", "library"])
+def test_the_command_keeps_freed_chunks_for_the_next(face: str, tmp_path: Path) -> None:
+    """glibc maps each large allocation afresh (pages the kernel zeroes and faults in, chunk after
+    chunk); the command has it keep freed chunks in the heap. The library leaves its host's malloc."""
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones((4, 4), np.float32)}, tmp_path / "m.safetensors")
+    src, out = str(tmp_path / "m.safetensors"), str(tmp_path / "out")
+    command = f"from convert.cli import main\nsys.argv = ['convert', 'auto', {src!r}, {out!r}]\n"
+    run = command + "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    if face == "library":
+        run = f"from convert.api import convert_path\nconvert_path({src!r}, {out!r})\n"
+    probe = (
+        "import numpy as np\n"
+        "chunk = np.empty(8 << 20, np.uint8).ctypes.data\n"
+        "heaps = [line.split()[0].split('-') for line in open('/proc/self/maps') if line.rstrip().endswith('[heap]')]\n"
+        "print(any(int(lo, 16) <= chunk < int(hi, 16) for lo, hi in heaps))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + run + probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == str(face == "command")
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # conversion behaviour
 # ---------------------------------------------------------------------------------------------
