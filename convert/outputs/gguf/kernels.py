@@ -165,6 +165,21 @@ def _qkx2(x, w, nmax, rmin, rdelta, nstep, use_mad, scale_out, min_out, levels):
 
 
 @_jit
+def _load_tile(x, g0, t, xt, st):  # type: ignore[no-untyped-def]
+    """Groups g0..g0+t of x into the tile xt, and each one's value of largest magnitude into st[_BIG]
+    (the first on ties: ggml's strict scan from 0)."""
+    zero = np.float32(0.0)
+    for i in range(x.shape[0]):
+        xt[i, :t] = x[i, g0 : g0 + t]
+    for g in range(TILE):
+        st[_BIG, g] = zero
+    for i in range(x.shape[0]):
+        for g in range(TILE):
+            v = xt[i, g]
+            st[_BIG, g] = v if abs(v) > abs(st[_BIG, g]) else st[_BIG, g]
+
+
+@_jit
 def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
     """make_qx_quants (rmse_type 1, no importance) for every group: scale_out and levels + nmax."""
     n, groups = x.shape
@@ -178,14 +193,7 @@ def _qx(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
     st = np.zeros((_STATE, TILE), np.float32)
     for g0 in range(0, groups, TILE):
         t = min(TILE, groups - g0)
-        for i in range(n):
-            xt[i, :t] = x[i, g0 : g0 + t]
-        for g in range(TILE):
-            st[_BIG, g] = zero
-        for i in range(n):
-            for g in range(TILE):  # the value of largest magnitude, the first on ties (ggml's strict scan)
-                v = xt[i, g]
-                st[_BIG, g] = v if abs(v) > abs(st[_BIG, g]) else st[_BIG, g]
+        _load_tile(x, g0, t, xt, st)
         # trial 0 is -nmax / max, then -(nmax + 0.1 * step) / max for step -9..9 but 0
         for trial in range(19):
             step = trial - 10 if trial <= 9 else trial - 9
@@ -237,14 +245,7 @@ def _q3(x, nmax, scale_out, levels):  # type: ignore[no-untyped-def]
     st = np.zeros((_STATE, TILE), np.float32)
     for g0 in range(0, groups, TILE):
         t = min(TILE, groups - g0)
-        for i in range(n):
-            xt[i, :t] = x[i, g0 : g0 + t]
-        for g in range(TILE):
-            st[_BIG, g] = zero
-        for i in range(n):
-            for g in range(TILE):
-                v = xt[i, g]
-                st[_BIG, g] = v if abs(v) > abs(st[_BIG, g]) else st[_BIG, g]
+        _load_tile(x, g0, t, xt, st)
         for g in range(TILE):
             st[_ISCALE, g] = lo / st[_BIG, g]
             st[_SUM_LX, g] = zero
