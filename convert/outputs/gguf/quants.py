@@ -358,10 +358,15 @@ def _q5_1(b: np.ndarray, t: GGMLType, what: str) -> np.ndarray:
 
 @functools.cache
 def compiled_kernels() -> dict[str, Callable[..., Any]]:
-    """kernels.TWINS, imported on first use (numba takes a while to import); empty without numba."""
+    """kernels.TWINS, imported on first use (numba takes a while to import); empty without numba, or
+    with a numba that cannot load here (numba refuses a numpy newer than it knows): the numpy code
+    then gives the same bytes."""
     if importlib.util.find_spec("numba") is None:
         return {}
-    kernels: Any = importlib.import_module("convert.outputs.gguf.kernels")
+    try:
+        kernels: Any = importlib.import_module("convert.outputs.gguf.kernels")
+    except ImportError:
+        return {}
     return dict(kernels.TWINS)
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,13 +181,17 @@ def _probe(types: list[str]) -> str:
     return f"TYPES = {types!r}\n" + PROBE
 
 
-def test_numpy_path_without_numba_or_by_choice() -> None:
-    """No numba (hidden from the import system) and CONVERT_GGUF_KERNELS=numpy both run the numpy
-    searches, to the same bytes; runs whether numba is installed or not."""
+def test_numpy_path_without_numba_or_by_choice(tmp_path: Path) -> None:
+    """No numba (hidden from the import system), a numba that fails to import (as numba does beside a
+    numpy newer than it knows) and CONVERT_GGUF_KERNELS=numpy all run the numpy searches, to the same
+    bytes; runs whether numba is installed or not."""
     hidden = _run("import sys; sys.modules['numba'] = None\n" + _probe(K_QUANTS)).split()
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less")\n')
+    broken = _run(f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n" + _probe(K_QUANTS)).split()
     chosen = _run(_probe(K_QUANTS), CONVERT_GGUF_KERNELS="numpy").split()
-    assert hidden[0] == chosen[0] == "False"
-    assert hidden[1] == chosen[1]
+    assert hidden[0] == broken[0] == chosen[0] == "False"
+    assert hidden[1] == broken[1] == chosen[1]
     if quants.compiled_kernels():
         default = _run(_probe(K_QUANTS)).split()
         assert default == ["True", hidden[1]]
