@@ -161,7 +161,7 @@ def is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
 # 2 GB/s, int8 1.1 GB/s, float64 2.8 GB/s (their own copies: 0.3, 0.14 and 0.9 GB/s).
 TRANSPOSE_STRIP = 8
 TRANSPOSE_BAND = 1024
-_STRIPS_FROM = 1 << 16  # elements; below this numpy's copy is as fast as any loop
+STRIPS_FROM = 1 << 16  # elements; below this numpy's copy is as fast as any loop
 
 
 def c_contiguous(arr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -187,7 +187,7 @@ def c_contiguous(arr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def _is_transposed_2d(arr: np.ndarray) -> bool:
     """A large 2-D view whose rows are spread wider apart than its columns (a transpose of a C-order array)."""
-    return arr.ndim == 2 and arr.size >= _STRIPS_FROM and min(arr.shape) > 1 and abs(arr.strides[0]) < abs(arr.strides[1])
+    return arr.ndim == 2 and arr.size >= STRIPS_FROM and min(arr.shape) > 1 and abs(arr.strides[0]) < abs(arr.strides[1])
 
 
 def iter_chunks(arr: np.ndarray, max_bytes: int = CHUNK_BYTES, reuse: bool = False) -> Iterator[np.ndarray]:

@@ -17,6 +17,7 @@ order, so the figures do not depend on the threads.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import numpy as np
 
 from convert.dtypes import DTYPES, CastLoss, CastLossError, cast_checked
 from convert.manifest_model import QuantizationError
-from convert.tensors import iter_chunks, release_pages
+from convert.tensors import STRIPS_FROM, c_contiguous, iter_chunks, release_pages
 
 from .ggml_types import GGMLType
 from .quants import dequantize, quantize
@@ -39,6 +40,10 @@ CHUNK_BYTES = 1 << 20
 # (memory: a chunk of source, its blocks and temporaries each, a few MiB in all).
 WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 AHEAD = 1
+# A stored transpose is encoded a group of output rows at a time: as many as one page of a stored row
+# holds, or fewer when their bytes would pass GROUP_BYTES (a group's pages are then read again by the next).
+GROUP_BYTES = 8 << 20
+_PAGE = mmap.PAGESIZE
 FLOAT_CODES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # ggml float types -> the cast's dtype code
 
 
@@ -92,24 +97,57 @@ def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured:
     if gtype.name in FLOAT_CODES:
         yield from _cast(name, arr, FLOAT_CODES[gtype.name], on_loss, measured or Measured())
         return
-    row = arr.shape[-1]
 
     def one(piece: np.ndarray) -> Encoded:
+        """One piece of whole blocks along its last axis: its blocks, and their error."""
         with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, which quantize refuses
-            values = np.ascontiguousarray(piece, dtype=np.float32)
-        # whole rows, but a row larger than a chunk comes in pieces of whole blocks
-        rows = values.reshape(-1, row if values.size % row == 0 else gtype.block_size)
+            values = c_contiguous(piece).astype(np.float32, copy=False)
+        rows = values.reshape(-1, values.shape[-1])
         blocks = quantize(rows, gtype, f"tensor {name!r}")
         if measured is None:
             return blocks, None
         got = dequantize(blocks, gtype, rows.shape)
         return blocks, error_terms(values if piece.dtype == np.float32 else piece, got, all_finite=True, scratch=True)
 
+    if _stored_transposed(arr):
+        yield from _by_row_groups(arr, gtype, one, measured)
+        return
     for blocks, terms in _in_order(one, iter_chunks(arr, CHUNK_BYTES), arr.nbytes > CHUNK_BYTES):
         if measured is not None and terms is not None:
             measured.merge(terms)
         yield blocks.reshape(-1).data
         release_pages(arr)
+
+
+def _stored_transposed(arr: np.ndarray) -> bool:
+    """A large 2-D view of a C-order array's transpose (a weight stored [in, out], read as [out, in])."""
+    return arr.ndim == 2 and arr.size >= STRIPS_FROM and not arr.flags.c_contiguous and arr.T.flags.c_contiguous
+
+
+def _by_row_groups(
+    arr: np.ndarray, gtype: GGMLType, one: Callable[[np.ndarray], Encoded], measured: Measured | None
+) -> Iterator[memoryview]:
+    """A stored transpose's bytes, a group of output rows at a time. Each output row is a column of
+    the stored array, one value from every stored row: read in chunks of output rows, every chunk
+    would touch a page of every stored row (the whole tensor's pages resident, or faulted in again
+    for each chunk). Here a group of output rows as wide as a page is read a band of stored rows at
+    a time, front to back, each band's blocks placed in the group's bytes and its pages given back;
+    blocks are independent, so the bytes are the same."""
+    out_rows, row = arr.shape
+    stored = arr.T
+    group = max(1, min(out_rows, max(_PAGE // arr.itemsize, 1), GROUP_BYTES // gtype.row_bytes(row)))
+    band = max(1, CHUNK_BYTES // (group * arr.itemsize * gtype.block_size)) * gtype.block_size
+    starts = range(0, row, band)
+    for first in range(0, out_rows, group):
+        last = min(first + group, out_rows)
+        out = np.empty((last - first, gtype.row_bytes(row)), np.uint8)
+        pieces = (stored[start : start + band, first:last].T for start in starts)
+        for start, (blocks, terms) in zip(starts, _in_order(one, pieces, len(starts) > 1), strict=True):
+            out[:, gtype.row_bytes(start) : gtype.row_bytes(start) + blocks.shape[1]] = blocks
+            if measured is not None and terms is not None:
+                measured.merge(terms)
+            release_pages(arr)
+        yield out.reshape(-1).data
 
 
 def _in_order(work: Callable[[np.ndarray], Encoded], pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[Encoded]:

@@ -6,6 +6,7 @@ NaN in a later chunk stops the run (exit 7, nothing written)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,62 @@ def test_a_bad_value_in_a_later_chunk_stops_the_threads(tmp_path: Path) -> None:
     torch.save({"big.weight": big}, tmp_path / "nan.pt")
     assert_cli_error(run_cli("to-gguf", tmp_path / "nan.pt", tmp_path / "out", "--type", "q4_0"), 7, "big.weight", "NaN")
     assert_no_output(tmp_path / "out")
+
+
+def test_a_stored_transpose_quantizes_to_the_bytes_of_its_copy(tmp_path: Path) -> None:
+    """A weight saved as a transposed view (strides (1, n)) is read a group of output rows at a time:
+    the same blocks as its contiguous copy, the error of the whole tensor, and verify agrees."""
+    g = torch.Generator().manual_seed(1)
+    state = {
+        "t32.weight": torch.randn(1280, 3000, generator=g).t(),  # 3 groups of output rows, the last partial
+        "t16.weight": torch.randn(512, 2500, generator=g).half().t(),
+    }
+    assert not state["t32.weight"].is_contiguous()
+    torch.save(state, tmp_path / "t.pt")
+    torch.save({k: v.contiguous() for k, v in state.items()}, tmp_path / "c.pt")
+    for qtype in ("q8_0", "q4_k"):
+        for name in ("t", "c"):
+            rc, _stdout, stderr = run_cli("to-gguf", tmp_path / f"{name}.pt", tmp_path / f"{name}-{qtype}", "--type", qtype)
+            assert rc == 0, stderr
+        transposed, copied = (tmp_path / f"{name}-{qtype}" for name in ("t", "c"))
+        assert (transposed / "model.gguf").read_bytes() == (copied / "model.gguf").read_bytes(), qtype
+        errors = {t["name"]: t["quantization"]["error"] for t in read_manifest(copied)["tensors"]}
+        for t in read_manifest(transposed)["tensors"]:
+            assert t["quantization"]["error"] == pytest.approx(errors[t["name"]], rel=1e-5), (qtype, t["name"])
+        rc, _stdout, stderr = run_cli("verify", transposed, "--source", tmp_path / "t.pt")
+        assert rc == 0, stderr
+    q8 = gguf.GGUFReader(tmp_path / "t-q8_0" / "model.gguf").tensors
+    for t in q8:
+        values = state[t.name].float().numpy()
+        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+        assert np.array_equal(gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0).reshape(-1), raw), t.name
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the mapping's resident size from /proc")
+def test_a_stored_transpose_keeps_few_source_pages(tmp_path: Path) -> None:
+    """Each output row of a stored transpose takes a value from every stored row: read in chunks of
+    output rows, every chunk touched a page of every stored row (all 32 MiB of this source stayed resident)."""
+    from convert.outputs.gguf.encode import encoded
+    from convert.outputs.gguf.ggml_types import ggml_type
+    from convert.tensors import MappedFile
+
+    stored = tmp_path / "stored.bin"
+    np.random.default_rng(0).standard_normal((4096, 2048), dtype=np.float32).tofile(stored)
+    source = MappedFile(str(stored))
+    view = source.view(0, np.dtype("<f4"), (2048, 4096), (1, 2048))
+    resident = []
+    for _chunk in encoded("w", view, ggml_type("q8_0"), "refuse", None):
+        resident.append(_resident_kib(stored))
+    source.close()
+    assert resident and max(resident) <= 8 << 10, resident
+
+
+def _resident_kib(path: Path) -> int:
+    """The resident KiB of this process's mappings of `path`."""
+    total, ours = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's first line: addresses ... path
+            ours = line.rstrip().endswith(str(path))
+        elif ours and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
