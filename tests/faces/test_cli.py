@@ -105,7 +105,8 @@ def test_the_command_starts_no_blas_threads(user_setting: str | None, threads: i
 @pytest.mark.parametrize("face", ["command", "library"])
 def test_the_command_keeps_freed_chunks_for_the_next(face: str, tmp_path: Path) -> None:
     """glibc maps each large allocation afresh (pages the kernel zeroes and faults in, chunk after
-    chunk); the command has it keep freed chunks in the heap. The library leaves its host's malloc."""
+    chunk) and gives each thread an arena that keeps what it freed; the command has it keep freed
+    chunks in the heap, in two arenas at most. The library leaves its host's malloc."""
     from safetensors.numpy import save_file
 
     save_file({"w": np.ones((4, 4), np.float32)}, tmp_path / "m.safetensors")
@@ -119,10 +120,24 @@ def test_the_command_keeps_freed_chunks_for_the_next(face: str, tmp_path: Path) 
         "chunk = np.empty(8 << 20, np.uint8).ctypes.data\n"
         "heaps = [line.split()[0].split('-') for line in open('/proc/self/maps') if line.rstrip().endswith('[heap]')]\n"
         "print(any(int(lo, 16) <= chunk < int(hi, 16) for lo, hi in heaps))\n"
+        "import ctypes, threading\n"
+        "together = threading.Barrier(4)\n"
+        "def allocate():\n"
+        "    held = np.ones(1 << 20)\n"
+        "    together.wait()\n"
+        "threads = [threading.Thread(target=allocate) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.fopen.restype = ctypes.c_void_p\n"
+        "libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]\n"
+        f"report = libc.fopen({str(tmp_path / 'arenas.xml').encode()!r}, b'w')\n"
+        "libc.malloc_info(0, report); libc.fclose(report)\n"
     )
     done = subprocess.run([sys.executable, "-c", "import sys\n" + run + probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == str(face == "command")
+    arenas = (tmp_path / "arenas.xml").read_text().count("<heap nr=")
+    assert arenas <= 2 if face == "command" else arenas > 2, arenas
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
