@@ -95,11 +95,25 @@ def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured:
     """The bytes of `arr` (any float dtype, numpy shape) in `gtype`, in order; the error against the
     source added to `measured` (None: not measured, as when `verify` re-quantizes)."""
     if gtype.name in FLOAT_CODES:
-        yield from _cast(name, arr, FLOAT_CODES[gtype.name], on_loss, measured or Measured())
+        encode = _casting(name, FLOAT_CODES[gtype.name], on_loss, measured or Measured())
+    else:
+        encode = _quantizing(name, gtype, measured)
+    if _stored_transposed(arr):
+        yield from _by_row_groups(arr, gtype, encode)
         return
+    for data in encode(iter_chunks(arr, CHUNK_BYTES), arr.nbytes > CHUNK_BYTES):
+        yield data.reshape(-1).data
+        release_pages(arr)
 
+
+# Encodes pieces of whole blocks along their last axis, in order, into their bytes (uint8, the
+# piece's shape with the last axis in bytes); on worker threads when told it is worth it.
+Encoder = Callable[[Iterator[np.ndarray], bool], Iterator[np.ndarray]]
+
+
+def _quantizing(name: str, gtype: GGMLType, measured: Measured | None) -> Encoder:
     def one(piece: np.ndarray) -> Encoded:
-        """One piece of whole blocks along its last axis: its blocks, and their error."""
+        """One piece's blocks, and their error (read while the piece is in the CPU's cache)."""
         with np.errstate(over="ignore"):  # a float64 beyond float32's range: inf, which quantize refuses
             values = c_contiguous(piece).astype(np.float32, copy=False)
         rows = values.reshape(-1, values.shape[-1])
@@ -109,14 +123,31 @@ def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured:
         got = dequantize(blocks, gtype, rows.shape)
         return blocks, error_terms(values if piece.dtype == np.float32 else piece, got, all_finite=True, scratch=True)
 
-    if _stored_transposed(arr):
-        yield from _by_row_groups(arr, gtype, one, measured)
-        return
-    for blocks, terms in _in_order(one, iter_chunks(arr, CHUNK_BYTES), arr.nbytes > CHUNK_BYTES):
-        if measured is not None and terms is not None:
-            measured.merge(terms)
-        yield blocks.reshape(-1).data
-        release_pages(arr)
+    def encode(pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[np.ndarray]:
+        for blocks, terms in _in_order(one, pieces, threaded):
+            if measured is not None and terms is not None:
+                measured.merge(terms)
+            yield blocks
+
+    return encode
+
+
+def _casting(name: str, code: str, on_loss: str, measured: Measured) -> Encoder:
+    target = DTYPES[code].numpy
+
+    def encode(pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[np.ndarray]:
+        del threaded  # a cast is about as fast as the copy it needs: one thread
+        for piece in pieces:
+            out = c_contiguous(piece)
+            if piece.dtype != target:  # F32 to F32 is no cast, and loses nothing
+                out, loss = cast_checked(out, code, on_loss)
+                measured.loss.add(loss)
+                measured.add(piece, out)
+            yield np.atleast_1d(out).view(np.uint8)  # a 0-d scalar's bytes too
+        if measured.loss and on_loss == "refuse":
+            raise CastLossError(f"tensor {name!r}", measured.loss, code)
+
+    return encode
 
 
 def _stored_transposed(arr: np.ndarray) -> bool:
@@ -124,15 +155,13 @@ def _stored_transposed(arr: np.ndarray) -> bool:
     return arr.ndim == 2 and arr.size >= STRIPS_FROM and not arr.flags.c_contiguous and arr.T.flags.c_contiguous
 
 
-def _by_row_groups(
-    arr: np.ndarray, gtype: GGMLType, one: Callable[[np.ndarray], Encoded], measured: Measured | None
-) -> Iterator[memoryview]:
+def _by_row_groups(arr: np.ndarray, gtype: GGMLType, encode: Encoder) -> Iterator[memoryview]:
     """A stored transpose's bytes, a group of output rows at a time. Each output row is a column of
     the stored array, one value from every stored row: read in chunks of output rows, every chunk
     would touch a page of every stored row (the whole tensor's pages resident, or faulted in again
     for each chunk). Here a group of output rows as wide as a page is read a band of stored rows at
-    a time, front to back, each band's blocks placed in the group's bytes and its pages given back;
-    blocks are independent, so the bytes are the same."""
+    a time, front to back, each band's bytes placed in the group's and its pages given back; blocks
+    (and cast values) are independent, so the bytes are the same."""
     out_rows, row = arr.shape
     stored = arr.T
     group = max(1, min(out_rows, max(_PAGE // arr.itemsize, 1), GROUP_BYTES // gtype.row_bytes(row)))
@@ -142,10 +171,8 @@ def _by_row_groups(
         last = min(first + group, out_rows)
         out = np.empty((last - first, gtype.row_bytes(row)), np.uint8)
         pieces = (stored[start : start + band, first:last].T for start in starts)
-        for start, (blocks, terms) in zip(starts, _in_order(one, pieces, len(starts) > 1), strict=True):
-            out[:, gtype.row_bytes(start) : gtype.row_bytes(start) + blocks.shape[1]] = blocks
-            if measured is not None and terms is not None:
-                measured.merge(terms)
+        for start, data in zip(starts, encode(pieces, len(starts) > 1), strict=True):
+            out[:, gtype.row_bytes(start) : gtype.row_bytes(start) + data.shape[1]] = data
             release_pages(arr)
         yield out.reshape(-1).data
 
@@ -167,17 +194,3 @@ def _in_order(work: Callable[[np.ndarray], Encoded], pieces: Iterator[np.ndarray
         finally:  # an error, or a consumer that stopped: the queued pieces are not started
             for future in pending:
                 future.cancel()
-
-
-def _cast(name: str, arr: np.ndarray, code: str, on_loss: str, measured: Measured) -> Iterator[memoryview]:
-    target = DTYPES[code].numpy
-    for piece in iter_chunks(arr, CHUNK_BYTES):
-        out = piece
-        if piece.dtype != target:  # F32 to F32 is no cast, and loses nothing
-            out, loss = cast_checked(piece, code, on_loss)
-            measured.loss.add(loss)
-            measured.add(piece, out)
-        yield np.ascontiguousarray(out).reshape(-1).view(np.uint8).data
-        release_pages(arr)
-    if measured.loss and on_loss == "refuse":
-        raise CastLossError(f"tensor {name!r}", measured.loss, code)

@@ -56,9 +56,10 @@ def test_a_bad_value_in_a_later_chunk_stops_the_threads(tmp_path: Path) -> None:
     assert_no_output(tmp_path / "out")
 
 
-def test_a_stored_transpose_quantizes_to_the_bytes_of_its_copy(tmp_path: Path) -> None:
+def test_a_stored_transpose_encodes_to_the_bytes_of_its_copy(tmp_path: Path) -> None:
     """A weight saved as a transposed view (strides (1, n)) is read a group of output rows at a time:
-    the same blocks as its contiguous copy, the error of the whole tensor, and verify agrees."""
+    the same blocks (or cast values) as its contiguous copy, the error of the whole tensor, and
+    verify agrees."""
     g = torch.Generator().manual_seed(1)
     state = {
         "t32.weight": torch.randn(1280, 3000, generator=g).t(),  # 3 groups of output rows, the last partial
@@ -67,7 +68,7 @@ def test_a_stored_transpose_quantizes_to_the_bytes_of_its_copy(tmp_path: Path) -
     assert not state["t32.weight"].is_contiguous()
     torch.save(state, tmp_path / "t.pt")
     torch.save({k: v.contiguous() for k, v in state.items()}, tmp_path / "c.pt")
-    for qtype in ("q8_0", "q4_k"):
+    for qtype in ("q8_0", "q4_k", "f16", "f32"):
         for name in ("t", "c"):
             rc, _stdout, stderr = run_cli("to-gguf", tmp_path / f"{name}.pt", tmp_path / f"{name}-{qtype}", "--type", qtype)
             assert rc == 0, stderr
@@ -75,7 +76,7 @@ def test_a_stored_transpose_quantizes_to_the_bytes_of_its_copy(tmp_path: Path) -
         assert (transposed / "model.gguf").read_bytes() == (copied / "model.gguf").read_bytes(), qtype
         errors = {t["name"]: t["quantization"]["error"] for t in read_manifest(copied)["tensors"]}
         for t in read_manifest(transposed)["tensors"]:
-            assert t["quantization"]["error"] == pytest.approx(errors[t["name"]], rel=1e-5), (qtype, t["name"])
+            assert t["quantization"]["error"] == pytest.approx(errors[t["name"]], rel=1e-5, abs=1e-12), (qtype, t["name"])
         rc, _stdout, stderr = run_cli("verify", transposed, "--source", tmp_path / "t.pt")
         assert rc == 0, stderr
     q8 = gguf.GGUFReader(tmp_path / "t-q8_0" / "model.gguf").tensors
@@ -86,7 +87,8 @@ def test_a_stored_transpose_quantizes_to_the_bytes_of_its_copy(tmp_path: Path) -
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the mapping's resident size from /proc")
-def test_a_stored_transpose_keeps_few_source_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gtype", ["q8_0", "f16"])
+def test_a_stored_transpose_keeps_few_source_pages(gtype: str, tmp_path: Path) -> None:
     """Each output row of a stored transpose takes a value from every stored row: read in chunks of
     output rows, every chunk touched a page of every stored row (all 32 MiB of this source stayed resident)."""
     from convert.outputs.gguf.encode import encoded
@@ -98,7 +100,7 @@ def test_a_stored_transpose_keeps_few_source_pages(tmp_path: Path) -> None:
     source = MappedFile(str(stored))
     view = source.view(0, np.dtype("<f4"), (2048, 4096), (1, 2048))
     resident = []
-    for _chunk in encoded("w", view, ggml_type("q8_0"), "refuse", None):
+    for _chunk in encoded("w", view, ggml_type(gtype), "refuse", None):
         resident.append(_resident_kib(stored))
     source.close()
     assert resident and max(resident) <= 8 << 10, resident
