@@ -370,6 +370,8 @@ def test_dtype_cast_matches_torch(
             if narrowing:
                 finite = torch.isfinite(t.double())
                 assert lost["overflowed"] == int((finite & ~torch.isfinite(t.to(target).double())).sum()), name
+                normal = t.double().abs() >= torch.finfo(t.dtype).smallest_normal
+                assert lost["flushed"] == int(((t.to(target) == 0) & normal).sum()), name
             assert entry["lossy"] is narrowing, name
             assert entry["dtype"] == code
         else:  # integers, bools, and tensors already in the target dtype are untouched
