@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -56,10 +57,6 @@ class Measured:
     sq_ref: float = 0.0
     loss: CastLoss = field(default_factory=CastLoss)
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        """One chunk of the source and what was written for it (a cast: the values may be any)."""
-        self.merge(error_terms(ref, got))
-
     def merge(self, terms: tuple[float, float, float]) -> None:
         """One chunk's `error_terms`, added in the tensor's order."""
         max_abs, sq_err, sq_ref = terms
@@ -88,7 +85,10 @@ def error_terms(ref: np.ndarray, got: np.ndarray, all_finite: bool = False, scra
     return max(float(err.max()), -float(err.min())), float(np.dot(err, err)), float(np.dot(ref32, ref32))
 
 
-Encoded = tuple[np.ndarray, tuple[float, float, float] | None]
+Terms = tuple[float, float, float]
+Encoded = tuple[np.ndarray, Terms | None]  # a quantized piece's blocks, and their error
+Cast = tuple[np.ndarray, CastLoss, Terms | None]  # a cast piece, what the cast lost, and its error
+Done = TypeVar("Done", Encoded, Cast)
 
 
 def encoded(name: str, arr: np.ndarray, gtype: GGMLType, on_loss: str, measured: Measured | None) -> Iterator[memoryview]:
@@ -135,14 +135,19 @@ def _quantizing(name: str, gtype: GGMLType, measured: Measured | None) -> Encode
 def _casting(name: str, code: str, on_loss: str, measured: Measured) -> Encoder:
     target = DTYPES[code].numpy
 
+    def one(piece: np.ndarray) -> Cast:
+        """One piece cast, what the cast lost and its error (none for F32 to F32: no cast)."""
+        out = c_contiguous(piece)
+        if piece.dtype == target:
+            return out, CastLoss(), None
+        out, loss = cast_checked(out, code, on_loss)
+        return out, loss, error_terms(piece, out)
+
     def encode(pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[np.ndarray]:
-        del threaded  # a cast is about as fast as the copy it needs: one thread
-        for piece in pieces:
-            out = c_contiguous(piece)
-            if piece.dtype != target:  # F32 to F32 is no cast, and loses nothing
-                out, loss = cast_checked(out, code, on_loss)
-                measured.loss.add(loss)
-                measured.add(piece, out)
+        for out, loss, terms in _in_order(one, pieces, threaded):
+            measured.loss.add(loss)
+            if terms is not None:
+                measured.merge(terms)
             yield np.atleast_1d(out).view(np.uint8)  # a 0-d scalar's bytes too
         if measured.loss and on_loss == "refuse":
             raise CastLossError(f"tensor {name!r}", measured.loss, code)
@@ -177,13 +182,13 @@ def _by_row_groups(arr: np.ndarray, gtype: GGMLType, encode: Encoder) -> Iterato
         yield out.reshape(-1).data
 
 
-def _in_order(work: Callable[[np.ndarray], Encoded], pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[Encoded]:
+def _in_order(work: Callable[[np.ndarray], Done], pieces: Iterator[np.ndarray], threaded: bool) -> Iterator[Done]:
     """`work` of each piece, in order: on WORKERS threads (a few pieces ahead) when `threaded`."""
     if not threaded or WORKERS < 2:
         yield from map(work, pieces)
         return
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="quantize") as pool:
-        pending: deque[Future[Encoded]] = deque()
+        pending: deque[Future[Done]] = deque()
         try:
             for piece in pieces:
                 pending.append(pool.submit(work, piece))
