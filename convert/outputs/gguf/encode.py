@@ -4,14 +4,15 @@ against the source as it goes.
 F32, F16 and BF16 are casts (as torch casts, counting values a narrowing cast loses, which
 `--cast-loss` governs as for SafeTensors outputs); the block types go through the quantizers. Each
 chunk is a whole number of rows (or of blocks, when one row is larger than a chunk), so memory
-stays bounded by a chunk whatever the tensor's size. The error is the dequantized value against
+stays bounded by a chunk whatever the tensor's size (a stored transpose: by a group of rows, read
+a band of stored rows at a time). The error is the dequantized value against
 the source value (max abs, RMS, and RMS relative to the source's RMS): zero for a lossless write.
 
-A tensor of several chunks is quantized on every CPU: numpy lets go of the GIL in its array
+A tensor of several chunks is encoded on every CPU: numpy lets go of the GIL in its array
 operations, and so do the compiled K-quant kernels (quants.py, kernels.py), so worker threads each
-take a chunk (read from the source, quantize, dequantize and measure while the chunk is still in the
-CPU's cache) and the chunks come back in order, a few at a time. The error's sums are added in chunk
-order, so the figures do not depend on the threads.
+take a chunk (read from the source, quantize or cast, and measure while the chunk is still in the
+CPU's cache) and the chunks come back in order, a few at a time. The error's sums (and a cast's
+losses) are added in chunk order, so the figures do not depend on the threads.
 """
 
 from __future__ import annotations
