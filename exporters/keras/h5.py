@@ -82,23 +82,41 @@ SCAN_STEP = 4 << 20  # the step's compare and candidates stay in the cache
 
 
 def _find(mm: mmap.mmap, needle: bytes, start: int, end: int) -> int:
-    """mm.find(needle, start, end) in steps, handing back each step's pages as the scan passes them, so
-    scanning a large file (the weights are most of it) leaves RSS flat; the pages stay in the page cache.
-    numpy finds each step's candidates for the first byte and narrows them byte by byte: on weights
-    that is about twice as fast as bytes.find, whose skips are only a needle long."""
+    """mm.find(needle, start, end) for an 8-byte needle, in steps, handing back each step's pages as the
+    scan passes them, so scanning a large file (the weights are most of it) leaves RSS flat; the pages
+    stay in the page cache.
+
+    Wherever the needle starts, one 4-byte-aligned word lies wholly inside it: one of its four 4-byte
+    pieces. numpy compares each aligned word of a step with the four pieces (vector compares of whole
+    words) and checks the rare words that match. A 1 GiB Keras weights file in the page cache: 0.13 to
+    0.14 user CPU-s, where filtering on the needle's first byte, then narrowing, took 0.21 to 0.26 s
+    (most of it in finding the first byte's hits, 1 in 600 bytes of float32 weights) and bytes.find
+    0.38 s."""
+    if len(needle) != 8:
+        raise ValueError("_find looks for 8-byte needles")
     whole = np.frombuffer(mm, np.uint8)  # every view of it dies on return, before the caller closes mm
+    pieces = np.frombuffer(b"".join(needle[d : d + 4] for d in range(4)), np.uint32)  # the file's byte order
     pos = start
     while pos < end:
         stop = min(end, pos + SCAN_STEP)
-        window = whole[pos : min(end, stop + len(needle) - 1)]
-        hits = np.flatnonzero(window[: max(0, len(window) - len(needle) + 1)] == needle[0])
-        for k in range(1, len(needle)):
-            hits = hits[window[hits + k] == needle[k]]
+        first = pos - pos % 4  # aligned words from here to past the last needle starting before `stop`
+        words = whole[first : first + (min(end, stop + 7) - first) // 4 * 4].view(np.uint32)
+        found = -1
+        if words.size:
+            matches = words == pieces[0]
+            for d in range(1, 4):
+                matches |= words == pieces[d]
+            if matches.any():
+                for word in np.flatnonzero(matches).tolist():
+                    for d in range(4):  # the needle starting d bytes before this word
+                        at = first + 4 * word - d
+                        if pos <= at < stop and at + 8 <= end and mm[at : at + 8] == needle and (found < 0 or at < found):
+                            found = at
         if hasattr(mmap, "MADV_DONTNEED"):
             base = pos - pos % mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, base, stop - base)
-        if hits.size:
-            return pos + int(hits[0])
+        if found >= 0:
+            return found
         pos = stop
     return -1
 

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import blake3
 import ml_dtypes
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from safetensors.numpy import load_file
 
 from convert import transforms
 from convert.dtypes import from_numpy
-from convert.tensors import TRANSPOSE_BAND, TRANSPOSE_STRIP, c_contiguous, in_memory, iter_chunks
+from convert.tensors import CHUNK_BYTES, TRANSPOSE_BAND, TRANSPOSE_STRIP, c_contiguous, in_memory, iter_chunks
 from convert.writer import WriteItem, write_tensor_file
 from tests.support import assert_one_line_error, run_cli
 
@@ -86,6 +87,25 @@ def test_the_writer_lays_a_transposed_view_out_as_numpy_does(tmp_path: Path, dty
     assert written.bytes == len(data) == len(header) + pos
     for (name, view), (begin, end) in zip(arrays.items(), offsets, strict=True):
         assert data[len(header) + begin : len(header) + end] == np.ascontiguousarray(view).tobytes(), name
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [(4100, 1030), (6000, 800), (9000, 600)],
+    ids=["column groups of a block", "row blocks of a wide view", "column tiles of a wider view"],
+)
+def test_views_larger_than_a_chunk_are_laid_out_as_numpy_does(tmp_path: Path, storage: tuple[int, int]) -> None:
+    """Transposed views of more than CHUNK_BYTES, none a multiple of a block or group, through each way
+    the writer copies them (into the output's map a group of source rows at a time, by row blocks,
+    or in column tiles for views whose rows span many storage pages): a.T's bytes and digest."""
+    view = source(storage, np.float32).T
+    assert view.nbytes > CHUNK_BYTES
+    path = tmp_path / "out.bin"
+    item = WriteItem("a", from_numpy(view.dtype), in_memory("a", view))
+    written = write_tensor_file(path, b"", [item], [(0, view.nbytes)], "blake3")
+    expected = np.ascontiguousarray(view).tobytes()
+    assert path.read_bytes() == expected
+    assert written.tensors[0].digest == blake3.blake3(expected).hexdigest()
 
 
 def test_a_transposed_safetensors_output_reads_back_as_the_transpose(tmp_path: Path) -> None:

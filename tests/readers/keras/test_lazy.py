@@ -71,7 +71,7 @@ def test_heap_scan_in_steps_still_refuses_the_looping_heap(monkeypatch: pytest.M
 def test_stepped_find_matches_find_across_step_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(keras_h5, "SCAN_STEP", step)
     data = bytearray(200)
-    for at in (0, 13, 60, 61, 125, 200 - len(GCOL)):
+    for at in (0, 13, 30, 60, 61, 95, 125, 200 - len(GCOL)):  # every alignment, one overlapping
         data[at : at + len(GCOL)] = GCOL
     path = tmp_path / "blob"
     path.write_bytes(bytes(data))
