@@ -262,9 +262,6 @@ def _bytes(block: np.ndarray, item: WriteItem, losses: list[CastLoss]) -> memory
 
 
 MAPPED_FROM = 1 << 20  # smaller views gain little from skipping the copy, and cost a mapping each
-# A chunk of a transposed view's rows touches a page of each storage row (each output column): up to
-# this many bytes of them are read by row chunks, more by column tiles (_write_transposed).
-ROW_CHUNK_PAGES = 2 * CHUNK_BYTES
 # A 2-D view is copied into the output's map in blocks of up to this many bytes (a map each), a group of
 # whole columns at a time (_column_groups). A transposed view's group is a run of whole source rows,
 # so each source page is mapped once; row blocks of 16 MiB read a page of every source row each, and
@@ -328,15 +325,15 @@ def _write_transposed(fd: int, arr: np.ndarray, item: WriteItem, pos: int, path:
     are less than a page of each storage row; a tile of columns is instead a contiguous run of
     storage rows, read once, transposed in memory, and written as one segment per output row. False
     when the view is not such a case, when row chunks read each storage page once anyway (then fewer,
-    larger writes win), when the pages a chunk reads (one of every storage row) are few enough
-    (ROW_CHUNK_PAGES; a 64 MiB PyTorch view of 8192 storage rows, written and hashed alone: 0.08 to
-    0.14 CPU-s through the output's map against 0.12 to 0.21 s in tiles, a pwrite per output row),
-    or when the tile's segments would be tiny.
+    larger writes win), or when the tile's segments would be tiny. (Sending views of up to 8192
+    storage rows to the map instead saved 0.04 to 0.07 CPU-s on a 64 MiB PyTorch view, but a gzip
+    HDF5 kernel of 8192x8192 then peaked at 199 to 343 MiB, against under 192 in tiles:
+    tests/safety/campaign/test_limits.py.)
     """
     if arr.ndim != 2 or arr.nbytes <= CHUNK_BYTES or not 0 < arr.strides[0] < arr.strides[1]:
         return False
     rows, cols = arr.shape
-    if CHUNK_BYTES // max(1, cols * arr.itemsize) * arr.itemsize >= mmap.PAGESIZE or cols * mmap.PAGESIZE <= ROW_CHUNK_PAGES:
+    if CHUNK_BYTES // max(1, cols * arr.itemsize) * arr.itemsize >= mmap.PAGESIZE:
         return False
     itemsize = item.dtype.itemsize
     # Segments of at least 4 KiB: a tile then holds more than a chunk when there are many rows, but
