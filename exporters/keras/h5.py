@@ -101,17 +101,11 @@ def _find(mm: mmap.mmap, needle: bytes, start: int, end: int) -> int:
         stop = min(end, pos + SCAN_STEP)
         first = pos - pos % 4  # aligned words from here to past the last needle starting before `stop`
         words = whole[first : first + (min(end, stop + 7) - first) // 4 * 4].view(np.uint32)
-        found = -1
-        if words.size:
-            matches = words == pieces[0]
-            for d in range(1, 4):
-                matches |= words == pieces[d]
-            if matches.any():
-                for word in np.flatnonzero(matches).tolist():
-                    for d in range(4):  # the needle starting d bytes before this word
-                        at = first + 4 * word - d
-                        if pos <= at < stop and at + 8 <= end and mm[at : at + 8] == needle and (found < 0 or at < found):
-                            found = at
+        matches = words == pieces[0]
+        for d in range(1, 4):
+            matches |= words == pieces[d]
+        starts = (first + 4 * word - d for word in np.flatnonzero(matches).tolist() for d in range(4))  # d bytes before it
+        found = min((at for at in starts if pos <= at < stop and at + 8 <= end and mm[at : at + 8] == needle), default=-1)
         if hasattr(mmap, "MADV_DONTNEED"):
             base = pos - pos % mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, base, stop - base)
